@@ -1,0 +1,296 @@
+"""CBOR encoding of headers and values, with the project's tags and hard limits (floor 2).
+
+Owns: turning Python values into CBOR bytes and back (RFC 8949, via cbor2), the one table of
+CBOR tag numbers the project uses, and the limits a decoder enforces on what a peer sends
+(message size, nesting depth, item count) *before* building Python objects.
+
+Must not: touch sockets, frames or flows; know what a header means. Every failure to decode is
+a :class:`~ipcclient.errors.BadProtocolError` and nothing else; every failure to encode is a
+:class:`~ipcclient.errors.BadArgError`.
+
+What a value may be on the wire: ``None``, ``bool``, ``int`` (any size; bignums use tags 2/3),
+``float``, ``str``, ``bytes``, lists/tuples (decoded as lists), dicts (keys of any of the
+former), CBOR simple values and ``undefined`` (harmless scalars, accepted both ways), and the
+project's tagged types. Other CBOR tags (dates, regexes, MIME, shared
+references, sets, ...) are refused by the decoder so that a peer cannot make this side run a
+parser it did not ask for or build a cyclic object; indefinite-length items are refused too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import email.message
+import fractions
+import io
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from ipcclient import errors
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "TAGS",
+    "Limits",
+    "decode",
+    "encode",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a decoder enforces on one message from a peer.
+
+    Attributes:
+        max_message_size: bytes in one encoded message. 4 MiB, as gRPC's default maximum
+            receive size: big enough for bulk payloads (the benchmark's 1 MiB echo), small
+            enough that a peer cannot make one message cost unbounded memory.
+        max_depth: container nesting. 64 is far deeper than any header the protocol defines
+            and keeps recursion well inside Python's stack.
+        max_items: data items (every scalar, container and tag counts one) in one message.
+            Bounds the Python objects one message can make: the worst case, nested empty
+            containers, costs about 60 bytes each, so 262,144 items stay under ~16 MiB.
+    """
+
+    max_message_size: int = 4 * 1024 * 1024
+    max_depth: int = 64
+    max_items: int = 262_144
+
+
+DEFAULT_LIMITS = Limits()
+
+# The one place where the project's CBOR tag numbers live. They are taken from the
+# first-come-first-served range of the IANA CBOR tags registry, a block of 16 from 0xF000.
+TAGS: Mapping[str, int] = {
+    "error": 0xF000,  # ipcclient.errors.IPCError (wire form: errors.to_wire)
+    "blessings": 0xF001,  # security: a set of certificate chains
+    "discharge": 0xF002,  # security: a discharge for a third-party caveat
+    "caveat": 0xF003,  # security: one caveat
+    "endpoint": 0xF004,  # naming: an endpoint
+}
+_TAG_NUMBERS = frozenset(TAGS.values())
+
+# CBOR tags cbor2 would interpret by itself; the decoder refuses every one of them except the
+# bignums (2, 3), which are plain integers.
+_REFUSED_BUILTIN_TAGS = (
+    0, 1, 4, 5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 38,
+    52, 54, 100, 256, 258, 260, 261, 262, 263, 1004, 55799,
+)  # fmt: skip
+
+_encoders: dict[type, tuple[int, Callable[[Any], Any]]] = {}
+_decoders: dict[int, Callable[[Any], Any]] = {}
+
+
+def register(
+    name: str,
+    cls: type,
+    to_wire: Callable[[Any], Any],
+    from_wire: Callable[[Any], Any],
+) -> None:
+    """Register a project type under its tag from :data:`TAGS`.
+
+    ``to_wire(obj)`` returns a plain CBOR-encodable value; ``from_wire(value)`` rebuilds the
+    object from that value (decoded immutably: tuples and read-only mappings) and raises
+    :class:`~ipcclient.errors.BadProtocolError` (or any exception, converted to it) when the
+    value is malformed. Subclasses of ``cls`` encode under the same tag.
+    """
+    if name not in TAGS:
+        raise errors.BadArgError(f"codec: no tag number is reserved for {name!r}")
+    tag = TAGS[name]
+    _encoders[cls] = (tag, to_wire)
+    _decoders[tag] = from_wire
+
+
+def _encoder_for(cls: type) -> tuple[int, Callable[[Any], Any]] | None:
+    for klass in cls.__mro__:
+        found = _encoders.get(klass)
+        if found is not None:
+            if klass is not cls:
+                _encoders[cls] = found
+            return found
+    return None
+
+
+def _default(encoder: Any, value: Any) -> None:
+    found = _encoder_for(type(value))
+    if found is None:
+        raise errors.BadArgError(f"codec: cannot encode a value of type {type(value).__name__}")
+    tag, to_wire = found
+    encoder.encode_length(6, tag)  # major type 6: the tag head, then the tagged value
+    encoder.encode(to_wire(value))
+
+
+def _refuse_type(_encoder: Any, value: Any) -> None:
+    raise errors.BadArgError(
+        f"codec: values of type {type(value).__name__} have no wire form in ipcclient "
+        "(send plain values: None, bool, int, float, str, bytes, lists and dicts)"
+    )
+
+
+# Types cbor2 would encode with tags that the decoder (on either side) refuses: refusing them
+# here gives the sender a clear BadArgError instead of the peer a BadProtocolError.
+_REFUSED_TYPES: dict[type, Callable[[Any, Any], None]] = dict.fromkeys(
+    (
+        datetime.datetime,
+        datetime.date,
+        decimal.Decimal,
+        fractions.Fraction,
+        uuid.UUID,
+        re.Pattern,
+        email.message.Message,
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        ipaddress.IPv4Network,
+        ipaddress.IPv6Network,
+        set,
+        frozenset,
+        cbor2.CBORTag,
+    ),
+    _refuse_type,
+)
+
+
+def encode(value: Any) -> bytes:
+    """Encode one value as CBOR bytes.
+
+    Raises:
+        BadArgError: the value (or something inside it) has no CBOR form here.
+    """
+    try:
+        return cbor2.dumps(value, default=_default, encoders=_REFUSED_TYPES)
+    except errors.IPCError:
+        raise
+    except Exception as exc:  # cbor2 raises several kinds; the caller sees one
+        raise errors.BadArgError(f"codec: cannot encode value: {exc}") from exc
+
+
+def _refuse_tag(*_: Any) -> Any:
+    raise errors.BadProtocolError("codec: CBOR tag not allowed")
+
+
+_SEMANTIC_OVERRIDES: dict[int, Callable[..., Any]] = dict.fromkeys(
+    _REFUSED_BUILTIN_TAGS, _refuse_tag
+)
+
+
+def _tag_hook(tag: cbor2.CBORTag, _immutable: bool) -> Any:
+    decoder = _decoders.get(tag.tag)
+    if decoder is None:
+        raise errors.BadProtocolError(f"codec: unknown CBOR tag {tag.tag}")
+    return decoder(tag.value)
+
+
+def _count_items(data: bytes | bytearray | memoryview, limit: int) -> None:
+    """Walk the CBOR heads of one message and refuse it when it holds over ``limit`` items.
+
+    Only heads are read: string contents are skipped, nothing is allocated. The walk stops as
+    soon as the limit is passed. Declared lengths larger than the bytes left are refused too.
+    """
+    view = memoryview(data)
+    end = len(view)
+    pos = 0
+    pending = 1  # items still to read at this point of the walk
+    count = 0
+    while pending:
+        if pos >= end:
+            raise errors.BadProtocolError("codec: truncated CBOR message")
+        pending -= 1
+        count += 1
+        if count > limit:
+            raise errors.BadProtocolError(f"codec: message holds more than {limit} items")
+        initial = view[pos]
+        pos += 1
+        major = initial >> 5
+        info = initial & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            size = 1 << (info - 24)
+            if pos + size > end:
+                raise errors.BadProtocolError("codec: truncated CBOR head")
+            arg = int.from_bytes(view[pos : pos + size], "big")
+            pos += size
+        else:
+            raise errors.BadProtocolError("codec: indefinite or reserved CBOR length")
+        if major in (2, 3):
+            if arg > end - pos:
+                raise errors.BadProtocolError("codec: CBOR string longer than the message")
+            pos += arg
+        elif major == 4:
+            if arg > end - pos:
+                raise errors.BadProtocolError("codec: CBOR array longer than the message")
+            pending += arg
+        elif major == 5:
+            if arg > (end - pos) // 2:
+                raise errors.BadProtocolError("codec: CBOR map longer than the message")
+            pending += 2 * arg
+        elif major == 6:
+            pending += 1
+    if pos != end:
+        raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
+
+
+def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode exactly one CBOR value from ``data`` under ``limits``.
+
+    Raises:
+        BadProtocolError: for anything that is not one valid, allowed value within the limits
+            (garbage, truncation, trailing bytes, refused tags, too deep, too many items,
+            too large). No other exception escapes.
+    """
+    size = len(data)
+    if size > limits.max_message_size:
+        raise errors.BadProtocolError(
+            f"codec: message of {size} bytes exceeds the limit of {limits.max_message_size}"
+        )
+    if size == 0:
+        raise errors.BadProtocolError("codec: empty message")
+    # A message can hold at most one item per byte, so small messages need no walk.
+    if size > limits.max_items:
+        _count_items(data, limits.max_items)
+    try:
+        stream = io.BytesIO(data)
+        value = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_tag_hook,
+            semantic_decoders=_SEMANTIC_OVERRIDES,
+            max_depth=limits.max_depth,
+            allow_indefinite=False,
+        ).decode()
+        if stream.tell() != size:
+            raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
+    except errors.BadProtocolError:
+        raise
+    except cbor2.CBORDecodeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, errors.BadProtocolError):
+            raise cause from None
+        raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from exc
+    except (errors.IPCError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+            RecursionError, UnicodeError, MemoryError) as exc:  # fmt: skip
+        raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from exc
+    return value
+
+
+def as_sequence(value: Any, what: str) -> Sequence[Any]:
+    """``value`` if it is a CBOR array (list or tuple), else BadProtocolError."""
+    if isinstance(value, list | tuple):
+        return value
+    raise errors.BadProtocolError(f"codec: {what} must be an array")
+
+
+def as_mapping(value: Any, what: str) -> Mapping[Any, Any]:
+    """``value`` if it is a CBOR map, else BadProtocolError."""
+    if isinstance(value, Mapping):
+        return value
+    raise errors.BadProtocolError(f"codec: {what} must be a map")
+
+
+register("error", errors.IPCError, errors.to_wire, errors.from_wire)

@@ -1,0 +1,362 @@
+"""Error IDs, retry actions and the exception tree (floor 1).
+
+Owns: the catalogue of error IDs in the spirit of Vanadium's verror, the retry action each
+carries, the exception classes users catch by kind, and the plain wire form of an error
+(``to_wire`` / ``from_wire``) that the codec tags.
+
+Must not: import anything from ipcclient, encode bytes (that is the codec's job), or decide
+retries from message text. Retry decisions read ``IPCError.action`` only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+__all__ = [
+    "ERROR_CLASSES",
+    "AbortedError",
+    "BadArgError",
+    "BadDischargeError",
+    "BadProtocolError",
+    "BadStateError",
+    "CanceledError",
+    "ConnectionFailedError",
+    "ErrorID",
+    "ExistError",
+    "IPCError",
+    "InternalError",
+    "NoAccessError",
+    "NoExistError",
+    "NoServersError",
+    "NotTrustedError",
+    "OverloadedError",
+    "RetryAction",
+    "TimeoutError",
+    "UnknownError",
+    "UnknownMethodError",
+    "UnknownSuffixError",
+    "VersionIncompatibleError",
+    "from_wire",
+    "to_wire",
+]
+
+
+class RetryAction(enum.IntEnum):
+    """What a caller may do after an error (Vanadium's ActionCode, same numbers)."""
+
+    NO_RETRY = 0
+    """Do not retry: the error will not go away by itself."""
+    RETRY_CONNECTION = 1
+    """Renew the connection (dial a new VC) and try again."""
+    RETRY_REFETCH = 2
+    """Refetch what the call was built from (resolve the name again) and try again."""
+    RETRY_BACKOFF = 3
+    """Back off, then try again a bounded number of times."""
+
+    @classmethod
+    def from_wire(cls, value: object) -> RetryAction:
+        """A peer's action code; unknown codes degrade to NO_RETRY (fail safe)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                return cls.NO_RETRY
+        return cls.NO_RETRY
+
+
+class ErrorID(str, enum.Enum):
+    """The error IDs this side knows. The string is what travels on the wire."""
+
+    UNKNOWN = "ipc.Unknown"
+    INTERNAL = "ipc.Internal"
+    BAD_ARG = "ipc.BadArg"
+    BAD_PROTOCOL = "ipc.BadProtocol"
+    BAD_STATE = "ipc.BadState"
+    EXIST = "ipc.Exist"
+    NO_EXIST = "ipc.NoExist"
+    NO_SERVERS = "ipc.NoServers"
+    NO_ACCESS = "ipc.NoAccess"
+    NOT_TRUSTED = "ipc.NotTrusted"
+    BAD_DISCHARGE = "ipc.BadDischarge"
+    TIMEOUT = "ipc.Timeout"
+    CANCELED = "ipc.Canceled"
+    ABORTED = "ipc.Aborted"
+    VERSION_INCOMPATIBLE = "ipc.VersionIncompatible"
+    UNKNOWN_METHOD = "ipc.UnknownMethod"
+    UNKNOWN_SUFFIX = "ipc.UnknownSuffix"
+    CONNECTION_FAILED = "ipc.ConnectionFailed"
+    OVERLOADED = "ipc.Overloaded"
+
+
+class IPCError(Exception):
+    """Base of every error ipcclient raises.
+
+    Attributes:
+        id: the error ID string (an :class:`ErrorID` value, or a peer's ID this side does
+            not know, kept verbatim).
+        action: the :class:`RetryAction` retry decisions read.
+        msg: a human-readable message (never parsed).
+        params: extra values (component, operation, ...), CBOR-encodable.
+        request_sent: whether the request may have reached a server: ``False`` when it
+            certainly did not, ``True`` when it may have, ``None`` when unknown.
+        tried: what was tried on the way (names resolved, endpoints dialed, attempts).
+    """
+
+    error_id: ClassVar[str] = ErrorID.UNKNOWN.value
+    default_action: ClassVar[RetryAction] = RetryAction.NO_RETRY
+
+    def __init__(
+        self,
+        msg: str = "",
+        *params: Any,
+        id: str | None = None,
+        action: RetryAction | None = None,
+        request_sent: bool | None = None,
+        tried: Sequence[str] = (),
+    ) -> None:
+        super().__init__(msg)
+        self.id: str = id if id is not None else type(self).error_id
+        self.action: RetryAction = action if action is not None else type(self).default_action
+        self.msg: str = msg
+        self.params: tuple[Any, ...] = tuple(params)
+        self.request_sent: bool | None = request_sent
+        self.tried: tuple[str, ...] = tuple(tried)
+
+    def __str__(self) -> str:
+        text = f"{self.id}: {self.msg}" if self.msg else self.id
+        if self.request_sent is not None:
+            text += (
+                " (request may have reached the server)"
+                if self.request_sent
+                else (" (request was not sent)")
+            )
+        if self.tried:
+            text += " [tried: " + "; ".join(self.tried) + "]"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, action={self.action.name}, msg={self.msg!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IPCError):
+            return NotImplemented
+        return (self.id, self.action, self.msg, self.params) == (
+            other.id,
+            other.action,
+            other.msg,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.action, self.msg))
+
+    @property
+    def retryable(self) -> bool:
+        """True when the action allows some kind of retry."""
+        return self.action is not RetryAction.NO_RETRY
+
+    def with_context(
+        self, *, request_sent: bool | None = None, tried: Sequence[str] = ()
+    ) -> IPCError:
+        """A copy of this error with "did it run?" and "what was tried" filled in."""
+        clone = type(self).__new__(type(self))
+        IPCError.__init__(
+            clone,
+            self.msg,
+            *self.params,
+            id=self.id,
+            action=self.action,
+            request_sent=request_sent if request_sent is not None else self.request_sent,
+            tried=tuple(self.tried) + tuple(tried),
+        )
+        clone.__cause__ = self.__cause__
+        return clone
+
+
+class UnknownError(IPCError):
+    """An error without a more specific kind (also used for unknown peer IDs' base)."""
+
+    error_id = ErrorID.UNKNOWN.value
+
+
+class InternalError(IPCError):
+    """A bug or an unexpected condition on one side."""
+
+    error_id = ErrorID.INTERNAL.value
+
+
+class BadArgError(IPCError):
+    """The caller passed an invalid argument."""
+
+    error_id = ErrorID.BAD_ARG.value
+
+
+class BadProtocolError(IPCError):
+    """The peer broke the protocol (garbage, bad framing, bad sizes, bad state)."""
+
+    error_id = ErrorID.BAD_PROTOCOL.value
+
+
+class BadStateError(IPCError):
+    """An operation was called in a state that does not allow it."""
+
+    error_id = ErrorID.BAD_STATE.value
+
+
+class ExistError(IPCError):
+    """Something already exists."""
+
+    error_id = ErrorID.EXIST.value
+
+
+class NoExistError(IPCError):
+    """Something does not exist."""
+
+    error_id = ErrorID.NO_EXIST.value
+
+
+class NoServersError(IPCError):
+    """No server could be reached for a name; refetching the name may help."""
+
+    error_id = ErrorID.NO_SERVERS.value
+    default_action = RetryAction.RETRY_REFETCH
+
+
+class NoAccessError(IPCError):
+    """The caller is not authorized."""
+
+    error_id = ErrorID.NO_ACCESS.value
+
+
+class NotTrustedError(IPCError):
+    """The peer's identity is not trusted (roots, caveats, or a pattern did not match)."""
+
+    error_id = ErrorID.NOT_TRUSTED.value
+
+
+class BadDischargeError(NoAccessError):
+    """A discharge was refused; ``params[0]`` names the third-party caveat ID.
+
+    A subclass of :class:`NoAccessError` so that code catching NoAccess still catches it;
+    the client uses the caveat ID to invalidate only that discharge.
+    """
+
+    error_id = ErrorID.BAD_DISCHARGE.value
+
+
+class TimeoutError(IPCError):
+    """A deadline passed."""
+
+    error_id = ErrorID.TIMEOUT.value
+
+
+class CanceledError(IPCError):
+    """The operation was cancelled."""
+
+    error_id = ErrorID.CANCELED.value
+
+
+class AbortedError(IPCError):
+    """The operation was aborted (for example a send after close_send)."""
+
+    error_id = ErrorID.ABORTED.value
+
+
+class VersionIncompatibleError(IPCError):
+    """The two sides share no protocol version."""
+
+    error_id = ErrorID.VERSION_INCOMPATIBLE.value
+
+
+class UnknownMethodError(IPCError):
+    """The object has no such method."""
+
+    error_id = ErrorID.UNKNOWN_METHOD.value
+
+
+class UnknownSuffixError(IPCError):
+    """The server has no object at that suffix."""
+
+    error_id = ErrorID.UNKNOWN_SUFFIX.value
+
+
+class ConnectionFailedError(IPCError):
+    """A dial failed or a VC broke; a new connection may work."""
+
+    error_id = ErrorID.CONNECTION_FAILED.value
+    default_action = RetryAction.RETRY_CONNECTION
+
+
+class OverloadedError(IPCError):
+    """The server shed load; back off and try again."""
+
+    error_id = ErrorID.OVERLOADED.value
+    default_action = RetryAction.RETRY_BACKOFF
+
+
+ERROR_CLASSES: Mapping[str, type[IPCError]] = {
+    cls.error_id: cls
+    for cls in (
+        UnknownError,
+        InternalError,
+        BadArgError,
+        BadProtocolError,
+        BadStateError,
+        ExistError,
+        NoExistError,
+        NoServersError,
+        NoAccessError,
+        NotTrustedError,
+        BadDischargeError,
+        TimeoutError,
+        CanceledError,
+        AbortedError,
+        VersionIncompatibleError,
+        UnknownMethodError,
+        UnknownSuffixError,
+        ConnectionFailedError,
+        OverloadedError,
+    )
+}
+
+# Bounds on what a peer may make us keep from one wire error (h11 style: every bound named).
+MAX_WIRE_ID_LEN = 256  # IDs are short dotted names
+MAX_WIRE_MSG_LEN = 64 * 1024  # a message longer than this is truncated, not rejected
+MAX_WIRE_PARAMS = 64  # params beyond this are dropped
+
+
+def to_wire(err: IPCError) -> dict[str, Any]:
+    """The plain (CBOR-ready) form of an error: ``{"id", "action", "msg", "params"}``."""
+    return {
+        "id": err.id,
+        "action": int(err.action),
+        "msg": err.msg,
+        "params": list(err.params),
+    }
+
+
+def from_wire(value: object) -> IPCError:
+    """Rebuild an error from its wire form.
+
+    A known ID gives its class; an ID this side does not know gives an :class:`IPCError`
+    that keeps the peer's ID and action.
+
+    Raises:
+        BadProtocolError: the value is not a well-formed wire error.
+    """
+    if not isinstance(value, Mapping):
+        raise BadProtocolError(f"malformed wire error: expected a map, got {type(value).__name__}")
+    wid = value.get("id")
+    msg = value.get("msg", "")
+    params = value.get("params", [])
+    if not isinstance(wid, str) or not wid or len(wid) > MAX_WIRE_ID_LEN:
+        raise BadProtocolError("malformed wire error: bad id")
+    if not isinstance(msg, str):
+        raise BadProtocolError("malformed wire error: bad msg")
+    if not isinstance(params, list | tuple):
+        raise BadProtocolError("malformed wire error: bad params")
+    action = RetryAction.from_wire(value.get("action", 0))
+    cls = ERROR_CLASSES.get(wid, IPCError)
+    return cls(msg[:MAX_WIRE_MSG_LEN], *params[:MAX_WIRE_PARAMS], id=wid, action=action)

@@ -1,0 +1,218 @@
+"""The CBOR codec: round trips, the tag registry, and limits on what a peer sends."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipcclient import codec, errors
+from ipcclient.codec import Limits
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), children, max_size=5),
+    ),
+    max_leaves=30,
+)
+
+
+@given(values)
+def test_round_trip(value: Any) -> None:
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_tuples_decode_as_lists() -> None:
+    assert codec.decode(codec.encode((1, (2, 3)))) == [1, [2, 3]]
+
+
+def test_big_integers_use_bignums() -> None:
+    n = 2**200 + 5
+    assert codec.decode(codec.encode([n, -n])) == [n, -n]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500)
+def test_garbage_gives_bad_protocol_or_a_value(data: bytes) -> None:
+    _bad_protocol_or_a_wire_value(data, codec.DEFAULT_LIMITS)
+
+
+@given(st.binary(min_size=1, max_size=200))
+@settings(max_examples=300)
+def test_garbage_with_the_item_walk_gives_bad_protocol_or_a_value(data: bytes) -> None:
+    # max_items below the size forces the pre-decode walk on every input.
+    _bad_protocol_or_a_wire_value(data, Limits(max_items=1))
+
+
+def _bad_protocol_or_a_wire_value(data: bytes, limits: Limits) -> None:
+    """Decoding either fails with BadProtocolError or gives a value that is itself a valid
+    wire value (it encodes again, and that encoding decodes)."""
+    try:
+        value = codec.decode(data, limits)
+    except errors.BadProtocolError as exc:
+        assert exc.id == "ipc.BadProtocol"
+        return
+    codec.decode(codec.encode(value))
+
+
+def test_empty_and_trailing_bytes_are_refused() -> None:
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(b"")
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(codec.encode(1) + b"\x00")
+
+
+def test_message_size_limit_checked_first() -> None:
+    with pytest.raises(errors.BadProtocolError, match="exceeds the limit"):
+        codec.decode(b"\x00" * 11, Limits(max_message_size=10))
+
+
+def test_depth_limit() -> None:
+    deep: Any = 0
+    for _ in range(70):
+        deep = [deep]
+    data = codec.encode(deep)
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(data)
+    assert codec.decode(data, Limits(max_depth=100)) == deep
+
+
+def test_item_limit() -> None:
+    data = codec.encode(list(range(1000)))
+    assert len(codec.decode(data)) == 1000
+    with pytest.raises(errors.BadProtocolError, match="more than 100 items"):
+        codec.decode(data, Limits(max_items=100))
+    nested = codec.encode({"a": [[] for _ in range(300)]})
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(nested, Limits(max_items=200))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x9b" + struct.pack(">Q", 2**40),  # array of 2^40 items
+        b"\xbb" + struct.pack(">Q", 2**40),  # map of 2^40 pairs
+        b"\x5b" + struct.pack(">Q", 2**40),  # byte string of 2^40 bytes
+        b"\x7b" + struct.pack(">Q", 2**40),  # text string of 2^40 bytes
+    ],
+)
+def test_huge_declared_lengths_allocate_nothing(head: bytes) -> None:
+    for limits in (codec.DEFAULT_LIMITS, Limits(max_items=1)):
+        tracemalloc.start()
+        try:
+            with pytest.raises(errors.BadProtocolError):
+                codec.decode(head + b"\x00" * 16, limits)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20
+
+
+def test_walk_refuses_lengths_beyond_the_message() -> None:
+    for data in (b"\x82\x01", b"\xa2\x01\x02\x03", b"\x43ab", b"\x19\x01", b"\x1c"):
+        with pytest.raises(errors.BadProtocolError):
+            codec.decode(data, Limits(max_items=0))
+
+
+def test_walk_accepts_what_it_should() -> None:
+    data = codec.encode({"k": [1, b"xx", "s", -3, 1.5, None, True, 2**70]})
+    assert codec.decode(data, Limits(max_items=12)) == codec.decode(data)
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(data, Limits(max_items=11))
+
+
+def test_indefinite_lengths_are_refused() -> None:
+    for data in (b"\x9f\x01\xff", b"\x5f\x41a\xff", b"\xbf\x01\x02\xff"):
+        with pytest.raises(errors.BadProtocolError):
+            codec.decode(data)
+
+
+@pytest.mark.parametrize("tag", [0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 258, 55799, 99, 0xF00F])
+def test_foreign_tags_are_refused(tag: int) -> None:
+    data = cbor2.dumps(cbor2.CBORTag(tag, "2020-01-01T00:00:00Z" if tag == 0 else 1))
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(data)
+
+
+def test_malformed_project_tag_value_is_bad_protocol() -> None:
+    data = cbor2.dumps(cbor2.CBORTag(codec.TAGS["error"], [1, 2]))
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(data)
+
+
+def test_unencodable_values_are_bad_arg() -> None:
+    with pytest.raises(errors.BadArgError):
+        codec.encode(object())
+    with pytest.raises(errors.BadArgError):
+        codec.encode({1, 2})
+
+
+class _Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+
+class _SubPoint(_Point):
+    pass
+
+
+def test_register_custom_type_and_subclass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_encoders", dict(codec._encoders))
+    monkeypatch.setattr(codec, "_decoders", dict(codec._decoders))
+
+    def from_wire(v: Any) -> _Point:
+        x, y = codec.as_sequence(v, "point")
+        return _Point(x, y)
+
+    codec.register("endpoint", _Point, lambda p: [p.x, p.y], from_wire)
+    back = codec.decode(codec.encode({"p": _SubPoint(1, 2)}))
+    assert isinstance(back["p"], _Point) and (back["p"].x, back["p"].y) == (1, 2)
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(cbor2.dumps(cbor2.CBORTag(codec.TAGS["endpoint"], 5)))
+
+
+def test_register_needs_a_reserved_name() -> None:
+    with pytest.raises(errors.BadArgError):
+        codec.register("nope", _Point, lambda p: p, lambda v: v)
+
+
+def test_tag_numbers_are_unique() -> None:
+    assert len(set(codec.TAGS.values())) == len(codec.TAGS)
+
+
+def test_as_mapping_and_sequence() -> None:
+    assert codec.as_mapping({"a": 1}, "x") == {"a": 1}
+    with pytest.raises(errors.BadProtocolError):
+        codec.as_mapping([1], "x")
+    with pytest.raises(errors.BadProtocolError):
+        codec.as_sequence({}, "x")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        __import__("datetime").datetime(2020, 1, 1),
+        __import__("decimal").Decimal("1.5"),
+        __import__("uuid").UUID(int=5),
+        frozenset({1}),
+        cbor2.CBORTag(99, 1),
+    ],
+)
+def test_types_without_a_wire_form_are_refused_when_encoding(value: object) -> None:
+    with pytest.raises(errors.BadArgError, match="no wire form"):
+        codec.encode([value])
