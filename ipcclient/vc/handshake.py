@@ -1,0 +1,500 @@
+"""The VC handshake: versions, key agreement, mutual authentication (floor 4, sans-IO).
+
+Owns: the two handshake state machines (:class:`ClientHandshake`, :class:`ServerHandshake`)
+that turn a fresh byte stream into an authenticated, encrypted VC: protocol version
+negotiation, ephemeral X25519 key agreement, HKDF key derivation bound to the transcript
+(both hellos included, so a man in the middle cannot force a downgrade), and mutual
+authentication by signatures over the transcript with each side's principal key. The client
+authorizes the server's blessings *before* it sends anything that identifies itself.
+
+Must not: touch sockets, clocks or threads (the transport enforces the handshake deadline and
+feeds bytes), validate blessings against roots itself (the caller's ``authorize_server``
+callback does that), or know about frames and flows beyond handing their settings over.
+
+Layout (see docs/protocol.md section 4 for the byte-by-byte specification)::
+
+    C -> S  MAGIC(4) | u32 len | CBOR ClientHello          (clear)
+    S -> C  MAGIC(4) | u32 len | CBOR ServerHello          (clear)
+            -- both derive keys from X25519 + HKDF(salt = transcript hash) --
+    S -> C  record 0: CBOR ServerAuth  {key, blessings, discharges, sig}
+    C -> S  record 0: CBOR ClientAuth  {key, blessings, discharges, sig}
+            -- records 1.. carry mux frames in both directions --
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ipcclient import codec, errors
+from ipcclient.security.keys import PURPOSE_HANDSHAKE, PublicKey
+from ipcclient.vc.records import KEY_SIZE, RecordOpener, RecordSealer
+
+__all__ = [
+    "MAGIC",
+    "MAX_HELLO_SIZE",
+    "SUPPORTED_VERSIONS",
+    "ClientHandshake",
+    "HandshakeResult",
+    "Identity",
+    "ServerHandshake",
+    "VCSettings",
+]
+
+MAGIC = b"\x8fIPC"
+"""First bytes of both hellos: not ASCII, so a peer speaking another protocol fails at once."""
+SUPPORTED_VERSIONS = (1, 1)
+"""The RPC protocol versions this side speaks, as an inclusive (min, max) range."""
+MAX_HELLO_SIZE = 1024
+"""A hello is a small map of fixed fields; anything larger is a flood."""
+MAX_AUTH_SIZE = 64 * 1024
+"""An auth message carries blessings and discharges: a few KiB in practice, 64 KiB at most."""
+RANDOM_SIZE = 32
+_KEY_SHARE_SIZE = 32
+_HELLO_HEAD = struct.Struct(">4sI")
+_KDF_INFO = b"ipcclient vc v1 record keys"
+_SERVER_LABEL = b"server"
+_CLIENT_LABEL = b"client"
+
+
+class Identity(Protocol):
+    """What a handshake needs of a principal: its public key and a signing function."""
+
+    @property
+    def public_key(self) -> PublicKey: ...
+
+    def sign(self, purpose: bytes, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class VCSettings:
+    """Per-VC mux settings each side announces in its hello.
+
+    Attributes:
+        initial_window: bytes this side buffers per flow before granting credit.
+        max_frame_payload: the largest frame payload this side accepts.
+    """
+
+    initial_window: int = 1024 * 1024
+    max_frame_payload: int = 64 * 1024
+
+
+@dataclass
+class HandshakeResult:
+    """An established VC's security and settings.
+
+    ``early_plaintext`` holds mux bytes that arrived in the same reads as the handshake's
+    last message; feed them to the mux before anything else.
+    """
+
+    version: int
+    sealer: RecordSealer
+    opener: RecordOpener
+    local_key: PublicKey
+    remote_key: PublicKey
+    local_blessings: Any
+    remote_blessings: Any
+    remote_discharges: tuple[Any, ...]
+    peer_settings: VCSettings
+    early_plaintext: list[bytes] = field(default_factory=list)
+
+
+class _State(enum.Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def _encode_hello(fields: dict[str, Any]) -> bytes:
+    body = codec.encode(fields)
+    return _HELLO_HEAD.pack(MAGIC, len(body)) + body
+
+
+def _parse_hello(buf: bytearray) -> tuple[dict[str, Any], bytes] | None:
+    """(fields, raw bytes) of a complete hello at the start of ``buf``, or None if partial."""
+    if len(buf) < _HELLO_HEAD.size:
+        if not MAGIC.startswith(bytes(buf[: len(MAGIC)])):
+            raise errors.BadProtocolError("handshake: not an ipcclient peer (bad magic)")
+        return None
+    magic, length = _HELLO_HEAD.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise errors.BadProtocolError("handshake: not an ipcclient peer (bad magic)")
+    if length > MAX_HELLO_SIZE:
+        raise errors.BadProtocolError(f"handshake: hello of {length} bytes is too large")
+    total = _HELLO_HEAD.size + length
+    if len(buf) < total:
+        return None
+    raw = bytes(buf[:total])
+    del buf[:total]
+    fields = codec.as_mapping(codec.decode(raw[_HELLO_HEAD.size :]), "hello")
+    return dict(fields), raw
+
+
+def _int_field(fields: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = fields.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise errors.BadProtocolError(f"handshake: bad {name!r} in hello")
+    return value
+
+
+def _bytes_field(fields: Any, name: str, size: int) -> bytes:
+    value = fields.get(name)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise errors.BadProtocolError(f"handshake: bad {name!r}")
+    return value
+
+
+def _settings_from(fields: dict[str, Any]) -> VCSettings:
+    return VCSettings(
+        initial_window=_int_field(fields, "window", 1024, (1 << 31) - 1),
+        max_frame_payload=_int_field(fields, "max_frame", 1024, 16 * 1024 * 1024),
+    )
+
+
+def _derive_keys(
+    private: x25519.X25519PrivateKey, peer_share: bytes, transcript: bytes
+) -> tuple[bytes, bytes]:
+    """(client-to-server key, server-to-client key) from the shared secret and transcript."""
+    try:
+        shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_share))
+    except ValueError as exc:  # a low-order point gives an all-zero secret; refuse it
+        raise errors.BadProtocolError("handshake: bad key share") from exc
+    okm = HKDF(
+        algorithm=hashes.SHA256(), length=2 * KEY_SIZE, salt=transcript, info=_KDF_INFO
+    ).derive(shared)
+    return okm[:KEY_SIZE], okm[KEY_SIZE:]
+
+
+def _auth_message(
+    identity: Identity, blessings: Any, discharges: Sequence[Any], transcript: bytes, label: bytes
+) -> bytes:
+    return codec.encode(
+        {
+            "key": identity.public_key.raw,
+            "blessings": blessings,
+            "discharges": list(discharges),
+            "sig": identity.sign(PURPOSE_HANDSHAKE, transcript + label),
+        }
+    )
+
+
+def _check_auth(
+    plain: bytes, transcript: bytes, label: bytes
+) -> tuple[PublicKey, Any, tuple[Any, ...]]:
+    """The peer's verified key, its blessings and discharges from an auth message."""
+    if len(plain) > MAX_AUTH_SIZE:
+        raise errors.BadProtocolError("handshake: auth message too large")
+    fields = codec.as_mapping(codec.decode(plain), "auth message")
+    key = PublicKey.from_raw(_bytes_field(fields, "key", 32))
+    sig = fields.get("sig")
+    if not isinstance(sig, bytes) or not key.verify(sig, PURPOSE_HANDSHAKE, transcript + label):
+        raise errors.NotTrustedError("handshake: the peer's transcript signature does not verify")
+    blessings = fields.get("blessings")
+    if blessings is not None:
+        bound = getattr(blessings, "public_key", None)
+        if bound != key:
+            raise errors.NotTrustedError(
+                "handshake: the peer's blessings are not bound to the key it authenticated with"
+            )
+    discharges = fields.get("discharges", ())
+    if not isinstance(discharges, list | tuple):
+        raise errors.BadProtocolError("handshake: bad discharges")
+    return key, blessings, tuple(discharges)
+
+
+class _Base:
+    def __init__(self, versions: tuple[int, int], settings: VCSettings) -> None:
+        lo, hi = versions
+        if not 1 <= lo <= hi:
+            raise errors.BadArgError("handshake: bad version range")
+        self._versions = versions
+        self._settings = settings
+        self._state = _State.HELLO
+        self._buf = bytearray()
+        self._error: errors.IPCError | None = None
+        self._ephemeral = x25519.X25519PrivateKey.generate()
+        self._share = self._ephemeral.public_key().public_bytes_raw()
+        self.result: HandshakeResult | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the VC is established (``result`` is set)."""
+        return self._state is _State.DONE
+
+    def _fail(self, exc: errors.IPCError) -> errors.IPCError:
+        self._state = _State.FAILED
+        self._error = exc
+        self._buf = bytearray()
+        return exc
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._state is _State.DONE:
+            raise errors.BadStateError("handshake: already complete")
+
+    def _absorb(self, data: bytes | bytearray | memoryview) -> None:
+        # Bounded by construction: a hello's declared length is checked (<= MAX_HELLO_SIZE)
+        # as soon as its 8-byte head is here, and the record opener bounds auth records.
+        self._buf += data
+
+
+class ClientHandshake(_Base):
+    """The dialing side. Call :meth:`start`, send its bytes, then feed what arrives."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        authorize_server: Callable[[PublicKey, Any, tuple[Any, ...]], None],
+        blessings_for_server: Callable[[Any], Any],
+        discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
+        versions: tuple[int, int] = SUPPORTED_VERSIONS,
+        settings: VCSettings = VCSettings(),
+    ) -> None:
+        """
+        Args:
+            identity: the client's principal (public key and signer).
+            authorize_server: called with the server's verified key, blessings and
+                discharges; raises (e.g. NotTrustedError) to refuse the server. It runs
+                before the client sends its own key or blessings.
+            blessings_for_server: picks the blessings to present to this server (may
+                return None to present none).
+            discharges_for_server: discharges for third-party caveats on the blessings
+                presented (default none).
+            versions: the inclusive range of protocol versions to offer.
+            settings: this side's mux settings.
+        """
+        super().__init__(versions, settings)
+        self._identity = identity
+        self._authorize = authorize_server
+        self._blessings_for = blessings_for_server
+        self._discharges_for = discharges_for_server
+        self._client_hello = b""
+        self._transcript = b""
+        self._version = 0
+        self._peer_settings = VCSettings()
+        self._opener: RecordOpener | None = None
+        self._sealer: RecordSealer | None = None
+
+    def start(self) -> bytes:
+        """The ClientHello to send first."""
+        if self._client_hello:
+            raise errors.BadStateError("handshake: already started")
+        self._client_hello = _encode_hello(
+            {
+                "versions": list(self._versions),
+                "key_share": self._share,
+                "random": os.urandom(RANDOM_SIZE),
+                "window": self._settings.initial_window,
+                "max_frame": self._settings.max_frame_payload,
+            }
+        )
+        return self._client_hello
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed bytes from the server; returns bytes to send (the ClientAuth when done).
+
+        Raises:
+            VersionIncompatibleError: no common version (before any secret is exchanged).
+            NotTrustedError: the server failed authentication or ``authorize_server``.
+            BadProtocolError: anything malformed, oversized or tampered with.
+        """
+        self._check_usable()
+        if not self._client_hello:
+            raise errors.BadStateError("handshake: start() first")
+        try:
+            self._absorb(data)
+            return self._step()
+        except errors.IPCError as exc:
+            raise self._fail(exc) from None
+
+    def _step(self) -> bytes:
+        if self._state is _State.HELLO:
+            parsed = _parse_hello(self._buf)
+            if parsed is None:
+                return b""
+            fields, raw = parsed
+            if "error" in fields:
+                err = fields["error"]
+                if isinstance(err, errors.IPCError):
+                    raise err
+                raise errors.BadProtocolError("handshake: server refused with a malformed error")
+            version = _int_field(fields, "version", 1, 1 << 32)
+            lo, hi = self._versions
+            if not lo <= version <= hi:
+                raise errors.VersionIncompatibleError(
+                    f"handshake: server chose version {version}, outside {lo}..{hi}"
+                )
+            self._version = version
+            self._peer_settings = _settings_from(fields)
+            share = _bytes_field(fields, "key_share", _KEY_SHARE_SIZE)
+            _bytes_field(fields, "random", RANDOM_SIZE)
+            self._transcript = hashlib.sha256(self._client_hello + raw).digest()
+            c2s, s2c = _derive_keys(self._ephemeral, share, self._transcript)
+            self._sealer = RecordSealer(c2s)
+            self._opener = RecordOpener(s2c)
+            self._state = _State.AUTH
+        assert self._opener is not None and self._sealer is not None
+        if self._state is _State.AUTH:
+            if not self._buf:
+                return b""
+            data = bytes(self._buf)
+            self._buf.clear()
+            plains = self._opener.feed(data)
+            if not plains:
+                if self._opener.buffered > MAX_AUTH_SIZE + 64:
+                    raise errors.BadProtocolError("handshake: auth message too large")
+                return b""
+            key, blessings, discharges = _check_auth(plains[0], self._transcript, _SERVER_LABEL)
+            # Authorize the server before revealing anything about ourselves.
+            self._authorize(key, blessings, discharges)
+            transcript2 = hashlib.sha256(self._transcript + plains[0]).digest()
+            mine = self._blessings_for(blessings)
+            auth = _auth_message(
+                self._identity, mine, self._discharges_for(blessings), transcript2, _CLIENT_LABEL
+            )
+            out = self._sealer.seal(auth)
+            self.result = HandshakeResult(
+                version=self._version,
+                sealer=self._sealer,
+                opener=self._opener,
+                local_key=self._identity.public_key,
+                remote_key=key,
+                local_blessings=mine,
+                remote_blessings=blessings,
+                remote_discharges=discharges,
+                peer_settings=self._peer_settings,
+                early_plaintext=plains[1:],
+            )
+            self._state = _State.DONE
+            return out
+        return b""  # pragma: no cover - DONE and FAILED are refused by _check_usable
+
+
+class ServerHandshake(_Base):
+    """The accepting side. Feed what arrives; send what :meth:`receive_data` returns."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        blessings: Any,
+        discharges: Sequence[Any] = (),
+        versions: tuple[int, int] = SUPPORTED_VERSIONS,
+        settings: VCSettings = VCSettings(),
+    ) -> None:
+        super().__init__(versions, settings)
+        self._identity = identity
+        self._blessings = blessings
+        self._discharges = tuple(discharges)
+        self._transcript2 = b""
+        self._version = 0
+        self._peer_settings = VCSettings()
+        self._opener: RecordOpener | None = None
+        self._sealer: RecordSealer | None = None
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Feed bytes from the client; returns bytes to send.
+
+        A version mismatch returns a ServerHello carrying a VersionIncompatible error *and*
+        raises that error on the next call; use :attr:`refusal` to send it before closing.
+
+        Raises:
+            VersionIncompatibleError, NotTrustedError, BadProtocolError: see the client.
+        """
+        self._check_usable()
+        try:
+            self._absorb(data)
+            return self._step()
+        except errors.IPCError as exc:
+            raise self._fail(exc) from None
+
+    refusal: bytes = b""
+    """When the handshake failed on versions, the hello that tells the client why."""
+
+    def _step(self) -> bytes:
+        if self._state is _State.HELLO:
+            parsed = _parse_hello(self._buf)
+            if parsed is None:
+                return b""
+            fields, client_raw = parsed
+            versions = fields.get("versions")
+            if (
+                not isinstance(versions, list | tuple)
+                or len(versions) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions)
+            ):
+                raise errors.BadProtocolError("handshake: bad 'versions' in hello")
+            peer_lo, peer_hi = versions
+            lo, hi = self._versions
+            chosen = min(hi, peer_hi)
+            if chosen < max(lo, peer_lo):
+                err = errors.VersionIncompatibleError(
+                    f"handshake: no common version (server {lo}..{hi}, client {peer_lo}..{peer_hi})"
+                )
+                self.refusal = _encode_hello({"error": err})
+                raise err
+            self._version = chosen
+            self._peer_settings = _settings_from(fields)
+            share = _bytes_field(fields, "key_share", _KEY_SHARE_SIZE)
+            _bytes_field(fields, "random", RANDOM_SIZE)
+            server_hello = _encode_hello(
+                {
+                    "version": chosen,
+                    "key_share": self._share,
+                    "random": os.urandom(RANDOM_SIZE),
+                    "window": self._settings.initial_window,
+                    "max_frame": self._settings.max_frame_payload,
+                }
+            )
+            transcript = hashlib.sha256(client_raw + server_hello).digest()
+            c2s, s2c = _derive_keys(self._ephemeral, share, transcript)
+            self._sealer = RecordSealer(s2c)
+            self._opener = RecordOpener(c2s)
+            auth = _auth_message(
+                self._identity, self._blessings, self._discharges, transcript, _SERVER_LABEL
+            )
+            self._transcript = transcript
+            self._transcript2 = hashlib.sha256(transcript + auth).digest()
+            self._state = _State.AUTH
+            out = server_hello + self._sealer.seal(auth)
+            if self._buf:  # the client cannot have sent more yet, but be exact
+                out += self._step()
+            return out
+        assert self._opener is not None and self._sealer is not None
+        if self._state is _State.AUTH:
+            if not self._buf:
+                return b""
+            data = bytes(self._buf)
+            self._buf.clear()
+            plains = self._opener.feed(data)
+            if not plains:
+                if self._opener.buffered > MAX_AUTH_SIZE + 64:
+                    raise errors.BadProtocolError("handshake: auth message too large")
+                return b""
+            key, blessings, discharges = _check_auth(plains[0], self._transcript2, _CLIENT_LABEL)
+            self.result = HandshakeResult(
+                version=self._version,
+                sealer=self._sealer,
+                opener=self._opener,
+                local_key=self._identity.public_key,
+                remote_key=key,
+                local_blessings=self._blessings,
+                remote_blessings=blessings,
+                remote_discharges=discharges,
+                peer_settings=self._peer_settings,
+                early_plaintext=plains[1:],
+            )
+            self._state = _State.DONE
+        return b""

@@ -1,0 +1,250 @@
+"""The VC handshake: versions, key agreement, mutual authentication, tampering, relays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipcclient import codec, errors
+from ipcclient.vc import handshake
+from ipcclient.vc.handshake import ClientHandshake, HandshakeResult, ServerHandshake, VCSettings
+from tests.identities import Identity, make_identity
+
+
+def _accept_all(_key: Any, _blessings: Any, _discharges: Any) -> None:
+    return None
+
+
+def _client(ident: Identity, **kw: Any) -> ClientHandshake:
+    kw.setdefault("authorize_server", _accept_all)
+    kw.setdefault("blessings_for_server", lambda _b: None)
+    return ClientHandshake(ident, **kw)
+
+
+def _run(
+    client: ClientHandshake, server: ServerHandshake
+) -> tuple[HandshakeResult, HandshakeResult]:
+    to_server = client.start()
+    to_client = server.receive_data(to_server)
+    to_server = client.receive_data(to_client)
+    assert client.done and not server.done
+    assert server.receive_data(to_server) == b""
+    assert server.done
+    assert client.result is not None and server.result is not None
+    return client.result, server.result
+
+
+def test_handshake_establishes_a_mutually_authenticated_encrypted_vc() -> None:
+    c_id, s_id = make_identity(), make_identity()
+    seen: list[Any] = []
+
+    def authorize(key: Any, blessings: Any, discharges: Any) -> None:
+        seen.append(key)
+
+    client = _client(c_id, authorize_server=authorize, settings=VCSettings(initial_window=4096))
+    server = ServerHandshake(s_id, blessings=None, settings=VCSettings(max_frame_payload=2048))
+    c, s = _run(client, server)
+    assert seen == [s_id.public_key]
+    assert c.remote_key == s_id.public_key and s.remote_key == c_id.public_key
+    assert c.local_key == c_id.public_key and s.local_key == s_id.public_key
+    assert c.version == s.version == handshake.SUPPORTED_VERSIONS[1]
+    assert c.peer_settings == VCSettings(max_frame_payload=2048)
+    assert s.peer_settings == VCSettings(initial_window=4096)
+    # Records flow both ways with the derived keys.
+    assert s.opener.feed(c.sealer.seal(b"ping")) == [b"ping"]
+    assert c.opener.feed(s.sealer.seal(b"pong")) == [b"pong"]
+
+
+def test_early_mux_bytes_after_client_auth_are_kept() -> None:
+    client, server = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+    to_client = server.receive_data(client.start())
+    auth = client.receive_data(to_client)
+    assert client.result is not None
+    early = client.result.sealer.seal(b"first frames")
+    server.receive_data(auth + early[:3])
+    assert server.result is not None
+    assert server.result.early_plaintext == []
+    assert server.result.opener.feed(early[3:]) == [b"first frames"]
+    client2, server2 = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+    auth2 = client2.receive_data(server2.receive_data(client2.start()))
+    assert client2.result is not None
+    server2.receive_data(auth2 + client2.result.sealer.seal(b"early"))
+    assert server2.result is not None and server2.result.early_plaintext == [b"early"]
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+@settings(max_examples=30, deadline=None)
+def test_any_chunking_of_the_handshake_bytes(cuts: list[int]) -> None:
+    client, server = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+
+    def dribble(data: bytes, feed: Any) -> bytes:
+        out = b""
+        pos = 0
+        for n in [*cuts, len(data)]:
+            out += feed(data[pos : pos + n])
+            pos += n
+            if pos >= len(data):
+                break
+        return out
+
+    to_client = dribble(client.start(), server.receive_data)
+    to_server = dribble(to_client, client.receive_data)
+    dribble(to_server, server.receive_data)
+    assert client.done and server.done
+
+
+@pytest.mark.parametrize(
+    ("client_range", "server_range", "expected"),
+    [((1, 1), (1, 1), 1), ((1, 3), (2, 5), 3), ((2, 9), (1, 4), 4)],
+)
+def test_highest_common_version(
+    client_range: tuple[int, int], server_range: tuple[int, int], expected: int
+) -> None:
+    client = _client(make_identity(), versions=client_range)
+    server = ServerHandshake(make_identity(), blessings=None, versions=server_range)
+    c, s = _run(client, server)
+    assert c.version == s.version == expected
+
+
+def test_no_common_version_fails_before_any_secret() -> None:
+    client = _client(make_identity(), versions=(1, 1))
+    server = ServerHandshake(make_identity(), blessings=None, versions=(2, 3))
+    with pytest.raises(errors.VersionIncompatibleError):
+        server.receive_data(client.start())
+    refusal = server.refusal
+    # The refusal is a clear hello: no key share, nothing encrypted.
+    assert refusal.startswith(handshake.MAGIC)
+    assert b"key_share" not in refusal
+    with pytest.raises(errors.VersionIncompatibleError):
+        client.receive_data(refusal)
+    with pytest.raises(errors.VersionIncompatibleError):
+        server.receive_data(b"more")
+
+
+def test_server_choosing_outside_the_client_range_is_refused() -> None:
+    client = _client(make_identity(), versions=(1, 2))
+    server = ServerHandshake(make_identity(), blessings=None, versions=(3, 3))
+    hello = codec.decode(client.start()[8:])
+    assert list(hello["versions"]) == [1, 2]
+    # Forge a server hello choosing version 3 (a downgrade/upgrade attempt by a relay).
+    forged = handshake._encode_hello(
+        {"version": 3, "key_share": b"\x09" * 32, "random": b"\x00" * 32,
+         "window": 65536, "max_frame": 65536}
+    )  # fmt: skip
+    with pytest.raises(errors.VersionIncompatibleError):
+        client.receive_data(forged)
+    assert server.done is False
+
+
+def test_client_refusing_the_server_reveals_nothing() -> None:
+    def refuse(key: Any, blessings: Any, discharges: Any) -> None:
+        raise errors.NotTrustedError("server does not match the pattern")
+
+    client = _client(make_identity(), authorize_server=refuse)
+    server = ServerHandshake(make_identity(), blessings=None)
+    to_client = server.receive_data(client.start())
+    with pytest.raises(errors.NotTrustedError):
+        client.receive_data(to_client)
+    assert client.result is None
+    with pytest.raises(errors.NotTrustedError):
+        client.receive_data(b"")
+
+
+def test_a_downgrade_by_a_relay_breaks_the_keys() -> None:
+    """A relay that rewrites the client's offered range cannot make the two sides agree."""
+    client = _client(make_identity(), versions=(1, 2))
+    server = ServerHandshake(make_identity(), blessings=None, versions=(1, 2))
+    hello = client.start()
+    fields = dict(codec.decode(hello[8:]))
+    fields["versions"] = [1, 1]
+    tampered = handshake._encode_hello(fields)
+    to_client = server.receive_data(tampered)
+    with pytest.raises((errors.NotTrustedError, errors.BadProtocolError)):
+        client.receive_data(to_client)
+
+
+def test_man_in_the_middle_relay_cannot_complete() -> None:
+    """Mallory runs a server handshake toward Alice and a client handshake toward Bob."""
+    alice, mallory, bob = make_identity(), make_identity(), make_identity()
+    a = _client(alice)
+    m_server = ServerHandshake(mallory, blessings=None)
+    m_client = _client(mallory)
+    b = ServerHandshake(bob, blessings=None)
+    # Mallory relays Bob's hello+auth to Alice instead of her own.
+    b_out = b.receive_data(m_client.start())
+    m_server.receive_data(a.start())  # Mallory's own state for Alice
+    with pytest.raises((errors.NotTrustedError, errors.BadProtocolError)):
+        a.receive_data(b_out)  # Bob's hello+auth were made for another transcript
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None)
+def test_tampering_with_any_handshake_byte_fails(data: st.DataObject) -> None:
+    client, server = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+    c_hello = bytearray(client.start())
+    which = data.draw(st.sampled_from(["client_hello", "server_msgs", "client_auth"]))
+    if which == "client_hello":
+        i = data.draw(st.integers(min_value=0, max_value=len(c_hello) - 1))
+        c_hello[i] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+        with pytest.raises(errors.IPCError):
+            to_client = server.receive_data(bytes(c_hello))
+            if not to_client:
+                raise errors.BadProtocolError("server waits for bytes that never come")
+            client.receive_data(to_client)
+            raise errors.BadProtocolError("stalled")
+        return
+    to_client = bytearray(server.receive_data(bytes(c_hello)))
+    if which == "server_msgs":
+        i = data.draw(st.integers(min_value=0, max_value=len(to_client) - 1))
+        to_client[i] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+        with pytest.raises(errors.IPCError):
+            if not client.receive_data(bytes(to_client)):
+                raise errors.BadProtocolError("client waits for bytes that never come")
+        return
+    to_server = bytearray(client.receive_data(bytes(to_client)))
+    i = data.draw(st.integers(min_value=0, max_value=len(to_server) - 1))
+    to_server[i] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    with pytest.raises(errors.IPCError):
+        server.receive_data(bytes(to_server))
+        if not server.done:
+            raise errors.BadProtocolError("server waits for bytes that never come")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"GET / HTTP/1.1\r\n", b"\x8fIPC\xff\xff\xff\xff", b"\x8fIPC\x00\x00\x00\x01\xff"],
+)
+def test_garbage_and_floods_fail_at_once(garbage: bytes) -> None:
+    with pytest.raises(errors.BadProtocolError):
+        ServerHandshake(make_identity(), blessings=None).receive_data(garbage)
+
+
+def test_low_order_key_share_is_refused() -> None:
+    client = _client(make_identity())
+    fields = dict(codec.decode(client.start()[8:]))
+    fields["key_share"] = b"\x00" * 32
+    with pytest.raises(errors.BadProtocolError):
+        ServerHandshake(make_identity(), blessings=None).receive_data(
+            handshake._encode_hello(fields)
+        )
+
+
+def test_api_misuse_is_bad_state() -> None:
+    client = _client(make_identity())
+    with pytest.raises(errors.BadStateError):
+        client.receive_data(b"x")
+    client.start()
+    with pytest.raises(errors.BadStateError):
+        client.start()
+    client = _client(make_identity())
+    server = ServerHandshake(make_identity(), blessings=None)
+    _run(client, server)
+    with pytest.raises(errors.BadStateError):
+        server.receive_data(b"")
+    with pytest.raises(errors.BadStateError):
+        client.receive_data(b"")
+    with pytest.raises(errors.BadArgError):
+        ServerHandshake(make_identity(), blessings=None, versions=(3, 2))
