@@ -1,0 +1,582 @@
+"""One VC over one socket: blocking flows driven by a reader thread (floor 5).
+
+Owns: the :class:`Connection` (an established VC: its socket, its sans-IO mux and record
+layer, the reader thread that feeds them, keepalive, and breaking the VC on any fault) and the
+:class:`Flow` objects callers use (``write``, ``read``, ``close_send``, ``cancel``, ...), with
+a deadline on every blocking step.
+
+Must not: resolve names, know RPC headers, authorize anyone (the handshake's callbacks did that
+before this object exists), or hold its lock across I/O.
+
+Threads and locks. One reader thread per connection reads the socket, opens records and feeds
+the mux. ``_lock`` guards the mux and every flow's buffers; it is never held across a socket
+call. Writers queue frames into the mux under ``_lock``; then exactly one thread at a time
+(the *flusher*, chosen under ``_lock`` by the ``_flushing`` flag) drains everything queued,
+seals it into one record and sends it outside the lock. A writer that finds a flusher active
+leaves its frames to it, so bursts from many threads coalesce into few records and syscalls.
+Lock order: ``_lock`` is a leaf lock; callbacks (``on_flow``, ``on_close``) run outside it.
+
+A broken VC (EOF, reset, a record or frame that fails, a missed keepalive, a failed send) ends
+every flow with a :class:`~ipcclient.errors.ConnectionFailedError` (retry action
+RETRY_CONNECTION) and calls ``on_close`` once so the owner evicts it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.vc.handshake import HandshakeResult
+from ipcclient.wire import mux as muxmod
+from ipcclient.wire.mux import Mux, MuxConfig
+
+__all__ = ["Connection", "Flow", "KeepaliveConfig"]
+
+log = logging.getLogger("ipcclient.transport")
+
+RECV_BUFFER = 256 * 1024
+"""Bytes the reader asks the kernel for per recv: one maximum record fits, so a burst of
+frames is opened with one syscall."""
+
+
+@dataclass(frozen=True)
+class KeepaliveConfig:
+    """Liveness of an idle VC.
+
+    Attributes:
+        interval: seconds without receiving anything before this side sends a PING.
+        timeout: seconds without receiving anything (not even a PING ACK) before the VC is
+            declared broken.
+        send_timeout: seconds one socket send may block (a peer that stops reading) before
+            the VC is declared broken.
+    """
+
+    interval: float = 15.0
+    timeout: float = 45.0
+    send_timeout: float = 30.0
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return deadline - time.monotonic()
+
+
+class Flow:
+    """One flow on a VC: a flow-controlled, bidirectional byte stream.
+
+    A flow belongs to one call; its methods may be called from different threads (for example
+    ``cancel`` from a context callback while another thread is blocked in ``read``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cond",
+        "_conn",
+        "_deadline",
+        "_eof",
+        "_error",
+        "_inbox",
+        "_local_closed",
+        "id",
+    )
+
+    def __init__(self, conn: Connection, flow_id: int) -> None:
+        self._conn = conn
+        self.id = flow_id
+        self._cond = threading.Condition(conn._lock)
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
+        self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
+        self._local_closed = False  # close_send / close / cancel done locally
+        self._deadline: float | None = None
+
+    # --- properties -------------------------------------------------------------------
+    @property
+    def connection(self) -> Connection:
+        """The VC this flow runs on (its keys and blessings)."""
+        return self._conn
+
+    @property
+    def local_blessings(self) -> Any:
+        return self._conn.local_blessings
+
+    @property
+    def remote_blessings(self) -> Any:
+        return self._conn.remote_blessings
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The default deadline (``time.monotonic()`` value) of blocking calls on this flow."""
+        self._deadline = deadline
+
+    def _effective(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return self._deadline
+        if self._deadline is None:
+            return deadline
+        return min(deadline, self._deadline)
+
+    # --- reading ----------------------------------------------------------------------
+    def read(self, deadline: float | None = None) -> bytes:
+        """The next chunk of bytes from the peer; ``b""`` once the peer closed its send side.
+
+        Raises:
+            TimeoutError: the deadline passed first (the flow stays usable).
+            CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
+                cancelled, or the VC broke.
+        """
+        deadline = self._effective(deadline)
+        conn = self._conn
+        with self._cond:
+            while not self._inbox:
+                if self._eof:  # the peer's FIN came: everything it sent is here
+                    return b""
+                if self._error is not None:
+                    raise self._error
+                timeout = _remaining(deadline)
+                if timeout is not None and timeout <= 0:
+                    raise errors.TimeoutError("transport: deadline passed while reading a flow")
+                self._cond.wait(timeout)
+            chunk = self._inbox.popleft()
+            conn._mux.acknowledge(self.id, len(chunk))
+            flush = conn._mux_has_output()
+        if flush:
+            conn._flush()
+        return chunk
+
+    # --- writing ----------------------------------------------------------------------
+    def write(self, data: bytes, *, end: bool = False, deadline: float | None = None) -> None:
+        """Send ``data`` (and, with ``end``, close the send side after it).
+
+        Blocks while the peer grants no credit (a slow reader bounds what is in flight).
+
+        Raises:
+            TimeoutError: the deadline passed while waiting for credit; part of the data
+                may have been sent, so the flow is reset (the stream cannot be resumed).
+            BadStateError: the send side is already closed.
+            CanceledError / ConnectionFailedError / the peer's error: see :meth:`read`.
+        """
+        deadline = self._effective(deadline)
+        conn = self._conn
+        view: bytes | memoryview = data
+        total = len(data)
+        pos = 0
+        while True:
+            with self._cond:
+                if self._error is not None:
+                    raise self._error
+                if self._local_closed:
+                    raise errors.BadStateError("transport: write after the flow's send side closed")
+                try:
+                    n = conn._mux.send_data(self.id, view, end=end)
+                except errors.IPCError as exc:
+                    raise self._fail_locked(exc) from None
+                pos += n
+                done = pos >= total
+                if done and end:
+                    self._local_closed = True
+                    conn._forget_if_ended(self)
+            conn._flush()
+            if done:
+                return
+            if n:
+                view = memoryview(data)[pos:]
+            expired: errors.IPCError | None = None
+            with self._cond:
+                while self._error is None and conn._mux.is_live(self.id):
+                    try:
+                        if conn._mux.send_credit(self.id) > 0:
+                            break
+                    except errors.IPCError:
+                        break  # the VC closed; the loop above reports it
+                    timeout = _remaining(deadline)
+                    if timeout is not None and timeout <= 0:
+                        expired = errors.TimeoutError(
+                            "transport: deadline passed while waiting for flow credit"
+                        )
+                        self._reset_locked(expired)
+                        break
+                    self._cond.wait(timeout)
+            if expired is not None:
+                conn._flush()  # the RESET
+                raise expired
+
+    def close_send(self) -> None:
+        """Tell the peer nothing more will be written (half-close). Idempotent."""
+        conn = self._conn
+        with self._cond:
+            if self._local_closed or self._error is not None:
+                return
+            self._local_closed = True
+            try:
+                conn._mux.close_send(self.id)
+            except errors.IPCError:
+                return  # the flow already ended: nothing to announce
+            conn._forget_if_ended(self)
+        conn._flush()
+
+    def cancel(self, error: errors.IPCError | None = None) -> None:
+        """Abort the flow both ways: the peer sees RESET (its context is cancelled) and any
+        thread blocked on this flow wakes with ``error`` (default CanceledError). Idempotent;
+        a no-op once the flow has ended."""
+        err = error if error is not None else errors.CanceledError("transport: flow cancelled")
+        with self._cond:
+            if self._error is not None:
+                return
+            self._reset_locked(err)
+        self._conn._flush()
+
+    def close(self) -> None:
+        """Close the send side and stop reading: what arrives later is discarded."""
+        self.close_send()
+        conn = self._conn
+        with self._cond:
+            if self._error is None:
+                self._error = errors.BadStateError("transport: the flow is closed")
+            self._inbox.clear()
+            self._cond.notify_all()
+            if conn._mux.is_live(self.id) and not conn._mux.closed:
+                # Discard the rest of the peer's stream instead of letting it block on credit.
+                conn._mux.reset_flow(self.id, None)
+            conn._flows.pop(self.id, None)
+        conn._flush()
+
+    # --- internals (called with the lock held) ------------------------------------------
+    def _reset_locked(self, err: errors.IPCError) -> None:
+        conn = self._conn
+        self._error = err
+        self._eof = False  # a local reset wins over a FIN that came before it
+        self._local_closed = True
+        self._inbox.clear()
+        if not conn._mux.closed:
+            conn._mux.reset_flow(self.id, None if isinstance(err, errors.CanceledError) else err)
+        conn._flows.pop(self.id, None)
+        self._cond.notify_all()
+
+    def _fail_locked(self, err: errors.IPCError) -> errors.IPCError:
+        if self._error is None:
+            self._error = err
+        self._cond.notify_all()
+        return self._error
+
+
+class Connection:
+    """An established VC over a connected socket (see the module docstring)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        result: HandshakeResult,
+        *,
+        dialer: bool,
+        config: MuxConfig | None = None,
+        on_flow: Callable[[Flow], None] | None = None,
+        on_close: Callable[[Connection, errors.IPCError], None] | None = None,
+        keepalive: KeepaliveConfig | None = None,
+        name: str = "",
+    ) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._config = config or MuxConfig()
+        peer = result.peer_settings
+        self._mux = Mux(
+            self._config,
+            dialer=dialer,
+            peer_initial_window=peer.initial_window,
+            peer_max_frame_payload=peer.max_frame_payload,
+        )
+        self._sealer = result.sealer
+        self._opener = result.opener
+        self.result = result
+        self._flows: dict[int, Flow] = {}
+        self._on_flow = on_flow
+        self._on_close = on_close
+        self._keepalive = keepalive or KeepaliveConfig()
+        self._flushing = False
+        self._error: errors.IPCError | None = None
+        self._closed_event = threading.Event()
+        self._close_notified = False
+        self.pid = os.getpid()
+        self.name = name or f"vc-{id(self):x}"
+        self._last_recv = time.monotonic()
+        try:
+            ka = self._keepalive
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ka.send_timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(ka.interval))
+        except OSError:  # pragma: no cover - every POSIX socket has these
+            log.debug("transport: could not set socket timeouts on %s", self.name)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"ipc-{self.name}", daemon=True
+        )
+        self._pending_early = list(result.early_plaintext)
+
+    def start(self) -> None:
+        """Start the reader thread (after the owner has stored the connection)."""
+        self._reader.start()
+
+    # --- properties -------------------------------------------------------------------
+    @property
+    def local_key(self) -> Any:
+        return self.result.local_key
+
+    @property
+    def remote_key(self) -> Any:
+        return self.result.remote_key
+
+    @property
+    def local_blessings(self) -> Any:
+        return self.result.local_blessings
+
+    @property
+    def remote_blessings(self) -> Any:
+        return self.result.remote_blessings
+
+    @property
+    def remote_discharges(self) -> tuple[Any, ...]:
+        return self.result.remote_discharges
+
+    @property
+    def closed(self) -> bool:
+        """True once the VC is closed or broken."""
+        return self._error is not None
+
+    @property
+    def error(self) -> errors.IPCError | None:
+        """Why the VC is closed, or None while it is open."""
+        return self._error
+
+    @property
+    def flow_count(self) -> int:
+        with self._lock:
+            return len(self._flows)
+
+    # --- flows ------------------------------------------------------------------------
+    def connect(self) -> Flow:
+        """Open a new flow (nothing is sent until its first write).
+
+        Raises:
+            ConnectionFailedError: the VC is closed or broken (evict it and dial again).
+        """
+        with self._lock:
+            if self._error is not None:
+                raise errors.ConnectionFailedError(
+                    f"transport: the VC is closed: {self._error.msg}"
+                )
+            try:
+                fid = self._mux.open_flow()
+            except errors.IPCError as exc:
+                raise errors.ConnectionFailedError(
+                    f"transport: cannot open a flow: {exc.msg}"
+                ) from exc
+            flow = Flow(self, fid)
+            self._flows[fid] = flow
+            return flow
+
+    # --- closing ----------------------------------------------------------------------
+    def close(self, error: errors.IPCError | None = None, *, timeout: float = 1.0) -> None:
+        """Close the VC: send GOAWAY (best effort), end every flow, stop the reader thread.
+
+        In-flight flows end with ``error`` if given, else a ConnectionFailedError saying the
+        VC was closed locally. Idempotent; safe from any thread, including callbacks.
+        """
+        err = error or errors.ConnectionFailedError("transport: the VC was closed locally")
+        with self._lock:
+            if self._error is None:
+                self._mux.close(error)
+        self._flush()
+        self._break(err)
+        if self._reader.ident is None:  # never started: nobody else will close the socket
+            self._sock.close()
+        elif threading.current_thread() is not self._reader and self._reader.is_alive():
+            self._reader.join(timeout)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the VC is closed or broken; True if it is."""
+        return self._closed_event.wait(timeout)
+
+    def _break(self, err: errors.IPCError) -> None:
+        """Fail every flow with ``err``, shut the socket, tell the owner (once)."""
+        with self._lock:
+            first = self._error is None
+            if first:
+                self._error = err
+            flows = list(self._flows.values())
+            self._flows.clear()
+            for flow in flows:
+                if flow._error is None:
+                    flow._error = err
+                flow._cond.notify_all()
+            notify = not self._close_notified
+            self._close_notified = True
+        if first:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        if notify:
+            self._closed_event.set()
+            if self._on_close is not None:
+                try:
+                    self._on_close(self, err)
+                except Exception:  # a bug in the owner's callback must not kill the reader
+                    log.exception("transport: on_close callback failed")
+
+    # --- writing (flusher) --------------------------------------------------------------
+    def _mux_has_output(self) -> bool:
+        return bool(self._mux._out)
+
+    def _forget_if_ended(self, flow: Flow) -> None:
+        if not self._mux.is_live(flow.id) and flow._eof:
+            self._flows.pop(flow.id, None)
+
+    def _flush(self) -> None:
+        """Send everything the mux has queued; one flusher at a time (see module docstring)."""
+        with self._lock:
+            if self._flushing:
+                return
+            data = self._mux.data_to_send()
+            if not data:
+                return
+            self._flushing = True
+        try:
+            while data:
+                record = self._sealer.seal(data)
+                self._sock.sendall(record)
+                with self._lock:
+                    data = self._mux.data_to_send()
+                    if not data:
+                        self._flushing = False
+        except (OSError, errors.IPCError) as exc:
+            with self._lock:
+                self._flushing = False
+            self._break(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
+        except BaseException:
+            # KeyboardInterrupt mid-send: part of a record may be out, so the VC is gone.
+            with self._lock:
+                self._flushing = False
+            self._break(errors.ConnectionFailedError("transport: interrupted while sending"))
+            raise
+
+    # --- reading (reader thread) --------------------------------------------------------
+    def _read_loop(self) -> None:
+        sock = self._sock
+        buf = bytearray(RECV_BUFFER)
+        view = memoryview(buf)
+        err: errors.IPCError | None = None
+        try:
+            if self._pending_early:
+                early, self._pending_early = self._pending_early, []
+                for plain in early:
+                    self._on_plaintext(plain)
+            while self._error is None:
+                try:
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, TimeoutError):
+                    if self._keepalive_due():
+                        continue
+                    err = errors.ConnectionFailedError(
+                        "transport: the peer missed its keepalive; the VC is broken"
+                    )
+                    break
+                except OSError as exc:
+                    if self._error is None:
+                        err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
+                    break
+                if n == 0:
+                    err = errors.ConnectionFailedError("transport: the peer closed the connection")
+                    break
+                self._last_recv = time.monotonic()
+                for plain in self._opener.feed(view[:n]):
+                    self._on_plaintext(plain)
+        except errors.IPCError as exc:
+            err = errors.ConnectionFailedError(f"transport: {exc.id}: {exc.msg}")
+            err.__cause__ = exc
+            with self._lock:
+                if self._error is None:
+                    self._mux.close(exc)
+            self._flush()
+        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
+            log.exception("transport: reader thread failed")
+            err = errors.InternalError(f"transport: reader failed: {exc!r}")
+        finally:
+            self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _keepalive_due(self) -> bool:
+        """On a receive timeout: ping, or say the peer is dead (False)."""
+        idle = time.monotonic() - self._last_recv
+        if idle >= self._keepalive.timeout:
+            return False
+        with self._lock:
+            if self._error is None:
+                self._mux.ping(os.urandom(8))
+        self._flush()
+        return True
+
+    def _on_plaintext(self, plain: bytes) -> None:
+        new_flows: list[Flow] = []
+        closed: errors.IPCError | None = None
+        with self._lock:
+            events = self._mux.receive_data(plain)
+            flows = self._flows
+            for ev in events:
+                cls = type(ev)
+                if cls is muxmod.DataReceived:
+                    assert isinstance(ev, muxmod.DataReceived)
+                    flow = flows.get(ev.flow_id)
+                    if flow is None:
+                        # The app closed or cancelled it; give the credit back silently.
+                        self._mux.acknowledge(ev.flow_id, len(ev.data))
+                        continue
+                    if ev.data:
+                        flow._inbox.append(ev.data)
+                    if ev.end:
+                        flow._eof = True
+                        if not self._mux.is_live(ev.flow_id):
+                            del flows[ev.flow_id]
+                    flow._cond.notify_all()
+                elif cls is muxmod.FlowOpened:
+                    assert isinstance(ev, muxmod.FlowOpened)
+                    flow = Flow(self, ev.flow_id)
+                    flows[ev.flow_id] = flow
+                    new_flows.append(flow)
+                elif cls is muxmod.CreditAvailable:
+                    assert isinstance(ev, muxmod.CreditAvailable)
+                    flow = flows.get(ev.flow_id)
+                    if flow is not None:
+                        flow._cond.notify_all()
+                elif cls is muxmod.FlowReset:
+                    assert isinstance(ev, muxmod.FlowReset)
+                    flow = flows.pop(ev.flow_id, None)
+                    if flow is not None:
+                        flow._error = ev.error
+                        flow._cond.notify_all()
+                elif cls is muxmod.ConnectionClosed:
+                    assert isinstance(ev, muxmod.ConnectionClosed)
+                    closed = ev.error
+            flush = bool(self._mux._out)
+        if flush:
+            self._flush()
+        if self._on_flow is not None:
+            for flow in new_flows:
+                try:
+                    self._on_flow(flow)
+                except Exception:
+                    log.exception("transport: on_flow callback failed")
+                    flow.cancel(errors.InternalError("transport: the flow could not be taken"))
+        if closed is not None:
+            self._break(closed)

@@ -1,0 +1,448 @@
+"""Dialing and listening: sockets in, established VCs out (floor 5).
+
+Owns: opening sockets for the supported protocols (``tcp``, ``tcp4``, ``tcp6``, ``unix``)
+with a deadline, running the sans-IO VC handshake over a blocking socket with a deadline and
+bounded sizes, and listening: an accept thread that hands each new socket to a bounded set of
+handshake threads and each established VC to the owner.
+
+Must not: cache VCs (the client owns its VC map), resolve names, or know RPC. Never holds a
+lock across a dial or a handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
+from ipcclient.vc.handshake import (
+    SUPPORTED_VERSIONS,
+    ClientHandshake,
+    HandshakeResult,
+    Identity,
+    ServerHandshake,
+    VCSettings,
+)
+from ipcclient.wire.mux import MuxConfig
+
+__all__ = [
+    "PROTOCOLS",
+    "Listener",
+    "StreamManager",
+    "TransportOptions",
+    "open_socket",
+    "split_host_port",
+]
+
+log = logging.getLogger("ipcclient.transport")
+
+PROTOCOLS = ("tcp", "tcp4", "tcp6", "unix")
+HANDSHAKE_RECV = 64 * 1024
+"""Bytes read per recv during a handshake (a whole handshake is a few KiB)."""
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+"""A handshake that has not finished by then fails: a stalled peer cannot hold a thread."""
+MAX_PENDING_HANDSHAKES = 64
+"""Accepted sockets still in their handshake; more are closed at once (a flood of silent
+connections cannot pile up threads)."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Knobs of the VCs a manager makes (both sides).
+
+    Attributes:
+        mux: this side's mux limits (its receive window and frame size are announced to the
+            peer in the handshake).
+        keepalive: liveness timers.
+        handshake_timeout: upper bound on one handshake, whatever the caller's deadline.
+        versions: the protocol versions offered.
+    """
+
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    versions: tuple[int, int] = SUPPORTED_VERSIONS
+
+    @property
+    def settings(self) -> VCSettings:
+        return VCSettings(
+            initial_window=self.mux.initial_window, max_frame_payload=self.mux.max_frame_payload
+        )
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` as (host, port).
+
+    Raises:
+        BadArgError: not of that form, or the port is not 0..65535.
+    """
+    if address.startswith("["):
+        close = address.find("]")
+        if close < 0 or address[close + 1 : close + 2] != ":":
+            raise errors.BadArgError(f"transport: bad address {address!r}")
+        host, port_text = address[1:close], address[close + 2 :]
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or ":" in host:
+            raise errors.BadArgError(f"transport: bad address {address!r} (want host:port)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise errors.BadArgError(f"transport: bad port in {address!r}")
+    return host, int(port_text)
+
+
+def _family(protocol: str) -> int:
+    if protocol == "tcp4":
+        return socket.AF_INET
+    if protocol == "tcp6":
+        return socket.AF_INET6
+    if protocol == "tcp":
+        return socket.AF_UNSPEC
+    if protocol == "unix":
+        return socket.AF_UNIX
+    raise errors.BadArgError(f"transport: unknown protocol {protocol!r} (know {PROTOCOLS})")
+
+
+def _timeout_left(deadline: float, what: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise errors.TimeoutError(f"transport: deadline passed before {what}")
+    return left
+
+
+def open_socket(protocol: str, address: str, deadline: float) -> socket.socket:
+    """A connected socket to ``address`` over ``protocol``, or a clear error by ``deadline``.
+
+    Raises:
+        BadArgError: unknown protocol or malformed address.
+        TimeoutError: the deadline passed.
+        ConnectionFailedError: refused, unreachable, or no such socket (retry may help).
+    """
+    family = _family(protocol)
+    left = _timeout_left(deadline, f"dialing {protocol}:{address}")
+    try:
+        if family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(left)
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        host, port = split_host_port(address)
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        last: OSError | None = None
+        for fam, kind, proto, _canon, sockaddr in infos:
+            sock = socket.socket(fam, kind, proto)
+            try:
+                sock.settimeout(_timeout_left(deadline, f"dialing {protocol}:{address}"))
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                if isinstance(exc, TimeoutError):
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        raise last or OSError(f"no addresses for {address}")
+    except TimeoutError as exc:
+        raise errors.TimeoutError(f"transport: dialing {protocol}:{address} timed out") from exc
+    except OSError as exc:
+        raise errors.ConnectionFailedError(
+            f"transport: dialing {protocol}:{address} failed: {exc}"
+        ) from exc
+
+
+def _drive_handshake(
+    sock: socket.socket,
+    feed: Callable[[bytes], bytes],
+    is_done: Callable[[], bool],
+    first: bytes,
+    deadline: float,
+) -> None:
+    """Send ``first``, then feed received bytes and send replies until ``is_done()``."""
+    try:
+        if first:
+            sock.settimeout(_timeout_left(deadline, "the handshake"))
+            sock.sendall(first)
+        while not is_done():
+            sock.settimeout(_timeout_left(deadline, "the handshake finished"))
+            data = sock.recv(HANDSHAKE_RECV)
+            if not data:
+                raise errors.ConnectionFailedError(
+                    "transport: the peer closed during the handshake"
+                )
+            out = feed(data)
+            if out:
+                sock.settimeout(_timeout_left(deadline, "the handshake finished"))
+                sock.sendall(out)
+        sock.settimeout(None)
+    except TimeoutError as exc:
+        raise errors.TimeoutError("transport: the handshake did not finish in time") from exc
+    except OSError as exc:
+        raise errors.ConnectionFailedError(f"transport: handshake I/O failed: {exc}") from exc
+
+
+class Listener:
+    """A listening socket and the thread that accepts on it (see :meth:`StreamManager.listen`)."""
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        protocol: str,
+        address: str,
+        *,
+        blessings: Any,
+        discharges: Callable[[], Sequence[Any]],
+        on_flow: Callable[[Flow], None],
+        on_connection: Callable[[Connection], None] | None,
+        backlog: int,
+    ) -> None:
+        self._manager = manager
+        self.protocol = protocol
+        self._blessings = blessings
+        self._discharges = discharges
+        self._on_flow = on_flow
+        self._on_connection = on_connection
+        self._lock = threading.Lock()
+        self._connections: set[Connection] = set()
+        self._pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._closed = False
+        family = _family(protocol)
+        self._unix_path: str | None = None
+        if family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                raise errors.ConnectionFailedError(
+                    f"transport: cannot listen on {address}: {exc}"
+                ) from exc
+            self._unix_path = address
+            self.address = address
+        else:
+            host, port = split_host_port(address)
+            if family == socket.AF_UNSPEC:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                raise errors.ConnectionFailedError(
+                    f"transport: cannot listen on {address}: {exc}"
+                ) from exc
+            bound = sock.getsockname()
+            self.address = (
+                f"[{bound[0]}]:{bound[1]}"
+                if family == socket.AF_INET6
+                else (f"{bound[0]}:{bound[1]}")
+            )
+        sock.listen(backlog)
+        self._sock = sock
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"ipc-listen-{self.address}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The established VCs accepted here and still open."""
+        with self._lock:
+            return list(self._connections)
+
+    def close(self, *, close_connections: bool = True, timeout: float = 2.0) -> None:
+        """Stop accepting; with ``close_connections``, close every VC accepted here."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns = list(self._connections)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(timeout)
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+        if close_connections:
+            for conn in conns:
+                conn.close()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, _peer = self._sock.accept()
+            except OSError:
+                return  # closed
+            if self._closed:
+                sock.close()
+                return
+            if not self._pending.acquire(blocking=False):
+                log.warning("transport: too many pending handshakes; dropping a connection")
+                sock.close()
+                continue
+            threading.Thread(
+                target=self._handshake, args=(sock,), name="ipc-handshake", daemon=True
+            ).start()
+
+    def _handshake(self, sock: socket.socket) -> None:
+        try:
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            result = self._manager._accept_handshake(
+                sock, blessings=self._blessings, discharges=self._discharges()
+            )
+        except errors.IPCError as exc:
+            log.debug("transport: handshake from a peer failed: %s", exc)
+            sock.close()
+            return
+        except Exception:  # pragma: no cover - a bug must not kill the listener
+            log.exception("transport: handshake crashed")
+            sock.close()
+            return
+        finally:
+            self._pending.release()
+        conn = Connection(
+            sock,
+            result,
+            dialer=False,
+            config=self._manager.options.mux,
+            on_flow=self._on_flow,
+            on_close=self._forget,
+            keepalive=self._manager.options.keepalive,
+        )
+        with self._lock:
+            if self._closed:
+                refuse = True
+            else:
+                refuse = False
+                self._connections.add(conn)
+        if refuse:
+            conn.close()
+            return
+        conn.start()
+        if self._on_connection is not None:
+            self._on_connection(conn)
+
+    def _forget(self, conn: Connection, _err: errors.IPCError) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+
+class StreamManager:
+    """Makes VCs: dials endpoints and listens for peers, for one principal."""
+
+    def __init__(self, identity: Identity, options: TransportOptions | None = None) -> None:
+        self.identity = identity
+        self.options = options or TransportOptions()
+
+    def dial(
+        self,
+        protocol: str,
+        address: str,
+        *,
+        deadline: float,
+        authorize_server: Callable[[Any, Any, tuple[Any, ...]], None],
+        blessings_for_server: Callable[[Any], Any],
+        discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
+        on_close: Callable[[Connection, errors.IPCError], None] | None = None,
+    ) -> Connection:
+        """Dial, run the handshake, and return the started VC.
+
+        The whole dial (connect and handshake) ends by ``deadline`` (a ``time.monotonic()``
+        value), and the handshake also by ``options.handshake_timeout``.
+
+        Raises:
+            TimeoutError, ConnectionFailedError, BadArgError: from the dial.
+            VersionIncompatibleError, NotTrustedError, BadProtocolError: from the handshake.
+        """
+        sock = open_socket(protocol, address, deadline)
+        try:
+            hs = ClientHandshake(
+                self.identity,
+                authorize_server=authorize_server,
+                blessings_for_server=blessings_for_server,
+                discharges_for_server=discharges_for_server,
+                versions=self.options.versions,
+                settings=self.options.settings,
+            )
+            hs_deadline = min(deadline, time.monotonic() + self.options.handshake_timeout)
+            _drive_handshake(sock, hs.receive_data, lambda: hs.done, hs.start(), hs_deadline)
+            assert hs.result is not None
+            result: HandshakeResult = hs.result
+        except BaseException:
+            sock.close()
+            raise
+        conn = Connection(
+            sock,
+            result,
+            dialer=True,
+            config=self.options.mux,
+            on_close=on_close,
+            keepalive=self.options.keepalive,
+            name=f"{protocol}:{address}",
+        )
+        conn.start()
+        return conn
+
+    def listen(
+        self,
+        protocol: str,
+        address: str,
+        *,
+        blessings: Any,
+        on_flow: Callable[[Flow], None],
+        discharges: Callable[[], Sequence[Any]] = tuple,
+        on_connection: Callable[[Connection], None] | None = None,
+        backlog: int = 128,
+    ) -> Listener:
+        """Listen on ``address`` (``host:0`` picks a free port; ``listener.address`` tells
+        which). Every flow a peer opens on an accepted VC goes to ``on_flow`` (called on the
+        VC's reader thread: hand it to a worker, do not block)."""
+        return Listener(
+            self,
+            protocol,
+            address,
+            blessings=blessings,
+            discharges=discharges,
+            on_flow=on_flow,
+            on_connection=on_connection,
+            backlog=backlog,
+        )
+
+    def _accept_handshake(
+        self, sock: socket.socket, *, blessings: Any, discharges: Sequence[Any]
+    ) -> HandshakeResult:
+        hs = ServerHandshake(
+            self.identity,
+            blessings=blessings,
+            discharges=discharges,
+            versions=self.options.versions,
+            settings=self.options.settings,
+        )
+        deadline = time.monotonic() + self.options.handshake_timeout
+        try:
+            _drive_handshake(sock, hs.receive_data, lambda: hs.done, b"", deadline)
+        except errors.VersionIncompatibleError:
+            if hs.refusal:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(1.0)
+                    sock.sendall(hs.refusal)
+            raise
+        assert hs.result is not None
+        return hs.result

@@ -1,0 +1,55 @@
+"""Length-prefixed CBOR messages on a flow."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipcclient import codec, errors
+from ipcclient.wire.messages import MessageReader, encode_messages
+
+values = st.lists(
+    st.one_of(st.none(), st.integers(), st.text(max_size=30), st.binary(max_size=300),
+              st.lists(st.integers(), max_size=5)),
+    min_size=1, max_size=10,
+)  # fmt: skip
+
+
+@given(values=values, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=15))
+@settings(max_examples=200, deadline=None)
+def test_round_trip_under_any_chunking(values: list[Any], cuts: list[int]) -> None:
+    data = encode_messages(*values)
+    reader = MessageReader()
+    got: list[Any] = []
+    last = 0
+    for cut in [*sorted(c % (len(data) + 1) for c in cuts), len(data)]:
+        got.extend(reader.feed(data[last:cut]))
+        last = max(last, cut)
+    assert got == values
+    assert reader.buffered == 0
+
+
+def test_length_over_the_limit_is_refused_from_the_prefix_alone() -> None:
+    reader = MessageReader(codec.Limits(max_message_size=100))
+    with pytest.raises(errors.BadProtocolError, match="exceeds the limit"):
+        reader.feed(struct.pack(">I", 101))
+    assert reader.buffered == 0
+
+
+def test_bad_bodies_are_bad_protocol() -> None:
+    with pytest.raises(errors.BadProtocolError):
+        MessageReader().feed(struct.pack(">I", 0))
+    with pytest.raises(errors.BadProtocolError):
+        MessageReader().feed(struct.pack(">I", 1) + b"\xff")
+
+
+def test_partial_message_waits() -> None:
+    data = encode_messages("hello")
+    reader = MessageReader()
+    assert reader.feed(data[:3]) == []
+    assert reader.feed(data[3:6]) == []
+    assert reader.feed(data[6:]) == ["hello"]

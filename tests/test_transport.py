@@ -1,0 +1,435 @@
+"""The blocking transport over real loopback sockets: dial, listen, flows, faults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
+from ipcclient.transport.manager import Listener, StreamManager, TransportOptions, split_host_port
+from ipcclient.wire.mux import MuxConfig
+from tests.identities import make_identity
+
+
+def _accept_all(_k: Any, _b: Any, _d: Any) -> None:
+    return None
+
+
+def _echo_upper(flow: Flow) -> None:
+    def run() -> None:
+        data = bytearray()
+        try:
+            while chunk := flow.read(time.monotonic() + 10):
+                data += chunk
+            flow.write(bytes(data).upper(), end=True)
+        except errors.IPCError:
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def _dial(listener: Listener, **kw: Any) -> Connection:
+    mgr = StreamManager(make_identity(), kw.pop("options", None))
+    return mgr.dial(
+        listener.protocol,
+        listener.address,
+        deadline=time.monotonic() + 5,
+        authorize_server=_accept_all,
+        blessings_for_server=lambda _b: None,
+        **kw,
+    )
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[..., Listener]]:
+    made: list[Listener] = []
+
+    def make(
+        protocol: str = "tcp",
+        address: str = "127.0.0.1:0",
+        on_flow: Callable[[Flow], None] = _echo_upper,
+        options: TransportOptions | None = None,
+    ) -> Listener:
+        lst = StreamManager(make_identity(), options).listen(
+            protocol, address, blessings=None, on_flow=on_flow
+        )
+        made.append(lst)
+        return lst
+
+    yield make
+    for lst in made:
+        lst.close()
+
+
+def _roundtrip(conn: Connection, payload: bytes) -> bytes:
+    flow = conn.connect()
+    flow.write(payload, end=True)
+    out = bytearray()
+    while chunk := flow.read(time.monotonic() + 10):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "[::1]:0"])
+def test_echo_over_tcp(server: Callable[..., Listener], address: str) -> None:
+    if address.startswith("[") and not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6 loopback; the test needs it")
+    lst = server("tcp", address)
+    conn = _dial(lst)
+    try:
+        assert _roundtrip(conn, b"hello") == b"HELLO"
+        assert conn.remote_key is not None
+    finally:
+        conn.close()
+
+
+def test_echo_over_unix_socket(server: Callable[..., Listener]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.sock")
+        lst = server("unix", path)
+        conn = _dial(lst)
+        try:
+            assert _roundtrip(conn, b"unix") == b"UNIX"
+        finally:
+            conn.close()
+        lst.close()
+        assert not os.path.exists(path)
+
+
+def test_large_payload_crosses_many_frames_and_windows(server: Callable[..., Listener]) -> None:
+    opts = TransportOptions(mux=MuxConfig(initial_window=64 * 1024, max_frame_payload=16 * 1024))
+    lst = server(options=opts)
+    conn = _dial(lst, options=opts)
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    try:
+        assert _roundtrip(conn, payload) == payload.upper()
+    finally:
+        conn.close()
+
+
+def test_hundreds_of_concurrent_flows_from_many_threads(server: Callable[..., Listener]) -> None:
+    lst = server()
+    conn = _dial(lst)
+    results: dict[int, bytes] = {}
+    failures: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(40):
+                payload = f"t{t}-i{i}-".encode() * (1 + (i * 37) % 200)
+                got = _roundtrip(conn, payload)
+                if got != payload.upper():
+                    raise AssertionError(f"mismatch on {t}/{i}")
+                results[t * 1000 + i] = got
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(10)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    try:
+        assert not failures, failures
+        assert len(results) == 400
+        assert sum(len(v) for v in results.values()) == sum(
+            len(f"t{t}-i{i}-".encode() * (1 + (i * 37) % 200)) for t in range(10) for i in range(40)
+        )
+        assert conn.flow_count == 0  # nothing left behind
+    finally:
+        conn.close()
+
+
+def test_slow_reader_bounds_what_is_buffered(server: Callable[..., Listener]) -> None:
+    window = 32 * 1024
+    opts = TransportOptions(mux=MuxConfig(initial_window=window, max_frame_payload=8 * 1024))
+    sent = threading.Event()
+
+    def firehose(flow: Flow) -> None:
+        def run() -> None:
+            try:
+                flow.write(b"x" * (2 * 1024 * 1024), end=True, deadline=time.monotonic() + 10)
+                sent.set()
+            except errors.IPCError:
+                pass
+
+        threading.Thread(target=run, daemon=True).start()
+
+    lst = server(on_flow=firehose, options=opts)
+    conn = _dial(lst, options=opts)
+    try:
+        flow = conn.connect()
+        flow.write(b"go")
+        time.sleep(0.3)
+        buffered = sum(len(c) for c in flow._inbox)
+        assert 0 < buffered <= window
+        assert not sent.is_set()  # the writer is held back by credit
+        total = 0
+        while chunk := flow.read(time.monotonic() + 10):
+            total += len(chunk)
+            assert sum(len(c) for c in flow._inbox) <= window
+        assert total == 2 * 1024 * 1024
+        assert sent.wait(5)
+    finally:
+        conn.close()
+
+
+def test_cancel_reaches_the_peer_and_wakes_blocked_reader(server: Callable[..., Listener]) -> None:
+    seen: list[BaseException] = []
+    got_data = threading.Event()
+    done = threading.Event()
+
+    def waiter(flow: Flow) -> None:
+        def run() -> None:
+            try:
+                flow.read(time.monotonic() + 10)
+                got_data.set()
+                flow.read(time.monotonic() + 10)
+            except errors.IPCError as exc:
+                seen.append(exc)
+            done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    lst = server(on_flow=waiter)
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write(b"first")
+        assert got_data.wait(5)
+        blocked: list[BaseException] = []
+        t = threading.Thread(target=lambda: _capture(flow.read, blocked))
+        t.start()
+        time.sleep(0.05)
+        flow.cancel()
+        t.join(5)
+        assert blocked and isinstance(blocked[0], errors.CanceledError)
+        assert done.wait(5)
+        assert seen and isinstance(seen[0], errors.CanceledError)
+        with pytest.raises(errors.CanceledError):
+            flow.write(b"more")
+    finally:
+        conn.close()
+
+
+def _capture(fn: Callable[[], Any], into: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        into.append(exc)
+
+
+def test_read_deadline(server: Callable[..., Listener]) -> None:
+    lst = server(on_flow=lambda f: None)
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write(b"x")
+        start = time.monotonic()
+        with pytest.raises(errors.TimeoutError):
+            flow.read(time.monotonic() + 0.2)
+        assert 0.15 < time.monotonic() - start < 2
+        flow.set_deadline(time.monotonic() + 0.1)
+        with pytest.raises(errors.TimeoutError):
+            flow.read()
+    finally:
+        conn.close()
+
+
+def test_server_killed_mid_stream_breaks_the_vc_promptly(server: Callable[..., Listener]) -> None:
+    lst = server(on_flow=lambda f: f.write(b"partial"))
+    closed: list[errors.IPCError] = []
+    conn = _dial(lst, on_close=lambda c, e: closed.append(e))
+    flow = conn.connect()
+    flow.write(b"start")
+    assert flow.read(time.monotonic() + 5) == b"partial"
+    start = time.monotonic()
+    lst.close()  # closes every accepted VC: the peer's process is gone as far as we can see
+    with pytest.raises(errors.ConnectionFailedError) as info:
+        flow.read(time.monotonic() + 5)
+    assert time.monotonic() - start < 2
+    assert info.value.retryable
+    assert conn.wait_closed(2) and closed
+    with pytest.raises(errors.ConnectionFailedError):
+        conn.connect()
+
+
+def test_black_holed_peer_is_found_by_keepalive(server: Callable[..., Listener]) -> None:
+    """A relay that stops forwarding after the handshake: only keepalive can notice."""
+    lst = server()
+    relay = _Relay(lst.address)
+    opts = TransportOptions(keepalive=KeepaliveConfig(interval=0.1, timeout=0.4, send_timeout=1))
+    mgr = StreamManager(make_identity(), opts)
+    conn = mgr.dial(
+        "tcp", relay.address, deadline=time.monotonic() + 5,
+        authorize_server=_accept_all, blessings_for_server=lambda _b: None,
+    )  # fmt: skip
+    try:
+        assert _roundtrip(conn, b"ok") == b"OK"
+        relay.black_hole = True
+        assert conn.wait_closed(3)
+        assert isinstance(conn.error, errors.ConnectionFailedError)
+        assert "keepalive" in conn.error.msg
+    finally:
+        conn.close()
+        relay.close()
+
+
+def test_idle_vc_survives_with_keepalive(server: Callable[..., Listener]) -> None:
+    opts = TransportOptions(keepalive=KeepaliveConfig(interval=0.05, timeout=0.3, send_timeout=1))
+    lst = server(options=opts)
+    conn = _dial(lst, options=opts)
+    try:
+        time.sleep(0.6)
+        assert not conn.closed
+        assert _roundtrip(conn, b"still here") == b"STILL HERE"
+    finally:
+        conn.close()
+
+
+def test_garbage_from_a_raw_socket_does_not_hurt_other_clients(
+    server: Callable[..., Listener],
+) -> None:
+    lst = server()
+    host, port = split_host_port(lst.address)
+    raw = socket.create_connection((host, port), timeout=5)
+    try:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 10)
+        raw.settimeout(5)
+        assert raw.recv(100) == b""  # the server hung up on it
+    finally:
+        raw.close()
+    conn = _dial(lst)
+    try:
+        assert _roundtrip(conn, b"fine") == b"FINE"
+    finally:
+        conn.close()
+
+
+def test_dial_errors_are_typed() -> None:
+    mgr = StreamManager(make_identity())
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    kw: dict[str, Any] = {
+        "authorize_server": _accept_all,
+        "blessings_for_server": lambda _b: None,
+    }
+    with pytest.raises(errors.ConnectionFailedError):
+        mgr.dial("tcp", f"127.0.0.1:{port}", deadline=time.monotonic() + 2, **kw)
+    with pytest.raises(errors.BadArgError):
+        mgr.dial("carrier-pigeon", "x", deadline=time.monotonic() + 2, **kw)
+    with pytest.raises(errors.BadArgError):
+        mgr.dial("tcp", "no-port", deadline=time.monotonic() + 2, **kw)
+    with pytest.raises(errors.TimeoutError):
+        mgr.dial("tcp", "127.0.0.1:1", deadline=time.monotonic() - 1, **kw)
+    with pytest.raises(errors.ConnectionFailedError):
+        mgr.dial("unix", "/nonexistent/ipcclient.sock", deadline=time.monotonic() + 2, **kw)
+
+
+def test_a_silent_server_fails_the_handshake_by_the_deadline() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        mgr = StreamManager(make_identity())
+        start = time.monotonic()
+        with pytest.raises(errors.TimeoutError):
+            mgr.dial(
+                "tcp", "%s:%d" % silent.getsockname(), deadline=time.monotonic() + 0.3,
+                authorize_server=_accept_all, blessings_for_server=lambda _b: None,
+            )  # fmt: skip
+        assert time.monotonic() - start < 2
+    finally:
+        silent.close()
+
+
+def test_client_refusing_the_server_closes_without_a_vc(server: Callable[..., Listener]) -> None:
+    lst = server()
+
+    def refuse(_k: Any, _b: Any, _d: Any) -> None:
+        raise errors.NotTrustedError("not the server I want")
+
+    with pytest.raises(errors.NotTrustedError):
+        StreamManager(make_identity()).dial(
+            lst.protocol, lst.address, deadline=time.monotonic() + 5,
+            authorize_server=refuse, blessings_for_server=lambda _b: None,
+        )  # fmt: skip
+
+
+def test_version_mismatch_is_reported_to_the_client(server: Callable[..., Listener]) -> None:
+    lst = server(options=TransportOptions(versions=(5, 6)))
+    with pytest.raises(errors.VersionIncompatibleError):
+        _dial(lst)
+
+
+def test_close_is_idempotent_and_leaves_no_threads(server: Callable[..., Listener]) -> None:
+    before = threading.active_count()
+    lst = server()
+    conn = _dial(lst)
+    assert _roundtrip(conn, b"a") == b"A"
+    conn.close()
+    conn.close()
+    lst.close()
+    deadline = time.monotonic() + 3
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+
+
+class _Relay:
+    """A TCP relay that can stop forwarding (a black hole) to inject a silent failure."""
+
+    def __init__(self, target: str) -> None:
+        self.black_hole = False
+        host, port = split_host_port(target)
+        self._target = (host, port)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(4)
+        self.address = "%s:%d" % self._sock.getsockname()
+        self._socks: list[socket.socket] = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            a, _ = self._sock.accept()
+        except OSError:
+            return
+        b = socket.create_connection(self._target)
+        self._socks += [a, b]
+        threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        threading.Thread(target=self._pump, args=(b, a), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while not self._stop:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if not self.black_hole:
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._stop = True
+        for s in [self._sock, *self._socks]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
