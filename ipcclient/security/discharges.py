@@ -1,0 +1,297 @@
+"""Discharges for third-party caveats: the value, issuing one, the impetus, and the cache.
+
+Owns: :class:`Discharge` (a discharger's signed statement that one third-party caveat holds,
+under caveats of its own), :func:`issue_discharge` (the pure function a discharger server
+calls), :class:`DischargeImpetus` and :func:`filtered_impetus` (what a client tells a
+discharger, cut down to what the caveat requires), and :class:`DischargeCache` (thread-safe,
+bounded, shared across calls).
+
+Must not: make RPCs (fetching is the client's job, through an injected caller), sleep, or start
+threads. The cache's lock is held only for dictionary operations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ipcclient import codec, errors
+from ipcclient.security.caveats import (
+    MAX_CAVEATS,
+    Caveat,
+    ExpiryCaveat,
+    SecurityCall,
+    ThirdPartyCaveat,
+    ThirdPartyRequirements,
+    caveats_from_wire,
+    validate_caveats,
+)
+from ipcclient.security.keys import PURPOSE_DISCHARGE, SIGNATURE_SIZE, PublicKey
+from ipcclient.security.patterns import BlessingPattern
+
+__all__ = [
+    "DEFAULT_CACHE_ENTRIES",
+    "Discharge",
+    "DischargeCache",
+    "DischargeImpetus",
+    "Signer",
+    "filtered_impetus",
+    "issue_discharge",
+]
+
+DEFAULT_CACHE_ENTRIES = 4096  # discharges one process keeps; each is well under 1 KiB
+_CAVEAT_ID_LEN = 64  # hex SHA-256
+
+
+class Signer(Protocol):
+    """Anything that can sign with ipcclient purposes (a :class:`Principal`)."""
+
+    @property
+    def public_key(self) -> PublicKey: ...
+
+    def sign(self, purpose: bytes, message: bytes) -> bytes: ...
+
+
+def _discharge_digest(caveat_id: str, caveats: Sequence[Caveat]) -> bytes:
+    return hashlib.sha256(codec.encode([caveat_id, [c.digest() for c in caveats]])).digest()
+
+
+class Discharge:
+    """A discharger's signed proof that the third-party caveat ``caveat_id`` holds.
+
+    Attributes:
+        caveat_id: the ID of the third-party caveat discharged.
+        caveats: the discharge's own caveats (at least an expiry when issued here).
+        signature: the discharger's signature (purpose ``discharge``) over :meth:`digest`.
+    """
+
+    __slots__ = ("caveat_id", "caveats", "signature")
+
+    def __init__(self, caveat_id: str, caveats: Sequence[Caveat], signature: bytes) -> None:
+        self.caveat_id = caveat_id
+        self.caveats: tuple[Caveat, ...] = tuple(caveats)
+        self.signature = signature
+
+    def digest(self) -> bytes:
+        """SHA-256 of the CBOR array ``[caveat_id, [caveat digests...]]``."""
+        return _discharge_digest(self.caveat_id, self.caveats)
+
+    @property
+    def expiry(self) -> float | None:
+        """The earliest expiry among the discharge's caveats, or None if it has none."""
+        times = [c.not_after for c in self.caveats if isinstance(c, ExpiryCaveat)]
+        return min(times) if times else None
+
+    def verify(self, key: PublicKey) -> bool:
+        """Whether the signature is ``key``'s over this discharge's digest."""
+        return key.verify(self.signature, PURPOSE_DISCHARGE, self.digest())
+
+    def validate_for(self, caveat: ThirdPartyCaveat, call: SecurityCall, *, depth: int = 1) -> None:
+        """Raise unless this discharge makes ``caveat`` hold for ``call``.
+
+        Checks: it names the caveat's ID, the caveat's discharger signed it, it carries an
+        expiry, and every caveat of its own holds.
+
+        Raises:
+            BadDischargeError: with ``params[0]`` the caveat's ID.
+        """
+        cid = caveat.id
+        if self.caveat_id != cid:
+            raise errors.BadDischargeError("security: discharge is for another caveat", cid)
+        if not self.verify(caveat.discharger_key):
+            raise errors.BadDischargeError(
+                "security: discharge not signed by the caveat's discharger", cid
+            )
+        if self.expiry is None:
+            raise errors.BadDischargeError("security: discharge carries no expiry", cid)
+        try:
+            validate_caveats(self.caveats, call, depth=depth)
+        except errors.IPCError as exc:
+            raise errors.BadDischargeError(f"security: discharge invalid: {exc.msg}", cid) from exc
+
+    def to_wire(self) -> list[Any]:
+        """The plain wire form ``[caveat_id, [caveat...], signature]``."""
+        return [self.caveat_id, [c.to_wire() for c in self.caveats], self.signature]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Discharge:
+        """Rebuild a discharge (structure only: :meth:`validate_for` checks the signature).
+
+        Raises:
+            BadProtocolError: the value is malformed.
+        """
+        items = codec.as_sequence(value, "discharge")
+        if len(items) != 3:
+            raise errors.BadProtocolError("security: a discharge is [id, caveats, signature]")
+        cid, cavs, sig = items
+        if not isinstance(cid, str) or len(cid) != _CAVEAT_ID_LEN:
+            raise errors.BadProtocolError("security: malformed discharge caveat ID")
+        if not isinstance(sig, bytes) or len(sig) != SIGNATURE_SIZE:
+            raise errors.BadProtocolError("security: malformed discharge signature")
+        return cls(cid, caveats_from_wire(cavs, depth=1), sig)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Discharge):
+            return NotImplemented
+        return (self.caveat_id, self.caveats, self.signature) == (
+            other.caveat_id,
+            other.caveats,
+            other.signature,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.caveat_id, self.signature))
+
+    def __repr__(self) -> str:
+        return f"Discharge(caveat_id={self.caveat_id[:16]}..., expiry={self.expiry!r})"
+
+
+def issue_discharge(
+    principal: Signer,
+    caveat: ThirdPartyCaveat,
+    caveats: Sequence[Caveat],
+    *,
+    call: SecurityCall | None = None,
+) -> Discharge:
+    """Issue a discharge for ``caveat`` as its discharger.
+
+    Args:
+        principal: the discharger; its key must be the caveat's discharger key.
+        caveat: the third-party caveat to discharge.
+        caveats: the discharge's own caveats; at least one must be an expiry.
+        call: the discharge request's facts, needed when the caveat has restrictions.
+
+    Raises:
+        BadArgError: wrong discharger, no expiry, too many caveats, or restrictions to check
+            without a ``call``.
+        NoAccessError: a restriction does not hold for ``call``.
+    """
+    if not isinstance(caveat, ThirdPartyCaveat):
+        raise errors.BadArgError("security: can only discharge a third-party caveat")
+    if principal.public_key != caveat.discharger_key:
+        raise errors.BadArgError("security: this principal is not the caveat's discharger")
+    own = tuple(caveats)
+    if not all(isinstance(c, Caveat) for c in own) or len(own) > MAX_CAVEATS:
+        raise errors.BadArgError("security: invalid discharge caveats")
+    if not any(isinstance(c, ExpiryCaveat) for c in own):
+        raise errors.BadArgError("security: a discharge needs at least one expiry caveat")
+    if caveat.restrictions:
+        if call is None:
+            raise errors.BadArgError("security: the caveat has restrictions; pass the call")
+        try:
+            validate_caveats(caveat.restrictions, call)
+        except errors.IPCError as exc:
+            raise errors.NoAccessError(
+                f"security: discharge refused: {exc.msg}", caveat.id
+            ) from exc
+    signature = principal.sign(PURPOSE_DISCHARGE, _discharge_digest(caveat.id, own))
+    return Discharge(caveat.id, own, signature)
+
+
+@dataclass(frozen=True)
+class DischargeImpetus:
+    """What a client tells a discharger about the call a discharge is for."""
+
+    server: tuple[BlessingPattern, ...] = ()
+    method: str = ""
+    arguments: tuple[Any, ...] = ()
+
+
+def filtered_impetus(
+    requirements: ThirdPartyRequirements, impetus: DischargeImpetus
+) -> DischargeImpetus:
+    """``impetus`` with every field the caveat does not require cleared (privacy)."""
+    return DischargeImpetus(
+        server=impetus.server if requirements.report_server else (),
+        method=impetus.method if requirements.report_method else "",
+        arguments=impetus.arguments if requirements.report_arguments else (),
+    )
+
+
+class DischargeCache:
+    """Discharges by third-party caveat ID; thread-safe, bounded, shared across calls.
+
+    The key is the caveat ID alone. Discharges for caveats that require the call's arguments
+    (``report_arguments``) are never cached (as in Vanadium): pass ``caveat=`` to :meth:`put`
+    so the cache can tell. A discharge without an expiry is not cached.
+
+    When full, expired entries are purged first, then the soonest-expiring one is evicted.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise errors.BadArgError("security: a discharge cache holds at least one entry")
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Discharge]] = {}
+
+    def get(
+        self, caveat_id: str, now: float | None = None, *, min_validity: float = 0.0
+    ) -> Discharge | None:
+        """The cached discharge for ``caveat_id`` if it is still valid ``min_validity``
+        seconds after ``now`` (default ``time.time()``); an expired entry is purged."""
+        limit = (time.time() if now is None else now) + min_validity
+        with self._lock:
+            entry = self._entries.get(caveat_id)
+            if entry is None:
+                return None
+            if entry[0] < limit:
+                if entry[0] < limit - min_validity:
+                    del self._entries[caveat_id]
+                return None
+            return entry[1]
+
+    def put(
+        self,
+        discharge: Discharge,
+        *,
+        caveat: ThirdPartyCaveat | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Cache ``discharge``; returns whether it was cached.
+
+        With ``caveat``, the discharge must be for it and signed by its discharger
+        (else BadDischargeError), and is not cached when the caveat requires arguments.
+        """
+        if caveat is not None:
+            if discharge.caveat_id != caveat.id or not discharge.verify(caveat.discharger_key):
+                raise errors.BadDischargeError(
+                    "security: discharge does not match its caveat", caveat.id
+                )
+            if caveat.requirements.report_arguments:
+                return False
+        expiry = discharge.expiry
+        current = time.time() if now is None else now
+        if expiry is None or expiry < current:
+            return False
+        with self._lock:
+            self._entries[discharge.caveat_id] = (expiry, discharge)
+            if len(self._entries) > self._max:
+                for cid in [k for k, (exp, _) in self._entries.items() if exp < current]:
+                    del self._entries[cid]
+            while len(self._entries) > self._max:
+                victim = min(self._entries, key=lambda k: self._entries[k][0])
+                del self._entries[victim]
+        return True
+
+    def invalidate(self, *caveat_ids: str) -> None:
+        """Forget the discharges for ``caveat_ids`` (unknown IDs are ignored)."""
+        with self._lock:
+            for cid in caveat_ids:
+                self._entries.pop(cid, None)
+
+    def clear(self) -> None:
+        """Forget every discharge."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+codec.register("discharge", Discharge, Discharge.to_wire, Discharge.from_wire)

@@ -1,0 +1,327 @@
+"""The principal: a signing key with its blessing store and roots, and its on-disk form.
+
+Owns: :class:`Principal` (Ed25519 key pair, signing with purposes, blessing itself and
+others) and persistence of a principal in a directory:
+
+* ``key.pem``: the private key, PKCS#8 PEM (encrypted with the ``cryptography`` package's
+  BestAvailableEncryption when a passphrase is given), mode 0600; a key file readable or
+  writable by group or others, or owned by another user, is refused (as ssh does);
+* ``roots.json`` and ``store.json``: the blessing roots and store as readable JSON, signed by
+  the principal (purpose ``principal-state``) so tampering on disk is detected.
+
+Every file is written atomically: a temporary file in the same directory, flushed and
+fsynced, then ``os.replace`` (and the directory fsynced), so a crash never leaves half a file.
+
+Must not: open sockets, start threads, or implement cryptography (Ed25519 and PEM come from
+``cryptography``).
+
+Errors: missing directory or key file -> NoExistError; unreadable or corrupt file or a
+passphrase for an unencrypted key -> BadArgError; wrong permissions, missing or wrong
+passphrase -> NoAccessError; state file whose signature does not verify -> NotTrustedError.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ipcclient import errors
+from ipcclient.security.blessings import (
+    _ROOT_PARENT_DIGEST,
+    Blessings,
+    Certificate,
+    certificate_digest,
+)
+from ipcclient.security.caveats import Caveat
+from ipcclient.security.keys import (
+    PURPOSE_CERTIFICATE,
+    PURPOSE_STATE,
+    PublicKey,
+    signed_bytes,
+)
+from ipcclient.security.patterns import validate_extension
+from ipcclient.security.store import BlessingRoots, BlessingStore
+
+__all__ = ["KEY_FILE", "ROOTS_FILE", "STATE_FORMAT", "STORE_FILE", "Principal"]
+
+KEY_FILE = "key.pem"
+ROOTS_FILE = "roots.json"
+STORE_FILE = "store.json"
+STATE_FORMAT = "ipcclient-principal-state-v1"
+MAX_KEY_FILE = 64 * 1024  # a PEM Ed25519 key is under 300 bytes
+MAX_STATE_FILE = 16 * 1024 * 1024  # a store or roots file; real ones are a few KiB
+
+
+class Principal:
+    """An Ed25519 key pair with a blessing store and trusted blessing roots."""
+
+    def __init__(
+        self,
+        private_key: ed25519.Ed25519PrivateKey,
+        store: BlessingStore | None = None,
+        roots: BlessingRoots | None = None,
+    ) -> None:
+        if not isinstance(private_key, ed25519.Ed25519PrivateKey):
+            raise errors.BadArgError("security: a principal's key must be Ed25519")
+        self._private_key = private_key
+        self._public_key = PublicKey(private_key.public_key())
+        if store is not None and store.public_key != self._public_key:
+            raise errors.BadArgError("security: the blessing store belongs to another key")
+        self.store: BlessingStore = store if store is not None else BlessingStore(self._public_key)
+        self.roots: BlessingRoots = roots if roots is not None else BlessingRoots()
+
+    @classmethod
+    def generate(cls) -> Principal:
+        """A principal with a fresh random key, an empty store and no trusted roots."""
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @property
+    def public_key(self) -> PublicKey:
+        """The principal's public key."""
+        return self._public_key
+
+    def sign(self, purpose: bytes, message: bytes) -> bytes:
+        """Sign ``message`` for ``purpose`` (see :func:`~ipcclient.security.keys.signed_bytes`).
+
+        Raises:
+            BadArgError: invalid purpose or message.
+        """
+        return self._private_key.sign(signed_bytes(purpose, message))
+
+    def bless_self(self, name: str, caveats: Sequence[Caveat] = ()) -> Blessings:
+        """A one-certificate (root) blessing named ``name`` bound to this principal's key.
+
+        Caveats are optional here: the principal restricts only itself.
+
+        Raises:
+            BadArgError: ``name`` is not a valid extension, or a caveat is not a Caveat.
+        """
+        ext = validate_extension(name)
+        cavs = _check_caveats(caveats)
+        digest = certificate_digest(_ROOT_PARENT_DIGEST, ext, self._public_key, cavs)
+        cert = Certificate(ext, self._public_key, cavs, self.sign(PURPOSE_CERTIFICATE, digest))
+        return Blessings([(cert,)])
+
+    def bless(
+        self,
+        key: PublicKey,
+        with_blessings: Blessings,
+        extension: str,
+        caveats: Sequence[Caveat],
+    ) -> Blessings:
+        """Extend every chain of ``with_blessings`` (which this principal must hold) by one
+        certificate naming ``extension`` for ``key``.
+
+        At least one caveat is required, as in Vanadium; pass
+        ``[caveats.unconstrained_use()]`` to bless without restriction on purpose.
+
+        Raises:
+            BadArgError: ``with_blessings`` is not bound to this principal's key, no caveat,
+                invalid extension or key, or a chain would become too deep.
+        """
+        if not isinstance(key, PublicKey):
+            raise errors.BadArgError("security: the blessed key must be a PublicKey")
+        if not isinstance(with_blessings, Blessings):
+            raise errors.BadArgError("security: with_blessings must be Blessings")
+        if with_blessings.public_key != self._public_key:
+            raise errors.BadArgError("security: the blesser does not hold with_blessings")
+        ext = validate_extension(extension)
+        cavs = _check_caveats(caveats)
+        if not cavs:
+            raise errors.BadArgError(
+                "security: bless needs at least one caveat (use caveats.unconstrained_use())"
+            )
+        chains = []
+        for chain in with_blessings.chains:
+            parent = _ROOT_PARENT_DIGEST
+            for cert in chain:
+                parent = cert.digest(parent)
+            digest = certificate_digest(parent, ext, key, cavs)
+            sig = self.sign(PURPOSE_CERTIFICATE, digest)
+            chains.append((*chain, Certificate(ext, key, cavs, sig)))
+        return Blessings(chains)
+
+    def add_to_roots(self, blessings: Blessings) -> None:
+        """Trust the roots of ``blessings`` for their names (see BlessingRoots.add_blessings)."""
+        self.roots.add_blessings(blessings)
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str], passphrase: bytes | None = None) -> None:
+        """Write the principal to ``directory`` (created with mode 0700 if missing).
+
+        Raises:
+            BadArgError: empty passphrase, or the directory cannot be written.
+        """
+        if passphrase is not None and (not isinstance(passphrase, bytes) or not passphrase):
+            raise errors.BadArgError("security: a passphrase must be non-empty bytes")
+        path = Path(directory)
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase)
+            if passphrase is not None
+            else serialization.NoEncryption()
+        )
+        pem = self._private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _atomic_write(path / KEY_FILE, pem)
+            _atomic_write(path / ROOTS_FILE, self._state_bytes(self.roots.to_plain()))
+            _atomic_write(path / STORE_FILE, self._state_bytes(self.store.to_plain()))
+        except OSError as exc:
+            raise errors.BadArgError(f"security: cannot save principal to {path}: {exc}") from exc
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], passphrase: bytes | None = None) -> Principal:
+        """Read a principal written by :meth:`save`.
+
+        Missing ``roots.json`` / ``store.json`` load as empty (the key is what matters).
+
+        Raises:
+            NoExistError: no such directory or key file.
+            NoAccessError: the key file is accessible to group/others or owned by another
+                user, or the passphrase is missing or wrong.
+            BadArgError: a corrupt file, or a passphrase for an unencrypted key.
+            NotTrustedError: a state file's signature does not verify.
+        """
+        path = Path(directory)
+        if not path.is_dir():
+            raise errors.NoExistError(f"security: no principal directory {path}")
+        key_path = path / KEY_FILE
+        pem = _read_key_file(key_path)
+        private_key = _parse_key(pem, passphrase, key_path)
+        principal = cls(private_key)
+        roots_plain = principal._read_state(path / ROOTS_FILE)
+        if roots_plain is not None:
+            principal.roots.load_plain(roots_plain)
+        store_plain = principal._read_state(path / STORE_FILE)
+        if store_plain is not None:
+            principal.store.load_plain(store_plain)
+        return principal
+
+    def _state_bytes(self, data: dict[str, Any]) -> bytes:
+        body = _canonical_json(data)
+        doc = {
+            "format": STATE_FORMAT,
+            "public_key": self._public_key.raw.hex(),
+            "data": data,
+            "signature": base64.b64encode(self.sign(PURPOSE_STATE, body)).decode("ascii"),
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def _read_state(self, file: Path) -> Any:
+        try:
+            with file.open("rb") as f:
+                raw = f.read(MAX_STATE_FILE + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise errors.BadArgError(f"security: cannot read {file}: {exc}") from exc
+        if len(raw) > MAX_STATE_FILE:
+            raise errors.BadArgError(f"security: {file} is too large")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            sig = base64.b64decode(doc["signature"], validate=True)
+            data = doc["data"]
+            fmt = doc["format"]
+            body = _canonical_json(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.BadArgError(f"security: corrupt principal file {file}") from exc
+        if fmt != STATE_FORMAT:
+            raise errors.BadArgError(f"security: {file} has unknown format {fmt!r}")
+        if not self._public_key.verify(sig, PURPOSE_STATE, body):
+            raise errors.NotTrustedError(
+                f"security: {file} is not signed by this principal (tampered or foreign)"
+            )
+        return data
+
+    def __repr__(self) -> str:
+        return f"Principal({self._public_key.fingerprint})"
+
+
+def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:
+    cavs = tuple(caveats)
+    if not all(isinstance(c, Caveat) for c in cavs):
+        raise errors.BadArgError("security: caveats must be Caveat values")
+    return cavs
+
+
+def _canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically with mode 0600."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _read_key_file(key_path: Path) -> bytes:
+    try:
+        fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError as exc:
+        raise errors.NoExistError(f"security: no key file {key_path}") from exc
+    except OSError as exc:
+        raise errors.NoAccessError(f"security: cannot open {key_path}: {exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errors.BadArgError(f"security: {key_path} is not a regular file")
+        if os.name == "posix":
+            if st.st_mode & 0o077:
+                raise errors.NoAccessError(
+                    f"security: {key_path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+                )
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                raise errors.NoAccessError(f"security: {key_path} is owned by another user")
+        data = os.read(fd, MAX_KEY_FILE)
+    finally:
+        os.close(fd)
+    return data
+
+
+def _parse_key(pem: bytes, passphrase: bytes | None, key_path: Path) -> ed25519.Ed25519PrivateKey:
+    encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem
+    if encrypted and passphrase is None:
+        raise errors.NoAccessError(f"security: {key_path} is encrypted; a passphrase is needed")
+    if not encrypted and passphrase is not None:
+        raise errors.BadArgError(f"security: {key_path} is not encrypted; no passphrase expected")
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase)
+    except (ValueError, TypeError) as exc:
+        if encrypted:
+            raise errors.NoAccessError(
+                f"security: cannot decrypt {key_path}: wrong passphrase or corrupt file"
+            ) from exc
+        raise errors.BadArgError(f"security: corrupt key file {key_path}") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise errors.BadArgError(f"security: {key_path} does not hold an Ed25519 key")
+    return key

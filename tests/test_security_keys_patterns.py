@@ -1,0 +1,185 @@
+"""Keys, signature domain separation, extension rules and BlessingPattern properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipcclient import errors
+from ipcclient.security import (
+    ALL_PRINCIPALS,
+    PURPOSE_CERTIFICATE,
+    PURPOSE_DISCHARGE,
+    PURPOSE_HANDSHAKE,
+    PURPOSE_MESSAGE,
+    BlessingPattern,
+    Principal,
+    PublicKey,
+    is_valid_extension,
+    signed_bytes,
+    validate_extension,
+)
+
+PURPOSES = [PURPOSE_CERTIFICATE, PURPOSE_DISCHARGE, PURPOSE_HANDSHAKE, PURPOSE_MESSAGE]
+
+ext_strategy = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=8)
+ext_strategy = ext_strategy.filter(is_valid_extension)
+name_strategy = st.lists(ext_strategy, min_size=1, max_size=5)
+
+
+def test_signature_verifies_for_its_purpose_only() -> None:
+    p = Principal.generate()
+    msg = b"transcript-hash"
+    for purpose in PURPOSES:
+        sig = p.sign(purpose, msg)
+        for other in PURPOSES:
+            assert p.public_key.verify(sig, other, msg) is (other == purpose)
+
+
+def test_signature_bound_to_message_and_key() -> None:
+    p, q = Principal.generate(), Principal.generate()
+    sig = p.sign(PURPOSE_MESSAGE, b"hello")
+    assert p.public_key.verify(sig, PURPOSE_MESSAGE, b"hello")
+    assert not p.public_key.verify(sig, PURPOSE_MESSAGE, b"hellO")
+    assert not q.public_key.verify(sig, PURPOSE_MESSAGE, b"hello")
+    assert not p.public_key.verify(sig[:-1], PURPOSE_MESSAGE, b"hello")
+    assert not p.public_key.verify(b"x" * 64, PURPOSE_MESSAGE, b"hello")
+
+
+def test_purpose_and_message_boundary_is_unambiguous() -> None:
+    # "ab" + NUL + "c" must not equal "a" + NUL + "b\0c": purposes cannot contain NUL.
+    with pytest.raises(errors.BadArgError):
+        signed_bytes(b"a\x00b", b"c")
+    assert signed_bytes(b"ab", b"c") == b"ipcclient-sig-v1\x00ab\x00c"
+    for bad in (b"", "text", b"x" * 65):
+        with pytest.raises(errors.BadArgError):
+            signed_bytes(bad, b"m")  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError):
+        signed_bytes(b"ok", "not-bytes")  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError):
+        Principal.generate().public_key.verify(b"", b"a\x00", b"m")
+
+
+def test_public_key_raw_der_round_trip_and_equality() -> None:
+    k = Principal.generate().public_key
+    assert len(k.raw) == 32
+    assert PublicKey.from_raw(k.raw) == k
+    assert PublicKey.from_der(k.der) == k
+    assert hash(PublicKey.from_raw(k.raw)) == hash(k)
+    assert k != Principal.generate().public_key
+    assert k != "not a key"
+    assert k.fingerprint in repr(k)
+    for bad in (b"", b"x" * 31, "x" * 32):
+        with pytest.raises(errors.BadArgError):
+            PublicKey.from_raw(bad)  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError):
+        PublicKey.from_der(b"garbage")
+
+
+def test_public_key_from_der_refuses_other_key_types() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(errors.BadArgError):
+        PublicKey.from_der(der)
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        "",
+        "a:b",
+        "__x",
+        "$",
+        "...",
+        "a b",
+        "a,b",
+        "a@b",
+        "a/b",
+        "a(b",
+        "tab\t",
+        "x\u200b",
+        7,
+        "x" * 257,
+    ],
+)
+def test_invalid_extensions(ext: object) -> None:
+    assert not is_valid_extension(ext)
+    with pytest.raises(errors.BadArgError):
+        validate_extension(ext)
+
+
+@pytest.mark.parametrize("ext", ["alice", "a_b", "a.b-c", "x$", "_x", "é", "x" * 256])
+def test_valid_extensions(ext: str) -> None:
+    assert validate_extension(ext) == ext
+
+
+def test_pattern_examples() -> None:
+    p = BlessingPattern("a:b")
+    assert p.matched_by("a:b")
+    assert p.matched_by("a:b:c")
+    assert not p.matched_by("a:bc")
+    assert not p.matched_by("a")
+    assert p.matched_by("x", "a:b:c")
+    assert not p.matched_by()
+    exact = BlessingPattern("a:b:$")
+    assert exact.matched_by("a:b") and not exact.matched_by("a:b:c")
+    assert p.make_non_extendable() == exact
+    assert exact.make_non_extendable() == exact
+    assert ALL_PRINCIPALS.make_non_extendable() == ALL_PRINCIPALS
+    assert ALL_PRINCIPALS.matched_by("anything:at:all")
+    assert not ALL_PRINCIPALS.matched_by()
+    assert "a:b" in repr(p)
+
+
+@pytest.mark.parametrize("pattern", ["", "a::b", ":a", "a:", "$", "a:$:b", "__a", "a b", "a:..."])
+def test_invalid_patterns_match_nothing(pattern: str) -> None:
+    p = BlessingPattern(pattern)
+    assert not p.is_valid()
+    assert not p.matched_by(pattern, "a", "a:b", "a b", "")
+
+
+def test_non_string_names_never_match() -> None:
+    assert not BlessingPattern("a").matched_by(None, 3)  # type: ignore[arg-type]
+    assert not ALL_PRINCIPALS.matched_by(None)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(name_strategy)
+def test_pattern_reflexive(parts: list[str]) -> None:
+    name = ":".join(parts)
+    assert BlessingPattern(name).is_valid()
+    assert BlessingPattern(name).matched_by(name)
+    assert BlessingPattern(name + ":$").matched_by(name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name_strategy, name_strategy)
+def test_pattern_extension_closed_and_exactness(parts: list[str], more: list[str]) -> None:
+    name = ":".join(parts)
+    longer = name + ":" + ":".join(more)
+    assert BlessingPattern(name).matched_by(longer)
+    assert not BlessingPattern(name + ":$").matched_by(longer)
+    # a longer pattern is never matched by a proper prefix of it
+    assert not BlessingPattern(longer).matched_by(name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name_strategy, ext_strategy)
+def test_no_false_prefix_match_on_partial_components(parts: list[str], tail: str) -> None:
+    name = ":".join(parts)
+    assert not BlessingPattern(name).matched_by(name + tail)
+    assert ALL_PRINCIPALS.matched_by(name + tail)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name_strategy, name_strategy)
+def test_pattern_matches_iff_component_prefix(pattern: list[str], name: list[str]) -> None:
+    expected = name[: len(pattern)] == pattern
+    assert BlessingPattern(":".join(pattern)).matched_by(":".join(name)) is expected
