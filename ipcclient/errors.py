@@ -23,6 +23,7 @@ __all__ = [
     "BadStateError",
     "CanceledError",
     "ConnectionFailedError",
+    "EndOfStreamError",
     "ErrorID",
     "ExistError",
     "IPCError",
@@ -88,6 +89,7 @@ class ErrorID(str, enum.Enum):
     UNKNOWN_SUFFIX = "ipc.UnknownSuffix"
     CONNECTION_FAILED = "ipc.ConnectionFailed"
     OVERLOADED = "ipc.Overloaded"
+    END_OF_FILE = "ipc.EndOfFile"
 
 
 class IPCError(Exception):
@@ -296,6 +298,12 @@ class OverloadedError(IPCError):
     default_action = RetryAction.RETRY_BACKOFF
 
 
+class EndOfStreamError(IPCError, EOFError):
+    """A stream ended cleanly: ``recv`` after the peer's last item. Also an ``EOFError``."""
+
+    error_id = ErrorID.END_OF_FILE.value
+
+
 ERROR_CLASSES: Mapping[str, type[IPCError]] = {
     cls.error_id: cls
     for cls in (
@@ -318,6 +326,7 @@ ERROR_CLASSES: Mapping[str, type[IPCError]] = {
         UnknownSuffixError,
         ConnectionFailedError,
         OverloadedError,
+        EndOfStreamError,
     )
 }
 

@@ -200,6 +200,29 @@ class DischargeImpetus:
     method: str = ""
     arguments: tuple[Any, ...] = ()
 
+    def to_wire(self) -> dict[str, Any]:
+        """``{"server": [pattern...], "method": str, "arguments": [...]}``."""
+        return {
+            "server": [str(p) for p in self.server],
+            "method": self.method,
+            "arguments": list(self.arguments),
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> DischargeImpetus:
+        """Rebuild from :meth:`to_wire`'s form.
+
+        Raises:
+            BadProtocolError: the value is malformed.
+        """
+        fields = codec.as_mapping(value, "discharge impetus")
+        server = codec.as_sequence(fields.get("server", ()), "impetus server")
+        method = fields.get("method", "")
+        arguments = codec.as_sequence(fields.get("arguments", ()), "impetus arguments")
+        if not isinstance(method, str) or not all(isinstance(p, str) for p in server):
+            raise errors.BadProtocolError("security: malformed discharge impetus")
+        return cls(tuple(BlessingPattern(p) for p in server), method, tuple(arguments))
+
 
 def filtered_impetus(
     requirements: ThirdPartyRequirements, impetus: DischargeImpetus

@@ -77,6 +77,13 @@ def _remaining(deadline: float | None) -> float | None:
     return deadline - time.monotonic()
 
 
+def _run_abort(fn: Callable[[errors.IPCError], None], err: errors.IPCError) -> None:
+    try:
+        fn(err)
+    except Exception:  # a bug in the owner's callback must not kill the reader
+        log.exception("transport: flow abort callback failed")
+
+
 class Flow:
     """One flow on a VC: a flow-controlled, bidirectional byte stream.
 
@@ -93,6 +100,7 @@ class Flow:
         "_error",
         "_inbox",
         "_local_closed",
+        "_on_abort",
         "id",
     )
 
@@ -105,6 +113,17 @@ class Flow:
         self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
         self._local_closed = False  # close_send / close / cancel done locally
         self._deadline: float | None = None
+        self._on_abort: Callable[[errors.IPCError], None] | None = None
+
+    def set_abort_callback(self, fn: Callable[[errors.IPCError], None] | None) -> None:
+        """Call ``fn(error)`` once if the peer resets this flow or the VC breaks (not on a
+        local cancel or a normal end). Called at once if that already happened. The callback
+        runs on the reader thread: it must be quick and must not block."""
+        with self._cond:
+            self._on_abort = fn
+            err = self._error if self._error is not None and not self._local_closed else None
+        if err is not None and fn is not None:
+            _run_abort(fn, err)
 
     # --- properties -------------------------------------------------------------------
     @property
@@ -405,6 +424,15 @@ class Connection:
         elif threading.current_thread() is not self._reader and self._reader.is_alive():
             self._reader.join(timeout)
 
+    def abandon_after_fork(self) -> None:
+        """In a child process after fork(): forget this VC without touching the connection
+        the parent still uses (no GOAWAY, no shutdown; only our copy of the descriptor is
+        closed). The reader thread did not survive the fork."""
+        self._error = errors.ConnectionFailedError("transport: VC inherited across fork")
+        self._flows.clear()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the VC is closed or broken; True if it is."""
         return self._closed_event.wait(timeout)
@@ -417,12 +445,17 @@ class Connection:
                 self._error = err
             flows = list(self._flows.values())
             self._flows.clear()
+            aborted = []
             for flow in flows:
                 if flow._error is None:
                     flow._error = err
+                    if flow._on_abort is not None:
+                        aborted.append(flow._on_abort)
                 flow._cond.notify_all()
             notify = not self._close_notified
             self._close_notified = True
+        for fn in aborted:
+            _run_abort(fn, err)
         if first:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -529,6 +562,7 @@ class Connection:
 
     def _on_plaintext(self, plain: bytes) -> None:
         new_flows: list[Flow] = []
+        aborted: list[tuple[Callable[[errors.IPCError], None], errors.IPCError]] = []
         closed: errors.IPCError | None = None
         with self._lock:
             events = self._mux.receive_data(plain)
@@ -565,6 +599,8 @@ class Connection:
                     if flow is not None:
                         flow._error = ev.error
                         flow._cond.notify_all()
+                        if flow._on_abort is not None:
+                            aborted.append((flow._on_abort, ev.error))
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
                     closed = ev.error
@@ -578,5 +614,7 @@ class Connection:
                 except Exception:
                     log.exception("transport: on_flow callback failed")
                     flow.cancel(errors.InternalError("transport: the flow could not be taken"))
+        for fn, err in aborted:
+            _run_abort(fn, err)
         if closed is not None:
             self._break(closed)

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ipcclient import codec, errors
+from ipcclient.security.blessings import Blessings
+from ipcclient.security.discharges import Discharge
 from ipcclient.security.keys import PURPOSE_HANDSHAKE, PublicKey
 from ipcclient.vc.records import KEY_SIZE, RecordOpener, RecordSealer
 
@@ -201,13 +203,16 @@ def _check_auth(
         raise errors.NotTrustedError("handshake: the peer's transcript signature does not verify")
     blessings = fields.get("blessings")
     if blessings is not None:
-        bound = getattr(blessings, "public_key", None)
-        if bound != key:
+        if not isinstance(blessings, Blessings):
+            raise errors.BadProtocolError("handshake: 'blessings' is not a blessings value")
+        if blessings.public_key != key:
             raise errors.NotTrustedError(
                 "handshake: the peer's blessings are not bound to the key it authenticated with"
             )
     discharges = fields.get("discharges", ())
-    if not isinstance(discharges, list | tuple):
+    if not isinstance(discharges, list | tuple) or not all(
+        isinstance(d, Discharge) for d in discharges
+    ):
         raise errors.BadProtocolError("handshake: bad discharges")
     return key, blessings, tuple(discharges)
 

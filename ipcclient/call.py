@@ -1,0 +1,300 @@
+"""The client side of one RPC in flight: the call object (floor 6).
+
+Owns: :class:`Call` — the seed's ``flowClient``: streaming args (``send``) and results
+(``recv``, iteration), ``close_send``, ``finish`` (implicit close_send, the final response
+header, the server's error raised as its own exception, the results), ``cancel``, the
+context-manager and finalizer behaviour, and invalidating discharges the server refused.
+
+Must not: resolve, dial, retry, or authorize (the client did all that before the call object
+exists; by then the request header and args are written).
+
+Thread contract: a Call belongs to one thread at a time, except :meth:`Call.cancel`, which any
+thread (or a context callback) may call at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.context import CallbackHandle, Context
+from ipcclient.headers import Request, Response, response_from_wire
+from ipcclient.security.discharges import Discharge, DischargeCache
+from ipcclient.stream import MessageStream
+
+__all__ = ["Call"]
+
+log = logging.getLogger("ipcclient.call")
+
+
+class Call:
+    """One RPC in flight (see the module docstring). Made by :meth:`Client.start_call`."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        stream: MessageStream,
+        *,
+        name: str,
+        method: str,
+        server: str,
+        discharges: tuple[Discharge, ...] = (),
+        discharge_cache: DischargeCache | None = None,
+        on_done: Callable[[Call], None] | None = None,
+        on_abandon: Callable[[Any], None] | None = None,
+        on_trace: Callable[[tuple[Any, ...]], None] | None = None,
+    ) -> None:
+        self.context = ctx
+        self._stream = stream
+        self.name = name
+        self.method = method
+        self.server = server
+        self._discharges = discharges
+        self._discharge_cache = discharge_cache
+        self._on_done = on_done
+        self._on_abandon = on_abandon
+        self._on_trace = on_trace
+        self._lock = threading.Lock()
+        self._send_closed = False
+        self._finished = False
+        self._ended = False  # finished, cancelled, or failed: the flow is released
+        self._response: Response | None = None  # the final header, once read
+        self._cancel_error: errors.IPCError | None = None
+        # The context must not keep a dropped call alive (so its finalizer can run): hold the
+        # call weakly from the callback.
+        ref = weakref.WeakMethod(self._on_context_done)
+
+        def on_context_done(err: errors.IPCError) -> None:
+            method = ref()
+            if method is not None:
+                method(err)
+
+        self._ctx_handle: CallbackHandle | None = ctx.add_done_callback(on_context_done)
+
+    # --- streaming --------------------------------------------------------------------
+    def send(self, item: Any) -> None:
+        """Stream ``item`` to the server.
+
+        Raises:
+            AbortedError: after :meth:`close_send` (or once the call ended).
+            CanceledError / TimeoutError / the server's error: the call ended.
+        """
+        with self._lock:
+            if self._send_closed or self._ended:
+                raise self._mark(errors.AbortedError("call: send after close_send or end"))
+        self._guard(
+            lambda: self._stream.send(_STREAM_ITEM_REQUEST, item, deadline=self.context.deadline)
+        )
+
+    def recv(self) -> Any:
+        """The server's next streamed result.
+
+        Raises:
+            EndOfStreamError: the server sent its last item (also an ``EOFError``); the
+                final header is kept for :meth:`finish`.
+            the server's error: the call failed (``finish`` raises it again).
+        """
+        response = self._response
+        if response is not None:
+            if response.error is not None:
+                raise self._mark(response.error)
+            raise errors.EndOfStreamError("call: the server sent no more items")
+        header = self._read_header()
+        if header.error is not None:
+            raise self._mark(header.error)
+        if header.end_stream_results:
+            raise errors.EndOfStreamError("call: the server sent no more items")
+        return self._guard(lambda: self._stream.recv(self.context.deadline))
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over streamed results until the server's end of stream."""
+        while True:
+            try:
+                yield self.recv()
+            except errors.EndOfStreamError:
+                return
+
+    def close_send(self) -> None:
+        """Tell the server no more items follow. Idempotent.
+
+        Raises:
+            CanceledError / TimeoutError / ConnectionFailedError: the call ended.
+        """
+        with self._lock:
+            if self._send_closed:
+                return
+            self._send_closed = True
+            if self._ended:
+                return
+        self._guard(
+            lambda: self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self.context.deadline)
+        )
+
+    def finish(self, nresults: int | None = None) -> tuple[Any, ...]:
+        """Wait for the server to end the call and return its results.
+
+        Implicitly closes the send side (an error doing so is ignored: the server may have
+        answered and closed already). With ``nresults``, the server must send exactly that
+        many results.
+
+        Raises:
+            BadStateError: finish was already called.
+            BadProtocolError: streamed results remain unread, or the count is wrong.
+            the server's error, as its own exception class with its ID and retry action.
+        """
+        with self._lock:
+            if self._finished:
+                raise errors.BadStateError("call: finish has already been called")
+            self._finished = True
+        try:
+            try:
+                self.close_send()
+            except errors.IPCError as exc:
+                log.debug("call: close_send in finish failed (the server may be done): %s", exc)
+            response = self._response or self._read_header()
+            if response.error is None and not response.end_stream_results:
+                self._response = None
+                raise errors.BadProtocolError(
+                    "call: finish called with remaining streaming results"
+                )
+            if self._on_trace is not None and response.trace:
+                self._on_trace(response.trace)
+            if response.error is not None:
+                self._on_server_error(response.error)
+                raise response.error.with_context(request_sent=True)
+            if nresults is not None and nresults != response.nresults:
+                raise errors.BadProtocolError(
+                    f"call: server sent {response.nresults} results, client expected {nresults}"
+                )
+            deadline = self.context.deadline
+            results = tuple(
+                self._guard(lambda: self._stream.recv(deadline)) for _ in range(response.nresults)
+            )
+        except BaseException:
+            self._release(cancel=True)
+            raise
+        self._release(cancel=False)
+        return results
+
+    def cancel(self, error: errors.IPCError | None = None) -> None:
+        """Cancel the call: the server's context is cancelled, the flow is released, and a
+        thread blocked in ``send``/``recv``/``finish`` wakes at once with CanceledError (or
+        ``error``). Safe from any thread; a no-op once the call ended."""
+        err = error or errors.CanceledError("call: cancelled")
+        with self._lock:
+            if self._ended:
+                return
+            self._cancel_error = err
+        self._stream.flow.cancel(err)
+        self._release(cancel=False)
+
+    # --- context manager and finalizer -------------------------------------------------
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:
+            if not self._finished:
+                self.finish()
+        else:
+            self.cancel()
+
+    def __del__(self) -> None:
+        try:
+            ended = self._ended
+        except AttributeError:  # __init__ failed half way
+            return
+        if not ended:
+            warnings.warn(
+                f"ipcclient: call {self.name}.{self.method} was dropped without finish() or "
+                "cancel(); it is being cancelled",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            # Never touch locks or sockets in a finalizer (it may run on any thread, even
+            # one holding the VC's lock): hand the flow to the client to cancel later.
+            if self._on_abandon is not None:
+                self._on_abandon(self._stream.flow)
+
+    # --- internals ----------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def flow(self) -> Any:
+        return self._stream.flow
+
+    def _read_header(self) -> Response:
+        header = response_from_wire(self._guard(lambda: self._stream.recv(self.context.deadline)))
+        if header.error is not None or header.end_stream_results:
+            self._response = header
+        return header
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        """Run a blocking step; turn what ends the call into the right error, and cancel
+        the call on anything else escaping (KeyboardInterrupt included)."""
+        try:
+            return fn()
+        except errors.IPCError as exc:
+            raise self._mark(self._translate(exc)) from None
+        except BaseException:
+            self.cancel(errors.CanceledError("call: interrupted"))
+            raise
+
+    def _translate(self, exc: errors.IPCError) -> errors.IPCError:
+        """Cancelled wins over timeout, which wins over whatever the flow reported."""
+        if self._cancel_error is not None:
+            return self._cancel_error
+        ctx_err = self.context.err()
+        if ctx_err is not None and not isinstance(exc, type(ctx_err)):
+            return ctx_err
+        if isinstance(exc, errors.EndOfStreamError):
+            return errors.BadProtocolError("call: the server closed the flow early")
+        return exc
+
+    def _mark(self, err: errors.IPCError) -> errors.IPCError:
+        """Release the flow on an error that ends the call; say the request was sent."""
+        if not isinstance(err, errors.EndOfStreamError | errors.AbortedError):
+            self._release(cancel=True)
+        if err.request_sent is None:
+            return err.with_context(request_sent=True)
+        return err
+
+    def _on_context_done(self, err: errors.IPCError) -> None:
+        self.cancel(err)
+
+    def _on_server_error(self, err: errors.IPCError) -> None:
+        cache = self._discharge_cache
+        if cache is None or not isinstance(err, errors.NoAccessError) or not self._discharges:
+            return
+        if isinstance(err, errors.BadDischargeError) and err.params:
+            cache.invalidate(str(err.params[0]))  # exactly the discharge the server refused
+        else:
+            # A plain NoAccess may have been caused by a stale discharge; forget the ones
+            # used so the *next* call fetches fresh ones (this call is not retried: no loop).
+            cache.invalidate(*(d.caveat_id for d in self._discharges))
+
+    def _release(self, *, cancel: bool) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            handle, self._ctx_handle = self._ctx_handle, None
+        if handle is not None:
+            self.context.remove_done_callback(handle)
+        if cancel:
+            self._stream.flow.cancel(self._cancel_error)
+        else:
+            self._stream.flow.close()
+        if self._on_done is not None:
+            self._on_done(self)
+
+
+_STREAM_ITEM_REQUEST = Request().to_wire()
+_END_STREAM_REQUEST = Request(end_stream_args=True).to_wire()

@@ -1,0 +1,767 @@
+"""The client the seed describes: names in, calls out, one VC per endpoint (floor 7).
+
+Owns: :class:`Client` — the VC map shared by every thread (lookups and inserts under a lock
+held for nothing else; dials outside it, one dial per endpoint however many callers wait for
+it; a VC that cannot open a flow is evicted and redialed once), ``start_call`` with the retry
+loop before the request is sent, each try (resolve; for each server in order: split address
+and suffix, check the endpoint's versions, get a flow, authorize the server, grant, prepare
+discharges, write the request), ``call`` (start + finish, retrying only errors whose action
+is RETRY_BACKOFF), discharge fetching, fork safety and ``close``.
+
+Must not: parse bytes, frames or headers itself (the layers below do), hold its lock across a
+dial, a handshake, a discharge fetch or any other I/O, or decide a retry from message text.
+
+Lock order: ``Client._lock`` is a leaf: nothing else is acquired while it is held.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ipcclient import errors, retry, vtrace
+from ipcclient.call import Call
+from ipcclient.context import Context
+from ipcclient.headers import Request, TraceContext
+from ipcclient.naming import names
+from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.namespace import MountEntry, Namespace
+from ipcclient.options import (
+    CallOption,
+    ClientOptions,
+    Granter,
+    NoDischarges,
+    NoRetry,
+    RetryTimeout,
+    ServerPattern,
+    ServerPublicKey,
+    SkipServerAuthorization,
+    find_all,
+    find_one,
+)
+from ipcclient.security.blessings import Blessings, validate_blessings
+from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
+from ipcclient.security.discharges import (
+    Discharge,
+    DischargeCache,
+    DischargeImpetus,
+    filtered_impetus,
+)
+from ipcclient.security.keys import PublicKey
+from ipcclient.security.patterns import BlessingPattern
+from ipcclient.security.principal import Principal
+from ipcclient.stream import MessageStream
+from ipcclient.transport.conn import Connection, Flow
+from ipcclient.transport.manager import StreamManager
+from ipcclient.wire.messages import encode_messages
+
+__all__ = ["Client"]
+
+log = logging.getLogger("ipcclient.client")
+
+_PROTOCOL_RANK = {"unix": 0, "tcp4": 1, "tcp": 1, "tcp6": 1}
+"""Order of servers by protocol (a local Unix socket first; unknown protocols last)."""
+
+
+class _Dial:
+    """One dial in progress that several callers may wait for."""
+
+    __slots__ = ("conn", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.conn: Connection | None = None
+        self.error: BaseException | None = None
+
+
+class _NamespaceCaller:
+    """Adapts the client to the namespace's Caller protocol (names arrive terminal)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = weakref.ref(client)
+
+    def call(
+        self, ctx: Context, name: str, method: str, args: Sequence[Any], **_options: Any
+    ) -> Sequence[Any]:
+        client = self._client()
+        if client is None:
+            raise errors.BadStateError("client: closed")
+        return client.call(ctx, name, method, *args, options=(NoRetry(),))
+
+
+class Client:
+    """A synchronous RPC client, safe to share across threads (see the module docstring).
+
+    Args:
+        principal: who this client is. Default: a fresh principal blessed by itself as
+            ``client`` (it then trusts no server until roots are added to its principal).
+        namespace: how names are resolved. Default: a namespace with ``roots``.
+        roots: mount table names for the default namespace (e.g. ``["/127.0.0.1:8101"]``).
+        options: client-wide knobs (:class:`~ipcclient.options.ClientOptions`).
+        stream_manager: how VCs are made (default: one over this principal).
+    """
+
+    def __init__(
+        self,
+        principal: Principal | None = None,
+        *,
+        namespace: Namespace | None = None,
+        roots: Sequence[str] = (),
+        options: ClientOptions | None = None,
+        stream_manager: StreamManager | None = None,
+    ) -> None:
+        if principal is None:
+            principal = Principal.generate()
+            principal.store.default = principal.bless_self("client")
+        self.principal = principal
+        self.options = options or ClientOptions()
+        self._manager = stream_manager or StreamManager(principal, self.options.transport)
+        self.namespace = namespace if namespace is not None else Namespace(roots)
+        if namespace is None or getattr(namespace, "_caller", None) is None:
+            self.namespace.set_caller(_NamespaceCaller(self))
+        self.discharge_cache = DischargeCache()
+        self._lock = threading.Lock()
+        self._vcs: dict[str, Connection] = {}
+        self._dialing: dict[str, _Dial] = {}
+        self._calls: weakref.WeakSet[Call] = weakref.WeakSet()
+        self._abandoned: collections.deque[Flow] = collections.deque()
+        self._closed = False
+        self._pid = os.getpid()
+        self.stats = collections.Counter[str]()
+
+    # --- public API ---------------------------------------------------------------------
+    def start_call(
+        self,
+        ctx: Context,
+        name: str,
+        method: str,
+        args: Sequence[Any] = (),
+        *options: CallOption,
+    ) -> Call:
+        """Start ``method(*args)`` on the object ``name``; returns the call in flight.
+
+        The call's deadline is the context's, or ``options.default_call_timeout`` from now
+        when the context has none. Before a request byte is written, failures whose retry
+        action allows it (resolution, connection) are retried with randomized exponential
+        backoff until the deadline (``RetryTimeout`` narrows it, ``NoRetry`` ends it).
+
+        Raises:
+            BadArgError: a bad context, name or option.
+            NoServersError, NotTrustedError, TimeoutError, CanceledError, ...: the call
+                could not start; ``err.request_sent`` is False and ``err.tried`` says what
+                was tried.
+        """
+        return self._start(ctx, name, method, args, options, close_send=False)
+
+    def call(
+        self,
+        ctx: Context,
+        name: str,
+        method: str,
+        *args: Any,
+        options: Sequence[CallOption] = (),
+    ) -> tuple[Any, ...]:
+        """``start_call`` + ``finish``: the results as a tuple.
+
+        A server error whose action is RETRY_BACKOFF is retried (the request may have run:
+        servers mark only errors that are safe to retry so); nothing else is retried after
+        the request was sent.
+        """
+        if not isinstance(ctx, Context):
+            raise errors.BadArgError(f"client: {name}.{method} called without a Context")
+        call_ctx, owned = self._call_context(ctx)
+        try:
+            no_retry = find_one(options, NoRetry) is not None
+            deadline = self._retry_deadline(call_ctx, options)
+
+            def attempt(_n: int) -> tuple[Any, ...]:
+                call = self._start(call_ctx, name, method, args, options, close_send=True)
+                return call.finish()
+
+            return retry.run_with_retries(
+                attempt,
+                deadline=deadline,
+                phase=retry.RetryPhase.AFTER_SEND,
+                policy=self.options.backoff,
+                no_retry=no_retry,
+                ctx=call_ctx,
+            )
+        finally:
+            if owned:
+                call_ctx.cancel("call finished")  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close the client: new calls fail at once with BadStateError; calls in flight end
+        with CanceledError("client closed"); every VC closes; no thread is left. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            vcs = list(self._vcs.values())
+            self._vcs.clear()
+            calls = list(self._calls)
+        closing = errors.CanceledError("client: closed while the call was in flight")
+        for call in calls:
+            call.cancel(closing)
+        self._reap_abandoned()
+        for conn in vcs:
+            conn.close(closing)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def vc_count(self) -> int:
+        """Open VCs in the cache."""
+        with self._lock:
+            return sum(1 for c in self._vcs.values() if not c.closed)
+
+    # --- starting a call ----------------------------------------------------------------
+    def _call_context(self, ctx: Context) -> tuple[Context, bool]:
+        if ctx.deadline is None and self.options.default_call_timeout is not None:
+            return ctx.with_timeout(self.options.default_call_timeout), True
+        return ctx, False
+
+    @staticmethod
+    def _retry_deadline(ctx: Context, options: Sequence[CallOption]) -> float:
+        rt = find_one(options, RetryTimeout)
+        return retry.retry_deadline(ctx, retry_timeout=None if rt is None else rt.seconds)
+
+    def _start(
+        self,
+        ctx: Context,
+        name: str,
+        method: str,
+        args: Sequence[Any],
+        options: Sequence[CallOption],
+        *,
+        close_send: bool,
+    ) -> Call:
+        if not isinstance(ctx, Context):
+            raise errors.BadArgError(f"client: {name}.{method} called without a Context")
+        if not isinstance(name, str) or not isinstance(method, str) or not method:
+            raise errors.BadArgError("client: name and method must be strings")
+        for opt in options:
+            if not isinstance(opt, CallOption):
+                raise errors.BadArgError(f"client: {opt!r} is not a call option")
+        keys = {o.key for o in find_all(options, ServerPublicKey)}
+        if len(keys) > 1:
+            raise errors.BadArgError("client: two different ServerPublicKey options")
+        self._check_open()
+        self._after_fork_check()
+        self._reap_abandoned()
+        call_ctx, owned = self._call_context(ctx)
+        no_retry = find_one(options, NoRetry) is not None
+        rt = find_one(options, RetryTimeout)
+        if rt is not None and rt.seconds == 0:
+            no_retry = True
+        span_ctx, span = vtrace.with_new_span(call_ctx, f"<client>{name!r}.{method}")
+        tried: list[str] = []
+
+        def attempt(n: int) -> Call:
+            if n > 1:
+                span.annotate(f"retry {n}")
+            return self._try_call(
+                span_ctx, call_ctx, span, name, method, args, options, close_send, tried, owned
+            )
+
+        try:
+            return retry.run_with_retries(
+                attempt,
+                deadline=self._retry_deadline(call_ctx, options),
+                phase=retry.RetryPhase.BEFORE_SEND,
+                policy=self.options.backoff,
+                no_retry=no_retry,
+                ctx=call_ctx,
+            )
+        except errors.IPCError as exc:
+            span.finish()
+            if owned:
+                call_ctx.cancel("call failed to start")  # type: ignore[attr-defined]
+            err = exc if exc.request_sent is not None else exc.with_context(request_sent=False)
+            raise err from exc.__cause__
+        except BaseException:
+            span.finish()
+            if owned:
+                call_ctx.cancel("call interrupted")  # type: ignore[attr-defined]
+            raise
+
+    def _try_call(
+        self,
+        span_ctx: Context,
+        call_ctx: Context,
+        span: vtrace.Span,
+        name: str,
+        method: str,
+        args: Sequence[Any],
+        options: Sequence[CallOption],
+        close_send: bool,
+        tried: list[str],
+        owned_ctx: bool,
+    ) -> Call:
+        entry = self._resolve(span_ctx, name, tried)
+        servers = sorted(entry.names(), key=_server_rank)
+        last: errors.IPCError | None = None
+        failures: list[errors.IPCError] = []
+        deadline = call_ctx.deadline
+        for server in servers:
+            if call_ctx.done():
+                break
+            address, suffix = names.split_address_name(server)
+            if not address:
+                last = errors.BadArgError(f"client: cannot connect to a non-rooted name {server!r}")
+                failures.append(last)
+                continue
+            try:
+                ep = Endpoint.parse(address)
+                ep.check_compatibility(self._manager.options.versions)
+                if not ep.is_dialable:
+                    raise errors.NoServersError(f"client: cannot dial protocol {ep.protocol!r}")
+                flow = self._flow_to(ep, deadline, tried)
+            except errors.IPCError as exc:
+                tried.append(f"{server}: {exc.id}")
+                last = exc
+                failures.append(exc)
+                continue
+            try:
+                flow.set_deadline(deadline)
+                conn = flow.connection
+                server_names = self._authorize_server(conn, ep, method, suffix, options)
+                granted = self._grant(conn, options)
+                discharges, fetch_errors = self._prepare_discharges(
+                    span_ctx, conn.local_blessings, server_names, method, args, options
+                )
+            except errors.IPCError as exc:
+                flow.close()  # nothing of the request was written
+                tried.append(f"{server}: {exc.id}")
+                last = exc
+                failures.append(exc)
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            request = Request(
+                suffix=suffix,
+                method=method,
+                nargs=len(args),
+                deadline=remaining,
+                granted=granted,
+                discharges=discharges,
+                trace=TraceContext(span.trace_id, span.span_id, span.flags),
+            )
+            stream = MessageStream(flow)
+            trace_id = span.trace_id
+            collecting = span.collecting
+
+            def on_trace(
+                records: tuple[Any, ...], _t: bytes = trace_id, _c: bool = collecting
+            ) -> None:
+                if _c:
+                    vtrace.STORE.merge(_t, records)
+
+            call = Call(
+                call_ctx,
+                stream,
+                name=name,
+                method=method,
+                server=server,
+                discharges=discharges,
+                discharge_cache=self.discharge_cache,
+                on_done=self._make_on_done(call_ctx if owned_ctx else None, span),
+                on_abandon=self._abandoned.append,
+                on_trace=on_trace,
+            )
+            if fetch_errors:
+                call.discharge_errors = fetch_errors  # type: ignore[attr-defined]
+            with self._lock:
+                self._calls.add(call)
+            values: list[Any] = [request.to_wire(), *args]
+            if close_send:
+                values.append(_END_STREAM)
+            try:
+                flow.write(encode_messages(*values), end=close_send, deadline=deadline)
+            except errors.BadArgError as exc:
+                call.cancel(exc)
+                raise exc.with_context(request_sent=False) from None
+            except errors.IPCError as exc:
+                call.cancel(exc)
+                # Part of the request may be out; never retry it here (at most once).
+                raise exc.with_context(request_sent=True, tried=tried) from None
+            if close_send:
+                call._send_closed = True
+            self.stats["calls_started"] += 1
+            return call
+        # Every server failed (or there were none): the cached resolution may be stale.
+        self.namespace.flush_cache_entry(name)
+        raise self._classify(name, servers, failures, last, tried)
+
+    def _classify(
+        self,
+        name: str,
+        servers: list[str],
+        failures: list[errors.IPCError],
+        last: errors.IPCError | None,
+        tried: list[str],
+    ) -> errors.IPCError:
+        if not servers:
+            return errors.NoServersError(f"client: {name!r} resolved to no servers", tried=tried)
+        if any(isinstance(f, errors.NotTrustedError) for f in failures):
+            nt = next(f for f in failures if isinstance(f, errors.NotTrustedError))
+            return errors.NotTrustedError(nt.msg, tried=tried)
+        if failures and all(
+            isinstance(f, errors.VersionIncompatibleError | errors.BadArgError) for f in failures
+        ):
+            # Hopeless whatever we retry (Vanadium retried these until the deadline).
+            return errors.NoServersError(
+                f"client: no compatible server for {name!r}: {last.msg if last else ''}",
+                action=errors.RetryAction.NO_RETRY,
+                tried=tried,
+            )
+        if failures and all(isinstance(f, errors.TimeoutError) for f in failures):
+            return errors.TimeoutError(f"client: {last.msg if last else 'timed out'}", tried=tried)
+        detail = f": {last.id}: {last.msg}" if last is not None else ""
+        action = (
+            last.action
+            if last is not None and last.action is not errors.RetryAction.NO_RETRY
+            else errors.RetryAction.RETRY_REFETCH
+        )
+        if isinstance(last, errors.CanceledError):
+            return last
+        return errors.NoServersError(
+            f"client: no server for {name!r} could be reached{detail}", action=action, tried=tried
+        )
+
+    def _resolve(self, ctx: Context, name: str, tried: list[str]) -> MountEntry:
+        try:
+            entry = self.namespace.resolve(ctx, name)
+        except errors.NoExistError as exc:
+            tried.append(f"resolve {name!r}: {exc.id}")
+            # The name may appear (a server starting up): refetch and retry (rendezvous).
+            action = (
+                errors.RetryAction.NO_RETRY
+                if type(exc).__name__ == "ResolutionDepthExceededError"
+                else errors.RetryAction.RETRY_REFETCH
+            )
+            raise errors.NoServersError(
+                f"client: resolving {name!r} failed: {exc.msg}", action=action, tried=tried
+            ) from exc
+        except (errors.TimeoutError, errors.CanceledError, errors.BadArgError):
+            raise
+        except errors.IPCError as exc:
+            tried.append(f"resolve {name!r}: {exc.id}")
+            raise errors.NoServersError(
+                f"client: resolving {name!r} failed: {exc.id}: {exc.msg}",
+                action=exc.action
+                if exc.action is not errors.RetryAction.NO_RETRY
+                else errors.RetryAction.RETRY_REFETCH,
+                tried=tried,
+            ) from exc
+        tried.append(f"resolved {name!r} to {len(entry.servers)} server(s)")
+        return entry
+
+    # --- VCs ----------------------------------------------------------------------------
+    def _flow_to(self, ep: Endpoint, deadline: float | None, tried: list[str]) -> Flow:
+        """A new flow to ``ep``: on the cached VC, or a dialed one. A cached VC that cannot
+        open a flow is evicted and a new one dialed, once."""
+        for attempt in range(2):
+            conn = self._vc_for(ep, deadline, tried)
+            try:
+                return conn.connect()
+            except errors.ConnectionFailedError:
+                self._evict(conn)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _vc_for(self, ep: Endpoint, deadline: float | None, tried: list[str]) -> Connection:
+        key = str(ep)
+        with self._lock:
+            if self._closed:
+                raise errors.BadStateError("client: closed")
+            conn = self._vcs.get(key)
+            if conn is not None and not conn.closed:
+                return conn
+            if conn is not None:
+                del self._vcs[key]
+            dial = self._dialing.get(key)
+            leader = dial is None
+            if dial is None:
+                dial = self._dialing[key] = _Dial()
+        if leader:
+            tried.append(f"dial {ep.protocol}:{ep.address}")
+            self._dial(key, ep, dial, deadline)
+        else:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not dial.done.wait(timeout):
+                raise errors.TimeoutError(f"client: waiting for a dial to {ep.address} timed out")
+        if dial.error is not None:
+            if isinstance(dial.error, errors.IPCError):
+                raise dial.error
+            raise errors.ConnectionFailedError(f"client: dial failed: {dial.error!r}")
+        assert dial.conn is not None
+        return dial.conn
+
+    def _dial(self, key: str, ep: Endpoint, dial: _Dial, deadline: float | None) -> None:
+        """Dial outside every lock; publish the result to the waiters."""
+        dial_deadline = deadline if deadline is not None else time.monotonic() + 60.0
+        conn: Connection | None = None
+        try:
+            conn = self._manager.dial(
+                ep.protocol,
+                ep.address,
+                deadline=dial_deadline,
+                authorize_server=self._vc_authorizer(ep),
+                blessings_for_server=self._blessings_for_server,
+                on_close=self._on_vc_closed,
+            )
+            self.stats["dials"] += 1
+        except BaseException as exc:
+            dial.error = exc
+        with self._lock:
+            self._dialing.pop(key, None)
+            if conn is not None:
+                if self._closed:
+                    dial.error = errors.BadStateError("client: closed")
+                else:
+                    self._vcs[key] = conn
+                    dial.conn = conn
+        if conn is not None and dial.conn is None:
+            conn.close()
+        dial.done.set()
+        if isinstance(dial.error, BaseException) and not isinstance(dial.error, Exception):
+            raise dial.error  # KeyboardInterrupt and friends go on
+
+    def _evict(self, conn: Connection) -> None:
+        with self._lock:
+            for key, c in list(self._vcs.items()):
+                if c is conn:
+                    del self._vcs[key]
+        conn.close()
+
+    def _on_vc_closed(self, conn: Connection, err: errors.IPCError) -> None:
+        log.debug("client: VC %s closed: %s", conn.name, err)
+        with self._lock:
+            for key, c in list(self._vcs.items()):
+                if c is conn:
+                    del self._vcs[key]
+
+    def _after_fork_check(self) -> None:
+        """In a child after fork(): drop inherited VCs without touching the parent's
+        connections (close our copies of the descriptors only) and start afresh."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        with self._lock:
+            if self._pid == pid:
+                return
+            inherited = list(self._vcs.values())
+            self._vcs.clear()
+            self._dialing.clear()
+            self._calls = weakref.WeakSet()
+            self._abandoned.clear()
+            self._pid = pid
+        for conn in inherited:
+            conn.abandon_after_fork()
+        log.debug("client: dropped %d VCs inherited across fork", len(inherited))
+
+    def _reap_abandoned(self) -> None:
+        while True:
+            try:
+                flow = self._abandoned.popleft()
+            except IndexError:
+                return
+            flow.cancel(errors.CanceledError("client: the call was dropped without finish()"))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.BadStateError("client: closed", request_sent=False)
+
+    def _make_on_done(self, owned_ctx: Context | None, span: vtrace.Span) -> Any:
+        calls = self._calls
+
+        def on_done(call: Call) -> None:
+            span.finish()
+            calls.discard(call)
+            if owned_ctx is not None:
+                owned_ctx.cancel("call finished")  # type: ignore[attr-defined]
+
+        return on_done
+
+    # --- security -----------------------------------------------------------------------
+    def _vc_authorizer(self, ep: Endpoint) -> Any:
+        """The handshake's check: the server's blessings must validate under our roots
+        (before we reveal our own blessings)."""
+
+        def authorize(key: PublicKey, blessings: Any, discharges: tuple[Any, ...]) -> None:
+            if not isinstance(blessings, Blessings):
+                raise errors.NotTrustedError("client: the server presented no blessings")
+            names_ok, rejected = self._server_names(blessings, discharges, method="")
+            if not names_ok:
+                why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
+                raise errors.NotTrustedError(
+                    f"client: the server's blessings {blessings.names} are not trusted ({why})"
+                )
+
+        return authorize
+
+    def _server_names(
+        self, blessings: Blessings, discharges: Sequence[Any], *, method: str, suffix: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        default = self.principal.store.default
+        call = SecurityCall(
+            method=method,
+            suffix=suffix,
+            local_blessings=tuple(default.names) if default is not None else (),
+            remote_blessings=blessings,
+            remote_discharges={d.caveat_id: d for d in discharges if isinstance(d, Discharge)},
+        )
+        return validate_blessings(blessings, call, self.principal.roots)
+
+    def _blessings_for_server(self, server_blessings: Any) -> Blessings | None:
+        peer_names = server_blessings.names if isinstance(server_blessings, Blessings) else []
+        chosen = self.principal.store.for_peer(*peer_names)
+        return chosen if chosen is not None else self.principal.store.default
+
+    def _authorize_server(
+        self,
+        conn: Connection,
+        ep: Endpoint,
+        method: str,
+        suffix: str,
+        options: Sequence[CallOption],
+    ) -> list[str]:
+        """Authorize the server for this call before any request byte is written."""
+        blessings = conn.remote_blessings
+        if not isinstance(blessings, Blessings):
+            raise errors.NotTrustedError("client: the server presented no blessings")
+        server_names, rejected = self._server_names(
+            blessings, conn.remote_discharges, method=method, suffix=suffix
+        )
+        if not server_names:
+            why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
+            raise errors.NotTrustedError(f"client: no trusted server blessing ({why})")
+        # Exact match: a delegate of the server must not pass for it (Vanadium's MITM TODO).
+        endpoint_ok = not ep.blessings or any(
+            BlessingPattern(b + ":$").matched_by(*server_names) for b in ep.blessings
+        )
+        if not endpoint_ok and find_one(options, SkipServerAuthorization) is None:
+            raise errors.NotTrustedError(
+                f"client: server {server_names} is not the one the endpoint names "
+                f"({list(ep.blessings)})"
+            )
+        for opt in find_all(options, ServerPattern):
+            if not opt.matched_by(server_names):
+                raise errors.NotTrustedError(
+                    f"client: server {server_names} does not match the pattern(s) "
+                    f"{list(opt.patterns)}"
+                )
+        key_opt = find_one(options, ServerPublicKey)
+        if key_opt is not None and key_opt.key != conn.remote_key:
+            raise errors.NotTrustedError("client: the server's public key is not the one asked for")
+        return server_names
+
+    def _grant(self, conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
+        granted: Blessings | None = None
+        for opt in find_all(options, Granter):
+            try:
+                got = opt.grant(conn.remote_blessings, conn.remote_key)
+            except errors.IPCError as exc:
+                raise errors.NotTrustedError(f"client: granter failed: {exc.msg}") from exc
+            except Exception as exc:
+                raise errors.NotTrustedError(f"client: granter failed: {exc!r}") from exc
+            if got is not None:
+                if not isinstance(got, Blessings):
+                    raise errors.BadArgError("client: a granter must return Blessings")
+                granted = Blessings.union(granted, got)
+        return granted
+
+    def _prepare_discharges(
+        self,
+        ctx: Context,
+        blessings: Any,
+        server_names: Sequence[str],
+        method: str,
+        args: Sequence[Any],
+        options: Sequence[CallOption],
+    ) -> tuple[tuple[Discharge, ...], list[str]]:
+        """Discharges for the third-party caveats on the blessings we present: from the
+        shared cache, else fetched from their dischargers (concurrently, within the call's
+        deadline) and cached. A fetch that fails is reported with the call's error."""
+        if not isinstance(blessings, Blessings) or find_one(options, NoDischarges) is not None:
+            return (), []
+        caveats = blessings.third_party_caveats()
+        if not caveats:
+            return (), []
+        found: list[Discharge] = []
+        missing: list[ThirdPartyCaveat] = []
+        for cav in caveats:
+            d = self.discharge_cache.get(cav.id)
+            if d is not None:
+                found.append(d)
+            else:
+                missing.append(cav)
+        problems: list[str] = []
+        if missing:
+            impetus = DischargeImpetus(
+                tuple(BlessingPattern(n) for n in server_names), method, tuple(args)
+            )
+            fetched = self._fetch_discharges(ctx, missing, impetus, problems)
+            found.extend(fetched)
+        return tuple(found), problems
+
+    def _fetch_discharges(
+        self,
+        ctx: Context,
+        caveats: list[ThirdPartyCaveat],
+        impetus: DischargeImpetus,
+        problems: list[str],
+    ) -> list[Discharge]:
+        def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+            try:
+                (d,) = self.call(
+                    ctx,
+                    cav.location,
+                    "Discharge",
+                    cav,
+                    filtered_impetus(cav.requirements, impetus).to_wire(),
+                    options=(NoDischarges(), NoRetry()),
+                )
+                if not isinstance(d, Discharge):
+                    raise errors.BadProtocolError("client: the discharger sent no discharge")
+                self.discharge_cache.put(d, caveat=cav)
+                self.stats["discharges_fetched"] += 1
+                return d
+            except errors.IPCError as exc:
+                problems.append(f"discharge for caveat {cav.id[:12]} from {cav.location}: {exc}")
+                log.warning("client: fetching a discharge from %s failed: %s", cav.location, exc)
+                return None
+
+        if len(caveats) == 1:
+            results = [fetch(caveats[0])]
+        else:
+            workers = min(len(caveats), self.options.max_parallel_discharge_fetches)
+            with ThreadPoolExecutor(workers, thread_name_prefix="ipc-discharge") as pool:
+                results = list(pool.map(fetch, caveats))
+        return [d for d in results if d is not None]
+
+
+_END_STREAM = Request(end_stream_args=True).to_wire()
+
+
+def _server_rank(server: str) -> int:
+    address, _ = names.split_address_name(server)
+    try:
+        return _PROTOCOL_RANK.get(Endpoint.parse(address).protocol, 9)
+    except errors.IPCError:
+        return 10

@@ -1,0 +1,252 @@
+"""Request and response headers of the RPC protocol, and their wire forms (floor 5).
+
+Owns: the :class:`Request` and :class:`Response` header values exchanged on a flow, their CBOR
+map forms (short, fixed keys), validation of what a peer sends (types, bounds), and the
+relative deadline and trace context they carry.
+
+Must not: read or write flows, dispatch, authorize or retry (the call layer and the server do);
+decode blessings or discharges itself (the codec's registered tags do).
+
+Message order on one flow (each item is one length-prefixed CBOR message, see
+:mod:`ipcclient.wire.messages`)::
+
+    C->S  Request{suffix, method, nargs=n, deadline, granted, discharges, trace, language}
+    C->S  arg_1 ... arg_n
+    C->S  ( Request{} item )*              streamed args, each after an empty header
+    C->S  Request{end_stream_args=true}    then the client's FIN
+    S->C  ( Response{} item )*             streamed results, each after an empty header
+    S->C  Response{end_stream_results=true, nresults=m, error, trace}
+    S->C  result_1 ... result_m            only when error is absent; then the server's FIN
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipcclient import errors
+
+__all__ = [
+    "MAX_ARGS",
+    "MAX_DISCHARGES",
+    "MAX_NAME_LEN",
+    "Request",
+    "Response",
+    "TraceContext",
+    "request_from_wire",
+    "response_from_wire",
+]
+
+MAX_ARGS = 1024
+"""Positional args or results one call may declare; a larger count is a hostile header."""
+MAX_NAME_LEN = 4096
+"""Longest suffix, method name or language tag."""
+MAX_DISCHARGES = 64
+"""Discharges one request may carry."""
+MAX_DEADLINE = 10 * 365 * 24 * 3600.0
+"""A relative deadline beyond ten years means none."""
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """The trace a call belongs to: 16-byte ids and flags (1 = collect in memory)."""
+
+    trace_id: bytes
+    span_id: bytes
+    flags: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.trace_id, "s": self.span_id, "f": self.flags}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> TraceContext | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise errors.BadProtocolError("headers: bad trace context")
+        t, s, f = value.get("t"), value.get("s"), value.get("f", 0)
+        if not (isinstance(t, bytes) and len(t) == 16 and isinstance(s, bytes) and len(s) == 16):
+            raise errors.BadProtocolError("headers: bad trace ids")
+        if not isinstance(f, int) or isinstance(f, bool):
+            raise errors.BadProtocolError("headers: bad trace flags")
+        return cls(t, s, f)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request header. An all-default ``Request()`` precedes each streamed arg.
+
+    Attributes:
+        suffix: the object name relative to the server (leading "/" stripped).
+        method: the method name.
+        nargs: how many positional args follow this header.
+        deadline: seconds from the moment the server reads the header until the call's
+            deadline (relative, so clock skew does not matter); None for no deadline.
+        granted: blessings the client grants the server for this call, or None.
+        discharges: discharges for third-party caveats on the client's blessings.
+        trace: the trace context, or None.
+        language: an IETF language tag for error messages, or "".
+        end_stream_args: no more streamed args follow.
+    """
+
+    suffix: str = ""
+    method: str = ""
+    nargs: int = 0
+    deadline: float | None = None
+    granted: Any = None
+    discharges: tuple[Any, ...] = ()
+    trace: TraceContext | None = None
+    language: str = ""
+    end_stream_args: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """The CBOR map; default fields are left out (a streaming header is ``{}``)."""
+        out: dict[str, Any] = {}
+        if self.suffix:
+            out["suffix"] = self.suffix
+        if self.method:
+            out["method"] = self.method
+        if self.nargs:
+            out["nargs"] = self.nargs
+        if self.deadline is not None:
+            out["deadline"] = float(self.deadline)
+        if self.granted is not None:
+            out["granted"] = self.granted
+        if self.discharges:
+            out["discharges"] = list(self.discharges)
+        if self.trace is not None:
+            out["trace"] = self.trace.to_wire()
+        if self.language:
+            out["language"] = self.language
+        if self.end_stream_args:
+            out["end_stream_args"] = True
+        return out
+
+    @property
+    def is_stream_item(self) -> bool:
+        """True for the empty header that precedes a streamed arg."""
+        return self == _EMPTY_REQUEST
+
+
+_EMPTY_REQUEST = Request()
+
+
+@dataclass(frozen=True)
+class Response:
+    """A response header. An all-default ``Response()`` precedes each streamed result.
+
+    Attributes:
+        error: the server's error; when set, no results follow and the stream has ended.
+        end_stream_results: no more streamed results follow; ``nresults`` results do.
+        nresults: how many results follow this header.
+        trace: spans the server recorded, when the caller may see them (a list of maps).
+    """
+
+    error: errors.IPCError | None = None
+    end_stream_results: bool = False
+    nresults: int = 0
+    trace: tuple[Any, ...] = field(default=())
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.error is not None:
+            out["error"] = self.error
+        if self.end_stream_results:
+            out["end"] = True
+        if self.nresults:
+            out["nresults"] = self.nresults
+        if self.trace:
+            out["trace"] = list(self.trace)
+        return out
+
+    @property
+    def is_stream_item(self) -> bool:
+        return self.error is None and not self.end_stream_results and not self.nresults
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_NAME_LEN:
+        raise errors.BadProtocolError(f"headers: bad {name}")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ARGS:
+        raise errors.BadProtocolError(f"headers: bad {name} (0..{MAX_ARGS})")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise errors.BadProtocolError(f"headers: bad {name}")
+    return value
+
+
+def request_from_wire(value: Any) -> Request:
+    """Validate and build a request header from a decoded message.
+
+    Raises:
+        BadProtocolError: not a map, or a field of the wrong type or out of bounds.
+    """
+    if not isinstance(value, Mapping):
+        raise errors.BadProtocolError("headers: a request header must be a map")
+    if not value:
+        return _EMPTY_REQUEST
+    deadline = value.get("deadline")
+    if deadline is not None:
+        if (
+            not isinstance(deadline, int | float)
+            or isinstance(deadline, bool)
+            or math.isnan(deadline)
+        ):
+            raise errors.BadProtocolError("headers: bad deadline")
+        deadline = None if deadline >= MAX_DEADLINE else max(0.0, float(deadline))
+    discharges = value.get("discharges", ())
+    if not isinstance(discharges, list | tuple) or len(discharges) > MAX_DISCHARGES:
+        raise errors.BadProtocolError("headers: bad discharges")
+    return Request(
+        suffix=_text(value.get("suffix"), "suffix"),
+        method=_text(value.get("method"), "method"),
+        nargs=_count(value.get("nargs"), "nargs"),
+        deadline=deadline,
+        granted=value.get("granted"),
+        discharges=tuple(discharges),
+        trace=TraceContext.from_wire(value.get("trace")),
+        language=_text(value.get("language"), "language"),
+        end_stream_args=_flag(value.get("end_stream_args"), "end_stream_args"),
+    )
+
+
+def response_from_wire(value: Any) -> Response:
+    """Validate and build a response header from a decoded message.
+
+    Raises:
+        BadProtocolError: not a map, or a field of the wrong type or out of bounds.
+    """
+    if not isinstance(value, Mapping):
+        raise errors.BadProtocolError("headers: a response header must be a map")
+    if not value:
+        return _EMPTY_RESPONSE
+    err = value.get("error")
+    if err is not None and not isinstance(err, errors.IPCError):
+        raise errors.BadProtocolError("headers: bad error in response")
+    trace = value.get("trace", ())
+    if not isinstance(trace, list | tuple):
+        raise errors.BadProtocolError("headers: bad trace in response")
+    return Response(
+        error=err,
+        end_stream_results=_flag(value.get("end"), "end"),
+        nresults=_count(value.get("nresults"), "nresults"),
+        trace=tuple(trace),
+    )
+
+
+_EMPTY_RESPONSE = Response()

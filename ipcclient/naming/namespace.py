@@ -1,0 +1,521 @@
+"""Client-side name resolution through mount tables, with a TTL cache (floor 2).
+
+Owns: :class:`MountedServer` and :class:`MountEntry` (and their plain wire forms), the
+:class:`Caller` protocol through which resolution makes its ``ResolveStep`` calls, and
+:class:`Namespace`: the roots, :meth:`Namespace.resolve`,
+:meth:`Namespace.resolve_to_mount_table`, the resolution cache and
+:meth:`Namespace.flush_cache_entry`.
+
+Must not: import anything from ipcclient but :mod:`ipcclient.errors`,
+:mod:`ipcclient.context` and :mod:`ipcclient.naming` (never the client, a transport or a
+server: the client passes itself in as the :class:`Caller`); open sockets; hold its lock while
+calling the caller; sort servers by protocol (that is the client's job, after resolution).
+
+Resolution (Vanadium's ``Namespace.Resolve``):
+
+1. Strip a ``__(pattern)`` prefix. A relative name starts from an entry made of the roots
+   (``serves_mount_table=True``). A rooted name starts from a one-server entry whose
+   endpoint's ``m`` flag decides whether it serves a mount table; a terminal name
+   (``/address//suffix``) never does.
+2. While the entry serves a mount table and its remaining name is not empty, at most
+   :data:`MAX_RESOLVE_DEPTH` times: ask its servers, in order, ``ResolveStep`` of the
+   remaining name (the cache first, for every server; then a call to each server until one
+   answers). The answer becomes the entry.
+3. A server saying "no such name" (:class:`~ipcclient.errors.NoExistError`) ends resolution
+   with that error. A server saying "I am not a mount table" (UnknownMethod, UnknownSuffix,
+   BadArg) ends resolution with the current entry. Any other error moves on to the next
+   server; when every server failed, the last error is raised with a ``tried`` list.
+
+The cache maps what was resolved (the mount table's address and the name *components* it
+resolved) to the answer. An entry is stale once any of its servers' deadlines passed.
+Lookup takes the longest component prefix. :meth:`Namespace.flush_cache_entry` walks the
+cache as a resolution would, following *every* server of every entry it meets, and forgets
+all of them (it fixes Vanadium's short-circuit and raw-string-prefix bugs).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ipcclient import errors
+from ipcclient.context import Context
+from ipcclient.naming import names
+from ipcclient.naming.endpoint import Endpoint
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_STEP_TIMEOUT",
+    "MAX_RESOLVE_DEPTH",
+    "Caller",
+    "MountEntry",
+    "MountedServer",
+    "Namespace",
+    "ResolutionDepthExceededError",
+]
+
+MAX_RESOLVE_DEPTH = 32
+"""Most ResolveStep hops one resolution may take (Vanadium's maxResolveDepth)."""
+DEFAULT_STEP_TIMEOUT = 30.0
+"""Seconds a ResolveStep call may take when the caller's context has no deadline."""
+DEFAULT_CACHE_SIZE = 4000
+"""Cache entries kept; when full, stale ones go first, then the oldest, down to 75 %."""
+RESOLVE_STEP = "ResolveStep"
+
+# Bounds on one MountEntry from a peer (h11 style: every bound named, with its reason).
+MAX_WIRE_SERVERS = 1024  # replicas of one name; far more than any real mount has
+MAX_WIRE_NAME_LEN = 16 * 1024  # a name with a few full endpoints in it fits easily
+
+_NOT_A_MOUNT_TABLE = (errors.UnknownMethodError, errors.UnknownSuffixError, errors.BadArgError)
+
+
+class ResolutionDepthExceededError(errors.NoExistError):
+    """Resolution took more than :data:`MAX_RESOLVE_DEPTH` steps (a loop of mount tables).
+
+    A :class:`~ipcclient.errors.NoExistError` on the wire, but never worth retrying.
+    """
+
+
+@dataclass(frozen=True)
+class MountedServer:
+    """One server of a mount entry.
+
+    Attributes:
+        server: the server's address or rooted name (``/@1@...@@``, ``/host:port/prefix``).
+        deadline: when the mount expires, on the namespace's monotonic clock; ``math.inf``
+            for never (roots and rooted names).
+    """
+
+    server: str
+    deadline: float = math.inf
+
+    def to_wire(self, now: float) -> dict[str, Any]:
+        """``{"server": str, "ttl": seconds left (>= 0) or None for never}``."""
+        ttl = None if math.isinf(self.deadline) else max(0.0, self.deadline - now)
+        return {"server": self.server, "ttl": ttl}
+
+    @classmethod
+    def from_wire(cls, value: object, now: float) -> MountedServer:
+        """Rebuild from :meth:`to_wire`'s form, the TTL counted from ``now``.
+
+        Raises:
+            BadProtocolError: the value is malformed.
+        """
+        if not isinstance(value, Mapping):
+            raise errors.BadProtocolError("mount entry: a server must be a map")
+        server = value.get("server")
+        ttl = value.get("ttl")
+        if not isinstance(server, str) or not server or len(server) > MAX_WIRE_NAME_LEN:
+            raise errors.BadProtocolError("mount entry: bad server")
+        if ttl is None:
+            return cls(server, math.inf)
+        if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
+        try:
+            seconds = float(ttl)
+        except OverflowError:
+            raise errors.BadProtocolError("mount entry: ttl out of range") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
+        return cls(server, now + seconds)
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """What a name resolves to: the remaining name and the ordered servers that hold it.
+
+    Attributes:
+        name: the name relative to each server (empty when the servers are the objects).
+        servers: the servers, in the order to try them.
+        serves_mount_table: the servers are mount tables (resolution may continue).
+        is_leaf: the servers serve nothing below ``name``.
+    """
+
+    name: str
+    servers: tuple[MountedServer, ...]
+    serves_mount_table: bool = False
+    is_leaf: bool = False
+
+    def names(self) -> list[str]:
+        """The terminal rooted name of :attr:`name` at each server, in order."""
+        return [names.join_address_name(s.server, self.name, terminal=True) for s in self.servers]
+
+    def is_stale(self, now: float) -> bool:
+        """True once any server's deadline has passed."""
+        return any(s.deadline <= now for s in self.servers)
+
+    def to_wire(self, now: float) -> dict[str, Any]:
+        """The plain CBOR-ready form; deadlines travel as TTLs (seconds from ``now``)."""
+        return {
+            "name": self.name,
+            "servers": [s.to_wire(now) for s in self.servers],
+            "serves_mount_table": self.serves_mount_table,
+            "is_leaf": self.is_leaf,
+        }
+
+    @classmethod
+    def from_wire(cls, value: object, now: float) -> MountEntry:
+        """Rebuild from :meth:`to_wire`'s form; TTLs become deadlines from ``now``.
+
+        Raises:
+            BadProtocolError: the value is malformed or over the bounds.
+        """
+        if not isinstance(value, Mapping):
+            raise errors.BadProtocolError("mount entry: expected a map")
+        name = value.get("name", "")
+        servers = value.get("servers")
+        smt = value.get("serves_mount_table", False)
+        leaf = value.get("is_leaf", False)
+        if not isinstance(name, str) or len(name) > MAX_WIRE_NAME_LEN:
+            raise errors.BadProtocolError("mount entry: bad name")
+        if names.is_rooted(name):
+            raise errors.BadProtocolError(f"mount entry: name {name!r} must be relative")
+        if not isinstance(servers, list | tuple) or len(servers) > MAX_WIRE_SERVERS:
+            raise errors.BadProtocolError("mount entry: bad servers")
+        if not isinstance(smt, bool) or not isinstance(leaf, bool):
+            raise errors.BadProtocolError("mount entry: flags must be bools")
+        return cls(
+            names.clean(name),
+            tuple(MountedServer.from_wire(s, now) for s in servers),
+            smt,
+            leaf,
+        )
+
+
+class Caller(Protocol):
+    """How the namespace makes an RPC: the client passes itself (or an adapter) in.
+
+    ``name`` is always a terminal rooted name (``/address//suffix``): the callee must send it
+    to that server as it is, without resolving it again. Results are the call's positional
+    results; errors are :class:`~ipcclient.errors.IPCError`.
+    """
+
+    def call(
+        self, ctx: Context, name: str, method: str, args: Sequence[Any], **options: Any
+    ) -> Sequence[Any]:
+        """Call ``method(*args)`` on the object ``name`` and return its results."""
+        ...
+
+
+_CacheKey = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class _CachedEntry:
+    servers: tuple[MountedServer, ...]
+    serves_mount_table: bool
+    is_leaf: bool
+
+    def is_stale(self, now: float) -> bool:
+        return any(s.deadline <= now for s in self.servers)
+
+
+class _NotAMountTable(Exception):
+    """Internal: the current entry's servers are not mount tables."""
+
+
+def _key_of(name: str) -> _CacheKey:
+    address, suffix = names.split_address_name(name)
+    return address, tuple(suffix.split("/")) if suffix else ()
+
+
+def _validate_roots(roots: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(roots, str):
+        raise errors.BadArgError("namespace: roots must be a sequence of names, not one str")
+    out: list[str] = []
+    for root in roots:
+        if not isinstance(root, str) or not names.is_rooted(root):
+            raise errors.BadArgError(f"namespace: root {root!r} must be a rooted name")
+        address, _ = names.split_address_name(root)
+        if not address:
+            raise errors.BadArgError(f"namespace: root {root!r} has no address")
+        Endpoint.parse(address)
+        out.append(names.clean(root))
+    return tuple(out)
+
+
+class Namespace:
+    """Resolves names to servers through mount tables, caching what it learns.
+
+    Thread-safe. One lock guards the roots and the cache and is held only for dictionary
+    operations, never while calling the :class:`Caller`.
+
+    Args:
+        roots: rooted names of the root mount tables (``/host:port``, ``/@1@...@@``).
+        caller: makes the ``ResolveStep`` calls; may be set later with :meth:`set_caller`
+            (the client usually passes itself). Without one, only names that need no call
+            resolve.
+        clock: a monotonic clock; mount deadlines are read on it.
+        cache_size: the most cache entries kept (0 disables the cache).
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[str] = (),
+        caller: Caller | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise errors.BadArgError(f"namespace: cache_size must be an int >= 0: {cache_size!r}")
+        self._lock = threading.Lock()
+        self._roots = _validate_roots(roots)
+        self._caller = caller
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: dict[_CacheKey, _CachedEntry] = {}
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The root mount tables, as rooted names."""
+        with self._lock:
+            return self._roots
+
+    def set_roots(self, roots: Sequence[str]) -> None:
+        """Replace the roots (the cache stays valid: it is keyed by server addresses).
+
+        Raises:
+            BadArgError: a root is not a rooted name with a well-formed address.
+        """
+        validated = _validate_roots(roots)
+        with self._lock:
+            self._roots = validated
+
+    def set_caller(self, caller: Caller | None) -> None:
+        """Set (or clear) the caller used for ``ResolveStep``."""
+        with self._lock:
+            self._caller = caller
+
+    # -- resolution ------------------------------------------------------------------------
+
+    def resolve(self, ctx: Context, name: str) -> MountEntry:
+        """Resolve ``name`` to its servers (in order) and the name relative to them.
+
+        Raises:
+            BadArgError: the name is malformed (bad address).
+            NoServersError: a relative name and no roots (not retryable).
+            NoExistError: a mount table has no such name.
+            ResolutionDepthExceededError: more than :data:`MAX_RESOLVE_DEPTH` steps.
+            CanceledError, TimeoutError: ``ctx`` is done.
+            IPCError: every server of a step failed (the last error, with ``tried``).
+        """
+        entry, final = self._root_entry(name)
+        if final:
+            return entry
+        for _ in range(MAX_RESOLVE_DEPTH):
+            if not entry.serves_mount_table or not entry.name:
+                return entry
+            try:
+                entry = self._step(ctx, entry)
+            except _NotAMountTable:
+                return entry
+        raise ResolutionDepthExceededError(
+            f"resolution of {name!r} took more than {MAX_RESOLVE_DEPTH} steps", name
+        )
+
+    def resolve_to_mount_table(self, ctx: Context, name: str) -> MountEntry:
+        """Resolve ``name`` to the mount table entry that holds (or would hold) its last part.
+
+        That is where a server mounts itself under ``name``: the returned entry's servers are
+        mount tables and its :attr:`MountEntry.name` is the name relative to them. A mount
+        table that has no such name is the answer (the name would be created there).
+
+        Raises:
+            as :meth:`resolve`, except NoExistError from a mount table.
+        """
+        entry, final = self._root_entry(name)
+        if final:
+            return entry
+        last = entry
+        for _ in range(MAX_RESOLVE_DEPTH):
+            if not entry.serves_mount_table or not entry.name:
+                return last
+            try:
+                nxt = self._step(ctx, entry)
+            except _NotAMountTable:
+                return last
+            except errors.NoExistError:
+                return entry
+            last, entry = entry, nxt
+        raise ResolutionDepthExceededError(
+            f"resolution of {name!r} took more than {MAX_RESOLVE_DEPTH} steps", name
+        )
+
+    def _root_entry(self, name: str) -> tuple[MountEntry, bool]:
+        """The entry resolution starts from, and whether it is final (a terminal name)."""
+        if not isinstance(name, str):
+            raise errors.BadArgError(f"namespace: a name must be a str, got {type(name).__name__}")
+        _, name = names.split_pattern_name(name)
+        address, suffix = names.split_address_name(name)
+        if not address:
+            if names.is_rooted(name):
+                raise errors.BadArgError(f"namespace: rooted name {name!r} has no address")
+            roots = self.roots
+            if not roots:
+                raise errors.NoServersError(
+                    f"namespace: no roots to resolve the relative name {name!r}",
+                    name,
+                    action=errors.RetryAction.NO_RETRY,
+                )
+            entry = MountEntry(suffix, tuple(MountedServer(r) for r in roots), True, False)
+            return entry, False
+        ep = Endpoint.parse(address)
+        entry = MountEntry(
+            suffix, (MountedServer("/" + address),), ep.serves_mount_table, ep.is_leaf
+        )
+        return entry, names.is_terminal(name)
+
+    def _step(self, ctx: Context, entry: MountEntry) -> MountEntry:
+        """One ResolveStep of ``entry.name`` against ``entry``'s servers (cache first)."""
+        step_names = [
+            names.join_address_name(s.server, entry.name, terminal=True) for s in entry.servers
+        ]
+        for step_name in step_names:
+            cached = self._lookup(step_name)
+            if cached is not None:
+                return cached
+        with self._lock:
+            caller = self._caller
+        if caller is None:
+            raise errors.NoServersError(
+                f"namespace: resolving {entry.name!r} needs a mount table call and no caller "
+                "is set",
+                action=errors.RetryAction.NO_RETRY,
+            )
+        tried: list[str] = []
+        last_err: errors.IPCError | None = None
+        for step_name in step_names:
+            err = ctx.err()
+            if err is not None:
+                raise err.with_context(tried=tried)
+            try:
+                answer = self._call(ctx, caller, step_name)
+            except errors.NoExistError as exc:
+                raise exc.with_context(tried=tried) from exc
+            except _NOT_A_MOUNT_TABLE:
+                raise _NotAMountTable() from None
+            except errors.IPCError as exc:
+                tried.append(f"{step_name}: {exc}")
+                last_err = exc
+                continue
+            self._remember(step_name, answer)
+            return answer
+        if last_err is None:
+            raise errors.NoServersError(f"namespace: no servers to resolve {entry.name!r}")
+        raise last_err.with_context(tried=tried)
+
+    def _call(self, ctx: Context, caller: Caller, step_name: str) -> MountEntry:
+        if ctx.deadline is None:
+            with ctx.with_timeout(DEFAULT_STEP_TIMEOUT) as step_ctx:
+                results = caller.call(step_ctx, step_name, RESOLVE_STEP, [])
+        else:
+            results = caller.call(ctx, step_name, RESOLVE_STEP, [])
+        if not isinstance(results, list | tuple) or len(results) != 1:
+            raise errors.BadProtocolError(
+                f"namespace: {RESOLVE_STEP} on {step_name!r} must return exactly one result"
+            )
+        return MountEntry.from_wire(results[0], self._clock())
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def _find(self, name: str, now: float) -> tuple[_CacheKey, _CachedEntry, str] | None:
+        """Longest-prefix match; the caller holds the lock. Stale hits are returned too."""
+        address, comps = _key_of(name)
+        for cut in range(len(comps), -1, -1):
+            key = (address, comps[:cut])
+            hit = self._cache.get(key)
+            if hit is not None:
+                return key, hit, "/".join(comps[cut:])
+        return None
+
+    def _lookup(self, name: str) -> MountEntry | None:
+        now = self._clock()
+        with self._lock:
+            while True:
+                found = self._find(name, now)
+                if found is None:
+                    return None
+                key, hit, rest = found
+                if not hit.is_stale(now):
+                    return MountEntry(rest, hit.servers, hit.serves_mount_table, hit.is_leaf)
+                del self._cache[key]  # stale: drop it and try a shorter prefix
+
+    def _remember(self, step_name: str, answer: MountEntry) -> None:
+        """Cache ``answer`` under the part of ``step_name`` the mount table resolved."""
+        if self._cache_size == 0:
+            return
+        now = self._clock()
+        if not answer.servers or answer.is_stale(now):
+            return
+        address, comps = _key_of(step_name)
+        rest = names.components(answer.name)
+        if rest:
+            if len(rest) > len(comps) or comps[len(comps) - len(rest) :] != rest:
+                return  # the answer's name is not a suffix of what we asked: do not cache
+            comps = comps[: len(comps) - len(rest)]
+        value = _CachedEntry(answer.servers, answer.serves_mount_table, answer.is_leaf)
+        with self._lock:
+            self._cache.pop((address, comps), None)  # re-insert as the newest
+            if len(self._cache) >= self._cache_size:
+                self._evict_locked(now)
+            self._cache[(address, comps)] = value
+
+    def _evict_locked(self, now: float) -> None:
+        for key in [k for k, v in self._cache.items() if v.is_stale(now)]:
+            del self._cache[key]
+        target = (self._cache_size * 3) // 4
+        while len(self._cache) > target:
+            del self._cache[next(iter(self._cache))]  # the oldest insertion
+
+    def cache_size(self) -> int:
+        """How many entries the cache holds now (stale ones included until noticed)."""
+        with self._lock:
+            return len(self._cache)
+
+    def flush_cache_entry(self, name: str) -> bool:
+        """Forget every cache entry a resolution of ``name`` would use; True if any.
+
+        Walks the cache as a resolution would, from every rooted form of ``name`` (each root
+        for a relative name), following *every* server of every entry met, and forgets each
+        entry met together with the entries for longer names at the same server (matched by
+        whole components: flushing ``a/b`` never touches ``a/bc``).
+        """
+        _, name = names.split_pattern_name(name)
+        if names.is_rooted(name):
+            starts = [name]
+        else:
+            starts = [names.join_address_name(r, name, terminal=True) for r in self.roots]
+        now = self._clock()
+        to_forget: set[_CacheKey] = set()
+        seen: set[str] = set()
+        pending = [(n, 0) for n in starts]
+        while pending:
+            current, depth = pending.pop()
+            if current in seen or depth > MAX_RESOLVE_DEPTH:
+                continue
+            seen.add(current)
+            with self._lock:
+                found = self._find(current, now)
+            if found is None:
+                continue
+            key, hit, rest = found
+            to_forget.add(key)
+            pending.extend(
+                (names.join_address_name(s.server, rest, terminal=True), depth + 1)
+                for s in hit.servers
+            )
+        removed = 0
+        with self._lock:
+            for address, comps in to_forget:
+                doomed = [k for k in self._cache if k[0] == address and k[1][: len(comps)] == comps]
+                for k in doomed:
+                    del self._cache[k]
+                removed += len(doomed)
+        return removed > 0

@@ -1,0 +1,474 @@
+"""The threaded RPC server: listen, dispatch, authorize, invoke, answer (floor 6).
+
+Owns: :class:`Server` (listeners, a bounded worker pool that sheds load with a retriable
+error, serving a dispatcher, stopping cleanly), the server side of the request protocol
+(:mod:`ipcclient.headers`), per-call authorization (the client's blessings validated against
+this server's roots, caveats and discharges, then the object's authorizer), and
+:class:`ServerCall`, which user methods receive to stream and to see the call's context.
+
+Must not: resolve names or dial (publishing in a mount table goes through an injected
+publisher), or let a bug in a user's method reach anything but that call's error.
+
+A user method is called as ``method(call, *args)``; it returns one result, ``None`` for no
+result, or :class:`Results` for several. Raising an :class:`~ipcclient.errors.IPCError` sends
+that error; any other exception is logged and sent as an UnknownError carrying its message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ipcclient import errors
+from ipcclient.context import CancelContext, Context
+from ipcclient.headers import Request, Response, request_from_wire
+from ipcclient.security.blessings import Blessings, validate_blessings
+from ipcclient.security.caveats import SecurityCall
+from ipcclient.security.discharges import Discharge
+from ipcclient.security.principal import Principal
+from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthorizer
+from ipcclient.stream import MessageStream
+from ipcclient.transport.conn import Connection, Flow
+from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
+
+__all__ = [
+    "Dispatcher",
+    "LeafDispatcher",
+    "Results",
+    "Server",
+    "ServerCall",
+    "ServerOptions",
+]
+
+log = logging.getLogger("ipcclient.server")
+
+
+class Results:
+    """Several results from one method: ``return Results(a, b)``."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, *values: Any) -> None:
+        self.values = values
+
+
+class Dispatcher(Protocol):
+    """Maps a suffix to the object serving it and its authorizer (None: the default)."""
+
+    def lookup(self, suffix: str) -> tuple[Any, Authorizer | None]:
+        """Raise UnknownSuffixError when nothing is served at ``suffix``."""
+        ...
+
+
+class LeafDispatcher:
+    """Serves one object at the empty suffix only."""
+
+    def __init__(self, obj: Any, authorizer: Authorizer | None = None) -> None:
+        self.obj = obj
+        self.authorizer = authorizer
+
+    def lookup(self, suffix: str) -> tuple[Any, Authorizer | None]:
+        if suffix:
+            raise errors.UnknownSuffixError(f"server: nothing is served at suffix {suffix!r}")
+        return self.obj, self.authorizer
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Knobs of a server.
+
+    Attributes:
+        workers: threads running calls at once.
+        max_queued: calls waiting for a worker; beyond it new calls are refused with
+            OverloadedError (RETRY_BACKOFF), so a full server answers instead of hanging.
+        first_header_timeout: how long a new flow may take to send its request header.
+        transport: options of the VCs accepted.
+    """
+
+    workers: int = 16
+    max_queued: int = 256
+    first_header_timeout: float = 60.0
+    transport: TransportOptions = field(default_factory=TransportOptions)
+
+
+class ServerCall:
+    """What a server method gets: the call's context, security facts, and streaming.
+
+    ``recv`` / iteration read the client's streamed args; ``send`` streams results back.
+    Belongs to the worker running the call; do not share it across threads.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        stream: MessageStream,
+        request: Request,
+        security: CallSecurity,
+        server: Server,
+    ) -> None:
+        self.context = ctx
+        self._stream = stream
+        self.request = request
+        self.security = security
+        self.server = server
+        self._recv_done = False
+
+    @property
+    def suffix(self) -> str:
+        return self.request.suffix
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def remote_blessing_names(self) -> tuple[str, ...]:
+        """The client's blessing names that validated for this call."""
+        return self.security.client_names
+
+    @property
+    def granted_blessings(self) -> Blessings | None:
+        """Blessings the client granted this server for the call (bound to our key)."""
+        granted = self.request.granted
+        return granted if isinstance(granted, Blessings) else None
+
+    def recv(self) -> Any:
+        """The client's next streamed arg.
+
+        Raises:
+            EndOfStreamError: the client closed its send side (also an ``EOFError``).
+            CanceledError / TimeoutError: the call was cancelled or its deadline passed.
+        """
+        if self._recv_done:
+            raise errors.EndOfStreamError("server: the client sent no more items")
+        header = request_from_wire(self._stream.recv(self.context.deadline))
+        if header.end_stream_args:
+            self._recv_done = True
+            raise errors.EndOfStreamError("server: the client sent no more items")
+        if not header.is_stream_item:
+            raise errors.BadProtocolError("server: expected a streaming header")
+        return self._stream.recv(self.context.deadline)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.recv()
+            except errors.EndOfStreamError:
+                return
+
+    def send(self, item: Any) -> None:
+        """Stream ``item`` to the client (blocks while the client's window is full)."""
+        self._stream.send(Response().to_wire(), item, deadline=self.context.deadline)
+
+
+_SIGNATURES: dict[tuple[type, str], tuple[int, int | None]] = {}
+_SIGNATURES_LOCK = threading.Lock()
+
+
+def _arity(obj: Any, name: str, method: Callable[..., Any]) -> tuple[int, int | None]:
+    """(min, max) positional args a method takes after the call object (max None: *args)."""
+    key = (type(obj), name)
+    found = _SIGNATURES.get(key)
+    if found is not None:
+        return found
+    lo, hi = 0, 0
+    unbounded = False
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return (0, None)
+    for p in params[1:]:  # the first is the ServerCall
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            hi += 1
+            if p.default is p.empty:
+                lo += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            unbounded = True
+    result = (lo, None if unbounded else hi)
+    with _SIGNATURES_LOCK:
+        _SIGNATURES[key] = result
+    return result
+
+
+def _find_method(obj: Any, name: str) -> Callable[..., Any]:
+    if not name.isidentifier() or name.startswith("_"):
+        raise errors.UnknownMethodError(f"server: no method {name!r}")
+    method = getattr(obj, name, None)
+    if method is None or not callable(method):
+        raise errors.UnknownMethodError(f"server: no method {name!r}")
+    return method  # type: ignore[no-any-return]
+
+
+class Server:
+    """A threaded RPC server for one principal.
+
+    ``server = Server(principal); endpoint = server.listen("tcp", "127.0.0.1:0");
+    server.serve(obj)`` ... ``server.stop()``. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        principal: Principal,
+        *,
+        blessings: Blessings | None = None,
+        options: ServerOptions | None = None,
+        publisher: Any = None,
+        serves_mount_table: bool = False,
+    ) -> None:
+        self.principal = principal
+        self.options = options or ServerOptions()
+        chosen = blessings if blessings is not None else principal.store.default
+        if chosen is None:
+            raise errors.BadArgError(
+                "server: the principal has no default blessings; pass blessings="
+            )
+        if chosen.public_key != principal.public_key:
+            raise errors.BadArgError("server: blessings are not bound to the principal's key")
+        self.blessings: Blessings = chosen
+        self._names = tuple(chosen.names)
+        self._manager = StreamManager(principal, self.options.transport)
+        self._listeners: list[Listener] = []
+        self._dispatcher: Dispatcher | None = None
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.options.workers + self.options.max_queued)
+        self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="ipc-server")
+        self._root = Context.background().with_cancel()
+        self._stopped = False
+        self._active: set[CancelContext] = set()
+        self._publisher = publisher
+        self._serves_mount_table = serves_mount_table
+        self.endpoints: list[str] = []
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def listen(self, protocol: str = "tcp", address: str = "127.0.0.1:0") -> str:
+        """Listen on ``address`` and return this server's endpoint string there."""
+        from ipcclient.naming.endpoint import Endpoint  # naming sits below; import lazily
+
+        with self._lock:
+            if self._stopped:
+                raise errors.BadStateError("server: stopped")
+        listener = self._manager.listen(
+            protocol,
+            address,
+            blessings=self.blessings,
+            on_flow=self._on_flow,
+        )
+        ep = Endpoint(
+            protocol=protocol,
+            address=listener.address,
+            blessings=self._names,
+            min_version=self.options.transport.versions[0],
+            max_version=self.options.transport.versions[1],
+            serves_mount_table=self._serves_mount_table,
+        )
+        with self._lock:
+            self._listeners.append(listener)
+            self.endpoints.append(str(ep))
+        return str(ep)
+
+    def serve(self, obj: Any, authorizer: Authorizer | None = None) -> None:
+        """Serve ``obj`` at the empty suffix (a :class:`LeafDispatcher`)."""
+        self.serve_dispatcher(LeafDispatcher(obj, authorizer))
+
+    def serve_dispatcher(self, dispatcher: Dispatcher) -> None:
+        """Serve every suffix through ``dispatcher``. A server serves once."""
+        with self._lock:
+            if self._dispatcher is not None:
+                raise errors.BadStateError("server: already serving")
+            self._dispatcher = dispatcher
+
+    @property
+    def connections(self) -> list[Connection]:
+        with self._lock:
+            listeners = list(self._listeners)
+        return [c for lst in listeners for c in lst.connections]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop: no new calls; calls in flight are cancelled (their clients see Canceled or
+        a broken VC); listeners and VCs close; worker threads end. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            listeners = list(self._listeners)
+        if self._publisher is not None:
+            try:
+                self._publisher.stop()
+            except Exception:
+                log.exception("server: unpublishing failed")
+        self._root.cancel("server stopping")
+        for lst in listeners:
+            lst.close(close_connections=True, timeout=timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- serving ------------------------------------------------------------------------
+    def _on_flow(self, flow: Flow) -> None:
+        """A client opened a flow (reader thread): queue it or shed it."""
+        if self._stopped:
+            flow.cancel(errors.CanceledError("server: stopping"))
+            return
+        if not self._slots.acquire(blocking=False):
+            flow.cancel(
+                errors.OverloadedError(
+                    f"server: {self.options.workers} workers busy and "
+                    f"{self.options.max_queued} calls queued; try again later"
+                )
+            )
+            return
+        try:
+            self._pool.submit(self._serve_flow, flow)
+        except RuntimeError:  # the pool is shut down: we are stopping
+            self._slots.release()
+            flow.cancel(errors.CanceledError("server: stopping"))
+
+    def _serve_flow(self, flow: Flow) -> None:
+        ctx = self._root.with_cancel()
+        with self._lock:
+            self._active.add(ctx)
+        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
+        stream = MessageStream(flow)
+        try:
+            self._run_call(ctx, flow, stream)
+        except Exception:  # pragma: no cover - _run_call answers every error itself
+            log.exception("server: unexpected failure serving a flow")
+        finally:
+            ctx.cancel("call finished")
+            with self._lock:
+                self._active.discard(ctx)
+            flow.close()
+            self._slots.release()
+
+    def _run_call(self, root: CancelContext, flow: Flow, stream: MessageStream) -> None:
+        try:
+            first_deadline = time.monotonic() + self.options.first_header_timeout
+            request = request_from_wire(stream.recv(first_deadline))
+        except errors.IPCError as exc:
+            self._answer_error(stream, exc)
+            return
+        ctx: CancelContext = root
+        if request.deadline is not None:
+            ctx = root.with_deadline(time.monotonic() + request.deadline)
+        try:
+            args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
+            if root.done():
+                raise root.err() or errors.CanceledError("server: call cancelled")
+            results = self._dispatch(ctx, flow, stream, request, args)
+        except errors.IPCError as exc:
+            self._answer_error(stream, (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc)
+            return
+        except Exception as exc:
+            log.exception("server: %s.%s raised", request.suffix, request.method)
+            self._answer_error(stream, errors.UnknownError(f"{type(exc).__name__}: {exc}"))
+            return
+        header = Response(end_stream_results=True, nresults=len(results))
+        try:
+            stream.send(header.to_wire(), *results, end=True, deadline=ctx.deadline)
+        except errors.BadArgError as exc:
+            err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
+            self._answer_error(stream, err)
+        except errors.IPCError as exc:
+            log.debug("server: could not send results: %s", exc)
+
+    def _dispatch(
+        self,
+        ctx: Context,
+        flow: Flow,
+        stream: MessageStream,
+        request: Request,
+        args: list[Any],
+    ) -> Sequence[Any]:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            raise errors.UnknownSuffixError("server: nothing is served yet")
+        suffix = request.suffix.lstrip("/")
+        obj, authorizer = dispatcher.lookup(suffix)
+        security = self._authorize(flow.connection, request, suffix, args, authorizer)
+        method = _find_method(obj, request.method)
+        lo, hi = _arity(obj, request.method, method)
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
+            raise errors.BadArgError(
+                f"server: {request.method} takes {expected} arguments, got {len(args)} "
+                "(wrong number of input arguments)"
+            )
+        call = ServerCall(ctx, stream, request, security, self)
+        value = method(call, *args)
+        if value is None:
+            return ()
+        if isinstance(value, Results):
+            return value.values
+        return (value,)
+
+    def _authorize(
+        self,
+        conn: Connection,
+        request: Request,
+        suffix: str,
+        args: list[Any],
+        authorizer: Authorizer | None,
+    ) -> CallSecurity:
+        granted = request.granted
+        if granted is not None:
+            if not isinstance(granted, Blessings):
+                raise errors.BadProtocolError("server: granted blessings are malformed")
+            if granted.public_key != self.principal.public_key:
+                raise errors.NoAccessError("server: blessing granted not bound to this server")
+        discharges: dict[str, Discharge] = {d.caveat_id: d for d in conn.remote_discharges}
+        for d in request.discharges:
+            if not isinstance(d, Discharge):
+                raise errors.BadProtocolError("server: a discharge in the request is malformed")
+            discharges[d.caveat_id] = d
+        remote = conn.remote_blessings
+        sc = SecurityCall(
+            method=request.method,
+            suffix=suffix,
+            local_blessings=self._names,
+            remote_blessings=remote,
+            remote_discharges=discharges,
+            arguments=tuple(args),
+        )
+        names, rejected = validate_blessings(remote, sc, self.principal.roots)
+        security = CallSecurity(
+            method=request.method,
+            suffix=suffix,
+            client_names=tuple(names),
+            rejected=tuple((r.name, r.error.msg) for r in rejected),
+            server_names=self._names,
+            client_key=conn.remote_key,
+            server_key=self.principal.public_key,
+            granted=granted,
+        )
+        try:
+            (authorizer or DefaultAuthorizer()).authorize(security)
+        except errors.NoAccessError:
+            # A refused discharge names its caveat: say so, so the client refetches only it.
+            for r in rejected:
+                if isinstance(r.error, errors.BadDischargeError):
+                    raise r.error from None
+            raise
+        return security
+
+    def _answer_error(self, stream: MessageStream, err: errors.IPCError) -> None:
+        try:
+            stream.send(Response(error=err, end_stream_results=True).to_wire(), end=True)
+        except errors.IPCError as exc:
+            log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _is_flow_abort(exc: errors.IPCError, ctx: Context) -> bool:
+    """Whether ``exc`` came from the call being cancelled or timing out."""
+    return ctx.done() and isinstance(
+        exc, errors.CanceledError | errors.TimeoutError | errors.ConnectionFailedError
+    )

@@ -1,0 +1,61 @@
+"""CBOR messages over a transport flow, with deadlines (floor 6).
+
+Owns: :class:`MessageStream`, which sends values as length-prefixed messages on a
+:class:`~ipcclient.transport.conn.Flow` (many values in one flow write) and receives them
+one at a time, waiting with a deadline. Both the client's call object and the server's
+invoker speak the RPC protocol through it.
+
+Must not: interpret headers (that is the caller's), or retry.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from ipcclient import codec, errors
+from ipcclient.transport.conn import Flow
+from ipcclient.wire.messages import MessageReader, encode_messages
+
+__all__ = ["MessageStream"]
+
+
+class MessageStream:
+    """Messages on one flow. Not for concurrent use by several readers (one call, one owner)."""
+
+    __slots__ = ("_eof", "_flow", "_pending", "_reader")
+
+    def __init__(self, flow: Flow, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
+        self._flow = flow
+        self._reader = MessageReader(limits)
+        self._pending: collections.deque[Any] = collections.deque()
+        self._eof = False
+
+    @property
+    def flow(self) -> Flow:
+        return self._flow
+
+    def send(self, *values: Any, end: bool = False, deadline: float | None = None) -> None:
+        """Write ``values`` as messages in one flow write; with ``end``, half-close after."""
+        self._flow.write(encode_messages(*values), end=end, deadline=deadline)
+
+    def recv(self, deadline: float | None = None) -> Any:
+        """The next message's value.
+
+        Raises:
+            EndOfStreamError: the peer closed its send side cleanly.
+            BadProtocolError: the peer closed in the middle of a message, or sent garbage.
+            TimeoutError / CanceledError / ConnectionFailedError: from the flow.
+        """
+        pending = self._pending
+        while not pending:
+            if self._eof:
+                raise errors.EndOfStreamError("stream: the peer closed its side of the flow")
+            chunk = self._flow.read(deadline)
+            if not chunk:
+                self._eof = True
+                if self._reader.buffered:
+                    raise errors.BadProtocolError("stream: the flow ended inside a message")
+                continue
+            pending.extend(self._reader.feed(chunk))
+        return pending.popleft()

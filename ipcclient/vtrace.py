@@ -1,0 +1,203 @@
+"""Spans and traces across calls, in the spirit of Vanadium's vtrace (floor 3).
+
+Owns: :class:`Span` (a named, timed piece of work with annotations, in a trace), the span a
+:class:`~ipcclient.context.Context` carries, the wire form of span records, and a bounded,
+thread-safe :class:`TraceStore` that keeps the traces this process was asked to collect.
+
+Must not: do I/O or know the RPC protocol (the client puts the trace context in the request
+header and merges the server's spans at finish; the server continues the trace).
+
+Use: ``ctx, span = vtrace.with_new_span(ctx, "work")`` ... ``span.annotate("step")`` ...
+``span.finish()``. ``vtrace.with_collection(ctx)`` asks every process the trace reaches to
+record its spans and send them back; ``vtrace.STORE.trace(span.trace_id)`` then holds them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipcclient.context import Context
+
+__all__ = [
+    "COLLECT",
+    "STORE",
+    "Span",
+    "SpanRecord",
+    "TraceStore",
+    "current_span",
+    "with_collection",
+    "with_new_span",
+]
+
+COLLECT = 1
+"""Trace flag: record spans in memory and send them back with the response."""
+MAX_TRACES = 256
+"""Traces a store keeps; the oldest is dropped first."""
+MAX_SPANS_PER_TRACE = 1024
+"""Spans one trace keeps; more are dropped (a runaway loop cannot grow memory)."""
+MAX_ANNOTATIONS = 64
+"""Annotations one span keeps."""
+_SPAN_KEY = object()
+
+
+@dataclass
+class SpanRecord:
+    """What is kept and sent of a span."""
+
+    span_id: bytes
+    parent_id: bytes
+    name: str
+    start: float
+    end: float | None = None
+    annotations: list[tuple[float, str]] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.span_id,
+            "parent": self.parent_id,
+            "name": self.name,
+            "start": self.start,
+            "end": self.end,
+            "notes": [[when, msg] for when, msg in self.annotations],
+        }
+
+    @classmethod
+    def from_wire(cls, value: Any) -> SpanRecord | None:
+        """A record from a peer, or None when malformed (traces are best effort)."""
+        if not isinstance(value, Mapping):
+            return None
+        sid, parent, name = value.get("id"), value.get("parent"), value.get("name")
+        start, end, notes = value.get("start"), value.get("end"), value.get("notes", [])
+        if not (isinstance(sid, bytes) and isinstance(parent, bytes) and isinstance(name, str)):
+            return None
+        if not isinstance(start, int | float) or not (end is None or isinstance(end, int | float)):
+            return None
+        annotations: list[tuple[float, str]] = []
+        if isinstance(notes, list | tuple):
+            for note in notes[:MAX_ANNOTATIONS]:
+                if (
+                    isinstance(note, list | tuple)
+                    and len(note) == 2
+                    and isinstance(note[0], int | float)
+                    and isinstance(note[1], str)
+                ):
+                    annotations.append((float(note[0]), note[1]))
+        return cls(sid, parent, name[:256], float(start), end, annotations)
+
+
+class TraceStore:
+    """Collected traces by trace id (bounded, thread-safe)."""
+
+    def __init__(self, max_traces: int = MAX_TRACES) -> None:
+        self._lock = threading.Lock()
+        self._traces: collections.OrderedDict[bytes, dict[bytes, SpanRecord]] = (
+            collections.OrderedDict()
+        )
+        self._max = max_traces
+
+    def record(self, trace_id: bytes, span: SpanRecord) -> None:
+        with self._lock:
+            spans = self._traces.get(trace_id)
+            if spans is None:
+                spans = self._traces[trace_id] = {}
+                while len(self._traces) > self._max:
+                    self._traces.popitem(last=False)
+            if span.span_id in spans or len(spans) < MAX_SPANS_PER_TRACE:
+                spans[span.span_id] = span
+
+    def merge(self, trace_id: bytes, records: Sequence[Any]) -> None:
+        """Add a peer's span records (wire form) to the trace."""
+        for value in records[:MAX_SPANS_PER_TRACE]:
+            rec = SpanRecord.from_wire(value)
+            if rec is not None:
+                self.record(trace_id, rec)
+
+    def trace(self, trace_id: bytes) -> list[SpanRecord]:
+        """The spans of a trace, by start time."""
+        with self._lock:
+            spans = list(self._traces.get(trace_id, {}).values())
+        return sorted(spans, key=lambda s: s.start)
+
+
+STORE = TraceStore()
+"""The process's trace store."""
+
+
+class Span:
+    """A timed, named piece of work in a trace."""
+
+    __slots__ = ("_collect", "_record", "trace_id")
+
+    def __init__(self, name: str, trace_id: bytes, parent_id: bytes, collect: bool) -> None:
+        self.trace_id = trace_id
+        self._record = SpanRecord(os.urandom(16), parent_id, name, time.time())
+        self._collect = collect
+        if collect:
+            STORE.record(trace_id, self._record)
+
+    @property
+    def span_id(self) -> bytes:
+        return self._record.span_id
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def collecting(self) -> bool:
+        return self._collect
+
+    @property
+    def flags(self) -> int:
+        return COLLECT if self._collect else 0
+
+    @property
+    def record(self) -> SpanRecord:
+        return self._record
+
+    def annotate(self, message: str) -> None:
+        notes = self._record.annotations
+        if len(notes) < MAX_ANNOTATIONS:
+            notes.append((time.time(), message))
+
+    def finish(self) -> None:
+        if self._record.end is None:
+            self._record.end = time.time()
+
+
+def current_span(ctx: Context) -> Span | None:
+    """The span ``ctx`` carries, if any."""
+    span = ctx.value(_SPAN_KEY)
+    return span if isinstance(span, Span) else None
+
+
+def with_new_span(
+    ctx: Context,
+    name: str,
+    *,
+    trace_id: bytes | None = None,
+    parent_id: bytes | None = None,
+    collect: bool | None = None,
+) -> tuple[Context, Span]:
+    """A child context carrying a new span: a child of the context's span, or of the given
+    remote parent, or the root of a new trace."""
+    parent = current_span(ctx)
+    if trace_id is None:
+        trace_id = parent.trace_id if parent is not None else os.urandom(16)
+    if parent_id is None:
+        parent_id = parent.span_id if parent is not None else bytes(16)
+    if collect is None:
+        collect = parent.collecting if parent is not None else False
+    span = Span(name, trace_id, parent_id, collect)
+    return ctx.with_value(_SPAN_KEY, span), span
+
+
+def with_collection(ctx: Context, name: str = "root") -> tuple[Context, Span]:
+    """A new trace that every process it reaches records and sends back."""
+    return with_new_span(ctx, name, trace_id=os.urandom(16), parent_id=bytes(16), collect=True)
