@@ -17,6 +17,7 @@ Lock order: ``Client._lock`` is a leaf: nothing else is acquired while it is hel
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import threading
@@ -124,7 +125,7 @@ class Client:
         self.options = options or ClientOptions()
         self._manager = stream_manager or StreamManager(principal, self.options.transport)
         self.namespace = namespace if namespace is not None else Namespace(roots)
-        if namespace is None or getattr(namespace, "_caller", None) is None:
+        if namespace is None or namespace.caller is None:
             self.namespace.set_caller(_NamespaceCaller(self))
         self.discharge_cache = DischargeCache()
         self._lock = threading.Lock()
@@ -313,7 +314,9 @@ class Client:
         owned_ctx: bool,
     ) -> Call:
         entry = self._resolve(span_ctx, name, tried)
-        servers = sorted(entry.names(), key=_server_rank)
+        servers = entry.names()
+        if len(servers) > 1:
+            servers.sort(key=_server_rank)
         last: errors.IPCError | None = None
         failures: list[errors.IPCError] = []
         deadline = call_ctx.deadline
@@ -326,7 +329,7 @@ class Client:
                 failures.append(last)
                 continue
             try:
-                ep = Endpoint.parse(address)
+                ep = _parse_endpoint(address)
                 ep.check_compatibility(self._manager.options.versions)
                 if not ep.is_dialable:
                     raise errors.NoServersError(f"client: cannot dial protocol {ep.protocol!r}")
@@ -757,11 +760,13 @@ class Client:
 
 
 _END_STREAM = Request(end_stream_args=True).to_wire()
+_parse_endpoint = functools.lru_cache(maxsize=1024)(Endpoint.parse)
+"""Endpoint strings repeat call after call; parsing each once saves most of the work."""
 
 
 def _server_rank(server: str) -> int:
     address, _ = names.split_address_name(server)
     try:
-        return _PROTOCOL_RANK.get(Endpoint.parse(address).protocol, 9)
+        return _PROTOCOL_RANK.get(_parse_endpoint(address).protocol, 9)
     except errors.IPCError:
         return 10

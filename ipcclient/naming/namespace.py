@@ -288,6 +288,12 @@ class Namespace:
         with self._lock:
             self._roots = validated
 
+    @property
+    def caller(self) -> Caller | None:
+        """The caller used for ``ResolveStep``, or ``None`` when none is set yet."""
+        with self._lock:
+            return self._caller
+
     def set_caller(self, caller: Caller | None) -> None:
         """Set (or clear) the caller used for ``ResolveStep``."""
         with self._lock:

@@ -22,7 +22,9 @@ certificate, no certificate can be moved to another chain or position.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -131,7 +133,27 @@ class Certificate:
 Chain = tuple[Certificate, ...]
 
 
+MAX_VERIFIED_CHAINS = 4096
+"""Chains whose signatures this process has verified and remembers (LRU). A chain is keyed
+by its whole content, so only an identical chain hits; the cache saves the Ed25519 verifies
+(the dominant cost of authorizing each call) when the same peer calls again."""
+_verified: collections.OrderedDict[Chain, None] = collections.OrderedDict()
+_verified_lock = threading.Lock()
+
+
 def _check_chain_signatures(chain: Chain) -> None:
+    with _verified_lock:
+        if chain in _verified:
+            _verified.move_to_end(chain)
+            return
+    _verify_chain(chain)
+    with _verified_lock:
+        _verified[chain] = None
+        if len(_verified) > MAX_VERIFIED_CHAINS:
+            _verified.popitem(last=False)
+
+
+def _verify_chain(chain: Chain) -> None:
     parent = _ROOT_PARENT_DIGEST
     signer = chain[0].public_key
     for cert in chain:
