@@ -1,0 +1,96 @@
+"""Shared fixtures: principals blessed by one root, servers and clients over loopback.
+
+Every server and client a test makes through these fixtures is stopped/closed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ipcclient.client import Client
+from ipcclient.options import ClientOptions
+from ipcclient.security import Blessings, Principal, caveats
+from ipcclient.server.authorizer import Authorizer
+from ipcclient.server.server import Server, ServerOptions
+
+
+@dataclass
+class Family:
+    """A root identity provider and helpers to make principals it blessed."""
+
+    root: Principal = field(default_factory=Principal.generate)
+
+    def __post_init__(self) -> None:
+        self.root_blessings: Blessings = self.root.bless_self("root")
+
+    def member(self, extension: str, *cavs: caveats.Caveat) -> Principal:
+        """A principal blessed ``root:<extension>`` that trusts the root. An extension with
+        ":" is a chain: ``a:b`` is blessed ``b`` by a principal blessed ``a`` by the root.
+        ``cavs`` go on the last certificate."""
+        blesser, blessings = self.root, self.root_blessings
+        parts = extension.split(":")
+        p = blesser
+        for i, part in enumerate(parts):
+            p = Principal.generate()
+            last = i == len(parts) - 1
+            chosen = (list(cavs) or None) if last else None
+            blessings = blesser.bless(
+                p.public_key, blessings, part, chosen or [caveats.unconstrained_use()]
+            )
+            blesser = p
+        b = blessings
+        p.store.default = b
+        p.store.set(b, "...")
+        p.roots.add_blessings(self.root_blessings)
+        return p
+
+
+@pytest.fixture
+def family() -> Family:
+    return Family()
+
+
+@pytest.fixture
+def make_server(family: Family) -> Iterator[Callable[..., tuple[Server, str]]]:
+    """``make_server(obj, authorizer=None, principal=None, **options)`` -> (server, name)."""
+    made: list[Server] = []
+
+    def make(
+        obj: Any,
+        authorizer: Authorizer | None = None,
+        *,
+        principal: Principal | None = None,
+        protocol: str = "tcp",
+        address: str = "127.0.0.1:0",
+        options: ServerOptions | None = None,
+    ) -> tuple[Server, str]:
+        srv = Server(principal or family.member("server"), options=options)
+        made.append(srv)
+        ep = srv.listen(protocol, address)
+        srv.serve(obj, authorizer)
+        return srv, "/" + ep
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+@pytest.fixture
+def make_client(family: Family) -> Iterator[Callable[..., Client]]:
+    """``make_client(principal=None, **kw)`` -> a Client (closed after the test)."""
+    made: list[Client] = []
+
+    def make(principal: Principal | None = None, **kw: Any) -> Client:
+        if "options" not in kw:
+            kw["options"] = ClientOptions(default_call_timeout=20.0)
+        c = Client(principal or family.member("client"), **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()

@@ -1,0 +1,314 @@
+"""RPC semantics end to end over loopback: the seed's call rules, streaming, errors."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.options import NoRetry
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.server import Results, Server, ServerCall
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+class Service:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.seen_deadline: float | None = None
+        self.lock = threading.Lock()
+
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+        return x
+
+    def Nothing(self, call: ServerCall) -> None:
+        return None
+
+    def Pair(self, call: ServerCall, a: Any, b: Any) -> Results:
+        return Results(b, a)
+
+    def Optional(self, call: ServerCall, a: Any, b: Any = 2, *rest: Any) -> int:
+        return a + b + len(rest)
+
+    def Count(self, call: ServerCall, n: int) -> str:
+        for i in range(n):
+            call.send(i)
+        return "done"
+
+    def Sum(self, call: ServerCall) -> int:
+        return sum(call)
+
+    def EchoStream(self, call: ServerCall) -> int:
+        n = 0
+        for item in call:
+            call.send(item * 2)
+            n += 1
+        return n
+
+    def Fail(self, call: ServerCall, kind: str) -> None:
+        if kind == "noexist":
+            raise errors.NoExistError("no such thing", "thing")
+        if kind == "custom":
+            raise errors.IPCError(
+                "quota", id="com.example.Quota", action=errors.RetryAction.NO_RETRY
+            )
+        raise ZeroDivisionError("boom")
+
+    def Block(self, call: ServerCall) -> str:
+        self.seen_deadline = call.context.deadline
+        self.started.set()
+        if call.context.wait(10):
+            self.cancelled.set()
+            return "cancelled"
+        return "not cancelled"
+
+    def ReturnsEarly(self, call: ServerCall) -> str:
+        return "early"
+
+    def Unencodable(self, call: ServerCall) -> object:
+        return object()
+
+
+@pytest.fixture
+def rig(make_server: MakeServer, make_client: MakeClient) -> tuple[Service, str, Client]:
+    svc = Service()
+    _, name = make_server(svc, AllowEveryone())
+    return svc, name, make_client()
+
+
+def ctx(seconds: float = 10.0) -> Context:
+    return Context.background().with_timeout(seconds)
+
+
+def test_unary_results(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    assert client.call(ctx(), name, "Echo", {"a": [1, b"2"]}) == ({"a": [1, b"2"]},)
+    assert client.call(ctx(), name, "Nothing") == ()
+    assert client.call(ctx(), name, "Pair", 1, "x") == ("x", 1)
+    assert client.call(ctx(), name, "Optional", 1) == (3,)
+    assert client.call(ctx(), name, "Optional", 1, 5, 7, 7) == (8,)
+
+
+def test_server_streaming_and_iteration(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Count", [5])
+    assert list(call) == [0, 1, 2, 3, 4]
+    with pytest.raises(errors.EndOfStreamError):
+        call.recv()
+    with pytest.raises(EOFError):  # the end of stream is also an EOFError
+        call.recv()
+    assert call.finish() == ("done",)
+
+
+def test_client_streaming_and_bidi(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Sum")
+    for i in range(100):
+        call.send(i)
+    assert call.finish() == (4950,)
+    with client.start_call(ctx(), name, "EchoStream") as bidi:
+        got = []
+        for i in range(20):
+            bidi.send(i)
+            got.append(bidi.recv())
+        bidi.close_send()
+        assert list(bidi) == []
+        assert bidi.finish() == (20,)
+    assert got == [i * 2 for i in range(20)]
+
+
+def test_finish_closes_send_implicitly(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Sum")
+    call.send(1)
+    call.send(2)
+    assert call.finish() == (3,)  # the server was waiting in recv: finish unblocked it
+
+
+def test_send_after_close_send_is_aborted_and_finish_still_works(
+    rig: tuple[Service, str, Client],
+) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Sum")
+    call.send(5)
+    call.close_send()
+    call.close_send()  # idempotent
+    with pytest.raises(errors.AbortedError):
+        call.send(6)
+    assert call.finish() == (5,)
+
+
+def test_second_finish_is_bad_state(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Echo", [1])
+    assert call.finish() == (1,)
+    with pytest.raises(errors.BadStateError):
+        call.finish()
+
+
+def test_finish_with_unread_stream_results_is_bad_protocol(
+    rig: tuple[Service, str, Client],
+) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Count", [3])
+    with pytest.raises(errors.BadProtocolError, match="remaining streaming results"):
+        call.finish()
+
+
+def test_result_count_is_checked(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "Pair", [1, 2])
+    with pytest.raises(errors.BadProtocolError, match="2 results, client expected 1"):
+        call.finish(nresults=1)
+    assert client.start_call(ctx(), name, "Pair", [1, 2]).finish(nresults=2) == (2, 1)
+
+
+def test_server_errors_arrive_typed(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    with pytest.raises(errors.NoExistError) as info:
+        client.call(ctx(), name, "Fail", "noexist")
+    assert info.value.params == ("thing",)
+    assert info.value.request_sent is True
+    with pytest.raises(errors.IPCError) as custom:
+        client.call(ctx(), name, "Fail", "custom")
+    assert custom.value.id == "com.example.Quota"
+    with pytest.raises(errors.UnknownError, match="ZeroDivisionError"):
+        client.call(ctx(), name, "Fail", "bug")
+    # The server survived its user's bug.
+    assert client.call(ctx(), name, "Echo", "still up") == ("still up",)
+
+
+def test_unknown_method_suffix_and_arg_counts(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    with pytest.raises(errors.UnknownMethodError):
+        client.call(ctx(), name, "NoSuchMethod")
+    with pytest.raises(errors.UnknownMethodError):
+        client.call(ctx(), name, "_private")
+    with pytest.raises(errors.UnknownSuffixError):
+        client.call(ctx(), name + "/deeper", "Echo", 1)
+    with pytest.raises(errors.BadArgError, match="wrong number of input arguments"):
+        client.call(ctx(), name, "Echo")
+    with pytest.raises(errors.BadArgError, match="wrong number of input arguments"):
+        client.call(ctx(), name, "Echo", 1, 2)
+    with pytest.raises(errors.InternalError, match="cannot encode results"):
+        client.call(ctx(), name, "Unencodable")
+
+
+def test_bad_arguments_on_the_client_side(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    with pytest.raises(errors.BadArgError):
+        client.call(None, name, "Echo", 1)  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError) as unencodable:
+        client.call(ctx(), name, "Echo", object())
+    assert unencodable.value.request_sent is False
+    with pytest.raises(errors.BadArgError):
+        client.start_call(ctx(), name, "Echo", [1], "not an option")  # type: ignore[arg-type]
+
+
+def test_cancel_reaches_the_server_and_wakes_the_caller(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    call = client.start_call(ctx(), name, "Block")
+    assert svc.started.wait(5)
+    result: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            call.finish()
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=finish)
+    t.start()
+    time.sleep(0.05)
+    call.cancel()
+    t.join(5)
+    assert result and isinstance(result[0], errors.CanceledError)
+    assert svc.cancelled.wait(5)  # the server's context was cancelled
+
+
+def test_context_cancel_cancels_the_call(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    c = Context.background().with_timeout(10)
+    call = client.start_call(c, name, "Block")
+    assert svc.started.wait(5)
+    threading.Timer(0.05, c.cancel).start()
+    with pytest.raises(errors.CanceledError):
+        call.finish()
+    assert svc.cancelled.wait(5)
+
+
+def test_deadline_travels_and_times_out(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    start = time.monotonic()
+    with pytest.raises(errors.TimeoutError) as info:
+        client.call(Context.background().with_timeout(0.3), name, "Block")
+    assert time.monotonic() - start < 3
+    assert info.value.request_sent is True
+    assert svc.seen_deadline is not None
+    assert svc.seen_deadline - start < 1.0  # the server's context got the call's deadline
+    assert svc.cancelled.wait(5)  # and the server's work was cancelled
+
+
+def test_call_object_as_context_manager(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    with client.start_call(ctx(), name, "Sum") as call:
+        call.send(2)
+    assert call.ended
+    with pytest.raises(RuntimeError), client.start_call(ctx(), name, "Block") as blocked:
+        assert svc.started.wait(5)
+        raise RuntimeError("user code failed")
+    assert blocked.ended
+    assert svc.cancelled.wait(5)  # leaving with an error cancelled the call
+
+
+def test_dropped_call_warns_and_is_cancelled(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    call = client.start_call(ctx(), name, "Block")
+    assert svc.started.wait(5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del call
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    client.call(ctx(), name, "Echo", 1)  # the client reaps dropped calls on its next call
+    assert svc.cancelled.wait(5)
+
+
+def test_handler_returning_early_ends_client_streaming(rig: tuple[Service, str, Client]) -> None:
+    _, name, client = rig
+    call = client.start_call(ctx(), name, "ReturnsEarly")
+    assert call.finish() == ("early",)
+    with pytest.raises(errors.AbortedError):
+        call.send(1)
+
+
+def test_late_reply_is_never_delivered_to_another_call(rig: tuple[Service, str, Client]) -> None:
+    _svc, name, client = rig
+    with pytest.raises(errors.TimeoutError):
+        client.call(Context.background().with_timeout(0.2), name, "Block")
+    # The VC is reused; the cancelled flow's late frames are dropped by id, never reused.
+    for i in range(20):
+        assert client.call(ctx(), name, "Echo", i) == (i,)
+    assert client.vc_count() == 1
+
+
+def test_no_retry_of_application_errors(rig: tuple[Service, str, Client]) -> None:
+    svc, name, client = rig
+    before = svc.calls
+    with pytest.raises(errors.BadArgError):
+        client.call(ctx(), name, "Echo", options=[NoRetry()])
+    assert svc.calls == before
