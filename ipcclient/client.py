@@ -348,7 +348,7 @@ class Client:
                     span_ctx, conn.local_blessings, server_names, method, args, options
                 )
             except errors.IPCError as exc:
-                flow.close()  # nothing of the request was written
+                flow.cancel()  # never opened on the wire: nothing at all is sent
                 tried.append(f"{server}: {exc.id}")
                 last = exc
                 failures.append(exc)

@@ -92,8 +92,12 @@ def test_server_pattern_mismatch_sends_no_request_bytes(
         client.call(ctx(), name, "WhoAmI", options=[ServerPattern("root:other")])
     assert info.value.request_sent is False
     assert svc.calls == 0
-    # Check on the server side: no flow was ever opened on the VC.
+    # Check on the server side: the VC exists, and no flow was ever opened on it.
+    deadline = time.monotonic() + 5
+    while not srv.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
     (conn,) = srv.connections
+    time.sleep(0.05)  # let anything the client might have sent arrive
     assert conn._mux._max_peer_id == 0
     # The same client with a matching pattern works on the same VC.
     assert client.call(ctx(), name, "WhoAmI", options=[ServerPattern("root:server")])
