@@ -431,6 +431,12 @@ class Client:
                 action=errors.RetryAction.NO_RETRY,
                 tried=tried,
             )
+        if failures and all(isinstance(f, errors.BadProtocolError) for f in failures):
+            # Every server spoke garbage: not worth retrying (Vanadium retried it blindly).
+            return errors.BadProtocolError(
+                f"client: no server for {name!r} speaks the protocol: {failures[-1].msg}",
+                tried=tried,
+            )
         if failures and all(isinstance(f, errors.TimeoutError) for f in failures):
             return errors.TimeoutError(f"client: {last.msg if last else 'timed out'}", tried=tried)
         detail = f": {last.id}: {last.msg}" if last is not None else ""

@@ -248,3 +248,37 @@ def test_api_misuse_is_bad_state() -> None:
         client.receive_data(b"")
     with pytest.raises(errors.BadArgError):
         ServerHandshake(make_identity(), blessings=None, versions=(3, 2))
+
+
+def test_real_principals_exchange_blessings_bound_to_their_keys() -> None:
+    from ipcclient.security import Principal
+
+    alice, server_p = Principal.generate(), Principal.generate()
+    a_bless = alice.bless_self("alice")
+    s_bless = server_p.bless_self("server")
+    seen: dict[str, Any] = {}
+
+    def authorize(key: Any, blessings: Any, discharges: Any) -> None:
+        seen["server"] = blessings
+
+    client = ClientHandshake(
+        alice, authorize_server=authorize, blessings_for_server=lambda _b: a_bless
+    )
+    server = ServerHandshake(server_p, blessings=s_bless)
+    c, s = _run(client, server)
+    assert seen["server"] == s_bless
+    assert s.remote_blessings == a_bless and s.remote_key == alice.public_key
+    assert c.remote_blessings.names == ["server"]
+
+
+def test_blessings_not_bound_to_the_signing_key_are_refused() -> None:
+    from ipcclient.security import Principal
+
+    mallory, victim = Principal.generate(), Principal.generate()
+    stolen = victim.bless_self("victim")  # bound to the victim's key, not mallory's
+    client = ClientHandshake(
+        make_identity(), authorize_server=_accept_all, blessings_for_server=lambda _b: None
+    )
+    server = ServerHandshake(mallory, blessings=stolen)
+    with pytest.raises(errors.NotTrustedError, match="not bound"):
+        client.receive_data(server.receive_data(client.start()))

@@ -131,7 +131,9 @@ def _header_problem(tf: int, flow_id: int, length: int, max_payload: int) -> str
     return None
 
 
-def encode_frame(ftype: int, flags: int, flow_id: int, payload: bytes = b"") -> bytes:
+def encode_frame(
+    ftype: int, flags: int, flow_id: int, payload: bytes | bytearray | memoryview = b""
+) -> bytes:
     """The bytes of one frame (header + payload), after checking it is valid.
 
     Raises:

@@ -26,7 +26,9 @@ API::
 
 Events: :class:`FlowOpened`, :class:`DataReceived` (``end`` marks the peer's FIN),
 :class:`FlowReset`, :class:`CreditAvailable`, :class:`PingReceived`, :class:`PingAcked`,
-:class:`ConnectionClosed`.
+:class:`ConnectionClosed`. Events describe what already happened while the whole chunk was
+processed: a flow named by one event may have ended by a later frame of the same chunk (a
+CREDIT then a RESET), so check :meth:`Mux.is_live` before acting on a flow.
 
 A flow ends, and all its state is dropped, when FIN was both sent and received, when a RESET
 is sent or received, or when the connection closes. :meth:`Mux.acknowledge` and
@@ -354,7 +356,8 @@ class Mux:
         At most :meth:`send_credit` bytes are accepted; send the rest again after a
         :class:`CreditAvailable`. With ``end``, FIN goes on the last frame if and only if all
         of ``data`` was accepted. Data above the peer's maximum frame payload is split.
-        ``bytes`` are referenced until :meth:`data_to_send`; other buffers are copied.
+        ``data`` is a 1-D byte buffer. ``bytes`` (and memoryviews of ``bytes``) are referenced
+        until :meth:`data_to_send` without copying; other buffers are copied now.
 
         Raises:
             BadStateError: the flow is not live (ended, reset) or its send side is closed.
@@ -384,13 +387,15 @@ class Mux:
                 return 0
             out.append(_HEADER.pack(flags, flow_id, n))
             if n:
-                if type(data) is not bytes:
-                    out.append(bytes(data[:n]))
-                else:
+                if type(data) is bytes:
                     out.append(data if n == size else memoryview(data)[:n])
+                elif type(data) is memoryview and type(data.obj) is bytes:
+                    out.append(data[:n])
+                else:
+                    out.append(bytes(data[:n]))
         else:
             view = memoryview(data).cast("B")
-            copy = type(data) is not bytes
+            copy = type(view.obj) is not bytes
             flags &= _OPEN  # OPEN on the first frame only, FIN on the last only
             pos = 0
             while pos < n:
@@ -499,6 +504,11 @@ class Mux:
         if payload:
             self._out.append(payload)
         self._terminate(errors.BadStateError("mux: the connection was closed locally"))
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return any bytes (cheap; no copy)."""
+        return bool(self._out)
 
     def data_to_send(self) -> bytes:
         """All queued frames as one bytes object (empty if none); the queue is emptied."""

@@ -1,0 +1,474 @@
+"""The client under faults and load: restarts, kills, black holes, garbage, threads, fork,
+Ctrl-C, close."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.options import ClientOptions, NoRetry
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.server import Server, ServerCall, ServerOptions
+from tests.conftest import Family
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+class Svc:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+        return x
+
+    def Count(self, call: ServerCall, n: int) -> int:
+        for i in range(n):
+            call.send(i)
+        return n
+
+    def Block(self, call: ServerCall) -> str:
+        self.started.set()
+        if call.context.wait(10):
+            self.cancelled.set()
+        return "done"
+
+    def Flaky(self, call: ServerCall) -> str:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            raise errors.InternalError("try again", action=errors.RetryAction.RETRY_BACKOFF)
+        return "ok"
+
+
+def ctx(seconds: float = 10.0) -> Context:
+    return Context.background().with_timeout(seconds)
+
+
+def _dialed_vc_threads() -> int:
+    """Reader threads of VCs a client dialed (named after the address they dial)."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith(("ipc-tcp", "ipc-unix")))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _settle(pred: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+@pytest.mark.timeout(300)
+def test_32_threads_share_one_client_and_one_vc(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    svc = Svc()
+    srv, name = make_server(svc, AllowEveryone(), options=ServerOptions(workers=16))
+    threads_before = threading.active_count()
+    fds_before = _open_fds()
+    client = Client(make_client().principal, options=ClientOptions(default_call_timeout=60))
+    failures: list[BaseException] = []
+    per_thread = 1000
+
+    def worker(t: int) -> None:
+        c = ctx(120)
+        try:
+            for i in range(per_thread):
+                if i % 10 == 0:
+                    call = client.start_call(c, name, "Count", [3])
+                    got = list(call)
+                    assert got == [0, 1, 2] and call.finish() == (3,)
+                else:
+                    payload = (t, i)
+                    assert client.call(c, name, "Echo", payload) == ([t, i],)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(32)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(240)
+    assert not failures, failures[:3]
+    assert svc.calls == 32 * per_thread * 9 // 10
+    assert client.vc_count() == 1
+    assert client.stats["dials"] == 1
+    client.close()
+    srv.stop()
+    assert _settle(lambda: threading.active_count() <= threads_before)
+    assert _settle(lambda: _open_fds() <= fds_before)
+
+
+def test_concurrent_first_calls_share_one_dial(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    barrier = threading.Barrier(8)
+    out: list[Any] = []
+
+    def go() -> None:
+        barrier.wait()
+        out.append(client.call(ctx(), name, "Echo", 1))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(out) == 8
+    assert client.stats["dials"] == 1
+
+
+def test_black_holed_endpoint_does_not_delay_others(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, good = make_server(Svc(), AllowEveryone())
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)  # the kernel completes TCP handshakes; nobody ever answers
+    try:
+        from ipcclient.naming.endpoint import Endpoint
+
+        bad = "/" + str(Endpoint("tcp", "%s:%d" % hole.getsockname()))
+        client = make_client()
+        result: list[BaseException] = []
+
+        def stuck() -> None:
+            try:
+                client.call(ctx(1.5), bad, "Echo", 1)
+            except BaseException as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=stuck)
+        start = time.monotonic()
+        t.start()
+        time.sleep(0.1)
+        for i in range(5):
+            assert client.call(ctx(), good, "Echo", i) == (i,)
+        assert time.monotonic() - start < 1.0  # not held behind the stuck dial
+        t.join(5)
+        assert result and isinstance(result[0], errors.TimeoutError)
+        assert time.monotonic() - start < 3.0
+    finally:
+        hole.close()
+
+
+def test_a_server_that_sends_garbage_is_bad_protocol(make_client: MakeClient) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def garbage() -> None:
+        try:
+            conn, _ = sock.accept()
+            conn.recv(4096)
+            conn.sendall(b"\x8fIPC\x00\x00\x00\x05\xff\xff\xff\xff\xff")
+            time.sleep(0.2)
+            conn.close()
+        except OSError:
+            pass
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        from ipcclient.naming.endpoint import Endpoint
+
+        name = "/" + str(Endpoint("tcp", "%s:%d" % sock.getsockname()))
+        with pytest.raises(errors.BadProtocolError) as info:
+            make_client().call(ctx(), name, "Echo", 1, options=[NoRetry()])
+        assert info.value.request_sent is False
+    finally:
+        sock.close()
+
+
+def test_a_server_that_never_answers_hits_the_deadline(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    start = time.monotonic()
+    with pytest.raises(errors.TimeoutError):
+        make_client().call(ctx(0.3), name, "Block")
+    assert time.monotonic() - start < 2
+
+
+def test_server_restarted_on_the_same_port(family: Family, make_client: MakeClient) -> None:
+    sp = family.member("server")
+    first = Server(sp)
+    ep = first.listen("tcp", "127.0.0.1:0")
+    first.serve(Svc(), AllowEveryone())
+    client = make_client()
+    try:
+        assert client.call(ctx(), "/" + ep, "Echo", 1) == (1,)
+        address = ep.split("@")[3]
+        first.stop()
+        assert _settle(lambda: client.vc_count() == 0)  # the broken VC was evicted
+        second = Server(sp)
+        try:
+            ep2 = second.listen("tcp", address)
+            second.serve(Svc(), AllowEveryone())
+            assert ep2 == ep
+            assert client.call(ctx(), "/" + ep, "Echo", 2) == (2,)
+            assert client.stats["dials"] == 2
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_calls_resume_when_the_server_comes_back_during_retries(
+    family: Family, make_client: MakeClient
+) -> None:
+    sp = family.member("server")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = "%s:%d" % probe.getsockname()
+    probe.close()
+    from ipcclient.naming.endpoint import Endpoint
+
+    name = "/" + str(
+        Endpoint("tcp", address, blessings=("root:server",), min_version=1, max_version=1)
+    )
+    client = make_client()
+    holder: list[Server] = []
+
+    def start_later() -> None:
+        time.sleep(0.4)
+        srv = Server(sp)
+        srv.listen("tcp", address)
+        srv.serve(Svc(), AllowEveryone())
+        holder.append(srv)
+
+    t = threading.Thread(target=start_later)
+    t.start()
+    try:
+        start = time.monotonic()
+        assert client.call(ctx(10), name, "Echo", "late") == ("late",)
+        assert time.monotonic() - start >= 0.3
+    finally:
+        t.join(5)
+        for srv in holder:
+            srv.stop()
+
+
+@pytest.fixture
+def child_server(family: Family) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    sp = family.member("server")
+    with tempfile.TemporaryDirectory() as tmp:
+        sp.save(os.path.join(tmp, "p"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.child_server", os.path.join(tmp, "p")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        try:
+            assert proc.stdout is not None
+            ep = proc.stdout.readline().strip()
+            assert ep.startswith("@1@"), ep
+            yield proc, "/" + ep
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def test_server_killed_mid_stream(
+    child_server: tuple[subprocess.Popen[str], str], make_client: MakeClient
+) -> None:
+    proc, name = child_server
+    client = make_client()
+    call = client.start_call(ctx(30), name, "Forever")
+    assert call.recv() == 0
+    assert call.recv() == 1
+    start = time.monotonic()
+    proc.send_signal(signal.SIGKILL)
+    with pytest.raises(errors.ConnectionFailedError) as info:
+        while True:
+            call.recv()
+    assert time.monotonic() - start < 3
+    assert info.value.request_sent is True
+    assert info.value.retryable
+
+
+def test_close_fails_in_flight_and_new_calls(make_server: MakeServer, family: Family) -> None:
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    client = Client(family.member("client"))
+    call = client.start_call(ctx(), name, "Block")
+    assert svc.started.wait(5)
+    got: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            call.finish()
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=finish)
+    t.start()
+    time.sleep(0.05)
+    client.close()
+    t.join(5)
+    assert got and isinstance(got[0], errors.CanceledError)
+    assert "closed" in got[0].msg
+    with pytest.raises(errors.BadStateError) as info:
+        client.call(ctx(), name, "Echo", 1)
+    assert info.value.request_sent is False
+    assert svc.cancelled.wait(5)
+    assert _settle(lambda: _dialed_vc_threads() == 0)
+    client.close()  # idempotent
+    with Client(family.member("client")) as c2:
+        assert c2.call(ctx(), name, "Echo", 3) == (3,)
+    assert c2.closed
+
+
+def test_ctrl_c_in_a_blocked_finish_cancels_the_call(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    call = client.start_call(ctx(), name, "Block")
+    assert svc.started.wait(5)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.1, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        call.finish()
+    timer.join()
+    assert call.ended
+    assert svc.cancelled.wait(5)  # the interrupt reached the server as a cancellation
+
+
+def test_retry_backoff_errors_are_retried_by_call_only(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Flaky") == ("ok",)
+    assert svc.calls == 2  # retried exactly once
+    svc.calls = 0
+    with pytest.raises(errors.InternalError):
+        client.call(ctx(), name, "Flaky", options=[NoRetry()])
+    assert svc.calls == 1
+    svc.calls = 0
+    with pytest.raises(errors.InternalError):
+        client.start_call(ctx(), name, "Flaky").finish()  # start+finish never retries
+    assert svc.calls == 1
+
+
+def test_a_full_server_sheds_load_with_a_retriable_error(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone(), options=ServerOptions(workers=1, max_queued=0))
+    client = make_client()
+    busy = client.start_call(ctx(), name, "Block")
+    assert svc.started.wait(5)
+    with pytest.raises(errors.OverloadedError) as info:
+        client.start_call(ctx(), name, "Echo", [1]).finish()
+    assert info.value.action is errors.RetryAction.RETRY_BACKOFF
+    busy.cancel()
+    # call() retries RETRY_BACKOFF errors: once the worker is free, it gets through.
+    assert client.call(ctx(), name, "Echo", 2) == (2,)
+
+
+class Middle:
+    """A server method that calls another server with its own call's context."""
+
+    def __init__(self, client: Client, backend: str) -> None:
+        self.client = client
+        self.backend = backend
+
+    def Relay(self, call: ServerCall) -> Any:
+        return self.client.call(call.context, self.backend, "Block")
+
+
+def test_cancellation_propagates_through_nested_calls(
+    make_server: MakeServer, make_client: MakeClient, family: Family
+) -> None:
+    backend = Svc()
+    _, backend_name = make_server(backend, AllowEveryone())
+    middle_client = make_client(family.member("middle"))
+    _, middle_name = make_server(Middle(middle_client, backend_name), AllowEveryone())
+    client = make_client()
+    c = Context.background().with_timeout(10)
+    call = client.start_call(c, middle_name, "Relay")
+    assert backend.started.wait(5)
+    c.cancel()
+    with pytest.raises(errors.CanceledError):
+        call.finish()
+    assert backend.cancelled.wait(5)  # the cancel crossed two hops
+
+
+def test_nested_call_inherits_the_outer_deadline(
+    make_server: MakeServer, make_client: MakeClient, family: Family
+) -> None:
+    backend = Svc()
+    _, backend_name = make_server(backend, AllowEveryone())
+    middle_client = make_client(family.member("middle"))
+    _, middle_name = make_server(Middle(middle_client, backend_name), AllowEveryone())
+    start = time.monotonic()
+    with pytest.raises(errors.TimeoutError):
+        make_client().call(ctx(0.4), middle_name, "Relay")
+    assert backend.cancelled.wait(5)
+    assert time.monotonic() - start < 3
+
+
+def test_fork_child_redials_and_parent_is_untouched(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", "parent") == ("parent",)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: use the inherited client, report, exit without cleanup
+        code = 1
+        try:
+            got = client.call(ctx(), name, "Echo", "child")
+            ok = got == ("child",) and client.stats["dials"] >= 1
+            os.write(write_end, b"ok" if ok else b"bad")
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode()[:200])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    message = os.read(read_end, 300)
+    os.close(read_end)
+    assert message == b"ok", message
+    assert os.WEXITSTATUS(status) == 0
+    # The parent's VC was not disturbed by the child.
+    assert client.call(ctx(), name, "Echo", "parent again") == ("parent again",)
+    assert client.stats["dials"] == 1

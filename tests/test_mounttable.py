@@ -1,0 +1,365 @@
+"""The mount table over real loopback TCP: real Servers, MountTables, Clients, principals.
+
+The helpers at the top (:class:`Family`, :func:`serving`) are shared with the discharger and
+publisher tests. Every Server and Client a test makes is closed by an ``ExitStack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.naming import names
+from ipcclient.naming.namespace import MountEntry
+from ipcclient.options import NoRetry
+from ipcclient.security import Principal, caveats
+from ipcclient.security.caveats import Caveat
+from ipcclient.server.authorizer import AllowEveryone, Authorizer
+from ipcclient.server.mounttable import LEAF, MT, REPLACE, MountTable
+from ipcclient.server.server import Server, ServerCall
+
+# -- shared helpers ------------------------------------------------------------------------
+
+
+class Family:
+    """Principals blessed by one root, each trusting it (``root:<ext>``)."""
+
+    def __init__(self, root_name: str = "root") -> None:
+        self.root = Principal.generate()
+        self.root_blessings = self.root.bless_self(root_name)
+
+    def member(self, ext: str, cavs: Sequence[Caveat] = ()) -> Principal:
+        p = Principal.generate()
+        b = self.root.bless(
+            p.public_key, self.root_blessings, ext, list(cavs) or [caveats.unconstrained_use()]
+        )
+        p.store.default = b
+        p.store.set(b, "...")
+        p.roots.add_blessings(self.root_blessings)
+        return p
+
+
+class Label:
+    """A service that says who it is and echoes."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def Who(self, call: ServerCall) -> str:
+        return self.label
+
+    def Echo(self, call: ServerCall, value: Any) -> Any:
+        return value
+
+
+def ctx(seconds: float = 5.0) -> Context:
+    return Context.background().with_timeout(seconds)
+
+
+def serving(
+    stack: contextlib.ExitStack,
+    principal: Principal,
+    obj: Any = None,
+    *,
+    authorizer: Authorizer | None = None,
+    table: MountTable | None = None,
+) -> tuple[Server, str]:
+    """A started server (closed by ``stack``) and its rooted name ``/<endpoint>``."""
+    server = Server(principal, serves_mount_table=table is not None)
+    stack.callback(server.stop)
+    ep = server.listen("tcp", "127.0.0.1:0")
+    if table is not None:
+        server.serve_dispatcher(table)
+    else:
+        server.serve(obj, authorizer if authorizer is not None else AllowEveryone())
+    return server, "/" + ep
+
+
+def client_for(stack: contextlib.ExitStack, principal: Principal, *roots: str) -> Client:
+    client = Client(principal, roots=list(roots))
+    stack.callback(client.close)
+    return client
+
+
+def at(table_name: str, name: str) -> str:
+    """The terminal name of ``name`` inside the mount table ``table_name``."""
+    return names.join_address_name(table_name, name, terminal=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def family() -> Family:
+    return Family()
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+def test_mount_then_call_by_relative_name(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("echo"))
+    client = client_for(stack, family.member("client"), mt)
+
+    assert client.call(ctx(), at(mt, "apps/echo"), "Mount", svc, 30.0, 0) == ()
+    assert client.call(ctx(), "apps/echo", "Echo", [1, "two"]) == ([1, "two"],)
+    entry = client.namespace.resolve(ctx(), "apps/echo/sub")
+    assert [s.server for s in entry.servers] == [svc]
+    assert entry.name == "sub" and not entry.serves_mount_table
+    assert 25 < entry.servers[0].deadline - time.monotonic() <= 30
+
+    (wire,) = client.call(ctx(), at(mt, "apps/echo/x/y"), "ResolveStep")
+    got = MountEntry.from_wire(wire, 0.0)
+    assert got.name == "x/y" and [s.server for s in got.servers] == [svc]
+    with pytest.raises(errors.NoExistError):
+        client.call(ctx(), at(mt, "apps"), "ResolveStep", options=(NoRetry(),))
+    with pytest.raises(errors.NoServersError):
+        client.call(ctx(), "apps/other", "Who", options=(NoRetry(),))
+
+
+def test_two_levels_of_mount_tables(stack: contextlib.ExitStack, family: Family) -> None:
+    _, root_mt = serving(stack, family.member("mt"), table=MountTable())
+    _, child_mt = serving(stack, family.member("childmt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("deep"))
+    client = client_for(stack, family.member("client"), root_mt)
+
+    client.call(ctx(), at(root_mt, "child"), "Mount", child_mt, 30.0, MT)
+    (wire,) = client.call(ctx(), at(root_mt, "child/svc"), "ResolveStep")
+    assert wire["serves_mount_table"] is True and wire["name"] == "svc"
+    # Mount the server in the child table through the namespace (a relative name).
+    mt_entry = client.namespace.resolve_to_mount_table(ctx(), "child/svc")
+    assert [s.server for s in mt_entry.servers] == [child_mt] and mt_entry.name == "svc"
+    client.call(ctx(), mt_entry.names()[0], "Mount", svc, 30.0, 0)
+
+    assert client.call(ctx(), "child/svc", "Who") == ("deep",)
+    entry = client.namespace.resolve(ctx(), "child/svc/obj")
+    assert [s.server for s in entry.servers] == [svc] and entry.name == "obj"
+    # A fresh client resolves it too, with nothing cached.
+    other = client_for(stack, family.member("client2"), root_mt)
+    assert other.call(ctx(), "child/svc", "Echo", 7) == (7,)
+
+
+def test_ttl_expiry_in_real_time(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("brief"))
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "brief"), "Mount", svc, 0.3, 0)
+    assert client.call(ctx(), "brief", "Who") == ("brief",)
+
+    def gone() -> bool:
+        try:
+            client.call(ctx(), "brief", "Who", options=(NoRetry(),))
+        except errors.NoServersError:
+            return True
+        return False
+
+    assert wait_until(gone, 3.0)
+    with pytest.raises(errors.NoExistError):
+        client.namespace.resolve(ctx(), "brief")
+
+
+def test_ttl_expiry_with_injected_clock(stack: contextlib.ExitStack, family: Family) -> None:
+    clock = FakeClock()
+    table = MountTable(clock=clock)
+    _, mt = serving(stack, family.member("mt"), table=table)
+    _, svc = serving(stack, family.member("server"), Label("x"))
+    _, svc2 = serving(stack, family.member("server2"), Label("y"))
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "a"), "Mount", svc, 5.0, 0)
+    client.call(ctx(), at(mt, "a"), "Mount", svc2, 50.0, 0)
+    clock.now += 10
+    (wire,) = client.call(ctx(), at(mt, "a/b"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == [svc2]
+    assert wire["servers"][0]["ttl"] == pytest.approx(40.0)
+    clock.now += 100
+    with pytest.raises(errors.NoExistError):
+        client.call(ctx(), at(mt, "a/b"), "ResolveStep", options=(NoRetry(),))
+    fresh = client_for(stack, family.member("client2"), mt)
+    with pytest.raises(errors.NoServersError):
+        fresh.call(ctx(), "a", "Who", options=(NoRetry(),))
+    assert table.sweep() == 1  # only the root node is left
+
+
+def test_flush_cache_entry_after_the_server_moves(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc_a = serving(stack, family.member("server"), Label("A"))
+    _, svc_b = serving(stack, family.member("server2"), Label("B"))
+    client = client_for(stack, family.member("client"), mt)
+    admin = client_for(stack, family.member("admin"), mt)
+
+    admin.call(ctx(), at(mt, "svc"), "Mount", svc_a, 30.0, 0)
+    assert client.call(ctx(), "svc", "Who") == ("A",)
+    admin.call(ctx(), at(mt, "svc"), "Mount", svc_b, 30.0, REPLACE)  # the service moves
+    assert client.call(ctx(), "svc", "Who") == ("A",)  # still the cached resolution
+    assert client.namespace.flush_cache_entry("svc") is True
+    assert client.call(ctx(), "svc", "Who") == ("B",)
+
+
+def test_unmount_one_and_all(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    client = client_for(stack, family.member("client"), mt)
+    s1, s2 = "/127.0.0.1:1001", "/127.0.0.1:1002"
+    client.call(ctx(), at(mt, "n"), "Mount", s1, 30.0, 0)
+    client.call(ctx(), at(mt, "n"), "Mount", s2, 30.0, 0)
+    client.call(ctx(), at(mt, "n"), "Mount", s1, 60.0, 0)  # refresh keeps the order
+    (wire,) = client.call(ctx(), at(mt, "n"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == [s1, s2]
+
+    client.call(ctx(), at(mt, "n"), "Unmount", s1)
+    (wire,) = client.call(ctx(), at(mt, "n"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == [s2]
+    client.call(ctx(), at(mt, "n"), "Unmount", "")
+    with pytest.raises(errors.NoExistError):
+        client.call(ctx(), at(mt, "n"), "ResolveStep", options=(NoRetry(),))
+    client.call(ctx(), at(mt, "n"), "Unmount", "")  # idempotent
+    client.call(ctx(), at(mt, "never/mounted"), "Unmount", s1)
+
+
+def _glob(client: Client, name: str, pattern: str) -> tuple[list[str], int]:
+    with client.start_call(ctx(), name, "Glob", [pattern]) as call:
+        items = list(call)
+        (count,) = call.finish()
+    return sorted(i["name"] for i in items), count
+
+
+def test_glob(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    client = client_for(stack, family.member("client"), mt)
+    for name in ("a/x", "a/y", "a/y/shadowed", "b", "c/d/e"):
+        client.call(ctx(), at(mt, name), "Mount", "/127.0.0.1:2000", 30.0, 0)
+    client.call(ctx(), at(mt, "m"), "Mount", "/127.0.0.1:2001", 30.0, MT | LEAF)
+
+    assert _glob(client, at(mt, ""), "*") == (["b", "m"], 2)
+    assert _glob(client, at(mt, ""), "...") == (["a/x", "a/y", "b", "c/d/e", "m"], 5)
+    assert _glob(client, at(mt, ""), "a/*") == (["a/x", "a/y"], 2)
+    assert _glob(client, at(mt, "a"), "*") == (["x", "y"], 2)
+    assert _glob(client, at(mt, ""), ".../e") == (["c/d/e"], 1)
+    assert _glob(client, at(mt, ""), "[ab]*") == (["b"], 1)
+    assert _glob(client, at(mt, "nothing"), "...") == ([], 0)
+    with client.start_call(ctx(), at(mt, ""), "Glob", ["m"]) as call:
+        (item,) = list(call)
+        call.finish()
+    assert item["serves_mount_table"] is True and item["is_leaf"] is True
+    assert item["servers"][0]["server"] == "/127.0.0.1:2001"
+    assert 29 < item["servers"][0]["ttl"] <= 30
+
+
+def test_access_control_by_blessings(stack: contextlib.ExitStack, family: Family) -> None:
+    table = MountTable(mount_patterns=("root:admin",), resolve_patterns=("root:client",))
+    _, mt = serving(stack, family.member("mt"), table=table)
+    admin = client_for(stack, family.member("admin"), mt)
+    client = client_for(stack, family.member("client"), mt)
+    outsider = client_for(stack, family.member("stranger"), mt)
+
+    admin.call(ctx(), at(mt, "n"), "Mount", "/127.0.0.1:3000", 30.0, 0)
+    with pytest.raises(errors.NoAccessError):
+        client.call(ctx(), at(mt, "n"), "Mount", "/127.0.0.1:3001", 30.0, 0)
+    with pytest.raises(errors.NoAccessError):
+        client.call(ctx(), at(mt, "n"), "Unmount", "")
+    (wire,) = client.call(ctx(), at(mt, "n"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == ["/127.0.0.1:3000"]
+    with pytest.raises(errors.NoAccessError):
+        outsider.call(ctx(), at(mt, "n"), "ResolveStep", options=(NoRetry(),))
+    with pytest.raises(errors.NoAccessError):
+        outsider.namespace.resolve(ctx(), "n")
+    with pytest.raises(errors.NoAccessError):
+        _glob(outsider, at(mt, ""), "...")
+    with pytest.raises(errors.UnknownMethodError):
+        outsider.call(ctx(), at(mt, "n"), "lookup", "n", options=(NoRetry(),))
+
+
+def test_bad_requests_are_refused(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    client = client_for(stack, family.member("client"), mt)
+    ok = "/127.0.0.1:4000"
+
+    def refused(name: str, *args: Any) -> None:
+        with pytest.raises(errors.BadArgError):
+            client.call(ctx(), at(mt, name), "Mount", *args, options=(NoRetry(),))
+
+    refused("", ok, 10.0, 0)  # the root of the table
+    refused("x/__reserved", ok, 10.0, 0)
+    refused("x", "relative-name", 10.0, 0)
+    refused("x", "/@not@an@endpoint", 10.0, 0)
+    refused("x", ok, 0.0, 0)
+    refused("x", ok, -1.0, 0)
+    refused("x", ok, "10", 0)
+    refused("x", ok, 10.0, 8)
+    refused("/".join(["c"] * 65), ok, 10.0, 0)
+
+    client.call(ctx(), at(mt, "x"), "Mount", ok, 10.0, MT)
+    refused("x", "/127.0.0.1:4001", 10.0, 0)  # flags differ from the live mount
+    client.call(ctx(), at(mt, "x"), "Mount", "/127.0.0.1:4001", 10.0, REPLACE)
+    (wire,) = client.call(ctx(), at(mt, "x"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == ["/127.0.0.1:4001"]
+    assert wire["serves_mount_table"] is False
+    client.call(ctx(), at(mt, "y"), "Mount", ok, 1e9, 0)  # clamped to MAX_TTL
+    (wire,) = client.call(ctx(), at(mt, "y"), "ResolveStep")
+    assert wire["servers"][0]["ttl"] <= 24 * 3600
+
+
+def test_bounds_on_servers_and_nodes(stack: contextlib.ExitStack, family: Family) -> None:
+    clock = FakeClock()
+    table = MountTable(clock=clock, max_nodes=4, max_servers_per_name=2)
+    _, mt = serving(stack, family.member("mt"), table=table)
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "a"), "Mount", "/127.0.0.1:1", 10.0, 0)
+    client.call(ctx(), at(mt, "a"), "Mount", "/127.0.0.1:2", 10.0, 0)
+    with pytest.raises(errors.OverloadedError) as info:
+        client.call(ctx(), at(mt, "a"), "Mount", "/127.0.0.1:3", 10.0, 0)
+    assert info.value.action is errors.RetryAction.NO_RETRY
+    client.call(ctx(), at(mt, "b/c"), "Mount", "/127.0.0.1:1", 10.0, 0)  # 4 nodes with root
+    with pytest.raises(errors.OverloadedError):
+        client.call(ctx(), at(mt, "d"), "Mount", "/127.0.0.1:1", 10.0, 0, options=(NoRetry(),))
+    assert table.node_count() == 4
+    clock.now += 20  # everything expires; a full table sweeps before refusing
+    client.call(ctx(), at(mt, "d"), "Mount", "/127.0.0.1:1", 10.0, 0)
+    assert table.node_count() == 2
+
+
+def test_same_semantics_as_the_in_memory_model(stack: contextlib.ExitStack, family: Family) -> None:
+    """The scenarios of tests/test_naming_fake_mounttable.py, against the real table."""
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "a/b"), "Mount", "/127.0.0.1:1", 10.0, MT)
+    client.call(ctx(), at(mt, "a/b/c"), "Mount", "/127.0.0.1:2", 10.0, 0)  # shadowed
+    (wire,) = client.call(ctx(), at(mt, "a/b/c/d"), "ResolveStep")
+    entry = MountEntry.from_wire(wire, 0.0)
+    assert entry.name == "c/d" and [s.server for s in entry.servers] == ["/127.0.0.1:1"]
+    assert entry.serves_mount_table is True
+    for missing in ("a/c", "a", ""):
+        with pytest.raises(errors.NoExistError):
+            client.call(ctx(), at(mt, missing), "ResolveStep", options=(NoRetry(),))

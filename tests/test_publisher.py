@@ -1,0 +1,152 @@
+"""The publisher over real loopback TCP: mounts kept alive by refreshes, unmounted on stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.options import NoRetry
+from ipcclient.server.mounttable import MountTable
+from ipcclient.server.publisher import Publisher
+from tests.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def family() -> Family:
+    return Family()
+
+
+def _servers(client: Client, mt: str, name: str) -> list[str]:
+    """The servers mounted at ``name`` in ``mt`` now (no client cache involved)."""
+    try:
+        (wire,) = client.call(ctx(), at(mt, name), "ResolveStep", options=(NoRetry(),))
+    except errors.NoExistError:
+        return []
+    return [s["server"] for s in wire["servers"]]
+
+
+def _publisher(stack: contextlib.ExitStack, client: Client, **kwargs: float) -> Publisher:
+    pub = Publisher(client, client.namespace, **kwargs)
+    stack.callback(pub.stop)
+    return pub
+
+
+def test_refresh_keeps_a_mount_alive_beyond_its_ttl(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    server, svc = serving(stack, family.member("server"), Label("pub"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=0.3, refresh_fraction=0.4)
+
+    pub.add_name("apps/pub", server.endpoints)
+    assert _servers(client, mt, "apps/pub") == [svc]
+    first = pub.status()["apps/pub"]
+    assert first.last_error is None and first.last_mount is not None
+
+    end = time.monotonic() + 1.0  # more than three TTLs
+    while time.monotonic() < end:
+        assert _servers(client, mt, "apps/pub") == [svc]
+        time.sleep(0.05)
+    later = pub.status()["apps/pub"]
+    assert later.last_error is None and later.last_mount is not None
+    assert later.last_mount > first.last_mount
+    assert client.call(ctx(), "apps/pub", "Who") == ("pub",)
+
+    pub.stop()
+    assert _servers(client, mt, "apps/pub") == []  # unmounted at once, not left to expire
+    assert pub.names() == []
+    with pytest.raises(errors.BadStateError):
+        pub.add_name("again", server.endpoints)
+    pub.stop()  # idempotent
+
+
+def test_remove_name_and_replace_servers(stack: contextlib.ExitStack, family: Family) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    server_a, svc_a = serving(stack, family.member("server"), Label("A"))
+    server_b, svc_b = serving(stack, family.member("server2"), Label("B"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=30.0)
+
+    pub.add_name("x", server_a.endpoints)
+    pub.add_name("y", [*server_a.endpoints, *server_b.endpoints])
+    assert _servers(client, mt, "y") == [svc_a, svc_b]
+    pub.add_name("x", server_b.endpoints)  # replaces: A is unmounted from x
+    assert _servers(client, mt, "x") == [svc_b]
+    pub.remove_name("y")
+    assert _servers(client, mt, "y") == []
+    assert pub.names() == ["x"]
+    with pytest.raises(errors.BadArgError):
+        pub.add_name("/rooted/name", server_a.endpoints)
+    with pytest.raises(errors.BadArgError):
+        pub.add_name("z", [])
+
+
+def test_publish_through_two_levels_of_mount_tables(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    _, root_mt = serving(stack, family.member("mt"), table=MountTable())
+    child, child_mt = serving(stack, family.member("childmt"), table=MountTable())
+    server, svc = serving(stack, family.member("server"), Label("deep"))
+    client = client_for(stack, family.member("client"), root_mt)
+    pub = _publisher(stack, client, ttl=30.0)
+
+    pub.add_name("child", child.endpoints, serves_mount_table=True)
+    pub.add_name("child/deep/svc", server.endpoints)
+    assert _servers(client, child_mt, "deep/svc") == [svc]  # it landed in the child table
+    assert _servers(client, root_mt, "child") == [child_mt]
+    assert client.call(ctx(), "child/deep/svc", "Who") == ("deep",)
+    other = client_for(stack, family.member("client2"), root_mt)
+    assert other.call(ctx(), "child/deep/svc", "Echo", "hi") == ("hi",)
+
+    pub.stop()
+    assert _servers(client, child_mt, "deep/svc") == []
+    assert _servers(client, root_mt, "child") == []
+
+
+def test_errors_are_recorded_and_retried_not_raised(
+    stack: contextlib.ExitStack, family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = MountTable(mount_patterns=("root:admin",))
+    _, mt = serving(stack, family.member("mt"), table=table)
+    server, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=0.4, refresh_fraction=0.5, call_timeout=2.0)
+
+    with caplog.at_level(logging.WARNING, logger="ipcclient.publisher"):
+        pub.add_name("p", server.endpoints)  # refused: logged and recorded, not raised
+    status = pub.status()["p"]
+    assert status.last_mount is None and status.last_error is not None
+    assert "NoAccess" in status.last_error or "no_access" in status.last_error.lower()
+    assert any("publishing 'p' failed" in r.getMessage() for r in caplog.records)
+
+    # The refresher keeps trying; once the table lets this client mount, the name appears.
+    table.set_access(mount_patterns=("...",), resolve_patterns=("...",))
+    assert wait_until(lambda: _servers(client, mt, "p") == [svc], 3.0)
+    assert wait_until(lambda: pub.status()["p"].last_error is None, 3.0)
+
+
+def test_stop_is_bounded_when_the_mount_table_is_gone(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    mt_server, mt = serving(stack, family.member("mt"), table=MountTable())
+    server, _ = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=30.0, call_timeout=1.0)
+    pub.add_name("p", server.endpoints)
+    mt_server.stop()
+    start = time.monotonic()
+    pub.stop(timeout=1.0)
+    assert time.monotonic() - start < 3.0
