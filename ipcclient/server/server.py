@@ -283,6 +283,25 @@ class Server:
                 raise errors.BadStateError("server: already serving")
             self._dispatcher = dispatcher
 
+    def add_name(self, name: str) -> None:
+        """Publish this server's endpoints under ``name`` in the mount table (kept mounted
+        by the publisher until :meth:`remove_name` or :meth:`stop`). Listen first."""
+        publisher = self._require_publisher()
+        with self._lock:
+            endpoints = list(self.endpoints)
+        if not endpoints:
+            raise errors.BadStateError("server: listen before publishing a name")
+        publisher.add_name(name, endpoints, serves_mount_table=self._serves_mount_table)
+
+    def remove_name(self, name: str) -> None:
+        """Stop publishing under ``name`` (unmounts it)."""
+        self._require_publisher().remove_name(name)
+
+    def _require_publisher(self) -> Any:
+        if self._publisher is None:
+            raise errors.BadStateError("server: no publisher was given (Server(publisher=...))")
+        return self._publisher
+
     @property
     def connections(self) -> list[Connection]:
         with self._lock:
