@@ -47,7 +47,7 @@ from ipcclient.options import (
     find_all,
     find_one,
 )
-from ipcclient.security.blessings import Blessings, validate_blessings
+from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
 from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
 from ipcclient.security.discharges import (
     Discharge,
@@ -66,6 +66,9 @@ from ipcclient.wire.messages import encode_messages
 __all__ = ["Client"]
 
 log = logging.getLogger("ipcclient.client")
+
+_VC_CACHE_ENTRIES = 256
+"""Validated server names kept per VC (per method and suffix); cleared when full."""
 
 _PROTOCOL_RANK = {"unix": 0, "tcp4": 1, "tcp": 1, "tcp6": 1}
 """Order of servers by protocol (a local Unix socket first; unknown protocols last)."""
@@ -329,11 +332,11 @@ class Client:
                 failures.append(last)
                 continue
             try:
-                ep = _parse_endpoint(address)
+                ep, ep_key = _parse_endpoint(address)
                 ep.check_compatibility(self._manager.options.versions)
                 if not ep.is_dialable:
                     raise errors.NoServersError(f"client: cannot dial protocol {ep.protocol!r}")
-                flow = self._flow_to(ep, deadline, tried)
+                flow = self._flow_to(ep, ep_key, deadline, tried)
             except errors.IPCError as exc:
                 tried.append(f"{server}: {exc.id}")
                 last = exc
@@ -480,11 +483,11 @@ class Client:
         return entry
 
     # --- VCs ----------------------------------------------------------------------------
-    def _flow_to(self, ep: Endpoint, deadline: float | None, tried: list[str]) -> Flow:
+    def _flow_to(self, ep: Endpoint, key: str, deadline: float | None, tried: list[str]) -> Flow:
         """A new flow to ``ep``: on the cached VC, or a dialed one. A cached VC that cannot
         open a flow is evicted and a new one dialed, once."""
         for attempt in range(2):
-            conn = self._vc_for(ep, deadline, tried)
+            conn = self._vc_for(ep, key, deadline, tried)
             try:
                 return conn.connect()
             except errors.ConnectionFailedError:
@@ -493,8 +496,9 @@ class Client:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _vc_for(self, ep: Endpoint, deadline: float | None, tried: list[str]) -> Connection:
-        key = str(ep)
+    def _vc_for(
+        self, ep: Endpoint, key: str, deadline: float | None, tried: list[str]
+    ) -> Connection:
         with self._lock:
             if self._closed:
                 raise errors.BadStateError("client: closed")
@@ -654,16 +658,24 @@ class Client:
         blessings = conn.remote_blessings
         if not isinstance(blessings, Blessings):
             raise errors.NotTrustedError("client: the server presented no blessings")
-        server_names, rejected = self._server_names(
-            blessings, conn.remote_discharges, method=method, suffix=suffix
-        )
-        if not server_names:
-            why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
-            raise errors.NotTrustedError(f"client: no trusted server blessing ({why})")
+        key = ("server-names", method, suffix)
+        now = time.time()
+        hit = conn.cache.get(key)
+        if hit is not None and hit[1] > now:
+            server_names: list[str] = hit[0]
+        else:
+            server_names, rejected = self._server_names(
+                blessings, conn.remote_discharges, method=method, suffix=suffix
+            )
+            if not server_names:
+                why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
+                raise errors.NotTrustedError(f"client: no trusted server blessing ({why})")
+            if len(conn.cache) >= _VC_CACHE_ENTRIES:
+                conn.cache.clear()
+            until = min(validity_horizon(blessings, conn.remote_discharges), now + 60.0)
+            conn.cache[key] = (server_names, until)
         # Exact match: a delegate of the server must not pass for it (Vanadium's MITM TODO).
-        endpoint_ok = not ep.blessings or any(
-            BlessingPattern(b + ":$").matched_by(*server_names) for b in ep.blessings
-        )
+        endpoint_ok = not ep.blessings or any(b in server_names for b in ep.blessings)
         if not endpoint_ok and find_one(options, SkipServerAuthorization) is None:
             raise errors.NotTrustedError(
                 f"client: server {server_names} is not the one the endpoint names "
@@ -766,13 +778,19 @@ class Client:
 
 
 _END_STREAM = Request(end_stream_args=True).to_wire()
-_parse_endpoint = functools.lru_cache(maxsize=1024)(Endpoint.parse)
-"""Endpoint strings repeat call after call; parsing each once saves most of the work."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_endpoint(address: str) -> tuple[Endpoint, str]:
+    """An endpoint and its canonical string (the VC map's key). Endpoint strings repeat call
+    after call; parsing each once saves most of the work."""
+    ep = Endpoint.parse(address)
+    return ep, str(ep)
 
 
 def _server_rank(server: str) -> int:
     address, _ = names.split_address_name(server)
     try:
-        return _PROTOCOL_RANK.get(_parse_endpoint(address).protocol, 9)
+        return _PROTOCOL_RANK.get(_parse_endpoint(address)[0].protocol, 9)
     except errors.IPCError:
         return 10

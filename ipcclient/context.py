@@ -141,10 +141,12 @@ class Context:
             effective is None and not cancellable and (parent is None or parent._never_done)
         )
         self._lock = threading.Lock()
-        self._event = threading.Event()
+        # Made on first use: most contexts are never waited on and never get children, and
+        # an Event and a WeakSet cost more than the rest of a context together.
+        self._event: threading.Event | None = None
         self._err: errors.IPCError | None = None
         self._callbacks: dict[int, Callable[[errors.IPCError], None]] = {}
-        self._children: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._children: weakref.WeakSet[Context] | None = None
         if parent is not None and not parent._never_done:
             parent._adopt(self)
         if (
@@ -251,7 +253,15 @@ class Context:
                 slice_ = min(slice_, left)
             if self._deadline is not None:
                 slice_ = min(slice_, max(0.0, self._deadline - self._clock.monotonic()))
-            self._event.wait(slice_)
+            event = self._event
+            if event is None:
+                with self._lock:
+                    if self._event is None:
+                        self._event = threading.Event()
+                        if self._err is not None:
+                            self._event.set()
+                    event = self._event
+            event.wait(slice_)
 
     def value(self, key: Any, default: Any = None) -> Any:
         """The value of the nearest ancestor-or-self that set ``key``, else ``default``."""
@@ -296,6 +306,8 @@ class Context:
         with self._lock:
             err = self._err
             if err is None:
+                if self._children is None:
+                    self._children = weakref.WeakSet()
                 self._children.add(child)
                 return
         child._finish(err)
@@ -313,9 +325,11 @@ class Context:
                 node._err = err
                 callbacks = list(node._callbacks.values())
                 node._callbacks.clear()
-                children = list(node._children)
-                node._children.clear()
-            node._event.set()
+                children = list(node._children) if node._children is not None else []
+                node._children = None
+                event = node._event
+            if event is not None:
+                event.set()
             finished.append(node)
             to_run.extend((fn, err) for fn in callbacks)
             pending.extend(children)
@@ -323,7 +337,8 @@ class Context:
             parent = self._parent
             if parent is not None and not parent._never_done:
                 with parent._lock:
-                    parent._children.discard(self)
+                    if parent._children is not None:
+                        parent._children.discard(self)
         _run_callbacks(to_run)
 
     def __repr__(self) -> str:

@@ -35,6 +35,7 @@ all of them (it fixes Vanadium's short-circuit and raw-string-prefix bugs).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -238,6 +239,19 @@ def _validate_roots(roots: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)
+def _rooted_entry(name: str) -> tuple[MountEntry, bool]:
+    """The one-server entry a rooted name starts from (pure, so cached: a client calls the
+    same rooted names over and over)."""
+    _, name = names.split_pattern_name(name)
+    address, suffix = names.split_address_name(name)
+    if not address:
+        raise errors.BadArgError(f"namespace: rooted name {name!r} has no address")
+    ep = Endpoint.parse(address)
+    entry = MountEntry(suffix, (MountedServer("/" + address),), ep.serves_mount_table, ep.is_leaf)
+    return entry, names.is_terminal(name)
+
+
 class Namespace:
     """Resolves names to servers through mount tables, caching what it learns.
 
@@ -358,6 +372,8 @@ class Namespace:
         """The entry resolution starts from, and whether it is final (a terminal name)."""
         if not isinstance(name, str):
             raise errors.BadArgError(f"namespace: a name must be a str, got {type(name).__name__}")
+        if names.is_rooted(name):
+            return _rooted_entry(name)
         _, name = names.split_pattern_name(name)
         address, suffix = names.split_address_name(name)
         if not address:
@@ -372,11 +388,7 @@ class Namespace:
                 )
             entry = MountEntry(suffix, tuple(MountedServer(r) for r in roots), True, False)
             return entry, False
-        ep = Endpoint.parse(address)
-        entry = MountEntry(
-            suffix, (MountedServer("/" + address),), ep.serves_mount_table, ep.is_leaf
-        )
-        return entry, names.is_terminal(name)
+        return _rooted_entry(name)
 
     def _step(self, ctx: Context, entry: MountEntry) -> MountEntry:
         """One ResolveStep of ``entry.name`` against ``entry``'s servers (cache first)."""

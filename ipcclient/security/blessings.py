@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ipcclient import codec, errors
-from ipcclient.security.caveats import Caveat, SecurityCall, ThirdPartyCaveat, caveats_from_wire
+from ipcclient.security.caveats import (
+    Caveat,
+    ExpiryCaveat,
+    SecurityCall,
+    ThirdPartyCaveat,
+    caveats_from_wire,
+)
 from ipcclient.security.keys import (
     PUBLIC_KEY_SIZE,
     PURPOSE_CERTIFICATE,
@@ -310,6 +317,28 @@ def validate_blessings(
         else:
             accepted.append(name)
     return accepted, rejected
+
+
+def validity_horizon(blessings: Blessings | None, discharges: Iterable[Any] = ()) -> float:
+    """The wall-clock time until which a validation of ``blessings`` (with ``discharges``)
+    for a given method and suffix cannot change: the earliest expiry among every caveat on
+    every certificate and on every discharge (``math.inf`` when nothing expires).
+
+    Callers cache validated names per (method, suffix) until then; every other caveat kind
+    depends only on things fixed for a VC (the method, the suffix, the local blessings).
+    """
+    horizon = math.inf
+    if blessings is not None:
+        for chain in blessings.chains:
+            for cert in chain:
+                for cav in cert.caveats:
+                    if isinstance(cav, ExpiryCaveat):
+                        horizon = min(horizon, cav.not_after)
+    for d in discharges:
+        expiry = getattr(d, "expiry", None)
+        if isinstance(expiry, float | int):
+            horizon = min(horizon, float(expiry))
+    return horizon
 
 
 codec.register("blessings", Blessings, Blessings.to_wire, Blessings.from_wire)

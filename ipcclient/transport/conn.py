@@ -332,6 +332,9 @@ class Connection:
         self._close_notified = False
         self.pid = os.getpid()
         self.name = name or f"vc-{id(self):x}"
+        self.cache: dict[Any, Any] = {}
+        """Per-VC data the layers above keep (validated names per method, ...); bounded by
+        its users."""
         self._last_recv = time.monotonic()
         try:
             ka = self._keepalive
