@@ -468,7 +468,13 @@ class Client:
             raise errors.NoServersError(
                 f"client: resolving {name!r} failed: {exc.msg}", action=action, tried=tried
             ) from exc
-        except (errors.TimeoutError, errors.CanceledError, errors.BadArgError):
+        except (
+            errors.TimeoutError,
+            errors.CanceledError,
+            errors.BadArgError,
+            errors.NoAccessError,
+            errors.NotTrustedError,
+        ):
             raise
         except errors.IPCError as exc:
             tried.append(f"resolve {name!r}: {exc.id}")

@@ -12,6 +12,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.options import NoRetry
+from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from tests.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
@@ -150,3 +151,24 @@ def test_stop_is_bounded_when_the_mount_table_is_gone(
     start = time.monotonic()
     pub.stop(timeout=1.0)
     assert time.monotonic() - start < 3.0
+
+
+def test_server_add_name_publishes_and_stop_unmounts(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    from ipcclient.server.server import Server
+
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    sp = family.member("server")
+    pub_client = client_for(stack, sp, mt)  # the server's own client, to reach the table
+    server = Server(sp, publisher=Publisher(pub_client, pub_client.namespace, ttl=30.0))
+    stack.callback(server.stop)
+    svc = "/" + server.listen("tcp", "127.0.0.1:0")
+    server.serve(Label("named"), AllowEveryone())
+    server.add_name("apps/named")
+
+    client = client_for(stack, family.member("client"), mt)
+    assert _servers(client, mt, "apps/named") == [svc]
+    assert client.call(ctx(), "apps/named", "Who") == ("named",)
+    server.stop()
+    assert _servers(client, mt, "apps/named") == []

@@ -318,7 +318,7 @@ class Server:
             listeners = list(self._listeners)
         if self._publisher is not None:
             try:
-                self._publisher.stop()
+                self._publisher.stop(timeout)
             except Exception:
                 log.exception("server: unpublishing failed")
         self._root.cancel("server stopping")

@@ -472,7 +472,7 @@ class Connection:
 
     # --- writing (flusher) --------------------------------------------------------------
     def _mux_has_output(self) -> bool:
-        return bool(self._mux._out)
+        return self._mux.has_data_to_send
 
     def _forget_if_ended(self, flow: Flow) -> None:
         if not self._mux.is_live(flow.id) and flow._eof:
@@ -607,7 +607,7 @@ class Connection:
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
                     closed = ev.error
-            flush = bool(self._mux._out)
+            flush = self._mux.has_data_to_send
         if flush:
             self._flush()
         if self._on_flow is not None:
