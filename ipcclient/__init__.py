@@ -3,6 +3,9 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
+from ipcclient.call import Call
+from ipcclient.client import Client
+from ipcclient.context import CancelContext, Context
 from ipcclient.errors import (
     AbortedError,
     BadArgError,
@@ -28,32 +31,80 @@ from ipcclient.errors import (
     UnknownSuffixError,
     VersionIncompatibleError,
 )
+from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.namespace import Namespace
+from ipcclient.options import (
+    CallOption,
+    ClientOptions,
+    Granter,
+    NoDischarges,
+    NoRetry,
+    RetryTimeout,
+    ServerPattern,
+    ServerPublicKey,
+    SkipServerAuthorization,
+)
+from ipcclient.security import BlessingPattern, Blessings, Principal, caveats
+from ipcclient.server.authorizer import AllowEveryone, AllowPatterns, DefaultAuthorizer
+from ipcclient.server.discharger import Discharger
+from ipcclient.server.mounttable import MountTable
+from ipcclient.server.publisher import Publisher
+from ipcclient.server.server import Results, Server, ServerCall, ServerOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AbortedError",
+    "AllowEveryone",
+    "AllowPatterns",
     "BadArgError",
     "BadDischargeError",
     "BadProtocolError",
     "BadStateError",
+    "BlessingPattern",
+    "Blessings",
+    "Call",
+    "CallOption",
+    "CancelContext",
     "CanceledError",
+    "Client",
+    "ClientOptions",
     "ConnectionFailedError",
+    "Context",
+    "DefaultAuthorizer",
+    "Discharger",
     "EndOfStreamError",
+    "Endpoint",
     "ErrorID",
     "ExistError",
+    "Granter",
     "IPCError",
     "InternalError",
+    "MountTable",
+    "Namespace",
     "NoAccessError",
+    "NoDischarges",
     "NoExistError",
+    "NoRetry",
     "NoServersError",
     "NotTrustedError",
     "OverloadedError",
+    "Principal",
+    "Publisher",
+    "Results",
     "RetryAction",
+    "RetryTimeout",
+    "Server",
+    "ServerCall",
+    "ServerOptions",
+    "ServerPattern",
+    "ServerPublicKey",
+    "SkipServerAuthorization",
     "TimeoutError",
     "UnknownError",
     "UnknownMethodError",
     "UnknownSuffixError",
     "VersionIncompatibleError",
     "__version__",
+    "caveats",
 ]
