@@ -1,0 +1,118 @@
+"""``make bench``: ipcclient beside its peers in one run, reported as ratios to the targets.
+
+Runs the anchors' harness (``../shared/bench-anchors``) for gRPC sync (insecure and TLS),
+Pyro5 (msgpack) and the raw cbor2 + AEAD multiplexed socket, and ``bench_ipcclient.py`` for
+ipcclient, interleaved over rounds, each system in its own processes on 127.0.0.1. Prints the
+medians and the ratios the project is held to. Never part of the test suite.
+
+    python -m tests.bench.run [--rounds 3] [--seconds 3] [--only ipcclient,grpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+ANCHORS = os.environ.get(
+    "IPCCLIENT_BENCH_ANCHORS", os.path.join(os.path.dirname(REPO), "shared", "bench-anchors")
+)
+SUITE = [
+    ("ipcclient", os.path.join(HERE, "bench_ipcclient.py"), "default"),
+    ("grpc", os.path.join(ANCHORS, "bench_grpc.py"), "insecure"),
+    ("grpc-tls", os.path.join(ANCHORS, "bench_grpc.py"), "tls"),
+    ("pyro5-msgpack", os.path.join(ANCHORS, "bench_pyro5.py"), "msgpack"),
+    ("raw-mux", os.path.join(ANCHORS, "bench_raw.py"), "cbor+chacha+mux"),
+]
+COLUMNS = [
+    ("1: p50 us", "w1", "p50_us", "{:.0f}"),
+    ("1: p99 us", "w1", "p99_us", "{:.0f}"),
+    ("1: client CPU us", "w1", "client_cpu_us", "{:.0f}"),
+    ("1: server CPU us", "w1", "server_cpu_us", "{:.0f}"),
+    ("2: 8 thr calls/s", "w2", "calls_s", "{:,.0f}"),
+    ("3: 1 MiB MiB/s", "w3", "MiB_s", "{:,.0f}"),
+    ("4: stream msgs/s", "w4", "msgs_s", "{:,.0f}"),
+    ("5: connect ms", "w5", "median_ms", "{:.2f}"),
+]
+# (what, ipcclient metric, peer, peer metric, target ratio, higher is better)
+TARGETS = [
+    ("unary p50 vs Pyro5 msgpack (<= 1.0)", ("w1", "p50_us"), "pyro5-msgpack", 1.0, False),
+    ("client CPU vs raw mux (<= 1.35)", ("w1", "client_cpu_us"), "raw-mux", 1.35, False),
+    ("8 threads vs gRPC sync (>= 3.5)", ("w2", "calls_s"), "grpc", 3.5, True),
+    ("streaming vs gRPC sync (>= 7)", ("w4", "msgs_s"), "grpc", 7.0, True),
+    ("1 MiB bulk vs gRPC TLS (>= 1.3)", ("w3", "MiB_s"), "grpc-tls", 1.3, True),
+]
+
+
+def run_one(script: str, variant: str, seconds: float) -> dict[str, Any] | None:
+    cmd = [sys.executable, script, "--variant", variant, "--seconds", str(seconds)]
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(script)
+        )
+    except subprocess.TimeoutExpired:
+        sys.stderr.write(f"  TIMEOUT {script} {variant}\n")
+        return None
+    if out.returncode != 0:
+        sys.stderr.write(f"  FAILED {script} {variant}:\n{out.stderr[-2000:]}\n")
+        return None
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def median(runs: list[dict[str, Any] | None], w: str, k: str) -> float | None:
+    vals = [r[w][k] for r in runs if r and r.get(w)]
+    return statistics.median(vals) if vals else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--only", help="comma-separated system keys")
+    args = ap.parse_args()
+    if not os.path.isdir(ANCHORS):
+        sys.stderr.write(f"bench: the anchors harness is not at {ANCHORS} (set ")
+        sys.stderr.write("IPCCLIENT_BENCH_ANCHORS)\n")
+        return 2
+    suite = [s for s in SUITE if not args.only or s[0] in args.only.split(",")]
+    results: dict[str, list[dict[str, Any] | None]] = {key: [] for key, _, _ in suite}
+    started = time.time()
+    for rnd in range(args.rounds):
+        for key, script, variant in suite:
+            t0 = time.time()
+            results[key].append(run_one(script, variant, args.seconds))
+            sys.stderr.write(f"round {rnd + 1}/{args.rounds} {key} {time.time() - t0:.0f}s\n")
+    out = sys.stdout
+    out.write(f"rounds={args.rounds} seconds={args.seconds} wall={time.time() - started:.0f}s\n\n")
+    out.write("| system | " + " | ".join(c[0] for c in COLUMNS) + " |\n")
+    out.write("|---|" + "---:|" * len(COLUMNS) + "\n")
+    for key, runs in results.items():
+        cells = []
+        for _, w, k, fmt in COLUMNS:
+            m = median(runs, w, k)
+            cells.append("n/a" if m is None else fmt.format(m))
+        out.write(f"| {key} | " + " | ".join(cells) + " |\n")
+    out.write("\n| target | ipcclient / peer | met |\n|---|---:|---|\n")
+    for what, (w, k), peer, target, higher in TARGETS:
+        if "ipcclient" not in results or peer not in results:
+            continue
+        mine, theirs = median(results["ipcclient"], w, k), median(results[peer], w, k)
+        if mine is None or not theirs:
+            out.write(f"| {what} | n/a | n/a |\n")
+            continue
+        ratio = mine / theirs
+        met = ratio >= target if higher else ratio <= target
+        out.write(f"| {what} | {ratio:.2f} | {'yes' if met else 'no'} |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
