@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import inspect
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors
 from ipcclient.context import CancelContext, Context
 from ipcclient.headers import Request, Response, request_from_wire
-from ipcclient.security.blessings import Blessings, validate_blessings
+from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
 from ipcclient.security.caveats import SecurityCall
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.principal import Principal
@@ -47,6 +47,69 @@ __all__ = [
 ]
 
 log = logging.getLogger("ipcclient.server")
+
+_VC_CACHE_ENTRIES = 256
+"""Validated client names kept per VC (per method, suffix and discharges); cleared when full."""
+
+
+class _Workers:
+    """A fixed-size pool of worker threads, started as work first needs them.
+
+    Cheaper than ``concurrent.futures`` for this job (no futures): a C-implemented queue and
+    an idle count. ``submit`` never blocks; the server bounds what is queued (its slots).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queue: queue.SimpleQueue[tuple[Callable[[Flow], None], Flow] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[[Flow], None], flow: Flow) -> bool:
+        """Queue ``fn(flow)``; False once shut down."""
+        start: threading.Thread | None = None
+        with self._lock:
+            if self._closed:
+                return False
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._size:
+                start = threading.Thread(
+                    target=self._run, name=f"ipc-server-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(start)
+            self._queue.put((fn, flow))
+        if start is not None:
+            start.start()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, flow = item
+            try:
+                fn(flow)
+            except Exception:  # pragma: no cover - fn answers its own errors
+                log.exception("server: a worker task failed")
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking work, let queued work finish, end every thread (bounded)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 class Results:
@@ -237,10 +300,9 @@ class Server:
         self._dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.options.workers + self.options.max_queued)
-        self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="ipc-server")
+        self._pool = _Workers(self.options.workers)
         self._root = Context.background().with_cancel()
         self._stopped = False
-        self._active: set[CancelContext] = set()
         self._publisher = publisher
         self._serves_mount_table = serves_mount_table
         self.endpoints: list[str] = []
@@ -324,7 +386,7 @@ class Server:
         self._root.cancel("server stopping")
         for lst in listeners:
             lst.close(close_connections=True, timeout=timeout)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(timeout)
 
     def __enter__(self) -> Server:
         return self
@@ -346,43 +408,44 @@ class Server:
                 )
             )
             return
-        try:
-            self._pool.submit(self._serve_flow, flow)
-        except RuntimeError:  # the pool is shut down: we are stopping
+        if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
             self._slots.release()
             flow.cancel(errors.CanceledError("server: stopping"))
 
     def _serve_flow(self, flow: Flow) -> None:
-        ctx = self._root.with_cancel()
-        with self._lock:
-            self._active.add(ctx)
-        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
         stream = MessageStream(flow)
         try:
-            self._run_call(ctx, flow, stream)
+            self._run_call(flow, stream)
         except Exception:  # pragma: no cover - _run_call answers every error itself
             log.exception("server: unexpected failure serving a flow")
         finally:
-            ctx.cancel("call finished")
-            with self._lock:
-                self._active.discard(ctx)
             flow.close()
             self._slots.release()
 
-    def _run_call(self, root: CancelContext, flow: Flow, stream: MessageStream) -> None:
+    def _run_call(self, flow: Flow, stream: MessageStream) -> None:
         try:
             first_deadline = time.monotonic() + self.options.first_header_timeout
             request = request_from_wire(stream.recv(first_deadline))
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
             return
-        ctx: CancelContext = root
         if request.deadline is not None:
-            ctx = root.with_deadline(time.monotonic() + request.deadline)
+            ctx = self._root.with_deadline(time.monotonic() + request.deadline)
+        else:
+            ctx = self._root.with_cancel()
+        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
+        try:
+            self._run_request(ctx, flow, stream, request)
+        finally:
+            ctx.cancel("call finished")
+
+    def _run_request(
+        self, ctx: CancelContext, flow: Flow, stream: MessageStream, request: Request
+    ) -> None:
         try:
             args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
-            if root.done():
-                raise root.err() or errors.CanceledError("server: call cancelled")
+            if ctx.done():
+                raise ctx.err() or errors.CanceledError("server: call cancelled")
             results = self._dispatch(ctx, flow, stream, request, args)
         except errors.IPCError as exc:
             self._answer_error(stream, (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc)
@@ -450,15 +513,28 @@ class Server:
                 raise errors.BadProtocolError("server: a discharge in the request is malformed")
             discharges[d.caveat_id] = d
         remote = conn.remote_blessings
-        sc = SecurityCall(
-            method=request.method,
-            suffix=suffix,
-            local_blessings=self._names,
-            remote_blessings=remote,
-            remote_discharges=discharges,
-            arguments=tuple(args),
-        )
-        names, rejected = validate_blessings(remote, sc, self.principal.roots)
+        key = ("client-names", request.method, suffix, tuple(sorted(discharges)))
+        now = time.time()
+        hit = conn.cache.get(key)
+        if hit is not None and hit[2] > now:
+            names, rejected = hit[0], hit[1]
+        else:
+            sc = SecurityCall(
+                method=request.method,
+                suffix=suffix,
+                local_blessings=self._names,
+                remote_blessings=remote,
+                remote_discharges=discharges,
+                arguments=tuple(args),
+            )
+            names, rejected = validate_blessings(remote, sc, self.principal.roots)
+            if not any(r.error.id == errors.ErrorID.BAD_DISCHARGE.value for r in rejected):
+                # Safe to reuse until the earliest expiry: every other caveat kind depends only
+                # on the method, the suffix and the blessings of this VC.
+                if len(conn.cache) >= _VC_CACHE_ENTRIES:
+                    conn.cache.clear()
+                until = min(validity_horizon(remote, discharges.values()), now + 60.0)
+                conn.cache[key] = (names, rejected, until)
         security = CallSecurity(
             method=request.method,
             suffix=suffix,
