@@ -282,3 +282,30 @@ def test_blessings_not_bound_to_the_signing_key_are_refused() -> None:
     server = ServerHandshake(mallory, blessings=stolen)
     with pytest.raises(errors.NotTrustedError, match="not bound"):
         client.receive_data(server.receive_data(client.start()))
+
+
+@pytest.mark.parametrize("versions", [[-1, 1], [2, 1], [1, 1 << 40], [True, 1]])
+def test_malformed_version_ranges_are_protocol_errors(versions: list[Any]) -> None:
+    client = _client(make_identity())
+    fields = dict(codec.decode(client.start()[8:]))
+    fields["versions"] = versions
+    with pytest.raises(errors.BadProtocolError, match="versions"):
+        ServerHandshake(make_identity(), blessings=None).receive_data(
+            handshake._encode_hello(fields)
+        )
+
+
+def test_a_refused_client_auth_is_answered_with_a_sealed_goaway() -> None:
+    from ipcclient.wire.frames import GOAWAY, FrameDecoder
+
+    client, server = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+    assert server.rejection(errors.NotTrustedError("x")) == b""  # no keys yet: nothing to say
+    auth = bytearray(client.receive_data(server.receive_data(client.start())))
+    auth[-1] ^= 1  # tamper with the ClientAuth record
+    with pytest.raises(errors.BadProtocolError) as info:
+        server.receive_data(bytes(auth))
+    assert client.result is not None
+    plains = client.result.opener.feed(server.rejection(info.value))
+    frames = FrameDecoder().feed(b"".join(plains))
+    assert [(f.type, f.flow_id) for f in frames] == [(GOAWAY, 0)]
+    assert codec.decode(frames[0].payload).id == "ipc.BadProtocol"

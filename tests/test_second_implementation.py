@@ -638,14 +638,17 @@ def test_version_refusal(world: Any) -> None:
 
 
 def test_bad_client_signature_is_refused(world: Any) -> None:
-    """A ClientAuth signed over the wrong transcript is refused (4.3): no call is answered on
-    that VC, the server closes it."""
+    """A ClientAuth signed over the wrong transcript is refused (4.3): the server seals a
+    GOAWAY carrying an ipc.NotTrusted error into its record 1 and closes; no call is answered."""
     endpoint, me, my_blessings, server_root, _ = world
     sock = connect(endpoint)
     try:
         vc = VC(sock, me, my_blessings, server_root, honest=False)
+        vc.send_frame(DATA, OPEN | FIN, 1, message({"method": "Echo", "nargs": 0}))
+        ftype, _flags, fid, payload = vc.recv_frame()
+        assert (ftype, fid) == (GOAWAY, 0)
+        assert check_error(cbor2.loads(payload))["id"] == "ipc.NotTrusted"
         with pytest.raises(ConnectionError):
-            vc.send_frame(DATA, OPEN | FIN, 1, message({"method": "Echo", "nargs": 0}))
             vc.recv_frame()
     finally:
         sock.close()

@@ -444,5 +444,12 @@ class StreamManager:
                     sock.settimeout(1.0)
                     sock.sendall(hs.refusal)
             raise
+        except errors.IPCError as exc:
+            goaway = hs.rejection(exc)  # the client's auth was refused: tell it why
+            if goaway:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(1.0)
+                    sock.sendall(goaway)
+            raise
         assert hs.result is not None
         return hs.result

@@ -40,6 +40,7 @@ from ipcclient.security.blessings import Blessings
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.keys import PURPOSE_HANDSHAKE, PublicKey
 from ipcclient.vc.records import KEY_SIZE, RecordOpener, RecordSealer
+from ipcclient.wire.frames import GOAWAY, encode_frame
 
 __all__ = [
     "MAGIC",
@@ -428,6 +429,17 @@ class ServerHandshake(_Base):
     refusal: bytes = b""
     """When the handshake failed on versions, the hello that tells the client why."""
 
+    def rejection(self, err: errors.IPCError) -> bytes:
+        """After a failure once the keys exist (the client's auth was refused): a sealed
+        GOAWAY frame carrying ``err``, so the client learns why; empty before the keys."""
+        if self._sealer is None:
+            return b""
+        try:
+            payload = codec.encode(err)
+        except errors.BadArgError:
+            payload = b""
+        return self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload))
+
     def _step(self) -> bytes:
         if self._state is _State.HELLO:
             parsed = _parse_hello(self._buf)
@@ -438,7 +450,11 @@ class ServerHandshake(_Base):
             if (
                 not isinstance(versions, list | tuple)
                 or len(versions) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions)
+                or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32
+                    for v in versions
+                )
+                or versions[0] > versions[1]
             ):
                 raise errors.BadProtocolError("handshake: bad 'versions' in hello")
             peer_lo, peer_hi = versions
