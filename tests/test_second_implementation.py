@@ -682,3 +682,40 @@ def test_overloaded_server_resets_the_new_flow(world: Any) -> None:
         assert parse_response(parse_messages(bytes(body)), bytes(body)).results == ["released"]
     finally:
         sock.close()
+
+
+def _raw_call(vc: Any, flow: int, stream: bytes) -> Reply:
+    """Send ``stream`` as the whole client side of ``flow`` (OPEN|FIN) and read the reply."""
+    vc.write(frame(DATA, OPEN | FIN, flow, stream))
+    body = bytearray()
+    while True:
+        ftype, flags, fid, payload = vc.recv_frame()
+        if (ftype, fid) != (DATA, flow):
+            continue
+        body += payload
+        if flags & FIN:
+            return parse_response(parse_messages(bytes(body)), bytes(body))
+
+
+def test_malformed_requests_get_bad_protocol_and_the_vc_keeps_serving(world: Any) -> None:
+    """5.2/5.4: a header that is not a map, a field of the wrong type, or a body that is not
+    CBOR is answered with ipc.BadProtocol on that flow; the VC and the server go on."""
+    endpoint, me, my_blessings, server_root, _ = world
+    sock = connect(endpoint)
+    try:
+        vc = VC(sock, me, my_blessings, server_root)
+        bad_streams = [
+            message(["not", "a", "map"]),
+            message({"method": "Echo", "nargs": "one"}),
+            message({"method": 7}),
+            struct.pack(">I", 3) + b"\xff\xfe\xfd",
+        ]
+        flow = 1
+        for stream in bad_streams:
+            reply = _raw_call(vc, flow, stream)
+            assert reply.error is not None and reply.error["id"] == "ipc.BadProtocol", reply
+            flow += 2
+        vc.next_flow = flow
+        assert vc.call("Echo", ["still serving"]).results == ["still serving"]
+    finally:
+        sock.close()
