@@ -67,12 +67,12 @@ class Call:
         self._cancel_error: errors.IPCError | None = None
         # The context must not keep a dropped call alive (so its finalizer can run): hold the
         # call weakly from the callback.
-        ref = weakref.WeakMethod(self._on_context_done)
+        ref = weakref.ref(self)
 
         def on_context_done(err: errors.IPCError) -> None:
-            method = ref()
-            if method is not None:
-                method(err)
+            call = ref()
+            if call is not None:
+                call._on_context_done(err)
 
         self._ctx_handle: CallbackHandle | None = ctx.add_done_callback(on_context_done)
 
@@ -109,7 +109,7 @@ class Call:
             raise self._mark(header.error)
         if header.end_stream_results:
             raise errors.EndOfStreamError("call: the server sent no more items")
-        return self._guard(lambda: self._stream.recv(self.context.deadline))
+        return self._recv()
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over streamed results until the server's end of stream."""
@@ -152,10 +152,11 @@ class Call:
                 raise errors.BadStateError("call: finish has already been called")
             self._finished = True
         try:
-            try:
-                self.close_send()
-            except errors.IPCError as exc:
-                log.debug("call: close_send in finish failed (the server may be done): %s", exc)
+            if not self._send_closed:
+                try:
+                    self.close_send()
+                except errors.IPCError as exc:
+                    log.debug("call: close_send in finish failed (the server may be done): %s", exc)
             response = self._response or self._read_header()
             if response.error is None and not response.end_stream_results:
                 self._response = None
@@ -171,10 +172,8 @@ class Call:
                 raise errors.BadProtocolError(
                     f"call: server sent {response.nresults} results, client expected {nresults}"
                 )
-            deadline = self.context.deadline
-            results = tuple(
-                self._guard(lambda: self._stream.recv(deadline)) for _ in range(response.nresults)
-            )
+            n = response.nresults
+            results = (self._recv(),) if n == 1 else tuple(self._recv() for _ in range(n))
         except BaseException:
             self._release(cancel=True)
             raise
@@ -231,10 +230,20 @@ class Call:
         return self._stream.flow
 
     def _read_header(self) -> Response:
-        header = response_from_wire(self._guard(lambda: self._stream.recv(self.context.deadline)))
+        header = response_from_wire(self._recv())
         if header.error is not None or header.end_stream_results:
             self._response = header
         return header
+
+    def _recv(self) -> Any:
+        """The next message from the server, guarded as :meth:`_guard` does."""
+        try:
+            return self._stream.recv(self.context.deadline)
+        except errors.IPCError as exc:
+            raise self._mark(self._translate(exc)) from None
+        except BaseException:
+            self.cancel(errors.CanceledError("call: interrupted"))
+            raise
 
     def _guard(self, fn: Callable[[], Any]) -> Any:
         """Run a blocking step; turn what ends the call into the right error, and cancel

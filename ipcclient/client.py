@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +33,7 @@ from ipcclient.context import Context
 from ipcclient.headers import Request, TraceContext
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
-from ipcclient.naming.namespace import MountEntry, Namespace
+from ipcclient.naming.namespace import MountEntry, Namespace, terminal_servers
 from ipcclient.options import (
     CallOption,
     ClientOptions,
@@ -258,21 +258,25 @@ class Client:
             raise errors.BadArgError(f"client: {name}.{method} called without a Context")
         if not isinstance(name, str) or not isinstance(method, str) or not method:
             raise errors.BadArgError("client: name and method must be strings")
-        for opt in options:
-            if not isinstance(opt, CallOption):
-                raise errors.BadArgError(f"client: {opt!r} is not a call option")
-        keys = {o.key for o in find_all(options, ServerPublicKey)}
-        if len(keys) > 1:
-            raise errors.BadArgError("client: two different ServerPublicKey options")
+        no_retry = False
+        if options:
+            for opt in options:
+                if not isinstance(opt, CallOption):
+                    raise errors.BadArgError(f"client: {opt!r} is not a call option")
+            keys = {o.key for o in find_all(options, ServerPublicKey)}
+            if len(keys) > 1:
+                raise errors.BadArgError("client: two different ServerPublicKey options")
+            no_retry = find_one(options, NoRetry) is not None
+            rt = find_one(options, RetryTimeout)
+            if rt is not None and rt.seconds == 0:
+                no_retry = True
         self._check_open()
         self._after_fork_check()
-        self._reap_abandoned()
+        if self._abandoned:
+            self._reap_abandoned()
         call_ctx, owned = self._call_context(ctx)
-        no_retry = find_one(options, NoRetry) is not None
-        rt = find_one(options, RetryTimeout)
-        if rt is not None and rt.seconds == 0:
-            no_retry = True
-        span_ctx, span = vtrace.with_new_span(call_ctx, f"<client>{name!r}.{method}")
+        span = vtrace.new_span(call_ctx, f"<client>{name!r}.{method}")
+        span_ctx = _SpanContext(call_ctx, span)
         tried: list[str] = []
 
         def attempt(n: int) -> Call:
@@ -305,7 +309,7 @@ class Client:
 
     def _try_call(
         self,
-        span_ctx: Context,
+        span_ctx: _SpanContext,
         call_ctx: Context,
         span: vtrace.Span,
         name: str,
@@ -316,26 +320,28 @@ class Client:
         tried: list[str],
         owned_ctx: bool,
     ) -> Call:
-        entry = self._resolve(span_ctx, name, tried)
-        servers = entry.names()
+        servers: list[str] | tuple[str, ...] | None = self._servers_without_resolving(name)
+        if servers is not None:
+            tried.append(f"resolved {name!r} to {len(servers)} server(s)")
+        else:
+            servers = self._resolve(span_ctx.get(), name, tried).names()
         if len(servers) > 1:
-            servers.sort(key=_server_rank)
+            servers = sorted(servers, key=_server_rank)
         last: errors.IPCError | None = None
         failures: list[errors.IPCError] = []
         deadline = call_ctx.deadline
+        versions = self._manager.options.versions
+        plan = _dial_plan_cached if type(versions) is tuple else _dial_plan
         for server in servers:
             if call_ctx.done():
                 break
-            address, suffix = names.split_address_name(server)
+            address, suffix = _split_server(server)
             if not address:
                 last = errors.BadArgError(f"client: cannot connect to a non-rooted name {server!r}")
                 failures.append(last)
                 continue
             try:
-                ep, ep_key = _parse_endpoint(address)
-                ep.check_compatibility(self._manager.options.versions)
-                if not ep.is_dialable:
-                    raise errors.NoServersError(f"client: cannot dial protocol {ep.protocol!r}")
+                ep, ep_key = plan(address, versions)
                 flow = self._flow_to(ep, ep_key, deadline, tried)
             except errors.IPCError as exc:
                 tried.append(f"{server}: {exc.id}")
@@ -348,7 +354,7 @@ class Client:
                 server_names = self._authorize_server(conn, ep, method, suffix, options)
                 granted = self._grant(conn, options)
                 discharges, fetch_errors = self._prepare_discharges(
-                    span_ctx, conn.local_blessings, server_names, method, args, options
+                    span_ctx.get, conn.local_blessings, server_names, method, args, options
                 )
             except errors.IPCError as exc:
                 flow.cancel()  # never opened on the wire: nothing at all is sent
@@ -393,10 +399,9 @@ class Client:
             with self._lock:
                 self._calls.add(call)
             values: list[Any] = [request.to_wire(), *args]
-            if close_send:
-                values.append(_END_STREAM)
             try:
-                flow.write(encode_messages(*values), end=close_send, deadline=deadline)
+                data = encode_messages(*values, tail=_END_STREAM_MESSAGE if close_send else b"")
+                flow.write(data, end=close_send, deadline=deadline)
             except errors.BadArgError as exc:
                 call.cancel(exc)
                 raise exc.with_context(request_sent=False) from None
@@ -412,10 +417,20 @@ class Client:
         self.namespace.flush_cache_entry(name)
         raise self._classify(name, servers, failures, last, tried)
 
+    def _servers_without_resolving(self, name: str) -> tuple[str, ...] | None:
+        """The servers of ``name`` when the namespace would answer at once without a call (a
+        rooted terminal name; pure, so cached), else None: ask the namespace."""
+        if type(self.namespace).resolve is not Namespace.resolve:
+            return None
+        try:
+            return terminal_servers(name)
+        except errors.IPCError:
+            return None  # let the namespace raise it, as for any name
+
     def _classify(
         self,
         name: str,
-        servers: list[str],
+        servers: Sequence[str],
         failures: list[errors.IPCError],
         last: errors.IPCError | None,
         tried: list[str],
@@ -682,6 +697,13 @@ class Client:
             conn.cache[key] = (server_names, until)
         # Exact match: a delegate of the server must not pass for it (Vanadium's MITM TODO).
         endpoint_ok = not ep.blessings or any(b in server_names for b in ep.blessings)
+        if not options:
+            if not endpoint_ok:
+                raise errors.NotTrustedError(
+                    f"client: server {server_names} is not the one the endpoint names "
+                    f"({list(ep.blessings)})"
+                )
+            return server_names
         if not endpoint_ok and find_one(options, SkipServerAuthorization) is None:
             raise errors.NotTrustedError(
                 f"client: server {server_names} is not the one the endpoint names "
@@ -700,6 +722,8 @@ class Client:
 
     def _grant(self, conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
         granted: Blessings | None = None
+        if not options:
+            return granted
         for opt in find_all(options, Granter):
             try:
                 got = opt.grant(conn.remote_blessings, conn.remote_key)
@@ -715,7 +739,7 @@ class Client:
 
     def _prepare_discharges(
         self,
-        ctx: Context,
+        ctx: Callable[[], Context],
         blessings: Any,
         server_names: Sequence[str],
         method: str,
@@ -725,7 +749,9 @@ class Client:
         """Discharges for the third-party caveats on the blessings we present: from the
         shared cache, else fetched from their dischargers (concurrently, within the call's
         deadline) and cached. A fetch that fails is reported with the call's error."""
-        if not isinstance(blessings, Blessings) or find_one(options, NoDischarges) is not None:
+        if not isinstance(blessings, Blessings) or (
+            options and find_one(options, NoDischarges) is not None
+        ):
             return (), []
         caveats = blessings.third_party_caveats()
         if not caveats:
@@ -743,7 +769,7 @@ class Client:
             impetus = DischargeImpetus(
                 tuple(BlessingPattern(n) for n in server_names), method, tuple(args)
             )
-            fetched = self._fetch_discharges(ctx, missing, impetus, problems)
+            fetched = self._fetch_discharges(ctx(), missing, impetus, problems)
             found.extend(fetched)
         return tuple(found), problems
 
@@ -783,7 +809,49 @@ class Client:
         return [d for d in results if d is not None]
 
 
-_END_STREAM = Request(end_stream_args=True).to_wire()
+_END_STREAM_MESSAGE = encode_messages(Request(end_stream_args=True).to_wire())
+"""The end of args, encoded once: what a unary call's request ends with."""
+
+
+class _SpanContext:
+    """The call's context with its span, made only when something needs it (resolving
+    through a mount table, fetching a discharge): most calls never do."""
+
+    __slots__ = ("_ctx", "_parent", "_span")
+
+    def __init__(self, parent: Context, span: vtrace.Span) -> None:
+        self._parent = parent
+        self._span = span
+        self._ctx: Context | None = None
+
+    def get(self) -> Context:
+        if self._ctx is None:
+            self._ctx = vtrace.with_span(self._parent, self._span)
+        return self._ctx
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_server(server: str) -> tuple[str, str]:
+    """``names.split_address_name`` of a server's name (pure; the same names come back)."""
+    return names.split_address_name(server)
+
+
+def _dial_plan(address: str, versions: tuple[int, int]) -> tuple[Endpoint, str]:
+    """The endpoint at ``address`` and its VC key, if this client can dial it.
+
+    Raises:
+        the endpoint's parse error, VersionIncompatibleError, NoServersError (a protocol this
+            client cannot dial).
+    """
+    ep, key = _parse_endpoint(address)
+    ep.check_compatibility(versions)
+    if not ep.is_dialable:
+        raise errors.NoServersError(f"client: cannot dial protocol {ep.protocol!r}")
+    return ep, key
+
+
+_dial_plan_cached = functools.lru_cache(maxsize=1024)(_dial_plan)
+""":func:`_dial_plan` for hashable versions; errors are not cached (they are raised anew)."""
 
 
 @functools.lru_cache(maxsize=1024)

@@ -31,8 +31,10 @@ __all__ = [
     "SpanRecord",
     "TraceStore",
     "current_span",
+    "new_span",
     "with_collection",
     "with_new_span",
+    "with_span",
 ]
 
 COLLECT = 1
@@ -187,6 +189,19 @@ def with_new_span(
 ) -> tuple[Context, Span]:
     """A child context carrying a new span: a child of the context's span, or of the given
     remote parent, or the root of a new trace."""
+    span = new_span(ctx, name, trace_id=trace_id, parent_id=parent_id, collect=collect)
+    return ctx.with_value(_SPAN_KEY, span), span
+
+
+def new_span(
+    ctx: Context,
+    name: str,
+    *,
+    trace_id: bytes | None = None,
+    parent_id: bytes | None = None,
+    collect: bool | None = None,
+) -> Span:
+    """The span :func:`with_new_span` makes, without the context (see :func:`with_span`)."""
     parent = current_span(ctx)
     if trace_id is None:
         trace_id = parent.trace_id if parent is not None else os.urandom(16)
@@ -194,8 +209,12 @@ def with_new_span(
         parent_id = parent.span_id if parent is not None else bytes(16)
     if collect is None:
         collect = parent.collecting if parent is not None else False
-    span = Span(name, trace_id, parent_id, collect)
-    return ctx.with_value(_SPAN_KEY, span), span
+    return Span(name, trace_id, parent_id, collect)
+
+
+def with_span(ctx: Context, span: Span) -> Context:
+    """A child context carrying ``span`` (made by :func:`new_span`)."""
+    return ctx.with_value(_SPAN_KEY, span)
 
 
 def with_collection(ctx: Context, name: str = "root") -> tuple[Context, Span]:

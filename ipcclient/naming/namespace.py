@@ -57,6 +57,7 @@ __all__ = [
     "MountedServer",
     "Namespace",
     "ResolutionDepthExceededError",
+    "terminal_servers",
 ]
 
 MAX_RESOLVE_DEPTH = 32
@@ -250,6 +251,17 @@ def _rooted_entry(name: str) -> tuple[MountEntry, bool]:
     ep = Endpoint.parse(address)
     entry = MountEntry(suffix, (MountedServer("/" + address),), ep.serves_mount_table, ep.is_leaf)
     return entry, names.is_terminal(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def terminal_servers(name: str) -> tuple[str, ...] | None:
+    """What :meth:`Namespace.resolve` answers at once, with no call and whatever the roots,
+    for a rooted terminal name: the terminal names of its servers. None for every other name
+    (it needs the namespace). Raises as ``resolve`` for a malformed rooted name."""
+    if not names.is_rooted(name):
+        return None
+    entry, final = _rooted_entry(name)
+    return tuple(entry.names()) if final else None
 
 
 class Namespace:

@@ -227,7 +227,7 @@ class ServerCall:
 
     def send(self, item: Any) -> None:
         """Stream ``item`` to the client (blocks while the client's window is full)."""
-        self._stream.send(Response().to_wire(), item, deadline=self.context.deadline)
+        self._stream.send(_STREAM_ITEM_RESPONSE, item, deadline=self.context.deadline)
 
 
 _SIGNATURES: dict[tuple[type, str], tuple[int, int | None]] = {}
@@ -454,9 +454,10 @@ class Server:
             log.exception("server: %s.%s raised", request.suffix, request.method)
             self._answer_error(stream, errors.UnknownError(f"{type(exc).__name__}: {exc}"))
             return
-        header = Response(end_stream_results=True, nresults=len(results))
+        n = len(results)
+        header = _END_HEADERS[n] if n < len(_END_HEADERS) else _end_header(n)
         try:
-            stream.send(header.to_wire(), *results, end=True, deadline=ctx.deadline)
+            stream.send(header, *results, end=True, deadline=ctx.deadline)
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
             self._answer_error(stream, err)
@@ -502,6 +503,16 @@ class Server:
         authorizer: Authorizer | None,
     ) -> CallSecurity:
         granted = request.granted
+        authorizer = authorizer or DefaultAuthorizer()
+        plain = granted is None and not request.discharges
+        if plain:
+            # The usual call (nothing granted, no discharges in the request): its security
+            # facts depend only on the VC, the method and the suffix, so they are cached.
+            fast = conn.cache.get(("call-security", request.method, suffix))
+            if fast is not None and fast[1] > time.time():
+                authorizer.authorize(fast[0])  # NoAccess: no refused discharge to report
+                return fast[0]  # type: ignore[no-any-return]
+        until: float | None = None
         if granted is not None:
             if not isinstance(granted, Blessings):
                 raise errors.BadProtocolError("server: granted blessings are malformed")
@@ -517,7 +528,7 @@ class Server:
         now = time.time()
         hit = conn.cache.get(key)
         if hit is not None and hit[2] > now:
-            names, rejected = hit[0], hit[1]
+            names, rejected, until = hit[0], hit[1], hit[2]
         else:
             sc = SecurityCall(
                 method=request.method,
@@ -545,8 +556,12 @@ class Server:
             server_key=self.principal.public_key,
             granted=granted,
         )
+        if plain and until is not None:
+            if len(conn.cache) >= _VC_CACHE_ENTRIES:
+                conn.cache.clear()
+            conn.cache[("call-security", request.method, suffix)] = (security, until)
         try:
-            (authorizer or DefaultAuthorizer()).authorize(security)
+            authorizer.authorize(security)
         except errors.NoAccessError:
             # A refused discharge names its caveat: say so, so the client refetches only it.
             for r in rejected:
@@ -560,6 +575,15 @@ class Server:
             stream.send(Response(error=err, end_stream_results=True).to_wire(), end=True)
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _end_header(nresults: int) -> dict[str, Any]:
+    return Response(end_stream_results=True, nresults=nresults).to_wire()
+
+
+_END_HEADERS = tuple(_end_header(n) for n in range(4))
+"""The final response headers of calls with 0..3 results, built once (never mutated)."""
+_STREAM_ITEM_RESPONSE = Response().to_wire()
 
 
 def _is_flow_abort(exc: errors.IPCError, ctx: Context) -> bool:

@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,43 @@ def _remaining(deadline: float | None) -> float | None:
     return deadline - time.monotonic()
 
 
+class _Signal:
+    """A condition variable on the connection's lock, lighter than ``threading.Condition``
+    (which costs several Python-level calls per wait and notify): the waiters of one flow.
+    ``wait`` and ``notify_all`` are called with the connection's lock held."""
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._waiters: list[Any] = []
+
+    def wait(self, timeout: float | None) -> None:
+        """Release the lock, sleep until notified or ``timeout`` seconds, re-take the lock."""
+        waiter = _allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        lock = self._lock
+        lock.release()
+        try:
+            if timeout is None:
+                waiter.acquire()
+            elif timeout > 0:
+                waiter.acquire(True, timeout)
+        finally:
+            lock.acquire()
+            if self._waiters:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def notify_all(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
+            waiters.clear()
+
+
 def _run_abort(fn: Callable[[errors.IPCError], None], err: errors.IPCError) -> None:
     try:
         fn(err)
@@ -100,6 +138,7 @@ class Flow:
         "_error",
         "_inbox",
         "_local_closed",
+        "_lock",
         "_on_abort",
         "id",
     )
@@ -107,7 +146,8 @@ class Flow:
     def __init__(self, conn: Connection, flow_id: int) -> None:
         self._conn = conn
         self.id = flow_id
-        self._cond = threading.Condition(conn._lock)
+        self._lock = conn._lock
+        self._cond = _Signal(conn._lock)
         self._inbox: collections.deque[bytes] = collections.deque()
         self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
         self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
@@ -119,7 +159,7 @@ class Flow:
         """Call ``fn(error)`` once if the peer resets this flow or the VC breaks (not on a
         local cancel or a normal end). Called at once if that already happened. The callback
         runs on the reader thread: it must be quick and must not block."""
-        with self._cond:
+        with self._lock:
             self._on_abort = fn
             err = self._error if self._error is not None and not self._local_closed else None
         if err is not None and fn is not None:
@@ -161,7 +201,7 @@ class Flow:
         """
         deadline = self._effective(deadline)
         conn = self._conn
-        with self._cond:
+        with self._lock:
             while not self._inbox:
                 if self._eof:  # the peer's FIN came: everything it sent is here
                     return b""
@@ -173,9 +213,9 @@ class Flow:
                 self._cond.wait(timeout)
             chunk = self._inbox.popleft()
             conn._mux.acknowledge(self.id, len(chunk))
-            flush = conn._mux_has_output()
-        if flush:
-            conn._flush()
+            data = conn._take_output_locked()
+        if data:
+            conn._send(data)
         return chunk
 
     # --- writing ----------------------------------------------------------------------
@@ -196,7 +236,7 @@ class Flow:
         total = len(data)
         pos = 0
         while True:
-            with self._cond:
+            with self._lock:
                 if self._error is not None:
                     raise self._error
                 if self._local_closed:
@@ -210,13 +250,15 @@ class Flow:
                 if done and end:
                     self._local_closed = True
                     conn._forget_if_ended(self)
-            conn._flush()
+                out = conn._take_output_locked()
+            if out:
+                conn._send(out)
             if done:
                 return
             if n:
                 view = memoryview(data)[pos:]
             expired: errors.IPCError | None = None
-            with self._cond:
+            with self._lock:
                 while self._error is None and conn._mux.is_live(self.id):
                     try:
                         if conn._mux.send_credit(self.id) > 0:
@@ -238,7 +280,7 @@ class Flow:
     def close_send(self) -> None:
         """Tell the peer nothing more will be written (half-close). Idempotent."""
         conn = self._conn
-        with self._cond:
+        with self._lock:
             if self._local_closed or self._error is not None:
                 return
             self._local_closed = True
@@ -254,7 +296,7 @@ class Flow:
         thread blocked on this flow wakes with ``error`` (default CanceledError). Idempotent;
         a no-op once the flow has ended."""
         err = error if error is not None else errors.CanceledError("transport: flow cancelled")
-        with self._cond:
+        with self._lock:
             if self._error is not None:
                 return
             self._reset_locked(err)
@@ -262,18 +304,24 @@ class Flow:
 
     def close(self) -> None:
         """Close the send side and stop reading: what arrives later is discarded."""
-        self.close_send()
         conn = self._conn
-        with self._cond:
+        mux = conn._mux
+        with self._lock:
+            if not self._local_closed and self._error is None:  # as close_send
+                self._local_closed = True
+                with contextlib.suppress(errors.IPCError):  # the flow already ended
+                    mux.close_send(self.id)
             if self._error is None:
                 self._error = errors.BadStateError("transport: the flow is closed")
             self._inbox.clear()
             self._cond.notify_all()
-            if conn._mux.is_live(self.id) and not conn._mux.closed:
+            if self.id in mux._flows and not mux.closed:
                 # Discard the rest of the peer's stream instead of letting it block on credit.
-                conn._mux.reset_flow(self.id, None)
+                mux.reset_flow(self.id, None)
             conn._flows.pop(self.id, None)
-        conn._flush()
+            data = conn._take_output_locked()
+        if data:
+            conn._send(data)
 
     # --- internals (called with the lock held) ------------------------------------------
     def _reset_locked(self, err: errors.IPCError) -> None:
@@ -471,22 +519,30 @@ class Connection:
                     log.exception("transport: on_close callback failed")
 
     # --- writing (flusher) --------------------------------------------------------------
-    def _mux_has_output(self) -> bool:
-        return self._mux.has_data_to_send
-
     def _forget_if_ended(self, flow: Flow) -> None:
         if not self._mux.is_live(flow.id) and flow._eof:
             self._flows.pop(flow.id, None)
 
+    def _take_output_locked(self) -> bytes:
+        """With ``_lock`` held: become the flusher and take what the mux has queued, or
+        return b"" (nothing queued, or another thread is flushing and will send it). A
+        non-empty result must be passed to :meth:`_send` once the lock is released."""
+        if self._flushing or not self._mux._out:
+            return b""
+        data = self._mux.data_to_send()
+        self._flushing = True
+        return data
+
     def _flush(self) -> None:
         """Send everything the mux has queued; one flusher at a time (see module docstring)."""
         with self._lock:
-            if self._flushing:
-                return
-            data = self._mux.data_to_send()
-            if not data:
-                return
-            self._flushing = True
+            data = self._take_output_locked()
+        if data:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """As the flusher (see :meth:`_take_output_locked`): seal and send ``data``, then
+        whatever was queued meanwhile, until nothing is left; then give up the role."""
         try:
             while data:
                 record = self._sealer.seal(data)
@@ -607,9 +663,9 @@ class Connection:
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
                     closed = ev.error
-            flush = self._mux.has_data_to_send
-        if flush:
-            self._flush()
+            out = self._take_output_locked()
+        if out:
+            self._send(out)
         if self._on_flow is not None:
             for flow in new_flows:
                 try:

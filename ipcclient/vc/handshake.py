@@ -370,7 +370,7 @@ class ClientHandshake(_Base):
             auth = _auth_message(
                 self._identity, mine, self._discharges_for(blessings), transcript2, _CLIENT_LABEL
             )
-            out = self._sealer.seal(auth)
+            out = bytes(self._sealer.seal(auth))
             self.result = HandshakeResult(
                 version=self._version,
                 sealer=self._sealer,
@@ -438,7 +438,7 @@ class ServerHandshake(_Base):
             payload = codec.encode(err)
         except errors.BadArgError:
             payload = b""
-        return self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload))
+        return bytes(self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload)))
 
     def _step(self) -> bytes:
         if self._state is _State.HELLO:

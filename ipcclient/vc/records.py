@@ -70,7 +70,7 @@ class RecordSealer:
         """The counter the next record will use."""
         return self._counter
 
-    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Records carrying ``plaintext`` (split when it exceeds the record maximum).
 
         Raises:
@@ -79,11 +79,28 @@ class RecordSealer:
         size = len(plaintext)
         if size <= MAX_RECORD_PLAINTEXT:
             return self._seal_one(plaintext)
-        view = memoryview(plaintext)
-        out = bytearray()
+        # Several records, encrypted in place into one buffer (no intermediate copies).
+        records = -(-size // MAX_RECORD_PLAINTEXT)
+        if self._counter + records > self._limit:
+            raise errors.BadStateError("records: nonce counter exhausted; the VC must be redialed")
+        view = memoryview(plaintext).cast("B")
+        out = bytearray(size + records * (4 + TAG_SIZE))
+        target = memoryview(out)
+        pos = 0
+        counter = self._counter
+        encrypt_into = self._aead.encrypt_into
         for start in range(0, size, MAX_RECORD_PLAINTEXT):
-            out += self._seal_one(view[start : start + MAX_RECORD_PLAINTEXT])
-        return bytes(out)
+            chunk = view[start : start + MAX_RECORD_PLAINTEXT]
+            length = len(chunk) + TAG_SIZE
+            header = _LENGTH.pack(length)
+            target[pos : pos + 4] = header
+            nonce = _NONCE_PREFIX + counter.to_bytes(8, "big")
+            encrypt_into(nonce, chunk, header, target[pos + 4 : pos + 4 + length])
+            counter += 1
+            pos += 4 + length
+        self._counter = counter
+        target.release()
+        return out
 
     def _seal_one(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         counter = self._counter
@@ -139,16 +156,19 @@ class RecordOpener:
                 counter = self._counter
                 if counter >= self._limit:
                     raise errors.BadProtocolError("records: peer exceeded the record limit")
-                header = bytes(buf[pos : pos + 4])
-                body = bytes(buf[pos + 4 : pos + 4 + length])
+                view = memoryview(buf)
                 try:
                     plain = self._aead.decrypt(
-                        _NONCE_PREFIX + counter.to_bytes(8, "big"), body, header
+                        _NONCE_PREFIX + counter.to_bytes(8, "big"),
+                        view[pos + 4 : pos + 4 + length],
+                        view[pos : pos + 4],
                     )
                 except InvalidTag:
                     raise errors.BadProtocolError(
                         "records: a record failed authentication (tampered, replayed or reordered)"
                     ) from None
+                finally:
+                    view.release()
                 self._counter = counter + 1
                 out.append(plain)
                 pos += 4 + length

@@ -20,32 +20,79 @@ from ipcclient import codec, errors
 __all__ = ["MessageReader", "encode_messages"]
 
 _LENGTH = struct.Struct(">I")
+_BULK = 4096
+"""A top-level byte string at least this long skips cbor2 both ways: its CBOR form is a head
+and the bytes themselves (the same bytes cbor2 would write), so a bulk payload is copied once
+per direction instead of twice."""
 
 
-def encode_messages(*values: Any) -> bytes:
-    """One buffer holding each value as a length-prefixed CBOR message, in order."""
-    out = bytearray()
+def _bytes_head(n: int) -> bytes:
+    """The CBOR head (major type 2, shortest form) of a byte string of ``n`` bytes."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    if n < 0x1_0000_0000:
+        return b"\x5a" + n.to_bytes(4, "big")
+    return b"\x5b" + n.to_bytes(8, "big")
+
+
+_HEAD_SIZES = {0x58: 2, 0x59: 3, 0x5A: 5, 0x5B: 9}
+
+
+def _bulk_head_size(first: bytes, size: int) -> int:
+    """If a message of ``size`` bytes starting with ``first`` is exactly one definite byte
+    string, the size of its CBOR head; else 0."""
+    head = _HEAD_SIZES.get(first[0]) if first else None
+    if head is None or len(first) < head:
+        return 0
+    return head if int.from_bytes(first[1:head], "big") == size - head else 0
+
+
+def encode_messages(*values: Any, tail: bytes = b"") -> bytes:
+    """One buffer holding each value as a length-prefixed CBOR message, in order, then
+    ``tail`` (messages encoded before, e.g. a constant header)."""
+    parts: list[bytes] = []
+    append = parts.append
+    encode = codec.encode
+    pack = _LENGTH.pack
     for value in values:
-        body = codec.encode(value)
-        out += _LENGTH.pack(len(body))
-        out += body
-    return bytes(out)
+        if type(value) is bytes and len(value) >= _BULK:
+            head = _bytes_head(len(value))
+            append(pack(len(head) + len(value)) + head)
+            append(value)
+            continue
+        body = encode(value)
+        append(pack(len(body)))
+        append(body)
+    if tail:
+        append(tail)
+    return b"".join(parts)
 
 
 class MessageReader:
-    """Reassembles messages from a flow's bytes and decodes them under codec limits."""
+    """Reassembles messages from a flow's bytes and decodes them under codec limits.
 
-    __slots__ = ("_buf", "_limits", "_need")
+    Whole messages inside one chunk are decoded from the chunk; a message that spans chunks
+    is kept as the list of its body's pieces and joined once, when complete (one copy,
+    whatever its size and however many chunks it took).
+    """
+
+    __slots__ = ("_have", "_head", "_limits", "_need", "_parts")
 
     def __init__(self, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
         self._limits = limits
-        self._buf = bytearray()
+        self._head = b""  # the first bytes (< 4) of a length prefix
         self._need = -1  # body length of the message being read; -1 while reading its length
+        self._parts: list[bytes] = []  # the body bytes received so far, when _need >= 0
+        self._have = 0  # their total length
 
     @property
     def buffered(self) -> int:
         """Bytes held for a message not yet complete."""
-        return len(self._buf)
+        return len(self._head) + self._have + (4 if self._need >= 0 else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Decoded values of every message completed by ``data``.
@@ -54,30 +101,72 @@ class MessageReader:
             BadProtocolError: a length above the limit (raised as soon as the 4 length bytes
                 are in) or a body that does not decode.
         """
-        buf = self._buf
-        buf += data
+        if type(data) is not bytes:
+            data = bytes(data)
         out: list[Any] = []
+        end = len(data)
         pos = 0
-        end = len(buf)
-        limit = self._limits.max_message_size
-        while True:
-            if self._need < 0:
-                if end - pos < 4:
+        need = self._need
+        limits = self._limits
+        try:
+            if need >= 0:  # in the middle of a body
+                missing = need - self._have
+                if end < missing:
+                    self._parts.append(data)
+                    self._have += end
+                    return out
+                parts = self._parts
+                parts.append(data[:missing] if missing < end else data)
+                self._parts = []
+                self._have = 0
+                self._need = -1
+                head = _bulk_head_size(parts[0], need)
+                if head:  # one byte string: its bytes are the value (see _BULK)
+                    parts[0] = parts[0][head:]
+                    out.append(b"".join(parts))
+                else:
+                    out.append(codec.decode(b"".join(parts), limits))
+                need = -1
+                pos = missing
+            elif self._head:
+                take = 4 - len(self._head)
+                if end < take:
+                    self._head += data
+                    return out
+                (need,) = _LENGTH.unpack(self._head + data[:take])
+                self._head = b""
+                self._check(need)
+                pos = take
+            while True:
+                if need < 0:
+                    if end - pos < 4:
+                        if pos < end:
+                            self._head = data[pos:]
+                        break
+                    (need,) = _LENGTH.unpack_from(data, pos)
+                    self._check(need)
+                    pos += 4
+                if end - pos < need:
+                    self._need = need
+                    if pos < end:
+                        self._parts.append(data[pos:])
+                        self._have = end - pos
                     break
-                (need,) = _LENGTH.unpack_from(buf, pos)
-                if need > limit:
-                    self._buf = bytearray()
-                    raise errors.BadProtocolError(
-                        f"messages: a message of {need} bytes exceeds the limit of {limit}"
-                    )
-                pos += 4
-                self._need = need
-            need = self._need
-            if end - pos < need:
-                break
-            out.append(codec.decode(buf[pos : pos + need], self._limits))
-            pos += need
+                stop = pos + need
+                out.append(codec.decode(data[pos:stop], limits))
+                pos = stop
+                need = -1
+        except errors.BadProtocolError:
+            self._head = b""
             self._need = -1
-        if pos:
-            del buf[:pos]
+            self._parts = []
+            self._have = 0
+            raise
         return out
+
+    def _check(self, need: int) -> None:
+        limit = self._limits.max_message_size
+        if need > limit:
+            raise errors.BadProtocolError(
+                f"messages: a message of {need} bytes exceeds the limit of {limit}"
+            )
