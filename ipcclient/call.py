@@ -31,6 +31,10 @@ __all__ = ["Call"]
 
 log = logging.getLogger("ipcclient.call")
 
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+"""Total size of one call's results (all held at once by ``finish``); a single value is
+bounded by the codec's 4 MiB."""
+
 
 class Call:
     """One RPC in flight (see the module docstring). Made by :meth:`Client.start_call`."""
@@ -157,6 +161,8 @@ class Call:
                     self.close_send()
                 except errors.IPCError as exc:
                     log.debug("call: close_send in finish failed (the server may be done): %s", exc)
+            if self._response is None:  # the final header and the results, held at once
+                self._stream.set_budget(MAX_RESULTS_BYTES, free=1)
             response = self._response or self._read_header()
             if response.error is None and not response.end_stream_results:
                 self._response = None

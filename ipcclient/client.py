@@ -33,7 +33,12 @@ from ipcclient.context import Context
 from ipcclient.headers import Request, TraceContext
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
-from ipcclient.naming.namespace import MountEntry, Namespace, terminal_servers
+from ipcclient.naming.namespace import (
+    MountEntry,
+    Namespace,
+    ResolutionDepthExceededError,
+    terminal_servers,
+)
 from ipcclient.options import (
     CallOption,
     ClientOptions,
@@ -66,6 +71,9 @@ from ipcclient.wire.messages import encode_messages
 __all__ = ["Client"]
 
 log = logging.getLogger("ipcclient.client")
+
+_DIAL_WAIT_SLICE = 0.05
+"""How often a caller waiting for a dial looks at its context and at close()."""
 
 _VC_CACHE_ENTRIES = 256
 """Validated server names kept per VC (per method and suffix); cleared when full."""
@@ -342,8 +350,10 @@ class Client:
                 continue
             try:
                 ep, ep_key = plan(address, versions)
-                flow = self._flow_to(ep, ep_key, deadline, tried)
+                flow = self._flow_to(ep, ep_key, call_ctx, tried)
             except errors.IPCError as exc:
+                if self._closed or isinstance(exc, errors.CanceledError):
+                    raise exc.with_context(request_sent=False, tried=tried) from None
                 tried.append(f"{server}: {exc.id}")
                 last = exc
                 failures.append(exc)
@@ -407,8 +417,13 @@ class Client:
                 raise exc.with_context(request_sent=False) from None
             except errors.IPCError as exc:
                 call.cancel(exc)
-                # Part of the request may be out; never retry it here (at most once).
-                raise exc.with_context(request_sent=True, tried=tried) from None
+                if not flow.wrote:  # nothing reached the wire: the usual retry rules apply
+                    raise exc.with_context(request_sent=False, tried=tried) from None
+                # Part of the request may be out: the server may run it, so never retry it
+                # here, whatever the error's action says (at most once).
+                raise exc.with_context(
+                    request_sent=True, tried=tried, action=errors.RetryAction.NO_RETRY
+                ) from None
             if close_send:
                 call._send_closed = True
             self.stats["calls_started"] += 1
@@ -477,7 +492,7 @@ class Client:
             # The name may appear (a server starting up): refetch and retry (rendezvous).
             action = (
                 errors.RetryAction.NO_RETRY
-                if type(exc).__name__ == "ResolutionDepthExceededError"
+                if isinstance(exc, ResolutionDepthExceededError)
                 else errors.RetryAction.RETRY_REFETCH
             )
             raise errors.NoServersError(
@@ -504,11 +519,11 @@ class Client:
         return entry
 
     # --- VCs ----------------------------------------------------------------------------
-    def _flow_to(self, ep: Endpoint, key: str, deadline: float | None, tried: list[str]) -> Flow:
+    def _flow_to(self, ep: Endpoint, key: str, ctx: Context, tried: list[str]) -> Flow:
         """A new flow to ``ep``: on the cached VC, or a dialed one. A cached VC that cannot
         open a flow is evicted and a new one dialed, once."""
         for attempt in range(2):
-            conn = self._vc_for(ep, key, deadline, tried)
+            conn = self._vc_for(ep, key, ctx, tried)
             try:
                 return conn.connect()
             except errors.ConnectionFailedError:
@@ -517,9 +532,11 @@ class Client:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _vc_for(
-        self, ep: Endpoint, key: str, deadline: float | None, tried: list[str]
-    ) -> Connection:
+    def _vc_for(self, ep: Endpoint, key: str, ctx: Context, tried: list[str]) -> Connection:
+        """The VC to ``ep``: cached, or dialed by a dial thread that every caller for the
+        endpoint shares. Each caller waits only as long as its own context allows (and no
+        longer than the client stays open); a dial outlives the callers that gave up on it
+        (bounded by ``options.dial_timeout``) and is cached for the next call."""
         with self._lock:
             if self._closed:
                 raise errors.BadStateError("client: closed")
@@ -529,32 +546,40 @@ class Client:
             if conn is not None:
                 del self._vcs[key]
             dial = self._dialing.get(key)
-            leader = dial is None
             if dial is None:
                 dial = self._dialing[key] = _Dial()
-        if leader:
-            tried.append(f"dial {ep.protocol}:{ep.address}")
-            self._dial(key, ep, dial, deadline)
-        else:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not dial.done.wait(timeout):
-                raise errors.TimeoutError(f"client: waiting for a dial to {ep.address} timed out")
+                tried.append(f"dial {ep.protocol}:{ep.address}")
+                threading.Thread(
+                    target=self._dial,
+                    args=(key, ep, dial),
+                    name=f"ipc-dial-{ep.address}",
+                    daemon=True,
+                ).start()
+        while not dial.done.wait(_DIAL_WAIT_SLICE):
+            err = ctx.err()
+            if err is not None:
+                if isinstance(err, errors.TimeoutError):
+                    err = errors.TimeoutError(
+                        f"client: the deadline passed while dialing {ep.address}"
+                    )
+                raise err
+            if self._closed:
+                raise errors.BadStateError("client: closed while dialing")
         if dial.error is not None:
             if isinstance(dial.error, errors.IPCError):
-                raise dial.error
+                raise dial.error.with_context()
             raise errors.ConnectionFailedError(f"client: dial failed: {dial.error!r}")
         assert dial.conn is not None
         return dial.conn
 
-    def _dial(self, key: str, ep: Endpoint, dial: _Dial, deadline: float | None) -> None:
-        """Dial outside every lock; publish the result to the waiters."""
-        dial_deadline = deadline if deadline is not None else time.monotonic() + 60.0
+    def _dial(self, key: str, ep: Endpoint, dial: _Dial) -> None:
+        """The dial thread: dial outside every lock; publish the result to the waiters."""
         conn: Connection | None = None
         try:
             conn = self._manager.dial(
                 ep.protocol,
                 ep.address,
-                deadline=dial_deadline,
+                deadline=time.monotonic() + self.options.dial_timeout,
                 authorize_server=self._vc_authorizer(ep),
                 blessings_for_server=self._blessings_for_server,
                 on_close=self._on_vc_closed,
@@ -573,8 +598,6 @@ class Client:
         if conn is not None and dial.conn is None:
             conn.close()
         dial.done.set()
-        if isinstance(dial.error, BaseException) and not isinstance(dial.error, Exception):
-            raise dial.error  # KeyboardInterrupt and friends go on
 
     def _evict(self, conn: Connection) -> None:
         with self._lock:
@@ -624,9 +647,12 @@ class Client:
     def _make_on_done(self, owned_ctx: Context | None, span: vtrace.Span) -> Any:
         calls = self._calls
 
+        lock = self._lock
+
         def on_done(call: Call) -> None:
             span.finish()
-            calls.discard(call)
+            with lock:  # close() iterates the set under the lock
+                calls.discard(call)
             if owned_ctx is not None:
                 owned_ctx.cancel("call finished")  # type: ignore[attr-defined]
 

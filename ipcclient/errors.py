@@ -160,16 +160,21 @@ class IPCError(Exception):
         return self.action is not RetryAction.NO_RETRY
 
     def with_context(
-        self, *, request_sent: bool | None = None, tried: Sequence[str] = ()
+        self,
+        *,
+        request_sent: bool | None = None,
+        tried: Sequence[str] = (),
+        action: RetryAction | None = None,
     ) -> IPCError:
-        """A copy of this error with "did it run?" and "what was tried" filled in."""
+        """A copy of this error with "did it run?", "what was tried" (appended) and, if
+        given, another retry action filled in."""
         clone = type(self).__new__(type(self))
         IPCError.__init__(
             clone,
             self.msg,
             *self.params,
             id=self.id,
-            action=self.action,
+            action=action if action is not None else self.action,
             request_sent=request_sent if request_sent is not None else self.request_sent,
             tried=tuple(self.tried) + tuple(tried),
         )

@@ -129,9 +129,13 @@ class ClientOptions:
         backoff: the randomized exponential backoff between retries.
         transport: options of the VCs this client dials.
         max_parallel_discharge_fetches: discharge RPCs in flight at once for one call.
+        dial_timeout: the longest one dial (connect and handshake) may take, whoever waits
+            for it: callers wait only up to their own deadlines, and a dial that finishes after
+            they gave up is cached for later calls.
     """
 
     default_call_timeout: float | None = 60.0
     backoff: BackoffPolicy = DEFAULT_POLICY
     transport: TransportOptions = field(default_factory=TransportOptions)
     max_parallel_discharge_fetches: int = 8
+    dial_timeout: float = 20.0

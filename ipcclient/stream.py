@@ -35,6 +35,12 @@ class MessageStream:
     def flow(self) -> Flow:
         return self._flow
 
+    def set_budget(self, nbytes: int | None, *, free: int = 0) -> None:
+        """Bound the total bytes of the messages received from now on (None: unbounded),
+        not counting the next ``free`` ones; see :meth:`MessageReader.set_budget`. Messages
+        already received do not count."""
+        self._reader.set_budget(nbytes, free=free)
+
     def send(self, *values: Any, end: bool = False, deadline: float | None = None) -> None:
         """Write ``values`` as messages in one flow write; with ``end``, half-close after."""
         self._flow.write(encode_messages(*values), end=end, deadline=deadline)

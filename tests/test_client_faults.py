@@ -472,3 +472,87 @@ def test_fork_child_redials_and_parent_is_untouched(
     # The parent's VC was not disturbed by the child.
     assert client.call(ctx(), name, "Echo", "parent again") == ("parent again",)
     assert client.stats["dials"] == 1
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A rooted name whose endpoint accepts TCP connections and never says a word."""
+    from ipcclient.naming.endpoint import Endpoint
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    try:
+        yield "/" + str(Endpoint("tcp", "%s:%d" % hole.getsockname()))
+    finally:
+        hole.close()
+
+
+def test_callers_sharing_a_dial_keep_their_own_deadlines(
+    black_hole: str, make_client: MakeClient
+) -> None:
+    client = make_client()
+    ends: dict[str, float] = {}
+    errs: dict[str, BaseException] = {}
+    start = time.monotonic()
+
+    def go(label: str, seconds: float) -> None:
+        try:
+            client.call(ctx(seconds), black_hole, "Echo", 1)
+        except BaseException as exc:
+            errs[label] = exc
+        ends[label] = time.monotonic() - start
+
+    short = threading.Thread(target=go, args=("short", 0.2))
+    long_ = threading.Thread(target=go, args=("long", 1.2))
+    short.start()
+    long_.start()
+    short.join(5)
+    long_.join(5)
+    assert isinstance(errs["short"], errors.TimeoutError)
+    assert isinstance(errs["long"], errors.TimeoutError)
+    assert ends["short"] < 0.8
+    assert 1.0 < ends["long"] < 3.0  # not cut short by the other caller's deadline
+
+
+def test_cancel_and_close_interrupt_a_dial(black_hole: str, family: Family) -> None:
+    client = Client(family.member("client"))
+    c = Context.background().with_timeout(10)
+    threading.Timer(0.2, c.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(errors.CanceledError):
+        client.call(c, black_hole, "Echo", 1)
+    assert time.monotonic() - start < 1.5
+    threading.Timer(0.2, client.close).start()
+    start = time.monotonic()
+    with pytest.raises(errors.BadStateError):
+        client.call(ctx(10), black_hole, "Echo", 1)
+    assert time.monotonic() - start < 1.5
+
+
+def test_close_while_calls_finish_concurrently(make_server: MakeServer, family: Family) -> None:
+    _, name = make_server(Svc(), AllowEveryone())
+    client = Client(family.member("client"))
+    stop = threading.Event()
+    bad: list[BaseException] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                client.call(ctx(), name, "Echo", 1)
+            except (errors.BadStateError, errors.CanceledError, errors.ConnectionFailedError):
+                return
+            except BaseException as exc:
+                bad.append(exc)
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    client.close()  # must not trip over calls that finish while it walks them
+    stop.set()
+    for t in threads:
+        t.join(5)
+    assert not bad, bad
+    assert _settle(lambda: _dialed_vc_threads() == 0)

@@ -309,3 +309,23 @@ def test_a_refused_client_auth_is_answered_with_a_sealed_goaway() -> None:
     frames = FrameDecoder().feed(b"".join(plains))
     assert [(f.type, f.flow_id) for f in frames] == [(GOAWAY, 0)]
     assert codec.decode(frames[0].payload).id == "ipc.BadProtocol"
+
+
+def test_a_forged_refusal_cannot_choose_the_clients_error() -> None:
+    """A refusal is unauthenticated: only 'no common version' is believed, and with the
+    client's own retry action; anything else is a protocol error."""
+    client = _client(make_identity())
+    client.start()
+    forged = handshake._encode_hello(
+        {"error": errors.CanceledError("stop", action=errors.RetryAction.RETRY_BACKOFF)}
+    )
+    with pytest.raises(errors.BadProtocolError):
+        client.receive_data(forged)
+    client2 = _client(make_identity())
+    client2.start()
+    lying = handshake._encode_hello(
+        {"error": errors.VersionIncompatibleError("old", action=errors.RetryAction.RETRY_BACKOFF)}
+    )
+    with pytest.raises(errors.VersionIncompatibleError) as info:
+        client2.receive_data(lying)
+    assert info.value.action is errors.RetryAction.NO_RETRY

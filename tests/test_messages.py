@@ -53,3 +53,16 @@ def test_partial_message_waits() -> None:
     assert reader.feed(data[:3]) == []
     assert reader.feed(data[3:6]) == []
     assert reader.feed(data[6:]) == ["hello"]
+
+
+def test_a_budget_bounds_the_total_of_several_messages() -> None:
+    reader = MessageReader()
+    data = encode_messages(b"a" * 100, b"b" * 100, b"c" * 100)
+    reader.set_budget(250)
+    with pytest.raises(errors.BadProtocolError, match="total allowed"):
+        reader.feed(data)
+    reader2 = MessageReader()
+    reader2.set_budget(400)
+    assert len(reader2.feed(data)) == 3
+    reader2.set_budget(None)
+    assert reader2.feed(encode_messages(b"x" * 1000)) == [b"x" * 1000]

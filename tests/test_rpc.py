@@ -312,3 +312,15 @@ def test_no_retry_of_application_errors(rig: tuple[Service, str, Client]) -> Non
     with pytest.raises(errors.BadArgError):
         client.call(ctx(), name, "Echo", options=[NoRetry()])
     assert svc.calls == before
+
+
+def test_the_args_of_one_call_are_bounded_in_total(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    from ipcclient.server.server import ServerOptions
+
+    _, name = make_server(Service(), AllowEveryone(), options=ServerOptions(max_args_bytes=10_000))
+    client = make_client()
+    assert client.call(ctx(), name, "Pair", b"x" * 4000, b"y" * 4000) == (b"y" * 4000, b"x" * 4000)
+    with pytest.raises(errors.BadProtocolError, match="total allowed"):
+        client.call(ctx(), name, "Pair", b"x" * 6000, b"y" * 6000)

@@ -391,6 +391,7 @@ class _Relay:
 
     def __init__(self, target: str) -> None:
         self.black_hole = False
+        self.stall = False  # stop reading from the client altogether
         host, port = split_host_port(target)
         self._target = (host, port)
         self._sock = socket.socket()
@@ -413,6 +414,9 @@ class _Relay:
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         while not self._stop:
+            if self.stall and src is self._socks[0]:
+                time.sleep(0.01)
+                continue
             try:
                 data = src.recv(65536)
             except OSError:
@@ -433,3 +437,68 @@ class _Relay:
             except OSError:
                 pass
             s.close()
+
+
+def test_a_dialer_refuses_flows_the_peer_opens(server: Callable[..., Listener]) -> None:
+    """Nobody reads flows a server opens toward a client: they are refused at once, so a
+    hostile peer cannot pin a window of memory per flow."""
+    got: list[BaseException] = []
+    done = threading.Event()
+
+    def open_back(conn: Connection) -> None:
+        def run() -> None:
+            try:
+                flow = conn.connect()
+                flow.write(b"unsolicited")
+                flow.read(time.monotonic() + 5)
+            except BaseException as exc:
+                got.append(exc)
+            done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    lst = StreamManager(make_identity()).listen(
+        "tcp", "127.0.0.1:0", blessings=None, on_flow=_echo_upper, on_connection=open_back
+    )
+    conn = _dial(lst)
+    try:
+        assert done.wait(5)
+        assert got and isinstance(got[0], errors.OverloadedError)
+        assert conn.flow_count == 0
+        assert _roundtrip(conn, b"still fine") == b"STILL FINE"
+    finally:
+        conn.close()
+        lst.close()
+
+
+def test_close_returns_promptly_when_the_peer_stopped_reading(
+    server: Callable[..., Listener],
+) -> None:
+    lst = server(on_flow=lambda f: None)  # never reads what arrives
+    relay = _Relay(lst.address)
+    conn = StreamManager(make_identity()).dial(
+        "tcp", relay.address, deadline=time.monotonic() + 5,
+        authorize_server=_accept_all, blessings_for_server=lambda _b: None,
+    )  # fmt: skip
+    relay.stall = True  # stop reading from the client: its socket buffers fill up
+    writers: list[threading.Thread] = []
+    try:
+        for _ in range(12):  # 12 flows x 1 MiB windows: more than the socket buffers hold
+            flow = conn.connect()
+            t = threading.Thread(
+                target=_capture,
+                args=(lambda f=flow: f.write(b"x" * (1 << 20), deadline=time.monotonic() + 10), []),
+                daemon=True,
+            )
+            t.start()
+            writers.append(t)
+        time.sleep(0.3)
+        start = time.monotonic()
+        conn.close()
+        assert time.monotonic() - start < 1.5
+        for t in writers:
+            t.join(5)
+            assert not t.is_alive()
+    finally:
+        conn.close()
+        relay.close()

@@ -151,12 +151,18 @@ class ServerOptions:
         max_queued: calls waiting for a worker; beyond it new calls are refused with
             OverloadedError (RETRY_BACKOFF), so a full server answers instead of hanging.
         first_header_timeout: how long a new flow may take to send its request header.
+        send_timeout: the longest one send to a client may wait for credit when the call
+            has no deadline (a client that stops reading cannot pin a worker forever).
+        max_args_bytes: the total size of one call's positional args, which are all held
+            in memory at once (64 MiB; a single value is bounded by the codec's 4 MiB).
         transport: options of the VCs accepted.
     """
 
     workers: int = 16
     max_queued: int = 256
     first_header_timeout: float = 60.0
+    send_timeout: float = 60.0
+    max_args_bytes: int = 64 * 1024 * 1024
     transport: TransportOptions = field(default_factory=TransportOptions)
 
 
@@ -226,8 +232,11 @@ class ServerCall:
                 return
 
     def send(self, item: Any) -> None:
-        """Stream ``item`` to the client (blocks while the client's window is full)."""
-        self._stream.send(_STREAM_ITEM_RESPONSE, item, deadline=self.context.deadline)
+        """Stream ``item`` to the client (blocks while the client's window is full, at most
+        until the call's deadline or the server's ``send_timeout``)."""
+        self._stream.send(
+            _STREAM_ITEM_RESPONSE, item, deadline=self.server._send_deadline(self.context)
+        )
 
 
 _SIGNATURES: dict[tuple[type, str], tuple[int, int | None]] = {}
@@ -425,6 +434,9 @@ class Server:
     def _run_call(self, flow: Flow, stream: MessageStream) -> None:
         try:
             first_deadline = time.monotonic() + self.options.first_header_timeout
+            # Every arg is held at once: bound their total (the header, not counted, is
+            # bounded by one message's limit).
+            stream.set_budget(self.options.max_args_bytes, free=1)
             request = request_from_wire(stream.recv(first_deadline))
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
@@ -444,6 +456,7 @@ class Server:
     ) -> None:
         try:
             args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
+            stream.set_budget(None)
             if ctx.done():
                 raise ctx.err() or errors.CanceledError("server: call cancelled")
             results = self._dispatch(ctx, flow, stream, request, args)
@@ -457,7 +470,7 @@ class Server:
         n = len(results)
         header = _END_HEADERS[n] if n < len(_END_HEADERS) else _end_header(n)
         try:
-            stream.send(header, *results, end=True, deadline=ctx.deadline)
+            stream.send(header, *results, end=True, deadline=self._send_deadline(ctx))
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
             self._answer_error(stream, err)
@@ -570,9 +583,20 @@ class Server:
             raise
         return security
 
+    def _send_deadline(self, ctx: Context) -> float:
+        """A send never waits forever on a client that grants no credit: the call's
+        deadline, or ``options.send_timeout`` from now when the call has none."""
+        bound = time.monotonic() + self.options.send_timeout
+        deadline = ctx.deadline
+        return bound if deadline is None else min(deadline, bound)
+
     def _answer_error(self, stream: MessageStream, err: errors.IPCError) -> None:
         try:
-            stream.send(Response(error=err, end_stream_results=True).to_wire(), end=True)
+            stream.send(
+                Response(error=err, end_stream_results=True).to_wire(),
+                end=True,
+                deadline=time.monotonic() + self.options.send_timeout,
+            )
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
 

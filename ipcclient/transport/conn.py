@@ -15,6 +15,10 @@ call. Writers queue frames into the mux under ``_lock``; then exactly one thread
 seals it into one record and sends it outside the lock. A writer that finds a flusher active
 leaves its frames to it, so bursts from many threads coalesce into few records and syscalls.
 Lock order: ``_lock`` is a leaf lock; callbacks (``on_flow``, ``on_close``) run outside it.
+The reader thread, cancellation (which may run on the context timer thread) and close never
+wait on a full socket: they send what the socket takes at once and hand the rest of a record
+to a short-lived drainer thread, which keeps the flusher role until everything is out (so
+record order holds). Only a writer blocks in ``sendall``, bounded by the send timeout.
 
 A broken VC (EOF, reset, a record or frame that fails, a missed keepalive, a failed send) ends
 every flow with a :class:`~ipcclient.errors.ConnectionFailedError` (retry action
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -140,6 +145,7 @@ class Flow:
         "_local_closed",
         "_lock",
         "_on_abort",
+        "_wrote",
         "id",
     )
 
@@ -154,6 +160,7 @@ class Flow:
         self._local_closed = False  # close_send / close / cancel done locally
         self._deadline: float | None = None
         self._on_abort: Callable[[errors.IPCError], None] | None = None
+        self._wrote = False  # some of our bytes (or our FIN) were queued for the peer
 
     def set_abort_callback(self, fn: Callable[[errors.IPCError], None] | None) -> None:
         """Call ``fn(error)`` once if the peer resets this flow or the VC breaks (not on a
@@ -178,6 +185,12 @@ class Flow:
     @property
     def remote_blessings(self) -> Any:
         return self._conn.remote_blessings
+
+    @property
+    def wrote(self) -> bool:
+        """Whether anything of ours was queued for the peer on this flow (so a failed write
+        may have delivered part of it)."""
+        return self._wrote
 
     def set_deadline(self, deadline: float | None) -> None:
         """The default deadline (``time.monotonic()`` value) of blocking calls on this flow."""
@@ -246,6 +259,8 @@ class Flow:
                 except errors.IPCError as exc:
                     raise self._fail_locked(exc) from None
                 pos += n
+                if n or end:
+                    self._wrote = True
                 done = pos >= total
                 if done and end:
                     self._local_closed = True
@@ -300,7 +315,7 @@ class Flow:
             if self._error is not None:
                 return
             self._reset_locked(err)
-        self._conn._flush()
+        self._conn._flush(blocking=False)  # may run on the timer thread: never wait here
 
     def close(self) -> None:
         """Close the send side and stop reading: what arrives later is discarded."""
@@ -360,6 +375,10 @@ class Connection:
         self._sock = sock
         self._lock = threading.Lock()
         self._config = config or MuxConfig()
+        if on_flow is None and self._config.max_inbound_flows:
+            # Nobody would read flows the peer opens: refuse them (RESET) instead of
+            # letting a hostile peer pin a window's worth of memory per flow.
+            self._config = dataclasses.replace(self._config, max_inbound_flows=0)
         peer = result.peer_settings
         self._mux = Mux(
             self._config,
@@ -466,9 +485,15 @@ class Connection:
         """
         err = error or errors.ConnectionFailedError("transport: the VC was closed locally")
         with self._lock:
+            data = b""
             if self._error is None:
                 self._mux.close(error)
-        self._flush()
+                data = self._take_output_locked()
+        if data:  # GOAWAY, best effort: a peer that stopped reading must not hold us up
+            with contextlib.suppress(OSError, errors.IPCError):
+                self._send_nowait(self._sealer.seal(data))
+            with self._lock:
+                self._flushing = False
         self._break(err)
         if self._reader.ident is None:  # never started: nobody else will close the socket
             self._sock.close()
@@ -533,20 +558,32 @@ class Connection:
         self._flushing = True
         return data
 
-    def _flush(self) -> None:
-        """Send everything the mux has queued; one flusher at a time (see module docstring)."""
+    def _flush(self, *, blocking: bool = True) -> None:
+        """Send everything the mux has queued; one flusher at a time (see module docstring).
+
+        ``blocking=False`` never waits on a full socket: what cannot go out at once is handed
+        to a short-lived drainer thread (which keeps the flusher role until it is done). The
+        reader thread and cancellation paths (context callbacks, the timer thread) use it, so
+        they never stall behind a peer that stopped reading.
+        """
         with self._lock:
             data = self._take_output_locked()
         if data:
-            self._send(data)
+            self._send(data, blocking=blocking)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, *, blocking: bool = True) -> None:
         """As the flusher (see :meth:`_take_output_locked`): seal and send ``data``, then
         whatever was queued meanwhile, until nothing is left; then give up the role."""
         try:
             while data:
                 record = self._sealer.seal(data)
-                self._sock.sendall(record)
+                if blocking:
+                    self._sock.sendall(record)
+                else:
+                    sent = self._send_nowait(record)
+                    if sent < len(record):
+                        self._start_drainer(bytes(memoryview(record)[sent:]))
+                        return  # the drainer holds the flusher role now
                 with self._lock:
                     data = self._mux.data_to_send()
                     if not data:
@@ -561,6 +598,40 @@ class Connection:
                 self._flushing = False
             self._break(errors.ConnectionFailedError("transport: interrupted while sending"))
             raise
+
+    def _send_nowait(self, record: bytes | bytearray) -> int:
+        """Send what the socket takes without blocking; return how much that was."""
+        view = memoryview(record)
+        total = 0
+        size = len(record)
+        while total < size:
+            try:
+                total += self._sock.send(view[total:], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+        return total
+
+    def _start_drainer(self, rest: bytes) -> None:
+        threading.Thread(
+            target=self._drain, args=(rest,), name=f"ipc-drain-{self.name}", daemon=True
+        ).start()
+
+    def _drain(self, rest: bytes) -> None:
+        """The drainer: finish the record the socket would not take, then flush on as a
+        blocking flusher (bounded by the send timeout), then end."""
+        try:
+            self._sock.sendall(rest)
+        except OSError as exc:
+            with self._lock:
+                self._flushing = False
+            self._break(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
+            return
+        with self._lock:
+            data = self._mux.data_to_send()
+            if not data:
+                self._flushing = False
+        if data:
+            self._send(data)
 
     # --- reading (reader thread) --------------------------------------------------------
     def _read_loop(self) -> None:
@@ -599,7 +670,7 @@ class Connection:
             with self._lock:
                 if self._error is None:
                     self._mux.close(exc)
-            self._flush()
+            self._flush(blocking=False)
         except Exception as exc:  # pragma: no cover - a bug here must still break the VC
             log.exception("transport: reader thread failed")
             err = errors.InternalError(f"transport: reader failed: {exc!r}")
@@ -616,7 +687,7 @@ class Connection:
         with self._lock:
             if self._error is None:
                 self._mux.ping(os.urandom(8))
-        self._flush()
+        self._flush(blocking=False)
         return True
 
     def _on_plaintext(self, plain: bytes) -> None:
@@ -665,7 +736,7 @@ class Connection:
                     closed = ev.error
             out = self._take_output_locked()
         if out:
-            self._send(out)
+            self._send(out, blocking=False)  # the reader never waits on a full socket
         if self._on_flow is not None:
             for flow in new_flows:
                 try:

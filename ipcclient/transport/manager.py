@@ -49,6 +49,8 @@ HANDSHAKE_RECV = 64 * 1024
 """Bytes read per recv during a handshake (a whole handshake is a few KiB)."""
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 """A handshake that has not finished by then fails: a stalled peer cannot hold a thread."""
+ACCEPT_ERROR_PAUSE = 0.05
+"""Pause after a failed accept (out of descriptors, say) before trying again."""
 MAX_PENDING_HANDSHAKES = 64
 """Accepted sockets still in their handshake; more are closed at once (a flood of silent
 connections cannot pile up threads)."""
@@ -287,8 +289,13 @@ class Listener:
         while True:
             try:
                 sock, _peer = self._sock.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed:
+                    return
+                # EMFILE/ENFILE/ENOBUFS under load, ECONNABORTED: keep accepting.
+                log.warning("transport: accept on %s failed: %s", self.address, exc)
+                time.sleep(ACCEPT_ERROR_PAUSE)
+                continue
             if self._closed:
                 sock.close()
                 return

@@ -332,10 +332,12 @@ class ClientHandshake(_Base):
                 return b""
             fields, raw = parsed
             if "error" in fields:
+                # A refusal travels in the clear, unauthenticated: believe only what it may
+                # say (no common version), never an error class or retry action it chose.
                 err = fields["error"]
-                if isinstance(err, errors.IPCError):
-                    raise err
-                raise errors.BadProtocolError("handshake: server refused with a malformed error")
+                if isinstance(err, errors.VersionIncompatibleError):
+                    raise errors.VersionIncompatibleError(err.msg)
+                raise errors.BadProtocolError("handshake: the server refused the handshake")
             version = _int_field(fields, "version", 1, 1 << 32)
             lo, hi = self._versions
             if not lo <= version <= hi:

@@ -80,7 +80,7 @@ class MessageReader:
     whatever its size and however many chunks it took).
     """
 
-    __slots__ = ("_have", "_head", "_limits", "_need", "_parts")
+    __slots__ = ("_budget", "_free", "_have", "_head", "_limits", "_need", "_parts")
 
     def __init__(self, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -88,6 +88,16 @@ class MessageReader:
         self._need = -1  # body length of the message being read; -1 while reading its length
         self._parts: list[bytes] = []  # the body bytes received so far, when _need >= 0
         self._have = 0  # their total length
+        self._budget: int | None = None  # message bytes still allowed, when set
+        self._free = 0  # messages not charged to the budget
+
+    def set_budget(self, nbytes: int | None, *, free: int = 0) -> None:
+        """Allow at most ``nbytes`` more message bytes (bodies), counted from each length
+        prefix as it arrives, until reset with None; the next ``free`` messages are not
+        counted. A caller that must hold several messages at once (a call's args or results)
+        bounds their total with it."""
+        self._budget = nbytes
+        self._free = free
 
     @property
     def buffered(self) -> int:
@@ -170,3 +180,13 @@ class MessageReader:
             raise errors.BadProtocolError(
                 f"messages: a message of {need} bytes exceeds the limit of {limit}"
             )
+        budget = self._budget
+        if budget is not None:
+            if self._free:
+                self._free -= 1
+                return
+            if need > budget:
+                raise errors.BadProtocolError(
+                    "messages: the messages of one call exceed the total allowed for it"
+                )
+            self._budget = budget - need
