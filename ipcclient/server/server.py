@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ipcclient import errors
+from ipcclient import errors, vtrace
 from ipcclient.context import CancelContext, Context
 from ipcclient.headers import Request, Response, request_from_wire
 from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
@@ -446,29 +446,53 @@ class Server:
         else:
             ctx = self._root.with_cancel()
         flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
+        span: vtrace.Span | None = None
+        call_ctx: Context = ctx
+        trace = request.trace
+        if trace is not None:  # continue the client's trace; nested calls join it
+            span = vtrace.new_span(
+                ctx,
+                f"{request.suffix!r}.{request.method}",
+                trace_id=trace.trace_id,
+                parent_id=trace.span_id,
+                collect=bool(trace.flags & vtrace.COLLECT),
+            )
+            call_ctx = vtrace.with_span(ctx, span)
         try:
-            self._run_request(ctx, flow, stream, request)
+            self._run_request(ctx, call_ctx, span, flow, stream, request)
         finally:
             ctx.cancel("call finished")
 
     def _run_request(
-        self, ctx: CancelContext, flow: Flow, stream: MessageStream, request: Request
+        self,
+        ctx: CancelContext,
+        call_ctx: Context,
+        span: vtrace.Span | None,
+        flow: Flow,
+        stream: MessageStream,
+        request: Request,
     ) -> None:
         try:
             args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
             stream.set_budget(None)
             if ctx.done():
                 raise ctx.err() or errors.CanceledError("server: call cancelled")
-            results = self._dispatch(ctx, flow, stream, request, args)
+            results = self._dispatch(call_ctx, flow, stream, request, args)
         except errors.IPCError as exc:
-            self._answer_error(stream, (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc)
+            err = (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc
+            self._answer_error(stream, err, _spans(span))
             return
         except Exception as exc:
             log.exception("server: %s.%s raised", request.suffix, request.method)
-            self._answer_error(stream, errors.UnknownError(f"{type(exc).__name__}: {exc}"))
+            err = errors.UnknownError(f"{type(exc).__name__}: {exc}")
+            self._answer_error(stream, err, _spans(span))
             return
         n = len(results)
-        header = _END_HEADERS[n] if n < len(_END_HEADERS) else _end_header(n)
+        spans = _spans(span)
+        if spans:
+            header = Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
+        else:
+            header = _END_HEADERS[n] if n < len(_END_HEADERS) else _end_header(n)
         try:
             stream.send(header, *results, end=True, deadline=self._send_deadline(ctx))
         except errors.BadArgError as exc:
@@ -590,15 +614,28 @@ class Server:
         deadline = ctx.deadline
         return bound if deadline is None else min(deadline, bound)
 
-    def _answer_error(self, stream: MessageStream, err: errors.IPCError) -> None:
+    def _answer_error(
+        self, stream: MessageStream, err: errors.IPCError, trace: tuple[Any, ...] = ()
+    ) -> None:
         try:
             stream.send(
-                Response(error=err, end_stream_results=True).to_wire(),
+                Response(error=err, end_stream_results=True, trace=trace).to_wire(),
                 end=True,
                 deadline=time.monotonic() + self.options.send_timeout,
             )
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:
+    """The span records to send back: every span of the trace this process recorded (the
+    call's own and its nested calls'), when the client asked for collection."""
+    if span is None:
+        return ()
+    span.finish()
+    if not span.collecting:
+        return ()
+    return tuple(r.to_wire() for r in vtrace.STORE.trace(span.trace_id))
 
 
 def _end_header(nresults: int) -> dict[str, Any]:

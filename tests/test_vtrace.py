@@ -1,0 +1,66 @@
+"""Traces across calls: the trace context travels; collected spans come back and merge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ipcclient import vtrace
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.server import Server, ServerCall
+from tests.conftest import Family
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+class Backend:
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        span = vtrace.current_span(call.context)
+        if span is not None:
+            span.annotate("backend echoing")
+        return x
+
+
+class Middle:
+    def __init__(self, client: Client, backend: str) -> None:
+        self.client, self.backend = client, backend
+
+    def Relay(self, call: ServerCall, x: Any) -> Any:
+        (out,) = self.client.call(call.context, self.backend, "Echo", x)
+        return out
+
+
+def test_collected_spans_of_every_hop_come_back(
+    family: Family, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, backend = make_server(Backend(), AllowEveryone())
+    _, middle = make_server(Middle(make_client(family.member("middle")), backend), AllowEveryone())
+    ctx, root = vtrace.with_collection(Context.background().with_timeout(10), "test")
+    assert make_client().call(ctx, middle, "Relay", 7) == (7,)
+    spans = vtrace.STORE.trace(root.trace_id)
+    names = [s.name for s in spans]
+    assert "test" in names
+    assert "''.Relay" in names and "''.Echo" in names  # both servers' spans came back
+    assert sum(1 for n in names if n.startswith("<client>")) == 2  # both client hops
+    by_id = {s.span_id: s for s in spans}
+    echo = next(s for s in spans if s.name == "''.Echo")
+    assert any(msg == "backend echoing" for _, msg in echo.annotations)
+    # The chain of parents leads from the backend's span up to the root.
+    hops = 0
+    node = echo
+    while node.parent_id in by_id:
+        node = by_id[node.parent_id]
+        hops += 1
+    assert node.span_id == root.span_id and hops == 4
+
+
+def test_without_collection_nothing_is_recorded(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, backend = make_server(Backend(), AllowEveryone())
+    ctx, span = vtrace.with_new_span(Context.background().with_timeout(10), "quiet")
+    assert make_client().call(ctx, backend, "Echo", 1) == (1,)
+    assert vtrace.STORE.trace(span.trace_id) == []
