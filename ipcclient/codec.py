@@ -22,6 +22,7 @@ import datetime
 import decimal
 import email.message
 import fractions
+import functools
 import io
 import ipaddress
 import re
@@ -237,6 +238,18 @@ def _count_items(data: bytes | bytearray | memoryview, limit: int) -> None:
         raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
 
 
+_ONE_BYTE: dict[int, Callable[[], Any]] = {
+    0xA0: dict,  # {}
+    0x80: list,  # []
+    0xF4: lambda: False,
+    0xF5: lambda: True,
+    0xF6: lambda: None,
+}
+_ONE_BYTE.update({i: functools.partial(int, i) for i in range(24)})  # 0..23
+"""Values that are one byte on the wire, built without running the decoder (containers are
+fresh objects each time)."""
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode exactly one CBOR value from ``data`` under ``limits``.
 
@@ -252,6 +265,10 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         )
     if size == 0:
         raise errors.BadProtocolError("codec: empty message")
+    if size == 1:  # one-byte values (empty headers, small ints, flags) are common
+        factory = _ONE_BYTE.get(data[0])
+        if factory is not None:
+            return factory()
     # A message can hold at most one item per byte, so small messages need no walk.
     if size > limits.max_items:
         _count_items(data, limits.max_items)

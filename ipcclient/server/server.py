@@ -36,6 +36,7 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthori
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
+from ipcclient.wire.messages import encode_messages
 
 __all__ = [
     "Dispatcher",
@@ -234,8 +235,9 @@ class ServerCall:
     def send(self, item: Any) -> None:
         """Stream ``item`` to the client (blocks while the client's window is full, at most
         until the call's deadline or the server's ``send_timeout``)."""
-        self._stream.send(
-            _STREAM_ITEM_RESPONSE, item, deadline=self.server._send_deadline(self.context)
+        self._stream.flow.write(
+            encode_messages(item, head=_STREAM_ITEM_MESSAGE),
+            deadline=self.server._send_deadline(self.context),
         )
 
 
@@ -644,7 +646,8 @@ def _end_header(nresults: int) -> dict[str, Any]:
 
 _END_HEADERS = tuple(_end_header(n) for n in range(4))
 """The final response headers of calls with 0..3 results, built once (never mutated)."""
-_STREAM_ITEM_RESPONSE = Response().to_wire()
+_STREAM_ITEM_MESSAGE = encode_messages(Response().to_wire())
+"""The empty response header before each streamed result, encoded once."""
 
 
 def _is_flow_abort(exc: errors.IPCError, ctx: Context) -> bool:

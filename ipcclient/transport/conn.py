@@ -20,6 +20,12 @@ wait on a full socket: they send what the socket takes at once and hand the rest
 to a short-lived drainer thread, which keeps the flusher role until everything is out (so
 record order holds). Only a writer blocks in ``sendall``, bounded by the send timeout.
 
+Known trade-offs: the flusher sends what other threads queued while it was sending, so under
+sustained load a writer may stay in ``sendall`` past its own deadline (never past the send
+timeout, after which the VC is declared broken); a KeyboardInterrupt that lands between
+taking the flusher role and the first send leaves the role taken, so later writes on that VC
+wait for their deadlines (the VC is then redialed).
+
 A broken VC (EOF, reset, a record or frame that fails, a missed keepalive, a failed send) ends
 every flow with a :class:`~ipcclient.errors.ConnectionFailedError` (retry action
 RETRY_CONNECTION) and calls ``on_close`` once so the owner evicts it.
@@ -205,7 +211,8 @@ class Flow:
 
     # --- reading ----------------------------------------------------------------------
     def read(self, deadline: float | None = None) -> bytes:
-        """The next chunk of bytes from the peer; ``b""`` once the peer closed its send side.
+        """The bytes the peer sent that are not read yet (everything queued, at least one
+        chunk); ``b""`` once the peer closed its send side. Bounded by the flow's window.
 
         Raises:
             TimeoutError: the deadline passed first (the flow stays usable).
@@ -224,7 +231,12 @@ class Flow:
                 if timeout is not None and timeout <= 0:
                     raise errors.TimeoutError("transport: deadline passed while reading a flow")
                 self._cond.wait(timeout)
-            chunk = self._inbox.popleft()
+            inbox = self._inbox
+            if len(inbox) == 1:
+                chunk = inbox.popleft()
+            else:  # hand over everything queued at once: one lock round trip, one ack
+                chunk = b"".join(inbox)
+                inbox.clear()
             conn._mux.acknowledge(self.id, len(chunk))
             data = conn._take_output_locked()
         if data:

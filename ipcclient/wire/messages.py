@@ -51,10 +51,11 @@ def _bulk_head_size(first: bytes, size: int) -> int:
     return head if int.from_bytes(first[1:head], "big") == size - head else 0
 
 
-def encode_messages(*values: Any, tail: bytes = b"") -> bytes:
-    """One buffer holding each value as a length-prefixed CBOR message, in order, then
-    ``tail`` (messages encoded before, e.g. a constant header)."""
-    parts: list[bytes] = []
+def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes:
+    """One buffer holding ``head``, then each value as a length-prefixed CBOR message, in
+    order, then ``tail`` (``head`` and ``tail``: messages encoded before, e.g. constant
+    headers)."""
+    parts: list[bytes] = [head] if head else []
     append = parts.append
     encode = codec.encode
     pack = _LENGTH.pack
