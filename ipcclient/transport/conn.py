@@ -56,6 +56,9 @@ __all__ = ["Connection", "Flow", "KeepaliveConfig"]
 
 log = logging.getLogger("ipcclient.transport")
 
+_COALESCE_READS = 64 * 1024
+"""A read joins queued chunks up to this many bytes (small items of a fast stream)."""
+
 RECV_BUFFER = 256 * 1024
 """Bytes the reader asks the kernel for per recv: one maximum record fits, so a burst of
 frames is opened with one syscall."""
@@ -211,8 +214,8 @@ class Flow:
 
     # --- reading ----------------------------------------------------------------------
     def read(self, deadline: float | None = None) -> bytes:
-        """The bytes the peer sent that are not read yet (everything queued, at least one
-        chunk); ``b""`` once the peer closed its send side. Bounded by the flow's window.
+        """The next bytes the peer sent (a chunk, or several small queued chunks joined,
+        up to 64 KiB); ``b""`` once the peer closed its send side.
 
         Raises:
             TimeoutError: the deadline passed first (the flow stays usable).
@@ -232,11 +235,17 @@ class Flow:
                     raise errors.TimeoutError("transport: deadline passed while reading a flow")
                 self._cond.wait(timeout)
             inbox = self._inbox
-            if len(inbox) == 1:
-                chunk = inbox.popleft()
-            else:  # hand over everything queued at once: one lock round trip, one ack
-                chunk = b"".join(inbox)
-                inbox.clear()
+            chunk = inbox.popleft()
+            if inbox and len(chunk) < _COALESCE_READS:
+                # Many small chunks queued (a fast stream): hand them over together, one
+                # lock round trip and one ack; big chunks go alone (no extra copy).
+                parts = [chunk]
+                size = len(chunk)
+                while inbox and size + len(inbox[0]) <= _COALESCE_READS:
+                    nxt = inbox.popleft()
+                    parts.append(nxt)
+                    size += len(nxt)
+                chunk = b"".join(parts)
             conn._mux.acknowledge(self.id, len(chunk))
             data = conn._take_output_locked()
         if data:
