@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipcclient import errors
 
@@ -49,8 +48,7 @@ MAX_DEADLINE = 10 * 365 * 24 * 3600.0
 """A relative deadline beyond ten years means none."""
 
 
-@dataclass(frozen=True)
-class TraceContext:
+class TraceContext(NamedTuple):
     """The trace a call belongs to: 16-byte ids and flags (1 = collect in memory)."""
 
     trace_id: bytes
@@ -74,8 +72,7 @@ class TraceContext:
         return cls(t, s, f)
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """A request header. An all-default ``Request()`` precedes each streamed arg.
 
     Attributes:
@@ -133,8 +130,7 @@ class Request:
 _EMPTY_REQUEST = Request()
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     """A response header. An all-default ``Response()`` precedes each streamed result.
 
     Attributes:
@@ -147,7 +143,7 @@ class Response:
     error: errors.IPCError | None = None
     end_stream_results: bool = False
     nresults: int = 0
-    trace: tuple[Any, ...] = field(default=())
+    trace: tuple[Any, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

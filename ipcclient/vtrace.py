@@ -212,6 +212,12 @@ def new_span(
     return Span(name, trace_id, parent_id, collect)
 
 
+def span_item(span: Span) -> tuple[Any, Span]:
+    """The (key, value) a context carries for ``span``: for code that builds one context
+    with a deadline and the span at once (the server, per call)."""
+    return (_SPAN_KEY, span)
+
+
 def with_span(ctx: Context, span: Span) -> Context:
     """A child context carrying ``span`` (made by :func:`new_span`)."""
     return ctx.with_value(_SPAN_KEY, span)

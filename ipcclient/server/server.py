@@ -443,23 +443,24 @@ class Server:
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
             return
-        if request.deadline is not None:
-            ctx = self._root.with_deadline(time.monotonic() + request.deadline)
-        else:
-            ctx = self._root.with_cancel()
-        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
         span: vtrace.Span | None = None
-        call_ctx: Context = ctx
+        item: tuple[Any, Any] | None = None
         trace = request.trace
         if trace is not None:  # continue the client's trace; nested calls join it
             span = vtrace.new_span(
-                ctx,
+                self._root,
                 f"{request.suffix!r}.{request.method}",
                 trace_id=trace.trace_id,
                 parent_id=trace.span_id,
                 collect=bool(trace.flags & vtrace.COLLECT),
             )
-            call_ctx = vtrace.with_span(ctx, span)
+            item = vtrace.span_item(span)
+        # One context per call: the request's deadline, the span, cancellable.
+        root = self._root
+        deadline = None if request.deadline is None else time.monotonic() + request.deadline
+        ctx = CancelContext(root, clock=root.clock, deadline=deadline, item=item, cancellable=True)
+        call_ctx: Context = ctx
+        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
         try:
             self._run_request(ctx, call_ctx, span, flow, stream, request)
         finally:
