@@ -78,7 +78,10 @@ class Call:
             if call is not None:
                 call._on_context_done(err)
 
-        self._ctx_handle: CallbackHandle | None = ctx.add_done_callback(on_context_done)
+        self._ctx_handle: CallbackHandle | None = None  # (the callback may run right away)
+        handle = ctx.add_done_callback(on_context_done)
+        if not self._ended:
+            self._ctx_handle = handle
 
     # --- streaming --------------------------------------------------------------------
     def send(self, item: Any) -> None:

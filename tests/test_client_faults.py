@@ -556,3 +556,55 @@ def test_close_while_calls_finish_concurrently(make_server: MakeServer, family: 
         t.join(5)
     assert not bad, bad
     assert _settle(lambda: _dialed_vc_threads() == 0)
+
+
+def test_fork_while_another_thread_holds_the_vc_lock(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The child must not wait for a lock whose holder did not survive the fork."""
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
+    (conn,) = client._vcs.values()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with conn._lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ok = client.call(ctx(5), name, "Echo", "child") == ("child",)
+            os.write(write_end, b"ok" if ok else b"bad")
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode()[:200])
+        finally:
+            os._exit(code)
+    release.set()
+    t.join(5)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    message = os.read(read_end, 300)
+    os.close(read_end)
+    assert message == b"ok", message
+    assert client.call(ctx(), name, "Echo", 2) == (2,)
+
+
+def test_a_call_on_an_already_cancelled_context_fails_cleanly(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    c = Context.background().with_timeout(10)
+    c.cancel()
+    with pytest.raises(errors.CanceledError):
+        client.call(c, name, "Echo", 1)

@@ -108,6 +108,19 @@ def _remaining(deadline: float | None) -> float | None:
     return deadline - time.monotonic()
 
 
+def _reacquire(lock: Any) -> BaseException | None:
+    """Take ``lock`` back whatever happens: a KeyboardInterrupt while waiting for it is kept
+    and returned (to be re-raised once the lock is held), never lost and never leaving the
+    lock unheld for a ``with`` block that will release it."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as exc:
+            pending = exc
+
+
 class _Broken(Exception):
     """Internal: the socket is done (EOF or an error); carries the VC's error."""
 
@@ -140,10 +153,12 @@ class _Signal:
             elif timeout > 0:
                 waiter.acquire(True, timeout)
         finally:
-            lock.acquire()
+            pending = _reacquire(lock)
             if self._waiters:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+            if pending is not None:
+                raise pending
 
     def notify_all(self) -> None:
         waiters = self._waiters
@@ -466,6 +481,7 @@ class Connection:
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
         self._rbuf = bytearray(RECV_BUFFER)
+        self._mid_read = False
         self._wake_r = self._wake_w = -1
         if self._lead:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -561,6 +577,7 @@ class Connection:
         self._break(err)
         if self._reader.ident is None:  # never started: nobody else will close the socket
             self._sock.close()
+            self._close_pipe()
         elif threading.current_thread() is not self._reader and self._reader.is_alive():
             self._reader.join(timeout)
 
@@ -572,7 +589,11 @@ class Connection:
         self._flows.clear()
         with contextlib.suppress(OSError):
             self._sock.close()
-        self._close_pipe()
+        for fd in (self._wake_r, self._wake_w):  # no lock: another thread may have held it
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the VC is closed or broken; True if it is."""
@@ -713,19 +734,31 @@ class Connection:
             self._reader_holds = False
             self._lock.release()
             try:
-                self._lead_step(timeout)
+                try:
+                    self._lead_step(timeout)
+                except BaseException:
+                    if self._mid_read:
+                        # Interrupted (KeyboardInterrupt) between reading bytes and
+                        # dispatching them: they are lost, so the VC cannot be trusted.
+                        self._mid_read = False
+                        self._break(
+                            errors.ConnectionFailedError("transport: interrupted while reading")
+                        )
+                    raise
             finally:
-                self._lock.acquire()
+                pending = _reacquire(self._lock)
                 self._reading = False
                 self._last_lead = time.monotonic()
                 for waiting in self._waiters:  # let the next waiting caller read
                     waiting._cond.notify_all()
                     break
+                if pending is not None:
+                    raise pending
             return
-        self._waiters[flow] = None
-        if self._reader_holds:
-            self._poke_locked()  # the reader thread gives the role up to us
         try:
+            self._waiters[flow] = None
+            if self._reader_holds:
+                self._poke_locked()  # the reader thread gives the role up to us
             flow._cond.wait(timeout)
         finally:
             self._waiters.pop(flow, None)
@@ -767,7 +800,9 @@ class Connection:
         interval = self._keepalive.interval
         slice_ = interval if timeout is None else max(0.0, min(timeout, interval))
         try:
-            if self._read_step(slice_) == "timeout" and not self._keepalive_due():
+            outcome = self._read_step(slice_)
+            idle = time.monotonic() - self._last_recv
+            if outcome == "timeout" and idle >= interval and not self._keepalive_due():
                 self._break(
                     errors.ConnectionFailedError(
                         "transport: the peer missed its keepalive; the VC is broken"
@@ -810,9 +845,11 @@ class Connection:
             raise _Broken(err) from exc
         if n == 0:
             raise _Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
+        self._mid_read = True  # until everything read is dispatched (see _wait_for_peer)
         self._last_recv = time.monotonic()
         for plain in self._opener.feed(memoryview(self._rbuf)[:n]):
             self._on_plaintext(plain)
+        self._mid_read = False
         return "data"
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:

@@ -395,15 +395,19 @@ class StreamManager:
         except BaseException:
             sock.close()
             raise
-        conn = Connection(
-            sock,
-            result,
-            dialer=True,
-            config=self.options.mux,
-            on_close=on_close,
-            keepalive=self.options.keepalive,
-            name=f"{protocol}:{address}",
-        )
+        try:
+            conn = Connection(
+                sock,
+                result,
+                dialer=True,
+                config=self.options.mux,
+                on_close=on_close,
+                keepalive=self.options.keepalive,
+                name=f"{protocol}:{address}",
+            )
+        except BaseException:
+            sock.close()  # out of descriptors for the wake pipe, say
+            raise
         conn.start()
         return conn
 
