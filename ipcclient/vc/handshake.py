@@ -231,6 +231,8 @@ class _Base:
         self._ephemeral = x25519.X25519PrivateKey.generate()
         self._share = self._ephemeral.public_key().public_bytes_raw()
         self.result: HandshakeResult | None = None
+        self._opener: RecordOpener | None = None
+        self._sealer: RecordSealer | None = None
 
     @property
     def done(self) -> bool:
@@ -248,6 +250,19 @@ class _Base:
             raise self._error
         if self._state is _State.DONE:
             raise errors.BadStateError("handshake: already complete")
+
+    def _auth_record(self) -> list[bytes]:
+        """The plaintexts of the records received so far (the first one is the peer's auth
+        message, the rest early frames), or [] while the first is incomplete."""
+        assert self._opener is not None
+        if not self._buf:
+            return []
+        data = bytes(self._buf)
+        self._buf.clear()
+        plains = self._opener.feed(data)
+        if not plains and self._opener.buffered > MAX_AUTH_SIZE + 64:
+            raise errors.BadProtocolError("handshake: auth message too large")
+        return plains
 
     def _absorb(self, data: bytes | bytearray | memoryview) -> None:
         # Bounded by construction: a hello's declared length is checked (<= MAX_HELLO_SIZE)
@@ -290,8 +305,6 @@ class ClientHandshake(_Base):
         self._transcript = b""
         self._version = 0
         self._peer_settings = VCSettings()
-        self._opener: RecordOpener | None = None
-        self._sealer: RecordSealer | None = None
 
     def start(self) -> bytes:
         """The ClientHello to send first."""
@@ -355,14 +368,8 @@ class ClientHandshake(_Base):
             self._state = _State.AUTH
         assert self._opener is not None and self._sealer is not None
         if self._state is _State.AUTH:
-            if not self._buf:
-                return b""
-            data = bytes(self._buf)
-            self._buf.clear()
-            plains = self._opener.feed(data)
+            plains = self._auth_record()
             if not plains:
-                if self._opener.buffered > MAX_AUTH_SIZE + 64:
-                    raise errors.BadProtocolError("handshake: auth message too large")
                 return b""
             key, blessings, discharges = _check_auth(plains[0], self._transcript, _SERVER_LABEL)
             # Authorize the server before revealing anything about ourselves.
@@ -409,8 +416,6 @@ class ServerHandshake(_Base):
         self._transcript2 = b""
         self._version = 0
         self._peer_settings = VCSettings()
-        self._opener: RecordOpener | None = None
-        self._sealer: RecordSealer | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed bytes from the client; returns bytes to send.
@@ -497,14 +502,8 @@ class ServerHandshake(_Base):
             return out
         assert self._opener is not None and self._sealer is not None
         if self._state is _State.AUTH:
-            if not self._buf:
-                return b""
-            data = bytes(self._buf)
-            self._buf.clear()
-            plains = self._opener.feed(data)
+            plains = self._auth_record()
             if not plains:
-                if self._opener.buffered > MAX_AUTH_SIZE + 64:
-                    raise errors.BadProtocolError("handshake: auth message too large")
                 return b""
             key, blessings, discharges = _check_auth(plains[0], self._transcript2, _CLIENT_LABEL)
             self.result = HandshakeResult(
