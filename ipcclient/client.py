@@ -190,21 +190,26 @@ class Client:
             raise errors.BadArgError(f"client: {name}.{method} called without a Context")
         call_ctx, owned = self._call_context(ctx)
         try:
-            no_retry = find_one(options, NoRetry) is not None
-            deadline = self._retry_deadline(call_ctx, options)
 
             def attempt(_n: int) -> tuple[Any, ...]:
                 call = self._start(call_ctx, name, method, args, options, close_send=True)
                 return call.finish()
 
-            return retry.run_with_retries(
-                attempt,
-                deadline=deadline,
-                phase=retry.RetryPhase.AFTER_SEND,
-                policy=self.options.backoff,
-                no_retry=no_retry,
-                ctx=call_ctx,
-            )
+            try:
+                return attempt(1)  # the usual case: no retry machinery at all
+            except errors.IPCError as first:
+                no_retry = bool(options) and find_one(options, NoRetry) is not None
+                if no_retry or not retry.should_retry(first, retry.RetryPhase.AFTER_SEND):
+                    raise
+                return retry.run_with_retries(
+                    attempt,
+                    deadline=self._retry_deadline(call_ctx, options),
+                    phase=retry.RetryPhase.AFTER_SEND,
+                    policy=self.options.backoff,
+                    no_retry=no_retry,
+                    ctx=call_ctx,
+                    first_error=first,
+                )
         finally:
             if owned:
                 call_ctx.cancel("call finished")  # type: ignore[attr-defined]
@@ -295,14 +300,20 @@ class Client:
             )
 
         try:
-            return retry.run_with_retries(
-                attempt,
-                deadline=self._retry_deadline(call_ctx, options),
-                phase=retry.RetryPhase.BEFORE_SEND,
-                policy=self.options.backoff,
-                no_retry=no_retry,
-                ctx=call_ctx,
-            )
+            try:
+                return attempt(1)  # the usual case: no retry machinery at all
+            except errors.IPCError as first:
+                if no_retry or not retry.should_retry(first, retry.RetryPhase.BEFORE_SEND):
+                    raise
+                return retry.run_with_retries(
+                    attempt,
+                    deadline=self._retry_deadline(call_ctx, options),
+                    phase=retry.RetryPhase.BEFORE_SEND,
+                    policy=self.options.backoff,
+                    no_retry=no_retry,
+                    ctx=call_ctx,
+                    first_error=first,
+                )
         except errors.IPCError as exc:
             span.finish()
             if owned:

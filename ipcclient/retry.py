@@ -292,8 +292,12 @@ def run_with_retries(
     sleep: Callable[[float], object] | None = None,
     rand: Callable[[], float] = random.random,
     budget: RetryBudget | None = None,
+    first_error: errors.IPCError | None = None,
 ) -> T:
     """Call ``attempt_fn(n)`` for n = 1, 2, ... until it returns, and return that.
+
+    With ``first_error``, attempt 1 was already made by the caller (a fast path that enters
+    the loop only on failure) and failed with it: the loop starts from that failure.
 
     After an :class:`errors.IPCError` the loop retries only if :func:`should_retry` allows it,
     ``max_attempts`` is not reached, and :func:`backoff_delay` gives a delay for the time left
@@ -326,10 +330,13 @@ def run_with_retries(
         budget.deposit()
     while True:
         attempt += 1
-        try:
-            return attempt_fn(attempt)
-        except errors.IPCError as err:
-            last = err
+        if first_error is not None:
+            last, first_error = first_error, None
+        else:
+            try:
+                return attempt_fn(attempt)
+            except errors.IPCError as err:
+                last = err
         tried.append(f"attempt {attempt}: {last.id}")
         delay: float | None = None
         if (

@@ -665,3 +665,38 @@ def test_empty_budget_stops_retries() -> None:
         h2.run(budget=budget)
     assert len(h2.attempts) == 2 and info.value.msg == "y"
     assert budget.balance() == pytest.approx(0.5)  # 3 deposits * 0.5 - 1 withdrawal
+
+
+def test_first_error_starts_the_loop_from_a_failure_made_outside() -> None:
+    from ipcclient.retry import RetryPhase, run_with_retries
+
+    calls: list[int] = []
+    now = [0.0]
+
+    def attempt(n: int) -> str:
+        calls.append(n)
+        return "ok"
+
+    first = errors.ConnectionFailedError("dial failed")
+    out = run_with_retries(
+        attempt,
+        deadline=10.0,
+        phase=RetryPhase.BEFORE_SEND,
+        clock=lambda: now[0],
+        sleep=lambda d: now.__setitem__(0, now[0] + d),
+        rand=lambda: 0.5,
+        first_error=first,
+    )
+    assert out == "ok"
+    assert calls == [2]  # attempt 1 was the caller's; the loop backed off, then tried 2
+    assert now[0] > 0
+    with pytest.raises(errors.NoAccessError):
+        run_with_retries(
+            attempt,
+            deadline=10.0,
+            phase=RetryPhase.BEFORE_SEND,
+            clock=lambda: now[0],
+            sleep=lambda d: None,
+            first_error=errors.NoAccessError("no"),
+        )
+    assert calls == [2]
