@@ -502,3 +502,35 @@ def test_close_returns_promptly_when_the_peer_stopped_reading(
     finally:
         conn.close()
         relay.close()
+
+
+@pytest.mark.parametrize("lead_reads", [True, False])
+def test_both_read_modes_carry_concurrent_flows(
+    server: Callable[..., Listener], lead_reads: bool
+) -> None:
+    """Dialed VCs read leader/follower by default; the reader-thread mode is a knob."""
+    lst = server()
+    conn = _dial(lst, options=TransportOptions(lead_reads=lead_reads))
+    assert conn._lead is lead_reads
+    out: list[bytes] = []
+    failures: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for j in range(25):
+                out.append(_roundtrip(conn, f"{i}-{j}".encode()))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not failures, failures
+        assert sorted(out) == sorted(
+            f"{i}-{j}".encode().upper() for i in range(6) for j in range(25)
+        )
+    finally:
+        conn.close()

@@ -433,6 +433,7 @@ class Connection:
         on_close: Callable[[Connection, errors.IPCError], None] | None = None,
         keepalive: KeepaliveConfig | None = None,
         name: str = "",
+        lead_reads: bool = True,
     ) -> None:
         self._sock = sock
         self._lock = threading.Lock()
@@ -474,7 +475,7 @@ class Connection:
         self._pending_early = list(result.early_plaintext)
         # Leader/follower reads (dialed VCs: see the module docstring). The "read role" is
         # who may touch the socket's receive side, the opener and the receive buffer.
-        self._lead = on_flow is None
+        self._lead = on_flow is None and lead_reads
         self._reading = self._lead  # the reader thread holds the role from the start
         self._reader_holds = self._lead
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer

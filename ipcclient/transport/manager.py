@@ -66,12 +66,16 @@ class TransportOptions:
         keepalive: liveness timers.
         handshake_timeout: upper bound on one handshake, whatever the caller's deadline.
         versions: the protocol versions offered.
+        lead_reads: on dialed VCs, let a caller waiting for the peer read the socket itself
+            (leader/follower; no thread hop for a lone caller). False: the VC's reader
+            thread does all reading, as on accepted VCs.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     versions: tuple[int, int] = SUPPORTED_VERSIONS
+    lead_reads: bool = True
 
     @property
     def settings(self) -> VCSettings:
@@ -404,6 +408,7 @@ class StreamManager:
                 on_close=on_close,
                 keepalive=self.options.keepalive,
                 name=f"{protocol}:{address}",
+                lead_reads=self.options.lead_reads,
             )
         except BaseException:
             sock.close()  # out of descriptors for the wake pipe, say
