@@ -186,6 +186,46 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
+_FAST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
+
+
+def _fast_request(value: dict[str, Any]) -> Request | None:
+    """The common request header (a suffix, a method, args, a deadline, a trace) built with
+    the same checks as the general path, inline; None sends anything unusual there."""
+    suffix = value.get("suffix", "")
+    method = value.get("method", "")
+    nargs = value.get("nargs", 0)
+    deadline = value.get("deadline")
+    trace = value.get("trace")
+    if (
+        type(suffix) is not str
+        or type(method) is not str
+        or len(suffix) > MAX_NAME_LEN
+        or len(method) > MAX_NAME_LEN
+        or type(nargs) is not int
+        or not 0 <= nargs <= MAX_ARGS
+    ):
+        return None
+    if deadline is not None and (type(deadline) is not float or not 0.0 <= deadline < MAX_DEADLINE):
+        return None
+    trace_ctx = None
+    if trace is not None:
+        if type(trace) is not dict:
+            return None
+        t, sp, f = trace.get("t"), trace.get("s"), trace.get("f", 0)
+        if (
+            type(t) is not bytes
+            or type(sp) is not bytes
+            or len(t) != 16
+            or len(sp) != 16
+            or type(f) is not int
+            or len(trace) > 3
+        ):
+            return None
+        trace_ctx = TraceContext(t, sp, f)
+    return Request(suffix, method, nargs, deadline, None, (), trace_ctx, "", False)
+
+
 def request_from_wire(value: Any) -> Request:
     """Validate and build a request header from a decoded message.
 
@@ -196,6 +236,10 @@ def request_from_wire(value: Any) -> Request:
         raise errors.BadProtocolError("headers: a request header must be a map")
     if not value:
         return _EMPTY_REQUEST
+    if type(value) is dict and value.keys() <= _FAST_KEYS:
+        fast = _fast_request(value)
+        if fast is not None:
+            return fast
     deadline = value.get("deadline")
     if deadline is not None:
         if (

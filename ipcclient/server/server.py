@@ -310,7 +310,11 @@ class Server:
         self._listeners: list[Listener] = []
         self._dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self.options.workers + self.options.max_queued)
+        # Calls running or queued, against their bound (a counter under a plain lock: cheaper
+        # than a semaphore, which is a Python-level Condition).
+        self._slots_lock = threading.Lock()
+        self._in_use = 0
+        self._capacity = self.options.workers + self.options.max_queued
         self._pool = _Workers(self.options.workers)
         self._root = Context.background().with_cancel()
         self._stopped = False
@@ -411,7 +415,11 @@ class Server:
         if self._stopped:
             flow.cancel(errors.CanceledError("server: stopping"))
             return
-        if not self._slots.acquire(blocking=False):
+        with self._slots_lock:
+            full = self._in_use >= self._capacity
+            if not full:
+                self._in_use += 1
+        if full:
             flow.cancel(
                 errors.OverloadedError(
                     f"server: {self.options.workers} workers busy and "
@@ -420,7 +428,7 @@ class Server:
             )
             return
         if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
-            self._slots.release()
+            self._release_slot()
             flow.cancel(errors.CanceledError("server: stopping"))
 
     def _serve_flow(self, flow: Flow) -> None:
@@ -431,7 +439,11 @@ class Server:
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()
-            self._slots.release()
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._slots_lock:
+            self._in_use -= 1
 
     def _run_call(self, flow: Flow, stream: MessageStream) -> None:
         try:

@@ -1,0 +1,64 @@
+"""Request/response headers: the fast path and the general path agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipcclient import errors
+from ipcclient.headers import Request, TraceContext, request_from_wire, response_from_wire
+
+trace = st.builds(TraceContext, st.binary(min_size=16, max_size=16),
+                  st.binary(min_size=16, max_size=16), st.integers(0, 3))  # fmt: skip
+
+
+@given(
+    suffix=st.text(max_size=20),
+    method=st.text(min_size=1, max_size=20),
+    nargs=st.integers(0, 1024),
+    deadline=st.one_of(st.none(), st.floats(0, 1e6)),
+    tr=st.one_of(st.none(), trace),
+)
+def test_round_trip_of_common_headers(
+    suffix: str, method: str, nargs: int, deadline: float | None, tr: TraceContext | None
+) -> None:
+    req = Request(suffix=suffix, method=method, nargs=nargs, deadline=deadline, trace=tr)
+    assert request_from_wire(req.to_wire()) == req
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": 5},
+        {"nargs": -1},
+        {"nargs": 5000},
+        {"nargs": True},
+        {"deadline": float("nan")},
+        {"deadline": "soon"},
+        {"trace": {"t": b"x", "s": b"y"}},
+        {"trace": [1, 2]},
+        {"suffix": "x" * 5000},
+        {"end_stream_args": 1},
+        [],
+    ],
+)
+def test_malformed_request_headers_are_bad_protocol(bad: Any) -> None:
+    with pytest.raises(errors.BadProtocolError):
+        request_from_wire(bad)
+
+
+def test_general_path_normalizes_deadlines() -> None:
+    assert request_from_wire({"method": "M", "deadline": -3.0}).deadline == 0.0
+    assert request_from_wire({"method": "M", "deadline": 10**12}).deadline is None
+    assert request_from_wire({"method": "M", "deadline": 7}).deadline == 7.0
+
+
+def test_response_headers() -> None:
+    assert response_from_wire({}).is_stream_item
+    with pytest.raises(errors.BadProtocolError):
+        response_from_wire({"error": "not an error"})
+    with pytest.raises(errors.BadProtocolError):
+        response_from_wire({"nresults": -1})
