@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from ipcclient import errors, retry, vtrace
 from ipcclient.call import Call
@@ -71,6 +71,8 @@ from ipcclient.wire.messages import encode_messages
 __all__ = ["Client"]
 
 log = logging.getLogger("ipcclient.client")
+
+_T = TypeVar("_T")
 
 _DIAL_WAIT_SLICE = 0.05
 """How often a caller waiting for a dial looks at its context and at close()."""
@@ -195,21 +197,10 @@ class Client:
                 call = self._start(call_ctx, name, method, args, options, close_send=True)
                 return call.finish()
 
-            try:
-                return attempt(1)  # the usual case: no retry machinery at all
-            except errors.IPCError as first:
-                no_retry = bool(options) and find_one(options, NoRetry) is not None
-                if no_retry or not retry.should_retry(first, retry.RetryPhase.AFTER_SEND):
-                    raise
-                return retry.run_with_retries(
-                    attempt,
-                    deadline=self._retry_deadline(call_ctx, options),
-                    phase=retry.RetryPhase.AFTER_SEND,
-                    policy=self.options.backoff,
-                    no_retry=no_retry,
-                    ctx=call_ctx,
-                    first_error=first,
-                )
+            no_retry = bool(options) and find_one(options, NoRetry) is not None
+            return self._with_retries(
+                attempt, call_ctx, options, retry.RetryPhase.AFTER_SEND, no_retry
+            )
         finally:
             if owned:
                 call_ctx.cancel("call finished")  # type: ignore[attr-defined]
@@ -251,6 +242,31 @@ class Client:
         if ctx.deadline is None and self.options.default_call_timeout is not None:
             return ctx.with_timeout(self.options.default_call_timeout), True
         return ctx, False
+
+    def _with_retries(
+        self,
+        attempt: Callable[[int], _T],
+        ctx: Context,
+        options: Sequence[CallOption],
+        phase: retry.RetryPhase,
+        no_retry: bool,
+    ) -> _T:
+        """``attempt(1)``; only if it fails with an error ``phase`` may retry, the retry loop
+        (backoff, deadline, cancellation) starting from that failure."""
+        try:
+            return attempt(1)  # the usual case: no retry machinery at all
+        except errors.IPCError as first:
+            if no_retry or not retry.should_retry(first, phase):
+                raise
+            return retry.run_with_retries(
+                attempt,
+                deadline=self._retry_deadline(ctx, options),
+                phase=phase,
+                policy=self.options.backoff,
+                no_retry=no_retry,
+                ctx=ctx,
+                first_error=first,
+            )
 
     @staticmethod
     def _retry_deadline(ctx: Context, options: Sequence[CallOption]) -> float:
@@ -300,20 +316,9 @@ class Client:
             )
 
         try:
-            try:
-                return attempt(1)  # the usual case: no retry machinery at all
-            except errors.IPCError as first:
-                if no_retry or not retry.should_retry(first, retry.RetryPhase.BEFORE_SEND):
-                    raise
-                return retry.run_with_retries(
-                    attempt,
-                    deadline=self._retry_deadline(call_ctx, options),
-                    phase=retry.RetryPhase.BEFORE_SEND,
-                    policy=self.options.backoff,
-                    no_retry=no_retry,
-                    ctx=call_ctx,
-                    first_error=first,
-                )
+            return self._with_retries(
+                attempt, call_ctx, options, retry.RetryPhase.BEFORE_SEND, no_retry
+            )
         except errors.IPCError as exc:
             span.finish()
             if owned:
