@@ -66,7 +66,7 @@ from ipcclient.security.principal import Principal
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import StreamManager
-from ipcclient.wire.messages import encode_messages
+from ipcclient.wire.messages import encode_message_parts, encode_messages
 
 __all__ = ["Client"]
 
@@ -426,7 +426,9 @@ class Client:
                 self._calls.add(call)
             values: list[Any] = [request.to_wire(), *args]
             try:
-                data = encode_messages(*values, tail=_END_STREAM_MESSAGE if close_send else b"")
+                data = encode_message_parts(
+                    *values, tail=_END_STREAM_MESSAGE if close_send else b""
+                )
                 flow.write(data, end=close_send, deadline=deadline)
             except errors.BadArgError as exc:
                 call.cancel(exc)

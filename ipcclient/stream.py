@@ -15,7 +15,7 @@ from typing import Any
 
 from ipcclient import codec, errors
 from ipcclient.transport.conn import Flow
-from ipcclient.wire.messages import MessageReader, encode_messages
+from ipcclient.wire.messages import MessageReader, encode_message_parts
 
 __all__ = ["MessageStream"]
 
@@ -43,7 +43,7 @@ class MessageStream:
 
     def send(self, *values: Any, end: bool = False, deadline: float | None = None) -> None:
         """Write ``values`` as messages in one flow write; with ``end``, half-close after."""
-        self._flow.write(encode_messages(*values), end=end, deadline=deadline)
+        self._flow.write(encode_message_parts(*values), end=end, deadline=deadline)
 
     def recv(self, deadline: float | None = None) -> Any:
         """The next message's value.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -66,3 +67,15 @@ def test_a_budget_bounds_the_total_of_several_messages() -> None:
     assert len(reader2.feed(data)) == 3
     reader2.set_budget(None)
     assert reader2.feed(encode_messages(b"x" * 1000)) == [b"x" * 1000]
+
+
+def test_message_parts_keep_bulk_values_uncopied() -> None:
+    from ipcclient.wire.messages import encode_message_parts
+
+    big, other = os.urandom(70_000), os.urandom(5000)
+    parts = encode_message_parts("hdr", big, 7, other, head=b"H", tail=b"T")
+    assert b"".join(parts) == encode_messages("hdr", big, 7, other, head=b"H", tail=b"T")
+    assert any(p is big for p in parts) and any(p is other for p in parts)
+    assert len(parts) == 5  # small, big, small, other, tail
+    assert encode_message_parts("only", "small") == [encode_messages("only", "small")]
+    assert MessageReader().feed(b"".join(parts)[1:-1]) == ["hdr", big, 7, other]

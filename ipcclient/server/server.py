@@ -36,7 +36,7 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthori
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
-from ipcclient.wire.messages import encode_messages
+from ipcclient.wire.messages import encode_message_parts, encode_messages
 
 __all__ = [
     "Dispatcher",
@@ -236,7 +236,7 @@ class ServerCall:
         """Stream ``item`` to the client (blocks while the client's window is full, at most
         until the call's deadline or the server's ``send_timeout``)."""
         self._stream.flow.write(
-            encode_messages(item, head=_STREAM_ITEM_MESSAGE),
+            encode_message_parts(item, head=_STREAM_ITEM_MESSAGE),
             deadline=self.server._send_deadline(self.context),
         )
 

@@ -55,7 +55,7 @@ import struct
 import threading
 import time
 from _thread import allocate_lock as _allocate_lock
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +74,6 @@ _COALESCE_READS = 64 * 1024
 LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
 socket back (so a client making calls back to back keeps reading its own replies)."""
-
-RECV_BUFFER = 256 * 1024
-"""Bytes the reader asks the kernel for per recv: one maximum record fits, so a burst of
-frames is opened with one syscall."""
 
 
 @dataclass(frozen=True)
@@ -292,8 +288,15 @@ class Flow:
         return chunk
 
     # --- writing ----------------------------------------------------------------------
-    def write(self, data: bytes, *, end: bool = False, deadline: float | None = None) -> None:
-        """Send ``data`` (and, with ``end``, close the send side after it).
+    def write(
+        self,
+        data: bytes | list[bytes],
+        *,
+        end: bool = False,
+        deadline: float | None = None,
+    ) -> None:
+        """Send ``data`` (bytes, or a list of pieces sent in order without joining them)
+        and, with ``end``, close the send side after it.
 
         Blocks while the peer grants no credit (a slow reader bounds what is in flight).
 
@@ -303,6 +306,14 @@ class Flow:
             BadStateError: the send side is already closed.
             CanceledError / ConnectionFailedError / the peer's error: see :meth:`read`.
         """
+        if type(data) is list:
+            last = len(data) - 1
+            for i, piece in enumerate(data):
+                self._write(piece, end and i == last, deadline)
+        else:
+            self._write(data, end, deadline)  # type: ignore[arg-type]
+
+    def _write(self, data: bytes, end: bool, deadline: float | None) -> None:
         deadline = self._effective(deadline)
         conn = self._conn
         view: bytes | memoryview = data
@@ -481,7 +492,6 @@ class Connection:
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
-        self._rbuf = bytearray(RECV_BUFFER)
         self._mid_read = False
         self._wake_r = self._wake_w = -1
         if self._lead:
@@ -566,13 +576,15 @@ class Connection:
         """
         err = error or errors.ConnectionFailedError("transport: the VC was closed locally")
         with self._lock:
-            data = b""
+            data: list[bytes | memoryview] = []
             if self._error is None:
                 self._mux.close(error)
                 data = self._take_output_locked()
         if data:  # GOAWAY, best effort: a peer that stopped reading must not hold us up
             with contextlib.suppress(OSError, errors.IPCError):
-                self._send_nowait(self._sealer.seal(data))
+                for record in self._sealer.seal_parts(data):
+                    if self._send_nowait(record) < len(record):
+                        break
             with self._lock:
                 self._flushing = False
         self._break(err)
@@ -636,15 +648,14 @@ class Connection:
         if not self._mux.is_live(flow.id) and flow._eof:
             self._flows.pop(flow.id, None)
 
-    def _take_output_locked(self) -> bytes:
+    def _take_output_locked(self) -> list[bytes | memoryview]:
         """With ``_lock`` held: become the flusher and take what the mux has queued, or
-        return b"" (nothing queued, or another thread is flushing and will send it). A
+        return [] (nothing queued, or another thread is flushing and will send it). A
         non-empty result must be passed to :meth:`_send` once the lock is released."""
         if self._flushing or not self._mux._out:
-            return b""
-        data = self._mux.data_to_send()
+            return []
         self._flushing = True
-        return data
+        return self._mux.take_output()
 
     def _flush(self, *, blocking: bool = True) -> None:
         """Send everything the mux has queued; one flusher at a time (see module docstring).
@@ -659,21 +670,24 @@ class Connection:
         if data:
             self._send(data, blocking=blocking)
 
-    def _send(self, data: bytes, *, blocking: bool = True) -> None:
-        """As the flusher (see :meth:`_take_output_locked`): seal and send ``data``, then
-        whatever was queued meanwhile, until nothing is left; then give up the role."""
+    def _send(self, data: list[bytes | memoryview], *, blocking: bool = True) -> None:
+        """As the flusher (see :meth:`_take_output_locked`): seal and send ``data`` (frame
+        pieces), then whatever was queued meanwhile, until nothing is left; then give up
+        the role. Bulk is sealed record by record into the sealer's reused buffer."""
         try:
             while data:
-                record = self._sealer.seal(data)
-                if blocking:
-                    self._sock.sendall(record)
-                else:
+                records = self._sealer.seal_parts(data)
+                for record in records:
+                    if blocking:
+                        self._sock.sendall(record)
+                        continue
                     sent = self._send_nowait(record)
                     if sent < len(record):
-                        self._start_drainer(bytes(memoryview(record)[sent:]))
+                        # (a copy: the record's buffer is reused for the next record)
+                        self._start_drainer(bytes(memoryview(record)[sent:]), records)
                         return  # the drainer holds the flusher role now
                 with self._lock:
-                    data = self._mux.data_to_send()
+                    data = self._mux.take_output()
                     if not data:
                         self._flushing = False
         except (OSError, errors.IPCError) as exc:
@@ -687,7 +701,7 @@ class Connection:
             self._break(errors.ConnectionFailedError("transport: interrupted while sending"))
             raise
 
-    def _send_nowait(self, record: bytes | bytearray) -> int:
+    def _send_nowait(self, record: bytes | bytearray | memoryview) -> int:
         """Send what the socket takes without blocking; return how much that was."""
         view = memoryview(record)
         total = 0
@@ -699,23 +713,26 @@ class Connection:
                 break
         return total
 
-    def _start_drainer(self, rest: bytes) -> None:
+    def _start_drainer(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
         threading.Thread(
-            target=self._drain, args=(rest,), name=f"ipc-drain-{self.name}", daemon=True
+            target=self._drain, args=(rest, records), name=f"ipc-drain-{self.name}", daemon=True
         ).start()
 
-    def _drain(self, rest: bytes) -> None:
-        """The drainer: finish the record the socket would not take, then flush on as a
-        blocking flusher (bounded by the send timeout), then end."""
+    def _drain(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
+        """The drainer: finish the record the socket would not take and the records still
+        to seal of that batch, then flush on as a blocking flusher (bounded by the send
+        timeout), then end."""
         try:
             self._sock.sendall(rest)
-        except OSError as exc:
+            for record in records:
+                self._sock.sendall(record)
+        except (OSError, errors.IPCError) as exc:
             with self._lock:
                 self._flushing = False
             self._break(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
             return
         with self._lock:
-            data = self._mux.data_to_send()
+            data = self._mux.take_output()
             if not data:
                 self._flushing = False
         if data:
@@ -838,7 +855,7 @@ class Connection:
         if not readable:
             return "wake" if woken else "timeout"
         try:
-            n = self._sock.recv_into(self._rbuf)
+            n = self._sock.recv_into(self._opener.receive_buffer())
         except (BlockingIOError, InterruptedError):
             return "wake"
         except OSError as exc:
@@ -848,7 +865,7 @@ class Connection:
             raise _Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
         self._mid_read = True  # until everything read is dispatched (see _wait_for_peer)
         self._last_recv = time.monotonic()
-        for plain in self._opener.feed(memoryview(self._rbuf)[:n]):
+        for plain in self._opener.received(n):
             self._on_plaintext(plain)
         self._mid_read = False
         return "data"
@@ -929,8 +946,7 @@ class Connection:
     # --- reading (reader thread) --------------------------------------------------------
     def _read_loop(self) -> None:
         sock = self._sock
-        buf = bytearray(RECV_BUFFER)
-        view = memoryview(buf)
+        opener = self._opener
         err: errors.IPCError | None = None
         try:
             if self._pending_early:
@@ -939,7 +955,7 @@ class Connection:
                     self._on_plaintext(plain)
             while self._error is None:
                 try:
-                    n = sock.recv_into(buf)
+                    n = sock.recv_into(opener.receive_buffer())
                 except (BlockingIOError, TimeoutError):
                     if self._keepalive_due():
                         continue
@@ -955,8 +971,8 @@ class Connection:
                     err = errors.ConnectionFailedError("transport: the peer closed the connection")
                     break
                 self._last_recv = time.monotonic()
-                for plain in self._opener.feed(view[:n]):
-                    self._on_plaintext(plain)
+                for record in opener.received(n):
+                    self._on_plaintext(record)
         except errors.IPCError as exc:
             err = errors.ConnectionFailedError(f"transport: {exc.id}: {exc.msg}")
             err.__cause__ = exc
@@ -983,7 +999,7 @@ class Connection:
         self._flush(blocking=False)
         return True
 
-    def _on_plaintext(self, plain: bytes) -> None:
+    def _on_plaintext(self, plain: bytes | memoryview) -> None:
         new_flows: list[Flow] = []
         aborted: list[tuple[Callable[[errors.IPCError], None], errors.IPCError]] = []
         closed: errors.IPCError | None = None

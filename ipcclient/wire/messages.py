@@ -17,7 +17,7 @@ from typing import Any
 
 from ipcclient import codec, errors
 
-__all__ = ["MessageReader", "encode_messages"]
+__all__ = ["MessageReader", "encode_message_parts", "encode_messages"]
 
 _LENGTH = struct.Struct(">I")
 _BULK = 4096
@@ -55,22 +55,36 @@ def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes
     """One buffer holding ``head``, then each value as a length-prefixed CBOR message, in
     order, then ``tail`` (``head`` and ``tail``: messages encoded before, e.g. constant
     headers)."""
-    parts: list[bytes] = [head] if head else []
-    append = parts.append
+    parts = encode_message_parts(*values, head=head, tail=tail)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> list[bytes]:
+    """The same bytes as :func:`encode_messages`, as a list of pieces to write in order:
+    a bulk byte string (see ``_BULK``) is its own piece, never copied; everything between
+    two bulk values is joined into one piece. Usually a list of one."""
+    small: list[bytes] = [head] if head else []
+    parts: list[bytes] = []
+    append = small.append
     encode = codec.encode
     pack = _LENGTH.pack
     for value in values:
         if type(value) is bytes and len(value) >= _BULK:
-            head = _bytes_head(len(value))
-            append(pack(len(head) + len(value)) + head)
-            append(value)
+            bulk_head = _bytes_head(len(value))
+            append(pack(len(bulk_head) + len(value)) + bulk_head)
+            parts.append(b"".join(small))
+            parts.append(value)
+            small = []
+            append = small.append
             continue
         body = encode(value)
         append(pack(len(body)))
         append(body)
     if tail:
         append(tail)
-    return b"".join(parts)
+    if small or not parts:
+        parts.append(b"".join(small))
+    return parts
 
 
 class MessageReader:

@@ -23,6 +23,7 @@ API::
     mux.ping(b"8 bytes!"); mux.close(error=None)
     events = mux.receive_data(data)             # list[Event]
     wire = mux.data_to_send()                   # all queued frames, coalesced
+    pieces = mux.take_output()                  # the same, as a list (no join)
 
 Events: :class:`FlowOpened`, :class:`DataReceived` (``end`` marks the peer's FIN),
 :class:`FlowReset`, :class:`CreditAvailable`, :class:`PingReceived`, :class:`PingAcked`,
@@ -509,6 +510,16 @@ class Mux:
     def has_data_to_send(self) -> bool:
         """Whether :meth:`data_to_send` would return any bytes (cheap; no copy)."""
         return bool(self._out)
+
+    def take_output(self) -> list[bytes | memoryview]:
+        """All queued frames as the list of their pieces, without joining them (a bulk
+        payload stays the caller's buffer); the queue is emptied."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self._pending_replies = 0
+        return out
 
     def data_to_send(self) -> bytes:
         """All queued frames as one bytes object (empty if none); the queue is emptied."""
