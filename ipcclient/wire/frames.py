@@ -187,26 +187,53 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add ``data`` and return every frame it completes, in order.
 
+        Only an incomplete frame is ever copied into the decoder's buffer, and a buffered
+        frame takes from ``data`` just the bytes that complete it: a large chunk (a whole
+        record of bulk) is never copied as a whole.
+
         Raises:
             BadProtocolError: the bytes are not a valid frame sequence (this call and every
                 later one).
         """
         if self._error is not None:
             raise self._error
+        frames: list[Frame] = []
         buf = self._buf
+        if not buf:
+            self._parse(data, frames, keep_rest=True)
+            return frames
+        with memoryview(data) as whole:
+            view = whole.cast("B")
+            taken = 0
+            if len(buf) < HEADER_SIZE:
+                taken = min(HEADER_SIZE - len(buf), len(view))
+                buf += view[:taken]
+            if len(buf) >= HEADER_SIZE:
+                length = _HEADER.unpack_from(buf)[2]
+                if length <= self.max_payload:  # (else _parse fails the header)
+                    more = min(HEADER_SIZE + length - len(buf), len(view) - taken)
+                    buf += view[taken : taken + more]
+                    taken += more
+            if self._parse(buf, frames, keep_rest=False) == len(buf):
+                buf.clear()
+                if taken < len(view):
+                    self._parse(view[taken:], frames, keep_rest=True)
+            view.release()
+        return frames
+
+    def _parse(
+        self, data: bytes | bytearray | memoryview, frames: list[Frame], *, keep_rest: bool
+    ) -> int:
+        """Append the whole frames at the start of ``data`` to ``frames``; return the bytes
+        they took. With ``keep_rest``, an incomplete tail goes to the (empty) buffer."""
         raw: bytes = b""
         view: memoryview | None = None
-        was_buffered = bool(buf)
-        if was_buffered:
-            buf += data
-            view = memoryview(buf)
-        elif type(data) is bytes:
+        if type(data) is bytes:
             raw = data
         else:
             view = memoryview(data).cast("B")
         end = len(raw) if view is None else len(view)
         pos = 0
-        frames: list[Frame] = []
         append = frames.append
         rules = _RULES
         unpack_from = _HEADER.unpack_from
@@ -233,17 +260,12 @@ class FrameDecoder:
                     self._fail_with("CREDIT frame with a zero increment")
                 append(Frame(ftype, flags, flow_id, payload))
                 pos = stop
-            if view is not None and not was_buffered and pos < end:
-                buf += view[pos:]
+            if keep_rest and pos < end:
+                self._buf += raw[pos:] if view is None else view[pos:]
         finally:
             if view is not None:
                 view.release()
-        if was_buffered:
-            if pos:
-                del buf[:pos]
-        elif raw and pos < end:
-            buf += raw[pos:]
-        return frames
+        return pos
 
     def _fail(self, tf: int, flow_id: int, length: int) -> NoReturn:
         problem = _header_problem(tf, flow_id, length, self.max_payload)
