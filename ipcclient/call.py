@@ -95,7 +95,9 @@ class Call:
             if self._send_closed or self._ended:
                 raise self._mark(errors.AbortedError("call: send after close_send or end"))
         self._guard(
-            lambda: self._stream.send(_STREAM_ITEM_REQUEST, item, deadline=self.context.deadline)
+            lambda: self._stream.send(
+                _STREAM_ITEM_REQUEST, item, deadline=self.context.deadline, streamed=True
+            )
         )
 
     def recv(self) -> Any:

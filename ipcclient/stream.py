@@ -41,9 +41,18 @@ class MessageStream:
         already received do not count."""
         self._reader.set_budget(nbytes, free=free)
 
-    def send(self, *values: Any, end: bool = False, deadline: float | None = None) -> None:
-        """Write ``values`` as messages in one flow write; with ``end``, half-close after."""
-        self._flow.write(encode_message_parts(*values), end=end, deadline=deadline)
+    def send(
+        self,
+        *values: Any,
+        end: bool = False,
+        deadline: float | None = None,
+        streamed: bool = False,
+    ) -> None:
+        """Write ``values`` as messages in one flow write; with ``end``, half-close after;
+        ``streamed``: an item of a stream (see :meth:`Flow.write`)."""
+        self._flow.write(
+            encode_message_parts(*values), end=end, deadline=deadline, streamed=streamed
+        )
 
     def recv(self, deadline: float | None = None) -> Any:
         """The next message's value.

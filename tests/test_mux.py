@@ -812,3 +812,36 @@ class TwoEndpoints(RuleBasedStateMachine):
 
 TwoEndpoints.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_two_endpoints = TwoEndpoints.TestCase
+
+
+# --- small writes queued together share a frame ---------------------------------------------
+def test_writes_queued_back_to_back_on_a_flow_grow_one_frame() -> None:
+    a, b = pair()
+    one, two = a.open_flow(), a.open_flow()
+    for i in range(3):
+        a.send_data(one, b"item%d" % i)
+    a.send_data(two, b"other")  # another flow's frame ends the run
+    a.send_data(one, b"late")
+    a.send_data(one, b"", end=True)  # FIN joins the run too
+    wire = a.data_to_send()
+    assert [(f.flow_id, f.flags, f.payload) for f in frames_of(wire)] == [
+        (one, FLAG_OPEN, b"item0item1item2"),
+        (two, FLAG_OPEN, b"other"),
+        (one, FLAG_FIN, b"late"),
+    ]
+    assert b.receive_data(wire)[1] == DataReceived(one, b"item0item1item2", False)
+    a.send_data(two, b"x")  # after the queue was taken nothing is merged into sent frames
+    a.ping(b"12345678")  # nor across another frame
+    a.send_data(two, b"y")
+    assert [f.payload for f in frames_of(a.data_to_send())] == [b"x", b"12345678", b"y"]
+
+
+def test_a_grown_frame_never_exceeds_the_peers_max_payload() -> None:
+    small = MuxConfig(max_frame_payload=MIN_FRAME_PAYLOAD)
+    a, _b = pair(b_config=small)
+    fid = a.open_flow()
+    for _ in range(5):
+        a.send_data(fid, b"z" * 400)
+    sizes = [len(f.payload) for f in frames_of(a.data_to_send())]
+    assert sizes == [800, 800, 400]
+    assert max(sizes) <= MIN_FRAME_PAYLOAD

@@ -76,6 +76,15 @@ class Service:
             return "cancelled"
         return "not cancelled"
 
+    def Burst(self, call: ServerCall, n: int) -> str:
+        for i in range(n):
+            call.send(i)
+        # Items sent in a burst may be held back briefly to share a record: they must still
+        # reach the client while the method goes on with something else.
+        self.started.set()
+        call.context.wait(10)
+        return "released"
+
     def ReturnsEarly(self, call: ServerCall) -> str:
         return "early"
 
@@ -346,3 +355,16 @@ def test_bulk_args_results_and_stream_items_arrive_intact(
         call.send(item)
         assert call.recv() == item * 2
     assert call.finish() == (4,)
+
+
+def test_items_of_a_burst_arrive_while_the_method_is_still_busy(
+    rig: tuple[Service, str, Client],
+) -> None:
+    service, name, client = rig
+    call = client.start_call(ctx(), name, "Burst", [50])
+    deadline = time.monotonic() + 5
+    got = [call.recv() for _ in range(50)]
+    assert got == list(range(50))
+    assert time.monotonic() < deadline
+    assert service.started.is_set()
+    call.cancel()

@@ -238,6 +238,7 @@ class ServerCall:
         self._stream.flow.write(
             encode_message_parts(item, head=_STREAM_ITEM_MESSAGE),
             deadline=self.server._send_deadline(self.context),
+            streamed=True,
         )
 
 

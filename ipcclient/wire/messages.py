@@ -63,6 +63,11 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     """The same bytes as :func:`encode_messages`, as a list of pieces to write in order:
     a bulk byte string (see ``_BULK``) is its own piece, never copied; everything between
     two bulk values is joined into one piece. Usually a list of one."""
+    if len(values) == 1 and not tail:  # one value (a stream item): the short way
+        value = values[0]
+        if type(value) is not bytes or len(value) < _BULK:
+            body = codec.encode(value)
+            return [b"".join((head, _LENGTH.pack(len(body)), body))]
     small: list[bytes] = [head] if head else []
     parts: list[bytes] = []
     append = small.append

@@ -251,6 +251,7 @@ class Mux:
         "_peer_initial_window",
         "_peer_max_frame",
         "_pending_replies",
+        "_tail",
         "config",
         "dialer",
     )
@@ -296,6 +297,11 @@ class Mux:
         self._peer_initial_window = peer_initial_window
         self._peer_max_frame = peer_max_frame_payload
         self._pending_replies = 0
+        # (flow id, flags, payload length, index of its header in _out, len(_out)) of the
+        # DATA frame last queued, while nothing else was queued after it: small writes that
+        # follow on the same flow grow that frame instead of adding one (a burst of stream
+        # items queued together is one frame).
+        self._tail: tuple[int, int, int, int, int] | None = None
         self._error: errors.IPCError | None = None  # why the connection is closed
         self._input_error: errors.BadProtocolError | None = None  # the peer broke the protocol
 
@@ -386,7 +392,21 @@ class Mux:
         if n <= maxp:
             if n == 0 and not flags:
                 return 0
-            out.append(_HEADER.pack(flags, flow_id, n))
+            tail = self._tail
+            if (
+                tail is not None
+                and tail[0] == flow_id
+                and tail[4] == len(out)
+                and tail[2] + n <= maxp
+            ):
+                flags |= tail[1]  # (the earlier frame may carry OPEN)
+                frame_len = tail[2] + n
+                header_at = tail[3]
+                out[header_at] = _HEADER.pack(flags, flow_id, frame_len)
+            else:
+                header_at = len(out)
+                frame_len = n
+                out.append(_HEADER.pack(flags, flow_id, n))
             if n:
                 if type(data) is bytes:
                     out.append(data if n == size else memoryview(data)[:n])
@@ -394,10 +414,12 @@ class Mux:
                     out.append(data[:n])
                 else:
                     out.append(bytes(data[:n]))
+            self._tail = None if fin else (flow_id, flags, frame_len, header_at, len(out))
         else:
             view = memoryview(data).cast("B")
             copy = type(view.obj) is not bytes
             flags &= _OPEN  # OPEN on the first frame only, FIN on the last only
+            self._tail = None
             pos = 0
             while pos < n:
                 stop = pos + maxp
@@ -518,6 +540,7 @@ class Mux:
         if not out:
             return []
         self._out = []
+        self._tail = None
         self._pending_replies = 0
         return out
 
@@ -528,6 +551,7 @@ class Mux:
             return b""
         data = b"".join(out)
         out.clear()
+        self._tail = None
         self._pending_replies = 0
         return data
 
@@ -674,6 +698,7 @@ class Mux:
         err.__cause__ = peer_error
         flow_ids = tuple(self._flows)
         self._out.clear()  # nothing may be sent after receiving GOAWAY
+        self._tail = None
         self._terminate(err)
         events.append(ConnectionClosed(err, peer_error, flow_ids))
 
