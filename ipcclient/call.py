@@ -26,8 +26,9 @@ from ipcclient.context import CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
 from ipcclient.stream import MessageStream
+from ipcclient.wire.messages import MessageReader
 
-__all__ = ["Call"]
+__all__ = ["Call", "finish_unary"]
 
 log = logging.getLogger("ipcclient.call")
 
@@ -172,7 +173,7 @@ class Call:
             if response.error is None and not response.end_stream_results:
                 self._response = None
                 raise errors.BadProtocolError(
-                    "call: finish called with remaining streaming results"
+                    "call: finish called with remaining streaming results", request_sent=True
                 )
             if self._on_trace is not None and response.trace:
                 self._on_trace(response.trace)
@@ -181,7 +182,8 @@ class Call:
                 raise response.error.with_context(request_sent=True)
             if nresults is not None and nresults != response.nresults:
                 raise errors.BadProtocolError(
-                    f"call: server sent {response.nresults} results, client expected {nresults}"
+                    f"call: server sent {response.nresults} results, client expected {nresults}",
+                    request_sent=True,
                 )
             n = response.nresults
             results = (self._recv(),) if n == 1 else tuple(self._recv() for _ in range(n))
@@ -271,12 +273,7 @@ class Call:
         """Cancelled wins over timeout, which wins over whatever the flow reported."""
         if self._cancel_error is not None:
             return self._cancel_error
-        ctx_err = self.context.err()
-        if ctx_err is not None and not isinstance(exc, type(ctx_err)):
-            return ctx_err
-        if isinstance(exc, errors.EndOfStreamError):
-            return errors.BadProtocolError("call: the server closed the flow early")
-        return exc
+        return _translate(exc, self.context)
 
     def _mark(self, err: errors.IPCError) -> errors.IPCError:
         """Release the flow on an error that ends the call; say the request was sent."""
@@ -314,6 +311,68 @@ class Call:
             self._stream.flow.close()
         if self._on_done is not None:
             self._on_done(self)
+
+
+def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
+    """The context's end (cancelled, deadline) wins over whatever the flow reported."""
+    ctx_err = ctx.err()
+    if ctx_err is not None and not isinstance(exc, type(ctx_err)):
+        return ctx_err
+    if isinstance(exc, errors.EndOfStreamError):
+        return errors.BadProtocolError("call: the server closed the flow early")
+    return exc
+
+
+def finish_unary(
+    flow: Any, ctx: Context, on_trace: Callable[[tuple[Any, ...]], None] | None
+) -> tuple[Any, ...]:
+    """The end of a unary call whose request is written (args and end of args sent):
+    what :meth:`Call.finish` does, without a call object, for :meth:`Client.call`. The
+    context ending cancels the flow; the flow is released whatever happens.
+
+    Raises:
+        the server's error, or what ended the call (as :meth:`Call.finish`).
+    """
+    handle = ctx.add_done_callback(flow.cancel)  # wakes a blocked read with ctx's error
+    ok = False
+    try:
+        reader = MessageReader()
+        reader.set_budget(MAX_RESULTS_BYTES, free=1)  # header and results are held at once
+        deadline = ctx.deadline
+        values: list[Any] = []
+        want = 1  # the response header first, then its results
+        header: Response | None = None
+        try:
+            while True:
+                while len(values) < want:
+                    chunk = flow.read(deadline)
+                    if not chunk:
+                        raise errors.BadProtocolError("call: the server closed the flow early")
+                    values.extend(reader.feed(chunk))
+                if header is not None:
+                    break
+                header = response_from_wire(values[0])
+                if header.error is not None or not header.end_stream_results:
+                    break
+                want = 1 + header.nresults
+        except errors.IPCError as exc:
+            raise _translate(exc, ctx).with_context(request_sent=True) from None
+        if on_trace is not None and header.trace:
+            on_trace(header.trace)
+        if header.error is not None:
+            raise header.error.with_context(request_sent=True)
+        if not header.end_stream_results:
+            raise errors.BadProtocolError(
+                "call: finish called with remaining streaming results", request_sent=True
+            )
+        ok = True
+        return tuple(values[1:want])
+    finally:
+        ctx.remove_done_callback(handle)
+        if ok:
+            flow.close()
+        else:
+            flow.cancel(errors.CanceledError("call: interrupted"))
 
 
 _STREAM_ITEM_REQUEST = Request().to_wire()

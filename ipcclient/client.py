@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ipcclient import errors, retry, vtrace
-from ipcclient.call import Call
+from ipcclient.call import Call, finish_unary
 from ipcclient.context import Context
 from ipcclient.headers import Request, TraceContext
 from ipcclient.naming import names
@@ -79,6 +79,9 @@ _DIAL_WAIT_SLICE = 0.05
 
 _VC_CACHE_ENTRIES = 256
 """Validated server names kept per VC (per method and suffix); cleared when full."""
+
+_FAST_PLANS = 1024
+"""Names whose fast-path plan (or its absence) is kept; cleared when full."""
 
 _PROTOCOL_RANK = {"unix": 0, "tcp4": 1, "tcp": 1, "tcp6": 1}
 """Order of servers by protocol (a local Unix socket first; unknown protocols last)."""
@@ -148,6 +151,7 @@ class Client:
         self._abandoned: collections.deque[Flow] = collections.deque()
         self._closed = False
         self._pid = os.getpid()
+        self._fast_plans: dict[str, tuple[Endpoint, str, str] | None] = {}
         self.stats = collections.Counter[str]()
 
     # --- public API ---------------------------------------------------------------------
@@ -197,9 +201,16 @@ class Client:
                 call = self._start(call_ctx, name, method, args, options, close_send=True)
                 return call.finish()
 
+            def fast_first(n: int) -> tuple[Any, ...]:
+                results = self._fast_call(call_ctx, name, method, args)
+                return attempt(n) if results is None else results
+
+            # The usual call may take the short way (see _fast_call).
+            first = attempt if options else fast_first
+
             no_retry = bool(options) and find_one(options, NoRetry) is not None
             return self._with_retries(
-                attempt, call_ctx, options, retry.RetryPhase.AFTER_SEND, no_retry
+                attempt, call_ctx, options, retry.RetryPhase.AFTER_SEND, no_retry, first=first
             )
         finally:
             if owned:
@@ -250,11 +261,13 @@ class Client:
         options: Sequence[CallOption],
         phase: retry.RetryPhase,
         no_retry: bool,
+        first: Callable[[int], _T] | None = None,
     ) -> _T:
-        """``attempt(1)``; only if it fails with an error ``phase`` may retry, the retry loop
-        (backoff, deadline, cancellation) starting from that failure."""
+        """``first(1)`` (default: ``attempt``); only if it fails with an error ``phase`` may
+        retry, the retry loop (backoff, deadline, cancellation) of ``attempt`` starting from
+        that failure."""
         try:
-            return attempt(1)  # the usual case: no retry machinery at all
+            return (first or attempt)(1)  # the usual case: no retry machinery at all
         except errors.IPCError as first:
             if no_retry or not retry.should_retry(first, phase):
                 raise
@@ -449,6 +462,102 @@ class Client:
         # Every server failed (or there were none): the cached resolution may be stale.
         self.namespace.flush_cache_entry(name)
         raise self._classify(name, servers, failures, last, tried)
+
+    def _fast_call(
+        self, ctx: Context, name: str, method: str, args: tuple[Any, ...]
+    ) -> tuple[Any, ...] | None:
+        """The usual unary call the short way, or None with nothing sent (the general path
+        then makes it). Usual: no options, a rooted name naming one server, its VC cached
+        and open, the server already authorized on that VC for this method and suffix (the
+        general path's cache: the same checks, before any byte), and blessings without
+        third-party caveats (no discharges to send). Then no call object, retry loop or
+        stream object is made; the request and the response are the same bytes, and every
+        error is the one the general path would raise."""
+        if self._closed or self._abandoned or self._pid != os.getpid():
+            return None
+        try:
+            plan = self._fast_plans[name]
+        except KeyError:
+            plan = self._fast_plan(name)
+        if plan is None:
+            return None
+        ep, key, suffix = plan
+        conn = self._vcs.get(key)
+        if conn is None or conn._error is not None:
+            return None
+        hit = conn.cache.get(("server-names", method, suffix))
+        if hit is None or hit[1] <= time.time():
+            return None
+        if ep.blessings and not any(b in hit[0] for b in ep.blessings):
+            return None  # the general path says why
+        plain = conn.cache.get("no-discharges")
+        if plain is None:
+            local = conn.local_blessings
+            plain = not (isinstance(local, Blessings) and local.third_party_caveats())
+            conn.cache["no-discharges"] = plain
+        if not plain:
+            return None
+        try:
+            flow = conn.connect()
+        except errors.IPCError:
+            return None  # the general path evicts and redials
+        deadline = ctx.deadline
+        flow.set_deadline(deadline)
+        span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
+        try:
+            request = Request(
+                suffix=suffix,
+                method=method,
+                nargs=len(args),
+                deadline=None if deadline is None else max(0.0, deadline - time.monotonic()),
+                trace=TraceContext(span.trace_id, span.span_id, span.flags),
+            )
+            try:
+                data = encode_message_parts(request.to_wire(), *args, tail=_END_STREAM_MESSAGE)
+                flow.write(data, end=True, deadline=deadline)
+            except errors.BadArgError as exc:
+                flow.cancel(exc)
+                raise exc.with_context(request_sent=False) from None
+            except errors.IPCError as exc:
+                flow.cancel(exc)
+                if not flow.wrote:
+                    return None  # nothing reached the wire: the general path starts over
+                raise exc.with_context(
+                    request_sent=True, action=errors.RetryAction.NO_RETRY
+                ) from None
+            except BaseException:
+                flow.cancel(errors.CanceledError("call: interrupted"))
+                raise
+            self.stats["calls_started"] += 1
+            collecting = span.collecting
+            trace_id = span.trace_id
+
+            def on_trace(records: tuple[Any, ...]) -> None:
+                if collecting:
+                    vtrace.STORE.merge(trace_id, records)
+
+            return finish_unary(flow, ctx, on_trace)
+        finally:
+            span.finish()
+
+    def _fast_plan(self, name: str) -> tuple[Endpoint, str, str] | None:
+        """What :meth:`_fast_call` needs of ``name`` (endpoint, VC key, suffix), when it
+        names exactly one server without resolving; else None. Pure, so kept (bounded)."""
+        plan: tuple[Endpoint, str, str] | None = None
+        servers = self._servers_without_resolving(name)
+        versions = self._manager.options.versions
+        if servers is not None and len(servers) == 1 and type(versions) is tuple:
+            address, suffix = _split_server(servers[0])
+            if address:
+                try:
+                    ep, key = _dial_plan_cached(address, versions)
+                    plan = (ep, key, suffix)
+                except errors.IPCError:
+                    plan = None
+        if len(self._fast_plans) >= _FAST_PLANS:
+            self._fast_plans.clear()
+        self._fast_plans[name] = plan
+        return plan
 
     def _servers_without_resolving(self, name: str) -> tuple[str, ...] | None:
         """The servers of ``name`` when the namespace would answer at once without a call (a

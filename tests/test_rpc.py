@@ -85,6 +85,14 @@ class Service:
         call.context.wait(10)
         return "released"
 
+    def EveryOther(self, call: ServerCall) -> int:
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        if n % 2:
+            raise errors.InternalError("try again", action=errors.RetryAction.RETRY_BACKOFF)
+        return n
+
     def ReturnsEarly(self, call: ServerCall) -> str:
         return "early"
 
@@ -368,3 +376,107 @@ def test_items_of_a_burst_arrive_while_the_method_is_still_busy(
     assert time.monotonic() < deadline
     assert service.started.is_set()
     call.cancel()
+
+
+# --- the short way of a usual unary call (Client._fast_call) ---------------------------------
+def _count_call_objects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import ipcclient.client as client_mod
+
+    made = [0]
+    real = client_mod.Call
+
+    def counting(*a: Any, **k: Any) -> Any:
+        made[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(client_mod, "Call", counting)
+    return made
+
+
+def test_a_warm_unary_call_takes_the_short_way(
+    rig: tuple[Service, str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, name, client = rig
+    made = _count_call_objects(monkeypatch)
+    assert client.call(ctx(), name, "Echo", 1) == (1,)  # first: resolves, dials, authorizes
+    assert made[0] == 1
+    for i in range(20):  # the first authorizes the server for this method too
+        assert client.call(ctx(), name, "Pair", i, "x") == ("x", i)
+    assert made[0] == 2  # then no call object, stream or retry loop for the usual call
+    assert client.stats["calls_started"] == 21
+    assert client.call(ctx(), name, "Echo", 2, options=[NoRetry()]) == (2,)  # options: general
+    assert made[0] == 3
+
+
+def test_short_and_general_ways_raise_the_same_errors(
+    rig: tuple[Service, str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, name, client = rig
+    made = _count_call_objects(monkeypatch)
+
+    def outcome(method: str, *args: Any, seconds: float = 10.0) -> tuple[Any, ...]:
+        try:
+            return ("ok", client.call(ctx(seconds), name, method, *args))
+        except errors.IPCError as exc:
+            return (type(exc), exc.id, exc.action, exc.request_sent)
+
+    cases: list[tuple[str, tuple[Any, ...], float]] = [
+        ("Fail", ("noexist",), 10.0),
+        ("Fail", ("custom",), 10.0),
+        ("Fail", ("boom",), 10.0),
+        ("NoSuchMethod", (), 10.0),
+        ("Echo", (), 10.0),  # wrong number of args
+        ("Count", (2,), 10.0),  # streams results to a unary call
+        ("Unencodable", (), 10.0),
+        ("Block", (), 0.3),  # deadline
+    ]
+    for method, args, seconds in cases:
+        general = _general_outcome(client, name, method, args, seconds)
+        first = outcome(method, *args, seconds=seconds)  # (the server is authorized now)
+        before = made[0]
+        fast = outcome(method, *args, seconds=seconds)
+        assert made[0] == before, method  # the short way
+        assert first == general == fast, method
+
+
+def _general_outcome(
+    client: Client, name: str, method: str, args: tuple[Any, ...], seconds: float
+) -> tuple[Any, ...]:
+    # The general path: a call with an option never takes the short way.
+    try:
+        return ("ok", client.call(ctx(seconds), name, method, *args, options=[NoRetry()]))
+    except errors.IPCError as exc:
+        return (type(exc), exc.id, exc.action, exc.request_sent)
+
+
+def test_short_way_is_cancelled_by_its_context_and_by_close(
+    rig: tuple[Service, str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, name, client = rig
+    made = _count_call_objects(monkeypatch)
+    with pytest.raises(errors.TimeoutError):  # warms the Block method's authorization
+        client.call(ctx(0.2), name, "Block")
+    before = made[0]
+    service.started.clear()
+    c = Context.background().with_cancel()
+    threading.Timer(0.2, c.cancel).start()
+    with pytest.raises(errors.CanceledError) as info:
+        client.call(c, name, "Block")
+    assert info.value.request_sent is True
+    assert made[0] == before  # it was the short way
+    assert service.cancelled.wait(5)  # and the server's context was cancelled too
+    service.started.clear()
+    threading.Timer(0.2, client.close).start()
+    with pytest.raises(errors.CanceledError):
+        client.call(ctx(), name, "Block")
+
+
+def test_short_way_retries_a_server_error_that_asks_for_it(
+    rig: tuple[Service, str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, name, client = rig
+    assert client.call(ctx(), name, "EveryOther") == (2,)  # general path: fails, retried
+    made = _count_call_objects(monkeypatch)
+    assert client.call(ctx(), name, "EveryOther") == (4,)  # short way fails; the loop retries
+    assert made[0] == 1  # (the retry takes the general path)
+    assert service.calls == 4
