@@ -572,6 +572,7 @@ class Connection:
         self._reading = self._lead  # the reader thread holds the role from the start
         self._reader_holds = self._lead
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
+        self._reader_parked = False  # the reader thread sleeps in _park_locked
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
         self._mid_read = False
@@ -840,7 +841,10 @@ class Connection:
         if not self._lead:
             flow._cond.wait(timeout)
             return
-        if not self._reading:
+        # Other calls in flight: the reader thread reads for all of them (one thread stays
+        # awake dispatching replies, instead of the role passing from caller to caller).
+        busy = len(self._flows) > 1
+        if not self._reading and not (busy and self._reader_parked):
             self._reading = True
             self._reader_holds = False
             self._lock.release()
@@ -860,15 +864,15 @@ class Connection:
                 pending = _reacquire(self._lock)
                 self._reading = False
                 self._last_lead = time.monotonic()
-                for waiting in self._waiters:  # let the next waiting caller read
-                    waiting._cond.notify_all()
-                    break
+                self._pass_role_locked()
                 if pending is not None:
                     raise pending
             return
         try:
             self._waiters[flow] = None
-            if self._reader_holds:
+            if not self._reading:  # busy, and the reader thread is parked: it takes over
+                self._reader_signal.notify_all()
+            elif self._reader_holds and not busy:
                 self._poke_locked()  # the reader thread gives the role up to us
             flow._cond.wait(timeout)
         finally:
@@ -877,9 +881,20 @@ class Connection:
                 # The role is free and was maybe handed to us; our caller takes it if it
                 # still needs the peer. Pass the baton on too, so that a waiter that does
                 # need it is never left sleeping with nobody reading.
-                for waiting in self._waiters:
-                    waiting._cond.notify_all()
-                    break
+                self._pass_role_locked()
+
+    def _pass_role_locked(self) -> None:
+        """The read role was just given up: wake who should take it, if anybody waits: the
+        reader thread when several calls are in flight (it reads for all), else the next
+        waiting caller."""
+        if not self._waiters:
+            return
+        if self._reader_parked and len(self._flows) > 1:
+            self._reader_signal.notify_all()
+            return
+        for waiting in self._waiters:
+            waiting._cond.notify_all()
+            break
 
     def _role_free_locked(self) -> bool:
         return not self._reading
@@ -988,7 +1003,9 @@ class Connection:
                 with self._lock:
                     if self._error is not None:
                         break
-                    if self._waiters:  # callers want the socket: hand the role over
+                    if self._waiters and len(self._flows) <= 1:
+                        # A lone caller wants the socket: hand the role over (with several
+                        # calls in flight this thread reads for all of them).
                         self._reading = False
                         self._reader_holds = False
                         self._last_lead = time.monotonic()
@@ -1021,20 +1038,28 @@ class Connection:
 
     def _park_locked(self) -> bool:
         """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
-        reading, nobody waiting) for LEAD_GRACE, then take the role back. False when the VC
-        closed meanwhile."""
-        while self._error is None:
-            quiet = time.monotonic() - self._last_lead
-            # Quiet: nobody took the role for LEAD_GRACE (normally because nobody waits;
-            # as a safety net also when waiters do not take it).
-            if not self._reading and quiet >= LEAD_GRACE:
-                self._reading = True
-                self._reader_holds = True
-                return True
-            self._reader_signal.wait(
-                max(LEAD_GRACE - quiet, 0.001) if quiet < LEAD_GRACE else LEAD_GRACE
-            )
-        return False
+        reading, nobody waiting) for LEAD_GRACE, or until several calls wait for the peer
+        with nobody reading, then take the role back. False when the VC closed meanwhile."""
+        try:
+            while self._error is None:
+                quiet = time.monotonic() - self._last_lead
+                # Quiet: nobody took the role for LEAD_GRACE (normally because nobody waits;
+                # as a safety net also when waiters do not take it).
+                if not self._reading:
+                    if quiet >= LEAD_GRACE or (self._waiters and len(self._flows) > 1):
+                        self._reading = True
+                        self._reader_holds = True
+                        return True
+                    for waiting in self._waiters:  # a lone caller waits: it reads itself
+                        waiting._cond.notify_all()
+                        break
+                self._reader_parked = True
+                self._reader_signal.wait(
+                    max(LEAD_GRACE - quiet, 0.001) if quiet < LEAD_GRACE else LEAD_GRACE
+                )
+            return False
+        finally:
+            self._reader_parked = False
 
     # --- reading (reader thread) --------------------------------------------------------
     def _read_loop(self) -> None:
