@@ -29,7 +29,9 @@ Design decisions:
 * Deadlines are noticed in two ways: lazily, whenever ``done()`` / ``err()`` / ``wait()`` /
   ``add_done_callback`` look at the clock; and, for contexts on the system clock only, by the
   shared timer thread (a heap of ``(deadline, weakref)``), which cancels the context with
-  ``TimeoutError`` so done-callbacks fire on deadline too. A context on an injected clock has
+  ``TimeoutError`` so done-callbacks fire on deadline too. A context is put on the timer only
+  when it gets its first done-callback (its effective deadline, ancestors' included): most
+  contexts never get one, and then cost the timer nothing. A context on an injected clock has
   no timer (its time is not real time); tests advance the clock and look. The timer thread is
   recreated in a forked child (``os.register_at_fork``).
 """
@@ -147,15 +149,11 @@ class Context:
         self._err: errors.IPCError | None = None
         self._callbacks: dict[int, Callable[[errors.IPCError], None]] = {}
         self._children: weakref.WeakSet[Context] | None = None
+        # The deadline the timer thread must enforce once a done-callback needs it (armed
+        # by add_done_callback; everything else notices a deadline by looking at the clock).
+        self._timer_due: float | None = effective if _is_real_clock(clock) else None
         if parent is not None and not parent._never_done:
             parent._adopt(self)
-        if (
-            deadline is not None
-            and self._err is None
-            and _is_real_clock(clock)
-            and (parent is None or parent._deadline is None or deadline < parent._deadline)
-        ):
-            _TIMER.schedule(deadline, self)
 
     # -- construction ---------------------------------------------------------------------
 
@@ -285,10 +283,16 @@ class Context:
         if self._never_done:
             return handle
         if not self.done():
+            stored = False
             with self._lock:
                 if self._err is None:
                     self._callbacks[handle.id] = fn
-                    return handle
+                    stored = True
+                    due, self._timer_due = self._timer_due, None
+            if stored:
+                if due is not None:  # from now on the deadline must fire the callbacks
+                    _TIMER.schedule(due, self)
+                return handle
         err = self._err
         assert err is not None
         _run_callbacks([(fn, err)])

@@ -407,9 +407,11 @@ def test_timer_fires_done_callbacks_on_deadline() -> None:
 
 
 def test_timer_thread_count_stays_one() -> None:
-    Context.background().with_timeout(0.001)  # make sure it is started
+    Context.background().with_timeout(0.001).add_done_callback(noop)  # make sure it started
     ctxs = [Context.background().with_timeout(30 + i * 0.001) for i in range(300)]
     ctxs += [c.with_timeout(10) for c in ctxs[:50]]
+    for c in ctxs:
+        c.add_done_callback(noop)
     assert len(timer_threads()) == 1
     thread = timer_threads()[0]
     assert thread.daemon
@@ -420,9 +422,38 @@ def test_timer_thread_count_stays_one() -> None:
 
 def test_timer_heap_is_compacted() -> None:
     for _ in range(3 * context_mod._TIMER_COMPACT_MIN):
-        Context.background().with_timeout(3600).cancel()
+        ctx = Context.background().with_timeout(3600)
+        ctx.add_done_callback(noop)
+        ctx.cancel()
     # Cancelled entries are dropped as the heap grows; it never holds all 3072 of them.
     assert context_mod._TIMER.pending() < 2 * context_mod._TIMER_COMPACT_MIN + 1
+
+
+def noop(_err: errors.IPCError) -> None:
+    return None
+
+
+def test_only_contexts_with_done_callbacks_are_put_on_the_timer() -> None:
+    before = context_mod._TIMER.pending()
+    parent = Context.background().with_timeout(3600)
+    children = [parent.with_timeout(7200) for _ in range(10)]  # (the parent's deadline)
+    assert context_mod._TIMER.pending() == before  # nobody needs the timer yet
+    fired: list[errors.IPCError] = []
+    child = parent.with_timeout(0.05)
+    child.add_done_callback(fired.append)
+    assert context_mod._TIMER.pending() == before + 1
+    child.add_done_callback(fired.append)  # armed once
+    assert context_mod._TIMER.pending() == before + 1
+    deadline = time.monotonic() + 5
+    while len(fired) < 2 and time.monotonic() < deadline:  # nobody looks: the timer fires
+        time.sleep(0.01)
+    assert [type(e) for e in fired] == [errors.TimeoutError, errors.TimeoutError]
+    assert not parent.done() and not any(c.done() for c in children)
+    late = parent.with_timeout(0.01)
+    time.sleep(0.02)  # its deadline passed before the callback came: it runs at once
+    got: list[errors.IPCError] = []
+    late.add_done_callback(got.append)
+    assert [type(e) for e in got] == [errors.TimeoutError]
 
 
 def test_fake_clock_contexts_are_not_scheduled_on_the_timer() -> None:
@@ -639,3 +670,12 @@ TestContextTree = ContextTreeMachine.TestCase
 def test_module_exports() -> None:
     assert set(context_mod.__all__) <= set(dir(context_mod))
     assert context_mod.WAIT_SLICE <= 0.2  # Ctrl-C is seen within a slice
+
+
+def test_a_callback_fires_on_an_ancestors_earlier_deadline() -> None:
+    parent = Context.background().with_timeout(0.05)  # (no callback: never on the timer)
+    child = parent.with_value("k", 1).with_timeout(3600)
+    fired = threading.Event()
+    child.add_done_callback(lambda err: fired.set())
+    assert fired.wait(5)
+    assert isinstance(child.err(), errors.TimeoutError)

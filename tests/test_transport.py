@@ -534,3 +534,58 @@ def test_both_read_modes_carry_concurrent_flows(
         )
     finally:
         conn.close()
+
+
+def test_pieces_streamed_items_and_an_empty_list_with_end(
+    server: Callable[..., Listener],
+) -> None:
+    lst = server()
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write([b"a", b"", b"bc"])  # pieces, in order
+        for item in (b"d", b"e", b"f"):  # a burst of streamed items (may share a frame)
+            flow.write(item, streamed=True)
+        flow.write([], end=True)  # an empty list still carries the FIN
+        out = bytearray()
+        while chunk := flow.read(time.monotonic() + 10):
+            out += chunk
+        assert bytes(out) == b"ABCDEF"
+    finally:
+        conn.close()
+
+
+def test_streamed_items_go_out_even_when_the_lingerer_cannot_start(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipcclient.transport import conn as conn_mod
+
+    lingerer = conn_mod._Lingerer()  # a fresh one, with no thread yet
+    monkeypatch.setattr(conn_mod, "_LINGERER", lingerer)
+    real_start = threading.Thread.start
+
+    def failing_start(self: threading.Thread) -> None:
+        if self.name == "ipc-linger":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    lst = server()
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write(b"x", streamed=True)
+        flow.write(b"y", streamed=True)  # in the burst: would wait for the lingerer
+        flow.write(b"z", streamed=True)
+        assert not lingerer._due and lingerer._thread is None  # nothing left registered
+        # The peer echoes only after FIN; the point is that x, y and z went out at once:
+        # nothing is queued on the VC any more.
+        with conn._lock:
+            assert not conn._mux.has_data_to_send and not conn._linger_due
+        flow.close_send()
+        out = bytearray()
+        while chunk := flow.read(time.monotonic() + 10):
+            out += chunk
+        assert bytes(out) == b"XYZ"
+    finally:
+        conn.close()

@@ -143,11 +143,21 @@ class _Lingerer:
         self._thread: threading.Thread | None = None
 
     def add(self, conn: Connection) -> None:
+        """Flush ``conn`` within LINGER.
+
+        Raises:
+            RuntimeError: no thread could be started (``conn`` is then not registered).
+        """
         with self._lock:
             self._due[conn] = None
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ipc-linger", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="ipc-linger", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    del self._due[conn]
+                    raise
+                self._thread = thread
         self._wake.set()
 
     def _run(self) -> None:
@@ -320,7 +330,9 @@ class Flow:
         deadline = self._effective(deadline)
         conn = self._conn
         if conn._deferred and not self._inbox:
-            conn._flush()  # what a burst left queued must not wait while we wait for the peer
+            # What a burst left queued must not wait while we wait for the peer (and we must
+            # not wait on a full socket for it: a drainer finishes what does not fit).
+            conn._flush(blocking=False)
         with self._lock:
             while not self._inbox:
                 if self._eof:  # the peer's FIN came: everything it sent is here
@@ -373,6 +385,8 @@ class Flow:
             CanceledError / ConnectionFailedError / the peer's error: see :meth:`read`.
         """
         if type(data) is list:
+            if not data:
+                data = [b""]
             last = len(data) - 1
             for i, piece in enumerate(data):
                 self._write(piece, end and i == last, deadline, streamed and i == last)
@@ -418,7 +432,12 @@ class Flow:
             if out:
                 conn._send(out)
             elif linger:
-                _LINGERER.add(conn)
+                try:
+                    _LINGERER.add(conn)
+                except RuntimeError:  # no thread to be had: send now instead
+                    with self._lock:
+                        conn._linger_due = False
+                    conn._flush()
             if done:
                 return
             if n:
@@ -551,6 +570,7 @@ class Connection:
         self._deferred = 0  # bytes streamed writes left queued (see LINGER)
         self._linger_due = False  # the lingerer will flush this VC
         self._error: errors.IPCError | None = None
+        self._close_error: errors.IPCError | None = None  # set by close() before GOAWAY
         self._closed_event = threading.Event()
         self._close_notified = False
         self.pid = os.getpid()
@@ -661,6 +681,10 @@ class Connection:
         with self._lock:
             data: list[bytes | memoryview] = []
             if self._error is None:
+                # What the flows end with, even if the peer's answer to our GOAWAY (EOF) is
+                # seen by a reader before this thread gets to _break.
+                if self._close_error is None:
+                    self._close_error = err
                 self._mux.close(error)
                 data = self._take_output_locked()
         if data:  # GOAWAY, best effort: a peer that stopped reading must not hold us up
@@ -698,6 +722,8 @@ class Connection:
     def _break(self, err: errors.IPCError) -> None:
         """Fail every flow with ``err``, shut the socket, tell the owner (once)."""
         with self._lock:
+            if self._close_error is not None:
+                err = self._close_error  # a local close() is why, whoever noticed first
             first = self._error is None
             if first:
                 self._error = err
@@ -742,12 +768,14 @@ class Connection:
         return self._mux.take_output()
 
     def _flush_deferred(self) -> None:
-        """The lingerer's turn: send what bursts left queued (never waiting on the socket)."""
+        """The lingerer's turn: send what bursts left queued, in one pass that never waits on
+        the socket (what was queued meanwhile gets the lingerer's next round, so one busy VC
+        cannot hold up the others)."""
         with self._lock:
             self._linger_due = False
             data = self._take_output_locked() if self._deferred else []
         if data:
-            self._send(data, blocking=False)
+            self._send(data, blocking=False, once=True)
 
     def _flush(self, *, blocking: bool = True) -> None:
         """Send everything the mux has queued; one flusher at a time (see module docstring).
@@ -762,10 +790,14 @@ class Connection:
         if data:
             self._send(data, blocking=blocking)
 
-    def _send(self, data: list[bytes | memoryview], *, blocking: bool = True) -> None:
+    def _send(
+        self, data: list[bytes | memoryview], *, blocking: bool = True, once: bool = False
+    ) -> None:
         """As the flusher (see :meth:`_take_output_locked`): seal and send ``data`` (frame
         pieces), then whatever was queued meanwhile, until nothing is left; then give up
-        the role. Bulk is sealed record by record into the sealer's reused buffer."""
+        the role. Bulk is sealed record by record into the sealer's reused buffer. With
+        ``once`` (the lingerer), what was queued meanwhile is left for the lingerer's next
+        round instead."""
         try:
             while data:
                 records = self._sealer.seal_parts(data)
@@ -779,10 +811,20 @@ class Connection:
                         self._start_drainer(bytes(memoryview(record)[sent:]), records)
                         return  # the drainer holds the flusher role now
                 with self._lock:
+                    if once and self._mux._out:
+                        self._flushing = False
+                        again = not self._linger_due
+                        self._linger_due = True
+                        self._deferred = max(self._deferred, 1)
+                        break
                     self._deferred = 0
                     data = self._mux.take_output()
                     if not data:
                         self._flushing = False
+            else:
+                return
+            if again:
+                _LINGERER.add(self)
         except (OSError, errors.IPCError) as exc:
             with self._lock:
                 self._flushing = False
