@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ipcclient import errors
+from ipcclient import errors, vtrace
 from ipcclient.context import CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
@@ -323,12 +323,11 @@ def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
     return exc
 
 
-def finish_unary(
-    flow: Any, ctx: Context, on_trace: Callable[[tuple[Any, ...]], None] | None
-) -> tuple[Any, ...]:
+def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, ...]:
     """The end of a unary call whose request is written (args and end of args sent):
     what :meth:`Call.finish` does, without a call object, for :meth:`Client.call`. The
-    context ending cancels the flow; the flow is released whatever happens.
+    context ending cancels the flow; the flow is released whatever happens. ``collect``:
+    the trace id whose spans the server returns, when the trace collects them.
 
     Raises:
         the server's error, or what ended the call (as :meth:`Call.finish`).
@@ -357,8 +356,8 @@ def finish_unary(
                 want = 1 + header.nresults
         except errors.IPCError as exc:
             raise _translate(exc, ctx).with_context(request_sent=True) from None
-        if on_trace is not None and header.trace:
-            on_trace(header.trace)
+        if collect is not None and header.trace:
+            vtrace.STORE.merge(collect, header.trace)
         if header.error is not None:
             raise header.error.with_context(request_sent=True)
         if not header.end_stream_results:

@@ -505,15 +505,16 @@ class Client:
         flow.set_deadline(deadline)
         span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
         try:
-            request = Request(
-                suffix=suffix,
-                method=method,
-                nargs=len(args),
-                deadline=None if deadline is None else max(0.0, deadline - time.monotonic()),
-                trace=TraceContext(span.trace_id, span.span_id, span.flags),
-            )
+            # Request(...).to_wire() of this call, built directly (same map, same order).
+            header: dict[str, Any] = {"suffix": suffix} if suffix else {}
+            header["method"] = method
+            if args:
+                header["nargs"] = len(args)
+            if deadline is not None:
+                header["deadline"] = max(0.0, deadline - time.monotonic())
+            header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
             try:
-                data = encode_message_parts(request.to_wire(), *args, tail=_END_STREAM_MESSAGE)
+                data = encode_message_parts(header, *args, tail=_END_STREAM_MESSAGE)
                 flow.write(data, end=True, deadline=deadline)
             except errors.BadArgError as exc:
                 flow.cancel(exc)
@@ -529,14 +530,7 @@ class Client:
                 flow.cancel(errors.CanceledError("call: interrupted"))
                 raise
             self.stats["calls_started"] += 1
-            collecting = span.collecting
-            trace_id = span.trace_id
-
-            def on_trace(records: tuple[Any, ...]) -> None:
-                if collecting:
-                    vtrace.STORE.merge(trace_id, records)
-
-            return finish_unary(flow, ctx, on_trace)
+            return finish_unary(flow, ctx, span.trace_id if span.collecting else None)
         finally:
             span.finish()
 

@@ -38,8 +38,12 @@ def test_collected_spans_of_every_hop_come_back(
 ) -> None:
     _, backend = make_server(Backend(), AllowEveryone())
     _, middle = make_server(Middle(make_client(family.member("middle")), backend), AllowEveryone())
+    client = make_client()
+    assert client.call(Context.background().with_timeout(10), middle, "Relay", 0) == (0,)
+    # Now both hops are warm: the calls below take the clients' short way, which must carry
+    # and bring back the trace exactly as the general way does.
     ctx, root = vtrace.with_collection(Context.background().with_timeout(10), "test")
-    assert make_client().call(ctx, middle, "Relay", 7) == (7,)
+    assert client.call(ctx, middle, "Relay", 7) == (7,)
     spans = vtrace.STORE.trace(root.trace_id)
     names = [s.name for s in spans]
     assert "test" in names
@@ -64,3 +68,24 @@ def test_without_collection_nothing_is_recorded(
     ctx, span = vtrace.with_new_span(Context.background().with_timeout(10), "quiet")
     assert make_client().call(ctx, backend, "Echo", 1) == (1,)
     assert vtrace.STORE.trace(span.trace_id) == []
+
+
+def test_ids_are_fresh_in_a_forked_child() -> None:
+    import os
+
+    from ipcclient import vtrace as vtrace_mod
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send two ids and leave at once
+        try:
+            os.write(write_end, vtrace_mod._new_id() + vtrace_mod._new_id())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    mine = {vtrace_mod._new_id() for _ in range(2)}
+    theirs = {child[:16], child[16:32]}
+    assert len(mine | theirs) == 4  # parent and child never make the same id
