@@ -12,12 +12,18 @@ Threads and locks. Whoever holds the *read role* reads the socket, opens records
 the mux, dispatching to every flow. On an accepted (server) VC the role always belongs to the
 VC's reader thread. On a dialed (client) VC it is leader/follower: a caller that waits for the
 peer (a reply, credit) and finds the role free takes it and reads for itself, dispatching what
-it reads to the other flows' waiters; when its own data is in it passes the role to the next
-waiter. The reader thread gives the role up as soon as a caller waits (a one-byte write to a
-pipe wakes its poll) and takes it back after ``LEAD_GRACE`` without callers, so an idle VC
-still answers pings, notices a dead peer and sees GOAWAY. A lone caller thus reads its own
-reply without a thread hop (measured on a 32 B unary call over loopback: p50 about 310 µs and
-143 µs of client CPU, against about 370 µs and 172 µs with the reader thread alone).
+it reads to the other flows' waiters; when its own data is in it passes the role on. The
+reader thread gives the role up as soon as a lone caller waits (a one-byte write to a pipe
+wakes its poll) and takes it back after ``LEAD_GRACE`` without callers, so an idle VC still
+answers pings, notices a dead peer and sees GOAWAY. A lone caller thus reads its own reply
+without a thread hop (measured on a 32 B unary call over loopback: p50 about 310 µs and 143 µs
+of client CPU, against about 370 µs and 172 µs with the reader thread alone). With several
+calls in flight the reader thread keeps (or takes back) the role and reads for all of them,
+instead of the role passing from caller to caller (each pass costs a wake-up).
+
+Streamed writes in a burst are deferred (``LINGER``): they stay queued in the mux, and go out
+with the next write that is not deferred, before the writer waits for its peer, or from the
+process's lingerer thread at most ``LINGER`` later.
 ``_lock`` guards the mux, every flow's buffers and the read role; it is never held across a
 socket call (the pipe write that wakes the reader is a non-blocking one-byte write).
 
