@@ -437,24 +437,11 @@ class Client:
                 call.discharge_errors = fetch_errors  # type: ignore[attr-defined]
             with self._lock:
                 self._calls.add(call)
-            values: list[Any] = [request.to_wire(), *args]
-            try:
-                data = encode_message_parts(
-                    *values, tail=_END_STREAM_MESSAGE if close_send else b""
-                )
-                flow.write(data, end=close_send, deadline=deadline)
-            except errors.BadArgError as exc:
-                call.cancel(exc)
-                raise exc.with_context(request_sent=False) from None
-            except errors.IPCError as exc:
-                call.cancel(exc)
-                if not flow.wrote:  # nothing reached the wire: the usual retry rules apply
-                    raise exc.with_context(request_sent=False, tried=tried) from None
-                # Part of the request may be out: the server may run it, so never retry it
-                # here, whatever the error's action says (at most once).
-                raise exc.with_context(
-                    request_sent=True, tried=tried, action=errors.RetryAction.NO_RETRY
-                ) from None
+            unsent = _write_request(
+                flow, request.to_wire(), args, close_send, deadline, call.cancel, tried
+            )
+            if unsent is not None:  # nothing reached the wire: the usual retry rules apply
+                raise unsent.with_context(request_sent=False, tried=tried) from None
             if close_send:
                 call._send_closed = True
             self.stats["calls_started"] += 1
@@ -514,21 +501,13 @@ class Client:
                 header["deadline"] = max(0.0, deadline - time.monotonic())
             header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
             try:
-                data = encode_message_parts(header, *args, tail=_END_STREAM_MESSAGE)
-                flow.write(data, end=True, deadline=deadline)
-            except errors.BadArgError as exc:
-                flow.cancel(exc)
-                raise exc.with_context(request_sent=False) from None
-            except errors.IPCError as exc:
-                flow.cancel(exc)
-                if not flow.wrote:
-                    return None  # nothing reached the wire: the general path starts over
-                raise exc.with_context(
-                    request_sent=True, action=errors.RetryAction.NO_RETRY
-                ) from None
-            except BaseException:
-                flow.cancel(errors.CanceledError("call: interrupted"))
+                unsent = _write_request(flow, header, args, True, deadline, flow.cancel, [])
+            except BaseException as exc:
+                if not isinstance(exc, errors.IPCError):
+                    flow.cancel(errors.CanceledError("call: interrupted"))
                 raise
+            if unsent is not None:
+                return None  # nothing reached the wire: the general path starts over
             self.stats["calls_started"] += 1
             return finish_unary(flow, ctx, span.trace_id if span.collecting else None)
         finally:
@@ -954,6 +933,41 @@ class Client:
             with ThreadPoolExecutor(workers, thread_name_prefix="ipc-discharge") as pool:
                 results = list(pool.map(fetch, caveats))
         return [d for d in results if d is not None]
+
+
+def _write_request(
+    flow: Flow,
+    header: dict[str, Any],
+    args: Sequence[Any],
+    close_send: bool,
+    deadline: float | None,
+    cancel: Callable[[errors.IPCError], None],
+    tried: list[str],
+) -> errors.IPCError | None:
+    """Write a request (header, args, and with ``close_send`` the end of args and FIN).
+    On failure ``cancel`` the call; return the error when nothing reached the wire (the
+    caller decides about retrying), else raise it.
+
+    Raises:
+        BadArgError: an arg cannot be encoded (nothing was sent).
+        the write's error, NO_RETRY and ``request_sent``: part of the request may be out.
+    """
+    try:
+        data = encode_message_parts(header, *args, tail=_END_STREAM_MESSAGE if close_send else b"")
+        flow.write(data, end=close_send, deadline=deadline)
+    except errors.BadArgError as exc:
+        cancel(exc)
+        raise exc.with_context(request_sent=False) from None
+    except errors.IPCError as exc:
+        cancel(exc)
+        if not flow.wrote:
+            return exc
+        # Part of the request may be out: the server may run it, so never retry it here,
+        # whatever the error's action says (at most once).
+        raise exc.with_context(
+            request_sent=True, tried=tried, action=errors.RetryAction.NO_RETRY
+        ) from None
+    return None
 
 
 _END_STREAM_MESSAGE = encode_messages(Request(end_stream_args=True).to_wire())
