@@ -72,6 +72,10 @@ def server() -> Iterator[Callable[..., Listener]]:
 def _roundtrip(conn: Connection, payload: bytes) -> bytes:
     flow = conn.connect()
     flow.write(payload, end=True)
+    return _read_all(flow)
+
+
+def _read_all(flow: Flow) -> bytes:
     out = bytearray()
     while chunk := flow.read(time.monotonic() + 10):
         out += chunk
@@ -547,10 +551,7 @@ def test_pieces_streamed_items_and_an_empty_list_with_end(
         for item in (b"d", b"e", b"f"):  # a burst of streamed items (may share a frame)
             flow.write(item, streamed=True)
         flow.write([], end=True)  # an empty list still carries the FIN
-        out = bytearray()
-        while chunk := flow.read(time.monotonic() + 10):
-            out += chunk
-        assert bytes(out) == b"ABCDEF"
+        assert _read_all(flow) == b"ABCDEF"
     finally:
         conn.close()
 
@@ -583,9 +584,6 @@ def test_streamed_items_go_out_even_when_the_lingerer_cannot_start(
         with conn._lock:
             assert not conn._mux.has_data_to_send and not conn._linger_due
         flow.close_send()
-        out = bytearray()
-        while chunk := flow.read(time.monotonic() + 10):
-            out += chunk
-        assert bytes(out) == b"XYZ"
+        assert _read_all(flow) == b"XYZ"
     finally:
         conn.close()
