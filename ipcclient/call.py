@@ -326,13 +326,13 @@ def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
 def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, ...]:
     """The end of a unary call whose request is written (args and end of args sent):
     what :meth:`Call.finish` does, without a call object, for :meth:`Client.call`. The
-    context ending cancels the flow; the flow is released whatever happens. ``collect``:
-    the trace id whose spans the server returns, when the trace collects them.
+    caller has wired the context's end to ``flow.cancel`` (it wakes a blocked read); the
+    flow is released whatever happens. ``collect``: the trace id whose spans the server
+    returns, when the trace collects them.
 
     Raises:
         the server's error, or what ended the call (as :meth:`Call.finish`).
     """
-    handle = ctx.add_done_callback(flow.cancel)  # wakes a blocked read with ctx's error
     ok = False
     try:
         reader = MessageReader()
@@ -367,7 +367,6 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         ok = True
         return tuple(values[1:want])
     finally:
-        ctx.remove_done_callback(handle)
         if ok:
             flow.close()
         else:

@@ -152,6 +152,7 @@ class Client:
         self._closed = False
         self._pid = os.getpid()
         self._fast_plans: dict[str, tuple[Endpoint, str, str] | None] = {}
+        self._fast_namespace: Namespace | None = None  # the namespace the plans were made for
         self.stats = collections.Counter[str]()
 
     # --- public API ---------------------------------------------------------------------
@@ -370,8 +371,9 @@ class Client:
         versions = self._manager.options.versions
         plan = _dial_plan_cached if type(versions) is tuple else _dial_plan
         for server in servers:
-            if call_ctx.done():
-                break
+            ctx_err = call_ctx.err()
+            if ctx_err is not None:  # cancelled or past the deadline: say so, send nothing
+                raise ctx_err.with_context(request_sent=False, tried=tried) from None
             address, suffix = _split_server(server)
             if not address:
                 last = errors.BadArgError(f"client: cannot connect to a non-rooted name {server!r}")
@@ -460,8 +462,13 @@ class Client:
         third-party caveats (no discharges to send). Then no call object, retry loop or
         stream object is made; the request and the response are the same bytes, and every
         error is the one the general path would raise."""
+        if type(name) is not str or type(method) is not str or ctx.done():
+            return None  # the general path raises what it must, with nothing sent
         if self._closed or self._abandoned or self._pid != os.getpid():
             return None
+        if self._fast_namespace is not self.namespace:  # plans depend on the namespace
+            self._fast_plans.clear()
+            self._fast_namespace = self.namespace
         try:
             plan = self._fast_plans[name]
         except KeyError:
@@ -490,6 +497,9 @@ class Client:
             return None  # the general path evicts and redials
         deadline = ctx.deadline
         flow.set_deadline(deadline)
+        # From here the context's end (cancel, deadline) cancels the flow: it wakes a write
+        # blocked on flow control as well as the wait for the response.
+        handle = ctx.add_done_callback(flow.cancel)
         span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
         try:
             # Request(...).to_wire() of this call, built directly (same map, same order).
@@ -500,17 +510,16 @@ class Client:
             if deadline is not None:
                 header["deadline"] = max(0.0, deadline - time.monotonic())
             header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
-            try:
-                unsent = _write_request(flow, header, args, True, deadline, flow.cancel, [])
-            except BaseException as exc:
-                if not isinstance(exc, errors.IPCError):
-                    flow.cancel(errors.CanceledError("call: interrupted"))
-                raise
+            unsent = _write_request(flow, header, args, True, deadline, flow.cancel, [])
             if unsent is not None:
                 return None  # nothing reached the wire: the general path starts over
             self.stats["calls_started"] += 1
             return finish_unary(flow, ctx, span.trace_id if span.collecting else None)
+        except BaseException:
+            flow.cancel(errors.CanceledError("call: interrupted"))  # (no-op once it ended)
+            raise
         finally:
+            ctx.remove_done_callback(handle)
             span.finish()
 
     def _fast_plan(self, name: str) -> tuple[Endpoint, str, str] | None:

@@ -15,6 +15,7 @@ record its spans and send them back; ``vtrace.STORE.trace(span.trace_id)`` then 
 from __future__ import annotations
 
 import collections
+import os
 import random
 import threading
 import time
@@ -194,13 +195,16 @@ def with_new_span(
 
 
 def _new_id() -> bytes:
-    """A fresh 16-byte trace or span id. Ids need to be unique, not secret: the ``random``
-    generator (reseeded in a forked child) makes one without a system call, 4x faster than
-    ``os.urandom``."""
+    """A fresh 16-byte trace or span id. Ids need to be unique, not secret: a generator of
+    our own (seeded from the OS, reseeded in a forked child, untouched by the application's
+    ``random.seed``) makes one without a system call, 4x faster than ``os.urandom``."""
     return _getrandbits(128).to_bytes(16, "big")
 
 
-_getrandbits = random.getrandbits
+_RNG = random.Random()
+_getrandbits = _RNG.getrandbits
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_RNG.seed)
 
 
 def new_span(

@@ -480,3 +480,85 @@ def test_short_way_retries_a_server_error_that_asks_for_it(
     assert client.call(ctx(), name, "EveryOther") == (4,)  # short way fails; the loop retries
     assert made[0] == 1  # (the retry takes the general path)
     assert service.calls == 4
+
+
+def test_short_way_sends_nothing_for_a_context_already_done(
+    rig: tuple[Service, str, Client],
+) -> None:
+    service, name, client = rig
+    assert client.call(ctx(), name, "Echo", 0) == (0,)  # warm
+    before = service.calls
+    cancelled = Context.background().with_cancel()
+    cancelled.cancel()
+    expired = Context.background().with_timeout(0.001)
+    time.sleep(0.01)
+    for done, kind in ((cancelled, errors.CanceledError), (expired, errors.TimeoutError)):
+        for _ in range(20):
+            with pytest.raises(kind) as info:
+                client.call(done, name, "Echo", 1)
+            assert info.value.request_sent is False
+    time.sleep(0.1)
+    assert service.calls == before  # the server never ran one of them
+
+
+def test_short_way_cancel_wakes_a_write_blocked_on_flow_control(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    from ipcclient.server.server import ServerOptions
+
+    service = Service()
+    _, name = make_server(service, AllowEveryone(), options=ServerOptions(workers=1))
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 1) == (1,)  # warm: the next Echo is short
+    holder = Context.background().with_cancel()
+    outcomes: list[Any] = []
+
+    def hold() -> None:
+        try:
+            outcomes.append(client.call(holder, name, "Block"))
+        except errors.IPCError as exc:
+            outcomes.append(exc)
+
+    held = threading.Thread(target=hold, daemon=True)
+    held.start()  # the only worker is busy: nobody reads the big request's args
+    assert service.started.wait(5)
+    c = Context.background().with_cancel()  # no deadline: only the cancel can end it
+    threading.Timer(0.3, c.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(errors.CanceledError):
+        client.call(c, name, "Echo", b"x" * (3 * 1024 * 1024))  # 3x the flow's window
+    assert time.monotonic() - start < 5
+    holder.cancel()
+    held.join(5)
+    assert len(outcomes) == 1  # the held call ended too (cancelled, or its result)
+
+
+def test_short_way_refuses_bad_names_and_methods_as_the_general_way(
+    rig: tuple[Service, str, Client],
+) -> None:
+    _, name, client = rig
+    assert client.call(ctx(), name, "Echo", 0) == (0,)  # warm
+    for bad_name, bad_method in ((["x"], "Echo"), (None, "Echo"), (b"/x", "Echo")):
+        with pytest.raises(errors.BadArgError):
+            client.call(ctx(), bad_name, bad_method)  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError):
+        client.call(ctx(), name, ["Echo"])  # type: ignore[arg-type]
+
+
+def test_short_way_follows_a_replaced_namespace(
+    rig: tuple[Service, str, Client], make_server: MakeServer
+) -> None:
+    from ipcclient.naming.namespace import Namespace
+
+    service, name, client = rig
+    other = Service()
+    _, other_name = make_server(other, AllowEveryone())
+    assert client.call(ctx(), name, "Echo", 1) == (1,)  # warm: planned for this name
+
+    class Redirect(Namespace):
+        def resolve(self, c: Context, n: str) -> Any:
+            return super().resolve(c, other_name if n == name else n)
+
+    client.namespace = Redirect()  # (rooted names resolve without calling anyone)
+    assert client.call(ctx(), name, "Echo", 2) == (2,)
+    assert other.calls == 1 and service.calls == 1  # the new namespace decided

@@ -89,3 +89,13 @@ def test_ids_are_fresh_in_a_forked_child() -> None:
     mine = {vtrace_mod._new_id() for _ in range(2)}
     theirs = {child[:16], child[16:32]}
     assert len(mine | theirs) == 4  # parent and child never make the same id
+
+
+def test_ids_do_not_follow_the_applications_random_seed() -> None:
+    import random
+
+    random.seed(7)
+    first = vtrace.with_collection(Context.background())[1].trace_id
+    random.seed(7)
+    second = vtrace.with_collection(Context.background())[1].trace_id
+    assert first != second
