@@ -93,6 +93,12 @@ class Service:
             raise errors.InternalError("try again", action=errors.RetryAction.RETRY_BACKOFF)
         return n
 
+    def Where(self, call: ServerCall) -> str:
+        return threading.current_thread().name
+
+    def SumWhere(self, call: ServerCall) -> list[Any]:
+        return [sum(call), threading.current_thread().name]
+
     def ReturnsEarly(self, call: ServerCall) -> str:
         return "early"
 
@@ -507,7 +513,9 @@ def test_short_way_cancel_wakes_a_write_blocked_on_flow_control(
     from ipcclient.server.server import ServerOptions
 
     service = Service()
-    _, name = make_server(service, AllowEveryone(), options=ServerOptions(workers=1))
+    _, name = make_server(
+        service, AllowEveryone(), options=ServerOptions(workers=1, inline_calls=False)
+    )
     client = make_client()
     assert client.call(ctx(), name, "Echo", 1) == (1,)  # warm: the next Echo is short
     holder = Context.background().with_cancel()
@@ -562,3 +570,48 @@ def test_short_way_follows_a_replaced_namespace(
     client.namespace = Redirect()  # (rooted names resolve without calling anyone)
     assert client.call(ctx(), name, "Echo", 2) == (2,)
     assert other.calls == 1 and service.calls == 1  # the new namespace decided
+
+
+# --- calls run on the VC's reader thread (ServerOptions.inline_calls) -------------------------
+def test_a_complete_request_runs_on_the_vcs_reader_thread(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    from ipcclient.server.server import ServerOptions
+
+    _, name = make_server(Service(), AllowEveryone())
+    client = make_client()
+    (where,) = client.call(ctx(), name, "Where")
+    assert where.startswith("ipc-vc-")  # no hop to a worker
+    call = client.start_call(ctx(), name, "SumWhere")  # streamed args: not complete on arrival
+    for i in range(3):
+        call.send(i)
+    total, where = call.finish()[0]
+    assert total == 3 and where.startswith("ipc-server-")
+    _, pooled = make_server(Service(), AllowEveryone(), options=ServerOptions(inline_calls=False))
+    (where,) = client.call(ctx(), pooled, "Where")
+    assert where.startswith("ipc-server-")
+
+
+def test_a_long_inline_call_does_not_hold_up_its_vc(rig: tuple[Service, str, Client]) -> None:
+    service, name, client = rig
+    block_ctx = Context.background().with_timeout(10)
+    blocked: list[Any] = []
+
+    def block() -> None:
+        try:
+            blocked.append(client.call(block_ctx, name, "Block"))
+        except errors.IPCError as exc:
+            blocked.append(exc)
+
+    t = threading.Thread(target=block)
+    t.start()
+    assert service.started.wait(5)  # Block runs on the VC's reader thread
+    start = time.monotonic()
+    for i in range(20):  # same client, same VC: a helper reads for the VC meanwhile
+        assert client.call(ctx(), name, "Echo", i) == (i,)
+    assert client.vc_count() == 1
+    assert time.monotonic() - start < 5
+    block_ctx.cancel()  # and the cancel reaches the blocked call
+    t.join(5)
+    assert service.cancelled.wait(5)
+    assert len(blocked) == 1 and isinstance(blocked[0], errors.CanceledError)

@@ -16,6 +16,7 @@ that error; any other exception is logged and sent as an UnknownError carrying i
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import queue
@@ -156,6 +157,10 @@ class ServerOptions:
             has no deadline (a client that stops reading cannot pin a worker forever).
         max_args_bytes: the total size of one call's positional args, which are all held
             in memory at once (64 MiB; a single value is bounded by the codec's 4 MiB).
+        inline_calls: run a call whose request is complete on arrival (a unary call) on
+            the VC's reader thread rather than a worker (no thread hop; a call running
+            longer than 2 ms gets a helper reader for its VC). It still counts against
+            ``workers + max_queued``.
         transport: options of the VCs accepted.
     """
 
@@ -164,6 +169,7 @@ class ServerOptions:
     first_header_timeout: float = 60.0
     send_timeout: float = 60.0
     max_args_bytes: int = 64 * 1024 * 1024
+    inline_calls: bool = True
     transport: TransportOptions = field(default_factory=TransportOptions)
 
 
@@ -411,11 +417,17 @@ class Server:
         self.stop()
 
     # --- serving ------------------------------------------------------------------------
-    def _on_flow(self, flow: Flow) -> None:
-        """A client opened a flow (reader thread): queue it or shed it."""
+    def _on_flow(self, flow: Flow) -> Callable[[], None] | None:
+        """A client opened a flow (reader thread): run it there, queue it, or shed it.
+
+        A call whose whole request is already here (the client closed its side: a unary
+        call) runs on the VC's reader thread when the VC allows it (``inline_calls``): no
+        hop to a worker. If it runs long, the VC gets a helper reader (see
+        ``transport.conn.INLINE_HANDOFF``), so other calls and cancellation still flow.
+        """
         if self._stopped:
             flow.cancel(errors.CanceledError("server: stopping"))
-            return
+            return None
         with self._slots_lock:
             full = self._in_use >= self._capacity
             if not full:
@@ -427,10 +439,13 @@ class Server:
                     f"{self.options.max_queued} calls queued; try again later"
                 )
             )
-            return
+            return None
+        if self.options.inline_calls and flow.peer_done and flow.connection.inline_available():
+            return functools.partial(self._serve_flow, flow)
         if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
             self._release_slot()
             flow.cancel(errors.CanceledError("server: stopping"))
+        return None
 
     def _serve_flow(self, flow: Flow) -> None:
         stream = MessageStream(flow)

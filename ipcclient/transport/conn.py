@@ -88,6 +88,12 @@ is never delayed."""
 LINGER_BYTES = 32 * 1024
 """Deferred bytes on a VC that make the next streamed write send them all at once."""
 
+INLINE_HANDOFF = 0.002
+"""A job the owner runs on an accepted VC's reader thread (a complete unary request, see
+:meth:`Connection.inline_available`) that takes longer than this gets a helper thread, which
+reads the socket for the VC until the job ends: short calls cost no thread hop, long ones
+cannot hold up the VC (other calls, cancellation, pings) for longer than this."""
+
 LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
 socket back (so a client making calls back to back keeps reading its own replies)."""
@@ -186,9 +192,81 @@ class _Lingerer:
 
 
 _LINGER_IDLE = 0.5
+
+
+class _Handoff:
+    """The process's one thread that gives a helper reader to each accepted VC whose
+    reader thread has been running an inline job for ``INLINE_HANDOFF`` (started on first
+    use; ends after ``_LINGER_IDLE`` seconds without work; started again in a forked child)."""
+
+    def __init__(self) -> None:
+        self._init()
+
+    def _init(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[Connection, tuple[int, float]] = {}  # conn -> (job number, start)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, conn: Connection, job: int) -> None:
+        """``conn``'s reader thread starts inline job number ``job``.
+
+        Raises:
+            RuntimeError: no thread could be started (nothing is watched then).
+        """
+        with self._lock:
+            self._jobs[conn] = (job, time.monotonic())
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="ipc-handoff", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    del self._jobs[conn]
+                    raise
+                self._thread = thread
+            wake = len(self._jobs) == 1
+        if wake:
+            self._wake.set()
+
+    def unwatch(self, conn: Connection) -> None:
+        with self._lock:
+            self._jobs.pop(conn, None)
+
+    def _run(self) -> None:
+        while True:
+            if not self._wake.wait(_LINGER_IDLE):
+                with self._lock:
+                    if not self._jobs:
+                        self._thread = None
+                        return
+                continue
+            with self._lock:
+                self._wake.clear()
+                first = min((start for _, start in self._jobs.values()), default=None)
+            if first is None:
+                continue
+            time.sleep(max(0.0, first + INLINE_HANDOFF - time.monotonic()))
+            now = time.monotonic()
+            due: list[tuple[Connection, int]] = []
+            with self._lock:
+                for conn, (job, start) in list(self._jobs.items()):
+                    if now - start >= INLINE_HANDOFF:
+                        due.append((conn, job))
+                        del self._jobs[conn]
+                if self._jobs:
+                    self._wake.set()  # look again at the next one due
+            for conn, job in due:
+                try:
+                    conn._start_helper(job)
+                except Exception:  # pragma: no cover - a bug here must not stop the thread
+                    log.exception("transport: starting a helper reader failed")
+
+
+_HANDOFF = _Handoff()
 _LINGERER = _Lingerer()
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_LINGERER._init)
+    os.register_at_fork(after_in_child=_HANDOFF._init)
 
 
 class _Broken(Exception):
@@ -305,6 +383,11 @@ class Flow:
     @property
     def remote_blessings(self) -> Any:
         return self._conn.remote_blessings
+
+    @property
+    def peer_done(self) -> bool:
+        """Whether the peer has closed its sending side (everything it will send is here)."""
+        return self._eof
 
     @property
     def wrote(self) -> bool:
@@ -545,7 +628,7 @@ class Connection:
         *,
         dialer: bool,
         config: MuxConfig | None = None,
-        on_flow: Callable[[Flow], None] | None = None,
+        on_flow: Callable[[Flow], Callable[[], None] | None] | None = None,
         on_close: Callable[[Connection, errors.IPCError], None] | None = None,
         keepalive: KeepaliveConfig | None = None,
         name: str = "",
@@ -599,6 +682,14 @@ class Connection:
         self._reader_holds = self._lead
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
         self._reader_parked = False  # the reader thread sleeps in _park_locked
+        # Inline jobs on accepted VCs (see inline_available): the job the reader thread
+        # runs after the current batch, its number, whether one is running, whether a
+        # helper thread reads for the VC meanwhile.
+        self._inline_job: Callable[[], None] | None = None
+        self._inline_count = 0
+        self._inline_running = False
+        self._helper_active = False
+        self._helper_done = _Signal(self._lock)
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
         self._mid_read = False
@@ -1119,6 +1210,7 @@ class Connection:
                 early, self._pending_early = self._pending_early, []
                 for plain in early:
                     self._on_plaintext(plain)
+                self._run_pending_inline()
             while self._error is None:
                 try:
                     n = sock.recv_into(opener.receive_buffer())
@@ -1139,6 +1231,7 @@ class Connection:
                 self._last_recv = time.monotonic()
                 for record in opener.received(n):
                     self._on_plaintext(record)
+                self._run_pending_inline()
         except errors.IPCError as exc:
             err = errors.ConnectionFailedError(f"transport: {exc.id}: {exc.msg}")
             err.__cause__ = exc
@@ -1153,6 +1246,116 @@ class Connection:
             self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
             with contextlib.suppress(OSError):
                 sock.close()
+
+    # --- inline jobs (accepted VCs) -----------------------------------------------------
+    def inline_available(self) -> bool:
+        """For ``on_flow`` (on an accepted VC): whether it may return a job to run on this
+        VC's reader thread once the current batch of input is dispatched, instead of handing
+        the flow to a worker. True only on the reader thread itself, with no job pending;
+        the job must not wait for input on its own flow (give it a flow whose peer is done).
+        A job running longer than ``INLINE_HANDOFF`` gets a helper thread that reads for
+        the VC until it ends."""
+        return (
+            not self._lead
+            and self._inline_job is None
+            and not self._helper_active
+            and threading.current_thread() is self._reader
+        )
+
+    def _run_pending_inline(self) -> None:
+        """(The reader thread, after dispatching a batch.) Run the job ``on_flow`` gave."""
+        job = self._inline_job
+        if job is not None:
+            self._inline_job = None
+            self._run_inline(job)
+
+    def _run_inline(self, job: Callable[[], None]) -> None:
+        """On the reader thread, between two reads: run ``job``; if a helper took over
+        reading meanwhile, wait until it has stopped before reading again."""
+        with self._lock:
+            self._inline_count += 1
+            number = self._inline_count
+            self._inline_running = True
+        try:
+            _HANDOFF.watch(self, number)
+        except RuntimeError:  # no thread for the watch: a helper reads from the start
+            self._start_helper(number)
+        try:
+            job()
+        except Exception:
+            log.exception("transport: an inline job failed")
+        finally:
+            _HANDOFF.unwatch(self)
+            pending: BaseException | None = None
+            with self._lock:
+                self._inline_running = False
+                while self._helper_active:  # the helper sees the job ended within 1 ms
+                    try:
+                        self._helper_done.wait(None)
+                    except BaseException as exc:  # (keep waiting: two readers must not race)
+                        pending = exc
+            if pending is not None:
+                raise pending
+
+    def _start_helper(self, number: int) -> None:
+        """(The handoff thread.) Inline job ``number`` is taking long: start a thread that
+        reads for the VC until the job ends."""
+        with self._lock:
+            if (
+                not self._inline_running
+                or self._inline_count != number
+                or self._helper_active
+                or self._error is not None
+            ):
+                return
+            self._helper_active = True
+        try:
+            threading.Thread(
+                target=self._helper_loop, name=f"ipc-{self.name}-helper", daemon=True
+            ).start()
+        except BaseException:
+            with self._lock:
+                self._helper_active = False
+                self._helper_done.notify_all()
+            raise
+
+    def _helper_loop(self) -> None:
+        """Read and dispatch for the VC while its reader thread runs a long inline job
+        (flows opened meanwhile go to ``on_flow``, which hands them to workers)."""
+        poller = select.poll()
+        err: errors.IPCError | None = None
+        try:
+            poller.register(self._sock.fileno(), select.POLLIN)
+            while True:
+                with self._lock:
+                    if not self._inline_running or self._error is not None:
+                        break
+                if not poller.poll(1):
+                    continue
+                try:
+                    n = self._sock.recv_into(self._opener.receive_buffer())
+                except (BlockingIOError, InterruptedError, TimeoutError):
+                    continue
+                except OSError as exc:
+                    err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
+                    break
+                if n == 0:
+                    err = errors.ConnectionFailedError("transport: the peer closed the connection")
+                    break
+                self._last_recv = time.monotonic()
+                for record in self._opener.received(n):
+                    self._on_plaintext(record)
+        except errors.IPCError as exc:
+            self._fail_protocol(exc)
+        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
+            log.exception("transport: helper reader failed")
+            err = errors.InternalError(f"transport: helper reader failed: {exc!r}")
+        finally:
+            if err is not None:
+                self._break(err)
+            with self._lock:
+                self._helper_active = False
+                self._helper_done.notify_all()
 
     def _keepalive_due(self) -> bool:
         """On a receive timeout: ping, or say the peer is dead (False)."""
@@ -1215,10 +1418,13 @@ class Connection:
         if self._on_flow is not None:
             for flow in new_flows:
                 try:
-                    self._on_flow(flow)
+                    job = self._on_flow(flow)
                 except Exception:
                     log.exception("transport: on_flow callback failed")
                     flow.cancel(errors.InternalError("transport: the flow could not be taken"))
+                    continue
+                if job is not None:
+                    self._inline_job = job  # (the owner asked inline_available() first)
         for fn, err in aborted:
             _run_abort(fn, err)
         if closed is not None:

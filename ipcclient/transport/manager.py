@@ -212,7 +212,7 @@ class Listener:
         *,
         blessings: Any,
         discharges: Callable[[], Sequence[Any]],
-        on_flow: Callable[[Flow], None],
+        on_flow: Callable[[Flow], Callable[[], None] | None],
         on_connection: Callable[[Connection], None] | None,
         backlog: int,
     ) -> None:
@@ -422,14 +422,16 @@ class StreamManager:
         address: str,
         *,
         blessings: Any,
-        on_flow: Callable[[Flow], None],
+        on_flow: Callable[[Flow], Callable[[], None] | None],
         discharges: Callable[[], Sequence[Any]] = tuple,
         on_connection: Callable[[Connection], None] | None = None,
         backlog: int = 128,
     ) -> Listener:
         """Listen on ``address`` (``host:0`` picks a free port; ``listener.address`` tells
         which). Every flow a peer opens on an accepted VC goes to ``on_flow`` (called on the
-        VC's reader thread: hand it to a worker, do not block)."""
+        VC's reader thread: hand it to a worker, do not block), which may instead return a
+        job to run on that thread when ``flow.connection.inline_available()`` says so (see
+        :meth:`Connection.inline_available`)."""
         return Listener(
             self,
             protocol,
