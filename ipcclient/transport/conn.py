@@ -21,6 +21,11 @@ of client CPU, against about 370 µs and 172 µs with the reader thread alone). 
 calls in flight the reader thread keeps (or takes back) the role and reads for all of them,
 instead of the role passing from caller to caller (each pass costs a wake-up).
 
+On an accepted VC the owner's ``on_flow`` may return a job (a call whose request is all
+here) that the reader thread runs itself after dispatching the current batch; a job running
+longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC until the job ends
+(the reader thread waits for the helper to stop before it reads again: one reader at a time).
+
 Streamed writes in a burst are deferred (``LINGER``): they stay queued in the mux, and go out
 with the next write that is not deferred, before the writer waits for its peer, or from the
 process's lingerer thread at most ``LINGER`` later.
