@@ -301,6 +301,8 @@ class Client:
             raise errors.BadArgError(f"client: {name}.{method} called without a Context")
         if not isinstance(name, str) or not isinstance(method, str) or not method:
             raise errors.BadArgError("client: name and method must be strings")
+        if not isinstance(args, Sequence) or isinstance(args, str | bytes | bytearray):
+            raise errors.BadArgError("client: args must be a list or tuple of arguments")
         no_retry = False
         if options:
             for opt in options:

@@ -97,7 +97,7 @@ class _Workers:
             fn, flow = item
             try:
                 fn(flow)
-            except Exception:  # pragma: no cover - fn answers its own errors
+            except BaseException:  # pragma: no cover - fn answers its own errors
                 log.exception("server: a worker task failed")
             with self._lock:
                 self._idle += 1
@@ -149,7 +149,10 @@ class ServerOptions:
     """Knobs of a server.
 
     Attributes:
-        workers: threads running calls at once.
+        workers: threads of the pool that runs calls. Calls that run on their VC's reader
+            thread (``inline_calls``) do not take one, so up to ``workers + max_queued``
+            calls can be running at once; for strictly ``workers`` at a time, turn
+            ``inline_calls`` off.
         max_queued: calls waiting for a worker; beyond it new calls are refused with
             OverloadedError (RETRY_BACKOFF), so a full server answers instead of hanging.
         first_header_timeout: how long a new flow may take to send its request header.
@@ -448,10 +451,11 @@ class Server:
         return None
 
     def _serve_flow(self, flow: Flow) -> None:
-        stream = MessageStream(flow)
         try:
-            self._run_call(flow, stream)
-        except Exception:  # pragma: no cover - _run_call answers every error itself
+            if flow.error is not None:  # reset, or its VC broke, before it could run
+                return
+            self._run_call(flow, MessageStream(flow))
+        except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()

@@ -263,8 +263,11 @@ class _Handoff:
             for conn, job in due:
                 try:
                     conn._start_helper(job)
-                except Exception:  # pragma: no cover - a bug here must not stop the thread
-                    log.exception("transport: starting a helper reader failed")
+                except Exception:  # no thread to be had now: try again a little later
+                    log.warning("transport: could not start a helper reader; retrying")
+                    with self._lock:
+                        self._jobs.setdefault(conn, (job, time.monotonic()))
+                        self._wake.set()
 
 
 _HANDOFF = _Handoff()
@@ -388,6 +391,11 @@ class Flow:
     @property
     def remote_blessings(self) -> Any:
         return self._conn.remote_blessings
+
+    @property
+    def error(self) -> errors.IPCError | None:
+        """Why the flow ended abnormally (reset, cancelled, its VC broke), or None."""
+        return self._error
 
     @property
     def peer_done(self) -> bool:
@@ -800,7 +808,11 @@ class Connection:
         if self._reader.ident is None:  # never started: nobody else will close the socket
             self._sock.close()
             self._close_pipe()
-        elif threading.current_thread() is not self._reader and self._reader.is_alive():
+        elif (
+            threading.current_thread() is not self._reader
+            and self._reader.is_alive()
+            and not self._inline_running  # (it runs a call: it ends when the call does)
+        ):
             self._reader.join(timeout)
 
     def abandon_after_fork(self) -> None:
@@ -1251,6 +1263,11 @@ class Connection:
             self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
             with contextlib.suppress(OSError):
                 sock.close()
+            # A job taken from a batch that failed half way: run it now; its flow is broken,
+            # so it only lets go of what the owner holds for it (a server slot).
+            job, self._inline_job = self._inline_job, None
+            if job is not None:
+                self._call_job(job)
 
     # --- inline jobs (accepted VCs) -----------------------------------------------------
     def inline_available(self) -> bool:
@@ -1284,11 +1301,12 @@ class Connection:
         try:
             _HANDOFF.watch(self, number)
         except RuntimeError:  # no thread for the watch: a helper reads from the start
-            self._start_helper(number)
+            try:
+                self._start_helper(number)
+            except RuntimeError:
+                log.warning("transport: no thread to read %s during a call", self.name)
         try:
-            job()
-        except Exception:
-            log.exception("transport: an inline job failed")
+            self._call_job(job)
         finally:
             _HANDOFF.unwatch(self)
             pending: BaseException | None = None
@@ -1301,6 +1319,13 @@ class Connection:
                         pending = exc
             if pending is not None:
                 raise pending
+
+    @staticmethod
+    def _call_job(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException:  # (a SystemExit in a method must not end the VC)
+            log.exception("transport: an inline job failed")
 
     def _start_helper(self, number: int) -> None:
         """(The handoff thread.) Inline job ``number`` is taking long: start a thread that
@@ -1327,15 +1352,27 @@ class Connection:
     def _helper_loop(self) -> None:
         """Read and dispatch for the VC while its reader thread runs a long inline job
         (flows opened meanwhile go to ``on_flow``, which hands them to workers)."""
-        poller = select.poll()
         err: errors.IPCError | None = None
+        ka = self._keepalive
+        last_ping = 0.0
         try:
+            poller = select.poll()
             poller.register(self._sock.fileno(), select.POLLIN)
             while True:
                 with self._lock:
                     if not self._inline_running or self._error is not None:
                         break
                 if not poller.poll(1):
+                    now = time.monotonic()
+                    idle = now - self._last_recv
+                    if idle >= ka.timeout:  # keepalive duty, as the reader thread's
+                        err = errors.ConnectionFailedError(
+                            "transport: the peer missed its keepalive; the VC is broken"
+                        )
+                        break
+                    if idle >= ka.interval and now - last_ping >= ka.interval:
+                        last_ping = now
+                        self._keepalive_due()  # sends a PING
                     continue
                 try:
                     n = self._sock.recv_into(self._opener.receive_buffer())
