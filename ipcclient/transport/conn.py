@@ -1273,7 +1273,8 @@ class Connection:
     def inline_available(self) -> bool:
         """For ``on_flow`` (on an accepted VC): whether it may return a job to run on this
         VC's reader thread once the current batch of input is dispatched, instead of handing
-        the flow to a worker. True only on the reader thread itself, with no job pending;
+        the flow to a worker. True only on the reader thread itself, with no job pending and
+        no other flow live on the VC (concurrent calls go to workers, so that they overlap);
         the job must not wait for input on its own flow (give it a flow whose peer is done).
         A job running longer than ``INLINE_HANDOFF`` gets a helper thread that reads for
         the VC until it ends."""
@@ -1281,6 +1282,7 @@ class Connection:
             not self._lead
             and self._inline_job is None
             and not self._helper_active
+            and len(self._flows) <= 1  # a lone call; with others in flight, use the pool
             and threading.current_thread() is self._reader
         )
 
