@@ -587,3 +587,34 @@ def test_streamed_items_go_out_even_when_the_lingerer_cannot_start(
         assert _read_all(flow) == b"XYZ"
     finally:
         conn.close()
+
+
+def test_a_request_and_its_reset_in_one_record_reach_the_owner_as_a_reset(
+    server: Callable[..., Listener],
+) -> None:
+    # A client that cancels right after sending: DATA(OPEN|FIN) and RESET may share one
+    # record. The flow the owner gets must be failed (so a server never runs the call, or
+    # its context is cancelled), not a complete request whose reset was lost.
+    seen: list[Flow] = []
+    arrived = threading.Event()
+
+    def on_flow(flow: Flow) -> None:
+        seen.append(flow)
+        arrived.set()
+
+    lst = server(on_flow=on_flow)
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        with conn._lock:
+            conn._mux.send_data(flow.id, b"a whole request", end=True)
+            conn._mux.reset_flow(flow.id)
+        conn._flush()
+        assert arrived.wait(5)
+        (got,) = seen
+        assert isinstance(got.error, errors.CanceledError)
+        aborted: list[errors.IPCError] = []
+        got.set_abort_callback(aborted.append)  # registered late: runs at once
+        assert len(aborted) == 1
+    finally:
+        conn.close()

@@ -1432,7 +1432,10 @@ class Connection:
                         flow._inbox.append(ev.data)
                     if ev.end:
                         flow._eof = True
-                        if not self._mux.is_live(ev.flow_id):
+                        if flow._local_closed and not self._mux.is_live(ev.flow_id):
+                            # Both sides sent FIN: the flow is over. (A flow we have not
+                            # closed can only have ended by a RESET later in this chunk:
+                            # keep it for that event, which fails it and runs its abort.)
                             del flows[ev.flow_id]
                     flow._cond.notify_all()
                 elif cls is muxmod.FlowOpened:
