@@ -145,19 +145,67 @@ def _reacquire(lock: Any) -> BaseException | None:
             pending = exc
 
 
-class _Lingerer:
-    """The process's one thread that sends what streamed writes deferred (see ``LINGER``):
-    started on first use, it ends after ``_LINGER_IDLE`` seconds without work (and starts
-    again when needed, also in a forked child)."""
+class _OnDemandThread:
+    """A process-wide daemon thread for one background duty: started on first use, it ends
+    after ``_IDLE_EXIT`` seconds without work and starts again when needed (also in a forked
+    child, where ``_init`` runs again). Subclasses keep their work under ``_lock``."""
+
+    _name = "ipc-background"
 
     def __init__(self) -> None:
         self._init()
 
     def _init(self) -> None:
         self._lock = threading.Lock()
-        self._due: dict[Connection, None] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reset_work()
+
+    def _reset_work(self) -> None:
+        raise NotImplementedError
+
+    def _has_work_locked(self) -> bool:
+        raise NotImplementedError
+
+    def _round(self) -> None:
+        """One round of the duty, after a wake-up (called without ``_lock``)."""
+        raise NotImplementedError
+
+    def _start_locked(self) -> None:
+        """With ``_lock`` held: make sure the thread runs.
+
+        Raises:
+            RuntimeError: no thread could be started (nothing changed).
+        """
+        if self._thread is None:
+            thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            thread.start()
+            self._thread = thread
+
+    def _loop(self) -> None:
+        while True:
+            if not self._wake.wait(_IDLE_EXIT):
+                with self._lock:
+                    if not self._has_work_locked():
+                        self._thread = None
+                        return
+                continue
+            self._round()
+
+
+_IDLE_EXIT = 0.5
+
+
+class _Lingerer(_OnDemandThread):
+    """Sends what streamed writes deferred (see ``LINGER``), ``LINGER`` after being woken."""
+
+    _name = "ipc-linger"
+
+    def _reset_work(self) -> None:
+        self._due: dict[Connection, None] = {}
+
+    def _has_work_locked(self) -> bool:
+        return bool(self._due)
 
     def add(self, conn: Connection) -> None:
         """Flush ``conn`` within LINGER.
@@ -167,51 +215,36 @@ class _Lingerer:
         """
         with self._lock:
             self._due[conn] = None
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="ipc-linger", daemon=True)
-                try:
-                    thread.start()
-                except BaseException:
-                    del self._due[conn]
-                    raise
-                self._thread = thread
+            try:
+                self._start_locked()
+            except BaseException:
+                del self._due[conn]
+                raise
         self._wake.set()
 
-    def _run(self) -> None:
-        while True:
-            if not self._wake.wait(_LINGER_IDLE):
-                with self._lock:
-                    if not self._due:
-                        self._thread = None
-                        return
-                continue
-            time.sleep(LINGER)
-            with self._lock:
-                self._wake.clear()
-                due, self._due = self._due, {}
-            for conn in due:
-                try:
-                    conn._flush_deferred()
-                except Exception:  # pragma: no cover - a bug here must not stop the thread
-                    log.exception("transport: deferred flush failed")
+    def _round(self) -> None:
+        time.sleep(LINGER)
+        with self._lock:
+            self._wake.clear()
+            due, self._due = self._due, {}
+        for conn in due:
+            try:
+                conn._flush_deferred()
+            except Exception:  # pragma: no cover - a bug here must not stop the thread
+                log.exception("transport: deferred flush failed")
 
 
-_LINGER_IDLE = 0.5
+class _Handoff(_OnDemandThread):
+    """Gives a helper reader to each accepted VC whose reader thread has been running an
+    inline job for ``INLINE_HANDOFF``."""
 
+    _name = "ipc-handoff"
 
-class _Handoff:
-    """The process's one thread that gives a helper reader to each accepted VC whose
-    reader thread has been running an inline job for ``INLINE_HANDOFF`` (started on first
-    use; ends after ``_LINGER_IDLE`` seconds without work; started again in a forked child)."""
-
-    def __init__(self) -> None:
-        self._init()
-
-    def _init(self) -> None:
-        self._lock = threading.Lock()
+    def _reset_work(self) -> None:
         self._jobs: dict[Connection, tuple[int, float]] = {}  # conn -> (job number, start)
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    def _has_work_locked(self) -> bool:
+        return bool(self._jobs)
 
     def watch(self, conn: Connection, job: int) -> None:
         """``conn``'s reader thread starts inline job number ``job``.
@@ -221,14 +254,11 @@ class _Handoff:
         """
         with self._lock:
             self._jobs[conn] = (job, time.monotonic())
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="ipc-handoff", daemon=True)
-                try:
-                    thread.start()
-                except BaseException:
-                    del self._jobs[conn]
-                    raise
-                self._thread = thread
+            try:
+                self._start_locked()
+            except BaseException:
+                del self._jobs[conn]
+                raise
             wake = len(self._jobs) == 1
         if wake:
             self._wake.set()
@@ -237,37 +267,30 @@ class _Handoff:
         with self._lock:
             self._jobs.pop(conn, None)
 
-    def _run(self) -> None:
-        while True:
-            if not self._wake.wait(_LINGER_IDLE):
+    def _round(self) -> None:
+        with self._lock:
+            self._wake.clear()
+            first = min((start for _, start in self._jobs.values()), default=None)
+        if first is None:
+            return
+        time.sleep(max(0.0, first + INLINE_HANDOFF - time.monotonic()))
+        now = time.monotonic()
+        due: list[tuple[Connection, int]] = []
+        with self._lock:
+            for conn, (job, start) in list(self._jobs.items()):
+                if now - start >= INLINE_HANDOFF:
+                    due.append((conn, job))
+                    del self._jobs[conn]
+            if self._jobs:
+                self._wake.set()  # look again at the next one due
+        for conn, job in due:
+            try:
+                conn._start_helper(job)
+            except Exception:  # no thread to be had now: try again a little later
+                log.warning("transport: could not start a helper reader; retrying")
                 with self._lock:
-                    if not self._jobs:
-                        self._thread = None
-                        return
-                continue
-            with self._lock:
-                self._wake.clear()
-                first = min((start for _, start in self._jobs.values()), default=None)
-            if first is None:
-                continue
-            time.sleep(max(0.0, first + INLINE_HANDOFF - time.monotonic()))
-            now = time.monotonic()
-            due: list[tuple[Connection, int]] = []
-            with self._lock:
-                for conn, (job, start) in list(self._jobs.items()):
-                    if now - start >= INLINE_HANDOFF:
-                        due.append((conn, job))
-                        del self._jobs[conn]
-                if self._jobs:
-                    self._wake.set()  # look again at the next one due
-            for conn, job in due:
-                try:
-                    conn._start_helper(job)
-                except Exception:  # no thread to be had now: try again a little later
-                    log.warning("transport: could not start a helper reader; retrying")
-                    with self._lock:
-                        self._jobs.setdefault(conn, (job, time.monotonic()))
-                        self._wake.set()
+                    self._jobs.setdefault(conn, (job, time.monotonic()))
+                    self._wake.set()
 
 
 _HANDOFF = _Handoff()
@@ -1118,10 +1141,20 @@ class Connection:
                 readable = True
         if not readable:
             return "wake" if woken else "timeout"
+        return "data" if self._receive_and_dispatch() else "wake"
+
+    def _receive_and_dispatch(self) -> bool:
+        """As the read role, the socket readable: receive once and dispatch every record
+        completed. False when there was nothing to receive after all.
+
+        Raises:
+            _Broken: EOF or a socket error.
+            IPCError: the peer broke the protocol.
+        """
         try:
             n = self._sock.recv_into(self._opener.receive_buffer())
-        except (BlockingIOError, InterruptedError):
-            return "wake"
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return False
         except OSError as exc:
             err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
             raise _Broken(err) from exc
@@ -1132,7 +1165,7 @@ class Connection:
         for plain in self._opener.received(n):
             self._on_plaintext(plain)
         self._mid_read = False
-        return "data"
+        return True
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:
         """The peer broke the protocol: send GOAWAY with why (best effort), break the VC."""
@@ -1376,19 +1409,9 @@ class Connection:
                         last_ping = now
                         self._keepalive_due()  # sends a PING
                     continue
-                try:
-                    n = self._sock.recv_into(self._opener.receive_buffer())
-                except (BlockingIOError, InterruptedError, TimeoutError):
-                    continue
-                except OSError as exc:
-                    err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
-                    break
-                if n == 0:
-                    err = errors.ConnectionFailedError("transport: the peer closed the connection")
-                    break
-                self._last_recv = time.monotonic()
-                for record in self._opener.received(n):
-                    self._on_plaintext(record)
+                self._receive_and_dispatch()
+        except _Broken as broken:
+            err = broken.error
         except errors.IPCError as exc:
             self._fail_protocol(exc)
         except Exception as exc:  # pragma: no cover - a bug here must still break the VC
