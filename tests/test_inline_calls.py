@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +74,10 @@ def test_a_batch_that_fails_after_a_request_leaks_no_call_slot(
         poisoner = _Poisoner(conn._sock)
         conn._sock = poisoner  # type: ignore[assignment]
         poisoner.armed = True
-        with pytest.raises(errors.IPCError):
+        # Usually the request and the bad record are read in one batch and the call fails
+        # with the VC; if they happen to be read apart, the call completes first. Either way
+        # no slot may stay taken.
+        with contextlib.suppress(errors.IPCError):
             client.call(ctx(3), name, "Echo", 2)
         client.close()
     deadline = time.monotonic() + 5
