@@ -55,6 +55,7 @@ RETRY_CONNECTION) and calls ``on_close`` once so the owner evicts it.
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import dataclasses
@@ -145,7 +146,7 @@ def _reacquire(lock: Any) -> BaseException | None:
             pending = exc
 
 
-class _OnDemandThread:
+class _OnDemandThread(abc.ABC):
     """A process-wide daemon thread for one background duty: started on first use, it ends
     after ``_IDLE_EXIT`` seconds without work and starts again when needed (also in a forked
     child, where ``_init`` runs again). Subclasses keep their work under ``_lock``."""
@@ -161,15 +162,17 @@ class _OnDemandThread:
         self._thread: threading.Thread | None = None
         self._reset_work()
 
+    @abc.abstractmethod
     def _reset_work(self) -> None:
-        raise NotImplementedError
+        """(Re)create the duty's own state (also in a forked child)."""
 
+    @abc.abstractmethod
     def _has_work_locked(self) -> bool:
-        raise NotImplementedError
+        """With ``_lock`` held: whether work is pending (else the thread may end)."""
 
+    @abc.abstractmethod
     def _round(self) -> None:
         """One round of the duty, after a wake-up (called without ``_lock``)."""
-        raise NotImplementedError
 
     def _start_locked(self) -> None:
         """With ``_lock`` held: make sure the thread runs.
