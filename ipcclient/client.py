@@ -66,11 +66,15 @@ from ipcclient.security.principal import Principal
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import StreamManager
-from ipcclient.wire.messages import encode_message_parts, encode_messages
+from ipcclient.wire.messages import encode_message_parts, encode_messages, encode_plain_message
 
 __all__ = ["Client"]
 
 log = logging.getLogger("ipcclient.client")
+
+_CALL_FINISHED = errors.CanceledError("call finished")
+"""What a call's own context ends with once the call is over (a prototype: see
+:meth:`CancelContext.cancel_with`)."""
 
 _T = TypeVar("_T")
 
@@ -215,7 +219,7 @@ class Client:
             )
         finally:
             if owned:
-                call_ctx.cancel("call finished")  # type: ignore[attr-defined]
+                call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close the client: new calls fail at once with BadStateError; calls in flight end
@@ -442,7 +446,13 @@ class Client:
             with self._lock:
                 self._calls.add(call)
             unsent = _write_request(
-                flow, request.to_wire(), args, close_send, deadline, call.cancel, tried
+                flow,
+                encode_messages(request.to_wire()),
+                args,
+                close_send,
+                deadline,
+                call.cancel,
+                tried,
             )
             if unsent is not None:  # nothing reached the wire: the usual retry rules apply
                 raise unsent.with_context(request_sent=False, tried=tried) from None
@@ -512,7 +522,9 @@ class Client:
             if deadline is not None:
                 header["deadline"] = max(0.0, deadline - time.monotonic())
             header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
-            unsent = _write_request(flow, header, args, True, deadline, flow.cancel, [])
+            # (built here of plain values only: encoded without the codec's type checks)
+            head = encode_plain_message(header)
+            unsent = _write_request(flow, head, args, True, deadline, flow.cancel, [])
             if unsent is not None:
                 return None  # nothing reached the wire: the general path starts over
             self.stats["calls_started"] += 1
@@ -765,7 +777,7 @@ class Client:
             with lock:  # close() iterates the set under the lock
                 calls.discard(call)
             if owned_ctx is not None:
-                owned_ctx.cancel("call finished")  # type: ignore[attr-defined]
+                owned_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
 
         return on_done
 
@@ -948,14 +960,15 @@ class Client:
 
 def _write_request(
     flow: Flow,
-    header: dict[str, Any],
+    head: bytes,
     args: Sequence[Any],
     close_send: bool,
     deadline: float | None,
     cancel: Callable[[errors.IPCError], None],
     tried: list[str],
 ) -> errors.IPCError | None:
-    """Write a request (header, args, and with ``close_send`` the end of args and FIN).
+    """Write a request (``head``: its header, encoded as a message; then the args, and with
+    ``close_send`` the end of args and FIN).
     On failure ``cancel`` the call; return the error when nothing reached the wire (the
     caller decides about retrying), else raise it.
 
@@ -964,7 +977,9 @@ def _write_request(
         the write's error, NO_RETRY and ``request_sent``: part of the request may be out.
     """
     try:
-        data = encode_message_parts(header, *args, tail=_END_STREAM_MESSAGE if close_send else b"")
+        data = encode_message_parts(
+            *args, head=head, tail=_END_STREAM_MESSAGE if close_send else b""
+        )
         flow.write(data, end=close_send, deadline=deadline)
     except errors.BadArgError as exc:
         cancel(exc)

@@ -158,6 +158,11 @@ _REFUSED_TYPES: dict[type, Callable[[Any, Any], None]] = dict.fromkeys(
 )
 
 
+_PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
+"""Exact types whose CBOR form never holds a refused tag: encoded without the per-value
+type checks of ``_REFUSED_TYPES`` (which cost more than the encoding of a small value)."""
+
+
 def encode(value: Any) -> bytes:
     """Encode one value as CBOR bytes.
 
@@ -165,11 +170,20 @@ def encode(value: Any) -> bytes:
         BadArgError: the value (or something inside it) has no CBOR form here.
     """
     try:
+        if type(value) in _PLAIN_SCALARS:
+            return cbor2.dumps(value)
         return cbor2.dumps(value, default=_default, encoders=_REFUSED_TYPES)
     except errors.IPCError:
         raise
     except Exception as exc:  # cbor2 raises several kinds; the caller sees one
         raise errors.BadArgError(f"codec: cannot encode value: {exc}") from exc
+
+
+def encode_plain(value: Any) -> bytes:
+    """Encode a value the library built itself from plain values only (None, bool, int,
+    float, str, bytes, and dicts and lists of them: headers), without the checks of
+    :func:`encode` (same bytes for such a value; never give it an application's value)."""
+    return cbor2.dumps(value)
 
 
 def _refuse_tag(*_: Any) -> Any:

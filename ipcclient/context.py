@@ -15,11 +15,12 @@ Design decisions:
   they are :class:`CancelContext` and have :meth:`CancelContext.cancel`. ``background()`` and
   ``with_value`` return a plain :class:`Context`, so "cancel the background" is a type error
   that mypy reports, not a runtime surprise.
-* A parent holds its children **weakly** (a ``WeakSet``) and a child unregisters from its parent
-  as soon as it is done. A child that becomes garbage therefore costs its parent nothing. The
-  flip side: a context nobody references any more is forgotten together with its
-  done-callbacks; keep a reference while the callbacks matter (a call object does). A child
-  holds its parent strongly (for values and deadlines), so a parent lives as long as any child.
+* A parent holds its children **weakly** (weak references that drop out when a child dies)
+  and a child unregisters from its parent as soon as it is done. A child that becomes
+  garbage therefore costs its parent nothing. The flip side: a context nobody references
+  any more is forgotten together with its done-callbacks; keep a reference while the
+  callbacks matter (a call object does). A child holds its parent strongly (for values and
+  deadlines), so a parent lives as long as any child.
 * Contexts that can never be done (``background()`` and value contexts below it) keep no
   children and no callbacks at all: registering a callback there returns an inert handle.
 * ``err()`` is sticky, like Go's ``ctx.Err()``: it is set once, by the first of "cancelled"
@@ -110,6 +111,16 @@ def _fresh(err: errors.IPCError) -> errors.IPCError:
     return err.with_context()
 
 
+class _Children(dict["weakref.ref[Context]", None]):
+    """A parent's children: weak references (keys) that remove themselves when their child
+    dies (a plain dict: cheaper than a ``WeakSet`` for the add/remove of every call)."""
+
+    __slots__ = ()
+
+    def drop(self, ref: weakref.ref[Context]) -> None:
+        self.pop(ref, None)
+
+
 class Context:
     """An immutable bundle of deadline, cancel signal and values; derive children from it.
 
@@ -148,7 +159,7 @@ class Context:
         self._event: threading.Event | None = None
         self._err: errors.IPCError | None = None
         self._callbacks: dict[int, Callable[[errors.IPCError], None]] = {}
-        self._children: weakref.WeakSet[Context] | None = None
+        self._children: _Children | None = None
         # The deadline the timer thread must enforce once a done-callback needs it (armed
         # by add_done_callback; everything else notices a deadline by looking at the clock).
         self._timer_due: float | None = effective if _is_real_clock(clock) else None
@@ -310,9 +321,10 @@ class Context:
         with self._lock:
             err = self._err
             if err is None:
-                if self._children is None:
-                    self._children = weakref.WeakSet()
-                self._children.add(child)
+                children = self._children
+                if children is None:
+                    children = self._children = _Children()
+                children[weakref.ref(child, children.drop)] = None
                 return
         child._finish(err)
 
@@ -329,21 +341,27 @@ class Context:
                 node._err = err
                 callbacks = list(node._callbacks.values())
                 node._callbacks.clear()
-                children = list(node._children) if node._children is not None else []
+                children: list[Context | None] = (
+                    [ref() for ref in node._children] if node._children is not None else []
+                )
                 node._children = None
                 event = node._event
             if event is not None:
                 event.set()
             finished.append(node)
-            to_run.extend((fn, err) for fn in callbacks)
-            pending.extend(children)
+            for fn in callbacks:
+                to_run.append((fn, err))
+            for child in children:
+                if child is not None:
+                    pending.append(child)
         if finished and finished[0] is self:
             parent = self._parent
             if parent is not None and not parent._never_done:
                 with parent._lock:
                     if parent._children is not None:
-                        parent._children.discard(self)
-        _run_callbacks(to_run)
+                        parent._children.pop(weakref.ref(self), None)
+        if to_run:
+            _run_callbacks(to_run)
 
     def __repr__(self) -> str:
         state = "done" if self._err is not None else "live"
@@ -362,6 +380,11 @@ class CancelContext(Context):
         Has no effect if this context is already done (the first error sticks).
         """
         self._finish(errors.CanceledError(reason or "context canceled"))
+
+    def cancel_with(self, err: errors.IPCError) -> None:
+        """Cancel with ``err`` as the error (a prototype: whoever asks gets a fresh copy,
+        so one error object may end many contexts: nothing is built per cancel)."""
+        self._finish(err)
 
     def __enter__(self) -> CancelContext:
         return self

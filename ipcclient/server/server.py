@@ -50,6 +50,10 @@ __all__ = [
 
 log = logging.getLogger("ipcclient.server")
 
+_CALL_FINISHED = errors.CanceledError("call finished")
+"""What a call's own context ends with once the call is over (a prototype: see
+:meth:`CancelContext.cancel_with`)."""
+
 _VC_CACHE_ENTRIES = 256
 """Validated client names kept per VC (per method, suffix and discharges); cleared when full."""
 
@@ -496,7 +500,7 @@ class Server:
         try:
             self._run_request(ctx, call_ctx, span, flow, stream, request)
         finally:
-            ctx.cancel("call finished")
+            ctx.cancel_with(_CALL_FINISHED)
 
     def _run_request(
         self,
@@ -525,11 +529,17 @@ class Server:
         n = len(results)
         spans = _spans(span)
         if spans:
-            header = Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
+            head = encode_messages(
+                Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
+            )
         else:
-            header = _END_HEADERS[n] if n < len(_END_HEADERS) else _end_header(n)
+            head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
         try:
-            stream.send(header, *results, end=True, deadline=self._send_deadline(ctx))
+            flow.write(
+                encode_message_parts(*results, head=head),
+                end=True,
+                deadline=self._send_deadline(ctx),
+            )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
             self._answer_error(stream, err)
@@ -673,12 +683,12 @@ def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:
     return tuple(r.to_wire() for r in vtrace.STORE.trace(span.trace_id))
 
 
-def _end_header(nresults: int) -> dict[str, Any]:
-    return Response(end_stream_results=True, nresults=nresults).to_wire()
+def _end_message(nresults: int) -> bytes:
+    return encode_messages(Response(end_stream_results=True, nresults=nresults).to_wire())
 
 
-_END_HEADERS = tuple(_end_header(n) for n in range(4))
-"""The final response headers of calls with 0..3 results, built once (never mutated)."""
+_END_MESSAGES = tuple(_end_message(n) for n in range(4))
+"""The final response headers of calls with 0..3 results, encoded once."""
 _STREAM_ITEM_MESSAGE = encode_messages(Response().to_wire())
 """The empty response header before each streamed result, encoded once."""
 

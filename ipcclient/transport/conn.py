@@ -96,9 +96,10 @@ LINGER_BYTES = 32 * 1024
 
 INLINE_HANDOFF = 0.002
 """A job the owner runs on an accepted VC's reader thread (a complete unary request, see
-:meth:`Connection.inline_available`) that takes longer than this gets a helper thread, which
-reads the socket for the VC until the job ends: short calls cost no thread hop, long ones
-cannot hold up the VC (other calls, cancellation, pings) for longer than this."""
+:meth:`Connection.inline_available`) that takes longer than this gets a helper thread (at the
+latest ``INLINE_HANDOFF / 2`` later), which reads the socket for the VC until the job ends:
+short calls cost no thread hop, long ones cannot hold up the VC (other calls, cancellation,
+pings) for longer than about this."""
 
 LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
@@ -238,62 +239,79 @@ class _Lingerer(_OnDemandThread):
 
 
 class _Handoff(_OnDemandThread):
-    """Gives a helper reader to each accepted VC whose reader thread has been running an
-    inline job for ``INLINE_HANDOFF``."""
+    """Gives a helper reader to each accepted VC whose reader thread has been running one
+    inline job for ``INLINE_HANDOFF``.
+
+    Starting a job costs the reader thread no wake-up of this one: while any VC it knows
+    runs jobs, the thread ticks every ``INLINE_HANDOFF / 2`` and looks at the VCs' job
+    start times; after ``_IDLE_EXIT`` without a running job it stops ticking (and, later,
+    ends). ``watch`` registers a VC and restarts the ticking; its common case (the VC known,
+    the thread ticking) takes no lock. Why that is race-free: the reader thread marks its job
+    running *before* it reads ``_ticking``; the ticker clears ``_ticking`` and the VC set
+    *before* it looks for running jobs, and keeps ticking if it finds one."""
 
     _name = "ipc-handoff"
 
     def _reset_work(self) -> None:
-        self._jobs: dict[Connection, tuple[int, float]] = {}  # conn -> (job number, start)
+        self._conns: dict[Connection, None] = {}
+        self._ticking = False
 
     def _has_work_locked(self) -> bool:
-        return bool(self._jobs)
+        return bool(self._conns)
 
-    def watch(self, conn: Connection, job: int) -> None:
-        """``conn``'s reader thread starts inline job number ``job``.
+    def watch(self, conn: Connection) -> None:
+        """``conn``'s reader thread has started an inline job (``_inline_running`` and
+        ``_inline_started`` are set).
 
         Raises:
             RuntimeError: no thread could be started (nothing is watched then).
         """
+        if self._ticking and conn in self._conns:
+            return
         with self._lock:
-            self._jobs[conn] = (job, time.monotonic())
+            added = conn not in self._conns
+            self._conns[conn] = None
             try:
                 self._start_locked()
             except BaseException:
-                del self._jobs[conn]
+                if added:
+                    del self._conns[conn]
                 raise
-            wake = len(self._jobs) == 1
+            wake = not self._ticking
+            self._ticking = True
         if wake:
             self._wake.set()
-
-    def unwatch(self, conn: Connection) -> None:
-        with self._lock:
-            self._jobs.pop(conn, None)
 
     def _round(self) -> None:
         with self._lock:
             self._wake.clear()
-            first = min((start for _, start in self._jobs.values()), default=None)
-        if first is None:
-            return
-        time.sleep(max(0.0, first + INLINE_HANDOFF - time.monotonic()))
-        now = time.monotonic()
-        due: list[tuple[Connection, int]] = []
-        with self._lock:
-            for conn, (job, start) in list(self._jobs.items()):
-                if now - start >= INLINE_HANDOFF:
-                    due.append((conn, job))
-                    del self._jobs[conn]
-            if self._jobs:
-                self._wake.set()  # look again at the next one due
-        for conn, job in due:
-            try:
-                conn._start_helper(job)
-            except Exception:  # no thread to be had now: try again a little later
-                log.warning("transport: could not start a helper reader; retrying")
-                with self._lock:
-                    self._jobs.setdefault(conn, (job, time.monotonic()))
-                    self._wake.set()
+        busy_at = time.monotonic()
+        while True:
+            time.sleep(INLINE_HANDOFF / 2)
+            now = time.monotonic()
+            due: list[tuple[Connection, int]] = []
+            with self._lock:
+                conns = self._conns
+                for conn in list(conns):
+                    if conn._inline_running:
+                        busy_at = now
+                        if now - conn._inline_started >= INLINE_HANDOFF:
+                            due.append((conn, conn._inline_count))
+                    elif conn._error is not None:
+                        del conns[conn]
+                if now - busy_at >= _IDLE_EXIT:
+                    # Stop ticking unless a job started meanwhile (see the class docstring).
+                    self._ticking = False
+                    self._conns = {}
+                    if not any(conn._inline_running for conn in conns):
+                        return
+                    self._conns = conns
+                    self._ticking = True
+            for conn, job in due:
+                try:
+                    conn._start_helper(job)
+                except Exception:  # no thread to be had now: the next tick tries again
+                    log.warning("transport: could not start a helper reader; retrying")
 
 
 _HANDOFF = _Handoff()
@@ -301,6 +319,15 @@ _LINGERER = _Lingerer()
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_LINGERER._init)
     os.register_at_fork(after_in_child=_HANDOFF._init)
+
+
+_CLOSED: errors.IPCError = errors.BadStateError("transport: the flow is closed")
+"""A closed flow's ``_error`` (a marker: what is raised is a fresh copy, see
+:func:`_raisable`), so that closing a flow normally builds no exception."""
+
+
+def _raisable(err: errors.IPCError) -> errors.IPCError:
+    return errors.BadStateError(_CLOSED.msg) if err is _CLOSED else err
 
 
 class _Broken(Exception):
@@ -421,7 +448,8 @@ class Flow:
     @property
     def error(self) -> errors.IPCError | None:
         """Why the flow ended abnormally (reset, cancelled, its VC broke), or None."""
-        return self._error
+        err = self._error
+        return None if err is None else _raisable(err)
 
     @property
     def peer_done(self) -> bool:
@@ -466,7 +494,7 @@ class Flow:
                 if self._eof:  # the peer's FIN came: everything it sent is here
                     return b""
                 if self._error is not None:
-                    raise self._error
+                    raise _raisable(self._error)
                 timeout = _remaining(deadline)
                 if timeout is not None and timeout <= 0:
                     raise errors.TimeoutError("transport: deadline passed while reading a flow")
@@ -530,7 +558,7 @@ class Flow:
         while True:
             with self._lock:
                 if self._error is not None:
-                    raise self._error
+                    raise _raisable(self._error)
                 if self._local_closed:
                     raise errors.BadStateError("transport: write after the flow's send side closed")
                 try:
@@ -625,7 +653,7 @@ class Flow:
                 with contextlib.suppress(errors.IPCError):  # the flow already ended
                     mux.close_send(self.id)
             if self._error is None:
-                self._error = errors.BadStateError("transport: the flow is closed")
+                self._error = _CLOSED
             self._inbox.clear()
             self._cond.notify_all()
             conn._wake_leader_locked()
@@ -654,7 +682,7 @@ class Flow:
         if self._error is None:
             self._error = err
         self._cond.notify_all()
-        return self._error
+        return _raisable(self._error)
 
 
 class Connection:
@@ -727,6 +755,7 @@ class Connection:
         self._inline_job: Callable[[], None] | None = None
         self._inline_count = 0
         self._inline_running = False
+        self._inline_started = 0.0
         self._helper_active = False
         self._helper_done = _Signal(self._lock)
         self._last_lead = 0.0
@@ -1335,9 +1364,10 @@ class Connection:
         with self._lock:
             self._inline_count += 1
             number = self._inline_count
+            self._inline_started = time.monotonic()
             self._inline_running = True
         try:
-            _HANDOFF.watch(self, number)
+            _HANDOFF.watch(self)
         except RuntimeError:  # no thread for the watch: a helper reads from the start
             try:
                 self._start_helper(number)
@@ -1346,7 +1376,6 @@ class Connection:
         try:
             self._call_job(job)
         finally:
-            _HANDOFF.unwatch(self)
             pending: BaseException | None = None
             with self._lock:
                 self._inline_running = False

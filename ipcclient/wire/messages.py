@@ -17,7 +17,7 @@ from typing import Any
 
 from ipcclient import codec, errors
 
-__all__ = ["MessageReader", "encode_message_parts", "encode_messages"]
+__all__ = ["MessageReader", "encode_message_parts", "encode_messages", "encode_plain_message"]
 
 _LENGTH = struct.Struct(">I")
 _BULK = 4096
@@ -57,6 +57,13 @@ def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes
     headers)."""
     parts = encode_message_parts(*values, head=head, tail=tail)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_plain_message(value: Any) -> bytes:
+    """One message holding ``value``, a value the library built of plain values only (a
+    header): see :func:`ipcclient.codec.encode_plain`."""
+    body = codec.encode_plain(value)
+    return _LENGTH.pack(len(body)) + body
 
 
 def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> list[bytes]:
