@@ -845,3 +845,61 @@ def test_a_grown_frame_never_exceeds_the_peers_max_payload() -> None:
     sizes = [len(f.payload) for f in frames_of(a.data_to_send())]
     assert sizes == [800, 800, 400]
     assert max(sizes) <= MIN_FRAME_PAYLOAD
+
+
+# --- the one-frame fast path of receive_data -------------------------------------------------
+_ONE_FRAME = st.tuples(
+    st.sampled_from([DATA, DATA, DATA, CREDIT, RESET]),
+    st.sampled_from([0, FLAG_FIN, FLAG_OPEN, FLAG_OPEN | FLAG_FIN]),
+    st.sampled_from([1, 3, 5, 2]),
+    st.integers(min_value=0, max_value=WINDOW + 8),
+)
+
+
+@given(frames=st.lists(_ONE_FRAME, min_size=1, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_a_chunk_of_one_data_frame_takes_the_short_way_to_the_same_result(
+    frames: list[tuple[int, int, int, int]],
+) -> None:
+    """``receive_data`` of a ``bytes`` chunk holding exactly one DATA frame skips the frame
+    decoder; a ``bytearray`` chunk never does. Both must give the same events, errors and
+    state for any frame sequence, valid or not."""
+    fast, slow = acceptor(), acceptor()
+    for ftype, flags, fid, size in frames:
+        payload = b"\x00\x00\x10\x00" if ftype == CREDIT else bytes(size)
+        if ftype != DATA:
+            flags = 0
+        wire = struct.pack(">BBII", ftype, flags, fid, len(payload)) + payload
+        outcomes = []
+        for mux, chunk in ((fast, wire), (slow, bytearray(wire))):
+            try:
+                outcomes.append(("events", mux.receive_data(chunk)))
+            except errors.IPCError as exc:
+                outcomes.append(("error", (exc.id, exc.msg)))
+        assert outcomes[0] == outcomes[1]
+        assert fast.live_flow_count == slow.live_flow_count
+        assert fast.data_to_send() == slow.data_to_send()
+        for live in (1, 3, 5):
+            assert fast.is_live(live) == slow.is_live(live)
+            if fast.is_live(live):
+                f, s = fast._flows[live], slow._flows[live]
+                assert (f.recv_window, f.unread, f.recv_closed, f.send_closed) == (
+                    s.recv_window,
+                    s.unread,
+                    s.recv_closed,
+                    s.send_closed,
+                )
+
+
+def test_one_data_frame_on_a_dialed_flow_ends_it_when_both_sides_are_done() -> None:
+    a, b = pair()
+    fid = a.open_flow()
+    a.send_data(fid, b"ask", end=True)
+    b.receive_data(a.data_to_send())
+    b.send_data(fid, b"answer", end=True)
+    reply = b.data_to_send()
+    assert isinstance(reply, bytes)
+    assert a.receive_data(reply) == [DataReceived(fid, b"answer", True)]
+    assert not a.is_live(fid)
+    # A second FIN on the ended flow is late, not an error (our id, already opened).
+    assert a.receive_data(reply) == []

@@ -24,7 +24,7 @@ and one header; this is how a burst of small frames stays cheap.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -216,7 +216,7 @@ class RecordOpener:
             self._start, self._end = 0, end - start
         return memoryview(buf)[self._end :]
 
-    def received(self, nbytes: int) -> Iterator[bytes | memoryview]:
+    def received(self, nbytes: int) -> Iterable[bytes | memoryview]:
         """``nbytes`` were written into :meth:`receive_buffer`: the plaintexts of the records
         they complete, in order. A plaintext of :data:`BULK_RECORD` bytes or more is a view
         of a buffer the opener reuses, valid only until the next one is requested.
@@ -229,6 +229,32 @@ class RecordOpener:
         if self._failed is not None:
             raise self._failed
         self._end += nbytes
+        buf = self._buf
+        start = self._start
+        size = self._end - start - 4
+        if size >= TAG_SIZE and size < BULK_RECORD + TAG_SIZE:
+            # The usual receive: exactly one small record (a request, a reply).
+            if _LENGTH.unpack_from(buf, start)[0] == size and self._counter < self._limit:
+                with memoryview(buf) as view:
+                    body = view[start + 4 : self._end]
+                    aad = view[start : start + 4]
+                    try:
+                        plain = self._aead.decrypt(
+                            _NONCE_PREFIX + self._counter.to_bytes(8, "big"), body, aad
+                        )
+                    except InvalidTag:
+                        plain = None
+                    finally:
+                        body.release()
+                        aad.release()
+                if plain is not None:
+                    self._counter += 1
+                    self._start = self._end = 0
+                    return (plain,)
+        return self._open_buffered()
+
+    def _open_buffered(self) -> Iterator[bytes | memoryview]:
+        """:meth:`received` in general: every record the buffer completes, one at a time."""
         buf = self._buf
         try:
             with memoryview(buf) as view:

@@ -52,6 +52,7 @@ from ipcclient.wire.frames import (
     FLAG_FIN,
     FLAG_OPEN,
     GOAWAY,
+    HEADER_SIZE,
     MAX_FLOW_ID,
     MAX_FRAME_PAYLOAD_LIMIT,
     MIN_FRAME_PAYLOAD,
@@ -570,9 +571,31 @@ class Mux:
             if self._input_error is not None:
                 raise self._input_error
             return []
+        decoder = self._decoder
+        if type(data) is bytes and not decoder._buf and len(data) >= HEADER_SIZE:
+            # The usual chunk: exactly one DATA frame (no OPEN) on a live flow of ours or
+            # the peer's (a reply, more of a request): the loop below without the decoder.
+            tf, fid, n = _HEADER.unpack_from(data)
+            if tf <= _FIN and fid and n == len(data) - HEADER_SIZE and n <= decoder.max_payload:
+                flow = self._flows.get(fid)
+                if (
+                    flow is not None
+                    and not flow.recv_closed
+                    and not flow.unopened
+                    and n <= flow.recv_window
+                ):
+                    payload = data[HEADER_SIZE:]
+                    flow.recv_window -= n
+                    flow.unread += n
+                    if tf:  # FIN
+                        flow.recv_closed = True
+                        if flow.send_closed:
+                            self._end(flow)
+                        return [DataReceived(fid, payload, True)]
+                    return [DataReceived(fid, payload, False)] if n else []
         events: list[Event] = []
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data)
             flows = self._flows
             for ftype, flags, fid, payload in frames:
                 if ftype == DATA:
