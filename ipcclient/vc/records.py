@@ -232,25 +232,28 @@ class RecordOpener:
         buf = self._buf
         start = self._start
         size = self._end - start - 4
-        if size >= TAG_SIZE and size < BULK_RECORD + TAG_SIZE:
+        if (
+            TAG_SIZE <= size < BULK_RECORD + TAG_SIZE
+            and _LENGTH.unpack_from(buf, start)[0] == size
+            and self._counter < self._limit
+        ):
             # The usual receive: exactly one small record (a request, a reply).
-            if _LENGTH.unpack_from(buf, start)[0] == size and self._counter < self._limit:
-                with memoryview(buf) as view:
-                    body = view[start + 4 : self._end]
-                    aad = view[start : start + 4]
-                    try:
-                        plain = self._aead.decrypt(
-                            _NONCE_PREFIX + self._counter.to_bytes(8, "big"), body, aad
-                        )
-                    except InvalidTag:
-                        plain = None
-                    finally:
-                        body.release()
-                        aad.release()
-                if plain is not None:
-                    self._counter += 1
-                    self._start = self._end = 0
-                    return (plain,)
+            with memoryview(buf) as view:
+                body = view[start + 4 : self._end]
+                aad = view[start : start + 4]
+                try:
+                    plain = self._aead.decrypt(
+                        _NONCE_PREFIX + self._counter.to_bytes(8, "big"), body, aad
+                    )
+                except InvalidTag:
+                    plain = None  # (the general way below fails the opener)
+                finally:
+                    body.release()
+                    aad.release()
+            if plain is not None:
+                self._counter += 1
+                self._start = self._end = 0
+                return (plain,)
         return self._open_buffered()
 
     def _open_buffered(self) -> Iterator[bytes | memoryview]:
