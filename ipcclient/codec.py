@@ -264,6 +264,19 @@ _ONE_BYTE.update({i: functools.partial(int, i) for i in range(24)})  # 0..23
 fresh objects each time)."""
 
 
+_STRING_HEADS = {24: 2, 25: 3, 26: 5, 27: 9}
+"""Head sizes of a CBOR string by its additional info (1-, 2-, 4-, 8-byte lengths)."""
+
+_CONSTANT_MAPS: tuple[dict[str, Any], ...] = (
+    {"end_stream_args": True},
+    *({"end": True, "nresults": n} for n in range(4)),
+    {"end": True},
+)
+_CONSTANT_MESSAGES: dict[bytes, dict[str, Any]] = {cbor2.dumps(v): v for v in _CONSTANT_MAPS}
+"""Flat maps of plain values sent on every call (the end of args, the usual final response
+headers): recognised by their bytes and copied, instead of decoded."""
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode exactly one CBOR value from ``data`` under ``limits``.
 
@@ -279,10 +292,30 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         )
     if size == 0:
         raise errors.BadProtocolError("codec: empty message")
+    first = data[0]
     if size == 1:  # one-byte values (empty headers, small ints, flags) are common
-        factory = _ONE_BYTE.get(data[0])
+        factory = _ONE_BYTE.get(first)
         if factory is not None:
             return factory()
+    elif 0x40 <= first <= 0x7B:
+        # One definite byte or text string (an arg, a result): its head says how long it
+        # is, so it is the whole message exactly when the sizes agree (no decoder needed).
+        info = first & 0x1F
+        head = 1 if info < 24 else (_STRING_HEADS.get(info, 0))
+        if head and size >= head:
+            length = info if head == 1 else int.from_bytes(data[1:head], "big")
+            if head + length == size:
+                body = bytes(data[head:])
+                if first < 0x60:
+                    return body
+                try:
+                    return body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from None
+    elif type(data) is bytes:
+        constant = _CONSTANT_MESSAGES.get(data)
+        if constant is not None:
+            return dict(constant)
     # A message can hold at most one item per byte, so small messages need no walk.
     if size > limits.max_items:
         _count_items(data, limits.max_items)

@@ -41,6 +41,11 @@ class MessageStream:
         already received do not count."""
         self._reader.set_budget(nbytes, free=free)
 
+    def push(self, value: Any) -> None:
+        """Queue ``value`` as if it had been received next (a message read before the
+        stream was made)."""
+        self._pending.append(value)
+
     def send(
         self,
         *values: Any,

@@ -216,3 +216,50 @@ def test_as_mapping_and_sequence() -> None:
 def test_types_without_a_wire_form_are_refused_when_encoding(value: object) -> None:
     with pytest.raises(errors.BadArgError, match="no wire form"):
         codec.encode([value])
+
+
+# --- the decoder's short ways (one string, a constant header) ---------------------------------
+def _generic_decode(data: bytes) -> Any:
+    """What the general path makes of ``data`` (a bytearray skips the constant table, and a
+    leading no-op byte cannot be used, so decode through cbor2 directly)."""
+    return cbor2.loads(data)
+
+
+@given(st.one_of(st.binary(max_size=70_000), st.text(max_size=3000)))
+@settings(max_examples=200, deadline=None)
+def test_a_lone_string_decodes_as_the_general_decoder_does(value: bytes | str) -> None:
+    data = cbor2.dumps(value)
+    got = codec.decode(data)
+    assert type(got) is type(value) and got == value == _generic_decode(data)
+    assert codec.decode(memoryview(data)) == value
+    # Cut short or with a byte too many, the same head no longer matches: refused.
+    if data[1:]:
+        with pytest.raises(errors.BadProtocolError):
+            codec.decode(data[:-1])
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(data + b"\x00")
+
+
+def test_a_string_head_of_every_size_and_bad_text() -> None:
+    for n in (0, 23, 24, 255, 256, 65_535, 65_536):
+        for value in (b"b" * n, "t" * n):
+            assert codec.decode(cbor2.dumps(value)) == value
+    # A non-minimal head (1-byte length 5) is still one string of the right size.
+    assert codec.decode(b"\x58\x05hello") == b"hello"
+    assert codec.decode(b"\x59\x00\x02hi") == b"hi"
+    with pytest.raises(errors.BadProtocolError, match="utf-8"):
+        codec.decode(b"\x62\xff\xfe")
+    with pytest.raises(errors.BadProtocolError, match="utf-8"):
+        codec.decode(b"\x63\xed\xa0\x80")  # an encoded surrogate is not UTF-8
+    with pytest.raises(errors.BadProtocolError):
+        codec.decode(b"\x5f\x41a\xff")  # indefinite: refused as before
+
+
+def test_constant_headers_decode_to_fresh_maps() -> None:
+    for value in codec._CONSTANT_MAPS:
+        data = cbor2.dumps(value)
+        first = codec.decode(data)
+        assert first == value and first is not value
+        first["mutated"] = True
+        assert codec.decode(data) == value  # the table is never handed out
+        assert codec.decode(bytearray(data)) == value  # the general way agrees

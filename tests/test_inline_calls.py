@@ -18,6 +18,7 @@ from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport.conn import KeepaliveConfig
 from ipcclient.transport.manager import TransportOptions
+from ipcclient.wire.messages import encode_messages, split_messages
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -37,6 +38,9 @@ class Service:
 
     def Exit(self, call: ServerCall) -> None:
         raise SystemExit(3)
+
+    def Drain(self, call: ServerCall, *first: Any) -> list[Any]:
+        return [*first, *call]  # a unary call's streamed args: none
 
 
 def ctx(seconds: float = 10.0) -> Context:
@@ -148,3 +152,97 @@ def test_start_call_refuses_args_that_are_not_a_sequence(make_client: MakeClient
     for bad in (40, "ab", b"ab"):
         with pytest.raises(errors.BadArgError):
             client.start_call(ctx(), "/127.0.0.1:1", "M", bad)  # type: ignore[arg-type]
+
+
+# --- the short way of an inline call answers exactly as the general way ----------------------
+_END = {"end_stream_args": True}
+_CRAFTED: list[tuple[str, bytes]] = [
+    ("usual", encode_messages({"method": "Echo", "nargs": 1}, b"hi", _END)),
+    (
+        "suffix and deadline",
+        encode_messages(
+            {"suffix": "/x", "method": "Echo", "nargs": 1, "deadline": 5.0}, [1, "a"], _END
+        ),
+    ),
+    ("no args", encode_messages({"method": "Drain"}, _END)),
+    ("fewer args than said", encode_messages({"method": "Echo", "nargs": 2}, b"hi", _END)),
+    ("more args than said", encode_messages({"method": "Drain"}, 1, 2, _END)),
+    ("a message after the end", encode_messages({"method": "Echo", "nargs": 1}, 1, _END, 2)),
+    ("no end of args", encode_messages({"method": "Echo", "nargs": 1}, b"hi")),
+    (
+        "another header key",
+        encode_messages({"method": "Echo", "nargs": 1, "language": "fr"}, 1, _END),
+    ),
+    ("a bad header", encode_messages({"method": 7, "nargs": 1}, 1, _END)),
+    ("not a map", encode_messages([1], _END)),
+    ("unknown method", encode_messages({"method": "Nope"}, _END)),
+    ("wrong arity", encode_messages({"method": "Echo"}, _END)),
+    (
+        "an arg that is not CBOR",
+        encode_messages({"method": "Echo", "nargs": 1})
+        + b"\x00\x00\x00\x01\xff"
+        + encode_messages(_END),
+    ),
+    (
+        "a message cut short",
+        encode_messages({"method": "Echo", "nargs": 1}) + b"\x00\x00\x00\x09ab",
+    ),
+    ("a method draining nothing", encode_messages({"method": "Drain", "nargs": 1}, 5, _END)),
+    ("nothing at all", b""),
+]
+
+
+def _exchange(client: Client, payload: bytes) -> list[Any]:
+    """Send ``payload`` as a whole request on a new flow of the client's VC; the response's
+    messages."""
+    (conn,) = client._vcs.values()
+    flow = conn.connect()
+    flow.write(payload, end=True)
+    reply = b""
+    while chunk := flow.read(time.monotonic() + 10):
+        reply += chunk
+    flow.close()
+    values = split_messages(reply)
+    assert values is not None
+    return values
+
+
+def test_inline_short_way_answers_like_the_general_way(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    answers: dict[bool, list[list[Any]]] = {}
+    for inline in (True, False):
+        _server, name = make_server(
+            Service(), AllowEveryone(), options=ServerOptions(inline_calls=inline)
+        )
+        client = make_client()
+        assert client.call(ctx(), name, "Echo", 0) == (0,)  # the VC
+        answers[inline] = [_exchange(client, payload) for _label, payload in _CRAFTED]
+    for (label, _payload), short, general in zip(
+        _CRAFTED, answers[True], answers[False], strict=True
+    ):
+        assert short == general, label
+    assert answers[True][0] == [{"end": True, "nresults": 1}, b"hi"]
+    assert answers[True][2] == [{"end": True, "nresults": 1}, []]  # Drain saw no stream item
+
+
+def test_received_all_peeks_and_discard_consumes(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _server, name = make_server(Service(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 0) == (0,)
+    (conn,) = client._vcs.values()
+    flow = conn.connect()
+    assert flow.received_all() is None  # the peer is not done: more may come
+    flow.write(encode_messages({"method": "Echo", "nargs": 1}, b"abc", _END), end=True)
+    deadline = time.monotonic() + 10
+    while flow.received_all() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    whole = flow.received_all()
+    assert whole is not None and split_messages(whole) == [{"end": True, "nresults": 1}, b"abc"]
+    assert flow.received_all() == whole  # a peek: nothing consumed
+    flow.discard_received()
+    assert flow.received_all() == b""
+    assert flow.read(time.monotonic() + 1) == b""  # EOF: what was discarded is gone
+    flow.close()

@@ -37,7 +37,7 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthori
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
-from ipcclient.wire.messages import encode_message_parts, encode_messages
+from ipcclient.wire.messages import encode_message_parts, encode_messages, split_messages
 
 __all__ = [
     "Dispatcher",
@@ -53,6 +53,10 @@ log = logging.getLogger("ipcclient.server")
 _CALL_FINISHED = errors.CanceledError("call finished")
 """What a call's own context ends with once the call is over (a prototype: see
 :meth:`CancelContext.cancel_with`)."""
+
+_PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
+"""The keys of a request header the inline short way takes (no grant, no discharges)."""
+_END_OF_ARGS = Request(end_stream_args=True).to_wire()
 
 _VC_CACHE_ENTRIES = 256
 """Validated client names kept per VC (per method, suffix and discharges); cleared when full."""
@@ -448,7 +452,7 @@ class Server:
             )
             return None
         if self.options.inline_calls and flow.peer_done and flow.connection.inline_available():
-            return functools.partial(self._serve_flow, flow)
+            return functools.partial(self._serve_inline, flow)
         if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
             self._release_slot()
             flow.cancel(errors.CanceledError("server: stopping"))
@@ -465,6 +469,53 @@ class Server:
             flow.close()
             self._release_slot()
 
+    def _serve_inline(self, flow: Flow) -> None:
+        """An inline job (see :meth:`_on_flow`): the whole request is here. The usual request
+        (a plain header, its args, the end of args) is parsed at once and run without
+        reading the flow message by message; anything else takes the general way (which
+        also answers every malformed request, so the short way never has to)."""
+        try:
+            if flow.error is not None:  # reset, or its VC broke, before it could run
+                return
+            parsed = self._parse_whole_request(flow)
+            if parsed is None:
+                self._run_call(flow, MessageStream(flow))
+                return
+            request, args, end = parsed
+            flow.discard_received()
+            stream = MessageStream(flow)
+            stream.push(end)  # (what ServerCall.recv reads: the end of args)
+            self._run_parsed(flow, stream, request, args)
+        except BaseException:  # a method's SystemExit must not take its thread or VC down
+            log.exception("server: unexpected failure serving a flow")
+        finally:
+            flow.close()
+            self._release_slot()
+
+    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[Any], Any] | None:
+        """The request, args and end-of-args message of a flow whose peer is done, when
+        they are the usual ones and within bounds; None for the general way (nothing read)."""
+        data = flow.received_all()
+        if data is None or len(data) > self.options.max_args_bytes:
+            return None
+        try:
+            values = split_messages(data)
+        except errors.BadProtocolError:
+            return None
+        if not values:
+            return None
+        header = values[0]
+        if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
+            return None
+        try:
+            request = request_from_wire(header)
+        except errors.BadProtocolError:
+            return None
+        end = values[-1]
+        if len(values) != request.nargs + 2 or end != _END_OF_ARGS:
+            return None
+        return request, values[1:-1], end
+
     def _release_slot(self) -> None:
         with self._slots_lock:
             self._in_use -= 1
@@ -479,6 +530,13 @@ class Server:
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
             return
+        self._run_parsed(flow, stream, request, None)
+
+    def _run_parsed(
+        self, flow: Flow, stream: MessageStream, request: Request, args: list[Any] | None
+    ) -> None:
+        """Run a call whose header is read (and its args, unless ``args`` is None: then they
+        are read from ``stream`` under the call's deadline), and answer it."""
         span: vtrace.Span | None = None
         item: tuple[Any, Any] | None = None
         trace = request.trace
@@ -498,7 +556,7 @@ class Server:
         call_ctx: Context = ctx
         flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
         try:
-            self._run_request(ctx, call_ctx, span, flow, stream, request)
+            self._run_request(ctx, call_ctx, span, flow, stream, request, args)
         finally:
             ctx.cancel_with(_CALL_FINISHED)
 
@@ -510,10 +568,12 @@ class Server:
         flow: Flow,
         stream: MessageStream,
         request: Request,
+        args: list[Any] | None,
     ) -> None:
         try:
-            args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
-            stream.set_budget(None)
+            if args is None:
+                args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
+                stream.set_budget(None)
             if ctx.done():
                 raise ctx.err() or errors.CanceledError("server: call cancelled")
             results = self._dispatch(call_ctx, flow, stream, request, args)

@@ -517,6 +517,33 @@ class Flow:
             conn._send(data)
         return chunk
 
+    def received_all(self) -> bytes | None:
+        """Once the peer is done: everything it sent that is not read yet, joined, without
+        consuming it (:meth:`read` still returns it; :meth:`discard_received` drops it);
+        None while more may come or when the flow failed."""
+        with self._lock:
+            if not self._eof or self._error is not None:
+                return None
+            inbox = self._inbox
+            if len(inbox) == 1:
+                return inbox[0]
+            return b"".join(inbox)
+
+    def discard_received(self) -> None:
+        """Consume what :meth:`received_all` returned (its credit is given back, as by a
+        read)."""
+        conn = self._conn
+        with self._lock:
+            inbox = self._inbox
+            size = 0
+            for chunk in inbox:
+                size += len(chunk)
+            inbox.clear()
+            conn._mux.acknowledge(self.id, size)
+            data = conn._take_output_locked()
+        if data:
+            conn._send(data)
+
     # --- writing ----------------------------------------------------------------------
     def write(
         self,

@@ -17,7 +17,13 @@ from typing import Any
 
 from ipcclient import codec, errors
 
-__all__ = ["MessageReader", "encode_message_parts", "encode_messages", "encode_plain_message"]
+__all__ = [
+    "MessageReader",
+    "encode_message_parts",
+    "encode_messages",
+    "encode_plain_message",
+    "split_messages",
+]
 
 _LENGTH = struct.Struct(">I")
 _BULK = 4096
@@ -97,6 +103,37 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     if small or not parts:
         parts.append(b"".join(small))
     return parts
+
+
+def split_messages(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> list[Any] | None:
+    """The values of ``data`` when it holds whole messages only (what a peer that is done
+    sent, read at once); None when it does not (a message cut short: read it the general
+    way, with a :class:`MessageReader`).
+
+    Raises:
+        BadProtocolError: a message above the size limit, or one that does not decode.
+    """
+    out: list[Any] = []
+    end = len(data)
+    pos = 0
+    unpack_from = _LENGTH.unpack_from
+    decode = codec.decode
+    limit = limits.max_message_size
+    while pos < end:
+        if end - pos < 4:
+            return None
+        (need,) = unpack_from(data, pos)
+        if need > limit:
+            raise errors.BadProtocolError(
+                f"messages: a message of {need} bytes exceeds the limit of {limit}"
+            )
+        pos += 4
+        stop = pos + need
+        if stop > end:
+            return None
+        out.append(decode(data[pos:stop], limits))
+        pos = stop
+    return out
 
 
 class MessageReader:
