@@ -26,7 +26,7 @@ from ipcclient.context import CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
 from ipcclient.stream import MessageStream
-from ipcclient.wire.messages import MessageReader
+from ipcclient.wire.messages import MessageReader, split_messages
 
 __all__ = ["Call", "finish_unary"]
 
@@ -335,16 +335,31 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
     """
     ok = False
     try:
-        reader = MessageReader()
-        reader.set_budget(MAX_RESULTS_BYTES, free=1)  # header and results are held at once
         deadline = ctx.deadline
         values: list[Any] = []
         want = 1  # the response header first, then its results
         header: Response | None = None
+        reader: MessageReader | None = None
         try:
+            first = flow.read(deadline)
+            if first and flow.drained:
+                # The usual reply: all of it in one read (whole messages, far below the
+                # budget): split at once; what is missing can no longer come.
+                whole = split_messages(first)
+                if whole is not None:
+                    values = whole
+                    reader = _DRAINED
             while True:
                 while len(values) < want:
-                    chunk = flow.read(deadline)
+                    if reader is None:
+                        reader = MessageReader()
+                        # The header and the results are held at once: bound them.
+                        reader.set_budget(MAX_RESULTS_BYTES, free=1)
+                        chunk = first
+                    elif reader is _DRAINED:
+                        chunk = b""
+                    else:
+                        chunk = flow.read(deadline)
                     if not chunk:
                         raise errors.BadProtocolError("call: the server closed the flow early")
                     values.extend(reader.feed(chunk))
@@ -372,6 +387,9 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         else:
             flow.cancel(errors.CanceledError("call: interrupted"))
 
+
+_DRAINED = MessageReader()
+"""(A marker for finish_unary: the whole reply was split already.)"""
 
 _STREAM_ITEM_REQUEST = Request().to_wire()
 _END_STREAM_REQUEST = Request(end_stream_args=True).to_wire()

@@ -72,6 +72,19 @@ __all__ = ["Client"]
 
 log = logging.getLogger("ipcclient.client")
 
+_forks = 0
+"""How many times this process is a fork child (a child's count differs from its parent's):
+a cheaper test than ``os.getpid()``, a system call, on every call."""
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_count_fork)
+
 _CALL_FINISHED = errors.CanceledError("call finished")
 """What a call's own context ends with once the call is over (a prototype: see
 :meth:`CancelContext.cancel_with`)."""
@@ -155,6 +168,7 @@ class Client:
         self._abandoned: collections.deque[Flow] = collections.deque()
         self._closed = False
         self._pid = os.getpid()
+        self._forks = _forks  # the process's fork count when _pid was taken (see _forks)
         self._fast_plans: dict[str, tuple[Endpoint, str, str] | None] = {}
         self._fast_namespace: Namespace | None = None  # the namespace the plans were made for
         self.stats = collections.Counter[str]()
@@ -476,7 +490,7 @@ class Client:
         error is the one the general path would raise."""
         if type(name) is not str or type(method) is not str or ctx.done():
             return None  # the general path raises what it must, with nothing sent
-        if self._closed or self._abandoned or self._pid != os.getpid():
+        if self._closed or self._abandoned or self._forks != _forks:
             return None
         if self._fast_namespace is not self.namespace:  # plans depend on the namespace
             self._fast_plans.clear()
@@ -494,8 +508,13 @@ class Client:
         hit = conn.cache.get(("server-names", method, suffix))
         if hit is None or hit[1] <= time.time():
             return None
-        if ep.blessings and not any(b in hit[0] for b in ep.blessings):
-            return None  # the general path says why
+        if ep.blessings:
+            names = hit[0]
+            for pattern in ep.blessings:
+                if pattern in names:
+                    break
+            else:
+                return None  # the general path says why
         plain = conn.cache.get("no-discharges")
         if plain is None:
             local = conn.local_blessings
@@ -751,6 +770,7 @@ class Client:
             self._calls = weakref.WeakSet()
             self._abandoned.clear()
             self._pid = pid
+            self._forks = _forks
         for conn in inherited:
             conn.abandon_after_fork()
         log.debug("client: dropped %d VCs inherited across fork", len(inherited))

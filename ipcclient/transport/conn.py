@@ -457,6 +457,11 @@ class Flow:
         return self._eof
 
     @property
+    def drained(self) -> bool:
+        """Whether the peer has closed its sending side and everything it sent was read."""
+        return self._eof and not self._inbox
+
+    @property
     def wrote(self) -> bool:
         """Whether anything of ours was queued for the peer on this flow (so a failed write
         may have delivered part of it)."""
