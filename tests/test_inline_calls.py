@@ -154,7 +154,7 @@ def test_start_call_refuses_args_that_are_not_a_sequence(make_client: MakeClient
             client.start_call(ctx(), "/127.0.0.1:1", "M", bad)  # type: ignore[arg-type]
 
 
-# --- the short way of an inline call answers exactly as the general way ----------------------
+# --- the short way of a whole request answers exactly as the general way ---------------------
 _END = {"end_stream_args": True}
 _CRAFTED: list[tuple[str, bytes]] = [
     ("usual", encode_messages({"method": "Echo", "nargs": 1}, b"hi", _END)),
@@ -207,17 +207,17 @@ def _exchange(client: Client, payload: bytes) -> list[Any]:
     return values
 
 
-def test_inline_short_way_answers_like_the_general_way(
+def test_the_short_way_answers_like_the_general_way(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
     answers: dict[bool, list[list[Any]]] = {}
-    for inline in (True, False):
-        _server, name = make_server(
-            Service(), AllowEveryone(), options=ServerOptions(inline_calls=inline)
-        )
+    for short in (True, False):
+        server, name = make_server(Service(), AllowEveryone())
+        if not short:  # every request the general way, message by message
+            server._parse_whole_request = lambda flow: None  # type: ignore[method-assign]
         client = make_client()
         assert client.call(ctx(), name, "Echo", 0) == (0,)  # the VC
-        answers[inline] = [_exchange(client, payload) for _label, payload in _CRAFTED]
+        answers[short] = [_exchange(client, payload) for _label, payload in _CRAFTED]
     for (label, _payload), short, general in zip(
         _CRAFTED, answers[True], answers[False], strict=True
     ):

@@ -452,32 +452,22 @@ class Server:
             )
             return None
         if self.options.inline_calls and flow.peer_done and flow.connection.inline_available():
-            return functools.partial(self._serve_inline, flow)
+            return functools.partial(self._serve_flow, flow)
         if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
             self._release_slot()
             flow.cancel(errors.CanceledError("server: stopping"))
         return None
 
     def _serve_flow(self, flow: Flow) -> None:
+        """Serve one call (a worker, or the VC's reader thread for an inline job). A request
+        that is all here and the usual one (a plain header, its args, the end of args) is
+        parsed at once and run without reading the flow message by message; anything else
+        takes the general way (which also answers every malformed request, so the short
+        way never has to)."""
         try:
             if flow.error is not None:  # reset, or its VC broke, before it could run
                 return
-            self._run_call(flow, MessageStream(flow))
-        except BaseException:  # a method's SystemExit must not take its thread or VC down
-            log.exception("server: unexpected failure serving a flow")
-        finally:
-            flow.close()
-            self._release_slot()
-
-    def _serve_inline(self, flow: Flow) -> None:
-        """An inline job (see :meth:`_on_flow`): the whole request is here. The usual request
-        (a plain header, its args, the end of args) is parsed at once and run without
-        reading the flow message by message; anything else takes the general way (which
-        also answers every malformed request, so the short way never has to)."""
-        try:
-            if flow.error is not None:  # reset, or its VC broke, before it could run
-                return
-            parsed = self._parse_whole_request(flow)
+            parsed = self._parse_whole_request(flow) if flow.peer_done else None
             if parsed is None:
                 self._run_call(flow, MessageStream(flow))
                 return
