@@ -48,7 +48,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -96,11 +95,18 @@ def _is_real_clock(clock: Clock) -> bool:
     return getattr(clock, "monotonic", None) is time.monotonic
 
 
-@dataclass(frozen=True)
-class CallbackHandle:
-    """What :meth:`Context.add_done_callback` returns; pass it to ``remove_done_callback``."""
+class CallbackHandle(int):
+    """What :meth:`Context.add_done_callback` returns; pass it to ``remove_done_callback``.
+    (A number: made without running Python code, once per call.)"""
 
-    id: int
+    __slots__ = ()
+
+    @property
+    def id(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"CallbackHandle(id={int(self)})"
 
 
 _handle_ids = itertools.count(1)
@@ -297,7 +303,7 @@ class Context:
             stored = False
             with self._lock:
                 if self._err is None:
-                    self._callbacks[handle.id] = fn
+                    self._callbacks[handle] = fn
                     stored = True
                     due, self._timer_due = self._timer_due, None
             if stored:
@@ -312,7 +318,7 @@ class Context:
     def remove_done_callback(self, handle: CallbackHandle) -> bool:
         """Forget a callback; True if it was pending (it will not run), else False."""
         with self._lock:
-            return self._callbacks.pop(handle.id, None) is not None
+            return self._callbacks.pop(handle, None) is not None
 
     # -- internals --------------------------------------------------------------------------
 

@@ -133,24 +133,38 @@ STORE = TraceStore()
 
 
 class Span:
-    """A timed, named piece of work in a trace."""
+    """A timed, named piece of work in a trace.
 
-    __slots__ = ("_collect", "_record", "trace_id")
+    Its :class:`SpanRecord` is made when the span is collected or when something asks for
+    it (``record``, ``annotate``): most spans (every call's, when nobody collects) never
+    need one."""
+
+    __slots__ = (
+        "_collect",
+        "_end",
+        "_name",
+        "_parent_id",
+        "_record",
+        "_start",
+        "span_id",
+        "trace_id",
+    )
 
     def __init__(self, name: str, trace_id: bytes, parent_id: bytes, collect: bool) -> None:
         self.trace_id = trace_id
-        self._record = SpanRecord(_new_id(), parent_id, name, time.time())
+        self.span_id = _new_id()
+        self._parent_id = parent_id
+        self._name = name
+        self._start = time.time()
+        self._end: float | None = None
+        self._record: SpanRecord | None = None
         self._collect = collect
         if collect:
-            STORE.record(trace_id, self._record)
-
-    @property
-    def span_id(self) -> bytes:
-        return self._record.span_id
+            STORE.record(trace_id, self.record)
 
     @property
     def name(self) -> str:
-        return self._record.name
+        return self._name
 
     @property
     def collecting(self) -> bool:
@@ -162,16 +176,24 @@ class Span:
 
     @property
     def record(self) -> SpanRecord:
-        return self._record
+        record = self._record
+        if record is None:
+            record = SpanRecord(self.span_id, self._parent_id, self._name, self._start, self._end)
+            self._record = record
+        return record
 
     def annotate(self, message: str) -> None:
-        notes = self._record.annotations
+        notes = self.record.annotations
         if len(notes) < MAX_ANNOTATIONS:
             notes.append((time.time(), message))
 
     def finish(self) -> None:
-        if self._record.end is None:
-            self._record.end = time.time()
+        record = self._record
+        if record is None:
+            if self._end is None:
+                self._end = time.time()
+        elif record.end is None:
+            record.end = time.time()
 
 
 def current_span(ctx: Context) -> Span | None:

@@ -955,7 +955,7 @@ class Connection:
 
     # --- writing (flusher) --------------------------------------------------------------
     def _forget_if_ended(self, flow: Flow) -> None:
-        if not self._mux.is_live(flow.id) and flow._eof:
+        if flow._eof and not self._mux.is_live(flow.id):
             self._flows.pop(flow.id, None)
 
     def _take_output_locked(self) -> list[bytes | memoryview]:
@@ -1001,7 +1001,7 @@ class Connection:
         round instead."""
         try:
             while data:
-                records = self._sealer.seal_parts(data)
+                records = iter(self._sealer.seal_parts(data))
                 for record in records:
                     if blocking:
                         self._sock.sendall(record)

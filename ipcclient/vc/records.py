@@ -108,7 +108,7 @@ class RecordSealer:
 
     def seal_parts(
         self, parts: Sequence[bytes | bytearray | memoryview]
-    ) -> Iterator[bytes | memoryview]:
+    ) -> Iterable[bytes | memoryview]:
         """Records carrying the concatenation of ``parts``, one at a time.
 
         Small plaintexts become one record of its own. From :data:`BULK_RECORD` bytes on,
@@ -122,8 +122,12 @@ class RecordSealer:
         for part in parts:
             total += len(part)
         if total < BULK_RECORD:
-            yield self._seal_one(parts[0] if len(parts) == 1 else b"".join(parts))
-            return
+            return (self._seal_one(parts[0] if len(parts) == 1 else b"".join(parts)),)
+        return self._seal_bulk(parts)
+
+    def _seal_bulk(
+        self, parts: Sequence[bytes | bytearray | memoryview]
+    ) -> Iterator[bytes | memoryview]:
         if self._plain is None or self._out is None:
             self._plain = bytearray(MAX_RECORD_PLAINTEXT)
             self._out = bytearray(_MAX_RECORD)
