@@ -576,6 +576,21 @@ class Mux:
             # The usual chunk: exactly one DATA frame (no OPEN) on a live flow of ours or
             # the peer's (a reply, more of a request): the loop below without the decoder.
             tf, fid, n = _HEADER.unpack_from(data)
+            if (
+                tf == _OPEN | _FIN
+                and fid
+                and n == len(data) - HEADER_SIZE
+                and n <= decoder.max_payload
+                and fid not in self._flows
+            ):
+                # A whole request opening a flow (the peer's OPEN|FIN).
+                opened: list[Event] = []
+                try:
+                    self._on_data_slow(None, tf, fid, data[HEADER_SIZE:], opened)
+                except errors.BadProtocolError as err:
+                    self._fail_input(err)
+                    raise
+                return opened
             if tf <= _FIN and fid and n == len(data) - HEADER_SIZE and n <= decoder.max_payload:
                 flow = self._flows.get(fid)
                 if (
@@ -633,14 +648,18 @@ class Mux:
                     self._on_goaway(payload, events)
                     break
         except errors.BadProtocolError as err:
-            self._input_error = err
-            self._pending_replies = 0
-            payload = self._error_payload(err)
-            self._out.append(_HEADER.pack(GOAWAY << 8, 0, len(payload)))
-            self._out.append(payload)
-            self._terminate(err)
+            self._fail_input(err)
             raise
         return events
+
+    def _fail_input(self, err: errors.BadProtocolError) -> None:
+        """The peer broke the protocol: the mux is terminal, with GOAWAY(err) queued."""
+        self._input_error = err
+        self._pending_replies = 0
+        payload = self._error_payload(err)
+        self._out.append(_HEADER.pack(GOAWAY << 8, 0, len(payload)))
+        self._out.append(payload)
+        self._terminate(err)
 
     # --- internals ----------------------------------------------------------------------
     def _on_data_slow(
