@@ -186,6 +186,8 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
+_new_tuple: Any = tuple.__new__
+
 _FAST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
 
 
@@ -222,8 +224,12 @@ def _fast_request(value: dict[str, Any]) -> Request | None:
             or len(trace) > 3
         ):
             return None
-        trace_ctx = TraceContext(t, sp, f)
-    return Request(suffix, method, nargs, deadline, None, (), trace_ctx, "", False)
+        trace_ctx = _new_tuple(TraceContext, (t, sp, f))
+    # (tuple.__new__: what the named tuples' own __new__ does, without its Python frame)
+    request: Request = _new_tuple(
+        Request, (suffix, method, nargs, deadline, None, (), trace_ctx, "", False)
+    )
+    return request
 
 
 def request_from_wire(value: Any) -> Request:

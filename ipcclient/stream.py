@@ -23,13 +23,22 @@ __all__ = ["MessageStream"]
 class MessageStream:
     """Messages on one flow. Not for concurrent use by several readers (one call, one owner)."""
 
-    __slots__ = ("_eof", "_flow", "_pending", "_reader")
+    __slots__ = ("_eof", "_flow", "_limits", "_pending", "_reader_")
 
     def __init__(self, flow: Flow, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
         self._flow = flow
-        self._reader = MessageReader(limits)
+        self._limits = limits
+        self._reader_: MessageReader | None = None  # made on first use (a unary call's
+        # server side may never read its flow: its request was read whole)
         self._pending: collections.deque[Any] = collections.deque()
         self._eof = False
+
+    @property
+    def _reader(self) -> MessageReader:
+        reader = self._reader_
+        if reader is None:
+            reader = self._reader_ = MessageReader(self._limits)
+        return reader
 
     @property
     def flow(self) -> Flow:

@@ -238,6 +238,8 @@ def new_span(
     collect: bool | None = None,
 ) -> Span:
     """The span :func:`with_new_span` makes, without the context (see :func:`with_span`)."""
+    if trace_id is not None and parent_id is not None and collect is not None:
+        return Span(name, trace_id, parent_id, collect)  # (a remote parent: the server's case)
     parent = current_span(ctx)
     if trace_id is None:
         trace_id = parent.trace_id if parent is not None else _new_id()

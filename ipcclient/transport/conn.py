@@ -1380,7 +1380,7 @@ class Connection:
             and self._inline_job is None
             and not self._helper_active
             and len(self._flows) <= 1  # a lone call; with others in flight, use the pool
-            and threading.current_thread() is self._reader
+            and threading.get_ident() == self._reader.ident
         )
 
     def _run_pending_inline(self) -> None:
