@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from ipcclient import errors, retry, vtrace
 from ipcclient.call import Call, finish_unary
 from ipcclient.context import Context
-from ipcclient.headers import Request, TraceContext
+from ipcclient.headers import Request, TraceContext, encode_request_message
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.naming.namespace import (
@@ -66,7 +66,7 @@ from ipcclient.security.principal import Principal
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import StreamManager
-from ipcclient.wire.messages import encode_message_parts, encode_messages, encode_plain_message
+from ipcclient.wire.messages import encode_message_parts, encode_messages
 
 __all__ = ["Client"]
 
@@ -502,6 +502,8 @@ class Client:
         if plan is None:
             return None
         ep, key, suffix = plan
+        if not (method.isascii() and suffix.isascii()):
+            return None  # (the header is encoded by hand below for ASCII names)
         conn = self._vcs.get(key)
         if conn is None or conn._error is not None:
             return None
@@ -533,16 +535,20 @@ class Client:
         handle = ctx.add_done_callback(flow.cancel)
         span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
         try:
-            # Request(...).to_wire() of this call, built directly (same map, same order).
-            header: dict[str, Any] = {"suffix": suffix} if suffix else {}
-            header["method"] = method
-            if args:
-                header["nargs"] = len(args)
-            if deadline is not None:
-                header["deadline"] = max(0.0, deadline - time.monotonic())
-            header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
-            # (built here of plain values only: encoded without the codec's type checks)
-            head = encode_plain_message(header)
+            # Request(...).to_wire() of this call, encoded directly (the same bytes).
+            relative = None if deadline is None else max(0.0, deadline - time.monotonic())
+            head = encode_request_message(
+                suffix, method, len(args), relative, span.trace_id, span.span_id, span.flags
+            )
+            if head is None:  # (a count out of range: the codec's way, same map and order)
+                header: dict[str, Any] = {"suffix": suffix} if suffix else {}
+                header["method"] = method
+                if args:
+                    header["nargs"] = len(args)
+                if relative is not None:
+                    header["deadline"] = relative
+                header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
+                head = encode_messages(header)
             unsent = _write_request(flow, head, args, True, deadline, flow.cancel, [])
             if unsent is not None:
                 return None  # nothing reached the wire: the general path starts over

@@ -26,6 +26,7 @@ import functools
 import io
 import ipaddress
 import re
+import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,11 +180,53 @@ def encode(value: Any) -> bytes:
         raise errors.BadArgError(f"codec: cannot encode value: {exc}") from exc
 
 
-def encode_plain(value: Any) -> bytes:
-    """Encode a value the library built itself from plain values only (None, bool, int,
-    float, str, bytes, and dicts and lists of them: headers), without the checks of
-    :func:`encode` (same bytes for such a value; never give it an application's value)."""
-    return cbor2.dumps(value)
+_SMALL_HEADS = tuple(bytes((i,)) for i in range(256))
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` (0-7) with argument ``n`` >= 0
+    (RFC 8949 section 3.1): what cbor2 writes before a string, array or map of length
+    ``n``, or for the unsigned integer ``n`` (major 0)."""
+    m = major << 5
+    if n < 24:
+        return _SMALL_HEADS[m | n]
+    if n < 0x100:
+        return bytes((m | 24, n))
+    if n < 0x10000:
+        return _SMALL_HEADS[m | 25] + n.to_bytes(2, "big")
+    if n < 0x1_0000_0000:
+        return _SMALL_HEADS[m | 26] + n.to_bytes(4, "big")
+    return _SMALL_HEADS[m | 27] + n.to_bytes(8, "big")
+
+
+_FLOAT64 = struct.Struct(">Bd")
+
+
+def encode_float(x: float) -> bytes:
+    """A float as cbor2 writes it: 64 bits, except infinities and NaN (16 bits)."""
+    if x - x == 0.0:  # finite
+        return _FLOAT64.pack(0xFB, x)
+    return cbor2.dumps(x)
+
+
+def encode_scalar(value: Any) -> bytes | None:
+    """A byte string, an ASCII text string or a small unsigned integer the way cbor2 writes
+    it, built without cbor2 (which costs more than the work when it runs cold, as it does
+    after every wait for a peer); None for anything else (use :func:`encode`)."""
+    kind = type(value)
+    if kind is bytes:
+        data: bytes = value
+        return cbor_head(2, len(data)) + data
+    if kind is str:
+        text: str = value
+        if text.isascii():
+            return cbor_head(3, len(text)) + text.encode("ascii")
+        return None
+    if kind is int:
+        number: int = value
+        if 0 <= number < 0x1_0000_0000:
+            return cbor_head(0, number)
+    return None
 
 
 def _refuse_tag(*_: Any) -> Any:

@@ -263,3 +263,37 @@ def test_constant_headers_decode_to_fresh_maps() -> None:
         first["mutated"] = True
         assert codec.decode(data) == value  # the table is never handed out
         assert codec.decode(bytearray(data)) == value  # the general way agrees
+
+
+# --- hand-built CBOR for plain values (no cbor2 on the hot path) -----------------------------
+@given(
+    st.one_of(
+        st.binary(max_size=70_000),
+        st.text(max_size=300),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_encode_scalar_writes_what_cbor2_writes_or_declines(value: Any) -> None:
+    got = codec.encode_scalar(value)
+    if got is None:
+        # Only what it does not do: non-ASCII text, ints outside 0..2**32-1, other types.
+        assert not (
+            type(value) is bytes
+            or (type(value) is str and value.isascii())
+            or (type(value) is int and 0 <= value < 2**32)
+        )
+    else:
+        assert got == cbor2.dumps(value) == codec.encode(value)
+    if type(value) is float:
+        assert codec.encode_float(value) == cbor2.dumps(value)
+
+
+def test_cbor_head_boundaries() -> None:
+    for n in (0, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**64 - 1):
+        assert codec.cbor_head(0, n) == cbor2.dumps(n)
+        assert codec.cbor_head(2, n)[0] >> 5 == 2

@@ -21,7 +21,6 @@ __all__ = [
     "MessageReader",
     "encode_message_parts",
     "encode_messages",
-    "encode_plain_message",
     "split_messages",
 ]
 
@@ -65,13 +64,6 @@ def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def encode_plain_message(value: Any) -> bytes:
-    """One message holding ``value``, a value the library built of plain values only (a
-    header): see :func:`ipcclient.codec.encode_plain`."""
-    body = codec.encode_plain(value)
-    return _LENGTH.pack(len(body)) + body
-
-
 def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> list[bytes]:
     """The same bytes as :func:`encode_messages`, as a list of pieces to write in order:
     a bulk byte string (see ``_BULK``) is its own piece, never copied; everything between
@@ -79,12 +71,13 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     if len(values) == 1 and not tail:  # one value (a stream item): the short way
         value = values[0]
         if type(value) is not bytes or len(value) < _BULK:
-            body = codec.encode(value)
+            body = codec.encode_scalar(value) or codec.encode(value)
             return [b"".join((head, _LENGTH.pack(len(body)), body))]
     small: list[bytes] = [head] if head else []
     parts: list[bytes] = []
     append = small.append
     encode = codec.encode
+    scalar = codec.encode_scalar
     pack = _LENGTH.pack
     for value in values:
         if type(value) is bytes and len(value) >= _BULK:
@@ -95,7 +88,7 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
             small = []
             append = small.append
             continue
-        body = encode(value)
+        body = scalar(value) or encode(value)
         append(pack(len(body)))
         append(body)
     if tail:
