@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipcclient import errors
+from ipcclient import codec, errors, headers
 from ipcclient.headers import (
     MAX_ARGS,
     Request,
     TraceContext,
+    decode_usual_request,
     encode_request_message,
     request_from_wire,
     response_from_wire,
@@ -114,3 +116,70 @@ def test_hand_built_request_header_declines_names_that_are_not_ascii() -> None:
     assert encode_request_message("", "Méthode", 0, None, ids, ids, 0) is None
     assert encode_request_message("é", "M", 0, None, ids, ids, 0) is None
     assert encode_request_message("", "M", 0, None, ids, ids, 0) is not None
+
+
+# --- the usual request header, parsed by hand ------------------------------------------------
+@given(
+    suffix=st.text(max_size=40),
+    method=st.text(max_size=40),
+    nargs=st.integers(min_value=0, max_value=2000),
+    deadline=st.one_of(st.none(), st.floats(), st.integers(min_value=0, max_value=10)),
+    trace=st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {"t": st.binary(min_size=15, max_size=17), "s": st.binary(min_size=16, max_size=16)},
+            optional={"f": st.integers(min_value=-2, max_value=70_000)},
+        ),
+    ),
+    extra=st.dictionaries(st.sampled_from(["language", "x", "nargs"]), st.integers(), max_size=1),
+    drop=st.sets(st.sampled_from(["suffix", "method", "nargs", "deadline"])),
+    tail=st.sampled_from([b"", b"\x00"]),
+)
+@settings(max_examples=500, deadline=None)
+def test_hand_parsed_request_header_is_the_general_result_or_declines(
+    suffix: str,
+    method: str,
+    nargs: int,
+    deadline: float | int | None,
+    trace: dict[str, Any] | None,
+    extra: dict[str, int],
+    drop: set[str],
+    tail: bytes,
+) -> None:
+    value: dict[str, Any] = {"suffix": suffix, "method": method, "nargs": nargs}
+    if deadline is not None:
+        value["deadline"] = deadline
+    if trace is not None:
+        value["trace"] = trace
+    for key in drop:
+        value.pop(key, None)
+    value.update(extra)
+    try:
+        data = cbor2.dumps(value) + tail
+    except (ValueError, cbor2.CBOREncodeError):
+        return  # (text hypothesis cannot encode)
+    got = decode_usual_request(data)
+    try:
+        expected: Request | None = request_from_wire(codec.decode(data))
+    except errors.BadProtocolError:
+        expected = None
+    if got is not None:
+        assert got == expected  # whatever it parses, the general way parses the same
+        assert type(got.trace) is (TraceContext if got.trace is not None else type(None))
+    elif expected is not None and not tail:
+        # It declines only what the general way's own short cut declines too (an empty map,
+        # other keys, an int deadline, ...), never a usual header.
+        usual = bool(value) and value.keys() <= headers._FAST_KEYS
+        assert not usual or headers._fast_request(value) is None
+
+
+def test_hand_parsed_request_header_on_the_wire_a_client_writes() -> None:
+    ids = bytes(range(16))
+    message = encode_request_message("a/b", "Echo", 2, 4.5, ids, ids[::-1], 1)
+    assert message is not None
+    request = decode_usual_request(message[4:])
+    assert request == Request(
+        suffix="a/b", method="Echo", nargs=2, deadline=4.5, trace=TraceContext(ids, ids[::-1], 1)
+    )
+    for cut in range(len(message) - 4):  # every truncation: declined, never an exception
+        assert decode_usual_request(message[4 : 4 + cut]) is None

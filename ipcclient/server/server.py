@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors, vtrace
+from ipcclient.codec import decode
 from ipcclient.context import CancelContext, Context
-from ipcclient.headers import Request, Response, request_from_wire
+from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
 from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
 from ipcclient.security.caveats import SecurityCall
 from ipcclient.security.discharges import Discharge
@@ -37,7 +38,7 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthori
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
-from ipcclient.wire.messages import encode_message_parts, encode_messages, split_messages
+from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
 
 __all__ = [
     "Dispatcher",
@@ -489,22 +490,23 @@ class Server:
         if data is None or len(data) > self.options.max_args_bytes:
             return None
         try:
-            values = split_messages(data)
+            bodies = split_bodies(data)
+            if not bodies:
+                return None
+            request = decode_usual_request(bodies[0])
+            if request is None:
+                header = decode(bodies[0])
+                if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
+                    return None
+                request = request_from_wire(header)
+            if len(bodies) != request.nargs + 2:
+                return None
+            end = decode(bodies[-1])
+            if end != _END_OF_ARGS:
+                return None
+            return request, [decode(body) for body in bodies[1:-1]], end
         except errors.BadProtocolError:
             return None
-        if not values:
-            return None
-        header = values[0]
-        if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
-            return None
-        try:
-            request = request_from_wire(header)
-        except errors.BadProtocolError:
-            return None
-        end = values[-1]
-        if len(values) != request.nargs + 2 or end != _END_OF_ARGS:
-            return None
-        return request, values[1:-1], end
 
     def _release_slot(self) -> None:
         with self._slots_lock:

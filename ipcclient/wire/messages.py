@@ -21,6 +21,7 @@ __all__ = [
     "MessageReader",
     "encode_message_parts",
     "encode_messages",
+    "split_bodies",
     "split_messages",
 ]
 
@@ -98,19 +99,18 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     return parts
 
 
-def split_messages(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> list[Any] | None:
-    """The values of ``data`` when it holds whole messages only (what a peer that is done
-    sent, read at once); None when it does not (a message cut short: read it the general
-    way, with a :class:`MessageReader`).
+def split_bodies(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> list[bytes] | None:
+    """The bodies of the messages in ``data`` when it holds whole messages only (what a peer
+    that is done sent, read at once), not decoded; None when it does not (a message cut
+    short: read it the general way, with a :class:`MessageReader`).
 
     Raises:
-        BadProtocolError: a message above the size limit, or one that does not decode.
+        BadProtocolError: a message above the size limit.
     """
-    out: list[Any] = []
+    out: list[bytes] = []
     end = len(data)
     pos = 0
     unpack_from = _LENGTH.unpack_from
-    decode = codec.decode
     limit = limits.max_message_size
     while pos < end:
         if end - pos < 4:
@@ -124,9 +124,23 @@ def split_messages(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> 
         stop = pos + need
         if stop > end:
             return None
-        out.append(decode(data[pos:stop], limits))
+        out.append(data[pos:stop])
         pos = stop
     return out
+
+
+def split_messages(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> list[Any] | None:
+    """The values of ``data`` when it holds whole messages only; None when it does not
+    (see :func:`split_bodies`).
+
+    Raises:
+        BadProtocolError: a message above the size limit, or one that does not decode.
+    """
+    bodies = split_bodies(data, limits)
+    if bodies is None:
+        return None
+    decode = codec.decode
+    return [decode(body, limits) for body in bodies]
 
 
 class MessageReader:
