@@ -461,7 +461,7 @@ class Client:
                 self._calls.add(call)
             unsent = _write_request(
                 flow,
-                encode_messages(request.to_wire()),
+                request.to_wire(),
                 args,
                 close_send,
                 deadline,
@@ -986,15 +986,15 @@ class Client:
 
 def _write_request(
     flow: Flow,
-    head: bytes,
+    head: bytes | dict[str, Any],
     args: Sequence[Any],
     close_send: bool,
     deadline: float | None,
     cancel: Callable[[errors.IPCError], None],
     tried: list[str],
 ) -> errors.IPCError | None:
-    """Write a request (``head``: its header, encoded as a message; then the args, and with
-    ``close_send`` the end of args and FIN).
+    """Write a request (``head``: its header, as a map or already encoded as a message; then
+    the args, and with ``close_send`` the end of args and FIN).
     On failure ``cancel`` the call; return the error when nothing reached the wire (the
     caller decides about retrying), else raise it.
 
@@ -1003,6 +1003,8 @@ def _write_request(
         the write's error, NO_RETRY and ``request_sent``: part of the request may be out.
     """
     try:
+        if type(head) is not bytes:
+            head = encode_messages(head)  # (a header that cannot be encoded is a BadArg)
         data = encode_message_parts(
             *args, head=head, tail=_END_STREAM_MESSAGE if close_send else b""
         )

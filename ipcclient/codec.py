@@ -18,6 +18,7 @@ parser it did not ask for or build a cyclic object; indefinite-length items are 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import email.message
@@ -307,6 +308,11 @@ _ONE_BYTE.update({i: functools.partial(int, i) for i in range(24)})  # 0..23
 fresh objects each time)."""
 
 
+_SHORT_WAY_ITEMS = 8
+_SHORT_WAY_DEPTH = 2
+"""The short ways of :func:`decode` (one string, a constant map of at most 7 items and
+depth 1) apply only under limits at least this loose."""
+
 _STRING_HEADS = {24: 2, 25: 3, 26: 5, 27: 9}
 """Head sizes of a CBOR string by its additional info (1-, 2-, 4-, 8-byte lengths)."""
 
@@ -336,7 +342,9 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     if size == 0:
         raise errors.BadProtocolError("codec: empty message")
     first = data[0]
-    if size == 1:  # one-byte values (empty headers, small ints, flags) are common
+    if limits.max_items < _SHORT_WAY_ITEMS or limits.max_depth < _SHORT_WAY_DEPTH:
+        pass  # (limits so tight that the short ways below could exceed them)
+    elif size == 1:  # one-byte values (empty headers, small ints, flags) are common
         factory = _ONE_BYTE.get(first)
         if factory is not None:
             return factory()
@@ -351,10 +359,8 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
                 body = bytes(data[head:])
                 if first < 0x60:
                     return body
-                try:
+                with contextlib.suppress(UnicodeDecodeError):  # (the decoder says why)
                     return body.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from None
     elif type(data) is bytes:
         constant = _CONSTANT_MESSAGES.get(data)
         if constant is not None:

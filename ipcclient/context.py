@@ -101,6 +101,9 @@ class CallbackHandle(int):
 
     __slots__ = ()
 
+    def __new__(cls, id: int) -> CallbackHandle:  # (keyword "id", as before)
+        return super().__new__(cls, id)
+
     @property
     def id(self) -> int:
         return int(self)
@@ -125,6 +128,23 @@ class _Children(dict["weakref.ref[Context]", None]):
 
     def drop(self, ref: weakref.ref[Context]) -> None:
         self.pop(ref, None)
+
+
+def _live_children(table: _Children) -> list[Context]:
+    """The children in ``table`` still alive. A child that dies meanwhile removes itself
+    from the table from whatever thread frees it (a weakref callback, which takes no lock),
+    so the table may change under the copy: copy again."""
+    while True:
+        try:
+            refs = list(table)
+        except RuntimeError:  # (dictionary changed size during iteration)
+            continue
+        live = []
+        for ref in refs:
+            child = ref()
+            if child is not None:
+                live.append(child)
+        return live
 
 
 class Context:
@@ -347,19 +367,16 @@ class Context:
                 node._err = err
                 callbacks = list(node._callbacks.values())
                 node._callbacks.clear()
-                children: list[Context | None] = (
-                    [ref() for ref in node._children] if node._children is not None else []
-                )
-                node._children = None
+                table = node._children
+                node._children = None  # (children adopted from now on are born done)
                 event = node._event
+            children = _live_children(table) if table is not None else ()
             if event is not None:
                 event.set()
             finished.append(node)
             for fn in callbacks:
                 to_run.append((fn, err))
-            for child in children:
-                if child is not None:
-                    pending.append(child)
+            pending.extend(children)
         if finished and finished[0] is self:
             parent = self._parent
             if parent is not None and not parent._never_done:

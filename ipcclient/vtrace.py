@@ -47,6 +47,8 @@ MAX_SPANS_PER_TRACE = 1024
 MAX_ANNOTATIONS = 64
 """Annotations one span keeps."""
 _SPAN_KEY = object()
+_RECORD_LOCK = threading.Lock()
+"""Guards making a span's record (rare: only collected or inspected spans have one)."""
 
 
 @dataclass
@@ -178,8 +180,13 @@ class Span:
     def record(self) -> SpanRecord:
         record = self._record
         if record is None:
-            record = SpanRecord(self.span_id, self._parent_id, self._name, self._start, self._end)
-            self._record = record
+            with _RECORD_LOCK:  # one record per span, whichever threads ask at once
+                record = self._record
+                if record is None:
+                    record = SpanRecord(
+                        self.span_id, self._parent_id, self._name, self._start, self._end
+                    )
+                    self._record = record
         return record
 
     def annotate(self, message: str) -> None:
@@ -188,11 +195,14 @@ class Span:
             notes.append((time.time(), message))
 
     def finish(self) -> None:
+        if self._record is None:
+            with _RECORD_LOCK:  # (a record being made from _end meanwhile must see it)
+                if self._record is None:
+                    if self._end is None:
+                        self._end = time.time()
+                    return
         record = self._record
-        if record is None:
-            if self._end is None:
-                self._end = time.time()
-        elif record.end is None:
+        if record.end is None:
             record.end = time.time()
 
 

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -679,3 +680,34 @@ def test_a_callback_fires_on_an_ancestors_earlier_deadline() -> None:
     child.add_done_callback(lambda err: fired.set())
     assert fired.wait(5)
     assert isinstance(child.err(), errors.TimeoutError)
+
+
+def test_cancel_while_children_die_in_another_thread() -> None:
+    """Children that die (their weakrefs drop them from the parent's table, from the thread
+    that frees them) while the parent is being cancelled: the cancel completes, its callback
+    runs and every live child is done."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(3):
+            parent = Context.background().with_cancel()
+            kids = [parent.with_cancel() for _ in range(20_000)]
+            keep = kids[1::2]
+            seen: list[errors.IPCError] = []
+            parent.add_done_callback(seen.append)
+            go = threading.Event()
+
+            def drop(go: threading.Event = go, kids: list[Context] = kids) -> None:
+                go.wait()
+                while kids:
+                    kids.pop()
+
+            dropper = threading.Thread(target=drop)
+            dropper.start()
+            go.set()
+            parent.cancel("gone")
+            dropper.join(10)
+            assert len(seen) == 1
+            assert all(kid.done() for kid in keep)
+    finally:
+        sys.setswitchinterval(old)

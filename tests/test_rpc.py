@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ipcclient import errors
+from ipcclient import errors, vtrace
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import NoRetry
@@ -104,6 +104,12 @@ class Service:
 
     def Unencodable(self, call: ServerCall) -> object:
         return object()
+
+    def BadNote(self, call: ServerCall) -> int:
+        span = vtrace.current_span(call.context)
+        assert span is not None
+        span.annotate("a path \udcff")  # (surrogate-escaped text has no CBOR form)
+        return 1
 
 
 @pytest.fixture
@@ -240,6 +246,32 @@ def test_bad_arguments_on_the_client_side(rig: tuple[Service, str, Client]) -> N
     assert unencodable.value.request_sent is False
     with pytest.raises(errors.BadArgError):
         client.start_call(ctx(), name, "Echo", [1], "not an option")  # type: ignore[arg-type]
+
+
+def test_a_method_name_without_a_wire_form_is_bad_arg_and_leaves_nothing(
+    rig: tuple[Service, str, Client],
+) -> None:
+    _, name, client = rig
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
+    (conn,) = client._vcs.values()
+    for _ in range(2):  # the second time from the VC's caches (the short way's checks)
+        with pytest.raises(errors.BadArgError) as raised:
+            client.call(ctx(), name, "Ech\udcff", 1)
+        assert raised.value.request_sent is False
+        with pytest.raises(errors.BadArgError):
+            client.start_call(ctx(), name, "Ech\udcff", [1])
+        gc.collect()
+        assert conn.flow_count == 0 and not client._abandoned
+    assert client.call(ctx(), name, "Echo", 2) == (2,)
+
+
+def test_span_notes_without_a_wire_form_are_an_internal_error(
+    rig: tuple[Service, str, Client],
+) -> None:
+    _, name, client = rig
+    traced, _span = vtrace.with_collection(ctx())
+    with pytest.raises(errors.InternalError, match="cannot encode results"):
+        client.call(traced, name, "BadNote")
 
 
 def test_cancel_reaches_the_server_and_wakes_the_caller(rig: tuple[Service, str, Client]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -99,3 +101,35 @@ def test_ids_do_not_follow_the_applications_random_seed() -> None:
     random.seed(7)
     second = vtrace.with_collection(Context.background())[1].trace_id
     assert first != second
+
+
+def test_a_span_keeps_every_note_and_its_end_under_threads() -> None:
+    """A span makes its record lazily: threads annotating, finishing and reading it at once
+    must still see one record with every note and the end time."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        bg = Context.background()
+        spans = [vtrace.new_span(bg, "s") for _ in range(5000)]
+
+        def annotate() -> None:
+            for span in spans:
+                span.annotate("x")
+
+        def finish() -> None:
+            for span in spans:
+                span.finish()
+
+        def read() -> None:
+            for span in spans:
+                _ = span.record
+
+        threads = [threading.Thread(target=f) for f in (annotate, annotate, finish, read)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert all(len(span.record.annotations) == 2 for span in spans)
+        assert all(span.record.end is not None for span in spans)
+    finally:
+        sys.setswitchinterval(old)

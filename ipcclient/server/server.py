@@ -580,13 +580,13 @@ class Server:
             return
         n = len(results)
         spans = _spans(span)
-        if spans:
-            head = encode_messages(
-                Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
-            )
-        else:
-            head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
         try:
+            if spans:  # (inside the try: span notes are text an application wrote)
+                head = encode_messages(
+                    Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
+                )
+            else:
+                head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
             flow.write(
                 encode_message_parts(*results, head=head),
                 end=True,

@@ -295,7 +295,7 @@ class _Handoff(_OnDemandThread):
                 for conn in list(conns):
                     if conn._inline_running:
                         busy_at = now
-                        if now - conn._inline_started >= INLINE_HANDOFF:
+                        if now - conn._inline_started >= INLINE_HANDOFF and not conn._helper_active:
                             due.append((conn, conn._inline_count))
                     elif conn._error is not None:
                         del conns[conn]
