@@ -619,6 +619,12 @@ def test_a_complete_request_runs_on_the_vcs_reader_thread(
         call.send(i)
     total, where = call.finish()[0]
     assert total == 3 and where.startswith("ipc-server-")
+    # With another call in flight on the VC (streaming, on a worker), still on the reader.
+    other = client.start_call(ctx(), name, "SumWhere")
+    other.send(1)
+    (where,) = client.call(ctx(), name, "Where")
+    assert where.startswith("ipc-vc-")
+    assert other.finish()[0][0] == 1
     _, pooled = make_server(Service(), AllowEveryone(), options=ServerOptions(inline_calls=False))
     (where,) = client.call(ctx(), pooled, "Where")
     assert where.startswith("ipc-server-")
