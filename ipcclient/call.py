@@ -26,7 +26,7 @@ from ipcclient.context import CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
 from ipcclient.stream import MessageStream
-from ipcclient.wire.messages import MessageReader, split_messages
+from ipcclient.wire.messages import MessageReader, encode_messages, split_messages
 
 __all__ = ["Call", "finish_unary"]
 
@@ -345,6 +345,15 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
             if first and flow.drained:
                 # The usual reply: all of it in one read (whole messages, far below the
                 # budget): split at once; what is missing can no longer come.
+                if first == _NO_RESULTS:
+                    ok = True
+                    return ()
+                n = _FINAL_HEADERS.get(first[:_FINAL_HEADER_SIZE])
+                if n is not None:  # (the usual final header, recognised by its bytes)
+                    results = split_messages(first[_FINAL_HEADER_SIZE:])
+                    if results is not None and len(results) >= n:
+                        ok = True
+                        return tuple(results[:n])
                 whole = split_messages(first)
                 if whole is not None:
                     values = whole
@@ -387,6 +396,15 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         else:
             flow.cancel(errors.CanceledError("call: interrupted"))
 
+
+_NO_RESULTS = encode_messages(Response(end_stream_results=True).to_wire())
+_FINAL_HEADERS = {
+    encode_messages(Response(end_stream_results=True, nresults=n).to_wire()): n for n in range(1, 4)
+}
+_FINAL_HEADER_SIZE = len(next(iter(_FINAL_HEADERS)))
+assert all(len(message) == _FINAL_HEADER_SIZE for message in _FINAL_HEADERS)
+"""The final response header of a call with 0 (the whole reply) and 1..3 results as the
+ipcclient server writes it: a reply that starts with one is read without decoding it."""
 
 _DRAINED = MessageReader()
 """(A marker for finish_unary: the whole reply was split already.)"""

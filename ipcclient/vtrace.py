@@ -152,9 +152,16 @@ class Span:
         "trace_id",
     )
 
-    def __init__(self, name: str, trace_id: bytes, parent_id: bytes, collect: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        trace_id: bytes,
+        parent_id: bytes,
+        collect: bool,
+        span_id: bytes | None = None,
+    ) -> None:
         self.trace_id = trace_id
-        self.span_id = _new_id()
+        self.span_id = _new_id() if span_id is None else span_id
         self._parent_id = parent_id
         self._name = name
         self._start = time.time()
@@ -251,6 +258,10 @@ def new_span(
     if trace_id is not None and parent_id is not None and collect is not None:
         return Span(name, trace_id, parent_id, collect)  # (a remote parent: the server's case)
     parent = current_span(ctx)
+    if trace_id is None and parent is None and parent_id is None:
+        # A new trace: its id and the span's from one draw.
+        both = _getrandbits(256).to_bytes(32, "big")
+        return Span(name, both[:16], bytes(16), bool(collect), both[16:])
     if trace_id is None:
         trace_id = parent.trace_id if parent is not None else _new_id()
     if parent_id is None:
