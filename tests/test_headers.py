@@ -169,7 +169,8 @@ def test_hand_parsed_request_header_is_the_general_result_or_declines(
     elif expected is not None and not tail:
         # It declines only what the general way's own short cut declines too (an empty map,
         # other keys, an int deadline, ...), never a usual header.
-        usual = bool(value) and value.keys() <= headers._FAST_KEYS
+        flags = trace.get("f", 0) if trace is not None else 0
+        usual = bool(value) and value.keys() <= headers._FAST_KEYS and 0 <= flags <= 0xFFFF
         assert not usual or headers._fast_request(value) is None
 
 
@@ -183,3 +184,19 @@ def test_hand_parsed_request_header_on_the_wire_a_client_writes() -> None:
     )
     for cut in range(len(message) - 4):  # every truncation: declined, never an exception
         assert decode_usual_request(message[4 : 4 + cut]) is None
+
+
+def test_own_layout_parser_refuses_what_only_looks_like_it() -> None:
+    ids = bytes(16)
+    # A suffix whose text contains the next key: the tokenizer may cut it wrong; then the
+    # lengths disagree and the general parser decides (and gets it right).
+    tricky = "x\x66method\x64Echo"
+    message = encode_request_message(tricky, "Echo", 1, None, ids, ids, 0)
+    assert message is not None
+    assert decode_usual_request(message[4:]) == request_from_wire(codec.decode(message[4:]))
+    # A map head that counts more pairs than are there, or a non-minimal count: declined.
+    good = encode_request_message("", "Echo", 1, 2.5, ids, ids, 0)
+    assert good is not None
+    assert decode_usual_request(b"\xa5" + good[5:]) is None
+    widened = good[4:].replace(b"\x65nargs\x01", b"\x65nargs\x18\x01")
+    assert headers._decode_own_layout(bytes([widened[0]]) + widened[1:]) is None
