@@ -533,12 +533,20 @@ class Client:
         # From here the context's end (cancel, deadline) cancels the flow: it wakes a write
         # blocked on flow control as well as the wait for the response.
         handle = ctx.add_done_callback(flow.cancel)
-        span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
+        span: vtrace.Span | None = None
+        if vtrace.current_span(ctx) is None:
+            # A new trace that nobody records (no span in the context, so not collected):
+            # the call's span would be seen nowhere; only its ids travel.
+            trace_id, span_id = vtrace.new_ids()
+            flags = 0
+        else:
+            span = vtrace.new_span(ctx, f"<client>{name!r}.{method}")
+            trace_id, span_id, flags = span.trace_id, span.span_id, span.flags
         try:
             # Request(...).to_wire() of this call, encoded directly (the same bytes).
             relative = None if deadline is None else max(0.0, deadline - time.monotonic())
             head = encode_request_message(
-                suffix, method, len(args), relative, span.trace_id, span.span_id, span.flags
+                suffix, method, len(args), relative, trace_id, span_id, flags
             )
             if head is None:  # (a count out of range: the codec's way, same map and order)
                 header: dict[str, Any] = {"suffix": suffix} if suffix else {}
@@ -547,19 +555,21 @@ class Client:
                     header["nargs"] = len(args)
                 if relative is not None:
                     header["deadline"] = relative
-                header["trace"] = {"t": span.trace_id, "s": span.span_id, "f": span.flags}
+                header["trace"] = {"t": trace_id, "s": span_id, "f": flags}
                 head = encode_messages(header)
             unsent = _write_request(flow, head, args, True, deadline, flow.cancel, [])
             if unsent is not None:
                 return None  # nothing reached the wire: the general path starts over
             self.stats["calls_started"] += 1
-            return finish_unary(flow, ctx, span.trace_id if span.collecting else None)
+            collect = trace_id if span is not None and span.collecting else None
+            return finish_unary(flow, ctx, collect)
         except BaseException:
             flow.cancel(errors.CanceledError("call: interrupted"))  # (no-op once it ended)
             raise
         finally:
             ctx.remove_done_callback(handle)
-            span.finish()
+            if span is not None:
+                span.finish()
 
     def _fast_plan(self, name: str) -> tuple[Endpoint, str, str] | None:
         """What :meth:`_fast_call` needs of ``name`` (endpoint, VC key, suffix), when it

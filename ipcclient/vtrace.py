@@ -32,6 +32,7 @@ __all__ = [
     "SpanRecord",
     "TraceStore",
     "current_span",
+    "new_ids",
     "new_span",
     "with_collection",
     "with_new_span",
@@ -244,6 +245,13 @@ _RNG = random.Random()
 _getrandbits = _RNG.getrandbits
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_RNG.seed)
+
+
+def new_ids() -> tuple[bytes, bytes]:
+    """A fresh trace id and span id (one draw), for a call that starts a trace nobody
+    records."""
+    both = _getrandbits(256).to_bytes(32, "big")
+    return both[:16], both[16:]
 
 
 def new_span(
