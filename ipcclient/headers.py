@@ -314,8 +314,8 @@ def _read_trace(data: bytes, pos: int) -> tuple[TraceContext | None, int]:
 
 
 _LAYOUT = re.compile(
-    rb"(?:\x66suffix([\x60-\x77])(.*?))?"
-    rb"\x66method([\x60-\x77])(.*?)"
+    rb"(?:\x66suffix([\x60-\x77])(.{0,23}?))?"
+    rb"\x66method([\x60-\x77])(.{0,23}?)"
     rb"(?:\x65nargs([\x00-\x17]|\x18.))?"
     rb"(?:\x68deadline\xfb(.{8}))?"
     rb"\x65trace\xa3\x61t\x50(.{16})\x61s\x50(.{16})\x61f([\x00-\x17])",
@@ -323,14 +323,18 @@ _LAYOUT = re.compile(
 )
 """The request header exactly as :func:`encode_request_message` lays it out (names shorter
 than 24 bytes, fewer than 256 args): a tokenizer only; every string's extent is then checked
-against its head, so a match is the real CBOR structure or is refused."""
+against its head, so a match is the real CBOR structure or is refused. Its strings are
+bounded (at most 23 bytes each) and so is its input (``_OWN_LAYOUT_MAX``): the match takes
+constant time whatever a peer sends."""
+_OWN_LAYOUT_MAX = 160
+"""No header in that layout is longer (the longest is 137 bytes)."""
 
 
 def _decode_own_layout(data: bytes) -> Request | None:
     """:func:`decode_usual_request` for the layout ipcclient writes, by one regular-expression
     match (C speed); None when the bytes are laid out otherwise."""
-    if not 0xA2 <= data[0] <= 0xA5:
-        return None
+    if len(data) > _OWN_LAYOUT_MAX or not 0xA2 <= data[0] <= 0xA5:
+        return None  # (and bounded: a crafted header can never make the match slow)
     match = _LAYOUT.fullmatch(data, 1)
     if match is None:
         return None

@@ -200,3 +200,15 @@ def test_own_layout_parser_refuses_what_only_looks_like_it() -> None:
     assert decode_usual_request(b"\xa5" + good[5:]) is None
     widened = good[4:].replace(b"\x65nargs\x01", b"\x65nargs\x18\x01")
     assert headers._decode_own_layout(bytes([widened[0]]) + widened[1:]) is None
+
+
+def test_a_crafted_header_cannot_make_the_parsers_slow() -> None:
+    """Key names repeated inside a huge header (what made an unbounded tokenizer take time
+    growing with the square of the size): declined at once. Were the bounds gone, this test
+    would run for minutes and fail on its timeout."""
+    crafted = b"\xa3\x66suffix\x60" + b"\x66method" * 30_000
+    assert decode_usual_request(crafted) is None
+    assert headers._LAYOUT.fullmatch(crafted, 1) is None  # (bounded even without the cap)
+    longest = encode_request_message("s" * 23, "m" * 23, 255, 1.5, bytes(16), bytes(16), 23)
+    assert longest is not None and len(longest) - 4 <= headers._OWN_LAYOUT_MAX
+    assert headers._decode_own_layout(longest[4:]) is not None
