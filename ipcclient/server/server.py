@@ -170,9 +170,10 @@ class ServerOptions:
         max_args_bytes: the total size of one call's positional args, which are all held
             in memory at once (64 MiB; a single value is bounded by the codec's 4 MiB).
         inline_calls: run a call whose request is complete on arrival (a unary call) on
-            the VC's reader thread rather than a worker (no thread hop; a call running
-            longer than 2 ms gets a helper reader for its VC). It still counts against
-            ``workers + max_queued``.
+            the VC's reader thread rather than a worker (no thread hop; one per read of the
+            socket, other calls in flight or not; a call running longer than 2 ms gets a
+            helper reader for its VC, so other calls on the VC wait at most about 3 ms for
+            their data). It still counts against ``workers + max_queued``.
         transport: options of the VCs accepted.
     """
 
