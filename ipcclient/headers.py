@@ -252,67 +252,6 @@ def encode_request_message(
 
 
 _FLOAT64_BODY = struct.Struct(">d")
-_HEADER_KEYS = {b"suffix": 0, b"method": 1, b"nargs": 2, b"deadline": 3, b"trace": 4}
-
-
-def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
-    """An unsigned integer of up to 2 bytes at ``pos`` (else -1) and the position after."""
-    first = data[pos]
-    if first < 24:
-        return first, pos + 1
-    if first == 24:
-        return data[pos + 1], pos + 2
-    if first == 25:
-        return int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
-    return -1, pos
-
-
-def _read_text(data: bytes, pos: int) -> tuple[str | None, int]:
-    """A definite text string at ``pos`` (else None) and the position after; strict UTF-8."""
-    first = data[pos]
-    if 0x60 <= first < 0x78:
-        size, pos = first - 0x60, pos + 1
-    elif first == 0x78:
-        size, pos = data[pos + 1], pos + 2
-    elif first == 0x79:
-        size, pos = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
-    else:
-        return None, pos
-    end = pos + size
-    if end > len(data):
-        return None, pos
-    return data[pos:end].decode("utf-8"), end
-
-
-def _read_trace(data: bytes, pos: int) -> tuple[TraceContext | None, int]:
-    """The usual trace map ``{"t": bytes(16), "s": bytes(16)[, "f": n]}`` at ``pos`` (any
-    order; else None) and the position after."""
-    first = data[pos]
-    if first not in (0xA2, 0xA3):
-        return None, pos
-    pos += 1
-    t = sp = None
-    flags = -1
-    for _ in range(first - 0xA0):
-        key = data[pos : pos + 2]
-        pos += 2
-        if key == b"\x61f" and flags < 0:
-            flags, pos = _read_uint(data, pos)
-            if flags < 0:
-                return None, pos
-        elif data[pos] != 0x50:  # bytes(16)
-            return None, pos
-        elif key == b"\x61t" and t is None:
-            t, pos = data[pos + 1 : pos + 17], pos + 17
-        elif key == b"\x61s" and sp is None:
-            sp, pos = data[pos + 1 : pos + 17], pos + 17
-        else:
-            return None, pos
-    if t is None or sp is None or len(t) != 16 or len(sp) != 16:
-        return None, pos
-    return _new_tuple(TraceContext, (t, sp, max(flags, 0))), pos
-
-
 _LAYOUT = re.compile(
     rb"(?:\x66suffix([\x60-\x77])(.{0,23}?))?"
     rb"\x66method([\x60-\x77])(.{0,23}?)"
@@ -330,10 +269,13 @@ _OWN_LAYOUT_MAX = 160
 """No header in that layout is longer (the longest is 137 bytes)."""
 
 
-def _decode_own_layout(data: bytes) -> Request | None:
-    """:func:`decode_usual_request` for the layout ipcclient writes, by one regular-expression
-    match (C speed); None when the bytes are laid out otherwise."""
-    if len(data) > _OWN_LAYOUT_MAX or not 0xA2 <= data[0] <= 0xA5:
+def decode_usual_request(data: bytes) -> Request | None:
+    """``request_from_wire(codec.decode(data))`` for the request header exactly as
+    :func:`encode_request_message` lays it out (what every ipcclient client sends), read
+    with one regular-expression match instead of cbor2 (which runs cold on a server: several
+    times what it costs warm). None for anything else, valid or not: decode that the general
+    way, which also reports what is wrong."""
+    if len(data) > _OWN_LAYOUT_MAX or not data or not 0xA2 <= data[0] <= 0xA5:
         return None  # (and bounded: a crafted header can never make the match slow)
     match = _LAYOUT.fullmatch(data, 1)
     if match is None:
@@ -341,12 +283,16 @@ def _decode_own_layout(data: bytes) -> Request | None:
     s_head, suffix_b, m_head, method_b, nargs_b, deadline_b, t, sp, f = match.groups()
     count = 2
     suffix = ""
-    if s_head is not None:
-        if len(suffix_b) != s_head[0] - 0x60:
+    try:
+        if s_head is not None:
+            if len(suffix_b) != s_head[0] - 0x60:
+                return None
+            suffix = suffix_b.decode("utf-8")
+            count += 1
+        if len(method_b) != m_head[0] - 0x60:
             return None
-        suffix = suffix_b.decode("utf-8")
-        count += 1
-    if len(method_b) != m_head[0] - 0x60:
+        method = method_b.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     nargs = 0
     if nargs_b is not None:
@@ -363,68 +309,6 @@ def _decode_own_layout(data: bytes) -> Request | None:
     if data[0] - 0xA0 != count:
         return None
     trace = _new_tuple(TraceContext, (t, sp, f[0]))
-    request: Request = _new_tuple(
-        Request, (suffix, method_b.decode("utf-8"), nargs, deadline, None, (), trace, "", False)
-    )
-    return request
-
-
-def decode_usual_request(data: bytes) -> Request | None:
-    """``request_from_wire(codec.decode(data))`` for the usual request header (a map of
-    "suffix", "method", "nargs", a 64-bit "deadline" and the usual "trace", each at most
-    once, in any order, nothing after it), parsed without cbor2 (which runs cold on a
-    server: it costs several times what it does warm). None for anything else, valid or
-    not: decode that the general way, which also reports what is wrong."""
-    try:
-        own = _decode_own_layout(data)
-        if own is not None:
-            return own
-        first = data[0]
-        if not 0xA1 <= first <= 0xA5:
-            return None
-        pos = 1
-        seen = 0
-        suffix = method = ""
-        nargs = 0
-        deadline: float | None = None
-        trace: TraceContext | None = None
-        for _ in range(first - 0xA0):
-            head = data[pos]
-            if not 0x60 <= head < 0x78:
-                return None
-            stop = pos + 1 + head - 0x60
-            which = _HEADER_KEYS.get(data[pos + 1 : stop])
-            pos = stop
-            if which is None or seen & (1 << which):
-                return None
-            seen |= 1 << which
-            if which <= 1:
-                text, pos = _read_text(data, pos)
-                if text is None or len(text) > MAX_NAME_LEN:
-                    return None
-                if which:
-                    method = text
-                else:
-                    suffix = text
-            elif which == 2:
-                nargs, pos = _read_uint(data, pos)
-                if not 0 <= nargs <= MAX_ARGS:
-                    return None
-            elif which == 3:
-                if data[pos] != 0xFB:
-                    return None
-                (deadline,) = _FLOAT64_BODY.unpack_from(data, pos + 1)
-                pos += 9
-                if not 0.0 <= deadline < MAX_DEADLINE:  # (NaN fails too)
-                    return None
-            else:
-                trace, pos = _read_trace(data, pos)
-                if trace is None:
-                    return None
-        if pos != len(data):
-            return None
-    except (IndexError, UnicodeDecodeError, struct.error):
-        return None
     request: Request = _new_tuple(
         Request, (suffix, method, nargs, deadline, None, (), trace, "", False)
     )

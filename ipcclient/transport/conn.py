@@ -1234,13 +1234,18 @@ class Connection:
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:
         """The peer broke the protocol: send GOAWAY with why (best effort), break the VC."""
+        self._break(self._goaway_for(exc))
+
+    def _goaway_for(self, exc: errors.IPCError) -> errors.IPCError:
+        """Send GOAWAY saying why the peer's input was refused (best effort, never waiting
+        on the socket); the error the VC's flows then end with."""
         err = errors.ConnectionFailedError(f"transport: {exc.id}: {exc.msg}")
         err.__cause__ = exc
         with self._lock:
             if self._error is None:
                 self._mux.close(exc)
         self._flush(blocking=False)
-        self._break(err)
+        return err
 
     def _lead_loop(self) -> None:
         """The reader thread of a dialed VC: it reads only while no caller does (it gives
@@ -1348,12 +1353,7 @@ class Connection:
                     self._on_plaintext(record)
                 self._run_pending_inline()
         except errors.IPCError as exc:
-            err = errors.ConnectionFailedError(f"transport: {exc.id}: {exc.msg}")
-            err.__cause__ = exc
-            with self._lock:
-                if self._error is None:
-                    self._mux.close(exc)
-            self._flush(blocking=False)
+            err = self._goaway_for(exc)  # (broken in the finally below)
         except Exception as exc:  # pragma: no cover - a bug here must still break the VC
             log.exception("transport: reader thread failed")
             err = errors.InternalError(f"transport: reader failed: {exc!r}")
