@@ -733,6 +733,7 @@ class Connection:
         keepalive: KeepaliveConfig | None = None,
         name: str = "",
         lead_reads: bool = True,
+        busy_poll: float = 0.0,
     ) -> None:
         self._sock = sock
         self._lock = threading.Lock()
@@ -794,6 +795,11 @@ class Connection:
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
         self._mid_read = False
+        # Busy polling by the reader thread (not the leader/follower reads of dialed VCs):
+        # see TransportOptions.busy_poll. The counters say how often a poll found data.
+        self._busy_poll = busy_poll
+        self.busy_poll_hits = 0
+        self.busy_poll_misses = 0
         self._wake_r = self._wake_w = -1
         if self._lead:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1325,6 +1331,9 @@ class Connection:
         sock = self._sock
         opener = self._opener
         err: errors.IPCError | None = None
+        spin = self._busy_poll
+        spinning = spin > 0  # poll before blocking (see busy_poll): gaps have been short
+        monotonic = time.monotonic
         try:
             if self._pending_early:
                 early, self._pending_early = self._pending_early, []
@@ -1333,7 +1342,20 @@ class Connection:
                 self._run_pending_inline()
             while self._error is None:
                 try:
-                    n = sock.recv_into(opener.receive_buffer())
+                    buf = opener.receive_buffer()
+                    try:
+                        n = -1
+                        if spin:
+                            idle_since = monotonic()
+                            if spinning:
+                                n = self._spin_recv(buf, idle_since + spin)
+                                spinning = n >= 0  # a longer gap: block until a short one
+                        if n < 0:
+                            n = sock.recv_into(buf)
+                            if spin and not spinning and monotonic() - idle_since < spin:
+                                spinning = True
+                    finally:
+                        buf.release()  # (the opener may grow its buffer for the next read)
                 except (BlockingIOError, TimeoutError):
                     if self._keepalive_due():
                         continue
@@ -1366,6 +1388,22 @@ class Connection:
             job, self._inline_job = self._inline_job, None
             if job is not None:
                 self._call_job(job)
+
+    def _spin_recv(self, buf: memoryview | bytearray, until: float) -> int:
+        """Poll the socket without blocking until monotonic time ``until`` (see
+        ``busy_poll``); what one receive returned (0: EOF), or -1 when nothing came."""
+        sock = self._sock
+        monotonic = time.monotonic
+        while True:
+            try:
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if monotonic() >= until:
+                    self.busy_poll_misses += 1
+                    return -1
+                continue
+            self.busy_poll_hits += 1
+            return n
 
     # --- inline jobs (accepted VCs) -----------------------------------------------------
     def inline_available(self) -> bool:

@@ -56,6 +56,14 @@ MAX_PENDING_HANDSHAKES = 64
 connections cannot pile up threads)."""
 
 
+DEFAULT_BUSY_POLL = 0.0002
+"""Seconds a reader thread polls before sleeping (see ``TransportOptions.busy_poll``): longer
+than a quick client's turnaround between a reply and its next call (~70 us here)."""
+
+MAX_BUSY_POLL = 0.01
+"""The most ``busy_poll`` may be: polling longer than this would waste more than it saves."""
+
+
 @dataclass(frozen=True)
 class TransportOptions:
     """Knobs of the VCs a manager makes (both sides).
@@ -69,6 +77,16 @@ class TransportOptions:
         lead_reads: on dialed VCs, let a caller waiting for the peer read the socket itself
             (leader/follower; no thread hop for a lone caller). False: the VC's reader
             thread does all reading, as on accepted VCs.
+        busy_poll: seconds (at most ``MAX_BUSY_POLL``; 0: never) a VC's reader thread
+            (every accepted VC's, and a dialed VC's with ``lead_reads=False``) keeps polling
+            its socket without blocking before it sleeps in a blocking receive, as long as
+            the peer's recent gaps were shorter than that (after one longer gap it stops
+            polling until a gap is short again, so an idle or slow peer costs at most one
+            poll per change of pace). A peer that calls back to back then finds this side
+            awake: no wake-up of a sleeping thread (on a VM an inter-processor interrupt
+            and a halted virtual CPU to restart) on either side. Measured on a 32 B echo:
+            mean latency ~165 -> ~125 us, client CPU ~79 -> ~65 us per call, server CPU
+            ~88 -> ~125 us (the polling); 8 threads on one VC ~+20% calls/s.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -76,6 +94,14 @@ class TransportOptions:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     versions: tuple[int, int] = SUPPORTED_VERSIONS
     lead_reads: bool = True
+    busy_poll: float = DEFAULT_BUSY_POLL
+
+    def __post_init__(self) -> None:
+        poll = self.busy_poll
+        if type(poll) not in (int, float) or not 0 <= poll <= MAX_BUSY_POLL:
+            raise errors.BadArgError(
+                f"transport: busy_poll must be seconds in [0, {MAX_BUSY_POLL}], got {poll!r}"
+            )
 
     @property
     def settings(self) -> VCSettings:
@@ -336,6 +362,7 @@ class Listener:
             on_flow=self._on_flow,
             on_close=self._forget,
             keepalive=self._manager.options.keepalive,
+            busy_poll=self._manager.options.busy_poll,
         )
         with self._lock:
             if self._closed:
@@ -409,6 +436,7 @@ class StreamManager:
                 keepalive=self.options.keepalive,
                 name=f"{protocol}:{address}",
                 lead_reads=self.options.lead_reads,
+                busy_poll=self.options.busy_poll,
             )
         except BaseException:
             sock.close()  # out of descriptors for the wake pipe, say

@@ -1,0 +1,162 @@
+"""Busy polling by a VC's reader thread (``TransportOptions.busy_poll``), over real sockets.
+
+What polling buys (no wake-up of a sleeping thread) is a matter of time and is measured by
+the benchmark only; these tests hold the behaviour: a peer calling back to back is found by
+a poll, a slow peer stops the polling after one miss, 0 turns it off, bad values are refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.transport.conn import Connection, Flow
+from ipcclient.transport.manager import (
+    DEFAULT_BUSY_POLL,
+    MAX_BUSY_POLL,
+    Listener,
+    StreamManager,
+    TransportOptions,
+)
+from tests.identities import make_identity
+
+
+def _echo(flow: Flow) -> None:
+    def run() -> None:
+        data = bytearray()
+        try:
+            while chunk := flow.read(time.monotonic() + 10):
+                data += chunk
+            flow.write(bytes(data), end=True)
+        except errors.IPCError:
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[[TransportOptions], Listener]]:
+    made: list[Listener] = []
+
+    def make(options: TransportOptions) -> Listener:
+        lst = StreamManager(make_identity(), options).listen(
+            "tcp", "127.0.0.1:0", blessings=None, on_flow=_echo
+        )
+        made.append(lst)
+        return lst
+
+    yield make
+    for lst in made:
+        lst.close()
+
+
+def _dial(lst: Listener, options: TransportOptions | None = None) -> Connection:
+    return StreamManager(make_identity(), options).dial(
+        lst.protocol,
+        lst.address,
+        deadline=time.monotonic() + 5,
+        authorize_server=lambda _k, _b, _d: None,
+        blessings_for_server=lambda _b: None,
+    )
+
+
+def _roundtrip(conn: Connection, payload: bytes) -> bytes:
+    flow = conn.connect()
+    flow.write(payload, end=True)
+    out = bytearray()
+    while chunk := flow.read(time.monotonic() + 10):
+        out += chunk
+    return bytes(out)
+
+
+def _accepted(lst: Listener) -> Connection:
+    deadline = time.monotonic() + 10
+    while not lst.connections:  # (registered right after the handshake)
+        assert time.monotonic() < deadline, "the listener never registered the VC"
+        time.sleep(0.005)
+    (conn,) = lst.connections
+    return conn
+
+
+def test_calls_back_to_back_are_found_by_polling(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    conn = _dial(lst)
+    try:
+        for i in range(30):
+            assert _roundtrip(conn, b"call %d" % i) == b"call %d" % i
+        served = _accepted(lst)
+        # Each request but the first came within 10 ms of the reader going idle (the
+        # echo and the client's next call take far less), so polls found them.
+        assert served.busy_poll_hits >= 1
+        # The caller read its replies itself (leader/follower): no reader thread polled.
+        assert (conn.busy_poll_hits, conn.busy_poll_misses) == (0, 0)
+    finally:
+        conn.close()
+
+
+def test_a_dialed_vc_read_by_its_thread_polls_too(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    lst = listen(TransportOptions(busy_poll=0))
+    conn = _dial(lst, TransportOptions(lead_reads=False, busy_poll=MAX_BUSY_POLL))
+    try:
+        for i in range(30):
+            assert _roundtrip(conn, b"call %d" % i) == b"call %d" % i
+        assert conn.busy_poll_hits >= 1  # replies came within 10 ms of the reader idling
+    finally:
+        conn.close()
+
+
+def test_a_slow_peer_stops_the_polling_after_one_miss(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    lst = listen(TransportOptions(busy_poll=0.002))
+    conn = _dial(lst)
+    try:
+        for i in range(6):
+            assert _roundtrip(conn, b"slow %d" % i) == b"slow %d" % i
+            time.sleep(0.03)  # a gap far longer than the poll
+        served = _accepted(lst)
+        # Polling forever would miss once per call (6); after a miss the reader sleeps
+        # until a gap is short again, which 30 ms gaps never are. (At most one more miss:
+        # the first request may follow the handshake closely enough to re-arm it.)
+        assert 1 <= served.busy_poll_misses <= 2
+    finally:
+        conn.close()
+
+
+def test_zero_never_polls(listen: Callable[[TransportOptions], Listener]) -> None:
+    lst = listen(TransportOptions(busy_poll=0))
+    conn = _dial(lst)
+    try:
+        for i in range(10):
+            assert _roundtrip(conn, b"%d" % i) == b"%d" % i
+        served = _accepted(lst)
+        assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
+    finally:
+        conn.close()
+
+
+def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener]) -> None:
+    assert TransportOptions().busy_poll == DEFAULT_BUSY_POLL > 0
+    lst = listen(TransportOptions())
+    conn = _dial(lst)
+    try:
+        assert _roundtrip(conn, b"x") == b"x"
+        assert _accepted(lst)._busy_poll == DEFAULT_BUSY_POLL
+        assert conn._busy_poll == DEFAULT_BUSY_POLL  # (a dialed VC polls only without leads)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bad", [-0.001, MAX_BUSY_POLL * 2, float("nan"), float("inf"), True, "1"])
+def test_bad_busy_poll_is_refused(bad: Any) -> None:
+    with pytest.raises(errors.BadArgError, match="busy_poll"):
+        TransportOptions(busy_poll=bad)
