@@ -50,6 +50,7 @@ from ipcclient.server.discharger import Discharger
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Results, Server, ServerCall, ServerOptions
+from ipcclient.transport.manager import TransportOptions
 
 __version__ = "0.1.0"
 
@@ -101,6 +102,7 @@ __all__ = [
     "ServerPublicKey",
     "SkipServerAuthorization",
     "TimeoutError",
+    "TransportOptions",
     "UnknownError",
     "UnknownMethodError",
     "UnknownSuffixError",
