@@ -1,5 +1,8 @@
 """Busy polling by a VC's reader thread (``TransportOptions.busy_poll``), over real sockets.
 
+Polled: an accepted VC's reader thread; a dialed VC's while it reads for several calls (or
+always, with ``lead_reads=False``); never a caller reading its own reply.
+
 What polling buys (no wake-up of a sleeping thread) is a matter of time and is measured by
 the benchmark only; these tests hold the behaviour: a peer calling back to back is found by
 a poll, a slow peer stops the polling after one miss, 0 turns it off, bad values are refused.
@@ -97,6 +100,36 @@ def test_calls_back_to_back_are_found_by_polling(
         assert served.busy_poll_hits >= 1
         # The caller read its replies itself (leader/follower): no reader thread polled.
         assert (conn.busy_poll_hits, conn.busy_poll_misses) == (0, 0)
+    finally:
+        conn.close()
+
+
+def test_a_dialed_vc_reading_for_several_calls_polls(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    """Leader/follower: a lone caller reads for itself and never polls (above); with several
+    calls in flight the VC's reader thread reads for all of them, and polls between reads."""
+    lst = listen(TransportOptions(busy_poll=0))
+    conn = _dial(lst, TransportOptions(busy_poll=MAX_BUSY_POLL))
+    failures: list[BaseException] = []
+
+    def caller(t: int) -> None:
+        try:
+            for i in range(40):
+                payload = b"%d-%d" % (t, i)
+                if _roundtrip(conn, payload) != payload:
+                    raise AssertionError(f"wrong reply for {payload!r}")
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not failures, failures
+        assert conn.busy_poll_hits >= 1
     finally:
         conn.close()
 

@@ -27,6 +27,11 @@ whatever else is in flight on the VC; a job running
 longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC until the job ends
 (the reader thread waits for the helper to stop before it reads again: one reader at a time).
 
+Before a reader thread sleeps in a blocking read it may poll the socket for a moment
+(``busy_poll``, see ``TransportOptions``): an accepted VC's always, a dialed VC's while it
+reads for several calls; never a caller reading for itself (that would cost the caller's CPU
+on every call). Polling stops after a gap longer than the poll and resumes after a short one.
+
 Streamed writes in a burst are deferred (``LINGER``): they stay queued in the mux, and go out
 with the next write that is not deferred, before the writer waits for its peer, or from the
 process's lingerer thread at most ``LINGER`` later.
@@ -795,8 +800,9 @@ class Connection:
         self._last_lead = 0.0
         self._reader_signal = _Signal(self._lock)
         self._mid_read = False
-        # Busy polling by the reader thread (not the leader/follower reads of dialed VCs):
-        # see TransportOptions.busy_poll. The counters say how often a poll found data.
+        # Busy polling by the reader thread (an accepted VC's; a dialed VC's while it reads
+        # for several calls, never a caller reading for itself): see
+        # TransportOptions.busy_poll. The counters say how often a poll found data.
         self._busy_poll = busy_poll
         self.busy_poll_hits = 0
         self.busy_poll_misses = 0
@@ -1214,16 +1220,16 @@ class Connection:
             return "wake" if woken else "timeout"
         return "data" if self._receive_and_dispatch() else "wake"
 
-    def _receive_and_dispatch(self) -> bool:
-        """As the read role, the socket readable: receive once and dispatch every record
-        completed. False when there was nothing to receive after all.
+    def _receive_and_dispatch(self, flags: int = 0) -> bool:
+        """As the read role, the socket readable: receive once (with ``flags``) and
+        dispatch every record completed. False when there was nothing to receive after all.
 
         Raises:
             _Broken: EOF or a socket error.
             IPCError: the peer broke the protocol.
         """
         try:
-            n = self._sock.recv_into(self._opener.receive_buffer())
+            n = self._sock.recv_into(self._opener.receive_buffer(), 0, flags)
         except (BlockingIOError, InterruptedError, TimeoutError):
             return False
         except OSError as exc:
@@ -1259,6 +1265,9 @@ class Connection:
         so a caller normally reads its own reply without a thread hop, and an idle VC still
         answers pings, notices a dead peer and sees GOAWAY."""
         err: errors.IPCError | None = None
+        spin = self._busy_poll
+        spinning = spin > 0  # poll before blocking (see busy_poll): gaps have been short
+        monotonic = time.monotonic
         try:
             if self._pending_early:
                 early, self._pending_early = self._pending_early, []
@@ -1281,7 +1290,20 @@ class Connection:
                             break
                         continue
                 try:
-                    outcome = self._read_step(self._keepalive.interval)
+                    outcome = ""
+                    # Reading for several calls: poll first, as accepted VCs do (busy_poll).
+                    polling = spin > 0 and len(self._flows) > 1
+                    if polling:
+                        idle_since = monotonic()
+                        if spinning:
+                            found = self._spin_read(idle_since + spin)
+                            if found is not None:
+                                spinning = found  # a longer gap: block until a short one
+                                outcome = "data" if found else ""
+                    if not outcome:
+                        outcome = self._read_step(self._keepalive.interval)
+                        if polling and not spinning and monotonic() - idle_since < spin:
+                            spinning = outcome == "data"
                 except _Broken as broken:
                     err = broken.error
                     break
@@ -1300,6 +1322,29 @@ class Connection:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._close_pipe()
+
+    def _spin_read(self, until: float) -> bool | None:
+        """The reader thread reading for several calls: poll the socket without blocking
+        until monotonic time ``until`` (see ``busy_poll``), dispatching what comes, yielding
+        the CPU between polls (see :meth:`_spin_recv`). True: something was dispatched;
+        False: nothing came; None: a lone caller now wants the socket (the loop hands it
+        over).
+
+        Raises:
+            _Broken: EOF or a socket error.
+            IPCError: the peer broke the protocol.
+        """
+        monotonic = time.monotonic
+        yield_cpu = os.sched_yield
+        while not (self._waiters and len(self._flows) <= 1):
+            if self._receive_and_dispatch(socket.MSG_DONTWAIT):
+                self.busy_poll_hits += 1
+                return True
+            if monotonic() >= until:
+                self.busy_poll_misses += 1
+                return False
+            yield_cpu()
+        return None
 
     def _park_locked(self) -> bool:
         """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
