@@ -10,6 +10,8 @@ a poll, a slow peer stops the polling after one miss, 0 turns it off, bad values
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from ipcclient import errors
+from ipcclient.transport import conn as conn_mod
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import (
     DEFAULT_BUSY_POLL,
@@ -128,6 +131,7 @@ def test_a_dialed_vc_reading_for_several_calls_polls(
             th.start()
         for th in threads:
             th.join(60)
+            assert not th.is_alive()
         assert not failures, failures
         assert conn.busy_poll_hits >= 1
     finally:
@@ -150,7 +154,7 @@ def test_a_dialed_vc_read_by_its_thread_polls_too(
 def test_a_slow_peer_stops_the_polling_after_one_miss(
     listen: Callable[[TransportOptions], Listener],
 ) -> None:
-    lst = listen(TransportOptions(busy_poll=0.002))
+    lst = listen(TransportOptions(busy_poll=0.005))
     conn = _dial(lst)
     try:
         for i in range(6):
@@ -159,8 +163,13 @@ def test_a_slow_peer_stops_the_polling_after_one_miss(
         served = _accepted(lst)
         # Polling forever would miss once per call (6); after a miss the reader sleeps
         # until a gap is short again, which 30 ms gaps never are. (At most one more miss:
-        # the first request may follow the handshake closely enough to re-arm it.)
+        # the first request may follow the handshake closely enough to arm it.)
         assert 1 <= served.busy_poll_misses <= 2
+        # Quick calls again: the reader polls again (and finds them).
+        hits = served.busy_poll_hits
+        for i in range(30):
+            assert _roundtrip(conn, b"quick %d" % i) == b"quick %d" % i
+        assert served.busy_poll_hits > hits
     finally:
         conn.close()
 
@@ -184,7 +193,7 @@ def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener])
     try:
         assert _roundtrip(conn, b"x") == b"x"
         assert _accepted(lst)._busy_poll == DEFAULT_BUSY_POLL
-        assert conn._busy_poll == DEFAULT_BUSY_POLL  # (a dialed VC polls only without leads)
+        assert conn._busy_poll == DEFAULT_BUSY_POLL  # (its reader thread polls for several)
     finally:
         conn.close()
 
@@ -193,3 +202,108 @@ def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener])
 def test_bad_busy_poll_is_refused(bad: Any) -> None:
     with pytest.raises(errors.BadArgError, match="busy_poll"):
         TransportOptions(busy_poll=bad)
+
+
+class _TrickleRelay:
+    """A TCP relay to ``target`` that, once ``trickle`` is set, forwards the client's bytes
+    one at a time about 1 ms apart (the server's way back is forwarded whole)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self.trickle = False
+        self._lsock = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self._lsock.getsockname()[1]
+        self._socks: list[socket.socket] = [self._lsock]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            a, _ = self._lsock.accept()
+        except OSError:
+            return
+        b = socket.create_connection(self._target, timeout=5)
+        b.settimeout(None)
+        b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one byte per segment
+        self._socks += [a, b]
+        threading.Thread(target=self._pump, args=(a, b, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(b, a, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if slow and self.trickle:
+                    for i in range(len(data)):
+                        dst.sendall(data[i : i + 1])
+                        time.sleep(0.001)
+                else:
+                    dst.sendall(data)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        for s in self._socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_a_peer_trickling_bytes_is_not_polled_for(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    """Bytes that do not end a record (a large message, or a hostile peer sending a byte
+    every millisecond) are read by blocking: polling for each would keep a CPU busy for as
+    long as the peer likes, at no cost to it."""
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    relay = _TrickleRelay(lst.address)
+    conn = StreamManager(make_identity()).dial(
+        "tcp",
+        relay.address,
+        deadline=time.monotonic() + 5,
+        authorize_server=lambda _k, _b, _d: None,
+        blessings_for_server=lambda _b: None,
+    )
+    try:
+        assert _roundtrip(conn, b"whole") == b"whole"
+        relay.trickle = True
+        for i in range(2):  # ~100 bytes each, one byte per ~1 ms: gaps far below 10 ms
+            assert _roundtrip(conn, b"trickled %d" % i) == b"trickled %d" % i
+        served = _accepted(lst)
+        # Polling on every byte found ~80 of them; after a poll that leaves part of
+        # a record the reader blocks until a read ends one.
+        assert served.busy_poll_hits <= 10
+    finally:
+        conn.close()
+        relay.close()
+
+
+def test_no_more_pollers_than_polling_slots(
+    listen: Callable[[TransportOptions], Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 0)  # every slot taken
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    conn = _dial(lst)
+    try:
+        for i in range(30):
+            assert _roundtrip(conn, b"%d" % i) == b"%d" % i
+        served = _accepted(lst)
+        assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
+    finally:
+        conn.close()
+
+
+def test_polling_slots_are_free_again_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread polling in the parent at fork time does not exist in the child."""
+    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 1)
+    assert conn_mod._take_poll_slot()
+    try:
+        assert not conn_mod._take_poll_slot()  # (the only slot is taken)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os._exit(0 if conn_mod._take_poll_slot() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        conn_mod._give_poll_slot()

@@ -28,9 +28,10 @@ longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC until 
 (the reader thread waits for the helper to stop before it reads again: one reader at a time).
 
 Before a reader thread sleeps in a blocking read it may poll the socket for a moment
-(``busy_poll``, see ``TransportOptions``): an accepted VC's always, a dialed VC's while it
-reads for several calls; never a caller reading for itself (that would cost the caller's CPU
-on every call). Polling stops after a gap longer than the poll and resumes after a short one.
+(``busy_poll``, see ``TransportOptions`` and ``_POLL_RULES``): an accepted VC's, a dialed VC's
+while it reads for several calls (always with ``lead_reads=False``); never a caller reading
+for itself (that would cost the caller's CPU on every call). Polling stops after a gap longer
+than the poll and resumes after a short one.
 
 Streamed writes in a burst are deferred (``LINGER``): they stay queued in the mux, and go out
 with the next write that is not deferred, before the writer waits for its peer, or from the
@@ -110,6 +111,46 @@ pings) for longer than about this."""
 LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
 socket back (so a client making calls back to back keeps reading its own replies)."""
+
+# _POLL_RULES: when a reader thread polls (``TransportOptions.busy_poll``). Only after a read
+# that came within the poll's length of the thread going idle and that ended on a record
+# boundary (a partial record means a large message, or a peer trickling bytes: its rest
+# comes by a blocking read, and polling for it would only burn CPU); never right after a
+# poll that found nothing (until a quick read again); never while _POLL_SLOTS other threads
+# of the process poll.
+
+_POLL_SLOTS = max(1, (os.cpu_count() or 2) - 1)
+"""At most this many reader threads of the process poll at once: polling pays only while a
+CPU would otherwise sit idle, and it must not take every CPU of the machine."""
+
+_POLL_MISSED = -1
+_POLL_SKIPPED = -2
+_POLL_HANDOVER = -3
+
+_poll_lock = _allocate_lock()
+_pollers = 0
+
+
+def _take_poll_slot() -> bool:
+    global _pollers
+    with _poll_lock:
+        if _pollers >= _POLL_SLOTS:
+            return False
+        _pollers += 1
+        return True
+
+
+def _give_poll_slot() -> None:
+    global _pollers
+    with _poll_lock:
+        _pollers -= 1
+
+
+def _reset_poll_slots() -> None:
+    """After fork: the child has none of the parent's reader threads."""
+    global _poll_lock, _pollers
+    _poll_lock = _allocate_lock()
+    _pollers = 0
 
 
 @dataclass(frozen=True)
@@ -325,6 +366,7 @@ _LINGERER = _Lingerer()
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_LINGERER._init)
     os.register_at_fork(after_in_child=_HANDOFF._init)
+    os.register_at_fork(after_in_child=_reset_poll_slots)
 
 
 _CLOSED: errors.IPCError = errors.BadStateError("transport: the flow is closed")
@@ -1266,7 +1308,7 @@ class Connection:
         answers pings, notices a dead peer and sees GOAWAY."""
         err: errors.IPCError | None = None
         spin = self._busy_poll
-        spinning = spin > 0  # poll before blocking (see busy_poll): gaps have been short
+        spinning = False  # poll before the next blocking read (see busy_poll, _POLL_RULES)
         monotonic = time.monotonic
         try:
             if self._pending_early:
@@ -1290,20 +1332,26 @@ class Connection:
                             break
                         continue
                 try:
-                    outcome = ""
                     # Reading for several calls: poll first, as accepted VCs do (busy_poll).
+                    polled = _POLL_SKIPPED
+                    quick = False  # what was read came within `spin` of going idle
                     polling = spin > 0 and len(self._flows) > 1
                     if polling:
                         idle_since = monotonic()
                         if spinning:
-                            found = self._spin_read(idle_since + spin)
-                            if found is not None:
-                                spinning = found  # a longer gap: block until a short one
-                                outcome = "data" if found else ""
-                    if not outcome:
+                            polled = self._spin_read(idle_since + spin)
+                            if polled == _POLL_HANDOVER:
+                                continue  # a lone caller waits: hand it the socket (above)
+                            if polled == _POLL_MISSED:
+                                spinning = False  # a longer gap: sleep until a short one
+                    if polled > 0:
+                        outcome = "data"
+                        quick = True
+                    else:
                         outcome = self._read_step(self._keepalive.interval)
-                        if polling and not spinning and monotonic() - idle_since < spin:
-                            spinning = outcome == "data"
+                        quick = polling and monotonic() - idle_since < spin
+                    if quick and outcome == "data":
+                        spinning = not self._opener.buffered  # (see _POLL_RULES)
                 except _Broken as broken:
                     err = broken.error
                     break
@@ -1323,28 +1371,33 @@ class Connection:
                 self._sock.close()
             self._close_pipe()
 
-    def _spin_read(self, until: float) -> bool | None:
+    def _spin_read(self, until: float) -> int:
         """The reader thread reading for several calls: poll the socket without blocking
         until monotonic time ``until`` (see ``busy_poll``), dispatching what comes, yielding
-        the CPU between polls (see :meth:`_spin_recv`). True: something was dispatched;
-        False: nothing came; None: a lone caller now wants the socket (the loop hands it
-        over).
+        the CPU between polls (see :meth:`_spin_recv`). 1: something was dispatched;
+        ``_POLL_MISSED``: nothing came; ``_POLL_HANDOVER``: a lone caller now waits for
+        the peer (the loop hands it the socket); ``_POLL_SKIPPED``: no polling slot free.
 
         Raises:
             _Broken: EOF or a socket error.
             IPCError: the peer broke the protocol.
         """
+        if not _take_poll_slot():
+            return _POLL_SKIPPED
         monotonic = time.monotonic
         yield_cpu = os.sched_yield
-        while not (self._waiters and len(self._flows) <= 1):
-            if self._receive_and_dispatch(socket.MSG_DONTWAIT):
-                self.busy_poll_hits += 1
-                return True
-            if monotonic() >= until:
-                self.busy_poll_misses += 1
-                return False
-            yield_cpu()
-        return None
+        try:
+            while not (self._waiters and len(self._flows) <= 1):
+                if self._receive_and_dispatch(socket.MSG_DONTWAIT):
+                    self.busy_poll_hits += 1
+                    return 1
+                if monotonic() >= until:
+                    self.busy_poll_misses += 1
+                    return _POLL_MISSED
+                yield_cpu()
+            return _POLL_HANDOVER
+        finally:
+            _give_poll_slot()
 
     def _park_locked(self) -> bool:
         """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
@@ -1377,7 +1430,7 @@ class Connection:
         opener = self._opener
         err: errors.IPCError | None = None
         spin = self._busy_poll
-        spinning = spin > 0  # poll before blocking (see busy_poll): gaps have been short
+        spinning = False  # poll before the next blocking read (see busy_poll, _POLL_RULES)
         monotonic = time.monotonic
         try:
             if self._pending_early:
@@ -1390,15 +1443,17 @@ class Connection:
                     buf = opener.receive_buffer()
                     try:
                         n = -1
+                        quick = False  # what was read came within `spin` of going idle
                         if spin:
                             idle_since = monotonic()
                             if spinning:
                                 n = self._spin_recv(buf, idle_since + spin)
-                                spinning = n >= 0  # a longer gap: block until a short one
+                                if n == _POLL_MISSED:
+                                    spinning = False  # a longer gap: sleep until a short one
+                                quick = n > 0
                         if n < 0:
                             n = sock.recv_into(buf)
-                            if spin and not spinning and monotonic() - idle_since < spin:
-                                spinning = True
+                            quick = spin > 0 and monotonic() - idle_since < spin
                     finally:
                         buf.release()  # (the opener may grow its buffer for the next read)
                 except (BlockingIOError, TimeoutError):
@@ -1418,6 +1473,8 @@ class Connection:
                 self._last_recv = time.monotonic()
                 for record in opener.received(n):
                     self._on_plaintext(record)
+                if quick:
+                    spinning = not opener.buffered  # (see _POLL_RULES)
                 self._run_pending_inline()
         except errors.IPCError as exc:
             err = self._goaway_for(exc)  # (broken in the finally below)
@@ -1436,26 +1493,33 @@ class Connection:
 
     def _spin_recv(self, buf: memoryview | bytearray, until: float) -> int:
         """Poll the socket without blocking until monotonic time ``until`` (see
-        ``busy_poll``); what one receive returned (0: EOF), or -1 when nothing came.
+        ``busy_poll``): what one receive returned (0: EOF), ``_POLL_MISSED`` when nothing
+        came, ``_POLL_SKIPPED`` when the process has no polling slot free.
 
         Between polls the thread yields its CPU (``sched_yield``): a thread of this process
         that was just woken (a worker given data or credit) gets the GIL at once instead of
         waiting out the interpreter's switch interval behind the poller (measured: a 1 MiB
         echo lost ~15% polling without yielding; with it, none)."""
+        if not _take_poll_slot():
+            return _POLL_SKIPPED
         sock = self._sock
         monotonic = time.monotonic
         yield_cpu = os.sched_yield
-        while True:
-            try:
-                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if monotonic() >= until:
-                    self.busy_poll_misses += 1
-                    return -1
-                yield_cpu()
-                continue
-            self.busy_poll_hits += 1
-            return n
+        try:
+            while True:
+                try:
+                    n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if monotonic() >= until:
+                        self.busy_poll_misses += 1
+                        return _POLL_MISSED
+                    yield_cpu()
+                    continue
+                if n:
+                    self.busy_poll_hits += 1
+                return n
+        finally:
+            _give_poll_slot()
 
     # --- inline jobs (accepted VCs) -----------------------------------------------------
     def inline_available(self) -> bool:

@@ -81,15 +81,20 @@ class TransportOptions:
             keeps polling its socket without blocking (yielding the CPU between polls)
             before it sleeps in a blocking receive, as long as the peer's recent gaps were
             shorter than that; after one longer gap it stops polling until a gap is short
-            again, so an idle or slow peer costs at most one poll per change of pace.
+            again, so an idle or slow peer costs about one poll per change of pace (and per
+            keepalive ping).
             Polled: every accepted VC's reader thread; a dialed VC's while it reads for
             several calls in flight (or always, with ``lead_reads=False``); never a lone
             caller reading its own reply. A peer that answers or calls back quickly then
             finds this side awake: no wake-up of a sleeping thread (on a VM an
             inter-processor interrupt and a halted virtual CPU to restart) on either side.
-            Measured on a 32 B echo: mean latency ~165 -> ~120 us, client CPU ~79 -> ~65
-            us per call, server CPU ~88 -> ~120 us (the polling); 8 threads sharing one
-            VC ~10k -> ~15k calls/s.
+            A read that leaves part of a record (a large message, a peer trickling bytes)
+            is followed by a blocking read, not a poll; at most ``os.cpu_count() - 1``
+            (at least 1) threads of a process poll at once. A peer whose small messages keep
+            coming faster than ``busy_poll`` keeps a reader polling between them (a CPU
+            kept busy while it does). Measured (docs/performance.md): 32 B echo mean
+            latency ~165 -> ~120 us, client CPU ~79 -> ~65 us per call, server CPU ~88 ->
+            ~120 us (the polling); 8 threads sharing one VC ~10-12k -> ~13-19k calls/s.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -101,7 +106,8 @@ class TransportOptions:
 
     def __post_init__(self) -> None:
         poll = self.busy_poll
-        if type(poll) not in (int, float) or not 0 <= poll <= MAX_BUSY_POLL:
+        number = isinstance(poll, int | float) and not isinstance(poll, bool)
+        if not number or not 0 <= poll <= MAX_BUSY_POLL:
             raise errors.BadArgError(
                 f"transport: busy_poll must be seconds in [0, {MAX_BUSY_POLL}], got {poll!r}"
             )
