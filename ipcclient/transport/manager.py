@@ -60,6 +60,12 @@ DEFAULT_BUSY_POLL = 0.0002
 """Seconds a reader thread polls before sleeping (see ``TransportOptions.busy_poll``): longer
 than a quick client's turnaround between a reply and its next call (~70 us here)."""
 
+CLIENT_BUSY_POLL = 0.0005
+"""What a client's VCs poll by default (``ClientOptions.transport``): only its reader thread
+polls, only while several calls are in flight, where the gaps between replies stretch with
+the number of callers (measured with 8 threads on one VC: ~8% more calls per second than
+with 200 us)."""
+
 MAX_BUSY_POLL = 0.01
 """The most ``busy_poll`` may be: polling longer than this would waste more than it saves."""
 
@@ -77,7 +83,8 @@ class TransportOptions:
         lead_reads: on dialed VCs, let a caller waiting for the peer read the socket itself
             (leader/follower; no thread hop for a lone caller). False: the VC's reader
             thread does all reading, as on accepted VCs.
-        busy_poll: seconds (at most ``MAX_BUSY_POLL``; 0: never) a VC's reader thread
+        busy_poll: seconds (at most ``MAX_BUSY_POLL``; 0: never; ``DEFAULT_BUSY_POLL``
+            here and for servers, ``CLIENT_BUSY_POLL`` in ``ClientOptions``) a VC's reader thread
             keeps polling its socket without blocking (yielding the CPU between polls)
             before it sleeps in a blocking receive, as long as the peer's recent gaps were
             shorter than that; after one longer gap it stops polling until a gap is short
