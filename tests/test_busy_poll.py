@@ -81,6 +81,15 @@ def _roundtrip(conn: Connection, payload: bytes) -> bytes:
     return bytes(out)
 
 
+def _calls(conn: Connection, n: int, tag: bytes, gap: float = 0.0) -> None:
+    """``n`` echo round trips on ``conn``, ``gap`` seconds apart."""
+    for i in range(n):
+        payload = b"%s %d" % (tag, i)
+        assert _roundtrip(conn, payload) == payload
+        if gap:
+            time.sleep(gap)
+
+
 def _accepted(lst: Listener) -> Connection:
     deadline = time.monotonic() + 10
     while not lst.connections:  # (registered right after the handshake)
@@ -96,8 +105,7 @@ def test_calls_back_to_back_are_found_by_polling(
     lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
     conn = _dial(lst)
     try:
-        for i in range(30):
-            assert _roundtrip(conn, b"call %d" % i) == b"call %d" % i
+        _calls(conn, 30, b"call")
         served = _accepted(lst)
         # Each request but the first came within 10 ms of the reader going idle (the
         # echo and the client's next call take far less), so polls found them.
@@ -145,8 +153,7 @@ def test_a_dialed_vc_read_by_its_thread_polls_too(
     lst = listen(TransportOptions(busy_poll=0))
     conn = _dial(lst, TransportOptions(lead_reads=False, busy_poll=MAX_BUSY_POLL))
     try:
-        for i in range(30):
-            assert _roundtrip(conn, b"call %d" % i) == b"call %d" % i
+        _calls(conn, 30, b"call")
         assert conn.busy_poll_hits >= 1  # replies came within 10 ms of the reader idling
     finally:
         conn.close()
@@ -158,18 +165,16 @@ def test_a_slow_peer_stops_the_polling_after_one_miss(
     lst = listen(TransportOptions(busy_poll=0.005))
     conn = _dial(lst)
     try:
-        for i in range(6):
-            assert _roundtrip(conn, b"slow %d" % i) == b"slow %d" % i
-            time.sleep(0.03)  # a gap far longer than the poll
+        _calls(conn, 20, b"quick")  # (arms the polling)
         served = _accepted(lst)
-        # Polling forever would miss once per call (6); after a miss the reader sleeps
-        # until a gap is short again, which 30 ms gaps never are. (At most one more miss:
-        # the first request may follow the handshake closely enough to arm it.)
-        assert 1 <= served.busy_poll_misses <= 2
+        misses = served.busy_poll_misses
+        _calls(conn, 6, b"slow", gap=0.03)  # gaps far longer than the poll
+        # Polling on would miss once per slow call (6); after a miss the reader sleeps
+        # until a gap is short again, which 30 ms gaps never are.
+        assert served.busy_poll_misses - misses <= 1
         # Quick calls again: the reader polls again (and finds them).
         hits = served.busy_poll_hits
-        for i in range(30):
-            assert _roundtrip(conn, b"quick %d" % i) == b"quick %d" % i
+        _calls(conn, 30, b"again")
         assert served.busy_poll_hits > hits
     finally:
         conn.close()
@@ -179,8 +184,7 @@ def test_zero_never_polls(listen: Callable[[TransportOptions], Listener]) -> Non
     lst = listen(TransportOptions(busy_poll=0))
     conn = _dial(lst)
     try:
-        for i in range(10):
-            assert _roundtrip(conn, b"%d" % i) == b"%d" % i
+        _calls(conn, 10, b"zero")
         served = _accepted(lst)
         assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
     finally:
@@ -311,8 +315,7 @@ def test_no_more_pollers_than_polling_slots(
     lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
     conn = _dial(lst)
     try:
-        for i in range(30):
-            assert _roundtrip(conn, b"%d" % i) == b"%d" % i
+        _calls(conn, 30, b"capped")
         served = _accepted(lst)
         assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
     finally:
