@@ -131,7 +131,8 @@ class ClientOptions:
             ``CLIENT_BUSY_POLL`` (500 us) rather than a server's 200 us (see
             ``TransportOptions.busy_poll``): a client's VC polls only while several of its
             calls are in flight, where the longer poll measured ~8% more calls per second
-            with 8 threads; a lone caller never polls.
+            with 8 threads; a lone caller never polls. A ``TransportOptions`` given here is
+            used as it is: pass ``busy_poll=CLIENT_BUSY_POLL`` with it to keep the client's.
         max_parallel_discharge_fetches: discharge RPCs in flight at once for one call.
         dial_timeout: the longest one dial (connect and handshake) may take, whoever waits
             for it: callers wait only up to their own deadlines, and a dial that finishes after

@@ -162,15 +162,15 @@ def test_a_dialed_vc_read_by_its_thread_polls_too(
 def test_a_slow_peer_stops_the_polling_after_one_miss(
     listen: Callable[[TransportOptions], Listener],
 ) -> None:
-    lst = listen(TransportOptions(busy_poll=0.005))
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
     conn = _dial(lst)
     try:
         _calls(conn, 20, b"quick")  # (arms the polling)
         served = _accepted(lst)
         misses = served.busy_poll_misses
-        _calls(conn, 6, b"slow", gap=0.03)  # gaps far longer than the poll
+        _calls(conn, 6, b"slow", gap=0.05)  # gaps far longer than the poll
         # Polling on would miss once per slow call (6); after a miss the reader sleeps
-        # until a gap is short again, which 30 ms gaps never are.
+        # until a gap is short again, which 50 ms gaps never are.
         assert served.busy_poll_misses - misses <= 1
         # Quick calls again: the reader polls again (and finds them).
         hits = served.busy_poll_hits
@@ -322,15 +322,42 @@ def test_no_more_pollers_than_polling_slots(
         conn.close()
 
 
+def test_a_slow_read_disarms_the_polling_even_when_no_poll_ran(
+    listen: Callable[[TransportOptions], Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling follows only a quick read: a slow one (here while no polling slot was free,
+    so no poll could miss) turns it off too."""
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    conn = _dial(lst)
+    try:
+        _calls(conn, 20, b"quick")  # (arms the polling)
+        served = _accepted(lst)
+        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 0)
+        _calls(conn, 3, b"unpolled")
+        time.sleep(0.05)
+        _calls(conn, 1, b"late")  # a slow read, and no poll before it
+        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 10**6)
+        misses = served.busy_poll_misses
+        time.sleep(0.05)
+        _calls(conn, 1, b"later")
+        time.sleep(0.03)  # (still armed, the reader would now have polled 10 ms in vain)
+        assert served.busy_poll_misses == misses
+    finally:
+        conn.close()
+
+
 def test_polling_slots_are_free_again_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread polling in the parent at fork time does not exist in the child."""
-    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 1)
+    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 10**6)  # (other VCs may poll meanwhile)
     assert conn_mod._take_poll_slot()
     try:
-        assert not conn_mod._take_poll_slot()  # (the only slot is taken)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            os._exit(0 if conn_mod._take_poll_slot() else 1)
+            code = 1
+            try:
+                code = 0 if conn_mod._pollers == 0 else 2
+            finally:
+                os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
