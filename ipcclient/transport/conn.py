@@ -1362,7 +1362,7 @@ class Connection:
                         outcome = self._read_step(self._keepalive.interval)
                         # (when the bytes came, not when their dispatch ended)
                         quick = polling and self._last_recv - idle_since < spin
-                    if polling and outcome == "data":
+                    if outcome == "data":  # (read for one call only: not quick, disarms)
                         spinning = quick and not self._opener.buffered  # (see _POLL_RULES)
                 except _Broken as broken:
                     err = broken.error
