@@ -180,11 +180,21 @@ def test_a_slow_peer_stops_the_polling_after_one_miss(
         conn.close()
 
 
-def test_zero_never_polls(listen: Callable[[TransportOptions], Listener]) -> None:
-    lst = listen(TransportOptions(busy_poll=0))
+@pytest.mark.parametrize(
+    ("busy_poll", "slots"), [(0.0, None), (MAX_BUSY_POLL, 0)], ids=["zero", "no-slot-free"]
+)
+def test_nothing_polls_when_off_or_when_no_slot_is_free(
+    listen: Callable[[TransportOptions], Listener],
+    monkeypatch: pytest.MonkeyPatch,
+    busy_poll: float,
+    slots: int | None,
+) -> None:
+    if slots is not None:
+        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", slots)  # (as if other threads polled)
+    lst = listen(TransportOptions(busy_poll=busy_poll))
     conn = _dial(lst)
     try:
-        _calls(conn, 10, b"zero")
+        _calls(conn, 30, b"unpolled")
         served = _accepted(lst)
         assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
     finally:
@@ -306,20 +316,6 @@ def test_a_peer_trickling_bytes_is_not_polled_for(
     finally:
         conn.close()
         relay.close()
-
-
-def test_no_more_pollers_than_polling_slots(
-    listen: Callable[[TransportOptions], Listener], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 0)  # every slot taken
-    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
-    conn = _dial(lst)
-    try:
-        _calls(conn, 30, b"capped")
-        served = _accepted(lst)
-        assert (served.busy_poll_hits, served.busy_poll_misses) == (0, 0)
-    finally:
-        conn.close()
 
 
 def test_a_slow_read_disarms_the_polling_even_when_no_poll_ran(
