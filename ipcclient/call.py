@@ -246,6 +246,11 @@ class Call:
         header = response_from_wire(self._recv())
         if header.error is not None or header.end_stream_results:
             self._response = header
+            if header.error is None:
+                # The results follow and will be held at once, however this header was
+                # reached (finish, recv or iteration): bound them. (What one read already
+                # decoded with the header is at most one read's worth.)
+                self._stream.set_budget(MAX_RESULTS_BYTES)
         return header
 
     def _recv(self) -> Any:

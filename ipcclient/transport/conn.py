@@ -1280,16 +1280,20 @@ class Connection:
             _Broken: EOF or a socket error.
             IPCError: the peer broke the protocol.
         """
+        # From before the receive until everything read is dispatched (see _wait_for_peer):
+        # an interrupt anywhere in between may have taken bytes from the socket (or left the
+        # opener's buffer half moved) that nobody will deliver, so the VC cannot be trusted.
+        self._mid_read = True
         try:
             n = self._sock.recv_into(self._opener.receive_buffer(), 0, flags)
         except (BlockingIOError, InterruptedError, TimeoutError):
+            self._mid_read = False
             return False
         except OSError as exc:
             err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
             raise _Broken(err) from exc
         if n == 0:
             raise _Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
-        self._mid_read = True  # until everything read is dispatched (see _wait_for_peer)
         self._last_recv = time.monotonic()
         for plain in self._opener.received(n):
             self._on_plaintext(plain)

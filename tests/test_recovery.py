@@ -1,0 +1,203 @@
+"""The client recovers by itself: faults injected by a loopback proxy (cut, RST, black hole,
+stall, flipped bits, latency), Ctrl-C at every point of the read step, budgets on every path."""
+
+from __future__ import annotations
+
+import linecache
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from ipcclient import call as callmod
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.options import ClientOptions
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.server import Results, Server, ServerCall
+from ipcclient.transport import conn as connmod
+from ipcclient.vc import records
+from ipcclient.wire import mux as muxmod
+from tests.faultproxy import Fault, FaultProxy
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+class Svc:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        with self.lock:
+            self.calls += 1
+        return x
+
+    def Stream(self, call: ServerCall, items: int, size: int, results: int) -> Results:
+        for i in range(items):
+            call.send(i)
+        return Results(*(b"r" * size for _ in range(results)))
+
+
+def ctx(seconds: float = 10.0) -> Context:
+    return Context.background().with_timeout(seconds)
+
+
+def proxied(name: str, proxy: FaultProxy) -> str:
+    """The server's name with its address replaced by the proxy's."""
+    parts = name.split("@")
+    parts[3] = proxy.address
+    return "@".join(parts)
+
+
+@pytest.fixture
+def server(make_server: MakeServer) -> tuple[Server, str, Svc]:
+    svc = Svc()
+    srv, name = make_server(svc, AllowEveryone())
+    return srv, name, svc
+
+
+# --- the fault proxy: after each fault, the next call through a healthy path succeeds ----------
+@pytest.mark.parametrize(
+    ("up", "down"),
+    [
+        (Fault.cut(0), None),
+        (Fault.cut(30), None),
+        (None, Fault.cut(0)),
+        (None, Fault.cut(20)),
+        (Fault.rst(0), None),
+        (None, Fault.rst(10)),
+        (Fault.flip(2), None),
+        (None, Fault.flip(2)),
+        (None, Fault.flip(40)),
+        (Fault.blackhole(), Fault.blackhole()),
+        (None, Fault.stall()),
+        (Fault.latency(0.05), Fault.latency(0.05)),
+    ],
+    ids=lambda f: "-" if f is None else f"{f.kind}{f.at or ''}",
+)
+def test_after_any_fault_the_next_call_succeeds(
+    server: tuple[Server, str, Svc], make_client: MakeClient, up: Fault | None, down: Fault | None
+) -> None:
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        assert client.call(ctx(), target, "Echo", "warm") == ("warm",)
+        proxy.set(up=up, down=down)
+        try:
+            result: Any = client.call(ctx(1.0), target, "Echo", "x" * 100)
+        except errors.IPCError as exc:
+            result = exc
+        if isinstance(result, tuple):  # latency, or a fault that missed every byte of the call
+            assert result == ("x" * 100,)
+        proxy.heal()
+        # The next call through the (now healthy) path succeeds, at most after the liveness
+        # probe evicted the VC the fault left silent.
+        assert client.call(ctx(10.0), target, "Echo", "after") == ("after",)
+
+
+# --- an interrupted read breaks its VC -----------------------------------------------------
+_READ_STEP = (
+    connmod.Connection._lead_step,
+    connmod.Connection._read_step,
+    connmod.Connection._receive_and_dispatch,
+    connmod.Connection._on_plaintext,
+    records.RecordOpener.receive_buffer,
+    records.RecordOpener.received,
+    records.RecordOpener._open_buffered,
+    muxmod.Mux.receive_data,
+)
+
+
+def _is_with(frame: FrameType) -> bool:
+    """Whether the frame is at a ``with`` line: its line event also comes just before the
+    context manager's exit, where no exception can be handled (CPython raises there without
+    running ``__exit__``, leaving a lock held: not something a library can guard)."""
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return line.lstrip().startswith("with ")
+
+
+class _Injector:
+    """A trace hook that raises KeyboardInterrupt at the ``at``-th line executed (counted
+    from 0) in the read step's functions on this thread; records the points it saw."""
+
+    def __init__(self, at: int) -> None:
+        self.codes = {fn.__code__ for fn in _READ_STEP}
+        self.at = at
+        self.seen = 0
+        self.fired: tuple[str, int] | None = None
+
+    def __call__(self, frame: FrameType, event: str, _arg: Any) -> Any:
+        if event == "call":
+            return self._local if frame.f_code in self.codes else None
+        return None
+
+    def _local(self, frame: FrameType, event: str, _arg: Any) -> Any:
+        if event == "line" and self.fired is None and not _is_with(frame):
+            if self.seen == self.at:
+                self.fired = (frame.f_code.co_name, frame.f_lineno)
+                raise KeyboardInterrupt
+            self.seen += 1
+        return self._local
+
+
+def test_ctrl_c_at_every_point_of_the_read_step_never_fails_a_later_call(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    _srv, name, _svc = server
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", b"warm") == (b"warm",)
+    points: set[tuple[str, int]] = set()
+    misses = 0
+    at = 0
+    while at < 400 and misses < 25:
+        injector = _Injector(at)
+        sys.settrace(injector)
+        try:
+            client.call(ctx(5.0), name, "Echo", b"x" * (at % 7) * 1000)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        if injector.fired is None:
+            misses += 1  # the reply came by the reader thread, or fewer lines ran this time
+        else:
+            points.add(injector.fired)
+            misses = 0
+        # The next, unrelated call never fails (the VC was broken if bytes were lost).
+        assert client.call(ctx(10.0), name, "Echo", b"later") == (b"later",), injector.fired
+        at += 1
+    assert len(points) >= 20, sorted(points)
+
+
+# --- every budget holds on every path --------------------------------------------------------
+@pytest.mark.parametrize("path", ["iterate", "recv"])
+def test_results_budget_holds_after_iterating(
+    server: tuple[Server, str, Svc],
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    _srv, name, _svc = server
+    monkeypatch.setattr(callmod, "MAX_RESULTS_BYTES", 256 * 1024)
+    client = make_client()
+    with client.start_call(ctx(), name, "Stream", [3, 64 * 1024, 2]) as call:
+        assert list(call) == [0, 1, 2]
+        assert len(call.finish()) == 2  # 128 KiB: within the budget
+    call = client.start_call(ctx(), name, "Stream", [3, 64 * 1024, 8])  # 512 KiB of results
+    if path == "iterate":
+        assert list(call) == [0, 1, 2]
+    else:
+        assert [call.recv() for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(errors.EndOfStreamError):
+            call.recv()
+    with pytest.raises(errors.BadProtocolError):
+        call.finish()
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
