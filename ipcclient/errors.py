@@ -31,6 +31,7 @@ __all__ = [
     "NoAccessError",
     "NoExistError",
     "NoServersError",
+    "NotProcessedError",
     "NotTrustedError",
     "OverloadedError",
     "RetryAction",
@@ -294,6 +295,13 @@ class ConnectionFailedError(IPCError):
 
     error_id = ErrorID.CONNECTION_FAILED.value
     default_action = RetryAction.RETRY_CONNECTION
+
+
+class NotProcessedError(ConnectionFailedError):
+    """The connection closed and the server said (GOAWAY's last flow id) that it never took
+    this flow: nothing of the request ran there, whatever reached its socket, so the request
+    may be sent again on a new connection. Its ID is ``ipc.ConnectionFailed`` (it travels as
+    one); the type is the signal, read by the client's retry decision."""
 
 
 class OverloadedError(IPCError):

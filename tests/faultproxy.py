@@ -16,6 +16,9 @@ Directions: ``"up"`` (client to server) and ``"down"`` (server to client). Fault
 - ``Fault.latency(s)``: wait ``s`` seconds before relaying each chunk.
 - ``Fault.none()`` (the default): relay.
 
+``proxy.pipes[i].set(...)`` sets faults on one relayed connection only (a black-holed VC while
+new connections get through).
+
 ``blackhole_accept=True`` makes the proxy accept connections and never answer nor relay
 (a server that is up at the TCP level but dead above it).
 """
@@ -81,6 +84,7 @@ class _Pipe:
         self.lock = threading.Lock()
         # Per direction: the fault in force and where its offset counts from.
         self.since: dict[str, tuple[Fault, int]] = {}
+        self.own: dict[str, Fault] = {}  # faults of this connection only (see set)
         self.count = {"up": 0, "down": 0}
         for direction, src, dst in (("up", client, server), ("down", server, client)):
             threading.Thread(
@@ -92,13 +96,20 @@ class _Pipe:
 
     def _fault(self, direction: str) -> tuple[Fault, int]:
         """The fault in force and the offset (bytes relayed in this direction) it began at."""
-        fault = self.proxy.faults[direction]
+        fault = self.own.get(direction) or self.proxy.faults[direction]
         with self.lock:
             held = self.since.get(direction)
             if held is None or held[0] is not fault:
                 held = (fault, self.count[direction])
                 self.since[direction] = held
             return held
+
+    def set(self, up: Fault | None = None, down: Fault | None = None) -> None:
+        """Set the faults of this connection only (over the proxy's)."""
+        if up is not None:
+            self.own["up"] = up
+        if down is not None:
+            self.own["down"] = down
 
     def close(self, *, reset: bool = False) -> None:
         with self.lock:
@@ -154,7 +165,7 @@ class _Pipe:
                 except OSError:
                     break
         finally:
-            if not self.closed and self.proxy.faults[direction].kind != "blackhole":
+            if not self.closed:
                 self.close()
 
 

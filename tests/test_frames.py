@@ -143,7 +143,7 @@ def test_payload_of_exactly_max_is_accepted_and_buffered_until_complete() -> Non
         ((CREDIT, 0x01, 1, 4), b"\0\0\0\1", "unknown flags"),
         ((RESET, 0x01, 1, 0), b"", "unknown flags"),
         ((PING, 0x02, 0, 8), b"12345678", "unknown flags"),
-        ((GOAWAY, 0x01, 0, 0), b"", "unknown flags"),
+        ((GOAWAY, 0x02, 0, 0), b"", "unknown flags"),
         ((DATA, 0, 0, 0), b"", "on flow 0"),
         ((CREDIT, 0, 0, 4), b"\0\0\0\1", "on flow 0"),
         ((RESET, 0, 0, 0), b"", "on flow 0"),

@@ -24,6 +24,7 @@ from ipcclient.wire.frames import (
     DATA,
     FLAG_ACK,
     FLAG_FIN,
+    FLAG_LAST_ID,
     FLAG_OPEN,
     GOAWAY,
     MIN_FRAME_PAYLOAD,
@@ -172,8 +173,9 @@ def test_protocol_violations_are_bad_protocol_and_terminal(wire: bytes, reason: 
             call()
     # The peer is told why with a GOAWAY carrying the error.
     (goaway,) = frames_of(b.data_to_send())
-    assert goaway.type == GOAWAY
-    assert codec.decode(goaway.payload) == err
+    assert goaway.type == GOAWAY and goaway.flags == FLAG_LAST_ID
+    assert goaway.payload[:4] == bytes(4)  # no flow of the peer's was taken
+    assert codec.decode(goaway.payload[4:]) == err
     b.close()  # idempotent once closed
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import linecache
 import sys
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -17,7 +16,6 @@ from ipcclient import call as callmod
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
-from ipcclient.options import ClientOptions
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.server import Results, Server, ServerCall
 from ipcclient.transport import conn as connmod
@@ -201,3 +199,69 @@ def test_results_budget_holds_after_iterating(
     with pytest.raises(errors.BadProtocolError):
         call.finish()
     assert client.call(ctx(), name, "Echo", 1) == (1,)
+
+
+# --- liveness under traffic ----------------------------------------------------------------
+def test_liveness_keepalive_and_probe_with_a_fake_clock() -> None:
+    from ipcclient.transport.liveness import DEAD, PING, Liveness
+
+    live = Liveness(interval=15, timeout=45, probe_timeout=2, probe_after=1, now=0.0)
+    assert live.check(1.0, last_recv=0.5) is None
+    assert live.next_check(1.0, 0.5) == pytest.approx(14.5)
+    assert live.check(16.0, last_recv=0.5) == PING
+    assert live.check(17.0, last_recv=0.5) is None  # one ping per interval of silence
+    assert live.check(31.0, last_recv=0.5) == PING
+    assert live.check(46.0, last_recv=0.5) == DEAD
+    # A call that timed out after the peer spoke recently: not suspect.
+    live = Liveness(interval=15, timeout=45, probe_timeout=2, probe_after=1, now=0.0)
+    assert not live.suspect(10.0, last_recv=9.5, since=8.0)
+    # Silent since the call began: one probe, whose answer clears it.
+    assert live.suspect(10.0, last_recv=5.0, since=8.0)
+    assert not live.suspect(10.5, last_recv=5.0, since=8.5)  # one probe at a time
+    assert live.next_check(10.0, 5.0) == pytest.approx(2.0)
+    assert live.check(11.0, last_recv=11.0) is None and not live.probing
+    # Unanswered: dead at the probe's deadline, long before the keepalive timeout.
+    assert live.suspect(20.0, last_recv=11.0, since=18.0)
+    assert live.check(21.9, last_recv=11.0) is None
+    assert live.check(22.0, last_recv=11.0) == DEAD
+
+
+def test_a_black_holed_vc_under_traffic_is_abandoned_within_two_calls(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        assert client.call(ctx(), target, "Echo", "warm") == ("warm",)
+        (pipe,) = proxy.pipes
+        pipe.set(up=Fault.blackhole(), down=Fault.blackhole())  # this VC only
+        lost = 0
+        for _ in range(10):
+            try:
+                assert client.call(ctx(2.0), target, "Echo", "x") == ("x",)
+                break
+            except (errors.TimeoutError, errors.ConnectionFailedError):
+                lost += 1
+        assert 1 <= lost <= 3, lost
+        assert len(proxy.pipes) == 2  # the next call dialed a new VC
+
+
+def test_a_flipped_length_bit_costs_at_most_a_probe(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        assert client.call(ctx(), target, "Echo", "warm") == ("warm",)
+        (pipe,) = proxy.pipes
+        pipe.set(down=Fault.flip(2))  # the reply's record length grows by 256: it never ends
+        lost = 0
+        for _ in range(10):
+            try:
+                assert client.call(ctx(2.0), target, "Echo", "x") == ("x",)
+                break
+            except (errors.TimeoutError, errors.ConnectionFailedError):
+                lost += 1
+        assert 1 <= lost <= 3, lost

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcclient import errors
+from ipcclient.transport import liveness as livemod
 from ipcclient.vc.handshake import HandshakeResult
 from ipcclient.wire import mux as muxmod
 from ipcclient.wire.mux import Mux, MuxConfig
@@ -173,11 +174,19 @@ class KeepaliveConfig:
             declared broken.
         send_timeout: seconds one socket send may block (a peer that stops reading) before
             the VC is declared broken.
+        probe_timeout: on a dialed VC, a call that timed out while the peer was silent
+            (nothing received since the call began, or for ``probe_after``) makes the VC
+            send one PING; if nothing at all comes back within this many seconds the VC is
+            declared broken (so the next call dials a new one instead of waiting on a
+            silent VC again).
+        probe_after: see ``probe_timeout``.
     """
 
     interval: float = 15.0
     timeout: float = 45.0
     send_timeout: float = 30.0
+    probe_timeout: float = 2.0
+    probe_after: float = 1.0
 
 
 def _timeval(seconds: float) -> bytes:
@@ -461,6 +470,7 @@ class Flow:
         "_local_closed",
         "_lock",
         "_on_abort",
+        "_started",
         "_wrote",
         "id",
     )
@@ -468,6 +478,7 @@ class Flow:
     def __init__(self, conn: Connection, flow_id: int) -> None:
         self._conn = conn
         self.id = flow_id
+        self._started = time.monotonic()  # (a call that times out: was the peer silent since?)
         self._lock = conn._lock
         self._cond = _Signal(conn._lock)
         self._inbox: collections.deque[bytes] = collections.deque()
@@ -552,6 +563,7 @@ class Flow:
             # What a burst left queued must not wait while we wait for the peer (and we must
             # not wait on a full socket for it: a drainer finishes what does not fit).
             conn._flush(blocking=False)
+        chunk_ready = False
         with self._lock:
             while not self._inbox:
                 if self._eof:  # the peer's FIN came: everything it sent is here
@@ -560,22 +572,30 @@ class Flow:
                     raise _raisable(self._error)
                 timeout = _remaining(deadline)
                 if timeout is not None and timeout <= 0:
-                    raise errors.TimeoutError("transport: deadline passed while reading a flow")
+                    break
                 conn._wait_for_peer(self, timeout)
-            inbox = self._inbox
-            chunk = inbox.popleft()
-            if inbox and len(chunk) < _COALESCE_READS:
-                # Many small chunks queued (a fast stream): hand them over together, one
-                # lock round trip and one ack; big chunks go alone (no extra copy).
-                parts = [chunk]
-                size = len(chunk)
-                while inbox and size + len(inbox[0]) <= _COALESCE_READS:
-                    nxt = inbox.popleft()
-                    parts.append(nxt)
-                    size += len(nxt)
-                chunk = b"".join(parts)
-            conn._mux.acknowledge(self.id, len(chunk))
-            data = conn._take_output_locked()
+            else:
+                inbox = self._inbox
+                chunk = inbox.popleft()
+                if inbox and len(chunk) < _COALESCE_READS:
+                    # Many small chunks queued (a fast stream): hand them over together, one
+                    # lock round trip and one ack; big chunks go alone (no extra copy).
+                    parts = [chunk]
+                    size = len(chunk)
+                    while inbox and size + len(inbox[0]) <= _COALESCE_READS:
+                        nxt = inbox.popleft()
+                        parts.append(nxt)
+                        size += len(nxt)
+                    chunk = b"".join(parts)
+                conn._mux.acknowledge(self.id, len(chunk))
+                data = conn._take_output_locked()
+                chunk_ready = True
+            if not chunk_ready:
+                probe = conn._suspect_locked(self)
+        if not chunk_ready:
+            if probe:
+                conn._flush(blocking=False)
+            raise errors.TimeoutError("transport: deadline passed while reading a flow")
         if data:
             conn._send(data)
         return chunk
@@ -702,6 +722,7 @@ class Flow:
                             "transport: deadline passed while waiting for flow credit"
                         )
                         self._reset_locked(expired)
+                        conn._suspect_locked(self)
                         break
                     conn._wait_for_peer(self, timeout)
             if expired is not None:
@@ -731,6 +752,8 @@ class Flow:
             if self._error is not None:
                 return
             self._reset_locked(err)
+            if isinstance(err, errors.TimeoutError):
+                self._conn._suspect_locked(self)
         self._conn._flush(blocking=False)  # may run on the timer thread: never wait here
 
     def close(self) -> None:
@@ -826,8 +849,15 @@ class Connection:
         """Per-VC data the layers above keep (validated names per method, ...); bounded by
         its users."""
         self._last_recv = time.monotonic()
+        ka = self._keepalive
+        self._liveness = livemod.Liveness(
+            interval=ka.interval,
+            timeout=ka.timeout,
+            probe_timeout=ka.probe_timeout,
+            probe_after=ka.probe_after,
+            now=self._last_recv,
+        )
         try:
-            ka = self._keepalive
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ka.send_timeout))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(ka.interval))
         except OSError:  # pragma: no cover - every POSIX socket has these
@@ -1231,17 +1261,16 @@ class Connection:
     def _lead_step(self, timeout: float | None) -> None:
         """As the read role, outside the lock: one read step, with keepalive duty; a broken
         VC is broken here."""
-        interval = self._keepalive.interval
-        slice_ = interval if timeout is None else max(0.0, min(timeout, interval))
+        due = self._liveness.next_check(time.monotonic(), self._last_recv)
+        slice_ = due if timeout is None else max(0.0, min(timeout, due))
         try:
             outcome = self._read_step(slice_)
-            idle = time.monotonic() - self._last_recv
-            if outcome == "timeout" and idle >= interval and not self._keepalive_due():
-                self._break(
-                    errors.ConnectionFailedError(
-                        "transport: the peer missed its keepalive; the VC is broken"
-                    )
-                )
+            if outcome != "data" or self._liveness.probing:
+                # However the step ended (a call's deadline or cancel wakes it long before
+                # any keepalive timer would), the peer's silence is judged.
+                dead = self._liveness_duty()
+                if dead is not None:
+                    self._break(dead)
         except _Broken as broken:
             self._break(broken.error)
         except errors.IPCError as exc:
@@ -1294,9 +1323,15 @@ class Connection:
             raise _Broken(err) from exc
         if n == 0:
             raise _Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
-        self._last_recv = time.monotonic()
+        now = time.monotonic()
+        heard = False
         for plain in self._opener.received(n):
+            heard = True
             self._on_plaintext(plain)
+        if heard:
+            # Only whole records count as hearing from the peer: bytes of a record that
+            # never completes (a length garbled on the way) are no sign of life.
+            self._last_recv = now
         self._mid_read = False
         return True
 
@@ -1363,7 +1398,9 @@ class Connection:
                         outcome = "data"
                         quick = True
                     else:
-                        outcome = self._read_step(self._keepalive.interval)
+                        outcome = self._read_step(
+                            self._liveness.next_check(monotonic(), self._last_recv)
+                        )
                         # (when the bytes came, not when their dispatch ended)
                         quick = polling and self._last_recv - idle_since < spin
                     if outcome == "data":  # (read for one call only: not quick, disarms)
@@ -1371,11 +1408,10 @@ class Connection:
                 except _Broken as broken:
                     err = broken.error
                     break
-                if outcome == "timeout" and not self._keepalive_due():
-                    err = errors.ConnectionFailedError(
-                        "transport: the peer missed its keepalive; the VC is broken"
-                    )
-                    break
+                if outcome != "data" or self._liveness.probing:
+                    err = self._liveness_duty()  # (however this thread woke)
+                    if err is not None:
+                        break
         except errors.IPCError as exc:
             self._fail_protocol(exc)
         except Exception as exc:  # pragma: no cover - a bug here must still break the VC
@@ -1665,6 +1701,42 @@ class Connection:
                 self._helper_active = False
                 self._helper_done.notify_all()
 
+    def _suspect_locked(self, flow: Flow) -> bool:
+        """With ``_lock`` held: a call on ``flow`` timed out. On a dialed VC whose peer was
+        silent meanwhile, start a probe (one PING, queued: the caller flushes when this
+        returns True) and wake whoever reads, so that its wait ends by the probe's deadline."""
+        if not self._lead or self._error is not None or self._mux.closed:
+            return False
+        if not self._liveness.suspect(time.monotonic(), self._last_recv, flow._started):
+            return False
+        log.debug("transport: a call timed out on %s with the peer silent: probing", self.name)
+        self._mux.ping(os.urandom(8))
+        self._poke_locked()
+        return True
+
+    def _liveness_duty(self) -> errors.IPCError | None:
+        """As the read role, after a read step: ping if due; the error to break the VC with
+        if the peer is dead (missed its keepalive, or did not answer a probe)."""
+        with self._lock:
+            if self._error is not None:
+                return None
+            probing = self._liveness.probing
+            action = self._liveness.check(time.monotonic(), self._last_recv)
+            if action is livemod.PING:
+                self._mux.ping(os.urandom(8))
+        if action is livemod.DEAD:
+            if probing:
+                return errors.ConnectionFailedError(
+                    "transport: a call timed out and the peer did not answer a ping; "
+                    "the VC is broken"
+                )
+            return errors.ConnectionFailedError(
+                "transport: the peer missed its keepalive; the VC is broken"
+            )
+        if self._mux._out:
+            self._flush(blocking=False)
+        return None
+
     def _keepalive_due(self) -> bool:
         """On a receive timeout: ping, or say the peer is dead (False)."""
         idle = time.monotonic() - self._last_recv
@@ -1723,6 +1795,16 @@ class Connection:
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
                     closed = ev.error
+                    for fid in ev.unprocessed:
+                        # The peer says it never took these: their calls may be sent again.
+                        flow = flows.pop(fid, None)
+                        if flow is not None and flow._error is None:
+                            flow._error = errors.NotProcessedError(
+                                f"{ev.error.msg} (it never took flow {fid})"
+                            )
+                            flow._cond.notify_all()
+                            if flow._on_abort is not None:
+                                aborted.append((flow._on_abort, flow._error))
             out = self._take_output_locked()
         if out:
             self._send(out, blocking=False)  # the reader never waits on a full socket

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_PAYLOAD",
     "FLAG_ACK",
     "FLAG_FIN",
+    "FLAG_LAST_ID",
     "FLAG_OPEN",
     "FRAME_TYPE_NAMES",
     "GOAWAY",
@@ -65,6 +66,7 @@ FRAME_TYPE_NAMES = {DATA: "DATA", CREDIT: "CREDIT", RESET: "RESET", PING: "PING"
 FLAG_FIN = 0x01  # DATA: the sender's last frame on this flow (half-close)
 FLAG_OPEN = 0x02  # DATA: the opener's first frame on a new flow
 FLAG_ACK = 0x01  # PING: this is the reply
+FLAG_LAST_ID = 0x01  # GOAWAY: the payload starts with the u32 last flow id the sender accepted
 
 # --- sizes and bounds -----------------------------------------------------------------------
 HEADER_SIZE = 10  # type(1) + flags(1) + flow id(4) + payload length(4)
@@ -96,9 +98,16 @@ _RULES[RESET << 8] = (RESET, 0, False, -1)
 _RULES[PING << 8] = (PING, 0, True, PING_PAYLOAD_SIZE)
 _RULES[PING << 8 | FLAG_ACK] = (PING, FLAG_ACK, True, PING_PAYLOAD_SIZE)
 _RULES[GOAWAY << 8] = (GOAWAY, 0, True, -1)
+_RULES[GOAWAY << 8 | FLAG_LAST_ID] = (GOAWAY, FLAG_LAST_ID, True, -1)
 del _flags
 
-_ALLOWED_FLAGS = {DATA: FLAG_FIN | FLAG_OPEN, CREDIT: 0, RESET: 0, PING: FLAG_ACK, GOAWAY: 0}
+_ALLOWED_FLAGS = {
+    DATA: FLAG_FIN | FLAG_OPEN,
+    CREDIT: 0,
+    RESET: 0,
+    PING: FLAG_ACK,
+    GOAWAY: FLAG_LAST_ID,
+}
 
 
 class Frame(NamedTuple):

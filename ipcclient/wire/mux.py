@@ -50,6 +50,7 @@ from ipcclient.wire.frames import (
     DEFAULT_MAX_FRAME_PAYLOAD,
     FLAG_ACK,
     FLAG_FIN,
+    FLAG_LAST_ID,
     FLAG_OPEN,
     GOAWAY,
     HEADER_SIZE,
@@ -198,11 +199,18 @@ class PingAcked(Event):
 class ConnectionClosed(Event):
     """The peer sent GOAWAY. ``error`` (a ConnectionFailedError) is what the local flows end
     with; ``peer_error`` is the error the peer sent, if any; ``flow_ids`` were live and are gone.
+
+    ``last_flow_id`` is the highest of our flow ids the peer says it accepted (None when its
+    GOAWAY did not say); ``unprocessed`` are the ids of ``flow_ids`` above it: flows the
+    peer never delivered to its application, so it cannot have acted on them (a request on
+    one may be sent again on a new connection).
     """
 
     error: errors.IPCError
     peer_error: errors.IPCError | None
     flow_ids: tuple[int, ...]
+    last_flow_id: int | None = None
+    unprocessed: tuple[int, ...] = ()
 
 
 class _Flow:
@@ -518,16 +526,28 @@ class Mux:
         self._out.append(_HEADER.pack(PING << 8, 0, PING_PAYLOAD_SIZE) + bytes(payload))
 
     def close(self, error: errors.IPCError | None = None) -> None:
-        """Queue GOAWAY (``error`` or a normal close) and end every flow. Afterwards, calls
-        raise BadStateError and received bytes are ignored. Does nothing if already closed.
+        """Queue GOAWAY (``error`` or a normal close; with LAST_ID, the highest flow id the
+        peer opened that this side took) and end every flow. Afterwards, calls raise
+        BadStateError and received bytes are ignored. Does nothing if already closed.
         """
         if self._error is not None:
             return
-        payload = b"" if error is None else self._error_payload(error)
-        self._out.append(_HEADER.pack(GOAWAY << 8, 0, len(payload)))
-        if payload:
-            self._out.append(payload)
+        self._queue_goaway(error, self._max_peer_id)
         self._terminate(errors.BadStateError("mux: the connection was closed locally"))
+
+    @property
+    def last_accepted(self) -> int:
+        """The highest flow id the peer opened that this side took (0: none): what a GOAWAY
+        from this side carries."""
+        return self._max_peer_id
+
+    def _queue_goaway(self, error: errors.IPCError | None, last_id: int) -> None:
+        """Queue GOAWAY with LAST_ID ``last_id`` and, if given, ``error``."""
+        payload = _U32.pack(last_id)
+        if error is not None:
+            payload += self._error_payload(error, room=self._peer_max_frame - _U32.size)
+        self._out.append(_HEADER.pack(GOAWAY << 8 | FLAG_LAST_ID, 0, len(payload)))
+        self._out.append(payload)
 
     @property
     def has_data_to_send(self) -> bool:
@@ -571,6 +591,9 @@ class Mux:
             if self._input_error is not None:
                 raise self._input_error
             return []
+        upto = (
+            self._max_peer_id
+        )  # (flows opened by this chunk reach the owner only if it all is valid)
         decoder = self._decoder
         if type(data) is bytes and not decoder._buf and len(data) >= HEADER_SIZE:
             # The usual chunk: exactly one DATA frame (no OPEN) on a live flow of ours or
@@ -588,7 +611,7 @@ class Mux:
                 try:
                     self._on_data_slow(None, tf, fid, data[HEADER_SIZE:], opened)
                 except errors.BadProtocolError as err:
-                    self._fail_input(err)
+                    self._fail_input(err, upto)
                     raise
                 return opened
             if tf <= _FIN and fid and n == len(data) - HEADER_SIZE and n <= decoder.max_payload:
@@ -645,20 +668,20 @@ class Mux:
                         self._queue_reply(_HEADER.pack(PING << 8 | FLAG_ACK, 0, 8) + payload)
                         events.append(PingReceived(payload))
                 else:  # GOAWAY: the decoder lets no other type through
-                    self._on_goaway(payload, events)
+                    self._on_goaway(flags, payload, events)
                     break
         except errors.BadProtocolError as err:
-            self._fail_input(err)
+            self._fail_input(err, upto)
             raise
         return events
 
-    def _fail_input(self, err: errors.BadProtocolError) -> None:
-        """The peer broke the protocol: the mux is terminal, with GOAWAY(err) queued."""
+    def _fail_input(self, err: errors.BadProtocolError, upto: int) -> None:
+        """The peer broke the protocol: the mux is terminal, with GOAWAY(err) queued, whose
+        LAST_ID is ``upto`` (the events of the failing chunk are lost: flows it opened were
+        never seen by the owner)."""
         self._input_error = err
         self._pending_replies = 0
-        payload = self._error_payload(err)
-        self._out.append(_HEADER.pack(GOAWAY << 8, 0, len(payload)))
-        self._out.append(payload)
+        self._queue_goaway(err, upto)
         self._terminate(err)
 
     # --- internals ----------------------------------------------------------------------
@@ -729,7 +752,13 @@ class Mux:
         self._end(flow)
         events.append(FlowReset(fid, err))
 
-    def _on_goaway(self, payload: bytes, events: list[Event]) -> None:
+    def _on_goaway(self, flags: int, payload: bytes, events: list[Event]) -> None:
+        last_id: int | None = None
+        if flags & FLAG_LAST_ID:
+            if len(payload) < _U32.size:
+                raise errors.BadProtocolError("mux: GOAWAY with LAST_ID shorter than 4 bytes")
+            last_id = _U32.unpack_from(payload)[0]
+            payload = payload[_U32.size :]
         peer_error = self._decode_error(payload) if payload else None
         msg = "mux: the peer closed the connection"
         if peer_error is not None:
@@ -739,10 +768,14 @@ class Mux:
         err = errors.ConnectionFailedError(msg)
         err.__cause__ = peer_error
         flow_ids = tuple(self._flows)
+        unprocessed: tuple[int, ...] = ()
+        if last_id is not None:
+            parity = self._own_parity
+            unprocessed = tuple(f for f in flow_ids if f & 1 == parity and f > last_id)
         self._out.clear()  # nothing may be sent after receiving GOAWAY
         self._tail = None
         self._terminate(err)
-        events.append(ConnectionClosed(err, peer_error, flow_ids))
+        events.append(ConnectionClosed(err, peer_error, flow_ids, last_id, unprocessed))
 
     def _check_late(self, fid: int) -> None:
         """Return if a frame for a non-live flow is late (drop it), else raise."""
@@ -784,12 +817,14 @@ class Mux:
             )
         self._out.append(frame)
 
-    def _error_payload(self, err: errors.IPCError) -> bytes:
+    def _error_payload(self, err: errors.IPCError, room: int = 0) -> bytes:
+        """``err`` encoded in at most ``room`` bytes (default: the peer's max frame payload),
+        shortened if need be."""
         try:
             payload = codec.encode(err)
         except errors.BadArgError:  # params that have no CBOR form
             payload = b""
-        if not payload or len(payload) > self._peer_max_frame:
+        if not payload or len(payload) > (room or self._peer_max_frame):
             short = errors.IPCError(
                 err.msg[:_SHORT_ERROR_MSG_CHARS],
                 id=err.id[:_SHORT_ERROR_ID_CHARS],
