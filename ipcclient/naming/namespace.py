@@ -36,6 +36,7 @@ all of them (it fixes Vanadium's short-circuit and raw-string-prefix bugs).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -55,6 +56,7 @@ __all__ = [
     "Caller",
     "MountEntry",
     "MountedServer",
+    "NameNotFoundError",
     "Namespace",
     "ResolutionDepthExceededError",
     "terminal_servers",
@@ -68,6 +70,8 @@ DEFAULT_CACHE_SIZE = 4000
 """Cache entries kept; when full, stale ones go first, then the oldest, down to 75 %."""
 RESOLVE_STEP = "ResolveStep"
 
+log = logging.getLogger("ipcclient.naming")
+
 # Bounds on one MountEntry from a peer (h11 style: every bound named, with its reason).
 MAX_WIRE_SERVERS = 1024  # replicas of one name; far more than any real mount has
 MAX_WIRE_NAME_LEN = 16 * 1024  # a name with a few full endpoints in it fits easily
@@ -80,6 +84,26 @@ class ResolutionDepthExceededError(errors.NoExistError):
 
     A :class:`~ipcclient.errors.NoExistError` on the wire, but never worth retrying.
     """
+
+
+class NameNotFoundError(errors.NoExistError):
+    """A mount table answered that it has no such name (``ipc.NoExist`` on the wire).
+
+    Attributes:
+        name: the name as it was asked of that mount table (relative to it).
+        mount_table: the rooted name of the mount table that answered.
+    """
+
+    def __init__(self, msg: str, *params: Any, name: str = "", mount_table: str = "", **kw: Any):
+        super().__init__(msg, *params, **kw)
+        self.name = name
+        self.mount_table = mount_table
+
+    def with_context(self, **kw: Any) -> errors.IPCError:
+        clone = super().with_context(**kw)
+        clone.name = self.name  # type: ignore[attr-defined]
+        clone.mount_table = self.mount_table  # type: ignore[attr-defined]
+        return clone
 
 
 @dataclass(frozen=True)
@@ -394,7 +418,9 @@ class Namespace:
             roots = self.roots
             if not roots:
                 raise errors.NoServersError(
-                    f"namespace: no roots to resolve the relative name {name!r}",
+                    f"namespace: the relative name {name!r} needs a mount table and no roots "
+                    "are set (give the client roots=['/host:port'], or use a rooted name "
+                    f"such as '/host:port/{name}')",
                     name,
                     action=errors.RetryAction.NO_RETRY,
                 )
@@ -410,7 +436,9 @@ class Namespace:
         for step_name in step_names:
             cached = self._lookup(step_name)
             if cached is not None:
+                log.debug("namespace: %s: cache hit", step_name)
                 return cached
+        log.debug("namespace: %r: cache miss, asking its mount table(s)", entry.name)
         with self._lock:
             caller = self._caller
         if caller is None:
@@ -428,13 +456,23 @@ class Namespace:
             try:
                 answer = self._call(ctx, caller, step_name)
             except errors.NoExistError as exc:
-                raise exc.with_context(tried=tried) from exc
+                mount_table = names.split_address_name(step_name)[0]
+                log.debug("namespace: /%s has no name %r: %s", mount_table, entry.name, exc)
+                raise NameNotFoundError(
+                    f"the mount table at /{mount_table} has no name {entry.name!r}",
+                    entry.name,
+                    name=entry.name,
+                    mount_table="/" + mount_table,
+                    tried=tried,
+                ) from exc
             except _NOT_A_MOUNT_TABLE:
                 raise _NotAMountTable() from None
             except errors.IPCError as exc:
+                log.debug("namespace: %s %s failed: %s", step_name, RESOLVE_STEP, exc)
                 tried.append(f"{step_name}: {exc}")
                 last_err = exc
                 continue
+            log.debug("namespace: %s resolved to %d server(s)", step_name, len(answer.servers))
             self._remember(step_name, answer)
             return answer
         if last_err is None:
@@ -548,4 +586,6 @@ class Namespace:
                 for k in doomed:
                     del self._cache[k]
                 removed += len(doomed)
+        if removed:
+            log.debug("namespace: flushed %d cache entries for %r", removed, name)
         return removed > 0

@@ -67,6 +67,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import select
 import socket
@@ -178,6 +179,30 @@ class KeepaliveConfig:
     interval: float = 15.0
     timeout: float = 45.0
     send_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout", "send_timeout"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= MIN_KEEPALIVE_INTERVAL
+            ):
+                raise errors.BadArgError(
+                    f"transport: KeepaliveConfig.{name} must be a finite number of seconds "
+                    f">= {MIN_KEEPALIVE_INTERVAL}, got {value!r}"
+                )
+        if self.timeout < self.interval:
+            raise errors.BadArgError(
+                "transport: KeepaliveConfig.timeout must be >= interval (else a VC is declared "
+                "dead before it is pinged)"
+            )
+
+
+MIN_KEEPALIVE_INTERVAL = 0.01
+"""The shortest keepalive period accepted: shorter ones would keep a reader thread waking
+without pause (0 would spin a CPU on an idle VC)."""
 
 
 def _timeval(seconds: float) -> bytes:
