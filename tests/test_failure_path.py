@@ -331,7 +331,9 @@ def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
 @given(
     st.recursive(
         st.none() | st.integers() | st.binary(max_size=8) | st.text(max_size=4),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2)
+        ),
         max_leaves=100,
     ),
     st.integers(min_value=1, max_value=70),
@@ -467,9 +469,9 @@ def test_finish_after_cancel_is_canceled(stack: contextlib.ExitStack, family: Fa
     call.cancel()
     with pytest.raises(errors.CanceledError):
         call.finish()
-    with pytest.raises(errors.CanceledError):  # leaving the block normally after a cancel
-        with c.start_call(ctx(), name, "Stream", [3]) as call:
-            call.cancel()
+    # Leaving the block normally after a cancel.
+    with pytest.raises(errors.CanceledError), c.start_call(ctx(), name, "Stream", [3]) as call:
+        call.cancel()
 
 
 def test_finish_with_unread_streamed_results_is_bad_state(
