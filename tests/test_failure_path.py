@@ -597,3 +597,25 @@ def test_close_says_in_flight_only_when_a_call_was(
     with caplog.at_level(logging.DEBUG, logger="ipcclient"):
         c.close()
     assert not any("in flight" in r.getMessage() for r in caplog.records)
+
+
+def test_the_logs_say_when_a_server_goes_away(
+    family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    with contextlib.ExitStack() as stack:
+        server = Server(family.member("server"))
+        stack.callback(server.stop)
+        name = "/" + server.listen("tcp", "127.0.0.1:0")
+        server.serve(Svc(), AllowEveryone())
+        c = client(stack, family)
+        assert c.call(ctx(), name, "Echo", 1) == (1,)
+        with caplog.at_level(logging.DEBUG, logger="ipcclient"):
+            server.stop()  # sends GOAWAY
+            deadline = time.monotonic() + 5
+            while c.vc_count() and time.monotonic() < deadline:
+                threading.Event().wait(0.02)
+        messages = [r.getMessage() for r in caplog.records if r.name == "ipcclient.transport"]
+        assert any("ended" in m for m in messages), messages
+        assert any(
+            r.name == "ipcclient.client" and "closed" in r.getMessage() for r in caplog.records
+        )

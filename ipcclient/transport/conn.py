@@ -1033,6 +1033,8 @@ class Connection:
         for fn in aborted:
             _run_abort(fn, err)
         if first:
+            # (a GOAWAY from the peer, EOF, a protocol error, a local close: which one is err)
+            log.debug("transport: VC %s ended: %s", self.name, err)
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         if notify:
