@@ -36,6 +36,7 @@ import http.client
 import json
 import logging
 import math
+import random
 import ssl
 import threading
 import time
@@ -452,7 +453,11 @@ class EtcdStore:
             "range_end": _b64(_prefix_end(self._mounts_key)),
             "count_only": True,
         }
-        for _ in range(MAX_TXN_ATTEMPTS):
+        for attempt in range(MAX_TXN_ATTEMPTS):
+            if attempt:  # another replica changed the name meanwhile: back off a little
+                pause = random.uniform(0, 0.01 * attempt)
+                if time.monotonic() + pause < deadline:
+                    time.sleep(pause)
             read = self._txn(deadline, [{"request_range": node}, {"request_range": all_mounts}])
             responses = read.get("responses", [])
             mine = responses[0].get("response_range", {}) if responses else {}
