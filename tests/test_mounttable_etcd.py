@@ -10,6 +10,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,6 +30,7 @@ from ipcclient.naming.namespace import Namespace
 from ipcclient.options import NoRetry
 from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mounttable import MT, REPLACE, MountTable
+from ipcclient.server.mounttabled import serve_mount_table
 from ipcclient.server.server import Server
 from tests.etcd_server import Member, cluster
 from tests.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
@@ -343,3 +348,47 @@ def test_a_three_member_cluster_losing_one_member_keeps_serving(
                 (wire,) = client.call(ctx(), at(mt, name), "ResolveStep")
                 assert [s["server"] for s in wire["servers"]] == [server]
         stack.close()  # the replicas go before the cluster does
+
+
+def test_a_replica_process_from_the_command_line(
+    stack: contextlib.ExitStack, family: Family, etcd: Member
+) -> None:
+    pfx = prefix()
+    credentials = tempfile.mkdtemp(prefix="ipcclient-mt-")
+    stack.callback(shutil.rmtree, credentials, True)
+    family.member("mt-process").save(credentials)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ipcclient.server.mounttabled",
+            "--etcd",
+            etcd.url,
+            "--prefix",
+            pfx,
+            "--mount",
+            "*",
+            "--resolve",
+            "*",
+            "--credentials",
+            credentials,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        remote = proc.stdout.readline().strip()  # the replica prints its name when serving
+        assert remote.startswith("/@")
+        principal = family.member("mt")
+        server, table, local = serve_mount_table(principal, etcd=[etcd.url], prefix=pfx)
+        stack.callback(table.close)
+        stack.callback(server.stop)
+        client = client_for(stack, family.member("client"), remote, local)
+        client.call(ctx(), at(local, "x"), "Mount", "/127.0.0.1:7001", 30.0, 0)
+        (wire,) = client.call(ctx(), at(remote, "x/y"), "ResolveStep")
+        assert wire["name"] == "y" and wire["servers"][0]["server"] == "/127.0.0.1:7001"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
