@@ -403,3 +403,20 @@ def test_same_semantics_as_the_in_memory_model(
     for missing in ("a/c", "a", ""):
         with pytest.raises(errors.NoExistError):
             client.call(ctx(), at(mt, missing), "ResolveStep", options=(NoRetry(),))
+
+
+def test_store_settings_belong_to_the_store(etcd: Any) -> None:
+    store = EtcdStore(etcd.url, f"/test/{uuid.uuid4().hex}")
+    try:
+        for kwargs in ({"clock": FakeClock()}, {"max_nodes": 5}, {"max_servers_per_name": 2}):
+            with pytest.raises(errors.BadArgError):
+                MountTable(store=store, **kwargs)
+        table = MountTable(store=store)
+        assert table.store is store and store.prefix.endswith("/")
+        assert table.node_count() == 0 and table.sweep() == 0
+    finally:
+        store.close()
+    with pytest.raises(errors.BadArgError):
+        MountTable(max_ttl=0)
+    with pytest.raises(errors.BadArgError):
+        MountTable(mount_patterns="root:admin")

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -392,3 +393,26 @@ def test_a_replica_process_from_the_command_line(
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_a_silent_root_does_not_use_up_the_deadline(
+    stack: contextlib.ExitStack, family: Family, etcd: Member
+) -> None:
+    # A root that accepts TCP connections and never says a word (a hung host): the only way
+    # to get one, since a real server always answers.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stack.callback(silent.close)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    dead_root = "/127.0.0.1:%d" % silent.getsockname()[1]
+    _, mt_b, _ = replica(stack, family, etcd.url, prefix())
+    client = client_for(stack, family.member("client"), dead_root, mt_b)
+    client.call(ctx(), at(mt_b, "svc"), "Mount", "/127.0.0.1:8001", 60.0, 0)
+
+    started = time.monotonic()
+    entry = client.namespace.resolve(ctx(8.0), "svc")  # the silent root is asked first
+    assert [s.server for s in entry.servers] == ["/127.0.0.1:8001"]
+    assert time.monotonic() - started < 8.0
+    client.namespace.flush_cache_entry("svc")
+    entry = client.namespace.resolve(ctx(8.0), "svc")  # B answered last: asked first now
+    assert [s.server for s in entry.servers] == ["/127.0.0.1:8001"]
