@@ -1,7 +1,11 @@
 """ipcclient: a synchronous, thread-safe RPC SDK in the design of Vanadium.
 
 The public surface is re-exported here; everything else is internal and may change.
+Logging goes to the ``ipcclient`` logger and its children (see docs/client.md); a
+``NullHandler`` is attached so that an application without logging set up sees nothing.
 """
+
+import logging
 
 from ipcclient.call import Call
 from ipcclient.client import Client
@@ -43,7 +47,9 @@ from ipcclient.options import (
     ServerPattern,
     ServerPublicKey,
     SkipServerAuthorization,
+    WaitForReady,
 )
+from ipcclient.retry import BackoffPolicy, RetryBudget
 from ipcclient.security import BlessingPattern, Blessings, Principal, caveats
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns, DefaultAuthorizer
 from ipcclient.server.discharger import Discharger
@@ -52,12 +58,15 @@ from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Results, Server, ServerCall, ServerOptions
 from ipcclient.transport.manager import TransportOptions
 
+logging.getLogger("ipcclient").addHandler(logging.NullHandler())
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AbortedError",
     "AllowEveryone",
     "AllowPatterns",
+    "BackoffPolicy",
     "BadArgError",
     "BadDischargeError",
     "BadProtocolError",
@@ -94,6 +103,7 @@ __all__ = [
     "Publisher",
     "Results",
     "RetryAction",
+    "RetryBudget",
     "RetryTimeout",
     "Server",
     "ServerCall",
@@ -107,6 +117,7 @@ __all__ = [
     "UnknownMethodError",
     "UnknownSuffixError",
     "VersionIncompatibleError",
+    "WaitForReady",
     "__version__",
     "caveats",
 ]

@@ -26,7 +26,12 @@ from ipcclient.context import CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
 from ipcclient.stream import MessageStream
-from ipcclient.wire.messages import MessageReader, encode_messages, split_messages
+from ipcclient.wire.messages import (
+    MessageReader,
+    encode_message_parts,
+    encode_messages,
+    split_messages,
+)
 
 __all__ = ["Call", "finish_unary"]
 
@@ -89,16 +94,19 @@ class Call:
         """Stream ``item`` to the server.
 
         Raises:
+            BadArgError: the item cannot be encoded or is over the message limits (size,
+                nesting, items); nothing was sent and the call goes on.
             AbortedError: after :meth:`close_send` (or once the call ended).
             CanceledError / TimeoutError / the server's error: the call ended.
         """
         with self._lock:
             if self._send_closed or self._ended:
                 raise self._mark(errors.AbortedError("call: send after close_send or end"))
+        # Encoded (and checked against the message limits) before anything is written: an
+        # item that cannot go is a BadArgError and the call goes on without it.
+        data = encode_message_parts(item, head=_STREAM_ITEM_REQUEST_MESSAGE)
         self._guard(
-            lambda: self._stream.send(
-                _STREAM_ITEM_REQUEST, item, deadline=self.context.deadline, streamed=True
-            )
+            lambda: self._stream.send_encoded(data, deadline=self.context.deadline, streamed=True)
         )
 
     def recv(self) -> Any:
@@ -153,14 +161,19 @@ class Call:
         many results.
 
         Raises:
-            BadStateError: finish was already called.
-            BadProtocolError: streamed results remain unread, or the count is wrong.
+            BadStateError: finish was already called, or streamed results remain unread.
+            CanceledError: the call was cancelled (by :meth:`cancel`, its context, or the
+                client closing) before its results were read.
+            BadProtocolError: the server sent another number of results than ``nresults``.
             the server's error, as its own exception class with its ID and retry action.
         """
         with self._lock:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
             self._finished = True
+            cancelled = self._cancel_error if self._ended else None
+        if cancelled is not None:
+            raise cancelled.with_context(request_sent=True)
         try:
             if not self._send_closed:
                 try:
@@ -172,9 +185,7 @@ class Call:
             response = self._response or self._read_header()
             if response.error is None and not response.end_stream_results:
                 self._response = None
-                raise errors.BadProtocolError(
-                    "call: finish called with remaining streaming results", request_sent=True
-                )
+                raise errors.BadStateError(_UNREAD_RESULTS, request_sent=True)
             if self._on_trace is not None and response.trace:
                 self._on_trace(response.trace)
             if response.error is not None:
@@ -390,9 +401,7 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         if header.error is not None:
             raise header.error.with_context(request_sent=True)
         if not header.end_stream_results:
-            raise errors.BadProtocolError(
-                "call: finish called with remaining streaming results", request_sent=True
-            )
+            raise errors.BadStateError(_UNREAD_RESULTS, request_sent=True)
         ok = True
         return tuple(values[1:want])
     finally:
@@ -415,4 +424,9 @@ _DRAINED = MessageReader()
 """(A marker for finish_unary: the whole reply was split already.)"""
 
 _STREAM_ITEM_REQUEST = Request().to_wire()
+_STREAM_ITEM_REQUEST_MESSAGE = encode_messages(_STREAM_ITEM_REQUEST)
+_UNREAD_RESULTS = (
+    "call: finish() was called while the server was still streaming results: read them "
+    "first (for item in call: ...), or use start_call for a streaming method"
+)
 _END_STREAM_REQUEST = Request(end_stream_args=True).to_wire()

@@ -35,6 +35,7 @@ from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.naming.namespace import (
     MountEntry,
+    NameNotFoundError,
     Namespace,
     ResolutionDepthExceededError,
     terminal_servers,
@@ -49,6 +50,7 @@ from ipcclient.options import (
     ServerPattern,
     ServerPublicKey,
     SkipServerAuthorization,
+    WaitForReady,
     find_all,
     find_one,
 )
@@ -212,12 +214,15 @@ class Client:
         the request was sent.
         """
         if not isinstance(ctx, Context):
-            raise errors.BadArgError(f"client: {name}.{method} called without a Context")
+            raise _no_context(ctx, "call")
         call_ctx, owned = self._call_context(ctx)
+        start = call_ctx.clock.monotonic()  # the call's one retry window starts here
         try:
 
             def attempt(_n: int) -> tuple[Any, ...]:
-                call = self._start(call_ctx, name, method, args, options, close_send=True)
+                call = self._start(
+                    call_ctx, name, method, args, options, close_send=True, start=start
+                )
                 return call.finish()
 
             def fast_first(n: int) -> tuple[Any, ...]:
@@ -229,7 +234,14 @@ class Client:
 
             no_retry = bool(options) and find_one(options, NoRetry) is not None
             return self._with_retries(
-                attempt, call_ctx, options, retry.RetryPhase.AFTER_SEND, no_retry, first=first
+                attempt,
+                call_ctx,
+                options,
+                retry.RetryPhase.AFTER_SEND,
+                no_retry,
+                start,
+                first=first,
+                what=f"call {name!r}.{method}",
             )
         finally:
             if owned:
@@ -245,12 +257,13 @@ class Client:
             vcs = list(self._vcs.values())
             self._vcs.clear()
             calls = list(self._calls)
-        closing = errors.CanceledError("client: closed while the call was in flight")
-        for call in calls:
-            call.cancel(closing)
+        if calls:
+            closing = errors.CanceledError("client: closed while the call was in flight")
+            for call in calls:
+                call.cancel(closing)
         self._reap_abandoned()
         for conn in vcs:
-            conn.close(closing)
+            conn.close(errors.CanceledError("client: closed"))
 
     def __enter__(self) -> Client:
         return self
@@ -280,11 +293,13 @@ class Client:
         options: Sequence[CallOption],
         phase: retry.RetryPhase,
         no_retry: bool,
+        start: float,
         first: Callable[[int], _T] | None = None,
+        what: str = "call",
     ) -> _T:
         """``first(1)`` (default: ``attempt``); only if it fails with an error ``phase`` may
         retry, the retry loop (backoff, deadline, cancellation) of ``attempt`` starting from
-        that failure."""
+        that failure, within the call's one retry window (from ``start``)."""
         try:
             return (first or attempt)(1)  # the usual case: no retry machinery at all
         except errors.IPCError as first:
@@ -292,18 +307,32 @@ class Client:
                 raise
             return retry.run_with_retries(
                 attempt,
-                deadline=self._retry_deadline(ctx, options),
+                deadline=self._retry_window_end(ctx, options, start),
                 phase=phase,
                 policy=self.options.backoff,
                 no_retry=no_retry,
                 ctx=ctx,
+                budget=self.options.retry_budget,
                 first_error=first,
+                what=what,
             )
 
-    @staticmethod
-    def _retry_deadline(ctx: Context, options: Sequence[CallOption]) -> float:
-        rt = find_one(options, RetryTimeout)
-        return retry.retry_deadline(ctx, retry_timeout=None if rt is None else rt.seconds)
+    def _waits_for_ready(self, options: Sequence[CallOption]) -> bool:
+        """Whether this call waits for its server (see :class:`WaitForReady`)."""
+        opt = find_one(options, WaitForReady) if options else None
+        return self.options.wait_for_ready if opt is None else opt.enabled
+
+    def _retry_window_end(self, ctx: Context, options: Sequence[CallOption], start: float) -> float:
+        """The end of the call's retry window (on the context's clock), the same for every
+        retry loop of the call: see :func:`retry.call_retry_window`."""
+        rt = find_one(options, RetryTimeout) if options else None
+        return retry.call_retry_window(
+            start,
+            ctx.deadline,
+            wait_for_ready=self._waits_for_ready(options),
+            connect_retry_window=self.options.connect_retry_window,
+            retry_timeout=None if rt is None else rt.seconds,
+        )
 
     def _start(
         self,
@@ -314,18 +343,32 @@ class Client:
         options: Sequence[CallOption],
         *,
         close_send: bool,
+        start: float | None = None,
     ) -> Call:
         if not isinstance(ctx, Context):
-            raise errors.BadArgError(f"client: {name}.{method} called without a Context")
+            raise _no_context(ctx, "start_call")
         if not isinstance(name, str) or not isinstance(method, str) or not method:
-            raise errors.BadArgError("client: name and method must be strings")
+            raise errors.BadArgError(
+                f"client: the name and the method must be strings, got {name!r} and {method!r}"
+            )
         if not isinstance(args, Sequence) or isinstance(args, str | bytes | bytearray):
-            raise errors.BadArgError("client: args must be a list or tuple of arguments")
+            raise errors.BadArgError(
+                f"client: start_call's args must be a list or tuple of arguments, got {args!r}"
+            )
+        for arg in args:
+            if isinstance(arg, CallOption):
+                raise errors.BadArgError(
+                    f"client: {arg!r} was passed as an argument of {method}; pass call options "
+                    "as options=[...] to call(), or after the args list to start_call()"
+                )
         no_retry = False
         if options:
             for opt in options:
                 if not isinstance(opt, CallOption):
-                    raise errors.BadArgError(f"client: {opt!r} is not a call option")
+                    raise errors.BadArgError(
+                        f"client: {opt!r} is not a call option (arguments of the method go "
+                        "in args, before the options)"
+                    )
             keys = {o.key for o in find_all(options, ServerPublicKey)}
             if len(keys) > 1:
                 raise errors.BadArgError("client: two different ServerPublicKey options")
@@ -338,6 +381,8 @@ class Client:
         if self._abandoned:
             self._reap_abandoned()
         call_ctx, owned = self._call_context(ctx)
+        if start is None:
+            start = call_ctx.clock.monotonic()  # the call's one retry window starts here
         span = vtrace.new_span(call_ctx, f"<client>{name!r}.{method}")
         span_ctx = _SpanContext(call_ctx, span)
         tried: list[str] = []
@@ -351,7 +396,13 @@ class Client:
 
         try:
             return self._with_retries(
-                attempt, call_ctx, options, retry.RetryPhase.BEFORE_SEND, no_retry
+                attempt,
+                call_ctx,
+                options,
+                retry.RetryPhase.BEFORE_SEND,
+                no_retry,
+                start,
+                what=f"starting {name!r}.{method}",
             )
         except errors.IPCError as exc:
             span.finish()
@@ -382,7 +433,7 @@ class Client:
         if servers is not None:
             tried.append(f"resolved {name!r} to {len(servers)} server(s)")
         else:
-            servers = self._resolve(span_ctx.get(), name, tried).names()
+            servers = self._resolve(span_ctx.get(), name, tried, options).names()
         if len(servers) > 1:
             servers = sorted(servers, key=_server_rank)
         last: errors.IPCError | None = None
@@ -608,8 +659,11 @@ class Client:
         last: errors.IPCError | None,
         tried: list[str],
     ) -> errors.IPCError:
+        """The one error for "every server of ``name`` failed", saying why in one line."""
         if not servers:
-            return errors.NoServersError(f"client: {name!r} resolved to no servers", tried=tried)
+            return errors.NoServersError(
+                f"client: {name!r} resolved to no servers (its mount entry is empty)", tried=tried
+            )
         if any(isinstance(f, errors.NotTrustedError) for f in failures):
             nt = next(f for f in failures if isinstance(f, errors.NotTrustedError))
             return errors.NotTrustedError(nt.msg, tried=tried)
@@ -618,43 +672,69 @@ class Client:
         ):
             # Hopeless whatever we retry (Vanadium retried these until the deadline).
             return errors.NoServersError(
-                f"client: no compatible server for {name!r}: {last.msg if last else ''}",
+                f"client: no compatible server for {name!r}: {_bare(last.msg) if last else ''}",
                 action=errors.RetryAction.NO_RETRY,
                 tried=tried,
             )
         if failures and all(isinstance(f, errors.BadProtocolError) for f in failures):
             # Every server spoke garbage: not worth retrying (Vanadium retried it blindly).
             return errors.BadProtocolError(
-                f"client: no server for {name!r} speaks the protocol: {failures[-1].msg}",
+                f"client: no server for {name!r} speaks the protocol: {_bare(failures[-1].msg)}",
                 tried=tried,
             )
         if failures and all(isinstance(f, errors.TimeoutError) for f in failures):
-            return errors.TimeoutError(f"client: {last.msg if last else 'timed out'}", tried=tried)
-        detail = f": {last.id}: {last.msg}" if last is not None else ""
+            return errors.TimeoutError(
+                f"client: {_bare(last.msg) if last else 'timed out'}", tried=tried
+            )
+        if isinstance(last, errors.CanceledError):
+            return last
         action = (
             last.action
             if last is not None and last.action is not errors.RetryAction.NO_RETRY
             else errors.RetryAction.RETRY_REFETCH
         )
-        if isinstance(last, errors.CanceledError):
-            return last
+        if last is not None and isinstance(last, errors.ConnectionFailedError):
+            where = "its server" if len(servers) == 1 else f"any of its {len(servers)} servers"
+            return errors.NoServersError(
+                f"client: cannot connect to {where} for {name!r}: {_bare(last.msg)} "
+                "(is the server running at that address?)",
+                action=action,
+                tried=tried,
+            )
+        detail = f": {last.id}: {_bare(last.msg)}" if last is not None else ""
         return errors.NoServersError(
             f"client: no server for {name!r} could be reached{detail}", action=action, tried=tried
         )
 
-    def _resolve(self, ctx: Context, name: str, tried: list[str]) -> MountEntry:
+    def _resolve(
+        self, ctx: Context, name: str, tried: list[str], options: Sequence[CallOption]
+    ) -> MountEntry:
+        """Resolve ``name`` through the namespace. A name no mount table has fails at once
+        unless the call waits for ready (then it is retried until the deadline: the server
+        may be about to mount it); so do a relative name without roots and a malformed
+        name. Other failures (a mount table that cannot be reached) may be retried."""
         try:
             entry = self.namespace.resolve(ctx, name)
         except errors.NoExistError as exc:
             tried.append(f"resolve {name!r}: {exc.id}")
-            # The name may appear (a server starting up): refetch and retry (rendezvous).
-            action = (
-                errors.RetryAction.NO_RETRY
-                if isinstance(exc, ResolutionDepthExceededError)
-                else errors.RetryAction.RETRY_REFETCH
+            if isinstance(exc, ResolutionDepthExceededError):
+                raise errors.NoServersError(
+                    f"client: resolving {name!r} failed: {exc.msg} (a loop of mount tables?)",
+                    action=errors.RetryAction.NO_RETRY,
+                    tried=tried,
+                ) from exc
+            wait = self._waits_for_ready(options)
+            where = exc.msg if isinstance(exc, NameNotFoundError) else f"{exc.id}: {exc.msg}"
+            hint = (
+                "waiting for it to be mounted"
+                if wait
+                else "check the name, and that its server is running and published under "
+                "it; pass WaitForReady() to wait for it"
             )
             raise errors.NoServersError(
-                f"client: resolving {name!r} failed: {exc.msg}", action=action, tried=tried
+                f"client: {name!r} is not mounted: {where} ({hint})",
+                action=errors.RetryAction.RETRY_REFETCH if wait else errors.RetryAction.NO_RETRY,
+                tried=tried,
             ) from exc
         except (
             errors.TimeoutError,
@@ -666,14 +746,19 @@ class Client:
             raise
         except errors.IPCError as exc:
             tried.append(f"resolve {name!r}: {exc.id}")
+            if isinstance(exc, errors.NoServersError) and exc.action is errors.RetryAction.NO_RETRY:
+                raise exc.with_context(tried=tried) from exc  # (no roots, say: hopeless)
+            log.debug("client: resolving %r failed: %s", name, exc)
             raise errors.NoServersError(
-                f"client: resolving {name!r} failed: {exc.id}: {exc.msg}",
+                f"client: cannot resolve {name!r}: no mount table answered "
+                f"({_bare(exc.msg) or exc.id})",
                 action=exc.action
                 if exc.action is not errors.RetryAction.NO_RETRY
                 else errors.RetryAction.RETRY_REFETCH,
                 tried=tried,
             ) from exc
         tried.append(f"resolved {name!r} to {len(entry.servers)} server(s)")
+        log.debug("client: %r resolved to %s", name, [s.server for s in entry.servers])
         return entry
 
     # --- VCs ----------------------------------------------------------------------------
@@ -720,13 +805,16 @@ class Client:
                     err = errors.TimeoutError(
                         f"client: the deadline passed while dialing {ep.address}"
                     )
+                log.debug("client: gave up waiting for the dial to %s: %s", ep.address, err)
                 raise err
             if self._closed:
                 raise errors.BadStateError("client: closed while dialing")
         if dial.error is not None:
             if isinstance(dial.error, errors.IPCError):
                 raise dial.error.with_context()
-            raise errors.ConnectionFailedError(f"client: dial failed: {dial.error!r}")
+            raise errors.ConnectionFailedError(
+                f"client: dialing {ep.address} failed: {dial.error!r}"
+            )
         assert dial.conn is not None
         return dial.conn
 
@@ -758,6 +846,7 @@ class Client:
         dial.done.set()
 
     def _evict(self, conn: Connection) -> None:
+        log.debug("client: evicting the VC %s (it cannot open a flow)", conn.name)
         with self._lock:
             for key, c in list(self._vcs.items()):
                 if c is conn:
@@ -827,10 +916,12 @@ class Client:
                 raise errors.NotTrustedError("client: the server presented no blessings")
             names_ok, rejected = self._server_names(blessings, discharges, method="")
             if not names_ok:
-                why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
+                why = "; ".join(f"{r.name}: {_bare(r.error.msg)}" for r in rejected)
+                log.debug("client: server %s not trusted: %s", blessings.names, why)
                 raise errors.NotTrustedError(
                     f"client: the server's blessings {blessings.names} are not trusted ({why})"
                 )
+            log.debug("client: server at handshake presents %s", names_ok)
 
         return authorize
 
@@ -874,8 +965,10 @@ class Client:
                 blessings, conn.remote_discharges, method=method, suffix=suffix
             )
             if not server_names:
-                why = "; ".join(f"{r.name}: {r.error.msg}" for r in rejected)
+                why = "; ".join(f"{r.name}: {_bare(r.error.msg)}" for r in rejected)
+                log.debug("client: no trusted blessing of the server for %s: %s", method, why)
                 raise errors.NotTrustedError(f"client: no trusted server blessing ({why})")
+            log.debug("client: server %s authorized for %s on %r", server_names, method, suffix)
             if len(conn.cache) >= _VC_CACHE_ENTRIES:
                 conn.cache.clear()
             until = min(validity_horizon(blessings, conn.remote_discharges), now + 60.0)
@@ -966,6 +1059,9 @@ class Client:
         problems: list[str],
     ) -> list[Discharge]:
         def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+            log.debug(
+                "client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location
+            )
             try:
                 (d,) = self.call(
                     ctx,
@@ -992,6 +1088,20 @@ class Client:
             with ThreadPoolExecutor(workers, thread_name_prefix="ipc-discharge") as pool:
                 results = list(pool.map(fetch, caveats))
         return [d for d in results if d is not None]
+
+
+def _no_context(ctx: object, fn: str) -> errors.BadArgError:
+    """The error for a call made without a Context first."""
+    return errors.BadArgError(
+        f"client: {fn}() takes a Context first, got {ctx!r}: "
+        f"client.{fn}(Context.background().with_timeout(5.0), name, method, ...)"
+    )
+
+
+def _bare(msg: str) -> str:
+    """``msg`` without the leading ``client:`` of the client's own messages (for composing
+    one error's message from another's without repeating the component)."""
+    return msg[8:] if msg.startswith("client: ") else msg
 
 
 def _write_request(

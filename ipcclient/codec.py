@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_LIMITS",
     "TAGS",
     "Limits",
+    "check_encoded",
+    "check_size",
     "decode",
     "encode",
     "register",
@@ -294,6 +296,83 @@ def _count_items(data: bytes | bytearray | memoryview, limit: int) -> None:
             pending += 1
     if pos != end:
         raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
+
+
+def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse a message of ``size`` encoded bytes that is over ``limits``' message size.
+
+    Raises:
+        BadArgError: it is.
+    """
+    if size > limits.max_message_size:
+        raise errors.BadArgError(
+            f"codec: a value of {size} bytes once encoded is over the message limit of "
+            f"{limits.max_message_size} bytes (send it in pieces, e.g. as a stream)"
+        )
+
+
+def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse, before it is sent, an encoded message that a peer's :func:`decode` under
+    ``limits`` would refuse for its size, its number of items or its nesting.
+
+    A byte or text string or a scalar is one item at no depth: only its size is looked at.
+    A container is walked head by head (contents of strings are skipped) only when it is
+    longer than the limits could be reached by, so small values cost a length test.
+
+    Raises:
+        BadArgError: over a limit; the message says which and by how much.
+    """
+    size = len(data)
+    check_size(size, limits)
+    if not size or (data[0] >> 5) not in (4, 5, 6):
+        return
+    if size <= limits.max_depth and size <= limits.max_items:
+        return  # (every item and every level of nesting takes at least one byte)
+    max_items = limits.max_items
+    max_depth = limits.max_depth
+    pos = 0
+    count = 0
+    depth = 0  # containers (arrays, maps, tags) open around the next item
+    pending = 1  # items still to read in the innermost open container
+    stack: list[int] = []  # the pending counts of the containers around it
+    while True:
+        while not pending:
+            if not stack:
+                return
+            pending = stack.pop()
+            depth -= 1
+        pending -= 1
+        count += 1
+        if count > max_items:
+            raise errors.BadArgError(
+                f"codec: a value of more than {max_items} items (scalars and containers) "
+                "is over the limit a peer accepts in one message"
+            )
+        initial = data[pos]
+        pos += 1
+        major = initial >> 5
+        info = initial & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        else:
+            arg = 0  # (a float or simple value: no length; this encoder writes no other)
+        if major in (2, 3):
+            pos += arg
+        elif major in (4, 5, 6):
+            children = arg if major == 4 else 2 * arg if major == 5 else 1
+            if children:  # (an empty container nests nothing: the decoder agrees)
+                if depth >= max_depth:
+                    raise errors.BadArgError(
+                        f"codec: a value nested more than {max_depth} containers deep is over "
+                        "the limit a peer accepts"
+                    )
+                stack.append(pending)
+                pending = children
+                depth += 1
 
 
 _ONE_BYTE: dict[int, Callable[[], Any]] = {

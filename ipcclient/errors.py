@@ -10,6 +10,7 @@ retries from message text. Retry decisions read ``IPCError.action`` only.
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -128,16 +129,26 @@ class IPCError(Exception):
         self.tried: tuple[str, ...] = tuple(tried)
 
     def __str__(self) -> str:
+        """One line: the ID and what happened (and, where there is one, what to do). What was
+        tried and whether the request went out are in :meth:`details`, not here."""
         text = f"{self.id}: {self.msg}" if self.msg else self.id
+        return " ".join(text.split()) if "\n" in text else text
+
+    def details(self) -> str:
+        """Several lines for a person debugging: the one-line summary, the retry action,
+        whether the request may have reached a server, what was tried, and the cause."""
+        lines = [str(self), f"  action: {self.action.name}"]
         if self.request_sent is not None:
-            text += (
-                " (request may have reached the server)"
+            lines.append(
+                "  the request may have reached the server"
                 if self.request_sent
-                else (" (request was not sent)")
+                else "  the request was not sent"
             )
-        if self.tried:
-            text += " [tried: " + "; ".join(self.tried) + "]"
-        return text
+        lines.extend(f"  tried: {t}" for t in self.tried)
+        cause = self.__cause__
+        if cause is not None:
+            lines.append(f"  caused by: {type(cause).__name__}: {cause}")
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, action={self.action.name}, msg={self.msg!r})"
@@ -254,8 +265,9 @@ class BadDischargeError(NoAccessError):
     error_id = ErrorID.BAD_DISCHARGE.value
 
 
-class TimeoutError(IPCError):
-    """A deadline passed."""
+class TimeoutError(IPCError, builtins.TimeoutError):
+    """A deadline passed. Also a built-in ``TimeoutError`` (so ``except TimeoutError``
+    written for the standard library catches it too)."""
 
     error_id = ErrorID.TIMEOUT.value
 
@@ -290,8 +302,9 @@ class UnknownSuffixError(IPCError):
     error_id = ErrorID.UNKNOWN_SUFFIX.value
 
 
-class ConnectionFailedError(IPCError):
-    """A dial failed or a VC broke; a new connection may work."""
+class ConnectionFailedError(IPCError, ConnectionError):
+    """A dial failed or a VC broke; a new connection may work. Also a built-in
+    ``ConnectionError``."""
 
     error_id = ErrorID.CONNECTION_FAILED.value
     default_action = RetryAction.RETRY_CONNECTION

@@ -10,12 +10,13 @@ Must not: act on the options (the client does).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ipcclient import errors
-from ipcclient.retry import DEFAULT_POLICY, BackoffPolicy
+from ipcclient.retry import DEFAULT_POLICY, BackoffPolicy, RetryBudget
 from ipcclient.security.keys import PublicKey
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.transport.manager import CLIENT_BUSY_POLL, TransportOptions
@@ -30,6 +31,7 @@ __all__ = [
     "ServerPattern",
     "ServerPublicKey",
     "SkipServerAuthorization",
+    "WaitForReady",
     "find_all",
     "find_one",
 ]
@@ -48,14 +50,27 @@ class NoRetry(CallOption):
 
 @dataclass(frozen=True)
 class RetryTimeout(CallOption):
-    """Retry connection and resolution failures for at most ``seconds`` from the start of
-    the call (narrows the context's deadline for the retry loop; 0 means NoRetry)."""
+    """Retry failures that allow it for at most ``seconds`` from the start of the call, in
+    place of the client's ``connect_retry_window`` (never past the call's deadline; 0 means
+    NoRetry). A name that does not exist is still not retried without :class:`WaitForReady`."""
 
     seconds: float
 
     def __post_init__(self) -> None:
-        if not self.seconds >= 0:
-            raise errors.BadArgError("options: RetryTimeout needs seconds >= 0")
+        if not (isinstance(self.seconds, int | float) and self.seconds >= 0):
+            raise errors.BadArgError("options: RetryTimeout needs a number of seconds >= 0")
+
+
+@dataclass(frozen=True)
+class WaitForReady(CallOption):
+    """Wait for the server until the call's deadline instead of failing fast.
+
+    With it (or ``ClientOptions(wait_for_ready=True)``) a name that is not mounted yet and a
+    server that refuses connections are retried, with backoff, until the deadline: a call made
+    before its server is published finds it once it is (a rendezvous). ``WaitForReady(False)``
+    turns a client-wide ``wait_for_ready`` off for one call."""
+
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,19 @@ class ClientOptions:
         dial_timeout: the longest one dial (connect and handshake) may take, whoever waits
             for it: callers wait only up to their own deadlines, and a dial that finishes after
             they gave up is cached for later calls.
+        wait_for_ready: retry a name that is not mounted and servers that cannot be reached
+            until the call's deadline (see :class:`WaitForReady`). Off by default: such a
+            call fails at once (a name the mount table does not have) or after
+            ``connect_retry_window`` (servers that refuse or drop connections).
+        connect_retry_window: seconds from the start of a call during which failures that
+            may go away by themselves (a server restarting, a mount table's stale answer) are
+            retried with backoff when the call does not wait for ready. Long enough for a
+            server restarting on the same address, short enough that a dead server is
+            reported while the user still cares.
+        retry_budget: a :class:`~ipcclient.retry.RetryBudget` shared by every call of this
+            client: each call that has to retry deposits once and each retry takes a token,
+            so that when every server is down, retries from many threads stop multiplying
+            the load. None (the default): no budget, only the retry window bounds retries.
     """
 
     default_call_timeout: float | None = 60.0
@@ -146,3 +174,42 @@ class ClientOptions:
     )
     max_parallel_discharge_fetches: int = 8
     dial_timeout: float = 20.0
+    wait_for_ready: bool = False
+    connect_retry_window: float = 1.0
+    retry_budget: RetryBudget | None = None
+
+    def __post_init__(self) -> None:
+        def seconds(name: str, value: object, *, allow_none: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= 0
+            ):
+                raise errors.BadArgError(
+                    f"options: ClientOptions.{name} must be a finite number of seconds >= 0, "
+                    f"not {value!r}"
+                )
+
+        seconds("default_call_timeout", self.default_call_timeout, allow_none=True)
+        seconds("dial_timeout", self.dial_timeout)
+        seconds("connect_retry_window", self.connect_retry_window)
+        if self.default_call_timeout == 0 or self.dial_timeout == 0:
+            raise errors.BadArgError(
+                "options: ClientOptions.default_call_timeout and dial_timeout must be > 0"
+            )
+        n = self.max_parallel_discharge_fetches
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            raise errors.BadArgError(
+                "options: ClientOptions.max_parallel_discharge_fetches must be an int >= 1"
+            )
+        if not isinstance(self.wait_for_ready, bool):
+            raise errors.BadArgError("options: ClientOptions.wait_for_ready must be a bool")
+        if not isinstance(self.backoff, BackoffPolicy):
+            raise errors.BadArgError("options: ClientOptions.backoff must be a BackoffPolicy")
+        if self.retry_budget is not None and not isinstance(self.retry_budget, RetryBudget):
+            raise errors.BadArgError("options: ClientOptions.retry_budget must be a RetryBudget")
+        if not isinstance(self.transport, TransportOptions):
+            raise errors.BadArgError("options: ClientOptions.transport must be TransportOptions")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import math
 import random
 import threading
@@ -50,12 +51,15 @@ __all__ = [
     "RetryBudget",
     "RetryPhase",
     "backoff_delay",
+    "call_retry_window",
     "retry_deadline",
     "run_with_retries",
     "should_retry",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("ipcclient.retry")
 
 MAX_BACKOFF = 60.0
 """Vanadium's maxBackoff: no single sleep is longer than a minute."""
@@ -209,6 +213,30 @@ def retry_deadline(
     return clock() + DEFAULT_RETRY_WINDOW
 
 
+def call_retry_window(
+    start: float,
+    call_deadline: float | None,
+    *,
+    wait_for_ready: bool,
+    connect_retry_window: float,
+    retry_timeout: float | None = None,
+) -> float:
+    """The end of one call's retry window, computed once when the call starts and shared by
+    every retry loop of the call (before and after the request is sent).
+
+    ``start`` and ``call_deadline`` are on the same clock (the context's). The window ends
+    at ``start + retry_timeout`` when given, else at the call's deadline when the call waits
+    for ready, else at ``start + connect_retry_window``; never after the call's deadline
+    (or ``DEFAULT_RETRY_WINDOW`` from the start when the call has none).
+    """
+    limit = call_deadline if call_deadline is not None else start + DEFAULT_RETRY_WINDOW
+    if retry_timeout is not None:
+        return min(limit, start + retry_timeout)
+    if wait_for_ready:
+        return limit
+    return min(limit, start + connect_retry_window)
+
+
 class RetryBudget:
     """A Finagle-style retry budget: retries may be at most a fraction of recent requests.
 
@@ -293,6 +321,7 @@ def run_with_retries(
     rand: Callable[[], float] = random.random,
     budget: RetryBudget | None = None,
     first_error: errors.IPCError | None = None,
+    what: str = "call",
 ) -> T:
     """Call ``attempt_fn(n)`` for n = 1, 2, ... until it returns, and return that.
 
@@ -311,6 +340,9 @@ def run_with_retries(
     attempt with the context's error. Without ``ctx`` the defaults are ``time.monotonic`` and
     ``time.sleep``. With a ``budget``, the call deposits once and every retry must withdraw a
     token; an empty budget ends the loop like a used-up deadline.
+
+    Each retry is logged at INFO on ``ipcclient.retry`` with ``what``, the error that caused
+    it and the backoff; giving up after retries is logged at INFO too.
     """
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -354,7 +386,16 @@ def run_with_retries(
         if delay is None:
             if attempt == 1:
                 raise last
+            log.info("%s: giving up after %d attempts: %s", what, attempt, last)
             raise last.with_context(tried=tried).with_traceback(last.__traceback__)
+        log.info(
+            "%s: retry %d in %.0f ms after %s (%s)",
+            what,
+            attempt,
+            delay * 1000,
+            last,
+            last.action.name,
+        )
         sleep(delay)
         if ctx is not None:
             cerr = ctx.err()

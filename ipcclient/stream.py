@@ -68,6 +68,12 @@ class MessageStream:
             encode_message_parts(*values), end=end, deadline=deadline, streamed=streamed
         )
 
+    def send_encoded(
+        self, data: list[bytes], *, deadline: float | None = None, streamed: bool = False
+    ) -> None:
+        """Write messages encoded already (:func:`encode_message_parts`), as :meth:`send`."""
+        self._flow.write(data, deadline=deadline, streamed=streamed)
+
     def recv(self, deadline: float | None = None) -> Any:
         """The next message's value.
 

@@ -94,3 +94,12 @@ def make_client(family: Family) -> Iterator[Callable[..., Client]]:
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[Any]:
+    """One real etcd member for the whole session (tests take a prefix of their own)."""
+    from tests.etcd_server import cluster
+
+    with cluster(1) as (member,):
+        yield member

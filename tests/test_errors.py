@@ -59,18 +59,19 @@ def test_catch_by_kind() -> None:
         raise errors.CanceledError("stop")
 
 
-def test_str_says_what_was_tried_and_whether_it_ran() -> None:
+def test_str_is_one_line_and_details_say_what_was_tried_and_whether_it_ran() -> None:
     err = errors.NoServersError("nobody home").with_context(
         request_sent=False, tried=["resolved a/b", "dialed @tcp@127.0.0.1:1"]
     )
-    text = str(err)
-    assert "ipc.NoServers" in text
-    assert "request was not sent" in text
-    assert "dialed @tcp@127.0.0.1:1" in text
+    assert str(err) == "ipc.NoServers: nobody home"
+    details = err.details()
+    assert details.splitlines()[0] == str(err)
+    assert "request was not sent" in details
+    assert "dialed @tcp@127.0.0.1:1" in details and "RETRY_REFETCH" in details
     assert isinstance(err, errors.NoServersError)
     assert err.request_sent is False
     sent = errors.TimeoutError("slow").with_context(request_sent=True)
-    assert "may have reached the server" in str(sent)
+    assert "may have reached the server" in sent.details()
     assert "IPCError" not in repr(sent) and "TimeoutError" in repr(sent)
 
 

@@ -22,7 +22,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.context import Context
 from ipcclient.naming.endpoint import Endpoint
-from ipcclient.options import NoDischarges, NoRetry, RetryTimeout
+from ipcclient.options import NoDischarges, NoRetry, RetryTimeout, WaitForReady
 from ipcclient.security import caveats
 from ipcclient.security.caveats import ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowPatterns
@@ -58,14 +58,15 @@ def _mount(client: Any, table: str, name: str, server: str, ttl: float = 60.0) -
 def test_rendezvous_start_call_before_the_server_is_mounted(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
-    """TestRendezvous: the name appears while the client retries with RetryRefetch."""
+    """TestRendezvous: the name appears while the client retries with RetryRefetch (asked
+    for with WaitForReady: by default a name that is not mounted fails at once)."""
     _, table = serving(stack, family.member("mt"), table=MountTable())
     client = client_for(stack, family.member("client"), table)
     _, server = serving(stack, family.member("server"), Label("late"))
     mounter = client_for(stack, family.member("mounter"), table)
     threading.Timer(0.4, lambda: _mount(mounter, table, "svc/late", server)).start()
     start = time.monotonic()
-    assert client.call(ctx(10), "svc/late", "Who") == ("late",)
+    assert client.call(ctx(10), "svc/late", "Who", options=[WaitForReady()]) == ("late",)
     assert time.monotonic() - start >= 0.3
 
 
@@ -77,10 +78,15 @@ def test_unregistered_name_and_no_mount_table(stack: contextlib.ExitStack, famil
         client.call(ctx(), "no/such/name", "Who", options=[NoRetry()])
     assert info.value.request_sent is False
     assert any("resolve" in t for t in info.value.tried)
-    # A retry window narrows how long the client waits for the name to appear.
+    # Without WaitForReady the name fails at once; with it, a retry window narrows how long
+    # the client waits for the name to appear.
     start = time.monotonic()
     with pytest.raises(errors.NoServersError):
-        client.call(ctx(), "no/such/name", "Who", options=[RetryTimeout(0.5)])
+        client.call(ctx(), "no/such/name", "Who")
+    assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError):
+        client.call(ctx(), "no/such/name", "Who", options=[RetryTimeout(0.5), WaitForReady()])
     assert 0.3 < time.monotonic() - start < 3
     # A root that nobody serves.
     dead_root = "/" + str(Endpoint("tcp", _unused_address(), serves_mount_table=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from ipcclient.options import NoRetry
 from ipcclient.security import Principal, caveats
 from ipcclient.security.caveats import Caveat
 from ipcclient.server.authorizer import AllowEveryone, Authorizer
+from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mounttable import LEAF, MT, REPLACE, MountTable
 from ipcclient.server.server import Server, ServerCall
 
@@ -124,11 +126,37 @@ def family() -> Family:
     return Family()
 
 
+TableFactory = Callable[..., MountTable]
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def make_table(request: pytest.FixtureRequest) -> Iterator[TableFactory]:
+    """``make_table(**kwargs)`` -> a MountTable on the storage under test: in memory, or in
+    the session's real etcd under a prefix of its own (one per table made)."""
+    made: list[MountTable] = []
+
+    def make(**kwargs: Any) -> MountTable:
+        if request.param == "memory":
+            table = MountTable(**kwargs)
+        else:
+            member = request.getfixturevalue("etcd")
+            prefix = f"/test/{uuid.uuid4().hex}/"
+            table = MountTable(store=EtcdStore(member.url, prefix), **kwargs)
+        made.append(table)
+        return table
+
+    yield make
+    for table in made:
+        table.close()
+
+
 # -- tests ---------------------------------------------------------------------------------
 
 
-def test_mount_then_call_by_relative_name(stack: contextlib.ExitStack, family: Family) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+def test_mount_then_call_by_relative_name(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     _, svc = serving(stack, family.member("server"), Label("echo"))
     client = client_for(stack, family.member("client"), mt)
 
@@ -148,9 +176,11 @@ def test_mount_then_call_by_relative_name(stack: contextlib.ExitStack, family: F
         client.call(ctx(), "apps/other", "Who", options=(NoRetry(),))
 
 
-def test_two_levels_of_mount_tables(stack: contextlib.ExitStack, family: Family) -> None:
-    _, root_mt = serving(stack, family.member("mt"), table=MountTable())
-    _, child_mt = serving(stack, family.member("childmt"), table=MountTable())
+def test_two_levels_of_mount_tables(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, root_mt = serving(stack, family.member("mt"), table=make_table())
+    _, child_mt = serving(stack, family.member("childmt"), table=make_table())
     _, svc = serving(stack, family.member("server"), Label("deep"))
     client = client_for(stack, family.member("client"), root_mt)
 
@@ -170,8 +200,10 @@ def test_two_levels_of_mount_tables(stack: contextlib.ExitStack, family: Family)
     assert other.call(ctx(), "child/svc", "Echo", 7) == (7,)
 
 
-def test_ttl_expiry_in_real_time(stack: contextlib.ExitStack, family: Family) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+def test_ttl_expiry_in_real_time(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     _, svc = serving(stack, family.member("server"), Label("brief"))
     client = client_for(stack, family.member("client"), mt)
     client.call(ctx(), at(mt, "brief"), "Mount", svc, 0.3, 0)
@@ -212,9 +244,9 @@ def test_ttl_expiry_with_injected_clock(stack: contextlib.ExitStack, family: Fam
 
 
 def test_flush_cache_entry_after_the_server_moves(
-    stack: contextlib.ExitStack, family: Family
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
 ) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     _, svc_a = serving(stack, family.member("server"), Label("A"))
     _, svc_b = serving(stack, family.member("server2"), Label("B"))
     client = client_for(stack, family.member("client"), mt)
@@ -228,8 +260,10 @@ def test_flush_cache_entry_after_the_server_moves(
     assert client.call(ctx(), "svc", "Who") == ("B",)
 
 
-def test_unmount_one_and_all(stack: contextlib.ExitStack, family: Family) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+def test_unmount_one_and_all(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     client = client_for(stack, family.member("client"), mt)
     s1, s2 = "/127.0.0.1:1001", "/127.0.0.1:1002"
     client.call(ctx(), at(mt, "n"), "Mount", s1, 30.0, 0)
@@ -255,8 +289,8 @@ def _glob(client: Client, name: str, pattern: str) -> tuple[list[str], int]:
     return sorted(i["name"] for i in items), count
 
 
-def test_glob(stack: contextlib.ExitStack, family: Family) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+def test_glob(stack: contextlib.ExitStack, family: Family, make_table: TableFactory) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     client = client_for(stack, family.member("client"), mt)
     for name in ("a/x", "a/y", "a/y/shadowed", "b", "c/d/e"):
         client.call(ctx(), at(mt, name), "Mount", "/127.0.0.1:2000", 30.0, 0)
@@ -277,8 +311,10 @@ def test_glob(stack: contextlib.ExitStack, family: Family) -> None:
     assert 29 < item["servers"][0]["ttl"] <= 30
 
 
-def test_access_control_by_blessings(stack: contextlib.ExitStack, family: Family) -> None:
-    table = MountTable(mount_patterns=("root:admin",), resolve_patterns=("root:client",))
+def test_access_control_by_blessings(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    table = make_table(mount_patterns=("root:admin",), resolve_patterns=("root:client",))
     _, mt = serving(stack, family.member("mt"), table=table)
     admin = client_for(stack, family.member("admin"), mt)
     client = client_for(stack, family.member("client"), mt)
@@ -301,8 +337,10 @@ def test_access_control_by_blessings(stack: contextlib.ExitStack, family: Family
         outsider.call(ctx(), at(mt, "n"), "lookup", "n", options=(NoRetry(),))
 
 
-def test_bad_requests_are_refused(stack: contextlib.ExitStack, family: Family) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+def test_bad_requests_are_refused(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     client = client_for(stack, family.member("client"), mt)
     ok = "/127.0.0.1:4000"
 
@@ -350,9 +388,11 @@ def test_bounds_on_servers_and_nodes(stack: contextlib.ExitStack, family: Family
     assert table.node_count() == 2
 
 
-def test_same_semantics_as_the_in_memory_model(stack: contextlib.ExitStack, family: Family) -> None:
+def test_same_semantics_as_the_in_memory_model(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
     """The scenarios of tests/test_naming_fake_mounttable.py, against the real table."""
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, mt = serving(stack, family.member("mt"), table=make_table())
     client = client_for(stack, family.member("client"), mt)
     client.call(ctx(), at(mt, "a/b"), "Mount", "/127.0.0.1:1", 10.0, MT)
     client.call(ctx(), at(mt, "a/b/c"), "Mount", "/127.0.0.1:2", 10.0, 0)  # shadowed
@@ -363,3 +403,20 @@ def test_same_semantics_as_the_in_memory_model(stack: contextlib.ExitStack, fami
     for missing in ("a/c", "a", ""):
         with pytest.raises(errors.NoExistError):
             client.call(ctx(), at(mt, missing), "ResolveStep", options=(NoRetry(),))
+
+
+def test_store_settings_belong_to_the_store(etcd: Any) -> None:
+    store = EtcdStore(etcd.url, f"/test/{uuid.uuid4().hex}")
+    try:
+        for kwargs in ({"clock": FakeClock()}, {"max_nodes": 5}, {"max_servers_per_name": 2}):
+            with pytest.raises(errors.BadArgError):
+                MountTable(store=store, **kwargs)
+        table = MountTable(store=store)
+        assert table.store is store and store.prefix.endswith("/")
+        assert table.node_count() == 0 and table.sweep() == 0
+    finally:
+        store.close()
+    with pytest.raises(errors.BadArgError):
+        MountTable(max_ttl=0)
+    with pytest.raises(errors.BadArgError):
+        MountTable(mount_patterns="root:admin")

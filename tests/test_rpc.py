@@ -189,12 +189,12 @@ def test_second_finish_is_bad_state(rig: tuple[Service, str, Client]) -> None:
         call.finish()
 
 
-def test_finish_with_unread_stream_results_is_bad_protocol(
+def test_finish_with_unread_stream_results_is_bad_state(
     rig: tuple[Service, str, Client],
 ) -> None:
     _, name, client = rig
     call = client.start_call(ctx(), name, "Count", [3])
-    with pytest.raises(errors.BadProtocolError, match="remaining streaming results"):
+    with pytest.raises(errors.BadStateError, match="still streaming results"):
         call.finish()
 
 

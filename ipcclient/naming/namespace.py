@@ -20,7 +20,8 @@ Resolution (Vanadium's ``Namespace.Resolve``):
 2. While the entry serves a mount table and its remaining name is not empty, at most
    :data:`MAX_RESOLVE_DEPTH` times: ask its servers, in order, ``ResolveStep`` of the
    remaining name (the cache first, for every server; then a call to each server until one
-   answers). The answer becomes the entry.
+   answers, the one that answered last for the same servers first, each given a share of
+   the time left while others remain). The answer becomes the entry.
 3. A server saying "no such name" (:class:`~ipcclient.errors.NoExistError`) ends resolution
    with that error. A server saying "I am not a mount table" (UnknownMethod, UnknownSuffix,
    BadArg) ends resolution with the current entry. Any other error moves on to the next
@@ -36,6 +37,7 @@ all of them (it fixes Vanadium's short-circuit and raw-string-prefix bugs).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -55,6 +57,7 @@ __all__ = [
     "Caller",
     "MountEntry",
     "MountedServer",
+    "NameNotFoundError",
     "Namespace",
     "ResolutionDepthExceededError",
     "terminal_servers",
@@ -67,6 +70,12 @@ DEFAULT_STEP_TIMEOUT = 30.0
 DEFAULT_CACHE_SIZE = 4000
 """Cache entries kept; when full, stale ones go first, then the oldest, down to 75 %."""
 RESOLVE_STEP = "ResolveStep"
+MIN_STEP_SHARE = 1.0
+"""Seconds a ResolveStep to one server gets at least while other servers are left to try."""
+MAX_LAST_GOOD = 1024
+"""Server lists (roots, replicated tables) for which the one that answered last is kept."""
+
+log = logging.getLogger("ipcclient.naming")
 
 # Bounds on one MountEntry from a peer (h11 style: every bound named, with its reason).
 MAX_WIRE_SERVERS = 1024  # replicas of one name; far more than any real mount has
@@ -80,6 +89,26 @@ class ResolutionDepthExceededError(errors.NoExistError):
 
     A :class:`~ipcclient.errors.NoExistError` on the wire, but never worth retrying.
     """
+
+
+class NameNotFoundError(errors.NoExistError):
+    """A mount table answered that it has no such name (``ipc.NoExist`` on the wire).
+
+    Attributes:
+        name: the name as it was asked of that mount table (relative to it).
+        mount_table: the rooted name of the mount table that answered.
+    """
+
+    def __init__(self, msg: str, *params: Any, name: str = "", mount_table: str = "", **kw: Any):
+        super().__init__(msg, *params, **kw)
+        self.name = name
+        self.mount_table = mount_table
+
+    def with_context(self, **kw: Any) -> errors.IPCError:
+        clone = super().with_context(**kw)
+        clone.name = self.name  # type: ignore[attr-defined]
+        clone.mount_table = self.mount_table  # type: ignore[attr-defined]
+        return clone
 
 
 @dataclass(frozen=True)
@@ -295,6 +324,7 @@ class Namespace:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: dict[_CacheKey, _CachedEntry] = {}
+        self._last_good: dict[tuple[str, ...], str] = {}  # servers -> the one that answered
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -394,7 +424,9 @@ class Namespace:
             roots = self.roots
             if not roots:
                 raise errors.NoServersError(
-                    f"namespace: no roots to resolve the relative name {name!r}",
+                    f"namespace: the relative name {name!r} needs a mount table and no roots "
+                    "are set (give the client roots=['/host:port'], or use a rooted name "
+                    f"such as '/host:port/{name}')",
                     name,
                     action=errors.RetryAction.NO_RETRY,
                 )
@@ -410,7 +442,9 @@ class Namespace:
         for step_name in step_names:
             cached = self._lookup(step_name)
             if cached is not None:
+                log.debug("namespace: %s: cache hit", step_name)
                 return cached
+        log.debug("namespace: %r: cache miss, asking its mount table(s)", entry.name)
         with self._lock:
             caller = self._caller
         if caller is None:
@@ -419,31 +453,62 @@ class Namespace:
                 "is set",
                 action=errors.RetryAction.NO_RETRY,
             )
+        servers = tuple(s.server for s in entry.servers)
+        with self._lock:
+            good = self._last_good.get(servers)
+        order = list(zip(servers, step_names, strict=True))
+        if good is not None and good in servers:  # the server that answered last goes first
+            order.insert(0, order.pop(servers.index(good)))
         tried: list[str] = []
         last_err: errors.IPCError | None = None
-        for step_name in step_names:
+        for i, (server, step_name) in enumerate(order):
             err = ctx.err()
             if err is not None:
                 raise err.with_context(tried=tried)
             try:
-                answer = self._call(ctx, caller, step_name)
+                answer = self._call(ctx, caller, step_name, len(step_names) - i - 1)
             except errors.NoExistError as exc:
-                raise exc.with_context(tried=tried) from exc
+                mount_table = names.split_address_name(step_name)[0]
+                log.debug("namespace: /%s has no name %r: %s", mount_table, entry.name, exc)
+                raise NameNotFoundError(
+                    f"the mount table at /{mount_table} has no name {entry.name!r}",
+                    entry.name,
+                    name=entry.name,
+                    mount_table="/" + mount_table,
+                    tried=tried,
+                ) from exc
             except _NOT_A_MOUNT_TABLE:
                 raise _NotAMountTable() from None
             except errors.IPCError as exc:
+                log.debug("namespace: %s %s failed: %s", step_name, RESOLVE_STEP, exc)
                 tried.append(f"{step_name}: {exc}")
                 last_err = exc
                 continue
+            log.debug("namespace: %s resolved to %d server(s)", step_name, len(answer.servers))
             self._remember(step_name, answer)
+            if len(servers) > 1:
+                self._note_good(servers, server)
             return answer
         if last_err is None:
             raise errors.NoServersError(f"namespace: no servers to resolve {entry.name!r}")
         raise last_err.with_context(tried=tried)
 
-    def _call(self, ctx: Context, caller: Caller, step_name: str) -> MountEntry:
-        if ctx.deadline is None:
-            with ctx.with_timeout(DEFAULT_STEP_TIMEOUT) as step_ctx:
+    def _note_good(self, servers: tuple[str, ...], server: str) -> None:
+        with self._lock:
+            if servers not in self._last_good and len(self._last_good) >= MAX_LAST_GOOD:
+                self._last_good.clear()
+            self._last_good[servers] = server
+
+    def _call(self, ctx: Context, caller: Caller, step_name: str, others: int = 0) -> MountEntry:
+        """One ResolveStep; while ``others`` servers are left to try, it gets a share of the
+        time left (at least :data:`MIN_STEP_SHARE` seconds) so a server that does not answer
+        cannot use up the whole deadline."""
+        remaining = ctx.remaining()
+        budget = DEFAULT_STEP_TIMEOUT if remaining is None else remaining
+        if others:
+            budget = max(budget / (others + 1), min(budget, MIN_STEP_SHARE))
+        if remaining is None or budget < remaining:
+            with ctx.with_timeout(budget) as step_ctx:
                 results = caller.call(step_ctx, step_name, RESOLVE_STEP, [])
         else:
             results = caller.call(ctx, step_name, RESOLVE_STEP, [])
@@ -548,4 +613,6 @@ class Namespace:
                 for k in doomed:
                     del self._cache[k]
                 removed += len(doomed)
+        if removed:
+            log.debug("namespace: flushed %d cache entries for %r", removed, name)
         return removed > 0

@@ -307,7 +307,9 @@ def validate_blessings(
             _check_chain_signatures(chain)
             if not roots.recognized(chain[0].public_key, name):
                 raise errors.NotTrustedError(
-                    f"security: root {chain[0].public_key.fingerprint} not trusted for {name!r}"
+                    f"security: root {chain[0].public_key.fingerprint} not trusted for {name!r} "
+                    "(to trust it, add the identity provider's blessings to the roots: "
+                    "principal.roots.add_blessings(provider_blessings))"
                 )
             for cert in chain:
                 for cav in cert.caveats:

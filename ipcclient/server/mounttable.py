@@ -1,8 +1,10 @@
 """The mount table service: names to servers, with TTLs, served as a dispatcher (floor 6).
 
 Owns: :class:`MountTable` (a :class:`~ipcclient.server.server.Dispatcher`; the call's suffix
-is the name inside the table), the in-memory tree of mounts, its bounds, expiry by TTL, and
-access control by the client's blessing names. Methods, by their wire names:
+is the name inside the table), checking what clients send, the bounds on names, and access
+control by the client's blessing names. The mounts themselves, their expiry and the access
+lists live in a store (:mod:`ipcclient.server.mountstore`: in memory by default, or shared
+through etcd with :mod:`ipcclient.server.etcdstore`). Methods, by their wire names:
 
 ``Mount(server, ttl, flags)``
     Mount the rooted name ``server`` (``/@1@tcp@...@@`` or ``/host:port[/prefix]``) at the
@@ -25,18 +27,16 @@ access control by the client's blessing names. Methods, by their wire names:
     ResolveStep sees them).
 
 Must not: make RPCs or resolve names (it answers one step; the client's namespace walks),
-hold its lock while streaming to a client, or keep anything unbounded.
+hold its lock while streaming to a client or reading the store, or keep anything unbounded.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from ipcclient import errors
@@ -45,6 +45,15 @@ from ipcclient.naming.endpoint import Endpoint
 from ipcclient.naming.namespace import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
+from ipcclient.server.mountstore import (
+    MAX_GLOB_RESULTS,
+    MAX_NODES,
+    MAX_SERVERS_PER_NAME,
+    SWEEP_INTERVAL,
+    AccessLists,
+    MemoryStore,
+    MountStore,
+)
 from ipcclient.server.server import ServerCall
 
 __all__ = [
@@ -58,6 +67,7 @@ __all__ = [
     "MAX_TTL",
     "MT",
     "REPLACE",
+    "SWEEP_INTERVAL",
     "MountTable",
 ]
 
@@ -71,42 +81,20 @@ REPLACE = 4
 """Mount flag: replace every server mounted at the name (and its flags) with this one."""
 _ALL_FLAGS = MT | LEAF | REPLACE
 
-# Bounds (h11 style: each named, with its reason).
+# Bounds (h11 style: each named, with its reason). The bounds on the table's size live with
+# the store (ipcclient.server.mountstore) and are re-exported here.
 MAX_NAME_LEN = 4096
 """Characters in a suffix; a name of a few dozen components with endpoints fits easily."""
 MAX_COMPONENTS = 64
 """Components in a name; twice the namespace's resolve depth, far beyond real hierarchies."""
 MAX_SERVER_LEN = 4096
 """Characters in a mounted server's name (an endpoint with a few blessings is ~200)."""
-MAX_SERVERS_PER_NAME = 256
-"""Replicas under one name; more is a bug or an attack, and every answer carries them all."""
-MAX_NODES = 100_000
-"""Nodes (name components) in the whole table: bounds memory to tens of MB at worst."""
 MAX_TTL = 24 * 3600.0
 """Longest TTL granted; longer requests are clamped (a server must refresh at least daily)."""
-MAX_GLOB_RESULTS = 10_000
-"""Items one Glob may stream; a larger answer is cut off at this many (logged)."""
 MAX_PATTERN_LEN = 1024
 """Characters in a Glob pattern."""
-SWEEP_INTERVAL = 60.0
-"""Seconds between full sweeps of expired mounts (done lazily on Mount; lookups also purge
-what they walk through)."""
-
-
-@dataclass
-class _Node:
-    children: dict[str, _Node] = field(default_factory=dict)
-    servers: dict[str, float] = field(default_factory=dict)  # server -> deadline, in order
-    mt: bool = False
-    leaf: bool = False
-
-    def purge(self, now: float) -> bool:
-        """Drop expired servers; True if the node still has live ones."""
-        if self.servers:
-            dead = [s for s, d in self.servers.items() if d <= now]
-            for s in dead:
-                del self.servers[s]
-        return bool(self.servers)
+ACCESS_READ_TIMEOUT = 2.0
+"""Seconds an authorization may wait for a shared store's access lists."""
 
 
 def _check_suffix(suffix: str) -> tuple[str, ...]:
@@ -143,21 +131,17 @@ def _check_ttl(ttl: object) -> float:
 
 class _MethodAuthorizer:
     """Mount/Unmount need a name matched by the mount patterns; ResolveStep/Glob need one
-    matched by the resolve patterns (None: every authenticated client)."""
+    matched by the resolve patterns (None: every authenticated client). The patterns are
+    the table's current ones (a shared store's may change behind it)."""
 
-    def __init__(
-        self,
-        mount: tuple[BlessingPattern, ...] | None,
-        resolve: tuple[BlessingPattern, ...] | None,
-    ) -> None:
-        self._mount = mount
-        self._resolve = resolve
+    def __init__(self, table: MountTable) -> None:
+        self._table = table
 
     def authorize(self, call: CallSecurity) -> None:
         if call.method in ("Mount", "Unmount"):
-            patterns = self._mount
+            patterns = self._table._patterns()[0]
         elif call.method in ("ResolveStep", "Glob"):
-            patterns = self._resolve
+            patterns = self._table._patterns()[1]
         else:
             return  # not a mount table method: the server answers UnknownMethod
         if patterns is None or any(p.matched_by(*call.client_names) for p in patterns):
@@ -178,37 +162,49 @@ class _Invoker:
         self._table = table
 
     def Mount(self, call: ServerCall, server: str, ttl: float, flags: int) -> None:
-        self._table._mount(call.suffix, server, ttl, flags)
+        self._table._mount(call.suffix, server, ttl, flags, call.context.remaining())
 
     def Unmount(self, call: ServerCall, server: str) -> None:
-        self._table._unmount(call.suffix, server)
+        self._table._unmount(call.suffix, server, call.context.remaining())
 
     def ResolveStep(self, call: ServerCall) -> dict[str, Any]:
-        return self._table._resolve_step(call.suffix)
+        return self._table._resolve_step(call.suffix, call.context.remaining())
 
     def Glob(self, call: ServerCall, pattern: str) -> int:
         count = 0
-        for item in self._table._glob(call.suffix, pattern):
+        for item in self._table._glob(call.suffix, pattern, call.context.remaining()):
             call.send(item)
             count += 1
         return count
 
 
+_Patterns = tuple[tuple[BlessingPattern, ...] | None, tuple[BlessingPattern, ...] | None]
+
+
 class MountTable:
-    """An in-memory mount table; serve it with ``server.serve_dispatcher(table)`` on a
+    """A mount table; serve it with ``server.serve_dispatcher(table)`` on a
     ``Server(principal, serves_mount_table=True)``.
 
-    Thread-safe: one lock guards the tree and is held only for in-memory work.
+    Its mounts live in a :class:`~ipcclient.server.mountstore.MountStore`: by default a
+    :class:`~ipcclient.server.mountstore.MemoryStore` of this process; an
+    :class:`~ipcclient.server.etcdstore.EtcdStore` shares them (and the access lists) with
+    every other table on the same etcd cluster and prefix. Thread-safe.
 
     Args:
         mount_patterns: blessing patterns allowed to Mount and Unmount (None: everyone,
             even a client with no validated blessing name).
         resolve_patterns: blessing patterns allowed to ResolveStep and Glob (None: everyone).
-        clock: monotonic clock for TTLs (inject one in tests).
-        max_nodes: the most nodes the tree may hold (default :data:`MAX_NODES`).
-        max_servers_per_name: the most servers at one name (default
+            With a shared store, the first table to find no access lists stored seeds them
+            with its own; :meth:`set_access` changes them for every table.
+        store: where the mounts live (default: a new in-memory store).
+        clock: monotonic clock for TTLs of the default store (inject one in tests).
+        max_nodes: the most nodes the default store may hold (default :data:`MAX_NODES`).
+        max_servers_per_name: the most servers at one name in the default store (default
             :data:`MAX_SERVERS_PER_NAME`).
         max_ttl: TTLs are clamped to this (default :data:`MAX_TTL`).
+
+    Raises:
+        BadArgError: a bound is not positive, or ``store`` comes with store settings.
     """
 
     def __init__(
@@ -216,25 +212,33 @@ class MountTable:
         *,
         mount_patterns: Iterable[str] | None = ("...",),
         resolve_patterns: Iterable[str] | None = ("...",),
-        clock: Callable[[], float] = time.monotonic,
-        max_nodes: int = MAX_NODES,
-        max_servers_per_name: int = MAX_SERVERS_PER_NAME,
+        store: MountStore | None = None,
+        clock: Callable[[], float] | None = None,
+        max_nodes: int | None = None,
+        max_servers_per_name: int | None = None,
         max_ttl: float = MAX_TTL,
     ) -> None:
-        if max_nodes < 1 or max_servers_per_name < 1 or not max_ttl > 0:
+        if not max_ttl > 0:
             raise errors.BadArgError("mount table: bounds must be positive")
-        self._authorizer = _MethodAuthorizer(
-            _patterns(mount_patterns, "mount_patterns"),
-            _patterns(resolve_patterns, "resolve_patterns"),
-        )
-        self._clock = clock
-        self._max_nodes = max_nodes
-        self._max_servers = max_servers_per_name
+        if store is None:
+            store = MemoryStore(
+                clock=clock if clock is not None else time.monotonic,
+                max_nodes=MAX_NODES if max_nodes is None else max_nodes,
+                max_servers_per_name=(
+                    MAX_SERVERS_PER_NAME if max_servers_per_name is None else max_servers_per_name
+                ),
+            )
+        elif clock is not None or max_nodes is not None or max_servers_per_name is not None:
+            raise errors.BadArgError(
+                "mount table: clock, max_nodes and max_servers_per_name belong to the store"
+            )
+        self._store = store
+        self._own = _access_lists(mount_patterns, resolve_patterns)
         self._max_ttl = min(max_ttl, MAX_TTL)
-        self._lock = threading.Lock()
-        self._root = _Node()
-        self._nodes = 1
-        self._last_sweep = clock()
+        self._lock = threading.Lock()  # guards the cached patterns below
+        self._cached: _Patterns = _compile(self._own)
+        self._cached_at = -math.inf
+        self._authorizer = _MethodAuthorizer(self)
         self._invoker = _Invoker(self)
 
     # -- Dispatcher ------------------------------------------------------------------------
@@ -247,10 +251,15 @@ class MountTable:
 
     # -- inspection (Python only, not remotely callable: the invoker is what is served) ----
 
+    @property
+    def store(self) -> MountStore:
+        """Where the mounts live."""
+        return self._store
+
     def node_count(self) -> int:
-        """Nodes in the tree now (the root included; expired ones until purged)."""
-        with self._lock:
-            return self._nodes
+        """Entries in the store now: nodes of the in-memory tree (the root included;
+        expired ones until purged), mounts of a shared store."""
+        return self._store.size()
 
     def set_access(
         self,
@@ -258,22 +267,57 @@ class MountTable:
         mount_patterns: Iterable[str] | None,
         resolve_patterns: Iterable[str] | None,
     ) -> None:
-        """Replace the access patterns (as in the constructor); calls already authorized
-        are not affected."""
-        self._authorizer = _MethodAuthorizer(
-            _patterns(mount_patterns, "mount_patterns"),
-            _patterns(resolve_patterns, "resolve_patterns"),
-        )
+        """Replace the access patterns (as in the constructor), in the store: with a shared
+        store every table on it uses them within its refresh interval. Calls already
+        authorized are not affected."""
+        acl = _access_lists(mount_patterns, resolve_patterns)
+        compiled = _compile(acl)
+        stored = self._store.set_access(acl)
+        with self._lock:
+            self._own = acl
+            self._cached = compiled if stored == acl else _compile(stored)
+            self._cached_at = time.monotonic()
 
     def sweep(self) -> int:
-        """Drop every expired server and empty node now; returns the nodes left."""
+        """Drop every expired server the store keeps itself (an in-memory tree: expired
+        servers and empty nodes); returns the entries left."""
+        return self._store.sweep()
+
+    def close(self) -> None:
+        """Release the store's connections (the in-memory store has none)."""
+        self._store.close()
+
+    # -- access lists ----------------------------------------------------------------------
+
+    def _patterns(self) -> _Patterns:
+        """The current patterns: cached, read again from the store once its refresh interval
+        passed (no lock is held across the read). A store that cannot be read keeps the
+        last patterns in force."""
+        now = time.monotonic()
         with self._lock:
-            self._sweep_locked(self._clock())
-            return self._nodes
+            if now - self._cached_at < self._store.access_refresh:
+                return self._cached
+            own = self._own
+        try:
+            stored = self._store.get_access(timeout=ACCESS_READ_TIMEOUT)
+            if stored is None:
+                stored = self._store.set_access(
+                    own, only_if_absent=True, timeout=ACCESS_READ_TIMEOUT
+                )
+            compiled = _compile(stored)
+        except errors.IPCError as exc:
+            log.warning("mount table: cannot read the access lists (%s); keeping the last", exc)
+            with self._lock:
+                return self._cached
+        with self._lock:
+            self._cached, self._cached_at = compiled, now
+            return compiled
 
     # -- the methods -----------------------------------------------------------------------
 
-    def _mount(self, suffix: str, server: str, ttl: float, flags: int) -> None:
+    def _mount(
+        self, suffix: str, server: str, ttl: float, flags: int, timeout: float | None = None
+    ) -> None:
         comps = _check_suffix(suffix)
         if not comps:
             raise errors.BadArgError("mount table: cannot mount at the root of the table")
@@ -284,196 +328,68 @@ class MountTable:
         seconds = min(_check_ttl(ttl), self._max_ttl)
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~_ALL_FLAGS:
             raise errors.BadArgError(f"mount table: bad flags {flags!r}")
-        want_mt, want_leaf = bool(flags & MT), bool(flags & LEAF)
-        with self._lock:
-            now = self._clock()
-            if now - self._last_sweep >= SWEEP_INTERVAL:
-                self._sweep_locked(now)
-            node = self._node_for_mount(comps, now)
-            live = node.purge(now)
-            if flags & REPLACE:
-                node.servers.clear()
-                live = False
-            if live and (node.mt, node.leaf) != (want_mt, want_leaf):
-                raise errors.BadArgError(
-                    f"mount table: {'/'.join(comps)!r} is mounted with mt={node.mt} "
-                    f"leaf={node.leaf}; use REPLACE to change the flags"
-                )
-            if server not in node.servers and len(node.servers) >= self._max_servers:
-                raise errors.OverloadedError(
-                    f"mount table: {'/'.join(comps)!r} already has {self._max_servers} servers",
-                    action=errors.RetryAction.NO_RETRY,
-                )
-            node.mt, node.leaf = want_mt, want_leaf
-            node.servers[server] = now + seconds
+        self._store.mount(
+            comps,
+            server,
+            seconds,
+            mt=bool(flags & MT),
+            leaf=bool(flags & LEAF),
+            replace=bool(flags & REPLACE),
+            timeout=timeout,
+        )
         log.debug("mount table: mounted %s at %r for %.1fs", server, "/".join(comps), seconds)
 
-    def _node_for_mount(self, comps: tuple[str, ...], now: float) -> _Node:
-        """The node at ``comps``, created with its parents; the lock is held."""
-        missing = 0
-        node = self._root
-        for i, c in enumerate(comps):
-            child = node.children.get(c)
-            if child is None:
-                missing = len(comps) - i
-                break
-            node = child
-        if missing and self._nodes + missing > self._max_nodes:
-            self._sweep_locked(now)
-        if missing and self._nodes + missing > self._max_nodes:
-            raise errors.OverloadedError(
-                f"mount table: full ({self._max_nodes} nodes)", action=errors.RetryAction.NO_RETRY
-            )
-        node = self._root
-        for c in comps:
-            child = node.children.get(c)
-            if child is None:
-                child = node.children[c] = _Node()
-                self._nodes += 1
-            node = child
-        return node
-
-    def _unmount(self, suffix: str, server: str) -> None:
+    def _unmount(self, suffix: str, server: str, timeout: float | None = None) -> None:
         comps = _check_suffix(suffix)
         if not isinstance(server, str):
             raise errors.BadArgError("mount table: the server must be a str ('' for all)")
-        target = names.clean(server) if server else ""
-        with self._lock:
-            path = [self._root]
-            for c in comps:
-                child = path[-1].children.get(c)
-                if child is None:
-                    return  # nothing mounted there: unmounting is idempotent
-                path.append(child)
-            node = path[-1]
-            if target:
-                node.servers.pop(target, None)
-            else:
-                node.servers.clear()
-            self._prune_locked(path, comps)
+        self._store.unmount(comps, names.clean(server) if server else "", timeout=timeout)
 
-    def _resolve_step(self, suffix: str) -> dict[str, Any]:
+    def _resolve_step(self, suffix: str, timeout: float | None = None) -> dict[str, Any]:
         comps = _check_suffix(suffix)
-        with self._lock:
-            now = self._clock()
-            path = [self._root]
-            for i, c in enumerate(comps):
-                child = path[-1].children.get(c)
-                if child is None:
-                    break
-                path.append(child)
-                if child.purge(now):
-                    entry = MountEntry(
-                        "/".join(comps[i + 1 :]),
-                        tuple(MountedServer(s, d) for s, d in child.servers.items()),
-                        child.mt,
-                        child.leaf,
-                    )
-                    return entry.to_wire(now)
-            self._prune_locked(path, comps[: len(path) - 1])
-        raise errors.NoExistError(f"mount table: no such name {suffix!r}", suffix)
+        found = self._store.resolve(comps, timeout=timeout)
+        if found is None:
+            raise errors.NoExistError(f"mount table: no such name {suffix!r}", suffix)
+        entry = MountEntry(
+            "/".join(comps[found.consumed :]),
+            tuple(MountedServer(s, left) for s, left in found.servers),
+            found.mt,
+            found.leaf,
+        )
+        return entry.to_wire(0.0)
 
-    def _glob(self, suffix: str, pattern: str) -> Iterator[dict[str, Any]]:
+    def _glob(
+        self, suffix: str, pattern: str, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
         comps = _check_suffix(suffix)
         if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LEN:
             raise errors.BadArgError("mount table: bad glob pattern")
-        pat = names.components(pattern)
-        items: list[dict[str, Any]] = []
-        with self._lock:
-            now = self._clock()
-            node: _Node | None = self._root
-            for c in comps:
-                node = node.children.get(c) if node is not None else None
-            if node is not None:
-                self._glob_locked(node, (), frozenset({0}), pat, now, items)
+        items = self._store.glob(
+            comps, names.components(pattern), limit=MAX_GLOB_RESULTS, timeout=timeout
+        )
         if len(items) >= MAX_GLOB_RESULTS:
             log.warning(
                 "mount table: Glob %r at %r cut off at %d items", pattern, suffix, len(items)
             )
         return iter(items)
 
-    def _glob_locked(
-        self,
-        node: _Node,
-        rel: tuple[str, ...],
-        states: frozenset[int],
-        pat: tuple[str, ...],
-        now: float,
-        out: list[dict[str, Any]],
-    ) -> None:
-        if len(out) >= MAX_GLOB_RESULTS:
-            return
-        states = _close(states, pat)
-        if node.purge(now):
-            if len(pat) in states:
-                out.append(
-                    {
-                        "name": "/".join(rel),
-                        "servers": [
-                            MountedServer(s, d).to_wire(now) for s, d in node.servers.items()
-                        ],
-                        "serves_mount_table": node.mt,
-                        "is_leaf": node.leaf,
-                    }
-                )
-            if rel:
-                return  # a mount point: what is below lives in the mounted server
-        for name in sorted(node.children):
-            nxt = _advance(states, pat, name)
-            if nxt:
-                self._glob_locked(node.children[name], (*rel, name), nxt, pat, now, out)
 
-    # -- housekeeping (lock held) ----------------------------------------------------------
+def _access_lists(mount: Iterable[str] | None, resolve: Iterable[str] | None) -> AccessLists:
+    def one(value: Iterable[str] | None, what: str) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            raise errors.BadArgError(f"mount table: {what} must be a sequence of patterns")
+        out = tuple(value)
+        if not all(isinstance(p, str) for p in out):
+            raise errors.BadArgError(f"mount table: {what} must be strings")
+        return out
 
-    def _prune_locked(self, path: list[_Node], comps: tuple[str, ...]) -> None:
-        """Remove empty nodes at the end of ``path`` (``path[i+1]`` is ``comps[i]``)."""
-        for i in range(len(path) - 1, 0, -1):
-            node = path[i]
-            if node.servers or node.children:
-                return
-            del path[i - 1].children[comps[i - 1]]
-            self._nodes -= 1
-
-    def _sweep_locked(self, now: float) -> None:
-        self._last_sweep = now
-
-        def visit(node: _Node) -> bool:
-            for name in list(node.children):
-                if not visit(node.children[name]):
-                    del node.children[name]
-                    self._nodes -= 1
-            return node.purge(now) or bool(node.children)
-
-        visit(self._root)
+    return AccessLists(one(mount, "mount_patterns"), one(resolve, "resolve_patterns"))
 
 
-def _patterns(value: Iterable[str] | None, what: str) -> tuple[BlessingPattern, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise errors.BadArgError(f"mount table: {what} must be a sequence of patterns")
-    return tuple(BlessingPattern(p) for p in value)
+def _compile(acl: AccessLists) -> _Patterns:
+    def one(value: tuple[str, ...] | None) -> tuple[BlessingPattern, ...] | None:
+        return None if value is None else tuple(BlessingPattern(p) for p in value)
 
-
-def _close(states: frozenset[int], pat: tuple[str, ...]) -> frozenset[int]:
-    """Add the states reachable by letting each ``...`` match zero components."""
-    out = set(states)
-    for s in sorted(states):
-        while s < len(pat) and pat[s] == "...":
-            s += 1
-            out.add(s)
-    return frozenset(out)
-
-
-def _advance(states: frozenset[int], pat: tuple[str, ...], name: str) -> frozenset[int]:
-    """The pattern states after matching one more component ``name``."""
-    out: set[int] = set()
-    for s in states:
-        if s >= len(pat):
-            continue
-        p = pat[s]
-        if p == "...":
-            out.add(s)  # "..." stays to match more components
-        elif fnmatch.fnmatchcase(name, p):
-            out.add(s + 1)
-    return frozenset(out)
+    return one(acl.mount), one(acl.resolve)

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -627,6 +628,12 @@ class Server:
             return ()
         if isinstance(value, Results):
             return value.values
+        if isinstance(value, types.GeneratorType):
+            value.close()
+            raise errors.InternalError(
+                f"server: {type(obj).__name__}.{request.method} returned a generator; stream "
+                "results with call.send(item) inside the method and return the final results"
+            )
         return (value,)
 
     def _authorize(

@@ -67,6 +67,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import select
 import socket
@@ -187,6 +188,30 @@ class KeepaliveConfig:
     send_timeout: float = 30.0
     probe_timeout: float = 2.0
     probe_after: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout", "send_timeout"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= MIN_KEEPALIVE_INTERVAL
+            ):
+                raise errors.BadArgError(
+                    f"transport: KeepaliveConfig.{name} must be a finite number of seconds "
+                    f">= {MIN_KEEPALIVE_INTERVAL}, got {value!r}"
+                )
+        if self.timeout < self.interval:
+            raise errors.BadArgError(
+                "transport: KeepaliveConfig.timeout must be >= interval (else a VC is declared "
+                "dead before it is pinged)"
+            )
+
+
+MIN_KEEPALIVE_INTERVAL = 0.01
+"""The shortest keepalive period accepted: shorter ones would keep a reader thread waking
+without pause (0 would spin a CPU on an idle VC)."""
 
 
 def _timeval(seconds: float) -> bytes:
@@ -1038,6 +1063,8 @@ class Connection:
         for fn in aborted:
             _run_abort(fn, err)
         if first:
+            # (a GOAWAY from the peer, EOF, a protocol error, a local close: which one is err)
+            log.debug("transport: VC %s ended: %s", self.name, err)
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         if notify:

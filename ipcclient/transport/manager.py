@@ -207,6 +207,8 @@ def open_socket(protocol: str, address: str, deadline: float) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
         raise last or OSError(f"no addresses for {address}")
+    except errors.IPCError:  # (ours are OSErrors too: TimeoutError, ConnectionFailedError)
+        raise
     except TimeoutError as exc:
         raise errors.TimeoutError(f"transport: dialing {protocol}:{address} timed out") from exc
     except OSError as exc:
@@ -239,6 +241,8 @@ def _drive_handshake(
                 sock.settimeout(_timeout_left(deadline, "the handshake finished"))
                 sock.sendall(out)
         sock.settimeout(None)
+    except errors.IPCError:  # (ours are OSErrors too: TimeoutError, ConnectionFailedError)
+        raise
     except TimeoutError as exc:
         raise errors.TimeoutError("transport: the handshake did not finish in time") from exc
     except OSError as exc:
@@ -427,7 +431,19 @@ class StreamManager:
             TimeoutError, ConnectionFailedError, BadArgError: from the dial.
             VersionIncompatibleError, NotTrustedError, BadProtocolError: from the handshake.
         """
-        sock = open_socket(protocol, address, deadline)
+        started = time.monotonic()
+        try:
+            sock = open_socket(protocol, address, deadline)
+        except errors.IPCError as exc:
+            log.debug("transport: dial %s:%s failed: %s", protocol, address, exc)
+            raise
+        connected = time.monotonic()
+        log.debug(
+            "transport: connected to %s:%s in %.1f ms",
+            protocol,
+            address,
+            (connected - started) * 1e3,
+        )
         try:
             hs = ClientHandshake(
                 self.identity,
@@ -441,9 +457,18 @@ class StreamManager:
             _drive_handshake(sock, hs.receive_data, lambda: hs.done, hs.start(), hs_deadline)
             assert hs.result is not None
             result: HandshakeResult = hs.result
-        except BaseException:
+        except BaseException as exc:
             sock.close()
+            log.debug("transport: handshake with %s:%s failed: %s", protocol, address, exc)
             raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "transport: handshake with %s:%s done in %.1f ms: server %s",
+                protocol,
+                address,
+                (time.monotonic() - connected) * 1e3,
+                list(getattr(result.remote_blessings, "names", ()) or ()),
+            )
         try:
             conn = Connection(
                 sock,

@@ -32,6 +32,12 @@ and the bytes themselves (the same bytes cbor2 would write), so a bulk payload i
 per direction instead of twice."""
 
 
+_SMALL = 64
+"""An encoded value this short that is no container or tag is within every message limit."""
+_MAX_BULK = codec.DEFAULT_LIMITS.max_message_size - 9
+"""The longest byte string whose message (with its CBOR head) is within the size limit."""
+
+
 def _bytes_head(n: int) -> bytes:
     """The CBOR head (major type 2, shortest form) of a byte string of ``n`` bytes."""
     if n < 24:
@@ -68,11 +74,18 @@ def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes
 def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> list[bytes]:
     """The same bytes as :func:`encode_messages`, as a list of pieces to write in order:
     a bulk byte string (see ``_BULK``) is its own piece, never copied; everything between
-    two bulk values is joined into one piece. Usually a list of one."""
+    two bulk values is joined into one piece. Usually a list of one.
+
+    Raises:
+        BadArgError: a value cannot be encoded, or its message would be refused by a peer
+            for its size, items or nesting (:func:`codec.check_encoded`): nothing is written.
+    """
     if len(values) == 1 and not tail:  # one value (a stream item): the short way
         value = values[0]
         if type(value) is not bytes or len(value) < _BULK:
             body = codec.encode_scalar(value) or codec.encode(value)
+            if len(body) > _SMALL or 0x80 <= body[0] < 0xE0:
+                codec.check_encoded(body)
             return [b"".join((head, _LENGTH.pack(len(body)), body))]
     small: list[bytes] = [head] if head else []
     parts: list[bytes] = []
@@ -83,6 +96,8 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     for value in values:
         if type(value) is bytes and len(value) >= _BULK:
             bulk_head = _bytes_head(len(value))
+            if len(value) > _MAX_BULK:
+                codec.check_size(len(bulk_head) + len(value))
             append(pack(len(bulk_head) + len(value)) + bulk_head)
             parts.append(b"".join(small))
             parts.append(value)
@@ -90,6 +105,8 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
             append = small.append
             continue
         body = scalar(value) or encode(value)
+        if len(body) > _SMALL or 0x80 <= body[0] < 0xE0:
+            codec.check_encoded(body)
         append(pack(len(body)))
         append(body)
     if tail:

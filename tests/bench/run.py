@@ -6,6 +6,10 @@ ipcclient, interleaved over rounds, each system in its own processes on 127.0.0.
 medians and the ratios the project is held to. Never part of the test suite.
 
     python -m tests.bench.run [--rounds 3] [--seconds 3] [--only ipcclient,grpc]
+
+First it prints the mount table's own line (``bench_mounttable.py``: resolve latency and
+mounts/s through an etcd-backed replica next to the in-memory one; ``--only mounttable``
+runs only that).
 """
 
 from __future__ import annotations
@@ -67,6 +71,21 @@ def run_one(script: str, variant: str, seconds: float) -> dict[str, Any] | None:
     return result
 
 
+def run_mounttable(seconds: float) -> None:
+    """The mount table's line: an etcd-backed replica next to the in-memory one."""
+    cmd = [sys.executable, "-m", "tests.bench.bench_mounttable", "--seconds", str(seconds)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        sys.stderr.write("  TIMEOUT bench_mounttable\n")
+        return
+    if out.returncode != 0:
+        sys.stderr.write(f"  FAILED bench_mounttable:\n{out.stderr[-2000:]}\n")
+        return
+    sys.stdout.write(out.stdout + "\n")
+    sys.stdout.flush()
+
+
 def median(runs: list[dict[str, Any] | None], w: str, k: str) -> float | None:
     vals = [r[w][k] for r in runs if r and r.get(w)]
     return statistics.median(vals) if vals else None
@@ -78,6 +97,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--only", help="comma-separated system keys")
     args = ap.parse_args()
+    if not args.only or "mounttable" in args.only.split(","):
+        run_mounttable(args.seconds)
+    if args.only == "mounttable":
+        return 0
     if not os.path.isdir(ANCHORS):
         sys.stderr.write(f"bench: the anchors harness is not at {ANCHORS} (set ")
         sys.stderr.write("IPCCLIENT_BENCH_ANCHORS)\n")

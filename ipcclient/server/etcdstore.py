@@ -1,0 +1,627 @@
+"""A mount table store shared through etcd, so several mount table processes answer alike.
+
+Owns: :class:`EtcdStore` (a :class:`~ipcclient.server.mountstore.MountStore`) and
+:class:`EtcdGateway`, a small client of etcd's v3 JSON gateway (``POST /v3/...``) written
+on the standard library: HTTP/1.1 keep-alive connections to every member given, a deadline
+on every request, and failover to the next member when one does not answer.
+
+Layout under the prefix ``P`` (a mount table's keys and nothing else):
+
+``P m/<name>\\x00<server>``
+    One mount: ``<name>`` is the mounted name's components joined with ``/``, ``<server>``
+    the mounted rooted name. The value is JSON ``{"e": expiry (Unix time), "mt": bool,
+    "l": bool}``. The key is attached to a lease whose TTL covers the mount's TTL: etcd
+    deletes it when the mount expires (no sweeper); a reader also ignores a key whose expiry
+    passed before etcd reaped it. Mount order is the keys' creation revision, so a refresh
+    (a put on the same key) keeps a server's place.
+``P acl``
+    The access lists, JSON ``{"mount": [...]|null, "resolve": [...]|null}``.
+
+Resolution is one transaction of range reads (one per prefix of the name, the first with a
+live server answers); Glob is one range read below the name. Mount is a read then a
+transaction guarded by the name's revision (so MT / LEAF agreement and the per-name bound
+hold whatever other replicas do at the same time); Mount with REPLACE is one transaction that
+deletes the name's servers and puts the new one; Unmount is one delete. A refresh is a put
+with a fresh lease (leases are shared by the mounts of one second with the same TTL, so a
+busy table does not grant one per mount).
+
+Must not: hold a lock across a request, block past a deadline, or import anything from
+ipcclient but :mod:`ipcclient.errors` and the mount store.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import math
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.server.mountstore import (
+    MAX_GLOB_RESULTS,
+    MAX_NODES,
+    MAX_SERVERS_PER_NAME,
+    AccessLists,
+    Node,
+    Resolved,
+    flags_conflict,
+    glob_tree,
+    table_full,
+    too_many_servers,
+)
+
+__all__ = [
+    "ACCESS_REFRESH",
+    "DEFAULT_PREFIX",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "EtcdGateway",
+    "EtcdStore",
+]
+
+log = logging.getLogger("ipcclient.mounttable.etcd")
+
+DEFAULT_PREFIX = "/ipcclient/mounttable/"
+"""Where a table's keys live when no prefix is given."""
+DEFAULT_REQUEST_TIMEOUT = 5.0
+"""Seconds one store operation may take when its caller has no deadline."""
+ACCESS_REFRESH = 1.0
+"""Seconds a table reuses the access lists it read: a change reaches every replica within
+this long."""
+LEASE_REUSE = 1.0
+"""Seconds a granted lease is reused for further mounts with the same TTL (its TTL covers
+the difference; readers go by each mount's own expiry)."""
+MAX_TXN_ATTEMPTS = 8
+"""Times a Mount re-reads and retries when other replicas change the same name meanwhile."""
+MAX_IDLE_PER_MEMBER = 8
+"""Idle keep-alive connections kept to one etcd member."""
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""Largest gateway response read (a Glob over a full table is far below)."""
+MIN_ATTEMPT_TIMEOUT = 0.5
+"""Seconds a request to one member gets at least while other members are left to try."""
+_MAX_LEASE_CACHE = 64
+
+
+class _LeaseNotFound(Exception):
+    """Internal: etcd no longer knows a lease (it expired or etcd lost it)."""
+
+
+class _MemberFailed(Exception):
+    """Internal: a member did not answer, or answered that it cannot serve now."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        return b""
+    return base64.b64decode(text)
+
+
+def _prefix_end(key: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``key``."""
+    b = bytearray(key)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\x00"
+
+
+def _parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, str, int], ...]:
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    out: list[tuple[str, str, int]] = []
+    for raw in endpoints:
+        text = raw.strip()
+        if "://" not in text:
+            text = "http://" + text
+        url = urllib.parse.urlsplit(text)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise errors.BadArgError(f"etcd: bad endpoint {raw!r} (want http://host:port)")
+        try:
+            port = url.port or (443 if url.scheme == "https" else 2379)
+        except ValueError:
+            raise errors.BadArgError(f"etcd: bad port in endpoint {raw!r}") from None
+        out.append((url.scheme, url.hostname, port))
+    if not out:
+        raise errors.BadArgError("etcd: no endpoints given")
+    return tuple(out)
+
+
+class EtcdGateway:
+    """Requests to etcd's v3 JSON gateway, failing over between the cluster's members.
+
+    Thread-safe: each request takes an idle connection (or opens one) for itself; the lock
+    guards only the idle lists. The member that answered last is tried first.
+
+    Args:
+        endpoints: ``http://host:port`` of each member (a comma-separated str or a list).
+        timeout: seconds a request may take when the caller gives no timeout.
+    """
+
+    def __init__(
+        self, endpoints: str | Sequence[str], *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> None:
+        self._members = _parse_endpoints(endpoints)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[http.client.HTTPConnection]] = {
+            i: [] for i in range(len(self._members))
+        }
+        self._preferred = 0
+        self._closed = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The members, as ``scheme://host:port``."""
+        return tuple(f"{s}://{h}:{p}" for s, h, p in self._members)
+
+    def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer.
+
+        Raises:
+            TimeoutError: the time ran out.
+            OverloadedError: no member answered (back off and retry).
+            InternalError: etcd refused the request.
+        """
+        budget = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        payload = json.dumps(body).encode()
+        with self._lock:
+            first = self._preferred
+        order = [(first + i) % len(self._members) for i in range(len(self._members))]
+        failures: list[str] = []
+        for n, member in enumerate(order):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.TimeoutError(
+                    f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
+                )
+            others = len(order) - n - 1
+            attempt = (
+                left if others == 0 else max(left / (others + 1), min(left, MIN_ATTEMPT_TIMEOUT))
+            )
+            try:
+                answer = self._try(member, path, payload, attempt)
+            except _MemberFailed as exc:
+                failures.append(f"{self.endpoints[member]}: {exc}")
+                continue
+            if member != first:
+                with self._lock:
+                    self._preferred = member
+            return answer
+        if time.monotonic() >= deadline:
+            raise errors.TimeoutError(
+                f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
+            )
+        raise errors.OverloadedError(
+            f"mount table: its etcd storage does not answer ({'; '.join(failures)})",
+            action=errors.RetryAction.RETRY_BACKOFF,
+            tried=failures,
+        )
+
+    def _try(self, member: int, path: str, payload: bytes, timeout: float) -> Any:
+        """One member: an idle connection first, a fresh one when that one is stale."""
+        deadline = time.monotonic() + timeout
+        for fresh in (False, True):
+            conn = None if fresh else self._take(member)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(member, max(0.001, deadline - time.monotonic()))
+            try:
+                conn.timeout = max(0.001, deadline - time.monotonic())
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
+                conn.request(
+                    "POST", path, body=payload, headers={"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                data = resp.read(MAX_RESPONSE_BYTES + 1)
+                status = resp.status
+                keep = not resp.will_close
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and time.monotonic() < deadline:
+                    continue  # a keep-alive connection the member closed: dial again
+                raise _MemberFailed(f"{type(exc).__name__}: {exc}") from None
+            if keep and len(data) <= MAX_RESPONSE_BYTES:
+                self._give(member, conn)
+            else:
+                conn.close()
+            return self._decode(path, status, data)
+        raise _MemberFailed("no connection")  # pragma: no cover (the loop always returns)
+
+    def _decode(self, path: str, status: int, data: bytes) -> Any:
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise errors.InternalError(
+                f"etcd: {path} answered more than {MAX_RESPONSE_BYTES} bytes"
+            )
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            raise _MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
+        if status == 200 and isinstance(answer, dict) and "error" not in answer:
+            return answer
+        message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else ""
+        code = answer.get("code") if isinstance(answer, dict) else None
+        if "lease not found" in str(message):
+            raise _LeaseNotFound(str(message))
+        if code in (4, 14) or status >= 500:  # DeadlineExceeded, Unavailable: another member
+            raise _MemberFailed(f"HTTP {status}: {message}")
+        raise errors.InternalError(f"etcd: {path} failed: HTTP {status}: {message}")
+
+    def _connect(self, member: int, timeout: float) -> http.client.HTTPConnection:
+        scheme, host, port = self._members[member]
+        if scheme == "https":
+            return http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _take(self, member: int) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle[member]
+            return idle.pop() if idle else None
+
+    def _give(self, member: int, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle[member]
+            if not self._closed and len(idle) < MAX_IDLE_PER_MEMBER:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection; requests after this still work (and close theirs)."""
+        with self._lock:
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c in idle]
+            for idle in self._idle.values():
+                idle.clear()
+        for c in conns:
+            c.close()
+
+
+@dataclass(frozen=True)
+class _Mount:
+    path: str
+    server: str
+    expires: float
+    mt: bool
+    leaf: bool
+    created: int
+
+
+class EtcdStore:
+    """Mounts and access lists in etcd under ``prefix``: every table on the same cluster and
+    prefix sees the same names at once.
+
+    Args:
+        endpoints: the etcd members' client URLs (``http://host:2379``), a list or a
+            comma-separated str; the store fails over between them.
+        prefix: the key prefix of this table (a ``/`` is added when it does not end in one).
+        request_timeout: seconds an operation may take when the call has no deadline.
+        max_mounts: the most mounts the table may hold.
+        max_servers_per_name: the most servers at one name.
+        clock: the wall clock mounts expire on (shared by every replica: keep their clocks
+            in sync, as etcd's own leases already need).
+    """
+
+    access_refresh = ACCESS_REFRESH
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_mounts: int = MAX_NODES,
+        max_servers_per_name: int = MAX_SERVERS_PER_NAME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_mounts < 1 or max_servers_per_name < 1 or not request_timeout > 0:
+            raise errors.BadArgError("mount table: bounds must be positive")
+        if not isinstance(prefix, str) or not prefix or "\x00" in prefix:
+            raise errors.BadArgError(f"etcd: bad prefix {prefix!r}")
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self._gw = EtcdGateway(endpoints, timeout=request_timeout)
+        self._timeout = request_timeout
+        self._prefix = prefix.encode()
+        self._mounts_key = self._prefix + b"m/"
+        self._acl_key = self._prefix + b"acl"
+        self._max_mounts = max_mounts
+        self._max_servers = max_servers_per_name
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the lease cache only
+        self._leases: dict[int, tuple[str, float]] = {}
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix (ending in ``/``)."""
+        return self._prefix.decode()
+
+    @property
+    def gateway(self) -> EtcdGateway:
+        """The gateway client (its endpoints, ``close``)."""
+        return self._gw
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _node_key(self, comps: tuple[str, ...]) -> bytes:
+        path = "/".join(comps)
+        if "\x00" in path:
+            raise errors.BadArgError("mount table: a name may not contain NUL")
+        return self._mounts_key + path.encode() + b"\x00"
+
+    def _node_range(self, comps: tuple[str, ...]) -> dict[str, Any]:
+        key = self._node_key(comps)
+        return {"key": _b64(key), "range_end": _b64(key[:-1] + b"\x01")}
+
+    def _parse(self, kv: dict[str, Any]) -> _Mount | None:
+        key = _unb64(kv.get("key"))[len(self._mounts_key) :]
+        path, sep, server = key.partition(b"\x00")
+        try:
+            value = json.loads(_unb64(kv.get("value")))
+            mount = _Mount(
+                path.decode(),
+                server.decode(),
+                float(value["e"]),
+                bool(value["mt"]),
+                bool(value["l"]),
+                int(kv.get("create_revision", 0)),
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            mount = None
+        if mount is None or not sep or not server:
+            log.warning("mount table: ignoring a malformed key in etcd: %r", key[:200])
+            return None
+        return mount
+
+    def _live(self, response: dict[str, Any], now: float) -> list[_Mount]:
+        """The live mounts of a range response, in mount order."""
+        found = (self._parse(kv) for kv in response.get("kvs", ()))
+        return sorted(
+            (m for m in found if m is not None and m.expires > now), key=lambda m: m.created
+        )
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self._timeout if timeout is None else timeout)
+
+    def _request(self, path: str, body: dict[str, Any], deadline: float) -> Any:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise errors.TimeoutError(f"mount table: no time left for etcd {path}")
+        return self._gw.request(path, body, left)
+
+    def _txn(self, deadline: float, success: list[dict[str, Any]], **extra: Any) -> Any:
+        return self._request("/v3/kv/txn", {"success": success, **extra}, deadline)
+
+    def _lease(self, seconds: float, deadline: float) -> str:
+        ttl = math.ceil(seconds + LEASE_REUSE)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._leases.get(ttl)
+            if hit is not None and now - hit[1] < LEASE_REUSE:
+                return hit[0]
+        answer = self._request("/v3/lease/grant", {"TTL": ttl}, deadline)
+        lease = str(answer.get("ID", ""))
+        if not lease or lease == "0":
+            raise errors.InternalError(f"etcd: lease grant answered no ID: {answer!r}"[:300])
+        with self._lock:
+            if len(self._leases) >= _MAX_LEASE_CACHE:
+                self._leases.clear()
+            self._leases[ttl] = (lease, now)
+        return lease
+
+    def _forget_leases(self) -> None:
+        with self._lock:
+            self._leases.clear()
+
+    # -- MountStore ------------------------------------------------------------------------
+
+    def mount(
+        self,
+        comps: tuple[str, ...],
+        server: str,
+        seconds: float,
+        *,
+        mt: bool,
+        leaf: bool,
+        replace: bool,
+        timeout: float | None = None,
+    ) -> None:
+        deadline = self._deadline(timeout)
+        node = self._node_range(comps)
+        key = _b64(self._node_key(comps) + server.encode())
+        all_mounts = {
+            "key": _b64(self._mounts_key),
+            "range_end": _b64(_prefix_end(self._mounts_key)),
+            "count_only": True,
+        }
+        for attempt in range(MAX_TXN_ATTEMPTS):
+            if attempt:  # another replica changed the name meanwhile: back off a little
+                pause = random.uniform(0, 0.01 * attempt)
+                if time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+            read = self._txn(deadline, [{"request_range": node}, {"request_range": all_mounts}])
+            responses = read.get("responses", [])
+            mine = responses[0].get("response_range", {}) if responses else {}
+            total = int(responses[1].get("response_range", {}).get("count", 0)) if responses else 0
+            revision = int(read.get("header", {}).get("revision", 0))
+            now = self._clock()
+            present = {_b64(_unb64(kv.get("key"))) for kv in mine.get("kvs", ())}
+            live = [] if replace else self._live(mine, now)
+            if live:
+                flags_conflict(comps, (live[0].mt, live[0].leaf), (mt, leaf))
+            if server not in {m.server for m in live} and len(live) >= self._max_servers:
+                raise too_many_servers(comps, self._max_servers)
+            if key not in present and total >= self._max_mounts:
+                raise table_full(self._max_mounts, "mounts")
+            value = json.dumps({"e": now + seconds, "mt": mt, "l": leaf}).encode()
+            put = {"request_put": {"key": key, "value": _b64(value), "lease": ""}}
+            try:
+                put["request_put"]["lease"] = self._lease(seconds, deadline)
+                if replace:
+                    # etcd refuses a put inside a range the same txn deletes: delete around it.
+                    raw = _unb64(key)
+                    ops = [
+                        {"request_delete_range": {"key": node["key"], "range_end": key}},
+                        {
+                            "request_delete_range": {
+                                "key": _b64(raw + b"\x00"),
+                                "range_end": node["range_end"],
+                            }
+                        },
+                        put,
+                    ]
+                    self._txn(deadline, ops)
+                    return
+                guard = {
+                    "key": node["key"],
+                    "range_end": node["range_end"],
+                    "target": "MOD",
+                    "result": "LESS",
+                    "mod_revision": str(revision + 1),
+                }
+                answer = self._txn(deadline, [put], compare=[guard])
+            except _LeaseNotFound:
+                self._forget_leases()
+                continue
+            if answer.get("succeeded"):
+                return
+        raise errors.OverloadedError(
+            f"mount table: {'/'.join(comps)!r} kept changing under this mount; try again",
+            action=errors.RetryAction.RETRY_BACKOFF,
+        )
+
+    def unmount(self, comps: tuple[str, ...], server: str, *, timeout: float | None = None) -> None:
+        deadline = self._deadline(timeout)
+        if server:
+            target = {"key": _b64(self._node_key(comps) + server.encode())}
+        else:
+            target = self._node_range(comps)
+        self._request("/v3/kv/deleterange", target, deadline)
+
+    def resolve(self, comps: tuple[str, ...], *, timeout: float | None = None) -> Resolved | None:
+        if not comps:
+            return None  # nothing is mounted at the root of a table
+        deadline = self._deadline(timeout)
+        ops = [{"request_range": self._node_range(comps[:i])} for i in range(1, len(comps) + 1)]
+        answer = self._txn(deadline, ops)
+        now = self._clock()
+        for i, response in enumerate(answer.get("responses", ())):
+            live = self._live(response.get("response_range", {}), now)
+            if live:
+                return Resolved(
+                    i + 1,
+                    tuple((m.server, max(0.0, m.expires - now)) for m in live),
+                    live[0].mt,
+                    live[0].leaf,
+                )
+        return None
+
+    def glob(
+        self,
+        comps: tuple[str, ...],
+        pattern: tuple[str, ...],
+        *,
+        limit: int = MAX_GLOB_RESULTS,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        deadline = self._deadline(timeout)
+        start = self._node_key(comps)[:-1] if comps else self._mounts_key
+        answer = self._request(
+            "/v3/kv/range",
+            {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "limit": self._max_mounts},
+            deadline,
+        )
+        now = self._clock()
+        base = "/".join(comps)
+        root = Node()
+        for m in self._live(answer, now):
+            if comps and m.path != base and not m.path.startswith(base + "/"):
+                continue  # a sibling sharing the prefix ("ab" next to "a")
+            rel = tuple(m.path[len(base) :].split("/")[1:]) if comps else tuple(m.path.split("/"))
+            node = root.child(rel)
+            node.servers[m.server] = m.expires
+            node.mt, node.leaf = m.mt, m.leaf
+        return glob_tree(root, pattern, now, limit)
+
+    def sweep(self) -> int:
+        """etcd expires mounts itself (leases): this only counts them."""
+        return self.size()
+
+    def size(self) -> int:
+        deadline = self._deadline(None)
+        answer = self._request(
+            "/v3/kv/range",
+            {
+                "key": _b64(self._mounts_key),
+                "range_end": _b64(_prefix_end(self._mounts_key)),
+                "count_only": True,
+            },
+            deadline,
+        )
+        return int(answer.get("count", 0))
+
+    def get_access(self, *, timeout: float | None = None) -> AccessLists | None:
+        answer = self._request(
+            "/v3/kv/range", {"key": _b64(self._acl_key)}, self._deadline(timeout)
+        )
+        kvs = answer.get("kvs", ())
+        return self._acl_of(kvs[0]) if kvs else None
+
+    def set_access(
+        self, acl: AccessLists, *, only_if_absent: bool = False, timeout: float | None = None
+    ) -> AccessLists:
+        deadline = self._deadline(timeout)
+        put = {
+            "request_put": {
+                "key": _b64(self._acl_key),
+                "value": _b64(json.dumps(acl.to_json()).encode()),
+            }
+        }
+        if not only_if_absent:
+            self._txn(deadline, [put])
+            return acl
+        absent = {
+            "key": _b64(self._acl_key),
+            "target": "CREATE",
+            "result": "EQUAL",
+            "create_revision": "0",
+        }
+        answer = self._txn(
+            deadline,
+            [put],
+            compare=[absent],
+            failure=[{"request_range": {"key": _b64(self._acl_key)}}],
+        )
+        if answer.get("succeeded"):
+            return acl
+        kvs = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", ())
+        return self._acl_of(kvs[0]) if kvs else acl
+
+    def _acl_of(self, kv: dict[str, Any]) -> AccessLists:
+        try:
+            value = json.loads(_unb64(kv.get("value")))
+        except ValueError:
+            raise errors.BadStateError("mount table: stored access lists are not JSON") from None
+        return AccessLists.from_json(value)
+
+    def close(self) -> None:
+        self._gw.close()

@@ -1,0 +1,621 @@
+"""When a call cannot succeed: it fails fast, with the right error, saying why.
+
+Over real loopback sockets, a real mount table and real servers: a name that is not mounted,
+a relative name without roots, servers that refuse connections, arguments over the message
+limits, one retry window per call, misuse of the call object, messages a person can act on,
+and the DEBUG/INFO story in the logs. The rendezvous (a call waiting for a server that is
+published after it started) still works when asked for.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ipcclient
+from ipcclient import codec, errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.naming import names
+from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.namespace import MountEntry, Namespace
+from ipcclient.options import (
+    ClientOptions,
+    NoRetry,
+    RetryTimeout,
+    WaitForReady,
+)
+from ipcclient.retry import RetryBudget
+from ipcclient.security import Principal
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.mounttable import MountTable
+from ipcclient.server.server import Server, ServerCall
+from ipcclient.transport.conn import KeepaliveConfig
+from tests.conftest import Family
+
+pytestmark = pytest.mark.timeout(60)
+
+FOUR_MIB = 4 * 1024 * 1024
+
+
+class Svc:
+    """A small service that counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.items: list[Any] = []
+
+    def Echo(self, call: ServerCall, value: Any) -> Any:
+        self.calls += 1
+        return value
+
+    def Count(self, call: ServerCall) -> int:
+        self.calls += 1
+        n = 0
+        for item in call:
+            self.items.append(item)
+            n += 1
+        return n
+
+    def Stream(self, call: ServerCall, n: int) -> int:
+        self.calls += 1
+        for i in range(n):
+            call.send(i)
+        return n
+
+    def Busy(self, call: ServerCall) -> None:
+        self.calls += 1
+        raise errors.OverloadedError("svc: busy")
+
+    def Gen(self, call: ServerCall) -> Any:
+        yield 1
+
+
+def ctx(seconds: float | None = 5.0) -> Context:
+    if seconds is None:
+        return Context.background()
+    return Context.background().with_timeout(seconds)
+
+
+def free_address() -> str:
+    """A loopback TCP address nobody listens on (connections to it are refused)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = "%s:%d" % probe.getsockname()
+    probe.close()
+    return address
+
+
+def refused_name(address: str | None = None) -> str:
+    ep = Endpoint(
+        "tcp", address or free_address(), blessings=("root:server",), min_version=1, max_version=1
+    )
+    return "/" + str(ep)
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as s:
+        yield s
+
+
+def serve(stack: contextlib.ExitStack, family: Family, obj: Any, *, table: bool = False) -> str:
+    server = Server(family.member("mt" if table else "server"), serves_mount_table=table)
+    stack.callback(server.stop)
+    ep = server.listen("tcp", "127.0.0.1:0")
+    if table:
+        server.serve_dispatcher(MountTable())
+    else:
+        server.serve(obj, AllowEveryone())
+    return "/" + ep
+
+
+def client(stack: contextlib.ExitStack, family: Family, **kw: Any) -> Client:
+    c = Client(family.member("client"), **kw)
+    stack.callback(c.close)
+    return c
+
+
+def mount(c: Client, table: str, name: str, server: str) -> None:
+    at = names.join_address_name(table, name, terminal=True)
+    assert c.call(ctx(), at, "Mount", server, 60.0, 0) == ()
+
+
+# -- 1. fail fast by default, wait on request -------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [None, 3.0])
+def test_a_name_that_is_not_mounted_fails_at_once(
+    stack: contextlib.ExitStack, family: Family, seconds: float | None
+) -> None:
+    table = serve(stack, family, None, table=True)
+    svc = serve(stack, family, Svc())
+    c = client(stack, family, roots=[table])
+    mount(c, table, "apps/fortune", svc)
+
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(seconds), "apps/fortnue", "Echo", 1)  # the typo
+    elapsed = time.monotonic() - start
+    err = info.value
+    assert elapsed < 0.5, elapsed
+    assert err.action is errors.RetryAction.NO_RETRY
+    assert err.request_sent is False
+    text = str(err)
+    assert "\n" not in text and len(text) < 400, text
+    assert "'apps/fortnue'" in text and table in text and "WaitForReady" in text
+    assert "tried" not in text  # the tries are in err.tried and err.details()
+    assert err.tried and "tried:" in err.details()
+
+
+def test_a_relative_name_without_roots_fails_at_once(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    c = client(stack, family)
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(3.0), "apps/fortune", "Echo", 1)
+    assert time.monotonic() - start < 0.5
+    assert info.value.action is errors.RetryAction.NO_RETRY
+    assert "no roots" in str(info.value) and "roots=" in str(info.value)
+
+
+def test_a_malformed_name_fails_at_once(stack: contextlib.ExitStack, family: Family) -> None:
+    c = client(stack, family)
+    start = time.monotonic()
+    with pytest.raises(errors.BadArgError):
+        c.call(ctx(None), "/@9@tcp@nonsense", "Echo", 1)
+    assert time.monotonic() - start < 0.5
+
+
+def test_an_endpoint_whose_versions_do_not_fit_fails_at_once(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    c = client(stack, family)
+    name = "/" + str(Endpoint("tcp", free_address(), min_version=7, max_version=9))
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(None), name, "Echo", 1)
+    assert time.monotonic() - start < 0.5
+    assert info.value.action is errors.RetryAction.NO_RETRY
+
+
+def test_refused_connections_are_retried_briefly_then_fail_clearly(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    c = client(stack, family)
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(None), refused_name(), "Echo", 1)  # no deadline at all
+    elapsed = time.monotonic() - start
+    assert 0.5 < elapsed < 3.0, elapsed  # the ~1 s connect_retry_window, not a minute
+    err = info.value
+    assert "cannot connect" in str(err) and "refused" in str(err).lower()
+    assert str(err).count("client:") == 1
+    assert len(err.tried) >= 2  # it did retry within the window
+
+
+def test_wait_for_ready_finds_a_server_mounted_after_the_call_started(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    table = serve(stack, family, None, table=True)
+    svc = serve(stack, family, Svc())
+    c = client(stack, family, roots=[table])
+    mounter = client(stack, family, roots=[table])
+    timer = threading.Timer(0.5, mount, (mounter, table, "apps/late", svc))
+    timer.start()
+    stack.callback(timer.cancel)
+    start = time.monotonic()
+    assert c.call(ctx(10.0), "apps/late", "Echo", "hi", options=[WaitForReady()]) == ("hi",)
+    assert time.monotonic() - start >= 0.4
+
+
+def test_wait_for_ready_as_a_client_option_and_turned_off_per_call(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    table = serve(stack, family, None, table=True)
+    c = client(
+        stack,
+        family,
+        roots=[table],
+        options=ClientOptions(default_call_timeout=20.0, wait_for_ready=True),
+    )
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError):  # WaitForReady(False): fails at once
+        c.call(ctx(5.0), "apps/none", "Echo", 1, options=[WaitForReady(False)])
+    assert time.monotonic() - start < 0.5
+    start = time.monotonic()
+    with pytest.raises(errors.IPCError):  # waits until the (short) deadline
+        c.call(ctx(0.8), "apps/none", "Echo", 1)
+    assert time.monotonic() - start >= 0.6
+
+
+def test_wait_for_ready_retries_refused_connections_until_the_deadline(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    sp = family.member("server")
+    address = free_address()
+    c = client(stack, family)
+
+    def start_later() -> None:
+        srv = Server(sp)
+        stack.callback(srv.stop)
+        srv.listen("tcp", address)
+        srv.serve(Svc(), AllowEveryone())
+
+    timer = threading.Timer(1.5, start_later)  # after the default 1 s window
+    timer.start()
+    stack.callback(timer.cancel)
+    assert c.call(ctx(10.0), refused_name(address), "Echo", 2, options=[WaitForReady()]) == (2,)
+
+
+def test_a_retry_budget_stops_retries_when_it_is_empty(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    budget = RetryBudget(min_retries_per_sec=0, percent_can_retry=0)
+    c = client(
+        stack,
+        family,
+        options=ClientOptions(default_call_timeout=20.0, wait_for_ready=True, retry_budget=budget),
+    )
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(5.0), refused_name(), "Echo", 1)
+    assert time.monotonic() - start < 1.0  # not the 5 s a waiting call would take
+    assert len(info.value.tried) <= 3  # one attempt: no retry token
+
+
+# -- 2. check before sending --------------------------------------------------------------------
+
+
+def _deep(n: int) -> Any:
+    value: Any = 0
+    for _ in range(n):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [b"x" * (5 * 1024 * 1024), "y" * FOUR_MIB, [b"z" * 1024] * 4200, _deep(70)],
+    ids=["5MiB-bytes", "4MiB-text", "list-over-4MiB", "70-deep"],
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["call", "start_call"])
+def test_an_argument_over_the_limits_is_refused_before_sending(
+    stack: contextlib.ExitStack, family: Family, arg: Any, fast: bool
+) -> None:
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    assert c.call(ctx(), name, "Echo", 1) == (1,)  # the VC is up and authorized
+    with pytest.raises(errors.BadArgError) as info:
+        if fast:
+            c.call(ctx(), name, "Echo", arg)
+        else:
+            c.start_call(ctx(), name, "Echo", [arg]).finish()
+    assert info.value.request_sent is False
+    assert "limit" in str(info.value)
+    # The VC is unharmed and nothing reached the server.
+    assert c.call(ctx(), name, "Echo", 2) == (2,)
+    assert svc.calls == 2 and c.vc_count() == 1 and c.stats["dials"] == 1
+
+
+def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    with c.start_call(ctx(), name, "Count") as call:
+        call.send("a")
+        with pytest.raises(errors.BadArgError):
+            call.send(b"x" * (5 * 1024 * 1024))
+        with pytest.raises(errors.BadArgError):
+            call.send(_deep(80))
+        call.send("b")
+        assert call.finish() == (2,)
+    assert svc.items == ["a", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.binary(max_size=8) | st.text(max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2)
+        ),
+        max_leaves=100,
+    ),
+    st.integers(min_value=1, max_value=70),
+)
+def test_check_encoded_refuses_exactly_what_the_decoder_refuses(value: Any, wrap: int) -> None:
+    """Property: the client-side check and the peer's decoder agree on depth and items."""
+    for _ in range(wrap):
+        value = [value]
+    data = codec.encode(value)
+    limits = codec.Limits(max_items=300)
+    try:
+        codec.decode(data, limits)
+        decoded = True
+    except errors.BadProtocolError:
+        decoded = False
+    try:
+        codec.check_encoded(data, limits)
+        checked = True
+    except errors.BadArgError:
+        checked = False
+    assert decoded == checked
+
+
+# -- 3. one retry window per call ---------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SlowFailingNamespace(Namespace):
+    """Each resolve takes ``cost`` seconds of the fake clock, then fails in a way that may be
+    retried (a mount table that could not be reached): a fault a real part cannot time."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:
+        super().__init__(["/127.0.0.1:1"])
+        self.clock = clock
+        self.cost = cost
+        self.calls = 0
+
+    def resolve(self, ctx: Context, name: str) -> MountEntry:
+        self.calls += 1
+        self.clock.now += self.cost
+        raise errors.ConnectionFailedError("mount table unreachable")
+
+
+@pytest.mark.parametrize(("cost", "attempts"), [(1.5, 1), (0.6, 2)])
+def test_retry_timeout_counts_from_the_start_of_the_call(
+    stack: contextlib.ExitStack, family: Family, cost: float, attempts: int
+) -> None:
+    clock = FakeClock()
+    ns = SlowFailingNamespace(clock, cost)
+    c = client(stack, family, namespace=ns)
+    with pytest.raises(errors.NoServersError):
+        c.call(Context.background(clock=clock), "apps/x", "Echo", 1, options=[RetryTimeout(1.0)])
+    assert ns.calls == attempts
+
+
+class SlowRealNamespace(Namespace):
+    """Each resolve takes ``cost`` seconds of real time, then fails in a way that may be
+    retried."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__(["/127.0.0.1:1"])
+        self.cost = cost
+        self.calls = 0
+
+    def resolve(self, ctx: Context, name: str) -> MountEntry:
+        self.calls += 1
+        threading.Event().wait(self.cost)
+        raise errors.ConnectionFailedError("mount table unreachable")
+
+
+def test_a_first_try_longer_than_the_retry_timeout_is_not_retried(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    ns = SlowRealNamespace(0.5)
+    c = client(stack, family, namespace=ns)
+    with pytest.raises(errors.NoServersError):
+        c.call(ctx(10.0), "apps/x", "Echo", 1, options=[RetryTimeout(0.4)])
+    assert ns.calls == 1
+
+
+def test_one_window_is_shared_by_the_retries_before_and_after_sending(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    start = time.monotonic()
+    with pytest.raises(errors.OverloadedError):
+        c.call(ctx(10.0), name, "Busy", options=[RetryTimeout(0.6)])
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.2, elapsed
+    assert 2 <= svc.calls <= 6
+
+
+def test_keepalive_and_client_options_are_validated() -> None:
+    for bad in (
+        {"interval": 0},
+        {"interval": -1},
+        {"timeout": float("nan")},
+        {"interval": 10, "timeout": 5},
+    ):
+        with pytest.raises(errors.BadArgError):
+            KeepaliveConfig(**bad)
+    for bad_opts in (
+        {"connect_retry_window": -1},
+        {"default_call_timeout": 0},
+        {"dial_timeout": float("inf")},
+        {"wait_for_ready": "yes"},
+        {"max_parallel_discharge_fetches": 0},
+    ):
+        with pytest.raises(errors.BadArgError):
+            ClientOptions(**bad_opts)
+    with pytest.raises(errors.BadArgError):
+        RetryTimeout(-1)
+
+
+# -- 4. errors a person can act on --------------------------------------------------------------
+
+
+def test_finish_after_cancel_is_canceled(stack: contextlib.ExitStack, family: Family) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Stream", [3])
+    threading.Event().wait(0.2)  # the items and the final header arrive together
+    assert call.recv() == 0  # (the rest of them are read and held by the call)
+    call.cancel()
+    with pytest.raises(errors.CanceledError):
+        call.finish()
+    # Leaving the block normally after a cancel.
+    with pytest.raises(errors.CanceledError), c.start_call(ctx(), name, "Stream", [3]) as call:
+        call.cancel()
+
+
+def test_finish_with_unread_streamed_results_is_bad_state(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Stream", [3])
+    with pytest.raises(errors.BadStateError) as info:
+        call.finish()
+    assert "for item in call" in str(info.value)
+    with pytest.raises(errors.BadStateError):  # a streaming method called as a unary one
+        c.call(ctx(), name, "Stream", 2)
+
+
+def test_a_dial_that_timed_out_says_client_once(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    hole = socket.socket()  # accepts TCP (the backlog) but never answers the handshake
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    stack.callback(hole.close)
+    c = client(stack, family)
+    with pytest.raises(errors.TimeoutError) as info:
+        c.call(ctx(0.4), refused_name("%s:%d" % hole.getsockname()), "Echo", 1)
+    assert str(info.value).count("client:") == 1, str(info.value)
+    assert "dialing" in str(info.value)
+
+
+def test_our_errors_are_also_the_builtin_kinds() -> None:
+    assert isinstance(errors.TimeoutError("t"), builtins.TimeoutError)
+    assert isinstance(errors.ConnectionFailedError("c"), ConnectionError)
+    assert isinstance(errors.EndOfStreamError("e"), EOFError)
+    err = errors.TimeoutError("late", request_sent=True, tried=["a", "b"])
+    assert str(err) == "ipc.Timeout: late"
+    assert isinstance(err.with_context(tried=["c"]), builtins.TimeoutError)
+    assert "tried: c" in err.with_context(tried=["c"]).details()
+    assert str(errors.IPCError("two\nlines")) == "ipc.Unknown: two lines"
+
+
+def test_a_call_without_a_context_or_with_an_option_as_an_argument(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    with pytest.raises(errors.BadArgError) as info:
+        c.call(name, "Echo", 1)  # type: ignore[arg-type]
+    assert "Context first" in str(info.value)
+    with pytest.raises(errors.BadArgError) as info:
+        c.start_call(name, "Echo", [1])  # type: ignore[arg-type]
+    assert "Context first" in str(info.value)
+    with pytest.raises(errors.BadArgError) as info:
+        c.call(ctx(), name, "Echo", NoRetry())
+    assert "options=[...]" in str(info.value)
+
+
+def test_a_server_method_written_as_a_generator_says_to_use_send(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    with pytest.raises(errors.InternalError) as info:
+        c.call(ctx(), name, "Gen")
+    assert "call.send" in str(info.value)
+
+
+def test_an_untrusted_server_says_how_to_trust_it(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    name = serve(stack, family, Svc())
+    stranger = Principal.generate()
+    stranger.store.default = stranger.bless_self("stranger")
+    c = Client(stranger)
+    stack.callback(c.close)
+    with pytest.raises(errors.NotTrustedError) as info:
+        c.call(ctx(), name, "Echo", 1)
+    assert "roots.add_blessings" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- 5. logs that explain a slow call ----------------------------------------------------------
+
+
+def test_the_ipcclient_logger_has_a_null_handler() -> None:
+    handlers = logging.getLogger("ipcclient").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+    assert ipcclient.WaitForReady is WaitForReady
+
+
+def test_the_logs_tell_the_story_of_a_failed_resolve(
+    stack: contextlib.ExitStack, family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = serve(stack, family, None, table=True)
+    c = client(stack, family, roots=[table])
+    with caplog.at_level(logging.DEBUG, logger="ipcclient"), pytest.raises(errors.NoServersError):
+        c.call(ctx(), "apps/typo", "Echo", 1)
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records)
+    assert "ipcclient.naming DEBUG namespace:" in text and "cache miss" in text
+    assert "has no name 'apps/typo'" in text
+    assert "ipcclient.transport DEBUG transport: handshake with" in text  # to the mount table
+    assert "ipcclient.client DEBUG client: server" in text and "authorized" in text
+
+
+def test_the_logs_tell_the_story_of_a_refused_dial(
+    stack: contextlib.ExitStack, family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = client(stack, family)
+    with caplog.at_level(logging.DEBUG, logger="ipcclient"), pytest.raises(errors.NoServersError):
+        c.call(ctx(), refused_name(), "Echo", 1)
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert any(n == "ipcclient.transport" and "failed" in m and "dial" in m for n, _, m in records)
+    retries = [m for n, lvl, m in records if n == "ipcclient.retry" and lvl == logging.INFO]
+    assert retries and "retry 1 in" in retries[0] and "ms after" in retries[0]
+    assert "giving up" in retries[-1]
+
+
+def test_close_says_in_flight_only_when_a_call_was(
+    stack: contextlib.ExitStack, family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    assert c.call(ctx(), name, "Echo", 1) == (1,)
+    with caplog.at_level(logging.DEBUG, logger="ipcclient"):
+        c.close()
+    assert not any("in flight" in r.getMessage() for r in caplog.records)
+
+
+def test_the_logs_say_when_a_server_goes_away(
+    family: Family, caplog: pytest.LogCaptureFixture
+) -> None:
+    with contextlib.ExitStack() as stack:
+        server = Server(family.member("server"))
+        stack.callback(server.stop)
+        name = "/" + server.listen("tcp", "127.0.0.1:0")
+        server.serve(Svc(), AllowEveryone())
+        c = client(stack, family)
+        assert c.call(ctx(), name, "Echo", 1) == (1,)
+        with caplog.at_level(logging.DEBUG, logger="ipcclient"):
+            server.stop()  # sends GOAWAY
+            deadline = time.monotonic() + 5
+            while c.vc_count() and time.monotonic() < deadline:
+                threading.Event().wait(0.02)
+        messages = [r.getMessage() for r in caplog.records if r.name == "ipcclient.transport"]
+        assert any("ended" in m for m in messages), messages
+        assert any(
+            r.name == "ipcclient.client" and "closed" in r.getMessage() for r in caplog.records
+        )
