@@ -17,13 +17,14 @@ Lock order: ``Client._lock`` is a leaf: nothing else is acquired while it is hel
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -106,15 +107,40 @@ _PROTOCOL_RANK = {"unix": 0, "tcp4": 1, "tcp": 1, "tcp6": 1}
 """Order of servers by protocol (a local Unix socket first; unknown protocols last)."""
 
 
+HAPPY_EYEBALLS_STAGGER = 0.25
+"""When a name has several servers and the first has no VC yet, the next server's dial
+starts this many seconds after the previous one's (or as soon as that fails), as RFC 8305
+(Happy Eyeballs) does; the first VC established carries the call."""
+
+STALE_DIAL = 1.0
+"""A dial that has run this long (or that a caller already gave up on) is not joined by a new
+caller: it dials afresh (once per ``STALE_DIAL`` per endpoint), so a stalled handshake costs
+the calls already waiting for it, not every call until the handshake timeout."""
+
+MAX_RESENDS = 3
+"""How many times :meth:`Client.call` sends a request again on a new VC when the server said
+(GOAWAY's last flow id) it never took it."""
+
+
+_REDIALING = errors.ConnectionFailedError("client: redialing")
+"""(A marker inside :meth:`Client._race`: a new dial replaced an evicted VC.)"""
+
+
 class _Dial:
     """One dial in progress that several callers may wait for."""
 
-    __slots__ = ("conn", "done", "error")
+    __slots__ = ("abandoned", "conn", "done", "error", "listeners", "started")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.conn: Connection | None = None
         self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.abandoned = False  # a caller's deadline passed while it waited for this dial
+        self.listeners: list[threading.Event] = []  # set when the dial ends (races)
+
+    def stale(self, now: float) -> bool:
+        return self.abandoned or now - self.started >= STALE_DIAL
 
 
 class _NamespaceCaller:
@@ -220,13 +246,22 @@ class Client:
         try:
 
             def attempt(_n: int) -> tuple[Any, ...]:
-                call = self._start(
-                    call_ctx, name, method, args, options, close_send=True, start=start
-                )
-                return call.finish()
+                for resend in range(MAX_RESENDS + 1):
+                    call = self._start(
+                        call_ctx, name, method, args, options, close_send=True, start=start
+                    )
+                    try:
+                        return call.finish()
+                    except errors.NotProcessedError as exc:
+                        self._note_unprocessed(exc, resend, call_ctx)
+                raise AssertionError("unreachable")  # pragma: no cover
 
             def fast_first(n: int) -> tuple[Any, ...]:
-                results = self._fast_call(call_ctx, name, method, args)
+                try:
+                    results = self._fast_call(call_ctx, name, method, args)
+                except errors.NotProcessedError as exc:
+                    self._note_unprocessed(exc, 0, call_ctx)
+                    results = None
                 return attempt(n) if results is None else results
 
             # The usual call may take the short way (see _fast_call).
@@ -246,6 +281,14 @@ class Client:
         finally:
             if owned:
                 call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
+
+    def _note_unprocessed(self, exc: errors.NotProcessedError, resend: int, ctx: Context) -> None:
+        """A request the server never took (see NotProcessedError): return to send it again
+        on a new VC, or raise ``exc`` when the resends are used up or the context is done."""
+        if resend >= MAX_RESENDS or ctx.done():
+            raise exc
+        self.stats["resent_unprocessed"] += 1
+        log.debug("client: the server never took the request; sending it again: %s", exc)
 
     def close(self) -> None:
         """Close the client: new calls fail at once with BadStateError; calls in flight end
@@ -441,10 +484,8 @@ class Client:
         deadline = call_ctx.deadline
         versions = self._manager.options.versions
         plan = _dial_plan_cached if type(versions) is tuple else _dial_plan
+        plans: list[tuple[str, Endpoint, str, str]] = []
         for server in servers:
-            ctx_err = call_ctx.err()
-            if ctx_err is not None:  # cancelled or past the deadline: say so, send nothing
-                raise ctx_err.with_context(request_sent=False, tried=tried) from None
             address, suffix = _split_server(server)
             if not address:
                 last = errors.BadArgError(f"client: cannot connect to a non-rooted name {server!r}")
@@ -452,14 +493,30 @@ class Client:
                 continue
             try:
                 ep, ep_key = plan(address, versions)
-                flow = self._flow_to(ep, ep_key, call_ctx, tried)
             except errors.IPCError as exc:
-                if self._closed or isinstance(exc, errors.CanceledError):
-                    raise exc.with_context(request_sent=False, tried=tried) from None
                 tried.append(f"{server}: {exc.id}")
                 last = exc
                 failures.append(exc)
                 continue
+            plans.append((server, ep, ep_key, suffix))
+        if len(plans) > 1:
+            # Servers with a healthy cached VC first (stable: protocol order otherwise).
+            vcs = self._vcs
+            plans.sort(key=lambda p: vcs.get(p[2]) is None or vcs[p[2]].closed)
+        for (server, ep, _key, suffix), got in self._race(plans, call_ctx, tried):
+            ctx_err = call_ctx.err()
+            if ctx_err is not None:  # cancelled or past the deadline: say so, send nothing
+                if isinstance(got, Flow):
+                    got.cancel()
+                raise ctx_err.with_context(request_sent=False, tried=tried) from None
+            if isinstance(got, errors.IPCError):
+                if self._closed or isinstance(got, errors.CanceledError):
+                    raise got.with_context(request_sent=False, tried=tried) from None
+                tried.append(f"{server}: {got.id}")
+                last = got
+                failures.append(got)
+                continue
+            flow = got
             try:
                 flow.set_deadline(deadline)
                 conn = flow.connection
@@ -556,7 +613,7 @@ class Client:
         if not (method.isascii() and suffix.isascii()):
             return None  # (the header is encoded by hand below for ASCII names)
         conn = self._vcs.get(key)
-        if conn is None or conn._error is not None:
+        if conn is None or conn._error is not None or conn._liveness.probing:
             return None
         hit = conn.cache.get(("server-names", method, suffix))
         if hit is None or hit[1] <= time.time():
@@ -762,34 +819,152 @@ class Client:
         return entry
 
     # --- VCs ----------------------------------------------------------------------------
-    def _flow_to(self, ep: Endpoint, key: str, ctx: Context, tried: list[str]) -> Flow:
-        """A new flow to ``ep``: on the cached VC, or a dialed one. A cached VC that cannot
-        open a flow is evicted and a new one dialed, once."""
-        for attempt in range(2):
-            conn = self._vc_for(ep, key, ctx, tried)
-            try:
-                return conn.connect()
-            except errors.ConnectionFailedError:
-                self._evict(conn)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _race(
+        self, plans: list[tuple[str, Endpoint, str, str]], ctx: Context, tried: list[str]
+    ) -> Iterator[tuple[tuple[str, Endpoint, str, str], Flow | errors.IPCError]]:
+        """New flows to the servers of ``plans`` (server, endpoint, VC key, suffix), best
+        first, each as soon as its VC is there, with each server's failure in its turn.
 
-    def _vc_for(self, ep: Endpoint, key: str, ctx: Context, tried: list[str]) -> Connection:
-        """The VC to ``ep``: cached, or dialed by a dial thread that every caller for the
-        endpoint shares. Each caller waits only as long as its own context allows (and no
-        longer than the client stays open); a dial outlives the callers that gave up on it
-        (bounded by ``options.dial_timeout``) and is cached for the next call."""
+        A cached open VC answers at once. Otherwise its dial starts (or an ongoing fresh one
+        is joined); the next server's dial starts ``HAPPY_EYEBALLS_STAGGER`` later, or as
+        soon as every dial started has failed (RFC 8305). Dials still running when the
+        caller stops iterating go on and their VCs are cached. A cached VC that cannot open a
+        flow is evicted and that server dialed again, once. Each caller waits only as long
+        as its own context allows (and no longer than the client stays open).
+
+        Raises:
+            the context's error (TimeoutError, CanceledError) while waiting for a dial;
+            BadStateError: the client closed.
+        """
+        wake = threading.Event()
+        pending: dict[int, _Dial] = {}
+        redialed: set[int] = set()
+        next_i = 0
+        next_at = 0.0
+        try:
+            while True:
+                wake.clear()
+                for i, dial in list(pending.items()):
+                    if not dial.done.is_set():
+                        continue
+                    del pending[i]
+                    done = self._flow_on(dial, plans[i], redialed, i, pending, wake)
+                    if done is not _REDIALING:
+                        yield plans[i], done
+                if next_i >= len(plans) and not pending:
+                    return
+                now = time.monotonic()
+                if next_i < len(plans) and (not pending or now >= next_at):
+                    i, next_i, next_at = next_i, next_i + 1, now + HAPPY_EYEBALLS_STAGGER
+                    _server, ep, key, _suffix = plans[i]
+                    try:
+                        found = self._vc_or_dial(ep, key, tried, wake)
+                    except errors.IPCError as exc:
+                        yield plans[i], exc
+                        continue
+                    if isinstance(found, _Dial):
+                        pending[i] = found
+                        continue
+                    flow = self._flow_on(found, plans[i], redialed, i, pending, wake)
+                    if flow is not _REDIALING:
+                        yield plans[i], flow
+                    continue
+                timeout = _DIAL_WAIT_SLICE
+                if next_i < len(plans):
+                    timeout = max(0.0, min(timeout, next_at - now))
+                if wake.wait(timeout):
+                    continue
+                err = ctx.err()
+                if err is not None:
+                    for dial in pending.values():
+                        dial.abandoned = True
+                    if isinstance(err, errors.TimeoutError):
+                        where = ", ".join(plans[i][1].address for i in pending)
+                        err = errors.TimeoutError(
+                            f"client: the deadline passed while dialing {where}"
+                        )
+                    log.debug("client: gave up waiting for a dial: %s", err)
+                    raise err.with_context(request_sent=False, tried=tried)
+                if self._closed:
+                    raise errors.BadStateError("client: closed while dialing")
+                for i in list(pending):  # a newer dial to the same endpoint may have won
+                    conn = self._vcs.get(plans[i][2])
+                    if conn is not None and not conn.closed and not conn.suspect:
+                        del pending[i]
+                        flow = self._flow_on(conn, plans[i], redialed, i, pending, wake)
+                        if flow is not _REDIALING:
+                            yield plans[i], flow
+        finally:
+            for dial in pending.values():
+                with contextlib.suppress(ValueError):
+                    dial.listeners.remove(wake)
+
+    def _flow_on(
+        self,
+        source: Connection | _Dial,
+        plan: tuple[str, Endpoint, str, str],
+        redialed: set[int],
+        i: int,
+        pending: dict[int, _Dial],
+        wake: threading.Event,
+    ) -> Flow | errors.IPCError:
+        """A new flow on ``source`` (a VC, or a finished dial): the flow, or why not. A VC
+        that cannot open one is evicted; the first time for server ``i``, a new dial is
+        started and put in ``pending`` (the error is then that of the evicted VC, and the
+        caller hears of the new dial in its turn)."""
+        if isinstance(source, _Dial):
+            if source.error is not None:
+                if isinstance(source.error, errors.IPCError):
+                    return source.error.with_context()
+                return errors.ConnectionFailedError(
+                    f"client: dialing {plan[1].address} failed: {source.error!r}"
+                )
+            assert source.conn is not None
+            conn = source.conn
+        else:
+            conn = source
+        try:
+            return conn.connect()
+        except errors.ConnectionFailedError as exc:
+            self._evict(conn)
+            if i in redialed:
+                return exc
+            redialed.add(i)
+            try:
+                got = self._vc_or_dial(plan[1], plan[2], [], wake)
+            except errors.IPCError as again:
+                return again
+            if isinstance(got, _Dial):
+                pending[i] = got
+                return _REDIALING
+            try:
+                return got.connect()
+            except errors.ConnectionFailedError as again:
+                self._evict(got)
+                return again
+
+    def _vc_or_dial(
+        self, ep: Endpoint, key: str, tried: list[str], wake: threading.Event
+    ) -> Connection | _Dial:
+        """The cached open VC to ``ep``, else the dial to join (``wake`` is set when it
+        ends): the ongoing one unless it is stale (see ``STALE_DIAL``), else a new one on
+        a dial thread. The dial outlives the callers that give up on it (bounded by
+        ``options.dial_timeout``) and its VC is cached for the next call."""
         with self._lock:
             if self._closed:
                 raise errors.BadStateError("client: closed")
             conn = self._vcs.get(key)
             if conn is not None and not conn.closed:
-                return conn
-            if conn is not None:
+                if not conn.suspect:
+                    return conn
+                # A call just timed out on it with the peer silent, and its probe runs:
+                # dial another (which replaces it) rather than wait on it too.
+            elif conn is not None:
                 del self._vcs[key]
             dial = self._dialing.get(key)
-            if dial is None:
+            if dial is None or dial.stale(time.monotonic()):
+                if dial is not None:
+                    log.debug("client: a dial to %s is stalled; dialing again", ep.address)
                 dial = self._dialing[key] = _Dial()
                 tried.append(f"dial {ep.protocol}:{ep.address}")
                 threading.Thread(
@@ -798,25 +973,10 @@ class Client:
                     name=f"ipc-dial-{ep.address}",
                     daemon=True,
                 ).start()
-        while not dial.done.wait(_DIAL_WAIT_SLICE):
-            err = ctx.err()
-            if err is not None:
-                if isinstance(err, errors.TimeoutError):
-                    err = errors.TimeoutError(
-                        f"client: the deadline passed while dialing {ep.address}"
-                    )
-                log.debug("client: gave up waiting for the dial to %s: %s", ep.address, err)
-                raise err
-            if self._closed:
-                raise errors.BadStateError("client: closed while dialing")
-        if dial.error is not None:
-            if isinstance(dial.error, errors.IPCError):
-                raise dial.error.with_context()
-            raise errors.ConnectionFailedError(
-                f"client: dialing {ep.address} failed: {dial.error!r}"
-            )
-        assert dial.conn is not None
-        return dial.conn
+            dial.listeners.append(wake)
+            if dial.done.is_set():
+                wake.set()
+        return dial
 
     def _dial(self, key: str, ep: Endpoint, dial: _Dial) -> None:
         """The dial thread: dial outside every lock; publish the result to the waiters."""
@@ -833,17 +993,36 @@ class Client:
             self.stats["dials"] += 1
         except BaseException as exc:
             dial.error = exc
+        surplus: Connection | None = None
+        retired: Connection | None = None
         with self._lock:
-            self._dialing.pop(key, None)
+            if self._dialing.get(key) is dial:
+                del self._dialing[key]
             if conn is not None:
                 if self._closed:
                     dial.error = errors.BadStateError("client: closed")
+                    surplus = conn
                 else:
-                    self._vcs[key] = conn
-                    dial.conn = conn
-        if conn is not None and dial.conn is None:
-            conn.close()
+                    cached = self._vcs.get(key)
+                    if cached is None or cached.closed or cached.suspect:
+                        self._vcs[key] = conn
+                        dial.conn = conn
+                        if cached is not None and not cached.closed:
+                            retired = cached
+                    else:
+                        # A newer dial to the same endpoint finished first: its VC serves
+                        # this dial's callers too; one VC per endpoint stays.
+                        dial.conn = cached
+                        surplus = conn
+            listeners = list(dial.listeners)
+        if surplus is not None:
+            surplus.close()
+        if retired is not None:
+            log.debug("client: VC %s replaced by a new one; retiring it", retired.name)
+            retired.retire()
         dial.done.set()
+        for wake in listeners:
+            wake.set()
 
     def _evict(self, conn: Connection) -> None:
         log.debug("client: evicting the VC %s (it cannot open a flow)", conn.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import linecache
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -243,7 +244,7 @@ def test_a_black_holed_vc_under_traffic_is_abandoned_within_two_calls(
                 break
             except (errors.TimeoutError, errors.ConnectionFailedError):
                 lost += 1
-        assert 1 <= lost <= 3, lost
+        assert 1 <= lost <= 2, lost  # one call (on a loaded machine, maybe a second)
         assert len(proxy.pipes) == 2  # the next call dialed a new VC
 
 
@@ -264,4 +265,90 @@ def test_a_flipped_length_bit_costs_at_most_a_probe(
                 break
             except (errors.TimeoutError, errors.ConnectionFailedError):
                 lost += 1
-        assert 1 <= lost <= 3, lost
+        assert 1 <= lost <= 2, lost  # one call (on a loaded machine, maybe a second)
+
+
+def _lost_before_recovery(client: Client, target: str, seconds: float = 2.0) -> int:
+    """Calls with ``seconds`` deadlines until one succeeds; how many failed (at most 10)."""
+    lost = 0
+    for _ in range(10):
+        try:
+            assert client.call(ctx(seconds), target, "Echo", "x") == ("x",)
+            return lost
+        except (errors.TimeoutError, errors.ConnectionFailedError):
+            lost += 1
+    return lost
+
+
+# --- a stuck dial does not hold the others ---------------------------------------------------
+def test_a_stalled_handshake_costs_one_call(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        proxy.set(up=Fault.blackhole())  # the handshake's first bytes vanish: it stalls
+        with pytest.raises(errors.TimeoutError):
+            client.call(ctx(1.0), target, "Echo", "x")
+        proxy.heal()
+        # The stalled dial runs on (until the handshake timeout) but is not joined.
+        start = time.monotonic()
+        assert client.call(ctx(5.0), target, "Echo", "y") == ("y",)
+        assert time.monotonic() - start < 5.0
+        assert proxy.accepted == 2
+
+
+# --- use every replica -----------------------------------------------------------------------
+def test_a_black_holed_first_replica_costs_less_than_a_second(
+    family: Any, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    from ipcclient.naming import names
+    from ipcclient.server.mounttable import MountTable
+
+    table_srv = Server(family.member("mt"), serves_mount_table=True)
+    try:
+        table = "/" + table_srv.listen("tcp", "127.0.0.1:0")
+        table_srv.serve_dispatcher(MountTable())
+        _srv, healthy = make_server(Svc(), AllowEveryone())
+        with FaultProxy("127.0.0.1:1", blackhole_accept=True) as hole:
+            dead = proxied(
+                healthy, hole
+            )  # the same server's name, at an address that never answers
+            client = make_client(roots=[table])
+            at = names.join_address_name(table, "svc", terminal=True)
+            for server in (dead, healthy):
+                assert client.call(ctx(), at, "Mount", server, 60.0, 0) == ()
+            start = time.monotonic()
+            assert client.call(ctx(10.0), "svc", "Echo", "z") == ("z",)
+            elapsed = time.monotonic() - start
+            assert elapsed < 1.0, elapsed
+            assert hole.accepted <= 1
+            # The healthy VC is cached: the next call does not wait at all on the dead one.
+            assert client.call(ctx(10.0), "svc", "Echo", "w") == ("w",)
+    finally:
+        table_srv.stop()
+
+
+# --- retry what provably never ran -------------------------------------------------------------
+def test_stop_restart_on_the_same_port_then_call_never_fails(
+    family: Any, make_client: MakeClient
+) -> None:
+    svc = Svc()
+    principal = family.member("server")
+    srv = Server(principal)
+    ep = srv.listen("tcp", "127.0.0.1:0")
+    srv.serve(svc, AllowEveryone())
+    address = ep.split("@")[3]
+    client = make_client()
+    name = "/" + ep
+    assert client.call(ctx(), name, "Echo", 0) == (0,)
+    try:
+        for i in range(1, 51):
+            srv.stop()
+            srv = Server(principal)
+            srv.listen("tcp", address)
+            srv.serve(svc, AllowEveryone())
+            assert client.call(ctx(10.0), name, "Echo", i) == (i,), i
+    finally:
+        srv.stop()

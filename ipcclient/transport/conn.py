@@ -110,6 +110,10 @@ latest ``INLINE_HANDOFF / 2`` later), which reads the socket for the VC until th
 short calls cost no thread hop, long ones cannot hold up the VC (other calls, cancellation,
 pings) for longer than about this."""
 
+_GOAWAY_GRACE = 0.2
+"""How long :meth:`Connection.close` waits for another thread's send to carry its GOAWAY out
+before it shuts the socket."""
+
 LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
 socket back (so a client making calls back to back keeps reading its own replies)."""
@@ -190,7 +194,7 @@ class KeepaliveConfig:
     probe_after: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("interval", "timeout", "send_timeout"):
+        for name in ("interval", "timeout", "send_timeout", "probe_timeout", "probe_after"):
             value = getattr(self, name)
             if not (
                 isinstance(value, int | float)
@@ -868,6 +872,7 @@ class Connection:
         self._close_error: errors.IPCError | None = None  # set by close() before GOAWAY
         self._closed_event = threading.Event()
         self._close_notified = False
+        self._retiring = False  # see retire()
         self.pid = os.getpid()
         self.name = name or f"vc-{id(self):x}"
         self.cache: dict[Any, Any] = {}
@@ -961,6 +966,21 @@ class Connection:
         return self._error
 
     @property
+    def suspect(self) -> bool:
+        """True while a probe waits for the peer's answer (a call timed out on this VC
+        with the peer silent): new calls had better use another VC."""
+        return self._liveness.probing
+
+    def retire(self) -> None:
+        """Close the VC once its last flow ends (now if it has none): another VC to the same
+        peer replaces it for new calls."""
+        with self._lock:
+            self._retiring = True
+            idle = not self._flows
+        if idle:
+            self.close()
+
+    @property
     def flow_count(self) -> int:
         with self._lock:
             return len(self._flows)
@@ -1011,6 +1031,13 @@ class Connection:
                         break
             with self._lock:
                 self._flushing = False
+        elif self._flushing and self._mux.closed:
+            # Another thread is sending: it sends our GOAWAY after what it has, unless the
+            # socket is shut first. Its LAST_ID is what lets the peer resend the calls we
+            # never took, so give it a moment (bounded: it may be stuck on a full socket).
+            end = time.monotonic() + min(timeout, _GOAWAY_GRACE)
+            while self._flushing and time.monotonic() < end:
+                time.sleep(0.001)
         self._break(err)
         if self._reader.ident is None:  # never started: nobody else will close the socket
             self._sock.close()
@@ -1747,6 +1774,8 @@ class Connection:
         with self._lock:
             if self._error is not None:
                 return None
+            if self._retiring and not self._flows:
+                return errors.ConnectionFailedError("transport: the VC was retired")
             probing = self._liveness.probing
             action = self._liveness.check(time.monotonic(), self._last_recv)
             if action is livemod.PING:
