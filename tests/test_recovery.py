@@ -12,6 +12,8 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipcclient import call as callmod
 from ipcclient import errors
@@ -352,3 +354,111 @@ def test_stop_restart_on_the_same_port_then_call_never_fails(
             assert client.call(ctx(10.0), name, "Echo", i) == (i,), i
     finally:
         srv.stop()
+
+
+# --- property: a flow is retried only if the server cannot have run it -------------------------
+_NEVER_OPENED = bytes([0, 0, 0, 0, 0x7F, 0xFF, 0, 0, 0, 0])  # DATA, flow 32767, no OPEN
+_ACTIONS = st.lists(
+    st.one_of(
+        st.just(("open", 0)),
+        st.tuples(st.just("up"), st.integers(0, 64)),
+        st.tuples(st.just("reply"), st.integers(0, 8)),
+        st.tuples(st.just("down"), st.integers(0, 64)),
+        st.just(("goaway", 0)),
+        st.just(("eof", 0)),
+        st.tuples(st.just("garbage"), st.integers(0, 64)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ACTIONS)
+def test_a_flow_is_retried_only_if_the_server_cannot_have_run_it(
+    actions: list[tuple[str, int]],
+) -> None:
+    client = muxmod.Mux(dialer=True, peer_initial_window=muxmod.DEFAULT_INITIAL_WINDOW)
+    server = muxmod.Mux(dialer=False, peer_initial_window=muxmod.DEFAULT_INITIAL_WINDOW)
+    up = bytearray()  # client -> server, in flight
+    down = bytearray()  # server -> client, in flight
+    delivered: list[int] = []  # flows the server's application took (it may have run them)
+    replied: set[int] = set()  # flows with a byte of reply at the client
+    dead = False  # the server died (EOF): it sends nothing more
+    closed: list[muxmod.ConnectionClosed] = []
+
+    def server_input(data: bytes) -> None:
+        try:
+            events = server.receive_data(data)
+        except errors.BadProtocolError:
+            return  # the events of that chunk never reach the application
+        delivered.extend(e.flow_id for e in events if isinstance(e, muxmod.FlowOpened))
+
+    def client_input(data: bytes) -> None:
+        for event in client.receive_data(data):
+            if isinstance(event, muxmod.DataReceived) and event.data:
+                replied.add(event.flow_id)
+            elif isinstance(event, muxmod.ConnectionClosed):
+                closed.append(event)
+
+    for kind, n in actions:
+        if kind == "open" and not client.closed:
+            fid = client.open_flow()
+            client.send_data(fid, b"request", end=True)
+            up += client.data_to_send()
+        elif kind in ("up", "garbage") and not dead:
+            chunk = bytes(up[:n])
+            del up[:n]
+            # garbage: a frame for a flow never opened, a protocol error once the frames
+            # before it in the chunk were read (and the flows they opened counted).
+            server_input(chunk + (_NEVER_OPENED if kind == "garbage" else b""))
+        elif kind == "reply" and delivered and not dead and not server.closed:
+            fid = delivered[n % len(delivered)]
+            if server.is_live(fid):
+                server.send_data(fid, b"reply", end=True)
+        elif kind == "down":
+            chunk = bytes(down[:n])
+            del down[:n]
+            client_input(chunk)
+        elif kind == "goaway" and not dead:
+            server.close()
+        elif kind == "eof":
+            dead = True
+        if not dead:
+            down += server.data_to_send()
+    client_input(bytes(down))  # whatever is still on its way (an EOF, if dead, ends it)
+    retried: set[int] = set()
+    for event in closed:
+        retried.update(event.unprocessed)
+        # Complete: every live flow of ours that the server did not take is retried.
+        mine = {f for f in event.flow_ids if f & 1}
+        assert mine - set(delivered) == set(event.unprocessed)
+    # Safe: never a flow the server's application took, never one with a reply byte.
+    assert not retried & set(delivered), (retried, delivered)
+    assert not retried & replied
+
+
+def test_goaway_carries_the_last_flow_id_taken_as_documented() -> None:
+    server = muxmod.Mux(dialer=False, peer_initial_window=1024)
+    client = muxmod.Mux(dialer=True, peer_initial_window=1024)
+    for _ in range(4):  # flows 1, 3, 5, 7
+        client.send_data(client.open_flow(), b"x", end=True)
+    server.receive_data(client.data_to_send())
+    later = client.open_flow()  # 9: sent after the server queued its GOAWAY
+    client.send_data(later, b"y", end=True)
+    server.close()
+    wire = server.data_to_send()
+    assert wire == bytes.fromhex("0401 00000000 00000004 00000007")  # docs/protocol.md 2.5
+    assert server.receive_data(client.data_to_send()) == []  # ignored after GOAWAY
+    (closed,) = client.receive_data(wire)
+    assert isinstance(closed, muxmod.ConnectionClosed)
+    assert closed.last_flow_id == 7 and closed.unprocessed == (later,)
+    # Without LAST_ID (an older peer, a handshake refusal): nothing is known, nothing retried.
+    other = muxmod.Mux(dialer=True, peer_initial_window=1024)
+    other.send_data(other.open_flow(), b"z", end=True)
+    (closed,) = other.receive_data(bytes.fromhex("0400 00000000 00000000"))
+    assert isinstance(closed, muxmod.ConnectionClosed)
+    assert closed.last_flow_id is None and closed.unprocessed == ()
+    with pytest.raises(errors.BadProtocolError):
+        muxmod.Mux(dialer=True, peer_initial_window=1024).receive_data(
+            bytes.fromhex("0401 00000000 00000002 0000")
+        )
