@@ -613,7 +613,7 @@ class Client:
         if not (method.isascii() and suffix.isascii()):
             return None  # (the header is encoded by hand below for ASCII names)
         conn = self._vcs.get(key)
-        if conn is None or conn._error is not None or conn._liveness.probing:
+        if conn is None or conn._error is not None or conn.suspect:
             return None
         hit = conn.cache.get(("server-names", method, suffix))
         if hit is None or hit[1] <= time.time():

@@ -217,14 +217,16 @@ def test_liveness_keepalive_and_probe_with_a_fake_clock() -> None:
     assert live.check(46.0, last_recv=0.5) == DEAD
     # A call that timed out after the peer spoke recently: not suspect.
     live = Liveness(interval=15, timeout=45, probe_timeout=2, probe_after=1, now=0.0)
-    assert not live.suspect(10.0, last_recv=9.5, since=8.0)
-    # Silent since the call began: one probe, whose answer clears it.
-    assert live.suspect(10.0, last_recv=5.0, since=8.0)
-    assert not live.suspect(10.5, last_recv=5.0, since=8.5)  # one probe at a time
+    assert not live.suspect(10.0, last_recv=9.5)
+    # Silent for a while: one probe, whose answer clears it.
+    assert live.suspect(10.0, last_recv=5.0)
+    assert live.unanswered(5.0)
+    assert not live.suspect(10.5, last_recv=5.0)  # one probe at a time
     assert live.next_check(10.0, 5.0) == pytest.approx(2.0)
+    assert not live.unanswered(10.2)  # anything from the peer since the PING answers it
     assert live.check(11.0, last_recv=11.0) is None and not live.probing
     # Unanswered: dead at the probe's deadline, long before the keepalive timeout.
-    assert live.suspect(20.0, last_recv=11.0, since=18.0)
+    assert live.suspect(20.0, last_recv=11.0)
     assert live.check(21.9, last_recv=11.0) is None
     assert live.check(22.0, last_recv=11.0) == DEAD
 

@@ -179,9 +179,8 @@ class KeepaliveConfig:
             declared broken.
         send_timeout: seconds one socket send may block (a peer that stops reading) before
             the VC is declared broken.
-        probe_timeout: on a dialed VC, a call that timed out while the peer was silent
-            (nothing received since the call began, or for ``probe_after``) makes the VC
-            send one PING; if nothing at all comes back within this many seconds the VC is
+        probe_timeout: on a dialed VC, a call that timed out while the peer had been silent
+            for ``probe_after`` makes the VC send one PING; if nothing at all comes back within this many seconds the VC is
             declared broken (so the next call dials a new one instead of waiting on a
             silent VC again).
         probe_after: see ``probe_timeout``.
@@ -499,7 +498,6 @@ class Flow:
         "_local_closed",
         "_lock",
         "_on_abort",
-        "_started",
         "_wrote",
         "id",
     )
@@ -507,7 +505,6 @@ class Flow:
     def __init__(self, conn: Connection, flow_id: int) -> None:
         self._conn = conn
         self.id = flow_id
-        self._started = time.monotonic()  # (a call that times out: was the peer silent since?)
         self._lock = conn._lock
         self._cond = _Signal(conn._lock)
         self._inbox: collections.deque[bytes] = collections.deque()
@@ -969,7 +966,7 @@ class Connection:
     def suspect(self) -> bool:
         """True while a probe waits for the peer's answer (a call timed out on this VC
         with the peer silent): new calls had better use another VC."""
-        return self._liveness.probing
+        return self._liveness.unanswered(self._last_recv)
 
     def retire(self) -> None:
         """Close the VC once its last flow ends (now if it has none): another VC to the same
@@ -1756,12 +1753,13 @@ class Connection:
                 self._helper_done.notify_all()
 
     def _suspect_locked(self, flow: Flow) -> bool:
-        """With ``_lock`` held: a call on ``flow`` timed out. On a dialed VC whose peer was
+        """With ``_lock`` held: a call on ``flow`` timed out (``flow`` itself does not
+        matter: the VC's silence does). On a dialed VC whose peer was
         silent meanwhile, start a probe (one PING, queued: the caller flushes when this
         returns True) and wake whoever reads, so that its wait ends by the probe's deadline."""
         if not self._lead or self._error is not None or self._mux.closed:
             return False
-        if not self._liveness.suspect(time.monotonic(), self._last_recv, flow._started):
+        if not self._liveness.suspect(time.monotonic(), self._last_recv):
             return False
         log.debug("transport: a call timed out on %s with the peer silent: probing", self.name)
         self._mux.ping(os.urandom(8))

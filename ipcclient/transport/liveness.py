@@ -10,9 +10,9 @@ Two duties:
 - *Keepalive* (an idle VC): nothing received for ``interval``: ping (again every
   ``interval`` while the silence lasts); nothing for ``timeout``: dead.
 - *Probe* (a VC under traffic): a call on the VC timed out while the peer had been silent
-  (nothing since the call began, or for ``probe_after``): the VC is suspect. One PING goes
-  out, and if nothing at all comes back within ``probe_timeout`` the VC is dead, so the next
-  call dials a new one instead of timing out on a silent VC again. One probe at a time.
+  for at least ``probe_after``: the VC is suspect. One PING goes out, and if nothing at all
+  comes back within ``probe_timeout`` the VC is dead, so the next call dials a new one
+  instead of timing out on a silent VC again. One probe at a time.
 
 Must not: touch sockets, threads, locks or clocks (times are arguments, so tests drive it
 with a fake clock); send anything itself.
@@ -37,7 +37,7 @@ class Liveness:
         timeout: seconds of silence before the VC is dead.
         probe_timeout: seconds a probe waits for any byte from the peer.
         probe_after: a call that times out makes the VC suspect only when the peer has been
-            silent since the call began or for at least this long.
+            silent for at least this long.
         now: the current time (the VC was just established: counts as having heard the peer).
     """
 
@@ -76,12 +76,14 @@ class Liveness:
         """Whether a probe waits for its answer."""
         return self._probe_deadline is not None
 
-    def suspect(self, now: float, last_recv: float, since: float) -> bool:
-        """A call that began at ``since`` timed out. True: a probe starts (send one PING now);
-        False: nothing to do (the peer spoke recently, or a probe already runs)."""
-        if self._probe_deadline is not None:
-            return False
-        if last_recv > since and now - last_recv < self.probe_after:
+    def unanswered(self, last_recv: float) -> bool:
+        """Whether a probe runs and nothing came from the peer since its PING."""
+        return self._probe_deadline is not None and last_recv < self._probe_sent
+
+    def suspect(self, now: float, last_recv: float) -> bool:
+        """A call timed out. True: a probe starts (send one PING now); False: nothing to do
+        (the peer spoke recently, or a probe already runs)."""
+        if self._probe_deadline is not None or now - last_recv < self.probe_after:
             return False
         self._probe_sent = now
         self._probe_deadline = now + self.probe_timeout
