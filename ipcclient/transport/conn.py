@@ -180,9 +180,9 @@ class KeepaliveConfig:
         send_timeout: seconds one socket send may block (a peer that stops reading) before
             the VC is declared broken.
         probe_timeout: on a dialed VC, a call that timed out while the peer had been silent
-            for ``probe_after`` makes the VC send one PING; if nothing at all comes back within this many seconds the VC is
-            declared broken (so the next call dials a new one instead of waiting on a
-            silent VC again).
+            for ``probe_after`` makes the VC send one PING; if no whole record comes back
+            within this many seconds the VC is declared broken (new calls meanwhile use
+            another VC, instead of waiting on a silent one again).
         probe_after: see ``probe_timeout``.
     """
 
