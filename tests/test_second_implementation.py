@@ -532,7 +532,7 @@ def world(request: pytest.FixtureRequest) -> Any:
         server.stop()
 
 
-# The doc's 5.2 example request (66 bytes) and 5.3 reply (27 bytes), transcribed.
+# The doc's 5.2 example request (71 bytes) and 5.3 reply (27 bytes), transcribed.
 DOC_ECHO_REQUEST = bytes.fromhex(
     "00000026 a3 666d6574686f64 644563686f 656e61726773 01"
     " 68646561646c696e65 fb4014000000000000"
