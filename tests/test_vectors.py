@@ -590,3 +590,12 @@ def test_handshake_version_refusal() -> None:
 def test_handshake_randomness_is_checked(kwargs: dict[str, Any]) -> None:
     with pytest.raises(errors.BadArgError):
         ServerHandshake(principal(HS["server"]["seed"]), blessings=None, **kwargs)
+
+
+def test_the_documents_blessing_example_matches_the_vectors() -> None:
+    doc = (VECTORS.parent.parent / "docs" / "protocol.md").read_text()
+    root = BLESSINGS["chain"]["certificates"][0]
+    assert root["extension"] == "vroot" and root["caveats"] == []
+    assert root["content"] in doc and root["chained_digest"] in doc
+    assert root["signature"][:16] in doc and root["signature"][-24:] in doc
+    assert BLESSINGS["keys"]["root"]["seed"][:8] in doc
