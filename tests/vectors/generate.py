@@ -239,7 +239,6 @@ def frames_vectors() -> dict[str, Any]:
         ("RESET on flow 0", "02000000000000000000"),
         ("PING on flow 1", "030000000001000000080000000000000000"),
         ("PING with a 7-byte payload", "0300000000000000000700000000000000"),
-        ("GOAWAY on flow 1 (header check only)", "04000000000100000000"),
         (
             "length 65537 above the default maximum (checked from the header alone)",
             "00000000000100010001",
