@@ -156,3 +156,31 @@ def test_run_reports_failures_with_exit_code_1(server: Server) -> None:
         bad.stop()
     assert code == 1
     assert interop.main(["run", server.endpoints[0], "--case", "empty_unary"]) == 0
+
+
+def test_bad_arguments_are_refused_with_bad_arg(server: Server) -> None:
+    from ipcclient.client import Client
+    from ipcclient.context import Context
+
+    name = "/" + server.endpoints[0]
+    bad_calls: list[tuple[str, tuple[Any, ...]]] = [
+        ("UnaryCall", (b"\x01", 1)),
+        ("UnaryCall", (b"", -1)),
+        ("UnaryCall", (b"", interop.MAX_PAYLOAD + 1)),
+        ("StreamingOutputCall", ("not a list",)),
+        ("StreamingOutputCall", ([True],)),
+        ("StatusCall", ("", "m", 0)),
+        ("StatusCall", ("x.Y", "m", 9)),
+        ("Sleep", (-1,)),
+        ("Sleep", ("long",)),
+    ]
+    with Client(interop.interop_principal("client")) as client:
+        ctx = Context.background().with_timeout(30)
+        for method, args in bad_calls:
+            with pytest.raises(errors.BadArgError):
+                client.call(ctx, name, method, *args)
+        with client.start_call(ctx, name, "StreamingInputCall") as call:
+            call.send("not bytes")
+            with pytest.raises(errors.BadArgError):
+                call.finish()
+        ctx.cancel()
