@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,4 +184,21 @@ def test_bad_arguments_are_refused_with_bad_arg(server: Server) -> None:
             call.send("not bytes")
             with pytest.raises(errors.BadArgError):
                 call.finish()
+        ctx.cancel()
+
+
+def test_a_reply_followed_by_a_reset_is_kept(server: Server) -> None:
+    """protocol.md 3.7 and 5.1: the client has not sent its end of args when the server
+    replies; the server then resets the flow, and the client still gets the reply."""
+    from ipcclient.client import Client
+    from ipcclient.context import Context
+
+    with Client(interop.interop_principal("client")) as client:
+        ctx = Context.background().with_timeout(30)
+        call = client.start_call(ctx, "/" + server.endpoints[0], "Echo", ["kept"])
+        deadline = time.monotonic() + 20
+        while call.flow.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(call.flow.error, errors.CanceledError)  # the server's empty RESET
+        assert call.finish() == ("kept",)
         ctx.cancel()

@@ -894,3 +894,36 @@ def test_interop_cases_over_an_independent_client() -> None:
             sock.close()
     finally:
         server.stop()
+
+
+def test_reply_then_reset_when_the_client_is_still_sending() -> None:
+    """5.1: the server answers a call whose client has not sent FIN with its reply and FIN,
+    then an empty RESET; the reply before the RESET is complete (3.7)."""
+    from ipcclient import interop  # only to run the server under test
+
+    trusted_root = raw_public(Ed25519PrivateKey.from_private_bytes(INTEROP_ROOT_SEED))
+    me = Ed25519PrivateKey.generate()
+    my_blessings = cbor2.CBORTag(TAG_BLESSINGS, [[certificate(me, [], "me", raw_public(me), [])]])
+    server = interop.start_server()
+    try:
+        sock = connect(server.endpoints[0])
+        try:
+            vc = VC(sock, me, my_blessings, trusted_root)
+            request = message({"method": "Echo", "nargs": 1}) + message("kept")
+            vc.write(frame(DATA, OPEN, 1, request))  # no end of args, no FIN
+            body, seen = bytearray(), []
+            while True:
+                ftype, flags, fid, payload = vc.recv_frame()
+                assert fid == 1, (ftype, fid)
+                seen.append((ftype, flags & FIN))
+                if ftype == RESET:
+                    assert payload == b""
+                    break
+                assert ftype == DATA
+                body += payload
+            assert seen[-2:] == [(DATA, FIN), (RESET, 0)]
+            assert parse_response(parse_messages(bytes(body)), bytes(body)).results == ["kept"]
+        finally:
+            sock.close()
+    finally:
+        server.stop()
