@@ -33,9 +33,11 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Both scheduling modes, one after the other: free, then every process pinned to CPU 0.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m tests.bench.run
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+	$(PY) -m tests.bench.run --pin $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -q -W -b html docs docs/_build/html

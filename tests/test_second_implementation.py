@@ -1,5 +1,5 @@
-"""A second, independent client written from docs/protocol.md, docs/security.md ("Wire
-forms") and docs/naming.md alone, talking to the real ipcclient Server over loopback TCP.
+"""A second, independent client written from docs/protocol.md alone (and docs/interop.md for
+the interop cases), talking to the real ipcclient Server over loopback TCP.
 
 The client side uses only the standard library, cbor2 and cryptography: the hellos, the key
 schedule, the records, the auth messages, the blessings (our own root and certificate, signed
@@ -532,7 +532,7 @@ def world(request: pytest.FixtureRequest) -> Any:
         server.stop()
 
 
-# The doc's 5.2 example request (66 bytes) and 5.3 reply (27 bytes), transcribed.
+# The doc's 5.2 example request (71 bytes) and 5.3 reply (27 bytes), transcribed.
 DOC_ECHO_REQUEST = bytes.fromhex(
     "00000026 a3 666d6574686f64 644563686f 656e61726773 01"
     " 68646561646c696e65 fb4014000000000000"
@@ -719,3 +719,211 @@ def test_malformed_requests_get_bad_protocol_and_the_vc_keeps_serving(world: Any
         assert vc.call("Echo", ["still serving"]).results == ["still serving"]
     finally:
         sock.close()
+
+
+# --- docs/interop.md: the interop cases, played by this client --------------------------------
+
+INTEROP_ROOT_SEED = hashlib.sha256(b"ipcclient interop root").digest()
+STREAM_SIZES = [31415, 9, 2653, 58979]
+INPUT_SIZES = [27182, 8, 1828, 45904]
+STATUS_MESSAGE = "\t\ntest with whitespace\r\nand Unicode BMP \u263a and non-BMP \U0001f608\t\n"
+
+
+class RawCall:
+    """One call driven message by message (for ping-pong and cancellation): the flow is
+    opened with the request header, nothing else is sent until asked. Everything stays
+    within the initial windows, so no CREDIT is needed either way."""
+
+    def __init__(self, vc: VC, method: str) -> None:
+        self.vc, self.flow = vc, vc.next_flow
+        vc.next_flow += 2
+        self.buf = bytearray()
+        self.sent = 0
+        self.write(message({"method": method, "deadline": 5.0}), flags=OPEN)
+
+    def write(self, data: bytes, flags: int = 0) -> None:
+        self.sent += len(data)
+        assert self.sent <= self.vc.peer_window
+        self.vc.write(frame(DATA, flags, self.flow, data))
+
+    def send_item(self, item: Any) -> None:
+        self.write(message({}) + message(item))
+
+    def recv(self) -> Any:
+        """The next message of the server on this flow."""
+        while True:
+            if len(self.buf) >= 4:
+                (length,) = struct.unpack_from(">I", self.buf)
+                if len(self.buf) >= 4 + length:
+                    value = cbor2.loads(bytes(self.buf[4 : 4 + length]))
+                    del self.buf[: 4 + length]
+                    return value
+            ftype, flags, fid, payload = self.vc.recv_frame()
+            if ftype == PING:
+                if not flags & ACK:
+                    self.vc.send_frame(PING, ACK, 0, payload)
+                continue
+            if fid != self.flow:  # 3.3: a late frame of a flow that ended
+                assert fid % 2 == 1 and fid < self.flow, (ftype, fid)
+                continue
+            if ftype == RESET:
+                raise FlowReset(check_error(cbor2.loads(payload)) if payload else None)
+            if ftype == CREDIT:
+                continue
+            assert ftype == DATA
+            self.buf += payload
+
+    def reset(self) -> None:
+        self.vc.send_frame(RESET, 0, self.flow)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal with the same CBOR type (-0.0 keeps its sign; arrays may come back as tuples)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(same_value(a[k], b[k]) for k in a)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack(">d", a) == struct.pack(">d", b)
+    return bool(a == b)
+
+
+def case_empty_unary(vc: VC) -> None:
+    reply = vc.call("EmptyCall", [])
+    assert reply.error is None and reply.results == [] and reply.streamed == []
+
+
+def case_large_unary(vc: VC) -> None:
+    reply = vc.call("UnaryCall", [bytes(2_000_000), 3_000_000])
+    assert reply.error is None and reply.results == [bytes(3_000_000)]
+
+
+def case_server_streaming(vc: VC) -> None:
+    reply = vc.call("StreamingOutputCall", [STREAM_SIZES])
+    assert [len(x) for x in reply.streamed] == STREAM_SIZES and reply.results == [4]
+
+
+def case_client_streaming(vc: VC) -> None:
+    reply = vc.call("StreamingInputCall", [], streamed_args=[bytes(n) for n in INPUT_SIZES])
+    assert reply.results == [74922]
+
+
+def case_bidi_streaming(vc: VC) -> None:
+    call = RawCall(vc, "FullDuplexCall")
+    for n in STREAM_SIZES:
+        call.send_item(n)
+        assert call.recv() == {} and call.recv() == bytes(n)
+    call.write(message({"end_stream_args": True}), flags=FIN)
+    assert call.recv() == {"end": True, "nresults": 1} and call.recv() == 4
+
+
+def case_status_round_trip(vc: VC) -> None:
+    for error_id, action in (("interop.Custom", 0), ("ipc.NoExist", 0), ("interop.Backoff", 3)):
+        err = vc.call("StatusCall", [error_id, STATUS_MESSAGE, action]).error
+        assert err is not None
+        assert (err["id"], err["msg"], err.get("action", 0)) == (error_id, STATUS_MESSAGE, action)
+
+
+def case_cancel_after_begin(vc: VC) -> None:
+    RawCall(vc, "StreamingInputCall").reset()
+    case_empty_unary(vc)
+
+
+def case_cancel_after_first_response(vc: VC) -> None:
+    call = RawCall(vc, "FullDuplexCall")
+    call.send_item(STREAM_SIZES[0])
+    assert call.recv() == {} and call.recv() == bytes(STREAM_SIZES[0])
+    call.reset()
+    case_empty_unary(vc)
+
+
+def case_timeout_on_sleeping_server(vc: VC) -> None:
+    started = time.monotonic()
+    err = vc.call("Sleep", [30], header={"deadline": 0.5}).error
+    assert err is not None and err["id"] == "ipc.Timeout", err
+    assert time.monotonic() - started < 15
+    case_empty_unary(vc)
+
+
+def case_echo_values(vc: VC) -> None:
+    values = [None, True, 0, -1, 2**64 - 1, 2**70, -(2**70), 1.5, -0.0, float("inf"), ""]
+    values += ["h\u00e9llo \U0001f608", b"", b"\x00\xff", [1, [2, [3]]]]
+    values += [{"a": 1, "b": [None, b"x"], 7: "int key"}]
+    for v in values:
+        reply = vc.call("Echo", [v])
+        assert reply.error is None and len(reply.results) == 1
+        assert same_value(reply.results[0], v), (v, reply.results)
+
+
+INTEROP_CASES = {
+    "empty_unary": case_empty_unary,
+    "large_unary": case_large_unary,
+    "server_streaming": case_server_streaming,
+    "client_streaming": case_client_streaming,
+    "bidi_streaming": case_bidi_streaming,
+    "status_round_trip": case_status_round_trip,
+    "cancel_after_begin": case_cancel_after_begin,
+    "cancel_after_first_response": case_cancel_after_first_response,
+    "timeout_on_sleeping_server": case_timeout_on_sleeping_server,
+    "echo_values": case_echo_values,
+}
+
+
+def test_interop_cases_over_an_independent_client() -> None:
+    """Every case of docs/interop.md against `python -m ipcclient.interop serve`'s server,
+    trusting the interop root from its published seed."""
+    from ipcclient import interop  # only to run the server under test and list its cases
+
+    assert list(INTEROP_CASES) == list(interop.CASES)
+    trusted_root = raw_public(Ed25519PrivateKey.from_private_bytes(INTEROP_ROOT_SEED))
+    my_root, me = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    root_cert = certificate(my_root, [], "me", raw_public(my_root), [])
+    client_cert = certificate(my_root, [root_cert], "client", raw_public(me), [])
+    my_blessings = cbor2.CBORTag(TAG_BLESSINGS, [[root_cert, client_cert]])
+    server = interop.start_server()
+    try:
+        sock = connect(server.endpoints[0])
+        try:
+            vc = VC(sock, me, my_blessings, trusted_root)
+            assert vc.server_names == ["interop:server"]
+            for case in INTEROP_CASES.values():
+                case(vc)
+        finally:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_reply_then_reset_when_the_client_is_still_sending() -> None:
+    """5.1: the server answers a call whose client has not sent FIN with its reply and FIN,
+    then an empty RESET; the reply before the RESET is complete (3.7)."""
+    from ipcclient import interop  # only to run the server under test
+
+    trusted_root = raw_public(Ed25519PrivateKey.from_private_bytes(INTEROP_ROOT_SEED))
+    me = Ed25519PrivateKey.generate()
+    my_blessings = cbor2.CBORTag(TAG_BLESSINGS, [[certificate(me, [], "me", raw_public(me), [])]])
+    server = interop.start_server()
+    try:
+        sock = connect(server.endpoints[0])
+        try:
+            vc = VC(sock, me, my_blessings, trusted_root)
+            request = message({"method": "Echo", "nargs": 1}) + message("kept")
+            vc.write(frame(DATA, OPEN, 1, request))  # no end of args, no FIN
+            body, seen = bytearray(), []
+            while True:
+                ftype, flags, fid, payload = vc.recv_frame()
+                assert fid == 1, (ftype, fid)
+                seen.append((ftype, flags & FIN))
+                if ftype == RESET:
+                    assert payload == b""
+                    break
+                assert ftype == DATA
+                body += payload
+            assert seen[-2:] == [(DATA, FIN), (RESET, 0)]
+            assert parse_response(parse_messages(bytes(body)), bytes(body)).results == ["kept"]
+        finally:
+            sock.close()
+    finally:
+        server.stop()

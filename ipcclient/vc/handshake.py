@@ -219,16 +219,35 @@ def _check_auth(
 
 
 class _Base:
-    def __init__(self, versions: tuple[int, int], settings: VCSettings) -> None:
+    def __init__(
+        self,
+        versions: tuple[int, int],
+        settings: VCSettings,
+        ephemeral_key: bytes | None,
+        hello_random: bytes | None,
+    ) -> None:
         lo, hi = versions
         if not 1 <= lo <= hi:
             raise errors.BadArgError("handshake: bad version range")
+        if ephemeral_key is not None and (
+            not isinstance(ephemeral_key, bytes) or len(ephemeral_key) != _KEY_SHARE_SIZE
+        ):
+            raise errors.BadArgError("handshake: an ephemeral key is 32 bytes")
+        if hello_random is not None and (
+            not isinstance(hello_random, bytes) or len(hello_random) != RANDOM_SIZE
+        ):
+            raise errors.BadArgError(f"handshake: a hello random is {RANDOM_SIZE} bytes")
         self._versions = versions
         self._settings = settings
         self._state = _State.HELLO
         self._buf = bytearray()
         self._error: errors.IPCError | None = None
-        self._ephemeral = x25519.X25519PrivateKey.generate()
+        self._ephemeral = (
+            x25519.X25519PrivateKey.generate()
+            if ephemeral_key is None
+            else x25519.X25519PrivateKey.from_private_bytes(ephemeral_key)
+        )
+        self._random = os.urandom(RANDOM_SIZE) if hello_random is None else hello_random
         self._share = self._ephemeral.public_key().public_bytes_raw()
         self.result: HandshakeResult | None = None
         self._opener: RecordOpener | None = None
@@ -282,6 +301,8 @@ class ClientHandshake(_Base):
         discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
         versions: tuple[int, int] = SUPPORTED_VERSIONS,
         settings: VCSettings = VCSettings(),
+        ephemeral_key: bytes | None = None,
+        hello_random: bytes | None = None,
     ) -> None:
         """
         Args:
@@ -295,8 +316,11 @@ class ClientHandshake(_Base):
                 presented (default none).
             versions: the inclusive range of protocol versions to offer.
             settings: this side's mux settings.
+            ephemeral_key, hello_random: the X25519 private key (32 bytes) and the hello's
+                ``random`` to use instead of fresh random ones. Only for reproducible test
+                vectors: reusing them on real connections breaks the handshake's security.
         """
-        super().__init__(versions, settings)
+        super().__init__(versions, settings, ephemeral_key, hello_random)
         self._identity = identity
         self._authorize = authorize_server
         self._blessings_for = blessings_for_server
@@ -314,7 +338,7 @@ class ClientHandshake(_Base):
             {
                 "versions": list(self._versions),
                 "key_share": self._share,
-                "random": os.urandom(RANDOM_SIZE),
+                "random": self._random,
                 "window": self._settings.initial_window,
                 "max_frame": self._settings.max_frame_payload,
             }
@@ -408,8 +432,11 @@ class ServerHandshake(_Base):
         discharges: Sequence[Any] = (),
         versions: tuple[int, int] = SUPPORTED_VERSIONS,
         settings: VCSettings = VCSettings(),
+        ephemeral_key: bytes | None = None,
+        hello_random: bytes | None = None,
     ) -> None:
-        super().__init__(versions, settings)
+        """See :class:`ClientHandshake` for ``ephemeral_key`` and ``hello_random``."""
+        super().__init__(versions, settings, ephemeral_key, hello_random)
         self._identity = identity
         self._blessings = blessings
         self._discharges = tuple(discharges)
@@ -481,7 +508,7 @@ class ServerHandshake(_Base):
                 {
                     "version": chosen,
                     "key_share": self._share,
-                    "random": os.urandom(RANDOM_SIZE),
+                    "random": self._random,
                     "window": self._settings.initial_window,
                     "max_frame": self._settings.max_frame_payload,
                 }

@@ -30,6 +30,8 @@ from ipcclient import (  # noqa: E402
     Principal,
     Server,
     ServerCall,
+    ServerOptions,
+    TransportOptions,
     caveats,
     codec,
 )
@@ -47,14 +49,14 @@ class EchoService:
         return n
 
 
-def serve() -> None:
+def serve(options: ServerOptions | None = None) -> None:
     root = Principal.generate()
     root_b = root.bless_self("root")
     principal = Principal.generate()
     principal.store.default = root.bless(
         principal.public_key, root_b, "server", [caveats.unconstrained_use()]
     )
-    server = Server(principal)
+    server = Server(principal, options=options)
     ep = server.listen("tcp", "127.0.0.1:0")
     server.serve(EchoService(), AllowEveryone())
     port = ep.split("@")[3].rsplit(":", 1)[1]
@@ -64,8 +66,13 @@ def serve() -> None:
     threading.Event().wait()
 
 
+def serve_nopoll() -> None:
+    serve(ServerOptions(transport=TransportOptions(busy_poll=0)))
+
+
 class IpcAdapter(common.Adapter):
     name = "ipcclient (AES-256-GCM, Ed25519 blessings)"
+    options = ClientOptions(default_call_timeout=600)
     shared = True
     note = "one Client shared by the 8 threads: one VC, every call a flow; stream = one call"
 
@@ -80,7 +87,7 @@ class IpcAdapter(common.Adapter):
         self.principal.roots.add_blessings(root_b)
 
     def connect(self) -> tuple[Client, Context]:
-        client = Client(self.principal, options=ClientOptions(default_call_timeout=600))
+        client = Client(self.principal, options=self.options)
         return client, Context.background().with_timeout(3600)
 
     def echo(self, c: tuple[Client, Context], payload: bytes) -> bytes:
@@ -98,5 +105,14 @@ class IpcAdapter(common.Adapter):
         c[0].close()
 
 
+class IpcNoPollAdapter(IpcAdapter):
+    name = "ipcclient, busy_poll=0 on both sides"
+    options = ClientOptions(default_call_timeout=600, transport=TransportOptions(busy_poll=0))
+
+
 if __name__ == "__main__":
-    common.main(os.path.abspath(__file__), {"default": serve}, {"default": IpcAdapter})
+    common.main(
+        os.path.abspath(__file__),
+        {"default": serve, "nopoll": serve_nopoll},
+        {"default": IpcAdapter, "nopoll": IpcNoPollAdapter},
+    )
