@@ -1313,8 +1313,8 @@ def _write_request(
         raise exc.with_context(request_sent=False) from None
     except errors.IPCError as exc:
         cancel(exc)
-        if not flow.wrote:
-            return exc
+        if not flow.wrote or isinstance(exc, errors.NotProcessedError):
+            return exc  # (or the server said it never took the flow: as good as unsent)
         # Part of the request may be out: the server may run it, so never retry it here,
         # whatever the error's action says (at most once).
         raise exc.with_context(

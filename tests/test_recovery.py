@@ -326,7 +326,9 @@ def test_a_black_holed_first_replica_costs_less_than_a_second(
             start = time.monotonic()
             assert client.call(ctx(10.0), "svc", "Echo", "z") == ("z",)
             elapsed = time.monotonic() - start
-            assert elapsed < 1.0, elapsed
+            # About the stagger (0.25 s); the bound is generous for a loaded machine (without
+            # the race the call would wait for its deadline).
+            assert elapsed < 2.0, elapsed
             assert hole.accepted <= 1
             # The healthy VC is cached: the next call does not wait at all on the dead one.
             assert client.call(ctx(10.0), "svc", "Echo", "w") == ("w",)
