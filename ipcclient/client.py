@@ -173,6 +173,29 @@ class Client:
         self._fast_namespace: Namespace | None = None  # the namespace the plans were made for
         self.stats = collections.Counter[str]()
 
+    @classmethod
+    def from_env(
+        cls,
+        credentials: str | os.PathLike[str] | None = None,
+        *,
+        roots: Sequence[str] | None = None,
+        passphrase: bytes | None = None,
+        options: ClientOptions | None = None,
+    ) -> Client:
+        """A client configured as the ``ipc`` command is: the principal in ``credentials``
+        (default: the directory ``$IPCCLIENT_CREDENTIALS``; neither: a fresh principal, as
+        ``Client()``) and the root mount tables ``roots`` (default: ``$IPCCLIENT_NAMESPACE``,
+        comma-separated). Explicit arguments win over the environment.
+
+        Raises:
+            NoExistError, NoAccessError, BadArgError, NotTrustedError: the principal cannot
+                be loaded (see :meth:`Principal.load`), or a root is malformed.
+        """
+        from ipcclient import env
+
+        principal = env.load_principal(credentials, passphrase=passphrase)
+        return cls(principal, roots=env.roots(roots), options=options)
+
     # --- public API ---------------------------------------------------------------------
     def start_call(
         self,
@@ -234,6 +257,29 @@ class Client:
         finally:
             if owned:
                 call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
+
+    def call_one(
+        self,
+        ctx: Context,
+        name: str,
+        method: str,
+        *args: Any,
+        options: Sequence[CallOption] = (),
+    ) -> Any:
+        """:meth:`call` for a method with at most one result: the result itself, or None
+        when the method returned none (a server method that returns ``None``).
+
+        Raises:
+            BadStateError: the method returned several results (it ran; use :meth:`call`).
+            IPCError: as :meth:`call`.
+        """
+        results = self.call(ctx, name, method, *args, options=options)
+        if len(results) > 1:
+            raise errors.BadStateError(
+                f"client: {name}.{method} returned {len(results)} results; use call()",
+                request_sent=True,
+            )
+        return results[0] if results else None
 
     def close(self) -> None:
         """Close the client: new calls fail at once with BadStateError; calls in flight end

@@ -35,17 +35,24 @@ FORTUNES = [
 
 
 class Fortune:
-    """The demo service: one fortune, a stream of them, and an echo that doubles."""
+    """The demo service: one fortune, a stream of them, an echo, and a stream that doubles."""
 
     def Get(self, call: ServerCall) -> str:
+        """One fortune."""
         return FORTUNES[0]
 
     def Stream(self, call: ServerCall, n: int) -> int:
+        """Stream n fortunes, then return n."""
         for i in range(n):
             call.send(FORTUNES[i % len(FORTUNES)])
         return n
 
+    def Echo(self, call: ServerCall, value: Any) -> Any:
+        """Return value unchanged."""
+        return value
+
     def Double(self, call: ServerCall) -> int:
+        """For each item the client streams, stream back twice it; return how many."""
         count = 0
         for item in call:
             call.send(item * 2)
@@ -53,6 +60,7 @@ class Fortune:
         return count
 
     def WhoAmI(self, call: ServerCall) -> list[str]:
+        """The caller's blessing names, as this server validated them."""
         return list(call.remote_blessing_names)
 
 

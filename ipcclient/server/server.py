@@ -41,12 +41,14 @@ from ipcclient.transport.manager import Listener, StreamManager, TransportOption
 from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
 
 __all__ = [
+    "SIGNATURE_METHOD",
     "Dispatcher",
     "LeafDispatcher",
     "Results",
     "Server",
     "ServerCall",
     "ServerOptions",
+    "signature",
 ]
 
 log = logging.getLogger("ipcclient.server")
@@ -290,6 +292,39 @@ def _arity(obj: Any, name: str, method: Callable[..., Any]) -> tuple[int, int | 
     return result
 
 
+SIGNATURE_METHOD = "__Signature"
+"""The reserved method every server answers: what the object served at the suffix offers
+(see :func:`signature`). Authorized like any other method of the object."""
+
+
+def signature(obj: Any) -> list[dict[str, Any]]:
+    """What ``__Signature`` answers for ``obj``: one map per method a client may call,
+    sorted by name: ``{"name": str, "args": [parameter names], "varargs": bool, "doc": str}``
+    (the parameters after the :class:`ServerCall`; the docstring cleaned of indentation)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(dir(obj)):
+        try:
+            method = _find_method(obj, name)
+        except errors.UnknownMethodError:
+            continue
+        args: list[str] = []
+        varargs = False
+        try:
+            params = list(inspect.signature(method).parameters.values())[1:]
+        except (TypeError, ValueError):
+            params = []
+            varargs = True
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                args.append(p.name)
+            elif p.kind is p.VAR_POSITIONAL:
+                varargs = True
+        out.append(
+            {"name": name, "args": args, "varargs": varargs, "doc": inspect.getdoc(method) or ""}
+        )
+    return out
+
+
 def _find_method(obj: Any, name: str) -> Callable[..., Any]:
     if not name.isidentifier() or name.startswith("_"):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
@@ -338,6 +373,7 @@ class Server:
         self._pool = _Workers(self.options.workers)
         self._root = Context.background().with_cancel()
         self._stopped = False
+        self._stopped_event = threading.Event()
         self._publisher = publisher
         self._serves_mount_table = serves_mount_table
         self.endpoints: list[str] = []
@@ -405,23 +441,57 @@ class Server:
             listeners = list(self._listeners)
         return [c for lst in listeners for c in lst.connections]
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop: no new calls; calls in flight are cancelled (their clients see Canceled or
-        a broken VC); listeners and VCs close; worker threads end. Idempotent."""
+    def stop(self, timeout: float = 5.0, *, grace: float = 0.0) -> None:
+        """Stop: no new calls (new ones are refused with CanceledError) and no new VCs; the
+        published names are unmounted; calls in flight get up to ``grace`` seconds to finish,
+        then the rest are cancelled (their clients see Canceled or a broken VC); VCs close;
+        worker threads end (waiting at most ``timeout`` for each step). Idempotent; a second
+        call while the first waits returns at once.
+        """
+        if not (isinstance(grace, int | float) and grace >= 0):
+            raise errors.BadArgError(f"server: grace must be >= 0 seconds, got {grace!r}")
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             listeners = list(self._listeners)
+        for lst in listeners:  # no new VCs (the VCs already open stay for the grace)
+            lst.close(close_connections=False, timeout=timeout)
         if self._publisher is not None:
             try:
                 self._publisher.stop(timeout)
             except Exception:
                 log.exception("server: unpublishing failed")
+        if grace > 0:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                with self._slots_lock:
+                    if self._in_use <= 0:
+                        break
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         self._root.cancel("server stopping")
         for lst in listeners:
-            lst.close(close_connections=True, timeout=timeout)
+            for conn in lst.connections:
+                conn.close()
         self._pool.shutdown(timeout)
+        self._stopped_event.set()
+
+    def wait(self, timeout: float | None = None, *, grace: float = 5.0) -> bool:
+        """Serve until :meth:`stop` is called (from another thread or a signal handler) or
+        the process is interrupted (Ctrl-C, which stops the server with ``grace``).
+
+        Returns True once stopped, False when ``timeout`` seconds passed first.
+        """
+        try:
+            if timeout is None:
+                while not self._stopped_event.wait(1.0):
+                    pass
+                return True
+            return self._stopped_event.wait(timeout)
+        except KeyboardInterrupt:
+            log.info("server: interrupted; stopping (grace %.1f s)", grace)
+            self.stop(grace=grace)
+            return True
 
     def __enter__(self) -> Server:
         return self
@@ -613,6 +683,8 @@ class Server:
         suffix = request.suffix.lstrip("/")
         obj, authorizer = dispatcher.lookup(suffix)
         security = self._authorize(flow.connection, request, suffix, args, authorizer)
+        if request.method == SIGNATURE_METHOD:
+            return (signature(obj),)
         method = _find_method(obj, request.method)
         lo, hi = _arity(obj, request.method, method)
         if len(args) < lo or (hi is not None and len(args) > hi):
