@@ -3,6 +3,7 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
+from ipcclient import env, vtrace
 from ipcclient.call import Call
 from ipcclient.client import Client
 from ipcclient.context import CancelContext, Context
@@ -44,6 +45,7 @@ from ipcclient.options import (
     ServerPublicKey,
     SkipServerAuthorization,
 )
+from ipcclient.retry import BackoffPolicy
 from ipcclient.security import BlessingPattern, Blessings, Principal, caveats
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns, DefaultAuthorizer
 from ipcclient.server.discharger import Discharger
@@ -58,6 +60,7 @@ __all__ = [
     "AbortedError",
     "AllowEveryone",
     "AllowPatterns",
+    "BackoffPolicy",
     "BadArgError",
     "BadDischargeError",
     "BadProtocolError",
@@ -109,4 +112,6 @@ __all__ = [
     "VersionIncompatibleError",
     "__version__",
     "caveats",
+    "env",
+    "vtrace",
 ]

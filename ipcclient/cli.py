@@ -568,6 +568,8 @@ def cmd_glob(args: argparse.Namespace) -> int:
                 call.finish()
     for line in tree_lines(found):
         _out(line)
+    if not found:
+        _err(f"no names match {args.pattern!r}")
     return EXIT_OK
 
 
@@ -685,10 +687,7 @@ def cmd_signature(args: argparse.Namespace) -> int:
 def _serve_until_stopped(server: Server, grace: float) -> None:
     """Block until Ctrl-C or SIGTERM, then stop (calls in flight get ``grace`` seconds)."""
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.wait(grace=grace)
     finally:

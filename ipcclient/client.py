@@ -1,4 +1,4 @@
-"""The client the seed describes: names in, calls out, one VC per endpoint (floor 7).
+"""The client: names in, calls out, one VC per endpoint.
 
 Owns: :class:`Client` — the VC map shared by every thread (lookups and inserts under a lock
 held for nothing else; dials outside it, one dial per endpoint however many callers wait for
@@ -247,7 +247,7 @@ class Client:
                 results = self._fast_call(call_ctx, name, method, args)
                 return attempt(n) if results is None else results
 
-            # The usual call may take the short way (see _fast_call).
+            # The usual call may take the fast path (see _fast_call).
             first = attempt if options else fast_first
 
             no_retry = bool(options) and find_one(options, NoRetry) is not None
@@ -527,7 +527,7 @@ class Client:
     def _fast_call(
         self, ctx: Context, name: str, method: str, args: tuple[Any, ...]
     ) -> tuple[Any, ...] | None:
-        """The usual unary call the short way, or None with nothing sent (the general path
+        """The usual unary call by the fast path, or None with nothing sent (the general path
         then makes it). Usual: no options, a rooted name naming one server, its VC cached
         and open, the server already authorized on that VC for this method and suffix (the
         general path's cache: the same checks, before any byte), and blessings without

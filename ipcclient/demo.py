@@ -1,4 +1,4 @@
-"""``make demo``: the whole story of ipcclient in one readable script (floor 8, a CLI).
+"""``make demo``: the whole story of ipcclient in one readable script.
 
 Owns: a narrated end-to-end run: principals created and saved in a temporary folder, an
 embedded mount table and server started in-process, the server published under a name,

@@ -63,9 +63,10 @@ def ipc(
 class Daemon:
     """A long-running ``ipc`` command (mount table, serve) and the first line it printed."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str], script: Path | None = None) -> None:
+        command = [str(script)] if script is not None else ["-m", "ipcclient"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ipcclient", *args],
+            [sys.executable, *command, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -74,6 +75,11 @@ class Daemon:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self.line = self._first_line()
+
+    @classmethod
+    def script(cls, path: Path, *args: str, env: dict[str, str]) -> Daemon:
+        """A Python script (rather than an ``ipc`` command) run the same way."""
+        return cls(*args, env=env, script=path)
 
     def _first_line(self) -> str:
         assert self.proc.stdout is not None

@@ -1,4 +1,4 @@
-"""The discharger service: issues discharges for the third-party caveats it owns (floor 6).
+"""The discharger service: issues discharges for the third-party caveats it owns.
 
 Owns: :class:`Discharger` (served as an object: ``server.serve(Discharger(p),
 AllowEveryone())``), whose one wire method ``Discharge(caveat, impetus) -> Discharge`` checks

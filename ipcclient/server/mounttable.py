@@ -1,4 +1,4 @@
-"""The mount table service: names to servers, with TTLs, served as a dispatcher (floor 6).
+"""The mount table service: names to servers, with TTLs, served as a dispatcher.
 
 Owns: :class:`MountTable` (a :class:`~ipcclient.server.server.Dispatcher`; the call's suffix
 is the name inside the table), the in-memory tree of mounts, its bounds, expiry by TTL, and

@@ -1,4 +1,4 @@
-"""The threaded RPC server: listen, dispatch, authorize, invoke, answer (floor 6).
+"""The threaded RPC server: listen, dispatch, authorize, invoke, answer.
 
 Owns: :class:`Server` (listeners, a bounded worker pool that sheds load with a retriable
 error, serving a dispatcher, stopping cleanly), the server side of the request protocol
@@ -58,7 +58,7 @@ _CALL_FINISHED = errors.CanceledError("call finished")
 :meth:`CancelContext.cancel_with`)."""
 
 _PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
-"""The keys of a request header the inline short way takes (no grant, no discharges)."""
+"""The keys of a request header the inline fast path takes (no grant, no discharges)."""
 _END_OF_ARGS = Request(end_stream_args=True).to_wire()
 
 _VC_CACHE_ENTRIES = 256

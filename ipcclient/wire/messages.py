@@ -69,7 +69,7 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
     """The same bytes as :func:`encode_messages`, as a list of pieces to write in order:
     a bulk byte string (see ``_BULK``) is its own piece, never copied; everything between
     two bulk values is joined into one piece. Usually a list of one."""
-    if len(values) == 1 and not tail:  # one value (a stream item): the short way
+    if len(values) == 1 and not tail:  # one value (a stream item): the fast path
         value = values[0]
         if type(value) is not bytes or len(value) < _BULK:
             body = codec.encode_scalar(value) or codec.encode(value)
