@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from ipcclient import AllowPatterns, Client, Publisher, Results, Server, ServerCall
+from ipcclient import AllowPatterns, Client, Publisher, Results, Server, ServerCall, expose
 
 FORTUNES = [
     "Deadlines are a kindness to the future.",
@@ -22,6 +22,7 @@ FORTUNES = [
 ]
 
 
+@expose  # every public method below may be called remotely
 class Fortune:
     """What the server offers; each method's docstring is what `ipc signature` shows."""
 

@@ -49,6 +49,7 @@ from ipcclient.retry import BackoffPolicy
 from ipcclient.security import BlessingPattern, Blessings, Principal, caveats
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns, DefaultAuthorizer
 from ipcclient.server.discharger import Discharger
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Results, Server, ServerCall, ServerOptions
@@ -113,5 +114,6 @@ __all__ = [
     "__version__",
     "caveats",
     "env",
+    "expose",
     "vtrace",
 ]

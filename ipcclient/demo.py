@@ -23,6 +23,7 @@ from ipcclient.context import Context
 from ipcclient.options import ServerPattern
 from ipcclient.security import Principal, caveats
 from ipcclient.server.authorizer import AllowPatterns
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Server, ServerCall
@@ -34,6 +35,7 @@ FORTUNES = [
 ]
 
 
+@expose
 class Fortune:
     """The demo service: one fortune, a stream of them, an echo, and a stream that doubles."""
 

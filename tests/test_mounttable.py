@@ -22,6 +22,7 @@ from ipcclient.options import NoRetry
 from ipcclient.security import Principal, caveats
 from ipcclient.security.caveats import Caveat
 from ipcclient.server.authorizer import AllowEveryone, Authorizer
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import LEAF, MT, REPLACE, MountTable
 from ipcclient.server.server import Server, ServerCall
 
@@ -46,6 +47,7 @@ class Family:
         return p
 
 
+@expose
 class Label:
     """A service that says who it is and echoes."""
 

@@ -13,6 +13,7 @@ import pytest
 
 from ipcclient import Client, Context, Results, Server, errors
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import ServerCall, signature
 from tests.conftest import Family
 
@@ -27,6 +28,7 @@ class Slow:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    @expose
     def Wait(self, call: ServerCall, seconds: float) -> str:
         """Block until released (or ``seconds``), then say how it ended."""
         self.entered.set()
@@ -34,22 +36,26 @@ class Slow:
             return "released"
         return "cancelled" if call.context.done() else "timed out"
 
+    @expose
     def Nothing(self, call: ServerCall) -> None:
         return None
 
+    @expose
     def One(self, call: ServerCall) -> int:
         return 1
 
+    @expose
     def Two(self, call: ServerCall) -> Results:
         return Results(1, 2)
 
+    @expose
     def Vary(self, call: ServerCall, a: int, b: str = "x", *rest: Any) -> None:
         """First line.
 
         Indented detail.
         """
 
-    def helper(self) -> None:  # lower case, but public: still listed until exposure is explicit
+    def helper(self) -> None:  # public, but not exposed: Python only
         pass
 
     def _private(self, call: ServerCall) -> None:
@@ -165,6 +171,7 @@ def test_signature_is_served_and_authorized(
     }
     assert by_name["Wait"]["args"] == ["seconds"]
     assert "_private" not in by_name and "__Signature" not in by_name
+    assert "helper" not in by_name
     assert [m["name"] for m in sig] == sorted(by_name)
     assert sig == signature(Slow())
     # The object's authorizer decides who may read its signature.

@@ -28,6 +28,7 @@ from ipcclient.security import caveats as cav
 from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
 from ipcclient.security.discharges import Discharge, DischargeImpetus, issue_discharge
 from ipcclient.security.principal import Principal
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import ServerCall
 
 __all__ = ["DEFAULT_VALIDITY", "MAX_REVOKED", "MAX_VALIDITY", "Discharger", "RevocationList"]
@@ -105,6 +106,7 @@ class Discharger:
         self._validity = float(validity)
         self.revocations = RevocationList(revoked or ())
 
+    @expose
     def Discharge(self, call: ServerCall, caveat: Any, impetus: Any) -> Discharge:
         """Issue a discharge for ``caveat`` (the wire method).
 

@@ -45,6 +45,7 @@ from ipcclient.naming.endpoint import Endpoint
 from ipcclient.naming.namespace import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import ServerCall
 
 __all__ = [
@@ -171,8 +172,9 @@ class _MethodAuthorizer:
         raise errors.NoAccessError(detail)
 
 
+@expose
 class _Invoker:
-    """What the server invokes: only the four wire methods are public."""
+    """What the server invokes: only the four wire methods are public (and exposed)."""
 
     def __init__(self, table: MountTable) -> None:
         self._table = table

@@ -9,9 +9,11 @@ this server's roots, caveats and discharges, then the object's authorizer), and
 Must not: resolve names or dial (publishing in a mount table goes through an injected
 publisher), or let a bug in a user's method reach anything but that call's error.
 
-A user method is called as ``method(call, *args)``; it returns one result, ``None`` for no
-result, or :class:`Results` for several. Raising an :class:`~ipcclient.errors.IPCError` sends
-that error; any other exception is logged and sent as an UnknownError carrying its message.
+Only exposed methods are called (``@expose``, or ``serve(obj, methods=[...])``; see
+:mod:`ipcclient.server.exposure`). A user method is called as ``method(call, *args)``; it
+returns one result, ``None`` for no result, or :class:`Results` for several. Raising an
+:class:`~ipcclient.errors.IPCError` sends that error; any other exception is logged and sent
+as an UnknownError carrying its message.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +37,7 @@ from ipcclient.security.caveats import SecurityCall
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthorizer
+from ipcclient.server.exposure import Exposed, exposed_methods
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
@@ -298,15 +301,13 @@ SIGNATURE_METHOD = "__Signature"
 
 
 def signature(obj: Any) -> list[dict[str, Any]]:
-    """What ``__Signature`` answers for ``obj``: one map per method a client may call,
-    sorted by name: ``{"name": str, "args": [parameter names], "varargs": bool, "doc": str}``
-    (the parameters after the :class:`ServerCall`; the docstring cleaned of indentation)."""
+    """What ``__Signature`` answers for ``obj``: one map per exposed method (see
+    :func:`~ipcclient.server.exposure.expose`), sorted by name: ``{"name": str, "args":
+    [parameter names], "varargs": bool, "doc": str}`` (the parameters after the
+    :class:`ServerCall`; the docstring cleaned of indentation)."""
     out: list[dict[str, Any]] = []
-    for name in sorted(dir(obj)):
-        try:
-            method = _find_method(obj, name)
-        except errors.UnknownMethodError:
-            continue
+    for name in sorted(exposed_methods(obj)):
+        method = _find_method(obj, name)
         args: list[str] = []
         varargs = False
         try:
@@ -326,12 +327,17 @@ def signature(obj: Any) -> list[dict[str, Any]]:
 
 
 def _find_method(obj: Any, name: str) -> Callable[..., Any]:
-    if not name.isidentifier() or name.startswith("_"):
+    """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object)."""
+    if name not in exposed_methods(obj):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
-    method = getattr(obj, name, None)
+    method = getattr(_target(obj), name, None)
     if method is None or not callable(method):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
     return method  # type: ignore[no-any-return]
+
+
+def _target(obj: Any) -> Any:
+    return obj.obj if type(obj) is Exposed else obj
 
 
 class Server:
@@ -405,12 +411,37 @@ class Server:
             self.endpoints.append(str(ep))
         return str(ep)
 
-    def serve(self, obj: Any, authorizer: Authorizer | None = None) -> None:
-        """Serve ``obj`` at the empty suffix (a :class:`LeafDispatcher`)."""
+    def serve(
+        self,
+        obj: Any,
+        authorizer: Authorizer | None = None,
+        *,
+        methods: Iterable[str] | None = None,
+    ) -> None:
+        """Serve ``obj`` at the empty suffix (a :class:`LeafDispatcher`).
+
+        Clients may call only its exposed methods: those named in ``methods`` when given,
+        else those decorated with :func:`~ipcclient.expose` (or all the public methods of a
+        class decorated with it).
+
+        Raises:
+            BadArgError: ``obj`` exposes no method, or ``methods`` names something that is
+                not a public method of ``obj``.
+            BadStateError: the server already serves.
+        """
+        if methods is not None:
+            obj = Exposed(obj, methods)
+        elif not exposed_methods(obj):
+            raise errors.BadArgError(
+                f"server: {type(obj).__name__} exposes no methods: decorate them (or the "
+                "class) with @ipcclient.expose, or pass serve(obj, methods=[...])"
+            )
         self.serve_dispatcher(LeafDispatcher(obj, authorizer))
 
     def serve_dispatcher(self, dispatcher: Dispatcher) -> None:
-        """Serve every suffix through ``dispatcher``. A server serves once."""
+        """Serve every suffix through ``dispatcher``. A server serves once. The objects the
+        dispatcher returns are called only through their exposed methods (see
+        :meth:`serve`; a dispatcher may return an :class:`~ipcclient.server.exposure.Exposed`)."""
         with self._lock:
             if self._dispatcher is not None:
                 raise errors.BadStateError("server: already serving")
@@ -686,7 +717,7 @@ class Server:
         if request.method == SIGNATURE_METHOD:
             return (signature(obj),)
         method = _find_method(obj, request.method)
-        lo, hi = _arity(obj, request.method, method)
+        lo, hi = _arity(_target(obj), request.method, method)
         if len(args) < lo or (hi is not None and len(args) > hi):
             expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
             raise errors.BadArgError(
