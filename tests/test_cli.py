@@ -429,3 +429,17 @@ def test_main_in_process_reports_a_missing_principal(
     code = ipc_cli.main(["principal", "dump", str(tmp_path / "none")])
     assert code == ipc_cli.EXIT_NOT_FOUND
     assert capsys.readouterr().err.startswith("ipc: error: ipc.NoExist")
+
+
+def test_mounttable_published_under_a_name(world: World) -> None:
+    sub = Daemon("mounttable", "--name", "sub", env=world.env(credentials=str(world.root / "mt")))
+    try:
+        assert "└── sub  " + sub.line in world.ipc("glob").stdout
+        # A name below "sub" lives in the second table: resolution walks into it.
+        done = world.ipc("mount", "sub/x", "/127.0.0.1:9")
+        assert done.returncode == 0, done.stderr
+        assert world.ipc("resolve", "sub/x").stdout.split() == ["/127.0.0.1:9"]
+        assert "x  /127.0.0.1:9" in world.ipc("glob", sub.line + "/...").stdout
+    finally:
+        assert sub.stop() == 0
+    assert "sub" not in world.ipc("glob").stdout
