@@ -83,6 +83,8 @@ EXIT_REMOTE = 8
 """The server's method raised an error of its own."""
 EXIT_INTERRUPTED = 130
 """Interrupted (Ctrl-C) or cancelled."""
+EXIT_BROKEN_PIPE = 141
+"""Whoever read the output stopped reading (as a command killed by SIGPIPE); nothing printed."""
 
 EXIT_CODES: dict[str, int] = {
     errors.ErrorID.BAD_ARG.value: EXIT_BAD_ARG,
@@ -767,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{env.NAMESPACE_VAR} (comma-separated root mount tables). "
             "Exit codes: 0 ok, 1 other error, 2 usage, 3 bad argument, 4 not found, "
             "5 no access / not trusted, 6 timeout, 7 connection, 8 the server's method "
-            "failed, 130 interrupted."
+            "failed, 130 interrupted, 141 output closed."
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
@@ -921,6 +923,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, f"{exc.id}: {exc.msg or type(exc).__name__}", exit_code(exc))
     except CommandError as exc:
         return _fail(args, exc, exc.msg, exc.code)
+    except BrokenPipeError:
+        # The reader of our output went away (``ipc glob | head``): stop quietly, as a
+        # command killed by SIGPIPE does, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         return _fail(args, exc, f"{exc.strerror or exc}: {exc.filename or ''}", EXIT_BAD_ARG)
     except KeyboardInterrupt as exc:

@@ -443,3 +443,19 @@ def test_mounttable_published_under_a_name(world: World) -> None:
     finally:
         assert sub.stop() == 0
     assert "sub" not in world.ipc("glob").stdout
+
+
+def test_a_closed_output_ends_quietly(world: World) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipcclient", "signature", "apps/fortune"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=world.env(),
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # as `| head` does once it has read enough
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == ipc_cli.EXIT_BROKEN_PIPE
+    assert err == ""
