@@ -14,12 +14,21 @@ $(STAMP): pyproject.toml setup.cfg
 	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the package itself (no test or docs tools).
+DEMO_STAMP := $(VENV)/.demo-stamp
+
+$(DEMO_STAMP): pyproject.toml setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m ipcclient.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ipcclient tests
-	$(VENV)/bin/ruff format --check ipcclient tests
+	$(VENV)/bin/ruff check ipcclient tests examples
+	$(VENV)/bin/ruff format --check ipcclient tests examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -7,6 +7,7 @@ Logging goes to the ``ipcclient`` logger and its children (see docs/client.md); 
 
 import logging
 
+from ipcclient import env, vtrace
 from ipcclient.call import Call
 from ipcclient.client import Client
 from ipcclient.context import CancelContext, Context
@@ -54,6 +55,7 @@ from ipcclient.retry import BackoffPolicy, RetryBudget
 from ipcclient.security import BlessingPattern, Blessings, Principal, caveats
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns, DefaultAuthorizer
 from ipcclient.server.discharger import Discharger
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Results, Server, ServerCall, ServerOptions
@@ -122,4 +124,7 @@ __all__ = [
     "WaitForReady",
     "__version__",
     "caveats",
+    "env",
+    "expose",
+    "vtrace",
 ]

@@ -1,6 +1,6 @@
-"""The client side of one RPC in flight: the call object (floor 6).
+"""The client side of one RPC in flight: the call object.
 
-Owns: :class:`Call` — the seed's ``flowClient``: streaming args (``send``) and results
+Owns: :class:`Call` — Veyron's ``flowClient``: streaming args (``send``) and results
 (``recv``, iteration), ``close_send``, ``finish`` (implicit close_send, the final response
 header, the server's error raised as its own exception, the results), ``cancel``, the
 context-manager and finalizer behaviour, and invalidating discharges the server refused.

@@ -1,4 +1,4 @@
-"""The client the seed describes: names in, calls out, one VC per endpoint (floor 7).
+"""The client: names in, calls out, one VC per endpoint.
 
 Owns: :class:`Client` — the VC map shared by every thread (lookups and inserts under a lock
 held for nothing else; dials outside it, one dial per endpoint however many callers wait for
@@ -201,6 +201,29 @@ class Client:
         self._fast_namespace: Namespace | None = None  # the namespace the plans were made for
         self.stats = collections.Counter[str]()
 
+    @classmethod
+    def from_env(
+        cls,
+        credentials: str | os.PathLike[str] | None = None,
+        *,
+        roots: Sequence[str] | None = None,
+        passphrase: bytes | None = None,
+        options: ClientOptions | None = None,
+    ) -> Client:
+        """A client configured as the ``ipc`` command is: the principal in ``credentials``
+        (default: the directory ``$IPCCLIENT_CREDENTIALS``; neither: a fresh principal, as
+        ``Client()``) and the root mount tables ``roots`` (default: ``$IPCCLIENT_NAMESPACE``,
+        comma-separated). Explicit arguments win over the environment.
+
+        Raises:
+            NoExistError, NoAccessError, BadArgError, NotTrustedError: the principal cannot
+                be loaded (see :meth:`Principal.load`), or a root is malformed.
+        """
+        from ipcclient import env
+
+        principal = env.load_principal(credentials, passphrase=passphrase)
+        return cls(principal, roots=env.roots(roots), options=options)
+
     # --- public API ---------------------------------------------------------------------
     def start_call(
         self,
@@ -264,7 +287,7 @@ class Client:
                     results = None
                 return attempt(n) if results is None else results
 
-            # The usual call may take the short way (see _fast_call).
+            # The usual call may take the fast path (see _fast_call).
             first = attempt if options else fast_first
 
             no_retry = bool(options) and find_one(options, NoRetry) is not None
@@ -281,6 +304,29 @@ class Client:
         finally:
             if owned:
                 call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
+
+    def call_one(
+        self,
+        ctx: Context,
+        name: str,
+        method: str,
+        *args: Any,
+        options: Sequence[CallOption] = (),
+    ) -> Any:
+        """:meth:`call` for a method with at most one result: the result itself, or None
+        when the method returned none (a server method that returns ``None``).
+
+        Raises:
+            BadStateError: the method returned several results (it ran; use :meth:`call`).
+            IPCError: as :meth:`call`.
+        """
+        results = self.call(ctx, name, method, *args, options=options)
+        if len(results) > 1:
+            raise errors.BadStateError(
+                f"client: {name}.{method} returned {len(results)} results; use call()",
+                request_sent=True,
+            )
+        return results[0] if results else None
 
     def _note_unprocessed(self, exc: errors.NotProcessedError, resend: int, ctx: Context) -> None:
         """A request the server never took (see NotProcessedError): return to send it again
@@ -589,7 +635,7 @@ class Client:
     def _fast_call(
         self, ctx: Context, name: str, method: str, args: tuple[Any, ...]
     ) -> tuple[Any, ...] | None:
-        """The usual unary call the short way, or None with nothing sent (the general path
+        """The usual unary call by the fast path, or None with nothing sent (the general path
         then makes it). Usual: no options, a rooted name naming one server, its VC cached
         and open, the server already authorized on that VC for this method and suffix (the
         general path's cache: the same checks, before any byte), and blessings without

@@ -1,4 +1,4 @@
-"""CBOR encoding of headers and values, with the project's tags and hard limits (floor 2).
+"""CBOR encoding of headers and values, with the project's tags and hard limits.
 
 Owns: turning Python values into CBOR bytes and back (RFC 8949, via cbor2), the one table of
 CBOR tag numbers the project uses, and the limits a decoder enforces on what a peer sends
@@ -389,7 +389,7 @@ fresh objects each time)."""
 
 _SHORT_WAY_ITEMS = 8
 _SHORT_WAY_DEPTH = 2
-"""The short ways of :func:`decode` (one string, a constant map of at most 7 items and
+"""The fast paths of :func:`decode` (one string, a constant map of at most 7 items and
 depth 1) apply only under limits at least this loose."""
 
 _STRING_HEADS = {24: 2, 25: 3, 26: 5, 27: 9}
@@ -422,7 +422,7 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         raise errors.BadProtocolError("codec: empty message")
     first = data[0]
     if limits.max_items < _SHORT_WAY_ITEMS or limits.max_depth < _SHORT_WAY_DEPTH:
-        pass  # (limits so tight that the short ways below could exceed them)
+        pass  # (limits so tight that the fast paths below could exceed them)
     elif size == 1:  # one-byte values (empty headers, small ints, flags) are common
         factory = _ONE_BYTE.get(first)
         if factory is not None:

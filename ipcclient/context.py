@@ -1,4 +1,4 @@
-"""Deadlines, cancellation and request-scoped values, in the shape of Go's context (floor 2).
+"""Deadlines, cancellation and request-scoped values, in the shape of Go's context.
 
 Owns: the :class:`Context` tree (``background`` -> ``with_cancel`` / ``with_timeout`` /
 ``with_deadline`` / ``with_value``), the cancel signal and its propagation from parent to

@@ -1,4 +1,4 @@
-"""``make demo``: the whole story of ipcclient in one readable script (floor 8, a CLI).
+"""``make demo``: the whole story of ipcclient in one readable script.
 
 Owns: a narrated end-to-end run: principals created and saved in a temporary folder, an
 embedded mount table and server started in-process, the server published under a name,
@@ -23,6 +23,7 @@ from ipcclient.context import Context
 from ipcclient.options import ServerPattern
 from ipcclient.security import Principal, caveats
 from ipcclient.server.authorizer import AllowPatterns
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
 from ipcclient.server.server import Server, ServerCall
@@ -34,18 +35,26 @@ FORTUNES = [
 ]
 
 
+@expose
 class Fortune:
-    """The demo service: one fortune, a stream of them, and an echo that doubles."""
+    """The demo service: one fortune, a stream of them, an echo, and a stream that doubles."""
 
     def Get(self, call: ServerCall) -> str:
+        """One fortune."""
         return FORTUNES[0]
 
     def Stream(self, call: ServerCall, n: int) -> int:
+        """Stream n fortunes, then return n."""
         for i in range(n):
             call.send(FORTUNES[i % len(FORTUNES)])
         return n
 
+    def Echo(self, call: ServerCall, value: Any) -> Any:
+        """Return value unchanged."""
+        return value
+
     def Double(self, call: ServerCall) -> int:
+        """For each item the client streams, stream back twice it; return how many."""
         count = 0
         for item in call:
             call.send(item * 2)
@@ -53,6 +62,7 @@ class Fortune:
         return count
 
     def WhoAmI(self, call: ServerCall) -> list[str]:
+        """The caller's blessing names, as this server validated them."""
         return list(call.remote_blessing_names)
 
 

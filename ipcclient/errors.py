@@ -1,4 +1,4 @@
-"""Error IDs, retry actions and the exception tree (floor 1).
+"""Error IDs, retry actions and the exception tree.
 
 Owns: the catalogue of error IDs in the spirit of Vanadium's verror, the retry action each
 carries, the exception classes users catch by kind, and the plain wire form of an error

@@ -1,4 +1,4 @@
-"""Request and response headers of the RPC protocol, and their wire forms (floor 5).
+"""Request and response headers of the RPC protocol, and their wire forms.
 
 Owns: the :class:`Request` and :class:`Response` header values exchanged on a flow, their CBOR
 map forms (short, fixed keys), validation of what a peer sends (types, bounds), and the

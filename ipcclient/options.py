@@ -1,4 +1,4 @@
-"""Typed call and client options (floor 6).
+"""Typed call and client options.
 
 Owns: the option values a caller passes to :meth:`Client.start_call` and :meth:`Client.call`
 (``NoRetry()``, ``RetryTimeout(2.0)``, ``ServerPattern("root:server")``, ...), and

@@ -1,13 +1,13 @@
-"""Backoff and retry decisions as pure, property-testable values (floor 2).
+"""Backoff and retry decisions as pure, property-testable values.
 
-Owns: :class:`BackoffPolicy` (the two backoff formulas of the seed and of Vanadium),
+Owns: :class:`BackoffPolicy` (the two backoff formulas of Veyron's 2014 client and of Vanadium),
 :func:`backoff_delay`, the retry decision :func:`should_retry` (by error action and call
 phase), the retry window :func:`retry_deadline`, the driver :func:`run_with_retries`
 with injected clock, sleep and randomness, and a process-level :class:`RetryBudget`.
 
 Must not: import anything from ipcclient but :mod:`ipcclient.errors` and
 :mod:`ipcclient.context`; read error message text (decisions read ``IPCError.action`` only,
-never ``msg``: the seed's string matching is weakness 2 of DESIGN.md); touch sockets, names or
+never ``msg``: matching message text breaks when a message is reworded); touch sockets, names or
 calls; sleep anywhere but through the injected ``sleep``.
 
 The two formulas (``n`` is the retry number, 1 for the first retry):
@@ -71,7 +71,7 @@ class BackoffKind(enum.Enum):
     """The shape of the backoff formula."""
 
     POWER = "power"
-    """``(base + jitter * r) ** n`` (the seed, 2014)."""
+    """``(base + jitter * r) ** n`` (Veyron's client, 2014)."""
     EXPONENTIAL = "exponential"
     """``(base + jitter * r) * multiplier ** (n - 1)`` (Vanadium, 2015)."""
 
@@ -108,7 +108,7 @@ class BackoffPolicy:
 
     @classmethod
     def seed_2014(cls) -> BackoffPolicy:
-        """The seed's ``(1.5 + rand[0,0.5)) ** n`` s, cap 1 min, 1 ms reserve."""
+        """Veyron's 2014 ``(1.5 + rand[0,0.5)) ** n`` s, cap 1 min, 1 ms reserve."""
         return cls(
             kind=BackoffKind.POWER,
             base=1.5,

@@ -1,4 +1,4 @@
-"""CBOR messages over a transport flow, with deadlines (floor 6).
+"""CBOR messages over a transport flow, with deadlines.
 
 Owns: :class:`MessageStream`, which sends values as length-prefixed messages on a
 :class:`~ipcclient.transport.conn.Flow` (many values in one flow write) and receives them

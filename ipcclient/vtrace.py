@@ -1,4 +1,4 @@
-"""Spans and traces across calls, in the spirit of Vanadium's vtrace (floor 3).
+"""Spans and traces across calls, in the spirit of Vanadium's vtrace.
 
 Owns: :class:`Span` (a named, timed piece of work with annotations, in a trace), the span a
 :class:`~ipcclient.context.Context` carries, the wire form of span records, and a bounded,

@@ -12,9 +12,11 @@ import time
 
 from ipcclient.security import Principal
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall
 
 
+@expose
 class Streamer:
     def Echo(self, call: ServerCall, x: object) -> object:
         return x

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ipcclient import AllowEveryone, Client, ClientOptions, Context, Server, ServerOptions, errors
+from ipcclient.server.exposure import expose
 from ipcclient.transport import conn as conn_mod
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import (
@@ -213,6 +214,7 @@ def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener])
         conn.close()
 
 
+@expose
 class _Echo:
     def Echo(self, call: Any, x: Any) -> Any:
         return x

@@ -21,6 +21,7 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from tests.conftest import Family
 
@@ -28,6 +29,7 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Svc:
     def __init__(self) -> None:
         self.calls = 0
@@ -402,6 +404,7 @@ def test_a_full_server_sheds_load_with_a_retriable_error(
     assert client.call(ctx(), name, "Echo", 2) == (2,)
 
 
+@expose
 class Middle:
     """A server method that calls another server with its own call's context."""
 

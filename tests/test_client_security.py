@@ -22,6 +22,7 @@ from ipcclient.options import (
 )
 from ipcclient.security import Blessings, Principal, PublicKey, caveats
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall
 from tests.conftest import Family
 
@@ -29,6 +30,7 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Who:
     def __init__(self) -> None:
         self.calls = 0

@@ -27,6 +27,7 @@ from ipcclient.security import caveats
 from ipcclient.security.caveats import ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowPatterns
 from ipcclient.server.discharger import Discharger
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.server import ServerCall
 from tests.test_mounttable import Family, Label, at, client_for, ctx, serving
@@ -145,6 +146,7 @@ def test_multiple_endpoints_one_real(stack: contextlib.ExitStack, family: Family
     assert client.call(ctx(), "svc/many", "Who") == ("the one",)
 
 
+@expose
 class Slow:
     def Ticks(self, call: ServerCall) -> None:
         i = 0

@@ -15,6 +15,7 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import ClientOptions
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport.conn import KeepaliveConfig
 from ipcclient.transport.manager import TransportOptions
@@ -24,6 +25,7 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Service:
     def __init__(self) -> None:
         self.running = threading.Semaphore(0)

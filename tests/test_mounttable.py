@@ -24,6 +24,7 @@ from ipcclient.security import Principal, caveats
 from ipcclient.security.caveats import Caveat
 from ipcclient.server.authorizer import AllowEveryone, Authorizer
 from ipcclient.server.etcdstore import EtcdStore
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import LEAF, MT, REPLACE, MountTable
 from ipcclient.server.server import Server, ServerCall
 
@@ -48,6 +49,7 @@ class Family:
         return p
 
 
+@expose
 class Label:
     """A service that says who it is and echoes."""
 

@@ -16,12 +16,14 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import NoRetry
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Results, Server, ServerCall
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Service:
     def __init__(self) -> None:
         self.calls = 0

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ipcclient.security import Principal, caveats
 from ipcclient.security.keys import PublicKey
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerOptions
 
 pytestmark = pytest.mark.timeout(60)
@@ -475,6 +476,7 @@ def parse_response(msgs: list[Any], raw: bytes) -> Reply:
 # --- the system under test ----------------------------------------------------------------------
 
 
+@expose
 class Service:
     def __init__(self) -> None:
         self.started, self.release = threading.Event(), threading.Event()

@@ -11,6 +11,7 @@ from ipcclient import vtrace
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall
 from tests.conftest import Family
 
@@ -18,6 +19,7 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Backend:
     def Echo(self, call: ServerCall, x: Any) -> Any:
         span = vtrace.current_span(call.context)
@@ -26,6 +28,7 @@ class Backend:
         return x
 
 
+@expose
 class Middle:
     def __init__(self, client: Client, backend: str) -> None:
         self.client, self.backend = client, backend

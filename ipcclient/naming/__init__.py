@@ -1,11 +1,11 @@
-"""Naming: object names, endpoints and client-side resolution through mount tables (floor 2).
+"""Naming: object names, endpoints and client-side resolution through mount tables.
 
 Owns: the public surface of :mod:`ipcclient.naming.names` (pure functions on name strings),
 :mod:`ipcclient.naming.endpoint` (the :class:`Endpoint` value and its string form) and
 :mod:`ipcclient.naming.namespace` (:class:`Namespace`, :class:`MountEntry`, the
 :class:`Caller` protocol). See ``docs/naming.md``.
 
-Must not: import a client, transport or server module (they sit above this floor); the
+Must not: import a client, transport or server module (they sit above naming); the
 namespace reaches mount tables only through the injected :class:`Caller`.
 """
 

@@ -1,4 +1,4 @@
-"""Endpoints: where a server listens and what it says about itself (floor 2).
+"""Endpoints: where a server listens and what it says about itself.
 
 Owns: the :class:`Endpoint` value, its string form (parse and format), the protocol version
 compatibility check the client runs before dialing, and the endpoint's CBOR tag (the string

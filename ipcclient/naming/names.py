@@ -1,4 +1,4 @@
-"""Object names: pure functions on name strings, with Vanadium's semantics (floor 2).
+"""Object names: pure functions on name strings, with Vanadium's semantics.
 
 Owns: what a name looks like and how it is taken apart and put together. A *rooted* name
 starts with "/" and its first element is a server *address*: an endpoint ``@1@...@@`` (see
@@ -8,7 +8,7 @@ that server. A *relative* name is resolved from the namespace roots.
 
 A rooted name may be *terminal*: ``/address//suffix`` (a double slash right after the
 address) says "the suffix is final, send it to that server as it is, resolve nothing
-further". This is the seed's ``/ep//suffix`` form. A rooted name with an empty suffix
+further". This is Veyron's ``/ep//suffix`` form. A rooted name with an empty suffix
 (``/address``) is terminal too. :func:`clean` keeps the terminal marker and collapses every
 other run of slashes; it never touches the address element itself (an endpoint's unix
 socket path may hold "//").

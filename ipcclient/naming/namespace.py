@@ -1,4 +1,4 @@
-"""Client-side name resolution through mount tables, with a TTL cache (floor 2).
+"""Client-side name resolution through mount tables, with a TTL cache.
 
 Owns: :class:`MountedServer` and :class:`MountEntry` (and their plain wire forms), the
 :class:`Caller` protocol through which resolution makes its ``ResolveStep`` calls, and

@@ -4,7 +4,7 @@ Owns: everything about keys and identities that does not touch a socket. Importi
 package registers the ``blessings``, ``discharge`` and ``caveat`` CBOR tags with the codec.
 
 Must not: import the wire, transport, naming or client layers; open sockets; start threads.
-The VC handshake (a floor above) signs its transcript with :data:`PURPOSE_HANDSHAKE` and
+The VC handshake (a layer above) signs its transcript with :data:`PURPOSE_HANDSHAKE` and
 validates the peer with :func:`validate_blessings`.
 """
 

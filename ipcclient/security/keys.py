@@ -1,4 +1,4 @@
-"""Public keys, signature purposes and the signed-bytes layout (security floor).
+"""Public keys, signature purposes and the signed-bytes layout.
 
 Owns: the :class:`PublicKey` value (an Ed25519 public key compared by its 32 raw bytes), the
 purpose constants that domain-separate every signature, and the one function that lays out

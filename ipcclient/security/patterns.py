@@ -1,4 +1,4 @@
-"""Blessing names, extensions and :class:`BlessingPattern` matching (security floor).
+"""Blessing names, extensions and :class:`BlessingPattern` matching.
 
 Owns: the rules for one extension and for a full blessing name (extensions joined with
 ``":"``), and Vanadium's pattern matching with ``":"`` as the separator:

@@ -1,4 +1,4 @@
-"""Server-side authorization of a call by the client's blessings (floor 6).
+"""Server-side authorization of a call by the client's blessings.
 
 Owns: the :class:`Authorizer` protocol a dispatcher returns with an object, the security
 facts it sees (:class:`CallSecurity`), and the stock authorizers: the default (the client and

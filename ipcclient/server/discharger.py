@@ -1,4 +1,4 @@
-"""The discharger service: issues discharges for the third-party caveats it owns (floor 6).
+"""The discharger service: issues discharges for the third-party caveats it owns.
 
 Owns: :class:`Discharger` (served as an object: ``server.serve(Discharger(p),
 AllowEveryone())``), whose one wire method ``Discharge(caveat, impetus) -> Discharge`` checks
@@ -28,6 +28,7 @@ from ipcclient.security import caveats as cav
 from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
 from ipcclient.security.discharges import Discharge, DischargeImpetus, issue_discharge
 from ipcclient.security.principal import Principal
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import ServerCall
 
 __all__ = ["DEFAULT_VALIDITY", "MAX_REVOKED", "MAX_VALIDITY", "Discharger", "RevocationList"]
@@ -105,6 +106,7 @@ class Discharger:
         self._validity = float(validity)
         self.revocations = RevocationList(revoked or ())
 
+    @expose
     def Discharge(self, call: ServerCall, caveat: Any, impetus: Any) -> Discharge:
         """Issue a discharge for ``caveat`` (the wire method).
 

@@ -1,4 +1,4 @@
-"""The mount table service: names to servers, with TTLs, served as a dispatcher (floor 6).
+"""The mount table service: names to servers, with TTLs, served as a dispatcher.
 
 Owns: :class:`MountTable` (a :class:`~ipcclient.server.server.Dispatcher`; the call's suffix
 is the name inside the table), checking what clients send, the bounds on names, and access
@@ -45,6 +45,7 @@ from ipcclient.naming.endpoint import Endpoint
 from ipcclient.naming.namespace import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
+from ipcclient.server.exposure import expose
 from ipcclient.server.mountstore import (
     MAX_GLOB_RESULTS,
     MAX_NODES,
@@ -155,8 +156,9 @@ class _MethodAuthorizer:
         raise errors.NoAccessError(detail)
 
 
+@expose
 class _Invoker:
-    """What the server invokes: only the four wire methods are public."""
+    """What the server invokes: only the four wire methods are public (and exposed)."""
 
     def __init__(self, table: MountTable) -> None:
         self._table = table

@@ -1,4 +1,4 @@
-"""The threaded RPC server: listen, dispatch, authorize, invoke, answer (floor 6).
+"""The threaded RPC server: listen, dispatch, authorize, invoke, answer.
 
 Owns: :class:`Server` (listeners, a bounded worker pool that sheds load with a retriable
 error, serving a dispatcher, stopping cleanly), the server side of the request protocol
@@ -9,9 +9,11 @@ this server's roots, caveats and discharges, then the object's authorizer), and
 Must not: resolve names or dial (publishing in a mount table goes through an injected
 publisher), or let a bug in a user's method reach anything but that call's error.
 
-A user method is called as ``method(call, *args)``; it returns one result, ``None`` for no
-result, or :class:`Results` for several. Raising an :class:`~ipcclient.errors.IPCError` sends
-that error; any other exception is logged and sent as an UnknownError carrying its message.
+Only exposed methods are called (``@expose``, or ``serve(obj, methods=[...])``; see
+:mod:`ipcclient.server.exposure`). A user method is called as ``method(call, *args)``; it
+returns one result, ``None`` for no result, or :class:`Results` for several. Raising an
+:class:`~ipcclient.errors.IPCError` sends that error; any other exception is logged and sent
+as an UnknownError carrying its message.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import queue
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,18 +38,21 @@ from ipcclient.security.caveats import SecurityCall
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer, CallSecurity, DefaultAuthorizer
+from ipcclient.server.exposure import Exposed, exposed_methods
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import Listener, StreamManager, TransportOptions
 from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
 
 __all__ = [
+    "SIGNATURE_METHOD",
     "Dispatcher",
     "LeafDispatcher",
     "Results",
     "Server",
     "ServerCall",
     "ServerOptions",
+    "signature",
 ]
 
 log = logging.getLogger("ipcclient.server")
@@ -57,7 +62,7 @@ _CALL_FINISHED = errors.CanceledError("call finished")
 :meth:`CancelContext.cancel_with`)."""
 
 _PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
-"""The keys of a request header the inline short way takes (no grant, no discharges)."""
+"""The keys of a request header the inline fast path takes (no grant, no discharges)."""
 _END_OF_ARGS = Request(end_stream_args=True).to_wire()
 
 _VC_CACHE_ENTRIES = 256
@@ -291,13 +296,49 @@ def _arity(obj: Any, name: str, method: Callable[..., Any]) -> tuple[int, int | 
     return result
 
 
+SIGNATURE_METHOD = "__Signature"
+"""The reserved method every server answers: what the object served at the suffix offers
+(see :func:`signature`). Authorized like any other method of the object."""
+
+
+def signature(obj: Any) -> list[dict[str, Any]]:
+    """What ``__Signature`` answers for ``obj``: one map per exposed method (see
+    :func:`~ipcclient.server.exposure.expose`), sorted by name: ``{"name": str, "args":
+    [parameter names], "varargs": bool, "doc": str}`` (the parameters after the
+    :class:`ServerCall`; the docstring cleaned of indentation)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(exposed_methods(obj)):
+        method = _find_method(obj, name)
+        args: list[str] = []
+        varargs = False
+        try:
+            params = list(inspect.signature(method).parameters.values())[1:]
+        except (TypeError, ValueError):
+            params = []
+            varargs = True
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                args.append(p.name)
+            elif p.kind is p.VAR_POSITIONAL:
+                varargs = True
+        out.append(
+            {"name": name, "args": args, "varargs": varargs, "doc": inspect.getdoc(method) or ""}
+        )
+    return out
+
+
 def _find_method(obj: Any, name: str) -> Callable[..., Any]:
-    if not name.isidentifier() or name.startswith("_"):
+    """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object)."""
+    if name not in exposed_methods(obj):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
-    method = getattr(obj, name, None)
+    method = getattr(_target(obj), name, None)
     if method is None or not callable(method):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
     return method  # type: ignore[no-any-return]
+
+
+def _target(obj: Any) -> Any:
+    return obj.obj if type(obj) is Exposed else obj
 
 
 class Server:
@@ -339,6 +380,7 @@ class Server:
         self._pool = _Workers(self.options.workers)
         self._root = Context.background().with_cancel()
         self._stopped = False
+        self._stopped_event = threading.Event()
         self._publisher = publisher
         self._serves_mount_table = serves_mount_table
         self.endpoints: list[str] = []
@@ -370,12 +412,37 @@ class Server:
             self.endpoints.append(str(ep))
         return str(ep)
 
-    def serve(self, obj: Any, authorizer: Authorizer | None = None) -> None:
-        """Serve ``obj`` at the empty suffix (a :class:`LeafDispatcher`)."""
+    def serve(
+        self,
+        obj: Any,
+        authorizer: Authorizer | None = None,
+        *,
+        methods: Iterable[str] | None = None,
+    ) -> None:
+        """Serve ``obj`` at the empty suffix (a :class:`LeafDispatcher`).
+
+        Clients may call only its exposed methods: those named in ``methods`` when given,
+        else those decorated with :func:`~ipcclient.expose` (or all the public methods of a
+        class decorated with it).
+
+        Raises:
+            BadArgError: ``obj`` exposes no method, or ``methods`` names something that is
+                not a public method of ``obj``.
+            BadStateError: the server already serves.
+        """
+        if methods is not None:
+            obj = Exposed(obj, methods)
+        elif not exposed_methods(obj):
+            raise errors.BadArgError(
+                f"server: {type(obj).__name__} exposes no methods: decorate them (or the "
+                "class) with @ipcclient.expose, or pass serve(obj, methods=[...])"
+            )
         self.serve_dispatcher(LeafDispatcher(obj, authorizer))
 
     def serve_dispatcher(self, dispatcher: Dispatcher) -> None:
-        """Serve every suffix through ``dispatcher``. A server serves once."""
+        """Serve every suffix through ``dispatcher``. A server serves once. The objects the
+        dispatcher returns are called only through their exposed methods (see
+        :meth:`serve`; a dispatcher may return an :class:`~ipcclient.server.exposure.Exposed`)."""
         with self._lock:
             if self._dispatcher is not None:
                 raise errors.BadStateError("server: already serving")
@@ -406,23 +473,57 @@ class Server:
             listeners = list(self._listeners)
         return [c for lst in listeners for c in lst.connections]
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop: no new calls; calls in flight are cancelled (their clients see Canceled or
-        a broken VC); listeners and VCs close; worker threads end. Idempotent."""
+    def stop(self, timeout: float = 5.0, *, grace: float = 0.0) -> None:
+        """Stop: no new calls (new ones are refused with CanceledError) and no new VCs; the
+        published names are unmounted; calls in flight get up to ``grace`` seconds to finish,
+        then the rest are cancelled (their clients see Canceled or a broken VC); VCs close;
+        worker threads end (waiting at most ``timeout`` for each step). Idempotent; a second
+        call while the first waits returns at once.
+        """
+        if not (isinstance(grace, int | float) and grace >= 0):
+            raise errors.BadArgError(f"server: grace must be >= 0 seconds, got {grace!r}")
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             listeners = list(self._listeners)
+        for lst in listeners:  # no new VCs (the VCs already open stay for the grace)
+            lst.close(close_connections=False, timeout=timeout)
         if self._publisher is not None:
             try:
                 self._publisher.stop(timeout)
             except Exception:
                 log.exception("server: unpublishing failed")
+        if grace > 0:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                with self._slots_lock:
+                    if self._in_use <= 0:
+                        break
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         self._root.cancel("server stopping")
         for lst in listeners:
-            lst.close(close_connections=True, timeout=timeout)
+            for conn in lst.connections:
+                conn.close()
         self._pool.shutdown(timeout)
+        self._stopped_event.set()
+
+    def wait(self, timeout: float | None = None, *, grace: float = 5.0) -> bool:
+        """Serve until :meth:`stop` is called (from another thread or a signal handler) or
+        the process is interrupted (Ctrl-C, which stops the server with ``grace``).
+
+        Returns True once stopped, False when ``timeout`` seconds passed first.
+        """
+        try:
+            if timeout is None:
+                while not self._stopped_event.wait(1.0):
+                    pass
+                return True
+            return self._stopped_event.wait(timeout)
+        except KeyboardInterrupt:
+            log.info("server: interrupted; stopping (grace %.1f s)", grace)
+            self.stop(grace=grace)
+            return True
 
     def __enter__(self) -> Server:
         return self
@@ -614,8 +715,10 @@ class Server:
         suffix = request.suffix.lstrip("/")
         obj, authorizer = dispatcher.lookup(suffix)
         security = self._authorize(flow.connection, request, suffix, args, authorizer)
+        if request.method == SIGNATURE_METHOD:
+            return (signature(obj),)
         method = _find_method(obj, request.method)
-        lo, hi = _arity(obj, request.method, method)
+        lo, hi = _arity(_target(obj), request.method, method)
         if len(args) < lo or (hi is not None and len(args) > hi):
             expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
             raise errors.BadArgError(

@@ -1,4 +1,4 @@
-"""One VC over one socket: blocking flows, read by a reader thread or by the callers (floor 5).
+"""One VC over one socket: blocking flows, read by a reader thread or by the callers.
 
 Owns: the :class:`Connection` (an established VC: its socket, its sans-IO mux and record
 layer, the reader thread that feeds them, keepalive, and breaking the VC on any fault) and the

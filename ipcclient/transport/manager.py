@@ -1,4 +1,4 @@
-"""Dialing and listening: sockets in, established VCs out (floor 5).
+"""Dialing and listening: sockets in, established VCs out.
 
 Owns: opening sockets for the supported protocols (``tcp``, ``tcp4``, ``tcp6``, ``unix``)
 with a deadline, running the sans-IO VC handshake over a blocking socket with a deadline and

@@ -1,4 +1,4 @@
-"""The VC handshake: versions, key agreement, mutual authentication (floor 4, sans-IO).
+"""The VC handshake: versions, key agreement, mutual authentication (sans-IO).
 
 Owns: the two handshake state machines (:class:`ClientHandshake`, :class:`ServerHandshake`)
 that turn a fresh byte stream into an authenticated, encrypted VC: protocol version

@@ -1,4 +1,4 @@
-"""Encrypted records: the byte stream of an established VC (floor 4, sans-IO).
+"""Encrypted records: the byte stream of an established VC (sans-IO).
 
 Owns: sealing plaintext (the mux's frame bytes) into AEAD records and opening records back
 into plaintext, with per-direction keys and counter nonces, a bounded record size, and the

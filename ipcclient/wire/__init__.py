@@ -1,4 +1,4 @@
-"""The sans-IO wire core (floor 2): frames and the flow multiplexer.
+"""The sans-IO wire core: frames and the flow multiplexer.
 
 Owns: re-exporting the public names of :mod:`ipcclient.wire.frames` and
 :mod:`ipcclient.wire.mux`. The byte-level specification is ``docs/protocol.md`` sections 1-3.

@@ -1,4 +1,4 @@
-"""Frames: the 10-byte header, the five frame types and their validity rules (floor 2, sans-IO).
+"""Frames: the 10-byte header, the five frame types and their validity rules (sans-IO).
 
 Owns: the byte layout of a frame (``docs/protocol.md`` section 2), encoding one frame
 (:func:`encode_frame`) and an incremental decoder (:class:`FrameDecoder`) that turns bytes,

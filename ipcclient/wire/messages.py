@@ -80,7 +80,7 @@ def encode_message_parts(*values: Any, head: bytes = b"", tail: bytes = b"") -> 
         BadArgError: a value cannot be encoded, or its message would be refused by a peer
             for its size, items or nesting (:func:`codec.check_encoded`): nothing is written.
     """
-    if len(values) == 1 and not tail:  # one value (a stream item): the short way
+    if len(values) == 1 and not tail:  # one value (a stream item): the fast path
         value = values[0]
         if type(value) is not bytes or len(value) < _BULK:
             body = codec.encode_scalar(value) or codec.encode(value)

@@ -1,4 +1,4 @@
-"""The flow multiplexer: many flows over one byte stream, with per-flow credits (floor 2, sans-IO).
+"""The flow multiplexer: many flows over one byte stream, with per-flow credits (sans-IO).
 
 Owns: flow ids (allocation, opening, late frames), per-flow send credit and receive windows,
 half-close, reset, ping and connection close (GOAWAY), as specified byte by byte in

@@ -36,8 +36,10 @@ from ipcclient import (  # noqa: E402
     codec,
 )
 from ipcclient.security import Blessings  # noqa: E402
+from ipcclient.server.exposure import expose  # noqa: E402
 
 
+@expose
 class EchoService:
     def Echo(self, call: ServerCall, payload: Any) -> Any:
         return payload

@@ -1,0 +1,110 @@
+"""Which methods of a served object clients may call: ``@expose``, or an explicit list.
+
+Owns: the :func:`expose` decorator (on a method, or on a class for every public method the
+class defines), :class:`Exposed` (an object with an explicit method list, what
+``Server.serve(obj, methods=[...])`` builds), and :func:`exposed_methods`, the names a server
+dispatches to (computed once per class).
+
+A method is exposed when it is public (its name does not start with ``_``) and either the
+method itself or the class that defines it is decorated with :func:`expose`. Nothing else of
+a served object can be called remotely: helpers stay Python-only.
+
+Must not: import the server (the server imports this), do I/O, or start threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from ipcclient import errors
+
+__all__ = ["Exposed", "expose", "exposed_methods"]
+
+_MARK = "__ipc_exposed__"
+
+T = TypeVar("T")
+
+
+def expose(target: T) -> T:
+    """Let clients call a method (``@expose`` on it) or every public method a class
+    defines (``@expose`` on the class; methods it inherits from undecorated bases are not
+    included). Returns ``target`` unchanged apart from the mark.
+
+    Raises:
+        BadArgError: ``target`` is neither a class nor a function.
+    """
+    func = target.__func__ if isinstance(target, staticmethod | classmethod) else target
+    if not (isinstance(func, type) or callable(func)):
+        raise errors.BadArgError(f"expose: cannot expose {target!r}")
+    try:
+        setattr(func, _MARK, True)
+    except (AttributeError, TypeError) as exc:
+        raise errors.BadArgError(f"expose: cannot mark {target!r}: {exc}") from exc
+    return target
+
+
+class Exposed:
+    """An object served with an explicit list of methods (``serve(obj, methods=[...])``);
+    a dispatcher may return one from ``lookup`` too.
+
+    Raises:
+        BadArgError: a name is not a public method of ``obj``, or the list is empty.
+    """
+
+    __slots__ = ("methods", "obj")
+
+    def __init__(self, obj: Any, methods: Iterable[str]) -> None:
+        if isinstance(methods, str):
+            raise errors.BadArgError("server: methods must be a list of names, not one str")
+        names = frozenset(methods)
+        if not names:
+            raise errors.BadArgError("server: methods=[] exposes nothing")
+        for name in names:
+            if not _public(name) or not callable(getattr(obj, name, None)):
+                raise errors.BadArgError(
+                    f"server: {name!r} is not a public method of {type(obj).__name__}"
+                )
+        self.obj = obj
+        self.methods = names
+
+
+_CACHE: dict[type, frozenset[str]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _public(name: str) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+
+
+def _marked(value: Any) -> bool:
+    func = value.__func__ if isinstance(value, staticmethod | classmethod) else value
+    return getattr(func, _MARK, False) is True
+
+
+def exposed_methods(obj: Any) -> frozenset[str]:
+    """The names of the methods clients may call on ``obj`` (for an :class:`Exposed`, its
+    list)."""
+    if type(obj) is Exposed:
+        return obj.methods
+    cls = type(obj)
+    found = _CACHE.get(cls)
+    if found is not None:
+        return found
+    names = set()
+    for name in dir(cls):
+        if not _public(name):
+            continue
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                value = vars(klass)[name]
+                if callable(getattr(obj, name, None)) and (
+                    _marked(value) or vars(klass).get(_MARK) is True
+                ):
+                    names.add(name)
+                break
+    result = frozenset(names)
+    with _CACHE_LOCK:
+        _CACHE[cls] = result
+    return result

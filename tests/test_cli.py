@@ -1,0 +1,461 @@
+"""The ``ipc`` command, run for real: each command in its own process (``python -m
+ipcclient``), a mount table daemon and the example service as background processes, all over
+loopback; plus the pure helpers of the command line in-process."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipcclient import Client, errors
+from ipcclient import cli as ipc_cli
+from ipcclient import env as ipc_env
+from ipcclient.security import Principal
+
+TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """A daemon started by a test ends when the test process ends, however it ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _env(**extra: str | None) -> dict[str, str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (ipc_env.CREDENTIALS_VAR, ipc_env.NAMESPACE_VAR)
+    }
+    for k, v in extra.items():
+        if v is not None:
+            base[k] = v
+    return base
+
+
+def ipc(
+    *args: str, env: dict[str, str] | None = None, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ipcclient ARGS`` to completion (bounded)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ipcclient", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env if env is not None else _env(),
+        cwd=cwd,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+class Daemon:
+    """A long-running ``ipc`` command (mount table, serve) and the first line it printed."""
+
+    def __init__(self, *args: str, env: dict[str, str], script: Path | None = None) -> None:
+        command = [str(script)] if script is not None else ["-m", "ipcclient"]
+        self.proc = subprocess.Popen(
+            [sys.executable, *command, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self.line = self._first_line()
+
+    @classmethod
+    def script(cls, path: Path, *args: str, env: dict[str, str]) -> Daemon:
+        """A Python script (rather than an ``ipc`` command) run the same way."""
+        return cls(*args, env=env, script=path)
+
+    def _first_line(self) -> str:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if sel.select(timeout=0.5):
+                    line = self.proc.stdout.readline().strip()
+                    if line:
+                        return line
+                if self.proc.poll() is not None:
+                    break
+        finally:
+            sel.close()
+        self.stop()
+        raise AssertionError(f"daemon printed no endpoint: {self.proc.stderr}")
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful stop), then the exit code; killed if it does not end."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+            raise
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+class World:
+    """Principals made with the CLI, a mount table and the published example service."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for cmd in (
+            ("principal", "create", str(root / "idp")),
+            ("principal", "fork", str(root / "idp"), str(root / "mt"), "mounttable", "--for", "1h"),
+            ("principal", "fork", str(root / "idp"), str(root / "server"), "fortune"),
+            ("principal", "fork", str(root / "idp"), str(root / "alice"), "alice", "--for", "1d"),
+        ):
+            done = ipc(*cmd)
+            assert done.returncode == 0, done.stderr
+        self.mt = Daemon("--credentials", str(root / "mt"), "mounttable", env=_env())
+        self.namespace = self.mt.line
+        self.server = Daemon(
+            "serve", "--name", "apps/fortune", env=self.env(credentials=str(root / "server"))
+        )
+        self.endpoint = self.server.line
+
+    def env(self, credentials: str | None = None) -> dict[str, str]:
+        return _env(
+            IPCCLIENT_CREDENTIALS=credentials or str(self.root / "alice"),
+            IPCCLIENT_NAMESPACE=self.namespace,
+        )
+
+    def ipc(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return ipc(*args, env=self.env(), stdin=stdin)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.mt.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("cli"))
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+# --- against the daemons -----------------------------------------------------------------------
+
+
+def test_call_unary_and_streaming(world: World) -> None:
+    done = world.ipc("call", "apps/fortune", "Get")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "A closed mouth gathers no feet."
+
+    done = world.ipc("call", "apps/fortune", "Stream", "3", "--timeout", "30")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert len(lines) == 4 and lines[-1] == 3  # three items as they came, then the result
+
+    done = world.ipc("call", "apps/fortune", "Echo", '{"a": [1, 2.5, null, "x"]}')
+    assert json.loads(done.stdout) == {"a": [1, 2.5, None, "x"]}
+
+    done = world.ipc("call", "apps/fortune", "WhoAmI")
+    assert json.loads(done.stdout) == ["idp:alice"]
+
+
+def test_call_streams_stdin_lines_as_items(world: World) -> None:
+    done = world.ipc("call", "apps/fortune", "Double", "--stdin", stdin="1\n2\n\n3\n")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(x) for x in done.stdout.splitlines()] == [2, 4, 6, 3]
+
+    done = world.ipc("call", "apps/fortune", "Double", "--stdin", stdin="1\nnot json\n")
+    assert done.returncode == ipc_cli.EXIT_BAD_ARG
+    assert "line 2 is not JSON" in done.stderr
+
+
+def test_signature_lists_methods_args_and_docs(world: World) -> None:
+    done = world.ipc("signature", "apps/fortune")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Stream(n)\n    Stream n fortunes, then return n." in out
+    assert "Echo(value)" in out and "Get()" in out
+    assert "__Signature" not in out
+
+    done = world.ipc("signature", world.namespace)  # the mount table's own methods
+    assert "Mount(server, ttl, flags)" in done.stdout and "Glob(pattern)" in done.stdout
+
+
+def test_resolve_glob_mount_unmount(world: World) -> None:
+    done = world.ipc("resolve", "apps/fortune")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [world.endpoint]
+
+    done = world.ipc("mount", "x/y", "/127.0.0.1:9", "--ttl", "2m")
+    assert done.returncode == 0, done.stderr
+    tree = world.ipc("glob").stdout
+    assert "├── apps\n│   └── fortune  " + world.endpoint in tree
+    assert "└── x\n    └── y  /127.0.0.1:9 (ttl " in tree
+    assert world.ipc("glob", "x/*").stdout.startswith("└── x\n    └── y")
+
+    done = world.ipc("unmount", "x/y")
+    assert done.returncode == 0, done.stderr
+    assert "x" not in world.ipc("glob").stdout.split()
+    rooted = world.ipc("glob", world.namespace + "/apps/*")
+    assert "fortune" in rooted.stdout, rooted.stderr
+
+
+def test_errors_have_one_line_and_an_exit_code_per_kind(world: World) -> None:
+    cases = [
+        # (a name that does not exist may be retried until the deadline: keep it short)
+        (("call", "apps/nothing", "Get", "--timeout", "3"), ipc_cli.EXIT_NOT_FOUND, "NoServers"),
+        (("call", "apps/fortune", "Nope"), ipc_cli.EXIT_NOT_FOUND, "ipc.UnknownMethod"),
+        (("call", "apps/fortune", "Get", "bare"), ipc_cli.EXIT_BAD_ARG, "'\"bare\"'"),
+        (("call", "apps/fortune", "Get", "1"), ipc_cli.EXIT_BAD_ARG, "ipc.BadArg"),
+        (
+            ("call", "apps/fortune", "Get", "--server-pattern", "idp:bank"),
+            ipc_cli.EXIT_NO_ACCESS,
+            "ipc.NotTrusted",
+        ),
+        (("call", "apps/fortune", "Get", "--timeout", "0"), ipc_cli.EXIT_BAD_ARG, "--timeout"),
+        (("call", "apps/fortune", "Stream", '"x"'), ipc_cli.EXIT_REMOTE, "ipc.Unknown"),
+    ]
+    for args, code, text in cases:
+        done = world.ipc(*args)
+        assert done.returncode == code, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ipc: error: ") and text in lines[0]
+
+    verbose = world.ipc("-v", "call", "apps/fortune", "Nope")
+    assert verbose.returncode == ipc_cli.EXIT_NOT_FOUND
+    assert "Traceback" in verbose.stderr
+
+    nobody = ipc("call", "apps/fortune", "Get", env=_env(IPCCLIENT_NAMESPACE=world.namespace))
+    assert nobody.returncode == ipc_cli.EXIT_BAD_ARG
+    assert "no credentials" in nobody.stderr
+
+    usage = ipc("call")
+    assert usage.returncode == ipc_cli.EXIT_USAGE
+
+
+def test_explicit_flags_win_over_the_environment(world: World) -> None:
+    # The environment names a namespace with nothing in it; --namespace wins.
+    env = _env(
+        IPCCLIENT_CREDENTIALS=str(world.root / "nobody"),
+        IPCCLIENT_NAMESPACE="/127.0.0.1:9",
+    )
+    done = ipc(
+        "--credentials",
+        str(world.root / "alice"),
+        "--namespace",
+        world.namespace,
+        "call",
+        "apps/fortune",
+        "Get",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_serve_stops_on_sigterm_and_unmounts(world: World) -> None:
+    server = Daemon(
+        "serve", "--name", "apps/short", env=world.env(credentials=str(world.root / "server"))
+    )
+    try:
+        assert "short" in world.ipc("glob", "apps/*").stdout
+        assert json.loads(world.ipc("call", "apps/short", "Echo", "7").stdout) == 7
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert "short" not in world.ipc("glob", "apps/*").stdout
+
+
+# --- principals --------------------------------------------------------------------------------
+
+
+def test_principal_create_fork_bless_set_default_add_root_dump(tmp_path: Path) -> None:
+    idp, bob = tmp_path / "idp", tmp_path / "bob"
+    assert ipc("principal", "create", str(idp), "--blessing", "acme").returncode == 0
+    again = ipc("principal", "create", str(idp))
+    assert again.returncode == ipc_cli.EXIT_BAD_ARG and "already holds" in again.stderr
+
+    assert ipc("principal", "create", str(bob)).returncode == 0
+    token = tmp_path / "bob.blessing"
+    done = ipc(
+        "principal", "bless", str(idp), str(bob), "friend", "--for", "2h", "--out", str(token)
+    )
+    assert done.returncode == 0, done.stderr
+    assert token.read_text().startswith(ipc_cli.BLESSING_TOKEN_PREFIX)
+    assert ipc("principal", "set-default", str(bob), str(token)).returncode == 0
+    assert ipc("principal", "add-root", str(bob), str(idp)).returncode == 0
+
+    dump = ipc("principal", "dump", str(bob))
+    assert dump.returncode == 0, dump.stderr
+    assert "Default:     acme:friend" in dump.stdout
+    assert "expires " in dump.stdout and "(in 1h59m" in dump.stdout
+    loaded = Principal.load(bob)
+    assert loaded.store.default is not None and loaded.store.default.names == ["acme:friend"]
+    idp_key = Principal.load(idp).public_key
+    assert loaded.roots.recognized(idp_key, "acme:friend")
+    assert idp_key.fingerprint in dump.stdout
+
+    # A token on standard input, bound to another key, is refused.
+    printed = ipc("principal", "bless", str(idp), str(idp), "self", "--method", "Get")
+    assert printed.returncode == 0
+    wrong = ipc("principal", "set-default", str(bob), "-", stdin=printed.stdout)
+    assert wrong.returncode == ipc_cli.EXIT_BAD_ARG and "not bound" in wrong.stderr
+    bad = ipc("principal", "fork", str(idp), str(tmp_path / "c"), "c", "--for", "soon")
+    assert bad.returncode == ipc_cli.EXIT_BAD_ARG and "bad duration" in bad.stderr
+
+
+def test_encrypted_principal_asks_for_its_passphrase(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    done = ipc("principal", "create", str(secret), "--encrypt", stdin="hunter22\n")
+    assert done.returncode == 0, done.stderr
+    assert b"ENCRYPTED" in (secret / "key.pem").read_bytes()
+    assert Principal.load(secret, passphrase=b"hunter22").store.default is not None
+
+    ok = ipc("principal", "dump", str(secret), stdin="hunter22\n")
+    assert ok.returncode == 0 and "Default:     secret" in ok.stdout
+    wrong = ipc("principal", "dump", str(secret), stdin="nope\n")
+    assert wrong.returncode == ipc_cli.EXIT_NO_ACCESS and "passphrase" in wrong.stderr
+
+    # Saving back keeps the encryption, with the passphrase asked once.
+    done = ipc("principal", "add-root", str(secret), str(secret), stdin="hunter22\n")
+    assert done.returncode == 0, done.stderr
+    assert b"ENCRYPTED" in (secret / "key.pem").read_bytes()
+
+
+def test_console_script_and_module_run() -> None:
+    assert ipc("--help").returncode == 0
+    script = Path(sys.executable).with_name("ipc")
+    done = subprocess.run(
+        [str(script), "principal", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0 and "set-default" in done.stdout
+
+
+# --- in-process: helpers and the environment ------------------------------------------------
+
+
+def test_exit_codes_by_kind() -> None:
+    assert ipc_cli.exit_code(errors.TimeoutError("x")) == ipc_cli.EXIT_TIMEOUT
+    assert ipc_cli.exit_code(errors.ConnectionFailedError("x")) == ipc_cli.EXIT_CONNECTION
+    assert ipc_cli.exit_code(errors.BadDischargeError("x")) == ipc_cli.EXIT_NO_ACCESS
+    assert ipc_cli.exit_code(errors.CanceledError("x")) == ipc_cli.EXIT_INTERRUPTED
+    assert ipc_cli.exit_code(errors.InternalError("x")) == ipc_cli.EXIT_FAILED
+    assert ipc_cli.exit_code(errors.IPCError("x", id="peer.Custom")) == ipc_cli.EXIT_FAILED
+
+
+def test_durations_trees_and_json() -> None:
+    assert ipc_cli.parse_duration("90") == 90.0
+    assert ipc_cli.parse_duration("15m") == 900.0
+    assert ipc_cli.parse_duration("1.5h") == 5400.0
+    for bad in ("", "0", "-3s", "3w"):
+        with pytest.raises(ipc_cli.CommandError):
+            ipc_cli.parse_duration(bad)
+    lines = list(ipc_cli.tree_lines({"a/b": ["/s1"], "a/c": [], "d": ["/s2", "/s3"]}))
+    assert lines == ["├── a", "│   ├── b  /s1", "│   └── c", "└── d  /s2, /s3"]
+    assert ipc_cli.to_json(b"\x00\x01") == '"AAE="'
+    assert ipc_cli.to_json((1, "é")) == '[1, "é"]'
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_shows_on_a_terminal_only() -> None:
+    tty = _Tty()
+    with ipc_cli.Progress("waiting for x", stream=tty, delay=0.0) as progress:
+        progress.note("2 items")
+        deadline = time.monotonic() + 10
+        while "2 items" not in tty.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "waiting for x ... " in tty.getvalue() and "2 items" in tty.getvalue()
+    assert tty.getvalue().endswith("\r\x1b[K")  # the line is erased at the end
+
+    plain = io.StringIO()
+    with ipc_cli.Progress("waiting", stream=plain, delay=0.0):
+        time.sleep(0.05)
+    assert plain.getvalue() == ""
+
+
+def test_client_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Principal.generate()
+    p.store.default = p.bless_self("envy")
+    p.save(tmp_path / "envy")
+    monkeypatch.setenv(ipc_env.CREDENTIALS_VAR, str(tmp_path / "envy"))
+    monkeypatch.setenv(ipc_env.NAMESPACE_VAR, " /127.0.0.1:8101, ,/127.0.0.1:8102 ")
+    with Client.from_env() as client:
+        assert client.principal.public_key == p.public_key
+        assert client.namespace.roots == ("/127.0.0.1:8101", "/127.0.0.1:8102")
+    with Client.from_env(tmp_path / "envy", roots=["/127.0.0.1:9"]) as client:
+        assert client.namespace.roots == ("/127.0.0.1:9",)
+
+    monkeypatch.setenv(ipc_env.CREDENTIALS_VAR, str(tmp_path / "missing"))
+    with pytest.raises(errors.NoExistError, match="IPCCLIENT_CREDENTIALS"):
+        Client.from_env()
+    monkeypatch.delenv(ipc_env.CREDENTIALS_VAR)
+    monkeypatch.delenv(ipc_env.NAMESPACE_VAR)
+    with Client.from_env() as client:  # neither: a fresh principal and no roots, as Client()
+        assert client.namespace.roots == ()
+        assert client.principal.public_key != p.public_key
+    with pytest.raises(errors.BadArgError):
+        ipc_env.roots("/127.0.0.1:1")  # type: ignore[arg-type]
+
+
+def test_main_in_process_reports_a_missing_principal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = ipc_cli.main(["principal", "dump", str(tmp_path / "none")])
+    assert code == ipc_cli.EXIT_NOT_FOUND
+    assert capsys.readouterr().err.startswith("ipc: error: ipc.NoExist")
+
+
+def test_mounttable_published_under_a_name(world: World) -> None:
+    sub = Daemon("mounttable", "--name", "sub", env=world.env(credentials=str(world.root / "mt")))
+    try:
+        assert "└── sub  " + sub.line in world.ipc("glob").stdout
+        # A name below "sub" lives in the second table: resolution walks into it.
+        done = world.ipc("mount", "sub/x", "/127.0.0.1:9")
+        assert done.returncode == 0, done.stderr
+        assert world.ipc("resolve", "sub/x").stdout.split() == ["/127.0.0.1:9"]
+        assert "x  /127.0.0.1:9" in world.ipc("glob", sub.line + "/...").stdout
+    finally:
+        assert sub.stop() == 0
+    assert "sub" not in world.ipc("glob").stdout
+
+
+def test_a_closed_output_ends_quietly(world: World) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipcclient", "signature", "apps/fortune"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=world.env(),
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # as `| head` does once it has read enough
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == ipc_cli.EXIT_BROKEN_PIPE
+    assert err == ""
