@@ -1,10 +1,12 @@
 """The threaded RPC server: listen, dispatch, authorize, invoke, answer (floor 6).
 
-Owns: :class:`Server` (listeners, a bounded worker pool that sheds load with a retriable
-error, serving a dispatcher, stopping cleanly), the server side of the request protocol
-(:mod:`ipcclient.headers`), per-call authorization (the client's blessings validated against
-this server's roots, caveats and discharges, then the object's authorizer), and
-:class:`ServerCall`, which user methods receive to stream and to see the call's context.
+Owns: :class:`Server` (listeners, a worker pool that grows on demand to a bound and sheds
+load beyond it with a retriable error, per-VC budgets on calls, flows waiting for their
+header and bytes of args, serving a dispatcher, stopping cleanly), the server side of the
+request protocol (:mod:`ipcclient.headers`), per-call authorization (the client's blessings
+validated against this server's roots, caveats and discharges, then the object's authorizer,
+all before any arg is read), and :class:`ServerCall`, which user methods receive to stream
+and to see the call's context.
 
 Must not: resolve names or dial (publishing in a mount table goes through an injected
 publisher), or let a bug in a user's method reach anything but that call's error.
@@ -812,7 +814,7 @@ class Server:
         try:
             return [stream.recv(until) for _ in range(request.nargs)]
         except errors.TimeoutError:
-            if ctx.done():
+            if until != bound or ctx.done():  # the call's own deadline
                 raise
             err: errors.IPCError = errors.TimeoutError(
                 f"server: the call's args did not arrive within {self.options.args_timeout} s"

@@ -3,7 +3,9 @@
 Owns: opening sockets for the supported protocols (``tcp``, ``tcp4``, ``tcp6``, ``unix``)
 with a deadline, running the sans-IO VC handshake over a blocking socket with a deadline and
 bounded sizes, and listening: an accept thread that hands each new socket to a bounded set of
-handshake threads and each established VC to the owner.
+handshake threads (bounded per remote address too, the oldest shed when full, a first-byte
+timeout) and each established VC to the owner, under a cap on connections; its repeated
+warnings are rate-limited and emitted off the accept thread.
 
 Must not: cache VCs (the client owns its VC map), resolve names, or know RPC. Never holds a
 lock across a dial or a handshake.
