@@ -49,8 +49,15 @@ class HostilePeer:
     records each flow's reset error and the bytes it received."""
 
     def __init__(
-        self, principal: Principal, address: tuple[str, int], *, source: str = "127.0.0.2"
+        self,
+        principal: Principal,
+        address: tuple[str, int],
+        *,
+        source: str = "127.0.0.2",
+        mute: bool = False,
+        reader: bool = True,
     ) -> None:
+        self.mute = mute  # read, but never answer (no PING ACK, no window update)
         self.sock = raw_socket(address, source)
         hs = ClientHandshake(
             principal,
@@ -77,8 +84,8 @@ class HostilePeer:
         self.ended: set[int] = set()
         self.closed = False
         self._pending = list(result.early_plaintext)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        if reader:  # (without one, nothing the server sends is read or answered)
+            threading.Thread(target=self._read, daemon=True).start()
 
     def open(self, data: bytes = b"", *, end: bool = False) -> int:
         with self._lock:
@@ -135,7 +142,8 @@ class HostilePeer:
                             self.resets[ev.flow_id] = ev.error
                     out = self._mux.data_to_send()  # (PING ACKs, window updates)
                     self._changed.notify_all()
-                self._write(out)
+                if not self.mute:
+                    self._write(out)
         except (OSError, errors.IPCError):
             pass
         finally:

@@ -20,6 +20,8 @@ from ipcclient.context import Context
 from ipcclient.headers import response_from_wire
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.transport import conn as connmod
+from ipcclient.transport.conn import KeepaliveConfig
 from ipcclient.transport.manager import TransportOptions
 from ipcclient.vc.handshake import ClientHandshake
 from ipcclient.wire.messages import encode_messages, split_messages
@@ -345,3 +347,38 @@ def test_beyond_max_workers_a_call_is_refused_at_once(
         for s in streams:
             s.close_send()
         assert [s.finish() for s in streams] == [(0,)] * 4
+
+
+def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
+    family: Family, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    transport = TransportOptions(
+        park_idle=0.2, keepalive=KeepaliveConfig(interval=0.5, timeout=2.5)
+    )
+    server, name = make_server(
+        Service(), AllowEveryone(), options=ServerOptions(transport=transport)
+    )
+    legit = Legit(make_client(), name)
+    address = server_address(server)
+    attacker = family.member("attacker")
+    peers: list[HostilePeer] = []
+    try:
+        before = threading.active_count()
+        for i in range(100):
+            peers.append(HostilePeer(attacker, address, source=f"127.0.3.{i + 2}"))
+        mute = HostilePeer(attacker, address, source="127.0.4.2", mute=True)
+        peers.append(mute)
+        # Each peer has a reader thread in this process; the server's VCs give theirs up.
+        wait_until(lambda: threading.active_count() <= before + len(peers) + 5)
+        assert connmod._IDLE.parked >= 100
+        wait_until(lambda: mute.closed)  # pinged while parked, never answered: broken
+        time.sleep(1.0)  # two more ping rounds, answered
+        assert not any(p.closed for p in peers if p is not mute)
+        legit.check()  # a parked VC wakes for its client's next call
+        fid = peers[0].open(request_header("Echo", 1) + encode_messages(7), end=True)
+        assert split_messages(peers[0].wait_ended(fid))[1] == 7
+    finally:
+        for p in peers:
+            p.close()
+    server.stop()
+    wait_until(lambda: connmod._IDLE.parked == 0)

@@ -70,6 +70,10 @@ MAX_CONNECTIONS = 4096
 """Accepted VCs (and pending handshakes) a listener holds at once, by default; more are
 closed at once."""
 
+PARK_IDLE = 1.0
+"""Seconds an accepted VC stays idle (no flow, no input) before its reader thread ends and
+the process's idle watcher takes it (default; see ``TransportOptions.park_idle``)."""
+
 LOG_INTERVAL = 10.0
 """A repeated warning (connections refused or dropped) is logged at most once per this many
 seconds per listener and kind, with the number of events since the last one."""
@@ -199,6 +203,10 @@ class TransportOptions:
             address (not bounded on Unix sockets); a connection beyond is closed at once.
         first_byte_timeout: (listening) a new connection that sends nothing for this long
             is closed (the whole handshake is bounded by ``handshake_timeout``).
+        park_idle: (listening) an accepted VC with no flow and no input for this many
+            seconds gives up its reader thread: one thread of the process watches every
+            such VC and starts a reader for it when input comes (the first call after
+            the pause pays a thread start); 0: each VC keeps its thread.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -211,6 +219,7 @@ class TransportOptions:
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
     max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT
+    park_idle: float = PARK_IDLE
 
     def __post_init__(self) -> None:
         poll = self.busy_poll
@@ -223,6 +232,9 @@ class TransportOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise errors.BadArgError(f"transport: {name} must be an int >= 1, got {value!r}")
+        park = self.park_idle
+        if not isinstance(park, int | float) or isinstance(park, bool) or park < 0:
+            raise errors.BadArgError(f"transport: park_idle must be seconds >= 0, got {park!r}")
         first = self.first_byte_timeout
         if not isinstance(first, int | float) or not first > 0:
             raise errors.BadArgError(
@@ -541,6 +553,7 @@ class Listener:
             on_close=self._forget,
             keepalive=self._manager.options.keepalive,
             busy_poll=self._manager.options.busy_poll,
+            park_idle=self._manager.options.park_idle,
         )
         with self._lock:
             if self._closed:

@@ -49,7 +49,14 @@ class Service:
         call.send("started")
         return sum(1 for _ in call)
 
-server = Server(Principal.load(sys.argv[2]))
+import dataclasses, os
+from ipcclient.server.server import ServerOptions
+from ipcclient.transport.manager import TransportOptions
+cap = os.environ.get("IPC_BENCH_MAX_CONNECTIONS")
+options = ServerOptions()
+if cap and "max_connections" in TransportOptions.__dataclass_fields__:
+    options = ServerOptions(transport=TransportOptions(max_connections=int(cap)))
+server = Server(Principal.load(sys.argv[2]), options=options)
 ep = server.listen("tcp", "127.0.0.1:0")
 server.serve(Service(), AllowEveryone())
 print(ep, flush=True)
@@ -219,9 +226,10 @@ def idle_vcs(family: Family, child: Child, count: int = 300) -> str:
     attacker = family.member("attacker")
     peers = []
     for i in range(count):
+        source = f"127.{2 + i // 62500}.{2 + i // 250 % 250}.{2 + i % 250}"
         with contextlib.suppress(errors.IPCError, OSError):
-            peers.append(HostilePeer(attacker, child.address, source=f"127.0.2.{2 + i % 250}"))
-    time.sleep(1)
+            peers.append(HostilePeer(attacker, child.address, source=source, reader=False))
+    time.sleep(3)
     rss, threads = child.status()
     for p in peers:
         p.close()
@@ -292,6 +300,7 @@ ATTACKS: dict[str, Callable[[Family, Child], str]] = {
     "slowloris": slowloris,
     "silent": silent,
     "idle-vcs": idle_vcs,
+    "idle-vcs-10k": lambda f, c: idle_vcs(f, c, 10_000),
     "header": pathological_header,
     "streams-16": streams,
     "streams-64": lambda f, c: streams(f, c, 64),
