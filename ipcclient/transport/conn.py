@@ -27,6 +27,11 @@ whatever else is in flight on the VC; a job running
 longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC until the job ends
 (the reader thread waits for the helper to stop before it reads again: one reader at a time).
 
+An accepted VC made with ``park_idle`` that has no flow and has read nothing for that long
+is *parked*: its reader thread ends and the process's idle watcher (one thread, a selector
+over every parked VC's socket) starts a new one when the socket becomes readable, and keeps
+the VC's keepalive meanwhile; so an idle VC costs no thread.
+
 Before a reader thread sleeps in a blocking read it may poll the socket for a moment
 (``busy_poll``, see ``TransportOptions`` and ``_POLL_RULES``): an accepted VC's, a dialed VC's
 while it reads for several calls (always with ``lead_reads=False``); never a caller reading
