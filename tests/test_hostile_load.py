@@ -114,19 +114,21 @@ def error_of(body: bytes) -> errors.IPCError | None:
 def test_flows_without_a_header_cannot_hold_every_call_slot(
     family: Family, make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    opts = ServerOptions(workers=2, max_headerless_per_vc=4, first_header_timeout=1.0)
+    opts = ServerOptions(
+        workers=2, max_calls_per_vc=32, max_headerless_per_vc=4, first_header_timeout=1.0
+    )
     server, name = make_server(Service(), AllowEveryone(), options=opts)
     legit = Legit(make_client(), name)
     peer = HostilePeer(family.member("attacker"), server_address(server))
     try:
-        with bounded_threads(20):
+        with bounded_threads(32 + 10):
             fids = [peer.open() for _ in range(300)]
             legit.check()  # the existing VC
             Legit(make_client(), name).check()  # a new client
             wait_until(lambda: all(f in peer.resets or f in peer.ended for f in fids))
         refused = [f for f in fids if isinstance(peer.resets.get(f), errors.OverloadedError)]
-        assert len(refused) >= 300 - 4  # refused at once; the 4 others timed out
-        assert server._pool.threads <= 2 + 4 + 2
+        assert len(refused) >= 300 - 4  # refused at once or after a moment; 4 timed out
+        assert server._pool.threads <= 32 + 2
     finally:
         peer.close()
 

@@ -67,8 +67,9 @@ _VC_CACHE_ENTRIES = 256
 _VC_STATE = "server-vc-state"
 """The key of a VC's :class:`_VCState` in its ``cache`` (kept when the cache is cleared)."""
 
-_LENGTH_PREFIX = 4
-"""Bytes of a message's length prefix (see :mod:`ipcclient.wire.messages`)."""
+HEADER_GRACE = 0.05
+"""Seconds a flow's request header may take to arrive before the flow counts against its
+VC's ``max_headerless_per_vc`` (a header cut across two records comes a moment later)."""
 
 _IDLE_WORKER_EXIT = 10.0
 """A worker thread beyond ``ServerOptions.workers`` ends after this many seconds idle."""
@@ -270,8 +271,8 @@ class ServerOptions:
             waits silently behind calls that may not end.
         max_calls_per_vc: calls one VC may have running or waiting at once (its flows
             beyond are refused with OverloadedError): one client cannot take every worker.
-        max_headerless_per_vc: flows of one VC whose request header is not complete yet
-            (each waits for its header on a worker); more are refused with OverloadedError.
+        max_headerless_per_vc: flows of one VC waiting for their request header on a
+            worker (after ``HEADER_GRACE``); more are reset with OverloadedError.
         first_header_timeout: how long a new flow may take to send its request header.
         header_limits: codec bounds of a request header, which is read before the caller
             is authorized (see :data:`HEADER_LIMITS`).
@@ -590,7 +591,6 @@ class Server:
         if vc is None:  # (only this VC's reader runs this: no race)
             vc = conn.cache[_VC_STATE] = _VCState()
         done = flow.peer_done
-        headerless = not done and not _header_here(flow)
         opts = self.options
         refused: str | None = None
         with self._slots_lock:
@@ -600,24 +600,17 @@ class Server:
                 refused = (
                     f"server: this VC has {opts.max_calls_per_vc} calls running; try again later"
                 )
-            elif headerless and vc.headerless >= opts.max_headerless_per_vc:
-                refused = (
-                    f"server: this VC has {opts.max_headerless_per_vc} flows waiting for "
-                    "their request header"
-                )
             else:
                 self._in_use += 1
                 vc.calls += 1
-                if headerless:
-                    vc.headerless += 1
         if refused is not None:
             flow.cancel(errors.OverloadedError(refused))
             return None
-        job = functools.partial(self._serve_flow, flow, vc, headerless)
+        job = functools.partial(self._serve_flow, flow, vc)
         if opts.inline_calls and done and conn.inline_available():
             return job
         if not self._pool.submit(job):  # shut down (we are stopping), or no thread
-            self._release_slot(vc, headerless)
+            self._release_slot(vc)
             flow.cancel(
                 errors.CanceledError("server: stopping")
                 if self._stopped
@@ -625,7 +618,7 @@ class Server:
             )
         return None
 
-    def _serve_flow(self, flow: Flow, vc: _VCState, headerless: bool) -> None:
+    def _serve_flow(self, flow: Flow, vc: _VCState) -> None:
         """Serve one call (a worker, or the VC's reader thread for an inline job). A request
         that is all here and the usual one (a plain header, its args, the end of args) is
         split at once and run without reading the flow message by message; anything else
@@ -638,8 +631,7 @@ class Server:
                 return
             parsed = self._parse_whole_request(flow) if flow.peer_done else None
             if parsed is None:
-                waits, headerless = headerless, False  # (_run_call gives it back)
-                self._run_call(flow, MessageStream(flow), vc, waits, charge)
+                self._run_call(flow, MessageStream(flow), vc, charge)
                 return
             request, bodies, end = parsed
             flow.discard_received()
@@ -651,7 +643,7 @@ class Server:
         finally:
             flow.close()
             charge.release()
-            self._release_slot(vc, headerless)
+            self._release_slot(vc)
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes], Any] | None:
         """The request, the args' bodies (not decoded) and the end-of-args message of a flow
@@ -679,35 +671,53 @@ class Server:
         except errors.BadProtocolError:
             return None
 
-    def _release_slot(self, vc: _VCState, headerless: bool = False) -> None:
+    def _release_slot(self, vc: _VCState) -> None:
         with self._slots_lock:
             self._in_use -= 1
             vc.calls -= 1
-            if headerless:
-                vc.headerless -= 1
 
     def _run_call(
         self,
         flow: Flow,
         stream: MessageStream,
         vc: _VCState,
-        headerless: bool,
         charge: _ArgsCharge,
     ) -> None:
         """The general way: read the header under the header limits, then run the call
-        (which authorizes before reading the args)."""
+        (which authorizes before reading the args). A header not here after
+        ``HEADER_GRACE`` counts against the VC's ``max_headerless_per_vc`` while it is
+        awaited (over it, the flow is reset with OverloadedError)."""
+        opts = self.options
+        waiting = False
         try:
-            first_deadline = time.monotonic() + self.options.first_header_timeout
+            now = time.monotonic()
+            first_deadline = now + opts.first_header_timeout
             # Every arg is held at once: bound their total, for the call and for its VC (the
             # header, not counted, is bounded by the header limits).
-            stream.set_budget(self.options.max_args_bytes, free=1, shared=charge)
-            stream.set_first_limits(self.options.header_limits)
-            request = request_from_wire(stream.recv(first_deadline))
+            stream.set_budget(opts.max_args_bytes, free=1, shared=charge)
+            stream.set_first_limits(opts.header_limits)
+            try:
+                message = stream.recv(min(first_deadline, now + HEADER_GRACE))
+            except errors.TimeoutError:
+                with self._slots_lock:
+                    waiting = vc.headerless < opts.max_headerless_per_vc
+                    if waiting:
+                        vc.headerless += 1
+                if not waiting:
+                    flow.cancel(
+                        errors.OverloadedError(
+                            f"server: this VC has {opts.max_headerless_per_vc} flows waiting "
+                            "for their request header"
+                        )
+                    )
+                    return
+                message = stream.recv(first_deadline)
+            request = request_from_wire(message)
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
             return
         finally:
-            if headerless:
+            if waiting:
                 with self._slots_lock:
                     vc.headerless -= 1
         self._run_parsed(flow, stream, request, None)
@@ -944,14 +954,6 @@ def _trim_cache(cache: dict[Any, Any]) -> None:
         cache.clear()
         if state is not None:
             cache[_VC_STATE] = state
-
-
-def _header_here(flow: Flow) -> bool:
-    """Whether a flow's first message (its request header) is all here already."""
-    head, total = flow.peek(_LENGTH_PREFIX)
-    if len(head) < _LENGTH_PREFIX:
-        return False
-    return total >= _LENGTH_PREFIX + int.from_bytes(head, "big")
 
 
 def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:

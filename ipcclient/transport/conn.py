@@ -689,25 +689,6 @@ class Flow:
             conn._send(data)
         return chunk
 
-    def peek(self, nbytes: int) -> tuple[bytes, int]:
-        """Without consuming anything: up to the first ``nbytes`` of what the peer sent and
-        is not read yet, and how many bytes that is in all (what an owner looks at to see
-        whether a whole first message is already here)."""
-        with self._lock:
-            inbox = self._inbox
-            total = 0
-            for chunk in inbox:
-                total += len(chunk)
-            parts: list[bytes] = []
-            have = 0
-            for chunk in inbox:
-                if have >= nbytes:
-                    break
-                piece = chunk[: nbytes - have]
-                parts.append(piece)
-                have += len(piece)
-            return b"".join(parts), total
-
     def received_all(self) -> bytes | None:
         """Once the peer is done: everything it sent that is not read yet, joined, without
         consuming it (:meth:`read` still returns it; :meth:`discard_received` drops it);
