@@ -15,7 +15,7 @@ from typing import Any
 
 from ipcclient import codec, errors
 from ipcclient.transport.conn import Flow
-from ipcclient.wire.messages import MessageReader, encode_message_parts
+from ipcclient.wire.messages import Budget, MessageReader, encode_message_parts
 
 __all__ = ["MessageStream"]
 
@@ -44,11 +44,18 @@ class MessageStream:
     def flow(self) -> Flow:
         return self._flow
 
-    def set_budget(self, nbytes: int | None, *, free: int = 0) -> None:
+    def set_budget(
+        self, nbytes: int | None, *, free: int = 0, shared: Budget | None = None
+    ) -> None:
         """Bound the total bytes of the messages received from now on (None: unbounded),
-        not counting the next ``free`` ones; see :meth:`MessageReader.set_budget`. Messages
-        already received do not count."""
-        self._reader.set_budget(nbytes, free=free)
+        not counting the next ``free`` ones, charging ``shared`` too; see
+        :meth:`MessageReader.set_budget`. Messages already received do not count."""
+        self._reader.set_budget(nbytes, free=free, shared=shared)
+
+    def set_first_limits(self, limits: codec.Limits | None) -> None:
+        """Decode the next message under ``limits`` (see
+        :meth:`MessageReader.set_first_limits`)."""
+        self._reader.set_first_limits(limits)
 
     def push(self, value: Any) -> None:
         """Queue ``value`` as if it had been received next (a message read before the

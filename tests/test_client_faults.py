@@ -392,7 +392,9 @@ def test_a_full_server_sheds_load_with_a_retriable_error(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
     svc = Svc()
-    _, name = make_server(svc, AllowEveryone(), options=ServerOptions(workers=1, max_queued=0))
+    _, name = make_server(
+        svc, AllowEveryone(), options=ServerOptions(workers=1, max_workers=1, max_queued=0)
+    )
     client = make_client()
     busy = client.start_call(ctx(), name, "Block")
     assert svc.started.wait(5)

@@ -71,7 +71,7 @@ def test_a_batch_that_fails_after_a_request_leaks_no_call_slot(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
     server, name = make_server(
-        Service(), AllowEveryone(), options=ServerOptions(workers=2, max_queued=2)
+        Service(), AllowEveryone(), options=ServerOptions(workers=2, max_workers=2, max_queued=2)
     )
     for _ in range(6):  # more than the server's 4 slots
         client = make_client()

@@ -548,7 +548,9 @@ def test_short_way_cancel_wakes_a_write_blocked_on_flow_control(
 
     service = Service()
     _, name = make_server(
-        service, AllowEveryone(), options=ServerOptions(workers=1, inline_calls=False)
+        service,
+        AllowEveryone(),
+        options=ServerOptions(workers=1, max_workers=1, max_queued=1, inline_calls=False),
     )
     client = make_client()
     assert client.call(ctx(), name, "Echo", 1) == (1,)  # warm: the next Echo is short

@@ -656,7 +656,9 @@ def test_bad_client_signature_is_refused(world: Any) -> None:
         sock.close()
 
 
-@pytest.mark.parametrize("world", [ServerOptions(workers=1, max_queued=0)], indirect=True)
+@pytest.mark.parametrize(
+    "world", [ServerOptions(workers=1, max_workers=1, max_queued=0)], indirect=True
+)
 def test_overloaded_server_resets_the_new_flow(world: Any) -> None:
     """5.4: no free worker and a full queue: the new flow is RESET with ipc.Overloaded,
     retry action 3 (2.3, 3.8); the busy call then completes normally."""

@@ -1,10 +1,12 @@
 """The threaded RPC server: listen, dispatch, authorize, invoke, answer.
 
-Owns: :class:`Server` (listeners, a bounded worker pool that sheds load with a retriable
-error, serving a dispatcher, stopping cleanly), the server side of the request protocol
-(:mod:`ipcclient.headers`), per-call authorization (the client's blessings validated against
-this server's roots, caveats and discharges, then the object's authorizer), and
-:class:`ServerCall`, which user methods receive to stream and to see the call's context.
+Owns: :class:`Server` (listeners, a worker pool that grows on demand to a bound and sheds
+load beyond it with a retriable error, per-VC budgets on calls, flows waiting for their
+header and bytes of args, serving a dispatcher, stopping cleanly), the server side of the
+request protocol (:mod:`ipcclient.headers`), per-call authorization (the client's blessings
+validated against this server's roots, caveats and discharges, then the object's authorizer,
+all before any arg is read), and :class:`ServerCall`, which user methods receive to stream
+and to see the call's context.
 
 Must not: resolve names or dial (publishing in a mount table goes through an injected
 publisher), or let a bug in a user's method reach anything but that call's error.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors, vtrace
-from ipcclient.codec import decode
+from ipcclient.codec import Limits, decode
 from ipcclient.context import CancelContext, Context
 from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
 from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
@@ -68,26 +70,91 @@ _END_OF_ARGS = Request(end_stream_args=True).to_wire()
 _VC_CACHE_ENTRIES = 256
 """Validated client names kept per VC (per method, suffix and discharges); cleared when full."""
 
+_VC_STATE = "server-vc-state"
+"""The key of a VC's :class:`_VCState` in its ``cache`` (kept when the cache is cleared)."""
+
+HEADER_GRACE = 0.05
+"""Seconds a flow's request header may take to arrive before the flow counts against its
+VC's ``max_headerless_per_vc`` (a header cut across two records comes a moment later)."""
+
+_IDLE_WORKER_EXIT = 10.0
+"""A worker thread beyond ``ServerOptions.workers`` ends after this many seconds idle."""
+
+
+class _VCState:
+    """What one accepted VC holds of the server: call slots, flows whose request header is
+    not here yet, and bytes of args being read (see the per-VC bounds of
+    :class:`ServerOptions`). Counters change under the server's slot lock."""
+
+    __slots__ = ("args_held", "calls", "headerless")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.headerless = 0
+        self.args_held = 0
+
+
+class _ArgsCharge:
+    """The bytes of args one call holds, charged to its VC's budget as each arg's length
+    arrives (a :class:`~ipcclient.wire.messages.Budget`); given back when the call ends."""
+
+    __slots__ = ("_lock", "_server", "_vc", "taken")
+
+    def __init__(self, server: Server, vc: _VCState) -> None:
+        self._server = server
+        self._lock = server._slots_lock
+        self._vc = vc
+        self.taken = 0
+
+    def take(self, nbytes: int) -> None:
+        limit = self._server.options.max_args_bytes_per_vc
+        with self._lock:
+            vc = self._vc
+            if vc.args_held + nbytes > limit:
+                over = True
+            else:
+                over = False
+                vc.args_held += nbytes
+                self.taken += nbytes
+        if over:
+            raise errors.OverloadedError(
+                f"server: the calls of this VC hold more than {limit} bytes of args"
+            )
+
+    def release(self) -> None:
+        with self._lock:
+            self._vc.args_held -= self.taken
+            self.taken = 0
+
 
 class _Workers:
-    """A fixed-size pool of worker threads, started as work first needs them.
+    """A pool of worker threads that grows on demand up to ``size`` and keeps ``core`` of
+    them; a thread beyond ``core`` ends after ``_IDLE_WORKER_EXIT`` idle.
 
     Cheaper than ``concurrent.futures`` for this job (no futures): a C-implemented queue and
-    an idle count. ``submit`` never blocks; the server bounds what is queued (its slots).
+    an exact count of idle threads (a job is queued for a thread only when one is idle or
+    about to take it). ``submit`` never blocks; the server bounds what is queued (its slots),
+    so that a job waits only when the server allows queueing (``max_queued``).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, core: int, size: int) -> None:
+        self._core = core
         self._size = size
-        self._queue: queue.SimpleQueue[tuple[Callable[[Flow], None], Flow] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0  # threads waiting for a job that no job was queued for yet
+        self._owed = 0  # jobs queued with every thread busy (the next free thread runs one)
+        self._started = 0
         self._closed = False
 
-    def submit(self, fn: Callable[[Flow], None], flow: Flow) -> bool:
-        """Queue ``fn(flow)``; False once shut down."""
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        return len(self._threads)
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Queue ``job``; False once shut down or when no thread could be started."""
         start: threading.Thread | None = None
         with self._lock:
             if self._closed:
@@ -95,27 +162,55 @@ class _Workers:
             if self._idle:
                 self._idle -= 1
             elif len(self._threads) < self._size:
+                self._started += 1
                 start = threading.Thread(
-                    target=self._run, name=f"ipc-server-{len(self._threads)}", daemon=True
+                    target=self._run, name=f"ipc-server-{self._started}", daemon=True
                 )
-                self._threads.append(start)
-            self._queue.put((fn, flow))
+                self._threads.add(start)
+            else:
+                self._owed += 1
+            self._queue.put(job)
         if start is not None:
-            start.start()
+            try:
+                start.start()
+            except RuntimeError:  # no thread to be had: take the job back if still queued
+                with self._lock:
+                    self._threads.discard(start)
+                    try:
+                        taken = self._queue.get_nowait()
+                    except queue.Empty:  # pragma: no cover - another thread took it
+                        return True
+                if taken is not job:  # pragma: no cover - order kept: put back
+                    self._queue.put(taken)
+                    return True
+                log.warning("server: no thread to be had for a call")
+                return False
         return True
 
     def _run(self) -> None:
+        me = threading.current_thread()
+        get = self._queue.get
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fn, flow = item
             try:
-                fn(flow)
-            except BaseException:  # pragma: no cover - fn answers its own errors
+                job = get(timeout=_IDLE_WORKER_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle and len(self._threads) > self._core:
+                        self._idle -= 1
+                        self._threads.discard(me)
+                        return
+                continue  # (a job is on its way to this thread, or it is a kept one)
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # pragma: no cover - a job answers its own errors
                 log.exception("server: a worker task failed")
             with self._lock:
-                self._idle += 1
+                if self._owed:
+                    self._owed -= 1  # a job queued while every thread was busy: take it
+                else:
+                    self._idle += 1
 
     def shutdown(self, timeout: float) -> None:
         """Stop taking work, let queued work finish, end every thread (bounded)."""
@@ -159,37 +254,84 @@ class LeafDispatcher:
         return self.obj, self.authorizer
 
 
+HEADER_LIMITS = Limits(max_message_size=64 * 1024, max_depth=32, max_items=4096)
+"""Default bounds of a request header (``ServerOptions.header_limits``): read before the
+caller is authorized, so cheap to refuse. A header carries names, a deadline, a trace, and
+at most some blessings granted and discharges (a few KiB); 64 KiB and 4,096 CBOR items leave
+room for dozens of discharges, and refusing an oversized one costs a few milliseconds."""
+
+
 @dataclass(frozen=True)
 class ServerOptions:
-    """Knobs of a server.
+    """Knobs of a server. docs/limits.md explains each bound and why its default.
 
     Attributes:
-        workers: threads of the pool that runs calls. Calls that run on their VC's reader
-            thread (``inline_calls``) do not take one, so up to ``workers + max_queued``
-            calls can be running at once; for strictly ``workers`` at a time, turn
-            ``inline_calls`` off.
-        max_queued: calls waiting for a worker; beyond it new calls are refused with
-            OverloadedError (RETRY_BACKOFF), so a full server answers instead of hanging.
+        workers: worker threads kept to run calls (started as work first needs them).
+        max_workers: the pool grows on demand up to this many threads (one per call running
+            on a worker, a streaming call included), so that calls that wait for their
+            client (streams) cannot starve the others; idle threads beyond ``workers`` end
+            after a while. At least ``workers``.
+        max_queued: calls allowed to wait for a worker once ``max_workers`` run; beyond
+            ``max_workers + max_queued`` calls (inline ones included) new calls are refused
+            at once with OverloadedError (RETRY_BACKOFF). 0 (the default): a call never
+            waits silently behind calls that may not end.
+        max_calls_per_vc: calls one VC may have running or waiting at once (its flows
+            beyond are refused with OverloadedError): one client cannot take every worker.
+        max_headerless_per_vc: flows of one VC waiting for their request header on a
+            worker (after ``HEADER_GRACE``); more are reset with OverloadedError.
         first_header_timeout: how long a new flow may take to send its request header.
+        header_limits: codec bounds of a request header, which is read before the caller
+            is authorized (see :data:`HEADER_LIMITS`).
+        args_timeout: once its header is read and the caller authorized, a call's args must
+            all arrive within this many seconds (or the call's deadline, if sooner); else
+            the flow is reset with TimeoutError.
         send_timeout: the longest one send to a client may wait for credit when the call
             has no deadline (a client that stops reading cannot pin a worker forever).
         max_args_bytes: the total size of one call's positional args, which are all held
             in memory at once (64 MiB; a single value is bounded by the codec's 4 MiB).
+        max_args_bytes_per_vc: the total size of the args the calls of one VC hold while
+            reading them (counted as each arg's length arrives); a call that would go over
+            is reset with OverloadedError.
         inline_calls: run a call whose request is complete on arrival (a unary call) on
             the VC's reader thread rather than a worker (no thread hop; one per read of the
             socket, other calls in flight or not; a call running longer than 2 ms gets a
             helper reader for its VC, so other calls on the VC wait at most about 3 ms for
-            their data). It still counts against ``workers + max_queued``.
+            their data). It still counts against ``max_workers + max_queued``.
         transport: options of the VCs accepted.
     """
 
     workers: int = 16
-    max_queued: int = 256
-    first_header_timeout: float = 60.0
+    max_workers: int = 256
+    max_queued: int = 0
+    max_calls_per_vc: int = 128
+    max_headerless_per_vc: int = 16
+    first_header_timeout: float = 10.0
+    header_limits: Limits = HEADER_LIMITS
+    args_timeout: float = 30.0
     send_timeout: float = 60.0
     max_args_bytes: int = 64 * 1024 * 1024
+    max_args_bytes_per_vc: int = 64 * 1024 * 1024
     inline_calls: bool = True
     transport: TransportOptions = field(default_factory=TransportOptions)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "workers",
+            "max_workers",
+            "max_calls_per_vc",
+            "max_headerless_per_vc",
+            "max_args_bytes",
+            "max_args_bytes_per_vc",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise errors.BadArgError(f"server: {name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.max_queued, int) or self.max_queued < 0:
+            raise errors.BadArgError(f"server: max_queued must be >= 0, got {self.max_queued!r}")
+        for name in ("first_header_timeout", "args_timeout", "send_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise errors.BadArgError(f"server: {name} must be seconds > 0, got {value!r}")
 
 
 class ServerCall:
@@ -376,8 +518,10 @@ class Server:
         # than a semaphore, which is a Python-level Condition).
         self._slots_lock = threading.Lock()
         self._in_use = 0
-        self._capacity = self.options.workers + self.options.max_queued
-        self._pool = _Workers(self.options.workers)
+        opts = self.options
+        max_workers = max(opts.workers, opts.max_workers)
+        self._capacity = max_workers + opts.max_queued
+        self._pool = _Workers(opts.workers, max_workers)
         self._root = Context.background().with_cancel()
         self._stopped = False
         self._stopped_event = threading.Event()
@@ -533,7 +677,8 @@ class Server:
 
     # --- serving ------------------------------------------------------------------------
     def _on_flow(self, flow: Flow) -> Callable[[], None] | None:
-        """A client opened a flow (reader thread): run it there, queue it, or shed it.
+        """A client opened a flow (reader thread): run it there, hand it to a worker, or
+        refuse it at once (OverloadedError) when the server or the flow's VC is over a bound.
 
         A call whose whole request is already here (the client closed its side: a unary
         call) runs on the VC's reader thread when the VC allows it (``inline_calls``): no
@@ -543,52 +688,69 @@ class Server:
         if self._stopped:
             flow.cancel(errors.CanceledError("server: stopping"))
             return None
+        conn = flow.connection
+        vc: _VCState | None = conn.cache.get(_VC_STATE)
+        if vc is None:  # (only this VC's reader runs this: no race)
+            vc = conn.cache[_VC_STATE] = _VCState()
+        done = flow.peer_done
+        opts = self.options
+        refused: str | None = None
         with self._slots_lock:
-            full = self._in_use >= self._capacity
-            if not full:
-                self._in_use += 1
-        if full:
-            flow.cancel(
-                errors.OverloadedError(
-                    f"server: {self.options.workers} workers busy and "
-                    f"{self.options.max_queued} calls queued; try again later"
+            if self._in_use >= self._capacity:
+                refused = f"server: {self._capacity} calls running or queued; try again later"
+            elif vc.calls >= opts.max_calls_per_vc:
+                refused = (
+                    f"server: this VC has {opts.max_calls_per_vc} calls running; try again later"
                 )
-            )
+            else:
+                self._in_use += 1
+                vc.calls += 1
+        if refused is not None:
+            flow.cancel(errors.OverloadedError(refused))
             return None
-        if self.options.inline_calls and flow.peer_done and flow.connection.inline_available():
-            return functools.partial(self._serve_flow, flow)
-        if not self._pool.submit(self._serve_flow, flow):  # shut down: we are stopping
-            self._release_slot()
-            flow.cancel(errors.CanceledError("server: stopping"))
+        job = functools.partial(self._serve_flow, flow, vc)
+        if opts.inline_calls and done and conn.inline_available():
+            return job
+        if not self._pool.submit(job):  # shut down (we are stopping), or no thread
+            self._release_slot(vc)
+            flow.cancel(
+                errors.CanceledError("server: stopping")
+                if self._stopped
+                else errors.OverloadedError("server: no thread for the call; try again later")
+            )
         return None
 
-    def _serve_flow(self, flow: Flow) -> None:
+    def _serve_flow(self, flow: Flow, vc: _VCState) -> None:
         """Serve one call (a worker, or the VC's reader thread for an inline job). A request
         that is all here and the usual one (a plain header, its args, the end of args) is
-        parsed at once and run without reading the flow message by message; anything else
+        split at once and run without reading the flow message by message; anything else
         takes the general way (which also answers every malformed request, so the short
-        way never has to)."""
+        way never has to). Either way the caller is authorized before any arg is decoded
+        (the general way: before any arg is read)."""
+        charge = _ArgsCharge(self, vc)
         try:
             if flow.error is not None:  # reset, or its VC broke, before it could run
                 return
             parsed = self._parse_whole_request(flow) if flow.peer_done else None
             if parsed is None:
-                self._run_call(flow, MessageStream(flow))
+                self._run_call(flow, MessageStream(flow), vc, charge)
                 return
-            request, args, end = parsed
+            request, bodies, end = parsed
             flow.discard_received()
             stream = MessageStream(flow)
             stream.push(end)  # (what ServerCall.recv reads: the end of args)
-            self._run_parsed(flow, stream, request, args)
+            self._run_parsed(flow, stream, request, bodies)
         except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()
-            self._release_slot()
+            charge.release()
+            self._release_slot(vc)
 
-    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[Any], Any] | None:
-        """The request, args and end-of-args message of a flow whose peer is done, when
-        they are the usual ones and within bounds; None for the general way (nothing read)."""
+    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes], Any] | None:
+        """The request, the args' bodies (not decoded) and the end-of-args message of a flow
+        whose peer is done, when they are the usual ones and within bounds; None for the
+        general way (nothing read)."""
         data = flow.received_all()
         if data is None or len(data) > self.options.max_args_bytes:
             return None
@@ -598,7 +760,7 @@ class Server:
                 return None
             request = decode_usual_request(bodies[0])
             if request is None:
-                header = decode(bodies[0])
+                header = decode(bodies[0], self.options.header_limits)
                 if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
                     return None
                 request = request_from_wire(header)
@@ -607,31 +769,67 @@ class Server:
             end = decode(bodies[-1])
             if end != _END_OF_ARGS:
                 return None
-            return request, [decode(body) for body in bodies[1:-1]], end
+            return request, bodies[1:-1], end
         except errors.BadProtocolError:
             return None
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, vc: _VCState) -> None:
         with self._slots_lock:
             self._in_use -= 1
+            vc.calls -= 1
 
-    def _run_call(self, flow: Flow, stream: MessageStream) -> None:
+    def _run_call(
+        self,
+        flow: Flow,
+        stream: MessageStream,
+        vc: _VCState,
+        charge: _ArgsCharge,
+    ) -> None:
+        """The general way: read the header under the header limits, then run the call
+        (which authorizes before reading the args). A header not here after
+        ``HEADER_GRACE`` counts against the VC's ``max_headerless_per_vc`` while it is
+        awaited (over it, the flow is reset with OverloadedError)."""
+        opts = self.options
+        waiting = False
         try:
-            first_deadline = time.monotonic() + self.options.first_header_timeout
-            # Every arg is held at once: bound their total (the header, not counted, is
-            # bounded by one message's limit).
-            stream.set_budget(self.options.max_args_bytes, free=1)
-            request = request_from_wire(stream.recv(first_deadline))
+            now = time.monotonic()
+            first_deadline = now + opts.first_header_timeout
+            # Every arg is held at once: bound their total, for the call and for its VC (the
+            # header, not counted, is bounded by the header limits).
+            stream.set_budget(opts.max_args_bytes, free=1, shared=charge)
+            stream.set_first_limits(opts.header_limits)
+            try:
+                message = stream.recv(min(first_deadline, now + HEADER_GRACE))
+            except errors.TimeoutError:
+                with self._slots_lock:
+                    waiting = vc.headerless < opts.max_headerless_per_vc
+                    if waiting:
+                        vc.headerless += 1
+                if not waiting:
+                    flow.cancel(
+                        errors.OverloadedError(
+                            f"server: this VC has {opts.max_headerless_per_vc} flows waiting "
+                            "for their request header"
+                        )
+                    )
+                    return
+                message = stream.recv(first_deadline)
+            request = request_from_wire(message)
         except errors.IPCError as exc:
             self._answer_error(stream, exc)
             return
+        finally:
+            if waiting:
+                with self._slots_lock:
+                    vc.headerless -= 1
         self._run_parsed(flow, stream, request, None)
 
     def _run_parsed(
-        self, flow: Flow, stream: MessageStream, request: Request, args: list[Any] | None
+        self, flow: Flow, stream: MessageStream, request: Request, bodies: list[bytes] | None
     ) -> None:
-        """Run a call whose header is read (and its args, unless ``args`` is None: then they
-        are read from ``stream`` under the call's deadline), and answer it."""
+        """Run a call whose header is read (``bodies``: its args' bodies when they are here
+        already, else None: they are read from ``stream`` once the caller is authorized),
+        and answer it."""
         span: vtrace.Span | None = None
         item: tuple[Any, Any] | None = None
         trace = request.trace
@@ -651,7 +849,7 @@ class Server:
         call_ctx: Context = ctx
         flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
         try:
-            self._run_request(ctx, call_ctx, span, flow, stream, request, args)
+            self._run_request(ctx, call_ctx, span, flow, stream, request, bodies)
         finally:
             ctx.cancel_with(_CALL_FINISHED)
 
@@ -663,15 +861,35 @@ class Server:
         flow: Flow,
         stream: MessageStream,
         request: Request,
-        args: list[Any] | None,
+        bodies: list[bytes] | None,
     ) -> None:
         try:
-            if args is None:
-                args = [stream.recv(ctx.deadline) for _ in range(request.nargs)]
+            method, security = self._prepare(flow, request)
+            args: list[Any] | None
+            if bodies is not None:
+                args = [decode(body) for body in bodies]
+            else:
+                args = self._read_args(ctx, flow, stream, request)
+                if args is None:
+                    return  # (the flow was reset)
                 stream.set_budget(None)
             if ctx.done():
                 raise ctx.err() or errors.CanceledError("server: call cancelled")
-            results = self._dispatch(call_ctx, flow, stream, request, args)
+            call = ServerCall(call_ctx, stream, request, security, self)
+            value = method(call, *args)
+            results: Sequence[Any]
+            if value is None:
+                results = ()
+            elif isinstance(value, Results):
+                results = value.values
+            elif isinstance(value, types.GeneratorType):
+                value.close()
+                raise errors.InternalError(
+                    f"server: {request.method} returned a generator; stream results with "
+                    "call.send(item) inside the method and return the final results"
+                )
+            else:
+                results = (value,)
         except errors.IPCError as exc:
             err = (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc
             self._answer_error(stream, err, _spans(span))
@@ -701,50 +919,61 @@ class Server:
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
 
-    def _dispatch(
-        self,
-        ctx: Context,
-        flow: Flow,
-        stream: MessageStream,
-        request: Request,
-        args: list[Any],
-    ) -> Sequence[Any]:
+    def _read_args(
+        self, ctx: CancelContext, flow: Flow, stream: MessageStream, request: Request
+    ) -> list[Any] | None:
+        """Read an authorized call's args, within ``args_timeout`` (or the call's deadline,
+        if sooner). A call whose args do not come in time, or whose VC holds too many bytes
+        of args, has its flow reset at once with that error (None is returned): nothing is
+        written to a client that may not be reading."""
+        bound = time.monotonic() + self.options.args_timeout
+        deadline = ctx.deadline
+        until = bound if deadline is None else min(deadline, bound)
+        try:
+            return [stream.recv(until) for _ in range(request.nargs)]
+        except errors.TimeoutError:
+            if until != bound or ctx.done():  # the call's own deadline
+                raise
+            err: errors.IPCError = errors.TimeoutError(
+                f"server: the call's args did not arrive within {self.options.args_timeout} s"
+            )
+        except errors.OverloadedError as exc:
+            err = exc
+        flow.cancel(err)
+        return None
+
+    def _prepare(self, flow: Flow, request: Request) -> tuple[Callable[..., Any], CallSecurity]:
+        """Find the method and authorize the caller for it (raises the error to answer):
+        everything a call needs that does not depend on its args, so an unauthorized caller
+        is refused before any of its args is read."""
         dispatcher = self._dispatcher
         if dispatcher is None:
             raise errors.UnknownSuffixError("server: nothing is served yet")
         suffix = request.suffix.lstrip("/")
         obj, authorizer = dispatcher.lookup(suffix)
-        security = self._authorize(flow.connection, request, suffix, args, authorizer)
+        security = self._authorize(flow.connection, request, suffix, authorizer)
+        method: Callable[..., Any]
+        hi: int | None
         if request.method == SIGNATURE_METHOD:
-            return (signature(obj),)
-        method = _find_method(obj, request.method)
-        lo, hi = _arity(_target(obj), request.method, method)
-        if len(args) < lo or (hi is not None and len(args) > hi):
+            listing = signature(obj)
+            method, lo, hi = (lambda call: listing), 0, 0
+        else:
+            method = _find_method(obj, request.method)
+            lo, hi = _arity(_target(obj), request.method, method)
+        nargs = request.nargs
+        if nargs < lo or (hi is not None and nargs > hi):
             expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
             raise errors.BadArgError(
-                f"server: {request.method} takes {expected} arguments, got {len(args)} "
+                f"server: {request.method} takes {expected} arguments, got {nargs} "
                 "(wrong number of input arguments)"
             )
-        call = ServerCall(ctx, stream, request, security, self)
-        value = method(call, *args)
-        if value is None:
-            return ()
-        if isinstance(value, Results):
-            return value.values
-        if isinstance(value, types.GeneratorType):
-            value.close()
-            raise errors.InternalError(
-                f"server: {type(obj).__name__}.{request.method} returned a generator; stream "
-                "results with call.send(item) inside the method and return the final results"
-            )
-        return (value,)
+        return method, security
 
     def _authorize(
         self,
         conn: Connection,
         request: Request,
         suffix: str,
-        args: list[Any],
         authorizer: Authorizer | None,
     ) -> CallSecurity:
         granted = request.granted
@@ -781,14 +1010,12 @@ class Server:
                 local_blessings=self._names,
                 remote_blessings=remote,
                 remote_discharges=discharges,
-                arguments=tuple(args),
             )
             names, rejected = validate_blessings(remote, sc, self.principal.roots)
             if not any(r.error.id == errors.ErrorID.BAD_DISCHARGE.value for r in rejected):
                 # Safe to reuse until the earliest expiry: every other caveat kind depends only
                 # on the method, the suffix and the blessings of this VC.
-                if len(conn.cache) >= _VC_CACHE_ENTRIES:
-                    conn.cache.clear()
+                _trim_cache(conn.cache)
                 until = min(validity_horizon(remote, discharges.values()), now + 60.0)
                 conn.cache[key] = (names, rejected, until)
         security = CallSecurity(
@@ -802,8 +1029,7 @@ class Server:
             granted=granted,
         )
         if plain and until is not None:
-            if len(conn.cache) >= _VC_CACHE_ENTRIES:
-                conn.cache.clear()
+            _trim_cache(conn.cache)
             conn.cache[("call-security", request.method, suffix)] = (security, until)
         try:
             authorizer.authorize(security)
@@ -833,6 +1059,15 @@ class Server:
             )
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _trim_cache(cache: dict[Any, Any]) -> None:
+    """Clear a VC's cache of security facts when full (its server state stays)."""
+    if len(cache) >= _VC_CACHE_ENTRIES:
+        state = cache.get(_VC_STATE)
+        cache.clear()
+        if state is not None:
+            cache[_VC_STATE] = state
 
 
 def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:

@@ -27,6 +27,11 @@ whatever else is in flight on the VC; a job running
 longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC until the job ends
 (the reader thread waits for the helper to stop before it reads again: one reader at a time).
 
+An accepted VC made with ``park_idle`` that has no flow and has read nothing for that long
+is *parked*: its reader thread ends and the process's idle watcher (one thread, a selector
+over every parked VC's socket) starts a new one when the socket becomes readable, and keeps
+the VC's keepalive meanwhile; so an idle VC costs no thread.
+
 Before a reader thread sleeps in a blocking read it may poll the socket for a moment
 (``busy_poll``, see ``TransportOptions`` and ``_POLL_RULES``): an accepted VC's, a dialed VC's
 while it reads for several calls (always with ``lead_reads=False``); never a caller reading
@@ -70,6 +75,7 @@ import logging
 import math
 import os
 import select
+import selectors
 import socket
 import struct
 import threading
@@ -408,12 +414,115 @@ class _Handoff(_OnDemandThread):
                     log.warning("transport: could not start a helper reader; retrying")
 
 
+class _IdleWatcher:
+    """One thread that watches every parked VC's socket, so that an idle accepted VC costs
+    no thread: an accepted VC's reader thread that has seen no input for ``park_idle`` and
+    has no flow registers its VC here and ends; when the socket becomes readable (input,
+    EOF, or a local close, which shuts it down) this thread starts a new reader thread for
+    it. Meanwhile it keeps the VC's keepalive: pings after ``interval`` without input,
+    breaks the VC after ``timeout``. Started on first use; ends when nothing is parked."""
+
+    _ROUND = 1.0  # seconds between keepalive checks
+
+    def __init__(self) -> None:
+        self._init()
+
+    def _init(self) -> None:
+        self._lock = threading.Lock()
+        self._selector: selectors.BaseSelector | None = None
+        self._parked: dict[int, Connection] = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def parked(self) -> int:
+        """VCs parked now."""
+        return len(self._parked)
+
+    def park(self, conn: Connection) -> None:
+        """Watch ``conn`` (its reader thread ends next).
+
+        Raises:
+            RuntimeError / OSError: no thread or selector could be had (nothing changed).
+        """
+        fd = conn._sock.fileno()
+        with self._lock:
+            if self._selector is None:
+                self._selector = selectors.DefaultSelector()
+            self._selector.register(fd, selectors.EVENT_READ, conn)
+            self._parked[fd] = conn
+            if self._thread is None:
+                thread = threading.Thread(target=self._loop, name="ipc-idle", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    self._selector.unregister(fd)
+                    del self._parked[fd]
+                    raise
+                self._thread = thread
+
+    def _loop(self) -> None:
+        next_round = time.monotonic() + self._ROUND
+        while True:
+            with self._lock:
+                selector = self._selector
+                if selector is None or not self._parked:
+                    self._thread = None
+                    return
+            try:
+                ready = selector.select(max(0.0, next_round - time.monotonic()))
+            except (OSError, ValueError):  # pragma: no cover - a socket closed under us
+                ready = []
+            for key, _events in ready:
+                conn = key.data
+                if self._forget(key.fd, conn):
+                    if conn._error is not None:  # closed locally: no reader needed
+                        conn._broken_while_parked(conn._error)
+                    else:
+                        conn._unpark()
+            now = time.monotonic()
+            if now >= next_round:
+                next_round = now + self._ROUND
+                self._keepalive_round(now)
+
+    def _forget(self, fd: int, conn: Connection) -> bool:
+        with self._lock:
+            if self._parked.get(fd) is not conn:
+                return False
+            del self._parked[fd]
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(fd)
+        return True
+
+    def _keepalive_round(self, now: float) -> None:
+        with self._lock:
+            parked = list(self._parked.items())
+        for fd, conn in parked:
+            ka = conn._keepalive
+            idle = now - conn._last_recv
+            try:
+                if idle >= ka.timeout:
+                    if self._forget(fd, conn):
+                        conn._broken_while_parked(
+                            errors.ConnectionFailedError(
+                                "transport: the peer missed its keepalive; the VC is broken"
+                            )
+                        )
+                elif idle >= ka.interval and now - conn._last_ping >= ka.interval:
+                    conn._last_ping = now
+                    conn._keepalive_due()  # (sends a PING without waiting on the socket)
+            except Exception:  # pragma: no cover - one VC's bug must not stop the others
+                log.exception("transport: keepalive of an idle VC failed")
+
+
 _HANDOFF = _Handoff()
 _LINGERER = _Lingerer()
+_IDLE = _IdleWatcher()
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_LINGERER._init)
     os.register_at_fork(after_in_child=_HANDOFF._init)
     os.register_at_fork(after_in_child=_reset_poll_slots)
+    os.register_at_fork(after_in_child=_IDLE._init)
 
 
 _CLOSED: errors.IPCError = errors.BadStateError("transport: the flow is closed")
@@ -840,6 +949,7 @@ class Connection:
         name: str = "",
         lead_reads: bool = True,
         busy_poll: float = 0.0,
+        park_idle: float = 0.0,
     ) -> None:
         self._sock = sock
         self._lock = threading.Lock()
@@ -884,9 +994,14 @@ class Connection:
             probe_after=ka.probe_after,
             now=self._last_recv,
         )
+        # Parking (accepted VCs; see _IdleWatcher): after this long without input and with
+        # no flow, the reader thread hands the VC to the idle watcher and ends.
+        self._park_idle = park_idle if on_flow is not None else 0.0
+        self._last_ping = 0.0  # when a reader with a short receive timeout last pinged
         try:
+            timeout = min(ka.interval, self._park_idle) if self._park_idle else ka.interval
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ka.send_timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(ka.interval))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
         except OSError:  # pragma: no cover - every POSIX socket has these
             log.debug("transport: could not set socket timeouts on %s", self.name)
         self._pending_early = list(result.early_plaintext)
@@ -1539,6 +1654,7 @@ class Connection:
         spin = self._busy_poll
         spinning = False  # poll before the next blocking read (see busy_poll, _POLL_RULES)
         monotonic = time.monotonic
+        parked = False
         try:
             if self._pending_early:
                 early, self._pending_early = self._pending_early, []
@@ -1564,6 +1680,12 @@ class Connection:
                     finally:
                         buf.release()  # (the opener may grow its buffer for the next read)
                 except (BlockingIOError, TimeoutError):
+                    if self._park_idle:
+                        if self._park():
+                            parked = True  # (the idle watcher has the VC now)
+                            return
+                        if not self._ping_due():
+                            continue
                     if self._keepalive_due():
                         continue
                     err = errors.ConnectionFailedError(
@@ -1589,14 +1711,67 @@ class Connection:
             log.exception("transport: reader thread failed")
             err = errors.InternalError(f"transport: reader failed: {exc!r}")
         finally:
-            self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
-            with contextlib.suppress(OSError):
-                sock.close()
-            # A job taken from a batch that failed half way: run it now; its flow is broken,
-            # so it only lets go of what the owner holds for it (a server slot).
-            job, self._inline_job = self._inline_job, None
-            if job is not None:
-                self._call_job(job)
+            if not parked:
+                self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
+                with contextlib.suppress(OSError):
+                    sock.close()
+                # A job taken from a batch that failed half way: run it now; its flow is
+                # broken, so it only lets go of what the owner holds for it (a server slot).
+                job, self._inline_job = self._inline_job, None
+                if job is not None:
+                    self._call_job(job)
+
+    # --- parking (accepted VCs with park_idle) ------------------------------------------
+    def _park(self) -> bool:
+        """(The reader thread, after a receive timed out.) Hand the VC to the idle watcher
+        if it is idle (no flow, no job, nothing half read): True, and the thread must end
+        at once without touching the VC again."""
+        with self._lock:
+            if (
+                self._error is not None
+                or self._flows
+                or self._inline_job is not None
+                or self._inline_running
+                or self._helper_active
+                or self._opener.buffered
+            ):
+                return False
+        self._opener.release_buffer()  # (nobody reads until the watcher starts a reader)
+        try:
+            _IDLE.park(self)
+        except (RuntimeError, OSError):  # no watcher to be had: keep reading here
+            return False
+        return True
+
+    def _unpark(self) -> None:
+        """(The idle watcher.) Input came: give the VC a reader thread again."""
+        thread = threading.Thread(target=self._read_loop, name=f"ipc-{self.name}", daemon=True)
+        self._reader = thread
+        try:
+            thread.start()
+        except RuntimeError:
+            self._broken_while_parked(
+                errors.ConnectionFailedError("transport: no thread to read an idle VC")
+            )
+
+    def _broken_while_parked(self, err: errors.IPCError) -> None:
+        """(The idle watcher.) End a parked VC: what its reader thread's end would do."""
+        self._break(err)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _ping_due(self) -> bool:
+        """On a receive timeout shorter than the keepalive interval (``park_idle``): whether
+        it is time to ping (or to find the peer dead)."""
+        now = time.monotonic()
+        idle = now - self._last_recv
+        ka = self._keepalive
+        if idle >= ka.timeout:
+            return True
+        if idle < ka.interval or now - self._last_ping < ka.interval:
+            return False
+        self._last_ping = now
+        return True
 
     def _spin_recv(self, buf: memoryview | bytearray, until: float) -> int:
         """Poll the socket without blocking until monotonic time ``until`` (see

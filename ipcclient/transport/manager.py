@@ -3,7 +3,9 @@
 Owns: opening sockets for the supported protocols (``tcp``, ``tcp4``, ``tcp6``, ``unix``)
 with a deadline, running the sans-IO VC handshake over a blocking socket with a deadline and
 bounded sizes, and listening: an accept thread that hands each new socket to a bounded set of
-handshake threads and each established VC to the owner.
+handshake threads (bounded per remote address too, the oldest shed when full, a first-byte
+timeout) and each established VC to the owner, under a cap on connections; its repeated
+warnings are rate-limited and emitted off the accept thread.
 
 Must not: cache VCs (the client owns its VC map), resolve names, or know RPC. Never holds a
 lock across a dial or a handshake.
@@ -11,9 +13,12 @@ lock across a dial or a handshake.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import queue
+import select
 import socket
 import threading
 import time
@@ -52,8 +57,93 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 ACCEPT_ERROR_PAUSE = 0.05
 """Pause after a failed accept (out of descriptors, say) before trying again."""
 MAX_PENDING_HANDSHAKES = 64
-"""Accepted sockets still in their handshake; more are closed at once (a flood of silent
-connections cannot pile up threads)."""
+"""Accepted sockets still in their handshake (one thread each), by default; a new connection
+beyond sheds the oldest one (see ``TransportOptions.max_pending_handshakes``)."""
+
+MAX_HANDSHAKES_PER_ADDRESS = 8
+"""Pending handshakes from one remote IP address, by default; more are closed at once."""
+
+FIRST_BYTE_TIMEOUT = 2.0
+"""A new connection that sends nothing for this long is closed (default)."""
+
+MAX_CONNECTIONS = 4096
+"""Accepted VCs (and pending handshakes) a listener holds at once, by default; more are
+closed at once."""
+
+PARK_IDLE = 1.0
+"""Seconds an accepted VC stays idle (no flow, no input) before its reader thread ends and
+the process's idle watcher takes it (default; see ``TransportOptions.park_idle``)."""
+
+LOG_INTERVAL = 10.0
+"""A repeated warning (connections refused or dropped) is logged at most once per this many
+seconds per listener and kind, with the number of events since the last one."""
+
+
+class _LogPump:
+    """Emits log records on a thread of its own, so that a slow log handler (a stderr
+    nobody drains) never blocks the accept path; the records are rate-limited by their
+    callers, so the queue stays short."""
+
+    def __init__(self) -> None:
+        self._init()
+
+    def _init(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[int, str, tuple[Any, ...]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def emit(self, level: int, msg: str, *args: Any) -> None:
+        self._queue.put((level, msg, args))
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="ipc-log", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: the record waits for the next
+                    return
+                self._thread = thread
+
+    def _run(self) -> None:
+        while True:
+            try:
+                level, msg, args = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            with contextlib.suppress(Exception):  # (logging reports its own failures)
+                log.log(level, msg, *args)
+
+
+_LOG_PUMP = _LogPump()
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_LOG_PUMP._init)
+
+
+class _Throttle:
+    """Counts one kind of repeated event and logs it at most once per ``LOG_INTERVAL``."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._lock = threading.Lock()
+        self._count = 0
+        self._last = -LOG_INTERVAL
+        self.total = 0
+
+    def event(self, detail: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._count += 1
+            self.total += 1
+            if now - self._last < LOG_INTERVAL:
+                return
+            count, self._count, self._last = self._count, 0, now
+        _LOG_PUMP.emit(
+            logging.WARNING, "transport: %s (%d in the last %.0f s; last: %s)",
+            self._what, count, LOG_INTERVAL, detail,
+        )  # fmt: skip
 
 
 DEFAULT_BUSY_POLL = 0.0002
@@ -104,6 +194,19 @@ class TransportOptions:
             kept busy while it does). Measured (docs/performance.md): 32 B echo mean
             latency ~165 -> ~120 us, client CPU ~79 -> ~65 us per call, server CPU ~88 ->
             ~120 us (the polling); 8 threads sharing one VC ~10-12k -> ~13-19k calls/s.
+        max_connections: (listening) accepted VCs and pending handshakes held at once;
+            a connection beyond is closed at once (see ``MAX_CONNECTIONS``).
+        max_pending_handshakes: (listening) handshakes running at once (a thread each); a
+            new connection beyond sheds the oldest pending one, so a slow flood cannot keep
+            new clients out.
+        max_handshakes_per_address: (listening) pending handshakes from one remote IP
+            address (not bounded on Unix sockets); a connection beyond is closed at once.
+        first_byte_timeout: (listening) a new connection that sends nothing for this long
+            is closed (the whole handshake is bounded by ``handshake_timeout``).
+        park_idle: (listening) an accepted VC with no flow and no input for this many
+            seconds gives up its reader thread: one thread of the process watches every
+            such VC and starts a reader for it when input comes (the first call after
+            the pause pays a thread start); 0: each VC keeps its thread.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -112,6 +215,11 @@ class TransportOptions:
     versions: tuple[int, int] = SUPPORTED_VERSIONS
     lead_reads: bool = True
     busy_poll: float = DEFAULT_BUSY_POLL
+    max_connections: int = MAX_CONNECTIONS
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
+    max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS
+    first_byte_timeout: float = FIRST_BYTE_TIMEOUT
+    park_idle: float = PARK_IDLE
 
     def __post_init__(self) -> None:
         poll = self.busy_poll
@@ -119,6 +227,18 @@ class TransportOptions:
         if not number or not 0 <= poll <= MAX_BUSY_POLL:
             raise errors.BadArgError(
                 f"transport: busy_poll must be seconds in [0, {MAX_BUSY_POLL}], got {poll!r}"
+            )
+        for name in ("max_connections", "max_pending_handshakes", "max_handshakes_per_address"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise errors.BadArgError(f"transport: {name} must be an int >= 1, got {value!r}")
+        park = self.park_idle
+        if not isinstance(park, int | float) or isinstance(park, bool) or park < 0:
+            raise errors.BadArgError(f"transport: park_idle must be seconds >= 0, got {park!r}")
+        first = self.first_byte_timeout
+        if not isinstance(first, int | float) or not first > 0:
+            raise errors.BadArgError(
+                f"transport: first_byte_timeout must be seconds > 0, got {first!r}"
             )
 
     @property
@@ -272,7 +392,16 @@ class Listener:
         self._on_connection = on_connection
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
-        self._pending = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        # Sockets in their handshake, oldest first, with their remote address ("" on Unix
+        # sockets), and how many per address; a shed socket leaves the dict at once.
+        self._pending: collections.OrderedDict[socket.socket, str] = collections.OrderedDict()
+        self._per_address: dict[str, int] = {}
+        self._refused = _Throttle("connections refused (too many connections)")
+        self._refused_address = _Throttle(
+            "connections refused (too many pending handshakes from one address)"
+        )
+        self._shed = _Throttle("pending handshakes shed (too many pending handshakes)")
+        self._failed = _Throttle("accept failed")
         self._closed = False
         family = _family(protocol)
         self._unix_path: str | None = None
@@ -338,35 +467,78 @@ class Listener:
                 conn.close()
 
     def _accept_loop(self) -> None:
+        opts = self._manager.options
         while True:
             try:
-                sock, _peer = self._sock.accept()
+                sock, peer = self._sock.accept()
             except OSError as exc:
                 if self._closed:
                     return
                 # EMFILE/ENFILE/ENOBUFS under load, ECONNABORTED: keep accepting.
-                log.warning("transport: accept on %s failed: %s", self.address, exc)
+                self._failed.event(f"on {self.address}: {exc}")
                 time.sleep(ACCEPT_ERROR_PAUSE)
                 continue
             if self._closed:
                 sock.close()
                 return
-            if not self._pending.acquire(blocking=False):
-                log.warning("transport: too many pending handshakes; dropping a connection")
+            address = peer[0] if isinstance(peer, tuple) and peer else ""
+            shed: socket.socket | None = None
+            refused: _Throttle | None = None
+            with self._lock:
+                per = self._per_address.get(address, 0)
+                if len(self._connections) + len(self._pending) >= opts.max_connections:
+                    refused = self._refused
+                elif address and per >= opts.max_handshakes_per_address:
+                    refused = self._refused_address
+                else:
+                    if len(self._pending) >= opts.max_pending_handshakes:
+                        shed, shed_address = self._pending.popitem(last=False)
+                        self._drop_address_locked(shed_address)
+                    self._pending[sock] = address
+                    self._per_address[address] = per + 1
+            if refused is not None:
+                refused.event(f"from {address or 'a local socket'} on {self.address}")
                 sock.close()
                 continue
-            threading.Thread(
-                target=self._handshake, args=(sock,), name="ipc-handshake", daemon=True
-            ).start()
+            if shed is not None:
+                self._shed.event(f"on {self.address}")
+                with contextlib.suppress(OSError):
+                    shed.shutdown(socket.SHUT_RDWR)  # its thread wakes and closes it
+            try:
+                threading.Thread(
+                    target=self._handshake, args=(sock,), name="ipc-handshake", daemon=True
+                ).start()
+            except RuntimeError as exc:  # no thread to be had
+                self._failed.event(f"no thread for a handshake: {exc}")
+                self._end_pending(sock)
+                sock.close()
+
+    def _drop_address_locked(self, address: str) -> None:
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+
+    def _end_pending(self, sock: socket.socket) -> None:
+        with self._lock:
+            address = self._pending.pop(sock, None)
+            if address is not None:
+                self._drop_address_locked(address)
 
     def _handshake(self, sock: socket.socket) -> None:
+        opts = self._manager.options
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            if not poller.poll(opts.first_byte_timeout * 1000):
+                raise errors.TimeoutError("transport: the peer sent nothing in time")
             result = self._manager._accept_handshake(
                 sock, blessings=self._blessings, discharges=self._discharges()
             )
-        except errors.IPCError as exc:
+        except (errors.IPCError, OSError) as exc:
             log.debug("transport: handshake from a peer failed: %s", exc)
             sock.close()
             return
@@ -375,7 +547,7 @@ class Listener:
             sock.close()
             return
         finally:
-            self._pending.release()
+            self._end_pending(sock)
         conn = Connection(
             sock,
             result,
@@ -385,6 +557,7 @@ class Listener:
             on_close=self._forget,
             keepalive=self._manager.options.keepalive,
             busy_poll=self._manager.options.busy_poll,
+            park_idle=self._manager.options.park_idle,
         )
         with self._lock:
             if self._closed:

@@ -198,6 +198,14 @@ class RecordOpener:
         """Bytes received but not yet opened (a partial record)."""
         return self._end - self._start
 
+    def release_buffer(self) -> None:
+        """Let go of the receive buffers while nothing is buffered (an idle VC); the next
+        :meth:`receive_buffer` makes a new one."""
+        if self._start == self._end:
+            self._buf = bytearray()
+            self._start = self._end = 0
+            self._plain = None
+
     def receive_buffer(self) -> memoryview:
         """Where the next received bytes go (write at most its length, then call
         :meth:`received`). Never empty: there is room for at least the rest of the partial

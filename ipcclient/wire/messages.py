@@ -13,11 +13,12 @@ sockets or threads.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 from ipcclient import codec, errors
 
 __all__ = [
+    "Budget",
     "MessageReader",
     "encode_message_parts",
     "encode_messages",
@@ -160,6 +161,16 @@ def split_messages(data: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> 
     return [decode(body, limits) for body in bodies]
 
 
+class Budget(Protocol):
+    """Bytes shared by several readers (the calls of one VC, say), charged as each message's
+    length prefix arrives (see :meth:`MessageReader.set_budget`)."""
+
+    def take(self, nbytes: int) -> None:
+        """Charge ``nbytes``, or raise an :class:`~ipcclient.errors.IPCError` (nothing is
+        charged then) when they are not to be had."""
+        ...
+
+
 class MessageReader:
     """Reassembles messages from a flow's bytes and decodes them under codec limits.
 
@@ -168,24 +179,46 @@ class MessageReader:
     whatever its size and however many chunks it took).
     """
 
-    __slots__ = ("_budget", "_free", "_have", "_head", "_limits", "_need", "_parts")
+    __slots__ = (
+        "_budget",
+        "_first",
+        "_free",
+        "_have",
+        "_head",
+        "_limits",
+        "_need",
+        "_parts",
+        "_shared",
+    )
 
     def __init__(self, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
         self._limits = limits
+        self._first: codec.Limits | None = None  # limits of the next message only
         self._head = b""  # the first bytes (< 4) of a length prefix
         self._need = -1  # body length of the message being read; -1 while reading its length
         self._parts: list[bytes] = []  # the body bytes received so far, when _need >= 0
         self._have = 0  # their total length
         self._budget: int | None = None  # message bytes still allowed, when set
         self._free = 0  # messages not charged to the budget
+        self._shared: Budget | None = None  # also charged, when set
 
-    def set_budget(self, nbytes: int | None, *, free: int = 0) -> None:
+    def set_budget(
+        self, nbytes: int | None, *, free: int = 0, shared: Budget | None = None
+    ) -> None:
         """Allow at most ``nbytes`` more message bytes (bodies), counted from each length
         prefix as it arrives, until reset with None; the next ``free`` messages are not
         counted. A caller that must hold several messages at once (a call's args or results)
-        bounds their total with it."""
+        bounds their total with it. ``shared``: a budget charged as well (with ``nbytes``
+        set), whose refusal ends the read with its error."""
         self._budget = nbytes
         self._free = free
+        self._shared = shared if nbytes is not None else None
+
+    def set_first_limits(self, limits: codec.Limits | None) -> None:
+        """Decode the next message to complete under ``limits`` (tighter ones, say, for a
+        header that must be read cheaply before anything else is) instead of the reader's;
+        the messages after it are under the reader's limits again."""
+        self._first = limits
 
     @property
     def buffered(self) -> int:
@@ -219,11 +252,12 @@ class MessageReader:
                 self._have = 0
                 self._need = -1
                 head = _bulk_head_size(parts[0], need)
-                if head:  # one byte string: its bytes are the value (see _BULK)
+                if head and self._first is None:  # one byte string: its bytes are the value
                     parts[0] = parts[0][head:]
                     out.append(b"".join(parts))
                 else:
-                    out.append(codec.decode(b"".join(parts), limits))
+                    out.append(codec.decode(b"".join(parts), self._first or limits))
+                    self._first = None
                 need = -1
                 pos = missing
             elif self._head:
@@ -251,7 +285,12 @@ class MessageReader:
                         self._have = end - pos
                     break
                 stop = pos + need
-                out.append(codec.decode(data[pos:stop], limits))
+                first = self._first
+                if first is not None:
+                    self._first = None
+                    out.append(codec.decode(data[pos:stop], first))
+                else:
+                    out.append(codec.decode(data[pos:stop], limits))
                 pos = stop
                 need = -1
         except errors.BadProtocolError:
@@ -263,7 +302,7 @@ class MessageReader:
         return out
 
     def _check(self, need: int) -> None:
-        limit = self._limits.max_message_size
+        limit = (self._first or self._limits).max_message_size
         if need > limit:
             raise errors.BadProtocolError(
                 f"messages: a message of {need} bytes exceeds the limit of {limit}"
@@ -277,4 +316,7 @@ class MessageReader:
                 raise errors.BadProtocolError(
                     "messages: the messages of one call exceed the total allowed for it"
                 )
+            shared = self._shared
+            if shared is not None:
+                shared.take(need)
             self._budget = budget - need

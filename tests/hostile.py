@@ -1,0 +1,167 @@
+"""A hostile peer for load tests, built from the library's sans-IO parts (the client side of
+the VC handshake, the record layer and the mux) over a raw socket: it can do what a real
+client never does (open flows and send no header, hold args half sent, trickle bytes) and
+still answer pings, so the server sees a live peer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.headers import Request
+from ipcclient.security import Principal
+from ipcclient.transport.manager import _drive_handshake, split_host_port
+from ipcclient.vc.handshake import ClientHandshake
+from ipcclient.wire import mux as muxmod
+from ipcclient.wire.messages import encode_messages
+
+IO_TIMEOUT = 10.0
+
+
+def server_address(server: Any) -> tuple[str, int]:
+    """(host, port) of a server's first TCP listener."""
+    return split_host_port(server._listeners[0].address)
+
+
+def raw_socket(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
+    """A connected TCP socket from ``source`` (any 127.x.y.z address on Linux loopback)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(IO_TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(address)
+    return sock
+
+
+def request_header(method: str, nargs: int, **kw: Any) -> bytes:
+    """One request header message (length prefix included)."""
+    return encode_messages(Request(method=method, nargs=nargs, **kw).to_wire())
+
+
+class HostilePeer:
+    """An authenticated VC driven by hand. ``open`` opens a flow (optionally with data),
+    ``send`` adds to it; what the server sends is read by a thread that answers pings and
+    records each flow's reset error and the bytes it received."""
+
+    def __init__(
+        self,
+        principal: Principal,
+        address: tuple[str, int],
+        *,
+        source: str = "127.0.0.2",
+        mute: bool = False,
+        reader: bool = True,
+    ) -> None:
+        self.mute = mute  # read, but never answer (no PING ACK, no window update)
+        self.sock = raw_socket(address, source)
+        hs = ClientHandshake(
+            principal,
+            authorize_server=lambda *_: None,
+            blessings_for_server=lambda _b: principal.store.default,
+        )
+        _drive_handshake(
+            self.sock, hs.receive_data, lambda: hs.done, hs.start(), time.monotonic() + 10
+        )
+        assert hs.result is not None
+        result = hs.result
+        self._sealer = result.sealer
+        self._opener = result.opener
+        self._mux = muxmod.Mux(
+            muxmod.MuxConfig(),
+            dialer=True,
+            peer_initial_window=result.peer_settings.initial_window,
+            peer_max_frame_payload=result.peer_settings.max_frame_payload,
+        )
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.resets: dict[int, errors.IPCError] = {}
+        self.received: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.closed = False
+        self._pending = list(result.early_plaintext)
+        if reader:  # (without one, nothing the server sends is read or answered)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def open(self, data: bytes = b"", *, end: bool = False) -> int:
+        with self._lock:
+            fid = self._mux.open_flow()
+            self._mux.send_data(fid, data, end=end)
+            out = self._mux.data_to_send()
+        self._write(out)
+        return fid
+
+    def send(self, fid: int, data: bytes, *, end: bool = False) -> int:
+        """Queue what the flow's credit allows now; how many bytes went."""
+        with self._lock:
+            if fid in self.resets:
+                return 0
+            n = self._mux.send_data(fid, data, end=end)
+            out = self._mux.data_to_send()
+        self._write(out)
+        return n
+
+    def wait_reset(self, fid: int, timeout: float = IO_TIMEOUT) -> errors.IPCError | None:
+        with self._lock:
+            self._changed.wait_for(lambda: fid in self.resets or self.closed, timeout)
+            return self.resets.get(fid)
+
+    def wait_ended(self, fid: int, timeout: float = IO_TIMEOUT) -> bytes:
+        """What the server sent on ``fid`` once it ended it (FIN or RESET)."""
+        with self._lock:
+            self._changed.wait_for(
+                lambda: fid in self.ended or fid in self.resets or self.closed, timeout
+            )
+            return bytes(self.received.get(fid, b""))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def _write(self, out: bytes) -> None:
+        if out:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(self._sealer.seal(out))
+
+    def _read(self) -> None:
+        try:
+            for plain in self._records():
+                with self._lock:
+                    for ev in self._mux.receive_data(plain):
+                        if isinstance(ev, muxmod.DataReceived):
+                            self.received.setdefault(ev.flow_id, bytearray()).extend(ev.data)
+                            self._mux.acknowledge(ev.flow_id, len(ev.data))
+                            if ev.end:
+                                self.ended.add(ev.flow_id)
+                        elif isinstance(ev, muxmod.FlowReset):
+                            self.resets[ev.flow_id] = ev.error
+                    out = self._mux.data_to_send()  # (PING ACKs, window updates)
+                    self._changed.notify_all()
+                if not self.mute:
+                    self._write(out)
+        except (OSError, errors.IPCError):
+            pass
+        finally:
+            with self._lock:
+                self.closed = True
+                self._changed.notify_all()
+
+    def _records(self) -> Iterator[bytes]:
+        yield from self._pending
+        self.sock.settimeout(None)
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return
+            yield from self._opener.feed(data)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
