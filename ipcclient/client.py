@@ -1358,6 +1358,11 @@ def _write_request(
         cancel(exc)
         raise exc.with_context(request_sent=False) from None
     except errors.IPCError as exc:
+        if flow.wrote and flow.peer_done:
+            # The server answered in full (its FIN came) and then reset the flow because the
+            # rest of the request was still coming (it had what it needed): the reply is
+            # here to be read, and the call goes on to read it.
+            return None
         cancel(exc)
         if not flow.wrote or isinstance(exc, errors.NotProcessedError):
             return exc  # (or the server said it never took the flow: as good as unsent)

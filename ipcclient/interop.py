@@ -31,6 +31,7 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.security import Principal, caveats
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Results, Server, ServerCall
 
 __all__ = [
@@ -108,6 +109,7 @@ def _size(value: Any, what: str) -> int:
     return value
 
 
+@expose
 class InteropService:
     """The methods of the interop cases (docs/interop.md). Payloads are zero bytes."""
 

@@ -38,6 +38,7 @@ from ipcclient.options import (
 from ipcclient.retry import RetryBudget
 from ipcclient.security import Principal
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.server import Server, ServerCall
 from ipcclient.transport.conn import KeepaliveConfig
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.timeout(60)
 FOUR_MIB = 4 * 1024 * 1024
 
 
+@expose
 class Svc:
     """A small service that counts the calls that reached it."""
 

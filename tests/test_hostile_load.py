@@ -19,6 +19,7 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.headers import response_from_wire
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport import conn as connmod
 from ipcclient.transport.conn import KeepaliveConfig
@@ -36,6 +37,7 @@ SLACK = 3.0
 test machine is shared and loaded: no tight timing)."""
 
 
+@expose
 class Service:
     def __init__(self) -> None:
         self.streams = threading.Semaphore(0)

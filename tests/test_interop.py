@@ -17,6 +17,7 @@ import pytest
 
 from ipcclient import errors, interop
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,6 +40,7 @@ def test_every_case_passes_against_the_interop_server(server: Server) -> None:
     assert [(r.name, r.error) for r in results if not r.passed] == []
 
 
+@expose
 class Misbehaving(interop.InteropService):
     """Gets every case wrong in its own way."""
 

@@ -20,6 +20,7 @@ from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Results, Server, ServerCall
 from ipcclient.transport import conn as connmod
 from ipcclient.vc import records
@@ -30,6 +31,7 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+@expose
 class Svc:
     def __init__(self) -> None:
         self.calls = 0
@@ -466,3 +468,38 @@ def test_goaway_carries_the_last_flow_id_taken_as_documented() -> None:
         muxmod.Mux(dialer=True, peer_initial_window=1024).receive_data(
             bytes.fromhex("0401 00000000 00000002 0000")
         )
+
+
+# --- a reply that came before the end of the request is kept -----------------------------------
+@pytest.mark.parametrize("warm", [True, False], ids=["fast-call", "general-path"])
+def test_a_reply_that_overtakes_the_end_of_the_request_is_kept(
+    server: tuple[Server, str, Svc],
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    warm: bool,
+) -> None:
+    """The server runs a call once its args are in, answers (FIN) and resets the flow when the
+    end of the request is still on its way; the write of that end then fails, but the reply is
+    there and is the call's result (a fault injected by holding the last piece back)."""
+    _srv, name, _svc = server
+    client = make_client()
+    if warm:
+        assert client.call(ctx(), name, "Echo", b"warm") == (b"warm",)
+    real_write = connmod.Flow.write
+    held = []
+    caller = threading.current_thread()  # (the server's writes, in this process too, pass)
+
+    def write(self: connmod.Flow, data: Any, *, end: bool = False, **kw: Any) -> None:
+        if threading.current_thread() is caller and isinstance(data, list) and end:
+            real_write(self, data[:-1], **kw)  # the header and the bulk arg, not the end
+            deadline = time.monotonic() + 5
+            while not self.peer_done and time.monotonic() < deadline:
+                threading.Event().wait(0.005)
+            held.append(self.peer_done)
+            data = data[-1:]
+        real_write(self, data, end=end, **kw)
+
+    monkeypatch.setattr(connmod.Flow, "write", write)
+    payload = b"y" * 8192  # a bulk arg: its own piece of the write
+    assert client.call(ctx(), name, "Echo", payload) == (payload,)
+    assert held == [True]  # the reply did overtake the end of the request

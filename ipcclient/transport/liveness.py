@@ -1,4 +1,4 @@
-"""When to ping a VC's peer and when to declare it dead, from times alone (floor 5, sans-IO).
+"""When to ping a VC's peer and when to declare it dead, from times alone (sans-IO).
 
 Owns: :class:`Liveness`, the keepalive and probe decisions of one VC. The owner tells it the
 time and when the peer last sent anything (any byte: data, a PING ACK); it answers with

@@ -38,6 +38,7 @@ from ipcclient.security import Principal
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.server import Server
 
+@expose
 class Service:
     def Echo(self, call, x):
         return x
