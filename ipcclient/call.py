@@ -171,7 +171,7 @@ class Call:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
             self._finished = True
-            cancelled = self._cancel_error if self._ended else None
+            cancelled = self._cancel_error  # (set by cancel() before it releases the flow)
         if cancelled is not None:
             raise cancelled.with_context(request_sent=True)
         try:
@@ -426,7 +426,8 @@ _DRAINED = MessageReader()
 _STREAM_ITEM_REQUEST = Request().to_wire()
 _STREAM_ITEM_REQUEST_MESSAGE = encode_messages(_STREAM_ITEM_REQUEST)
 _UNREAD_RESULTS = (
-    "call: finish() was called while the server was still streaming results: read them "
-    "first (for item in call: ...), or use start_call for a streaming method"
+    "call: finish() was called while the server was still streaming results, so the call "
+    "was cancelled: read them first (for item in call: ...), or call a streaming method "
+    "with start_call"
 )
 _END_STREAM_REQUEST = Request(end_stream_args=True).to_wire()

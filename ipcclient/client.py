@@ -299,7 +299,7 @@ class Client:
                 no_retry,
                 start,
                 first=first,
-                what=f"call {name!r}.{method}",
+                what=("call", name, method),
             )
         finally:
             if owned:
@@ -384,11 +384,12 @@ class Client:
         no_retry: bool,
         start: float,
         first: Callable[[int], _T] | None = None,
-        what: str = "call",
+        what: tuple[str, str, str] = ("call", "", ""),
     ) -> _T:
         """``first(1)`` (default: ``attempt``); only if it fails with an error ``phase`` may
         retry, the retry loop (backoff, deadline, cancellation) of ``attempt`` starting from
-        that failure, within the call's one retry window (from ``start``)."""
+        that failure, within the call's one retry window (from ``start``). ``what``: (kind,
+        name, method), for the retry log only."""
         try:
             return (first or attempt)(1)  # the usual case: no retry machinery at all
         except errors.IPCError as first:
@@ -403,7 +404,7 @@ class Client:
                 ctx=ctx,
                 budget=self.options.retry_budget,
                 first_error=first,
-                what=what,
+                what=f"{what[0]} {what[1]!r}.{what[2]}",
             )
 
     def _waits_for_ready(self, options: Sequence[CallOption]) -> bool:
@@ -446,10 +447,7 @@ class Client:
             )
         for arg in args:
             if isinstance(arg, CallOption):
-                raise errors.BadArgError(
-                    f"client: {arg!r} was passed as an argument of {method}; pass call options "
-                    "as options=[...] to call(), or after the args list to start_call()"
-                )
+                raise _option_as_argument(arg)
         no_retry = False
         if options:
             for opt in options:
@@ -491,7 +489,7 @@ class Client:
                 retry.RetryPhase.BEFORE_SEND,
                 no_retry,
                 start,
-                what=f"starting {name!r}.{method}",
+                what=("starting", name, method),
             )
         except errors.IPCError as exc:
             span.finish()
@@ -861,7 +859,8 @@ class Client:
                 tried=tried,
             ) from exc
         tried.append(f"resolved {name!r} to {len(entry.servers)} server(s)")
-        log.debug("client: %r resolved to %s", name, [s.server for s in entry.servers])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client: %r resolved to %s", name, [s.server for s in entry.servers])
         return entry
 
     # --- VCs ----------------------------------------------------------------------------
@@ -1323,6 +1322,13 @@ def _no_context(ctx: object, fn: str) -> errors.BadArgError:
     )
 
 
+def _option_as_argument(opt: CallOption) -> errors.BadArgError:
+    return errors.BadArgError(
+        f"client: {opt!r} was passed as an argument of the method; pass call options as "
+        "options=[...] to call(), or after the args list to start_call()"
+    )
+
+
 def _bare(msg: str) -> str:
     """``msg`` without the leading ``client:`` of the client's own messages (for composing
     one error's message from another's without repeating the component)."""
@@ -1356,6 +1362,9 @@ def _write_request(
         flow.write(data, end=close_send, deadline=deadline)
     except errors.BadArgError as exc:
         cancel(exc)
+        for arg in args:
+            if isinstance(arg, CallOption):  # (the fast path encodes args unchecked)
+                raise _option_as_argument(arg).with_context(request_sent=False) from None
         raise exc.with_context(request_sent=False) from None
     except errors.IPCError as exc:
         if flow.wrote and flow.peer_done:

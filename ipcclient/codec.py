@@ -313,66 +313,37 @@ def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
 
 def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     """Refuse, before it is sent, an encoded message that a peer's :func:`decode` under
-    ``limits`` would refuse for its size, its number of items or its nesting.
+    ``limits`` would refuse: for its size, its number of items or its nesting.
 
-    A byte or text string or a scalar is one item at no depth: only its size is looked at.
-    A container is walked head by head (contents of strings are skipped) only when it is
-    longer than the limits could be reached by, so small values cost a length test.
+    A byte or text string or a scalar is one item at no depth: only its size is looked at. A
+    container is decoded (at C speed, as the peer would) only when it could reach a limit:
+    every container head is a byte in 0x80-0xDF, so a message with no more such bytes than
+    ``max_depth`` cannot nest deeper, and one of no more bytes than ``max_items`` cannot hold
+    more items.
 
     Raises:
-        BadArgError: over a limit; the message says which and by how much.
+        BadArgError: over a limit (or otherwise refused by the decoder); nothing was sent.
     """
     size = len(data)
     check_size(size, limits)
     if not size or (data[0] >> 5) not in (4, 5, 6):
         return
-    if size <= limits.max_depth and size <= limits.max_items:
-        return  # (every item and every level of nesting takes at least one byte)
-    max_items = limits.max_items
-    max_depth = limits.max_depth
-    pos = 0
-    count = 0
-    depth = 0  # containers (arrays, maps, tags) open around the next item
-    pending = 1  # items still to read in the innermost open container
-    stack: list[int] = []  # the pending counts of the containers around it
-    while True:
-        while not pending:
-            if not stack:
-                return
-            pending = stack.pop()
-            depth -= 1
-        pending -= 1
-        count += 1
-        if count > max_items:
-            raise errors.BadArgError(
-                f"codec: a value of more than {max_items} items (scalars and containers) "
-                "is over the limit a peer accepts in one message"
-            )
-        initial = data[pos]
-        pos += 1
-        major = initial >> 5
-        info = initial & 0x1F
-        if info < 24:
-            arg = info
-        elif info <= 27:
-            width = 1 << (info - 24)
-            arg = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        else:
-            arg = 0  # (a float or simple value: no length; this encoder writes no other)
-        if major in (2, 3):
-            pos += arg
-        elif major in (4, 5, 6):
-            children = arg if major == 4 else 2 * arg if major == 5 else 1
-            if children:  # (an empty container nests nothing: the decoder agrees)
-                if depth >= max_depth:
-                    raise errors.BadArgError(
-                        f"codec: a value nested more than {max_depth} containers deep is over "
-                        "the limit a peer accepts"
-                    )
-                stack.append(pending)
-                pending = children
-                depth += 1
+    if size <= limits.max_items and (
+        size <= limits.max_depth
+        or size - len(data.translate(None, _CONTAINER_HEADS)) <= limits.max_depth
+    ):
+        return
+    try:
+        decode(data, limits)
+    except errors.BadProtocolError as exc:
+        raise errors.BadArgError(
+            f"codec: the value is over the limits a peer accepts in one message "
+            f"({limits.max_items} items, {limits.max_depth} levels of nesting): {exc.msg}"
+        ) from None
+
+
+_CONTAINER_HEADS = bytes(range(0x80, 0xE0))
+"""The initial bytes of CBOR arrays, maps and tags (major types 4, 5 and 6)."""
 
 
 _ONE_BYTE: dict[int, Callable[[], Any]] = {

@@ -57,7 +57,11 @@ class RetryTimeout(CallOption):
     seconds: float
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.seconds, int | float) and self.seconds >= 0):
+        if not (
+            isinstance(self.seconds, int | float)
+            and not isinstance(self.seconds, bool)
+            and self.seconds >= 0
+        ):
             raise errors.BadArgError("options: RetryTimeout needs a number of seconds >= 0")
 
 
@@ -71,6 +75,10 @@ class WaitForReady(CallOption):
     turns a client-wide ``wait_for_ready`` off for one call."""
 
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise errors.BadArgError("options: WaitForReady takes a bool")
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,18 @@ def test_wait_for_ready_retries_refused_connections_until_the_deadline(
     assert c.call(ctx(10.0), refused_name(address), "Echo", 2, options=[WaitForReady()]) == (2,)
 
 
+def test_a_retry_budget_with_tokens_lets_retries_through(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    budget = RetryBudget(min_retries_per_sec=1, ttl=10, percent_can_retry=0)  # 10 tokens
+    c = client(stack, family, options=ClientOptions(default_call_timeout=20.0, retry_budget=budget))
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(5.0), refused_name(), "Echo", 1)
+    attempts = sum(1 for t in info.value.tried if t.startswith("attempt"))
+    assert attempts >= 2  # it did retry, within the 1 s window
+    assert budget.balance() <= 10 - (attempts - 1)
+
+
 def test_a_retry_budget_stops_retries_when_it_is_empty(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
@@ -423,18 +435,41 @@ def test_a_first_try_longer_than_the_retry_timeout_is_not_retried(
     assert ns.calls == 1
 
 
+class FailingThenFoundNamespace(Namespace):
+    """Each resolve takes ``cost`` seconds of the fake clock; the first ``failures`` fail in a
+    way that may be retried, then the name resolves to ``server``."""
+
+    def __init__(self, clock: FakeClock, cost: float, failures: int, server: str) -> None:
+        super().__init__()
+        self.clock = clock
+        self.cost = cost
+        self.failures = failures
+        self.server = server
+        self.calls = 0
+
+    def resolve(self, ctx: Context, name: str) -> MountEntry:
+        self.calls += 1
+        self.clock.now += self.cost
+        if self.calls <= self.failures:
+            raise errors.ConnectionFailedError("mount table unreachable")
+        return Namespace().resolve(ctx, self.server)
+
+
 def test_one_window_is_shared_by_the_retries_before_and_after_sending(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
+    """A failed and a good resolve use 0.92 s of a 1 s window before sending; the server then
+    says "back off": a retry after sending would come past the window, so there is none."""
     svc = Svc()
-    name = serve(stack, family, svc)
-    c = client(stack, family)
-    start = time.monotonic()
+    server = serve(stack, family, svc)
+    clock = FakeClock()
+    clock.now = time.monotonic()  # (deadlines also reach the transport, on the real clock)
+    ns = FailingThenFoundNamespace(clock, 0.46, 1, server)
+    c = client(stack, family, namespace=ns)
     with pytest.raises(errors.OverloadedError):
-        c.call(ctx(10.0), name, "Busy", options=[RetryTimeout(0.6)])
-    elapsed = time.monotonic() - start
-    assert elapsed < 1.2, elapsed
-    assert 2 <= svc.calls <= 6
+        c.call(Context.background(clock=clock), "apps/busy", "Busy", options=[RetryTimeout(1.0)])
+    assert ns.calls == 2
+    assert svc.calls == 1
 
 
 def test_keepalive_and_client_options_are_validated() -> None:
@@ -528,6 +563,10 @@ def test_a_call_without_a_context_or_with_an_option_as_an_argument(
     with pytest.raises(errors.BadArgError) as info:
         c.call(ctx(), name, "Echo", NoRetry())
     assert "options=[...]" in str(info.value)
+    assert c.call(ctx(), name, "Echo", 1) == (1,)  # now the VC is up: the fast path
+    with pytest.raises(errors.BadArgError) as info:
+        c.call(ctx(), name, "Echo", NoRetry())
+    assert "options=[...]" in str(info.value)
 
 
 def test_a_server_method_written_as_a_generator_says_to_use_send(
@@ -611,13 +650,18 @@ def test_the_logs_say_when_a_server_goes_away(
         server.serve(Svc(), AllowEveryone())
         c = client(stack, family)
         assert c.call(ctx(), name, "Echo", 1) == (1,)
+
+        def seen() -> bool:
+            return any(
+                r.name == "ipcclient.client" and "closed" in r.getMessage() for r in caplog.records
+            )
+
         with caplog.at_level(logging.DEBUG, logger="ipcclient"):
             server.stop()  # sends GOAWAY
             deadline = time.monotonic() + 5
-            while c.vc_count() and time.monotonic() < deadline:
+            while not seen() and time.monotonic() < deadline:
                 threading.Event().wait(0.02)
         messages = [r.getMessage() for r in caplog.records if r.name == "ipcclient.transport"]
+        assert any("sent GOAWAY" in m for m in messages), messages
         assert any("ended" in m for m in messages), messages
-        assert any(
-            r.name == "ipcclient.client" and "closed" in r.getMessage() for r in caplog.records
-        )
+        assert seen()

@@ -190,6 +190,10 @@ class KeepaliveConfig:
             within this many seconds the VC is declared broken (new calls meanwhile use
             another VC, instead of waiting on a silent one again).
         probe_after: see ``probe_timeout``.
+
+    Every value is a finite number of seconds of at least ``MIN_KEEPALIVE_INTERVAL``, and
+    ``timeout`` is at least ``interval`` (so a longer ``interval`` needs a longer ``timeout``
+    too); anything else is a BadArgError.
     """
 
     interval: float = 15.0
@@ -2023,6 +2027,12 @@ class Connection:
                             aborted.append((flow._on_abort, ev.error))
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
+                    log.debug(
+                        "transport: VC %s: the peer sent GOAWAY (%s); %d flow(s) it never took",
+                        self.name,
+                        ev.peer_error or "no error",
+                        len(ev.unprocessed),
+                    )
                     closed = ev.error
                     for fid in ev.unprocessed:
                         # The peer says it never took these: their calls may be sent again.
