@@ -341,13 +341,15 @@ def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
     assert svc.items == ["a", "b"]
 
 
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.recursive(
         st.none() | st.integers() | st.binary(max_size=8) | st.text(max_size=4),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2)
-        ),
+        _containers,
         max_leaves=100,
     ),
     st.integers(min_value=1, max_value=70),
