@@ -68,9 +68,6 @@ class VCState:
 
     authorized: dict[tuple[str, str], Authorization] = field(default_factory=dict)
     plans: dict[tuple[str, str], CallPlan] = field(default_factory=dict)
-    needs_discharges: bool | None = None
-    """Whether the blessings this client presents on the VC carry third-party caveats
-    (None: not looked at yet)."""
 
 
 _VC_STATE_KEY = object()

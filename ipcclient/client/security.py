@@ -193,19 +193,6 @@ def grant(conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
     return granted
 
 
-def needs_discharges(conn: Connection) -> bool:
-    """Whether the blessings this client presents on ``conn`` carry third-party caveats
-    (looked at once per VC)."""
-    state = vc_state(conn)
-    needed = state.needs_discharges
-    if needed is None:
-        local = conn.local_blessings
-        needed = state.needs_discharges = bool(
-            isinstance(local, Blessings) and local.third_party_caveats()
-        )
-    return needed
-
-
 FetchDischarges = Callable[
     [Context, list[ThirdPartyCaveat], DischargeImpetus, list[str]], list[Discharge]
 ]
