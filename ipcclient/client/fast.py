@@ -24,7 +24,7 @@ from ipcclient import errors, vtrace
 from ipcclient.call import finish_unary
 from ipcclient.client import plan as _plan
 from ipcclient.client import security, vcs
-from ipcclient.client.plan import Route, peek_vc_state
+from ipcclient.client.plan import VC_STATE_KEY, Route, VCState
 from ipcclient.client.request import encode_request_header, write_request
 from ipcclient.context import Context
 
@@ -63,7 +63,7 @@ def fast_call(
     conn = client._vcs.get(route.vc_key)
     if conn is None or conn._error is not None or conn.suspect:
         return None
-    state = peek_vc_state(conn)
+    state: VCState | None = conn.cache.get(VC_STATE_KEY)
     if state is None:
         return None
     plan = state.plans.get((method, route.suffix))

@@ -70,21 +70,15 @@ class VCState:
     plans: dict[tuple[str, str], CallPlan] = field(default_factory=dict)
 
 
-_VC_STATE_KEY = object()
+VC_STATE_KEY = object()
 """The key of :class:`VCState` in ``Connection.cache`` (an object no other part can name)."""
 
 
 def vc_state(conn: Connection) -> VCState:
     """The client's state on ``conn``, made on first use."""
-    state: VCState | None = conn.cache.get(_VC_STATE_KEY)
+    state: VCState | None = conn.cache.get(VC_STATE_KEY)
     if state is None:
-        state = conn.cache[_VC_STATE_KEY] = VCState()
-    return state
-
-
-def peek_vc_state(conn: Connection) -> VCState | None:
-    """The client's state on ``conn`` if there is any yet (the fast path's lookup)."""
-    state: VCState | None = conn.cache.get(_VC_STATE_KEY)
+        state = conn.cache[VC_STATE_KEY] = VCState()
     return state
 
 

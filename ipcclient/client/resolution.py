@@ -44,14 +44,14 @@ def classify(
     if failures and all(
         isinstance(f, errors.VersionIncompatibleError | errors.BadArgError) for f in failures
     ):
-        # Hopeless whatever we retry (Vanadium retried these until the deadline).
+        # Hopeless whatever we retry: say so at once rather than retry to the deadline.
         return errors.NoServersError(
             f"client: no compatible server for {name!r}: {bare(last.msg) if last else ''}",
             action=errors.RetryAction.NO_RETRY,
             tried=tried,
         )
     if failures and all(isinstance(f, errors.BadProtocolError) for f in failures):
-        # Every server spoke garbage: not worth retrying (Vanadium retried it blindly).
+        # Every server spoke garbage: not worth retrying.
         return errors.BadProtocolError(
             f"client: no server for {name!r} speaks the protocol: {bare(failures[-1].msg)}",
             tried=tried,
