@@ -30,6 +30,7 @@ from ipcclient.client import fast, resolution, retries, security, vcs
 from ipcclient.client import plan as _plan
 from ipcclient.client.plan import CallPlan, Route, keep_plan
 from ipcclient.client.request import check_call, encode_request_header, write_request
+from ipcclient.client.resolution import NamespaceCaller
 from ipcclient.client.vcs import Target
 from ipcclient.context import Context
 from ipcclient.naming.namespace import (
@@ -69,21 +70,6 @@ MAX_RESENDS = 3
 (GOAWAY's last flow id) it never took it."""
 
 
-class _NamespaceCaller:
-    """Adapts the client to the namespace's Caller protocol (names arrive terminal)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = weakref.ref(client)
-
-    def call(
-        self, ctx: Context, name: str, method: str, args: Sequence[Any], **_options: Any
-    ) -> Sequence[Any]:
-        client = self._client()
-        if client is None:
-            raise errors.BadStateError("client: closed")
-        return client.call(ctx, name, method, *args, options=(NoRetry(),))
-
-
 class Client:
     """A synchronous RPC client, safe to share across threads (see the module docstring).
 
@@ -113,7 +99,7 @@ class Client:
         self._manager = stream_manager or StreamManager(principal, self.options.transport)
         self.namespace = namespace if namespace is not None else Namespace(roots)
         if namespace is None or namespace.caller is None:
-            self.namespace.set_caller(_NamespaceCaller(self))
+            self.namespace.set_caller(NamespaceCaller(self))
         self.discharge_cache = DischargeCache()
         self.stats = collections.Counter[str]()
         self._cache = vcs.VCCache(

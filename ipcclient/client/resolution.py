@@ -1,6 +1,7 @@
 """Names to servers, and one error when every server of a name failed.
 
-Owns: resolving a name through the namespace with the client's rules (a name no mount table
+Owns: :class:`NamespaceCaller` (how the namespace calls mount tables through the client),
+resolving a name through the namespace with the client's rules (a name no mount table
 has fails at once unless the call waits for ready; a mount table that cannot be reached may
 be retried), and classifying the failures of a call's servers into the one error the caller
 sees, saying why in one line.
@@ -11,7 +12,9 @@ Must not: dial, write a request, or retry (the caller's retry loop does).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ipcclient import errors
 from ipcclient.client.security import bare
@@ -22,6 +25,10 @@ from ipcclient.naming.namespace import (
     Namespace,
     ResolutionDepthExceededError,
 )
+from ipcclient.options import NoRetry
+
+if TYPE_CHECKING:
+    from ipcclient.client.api import Client
 
 log = logging.getLogger("ipcclient.client")
 
@@ -135,3 +142,18 @@ def resolve(
     if log.isEnabledFor(logging.DEBUG):
         log.debug("client: %r resolved to %s", name, [s.server for s in entry.servers])
     return entry
+
+
+class NamespaceCaller:
+    """Adapts the client to the namespace's Caller protocol (names arrive terminal)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = weakref.ref(client)
+
+    def call(
+        self, ctx: Context, name: str, method: str, args: Sequence[Any], **_options: Any
+    ) -> Sequence[Any]:
+        client = self._client()
+        if client is None:
+            raise errors.BadStateError("client: closed")
+        return client.call(ctx, name, method, *args, options=(NoRetry(),))
