@@ -4,8 +4,9 @@ Owns: ``start_call`` with the retry loop before the request is sent, each try (r
 each server in order: split address and suffix, check the endpoint's versions, get a flow
 from the VC cache, authorize the server, grant, prepare discharges — the call's
 :class:`~ipcclient.client.plan.CallPlan` — then write the request), ``call`` (start + finish,
-retrying only errors whose action is RETRY_BACKOFF), the fast path of the usual unary call
-(which reuses a plan the general path made), fork safety and ``close``.
+retrying only errors whose action is RETRY_BACKOFF; the usual unary call tries the fast path
+first, ``fast.fast_call``, which reuses a plan the general path made), fork safety and
+``close``.
 
 Must not: parse bytes, frames or headers itself (the layers below do), hold its lock across a
 dial, a handshake, a discharge fetch or any other I/O, or decide a retry from message text.
