@@ -418,9 +418,9 @@ def test_items_of_a_burst_arrive_while_the_method_is_still_busy(
     call.cancel()
 
 
-# --- the short way of a usual unary call (Client._fast_call) ---------------------------------
+# --- the fast path of a usual unary call (ipcclient.client.fast) -------------------------------
 def _count_call_objects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import ipcclient.client as client_mod
+    import ipcclient.client.api as client_mod
 
     made = [0]
     real = client_mod.Call

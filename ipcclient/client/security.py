@@ -1,0 +1,279 @@
+"""The client's side of security: which servers it trusts, what it grants, what discharges
+it sends.
+
+Owns: the handshake's check of a server (its blessings must validate under the client's
+roots before the client reveals its own), which of the client's blessings a server is shown,
+authorizing a server for one call (the names valid for the method and suffix, kept on the VC
+until they may expire; the endpoint's blessings; the ``ServerPattern``,
+``ServerPublicKey`` and ``SkipServerAuthorization`` options), granting (``Granter``), and the
+discharges for the third-party caveats of the blessings the client presents (from the shared
+cache, else fetched from their dischargers).
+
+Must not: write a request, hold a lock across a discharge fetch, or decide a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.client.plan import VC_STATE_ENTRIES, Authorization, vc_state
+from ipcclient.context import Context
+from ipcclient.naming.endpoint import Endpoint
+from ipcclient.options import (
+    CallOption,
+    Granter,
+    NoDischarges,
+    NoRetry,
+    ServerPattern,
+    ServerPublicKey,
+    SkipServerAuthorization,
+    find_all,
+    find_one,
+)
+from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
+from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
+from ipcclient.security.discharges import (
+    Discharge,
+    DischargeCache,
+    DischargeImpetus,
+    filtered_impetus,
+)
+from ipcclient.security.keys import PublicKey
+from ipcclient.security.patterns import BlessingPattern
+from ipcclient.security.principal import Principal
+from ipcclient.transport.conn import Connection
+
+log = logging.getLogger("ipcclient.client")
+
+AUTHORIZATION_TTL = 60.0
+"""The longest an authorization is kept on a VC (seconds), even when the server's blessings
+and discharges would hold longer."""
+
+wall_clock: Callable[[], float] = time.time
+"""The wall clock that authorizations, caveats and their expiry are checked against (a seam
+for tests that move time forward)."""
+
+
+def bare(msg: str) -> str:
+    """``msg`` without the leading ``client:`` of the client's own messages (for composing
+    one error's message from another's without repeating the component)."""
+    return msg[8:] if msg.startswith("client: ") else msg
+
+
+def server_names(
+    principal: Principal,
+    blessings: Blessings,
+    discharges: Sequence[Any],
+    *,
+    method: str,
+    suffix: str = "",
+) -> tuple[list[str], list[Any]]:
+    """The names of the server's ``blessings`` valid for ``method`` on ``suffix`` under the
+    roots of ``principal``, and the rejected ones."""
+    default = principal.store.default
+    call = SecurityCall(
+        method=method,
+        suffix=suffix,
+        timestamp=wall_clock(),
+        local_blessings=tuple(default.names) if default is not None else (),
+        remote_blessings=blessings,
+        remote_discharges={d.caveat_id: d for d in discharges if isinstance(d, Discharge)},
+    )
+    return validate_blessings(blessings, call, principal.roots)
+
+
+def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
+    """The handshake's check, per endpoint: the server's blessings must validate under our
+    roots (before we reveal our own blessings)."""
+
+    def for_endpoint(_ep: Endpoint) -> Any:
+        def authorize(key: PublicKey, blessings: Any, discharges: tuple[Any, ...]) -> None:
+            if not isinstance(blessings, Blessings):
+                raise errors.NotTrustedError("client: the server presented no blessings")
+            names_ok, rejected = server_names(principal, blessings, discharges, method="")
+            if not names_ok:
+                why = "; ".join(f"{r.name}: {bare(r.error.msg)}" for r in rejected)
+                log.debug("client: server %s not trusted: %s", blessings.names, why)
+                raise errors.NotTrustedError(
+                    f"client: the server's blessings {blessings.names} are not trusted ({why})"
+                )
+            log.debug("client: server at handshake presents %s", names_ok)
+
+        return authorize
+
+    return for_endpoint
+
+
+def blessings_for_server(principal: Principal) -> Callable[[Any], Blessings | None]:
+    """Which of ``principal``'s blessings a server with the given blessings is shown."""
+
+    def choose(server_blessings: Any) -> Blessings | None:
+        peer_names = server_blessings.names if isinstance(server_blessings, Blessings) else []
+        chosen = principal.store.for_peer(*peer_names)
+        return chosen if chosen is not None else principal.store.default
+
+    return choose
+
+
+def authorize_server(
+    principal: Principal,
+    conn: Connection,
+    ep: Endpoint,
+    method: str,
+    suffix: str,
+    options: Sequence[CallOption],
+) -> Authorization:
+    """Authorize the server on ``conn`` for this call before any request byte is written.
+
+    Raises:
+        NotTrustedError: no blessing of the server is valid for the call, or the endpoint or
+            an option names another server.
+    """
+    blessings = conn.remote_blessings
+    if not isinstance(blessings, Blessings):
+        raise errors.NotTrustedError("client: the server presented no blessings")
+    authorized = vc_state(conn).authorized
+    key = (method, suffix)
+    now = wall_clock()
+    hit = authorized.get(key)
+    if hit is None or hit.valid_until <= now:
+        names, rejected = server_names(
+            principal, blessings, conn.remote_discharges, method=method, suffix=suffix
+        )
+        if not names:
+            why = "; ".join(f"{r.name}: {bare(r.error.msg)}" for r in rejected)
+            log.debug("client: no trusted blessing of the server for %s: %s", method, why)
+            raise errors.NotTrustedError(f"client: no trusted server blessing ({why})")
+        log.debug("client: server %s authorized for %s on %r", names, method, suffix)
+        if len(authorized) >= VC_STATE_ENTRIES:
+            authorized.clear()
+        until = min(validity_horizon(blessings, conn.remote_discharges), now + AUTHORIZATION_TTL)
+        hit = authorized[key] = Authorization(names, until)
+    names = hit.server_names
+    # Exact match: a delegate of the server must not pass for it.
+    endpoint_ok = not ep.blessings or any(b in names for b in ep.blessings)
+    if not endpoint_ok and (not options or find_one(options, SkipServerAuthorization) is None):
+        raise errors.NotTrustedError(
+            f"client: server {names} is not the one the endpoint names ({list(ep.blessings)})"
+        )
+    if not options:
+        return hit
+    for opt in find_all(options, ServerPattern):
+        if not opt.matched_by(names):
+            raise errors.NotTrustedError(
+                f"client: server {names} does not match the pattern(s) {list(opt.patterns)}"
+            )
+    key_opt = find_one(options, ServerPublicKey)
+    if key_opt is not None and key_opt.key != conn.remote_key:
+        raise errors.NotTrustedError("client: the server's public key is not the one asked for")
+    return hit
+
+
+def grant(conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
+    """The blessings the ``Granter`` options grant the server on ``conn`` (None: none)."""
+    granted: Blessings | None = None
+    if not options:
+        return granted
+    for opt in find_all(options, Granter):
+        try:
+            got = opt.grant(conn.remote_blessings, conn.remote_key)
+        except errors.IPCError as exc:
+            raise errors.NotTrustedError(f"client: granter failed: {exc.msg}") from exc
+        except Exception as exc:
+            raise errors.NotTrustedError(f"client: granter failed: {exc!r}") from exc
+        if got is not None:
+            if not isinstance(got, Blessings):
+                raise errors.BadArgError("client: a granter must return Blessings")
+            granted = Blessings.union(granted, got)
+    return granted
+
+
+FetchDischarges = Callable[
+    [Context, list[ThirdPartyCaveat], DischargeImpetus, list[str]], list[Discharge]
+]
+
+
+def prepare_discharges(
+    cache: DischargeCache,
+    fetch: FetchDischarges,
+    ctx: Callable[[], Context],
+    blessings: Any,
+    server_names: Sequence[str],
+    method: str,
+    args: Sequence[Any],
+    options: Sequence[CallOption],
+) -> tuple[tuple[Discharge, ...], list[str]]:
+    """Discharges for the third-party caveats on the blessings we present: from the shared
+    ``cache``, else fetched from their dischargers (by ``fetch``) and cached. A fetch that
+    fails is reported with the call's error (the second value)."""
+    if not isinstance(blessings, Blessings) or (
+        options and find_one(options, NoDischarges) is not None
+    ):
+        return (), []
+    caveats = blessings.third_party_caveats()
+    if not caveats:
+        return (), []
+    found: list[Discharge] = []
+    missing: list[ThirdPartyCaveat] = []
+    for cav in caveats:
+        d = cache.get(cav.id)
+        if d is not None:
+            found.append(d)
+        else:
+            missing.append(cav)
+    problems: list[str] = []
+    if missing:
+        impetus = DischargeImpetus(
+            tuple(BlessingPattern(n) for n in server_names), method, tuple(args)
+        )
+        found.extend(fetch(ctx(), missing, impetus, problems))
+    return tuple(found), problems
+
+
+def fetch_discharges(
+    call: Callable[..., tuple[Any, ...]],
+    cache: DischargeCache,
+    on_fetched: Callable[[], None],
+    max_parallel: int,
+    ctx: Context,
+    caveats: list[ThirdPartyCaveat],
+    impetus: DischargeImpetus,
+    problems: list[str],
+) -> list[Discharge]:
+    """Fetch a discharge for each of ``caveats`` from its discharger (by ``call``, the
+    client's ``call``; concurrently, at most ``max_parallel`` at once, within ``ctx``), cache
+    each, and report each failure in ``problems``."""
+
+    def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+        log.debug("client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location)
+        try:
+            (d,) = call(
+                ctx,
+                cav.location,
+                "Discharge",
+                cav,
+                filtered_impetus(cav.requirements, impetus).to_wire(),
+                options=(NoDischarges(), NoRetry()),
+            )
+            if not isinstance(d, Discharge):
+                raise errors.BadProtocolError("client: the discharger sent no discharge")
+            cache.put(d, caveat=cav)
+            on_fetched()
+            return d
+        except errors.IPCError as exc:
+            problems.append(f"discharge for caveat {cav.id[:12]} from {cav.location}: {exc}")
+            log.warning("client: fetching a discharge from %s failed: %s", cav.location, exc)
+            return None
+
+    if len(caveats) == 1:
+        results = [fetch(caveats[0])]
+    else:
+        workers = min(len(caveats), max_parallel)
+        with ThreadPoolExecutor(workers, thread_name_prefix="ipc-discharge") as pool:
+            results = list(pool.map(fetch, caveats))
+    return [d for d in results if d is not None]

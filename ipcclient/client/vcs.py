@@ -1,0 +1,353 @@
+"""The client's VC cache: one VC per endpoint, shared by every thread.
+
+Owns: the map from endpoint key to open VC and the dials in progress (lookups and inserts
+under :attr:`VCCache.lock`, held for nothing else); dialing outside every lock, one dial per
+endpoint however many callers wait for it; racing the servers of a name (a staggered start,
+the first VC established carries the call); evicting a VC that cannot open a flow (and
+dialing its endpoint again, once); dropping VCs inherited across ``fork()``.
+
+Must not: authorize a server for a call, write a request, or hold its lock across a dial,
+a handshake or any other I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.context import Context
+from ipcclient.naming.endpoint import Endpoint
+from ipcclient.transport.conn import Connection, Flow
+from ipcclient.transport.manager import StreamManager
+
+log = logging.getLogger("ipcclient.client")
+
+forks = 0
+"""How many times this process is a fork child (a child's count differs from its parent's):
+a cheaper test than ``os.getpid()``, a system call, on every call."""
+
+
+def _count_fork() -> None:
+    global forks
+    forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_count_fork)
+
+DIAL_WAIT_SLICE = 0.05
+"""How often a caller waiting for a dial looks at its context and at close()."""
+
+HAPPY_EYEBALLS_STAGGER = 0.25
+"""When a name has several servers and the first has no VC yet, the next server's dial
+starts this many seconds after the previous one's (or as soon as that fails), as RFC 8305
+(Happy Eyeballs) does; the first VC established carries the call."""
+
+STALE_DIAL = 1.0
+"""A dial that has run this long (or that a caller already gave up on) is not joined by a new
+caller: it dials afresh (once per ``STALE_DIAL`` per endpoint), so a stalled handshake costs
+the calls already waiting for it, not every call until the handshake timeout."""
+
+Target = tuple[str, Endpoint, str, str]
+"""One server of a name to try: (server name, endpoint, VC key, suffix)."""
+
+_REDIALING = errors.ConnectionFailedError("client: redialing")
+"""(A marker inside :meth:`VCCache.race`: a new dial replaced an evicted VC.)"""
+
+
+class Dial:
+    """One dial in progress that several callers may wait for."""
+
+    __slots__ = ("abandoned", "conn", "done", "error", "listeners", "started")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.conn: Connection | None = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.abandoned = False  # a caller's deadline passed while it waited for this dial
+        self.listeners: list[threading.Event] = []  # set when the dial ends (races)
+
+    def stale(self, now: float) -> bool:
+        return self.abandoned or now - self.started >= STALE_DIAL
+
+
+class VCCache:
+    """The VCs of one client (see the module docstring).
+
+    Args:
+        manager: makes the VCs.
+        dial_timeout: how long one dial may take, in seconds.
+        stats: the client's counters (``dials``).
+        authorizer: the handshake's check of the server for an endpoint.
+        blessings_for_server: which of our blessings a server is shown.
+    """
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        dial_timeout: Callable[[], float],
+        stats: collections.Counter[str],
+        authorizer: Callable[[Endpoint], Any],
+        blessings_for_server: Callable[[Any], Any],
+    ) -> None:
+        self.lock = threading.Lock()
+        """Guards :attr:`vcs`, the dials and :attr:`closed` (and the client's set of calls);
+        a leaf: nothing else is acquired while it is held."""
+        self.vcs: dict[str, Connection] = {}
+        self.closed = False
+        self._dialing: dict[str, Dial] = {}
+        self._manager = manager
+        self._dial_timeout = dial_timeout
+        self._stats = stats
+        self._authorizer = authorizer
+        self._blessings_for_server = blessings_for_server
+
+    def race(
+        self, plans: list[Target], ctx: Context, tried: list[str]
+    ) -> Iterator[tuple[Target, Flow | errors.IPCError]]:
+        """New flows to the servers of ``plans``, best first, each as soon as its VC is
+        there, with each server's failure in its turn.
+
+        A cached open VC answers at once. Otherwise its dial starts (or an ongoing fresh one
+        is joined); the next server's dial starts ``HAPPY_EYEBALLS_STAGGER`` later, or as
+        soon as every dial started has failed (RFC 8305). Dials still running when the
+        caller stops iterating go on and their VCs are cached. A cached VC that cannot open a
+        flow is evicted and that server dialed again, once. Each caller waits only as long
+        as its own context allows (and no longer than the cache stays open).
+
+        Raises:
+            the context's error (TimeoutError, CanceledError) while waiting for a dial;
+            BadStateError: the client closed.
+        """
+        wake = threading.Event()
+        pending: dict[int, Dial] = {}
+        redialed: set[int] = set()
+        next_i = 0
+        next_at = 0.0
+        try:
+            while True:
+                wake.clear()
+                for i, dial in list(pending.items()):
+                    if not dial.done.is_set():
+                        continue
+                    del pending[i]
+                    done = self._flow_on(dial, plans[i], redialed, i, pending, wake)
+                    if done is not _REDIALING:
+                        yield plans[i], done
+                if next_i >= len(plans) and not pending:
+                    return
+                now = time.monotonic()
+                if next_i < len(plans) and (not pending or now >= next_at):
+                    i, next_i, next_at = next_i, next_i + 1, now + HAPPY_EYEBALLS_STAGGER
+                    _server, ep, key, _suffix = plans[i]
+                    try:
+                        found = self.vc_or_dial(ep, key, tried, wake)
+                    except errors.IPCError as exc:
+                        yield plans[i], exc
+                        continue
+                    if isinstance(found, Dial):
+                        pending[i] = found
+                        continue
+                    flow = self._flow_on(found, plans[i], redialed, i, pending, wake)
+                    if flow is not _REDIALING:
+                        yield plans[i], flow
+                    continue
+                timeout = DIAL_WAIT_SLICE
+                if next_i < len(plans):
+                    timeout = max(0.0, min(timeout, next_at - now))
+                if wake.wait(timeout):
+                    continue
+                err = ctx.err()
+                if err is not None:
+                    for dial in pending.values():
+                        dial.abandoned = True
+                    if isinstance(err, errors.TimeoutError):
+                        where = ", ".join(plans[i][1].address for i in pending)
+                        err = errors.TimeoutError(
+                            f"client: the deadline passed while dialing {where}"
+                        )
+                    log.debug("client: gave up waiting for a dial: %s", err)
+                    raise err.with_context(request_sent=False, tried=tried)
+                if self.closed:
+                    raise errors.BadStateError("client: closed while dialing")
+                for i in list(pending):  # a newer dial to the same endpoint may have won
+                    conn = self.vcs.get(plans[i][2])
+                    if conn is not None and not conn.closed and not conn.suspect:
+                        del pending[i]
+                        flow = self._flow_on(conn, plans[i], redialed, i, pending, wake)
+                        if flow is not _REDIALING:
+                            yield plans[i], flow
+        finally:
+            for dial in pending.values():
+                with contextlib.suppress(ValueError):
+                    dial.listeners.remove(wake)
+
+    def _flow_on(
+        self,
+        source: Connection | Dial,
+        plan: Target,
+        redialed: set[int],
+        i: int,
+        pending: dict[int, Dial],
+        wake: threading.Event,
+    ) -> Flow | errors.IPCError:
+        """A new flow on ``source`` (a VC, or a finished dial): the flow, or why not. A VC
+        that cannot open one is evicted; the first time for server ``i``, a new dial is
+        started and put in ``pending`` (the error is then that of the evicted VC, and the
+        caller hears of the new dial in its turn)."""
+        if isinstance(source, Dial):
+            if source.error is not None:
+                if isinstance(source.error, errors.IPCError):
+                    return source.error.with_context()
+                return errors.ConnectionFailedError(
+                    f"client: dialing {plan[1].address} failed: {source.error!r}"
+                )
+            assert source.conn is not None
+            conn = source.conn
+        else:
+            conn = source
+        try:
+            return conn.connect()
+        except errors.ConnectionFailedError as exc:
+            self.evict(conn)
+            if i in redialed:
+                return exc
+            redialed.add(i)
+            try:
+                got = self.vc_or_dial(plan[1], plan[2], [], wake)
+            except errors.IPCError as again:
+                return again
+            if isinstance(got, Dial):
+                pending[i] = got
+                return _REDIALING
+            try:
+                return got.connect()
+            except errors.ConnectionFailedError as again:
+                self.evict(got)
+                return again
+
+    def vc_or_dial(
+        self, ep: Endpoint, key: str, tried: list[str], wake: threading.Event
+    ) -> Connection | Dial:
+        """The cached open VC to ``ep``, else the dial to join (``wake`` is set when it
+        ends): the ongoing one unless it is stale (see ``STALE_DIAL``), else a new one on
+        a dial thread. The dial outlives the callers that give up on it (bounded by the
+        dial timeout) and its VC is cached for the next call."""
+        with self.lock:
+            if self.closed:
+                raise errors.BadStateError("client: closed")
+            conn = self.vcs.get(key)
+            if conn is not None and not conn.closed:
+                if not conn.suspect:
+                    return conn
+                # A call just timed out on it with the peer silent, and its probe runs:
+                # dial another (which replaces it) rather than wait on it too.
+            elif conn is not None:
+                del self.vcs[key]
+            dial = self._dialing.get(key)
+            if dial is None or dial.stale(time.monotonic()):
+                if dial is not None:
+                    log.debug("client: a dial to %s is stalled; dialing again", ep.address)
+                dial = self._dialing[key] = Dial()
+                tried.append(f"dial {ep.protocol}:{ep.address}")
+                threading.Thread(
+                    target=self._dial,
+                    args=(key, ep, dial),
+                    name=f"ipc-dial-{ep.address}",
+                    daemon=True,
+                ).start()
+            dial.listeners.append(wake)
+            if dial.done.is_set():
+                wake.set()
+        return dial
+
+    def _dial(self, key: str, ep: Endpoint, dial: Dial) -> None:
+        """The dial thread: dial outside every lock; publish the result to the waiters."""
+        conn: Connection | None = None
+        try:
+            conn = self._manager.dial(
+                ep.protocol,
+                ep.address,
+                deadline=time.monotonic() + self._dial_timeout(),
+                authorize_server=self._authorizer(ep),
+                blessings_for_server=self._blessings_for_server,
+                on_close=self._on_vc_closed,
+            )
+            self._stats["dials"] += 1
+        except BaseException as exc:
+            dial.error = exc
+        surplus: Connection | None = None
+        retired: Connection | None = None
+        with self.lock:
+            if self._dialing.get(key) is dial:
+                del self._dialing[key]
+            if conn is not None:
+                if self.closed:
+                    dial.error = errors.BadStateError("client: closed")
+                    surplus = conn
+                else:
+                    cached = self.vcs.get(key)
+                    if cached is None or cached.closed or cached.suspect:
+                        self.vcs[key] = conn
+                        dial.conn = conn
+                        if cached is not None and not cached.closed:
+                            retired = cached
+                    else:
+                        # A newer dial to the same endpoint finished first: its VC serves
+                        # this dial's callers too; one VC per endpoint stays.
+                        dial.conn = cached
+                        surplus = conn
+            listeners = list(dial.listeners)
+        if surplus is not None:
+            surplus.close()
+        if retired is not None:
+            log.debug("client: VC %s replaced by a new one; retiring it", retired.name)
+            retired.retire()
+        dial.done.set()
+        for wake in listeners:
+            wake.set()
+
+    def evict(self, conn: Connection) -> None:
+        """Drop ``conn`` from the cache and close it (it cannot open a flow)."""
+        log.debug("client: evicting the VC %s (it cannot open a flow)", conn.name)
+        self._forget(conn)
+        conn.close()
+
+    def _on_vc_closed(self, conn: Connection, err: errors.IPCError) -> None:
+        log.debug("client: VC %s closed: %s", conn.name, err)
+        self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        with self.lock:
+            for key, c in list(self.vcs.items()):
+                if c is conn:
+                    del self.vcs[key]
+
+    def close_locked(self) -> list[Connection]:
+        """Mark the cache closed and empty it (the caller holds :attr:`lock`); returns the
+        VCs, for the caller to close outside the lock."""
+        self.closed = True
+        vcs = list(self.vcs.values())
+        self.vcs.clear()
+        return vcs
+
+    def drop_after_fork_locked(self) -> list[Connection]:
+        """In a fork child (the caller holds :attr:`lock`): forget every VC and dial; the
+        caller abandons the returned VCs (see ``Connection.abandon_after_fork``)."""
+        inherited = list(self.vcs.values())
+        self.vcs.clear()
+        self._dialing.clear()
+        return inherited
+
+    def open_count(self) -> int:
+        """Open VCs in the cache."""
+        with self.lock:
+            return sum(1 for c in self.vcs.values() if not c.closed)
