@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("client", ("client",)),
     # What is built on the client and the server: the command line, the demo, the interop
     # service, and the package's own top level.
-    ("applications", ("cli", "__main__", "demo", "interop", "")),
+    ("applications", ("cli", "cli.*", "__main__", "demo", "interop", "")),
 ]
 
 
