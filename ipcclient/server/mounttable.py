@@ -42,7 +42,7 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
-from ipcclient.naming.namespace import MountedServer, MountEntry
+from ipcclient.naming.mountentry import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
 from ipcclient.server.call import ServerCall
