@@ -120,4 +120,5 @@ def find_method(obj: Any, name: str) -> Callable[..., Any]:
 
 
 def target(obj: Any) -> Any:
+    """The object whose methods are called: the one an :class:`Exposed` wraps, else ``obj``."""
     return obj.obj if type(obj) is Exposed else obj
