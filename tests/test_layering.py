@@ -29,6 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "wire",
             "wire.frames",
             "wire.messages",
+            "wire.errorpayload",
+            "wire.events",
+            "wire.muxstate",
             "wire.mux",
         ),
     ),
@@ -48,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("client", ("client",)),
     # What is built on the client and the server: the command line, the demo, the interop
     # service, and the package's own top level.
-    ("applications", ("cli", "__main__", "demo", "interop", "")),
+    ("applications", ("cli", "cli.*", "__main__", "demo", "interop", "")),
 ]
 
 

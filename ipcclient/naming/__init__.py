@@ -2,8 +2,8 @@
 
 Owns: the public surface of :mod:`ipcclient.naming.names` (pure functions on name strings),
 :mod:`ipcclient.naming.endpoint` (the :class:`Endpoint` value and its string form) and
-:mod:`ipcclient.naming.namespace` (:class:`Namespace`, :class:`MountEntry`, the
-:class:`Caller` protocol). See ``docs/naming.md``.
+:mod:`ipcclient.naming.namespace` (:class:`Namespace`, the :class:`Caller` protocol) with
+:mod:`ipcclient.naming.mountentry` (:class:`MountEntry`). See ``docs/naming.md``.
 
 Must not: import a client, transport or server module (they sit above naming); the
 namespace reaches mount tables only through the injected :class:`Caller`.

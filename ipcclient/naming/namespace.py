@@ -1,17 +1,18 @@
 """Client-side name resolution through mount tables, with a TTL cache.
 
-Owns: :class:`MountedServer` and :class:`MountEntry` (and their plain wire forms), the
-:class:`Caller` protocol through which resolution makes its ``ResolveStep`` calls, and
-:class:`Namespace`: the roots, :meth:`Namespace.resolve`,
+Owns: the :class:`Caller` protocol through which resolution makes its ``ResolveStep``
+calls, and :class:`Namespace`: the roots, :meth:`Namespace.resolve`,
 :meth:`Namespace.resolve_to_mount_table`, the resolution cache and
-:meth:`Namespace.flush_cache_entry`.
+:meth:`Namespace.flush_cache_entry`. What a name resolves to (:class:`MountEntry`,
+:class:`MountedServer` and their wire forms) is :mod:`ipcclient.naming.mountentry`,
+re-exported here.
 
 Must not: import anything from ipcclient but :mod:`ipcclient.errors`,
 :mod:`ipcclient.context` and :mod:`ipcclient.naming` (never the client, a transport or a
 server: the client passes itself in as the :class:`Caller`); open sockets; hold its lock while
 calling the caller; sort servers by protocol (that is the client's job, after resolution).
 
-Resolution (Vanadium's ``Namespace.Resolve``):
+Resolution:
 
 1. Strip a ``__(pattern)`` prefix. A relative name starts from an entry made of the roots
    (``serves_mount_table=True``). A rooted name starts from a one-server entry whose
@@ -31,17 +32,17 @@ The cache maps what was resolved (the mount table's address and the name *compon
 resolved) to the answer. An entry is stale once any of its servers' deadlines passed.
 Lookup takes the longest component prefix. :meth:`Namespace.flush_cache_entry` walks the
 cache as a resolution would, following *every* server of every entry it meets, and forgets
-all of them (it fixes Vanadium's short-circuit and raw-string-prefix bugs).
+all of them (it does not stop at the first server it flushes, and compares name
+components, not raw string prefixes).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,11 +50,19 @@ from ipcclient import errors
 from ipcclient.context import Context
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.mountentry import (
+    MAX_WIRE_NAME_LEN,
+    MAX_WIRE_SERVERS,
+    MountedServer,
+    MountEntry,
+)
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "DEFAULT_STEP_TIMEOUT",
     "MAX_RESOLVE_DEPTH",
+    "MAX_WIRE_NAME_LEN",
+    "MAX_WIRE_SERVERS",
     "Caller",
     "MountEntry",
     "MountedServer",
@@ -64,7 +73,7 @@ __all__ = [
 ]
 
 MAX_RESOLVE_DEPTH = 32
-"""Most ResolveStep hops one resolution may take (Vanadium's maxResolveDepth)."""
+"""Most ResolveStep hops one resolution may take."""
 DEFAULT_STEP_TIMEOUT = 30.0
 """Seconds a ResolveStep call may take when the caller's context has no deadline."""
 DEFAULT_CACHE_SIZE = 4000
@@ -76,10 +85,6 @@ MAX_LAST_GOOD = 1024
 """Server lists (roots, replicated tables) for which the one that answered last is kept."""
 
 log = logging.getLogger("ipcclient.naming")
-
-# Bounds on one MountEntry from a peer (h11 style: every bound named, with its reason).
-MAX_WIRE_SERVERS = 1024  # replicas of one name; far more than any real mount has
-MAX_WIRE_NAME_LEN = 16 * 1024  # a name with a few full endpoints in it fits easily
 
 _NOT_A_MOUNT_TABLE = (errors.UnknownMethodError, errors.UnknownSuffixError, errors.BadArgError)
 
@@ -109,112 +114,6 @@ class NameNotFoundError(errors.NoExistError):
         clone.name = self.name  # type: ignore[attr-defined]
         clone.mount_table = self.mount_table  # type: ignore[attr-defined]
         return clone
-
-
-@dataclass(frozen=True)
-class MountedServer:
-    """One server of a mount entry.
-
-    Attributes:
-        server: the server's address or rooted name (``/@1@...@@``, ``/host:port/prefix``).
-        deadline: when the mount expires, on the namespace's monotonic clock; ``math.inf``
-            for never (roots and rooted names).
-    """
-
-    server: str
-    deadline: float = math.inf
-
-    def to_wire(self, now: float) -> dict[str, Any]:
-        """``{"server": str, "ttl": seconds left (>= 0) or None for never}``."""
-        ttl = None if math.isinf(self.deadline) else max(0.0, self.deadline - now)
-        return {"server": self.server, "ttl": ttl}
-
-    @classmethod
-    def from_wire(cls, value: object, now: float) -> MountedServer:
-        """Rebuild from :meth:`to_wire`'s form, the TTL counted from ``now``.
-
-        Raises:
-            BadProtocolError: the value is malformed.
-        """
-        if not isinstance(value, Mapping):
-            raise errors.BadProtocolError("mount entry: a server must be a map")
-        server = value.get("server")
-        ttl = value.get("ttl")
-        if not isinstance(server, str) or not server or len(server) > MAX_WIRE_NAME_LEN:
-            raise errors.BadProtocolError("mount entry: bad server")
-        if ttl is None:
-            return cls(server, math.inf)
-        if not isinstance(ttl, int | float) or isinstance(ttl, bool):
-            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
-        try:
-            seconds = float(ttl)
-        except OverflowError:
-            raise errors.BadProtocolError("mount entry: ttl out of range") from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
-        return cls(server, now + seconds)
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """What a name resolves to: the remaining name and the ordered servers that hold it.
-
-    Attributes:
-        name: the name relative to each server (empty when the servers are the objects).
-        servers: the servers, in the order to try them.
-        serves_mount_table: the servers are mount tables (resolution may continue).
-        is_leaf: the servers serve nothing below ``name``.
-    """
-
-    name: str
-    servers: tuple[MountedServer, ...]
-    serves_mount_table: bool = False
-    is_leaf: bool = False
-
-    def names(self) -> list[str]:
-        """The terminal rooted name of :attr:`name` at each server, in order."""
-        return [names.join_address_name(s.server, self.name, terminal=True) for s in self.servers]
-
-    def is_stale(self, now: float) -> bool:
-        """True once any server's deadline has passed."""
-        return any(s.deadline <= now for s in self.servers)
-
-    def to_wire(self, now: float) -> dict[str, Any]:
-        """The plain CBOR-ready form; deadlines travel as TTLs (seconds from ``now``)."""
-        return {
-            "name": self.name,
-            "servers": [s.to_wire(now) for s in self.servers],
-            "serves_mount_table": self.serves_mount_table,
-            "is_leaf": self.is_leaf,
-        }
-
-    @classmethod
-    def from_wire(cls, value: object, now: float) -> MountEntry:
-        """Rebuild from :meth:`to_wire`'s form; TTLs become deadlines from ``now``.
-
-        Raises:
-            BadProtocolError: the value is malformed or over the bounds.
-        """
-        if not isinstance(value, Mapping):
-            raise errors.BadProtocolError("mount entry: expected a map")
-        name = value.get("name", "")
-        servers = value.get("servers")
-        smt = value.get("serves_mount_table", False)
-        leaf = value.get("is_leaf", False)
-        if not isinstance(name, str) or len(name) > MAX_WIRE_NAME_LEN:
-            raise errors.BadProtocolError("mount entry: bad name")
-        if names.is_rooted(name):
-            raise errors.BadProtocolError(f"mount entry: name {name!r} must be relative")
-        if not isinstance(servers, list | tuple) or len(servers) > MAX_WIRE_SERVERS:
-            raise errors.BadProtocolError("mount entry: bad servers")
-        if not isinstance(smt, bool) or not isinstance(leaf, bool):
-            raise errors.BadProtocolError("mount entry: flags must be bools")
-        return cls(
-            names.clean(name),
-            tuple(MountedServer.from_wire(s, now) for s in servers),
-            smt,
-            leaf,
-        )
 
 
 class Caller(Protocol):

@@ -28,8 +28,8 @@ from ipcclient.security import caveats as cav
 from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
 from ipcclient.security.discharges import Discharge, DischargeImpetus, issue_discharge
 from ipcclient.security.principal import Principal
+from ipcclient.server.call import ServerCall
 from ipcclient.server.exposure import expose
-from ipcclient.server.server import ServerCall
 
 __all__ = ["DEFAULT_VALIDITY", "MAX_REVOKED", "MAX_VALIDITY", "Discharger", "RevocationList"]
 

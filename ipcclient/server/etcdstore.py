@@ -1,9 +1,9 @@
 """A mount table store shared through etcd, so several mount table processes answer alike.
 
-Owns: :class:`EtcdStore` (a :class:`~ipcclient.server.mountstore.MountStore`) and
-:class:`EtcdGateway`, a small client of etcd's v3 JSON gateway (``POST /v3/...``) written
-on the standard library: HTTP/1.1 keep-alive connections to every member given, a deadline
-on every request, and failover to the next member when one does not answer.
+Owns: :class:`EtcdStore` (a :class:`~ipcclient.server.mountstore.MountStore`): the layout
+of a mount table's keys in etcd and the reads, transactions and leases of each store
+operation. It talks to etcd through :class:`~ipcclient.server.etcdgateway.EtcdGateway`
+(re-exported here), which owns the HTTP side.
 
 Layout under the prefix ``P`` (a mount table's keys and nothing else):
 
@@ -26,26 +26,30 @@ with a fresh lease (leases are shared by the mounts of one second with the same 
 busy table does not grant one per mount).
 
 Must not: hold a lock across a request, block past a deadline, or import anything from
-ipcclient but :mod:`ipcclient.errors` and the mount store.
+ipcclient but :mod:`ipcclient.errors`, the mount store and the etcd gateway.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import logging
 import math
 import random
-import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ipcclient import errors
+from ipcclient.server.etcdgateway import (
+    DEFAULT_REQUEST_TIMEOUT,
+    EtcdGateway,
+    LeaseNotFound,
+    b64,
+    prefix_end,
+    unb64,
+)
 from ipcclient.server.mountstore import (
     MAX_GLOB_RESULTS,
     MAX_NODES,
@@ -71,8 +75,6 @@ log = logging.getLogger("ipcclient.mounttable.etcd")
 
 DEFAULT_PREFIX = "/ipcclient/mounttable/"
 """Where a table's keys live when no prefix is given."""
-DEFAULT_REQUEST_TIMEOUT = 5.0
-"""Seconds one store operation may take when its caller has no deadline."""
 ACCESS_REFRESH = 1.0
 """Seconds a table reuses the access lists it read: a change reaches every replica within
 this long."""
@@ -81,217 +83,7 @@ LEASE_REUSE = 1.0
 the difference; readers go by each mount's own expiry)."""
 MAX_TXN_ATTEMPTS = 8
 """Times a Mount re-reads and retries when other replicas change the same name meanwhile."""
-MAX_IDLE_PER_MEMBER = 8
-"""Idle keep-alive connections kept to one etcd member."""
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""Largest gateway response read (a Glob over a full table is far below)."""
-MIN_ATTEMPT_TIMEOUT = 0.5
-"""Seconds a request to one member gets at least while other members are left to try."""
 _MAX_LEASE_CACHE = 64
-
-
-class _LeaseNotFound(Exception):
-    """Internal: etcd no longer knows a lease (it expired or etcd lost it)."""
-
-
-class _MemberFailed(Exception):
-    """Internal: a member did not answer, or answered that it cannot serve now."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: object) -> bytes:
-    if not isinstance(text, str):
-        return b""
-    return base64.b64decode(text)
-
-
-def _prefix_end(key: bytes) -> bytes:
-    """The smallest key greater than every key starting with ``key``."""
-    b = bytearray(key)
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b)
-        b.pop()
-    return b"\x00"
-
-
-def _parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, str, int], ...]:
-    if isinstance(endpoints, str):
-        endpoints = [e for e in endpoints.split(",") if e.strip()]
-    out: list[tuple[str, str, int]] = []
-    for raw in endpoints:
-        text = raw.strip()
-        if "://" not in text:
-            text = "http://" + text
-        url = urllib.parse.urlsplit(text)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise errors.BadArgError(f"etcd: bad endpoint {raw!r} (want http://host:port)")
-        try:
-            port = url.port or (443 if url.scheme == "https" else 2379)
-        except ValueError:
-            raise errors.BadArgError(f"etcd: bad port in endpoint {raw!r}") from None
-        out.append((url.scheme, url.hostname, port))
-    if not out:
-        raise errors.BadArgError("etcd: no endpoints given")
-    return tuple(out)
-
-
-class EtcdGateway:
-    """Requests to etcd's v3 JSON gateway, failing over between the cluster's members.
-
-    Thread-safe: each request takes an idle connection (or opens one) for itself; the lock
-    guards only the idle lists. The member that answered last is tried first.
-
-    Args:
-        endpoints: ``http://host:port`` of each member (a comma-separated str or a list).
-        timeout: seconds a request may take when the caller gives no timeout.
-    """
-
-    def __init__(
-        self, endpoints: str | Sequence[str], *, timeout: float = DEFAULT_REQUEST_TIMEOUT
-    ) -> None:
-        self._members = _parse_endpoints(endpoints)
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._idle: dict[int, list[http.client.HTTPConnection]] = {
-            i: [] for i in range(len(self._members))
-        }
-        self._preferred = 0
-        self._closed = False
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        """The members, as ``scheme://host:port``."""
-        return tuple(f"{s}://{h}:{p}" for s, h, p in self._members)
-
-    def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer.
-
-        Raises:
-            TimeoutError: the time ran out.
-            OverloadedError: no member answered (back off and retry).
-            InternalError: etcd refused the request.
-        """
-        budget = self._timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        payload = json.dumps(body).encode()
-        with self._lock:
-            first = self._preferred
-        order = [(first + i) % len(self._members) for i in range(len(self._members))]
-        failures: list[str] = []
-        for n, member in enumerate(order):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise errors.TimeoutError(
-                    f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
-                )
-            others = len(order) - n - 1
-            attempt = (
-                left if others == 0 else max(left / (others + 1), min(left, MIN_ATTEMPT_TIMEOUT))
-            )
-            try:
-                answer = self._try(member, path, payload, attempt)
-            except _MemberFailed as exc:
-                failures.append(f"{self.endpoints[member]}: {exc}")
-                continue
-            if member != first:
-                with self._lock:
-                    self._preferred = member
-            return answer
-        if time.monotonic() >= deadline:
-            raise errors.TimeoutError(
-                f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
-            )
-        raise errors.OverloadedError(
-            f"mount table: its etcd storage does not answer ({'; '.join(failures)})",
-            action=errors.RetryAction.RETRY_BACKOFF,
-            tried=failures,
-        )
-
-    def _try(self, member: int, path: str, payload: bytes, timeout: float) -> Any:
-        """One member: an idle connection first, a fresh one when that one is stale."""
-        deadline = time.monotonic() + timeout
-        for fresh in (False, True):
-            conn = None if fresh else self._take(member)
-            reused = conn is not None
-            if conn is None:
-                conn = self._connect(member, max(0.001, deadline - time.monotonic()))
-            try:
-                conn.timeout = max(0.001, deadline - time.monotonic())
-                if conn.sock is not None:
-                    conn.sock.settimeout(conn.timeout)
-                conn.request(
-                    "POST", path, body=payload, headers={"Content-Type": "application/json"}
-                )
-                resp = conn.getresponse()
-                data = resp.read(MAX_RESPONSE_BYTES + 1)
-                status = resp.status
-                keep = not resp.will_close
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if reused and time.monotonic() < deadline:
-                    continue  # a keep-alive connection the member closed: dial again
-                raise _MemberFailed(f"{type(exc).__name__}: {exc}") from None
-            if keep and len(data) <= MAX_RESPONSE_BYTES:
-                self._give(member, conn)
-            else:
-                conn.close()
-            return self._decode(path, status, data)
-        raise _MemberFailed("no connection")  # pragma: no cover (the loop always returns)
-
-    def _decode(self, path: str, status: int, data: bytes) -> Any:
-        if len(data) > MAX_RESPONSE_BYTES:
-            raise errors.InternalError(
-                f"etcd: {path} answered more than {MAX_RESPONSE_BYTES} bytes"
-            )
-        try:
-            answer = json.loads(data) if data else {}
-        except ValueError:
-            raise _MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
-        if status == 200 and isinstance(answer, dict) and "error" not in answer:
-            return answer
-        message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else ""
-        code = answer.get("code") if isinstance(answer, dict) else None
-        if "lease not found" in str(message):
-            raise _LeaseNotFound(str(message))
-        if code in (4, 14) or status >= 500:  # DeadlineExceeded, Unavailable: another member
-            raise _MemberFailed(f"HTTP {status}: {message}")
-        raise errors.InternalError(f"etcd: {path} failed: HTTP {status}: {message}")
-
-    def _connect(self, member: int, timeout: float) -> http.client.HTTPConnection:
-        scheme, host, port = self._members[member]
-        if scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(host, port, timeout=timeout)
-
-    def _take(self, member: int) -> http.client.HTTPConnection | None:
-        with self._lock:
-            idle = self._idle[member]
-            return idle.pop() if idle else None
-
-    def _give(self, member: int, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            idle = self._idle[member]
-            if not self._closed and len(idle) < MAX_IDLE_PER_MEMBER:
-                idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        """Close every idle connection; requests after this still work (and close theirs)."""
-        with self._lock:
-            self._closed = True
-            conns = [c for idle in self._idle.values() for c in idle]
-            for idle in self._idle.values():
-                idle.clear()
-        for c in conns:
-            c.close()
 
 
 @dataclass(frozen=True)
@@ -368,13 +160,13 @@ class EtcdStore:
 
     def _node_range(self, comps: tuple[str, ...]) -> dict[str, Any]:
         key = self._node_key(comps)
-        return {"key": _b64(key), "range_end": _b64(key[:-1] + b"\x01")}
+        return {"key": b64(key), "range_end": b64(key[:-1] + b"\x01")}
 
     def _parse(self, kv: dict[str, Any]) -> _Mount | None:
-        key = _unb64(kv.get("key"))[len(self._mounts_key) :]
+        key = unb64(kv.get("key"))[len(self._mounts_key) :]
         path, sep, server = key.partition(b"\x00")
         try:
-            value = json.loads(_unb64(kv.get("value")))
+            value = json.loads(unb64(kv.get("value")))
             mount = _Mount(
                 path.decode(),
                 server.decode(),
@@ -447,10 +239,10 @@ class EtcdStore:
     ) -> None:
         deadline = self._deadline(timeout)
         node = self._node_range(comps)
-        key = _b64(self._node_key(comps) + server.encode())
+        key = b64(self._node_key(comps) + server.encode())
         all_mounts = {
-            "key": _b64(self._mounts_key),
-            "range_end": _b64(_prefix_end(self._mounts_key)),
+            "key": b64(self._mounts_key),
+            "range_end": b64(prefix_end(self._mounts_key)),
             "count_only": True,
         }
         for attempt in range(MAX_TXN_ATTEMPTS):
@@ -464,7 +256,7 @@ class EtcdStore:
             total = int(responses[1].get("response_range", {}).get("count", 0)) if responses else 0
             revision = int(read.get("header", {}).get("revision", 0))
             now = self._clock()
-            present = {_b64(_unb64(kv.get("key"))) for kv in mine.get("kvs", ())}
+            present = {b64(unb64(kv.get("key"))) for kv in mine.get("kvs", ())}
             live = [] if replace else self._live(mine, now)
             if live:
                 flags_conflict(comps, (live[0].mt, live[0].leaf), (mt, leaf))
@@ -473,17 +265,17 @@ class EtcdStore:
             if key not in present and total >= self._max_mounts:
                 raise table_full(self._max_mounts, "mounts")
             value = json.dumps({"e": now + seconds, "mt": mt, "l": leaf}).encode()
-            put = {"request_put": {"key": key, "value": _b64(value), "lease": ""}}
+            put = {"request_put": {"key": key, "value": b64(value), "lease": ""}}
             try:
                 put["request_put"]["lease"] = self._lease(seconds, deadline)
                 if replace:
                     # etcd refuses a put inside a range the same txn deletes: delete around it.
-                    raw = _unb64(key)
+                    raw = unb64(key)
                     ops = [
                         {"request_delete_range": {"key": node["key"], "range_end": key}},
                         {
                             "request_delete_range": {
-                                "key": _b64(raw + b"\x00"),
+                                "key": b64(raw + b"\x00"),
                                 "range_end": node["range_end"],
                             }
                         },
@@ -499,7 +291,7 @@ class EtcdStore:
                     "mod_revision": str(revision + 1),
                 }
                 answer = self._txn(deadline, [put], compare=[guard])
-            except _LeaseNotFound:
+            except LeaseNotFound:
                 self._forget_leases()
                 continue
             if answer.get("succeeded"):
@@ -512,7 +304,7 @@ class EtcdStore:
     def unmount(self, comps: tuple[str, ...], server: str, *, timeout: float | None = None) -> None:
         deadline = self._deadline(timeout)
         if server:
-            target = {"key": _b64(self._node_key(comps) + server.encode())}
+            target = {"key": b64(self._node_key(comps) + server.encode())}
         else:
             target = self._node_range(comps)
         self._request("/v3/kv/deleterange", target, deadline)
@@ -547,7 +339,7 @@ class EtcdStore:
         start = self._node_key(comps)[:-1] if comps else self._mounts_key
         answer = self._request(
             "/v3/kv/range",
-            {"key": _b64(start), "range_end": _b64(_prefix_end(start)), "limit": self._max_mounts},
+            {"key": b64(start), "range_end": b64(prefix_end(start)), "limit": self._max_mounts},
             deadline,
         )
         now = self._clock()
@@ -571,8 +363,8 @@ class EtcdStore:
         answer = self._request(
             "/v3/kv/range",
             {
-                "key": _b64(self._mounts_key),
-                "range_end": _b64(_prefix_end(self._mounts_key)),
+                "key": b64(self._mounts_key),
+                "range_end": b64(prefix_end(self._mounts_key)),
                 "count_only": True,
             },
             deadline,
@@ -580,9 +372,7 @@ class EtcdStore:
         return int(answer.get("count", 0))
 
     def get_access(self, *, timeout: float | None = None) -> AccessLists | None:
-        answer = self._request(
-            "/v3/kv/range", {"key": _b64(self._acl_key)}, self._deadline(timeout)
-        )
+        answer = self._request("/v3/kv/range", {"key": b64(self._acl_key)}, self._deadline(timeout))
         kvs = answer.get("kvs", ())
         return self._acl_of(kvs[0]) if kvs else None
 
@@ -592,15 +382,15 @@ class EtcdStore:
         deadline = self._deadline(timeout)
         put = {
             "request_put": {
-                "key": _b64(self._acl_key),
-                "value": _b64(json.dumps(acl.to_json()).encode()),
+                "key": b64(self._acl_key),
+                "value": b64(json.dumps(acl.to_json()).encode()),
             }
         }
         if not only_if_absent:
             self._txn(deadline, [put])
             return acl
         absent = {
-            "key": _b64(self._acl_key),
+            "key": b64(self._acl_key),
             "target": "CREATE",
             "result": "EQUAL",
             "create_revision": "0",
@@ -609,7 +399,7 @@ class EtcdStore:
             deadline,
             [put],
             compare=[absent],
-            failure=[{"request_range": {"key": _b64(self._acl_key)}}],
+            failure=[{"request_range": {"key": b64(self._acl_key)}}],
         )
         if answer.get("succeeded"):
             return acl
@@ -618,7 +408,7 @@ class EtcdStore:
 
     def _acl_of(self, kv: dict[str, Any]) -> AccessLists:
         try:
-            value = json.loads(_unb64(kv.get("value")))
+            value = json.loads(unb64(kv.get("value")))
         except ValueError:
             raise errors.BadStateError("mount table: stored access lists are not JSON") from None
         return AccessLists.from_json(value)

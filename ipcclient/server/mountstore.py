@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors
-from ipcclient.naming.namespace import MountedServer
+from ipcclient.naming.mountentry import MountedServer
 
 __all__ = [
     "MAX_GLOB_RESULTS",

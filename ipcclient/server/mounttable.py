@@ -1,7 +1,7 @@
 """The mount table service: names to servers, with TTLs, served as a dispatcher.
 
-Owns: :class:`MountTable` (a :class:`~ipcclient.server.server.Dispatcher`; the call's suffix
-is the name inside the table), checking what clients send, the bounds on names, and access
+Owns: :class:`MountTable` (a :class:`~ipcclient.server.dispatcher.Dispatcher`; the call's
+suffix is the name inside the table), checking what clients send, the bounds on names, and access
 control by the client's blessing names. The mounts themselves, their expiry and the access
 lists live in a store (:mod:`ipcclient.server.mountstore`: in memory by default, or shared
 through etcd with :mod:`ipcclient.server.etcdstore`). Methods, by their wire names:
@@ -42,9 +42,10 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import Endpoint
-from ipcclient.naming.namespace import MountedServer, MountEntry
+from ipcclient.naming.mountentry import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
+from ipcclient.server.call import ServerCall
 from ipcclient.server.exposure import expose
 from ipcclient.server.mountstore import (
     MAX_GLOB_RESULTS,
@@ -55,7 +56,6 @@ from ipcclient.server.mountstore import (
     MemoryStore,
     MountStore,
 )
-from ipcclient.server.server import ServerCall
 
 __all__ = [
     "LEAF",

@@ -4,6 +4,10 @@ Owns: flow ids (allocation, opening, late frames), per-flow send credit and rece
 half-close, reset, ping and connection close (GOAWAY), as specified byte by byte in
 ``docs/protocol.md`` section 3. Bytes go in (:meth:`Mux.receive_data`) and events come out;
 calls go in (:meth:`Mux.send_data`, ...) and bytes come out (:meth:`Mux.data_to_send`).
+:class:`Mux` is those operations; what they share (limits, per-flow state, counters, queued
+output) is :class:`~ipcclient.wire.muxstate.MuxState`, the events are
+:mod:`ipcclient.wire.events` and the error in a RESET or GOAWAY is
+:mod:`ipcclient.wire.errorpayload`. Their public names are re-exported here.
 
 Must not: touch sockets, threads or clocks (the owner drives it and times pings); encrypt (on a
 VC these bytes travel inside encrypted records); know what the bytes on a flow mean. It is not
@@ -40,27 +44,43 @@ or cancel a call that just finished); :meth:`Mux.send_data`, :meth:`Mux.close_se
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
-
-from ipcclient import codec, errors
+from ipcclient import errors
+from ipcclient.wire.errorpayload import decode_error
+from ipcclient.wire.events import (
+    ConnectionClosed,
+    CreditAvailable,
+    DataReceived,
+    Event,
+    FlowOpened,
+    FlowReset,
+    PingAcked,
+    PingReceived,
+)
 from ipcclient.wire.frames import (
     CREDIT,
     DATA,
-    DEFAULT_MAX_FRAME_PAYLOAD,
     FLAG_ACK,
     FLAG_FIN,
     FLAG_LAST_ID,
     FLAG_OPEN,
-    GOAWAY,
     HEADER_SIZE,
     MAX_FLOW_ID,
-    MAX_FRAME_PAYLOAD_LIMIT,
-    MIN_FRAME_PAYLOAD,
     PING,
     PING_PAYLOAD_SIZE,
     RESET,
-    FrameDecoder,
+)
+from ipcclient.wire.muxstate import (
+    CREDIT_BATCH_DIVISOR,
+    CREDIT_FRAME,
+    DEFAULT_INITIAL_WINDOW,
+    DEFAULT_MAX_INBOUND_FLOWS,
+    FRAME_HEADER,
+    MAX_PENDING_REPLIES,
+    MAX_WINDOW,
+    U32,
+    FlowState,
+    MuxConfig,
+    MuxState,
 )
 
 __all__ = [
@@ -81,273 +101,15 @@ __all__ = [
     "PingReceived",
 ]
 
-# --- limits and defaults --------------------------------------------------------------------
-# Largest window (credit) a flow may have: a signed 32-bit int, as h2's stream windows, so a
-# peer cannot make the counters grow without bound and every implementation can use an i32.
-MAX_WINDOW = 2**31 - 1
-# Per-flow receive window, Vanadium's DefaultBytesBufferedPerFlow: a 1 MiB bulk message mostly
-# streams without waiting for a CREDIT round trip, and a slow reader costs at most 1 MiB of
-# buffered data per flow.
-DEFAULT_INITIAL_WINDOW = 1024 * 1024
-# Live flows the peer may open on one connection; beyond, OPENs are refused with a RESET
-# carrying OverloadedError (a server sheds load per flow rather than dropping the connection).
-DEFAULT_MAX_INBOUND_FLOWS = 1024
-# A receiver sends CREDIT once the consumed-but-not-yet-granted bytes of a flow reach
-# window // CREDIT_BATCH_DIVISOR. A quarter keeps >= 3/4 of the window in flight while costing
-# one 14-byte frame per 256 KiB read (default window), and a small unary exchange none at all.
-CREDIT_BATCH_DIVISOR = 4
-# Frames queued in reply to the peer (PING acks, RESETs refusing flows) between two calls to
-# data_to_send(). A peer above this is flooding us (h2's "ping flood", CVE-2019-9512): the
-# replies would grow our output buffer without bound. A legitimate peer never comes close.
-MAX_PENDING_REPLIES = 1024
-# When an error does not fit a peer's frame (or cannot be encoded), it is sent shortened to
-# its id, action and the first characters of its message: at most 64*4 + 128*4 + ~40 bytes,
-# under MIN_FRAME_PAYLOAD whatever the UTF-8.
-_SHORT_ERROR_ID_CHARS = 64
-_SHORT_ERROR_MSG_CHARS = 128
-
-_HEADER = struct.Struct(">HII")  # (type << 8 | flags), flow id, payload length
-_CREDIT_FRAME = struct.Struct(">HIII")  # a whole CREDIT frame: header + u32 increment
-_U32 = struct.Struct(">I")
 _FIN = FLAG_FIN  # DATA is type 0, so a DATA header's first u16 is just its flags
 _OPEN = FLAG_OPEN
 
 
-@dataclass(frozen=True)
-class MuxConfig:
-    """This side's limits, announced to the peer by the VC handshake.
-
-    Attributes:
-        initial_window: per-flow receive window in bytes (1 .. MAX_WINDOW).
-        max_frame_payload: largest frame payload this side accepts (1 KiB .. 16 MiB; 64 KiB
-            default, Vanadium's MTU).
-        max_inbound_flows: live peer-opened flows allowed at once (0 refuses all).
-    """
-
-    initial_window: int = DEFAULT_INITIAL_WINDOW
-    max_frame_payload: int = DEFAULT_MAX_FRAME_PAYLOAD
-    max_inbound_flows: int = DEFAULT_MAX_INBOUND_FLOWS
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.initial_window <= MAX_WINDOW:
-            raise errors.BadArgError(f"mux: initial_window must be in [1, {MAX_WINDOW}]")
-        if not MIN_FRAME_PAYLOAD <= self.max_frame_payload <= MAX_FRAME_PAYLOAD_LIMIT:
-            raise errors.BadArgError(
-                f"mux: max_frame_payload must be in [{MIN_FRAME_PAYLOAD}, "
-                f"{MAX_FRAME_PAYLOAD_LIMIT}]"
-            )
-        if self.max_inbound_flows < 0:
-            raise errors.BadArgError("mux: max_inbound_flows must be >= 0")
-
-
-# --- events ---------------------------------------------------------------------------------
-class Event:
-    """Base class of what :meth:`Mux.receive_data` returns."""
+class Mux(MuxState):
+    """One side of a multiplexed connection (see the module docstring for the API)."""
 
     __slots__ = ()
 
-
-@dataclass(slots=True)
-class FlowOpened(Event):
-    """The peer opened a flow (its first DATA follows as :class:`DataReceived` if non-empty)."""
-
-    flow_id: int
-
-
-@dataclass(slots=True)
-class DataReceived(Event):
-    """Bytes on a flow; ``end`` is the peer's FIN (it sends nothing more on this flow).
-
-    The app must :meth:`Mux.acknowledge` ``len(data)`` once it has consumed them.
-    """
-
-    flow_id: int
-    data: bytes
-    end: bool
-
-
-@dataclass(slots=True)
-class FlowReset(Event):
-    """The peer reset the flow; ``error`` is its error, or CanceledError. The flow is gone."""
-
-    flow_id: int
-    error: errors.IPCError
-
-
-@dataclass(slots=True)
-class CreditAvailable(Event):
-    """Send credit on the flow went from 0 to > 0: a blocked writer may resume."""
-
-    flow_id: int
-
-
-@dataclass(slots=True)
-class PingReceived(Event):
-    """The peer pinged; the ACK is already queued."""
-
-    payload: bytes
-
-
-@dataclass(slots=True)
-class PingAcked(Event):
-    """The peer answered a ping carrying ``payload``."""
-
-    payload: bytes
-
-
-@dataclass(slots=True)
-class ConnectionClosed(Event):
-    """The peer sent GOAWAY. ``error`` (a ConnectionFailedError) is what the local flows end
-    with; ``peer_error`` is the error the peer sent, if any; ``flow_ids`` were live and are gone.
-
-    ``last_flow_id`` is the highest of our flow ids the peer says it accepted (None when its
-    GOAWAY did not say); ``unprocessed`` are the ids of ``flow_ids`` above it: flows the
-    peer never delivered to its application, so it cannot have acted on them (a request on
-    one may be sent again on a new connection).
-    """
-
-    error: errors.IPCError
-    peer_error: errors.IPCError | None
-    flow_ids: tuple[int, ...]
-    last_flow_id: int | None = None
-    unprocessed: tuple[int, ...] = ()
-
-
-class _Flow:
-    """State of one live flow. Invariant: recv_window + unread + pending_credit == window."""
-
-    __slots__ = (
-        "id",
-        "inbound",
-        "pending_credit",
-        "recv_closed",
-        "recv_window",
-        "send_closed",
-        "send_credit",
-        "unopened",
-        "unread",
-    )
-
-    def __init__(self, fid: int, send_credit: int, recv_window: int, inbound: bool) -> None:
-        self.id = fid
-        self.send_credit = send_credit  # DATA bytes we may still send
-        self.recv_window = recv_window  # DATA bytes the peer may still send
-        self.unread = 0  # received, not yet acknowledged by the app
-        self.pending_credit = 0  # acknowledged, not yet granted back with CREDIT
-        self.send_closed = False  # FIN sent
-        self.recv_closed = False  # FIN received
-        self.inbound = inbound  # opened by the peer
-        self.unopened = not inbound  # ours, and no frame with OPEN sent yet
-
-
-class Mux:
-    """One side of a multiplexed connection (see the module docstring for the API)."""
-
-    __slots__ = (
-        "_credit_threshold",
-        "_decoder",
-        "_error",
-        "_flows",
-        "_inbound",
-        "_initial_window",
-        "_input_error",
-        "_max_inbound",
-        "_max_peer_id",
-        "_next_id",
-        "_opened_upto",
-        "_out",
-        "_own_parity",
-        "_peer_initial_window",
-        "_peer_max_frame",
-        "_pending_replies",
-        "_tail",
-        "config",
-        "dialer",
-    )
-
-    def __init__(
-        self,
-        config: MuxConfig | None = None,
-        *,
-        dialer: bool,
-        peer_initial_window: int,
-        peer_max_frame_payload: int = DEFAULT_MAX_FRAME_PAYLOAD,
-    ) -> None:
-        """Args:
-        config: this side's limits (defaults: :class:`MuxConfig`).
-        dialer: True on the side that dialed (odd flow ids), False on the acceptor (even).
-        peer_initial_window: the peer's per-flow receive window (our initial send credit).
-        peer_max_frame_payload: the peer's largest accepted frame payload (we split to it).
-
-        Raises:
-            BadArgError: a value is out of its range.
-        """
-        config = config if config is not None else MuxConfig()
-        if not 1 <= peer_initial_window <= MAX_WINDOW:
-            raise errors.BadArgError(f"mux: peer_initial_window must be in [1, {MAX_WINDOW}]")
-        if not MIN_FRAME_PAYLOAD <= peer_max_frame_payload <= MAX_FRAME_PAYLOAD_LIMIT:
-            raise errors.BadArgError(
-                f"mux: peer_max_frame_payload must be in [{MIN_FRAME_PAYLOAD}, "
-                f"{MAX_FRAME_PAYLOAD_LIMIT}]"
-            )
-        self.config = config
-        self.dialer = dialer
-        self._decoder = FrameDecoder(config.max_frame_payload)
-        self._flows: dict[int, _Flow] = {}
-        self._out: list[bytes | memoryview] = []
-        self._own_parity = 1 if dialer else 0
-        self._next_id = 1 if dialer else 2
-        self._opened_upto = self._next_id - 2  # highest own id announced with OPEN
-        self._max_peer_id = 0  # highest peer id seen with OPEN
-        self._inbound = 0  # live peer-opened flows
-        self._max_inbound = config.max_inbound_flows
-        self._initial_window = config.initial_window
-        self._credit_threshold = max(1, config.initial_window // CREDIT_BATCH_DIVISOR)
-        self._peer_initial_window = peer_initial_window
-        self._peer_max_frame = peer_max_frame_payload
-        self._pending_replies = 0
-        # (flow id, flags, payload length, index of its header in _out, len(_out)) of the
-        # DATA frame last queued, while nothing else was queued after it: small writes that
-        # follow on the same flow grow that frame instead of adding one (a burst of stream
-        # items queued together is one frame).
-        self._tail: tuple[int, int, int, int, int] | None = None
-        self._error: errors.IPCError | None = None  # why the connection is closed
-        self._input_error: errors.BadProtocolError | None = None  # the peer broke the protocol
-
-    # --- inspection ---------------------------------------------------------------------
-    @property
-    def live_flow_count(self) -> int:
-        """Flows with any state left (opened, not yet ended)."""
-        return len(self._flows)
-
-    @property
-    def closed(self) -> bool:
-        """True once GOAWAY was sent or received, or the peer broke the protocol."""
-        return self._error is not None
-
-    @property
-    def error(self) -> errors.IPCError | None:
-        """Why the connection is closed (what calls now raise), or None while open."""
-        return self._error
-
-    def is_live(self, flow_id: int) -> bool:
-        """Whether ``flow_id`` still has state here."""
-        return flow_id in self._flows
-
-    def send_credit(self, flow_id: int) -> int:
-        """DATA bytes that may be sent on ``flow_id`` right now.
-
-        Raises:
-            BadStateError: the flow is not live (or the connection's error when closed).
-        """
-        if self._error is not None:
-            raise self._error
-        flow = self._flows.get(flow_id)
-        if flow is None:
-            raise errors.BadStateError(f"mux: flow {flow_id} is not live")
-        return flow.send_credit
-
-    # --- sending ------------------------------------------------------------------------
     def open_flow(self) -> int:
         """Allocate the next flow id of this side's parity. Nothing is sent yet: the OPEN
         flag rides on the flow's first DATA frame (from send_data or close_send).
@@ -361,7 +123,7 @@ class Mux:
         if fid > MAX_FLOW_ID:
             raise errors.ConnectionFailedError("mux: flow ids exhausted; dial a new connection")
         self._next_id = fid + 2
-        self._flows[fid] = _Flow(fid, self._peer_initial_window, self._initial_window, False)
+        self._flows[fid] = FlowState(fid, self._peer_initial_window, self._initial_window, False)
         return fid
 
     def send_data(
@@ -411,11 +173,11 @@ class Mux:
                 flags |= tail[1]  # (the earlier frame may carry OPEN)
                 frame_len = tail[2] + n
                 header_at = tail[3]
-                out[header_at] = _HEADER.pack(flags, flow_id, frame_len)
+                out[header_at] = FRAME_HEADER.pack(flags, flow_id, frame_len)
             else:
                 header_at = len(out)
                 frame_len = n
-                out.append(_HEADER.pack(flags, flow_id, n))
+                out.append(FRAME_HEADER.pack(flags, flow_id, n))
             if n:
                 if type(data) is bytes:
                     out.append(data if n == size else memoryview(data)[:n])
@@ -436,7 +198,7 @@ class Mux:
                     stop = n
                     if fin:
                         flags |= _FIN
-                out.append(_HEADER.pack(flags, flow_id, stop - pos))
+                out.append(FRAME_HEADER.pack(flags, flow_id, stop - pos))
                 out.append(view[pos:stop].tobytes() if copy else view[pos:stop])
                 flags = 0
                 pos = stop
@@ -464,7 +226,7 @@ class Mux:
         if flow.unopened:
             flags |= _OPEN
             self._announce(flow_id)
-        self._out.append(_HEADER.pack(flags, flow_id, 0))
+        self._out.append(FRAME_HEADER.pack(flags, flow_id, 0))
         flow.send_closed = True
         if flow.recv_closed:
             self._end(flow)
@@ -484,7 +246,7 @@ class Mux:
         if flow.unopened:
             return
         payload = b"" if error is None else self._error_payload(error)
-        self._out.append(_HEADER.pack(RESET << 8, flow_id, len(payload)))
+        self._out.append(FRAME_HEADER.pack(RESET << 8, flow_id, len(payload)))
         if payload:
             self._out.append(payload)
 
@@ -508,7 +270,7 @@ class Mux:
         flow.unread -= nbytes
         pending = flow.pending_credit + nbytes
         if pending >= self._credit_threshold and not flow.recv_closed:
-            self._out.append(_CREDIT_FRAME.pack(CREDIT << 8, flow_id, 4, pending))
+            self._out.append(CREDIT_FRAME.pack(CREDIT << 8, flow_id, 4, pending))
             flow.recv_window += pending
             pending = 0
         flow.pending_credit = pending
@@ -523,7 +285,7 @@ class Mux:
             raise self._error
         if len(payload) != PING_PAYLOAD_SIZE:
             raise errors.BadArgError(f"mux: a ping payload is {PING_PAYLOAD_SIZE} bytes")
-        self._out.append(_HEADER.pack(PING << 8, 0, PING_PAYLOAD_SIZE) + bytes(payload))
+        self._out.append(FRAME_HEADER.pack(PING << 8, 0, PING_PAYLOAD_SIZE) + bytes(payload))
 
     def close(self, error: errors.IPCError | None = None) -> None:
         """Queue GOAWAY (``error`` or a normal close; with LAST_ID, the highest flow id the
@@ -534,25 +296,6 @@ class Mux:
             return
         self._queue_goaway(error, self._max_peer_id)
         self._terminate(errors.BadStateError("mux: the connection was closed locally"))
-
-    @property
-    def last_accepted(self) -> int:
-        """The highest flow id the peer opened that this side took (0: none): what a GOAWAY
-        from this side carries."""
-        return self._max_peer_id
-
-    def _queue_goaway(self, error: errors.IPCError | None, last_id: int) -> None:
-        """Queue GOAWAY with LAST_ID ``last_id`` and, if given, ``error``."""
-        payload = _U32.pack(last_id)
-        if error is not None:
-            payload += self._error_payload(error, room=self._peer_max_frame - _U32.size)
-        self._out.append(_HEADER.pack(GOAWAY << 8 | FLAG_LAST_ID, 0, len(payload)))
-        self._out.append(payload)
-
-    @property
-    def has_data_to_send(self) -> bool:
-        """Whether :meth:`data_to_send` would return any bytes (cheap; no copy)."""
-        return bool(self._out)
 
     def take_output(self) -> list[bytes | memoryview]:
         """All queued frames as the list of their pieces, without joining them (a bulk
@@ -576,7 +319,6 @@ class Mux:
         self._pending_replies = 0
         return data
 
-    # --- receiving ----------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer; return the events they complete, in order.
 
@@ -598,7 +340,7 @@ class Mux:
         if type(data) is bytes and not decoder._buf and len(data) >= HEADER_SIZE:
             # The usual chunk: exactly one DATA frame (no OPEN) on a live flow of ours or
             # the peer's (a reply, more of a request): the loop below without the decoder.
-            tf, fid, n = _HEADER.unpack_from(data)
+            tf, fid, n = FRAME_HEADER.unpack_from(data)
             if (
                 tf == _OPEN | _FIN
                 and fid
@@ -665,7 +407,7 @@ class Mux:
                     if flags & FLAG_ACK:
                         events.append(PingAcked(payload))
                     else:
-                        self._queue_reply(_HEADER.pack(PING << 8 | FLAG_ACK, 0, 8) + payload)
+                        self._queue_reply(FRAME_HEADER.pack(PING << 8 | FLAG_ACK, 0, 8) + payload)
                         events.append(PingReceived(payload))
                 else:  # GOAWAY: the decoder lets no other type through
                     self._on_goaway(flags, payload, events)
@@ -684,9 +426,8 @@ class Mux:
         self._queue_goaway(err, upto)
         self._terminate(err)
 
-    # --- internals ----------------------------------------------------------------------
     def _on_data_slow(
-        self, flow: _Flow | None, flags: int, fid: int, payload: bytes, events: list[Event]
+        self, flow: FlowState | None, flags: int, fid: int, payload: bytes, events: list[Event]
     ) -> None:
         n = len(payload)
         if flow is not None:
@@ -715,9 +456,9 @@ class Mux:
             refusal = self._error_payload(
                 errors.OverloadedError(f"mux: too many flows (limit {self._max_inbound})")
             )
-            self._queue_reply(_HEADER.pack(RESET << 8, fid, len(refusal)) + refusal)
+            self._queue_reply(FRAME_HEADER.pack(RESET << 8, fid, len(refusal)) + refusal)
             return
-        flow = _Flow(fid, self._peer_initial_window, self._initial_window - n, True)
+        flow = FlowState(fid, self._peer_initial_window, self._initial_window - n, True)
         flow.unread = n
         self._flows[fid] = flow
         self._inbound += 1
@@ -733,7 +474,7 @@ class Mux:
             self._check_late(fid)
             return
         credit = flow.send_credit
-        new = credit + _U32.unpack(payload)[0]
+        new = credit + U32.unpack(payload)[0]
         if new > MAX_WINDOW:
             raise errors.BadProtocolError(f"mux: CREDIT on flow {fid} overflows the window")
         flow.send_credit = new
@@ -746,7 +487,7 @@ class Mux:
             self._check_late(fid)
             return
         if payload:
-            err = self._decode_error(payload)
+            err = decode_error(payload)
         else:
             err = errors.CanceledError("mux: the peer cancelled the flow")
         self._end(flow)
@@ -755,11 +496,11 @@ class Mux:
     def _on_goaway(self, flags: int, payload: bytes, events: list[Event]) -> None:
         last_id: int | None = None
         if flags & FLAG_LAST_ID:
-            if len(payload) < _U32.size:
+            if len(payload) < U32.size:
                 raise errors.BadProtocolError("mux: GOAWAY with LAST_ID shorter than 4 bytes")
-            last_id = _U32.unpack_from(payload)[0]
-            payload = payload[_U32.size :]
-        peer_error = self._decode_error(payload) if payload else None
+            last_id = U32.unpack_from(payload)[0]
+            payload = payload[U32.size :]
+        peer_error = decode_error(payload) if payload else None
         msg = "mux: the peer closed the connection"
         if peer_error is not None:
             msg += (
@@ -776,66 +517,3 @@ class Mux:
         self._tail = None
         self._terminate(err)
         events.append(ConnectionClosed(err, peer_error, flow_ids, last_id, unprocessed))
-
-    def _check_late(self, fid: int) -> None:
-        """Return if a frame for a non-live flow is late (drop it), else raise."""
-        if fid & 1 == self._own_parity:
-            if fid <= self._opened_upto:
-                return
-            raise errors.BadProtocolError(f"mux: frame for flow {fid}, which we never opened")
-        if fid <= self._max_peer_id:
-            return
-        raise errors.BadProtocolError(f"mux: frame for flow {fid}, which the peer never opened")
-
-    def _announce(self, fid: int) -> None:
-        """Mark our flow ``fid`` opened; first open every lower unopened live flow of ours with
-        an empty OPEN frame, so that OPENs reach the peer in increasing id order."""
-        flows = self._flows
-        for lower in range(self._opened_upto + 2, fid, 2):
-            flow = flows.get(lower)
-            if flow is not None and flow.unopened:
-                flow.unopened = False
-                self._out.append(_HEADER.pack(_OPEN, lower, 0))
-        flows[fid].unopened = False
-        self._opened_upto = fid
-
-    def _end(self, flow: _Flow) -> None:
-        del self._flows[flow.id]
-        if flow.inbound:
-            self._inbound -= 1
-
-    def _terminate(self, err: errors.IPCError) -> None:
-        self._error = err
-        self._flows.clear()
-        self._inbound = 0
-
-    def _queue_reply(self, frame: bytes) -> None:
-        self._pending_replies += 1
-        if self._pending_replies > MAX_PENDING_REPLIES:
-            raise errors.BadProtocolError(
-                f"mux: the peer made us queue more than {MAX_PENDING_REPLIES} replies"
-            )
-        self._out.append(frame)
-
-    def _error_payload(self, err: errors.IPCError, room: int = 0) -> bytes:
-        """``err`` encoded in at most ``room`` bytes (default: the peer's max frame payload),
-        shortened if need be."""
-        try:
-            payload = codec.encode(err)
-        except errors.BadArgError:  # params that have no CBOR form
-            payload = b""
-        if not payload or len(payload) > (room or self._peer_max_frame):
-            short = errors.IPCError(
-                err.msg[:_SHORT_ERROR_MSG_CHARS],
-                id=err.id[:_SHORT_ERROR_ID_CHARS],
-                action=err.action,
-            )
-            payload = codec.encode(short)
-        return payload
-
-    @staticmethod
-    def _decode_error(payload: bytes) -> errors.IPCError:
-        value = codec.decode(payload)
-        if not isinstance(value, errors.IPCError):
-            raise errors.BadProtocolError("mux: RESET/GOAWAY payload is not an error")
-        return value

@@ -1,0 +1,104 @@
+"""The ``ipc`` commands that call a server: ``call`` and ``signature``.
+
+Owns: arguments read as JSON (from the command line, and items streamed from standard
+input with ``--stdin``), results and streamed items printed as JSON, and a server's
+signature printed with its docs. Must not: load principals itself or serve anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.cli.exits import EXIT_OK, CommandError
+from ipcclient.cli.session import call_context, call_options, client_for
+from ipcclient.cli.text import Progress, out, to_json
+
+__all__ = ["cmd_call", "cmd_signature"]
+
+
+def _parse_args_json(raw: Sequence[str]) -> list[Any]:
+    values = []
+    for i, text in enumerate(raw, 1):
+        try:
+            values.append(json.loads(text))
+        except ValueError:
+            raise CommandError(
+                f"argument {i} ({text!r}) is not JSON; a string needs quotes: '\"{text}\"'"
+            ) from None
+    return values
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    values = _parse_args_json(args.args)
+    with client_for(args) as client, Progress(f"calling {args.name}.{args.method}") as progress:
+        ctx = call_context(args)
+        call = client.start_call(ctx, args.name, args.method, values, *call_options(args))
+        with call:
+            sender: threading.Thread | None = None
+            failure: list[BaseException] = []
+            if args.stdin:
+                sender = threading.Thread(
+                    target=_send_lines, args=(call, failure), name="ipc-stdin", daemon=True
+                )
+                sender.start()
+            else:
+                call.close_send()
+            try:
+                for count, item in enumerate(call, 1):
+                    progress.clear()
+                    out(to_json(item))
+                    progress.note(f"{count} items")
+                results = call.finish()
+            except errors.IPCError:
+                if failure:  # the call was cancelled because of bad input: say so
+                    raise failure[0] from None
+                raise
+            if sender is not None:
+                sender.join(1.0)
+            if failure:
+                raise failure[0]
+    for value in results:
+        out(to_json(value))
+    return EXIT_OK
+
+
+def _send_lines(call: Any, failure: list[BaseException]) -> None:
+    """Stream each line of standard input as one item (JSON), then close the send side."""
+    try:
+        for lineno, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise CommandError(f"standard input line {lineno} is not JSON") from None
+            call.send(item)
+        call.close_send()
+    except errors.IPCError:
+        pass  # the call ended (the reader sees why)
+    except BaseException as exc:
+        failure.append(exc)
+        call.cancel(errors.CanceledError("ipc: bad input on standard input"))
+
+
+def cmd_signature(args: argparse.Namespace) -> int:
+    with client_for(args) as client, Progress(f"asking {args.name} for its signature"):
+        (sig,) = client.call(
+            call_context(args), args.name, "__Signature", options=call_options(args)
+        )
+    if not isinstance(sig, list):
+        raise errors.BadProtocolError("the server's signature is not a list of methods")
+    for method in sig:
+        if not isinstance(method, dict):
+            continue
+        params = ", ".join(str(a) for a in method.get("args") or ())
+        out(f"{method.get('name')}({params})")
+        for line in str(method.get("doc") or "").strip().splitlines():
+            out(f"    {line.strip()}")
+    return EXIT_OK

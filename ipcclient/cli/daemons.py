@@ -1,0 +1,105 @@
+"""The ``ipc`` commands that serve until stopped: ``mounttable`` and ``serve``.
+
+Owns: running a mount table or the example service, publishing it under ``--name``, and
+stopping on Ctrl-C or SIGTERM with the calls in flight given ``--grace`` seconds. Must not:
+make calls of its own (the publisher does the mounting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Callable
+
+from ipcclient import env
+from ipcclient.cli.exits import EXIT_OK
+from ipcclient.cli.principal import principal_for
+from ipcclient.cli.session import client_for
+from ipcclient.cli.text import err, out
+from ipcclient.client import Client
+from ipcclient.security.principal import Principal
+from ipcclient.server.authorizer import AllowPatterns
+from ipcclient.server.mounttable import MountTable
+from ipcclient.server.publisher import Publisher
+from ipcclient.server.server import Server
+
+__all__ = ["cmd_mounttable", "cmd_serve"]
+
+
+def _serve_until_stopped(server: Server, grace: float) -> None:
+    """Block until Ctrl-C or SIGTERM, then stop (calls in flight get ``grace`` seconds)."""
+
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        server.wait(grace=grace)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _publishing(
+    args: argparse.Namespace, principal: Principal
+) -> tuple[Client | None, Publisher | None]:
+    """The client and publisher that keep a daemon mounted under ``--name`` (both None
+    when it is not given)."""
+    if not args.name:
+        return None, None
+    client = client_for(args, principal)
+    return client, Publisher(client, client.namespace, ttl=60)
+
+
+def _run_daemon(
+    args: argparse.Namespace,
+    server: Server,
+    client: Client | None,
+    serve: Callable[[Server, str], str],
+) -> int:
+    """Listen on ``--listen``, let ``serve(server, endpoint)`` start serving (it returns the
+    line to print on standard error), publish under ``--name``, print the rooted endpoint,
+    and serve until stopped; then stop the server and close the publishing client."""
+    try:
+        ep = server.listen("tcp", args.listen)
+        note = serve(server, ep)
+        if args.name:
+            server.add_name(args.name)
+        out("/" + ep)
+        err(note)
+        _serve_until_stopped(server, args.grace)
+    finally:
+        server.stop()
+        if client is not None:
+            client.close()
+    return EXIT_OK
+
+
+def cmd_mounttable(args: argparse.Namespace) -> int:
+    principal = principal_for(args)
+    client, publisher = _publishing(args, principal)
+    server = Server(principal, serves_mount_table=True, publisher=publisher)
+
+    def serve(server: Server, ep: str) -> str:
+        server.serve_dispatcher(
+            MountTable(
+                mount_patterns=args.mount_pattern or ("...",),
+                resolve_patterns=args.resolve_pattern or ("...",),
+            )
+        )
+        return f"mount table listening; use it with: export {env.NAMESPACE_VAR}=/{ep}"
+
+    return _run_daemon(args, server, client, serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ipcclient.demo import Fortune  # the example service
+
+    principal = principal_for(args)
+    client, publisher = _publishing(args, principal)
+    server = Server(principal, publisher=publisher)
+
+    def serve(server: Server, ep: str) -> str:
+        default = principal.store.default
+        allow = args.allow or sorted({n.split(":")[0] for n in (default.names if default else [])})
+        server.serve(Fortune(), AllowPatterns(allow))
+        where = f"as {args.name}" if args.name else "(not published: pass --name)"
+        return f"serving the example service {where}; callers need a blessing matching {allow}"
+
+    return _run_daemon(args, server, client, serve)

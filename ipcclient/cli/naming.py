@@ -1,0 +1,94 @@
+"""The ``ipc`` commands on names: ``resolve``, ``mount``, ``unmount`` and ``glob``.
+
+Owns: those commands (mount and unmount in every mount table that holds the name; glob over
+the root mount tables or a rooted pattern, printed as a tree). Must not: load principals
+itself (the session does) or serve anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ipcclient import env, errors
+from ipcclient.cli.exits import EXIT_OK
+from ipcclient.cli.session import call_context, call_options, client_for
+from ipcclient.cli.text import Progress, err, human, out, parse_duration, tree_lines
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.naming import names
+from ipcclient.server.mounttable import LEAF, MT, REPLACE
+
+__all__ = ["cmd_glob", "cmd_mount", "cmd_resolve", "cmd_unmount"]
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    with client_for(args) as client, Progress(f"resolving {args.name}"):
+        entry = client.namespace.resolve(call_context(args), args.name)
+    for name in entry.names():
+        out(name)
+    return EXIT_OK
+
+
+def _mount_targets(client: Client, ctx: Context, name: str) -> list[str]:
+    entry = client.namespace.resolve_to_mount_table(ctx, name)
+    if not entry.servers:
+        raise errors.NoServersError(f"no mount table holds {name!r}")
+    return [names.join_address_name(s.server, entry.name, terminal=True) for s in entry.servers]
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    flags = (MT if args.mt else 0) | (LEAF if args.leaf else 0) | (REPLACE if args.replace else 0)
+    ttl = parse_duration(args.ttl)
+    with client_for(args) as client:
+        ctx = call_context(args)
+        for target in _mount_targets(client, ctx, args.name):
+            client.call(ctx, target, "Mount", args.server, ttl, flags, options=call_options(args))
+    out(f"mounted {args.server} at {args.name} for {human(ttl)}")
+    return EXIT_OK
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    with client_for(args) as client:
+        ctx = call_context(args)
+        for target in _mount_targets(client, ctx, args.name):
+            client.call(ctx, target, "Unmount", args.server, options=call_options(args))
+    out(f"unmounted {args.server or 'every server'} from {args.name}")
+    return EXIT_OK
+
+
+def cmd_glob(args: argparse.Namespace) -> int:
+    pattern = args.pattern
+    with client_for(args) as client, Progress(f"glob {pattern}") as progress:
+        if names.is_rooted(pattern):
+            address, rest = names.split_address_name(pattern)
+            targets, pattern = ["/" + address], rest or "..."
+        else:
+            targets = list(client.namespace.roots)
+            if not targets:
+                raise errors.NoServersError(
+                    f"no mount table to glob: set {env.NAMESPACE_VAR} or pass --namespace"
+                )
+        found: dict[str, list[str]] = {}
+        ctx = call_context(args)
+        for target in targets:
+            with client.start_call(ctx, target, "Glob", [pattern], *call_options(args)) as call:
+                for item in call:
+                    if isinstance(item, dict) and isinstance(item.get("name"), str):
+                        servers = [
+                            _mounted(s) for s in item.get("servers") or () if isinstance(s, dict)
+                        ]
+                        found.setdefault(item["name"], []).extend(servers)
+                        progress.note(f"{len(found)} names")
+                call.finish()
+    for line in tree_lines(found):
+        out(line)
+    if not found:
+        err(f"no names match {args.pattern!r}")
+    return EXIT_OK
+
+
+def _mounted(server: dict[str, Any]) -> str:
+    ttl = server.get("ttl")
+    tail = "" if not isinstance(ttl, int | float) else f" (ttl {human(ttl)})"
+    return f"{server.get('server')}{tail}"

@@ -1,0 +1,312 @@
+"""The ``ipc principal`` commands, and reading principals and blessings for the others.
+
+Owns: loading a principal (asking for its passphrase when its key is encrypted, and keeping
+it to save the principal back), the principal of ``--credentials``, blessings as one line
+of text, reading blessings and keys from a directory, a file, standard input or the command
+line, describing caveats, and ``create``, ``fork``, ``bless``, ``set-default``,
+``add-root`` and ``dump``. Must not: resolve names or make calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ipcclient import codec, env, errors
+from ipcclient.cli.exits import EXIT_OK, CommandError
+from ipcclient.cli.text import err, human, out, parse_duration
+from ipcclient.security import caveats as cav
+from ipcclient.security.blessings import Blessings
+from ipcclient.security.caveats import Caveat, ExpiryCaveat
+from ipcclient.security.keys import PublicKey
+from ipcclient.security.principal import KEY_FILE, STORE_FILE, Principal
+
+__all__ = [
+    "BLESSING_TOKEN_PREFIX",
+    "blessing_token",
+    "cmd_principal_add_root",
+    "cmd_principal_bless",
+    "cmd_principal_create",
+    "cmd_principal_dump",
+    "cmd_principal_fork",
+    "cmd_principal_set_default",
+    "load_principal",
+    "principal_for",
+    "read_blessings",
+    "read_passphrase",
+]
+
+BLESSING_TOKEN_PREFIX = "ipcb1:"
+"""How a blessing printed by ``ipc principal bless`` starts (then base64url CBOR)."""
+
+
+def read_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
+    """Ask for a passphrase: on the terminal without echo, else one line of standard input
+    (for scripts). Never from the command line."""
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Again: ") != first:
+            raise CommandError("the passphrases differ")
+    else:
+        err(prompt + "(reading a line of standard input)")
+        first = sys.stdin.readline().rstrip("\r\n")
+    if not first:
+        raise CommandError("an empty passphrase")
+    return first.encode("utf-8")
+
+
+_PASSPHRASES: dict[str, bytes] = {}
+"""Passphrases asked for in this run, by directory (to save a principal back as it was)."""
+
+
+def _encrypted(directory: Path) -> bool:
+    try:
+        with (directory / KEY_FILE).open("rb") as f:
+            return b"ENCRYPTED" in f.readline()
+    except OSError:
+        return False
+
+
+def load_principal(directory: str | os.PathLike[str]) -> Principal:
+    """The principal in ``directory``, asking for its passphrase when its key is encrypted."""
+    path = Path(directory)
+    passphrase = read_passphrase(f"Passphrase for {path}: ") if _encrypted(path) else None
+    principal = Principal.load(path, passphrase=passphrase)
+    if passphrase is not None:
+        _PASSPHRASES[os.path.abspath(path)] = passphrase
+    return principal
+
+
+def principal_for(args: argparse.Namespace) -> Principal:
+    chosen = env.credentials_dir(args.credentials)
+    if chosen is None:
+        raise CommandError(
+            f"no credentials: pass --credentials DIR or set {env.CREDENTIALS_VAR} "
+            "(make one with: ipc principal create DIR)"
+        )
+    return load_principal(chosen)
+
+
+def _caveats(args: argparse.Namespace) -> list[Caveat]:
+    made: list[Caveat] = []
+    if args.duration is not None:
+        made.append(cav.expires_in(parse_duration(args.duration)))
+    if args.method:
+        made.append(cav.method(*args.method))
+    return made or [cav.unconstrained_use()]
+
+
+def blessing_token(b: Blessings) -> str:
+    """Blessings as one line of text (what ``bless`` prints and the others read)."""
+    return BLESSING_TOKEN_PREFIX + base64.urlsafe_b64encode(codec.encode(b)).decode("ascii")
+
+
+def _from_token(token: str) -> Blessings:
+    token = token.strip()
+    if not token.startswith(BLESSING_TOKEN_PREFIX):
+        raise CommandError(f"not a blessing (it should start with {BLESSING_TOKEN_PREFIX!r})")
+    try:
+        raw = base64.urlsafe_b64decode(token[len(BLESSING_TOKEN_PREFIX) :].encode("ascii"))
+        value = codec.decode(raw)
+    except (ValueError, errors.BadProtocolError) as exc:
+        raise CommandError(f"a malformed blessing: {exc}") from exc
+    if not isinstance(value, Blessings):
+        raise CommandError("the text does not hold blessings")
+    return value
+
+
+def _stored_default(directory: Path) -> Blessings:
+    """A principal directory's default blessings, read without its key (they are public)."""
+    data = _read_store(directory).get("data")
+    default = data.get("default") if isinstance(data, dict) else None
+    if not isinstance(default, dict) or not isinstance(default.get("blessings"), str):
+        raise CommandError(f"{directory} has no default blessings")
+    try:
+        value = codec.decode(base64.b64decode(default["blessings"], validate=True))
+    except (ValueError, errors.BadProtocolError) as exc:
+        raise CommandError(f"{directory}: malformed stored blessings: {exc}") from exc
+    if not isinstance(value, Blessings):
+        raise CommandError(f"{directory}: malformed stored blessings")
+    return value
+
+
+def _read_store(directory: Path) -> Any:
+    try:
+        doc = json.loads((directory / STORE_FILE).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read the principal in {directory}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise CommandError(f"{directory / STORE_FILE} is malformed")
+    return doc
+
+
+def read_blessings(arg: str) -> Blessings:
+    """Blessings from ``-`` (standard input), a principal directory (its default), a file
+    holding a token, or a token itself."""
+    if arg == "-":
+        return _from_token(sys.stdin.read())
+    path = Path(arg)
+    if path.is_dir():
+        return _stored_default(path)
+    if path.is_file():
+        return _from_token(path.read_text("utf-8"))
+    return _from_token(arg)
+
+
+def _target_key(arg: str) -> PublicKey:
+    """The key to bless: a principal directory's, or a raw key in hex."""
+    path = Path(arg)
+    if path.is_dir():
+        raw = _read_store(path).get("public_key")
+        if not isinstance(raw, str):
+            raise CommandError(f"{path / STORE_FILE} names no public key")
+    else:
+        raw = arg
+    try:
+        return PublicKey.from_raw(bytes.fromhex(raw.replace(":", "")))
+    except ValueError as exc:
+        raise CommandError(f"{arg!r} is neither a principal directory nor a public key") from exc
+
+
+def _save(p: Principal, directory: Path, encrypt: bool) -> None:
+    passphrase = (
+        read_passphrase(f"New passphrase for {directory}: ", confirm=True) if encrypt else None
+    )
+    p.save(directory, passphrase=passphrase)
+
+
+def _describe_caveat(c: Caveat) -> str:
+    if isinstance(c, ExpiryCaveat):
+        when = datetime.fromtimestamp(c.not_after).astimezone()
+        left = c.not_after - time.time()
+        state = f"in {human(left)}" if left > 0 else f"EXPIRED {human(-left)} ago"
+        return f"expires {when:%Y-%m-%d %H:%M:%S %Z} ({state})"
+    if isinstance(c, cav.MethodCaveat):
+        return "only methods " + ", ".join(c.methods)
+    if isinstance(c, cav.PeerBlessingsCaveat):
+        return "only with peers " + ", ".join(c.patterns)
+    if isinstance(c, cav.UnconstrainedCaveat):
+        return "unconstrained"
+    if isinstance(c, cav.ThirdPartyCaveat):
+        return f"needs a discharge from {c.location}"
+    return repr(c)
+
+
+def _dump_blessings(b: Blessings, indent: str) -> None:
+    for chain in b.chains:
+        out(f"{indent}{':'.join(c.extension for c in chain)}")
+        for cert in chain:
+            cavs = "; ".join(_describe_caveat(c) for c in cert.caveats) or "no caveats"
+            out(f"{indent}  {cert.extension:<16} {cavs}")
+
+
+def cmd_principal_create(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if (directory / KEY_FILE).exists() and not args.force:
+        raise errors.ExistError(f"{directory} already holds a principal (--force replaces it)")
+    name = args.blessing or directory.resolve().name
+    p = Principal.generate()
+    b = p.bless_self(name)
+    p.store.default = b
+    p.store.set(b, "...")
+    p.roots.add_blessings(b)
+    _save(p, directory, args.encrypt)
+    out(f"created {directory}: blessed as {name}, key {p.public_key.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_principal_fork(args: argparse.Namespace) -> int:
+    parent = load_principal(args.dir)
+    default = parent.store.default
+    if default is None:
+        raise CommandError(f"{args.dir} has no default blessings to extend")
+    child_dir = Path(args.child)
+    if (child_dir / KEY_FILE).exists() and not args.force:
+        raise errors.ExistError(f"{child_dir} already holds a principal (--force replaces it)")
+    child = Principal.generate()
+    b = parent.bless(child.public_key, default, args.extension, _caveats(args))
+    child.store.default = b
+    child.store.set(b, "...")
+    for key, patterns in parent.roots.dump().items():
+        for pattern in patterns:
+            child.roots.add(key, str(pattern))
+    child.roots.add_blessings(b)
+    _save(child, child_dir, args.encrypt)
+    names_ = ", ".join(b.names)
+    out(f"created {child_dir}: blessed as {names_}, key {child.public_key.fingerprint}")
+    return EXIT_OK
+
+
+def cmd_principal_bless(args: argparse.Namespace) -> int:
+    blesser = load_principal(args.dir)
+    default = blesser.store.default
+    if default is None:
+        raise CommandError(f"{args.dir} has no default blessings to extend")
+    b = blesser.bless(_target_key(args.target), default, args.extension, _caveats(args))
+    token = blessing_token(b)
+    if args.out:
+        Path(args.out).write_text(token + "\n", "utf-8")
+        err(f"wrote {', '.join(b.names)} to {args.out}")
+    else:
+        out(token)
+    return EXIT_OK
+
+
+def cmd_principal_set_default(args: argparse.Namespace) -> int:
+    p = load_principal(args.dir)
+    b = read_blessings(args.blessings)
+    p.store.default = b  # BadArgError when bound to another key
+    p.store.set(b, "...")
+    p.save(args.dir, passphrase=_same_passphrase(args.dir))
+    out(f"{args.dir}: default blessings {', '.join(b.names)}")
+    return EXIT_OK
+
+
+def _same_passphrase(directory: str) -> bytes | None:
+    """Saving back a principal keeps its encryption (the passphrase already asked for)."""
+    if not _encrypted(Path(directory)):
+        return None
+    cached = _PASSPHRASES.get(os.path.abspath(directory))
+    return cached if cached is not None else read_passphrase(f"Passphrase for {directory}: ")
+
+
+def cmd_principal_add_root(args: argparse.Namespace) -> int:
+    p = load_principal(args.dir)
+    b = read_blessings(args.blessings)
+    if args.pattern:
+        for chain in b.chains:
+            p.roots.add(chain[0].public_key, args.pattern)
+    else:
+        p.roots.add_blessings(b)
+    p.save(args.dir, passphrase=_same_passphrase(args.dir))
+    roots = sorted({args.pattern or chain[0].extension for chain in b.chains})
+    out(f"{args.dir}: now trusts {', '.join(roots)}")
+    return EXIT_OK
+
+
+def cmd_principal_dump(args: argparse.Namespace) -> int:
+    p = load_principal(args.dir)
+    out(f"Principal:   {args.dir}")
+    out(f"Public key:  {p.public_key.fingerprint}")
+    out(f"             {p.public_key.raw.hex()}")
+    default = p.store.default
+    out(f"Default:     {', '.join(default.names) if default else '(none)'}")
+    if default is not None:
+        _dump_blessings(default, "  ")
+    peers = p.store.peer_blessings()
+    if peers:
+        out("Presented to peers:")
+        for pattern, b in sorted(peers.items()):
+            out(f"  {pattern!s:<16} {', '.join(b.names)}")
+    out("Trusted roots:")
+    for key, patterns in sorted(p.roots.dump().items(), key=lambda kv: kv[0].fingerprint):
+        out(f"  {', '.join(str(x) for x in patterns):<16} {key.fingerprint}")
+    return EXIT_OK

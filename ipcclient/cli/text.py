@@ -1,0 +1,146 @@
+"""What the ``ipc`` command prints, and the durations it reads.
+
+Owns: writing a line to standard output or error, values as one line of JSON, durations
+both ways (``15m`` to seconds, seconds to ``15m0s``), names as a tree, and :class:`Progress`
+(a status line on a terminal while a command waits). Must not: call the library or decide
+what a command does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from ipcclient.cli.exits import CommandError
+
+__all__ = ["Progress", "err", "human", "out", "parse_duration", "to_json", "tree_lines"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+def to_json(value: Any) -> str:
+    """One value as one line of JSON (bytes as base64 text; other non-JSON values as repr)."""
+    return json.dumps(value, default=_jsonable, ensure_ascii=False)
+
+
+class Progress:
+    """A one-line status on a terminal while a command waits (nothing when not a terminal).
+
+    ``with Progress("calling x.Get"):`` shows ``calling x.Get ... 3 s`` after a short delay,
+    redrawn twice a second; :meth:`note` adds a detail; :meth:`clear` erases the line before
+    other output is printed (it comes back at the next redraw).
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, delay: float = 1.0) -> None:
+        self._label = label
+        self._stream = stream if stream is not None else sys.stderr
+        self._delay = delay
+        self._detail = ""
+        self._lock = threading.Lock()
+        self._shown = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = time.monotonic()
+        isatty = getattr(self._stream, "isatty", None)
+        self.enabled = bool(isatty and isatty())
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="ipc-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self.clear()
+
+    def note(self, detail: str) -> None:
+        with self._lock:
+            self._detail = detail
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._shown:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
+                self._shown = False
+
+    def _run(self) -> None:
+        if self._done.wait(self._delay):
+            return
+        while not self._done.is_set():
+            with self._lock:
+                elapsed = time.monotonic() - self._start
+                detail = f", {self._detail}" if self._detail else ""
+                self._stream.write(f"\r\x1b[K{self._label} ... {elapsed:.0f} s{detail}")
+                self._stream.flush()
+                self._shown = True
+            self._done.wait(0.5)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` -> seconds."""
+    m = _DURATION.match(text)
+    if m is None or float(m.group(1)) <= 0:
+        raise CommandError(f"bad duration {text!r} (e.g. 90s, 15m, 12h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def human(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60}s"
+    return f"{seconds}s"
+
+
+def tree_lines(found: dict[str, list[str]]) -> Iterator[str]:
+    """Names as an indented tree, each leaf followed by its servers."""
+    tree: dict[str, Any] = {}
+    for name in found:
+        node = tree
+        for comp in [c for c in name.split("/") if c] or [""]:
+            node = node.setdefault(comp, {})
+
+    def walk(node: dict[str, Any], prefix: str, path: str) -> Iterator[str]:
+        items = sorted(node.items())
+        for i, (comp, child) in enumerate(items):
+            last = i == len(items) - 1
+            full = f"{path}/{comp}" if path else comp
+            servers = found.get(full, [])
+            label = comp or "(root)"
+            tail = "  " + ", ".join(servers) if servers else ""
+            yield f"{prefix}{'└── ' if last else '├── '}{label}{tail}"
+            yield from walk(child, prefix + ("    " if last else "│   "), full)
+
+    yield from walk(tree, "", "")

@@ -1,0 +1,249 @@
+"""A small client of etcd's v3 JSON gateway (``POST /v3/...``), on the standard library.
+
+Owns: :class:`EtcdGateway` (HTTP/1.1 keep-alive connections to every member given, a
+deadline on every request, failover to the next member when one does not answer, the
+member that answered last tried first), the errors it tells its caller apart
+(:class:`LeaseNotFound`; a member that failed is retried on the next one), and the
+gateway's key encoding (base64, and the end of a prefix range). Must not: know the layout
+of a mount table's keys (:mod:`ipcclient.server.etcdstore` does), hold its lock across a
+request, or import anything from ipcclient but :mod:`ipcclient.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from ipcclient import errors
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "MAX_IDLE_PER_MEMBER",
+    "MAX_RESPONSE_BYTES",
+    "MIN_ATTEMPT_TIMEOUT",
+    "EtcdGateway",
+    "LeaseNotFound",
+    "b64",
+    "prefix_end",
+    "unb64",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 5.0
+"""Seconds one store operation may take when its caller has no deadline."""
+MAX_IDLE_PER_MEMBER = 8
+"""Idle keep-alive connections kept to one etcd member."""
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""Largest gateway response read (a Glob over a full table is far below)."""
+MIN_ATTEMPT_TIMEOUT = 0.5
+"""Seconds a request to one member gets at least while other members are left to try."""
+
+
+class LeaseNotFound(Exception):
+    """etcd no longer knows a lease (it expired or etcd lost it)."""
+
+
+class MemberFailed(Exception):
+    """Internal: a member did not answer, or answered that it cannot serve now."""
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        return b""
+    return base64.b64decode(text)
+
+
+def prefix_end(key: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``key``."""
+    b = bytearray(key)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\x00"
+
+
+def _parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, str, int], ...]:
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    out: list[tuple[str, str, int]] = []
+    for raw in endpoints:
+        text = raw.strip()
+        if "://" not in text:
+            text = "http://" + text
+        url = urllib.parse.urlsplit(text)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise errors.BadArgError(f"etcd: bad endpoint {raw!r} (want http://host:port)")
+        try:
+            port = url.port or (443 if url.scheme == "https" else 2379)
+        except ValueError:
+            raise errors.BadArgError(f"etcd: bad port in endpoint {raw!r}") from None
+        out.append((url.scheme, url.hostname, port))
+    if not out:
+        raise errors.BadArgError("etcd: no endpoints given")
+    return tuple(out)
+
+
+class EtcdGateway:
+    """Requests to etcd's v3 JSON gateway, failing over between the cluster's members.
+
+    Thread-safe: each request takes an idle connection (or opens one) for itself; the lock
+    guards only the idle lists. The member that answered last is tried first.
+
+    Args:
+        endpoints: ``http://host:port`` of each member (a comma-separated str or a list).
+        timeout: seconds a request may take when the caller gives no timeout.
+    """
+
+    def __init__(
+        self, endpoints: str | Sequence[str], *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+    ) -> None:
+        self._members = _parse_endpoints(endpoints)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[http.client.HTTPConnection]] = {
+            i: [] for i in range(len(self._members))
+        }
+        self._preferred = 0
+        self._closed = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The members, as ``scheme://host:port``."""
+        return tuple(f"{s}://{h}:{p}" for s, h, p in self._members)
+
+    def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer.
+
+        Raises:
+            TimeoutError: the time ran out.
+            OverloadedError: no member answered (back off and retry).
+            InternalError: etcd refused the request.
+        """
+        budget = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        payload = json.dumps(body).encode()
+        with self._lock:
+            first = self._preferred
+        order = [(first + i) % len(self._members) for i in range(len(self._members))]
+        failures: list[str] = []
+        for n, member in enumerate(order):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.TimeoutError(
+                    f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
+                )
+            others = len(order) - n - 1
+            attempt = (
+                left if others == 0 else max(left / (others + 1), min(left, MIN_ATTEMPT_TIMEOUT))
+            )
+            try:
+                answer = self._try(member, path, payload, attempt)
+            except MemberFailed as exc:
+                failures.append(f"{self.endpoints[member]}: {exc}")
+                continue
+            if member != first:
+                with self._lock:
+                    self._preferred = member
+            return answer
+        if time.monotonic() >= deadline:
+            raise errors.TimeoutError(
+                f"etcd: {path} ran out of time ({budget:.1f}s)", tried=failures
+            )
+        raise errors.OverloadedError(
+            f"mount table: its etcd storage does not answer ({'; '.join(failures)})",
+            action=errors.RetryAction.RETRY_BACKOFF,
+            tried=failures,
+        )
+
+    def _try(self, member: int, path: str, payload: bytes, timeout: float) -> Any:
+        """One member: an idle connection first, a fresh one when that one is stale."""
+        deadline = time.monotonic() + timeout
+        for fresh in (False, True):
+            conn = None if fresh else self._take(member)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(member, max(0.001, deadline - time.monotonic()))
+            try:
+                conn.timeout = max(0.001, deadline - time.monotonic())
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
+                conn.request(
+                    "POST", path, body=payload, headers={"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                data = resp.read(MAX_RESPONSE_BYTES + 1)
+                status = resp.status
+                keep = not resp.will_close
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and time.monotonic() < deadline:
+                    continue  # a keep-alive connection the member closed: dial again
+                raise MemberFailed(f"{type(exc).__name__}: {exc}") from None
+            if keep and len(data) <= MAX_RESPONSE_BYTES:
+                self._give(member, conn)
+            else:
+                conn.close()
+            return self._decode(path, status, data)
+        raise MemberFailed("no connection")  # pragma: no cover (the loop always returns)
+
+    def _decode(self, path: str, status: int, data: bytes) -> Any:
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise errors.InternalError(
+                f"etcd: {path} answered more than {MAX_RESPONSE_BYTES} bytes"
+            )
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            raise MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
+        if status == 200 and isinstance(answer, dict) and "error" not in answer:
+            return answer
+        message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else ""
+        code = answer.get("code") if isinstance(answer, dict) else None
+        if "lease not found" in str(message):
+            raise LeaseNotFound(str(message))
+        if code in (4, 14) or status >= 500:  # DeadlineExceeded, Unavailable: another member
+            raise MemberFailed(f"HTTP {status}: {message}")
+        raise errors.InternalError(f"etcd: {path} failed: HTTP {status}: {message}")
+
+    def _connect(self, member: int, timeout: float) -> http.client.HTTPConnection:
+        scheme, host, port = self._members[member]
+        if scheme == "https":
+            return http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _take(self, member: int) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle[member]
+            return idle.pop() if idle else None
+
+    def _give(self, member: int, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle[member]
+            if not self._closed and len(idle) < MAX_IDLE_PER_MEMBER:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection; requests after this still work (and close theirs)."""
+        with self._lock:
+            self._closed = True
+            conns = [c for idle in self._idle.values() for c in idle]
+            for idle in self._idle.values():
+                idle.clear()
+        for c in conns:
+            c.close()

@@ -1,0 +1,412 @@
+"""Serving the flows a server accepts: admit or refuse each, read its request, authorize
+the caller, run the method, answer.
+
+Owns: :class:`FlowServing`, the part of :class:`~ipcclient.server.server.Server` that serves
+flows (admission against the server's and the VC's bounds, the inline path for a request
+that is all here on arrival, the general path that reads the header and then the args under
+their timeouts and budgets, the call's context and trace span, and the response or error
+sent back). Must not: listen, publish, or stop the server (``Server`` does), or let a
+user's method's exception reach anything but that call's error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from ipcclient import errors, vtrace
+from ipcclient.codec import decode
+from ipcclient.context import CancelContext, Context
+from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
+from ipcclient.security.principal import Principal
+from ipcclient.server.authorizer import CallSecurity
+from ipcclient.server.call import Results, ServerCall
+from ipcclient.server.callsecurity import authorize_call
+from ipcclient.server.capacity import VC_STATE, ArgsCharge, VCState, WorkerPool
+from ipcclient.server.dispatcher import (
+    SIGNATURE_METHOD,
+    Dispatcher,
+    arity,
+    find_method,
+    signature,
+    target,
+)
+from ipcclient.server.options import HEADER_GRACE, ServerOptions
+from ipcclient.stream import MessageStream
+from ipcclient.transport.conn import Flow
+from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
+
+if TYPE_CHECKING:
+    from ipcclient.server.server import Server
+
+__all__ = ["FlowServing"]
+
+log = logging.getLogger("ipcclient.server")
+
+_CALL_FINISHED = errors.CanceledError("call finished")
+"""What a call's own context ends with once the call is over (a prototype: see
+:meth:`CancelContext.cancel_with`)."""
+
+_PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
+"""The keys of a request header the inline fast path takes (no grant, no discharges)."""
+_END_OF_ARGS = Request(end_stream_args=True).to_wire()
+
+
+class FlowServing:
+    """The flow-serving half of a server; :class:`~ipcclient.server.server.Server` sets
+    every attribute below in its constructor."""
+
+    options: ServerOptions
+    principal: Principal
+    _names: tuple[str, ...]
+    _dispatcher: Dispatcher | None
+    _slots_lock: threading.Lock
+    _in_use: int
+    _capacity: int
+    _pool: WorkerPool
+    _root: CancelContext
+    _stopped: bool
+
+    def _on_flow(self, flow: Flow) -> Callable[[], None] | None:
+        """A client opened a flow (reader thread): run it there, hand it to a worker, or
+        refuse it at once (OverloadedError) when the server or the flow's VC is over a bound.
+
+        A call whose whole request is already here (the client closed its side: a unary
+        call) runs on the VC's reader thread when the VC allows it (``inline_calls``): no
+        hop to a worker. If it runs long, the VC gets a helper reader (see
+        ``transport.conn.INLINE_HANDOFF``), so other calls and cancellation still flow.
+        """
+        if self._stopped:
+            flow.cancel(errors.CanceledError("server: stopping"))
+            return None
+        conn = flow.connection
+        vc: VCState | None = conn.cache.get(VC_STATE)
+        if vc is None:  # (only this VC's reader runs this: no race)
+            vc = conn.cache[VC_STATE] = VCState()
+        done = flow.peer_done
+        opts = self.options
+        refused: str | None = None
+        with self._slots_lock:
+            if self._in_use >= self._capacity:
+                refused = f"server: {self._capacity} calls running or queued; try again later"
+            elif vc.calls >= opts.max_calls_per_vc:
+                refused = (
+                    f"server: this VC has {opts.max_calls_per_vc} calls running; try again later"
+                )
+            else:
+                self._in_use += 1
+                vc.calls += 1
+        if refused is not None:
+            flow.cancel(errors.OverloadedError(refused))
+            return None
+        job = functools.partial(self._serve_flow, flow, vc)
+        if opts.inline_calls and done and conn.inline_available():
+            return job
+        if not self._pool.submit(job):  # shut down (we are stopping), or no thread
+            self._release_slot(vc)
+            flow.cancel(
+                errors.CanceledError("server: stopping")
+                if self._stopped
+                else errors.OverloadedError("server: no thread for the call; try again later")
+            )
+        return None
+
+    def _serve_flow(self, flow: Flow, vc: VCState) -> None:
+        """Serve one call (a worker, or the VC's reader thread for an inline job). A request
+        that is all here and the usual one (a plain header, its args, the end of args) is
+        split at once and run without reading the flow message by message; anything else
+        takes the general way, which also answers every malformed request. Either way the
+        caller is authorized before any arg is decoded (the general way: before any arg is
+        read)."""
+        charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
+        try:
+            if flow.error is not None:  # reset, or its VC broke, before it could run
+                return
+            parsed = self._parse_whole_request(flow) if flow.peer_done else None
+            if parsed is None:
+                self._run_call(flow, MessageStream(flow), vc, charge)
+                return
+            request, bodies, end = parsed
+            flow.discard_received()
+            stream = MessageStream(flow)
+            stream.push(end)  # (what ServerCall.recv reads: the end of args)
+            self._run_parsed(flow, stream, request, bodies)
+        except BaseException:  # a method's SystemExit must not take its thread or VC down
+            log.exception("server: unexpected failure serving a flow")
+        finally:
+            flow.close()
+            charge.release()
+            self._release_slot(vc)
+
+    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes], Any] | None:
+        """The request, the args' bodies (not decoded) and the end-of-args message of a flow
+        whose peer is done, when they are the usual ones and within bounds; None for the
+        general way (nothing read)."""
+        data = flow.received_all()
+        if data is None or len(data) > self.options.max_args_bytes:
+            return None
+        try:
+            bodies = split_bodies(data)
+            if not bodies:
+                return None
+            request = decode_usual_request(bodies[0])
+            if request is None:
+                header = decode(bodies[0], self.options.header_limits)
+                if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
+                    return None
+                request = request_from_wire(header)
+            if len(bodies) != request.nargs + 2:
+                return None
+            end = decode(bodies[-1])
+            if end != _END_OF_ARGS:
+                return None
+            return request, bodies[1:-1], end
+        except errors.BadProtocolError:
+            return None
+
+    def _release_slot(self, vc: VCState) -> None:
+        with self._slots_lock:
+            self._in_use -= 1
+            vc.calls -= 1
+
+    def _run_call(
+        self,
+        flow: Flow,
+        stream: MessageStream,
+        vc: VCState,
+        charge: ArgsCharge,
+    ) -> None:
+        """The general way: read the header under the header limits, then run the call
+        (which authorizes before reading the args). A header not here after
+        ``HEADER_GRACE`` counts against the VC's ``max_headerless_per_vc`` while it is
+        awaited (over it, the flow is reset with OverloadedError)."""
+        opts = self.options
+        waiting = False
+        try:
+            now = time.monotonic()
+            first_deadline = now + opts.first_header_timeout
+            # Every arg is held at once: bound their total, for the call and for its VC (the
+            # header, not counted, is bounded by the header limits).
+            stream.set_budget(opts.max_args_bytes, free=1, shared=charge)
+            stream.set_first_limits(opts.header_limits)
+            try:
+                message = stream.recv(min(first_deadline, now + HEADER_GRACE))
+            except errors.TimeoutError:
+                with self._slots_lock:
+                    waiting = vc.headerless < opts.max_headerless_per_vc
+                    if waiting:
+                        vc.headerless += 1
+                if not waiting:
+                    flow.cancel(
+                        errors.OverloadedError(
+                            f"server: this VC has {opts.max_headerless_per_vc} flows waiting "
+                            "for their request header"
+                        )
+                    )
+                    return
+                message = stream.recv(first_deadline)
+            request = request_from_wire(message)
+        except errors.IPCError as exc:
+            self._answer_error(stream, exc)
+            return
+        finally:
+            if waiting:
+                with self._slots_lock:
+                    vc.headerless -= 1
+        self._run_parsed(flow, stream, request, None)
+
+    def _run_parsed(
+        self, flow: Flow, stream: MessageStream, request: Request, bodies: list[bytes] | None
+    ) -> None:
+        """Run a call whose header is read (``bodies``: its args' bodies when they are here
+        already, else None: they are read from ``stream`` once the caller is authorized),
+        and answer it."""
+        span: vtrace.Span | None = None
+        item: tuple[Any, Any] | None = None
+        trace = request.trace
+        if trace is not None:  # continue the client's trace; nested calls join it
+            span = vtrace.new_span(
+                self._root,
+                f"{request.suffix!r}.{request.method}",
+                trace_id=trace.trace_id,
+                parent_id=trace.span_id,
+                collect=bool(trace.flags & vtrace.COLLECT),
+            )
+            item = vtrace.span_item(span)
+        # One context per call: the request's deadline, the span, cancellable.
+        root = self._root
+        deadline = None if request.deadline is None else time.monotonic() + request.deadline
+        ctx = CancelContext(root, clock=root.clock, deadline=deadline, item=item, cancellable=True)
+        call_ctx: Context = ctx
+        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
+        try:
+            self._run_request(ctx, call_ctx, span, flow, stream, request, bodies)
+        finally:
+            ctx.cancel_with(_CALL_FINISHED)
+
+    def _run_request(
+        self,
+        ctx: CancelContext,
+        call_ctx: Context,
+        span: vtrace.Span | None,
+        flow: Flow,
+        stream: MessageStream,
+        request: Request,
+        bodies: list[bytes] | None,
+    ) -> None:
+        try:
+            method, security = self._prepare(flow, request)
+            args: list[Any] | None
+            if bodies is not None:
+                args = [decode(body) for body in bodies]
+            else:
+                args = self._read_args(ctx, flow, stream, request)
+                if args is None:
+                    return  # (the flow was reset)
+                stream.set_budget(None)
+            if ctx.done():
+                raise ctx.err() or errors.CanceledError("server: call cancelled")
+            call = ServerCall(call_ctx, stream, request, security, cast("Server", self))
+            value = method(call, *args)
+            results: Sequence[Any]
+            if value is None:
+                results = ()
+            elif isinstance(value, Results):
+                results = value.values
+            elif isinstance(value, types.GeneratorType):
+                value.close()
+                raise errors.InternalError(
+                    f"server: {request.method} returned a generator; stream results with "
+                    "call.send(item) inside the method and return the final results"
+                )
+            else:
+                results = (value,)
+        except errors.IPCError as exc:
+            err = (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc
+            self._answer_error(stream, err, _spans(span))
+            return
+        except Exception as exc:
+            log.exception("server: %s.%s raised", request.suffix, request.method)
+            err = errors.UnknownError(f"{type(exc).__name__}: {exc}")
+            self._answer_error(stream, err, _spans(span))
+            return
+        n = len(results)
+        spans = _spans(span)
+        try:
+            if spans:  # (inside the try: span notes are text an application wrote)
+                head = encode_messages(
+                    Response(end_stream_results=True, nresults=n, trace=spans).to_wire()
+                )
+            else:
+                head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
+            flow.write(
+                encode_message_parts(*results, head=head),
+                end=True,
+                deadline=self._send_deadline(ctx),
+            )
+        except errors.BadArgError as exc:
+            err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
+            self._answer_error(stream, err)
+        except errors.IPCError as exc:
+            log.debug("server: could not send results: %s", exc)
+
+    def _read_args(
+        self, ctx: CancelContext, flow: Flow, stream: MessageStream, request: Request
+    ) -> list[Any] | None:
+        """Read an authorized call's args, within ``args_timeout`` (or the call's deadline,
+        if sooner). A call whose args do not come in time, or whose VC holds too many bytes
+        of args, has its flow reset at once with that error (None is returned): nothing is
+        written to a client that may not be reading."""
+        bound = time.monotonic() + self.options.args_timeout
+        deadline = ctx.deadline
+        until = bound if deadline is None else min(deadline, bound)
+        try:
+            return [stream.recv(until) for _ in range(request.nargs)]
+        except errors.TimeoutError:
+            if until != bound or ctx.done():  # the call's own deadline
+                raise
+            err: errors.IPCError = errors.TimeoutError(
+                f"server: the call's args did not arrive within {self.options.args_timeout} s"
+            )
+        except errors.OverloadedError as exc:
+            err = exc
+        flow.cancel(err)
+        return None
+
+    def _prepare(self, flow: Flow, request: Request) -> tuple[Callable[..., Any], CallSecurity]:
+        """Find the method and authorize the caller for it (raises the error to answer):
+        everything a call needs that does not depend on its args, so an unauthorized caller
+        is refused before any of its args is read."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            raise errors.UnknownSuffixError("server: nothing is served yet")
+        suffix = request.suffix.lstrip("/")
+        obj, authorizer = dispatcher.lookup(suffix)
+        security = authorize_call(
+            flow.connection, request, suffix, authorizer, self.principal, self._names
+        )
+        method: Callable[..., Any]
+        hi: int | None
+        if request.method == SIGNATURE_METHOD:
+            listing = signature(obj)
+            method, lo, hi = (lambda call: listing), 0, 0
+        else:
+            method = find_method(obj, request.method)
+            lo, hi = arity(target(obj), request.method, method)
+        nargs = request.nargs
+        if nargs < lo or (hi is not None and nargs > hi):
+            expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
+            raise errors.BadArgError(
+                f"server: {request.method} takes {expected} arguments, got {nargs} "
+                "(wrong number of input arguments)"
+            )
+        return method, security
+
+    def _send_deadline(self, ctx: Context) -> float:
+        """A send never waits forever on a client that grants no credit: the call's
+        deadline, or ``options.send_timeout`` from now when the call has none."""
+        bound = time.monotonic() + self.options.send_timeout
+        deadline = ctx.deadline
+        return bound if deadline is None else min(deadline, bound)
+
+    def _answer_error(
+        self, stream: MessageStream, err: errors.IPCError, trace: tuple[Any, ...] = ()
+    ) -> None:
+        try:
+            stream.send(
+                Response(error=err, end_stream_results=True, trace=trace).to_wire(),
+                end=True,
+                deadline=time.monotonic() + self.options.send_timeout,
+            )
+        except errors.IPCError as exc:
+            log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:
+    """The span records to send back: every span of the trace this process recorded (the
+    call's own and its nested calls'), when the client asked for collection."""
+    if span is None:
+        return ()
+    span.finish()
+    if not span.collecting:
+        return ()
+    return tuple(r.to_wire() for r in vtrace.STORE.trace(span.trace_id))
+
+
+def _end_message(nresults: int) -> bytes:
+    return encode_messages(Response(end_stream_results=True, nresults=nresults).to_wire())
+
+
+_END_MESSAGES = tuple(_end_message(n) for n in range(4))
+
+
+def _is_flow_abort(exc: errors.IPCError, ctx: Context) -> bool:
+    """Whether ``exc`` came from the call being cancelled or timing out."""
+    return ctx.done() and isinstance(
+        exc, errors.CanceledError | errors.TimeoutError | errors.ConnectionFailedError
+    )
