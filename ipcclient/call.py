@@ -96,7 +96,8 @@ class Call:
         Raises:
             BadArgError: the item cannot be encoded or is over the message limits (size,
                 nesting, items); nothing was sent and the call goes on.
-            AbortedError: after :meth:`close_send` (or once the call ended).
+            AbortedError: after :meth:`close_send`, once the call ended, or when the server
+                has already answered in full (its reply is kept for :meth:`finish`).
             CanceledError / TimeoutError / the server's error: the call ended.
         """
         with self._lock:
@@ -105,9 +106,19 @@ class Call:
         # Encoded (and checked against the message limits) before anything is written: an
         # item that cannot go is a BadArgError and the call goes on without it.
         data = encode_message_parts(item, head=_STREAM_ITEM_REQUEST_MESSAGE)
-        self._guard(
-            lambda: self._stream.send_encoded(data, deadline=self.context.deadline, streamed=True)
-        )
+        try:
+            self._stream.send_encoded(data, deadline=self.context.deadline, streamed=True)
+        except errors.IPCError as exc:
+            if self._cancel_error is None and self._stream.flow.peer_done:
+                # The server answered in full and stopped reading: its reply is kept for
+                # recv/finish, which say how the call ended.
+                raise errors.AbortedError(
+                    "call: the server has ended the call; finish() returns its outcome"
+                ).with_context(request_sent=True) from None
+            raise self._mark(self._translate(exc)) from None
+        except BaseException:
+            self.cancel(errors.CanceledError("call: interrupted"))
+            raise
 
     def recv(self) -> Any:
         """The server's next streamed result.
@@ -140,6 +151,10 @@ class Call:
     def close_send(self) -> None:
         """Tell the server no more items follow. Idempotent.
 
+        When the server has already answered in full (its reply ended) and reset the flow
+        because the request was still coming, there is nothing left to tell it: this returns
+        and the reply is read by :meth:`recv` / :meth:`finish` as usual.
+
         Raises:
             CanceledError / TimeoutError / ConnectionFailedError: the call ended.
         """
@@ -149,9 +164,22 @@ class Call:
             self._send_closed = True
             if self._ended:
                 return
-        self._guard(
-            lambda: self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self.context.deadline)
-        )
+        flow = self._stream.flow
+        try:
+            self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self.context.deadline)
+        except errors.IPCError as exc:
+            if self._cancel_error is None and flow.peer_done:
+                log.debug(
+                    "call: %s.%s: the server answered before the end of the request (%s)",
+                    self.name,
+                    self.method,
+                    exc.id,
+                )
+                return
+            raise self._mark(self._translate(exc)) from None
+        except BaseException:
+            self.cancel(errors.CanceledError("call: interrupted"))
+            raise
 
     def finish(self, nresults: int | None = None) -> tuple[Any, ...]:
         """Wait for the server to end the call and return its results.

@@ -503,3 +503,42 @@ def test_a_reply_that_overtakes_the_end_of_the_request_is_kept(
     payload = b"y" * 8192  # a bulk arg: its own piece of the write
     assert client.call(ctx(), name, "Echo", payload) == (payload,)
     assert held == [True]  # the reply did overtake the end of the request
+
+
+def _wait_until_answered(call: callmod.Call) -> None:
+    """Until the server's reply has ended (it answered without waiting for our end)."""
+    flow = call._stream.flow
+    deadline = time.monotonic() + 5
+    while not flow.peer_done and time.monotonic() < deadline:
+        threading.Event().wait(0.005)
+    assert flow.peer_done
+
+
+def test_close_send_after_the_server_answered_keeps_the_reply(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    """A streaming-style call (start_call, then close_send, as ``ipc call`` does) whose
+    server answers once its args are in, and resets the flow because the end of the request
+    had not come yet: close_send must not fail the call, and finish returns the reply (a slow
+    client, e.g. a process starting on a loaded machine, hits this at random)."""
+    _srv, name, _svc = server
+    client = make_client()
+    with client.start_call(ctx(), name, "Echo", ["hello"]) as call:
+        _wait_until_answered(call)
+        threading.Event().wait(0.05)  # (the server's RESET follows its reply)
+        call.close_send()
+        assert list(call) == []
+        assert call.finish() == ("hello",)
+
+
+def test_send_after_the_server_answered_says_so_and_keeps_the_reply(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    _srv, name, _svc = server
+    client = make_client()
+    with client.start_call(ctx(), name, "Echo", [[1, 2]]) as call:
+        _wait_until_answered(call)
+        threading.Event().wait(0.05)
+        with pytest.raises(errors.AbortedError, match="finish"):
+            call.send("late")
+        assert call.finish() == ([1, 2],)
