@@ -356,7 +356,7 @@ ERROR_CLASSES: Mapping[str, type[IPCError]] = {
     )
 }
 
-# Bounds on what a peer may make us keep from one wire error (h11 style: every bound named).
+# Bounds on what a peer may make us keep from one wire error (every bound named).
 MAX_WIRE_ID_LEN = 256  # IDs are short dotted names
 MAX_WIRE_MSG_LEN = 64 * 1024  # a message longer than this is truncated, not rejected
 MAX_WIRE_PARAMS = 64  # params beyond this are dropped

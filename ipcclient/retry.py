@@ -12,7 +12,7 @@ calls; sleep anywhere but through the injected ``sleep``.
 
 The two formulas (``n`` is the retry number, 1 for the first retry):
 
-* seed (Veyron 2014): ``(1.5 + rand[0, 0.5)) ** n`` seconds: the first retry waits 1.5-2 s.
+* Veyron 2014: ``(1.5 + rand[0, 0.5)) ** n`` seconds: the first retry waits 1.5-2 s.
 * Vanadium (2015 on): ``(100 ms + rand[0, 100 ms)) * 2 ** (n - 1)``: 100-200 ms, 200-400 ms...
 
 Both are capped at ``max_backoff`` (1 min) and clamped so that at least ``reserve`` seconds are
@@ -22,8 +22,8 @@ The default is :meth:`BackoffPolicy.vanadium`: a first retry after 100-200 ms in
 finds a name that has just been mounted (rendezvous) or a restarted server quickly; the random
 half still breaks convoys of clients that failed together; and the cap plus the deadline bound
 the total time whatever the formula. Its reserve is 100 ms (as in Vanadium's later "core"
-runtime) rather than R15's 1 ms, so the last attempt has time to do something and its own error,
-not a bare Timeout, is what the caller sees.
+runtime) rather than the 2014 client's 1 ms, so the last attempt has time to do something
+and its own error, not a bare Timeout, is what the caller sees.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class BackoffPolicy:
     def vanadium(cls, *, reserve: float = 0.1) -> BackoffPolicy:
         """Vanadium's ``(100 ms + rand[0,100 ms)) * 2 ** (n-1)``, cap 1 min.
 
-        ``reserve`` defaults to 100 ms (Vanadium core); pass 0.001 for R15's exact clamp.
+        ``reserve`` defaults to 100 ms (Vanadium core); pass 0.001 for a 1 ms reserve.
         """
         return cls(
             kind=BackoffKind.EXPONENTIAL,

@@ -82,7 +82,7 @@ REPLACE = 4
 """Mount flag: replace every server mounted at the name (and its flags) with this one."""
 _ALL_FLAGS = MT | LEAF | REPLACE
 
-# Bounds (h11 style: each named, with its reason). The bounds on the table's size live with
+# Bounds, each named with its reason. The bounds on the table's size live with
 # the store (ipcclient.server.mountstore) and are re-exported here.
 MAX_NAME_LEN = 4096
 """Characters in a suffix; a name of a few dozen components with endpoints fits easily."""

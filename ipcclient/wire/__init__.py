@@ -4,7 +4,7 @@ Owns: re-exporting the public names of :mod:`ipcclient.wire.frames` and
 :mod:`ipcclient.wire.mux`. The byte-level specification is ``docs/protocol.md`` sections 1-3.
 
 Must not: open sockets, start threads, read clocks or know about keys and blessings; bytes go
-in and events come out, calls go in and bytes come out (the h11/h2 style).
+in and events come out, calls go in and bytes come out.
 """
 
 from ipcclient.wire.frames import Frame, FrameDecoder, encode_frame

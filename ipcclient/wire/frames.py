@@ -73,13 +73,13 @@ HEADER_SIZE = 10  # type(1) + flags(1) + flow id(4) + payload length(4)
 CREDIT_PAYLOAD_SIZE = 4  # one u32 increment
 PING_PAYLOAD_SIZE = 8  # opaque bytes echoed back by the ACK
 MAX_FLOW_ID = 0xFFFF_FFFF  # flow ids are u32; 0 is the connection itself
-# Vanadium's MTU (MaxPayloadSizeBytes): large enough that a frame header costs < 0.02% of bulk
+# The default largest frame payload: large enough that a frame header costs < 0.02% of bulk
 # data, small enough that one flow's frame does not hold up the others for long on the link.
 DEFAULT_MAX_FRAME_PAYLOAD = 64 * 1024
 # Hard ceiling for any configured maximum: a receiver never agrees to buffer more than this for
 # one frame, whatever its configuration says.
 MAX_FRAME_PAYLOAD_LIMIT = 16 * 1024 * 1024
-# Hard floor for any configured maximum: a RESET or GOAWAY must always be able to carry a
+# Lower bound of any configured maximum: a RESET or GOAWAY must always be able to carry a
 # (shortened) error, which the mux keeps under 1 KiB.
 MIN_FRAME_PAYLOAD = 1024
 
