@@ -1,0 +1,149 @@
+"""Busy polling by a VC's reader: when to poll, the one polling loop, the process's slots.
+
+Owns: :class:`PollState` (one reader's poll rules, its poll length and hit/miss counters, and
+:meth:`PollState.spin`, the one loop that polls a socket without blocking) and the process-wide
+polling slots (:func:`take_slot`, :func:`give_slot`, ``POLL_SLOTS``).
+
+The poll rules. A reader polls before a blocking read only after a read that came within the
+poll's length of the reader going idle and that ended on a record boundary (a partial record
+means a large message, or a peer trickling bytes: its rest comes by a blocking read, and
+polling for it would only burn CPU); never right after a poll that found nothing (until a
+quick read again); never while ``POLL_SLOTS`` other threads of the process poll.
+
+Must not: read or dispatch anything itself (the caller's ``attempt`` does), or decide who
+reads a VC.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from _thread import allocate_lock
+from collections.abc import Callable
+
+__all__ = ["POLL_SLOTS", "PollState", "Polled", "give_slot", "take_slot"]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # (the CPUs this process may run on)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 2
+
+
+POLL_SLOTS = max(1, _usable_cpus() - 1)
+"""At most this many reader threads of the process poll at once (one per CPU the process may
+run on, but one; at least one): polling pays only while a CPU would otherwise sit idle, and it
+must not take every CPU. (A CPU quota, as in some containers, is not seen.)"""
+
+_slot_lock = allocate_lock()
+_pollers = 0
+
+
+def take_slot() -> bool:
+    """Take a polling slot; False when ``POLL_SLOTS`` threads poll already."""
+    global _pollers
+    with _slot_lock:
+        if _pollers >= POLL_SLOTS:
+            return False
+        _pollers += 1
+        return True
+
+
+def give_slot() -> None:
+    """Give back a slot :func:`take_slot` gave."""
+    global _pollers
+    with _slot_lock:
+        if _pollers > 0:  # (0 in a child forked while this thread polled: reset)
+            _pollers -= 1
+
+
+def pollers() -> int:
+    """Slots taken now."""
+    return _pollers
+
+
+def _reset_slots() -> None:
+    """After fork: the child has none of the parent's reader threads."""
+    global _slot_lock, _pollers
+    _slot_lock = allocate_lock()
+    _pollers = 0
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_slots)
+
+
+class Polled(enum.IntEnum):
+    """How a :meth:`PollState.spin` ended without receiving anything."""
+
+    MISSED = -1
+    """Nothing came before the poll's end."""
+    SKIPPED = -2
+    """No polling slot was free: nothing was tried."""
+    STOPPED = -3
+    """The caller's ``stop`` condition became true (a lone caller waits to read itself)."""
+
+
+class PollState:
+    """One reader's poll rules (see the module docstring), its counters and its poll loop.
+    Used by one thread at a time (whoever reads the VC).
+
+    Args:
+        length: seconds a poll lasts (0: never poll).
+    """
+
+    __slots__ = ("armed", "hits", "length", "misses")
+
+    def __init__(self, length: float) -> None:
+        self.length = length
+        self.armed = False
+        """Poll before the next blocking read."""
+        self.hits = 0
+        """Polls that found data."""
+        self.misses = 0
+        """Polls that found nothing."""
+
+    def quick(self, idle_since: float, came_at: float) -> bool:
+        """Whether input that came at ``came_at`` came within the poll's length of the reader
+        going idle at ``idle_since``."""
+        return came_at - idle_since < self.length
+
+    def after_read(self, quick: bool, partial: bool) -> None:
+        """After a read: poll next time only if it was quick and ended on a record
+        boundary (``partial``: the opener holds part of a record)."""
+        self.armed = quick and not partial
+
+    def spin(
+        self, attempt: Callable[[], int], until: float, stop: Callable[[], bool] | None = None
+    ) -> int:
+        """Poll until monotonic time ``until``: call ``attempt()`` (a non-blocking receive:
+        how many bytes it received, 0 at EOF, or -1 when nothing was there) until it gets
+        something; between attempts yield the CPU. Returns what ``attempt`` returned, or a
+        :class:`Polled` (negative). A slot is held meanwhile (and while ``attempt``
+        dispatches what it found); a miss disarms the rules.
+
+        Each receive lets go of the GIL; between polls the thread also yields its CPU
+        (``sched_yield``, which lets go of the GIL too from Python 3.12), so that a thread
+        just woken (a worker given data or credit) can run.
+        """
+        if not take_slot():
+            return Polled.SKIPPED
+        monotonic = time.monotonic
+        yield_cpu = os.sched_yield
+        try:
+            while stop is None or not stop():
+                n = attempt()
+                if n >= 0:
+                    if n:
+                        self.hits += 1
+                    return n
+                if monotonic() >= until:
+                    self.misses += 1
+                    self.armed = False  # a longer gap: sleep until a short one
+                    return Polled.MISSED
+                yield_cpu()
+            return Polled.STOPPED
+        finally:
+            give_slot()

@@ -1,0 +1,505 @@
+"""Reading a VC's socket: who reads, the reader loops, one read step.
+
+Owns: :class:`Reader`, the read side of :class:`~ipcclient.transport.conn.Connection` (a
+base class of it): the *read role* (who may touch the socket's receive side, the record
+opener and its buffer), its hand-over between the VC's reader thread and callers
+(leader/follower reads on dialed VCs), the reader thread's loops, busy polling before a
+blocking read (see :mod:`ipcclient.transport.polling`) and the helper reader of an inline job.
+
+Whoever holds the read role reads the socket, opens records and feeds the mux, dispatching to
+every flow (:meth:`Connection._on_plaintext`). On an accepted (server) VC the role always
+belongs to the VC's reader thread (or, during a long inline job, to its helper thread). On a
+dialed (client) VC it is leader/follower: a caller that waits for the peer (a reply, credit)
+and finds the role free takes it and reads for itself, dispatching what it reads to the other
+flows' waiters; when its own data is in it passes the role on. The reader thread gives the
+role up as soon as a lone caller waits (a one-byte write to a pipe wakes its poll) and takes
+it back after ``LEAD_GRACE`` without callers, so an idle VC still answers pings, notices a
+dead peer and sees GOAWAY. A lone caller thus reads its own reply without a thread hop. With
+several calls in flight the reader thread keeps (or takes back) the role and reads for all of
+them, instead of the role passing from caller to caller (each pass costs a wake-up).
+
+Must not: write to the socket except through the record writer, decide what a frame means
+(the mux and the connection's dispatch do), or hold the VC's lock across a socket call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.transport.flow import Flow
+from ipcclient.transport.inline import InlineRunner
+from ipcclient.transport.liveness import Liveness
+from ipcclient.transport.polling import Polled, PollState
+from ipcclient.transport.waits import Signal, reacquire
+
+__all__ = ["LEAD_GRACE", "Broken", "Reader"]
+
+log = logging.getLogger("ipcclient.transport")
+
+LEAD_GRACE = 0.02
+"""After a caller last read for itself, the reader thread waits this long before it takes the
+socket back (so a client making calls back to back keeps reading its own replies)."""
+
+_DATA = "data"
+_WAKE = "wake"
+_TIMEOUT = "timeout"
+
+
+class Broken(Exception):
+    """Internal: the socket is done (EOF or an error); carries the VC's error."""
+
+    def __init__(self, error: errors.IPCError) -> None:
+        super().__init__(error.msg)
+        self.error = error
+
+
+class Reader:
+    """The read side of a VC (see the module docstring); :class:`Connection` sets the
+    fields below and supplies the abstract methods at the end."""
+
+    _lock: Any
+    _sock: socket.socket
+    _opener: Any
+    _flows: dict[int, Flow]
+    _error: errors.IPCError | None
+    _liveness: Liveness
+    _last_recv: float
+    _pending_early: list[bytes]
+    _polling: PollState
+    _park_idle: float
+    _inline: InlineRunner
+    _reader: threading.Thread
+    name: str
+
+    def _init_reader(self, lead: bool) -> None:
+        """Set up the read role: ``lead``, leader/follower reads (a dialed VC)."""
+        self._lead = lead
+        self._reading = lead  # the reader thread holds the role from the start
+        self._reader_holds = lead
+        self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
+        self._reader_parked = False  # the reader thread sleeps in _park_locked
+        self._last_lead = 0.0
+        self._reader_signal = Signal(self._lock)
+        self._mid_read = False
+        self._spin_buf: memoryview | bytearray = bytearray()  # (what a poll receives into)
+        self._wake_r = self._wake_w = -1
+        if lead:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._poll = select.poll()
+            self._poll.register(self._sock.fileno(), select.POLLIN)
+            self._poll.register(self._wake_r, select.POLLIN)
+        self._reader = threading.Thread(
+            target=self._lead_loop if lead else self._read_loop,
+            name=f"ipc-{self.name}",
+            daemon=True,
+        )
+
+    # --- supplied by the connection -----------------------------------------------------
+    def _on_plaintext(self, plain: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def _break(self, err: errors.IPCError) -> None:
+        raise NotImplementedError
+
+    def _goaway_for(self, exc: errors.IPCError) -> errors.IPCError:
+        raise NotImplementedError
+
+    def check_liveness(self) -> errors.IPCError | None:
+        raise NotImplementedError
+
+    def _park(self) -> bool:
+        raise NotImplementedError
+
+    def _fail_protocol(self, exc: errors.IPCError) -> None:
+        """The peer broke the protocol: send GOAWAY with why (best effort), break the VC."""
+        self._break(self._goaway_for(exc))
+
+    # --- leader/follower (dialed VCs) ---------------------------------------------------
+    def wait_for_peer(self, flow: Flow, timeout: float | None) -> None:
+        """With ``_lock`` held: wait for the peer to send something (data or credit for
+        ``flow``, or anything that ends it). On a dialed VC a caller with nobody reading for
+        it reads the socket itself (one read step, dispatching to every flow); otherwise it
+        sleeps until notified. Callers loop, checking their own condition."""
+        if not self._lead:
+            flow._cond.wait(timeout)
+            return
+        # Other calls in flight: the reader thread reads for all of them (one thread stays
+        # awake dispatching replies, instead of the role passing from caller to caller).
+        busy = len(self._flows) > 1
+        if not self._reading and not (busy and self._reader_parked):
+            self._reading = True
+            self._reader_holds = False
+            self._lock.release()
+            try:
+                try:
+                    self._lead_step(timeout)
+                except BaseException:
+                    if self._mid_read:
+                        # Interrupted (KeyboardInterrupt) between reading bytes and
+                        # dispatching them: they are lost, so the VC cannot be trusted.
+                        self._mid_read = False
+                        self._break(
+                            errors.ConnectionFailedError("transport: interrupted while reading")
+                        )
+                    raise
+            finally:
+                pending = reacquire(self._lock)
+                self._reading = False
+                self._last_lead = time.monotonic()
+                self._pass_role_locked()
+                if pending is not None:
+                    raise pending
+            return
+        try:
+            self._waiters[flow] = None
+            if not self._reading:  # busy, and the reader thread is parked: it takes over
+                self._reader_signal.notify_all()
+            elif self._reader_holds and not busy:
+                self._wake_poll_locked()  # the reader thread gives the role up to us
+            flow._cond.wait(timeout)
+        finally:
+            self._waiters.pop(flow, None)
+            if self._role_free_locked():  # (it may have changed while we slept)
+                # The role is free and was maybe handed to us; our caller takes it if it
+                # still needs the peer. Pass the role on too, so that a waiter that does
+                # need it is never left sleeping with nobody reading.
+                self._pass_role_locked()
+
+    def _pass_role_locked(self) -> None:
+        """The read role was just given up: wake who should take it, if anybody waits: the
+        reader thread when several calls are in flight (it reads for all), else the next
+        waiting caller."""
+        if not self._waiters:
+            return
+        if self._reader_parked and len(self._flows) > 1:
+            self._reader_signal.notify_all()
+            return
+        for waiting in self._waiters:
+            waiting._cond.notify_all()
+            break
+
+    def _role_free_locked(self) -> bool:
+        return not self._reading
+
+    def wake_reader_locked(self) -> None:
+        """A flow changed from outside the read role (cancelled, closed): a caller reading
+        for itself may be waiting for exactly that flow in poll; wake it to look."""
+        if self._reading and not self._reader_holds:
+            self._wake_poll_locked()
+
+    def _wake_poll_locked(self) -> None:
+        """Wake the reader thread's poll (a one-byte write to a non-blocking pipe)."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
+
+    def _close_pipe(self) -> None:
+        with self._lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _lead_step(self, timeout: float | None) -> None:
+        """As the read role, outside the lock: one read step, with keepalive duty; a broken
+        VC is broken here."""
+        due = self._liveness.next_check(time.monotonic(), self._last_recv)
+        slice_ = due if timeout is None else max(0.0, min(timeout, due))
+        try:
+            outcome = self._read_step(slice_)
+            if outcome != _DATA or self._liveness.probing:
+                # However the step ended (a call's deadline or cancel wakes it long before
+                # any keepalive timer would), the peer's silence is judged.
+                dead = self.check_liveness()
+                if dead is not None:
+                    self._break(dead)
+        except Broken as broken:
+            self._break(broken.error)
+        except errors.IPCError as exc:
+            self._fail_protocol(exc)
+
+    def _read_step(self, timeout: float) -> str:
+        """As the read role: wait up to ``timeout`` seconds for the socket (or a wake-up), read
+        what is there and dispatch it. Returns ``_DATA``, ``_WAKE`` or ``_TIMEOUT``.
+
+        Raises:
+            Broken: EOF or a socket error.
+            IPCError: the peer broke the protocol.
+        """
+        try:
+            ready = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+        except OSError as exc:  # pragma: no cover - poll on open descriptors does not fail
+            raise Broken(errors.ConnectionFailedError(f"transport: poll failed: {exc}")) from exc
+        readable = False
+        woken = False
+        for fd, _events in ready:
+            if fd == self._wake_r:
+                woken = True
+                with contextlib.suppress(OSError):
+                    os.read(fd, 4096)
+            else:
+                readable = True
+        if not readable:
+            return _WAKE if woken else _TIMEOUT
+        return _DATA if self._receive_and_dispatch() else _WAKE
+
+    def _receive_and_dispatch(self, flags: int = 0) -> bool:
+        """As the read role, the socket readable: receive once (with ``flags``) and
+        dispatch every record completed. False when there was nothing to receive after all.
+
+        Raises:
+            Broken: EOF or a socket error.
+            IPCError: the peer broke the protocol.
+        """
+        # From before the receive until everything read is dispatched (see wait_for_peer):
+        # an interrupt anywhere in between may have taken bytes from the socket (or left the
+        # opener's buffer half moved) that nobody will deliver, so the VC cannot be trusted.
+        self._mid_read = True
+        try:
+            n = self._sock.recv_into(self._opener.receive_buffer(), 0, flags)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            self._mid_read = False
+            return False
+        except OSError as exc:
+            err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
+            raise Broken(err) from exc
+        if n == 0:
+            raise Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
+        now = time.monotonic()
+        heard = False
+        for plain in self._opener.received(n):
+            heard = True
+            self._on_plaintext(plain)
+        if heard:
+            # Only whole records count as hearing from the peer: bytes of a record that
+            # never completes (a length garbled on the way) are no sign of life.
+            self._last_recv = now
+        self._mid_read = False
+        return True
+
+    # --- the reader thread of a dialed VC -----------------------------------------------
+    def _lead_loop(self) -> None:
+        """The reader thread of a dialed VC: it reads only while no caller does (it gives
+        the role up as soon as a caller waits, and takes it back after LEAD_GRACE of quiet),
+        so a caller normally reads its own reply without a thread hop, and an idle VC still
+        answers pings, notices a dead peer and sees GOAWAY."""
+        err: errors.IPCError | None = None
+        polling = self._polling
+        spin = polling.length
+        monotonic = time.monotonic
+        try:
+            if self._pending_early:
+                early, self._pending_early = self._pending_early, []
+                for plain in early:
+                    self._on_plaintext(plain)
+            while True:
+                with self._lock:
+                    if self._error is not None:
+                        break
+                    if self._waiters and len(self._flows) <= 1:
+                        # A lone caller wants the socket: hand the role over (with several
+                        # calls in flight this thread reads for all of them).
+                        self._reading = False
+                        polling.armed = False  # (a quick read must come first again)
+                        self._reader_holds = False
+                        self._last_lead = time.monotonic()
+                        for waiting in self._waiters:
+                            waiting._cond.notify_all()
+                            break
+                        if not self._park_locked():
+                            break
+                        continue
+                try:
+                    # Reading for several calls: poll first, as accepted VCs do (busy_poll).
+                    polled: int = Polled.SKIPPED
+                    quick = False  # what was read came within `spin` of going idle
+                    several = spin > 0 and len(self._flows) > 1
+                    if several:
+                        idle_since = monotonic()
+                        if polling.armed:
+                            polled = polling.spin(
+                                self._poll_and_dispatch, idle_since + spin, self._lone_waiter
+                            )
+                            if polled == Polled.STOPPED:
+                                # A lone caller waits: it may have written to the pipe for a
+                                # reader asleep in poll(); drain that, so the caller's own
+                                # first read does not return at once for it.
+                                with contextlib.suppress(OSError):
+                                    os.read(self._wake_r, 4096)
+                                continue  # hand it the socket (above)
+                    if polled > 0:
+                        outcome = _DATA
+                        quick = True
+                    else:
+                        outcome = self._read_step(
+                            self._liveness.next_check(monotonic(), self._last_recv)
+                        )
+                        # (when the bytes came, not when their dispatch ended)
+                        quick = several and polling.quick(idle_since, self._last_recv)
+                    if outcome == _DATA:  # (read for one call only: not quick, disarms)
+                        polling.after_read(quick, self._opener.buffered)
+                except Broken as broken:
+                    err = broken.error
+                    break
+                if outcome != _DATA or self._liveness.probing:
+                    err = self.check_liveness()  # (however this thread woke)
+                    if err is not None:
+                        break
+        except errors.IPCError as exc:
+            self._fail_protocol(exc)
+        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
+            log.exception("transport: reader thread failed")
+            err = errors.InternalError(f"transport: reader failed: {exc!r}")
+        finally:
+            self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._close_pipe()
+
+    def _lone_waiter(self) -> bool:
+        """(Unlocked check.) A lone caller waits for the peer: it had better read itself."""
+        return bool(self._waiters) and len(self._flows) <= 1
+
+    def _poll_and_dispatch(self) -> int:
+        """One non-blocking receive and its dispatch: 1 when something was read, else -1."""
+        return 1 if self._receive_and_dispatch(socket.MSG_DONTWAIT) else -1
+
+    def _park_locked(self) -> bool:
+        """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
+        reading, nobody waiting) for LEAD_GRACE, or until several calls wait for the peer
+        with nobody reading, then take the role back. False when the VC closed meanwhile."""
+        try:
+            while self._error is None:
+                quiet = time.monotonic() - self._last_lead
+                # Quiet: nobody took the role for LEAD_GRACE (normally because nobody waits;
+                # as a safety net also when waiters do not take it).
+                if not self._reading:
+                    if quiet >= LEAD_GRACE or (self._waiters and len(self._flows) > 1):
+                        self._reading = True
+                        self._reader_holds = True
+                        return True
+                    for waiting in self._waiters:  # a lone caller waits: it reads itself
+                        waiting._cond.notify_all()
+                        break
+                self._reader_parked = True
+                self._reader_signal.wait(
+                    max(LEAD_GRACE - quiet, 0.001) if quiet < LEAD_GRACE else LEAD_GRACE
+                )
+            return False
+        finally:
+            self._reader_parked = False
+
+    # --- the reader thread of an accepted VC (or of a dialed one with lead_reads off) ---
+    def _read_loop(self) -> None:
+        sock = self._sock
+        opener = self._opener
+        inline = self._inline
+        err: errors.IPCError | None = None
+        polling = self._polling
+        spin = polling.length
+        monotonic = time.monotonic
+        parked = False
+        try:
+            if self._pending_early:
+                early, self._pending_early = self._pending_early, []
+                for plain in early:
+                    self._on_plaintext(plain)
+                inline.run_pending()
+            while self._error is None:
+                try:
+                    buf = opener.receive_buffer()
+                    try:
+                        n = -1
+                        quick = False  # what was read came within `spin` of going idle
+                        if spin:
+                            idle_since = monotonic()
+                            if polling.armed:
+                                self._spin_buf = buf
+                                n = polling.spin(self._recv_nowait, idle_since + spin)
+                                quick = n > 0
+                        if n < 0:
+                            n = sock.recv_into(buf)
+                            quick = spin > 0 and polling.quick(idle_since, monotonic())
+                    finally:
+                        buf.release()  # (the opener may grow its buffer for the next read)
+                except (BlockingIOError, TimeoutError):
+                    # The receive timeout (SO_RCVTIMEO: the keepalive interval, or park_idle
+                    # when shorter) passed without input.
+                    if self._park_idle and self._park():
+                        parked = True  # (the idle watcher has the VC now)
+                        return
+                    err = self.check_liveness()
+                    if err is None:
+                        continue
+                    break
+                except OSError as exc:
+                    if self._error is None:
+                        err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
+                    break
+                if n == 0:
+                    err = errors.ConnectionFailedError("transport: the peer closed the connection")
+                    break
+                self._last_recv = time.monotonic()
+                for record in opener.received(n):
+                    self._on_plaintext(record)
+                if spin:
+                    polling.after_read(quick, opener.buffered)
+                inline.run_pending()
+        except errors.IPCError as exc:
+            err = self._goaway_for(exc)  # (broken in the finally below)
+        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
+            log.exception("transport: reader thread failed")
+            err = errors.InternalError(f"transport: reader failed: {exc!r}")
+        finally:
+            if not parked:
+                self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
+                with contextlib.suppress(OSError):
+                    sock.close()
+                inline.run_leftover()
+
+    def _recv_nowait(self) -> int:
+        """One non-blocking receive into ``_spin_buf``: how many bytes (0: EOF), or -1."""
+        try:
+            return self._sock.recv_into(self._spin_buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return -1
+
+    def read_during_job(self) -> None:
+        """(The helper thread of a long inline job.) Read and dispatch for the VC while its
+        reader thread runs the job (flows opened meanwhile go to ``on_flow``, which hands
+        them to workers)."""
+        err: errors.IPCError | None = None
+        inline = self._inline
+        try:
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+            while True:
+                with self._lock:
+                    if not inline.running or self._error is not None:
+                        break
+                if not poller.poll(1):
+                    err = self.check_liveness()
+                    if err is not None:
+                        break
+                    continue
+                self._receive_and_dispatch()
+        except Broken as broken:
+            err = broken.error
+        except errors.IPCError as exc:
+            self._fail_protocol(exc)
+        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
+            log.exception("transport: helper reader failed")
+            err = errors.InternalError(f"transport: helper reader failed: {exc!r}")
+        finally:
+            if err is not None:
+                self._break(err)
