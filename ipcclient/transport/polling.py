@@ -16,13 +16,20 @@ reads a VC.
 
 from __future__ import annotations
 
-import enum
 import os
 import time
 from _thread import allocate_lock
 from collections.abc import Callable
 
-__all__ = ["POLL_SLOTS", "PollState", "Polled", "give_slot", "take_slot"]
+from ipcclient.transport.readrole import Read
+
+_DATA = Read.DATA
+_NOTHING = Read.NOTHING
+_MISSED = Read.MISSED
+_SKIPPED = Read.SKIPPED
+_STOPPED = Read.STOPPED
+
+__all__ = ["POLL_SLOTS", "PollState", "give_slot", "pollers", "take_slot"]
 
 
 def _usable_cpus() -> int:
@@ -75,17 +82,6 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_reset_slots)
 
 
-class Polled(enum.IntEnum):
-    """How a :meth:`PollState.spin` ended without receiving anything."""
-
-    MISSED = -1
-    """Nothing came before the poll's end."""
-    SKIPPED = -2
-    """No polling slot was free: nothing was tried."""
-    STOPPED = -3
-    """The caller's ``stop`` condition became true (a lone caller waits to read itself)."""
-
-
 class PollState:
     """One reader's poll rules (see the module docstring), its counters and its poll loop.
     Used by one thread at a time (whoever reads the VC).
@@ -116,34 +112,35 @@ class PollState:
         self.armed = quick and not partial
 
     def spin(
-        self, attempt: Callable[[], int], until: float, stop: Callable[[], bool] | None = None
-    ) -> int:
-        """Poll until monotonic time ``until``: call ``attempt()`` (a non-blocking receive:
-        how many bytes it received, 0 at EOF, or -1 when nothing was there) until it gets
-        something; between attempts yield the CPU. Returns what ``attempt`` returned, or a
-        :class:`Polled` (negative). A slot is held meanwhile (and while ``attempt``
-        dispatches what it found); a miss disarms the rules.
+        self, attempt: Callable[[], Read], until: float, stop: Callable[[], bool] | None = None
+    ) -> Read:
+        """Poll until monotonic time ``until``: call ``attempt()`` (one non-blocking receive,
+        returning ``Read.DATA``, ``Read.EOF`` or ``Read.NOTHING``) until it gets something,
+        yielding the CPU between attempts. Returns what ``attempt`` got, ``Read.MISSED``
+        (nothing before ``until``; this disarms the rules), ``Read.SKIPPED`` (no slot free)
+        or ``Read.STOPPED`` (``stop()`` became true). A slot is held meanwhile (and while
+        ``attempt`` dispatches what it found).
 
         Each receive lets go of the GIL; between polls the thread also yields its CPU
         (``sched_yield``, which lets go of the GIL too from Python 3.12), so that a thread
         just woken (a worker given data or credit) can run.
         """
         if not take_slot():
-            return Polled.SKIPPED
+            return _SKIPPED
         monotonic = time.monotonic
         yield_cpu = os.sched_yield
         try:
             while stop is None or not stop():
-                n = attempt()
-                if n >= 0:
-                    if n:
+                got = attempt()
+                if got is not _NOTHING:
+                    if got is _DATA:
                         self.hits += 1
-                    return n
+                    return got
                 if monotonic() >= until:
                     self.misses += 1
                     self.armed = False  # a longer gap: sleep until a short one
-                    return Polled.MISSED
+                    return _MISSED
                 yield_cpu()
-            return Polled.STOPPED
+            return _STOPPED
         finally:
             give_slot()

@@ -37,7 +37,18 @@ from ipcclient import errors
 from ipcclient.transport.flow import Flow
 from ipcclient.transport.inline import InlineRunner
 from ipcclient.transport.liveness import Liveness
-from ipcclient.transport.polling import Polled, PollState
+from ipcclient.transport.polling import PollState
+from ipcclient.transport.readrole import (
+    CALLER,
+    CALLER_DONE,
+    CALLER_TAKES,
+    FREE,
+    HAND_OVER,
+    READER,
+    READER_TAKES,
+    Read,
+    Role,
+)
 from ipcclient.transport.waits import Signal, reacquire
 
 __all__ = ["LEAD_GRACE", "Broken", "Reader"]
@@ -48,9 +59,14 @@ LEAD_GRACE = 0.02
 """After a caller last read for itself, the reader thread waits this long before it takes the
 socket back (so a client making calls back to back keeps reading its own replies)."""
 
-_DATA = "data"
-_WAKE = "wake"
-_TIMEOUT = "timeout"
+# (Module constants: an enum member looked up on its class costs an attribute lookup.)
+_DATA = Read.DATA
+_NOTHING = Read.NOTHING
+_EOF = Read.EOF
+_WOKEN = Read.WOKEN
+_TIMEOUT = Read.TIMEOUT
+_SKIPPED = Read.SKIPPED
+_STOPPED = Read.STOPPED
 
 
 class Broken(Exception):
@@ -82,14 +98,16 @@ class Reader:
     def _init_reader(self, lead: bool) -> None:
         """Set up the read role: ``lead``, leader/follower reads (a dialed VC)."""
         self._lead = lead
-        self._reading = lead  # the reader thread holds the role from the start
-        self._reader_holds = lead
+        # Who holds the read role (see readrole): on a VC without leader/follower reads the
+        # reader thread holds it for good; with them, it holds it from the start.
+        self._role: Role = READER
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
         self._reader_parked = False  # the reader thread sleeps in _park_locked
         self._last_lead = 0.0
         self._reader_signal = Signal(self._lock)
         self._mid_read = False
         self._spin_buf: memoryview | bytearray = bytearray()  # (what a poll receives into)
+        self._spin_got = 0  # (how many bytes it received)
         self._wake_r = self._wake_w = -1
         if lead:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -134,9 +152,8 @@ class Reader:
         # Other calls in flight: the reader thread reads for all of them (one thread stays
         # awake dispatching replies, instead of the role passing from caller to caller).
         busy = len(self._flows) > 1
-        if not self._reading and not (busy and self._reader_parked):
-            self._reading = True
-            self._reader_holds = False
+        if self._role is FREE and not (busy and self._reader_parked):
+            self._role = CALLER_TAKES[self._role]
             self._lock.release()
             try:
                 try:
@@ -152,7 +169,7 @@ class Reader:
                     raise
             finally:
                 pending = reacquire(self._lock)
-                self._reading = False
+                self._role = CALLER_DONE[self._role]
                 self._last_lead = time.monotonic()
                 self._pass_role_locked()
                 if pending is not None:
@@ -160,14 +177,15 @@ class Reader:
             return
         try:
             self._waiters[flow] = None
-            if not self._reading:  # busy, and the reader thread is parked: it takes over
+            role = self._role
+            if role is FREE:  # busy, and the reader thread is parked: it takes over
                 self._reader_signal.notify_all()
-            elif self._reader_holds and not busy:
+            elif role is READER and not busy:
                 self._wake_poll_locked()  # the reader thread gives the role up to us
             flow._cond.wait(timeout)
         finally:
             self._waiters.pop(flow, None)
-            if self._role_free_locked():  # (it may have changed while we slept)
+            if self._role is FREE:  # (it may have changed while we slept)
                 # The role is free and was maybe handed to us; our caller takes it if it
                 # still needs the peer. Pass the role on too, so that a waiter that does
                 # need it is never left sleeping with nobody reading.
@@ -186,13 +204,10 @@ class Reader:
             waiting._cond.notify_all()
             break
 
-    def _role_free_locked(self) -> bool:
-        return not self._reading
-
     def wake_reader_locked(self) -> None:
         """A flow changed from outside the read role (cancelled, closed): a caller reading
         for itself may be waiting for exactly that flow in poll; wake it to look."""
-        if self._reading and not self._reader_holds:
+        if self._role is CALLER:
             self._wake_poll_locked()
 
     def _wake_poll_locked(self) -> None:
@@ -217,7 +232,7 @@ class Reader:
         slice_ = due if timeout is None else max(0.0, min(timeout, due))
         try:
             outcome = self._read_step(slice_)
-            if outcome != _DATA or self._liveness.probing:
+            if outcome is not _DATA or self._liveness.probing:
                 # However the step ended (a call's deadline or cancel wakes it long before
                 # any keepalive timer would), the peer's silence is judged.
                 dead = self.check_liveness()
@@ -228,9 +243,10 @@ class Reader:
         except errors.IPCError as exc:
             self._fail_protocol(exc)
 
-    def _read_step(self, timeout: float) -> str:
+    def _read_step(self, timeout: float) -> Read:
         """As the read role: wait up to ``timeout`` seconds for the socket (or a wake-up), read
-        what is there and dispatch it. Returns ``_DATA``, ``_WAKE`` or ``_TIMEOUT``.
+        what is there and dispatch it. Returns ``Read.DATA``, ``Read.WOKEN`` or
+        ``Read.TIMEOUT``.
 
         Raises:
             Broken: EOF or a socket error.
@@ -250,12 +266,13 @@ class Reader:
             else:
                 readable = True
         if not readable:
-            return _WAKE if woken else _TIMEOUT
-        return _DATA if self._receive_and_dispatch() else _WAKE
+            return _WOKEN if woken else _TIMEOUT
+        return _DATA if self._receive_and_dispatch() is _DATA else _WOKEN
 
-    def _receive_and_dispatch(self, flags: int = 0) -> bool:
+    def _receive_and_dispatch(self, flags: int = 0) -> Read:
         """As the read role, the socket readable: receive once (with ``flags``) and
-        dispatch every record completed. False when there was nothing to receive after all.
+        dispatch every record completed: ``Read.DATA``, or ``Read.NOTHING`` when there was
+        nothing to receive after all.
 
         Raises:
             Broken: EOF or a socket error.
@@ -269,7 +286,7 @@ class Reader:
             n = self._sock.recv_into(self._opener.receive_buffer(), 0, flags)
         except (BlockingIOError, InterruptedError, TimeoutError):
             self._mid_read = False
-            return False
+            return _NOTHING
         except OSError as exc:
             err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
             raise Broken(err) from exc
@@ -285,7 +302,7 @@ class Reader:
             # never completes (a length garbled on the way) are no sign of life.
             self._last_recv = now
         self._mid_read = False
-        return True
+        return _DATA
 
     # --- the reader thread of a dialed VC -----------------------------------------------
     def _lead_loop(self) -> None:
@@ -309,9 +326,8 @@ class Reader:
                     if self._waiters and len(self._flows) <= 1:
                         # A lone caller wants the socket: hand the role over (with several
                         # calls in flight this thread reads for all of them).
-                        self._reading = False
+                        self._role = HAND_OVER[self._role]
                         polling.armed = False  # (a quick read must come first again)
-                        self._reader_holds = False
                         self._last_lead = time.monotonic()
                         for waiting in self._waiters:
                             waiting._cond.notify_all()
@@ -321,7 +337,7 @@ class Reader:
                         continue
                 try:
                     # Reading for several calls: poll first, as accepted VCs do (busy_poll).
-                    polled: int = Polled.SKIPPED
+                    polled = _SKIPPED
                     quick = False  # what was read came within `spin` of going idle
                     several = spin > 0 and len(self._flows) > 1
                     if several:
@@ -330,14 +346,14 @@ class Reader:
                             polled = polling.spin(
                                 self._poll_and_dispatch, idle_since + spin, self._lone_waiter
                             )
-                            if polled == Polled.STOPPED:
+                            if polled is _STOPPED:
                                 # A lone caller waits: it may have written to the pipe for a
                                 # reader asleep in poll(); drain that, so the caller's own
                                 # first read does not return at once for it.
                                 with contextlib.suppress(OSError):
                                     os.read(self._wake_r, 4096)
                                 continue  # hand it the socket (above)
-                    if polled > 0:
+                    if polled is _DATA:
                         outcome = _DATA
                         quick = True
                     else:
@@ -346,12 +362,12 @@ class Reader:
                         )
                         # (when the bytes came, not when their dispatch ended)
                         quick = several and polling.quick(idle_since, self._last_recv)
-                    if outcome == _DATA:  # (read for one call only: not quick, disarms)
+                    if outcome is _DATA:  # (read for one call only: not quick, disarms)
                         polling.after_read(quick, self._opener.buffered)
                 except Broken as broken:
                     err = broken.error
                     break
-                if outcome != _DATA or self._liveness.probing:
+                if outcome is not _DATA or self._liveness.probing:
                     err = self.check_liveness()  # (however this thread woke)
                     if err is not None:
                         break
@@ -370,9 +386,9 @@ class Reader:
         """(Unlocked check.) A lone caller waits for the peer: it had better read itself."""
         return bool(self._waiters) and len(self._flows) <= 1
 
-    def _poll_and_dispatch(self) -> int:
-        """One non-blocking receive and its dispatch: 1 when something was read, else -1."""
-        return 1 if self._receive_and_dispatch(socket.MSG_DONTWAIT) else -1
+    def _poll_and_dispatch(self) -> Read:
+        """One non-blocking receive and its dispatch: ``Read.DATA`` or ``Read.NOTHING``."""
+        return self._receive_and_dispatch(socket.MSG_DONTWAIT)
 
     def _park_locked(self) -> bool:
         """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
@@ -383,10 +399,9 @@ class Reader:
                 quiet = time.monotonic() - self._last_lead
                 # Quiet: nobody took the role for LEAD_GRACE (normally because nobody waits;
                 # as a safety net also when waiters do not take it).
-                if not self._reading:
+                if self._role is FREE:
                     if quiet >= LEAD_GRACE or (self._waiters and len(self._flows) > 1):
-                        self._reading = True
-                        self._reader_holds = True
+                        self._role = READER_TAKES[self._role]
                         return True
                     for waiting in self._waiters:  # a lone caller waits: it reads itself
                         waiting._cond.notify_all()
@@ -419,15 +434,18 @@ class Reader:
                 try:
                     buf = opener.receive_buffer()
                     try:
-                        n = -1
-                        quick = False  # what was read came within `spin` of going idle
+                        polled = _SKIPPED
                         if spin:
                             idle_since = monotonic()
                             if polling.armed:
                                 self._spin_buf = buf
-                                n = polling.spin(self._recv_nowait, idle_since + spin)
-                                quick = n > 0
-                        if n < 0:
+                                polled = polling.spin(self._recv_nowait, idle_since + spin)
+                        if polled is _DATA:
+                            n = self._spin_got
+                            quick = True  # (what was read came within `spin` of going idle)
+                        elif polled is _EOF:
+                            n = 0
+                        else:
                             n = sock.recv_into(buf)
                             quick = spin > 0 and polling.quick(idle_since, monotonic())
                     finally:
@@ -467,12 +485,14 @@ class Reader:
                     sock.close()
                 inline.run_leftover()
 
-    def _recv_nowait(self) -> int:
-        """One non-blocking receive into ``_spin_buf``: how many bytes (0: EOF), or -1."""
+    def _recv_nowait(self) -> Read:
+        """One non-blocking receive into ``_spin_buf`` (how many bytes: ``_spin_got``)."""
         try:
-            return self._sock.recv_into(self._spin_buf, 0, socket.MSG_DONTWAIT)
+            n = self._sock.recv_into(self._spin_buf, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return -1
+            return _NOTHING
+        self._spin_got = n
+        return _DATA if n else _EOF
 
     def read_during_job(self) -> None:
         """(The helper thread of a long inline job.) Read and dispatch for the VC while its

@@ -1,0 +1,101 @@
+"""Busy polling (:mod:`ipcclient.transport.polling`): when a reader polls, the one polling
+loop and its outcomes, and the process's polling slots."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ipcclient.transport import polling
+from ipcclient.transport.polling import PollState
+from ipcclient.transport.readrole import Read
+
+
+def test_polling_follows_only_a_quick_read_that_ended_on_a_record_boundary() -> None:
+    state = PollState(0.001)
+    assert not state.armed  # never before a first quick read
+    state.after_read(quick=True, partial=False)
+    assert state.armed
+    state.after_read(quick=True, partial=True)  # a large message, or a trickling peer
+    assert not state.armed
+    state.after_read(quick=True, partial=False)
+    state.after_read(quick=False, partial=False)  # a longer gap
+    assert not state.armed
+
+
+def test_quick_means_within_the_poll_length_of_going_idle() -> None:
+    state = PollState(0.5)
+    assert state.quick(10.0, 10.49)
+    assert not state.quick(10.0, 10.5)
+    assert not PollState(0.0).quick(10.0, 10.0)  # (off: nothing is quick)
+
+
+class Attempts:
+    """A fake non-blocking receive: nothing ``empty`` times, then ``then``."""
+
+    def __init__(self, empty: int, then: Read = Read.DATA) -> None:
+        self.empty = empty
+        self.then = then
+        self.calls = 0
+
+    def __call__(self) -> Read:
+        self.calls += 1
+        if self.calls > self.empty:
+            return self.then
+        return Read.NOTHING
+
+
+@pytest.fixture(autouse=True)
+def _slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)  # (other VCs may poll meanwhile)
+
+
+def test_a_poll_that_finds_data_counts_a_hit_and_keeps_the_rules_armed() -> None:
+    state = PollState(1.0)
+    state.armed = True
+    attempt = Attempts(empty=3)
+    before = polling.pollers()
+    assert state.spin(attempt, time.monotonic() + 10) is Read.DATA
+    assert attempt.calls == 4
+    assert (state.hits, state.misses, state.armed) == (1, 0, True)
+    assert polling.pollers() == before  # the slot is given back
+
+
+def test_a_poll_that_finds_nothing_counts_a_miss_and_disarms() -> None:
+    state = PollState(0.001)
+    state.armed = True
+    attempt = Attempts(empty=10**9)
+    assert state.spin(attempt, time.monotonic() + 0.002) is Read.MISSED
+    assert attempt.calls >= 1
+    assert (state.hits, state.misses, state.armed) == (0, 1, False)
+
+
+def test_eof_ends_a_poll_without_counting_a_hit() -> None:
+    state = PollState(1.0)
+    assert state.spin(Attempts(empty=0, then=Read.EOF), time.monotonic() + 10) is Read.EOF
+    assert (state.hits, state.misses) == (0, 0)
+
+
+def test_no_free_slot_means_no_poll_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(polling, "POLL_SLOTS", 0)
+    state = PollState(1.0)
+    attempt = Attempts(empty=0)
+    assert state.spin(attempt, time.monotonic() + 10) is Read.SKIPPED
+    assert attempt.calls == 0 and (state.hits, state.misses) == (0, 0)
+
+
+def test_a_poll_stops_when_told_to() -> None:
+    state = PollState(1.0)
+    attempt = Attempts(empty=10**9)
+    stops = iter([False, False, True])
+    assert state.spin(attempt, time.monotonic() + 10, lambda: next(stops)) is Read.STOPPED
+    assert attempt.calls == 2 and (state.hits, state.misses) == (0, 0)
+
+
+def test_slots_are_limited_and_given_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(polling, "POLL_SLOTS", 0)
+    assert not polling.take_slot()  # none free
+    monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)
+    assert polling.take_slot()
+    polling.give_slot()
