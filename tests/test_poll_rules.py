@@ -46,20 +46,46 @@ class Attempts:
         return Read.NOTHING
 
 
+class Slots:
+    """Counts the slots this test's polls hold (other VCs of the process may poll too)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.held = 0
+        take, give = polling.take_slot, polling.give_slot
+
+        def counted_take() -> bool:
+            ok = take()
+            self.held += ok
+            return ok
+
+        def counted_give() -> None:
+            self.held -= 1
+            give()
+
+        monkeypatch.setattr(polling, "take_slot", counted_take)
+        monkeypatch.setattr(polling, "give_slot", counted_give)
+
+
 @pytest.fixture(autouse=True)
-def _slots(monkeypatch: pytest.MonkeyPatch) -> None:
+def slots(monkeypatch: pytest.MonkeyPatch) -> Slots:
     monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)  # (other VCs may poll meanwhile)
+    return Slots(monkeypatch)
 
 
-def test_a_poll_that_finds_data_counts_a_hit_and_keeps_the_rules_armed() -> None:
+def test_a_poll_that_finds_data_counts_a_hit_and_keeps_the_rules_armed(slots: Slots) -> None:
     state = PollState(1.0)
     state.armed = True
+    held: list[int] = []
     attempt = Attempts(empty=3)
-    before = polling.pollers()
-    assert state.spin(attempt, time.monotonic() + 10) is Read.DATA
-    assert attempt.calls == 4
+
+    def watched() -> Read:
+        held.append(slots.held)
+        return attempt()
+
+    assert state.spin(watched, time.monotonic() + 10) is Read.DATA
+    assert attempt.calls == 4 and held == [1] * 4  # a slot held while polling
     assert (state.hits, state.misses, state.armed) == (1, 0, True)
-    assert polling.pollers() == before  # the slot is given back
+    assert slots.held == 0  # and given back
 
 
 def test_a_poll_that_finds_nothing_counts_a_miss_and_disarms() -> None:
@@ -71,10 +97,15 @@ def test_a_poll_that_finds_nothing_counts_a_miss_and_disarms() -> None:
     assert (state.hits, state.misses, state.armed) == (0, 1, False)
 
 
-def test_eof_ends_a_poll_without_counting_a_hit() -> None:
+def test_an_attempt_that_fails_ends_the_poll_and_gives_the_slot_back(slots: Slots) -> None:
     state = PollState(1.0)
-    assert state.spin(Attempts(empty=0, then=Read.EOF), time.monotonic() + 10) is Read.EOF
-    assert (state.hits, state.misses) == (0, 0)
+
+    def broken() -> Read:
+        raise OSError("the peer closed the connection")
+
+    with pytest.raises(OSError):
+        state.spin(broken, time.monotonic() + 10)
+    assert slots.held == 0 and (state.hits, state.misses) == (0, 0)
 
 
 def test_no_free_slot_means_no_poll_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +114,7 @@ def test_no_free_slot_means_no_poll_at_all(monkeypatch: pytest.MonkeyPatch) -> N
     attempt = Attempts(empty=0)
     assert state.spin(attempt, time.monotonic() + 10) is Read.SKIPPED
     assert attempt.calls == 0 and (state.hits, state.misses) == (0, 0)
+    assert polling.take_slot() is False
 
 
 def test_a_poll_stops_when_told_to() -> None:

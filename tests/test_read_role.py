@@ -77,7 +77,7 @@ def test_every_role_is_reachable_and_the_reader_always_gets_it_back() -> None:
 
 
 def test_read_outcomes_are_distinct() -> None:
-    assert len({r.value for r in Read}) == len(Read) == 8
+    assert len({r.value for r in Read}) == len(Read) == 7
 
 
 # --- on a real VC ------------------------------------------------------------------------------

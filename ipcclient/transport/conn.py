@@ -369,7 +369,7 @@ class Connection(Reader):
 
     def unpark(self) -> None:
         """(The idle watcher.) Input came: give the VC a reader thread again."""
-        thread = threading.Thread(target=self._read_loop, name=f"ipc-{self.name}", daemon=True)
+        thread = threading.Thread(target=self._reader_thread, name=f"ipc-{self.name}", daemon=True)
         self._reader = thread
         try:
             thread.start()

@@ -114,8 +114,8 @@ class PollState:
     def spin(
         self, attempt: Callable[[], Read], until: float, stop: Callable[[], bool] | None = None
     ) -> Read:
-        """Poll until monotonic time ``until``: call ``attempt()`` (one non-blocking receive,
-        returning ``Read.DATA``, ``Read.EOF`` or ``Read.NOTHING``) until it gets something,
+        """Poll until monotonic time ``until``: call ``attempt()`` (one non-blocking receive
+        and its dispatch, returning ``Read.DATA`` or ``Read.NOTHING``) until it gets something,
         yielding the CPU between attempts. Returns what ``attempt`` got, ``Read.MISSED``
         (nothing before ``until``; this disarms the rules), ``Read.SKIPPED`` (no slot free)
         or ``Read.STOPPED`` (``stop()`` became true). A slot is held meanwhile (and while
@@ -135,7 +135,7 @@ class PollState:
                 if got is not _NOTHING:
                     if got is _DATA:
                         self.hits += 1
-                    return got
+                    return got  # (anything but NOTHING ends the poll)
                 if monotonic() >= until:
                     self.misses += 1
                     self.armed = False  # a longer gap: sleep until a short one

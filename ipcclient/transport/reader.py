@@ -1,10 +1,11 @@
-"""Reading a VC's socket: who reads, the reader loops, one read step.
+"""Reading a VC's socket: who reads, the one reading loop, one read step.
 
 Owns: :class:`Reader`, the read side of :class:`~ipcclient.transport.conn.Connection` (a
 base class of it): the *read role* (who may touch the socket's receive side, the record
 opener and its buffer), its hand-over between the VC's reader thread and callers
-(leader/follower reads on dialed VCs), the reader thread's loops, busy polling before a
-blocking read (see :mod:`ipcclient.transport.polling`) and the helper reader of an inline job.
+(leader/follower reads on dialed VCs, the states in :mod:`ipcclient.transport.readrole`), the
+one reading loop that the reader thread and an inline job's helper run (``Who``), a caller's
+read step, and busy polling before a blocking read (see :mod:`ipcclient.transport.polling`).
 
 Whoever holds the read role reads the socket, opens records and feeds the mux, dispatching to
 every flow (:meth:`Connection._on_plaintext`). On an accepted (server) VC the role always
@@ -25,6 +26,7 @@ Must not: write to the socket except through the record writer, decide what a fr
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import select
@@ -51,7 +53,7 @@ from ipcclient.transport.readrole import (
 )
 from ipcclient.transport.waits import Signal, reacquire
 
-__all__ = ["LEAD_GRACE", "Broken", "Reader"]
+__all__ = ["LEAD_GRACE", "Broken", "Reader", "Who"]
 
 log = logging.getLogger("ipcclient.transport")
 
@@ -62,11 +64,26 @@ socket back (so a client making calls back to back keeps reading its own replies
 # (Module constants: an enum member looked up on its class costs an attribute lookup.)
 _DATA = Read.DATA
 _NOTHING = Read.NOTHING
-_EOF = Read.EOF
 _WOKEN = Read.WOKEN
 _TIMEOUT = Read.TIMEOUT
 _SKIPPED = Read.SKIPPED
 _STOPPED = Read.STOPPED
+
+
+class Who(enum.IntEnum):
+    """Who runs the reading loop (see :meth:`Reader._read_until_done`)."""
+
+    SHARED = 0
+    """The reader thread of a dialed VC that shares the read role with its callers."""
+    SOLE = 1
+    """The reader thread that does all reading (accepted VCs; ``lead_reads`` off)."""
+    HELPER = 2
+    """The helper reader of a long inline job."""
+
+
+_SHARED = Who.SHARED
+_SOLE = Who.SOLE
+_HELPER = Who.HELPER
 
 
 class Broken(Exception):
@@ -106,8 +123,6 @@ class Reader:
         self._last_lead = 0.0
         self._reader_signal = Signal(self._lock)
         self._mid_read = False
-        self._spin_buf: memoryview | bytearray = bytearray()  # (what a poll receives into)
-        self._spin_got = 0  # (how many bytes it received)
         self._wake_r = self._wake_w = -1
         if lead:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -115,7 +130,7 @@ class Reader:
             self._poll.register(self._sock.fileno(), select.POLLIN)
             self._poll.register(self._wake_r, select.POLLIN)
         self._reader = threading.Thread(
-            target=self._lead_loop if lead else self._read_loop,
+            target=self._reader_thread,
             name=f"ipc-{self.name}",
             daemon=True,
         )
@@ -297,90 +312,157 @@ class Reader:
         for plain in self._opener.received(n):
             heard = True
             self._on_plaintext(plain)
-        if heard:
-            # Only whole records count as hearing from the peer: bytes of a record that
-            # never completes (a length garbled on the way) are no sign of life.
+        if heard or not self._lead:
+            # On a dialed VC with leader/follower reads (where calls that time out start
+            # probes) only whole records count as hearing from the peer: bytes of a record
+            # that never completes (a length garbled on the way) are no sign of life.
             self._last_recv = now
         self._mid_read = False
         return _DATA
 
-    # --- the reader thread of a dialed VC -----------------------------------------------
-    def _lead_loop(self) -> None:
-        """The reader thread of a dialed VC: it reads only while no caller does (it gives
-        the role up as soon as a caller waits, and takes it back after LEAD_GRACE of quiet),
-        so a caller normally reads its own reply without a thread hop, and an idle VC still
-        answers pings, notices a dead peer and sees GOAWAY."""
-        err: errors.IPCError | None = None
+    # --- the reading loop: the reader thread (either kind) and an inline job's helper ------
+    def _reader_thread(self) -> None:
+        """The VC's reader thread."""
+        self._read_until_done(_SHARED if self._lead else _SOLE)
+
+    def read_during_job(self) -> None:
+        """(The helper thread of a long inline job.) Read and dispatch for the VC while its
+        reader thread runs the job (flows opened meanwhile go to ``on_flow``, which hands
+        them to workers)."""
+        self._read_until_done(_HELPER)
+
+    def _read_until_done(self, who: Who) -> None:
+        """Read and dispatch until the VC ends (or, for the helper, until the inline job
+        does), with keepalive duty. ``who`` reads:
+
+        - ``Who.SHARED``, the reader thread of a dialed VC with leader/follower reads: it
+          reads only while no caller does (it gives the role up as soon as a lone caller
+          waits, and takes it back after LEAD_GRACE of quiet), so a caller normally reads
+          its own reply without a thread hop, and an idle VC still answers pings, notices a
+          dead peer and sees GOAWAY. Each wait in ``poll`` (socket and wake pipe) lasts at
+          most until the next keepalive check.
+        - ``Who.SOLE``, the reader thread that does all reading (an accepted VC, or a dialed
+          one with ``lead_reads`` off): blocking receives, bounded by the socket's receive
+          timeout (the keepalive interval, or ``park_idle`` when shorter); runs the inline
+          job a batch brought; may park the VC when idle.
+        - ``Who.HELPER``, an inline job's helper: 1 ms polls, until the job ends.
+
+        The reader threads busy-poll before a blocking read (the SHARED one only while it
+        reads for several calls); the helper never does.
+        """
+        lead = who is _SHARED
+        sole = who is _SOLE
+        helper = who is _HELPER
+        sock = self._sock
+        inline = self._inline
         polling = self._polling
-        spin = polling.length
+        spin = 0.0 if helper else polling.length
         monotonic = time.monotonic
+        err: errors.IPCError | None = None
+        parked = False
+        if helper:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
         try:
-            if self._pending_early:
+            if self._pending_early and not helper:
                 early, self._pending_early = self._pending_early, []
                 for plain in early:
                     self._on_plaintext(plain)
+                if sole:
+                    inline.run_pending()
             while True:
-                with self._lock:
+                if lead:
+                    with self._lock:
+                        if self._error is not None:
+                            break
+                        if self._waiters and len(self._flows) <= 1:
+                            # A lone caller wants the socket: hand the role over (with several
+                            # calls in flight this thread reads for all of them).
+                            self._role = HAND_OVER[self._role]
+                            polling.armed = False  # (a quick read must come first again)
+                            self._last_lead = time.monotonic()
+                            for waiting in self._waiters:
+                                waiting._cond.notify_all()
+                                break
+                            if not self._park_locked():
+                                break
+                            continue
+                elif sole:
                     if self._error is not None:
                         break
-                    if self._waiters and len(self._flows) <= 1:
-                        # A lone caller wants the socket: hand the role over (with several
-                        # calls in flight this thread reads for all of them).
-                        self._role = HAND_OVER[self._role]
-                        polling.armed = False  # (a quick read must come first again)
-                        self._last_lead = time.monotonic()
-                        for waiting in self._waiters:
-                            waiting._cond.notify_all()
+                else:
+                    with self._lock:
+                        if not inline.running or self._error is not None:
                             break
-                        if not self._park_locked():
-                            break
-                        continue
-                try:
-                    # Reading for several calls: poll first, as accepted VCs do (busy_poll).
-                    polled = _SKIPPED
-                    quick = False  # what was read came within `spin` of going idle
-                    several = spin > 0 and len(self._flows) > 1
-                    if several:
-                        idle_since = monotonic()
-                        if polling.armed:
-                            polled = polling.spin(
-                                self._poll_and_dispatch, idle_since + spin, self._lone_waiter
-                            )
-                            if polled is _STOPPED:
-                                # A lone caller waits: it may have written to the pipe for a
-                                # reader asleep in poll(); drain that, so the caller's own
-                                # first read does not return at once for it.
-                                with contextlib.suppress(OSError):
-                                    os.read(self._wake_r, 4096)
-                                continue  # hand it the socket (above)
-                    if polled is _DATA:
-                        outcome = _DATA
-                        quick = True
-                    else:
+                # Busy poll first (see polling): the SOLE reader always may, the SHARED one
+                # while it reads for several calls.
+                polled = _SKIPPED
+                polls = spin > 0 and (sole or len(self._flows) > 1)
+                if polls:
+                    idle_since = monotonic()
+                    if polling.armed:
+                        polled = polling.spin(
+                            self._poll_and_dispatch,
+                            idle_since + spin,
+                            self._lone_waiter if lead else None,
+                        )
+                        if polled is _STOPPED:
+                            # A lone caller waits: it may have written to the pipe for a
+                            # reader asleep in poll(); drain that, so the caller's own first
+                            # read does not return at once for it.
+                            with contextlib.suppress(OSError):
+                                os.read(self._wake_r, 4096)
+                            continue  # hand it the socket (above)
+                if polled is _DATA:
+                    outcome = _DATA
+                    quick = True
+                else:
+                    if lead:
                         outcome = self._read_step(
                             self._liveness.next_check(monotonic(), self._last_recv)
                         )
-                        # (when the bytes came, not when their dispatch ended)
-                        quick = several and polling.quick(idle_since, self._last_recv)
-                    if outcome is _DATA:  # (read for one call only: not quick, disarms)
+                    elif sole:
+                        outcome = self._receive_and_dispatch()  # (blocks: see SO_RCVTIMEO)
+                    elif poller.poll(1):
+                        outcome = self._receive_and_dispatch()
+                    else:
+                        outcome = _TIMEOUT
+                    # (when the bytes came, not when their dispatch ended)
+                    quick = polls and polling.quick(idle_since, self._last_recv)
+                if outcome is _DATA:
+                    if spin:  # (read for one call only: not quick, disarms)
                         polling.after_read(quick, self._opener.buffered)
-                except Broken as broken:
-                    err = broken.error
+                    if sole:
+                        inline.run_pending()
+                    if not self._liveness.probing:
+                        continue
+                elif sole and self._park_idle and self._park():
+                    parked = True  # (the idle watcher has the VC now)
+                    return
+                err = self.check_liveness()  # (however this thread woke)
+                if err is not None:
                     break
-                if outcome is not _DATA or self._liveness.probing:
-                    err = self.check_liveness()  # (however this thread woke)
-                    if err is not None:
-                        break
+        except Broken as broken:
+            err = broken.error
         except errors.IPCError as exc:
-            self._fail_protocol(exc)
+            err = self._goaway_for(exc)
         except Exception as exc:  # pragma: no cover - a bug here must still break the VC
-            log.exception("transport: reader thread failed")
+            log.exception("transport: %s reader failed", who.name.lower())
             err = errors.InternalError(f"transport: reader failed: {exc!r}")
         finally:
-            self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._close_pipe()
+            if helper:
+                if err is not None:
+                    self._break(err)
+            elif not parked:
+                self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
+                with contextlib.suppress(OSError):
+                    sock.close()
+                if lead:
+                    self._close_pipe()
+                else:
+                    # A job taken from a batch that failed half way: run it now; its flow
+                    # is broken, so it only lets go of what the owner holds for it.
+                    inline.run_leftover()
 
     def _lone_waiter(self) -> bool:
         """(Unlocked check.) A lone caller waits for the peer: it had better read itself."""
@@ -413,113 +495,3 @@ class Reader:
             return False
         finally:
             self._reader_parked = False
-
-    # --- the reader thread of an accepted VC (or of a dialed one with lead_reads off) ---
-    def _read_loop(self) -> None:
-        sock = self._sock
-        opener = self._opener
-        inline = self._inline
-        err: errors.IPCError | None = None
-        polling = self._polling
-        spin = polling.length
-        monotonic = time.monotonic
-        parked = False
-        try:
-            if self._pending_early:
-                early, self._pending_early = self._pending_early, []
-                for plain in early:
-                    self._on_plaintext(plain)
-                inline.run_pending()
-            while self._error is None:
-                try:
-                    buf = opener.receive_buffer()
-                    try:
-                        polled = _SKIPPED
-                        if spin:
-                            idle_since = monotonic()
-                            if polling.armed:
-                                self._spin_buf = buf
-                                polled = polling.spin(self._recv_nowait, idle_since + spin)
-                        if polled is _DATA:
-                            n = self._spin_got
-                            quick = True  # (what was read came within `spin` of going idle)
-                        elif polled is _EOF:
-                            n = 0
-                        else:
-                            n = sock.recv_into(buf)
-                            quick = spin > 0 and polling.quick(idle_since, monotonic())
-                    finally:
-                        buf.release()  # (the opener may grow its buffer for the next read)
-                except (BlockingIOError, TimeoutError):
-                    # The receive timeout (SO_RCVTIMEO: the keepalive interval, or park_idle
-                    # when shorter) passed without input.
-                    if self._park_idle and self._park():
-                        parked = True  # (the idle watcher has the VC now)
-                        return
-                    err = self.check_liveness()
-                    if err is None:
-                        continue
-                    break
-                except OSError as exc:
-                    if self._error is None:
-                        err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
-                    break
-                if n == 0:
-                    err = errors.ConnectionFailedError("transport: the peer closed the connection")
-                    break
-                self._last_recv = time.monotonic()
-                for record in opener.received(n):
-                    self._on_plaintext(record)
-                if spin:
-                    polling.after_read(quick, opener.buffered)
-                inline.run_pending()
-        except errors.IPCError as exc:
-            err = self._goaway_for(exc)  # (broken in the finally below)
-        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
-            log.exception("transport: reader thread failed")
-            err = errors.InternalError(f"transport: reader failed: {exc!r}")
-        finally:
-            if not parked:
-                self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
-                with contextlib.suppress(OSError):
-                    sock.close()
-                inline.run_leftover()
-
-    def _recv_nowait(self) -> Read:
-        """One non-blocking receive into ``_spin_buf`` (how many bytes: ``_spin_got``)."""
-        try:
-            n = self._sock.recv_into(self._spin_buf, 0, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return _NOTHING
-        self._spin_got = n
-        return _DATA if n else _EOF
-
-    def read_during_job(self) -> None:
-        """(The helper thread of a long inline job.) Read and dispatch for the VC while its
-        reader thread runs the job (flows opened meanwhile go to ``on_flow``, which hands
-        them to workers)."""
-        err: errors.IPCError | None = None
-        inline = self._inline
-        try:
-            poller = select.poll()
-            poller.register(self._sock.fileno(), select.POLLIN)
-            while True:
-                with self._lock:
-                    if not inline.running or self._error is not None:
-                        break
-                if not poller.poll(1):
-                    err = self.check_liveness()
-                    if err is not None:
-                        break
-                    continue
-                self._receive_and_dispatch()
-        except Broken as broken:
-            err = broken.error
-        except errors.IPCError as exc:
-            self._fail_protocol(exc)
-        except Exception as exc:  # pragma: no cover - a bug here must still break the VC
-            log.exception("transport: helper reader failed")
-            err = errors.InternalError(f"transport: helper reader failed: {exc!r}")
-        finally:
-            if err is not None:
-                self._break(err)

@@ -87,18 +87,18 @@ class Read(enum.IntEnum):
     """The outcome of one read step (or of one busy poll, or one non-blocking receive)."""
 
     DATA = 0
-    """Something was received (and dispatched, where the step dispatches)."""
-    EOF = 1
-    """The peer closed the connection (a non-blocking receive got 0 bytes)."""
-    NOTHING = 2
-    """A non-blocking receive found nothing (or the socket woke the poll for nothing)."""
-    WOKEN = 3
+    """Something was received and dispatched."""
+    NOTHING = 1
+    """A receive found nothing (a non-blocking one, or a blocking one whose receive timeout
+    passed)."""
+    WOKEN = 2
     """The wait ended by a wake-up from another thread, not by input."""
-    TIMEOUT = 4
+    TIMEOUT = 3
     """The wait's time passed without input."""
-    MISSED = 5
+    MISSED = 4
     """A busy poll found nothing before its end."""
-    SKIPPED = 6
+    SKIPPED = 5
     """No busy polling slot was free: nothing was tried."""
-    STOPPED = 7
+    STOPPED = 6
     """A busy poll stopped because a lone caller waits to read itself."""
+    # (EOF and socket errors are not outcomes: they break the VC.)
