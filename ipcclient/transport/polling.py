@@ -10,13 +10,13 @@ means a large message, or a peer trickling bytes: its rest comes by a blocking r
 polling for it would only burn CPU); never right after a poll that found nothing (until a
 quick read again); never while ``POLL_SLOTS`` other threads of the process poll.
 
-Must not: read or dispatch anything itself (the caller's ``attempt`` does), or decide who
-reads a VC.
+Must not: dispatch what it receives (the caller does), or decide who reads a VC.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from _thread import allocate_lock
 from collections.abc import Callable
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from ipcclient.transport.readrole import Read
 
 _DATA = Read.DATA
-_NOTHING = Read.NOTHING
 _MISSED = Read.MISSED
 _SKIPPED = Read.SKIPPED
 _STOPPED = Read.STOPPED
@@ -90,7 +89,7 @@ class PollState:
         length: seconds a poll lasts (0: never poll).
     """
 
-    __slots__ = ("armed", "hits", "length", "misses")
+    __slots__ = ("armed", "got", "hits", "length", "misses")
 
     def __init__(self, length: float) -> None:
         self.length = length
@@ -100,6 +99,8 @@ class PollState:
         """Polls that found data."""
         self.misses = 0
         """Polls that found nothing."""
+        self.got = 0
+        """Bytes the last poll that found data received."""
 
     def quick(self, idle_since: float, came_at: float) -> bool:
         """Whether input that came at ``came_at`` came within the poll's length of the reader
@@ -112,35 +113,46 @@ class PollState:
         self.armed = quick and not partial
 
     def spin(
-        self, attempt: Callable[[], Read], until: float, stop: Callable[[], bool] | None = None
+        self,
+        sock: socket.socket,
+        buf: memoryview | bytearray,
+        until: float,
+        stop: Callable[[], bool] | None = None,
     ) -> Read:
-        """Poll until monotonic time ``until``: call ``attempt()`` (one non-blocking receive
-        and its dispatch, returning ``Read.DATA`` or ``Read.NOTHING``) until it gets something,
-        yielding the CPU between attempts. Returns what ``attempt`` got, ``Read.MISSED``
-        (nothing before ``until``; this disarms the rules), ``Read.SKIPPED`` (no slot free)
-        or ``Read.STOPPED`` (``stop()`` became true). A slot is held meanwhile (and while
-        ``attempt`` dispatches what it found).
+        """Poll ``sock`` until monotonic time ``until``: non-blocking receives into ``buf``,
+        yielding the CPU between them. Returns ``Read.DATA`` when a receive returned (its
+        byte count in :attr:`got`; 0 means the peer closed the connection), ``Read.MISSED``
+        (nothing before ``until``; this disarms the rules), ``Read.SKIPPED`` (no slot free:
+        nothing was tried) or ``Read.STOPPED`` (``stop()``, asked before each receive, became
+        true). A slot is held meanwhile.
 
         Each receive lets go of the GIL; between polls the thread also yields its CPU
         (``sched_yield``, which lets go of the GIL too from Python 3.12), so that a thread
         just woken (a worker given data or credit) can run.
+
+        Raises:
+            OSError: a receive failed (other than finding nothing).
         """
         if not take_slot():
             return _SKIPPED
         monotonic = time.monotonic
         yield_cpu = os.sched_yield
+        recv_into = sock.recv_into
         try:
             while stop is None or not stop():
-                got = attempt()
-                if got is not _NOTHING:
-                    if got is _DATA:
-                        self.hits += 1
-                    return got  # (anything but NOTHING ends the poll)
-                if monotonic() >= until:
-                    self.misses += 1
-                    self.armed = False  # a longer gap: sleep until a short one
-                    return _MISSED
-                yield_cpu()
+                try:
+                    n = recv_into(buf, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if monotonic() >= until:
+                        self.misses += 1
+                        self.armed = False  # a longer gap: sleep until a short one
+                        return _MISSED
+                    yield_cpu()
+                    continue
+                if n:
+                    self.hits += 1
+                self.got = n
+                return _DATA
             return _STOPPED
         finally:
             give_slot()

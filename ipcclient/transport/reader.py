@@ -305,6 +305,16 @@ class Reader:
         except OSError as exc:
             err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
             raise Broken(err) from exc
+        return self._dispatch_received(n)
+
+    def _dispatch_received(self, n: int) -> Read:
+        """``n`` bytes were received into the opener's buffer: dispatch every record they
+        complete (``Read.DATA``).
+
+        Raises:
+            Broken: ``n`` is 0 (EOF).
+            IPCError: the peer broke the protocol.
+        """
         if n == 0:
             raise Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
         now = time.monotonic()
@@ -401,11 +411,7 @@ class Reader:
                 if polls:
                     idle_since = monotonic()
                     if polling.armed:
-                        polled = polling.spin(
-                            self._poll_and_dispatch,
-                            idle_since + spin,
-                            self._lone_waiter if lead else None,
-                        )
+                        polled = self._poll_socket(idle_since + spin, lead)
                         if polled is _STOPPED:
                             # A lone caller waits: it may have written to the pipe for a
                             # reader asleep in poll(); drain that, so the caller's own first
@@ -414,7 +420,7 @@ class Reader:
                                 os.read(self._wake_r, 4096)
                             continue  # hand it the socket (above)
                 if polled is _DATA:
-                    outcome = _DATA
+                    outcome = self._dispatch_received(polling.got)
                     quick = True
                 else:
                     if lead:
@@ -434,7 +440,7 @@ class Reader:
                         polling.after_read(quick, self._opener.buffered)
                     if sole:
                         inline.run_pending()
-                    if not self._liveness.probing:
+                    if not (lead and self._liveness.probing):  # (probes: dialed VCs only)
                         continue
                 elif sole and self._park_idle and self._park():
                     parked = True  # (the idle watcher has the VC now)
@@ -468,9 +474,25 @@ class Reader:
         """(Unlocked check.) A lone caller waits for the peer: it had better read itself."""
         return bool(self._waiters) and len(self._flows) <= 1
 
-    def _poll_and_dispatch(self) -> Read:
-        """One non-blocking receive and its dispatch: ``Read.DATA`` or ``Read.NOTHING``."""
-        return self._receive_and_dispatch(socket.MSG_DONTWAIT)
+    def _poll_socket(self, until: float, lead: bool) -> Read:
+        """Busy-poll the socket into the opener's buffer until ``until`` (see
+        :meth:`PollState.spin`; with ``lead``, stop when a lone caller waits).
+
+        Raises:
+            Broken: a receive failed.
+        """
+        self._mid_read = True  # (until what a poll receives is dispatched)
+        buf = self._opener.receive_buffer()
+        try:
+            got = self._polling.spin(self._sock, buf, until, self._lone_waiter if lead else None)
+        except OSError as exc:
+            err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
+            raise Broken(err) from exc
+        finally:
+            buf.release()  # (the opener may grow its buffer before the next receive)
+        if got is not _DATA:
+            self._mid_read = False
+        return got
 
     def _park_locked(self) -> bool:
         """With ``_lock`` held, the role given up: sleep until the VC has been quiet (nobody
