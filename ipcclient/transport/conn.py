@@ -47,20 +47,24 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.transport import liveness as livemod
 from ipcclient.transport.flow import Flow, run_abort
-from ipcclient.transport.inline import INLINE_HANDOFF, InlineRunner
-from ipcclient.transport.liveness import MIN_KEEPALIVE_INTERVAL, KeepaliveConfig
+from ipcclient.transport.inline import INLINE_HANDOFF as INLINE_HANDOFF
+from ipcclient.transport.inline import InlineRunner
+from ipcclient.transport.liveness import MIN_KEEPALIVE_INTERVAL as MIN_KEEPALIVE_INTERVAL
+from ipcclient.transport.liveness import KeepaliveConfig
 from ipcclient.transport.parking import IDLE
 from ipcclient.transport.polling import PollState
-from ipcclient.transport.reader import LEAD_GRACE, Reader
-from ipcclient.transport.writer import LINGER, LINGER_BYTES, RecordWriter
+from ipcclient.transport.reader import LEAD_GRACE as LEAD_GRACE
+from ipcclient.transport.reader import Reader
+from ipcclient.transport.writer import LINGER as LINGER
+from ipcclient.transport.writer import LINGER_BYTES as LINGER_BYTES
+from ipcclient.transport.writer import RecordWriter
 from ipcclient.vc.handshake import HandshakeResult
 from ipcclient.wire import mux as muxmod
 from ipcclient.wire.mux import Mux, MuxConfig
 
 __all__ = ["Connection", "Flow", "KeepaliveConfig"]
-
-# (Re-exported: their home is the module named.)
-_REEXPORTED = (INLINE_HANDOFF, LEAD_GRACE, LINGER, LINGER_BYTES, MIN_KEEPALIVE_INTERVAL)
+# (INLINE_HANDOFF, LEAD_GRACE, LINGER, LINGER_BYTES and MIN_KEEPALIVE_INTERVAL are imported
+# "as" themselves: re-exported for code that imports them from here.)
 
 log = logging.getLogger("ipcclient.transport")
 
