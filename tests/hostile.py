@@ -16,7 +16,7 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.headers import Request
 from ipcclient.security import Principal
-from ipcclient.transport.manager import _drive_handshake, split_host_port
+from ipcclient.transport.dial import drive_handshake, split_host_port
 from ipcclient.vc.handshake import ClientHandshake
 from ipcclient.wire import mux as muxmod
 from ipcclient.wire.messages import encode_messages
@@ -64,7 +64,7 @@ class HostilePeer:
             authorize_server=lambda *_: None,
             blessings_for_server=lambda _b: principal.store.default,
         )
-        _drive_handshake(
+        drive_handshake(
             self.sock, hs.receive_data, lambda: hs.done, hs.start(), time.monotonic() + 10
         )
         assert hs.result is not None

@@ -21,7 +21,7 @@ import pytest
 
 from ipcclient import AllowEveryone, Client, ClientOptions, Context, Server, ServerOptions, errors
 from ipcclient.server.exposure import expose
-from ipcclient.transport import conn as conn_mod
+from ipcclient.transport import polling
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import (
     CLIENT_BUSY_POLL,
@@ -191,7 +191,7 @@ def test_nothing_polls_when_off_or_when_no_slot_is_free(
     slots: int | None,
 ) -> None:
     if slots is not None:
-        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", slots)  # (as if other threads polled)
+        monkeypatch.setattr(polling, "POLL_SLOTS", slots)  # (as if other threads polled)
     lst = listen(TransportOptions(busy_poll=busy_poll))
     conn = _dial(lst)
     try:
@@ -208,8 +208,8 @@ def test_servers_poll_by_default(listen: Callable[[TransportOptions], Listener])
     conn = _dial(lst)
     try:
         assert _roundtrip(conn, b"x") == b"x"
-        assert _accepted(lst)._busy_poll == DEFAULT_BUSY_POLL
-        assert conn._busy_poll == DEFAULT_BUSY_POLL  # (its reader thread polls for several)
+        assert _accepted(lst).busy_poll == DEFAULT_BUSY_POLL
+        assert conn.busy_poll == DEFAULT_BUSY_POLL  # (its reader thread polls for several)
     finally:
         conn.close()
 
@@ -233,7 +233,7 @@ def test_rpc_servers_and_clients_poll_by_default(
         assert client.call(ctx, name, "Echo", i) == (i,)
     (dialed,) = client._vcs.values()
     (accepted,) = server.connections
-    assert (dialed._busy_poll, accepted._busy_poll) == (CLIENT_BUSY_POLL, DEFAULT_BUSY_POLL)
+    assert (dialed.busy_poll, accepted.busy_poll) == (CLIENT_BUSY_POLL, DEFAULT_BUSY_POLL)
     # (Whether 200 us catches this client's turnaround depends on the machine: the polling
     # itself is held by the transport tests above, with a 10 ms window.)
     assert dialed.busy_poll_hits == dialed.busy_poll_misses == 0  # a lone caller: never
@@ -330,11 +330,11 @@ def test_a_slow_read_disarms_the_polling_even_when_no_poll_ran(
     try:
         _calls(conn, 20, b"quick")  # (arms the polling)
         served = _accepted(lst)
-        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 0)
+        monkeypatch.setattr(polling, "POLL_SLOTS", 0)
         _calls(conn, 3, b"unpolled")
         time.sleep(0.05)
         _calls(conn, 1, b"late")  # a slow read, and no poll before it
-        monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 10**6)
+        monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)
         misses = served.busy_poll_misses
         time.sleep(0.05)
         _calls(conn, 1, b"later")
@@ -346,17 +346,17 @@ def test_a_slow_read_disarms_the_polling_even_when_no_poll_ran(
 
 def test_polling_slots_are_free_again_after_fork(monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread polling in the parent at fork time does not exist in the child."""
-    monkeypatch.setattr(conn_mod, "_POLL_SLOTS", 10**6)  # (other VCs may poll meanwhile)
-    assert conn_mod._take_poll_slot()
+    monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)  # (other VCs may poll meanwhile)
+    assert polling.take_slot()
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
-                code = 0 if conn_mod._pollers == 0 else 2
+                code = 0 if polling.pollers() == 0 else 2
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
-        conn_mod._give_poll_slot()
+        polling.give_slot()

@@ -21,7 +21,7 @@ from ipcclient.headers import response_from_wire
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
-from ipcclient.transport import conn as connmod
+from ipcclient.transport import parking
 from ipcclient.transport.conn import KeepaliveConfig
 from ipcclient.transport.manager import TransportOptions
 from ipcclient.vc.handshake import ClientHandshake
@@ -396,7 +396,7 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
         # Each peer has a reader thread in this process; the server's VCs give theirs up.
         wait_until(lambda: threading.active_count() <= before + len(peers) + 5)
         # (Each ping and its answer wake a VC for a moment: most, not all, are parked.)
-        wait_until(lambda: connmod._IDLE.parked >= 50)
+        wait_until(lambda: parking.IDLE.parked >= 50)
         wait_until(lambda: mute.closed)  # pinged while parked, never answered: broken
         time.sleep(1.0)  # two more ping rounds, answered
         assert not any(p.closed for p in peers if p is not mute)
@@ -407,4 +407,4 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
         for p in peers:
             p.close()
     server.stop()
-    wait_until(lambda: connmod._IDLE.parked == 0)
+    wait_until(lambda: parking.IDLE.parked == 0)

@@ -111,6 +111,7 @@ _READ_STEP = (
     connmod.Connection._lead_step,
     connmod.Connection._read_step,
     connmod.Connection._receive_and_dispatch,
+    connmod.Connection._dispatch_received,
     connmod.Connection._on_plaintext,
     records.RecordOpener.receive_buffer,
     records.RecordOpener.received,

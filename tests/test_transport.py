@@ -559,10 +559,10 @@ def test_pieces_streamed_items_and_an_empty_list_with_end(
 def test_streamed_items_go_out_even_when_the_lingerer_cannot_start(
     server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipcclient.transport import conn as conn_mod
+    from ipcclient.transport import writer as writer_mod
 
-    lingerer = conn_mod._Lingerer()  # a fresh one, with no thread yet
-    monkeypatch.setattr(conn_mod, "_LINGERER", lingerer)
+    lingerer = writer_mod.Lingerer()  # a fresh one, with no thread yet
+    monkeypatch.setattr(writer_mod, "LINGERER", lingerer)
     real_start = threading.Thread.start
 
     def failing_start(self: threading.Thread) -> None:
@@ -582,7 +582,7 @@ def test_streamed_items_go_out_even_when_the_lingerer_cannot_start(
         # The peer echoes only after FIN; the point is that x, y and z went out at once:
         # nothing is queued on the VC any more.
         with conn._lock:
-            assert not conn._mux.has_data_to_send and not conn._linger_due
+            assert not conn._mux.has_data_to_send and not conn._writer.linger_due
         flow.close_send()
         assert _read_all(flow) == b"XYZ"
     finally:
@@ -609,7 +609,7 @@ def test_a_request_and_its_reset_in_one_record_reach_the_owner_as_a_reset(
         with conn._lock:
             conn._mux.send_data(flow.id, b"a whole request", end=True)
             conn._mux.reset_flow(flow.id)
-        conn._flush()
+        conn._writer.flush()
         assert arrived.wait(5)
         (got,) = seen
         assert isinstance(got.error, errors.CanceledError)

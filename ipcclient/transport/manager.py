@@ -1,11 +1,12 @@
-"""Dialing and listening: sockets in, established VCs out.
+"""Making VCs: dialing and listening, sockets in, established VCs out.
 
-Owns: opening sockets for the supported protocols (``tcp``, ``tcp4``, ``tcp6``, ``unix``)
-with a deadline, running the sans-IO VC handshake over a blocking socket with a deadline and
-bounded sizes, and listening: an accept thread that hands each new socket to a bounded set of
-handshake threads (bounded per remote address too, the oldest shed when full, a first-byte
-timeout) and each established VC to the owner, under a cap on connections; its repeated
-warnings are rate-limited and emitted off the accept thread.
+Owns: :class:`TransportOptions` (the knobs of the VCs a manager makes), :class:`StreamManager`
+(dial: a socket and the client handshake, see :mod:`~ipcclient.transport.dial`; listen) and
+:class:`Listener`: an accept thread that hands each new socket to a bounded set of handshake
+threads (bounded per remote address too, the oldest shed when full, a first-byte timeout) and
+each established VC to the owner, under a cap on connections; its repeated warnings are
+rate-limited (:mod:`~ipcclient.transport.ratelog`). ``open_socket``, ``split_host_port`` and
+``PROTOCOLS`` are imported from here too.
 
 Must not: cache VCs (the client owns its VC map), resolve names, or know RPC. Never holds a
 lock across a dial or a handshake.
@@ -17,7 +18,6 @@ import collections
 import contextlib
 import logging
 import os
-import queue
 import select
 import socket
 import threading
@@ -28,6 +28,14 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
+from ipcclient.transport.dial import (
+    PROTOCOLS,
+    drive_handshake,
+    family_of,
+    open_socket,
+    split_host_port,
+)
+from ipcclient.transport.ratelog import Throttle
 from ipcclient.vc.handshake import (
     SUPPORTED_VERSIONS,
     ClientHandshake,
@@ -49,9 +57,6 @@ __all__ = [
 
 log = logging.getLogger("ipcclient.transport")
 
-PROTOCOLS = ("tcp", "tcp4", "tcp6", "unix")
-HANDSHAKE_RECV = 64 * 1024
-"""Bytes read per recv during a handshake (a whole handshake is a few KiB)."""
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 """A handshake that has not finished by then fails: a stalled peer cannot hold a thread."""
 ACCEPT_ERROR_PAUSE = 0.05
@@ -74,87 +79,14 @@ PARK_IDLE = 1.0
 """Seconds an accepted VC stays idle (no flow, no input) before its reader thread ends and
 the process's idle watcher takes it (default; see ``TransportOptions.park_idle``)."""
 
-LOG_INTERVAL = 10.0
-"""A repeated warning (connections refused or dropped) is logged at most once per this many
-seconds per listener and kind, with the number of events since the last one."""
-
-
-class _LogPump:
-    """Emits log records on a thread of its own, so that a slow log handler (a stderr
-    nobody drains) never blocks the accept path; the records are rate-limited by their
-    callers, so the queue stays short."""
-
-    def __init__(self) -> None:
-        self._init()
-
-    def _init(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[int, str, tuple[Any, ...]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def emit(self, level: int, msg: str, *args: Any) -> None:
-        self._queue.put((level, msg, args))
-        with self._lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="ipc-log", daemon=True)
-                try:
-                    thread.start()
-                except RuntimeError:  # no thread to be had: the record waits for the next
-                    return
-                self._thread = thread
-
-    def _run(self) -> None:
-        while True:
-            try:
-                level, msg, args = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            with contextlib.suppress(Exception):  # (logging reports its own failures)
-                log.log(level, msg, *args)
-
-
-_LOG_PUMP = _LogPump()
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_LOG_PUMP._init)
-
-
-class _Throttle:
-    """Counts one kind of repeated event and logs it at most once per ``LOG_INTERVAL``."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._lock = threading.Lock()
-        self._count = 0
-        self._last = -LOG_INTERVAL
-        self.total = 0
-
-    def event(self, detail: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._count += 1
-            self.total += 1
-            if now - self._last < LOG_INTERVAL:
-                return
-            count, self._count, self._last = self._count, 0, now
-        _LOG_PUMP.emit(
-            logging.WARNING, "transport: %s (%d in the last %.0f s; last: %s)",
-            self._what, count, LOG_INTERVAL, detail,
-        )  # fmt: skip
-
-
 DEFAULT_BUSY_POLL = 0.0002
 """Seconds a reader thread polls before sleeping (see ``TransportOptions.busy_poll``): longer
-than a quick client's turnaround between a reply and its next call (~70 us here)."""
+than a quick client's turnaround between a reply and its next call on loopback."""
 
 CLIENT_BUSY_POLL = 0.0005
 """What a client's VCs poll by default (``ClientOptions.transport``): only its reader thread
 polls, only while several calls are in flight, where the gaps between replies stretch with
-the number of callers (measured with 8 threads on one VC: ~8% more calls per second than
-with 200 us)."""
+the number of callers."""
 
 MAX_BUSY_POLL = 0.01
 """The most ``busy_poll`` may be: polling longer than this would waste more than it saves. (With
@@ -191,9 +123,7 @@ class TransportOptions:
             is followed by a blocking read, not a poll; at most ``os.cpu_count() - 1``
             (at least 1) threads of a process poll at once. A peer whose small messages keep
             coming faster than ``busy_poll`` keeps a reader polling between them (a CPU
-            kept busy while it does). Measured (docs/performance.md): 32 B echo mean
-            latency ~165 -> ~120 us, client CPU ~79 -> ~65 us per call, server CPU ~88 ->
-            ~120 us (the polling); 8 threads sharing one VC ~10-12k -> ~13-19k calls/s.
+            kept busy while it does). What it costs and buys: docs/performance.md.
         max_connections: (listening) accepted VCs and pending handshakes held at once;
             a connection beyond is closed at once (see ``MAX_CONNECTIONS``).
         max_pending_handshakes: (listening) handshakes running at once (a thread each); a
@@ -248,127 +178,6 @@ class TransportOptions:
         )
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` as (host, port).
-
-    Raises:
-        BadArgError: not of that form, or the port is not 0..65535.
-    """
-    if address.startswith("["):
-        close = address.find("]")
-        if close < 0 or address[close + 1 : close + 2] != ":":
-            raise errors.BadArgError(f"transport: bad address {address!r}")
-        host, port_text = address[1:close], address[close + 2 :]
-    else:
-        host, sep, port_text = address.rpartition(":")
-        if not sep or ":" in host:
-            raise errors.BadArgError(f"transport: bad address {address!r} (want host:port)")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise errors.BadArgError(f"transport: bad port in {address!r}")
-    return host, int(port_text)
-
-
-def _family(protocol: str) -> int:
-    if protocol == "tcp4":
-        return socket.AF_INET
-    if protocol == "tcp6":
-        return socket.AF_INET6
-    if protocol == "tcp":
-        return socket.AF_UNSPEC
-    if protocol == "unix":
-        return socket.AF_UNIX
-    raise errors.BadArgError(f"transport: unknown protocol {protocol!r} (know {PROTOCOLS})")
-
-
-def _timeout_left(deadline: float, what: str) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise errors.TimeoutError(f"transport: deadline passed before {what}")
-    return left
-
-
-def open_socket(protocol: str, address: str, deadline: float) -> socket.socket:
-    """A connected socket to ``address`` over ``protocol``, or a clear error by ``deadline``.
-
-    Raises:
-        BadArgError: unknown protocol or malformed address.
-        TimeoutError: the deadline passed.
-        ConnectionFailedError: refused, unreachable, or no such socket (retry may help).
-    """
-    family = _family(protocol)
-    left = _timeout_left(deadline, f"dialing {protocol}:{address}")
-    try:
-        if family == socket.AF_UNIX:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(left)
-                sock.connect(address)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        host, port = split_host_port(address)
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        last: OSError | None = None
-        for fam, kind, proto, _canon, sockaddr in infos:
-            sock = socket.socket(fam, kind, proto)
-            try:
-                sock.settimeout(_timeout_left(deadline, f"dialing {protocol}:{address}"))
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                if isinstance(exc, TimeoutError):
-                    raise
-                last = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        raise last or OSError(f"no addresses for {address}")
-    except errors.IPCError:  # (ours are OSErrors too: TimeoutError, ConnectionFailedError)
-        raise
-    except TimeoutError as exc:
-        raise errors.TimeoutError(f"transport: dialing {protocol}:{address} timed out") from exc
-    except OSError as exc:
-        raise errors.ConnectionFailedError(
-            f"transport: dialing {protocol}:{address} failed: {exc}"
-        ) from exc
-
-
-def _drive_handshake(
-    sock: socket.socket,
-    feed: Callable[[bytes], bytes],
-    is_done: Callable[[], bool],
-    first: bytes,
-    deadline: float,
-) -> None:
-    """Send ``first``, then feed received bytes and send replies until ``is_done()``."""
-    try:
-        if first:
-            sock.settimeout(_timeout_left(deadline, "the handshake"))
-            sock.sendall(first)
-        while not is_done():
-            sock.settimeout(_timeout_left(deadline, "the handshake finished"))
-            data = sock.recv(HANDSHAKE_RECV)
-            if not data:
-                raise errors.ConnectionFailedError(
-                    "transport: the peer closed during the handshake"
-                )
-            out = feed(data)
-            if out:
-                sock.settimeout(_timeout_left(deadline, "the handshake finished"))
-                sock.sendall(out)
-        sock.settimeout(None)
-    except errors.IPCError:  # (ours are OSErrors too: TimeoutError, ConnectionFailedError)
-        raise
-    except TimeoutError as exc:
-        raise errors.TimeoutError("transport: the handshake did not finish in time") from exc
-    except OSError as exc:
-        raise errors.ConnectionFailedError(f"transport: handshake I/O failed: {exc}") from exc
-
-
 class Listener:
     """A listening socket and the thread that accepts on it (see :meth:`StreamManager.listen`)."""
 
@@ -396,14 +205,14 @@ class Listener:
         # sockets), and how many per address; a shed socket leaves the dict at once.
         self._pending: collections.OrderedDict[socket.socket, str] = collections.OrderedDict()
         self._per_address: dict[str, int] = {}
-        self._refused = _Throttle("connections refused (too many connections)")
-        self._refused_address = _Throttle(
+        self._refused = Throttle("connections refused (too many connections)")
+        self._refused_address = Throttle(
             "connections refused (too many pending handshakes from one address)"
         )
-        self._shed = _Throttle("pending handshakes shed (too many pending handshakes)")
-        self._failed = _Throttle("accept failed")
+        self._shed = Throttle("pending handshakes shed (too many pending handshakes)")
+        self._failed = Throttle("accept failed")
         self._closed = False
-        family = _family(protocol)
+        family = family_of(protocol)
         self._unix_path: str | None = None
         if family == socket.AF_UNIX:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -483,7 +292,7 @@ class Listener:
                 return
             address = peer[0] if isinstance(peer, tuple) and peer else ""
             shed: socket.socket | None = None
-            refused: _Throttle | None = None
+            refused: Throttle | None = None
             with self._lock:
                 per = self._per_address.get(address, 0)
                 if len(self._connections) + len(self._pending) >= opts.max_connections:
@@ -627,7 +436,7 @@ class StreamManager:
                 settings=self.options.settings,
             )
             hs_deadline = min(deadline, time.monotonic() + self.options.handshake_timeout)
-            _drive_handshake(sock, hs.receive_data, lambda: hs.done, hs.start(), hs_deadline)
+            drive_handshake(sock, hs.receive_data, lambda: hs.done, hs.start(), hs_deadline)
             assert hs.result is not None
             result: HandshakeResult = hs.result
         except BaseException as exc:
@@ -699,7 +508,7 @@ class StreamManager:
         )
         deadline = time.monotonic() + self.options.handshake_timeout
         try:
-            _drive_handshake(sock, hs.receive_data, lambda: hs.done, b"", deadline)
+            drive_handshake(sock, hs.receive_data, lambda: hs.done, b"", deadline)
         except errors.VersionIncompatibleError:
             if hs.refusal:
                 with contextlib.suppress(OSError):

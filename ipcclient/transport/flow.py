@@ -1,0 +1,427 @@
+"""One flow on a VC: a flow-controlled, bidirectional byte stream with deadlines.
+
+Owns: :class:`Flow` (what callers use: ``write``, ``read``, ``close_send``, ``cancel``, ...,
+with a deadline on every blocking step) and :class:`FlowHost`, the narrow interface a flow
+uses to reach its VC (wait for the peer, start a liveness probe, leave the VC's flow table,
+wake the reader). A flow queues frames into the VC's mux and sends them through the VC's
+:class:`~ipcclient.transport.writer.RecordWriter`, all under the VC's lock.
+
+Must not: read the socket, dispatch the peer's frames (the VC does that and fills the flow's
+inbox), or hold the VC's lock across I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ipcclient import errors
+from ipcclient.transport.waits import Signal
+from ipcclient.transport.writer import LINGER, LINGER_BYTES, RecordWriter
+from ipcclient.wire.mux import Mux
+
+if TYPE_CHECKING:
+    from ipcclient.transport.conn import Connection
+
+__all__ = ["Flow", "FlowHost"]
+
+log = logging.getLogger("ipcclient.transport")
+
+COALESCE_READS = 64 * 1024
+"""A read joins queued chunks up to this many bytes (small items of a fast stream)."""
+
+CLOSED: errors.IPCError = errors.BadStateError("transport: the flow is closed")
+"""A closed flow's ``_error`` (a marker: what is raised is a fresh copy, see
+:func:`_raisable`), so that closing a flow normally builds no exception."""
+
+
+def _raisable(err: errors.IPCError) -> errors.IPCError:
+    return errors.BadStateError(CLOSED.msg) if err is CLOSED else err
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return deadline - time.monotonic()
+
+
+def run_abort(fn: Callable[[errors.IPCError], None], err: errors.IPCError) -> None:
+    """Run a flow's abort callback; a bug in it is logged, not raised."""
+    try:
+        fn(err)
+    except Exception:  # a bug in the owner's callback must not kill the reader
+        log.exception("transport: flow abort callback failed")
+
+
+class FlowHost(Protocol):
+    """What a :class:`Flow` needs from its VC. The ``_locked`` methods are called with the
+    VC's lock held."""
+
+    @property
+    def local_blessings(self) -> Any: ...
+
+    @property
+    def remote_blessings(self) -> Any: ...
+
+    def wait_for_peer(self, flow: Flow, timeout: float | None) -> None:
+        """With the lock held: wait (up to ``timeout``) for the peer to send something that
+        may concern ``flow`` (data, credit, an end); the caller re-checks its condition."""
+
+    def suspect_locked(self) -> bool:
+        """A call timed out: maybe start a liveness probe (True: a PING is queued, flush)."""
+
+    def forget_flow_locked(self, flow_id: int) -> None:
+        """The flow is over: drop it from the VC's flow table."""
+
+    def wake_reader_locked(self) -> None:
+        """A flow changed outside the read role (cancelled, closed): wake whoever reads."""
+
+
+class Flow:
+    """One flow on a VC: a flow-controlled, bidirectional byte stream.
+
+    A flow belongs to one call; its methods may be called from different threads (for example
+    ``cancel`` from a context callback while another thread is blocked in ``read``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cond",
+        "_deadline",
+        "_eof",
+        "_error",
+        "_host",
+        "_inbox",
+        "_last_write",
+        "_local_closed",
+        "_lock",
+        "_mux",
+        "_on_abort",
+        "_writer",
+        "_wrote",
+        "id",
+    )
+
+    def __init__(
+        self, host: FlowHost, flow_id: int, lock: Any, mux: Mux, writer: RecordWriter
+    ) -> None:
+        self._host = host
+        self.id = flow_id
+        self._lock = lock
+        self._mux = mux
+        self._writer = writer
+        self._cond = Signal(lock)
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
+        self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
+        self._local_closed = False  # close_send / close / cancel done locally
+        self._deadline: float | None = None
+        self._on_abort: Callable[[errors.IPCError], None] | None = None
+        self._wrote = False  # some of our bytes (or our FIN) were queued for the peer
+        self._last_write = 0.0  # when a streamed write last queued data (see LINGER)
+
+    def set_abort_callback(self, fn: Callable[[errors.IPCError], None] | None) -> None:
+        """Call ``fn(error)`` once if the peer resets this flow or the VC breaks (not on a
+        local cancel or a normal end). Called at once if that already happened. The callback
+        runs on the reader thread: it must be quick and must not block."""
+        with self._lock:
+            self._on_abort = fn
+            err = self._error if self._error is not None and not self._local_closed else None
+        if err is not None and fn is not None:
+            run_abort(fn, err)
+
+    # --- properties -------------------------------------------------------------------
+    @property
+    def connection(self) -> Connection:
+        """The VC this flow runs on (its keys and blessings)."""
+        return self._host  # type: ignore[return-value]
+
+    @property
+    def local_blessings(self) -> Any:
+        return self._host.local_blessings
+
+    @property
+    def remote_blessings(self) -> Any:
+        return self._host.remote_blessings
+
+    @property
+    def error(self) -> errors.IPCError | None:
+        """Why the flow ended abnormally (reset, cancelled, its VC broke), or None."""
+        err = self._error
+        return None if err is None else _raisable(err)
+
+    @property
+    def peer_done(self) -> bool:
+        """Whether the peer has closed its sending side (everything it will send is here)."""
+        return self._eof
+
+    @property
+    def drained(self) -> bool:
+        """Whether the peer has closed its sending side and everything it sent was read."""
+        return self._eof and not self._inbox
+
+    @property
+    def wrote(self) -> bool:
+        """Whether anything of ours was queued for the peer on this flow (so a failed write
+        may have delivered part of it)."""
+        return self._wrote
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The default deadline (``time.monotonic()`` value) of blocking calls on this flow."""
+        self._deadline = deadline
+
+    def _effective(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return self._deadline
+        if self._deadline is None:
+            return deadline
+        return min(deadline, self._deadline)
+
+    # --- reading ----------------------------------------------------------------------
+    def read(self, deadline: float | None = None) -> bytes:
+        """The next bytes the peer sent (a chunk, or several small queued chunks joined,
+        up to 64 KiB); ``b""`` once the peer closed its send side.
+
+        Raises:
+            TimeoutError: the deadline passed first (the flow stays usable).
+            CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
+                cancelled, or the VC broke.
+        """
+        deadline = self._effective(deadline)
+        writer = self._writer
+        if writer.deferred and not self._inbox:
+            # What a burst left queued must not wait while we wait for the peer (and we must
+            # not wait on a full socket for it: a drainer finishes what does not fit).
+            writer.flush(blocking=False)
+        chunk_ready = False
+        with self._lock:
+            while not self._inbox:
+                if self._eof:  # the peer's FIN came: everything it sent is here
+                    return b""
+                if self._error is not None:
+                    raise _raisable(self._error)
+                timeout = _remaining(deadline)
+                if timeout is not None and timeout <= 0:
+                    break
+                self._host.wait_for_peer(self, timeout)
+            else:
+                inbox = self._inbox
+                chunk = inbox.popleft()
+                if inbox and len(chunk) < COALESCE_READS:
+                    # Many small chunks queued (a fast stream): hand them over together, one
+                    # lock round trip and one ack; big chunks go alone (no extra copy).
+                    parts = [chunk]
+                    size = len(chunk)
+                    while inbox and size + len(inbox[0]) <= COALESCE_READS:
+                        nxt = inbox.popleft()
+                        parts.append(nxt)
+                        size += len(nxt)
+                    chunk = b"".join(parts)
+                self._mux.acknowledge(self.id, len(chunk))
+                data = writer.take_output_locked()
+                chunk_ready = True
+            if not chunk_ready:
+                probe = self._host.suspect_locked()
+        if not chunk_ready:
+            if probe:
+                writer.flush(blocking=False)
+            raise errors.TimeoutError("transport: deadline passed while reading a flow")
+        if data:
+            writer.send(data)
+        return chunk
+
+    def received_all(self) -> bytes | None:
+        """Once the peer is done: everything it sent that is not read yet, joined, without
+        consuming it (:meth:`read` still returns it; :meth:`discard_received` drops it);
+        None while more may come or when the flow failed."""
+        with self._lock:
+            if not self._eof or self._error is not None:
+                return None
+            inbox = self._inbox
+            if len(inbox) == 1:
+                return inbox[0]
+            return b"".join(inbox)
+
+    def discard_received(self) -> None:
+        """Consume what :meth:`received_all` returned (its credit is given back, as by a
+        read)."""
+        with self._lock:
+            inbox = self._inbox
+            size = 0
+            for chunk in inbox:
+                size += len(chunk)
+            inbox.clear()
+            self._mux.acknowledge(self.id, size)
+            data = self._writer.take_output_locked()
+        if data:
+            self._writer.send(data)
+
+    # --- writing ----------------------------------------------------------------------
+    def write(
+        self,
+        data: bytes | list[bytes],
+        *,
+        end: bool = False,
+        deadline: float | None = None,
+        streamed: bool = False,
+    ) -> None:
+        """Send ``data`` (bytes, or a list of pieces sent in order without joining them)
+        and, with ``end``, close the send side after it.
+
+        ``streamed``: one item of a stream; in a burst it may be sent with the next ones
+        (at most ``LINGER`` seconds later; see that constant).
+
+        Blocks while the peer grants no credit (a slow reader bounds what is in flight).
+
+        Raises:
+            TimeoutError: the deadline passed while waiting for credit; part of the data
+                may have been sent, so the flow is reset (the stream cannot be resumed).
+            BadStateError: the send side is already closed.
+            CanceledError / ConnectionFailedError / the peer's error: see :meth:`read`.
+        """
+        if type(data) is list:
+            if not data:
+                data = [b""]
+            last = len(data) - 1
+            for i, piece in enumerate(data):
+                self._write(piece, end and i == last, deadline, streamed and i == last)
+        else:
+            self._write(data, end, deadline, streamed)  # type: ignore[arg-type]
+
+    def _write(self, data: bytes, end: bool, deadline: float | None, streamed: bool) -> None:
+        deadline = self._effective(deadline)
+        mux = self._mux
+        writer = self._writer
+        view: bytes | memoryview = data
+        total = len(data)
+        pos = 0
+        while True:
+            with self._lock:
+                if self._error is not None:
+                    raise _raisable(self._error)
+                if self._local_closed:
+                    raise errors.BadStateError("transport: write after the flow's send side closed")
+                try:
+                    n = mux.send_data(self.id, view, end=end)
+                except errors.IPCError as exc:
+                    raise self._fail_locked(exc) from None
+                pos += n
+                if n or end:
+                    self._wrote = True
+                done = pos >= total
+                if done and end:
+                    self._local_closed = True
+                    self._forget_if_ended_locked()
+                linger = False
+                if streamed and done and not end:
+                    now = time.monotonic()
+                    if now - self._last_write < LINGER and writer.deferred < LINGER_BYTES:
+                        linger = writer.defer_locked(total)
+                        out = []
+                    else:
+                        out = writer.take_output_locked()
+                    self._last_write = now
+                else:
+                    out = writer.take_output_locked()
+            if out:
+                writer.send(out)
+            elif linger:
+                writer.linger()
+            if done:
+                return
+            if n:
+                view = memoryview(data)[pos:]
+            expired: errors.IPCError | None = None
+            with self._lock:
+                while self._error is None and mux.is_live(self.id):
+                    try:
+                        if mux.send_credit(self.id) > 0:
+                            break
+                    except errors.IPCError:
+                        break  # the VC closed; the loop above reports it
+                    timeout = _remaining(deadline)
+                    if timeout is not None and timeout <= 0:
+                        expired = errors.TimeoutError(
+                            "transport: deadline passed while waiting for flow credit"
+                        )
+                        self._reset_locked(expired)
+                        self._host.suspect_locked()
+                        break
+                    self._host.wait_for_peer(self, timeout)
+            if expired is not None:
+                writer.flush()  # the RESET
+                raise expired
+
+    def close_send(self) -> None:
+        """Tell the peer nothing more will be written (half-close). Idempotent."""
+        with self._lock:
+            if self._local_closed or self._error is not None:
+                return
+            self._local_closed = True
+            try:
+                self._mux.close_send(self.id)
+            except errors.IPCError:
+                return  # the flow already ended: nothing to announce
+            self._forget_if_ended_locked()
+        self._writer.flush()
+
+    def cancel(self, error: errors.IPCError | None = None) -> None:
+        """Abort the flow both ways: the peer sees RESET (its context is cancelled) and any
+        thread blocked on this flow wakes with ``error`` (default CanceledError). Idempotent;
+        a no-op once the flow has ended."""
+        err = error if error is not None else errors.CanceledError("transport: flow cancelled")
+        with self._lock:
+            if self._error is not None:
+                return
+            self._reset_locked(err)
+            if isinstance(err, errors.TimeoutError):
+                self._host.suspect_locked()
+        self._writer.flush(blocking=False)  # may run on the timer thread: never wait here
+
+    def close(self) -> None:
+        """Close the send side and stop reading: what arrives later is discarded."""
+        mux = self._mux
+        with self._lock:
+            if not self._local_closed and self._error is None:  # as close_send
+                self._local_closed = True
+                with contextlib.suppress(errors.IPCError):  # the flow already ended
+                    mux.close_send(self.id)
+            if self._error is None:
+                self._error = CLOSED
+            self._inbox.clear()
+            self._cond.notify_all()
+            self._host.wake_reader_locked()
+            if self.id in mux._flows and not mux.closed:
+                # Discard the rest of the peer's stream instead of letting it block on credit.
+                mux.reset_flow(self.id, None)
+            self._host.forget_flow_locked(self.id)
+            data = self._writer.take_output_locked()
+        if data:
+            self._writer.send(data)
+
+    # --- internals (called with the lock held) ------------------------------------------
+    def _forget_if_ended_locked(self) -> None:
+        if self._eof and not self._mux.is_live(self.id):
+            self._host.forget_flow_locked(self.id)
+
+    def _reset_locked(self, err: errors.IPCError) -> None:
+        mux = self._mux
+        self._error = err
+        self._eof = False  # a local reset wins over a FIN that came before it
+        self._local_closed = True
+        self._inbox.clear()
+        if not mux.closed:
+            mux.reset_flow(self.id, None if isinstance(err, errors.CanceledError) else err)
+        self._host.forget_flow_locked(self.id)
+        self._cond.notify_all()
+        self._host.wake_reader_locked()
+
+    def _fail_locked(self, err: errors.IPCError) -> errors.IPCError:
+        if self._error is None:
+            self._error = err
+        self._cond.notify_all()
+        return _raisable(self._error)

@@ -1,0 +1,68 @@
+"""Waiting on a VC's lock: a light condition variable and a lock re-take that survives
+KeyboardInterrupt.
+
+Owns: :class:`Signal` (the waiters of one flow, or of one of the VC's threads, woken under the
+VC's lock) and :func:`reacquire`.
+
+Must not: know about sockets, flows or the mux; hold any lock of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from _thread import allocate_lock
+from typing import Any
+
+__all__ = ["Signal", "reacquire"]
+
+
+def reacquire(lock: Any) -> BaseException | None:
+    """Take ``lock`` back whatever happens: a KeyboardInterrupt while waiting for it is kept
+    and returned (to be re-raised once the lock is held), never lost and never leaving the
+    lock unheld for a ``with`` block that will release it."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as exc:
+            pending = exc
+
+
+class Signal:
+    """A condition variable on the connection's lock, lighter than ``threading.Condition``
+    (which costs several Python-level calls per wait and notify). ``wait`` and
+    ``notify_all`` are called with the connection's lock held."""
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._waiters: list[Any] = []
+
+    def wait(self, timeout: float | None) -> None:
+        """Release the lock, sleep until notified or ``timeout`` seconds, re-take the lock."""
+        waiter = allocate_lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        lock = self._lock
+        lock.release()
+        try:
+            if timeout is None:
+                waiter.acquire()
+            elif timeout > 0:
+                waiter.acquire(True, timeout)
+        finally:
+            pending = reacquire(lock)
+            if self._waiters:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if pending is not None:
+                raise pending
+
+    def notify_all(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
+            waiters.clear()

@@ -1,0 +1,301 @@
+"""The record writer of one VC: one flusher at a time, coalescing, deferred stream writes.
+
+Owns: :class:`RecordWriter` (who sends what the mux has queued: writers queue frames into the
+mux under the VC's lock, then exactly one thread at a time, the *flusher*, chosen under that
+lock by :attr:`RecordWriter.flushing`, drains everything queued, seals it into records and
+sends them outside the lock; a writer that finds a flusher active leaves its frames to it, so
+bursts from many threads coalesce into few records and syscalls), the short-lived drainer
+thread that finishes a record a non-blocking sender could not, and the process's lingerer
+thread (:class:`Lingerer`) that sends what streamed writes in a burst deferred (``LINGER``).
+
+Must not: read the socket, dispatch anything, decide when a VC is dead (a failed send is
+reported to the owner's ``on_broken``), or hold the VC's lock across a socket call.
+
+Threads that must never wait on a full socket (the reader, cancellation on the context timer
+thread, close) send with ``blocking=False``: what the socket takes at once, the rest of the
+record going to a drainer thread that keeps the flusher role until everything is out (so
+record order holds). Only a writer blocks in ``sendall``, bounded by the send timeout.
+
+Known trade-offs: the flusher sends what other threads queued while it was sending, so under
+sustained load a writer may stay in ``sendall`` past its own deadline (never past the send
+timeout, after which the VC is declared broken); a KeyboardInterrupt that lands between
+taking the flusher role and the first send leaves the role taken, so later writes on that VC
+wait for their deadlines (the VC is then redialed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ipcclient import errors
+from ipcclient.transport.background import OnDemandThread
+from ipcclient.wire.mux import Mux
+
+__all__ = ["LINGER", "LINGERER", "LINGER_BYTES", "Lingerer", "RecordWriter"]
+
+log = logging.getLogger("ipcclient.transport")
+
+LINGER = 0.0002
+"""A streamed write that follows the flow's previous one within this many seconds (a burst)
+is queued instead of sent at once, and goes out with the next write that is not deferred,
+when ``LINGER_BYTES`` are queued, before the writer waits for its peer, or at the latest
+``LINGER`` later (the lingerer thread): a burst of small items costs one record, one AEAD
+call and one syscall per batch instead of per item, on both sides. The first item of a burst
+is never delayed."""
+
+LINGER_BYTES = 32 * 1024
+"""Deferred bytes on a VC that make the next streamed write send them all at once."""
+
+Parts = list[bytes | memoryview]
+
+
+class RecordWriter:
+    """Sends what one VC's mux queues (see the module docstring). Its fields are guarded by
+    the VC's lock (``lock``).
+
+    Args:
+        lock: the VC's lock (it guards the mux too).
+        mux: the VC's mux.
+        sock: the VC's socket.
+        sealer: the VC's record sealer (``seal_parts``).
+        name: the VC's name (for thread names).
+        on_broken: called (without the lock) with the error when a send fails.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_mux",
+        "_name",
+        "_on_broken",
+        "_sealer",
+        "_sock",
+        "deferred",
+        "flushing",
+        "linger_due",
+    )
+
+    def __init__(
+        self,
+        lock: Any,
+        mux: Mux,
+        sock: socket.socket,
+        sealer: Any,
+        name: str,
+        on_broken: Callable[[errors.IPCError], None],
+    ) -> None:
+        self._lock = lock
+        self._mux = mux
+        self._sock = sock
+        self._sealer = sealer
+        self._name = name
+        self._on_broken = on_broken
+        self.flushing = False
+        """A thread holds the flusher role."""
+        self.deferred = 0
+        """Bytes streamed writes left queued (see ``LINGER``)."""
+        self.linger_due = False
+        """The lingerer will flush this VC."""
+
+    # --- the flusher role ---------------------------------------------------------------
+    def take_output_locked(self) -> Parts:
+        """With the lock held: become the flusher and take what the mux has queued, or
+        return [] (nothing queued, or another thread is flushing and will send it). A
+        non-empty result must be passed to :meth:`send` once the lock is released."""
+        if self.flushing or not self._mux._out:
+            return []
+        self.flushing = True
+        self.deferred = 0
+        return self._mux.take_output()
+
+    def flush(self, *, blocking: bool = True) -> None:
+        """Send everything the mux has queued; one flusher at a time.
+
+        ``blocking=False`` never waits on a full socket: what cannot go out at once is handed
+        to a short-lived drainer thread (which keeps the flusher role until it is done).
+        """
+        with self._lock:
+            data = self.take_output_locked()
+        if data:
+            self.send(data, blocking=blocking)
+
+    def send(self, data: Parts, *, blocking: bool = True, once: bool = False) -> None:
+        """As the flusher (see :meth:`take_output_locked`): seal and send ``data`` (frame
+        pieces), then whatever was queued meanwhile, until nothing is left; then give up
+        the role. Bulk is sealed record by record into the sealer's reused buffer. With
+        ``once`` (the lingerer), what was queued meanwhile is left for the lingerer's next
+        round instead."""
+        try:
+            while data:
+                records = iter(self._sealer.seal_parts(data))
+                for record in records:
+                    if blocking:
+                        self._sock.sendall(record)
+                        continue
+                    sent = self.send_nowait(record)
+                    if sent < len(record):
+                        # (a copy: the record's buffer is reused for the next record)
+                        self._start_drainer(bytes(memoryview(record)[sent:]), records)
+                        return  # the drainer holds the flusher role now
+                with self._lock:
+                    if once and self._mux._out:
+                        self.flushing = False
+                        again = not self.linger_due
+                        self.linger_due = True
+                        self.deferred = max(self.deferred, 1)
+                        break
+                    self.deferred = 0
+                    data = self._mux.take_output()
+                    if not data:
+                        self.flushing = False
+            else:
+                return
+            if again:
+                LINGERER.add(self)
+        except (OSError, errors.IPCError) as exc:
+            self._release()
+            self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
+        except BaseException:
+            # KeyboardInterrupt mid-send: part of a record may be out, so the VC is gone.
+            self._release()
+            self._on_broken(errors.ConnectionFailedError("transport: interrupted while sending"))
+            raise
+
+    def _release(self) -> None:
+        with self._lock:
+            self.flushing = False
+
+    def send_nowait(self, record: bytes | bytearray | memoryview) -> int:
+        """Send what the socket takes without blocking; return how much that was."""
+        view = memoryview(record)
+        total = 0
+        size = len(record)
+        while total < size:
+            try:
+                total += self._sock.send(view[total:], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+        return total
+
+    def send_last(self, data: Parts, grace: float) -> None:
+        """Closing the VC: send ``data`` (the GOAWAY, taken as the flusher), best effort and
+        never waiting on the socket; with nothing to send while another thread flushes, give
+        that thread up to ``grace`` seconds to carry the GOAWAY out."""
+        if data:  # a peer that stopped reading must not hold us up
+            try:
+                for record in self._sealer.seal_parts(data):
+                    if self.send_nowait(record) < len(record):
+                        break
+            except (OSError, errors.IPCError):
+                pass
+            self._release()
+        elif self.flushing and self._mux.closed:
+            # Another thread is sending: it sends our GOAWAY after what it has, unless the
+            # socket is shut first. Its LAST_ID is what lets the peer resend the calls we
+            # never took, so give it a moment (bounded: it may be stuck on a full socket).
+            end = time.monotonic() + grace
+            while self.flushing and time.monotonic() < end:
+                time.sleep(0.001)
+
+    def _start_drainer(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
+        threading.Thread(
+            target=self._drain, args=(rest, records), name=f"ipc-drain-{self._name}", daemon=True
+        ).start()
+
+    def _drain(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
+        """The drainer: finish the record the socket would not take and the records still
+        to seal of that batch, then flush on as a blocking flusher (bounded by the send
+        timeout), then end."""
+        try:
+            self._sock.sendall(rest)
+            for record in records:
+                self._sock.sendall(record)
+        except (OSError, errors.IPCError) as exc:
+            self._release()
+            self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
+            return
+        with self._lock:
+            self.deferred = 0
+            data = self._mux.take_output()
+            if not data:
+                self.flushing = False
+        if data:
+            self.send(data)
+
+    # --- deferred stream writes ---------------------------------------------------------
+    def defer_locked(self, size: int) -> bool:
+        """With the lock held: a streamed write of ``size`` bytes in a burst stays queued.
+        True when the lingerer must be asked (:meth:`linger`) once the lock is released."""
+        self.deferred += size
+        ask = not self.linger_due
+        self.linger_due = True
+        return ask
+
+    def linger(self) -> None:
+        """Have the lingerer send what is deferred within ``LINGER``; with no thread to be
+        had, send it now."""
+        try:
+            LINGERER.add(self)
+        except RuntimeError:
+            with self._lock:
+                self.linger_due = False
+            self.flush()
+
+    def flush_deferred(self) -> None:
+        """The lingerer's turn: send what bursts left queued, in one pass that never waits on
+        the socket (what was queued meanwhile gets the lingerer's next round, so one busy VC
+        cannot hold up the others)."""
+        with self._lock:
+            self.linger_due = False
+            data = self.take_output_locked() if self.deferred else []
+        if data:
+            self.send(data, blocking=False, once=True)
+
+
+class Lingerer(OnDemandThread):
+    """Sends what streamed writes deferred (see ``LINGER``), ``LINGER`` after being woken."""
+
+    _name = "ipc-linger"
+
+    def _reset_work(self) -> None:
+        self._due: dict[RecordWriter, None] = {}
+
+    def _has_work_locked(self) -> bool:
+        return bool(self._due)
+
+    def add(self, writer: RecordWriter) -> None:
+        """Flush ``writer`` within LINGER.
+
+        Raises:
+            RuntimeError: no thread could be started (``writer`` is then not registered).
+        """
+        with self._lock:
+            self._due[writer] = None
+            try:
+                self._start_locked()
+            except BaseException:
+                del self._due[writer]
+                raise
+        self._wake.set()
+
+    def _round(self) -> None:
+        time.sleep(LINGER)
+        with self._lock:
+            self._wake.clear()
+            due, self._due = self._due, {}
+        for writer in due:
+            try:
+                writer.flush_deferred()
+            except Exception:  # pragma: no cover - a bug here must not stop the thread
+                log.exception("transport: deferred flush failed")
+
+
+LINGERER = Lingerer()
+"""The process's lingerer."""
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=LINGERER.reinit)
