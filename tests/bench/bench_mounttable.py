@@ -24,7 +24,7 @@ from ipcclient.context import Context
 from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mounttable import MountTable
 from tests.etcd_server import cluster
-from tests.test_mounttable import Family, at, serving
+from tests.rpc.test_mounttable import Family, at, serving
 
 THREADS = 8
 

@@ -8,8 +8,8 @@ output is the same on every run: a change in any vector is a change of the wire.
 The vectors are built with ipcclient, but the digests, keys and signatures of the handshake
 and the blessings are also computed here from the document's formulas (with hashlib,
 cryptography and cbor2 alone) and asserted equal, so a vector never records a value the
-document does not define. ``tests/test_vectors.py`` then checks the implementation against
-the checked-in files in both directions; it never regenerates them.
+document does not define. ``tests/conformance/test_vectors.py`` then checks the
+implementation against the checked-in files in both directions; it never regenerates them.
 
 Values inside vectors use a typed JSON form (README.md in this folder): ``null``, ``true``,
 ``false``, ``{"int": "<decimal>"}``, ``{"float": "<repr>"}``, ``{"text": ...}``,

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_cli import TIMEOUT, Daemon, _env, ipc
+from tests.rpc.test_cli import TIMEOUT, Daemon, _env, ipc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 

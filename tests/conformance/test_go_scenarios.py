@@ -30,7 +30,7 @@ from ipcclient.server.discharger import Discharger
 from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.server import ServerCall
-from tests.test_mounttable import Family, Label, at, client_for, ctx, serving
+from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving
 
 
 @pytest.fixture

@@ -393,7 +393,7 @@ def test_bounds_on_servers_and_nodes(stack: contextlib.ExitStack, family: Family
 def test_same_semantics_as_the_in_memory_model(
     stack: contextlib.ExitStack, family: Family, make_table: TableFactory
 ) -> None:
-    """The scenarios of tests/test_naming_fake_mounttable.py, against the real table."""
+    """The scenarios of tests/unit/test_naming_fake_mounttable.py, against the real table."""
     _, mt = serving(stack, family.member("mt"), table=make_table())
     client = client_for(stack, family.member("client"), mt)
     client.call(ctx(), at(mt, "a/b"), "Mount", "/127.0.0.1:1", 10.0, MT)

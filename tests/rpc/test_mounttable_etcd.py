@@ -1,7 +1,7 @@
 """Mount table replicas sharing their state through a real etcd (started by the fixtures).
 
 Every replica is a real Server with a MountTable on an EtcdStore; clients are real Clients
-over loopback TCP. The suite shared with the in-memory store is in tests/test_mounttable.py
+over loopback TCP. The suite shared with the in-memory store is in tests/rpc/test_mounttable.py
 (parametrized); these are the tests only a shared store can fail.
 """
 
@@ -34,7 +34,7 @@ from ipcclient.server.mounttable import MT, REPLACE, MountTable
 from ipcclient.server.mounttabled import serve_mount_table
 from ipcclient.server.server import Server
 from tests.etcd_server import Member, cluster
-from tests.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
+from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
 
 
 @pytest.fixture

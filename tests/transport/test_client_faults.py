@@ -287,7 +287,7 @@ def child_server(family: Family) -> Iterator[tuple[subprocess.Popen[str], str]]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
         try:
             assert proc.stdout is not None

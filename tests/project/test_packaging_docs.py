@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ipcclient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_api_reference_lists_every_public_name() -> None:

@@ -15,7 +15,7 @@ from ipcclient.options import NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.publisher import Publisher
-from tests.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
+from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
 
 
 @pytest.fixture

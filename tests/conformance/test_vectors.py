@@ -48,7 +48,7 @@ from ipcclient.wire.messages import encode_messages, split_messages
 
 pytestmark = pytest.mark.timeout(60)
 
-VECTORS = Path(__file__).resolve().parent / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 FILES = ("codec", "frames", "request", "blessings", "naming", "handshake")
 FIXED_NOW = 1_800_000_000.0  # a validation time before every expiry of the vectors
 

@@ -19,7 +19,7 @@ from ipcclient.security import BlessingPattern, Discharge, DischargeImpetus, Pri
 from ipcclient.security.caveats import SecurityCall, ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.discharger import Discharger
-from tests.test_mounttable import Family, Label, client_for, ctx, serving, wait_until
+from tests.rpc.test_mounttable import Family, Label, client_for, ctx, serving, wait_until
 
 
 @pytest.fixture

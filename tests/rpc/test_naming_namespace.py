@@ -1,6 +1,6 @@
 """Tests for ipcclient.naming.namespace: resolution, the TTL cache, flush, wire forms.
 
-The mount tables here are the in-memory fakes of tests/test_naming_fake_mounttable.py (the
+The mount tables here are the in-memory fakes of tests/unit/test_naming_fake_mounttable.py (the
 real mount table server does not exist yet); these tests should also run against it later.
 """
 
@@ -27,7 +27,7 @@ from ipcclient.naming.namespace import (
     Namespace,
     ResolutionDepthExceededError,
 )
-from tests.test_naming_fake_mounttable import FakeClock, FakeNetwork
+from tests.unit.test_naming_fake_mounttable import FakeClock, FakeNetwork
 
 SERVER = str(Endpoint("tcp", "srv:1"))  # a plain server ("s" flag)
 SERVER_NAME = "/" + SERVER

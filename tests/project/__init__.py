@@ -1,0 +1,1 @@
+"""The repository itself: docs, examples, packaging, and the layering of imports."""

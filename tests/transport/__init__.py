@@ -1,0 +1,2 @@
+"""The transport over real sockets: VCs, flows, polling, inline calls, recovery from faults,
+hostile peers."""
