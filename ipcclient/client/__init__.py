@@ -16,12 +16,9 @@ A package of small parts, from the bottom up:
 - :mod:`~ipcclient.client.api`: the public :class:`Client` and the general path of a call.
 
 Concurrency: besides the VC cache's lock (a leaf, held for no I/O), the client relies on the
-GIL making single dict reads and inserts atomic, and tolerates lost counts: the fast path
-reads the VC map, the VC's state and the route map without the lock; the per-VC state and the
-route map are filled without a lock (two threads may both compute the same entry; either
-value is right) and cleared whole when full; ``Client.stats`` counters and the ``_closed`` and
-``_abandoned`` checks are unlocked. Under free-threaded Python these need a lock or an
-atomic container.
+GIL for a few unlocked reads and counts (the fast path's lookups, the per-VC state and route
+map filled without a lock, ``Client.stats``); docs/concurrency.md lists them with the
+transport's, in one place, for free-threaded Python.
 
 Must not: be imported by any module of ``ipcclient`` below it (only the CLI, the interop
 service and the package's own top level use it).
