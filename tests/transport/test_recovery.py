@@ -163,13 +163,14 @@ def test_ctrl_c_at_every_point_of_the_read_step_never_fails_a_later_call(
     at = 0
     while at < 400 and misses < 25:
         injector = _Injector(at)
+        previous = sys.gettrace()  # (coverage's tracer, under make test: give it back)
         sys.settrace(injector)
         try:
             client.call(ctx(5.0), name, "Echo", b"x" * (at % 7) * 1000)
         except KeyboardInterrupt:
             pass
         finally:
-            sys.settrace(None)
+            sys.settrace(previous)
         if injector.fired is None:
             misses += 1  # the reply came by the reader thread, or fewer lines ran this time
         else:
