@@ -24,7 +24,7 @@ Sub-commands::
     ipc glob [PATTERN]
     ipc mount NAME SERVER [--ttl SECONDS] [--mt] [--leaf] [--replace]
     ipc unmount NAME [SERVER]
-    ipc call NAME METHOD [ARG]... [--stdin] [--server-pattern P]...
+    ipc call NAME METHOD [ARG]... [--stdin] [--server-pattern P]... [--wait]
     ipc signature NAME
     ipc serve [--name NAME] [--listen ADDR] [--allow PATTERN]...
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_principal_dump)
 
-    def call_flags(p: argparse.ArgumentParser) -> None:
+    def call_flags(p: argparse.ArgumentParser, *, wait: bool = True) -> None:
         p.add_argument("--timeout", default=DEFAULT_TIMEOUT, type=float, metavar="SECONDS")
         p.add_argument(
             "--server-pattern",
@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="P",
             help="only a server whose blessings match P (repeatable)",
         )
+        if wait:
+            p.add_argument(
+                "--wait",
+                action="store_true",
+                help="until --timeout, wait for NAME to be mounted and its server to answer "
+                "(default: fail at once when the name is not mounted)",
+            )
 
     def daemon_flags(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--listen", default="127.0.0.1:0", metavar="ADDR")
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resolve", help="the servers of a name")
     p.add_argument("name")
-    call_flags(p)
+    call_flags(p, wait=False)
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("glob", help="the names matching PATTERN, as a tree")

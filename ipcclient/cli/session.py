@@ -1,8 +1,8 @@
 """What every command that calls needs from its flags: a client, a context, call options.
 
 Owns: the client of ``--credentials`` and ``--namespace`` (or the environment), the
-context of ``--timeout`` and the options of ``--server-pattern``. Must not: make a call or
-print anything.
+context of ``--timeout`` and the options of ``--server-pattern`` and ``--wait``. Must not:
+make a call or print anything.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ipcclient.cli.exits import CommandError
 from ipcclient.cli.principal import principal_for
 from ipcclient.client import Client
 from ipcclient.context import Context
-from ipcclient.options import CallOption, ServerPattern
+from ipcclient.options import CallOption, ServerPattern, WaitForReady
 from ipcclient.security.principal import Principal
 
 __all__ = ["DEFAULT_TIMEOUT", "call_context", "call_options", "client_for"]
@@ -41,4 +41,10 @@ def call_context(args: argparse.Namespace) -> Context:
 
 
 def call_options(args: argparse.Namespace) -> list[CallOption]:
-    return [ServerPattern(*args.server_pattern)] if args.server_pattern else []
+    """The options of ``--server-pattern`` and ``--wait``."""
+    options: list[CallOption] = []
+    if args.server_pattern:
+        options.append(ServerPattern(*args.server_pattern))
+    if getattr(args, "wait", False):
+        options.append(WaitForReady())
+    return options

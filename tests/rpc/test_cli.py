@@ -252,6 +252,42 @@ def test_errors_have_one_line_and_an_exit_code_per_kind(world: World) -> None:
     assert usage.returncode == ipc_cli.EXIT_USAGE
 
 
+def test_wait_finds_a_server_mounted_after_the_call_started(world: World) -> None:
+    """``--wait``: a call made before its server is published finds it once it is; without
+    it the same call fails at once with NotFound's exit code."""
+    fast = world.ipc("call", "apps/late", "Get", "--timeout", "20")
+    assert fast.returncode == ipc_cli.EXIT_NOT_FOUND, fast.stderr
+    call = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ipcclient",
+            *("call", "apps/late", "Get", "--wait", "--timeout", "30"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=world.env(),
+    )
+    try:
+        time.sleep(1.0)  # (the call starts and finds nothing mounted yet)
+        assert call.poll() is None, call.communicate()
+        late = Daemon(
+            "serve", "--name", "apps/late", env=world.env(credentials=str(world.root / "server"))
+        )
+        try:
+            out, err = call.communicate(timeout=TIMEOUT)
+        finally:
+            late.stop()
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.communicate(timeout=TIMEOUT)
+    assert call.returncode == 0, err
+    assert json.loads(out) == "A closed mouth gathers no feet."
+
+
 def test_explicit_flags_win_over_the_environment(world: World) -> None:
     # The environment names a namespace with nothing in it; --namespace wins.
     env = _env(
