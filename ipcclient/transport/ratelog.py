@@ -90,6 +90,10 @@ class Throttle:
                 return
             count, self._count, self._last = self._count, 0, now
         _LOG_PUMP.emit(
-            logging.WARNING, "transport: %s (%d in the last %.0f s; last: %s)",
-            self._what, count, LOG_INTERVAL, detail,
-        )  # fmt: skip
+            logging.WARNING,
+            "transport: %s (%d in the last %.0f s; last: %s)",
+            self._what,
+            count,
+            LOG_INTERVAL,
+            detail,
+        )

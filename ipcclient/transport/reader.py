@@ -25,6 +25,7 @@ Must not: write to the socket except through the record writer, decide what a fr
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import enum
 import logging
@@ -94,7 +95,7 @@ class Broken(Exception):
         self.error = error
 
 
-class Reader:
+class Reader(abc.ABC):
     """The read side of a VC (see the module docstring); :class:`Connection` sets the
     fields below and supplies the abstract methods at the end."""
 
@@ -136,20 +137,25 @@ class Reader:
         )
 
     # --- supplied by the connection -----------------------------------------------------
+    @abc.abstractmethod
     def _on_plaintext(self, plain: bytes | memoryview) -> None:
-        raise NotImplementedError
+        """Feed one opened record to the mux and dispatch its events."""
 
+    @abc.abstractmethod
     def _break(self, err: errors.IPCError) -> None:
-        raise NotImplementedError
+        """End the VC with ``err`` (every flow fails with it)."""
 
+    @abc.abstractmethod
     def _goaway_for(self, exc: errors.IPCError) -> errors.IPCError:
-        raise NotImplementedError
+        """Send GOAWAY saying why the peer's input was refused; the error the flows end with."""
 
+    @abc.abstractmethod
     def check_liveness(self) -> errors.IPCError | None:
-        raise NotImplementedError
+        """The one keepalive check (see :meth:`Connection.check_liveness`)."""
 
+    @abc.abstractmethod
     def _park(self) -> bool:
-        raise NotImplementedError
+        """Hand an idle accepted VC to the idle watcher; whether it was parked."""
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:
         """The peer broke the protocol: send GOAWAY with why (best effort), break the VC."""
