@@ -110,7 +110,6 @@ class Connection(Reader):
             peer_initial_window=peer.initial_window,
             peer_max_frame_payload=peer.max_frame_payload,
         )
-        self._sealer = result.sealer
         self._opener = result.opener
         self.result = result
         self._flows: dict[int, Flow] = {}

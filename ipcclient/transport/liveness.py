@@ -80,11 +80,6 @@ class KeepaliveConfig:
             )
 
 
-MIN_KEEPALIVE_INTERVAL = 0.01
-"""The shortest keepalive period accepted: shorter ones would keep a reader thread waking
-without pause (0 would spin a CPU on an idle VC)."""
-
-
 PING = "ping"
 """Send a PING now."""
 DEAD = "dead"
