@@ -270,7 +270,8 @@ class VCCache:
         return dial
 
     def _dial(self, key: str, ep: Endpoint, dial: Dial) -> None:
-        """The dial thread: dial outside every lock; publish the result to the waiters."""
+        """The dial thread: dial outside every lock; publish the result to the waiters; then
+        be the new VC's reader thread (so no second thread starts before the first call)."""
         conn: Connection | None = None
         try:
             conn = self._manager.dial(
@@ -280,6 +281,7 @@ class VCCache:
                 authorize_server=self._authorizer(ep),
                 blessings_for_server=self._blessings_for_server,
                 on_close=self._on_vc_closed,
+                start=False,
             )
             self._stats["dials"] += 1
         except BaseException as exc:
@@ -314,6 +316,8 @@ class VCCache:
         dial.done.set()
         for wake in listeners:
             wake.set()
+        if conn is not None and conn is not surplus:
+            conn.run_reader()  # until the VC ends
 
     def evict(self, conn: Connection) -> None:
         """Drop ``conn`` from the cache and close it (it cannot open a flow)."""

@@ -159,6 +159,15 @@ class Connection(Reader):
         """Start the reader thread (after the owner has stored the connection)."""
         self._reader.start()
 
+    def run_reader(self) -> None:
+        """Make the calling thread this VC's reader thread, instead of :meth:`start`: it
+        reads until the VC ends, then returns. For an accepted VC, whose handshake thread
+        becomes its reader (no second thread start before the first call is served)."""
+        thread = threading.current_thread()
+        thread.name = self._reader.name
+        self._reader = thread
+        self._reader_thread()
+
     # --- properties -------------------------------------------------------------------
     @property
     def local_key(self) -> Any:

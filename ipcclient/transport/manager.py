@@ -377,9 +377,9 @@ class Listener:
         if refuse:
             conn.close()
             return
-        conn.start()
         if self._on_connection is not None:
             self._on_connection(conn)
+        conn.run_reader()  # this thread reads for the VC from now on
 
     def _forget(self, conn: Connection, _err: errors.IPCError) -> None:
         with self._lock:
@@ -403,8 +403,11 @@ class StreamManager:
         blessings_for_server: Callable[[Any], Any],
         discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
         on_close: Callable[[Connection, errors.IPCError], None] | None = None,
+        start: bool = True,
     ) -> Connection:
-        """Dial, run the handshake, and return the started VC.
+        """Dial, run the handshake, and return the started VC (with ``start=False``, not
+        started: the caller then makes a thread its reader, :meth:`Connection.run_reader`,
+        or closes it).
 
         The whole dial (connect and handshake) ends by ``deadline`` (a ``time.monotonic()``
         value), and the handshake also by ``options.handshake_timeout``.
@@ -466,7 +469,8 @@ class StreamManager:
         except BaseException:
             sock.close()  # out of descriptors for the wake pipe, say
             raise
-        conn.start()
+        if start:
+            conn.start()
         return conn
 
     def listen(

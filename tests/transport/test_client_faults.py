@@ -613,3 +613,36 @@ def test_a_call_on_an_already_cancelled_context_fails_cleanly(
     c.cancel()
     with pytest.raises(errors.CanceledError):
         client.call(c, name, "Echo", 1)
+
+
+def test_a_fresh_vc_starts_one_thread_on_each_side(
+    make_server: MakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dialing starts the dial thread, and accepting the handshake thread; each then reads
+    for its VC (no second thread starts before the first call is answered), and the VC
+    still works as before: calls, and a clean close that ends those threads."""
+    srv, name = make_server(Svc(), AllowEveryone())
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    client = Client(make_client().principal, options=ClientOptions(default_call_timeout=10))
+    try:
+        assert client.call(ctx(), name, "Echo", "first") == ("first",)
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        vc_threads = [
+            n
+            for n in started
+            if n.startswith(("ipc-dial", "ipc-handshake", "ipc-tcp", "ipc-unix", "ipc-vc"))
+        ]
+        assert sorted(vc_threads) == sorted([started[0], "ipc-handshake"]), started
+        assert started[0].startswith("ipc-dial")
+        assert _dialed_vc_threads() == 1  # the dial thread, renamed after its VC
+        assert client.call(ctx(), name, "Echo", "again") == ("again",)
+    finally:
+        client.close()
+    assert _settle(lambda: _dialed_vc_threads() == 0)
