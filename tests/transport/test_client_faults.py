@@ -621,7 +621,7 @@ def test_a_fresh_vc_starts_one_thread_on_each_side(
     """Dialing starts the dial thread, and accepting the handshake thread; each then reads
     for its VC (no second thread starts before the first call is answered), and the VC
     still works as before: calls, and a clean close that ends those threads."""
-    srv, name = make_server(Svc(), AllowEveryone())
+    _srv, name = make_server(Svc(), AllowEveryone())
     started: list[str] = []
     real_start = threading.Thread.start
 
