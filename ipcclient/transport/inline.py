@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ipcclient.transport.background import IDLE_EXIT, OnDemandThread
+from ipcclient.transport.background import OnDemandThread
 from ipcclient.transport.waits import Signal
 
 __all__ = ["HANDOFF", "INLINE_HANDOFF", "Handoff", "InlineRunner", "JobHost"]
@@ -177,13 +177,15 @@ class Handoff(OnDemandThread):
     """Gives a helper reader to each accepted VC whose reader thread has been running one
     inline job for ``INLINE_HANDOFF``.
 
-    Starting a job costs the reader thread no wake-up of this one: while any VC it knows
-    runs jobs, the thread ticks every ``INLINE_HANDOFF / 2`` and looks at the VCs' job
-    start times; after ``IDLE_EXIT`` without a running job it stops ticking (and, later,
-    ends). ``watch`` registers a VC and restarts the ticking; its common case (the VC known,
-    the thread ticking) takes no lock. Why that is race-free: the reader thread marks its job
-    running *before* it reads ``_ticking``; the ticker clears ``_ticking`` and the VC set
-    *before* it looks for running jobs, and keeps ticking if it finds one."""
+    Starting a job costs the reader thread no wake-up of this one while jobs keep coming:
+    the thread ticks every ``INLINE_HANDOFF / 2`` and looks at the VCs' job start times, and
+    it stops ticking at the first tick that finds no job running and none started since the
+    tick before (so an idle or lightly loaded server is not woken a thousand times a second;
+    the next job wakes it). ``watch`` registers a VC and restarts the ticking; its common
+    case (the VC known, the thread ticking) takes no lock. Why that is race-free: the reader
+    thread marks its job running *before* it reads ``_ticking``; the ticker clears
+    ``_ticking`` and the VC set *before* it looks for running jobs, and keeps ticking if it
+    finds one."""
 
     _name = "ipc-handoff"
 
@@ -220,21 +222,28 @@ class Handoff(OnDemandThread):
     def _round(self) -> None:
         with self._lock:
             self._wake.clear()
-        busy_at = time.monotonic()
+        seen: dict[InlineRunner, int] = {}  # each VC's job count at the previous tick
         while True:
             time.sleep(INLINE_HANDOFF / 2)
             now = time.monotonic()
             due: list[tuple[InlineRunner, int]] = []
+            busy = False
             with self._lock:
                 runners = self._runners
                 for runner in list(runners):
+                    count = runner.count
                     if runner.running:
-                        busy_at = now
+                        busy = True
                         if now - runner.started >= INLINE_HANDOFF and not runner.helper_active:
-                            due.append((runner, runner.count))
+                            due.append((runner, count))
                     elif runner._host.closed:
                         del runners[runner]
-                if now - busy_at >= IDLE_EXIT:
+                        seen.pop(runner, None)
+                        continue
+                    if seen.get(runner) != count:
+                        busy = True  # a job ran since the last tick: more may follow
+                    seen[runner] = count
+                if not busy:
                     # Stop ticking unless a job started meanwhile (see the class docstring).
                     self._ticking = False
                     self._runners = {}

@@ -17,7 +17,9 @@ from ipcclient.options import ClientOptions
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.transport.background import IDLE_EXIT
 from ipcclient.transport.conn import KeepaliveConfig
+from ipcclient.transport.inline import HANDOFF
 from ipcclient.transport.manager import TransportOptions
 from ipcclient.wire.messages import encode_messages, split_messages
 
@@ -248,3 +250,35 @@ def test_received_all_peeks_and_discard_consumes(
     assert flow.received_all() == b""
     assert flow.read(time.monotonic() + 1) == b""  # EOF: what was discarded is gone
     flow.close()
+
+
+def test_the_handoff_ticker_stops_soon_after_the_last_inline_call(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The ticker that gives long inline calls a helper reader ticks only while calls come:
+    one quick call, and it stops within a few ticks (an idle or lightly loaded server is not
+    woken every millisecond; it once went on for ``IDLE_EXIT``, half a second, after every
+    call). The next call starts it again and is answered as usual."""
+    svc = Service()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    quiet_by = time.monotonic() + 5  # (calls of earlier tests may still run: they tick it)
+    while HANDOFF._ticking and time.monotonic() < quiet_by:
+        time.sleep(0.01)
+    for attempt in range(2):
+        assert client.call(ctx(), name, "Echo", attempt) == (attempt,)
+        stop_by = time.monotonic() + IDLE_EXIT * 0.6
+        while HANDOFF._ticking and time.monotonic() < stop_by:
+            time.sleep(0.002)
+        assert not HANDOFF._ticking, "the handoff thread still ticks with nothing to watch"
+    # A long call still gets its helper reader (the ticker starts again): the same VC
+    # answers another call while the long one runs on its reader thread.
+    waiter = threading.Thread(target=client.call, args=(ctx(), name, "Sleep", 1.0))
+    waiter.start()
+    try:
+        assert svc.running.acquire(timeout=5)
+        started = time.monotonic()
+        assert client.call(ctx(), name, "Echo", "meanwhile") == ("meanwhile",)
+        assert time.monotonic() - started < 0.9  # not after the long call
+    finally:
+        waiter.join(5)
