@@ -213,42 +213,40 @@ def encode_request_message(
     ``Request(suffix, method, nargs, deadline, trace=TraceContext(trace_id, span_id,
     flags)).to_wire()``, built without cbor2: the same bytes as cbor2 writes for that map.
     None when it is not the usual one (a name that is empty or not ASCII, a count or flags
-    out of range): encode ``Request.to_wire()`` then."""
+    out of range, ids that are not 16 bytes): encode ``Request.to_wire()`` then."""
     if (
         not method
         or not method.isascii()
         or not suffix.isascii()
         or not 0 <= nargs <= MAX_ARGS
         or not 0 <= flags < 24
+        or len(trace_id) != _ID_SIZE
+        or len(span_id) != _ID_SIZE
     ):
         return None
+    head = codec.cbor_head
     count = 2
     parts = [b"", b""]  # (the map head and the length prefix, filled in below)
     if suffix:
         count += 1
-        parts.append(_K_SUFFIX + codec.cbor_head(3, len(suffix)) + suffix.encode("ascii"))
-    parts.append(_K_METHOD + codec.cbor_head(3, len(method)) + method.encode("ascii"))
+        parts.append(_K_SUFFIX + head(3, len(suffix)) + suffix.encode("ascii"))
+    parts.append(_K_METHOD + head(3, len(method)) + method.encode("ascii"))
     if nargs:
         count += 1
-        parts.append(_K_NARGS + codec.cbor_head(0, nargs))
+        parts.append(_K_NARGS + head(0, nargs))
     if deadline is not None:
         count += 1
         parts.append(_K_DEADLINE + codec.encode_float(deadline))
-    parts.append(
-        _K_TRACE
-        + _TRACE_MAP
-        + _TRACE_T
-        + codec.cbor_head(2, len(trace_id))
-        + trace_id
-        + _TRACE_S
-        + codec.cbor_head(2, len(span_id))
-        + span_id
-        + _TRACE_F
-        + codec.cbor_head(0, flags)
-    )
-    parts[1] = codec.cbor_head(5, count)
+    parts.append(_TRACE_T_ID + trace_id + _TRACE_S_ID + span_id + _TRACE_FLAGS[flags])
+    parts[1] = head(5, count)
     body = b"".join(parts)
     return _LENGTH.pack(len(body)) + body
+
+
+_ID_SIZE = 16
+_TRACE_T_ID = _K_TRACE + _TRACE_MAP + _TRACE_T + codec.cbor_head(2, _ID_SIZE)
+_TRACE_S_ID = _TRACE_S + codec.cbor_head(2, _ID_SIZE)
+_TRACE_FLAGS = tuple(_TRACE_F + codec.cbor_head(0, f) for f in range(24))
 
 
 _FLOAT64_BODY = struct.Struct(">d")

@@ -17,7 +17,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ipcclient import errors, vtrace
 from ipcclient.codec import decode
@@ -271,7 +271,8 @@ class FlowServing:
                 stream.set_budget(None)
             if ctx.done():
                 raise ctx.err() or errors.CanceledError("server: call cancelled")
-            call = ServerCall(call_ctx, stream, request, security, cast("Server", self))
+            server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
+            call = ServerCall(call_ctx, stream, request, security, server)
             value = method(call, *args)
             results: Sequence[Any]
             if value is None:

@@ -116,6 +116,9 @@ def test_hand_built_request_header_declines_names_that_are_not_ascii() -> None:
     assert encode_request_message("", "Méthode", 0, None, ids, ids, 0) is None
     assert encode_request_message("é", "M", 0, None, ids, ids, 0) is None
     assert encode_request_message("", "M", 0, None, ids, ids, 0) is not None
+    # Ids of another length than the 16 bytes vtrace makes: the general encoder writes them.
+    assert encode_request_message("", "M", 0, None, ids[:8], ids, 0) is None
+    assert encode_request_message("", "M", 0, None, ids, ids + b"x", 0) is None
 
 
 # --- the usual request header, parsed by hand ------------------------------------------------
