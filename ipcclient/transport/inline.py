@@ -196,6 +196,11 @@ class Handoff(OnDemandThread):
     def _has_work_locked(self) -> bool:
         return bool(self._runners)
 
+    @property
+    def ticking(self) -> bool:
+        """Whether the thread is ticking now (some inline job ran or runs lately)."""
+        return self._ticking
+
     def watch(self, runner: InlineRunner) -> None:
         """``runner``'s reader thread has started an inline job (``running`` and ``started``
         are set).

@@ -263,14 +263,14 @@ def test_the_handoff_ticker_stops_soon_after_the_last_inline_call(
     _, name = make_server(svc, AllowEveryone())
     client = make_client()
     quiet_by = time.monotonic() + 5  # (calls of earlier tests may still run: they tick it)
-    while HANDOFF._ticking and time.monotonic() < quiet_by:
+    while HANDOFF.ticking and time.monotonic() < quiet_by:
         time.sleep(0.01)
     for attempt in range(2):
         assert client.call(ctx(), name, "Echo", attempt) == (attempt,)
         stop_by = time.monotonic() + IDLE_EXIT * 0.6
-        while HANDOFF._ticking and time.monotonic() < stop_by:
+        while HANDOFF.ticking and time.monotonic() < stop_by:
             time.sleep(0.002)
-        assert not HANDOFF._ticking, "the handoff thread still ticks with nothing to watch"
+        assert not HANDOFF.ticking, "the handoff thread still ticks with nothing to watch"
     # A long call still gets its helper reader (the ticker starts again): the same VC
     # answers another call while the long one runs on its reader thread.
     waiter = threading.Thread(target=client.call, args=(ctx(), name, "Sleep", 1.0))
