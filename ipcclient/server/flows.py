@@ -123,12 +123,13 @@ class FlowServing:
         takes the general way, which also answers every malformed request. Either way the
         caller is authorized before any arg is decoded (the general way: before any arg is
         read)."""
-        charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
+        charge: ArgsCharge | None = None  # (the general way's: args held while read)
         try:
             if flow.error is not None:  # reset, or its VC broke, before it could run
                 return
             parsed = self._parse_whole_request(flow) if flow.peer_done else None
             if parsed is None:
+                charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
                 self._run_call(flow, MessageStream(flow), vc, charge)
                 return
             request, bodies, end = parsed
@@ -140,7 +141,8 @@ class FlowServing:
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()
-            charge.release()
+            if charge is not None:
+                charge.release()
             self._release_slot(vc)
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes], Any] | None:
