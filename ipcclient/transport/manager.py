@@ -378,7 +378,10 @@ class Listener:
             conn.close()
             return
         if self._on_connection is not None:
-            self._on_connection(conn)
+            try:
+                self._on_connection(conn)
+            except Exception:  # the owner's bug must not leave the VC without a reader
+                log.exception("transport: the on_connection callback failed")
         conn.run_reader()  # this thread reads for the VC from now on
 
     def _forget(self, conn: Connection, _err: errors.IPCError) -> None:

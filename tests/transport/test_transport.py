@@ -475,6 +475,27 @@ def test_a_dialer_refuses_flows_the_peer_opens(server: Callable[..., Listener]) 
         lst.close()
 
 
+def test_a_failing_on_connection_callback_leaves_the_vc_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The handshake thread calls ``on_connection`` and then reads for the VC: a callback
+    that raises is logged, and the VC is still read and answered."""
+
+    def broken(conn: Connection) -> None:
+        raise RuntimeError("owner bug")
+
+    lst = StreamManager(make_identity()).listen(
+        "tcp", "127.0.0.1:0", blessings=None, on_flow=_echo_upper, on_connection=broken
+    )
+    conn = _dial(lst)
+    try:
+        assert _roundtrip(conn, b"served") == b"SERVED"
+        assert any("on_connection" in r.getMessage() for r in caplog.records)
+    finally:
+        conn.close()
+        lst.close()
+
+
 def test_close_returns_promptly_when_the_peer_stopped_reading(
     server: Callable[..., Listener],
 ) -> None:
