@@ -1,17 +1,20 @@
 """What a server method receives and returns: :class:`ServerCall` and :class:`Results`.
 
-Owns: a call's view for the user's method (its context, security facts, the client's
-streamed args and the results it streams back). Must not: authorize, look up methods, or
-finish the call (the flow-serving code answers it once the method returns).
+Owns: a call's view for the user's method (its context, made when first asked for, security
+facts, the client's streamed args and the results it streams back). Must not: authorize,
+look up methods, or answer the call (the flow-serving code answers it once the method
+returns).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ipcclient import errors
-from ipcclient.context import Context
+from ipcclient import errors, vtrace
+from ipcclient.context import CancelContext, Context
 from ipcclient.headers import Request, Response, request_from_wire
 from ipcclient.security.blessings import Blessings
 from ipcclient.server.authorizer import CallSecurity
@@ -25,6 +28,12 @@ __all__ = ["Results", "ServerCall"]
 
 _STREAM_ITEM_MESSAGE = encode_messages(Response().to_wire())
 """The empty response header before each streamed result, encoded once."""
+_CALL_FINISHED = errors.CanceledError("call finished")
+"""What a call's context ends with once the call is over (a prototype: see
+:meth:`CancelContext.cancel_with`)."""
+_MAKING = threading.Lock()
+"""Held while a call's context is made (rare: only when a method asks for it), so two
+threads asking at once get the same one."""
 
 
 class Results:
@@ -43,20 +52,120 @@ class ServerCall:
     Belongs to the worker running the call; do not share it across threads.
     """
 
+    security: CallSecurity
+    """The call's security facts (set once the caller is authorized, before the method runs)."""
+
     def __init__(
         self,
-        ctx: Context,
         stream: MessageStream,
         request: Request,
-        security: CallSecurity,
         server: Server,
+        root: Context,
+        deadline: float | None,
+        span: vtrace.Span | None = None,
     ) -> None:
-        self.context = ctx
+        """Internal: the server makes one per call. ``root``: the server's context (calls
+        end when it does); ``deadline``: the call's, a ``time.monotonic()`` value or None;
+        ``span``: the call's trace span when it is made at once (the client collects the
+        trace), else it is made with the context."""
         self._stream = stream
         self.request = request
-        self.security = security
         self.server = server
+        self._root = root
+        self._deadline = deadline
+        self._span = span
+        self._ctx: CancelContext | None = None
+        self._ended = False
         self._recv_done = False
+
+    # -- the call's context, made on first use ------------------------------------------
+    #
+    # Most methods never look at their context: making one per call (a cancellable child of
+    # the server's, carrying the trace span, cancelled by the client's reset) is the
+    # largest piece of a small call's work on the server. So the deadline, the cancellation
+    # state and the span are kept here and the context is made the first time a method
+    # asks; it is then exactly what it would have been from the start: past its deadline,
+    # or cancelled (the client reset the flow, its VC broke, the server stopped, or the
+    # call is over) if that already happened. A span made then starts then.
+
+    @property
+    def context(self) -> Context:
+        """The call's context: its deadline, cancelled when the client cancels or resets
+        the call, when the server stops, and once the call is over; it carries the call's
+        trace span (``vtrace.current_span``) and is the parent for nested calls."""
+        ctx = self._ctx
+        return ctx if ctx is not None else self._make_context()
+
+    @property
+    def deadline(self) -> float | None:
+        """The call's deadline (a ``time.monotonic()`` value), or None for none; reading it
+        makes no context."""
+        return self._deadline
+
+    def remaining(self) -> float | None:
+        """Seconds until the call's deadline, clamped at 0; None when it has none."""
+        deadline = self._deadline
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    @property
+    def span(self) -> vtrace.Span | None:
+        """The call's trace span, if one was made (the client collects the trace, or the
+        method asked for its context)."""
+        return self._span
+
+    def _make_context(self) -> Context:
+        with _MAKING:
+            ctx = self._ctx
+            if ctx is not None:
+                return ctx
+            span = self._span
+            trace = self.request.trace
+            if span is None and trace is not None:  # (not collected: see __init__)
+                span = self._span = vtrace.new_span(
+                    self._root,
+                    f"{self.request.suffix!r}.{self.request.method}",
+                    trace_id=trace.trace_id,
+                    parent_id=trace.span_id,
+                    collect=False,
+                )
+            root = self._root
+            made = CancelContext(
+                root,
+                clock=root.clock,
+                deadline=self._deadline,
+                item=None if span is None else vtrace.span_item(span),
+                cancellable=True,
+            )
+            self._ctx = made
+        # (end() sets _ended, then reads _ctx; here the reverse: one of them cancels it.)
+        if self._ended:
+            made.cancel_with(_CALL_FINISHED)
+        else:  # (at once when the flow is already reset)
+            self._stream.flow.set_abort_callback(lambda err: made.cancel(f"client: {err.msg}"))
+        return made
+
+    def ended_error(self) -> errors.IPCError | None:
+        """Why the call cannot go on, or None: what its context's ``err()`` says (the
+        client reset the flow or its VC broke, the deadline passed, the server stopped),
+        without making one."""
+        ctx = self._ctx
+        if ctx is not None:
+            return ctx.err()
+        err = self._stream.flow.error
+        if err is not None:
+            return errors.CanceledError(f"client: {err.msg}")
+        deadline = self._deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return errors.TimeoutError("context deadline exceeded")
+        return self._root.err()
+
+    def end(self) -> None:
+        """The call is over (the server, once it answered): its context, if made, is
+        cancelled; one made from now on is born cancelled."""
+        self._ended = True
+        ctx = self._ctx
+        if ctx is not None:
+            ctx.cancel_with(_CALL_FINISHED)
 
     @property
     def suffix(self) -> str:
@@ -86,13 +195,13 @@ class ServerCall:
         """
         if self._recv_done:
             raise errors.EndOfStreamError("server: the client sent no more items")
-        header = request_from_wire(self._stream.recv(self.context.deadline))
+        header = request_from_wire(self._stream.recv(self._deadline))
         if header.end_stream_args:
             self._recv_done = True
             raise errors.EndOfStreamError("server: the client sent no more items")
         if not header.is_stream_item:
             raise errors.BadProtocolError("server: expected a streaming header")
-        return self._stream.recv(self.context.deadline)
+        return self._stream.recv(self._deadline)
 
     def __iter__(self) -> Iterator[Any]:
         while True:
@@ -106,6 +215,6 @@ class ServerCall:
         until the call's deadline or the server's ``send_timeout``)."""
         self._stream.flow.write(
             encode_message_parts(item, head=_STREAM_ITEM_MESSAGE),
-            deadline=self.server._send_deadline(self.context),
+            deadline=self.server._send_deadline(self._deadline),
             streamed=True,
         )

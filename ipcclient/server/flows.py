@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipcclient import errors, vtrace
 from ipcclient.codec import decode
-from ipcclient.context import CancelContext, Context
+from ipcclient.context import CancelContext
 from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import CallSecurity
@@ -48,9 +48,9 @@ __all__ = ["FlowServing"]
 
 log = logging.getLogger("ipcclient.server")
 
-_CALL_FINISHED = errors.CanceledError("call finished")
-"""What a call's own context ends with once the call is over (a prototype: see
-:meth:`CancelContext.cancel_with`)."""
+_ABORTS = (errors.CanceledError, errors.TimeoutError, errors.ConnectionFailedError)
+"""The errors a call's method or args reading raises when the call was cancelled or timed
+out: the answer then says why the call ended (see ``ServerCall.ended_error``)."""
 
 _PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
 """The keys of a request header the inline fast path takes (no grant, no discharges)."""
@@ -227,54 +227,47 @@ class FlowServing:
     ) -> None:
         """Run a call whose header is read (``bodies``: its args' bodies when they are here
         already, else None: they are read from ``stream`` once the caller is authorized),
-        and answer it."""
+        and answer it. The call's context is made only if its method asks for it (see
+        :class:`ServerCall`); its trace span at once only when the client collects."""
         span: vtrace.Span | None = None
-        item: tuple[Any, Any] | None = None
         trace = request.trace
-        if trace is not None:  # continue the client's trace; nested calls join it
+        if trace is not None and trace.flags & vtrace.COLLECT:  # continue the client's trace
             span = vtrace.new_span(
                 self._root,
                 f"{request.suffix!r}.{request.method}",
                 trace_id=trace.trace_id,
                 parent_id=trace.span_id,
-                collect=bool(trace.flags & vtrace.COLLECT),
+                collect=True,
             )
-            item = vtrace.span_item(span)
-        # One context per call: the request's deadline, the span, cancellable.
-        root = self._root
         deadline = None if request.deadline is None else time.monotonic() + request.deadline
-        ctx = CancelContext(root, clock=root.clock, deadline=deadline, item=item, cancellable=True)
-        call_ctx: Context = ctx
-        flow.set_abort_callback(lambda err: ctx.cancel(f"client: {err.msg}"))
+        server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
+        call = ServerCall(stream, request, server, self._root, deadline, span)
         try:
-            self._run_request(ctx, call_ctx, span, flow, stream, request, bodies)
+            self._run_request(call, flow, stream, request, bodies)
         finally:
-            ctx.cancel_with(_CALL_FINISHED)
+            call.end()
 
     def _run_request(
         self,
-        ctx: CancelContext,
-        call_ctx: Context,
-        span: vtrace.Span | None,
+        call: ServerCall,
         flow: Flow,
         stream: MessageStream,
         request: Request,
         bodies: list[bytes] | None,
     ) -> None:
         try:
-            method, security = self._prepare(flow, request)
+            method, call.security = self._prepare(flow, request)
             args: list[Any] | None
             if bodies is not None:
                 args = [decode(body) for body in bodies]
             else:
-                args = self._read_args(ctx, flow, stream, request)
+                args = self._read_args(call, flow, stream, request)
                 if args is None:
                     return  # (the flow was reset)
                 stream.set_budget(None)
-            if ctx.done():
-                raise ctx.err() or errors.CanceledError("server: call cancelled")
-            server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
-            call = ServerCall(call_ctx, stream, request, security, server)
+            over = call.ended_error()
+            if over is not None:
+                raise over
             value = method(call, *args)
             results: Sequence[Any]
             if value is None:
@@ -290,16 +283,16 @@ class FlowServing:
             else:
                 results = (value,)
         except errors.IPCError as exc:
-            err = (ctx.err() or exc) if _is_flow_abort(exc, ctx) else exc
-            self._answer_error(stream, err, _spans(span))
+            err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
+            self._answer_error(stream, err, _spans(call.span))
             return
         except Exception as exc:
             log.exception("server: %s.%s raised", request.suffix, request.method)
             err = errors.UnknownError(f"{type(exc).__name__}: {exc}")
-            self._answer_error(stream, err, _spans(span))
+            self._answer_error(stream, err, _spans(call.span))
             return
         n = len(results)
-        spans = _spans(span)
+        spans = _spans(call.span)
         try:
             if spans:  # (inside the try: span notes are text an application wrote)
                 head = encode_messages(
@@ -310,7 +303,7 @@ class FlowServing:
             flow.write(
                 encode_message_parts(*results, head=head),
                 end=True,
-                deadline=self._send_deadline(ctx),
+                deadline=self._send_deadline(call.deadline),
             )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
@@ -319,19 +312,19 @@ class FlowServing:
             log.debug("server: could not send results: %s", exc)
 
     def _read_args(
-        self, ctx: CancelContext, flow: Flow, stream: MessageStream, request: Request
+        self, call: ServerCall, flow: Flow, stream: MessageStream, request: Request
     ) -> list[Any] | None:
         """Read an authorized call's args, within ``args_timeout`` (or the call's deadline,
         if sooner). A call whose args do not come in time, or whose VC holds too many bytes
         of args, has its flow reset at once with that error (None is returned): nothing is
         written to a client that may not be reading."""
         bound = time.monotonic() + self.options.args_timeout
-        deadline = ctx.deadline
+        deadline = call.deadline
         until = bound if deadline is None else min(deadline, bound)
         try:
             return [stream.recv(until) for _ in range(request.nargs)]
         except errors.TimeoutError:
-            if until != bound or ctx.done():  # the call's own deadline
+            if until != bound or call.ended_error() is not None:  # the call's own deadline
                 raise
             err: errors.IPCError = errors.TimeoutError(
                 f"server: the call's args did not arrive within {self.options.args_timeout} s"
@@ -370,11 +363,10 @@ class FlowServing:
             )
         return method, security
 
-    def _send_deadline(self, ctx: Context) -> float:
+    def _send_deadline(self, deadline: float | None) -> float:
         """A send never waits forever on a client that grants no credit: the call's
-        deadline, or ``options.send_timeout`` from now when the call has none."""
+        ``deadline``, or ``options.send_timeout`` from now when the call has none."""
         bound = time.monotonic() + self.options.send_timeout
-        deadline = ctx.deadline
         return bound if deadline is None else min(deadline, bound)
 
     def _answer_error(
@@ -406,10 +398,3 @@ def _end_message(nresults: int) -> bytes:
 
 
 _END_MESSAGES = tuple(_end_message(n) for n in range(4))
-
-
-def _is_flow_abort(exc: errors.IPCError, ctx: Context) -> bool:
-    """Whether ``exc`` came from the call being cancelled or timing out."""
-    return ctx.done() and isinstance(
-        exc, errors.CanceledError | errors.TimeoutError | errors.ConnectionFailedError
-    )

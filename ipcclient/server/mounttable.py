@@ -164,17 +164,17 @@ class _Invoker:
         self._table = table
 
     def Mount(self, call: ServerCall, server: str, ttl: float, flags: int) -> None:
-        self._table._mount(call.suffix, server, ttl, flags, call.context.remaining())
+        self._table._mount(call.suffix, server, ttl, flags, call.remaining())
 
     def Unmount(self, call: ServerCall, server: str) -> None:
-        self._table._unmount(call.suffix, server, call.context.remaining())
+        self._table._unmount(call.suffix, server, call.remaining())
 
     def ResolveStep(self, call: ServerCall) -> dict[str, Any]:
-        return self._table._resolve_step(call.suffix, call.context.remaining())
+        return self._table._resolve_step(call.suffix, call.remaining())
 
     def Glob(self, call: ServerCall, pattern: str) -> int:
         count = 0
-        for item in self._table._glob(call.suffix, pattern, call.context.remaining()):
+        for item in self._table._glob(call.suffix, pattern, call.remaining()):
             call.send(item)
             count += 1
         return count
