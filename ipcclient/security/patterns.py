@@ -22,6 +22,7 @@ names that look alike but differ.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from ipcclient import errors
@@ -42,6 +43,14 @@ NO_EXTENSION = "$"
 MAX_EXTENSION_LEN = 256  # one component; a chain of at most 32 of them bounds a name
 _ALL = "..."
 _FORBIDDEN_CHARS = frozenset(":,@()<>/")
+_PLAIN_ASCII = re.compile(
+    "["
+    + re.escape("".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in _FORBIDDEN_CHARS))
+    + "]+"
+)
+"""An extension made only of printable, non-space ASCII characters other than the forbidden
+ones: valid as far as its characters go, decided without looking at each character in
+Python (the usual extension; every certificate a peer sends has its extensions checked)."""
 
 
 def _extension_problem(ext: object) -> str | None:
@@ -55,6 +64,8 @@ def _extension_problem(ext: object) -> str | None:
         return f"{ext!r} is reserved for patterns"
     if ext.startswith("__"):
         return "an extension may not start with '__' (reserved)"
+    if _PLAIN_ASCII.fullmatch(ext):
+        return None
     for ch in ext:
         if ch in _FORBIDDEN_CHARS:
             return f"an extension may not contain {ch!r}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,6 +120,26 @@ def test_invalid_extensions(ext: object) -> None:
 @pytest.mark.parametrize("ext", ["alice", "a_b", "a.b-c", "x$", "_x", "é", "x" * 256])
 def test_valid_extensions(ext: str) -> None:
     assert validate_extension(ext) == ext
+
+
+def _valid_by_the_rules(ext: str) -> bool:
+    """The extension rules of ipcclient.security.patterns, written out one character at a
+    time (the module decides plain-ASCII extensions without this loop)."""
+    if not ext or len(ext) > 256 or ext in ("$", "...") or ext.startswith("__"):
+        return False
+    return not any(
+        ch in ":,@()<>/" or ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z") for ch in ext
+    )
+
+
+@settings(max_examples=400)
+@given(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12)
+    | st.text(max_size=12)
+    | st.text(alphabet=st.sampled_from("ab:_-.$ \t\x7f\x00]^\\\u00e9\u200b"), max_size=6)
+)
+def test_extension_validity_follows_the_rules(ext: str) -> None:
+    assert is_valid_extension(ext) == _valid_by_the_rules(ext)
 
 
 def test_pattern_examples() -> None:
