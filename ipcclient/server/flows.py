@@ -24,13 +24,14 @@ from ipcclient.codec import decode
 from ipcclient.context import CancelContext
 from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
 from ipcclient.security.principal import Principal
-from ipcclient.server.authorizer import CallSecurity
+from ipcclient.server.authorizer import Authorizer, CallSecurity
 from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.callsecurity import authorize_call
 from ipcclient.server.capacity import VC_STATE, ArgsCharge, VCState, WorkerPool
 from ipcclient.server.dispatcher import (
     SIGNATURE_METHOD,
     Dispatcher,
+    LeafDispatcher,
     arity,
     find_method,
     signature,
@@ -44,9 +45,15 @@ from ipcclient.wire.messages import encode_message_parts, encode_messages, split
 if TYPE_CHECKING:
     from ipcclient.server.server import Server
 
-__all__ = ["FlowServing"]
+__all__ = ["MAX_KEPT_METHODS", "FlowServing", "Found"]
 
 log = logging.getLogger("ipcclient.server")
+
+Found = tuple[Callable[..., Any], int, int | None, str, Authorizer | None]
+"""What serving a method needs of it (see ``FlowServing._find``): the bound method, its least
+and most args (None: any), the suffix as the dispatcher saw it, the authorizer."""
+MAX_KEPT_METHODS = 256
+"""Methods (per suffix spelling) a server serving one object keeps found."""
 
 _ABORTS = (errors.CanceledError, errors.TimeoutError, errors.ConnectionFailedError)
 """The errors a call's method or args reading raises when the call was cancelled or timed
@@ -65,6 +72,7 @@ class FlowServing:
     principal: Principal
     _names: tuple[str, ...]
     _dispatcher: Dispatcher | None
+    _methods: dict[tuple[str, str], Found]
     _slots_lock: threading.Lock
     _in_use: int
     _capacity: int
@@ -338,22 +346,14 @@ class FlowServing:
         """Find the method and authorize the caller for it (raises the error to answer):
         everything a call needs that does not depend on its args, so an unauthorized caller
         is refused before any of its args is read."""
-        dispatcher = self._dispatcher
-        if dispatcher is None:
-            raise errors.UnknownSuffixError("server: nothing is served yet")
-        suffix = request.suffix.lstrip("/")
-        obj, authorizer = dispatcher.lookup(suffix)
+        key = (request.suffix, request.method)
+        found = self._methods.get(key)
+        if found is None:
+            found = self._find(request)
+        method, lo, hi, suffix, authorizer = found
         security = authorize_call(
             flow.connection, request, suffix, authorizer, self.principal, self._names
         )
-        method: Callable[..., Any]
-        hi: int | None
-        if request.method == SIGNATURE_METHOD:
-            listing = signature(obj)
-            method, lo, hi = (lambda call: listing), 0, 0
-        else:
-            method = find_method(obj, request.method)
-            lo, hi = arity(target(obj), request.method, method)
         nargs = request.nargs
         if nargs < lo or (hi is not None and nargs > hi):
             expected = str(lo) if hi == lo else f"{lo}..{'any' if hi is None else hi}"
@@ -362,6 +362,29 @@ class FlowServing:
                 "(wrong number of input arguments)"
             )
         return method, security
+
+    def _find(self, request: Request) -> Found:
+        """What :meth:`_prepare` needs of the object served at the request's suffix: the
+        method, its arity, the suffix and the authorizer (raises the error to answer). Kept
+        per suffix and method when the dispatcher serves one fixed object (``serve``), whose
+        exposed methods are fixed (see ``exposure.exposed_methods``)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            raise errors.UnknownSuffixError("server: nothing is served yet")
+        suffix = request.suffix.lstrip("/")
+        obj, authorizer = dispatcher.lookup(suffix)
+        method: Callable[..., Any]
+        hi: int | None
+        if request.method == SIGNATURE_METHOD:
+            listing = signature(obj)
+            method, lo, hi = (lambda call: listing), 0, 0
+        else:
+            method = find_method(obj, request.method)
+            lo, hi = arity(target(obj), request.method, method)
+        found = (method, lo, hi, suffix, authorizer)
+        if type(dispatcher) is LeafDispatcher and len(self._methods) < MAX_KEPT_METHODS:
+            self._methods[(request.suffix, request.method)] = found
+        return found
 
     def _send_deadline(self, deadline: float | None) -> float:
         """A send never waits forever on a client that grants no credit: the call's

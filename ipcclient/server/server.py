@@ -37,7 +37,7 @@ from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.capacity import WorkerPool
 from ipcclient.server.dispatcher import SIGNATURE_METHOD, Dispatcher, LeafDispatcher, signature
 from ipcclient.server.exposure import Exposed, exposed_methods
-from ipcclient.server.flows import FlowServing
+from ipcclient.server.flows import FlowServing, Found
 from ipcclient.server.options import HEADER_GRACE, HEADER_LIMITS, ServerOptions
 from ipcclient.transport.conn import Connection
 from ipcclient.transport.manager import Listener, StreamManager
@@ -88,6 +88,7 @@ class Server(FlowServing):
         self._manager = StreamManager(principal, self.options.transport)
         self._listeners: list[Listener] = []
         self._dispatcher: Dispatcher | None = None
+        self._methods: dict[tuple[str, str], Found] = {}
         self._lock = threading.Lock()
         # Calls running or queued, against their bound (a counter under a plain lock: cheaper
         # than a semaphore, which is a Python-level Condition).

@@ -239,6 +239,24 @@ def test_unknown_method_suffix_and_arg_counts(rig: tuple[Service, str, Client]) 
         client.call(ctx(), name, "Unencodable")
 
 
+def test_a_method_found_once_is_still_checked_on_every_call(
+    rig: tuple[Service, str, Client],
+) -> None:
+    """The server keeps what it found of a served object's method (see FlowServing._find):
+    the arity, the suffix and the authorizer still apply to every later call."""
+    _, name, client = rig
+    for _ in range(3):
+        assert client.call(ctx(), name, "Echo", 1) == (1,)
+        with pytest.raises(errors.BadArgError, match="wrong number of input arguments"):
+            client.call(ctx(), name, "Echo")
+        with pytest.raises(errors.BadArgError, match="wrong number of input arguments"):
+            client.call(ctx(), name, "Echo", 1, 2)
+        with pytest.raises(errors.UnknownSuffixError):
+            client.call(ctx(), name + "/deeper", "Echo", 1)
+        with pytest.raises(errors.UnknownMethodError):
+            client.call(ctx(), name, "NoSuchMethod")
+
+
 def test_bad_arguments_on_the_client_side(rig: tuple[Service, str, Client]) -> None:
     _, name, client = rig
     with pytest.raises(errors.BadArgError):
