@@ -31,10 +31,15 @@ log = logging.getLogger("ipcclient.transport")
 
 INLINE_HANDOFF = 0.002
 """A job the owner runs on an accepted VC's reader thread (a complete unary request, see
-:meth:`Connection.inline_available`) that takes longer than this gets a helper thread (at the
-latest ``INLINE_HANDOFF / 2`` later), which reads the socket for the VC until the job ends:
-short calls cost no thread hop, long ones cannot hold up the VC (other calls, cancellation,
-pings) for longer than about this."""
+:meth:`Connection.inline_available`) has a helper thread by the time it has run this long,
+which reads the socket for the VC until the job ends: short calls cost no thread hop, long
+ones cannot hold up the VC (other calls, cancellation, pings) for longer than about this.
+(The handoff thread ticks every ``INLINE_HANDOFF`` and gives a helper to each job it finds
+running for ``INLINE_HANDOFF / 2`` or more: so a job gets one when it has run between half
+of this and this, and one shorter than half of it never does.)"""
+
+_HELPER_AFTER = INLINE_HANDOFF / 2
+"""A job found running this long at a tick gets a helper (the next tick would be too late)."""
 
 
 class JobHost(Protocol):
@@ -175,10 +180,10 @@ def call_job(job: Callable[[], None]) -> None:
 
 class Handoff(OnDemandThread):
     """Gives a helper reader to each accepted VC whose reader thread has been running one
-    inline job for ``INLINE_HANDOFF``.
+    inline job for ``INLINE_HANDOFF / 2`` (see ``INLINE_HANDOFF``).
 
     Starting a job costs the reader thread no wake-up of this one while jobs keep coming:
-    the thread ticks every ``INLINE_HANDOFF / 2`` and looks at the VCs' job start times, and
+    the thread ticks every ``INLINE_HANDOFF`` and looks at the VCs' job start times, and
     it stops ticking at the first tick that finds no job running and none started since the
     tick before (so an idle or lightly loaded server is not woken a thousand times a second;
     the next job wakes it). ``watch`` registers a VC and restarts the ticking; its common
@@ -192,6 +197,8 @@ class Handoff(OnDemandThread):
     def _reset_work(self) -> None:
         self._runners: dict[InlineRunner, None] = {}
         self._ticking = False
+        self.ticks = 0
+        """Ticks so far (only the thread adds to it)."""
 
     def _has_work_locked(self) -> bool:
         return bool(self._runners)
@@ -229,7 +236,10 @@ class Handoff(OnDemandThread):
             self._wake.clear()
         seen: dict[InlineRunner, int] = {}  # each VC's job count at the previous tick
         while True:
-            time.sleep(INLINE_HANDOFF / 2)
+            # Each tick wakes this thread: while calls keep coming, that is a cost per
+            # second of serving, so ticks are as far apart as the bound allows.
+            time.sleep(INLINE_HANDOFF)
+            self.ticks += 1
             now = time.monotonic()
             due: list[tuple[InlineRunner, int]] = []
             busy = False
@@ -239,7 +249,7 @@ class Handoff(OnDemandThread):
                     count = runner.count
                     if runner.running:
                         busy = True
-                        if now - runner.started >= INLINE_HANDOFF and not runner.helper_active:
+                        if now - runner.started >= _HELPER_AFTER and not runner.helper_active:
                             due.append((runner, count))
                     elif runner._host.closed:
                         del runners[runner]

@@ -19,7 +19,7 @@ from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport.background import IDLE_EXIT
 from ipcclient.transport.conn import KeepaliveConfig
-from ipcclient.transport.inline import HANDOFF
+from ipcclient.transport.inline import HANDOFF, INLINE_HANDOFF
 from ipcclient.transport.manager import TransportOptions
 from ipcclient.wire.messages import encode_messages, split_messages
 
@@ -282,3 +282,25 @@ def test_the_handoff_ticker_stops_soon_after_the_last_inline_call(
         assert time.monotonic() - started < 0.9  # not after the long call
     finally:
         waiter.join(5)
+
+
+def test_the_handoff_ticker_ticks_once_per_inline_handoff_while_calls_come(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """While calls keep coming, each tick wakes the handoff thread: it ticks every
+    ``INLINE_HANDOFF`` (not twice as often, as it once did), and still gives every job a
+    helper by the time it has run ``INLINE_HANDOFF`` (see the long call above). A sleep
+    only ever oversleeps, so the bound holds on a slow machine too."""
+    svc = Service()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 0) == (0,)
+    before, start = HANDOFF.ticks, time.monotonic()
+    calls = 0
+    while time.monotonic() - start < 0.4:
+        assert client.call(ctx(), name, "Echo", calls) == (calls,)
+        calls += 1
+    elapsed = time.monotonic() - start
+    ticks = HANDOFF.ticks - before
+    assert ticks >= 1, "the ticker did not tick while calls came"
+    assert ticks <= elapsed / INLINE_HANDOFF + 3, (ticks, elapsed, calls)
