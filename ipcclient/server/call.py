@@ -19,6 +19,7 @@ from ipcclient.headers import Request, Response, request_from_wire
 from ipcclient.security.blessings import Blessings
 from ipcclient.server.authorizer import CallSecurity
 from ipcclient.stream import MessageStream
+from ipcclient.transport.conn import Flow
 from ipcclient.wire.messages import encode_message_parts, encode_messages
 
 if TYPE_CHECKING:
@@ -57,17 +58,21 @@ class ServerCall:
 
     def __init__(
         self,
-        stream: MessageStream,
+        flow: Flow,
+        stream: MessageStream | None,
         request: Request,
         server: Server,
         root: Context,
         deadline: float | None,
         span: vtrace.Span | None = None,
     ) -> None:
-        """Internal: the server makes one per call. ``root``: the server's context (calls
-        end when it does); ``deadline``: the call's, a ``time.monotonic()`` value or None;
-        ``span``: the call's trace span when it is made at once (the client collects the
-        trace), else it is made with the context."""
+        """Internal: the server makes one per call. ``stream``: the call's messages after
+        the request header, or None when the whole request was here and read (its args are
+        passed to the method; :meth:`recv` has nothing more to read); ``root``: the server's
+        context (calls end when it does); ``deadline``: the call's, a ``time.monotonic()``
+        value or None; ``span``: the call's trace span when it is made at once (the client
+        collects the trace), else it is made with the context."""
+        self._flow = flow
         self._stream = stream
         self.request = request
         self.server = server
@@ -76,7 +81,7 @@ class ServerCall:
         self._span = span
         self._ctx: CancelContext | None = None
         self._ended = False
-        self._recv_done = False
+        self._recv_done = stream is None
 
     # -- the call's context, made on first use ------------------------------------------
     #
@@ -141,7 +146,7 @@ class ServerCall:
         if self._ended:
             made.cancel_with(_CALL_FINISHED)
         else:  # (at once when the flow is already reset)
-            self._stream.flow.set_abort_callback(lambda err: made.cancel(f"client: {err.msg}"))
+            self._flow.set_abort_callback(lambda err: made.cancel(f"client: {err.msg}"))
         return made
 
     def ended_error(self) -> errors.IPCError | None:
@@ -151,7 +156,7 @@ class ServerCall:
         ctx = self._ctx
         if ctx is not None:
             return ctx.err()
-        err = self._stream.flow.error
+        err = self._flow.error
         if err is not None:
             return errors.CanceledError(f"client: {err.msg}")
         deadline = self._deadline
@@ -193,15 +198,16 @@ class ServerCall:
             EndOfStreamError: the client closed its send side (also an ``EOFError``).
             CanceledError / TimeoutError: the call was cancelled or its deadline passed.
         """
-        if self._recv_done:
+        stream = self._stream
+        if stream is None or self._recv_done:
             raise errors.EndOfStreamError("server: the client sent no more items")
-        header = request_from_wire(self._stream.recv(self._deadline))
+        header = request_from_wire(stream.recv(self._deadline))
         if header.end_stream_args:
             self._recv_done = True
             raise errors.EndOfStreamError("server: the client sent no more items")
         if not header.is_stream_item:
             raise errors.BadProtocolError("server: expected a streaming header")
-        return self._stream.recv(self._deadline)
+        return stream.recv(self._deadline)
 
     def __iter__(self) -> Iterator[Any]:
         while True:
@@ -213,7 +219,7 @@ class ServerCall:
     def send(self, item: Any) -> None:
         """Stream ``item`` to the client (blocks while the client's window is full, at most
         until the call's deadline or the server's ``send_timeout``)."""
-        self._stream.flow.write(
+        self._flow.write(
             encode_message_parts(item, head=_STREAM_ITEM_MESSAGE),
             deadline=self.server._send_deadline(self._deadline),
             streamed=True,

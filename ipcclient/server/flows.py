@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipcclient import errors, vtrace
-from ipcclient.codec import decode
+from ipcclient.codec import decode, encode
 from ipcclient.context import CancelContext
 from ipcclient.headers import Request, Response, decode_usual_request, request_from_wire
 from ipcclient.security.principal import Principal
@@ -62,6 +62,8 @@ out: the answer then says why the call ended (see ``ServerCall.ended_error``).""
 _PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
 """The keys of a request header the inline fast path takes (no grant, no discharges)."""
 _END_OF_ARGS = Request(end_stream_args=True).to_wire()
+_END_OF_ARGS_BODY = encode(_END_OF_ARGS)
+"""How this package's clients encode the end of args (compared before decoding one)."""
 
 
 class FlowServing:
@@ -140,11 +142,9 @@ class FlowServing:
                 charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
                 self._run_call(flow, MessageStream(flow), vc, charge)
                 return
-            request, bodies, end = parsed
+            request, bodies = parsed
             flow.discard_received()
-            stream = MessageStream(flow)
-            stream.push(end)  # (what ServerCall.recv reads: the end of args)
-            self._run_parsed(flow, stream, request, bodies)
+            self._run_parsed(flow, None, request, bodies)
         except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
         finally:
@@ -153,10 +153,10 @@ class FlowServing:
                 charge.release()
             self._release_slot(vc)
 
-    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes], Any] | None:
-        """The request, the args' bodies (not decoded) and the end-of-args message of a flow
-        whose peer is done, when they are the usual ones and within bounds; None for the
-        general way (nothing read)."""
+    def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
+        """The request and the args' bodies (not decoded) of a flow whose peer is done,
+        when they are the usual ones (ending with the end of args) and within bounds; None
+        for the general way (nothing read)."""
         data = flow.received_all()
         if data is None or len(data) > self.options.max_args_bytes:
             return None
@@ -172,10 +172,10 @@ class FlowServing:
                 request = request_from_wire(header)
             if len(bodies) != request.nargs + 2:
                 return None
-            end = decode(bodies[-1])
-            if end != _END_OF_ARGS:
+            last = bodies[-1]
+            if last != _END_OF_ARGS_BODY and decode(last) != _END_OF_ARGS:
                 return None
-            return request, bodies[1:-1], end
+            return request, bodies[1:-1]
         except errors.BadProtocolError:
             return None
 
@@ -222,7 +222,7 @@ class FlowServing:
                 message = stream.recv(first_deadline)
             request = request_from_wire(message)
         except errors.IPCError as exc:
-            self._answer_error(stream, exc)
+            self._answer_error(flow, exc)
             return
         finally:
             if waiting:
@@ -231,12 +231,17 @@ class FlowServing:
         self._run_parsed(flow, stream, request, None)
 
     def _run_parsed(
-        self, flow: Flow, stream: MessageStream, request: Request, bodies: list[bytes] | None
+        self,
+        flow: Flow,
+        stream: MessageStream | None,
+        request: Request,
+        bodies: list[bytes] | None,
     ) -> None:
-        """Run a call whose header is read (``bodies``: its args' bodies when they are here
-        already, else None: they are read from ``stream`` once the caller is authorized),
-        and answer it. The call's context is made only if its method asks for it (see
-        :class:`ServerCall`); its trace span at once only when the client collects."""
+        """Run a call whose header is read, and answer it: ``bodies`` are its args' bodies
+        when the whole request was here (``stream`` is then None), else None and the args
+        are read from ``stream`` once the caller is authorized. The call's context is made
+        only if its method asks for it (see :class:`ServerCall`); its trace span at once
+        only when the client collects."""
         span: vtrace.Span | None = None
         trace = request.trace
         if trace is not None and trace.flags & vtrace.COLLECT:  # continue the client's trace
@@ -249,9 +254,9 @@ class FlowServing:
             )
         deadline = None if request.deadline is None else time.monotonic() + request.deadline
         server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
-        call = ServerCall(stream, request, server, self._root, deadline, span)
+        call = ServerCall(flow, stream, request, server, self._root, deadline, span)
         try:
-            self._run_request(call, flow, stream, request, bodies)
+            self._run_request(call, flow, stream, request, bodies, deadline)
         finally:
             call.end()
 
@@ -259,9 +264,10 @@ class FlowServing:
         self,
         call: ServerCall,
         flow: Flow,
-        stream: MessageStream,
+        stream: MessageStream | None,
         request: Request,
         bodies: list[bytes] | None,
+        deadline: float | None,
     ) -> None:
         try:
             method, call.security = self._prepare(flow, request)
@@ -269,6 +275,7 @@ class FlowServing:
             if bodies is not None:
                 args = [decode(body) for body in bodies]
             else:
+                assert stream is not None
                 args = self._read_args(call, flow, stream, request)
                 if args is None:
                     return  # (the flow was reset)
@@ -292,15 +299,16 @@ class FlowServing:
                 results = (value,)
         except errors.IPCError as exc:
             err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
-            self._answer_error(stream, err, _spans(call.span))
+            self._answer_error(flow, err, _spans(call.span))
             return
         except Exception as exc:
             log.exception("server: %s.%s raised", request.suffix, request.method)
             err = errors.UnknownError(f"{type(exc).__name__}: {exc}")
-            self._answer_error(stream, err, _spans(call.span))
+            self._answer_error(flow, err, _spans(call.span))
             return
         n = len(results)
-        spans = _spans(call.span)
+        span = call.span
+        spans = () if span is None else _spans(span)
         try:
             if spans:  # (inside the try: span notes are text an application wrote)
                 head = encode_messages(
@@ -311,11 +319,11 @@ class FlowServing:
             flow.write(
                 encode_message_parts(*results, head=head),
                 end=True,
-                deadline=self._send_deadline(call.deadline),
+                deadline=self._send_deadline(deadline),
             )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
-            self._answer_error(stream, err)
+            self._answer_error(flow, err)
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
 
@@ -392,12 +400,12 @@ class FlowServing:
         bound = time.monotonic() + self.options.send_timeout
         return bound if deadline is None else min(deadline, bound)
 
-    def _answer_error(
-        self, stream: MessageStream, err: errors.IPCError, trace: tuple[Any, ...] = ()
-    ) -> None:
+    def _answer_error(self, flow: Flow, err: errors.IPCError, trace: tuple[Any, ...] = ()) -> None:
         try:
-            stream.send(
-                Response(error=err, end_stream_results=True, trace=trace).to_wire(),
+            flow.write(
+                encode_message_parts(
+                    Response(error=err, end_stream_results=True, trace=trace).to_wire()
+                ),
                 end=True,
                 deadline=time.monotonic() + self.options.send_timeout,
             )

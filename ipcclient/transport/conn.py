@@ -409,7 +409,7 @@ class Connection(Reader):
             not self._lead
             and inline.job is None
             and not inline.helper_active
-            and threading.get_ident() == self._reader.ident
+            and threading.get_ident() == self._reader_ident
         )
 
     # --- liveness -----------------------------------------------------------------------

@@ -386,6 +386,18 @@ class Flow:
         """Close the send side and stop reading: what arrives later is discarded."""
         mux = self._mux
         with self._lock:
+            if (
+                self._local_closed
+                and self._eof
+                and self._error is None
+                and not self._inbox
+                and self.id not in mux._flows
+            ):
+                # Ended both ways and all read (a finished call): already forgotten, no
+                # thread can be waiting on it (reads return EOF, writes are over) and
+                # nothing is left to tell the peer. Only mark it closed.
+                self._error = CLOSED
+                return
             if not self._local_closed and self._error is None:  # as close_send
                 self._local_closed = True
                 with contextlib.suppress(errors.IPCError):  # the flow already ended

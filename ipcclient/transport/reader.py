@@ -135,6 +135,9 @@ class Reader(abc.ABC):
             name=f"ipc-{self.name}",
             daemon=True,
         )
+        self._reader_ident = 0
+        """``threading.get_ident()`` of the thread now running :meth:`_reader_thread` (0:
+        none yet); a plain int, so a per-call check that it is this thread costs nothing."""
 
     # --- supplied by the connection -----------------------------------------------------
     @abc.abstractmethod
@@ -339,6 +342,7 @@ class Reader(abc.ABC):
     # --- the reading loop: the reader thread (either kind) and an inline job's helper ------
     def _reader_thread(self) -> None:
         """The VC's reader thread."""
+        self._reader_ident = threading.get_ident()
         self._read_until_done(_SHARED if self._lead else _SOLE)
 
     def read_during_job(self) -> None:

@@ -192,6 +192,11 @@ _CRAFTED: list[tuple[str, bytes]] = [
         encode_messages({"method": "Echo", "nargs": 1}) + b"\x00\x00\x00\x09ab",
     ),
     ("a method draining nothing", encode_messages({"method": "Drain", "nargs": 1}, 5, _END)),
+    (
+        "the end of args encoded another way (a key's length in two bytes)",
+        encode_messages({"method": "Echo", "nargs": 1}, b"hi")
+        + b"\x00\x00\x00\x13\xa1\x78\x0fend_stream_args\xf5",
+    ),
     ("nothing at all", b""),
 ]
 
