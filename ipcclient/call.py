@@ -370,22 +370,22 @@ def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
 def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, ...]:
     """The end of a unary call whose request is written (args and end of args sent):
     what :meth:`Call.finish` does, without a call object, for :meth:`Client.call`. The
-    caller has wired the context's end to ``flow.cancel`` (it wakes a blocked read); the
-    flow is released whatever happens. ``collect``: the trace id whose spans the server
-    returns, when the trace collects them.
+    caller has set the flow's deadline to the context's and wired the context's end to
+    ``flow.cancel`` (it wakes a blocked read); the flow is released whatever happens.
+    ``collect``: the trace id whose spans the server returns, when the trace collects
+    them.
 
     Raises:
         the server's error, or what ended the call (as :meth:`Call.finish`).
     """
     ok = False
     try:
-        deadline = ctx.deadline
         values: list[Any] = []
         want = 1  # the response header first, then its results
         header: Response | None = None
         reader: MessageReader | None = None
         try:
-            first = flow.read(deadline)
+            first = flow.read()  # (by the flow's deadline: the context's)
             if first and flow.drained:
                 # The usual reply: all of it in one read (whole messages, far below the
                 # budget): split at once; what is missing can no longer come.
@@ -412,7 +412,7 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
                     elif reader is _DRAINED:
                         chunk = b""
                     else:
-                        chunk = flow.read(deadline)
+                        chunk = flow.read()
                     if not chunk:
                         raise errors.BadProtocolError("call: the server closed the flow early")
                     values.extend(reader.feed(chunk))

@@ -78,7 +78,9 @@ class ServerCall:
         self.server = server
         self._root = root
         self._deadline = deadline
-        self._span = span
+        self.span = span
+        """The call's trace span, if one was made (the client collects the trace, or the
+        method asked for its context)."""
         self._ctx: CancelContext | None = None
         self._ended = False
         self._recv_done = stream is None
@@ -112,21 +114,15 @@ class ServerCall:
         deadline = self._deadline
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    @property
-    def span(self) -> vtrace.Span | None:
-        """The call's trace span, if one was made (the client collects the trace, or the
-        method asked for its context)."""
-        return self._span
-
     def _make_context(self) -> Context:
         with _MAKING:
             ctx = self._ctx
             if ctx is not None:
                 return ctx
-            span = self._span
+            span = self.span
             trace = self.request.trace
             if span is None and trace is not None:  # (not collected: see __init__)
-                span = self._span = vtrace.new_span(
+                span = self.span = vtrace.new_span(
                     self._root,
                     f"{self.request.suffix!r}.{self.request.method}",
                     trace_id=trace.trace_id,
@@ -162,7 +158,8 @@ class ServerCall:
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
             return errors.TimeoutError("context deadline exceeded")
-        return self._root.err()
+        root = self._root
+        return root.err() if root.done() else None
 
     def end(self) -> None:
         """The call is over (the server, once it answered): its context, if made, is

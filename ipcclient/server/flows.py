@@ -135,10 +135,10 @@ class FlowServing:
         read)."""
         charge: ArgsCharge | None = None  # (the general way's: args held while read)
         try:
-            if flow.error is not None:  # reset, or its VC broke, before it could run
-                return
-            parsed = self._parse_whole_request(flow) if flow.peer_done else None
+            parsed = self._parse_whole_request(flow)
             if parsed is None:
+                if flow.error is not None:  # reset, or its VC broke, before it could run
+                    return
                 charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
                 self._run_call(flow, MessageStream(flow), vc, charge)
                 return
@@ -151,12 +151,14 @@ class FlowServing:
             flow.close()
             if charge is not None:
                 charge.release()
-            self._release_slot(vc)
+            with self._slots_lock:  # (as _release_slot)
+                self._in_use -= 1
+                vc.calls -= 1
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
-        """The request and the args' bodies (not decoded) of a flow whose peer is done,
-        when they are the usual ones (ending with the end of args) and within bounds; None
-        for the general way (nothing read)."""
+        """The request and the args' bodies (not decoded) of a flow whose peer is done and
+        that has not failed, when they are the usual ones (ending with the end of args) and
+        within bounds; None for the general way (nothing read)."""
         data = flow.received_all()
         if data is None or len(data) > self.options.max_args_bytes:
             return None
@@ -309,6 +311,7 @@ class FlowServing:
         n = len(results)
         span = call.span
         spans = () if span is None else _spans(span)
+        send_by = time.monotonic() + self.options.send_timeout  # (as _send_deadline)
         try:
             if spans:  # (inside the try: span notes are text an application wrote)
                 head = encode_messages(
@@ -319,7 +322,7 @@ class FlowServing:
             flow.write(
                 encode_message_parts(*results, head=head),
                 end=True,
-                deadline=self._send_deadline(deadline),
+                deadline=send_by if deadline is None or deadline > send_by else deadline,
             )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")

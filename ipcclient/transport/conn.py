@@ -517,7 +517,8 @@ class Connection(Reader):
                             flow._cond.notify_all()
                             if flow._on_abort is not None:
                                 aborted.append((flow._on_abort, flow._error))
-            out = self._writer.take_output_locked()
+            # (Usually nothing to send: the check spares the writer's call.)
+            out = self._writer.take_output_locked() if self._mux._out else []
         if out:
             self._writer.send(out, blocking=False)  # the reader never waits on a full socket
         if self._on_flow is not None:

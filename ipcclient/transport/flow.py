@@ -191,7 +191,7 @@ class Flow:
             CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
                 cancelled, or the VC broke.
         """
-        deadline = self._effective(deadline)
+        deadline = self._deadline if deadline is None else self._effective(deadline)
         writer = self._writer
         if writer.deferred and not self._inbox:
             # What a burst left queued must not wait while we wait for the peer (and we must
@@ -221,8 +221,9 @@ class Flow:
                         parts.append(nxt)
                         size += len(nxt)
                     chunk = b"".join(parts)
-                self._mux.acknowledge(self.id, len(chunk))
-                data = writer.take_output_locked()
+                mux = self._mux
+                mux.acknowledge(self.id, len(chunk))
+                data = writer.take_output_locked() if mux._out else []  # (usually no credit)
                 chunk_ready = True
             if not chunk_ready:
                 probe = self._host.suspect_locked()
@@ -255,8 +256,9 @@ class Flow:
             for chunk in inbox:
                 size += len(chunk)
             inbox.clear()
-            self._mux.acknowledge(self.id, size)
-            data = self._writer.take_output_locked()
+            mux = self._mux
+            mux.acknowledge(self.id, size)
+            data = self._writer.take_output_locked() if mux._out else []  # (no credit after FIN)
         if data:
             self._writer.send(data)
 

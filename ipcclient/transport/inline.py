@@ -126,7 +126,9 @@ class InlineRunner:
             except RuntimeError:
                 log.warning("transport: no thread to read %s during a call", self._host.name)
         try:
-            call_job(job)
+            job()  # (as call_job, without a call more per job)
+        except BaseException:
+            log.exception("transport: an inline job failed")
         finally:
             pending: BaseException | None = None
             with self._lock:
