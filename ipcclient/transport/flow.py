@@ -175,11 +175,11 @@ class Flow:
         self._deadline = deadline
 
     def _effective(self, deadline: float | None) -> float | None:
-        if deadline is None:
-            return self._deadline
-        if self._deadline is None:
+        """The sooner of ``deadline`` and the flow's default deadline (None: none)."""
+        own = self._deadline
+        if own is None:
             return deadline
-        return min(deadline, self._deadline)
+        return own if deadline is None else min(deadline, own)
 
     # --- reading ----------------------------------------------------------------------
     def read(self, deadline: float | None = None) -> bytes:
@@ -191,7 +191,8 @@ class Flow:
             CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
                 cancelled, or the VC broke.
         """
-        deadline = self._deadline if deadline is None else self._effective(deadline)
+        if self._deadline is not None:  # (as _effective)
+            deadline = self._effective(deadline)
         writer = self._writer
         if writer.deferred and not self._inbox:
             # What a burst left queued must not wait while we wait for the peer (and we must
@@ -295,7 +296,8 @@ class Flow:
             self._write(data, end, deadline, streamed)  # type: ignore[arg-type]
 
     def _write(self, data: bytes, end: bool, deadline: float | None, streamed: bool) -> None:
-        deadline = self._effective(deadline)
+        if self._deadline is not None:  # (as _effective)
+            deadline = self._effective(deadline)
         mux = self._mux
         writer = self._writer
         view: bytes | memoryview = data
@@ -317,7 +319,8 @@ class Flow:
                 done = pos >= total
                 if done and end:
                     self._local_closed = True
-                    self._forget_if_ended_locked()
+                    if self._eof and self.id not in mux._flows:  # (as _forget_if_ended_locked)
+                        self._host.forget_flow_locked(self.id)
                 linger = False
                 if streamed and done and not end:
                     now = time.monotonic()

@@ -150,7 +150,8 @@ class RecordWriter:
                         self.deferred = max(self.deferred, 1)
                         break
                     self.deferred = 0
-                    data = self._mux.take_output()
+                    mux = self._mux
+                    data = mux.take_output() if mux._out else []  # (usually nothing more)
                     if not data:
                         self.flushing = False
             else:
