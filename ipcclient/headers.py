@@ -214,19 +214,37 @@ def encode_request_message(
     flags)).to_wire()``, built without cbor2: the same bytes as cbor2 writes for that map.
     None when it is not the usual one (a name that is empty or not ASCII, a count or flags
     out of range, ids that are not 16 bytes): encode ``Request.to_wire()`` then."""
+    timed = deadline is not None
+    start = _STARTS.get((suffix, method, nargs, timed))
+    if start is None:
+        start = _request_start(suffix, method, nargs, timed)
+        if start is None:
+            return None
+    if not 0 <= flags < 24 or len(trace_id) != _ID_SIZE or len(span_id) != _ID_SIZE:
+        return None
+    if deadline is not None:
+        start += _K_DEADLINE + codec.encode_float(deadline)
+    body = start + _TRACE_T_ID + trace_id + _TRACE_S_ID + span_id + _TRACE_FLAGS[flags]
+    return _LENGTH.pack(len(body)) + body
+
+
+def _request_start(suffix: str, method: str, nargs: int, timed: bool) -> bytes | None:
+    """What :func:`encode_request_message` writes before the deadline: the map's head, the
+    suffix, the method and the count of args (None when they are not the usual ones); kept
+    in ``_STARTS`` (bounded)."""
     if (
-        not method
+        type(suffix) is not str
+        or type(method) is not str
+        or not method
         or not method.isascii()
         or not suffix.isascii()
+        or type(nargs) is not int
         or not 0 <= nargs <= MAX_ARGS
-        or not 0 <= flags < 24
-        or len(trace_id) != _ID_SIZE
-        or len(span_id) != _ID_SIZE
     ):
         return None
     head = codec.cbor_head
-    count = 2
-    parts = [b"", b""]  # (the map head and the length prefix, filled in below)
+    count = 2 + timed
+    parts = []
     if suffix:
         count += 1
         parts.append(_K_SUFFIX + head(3, len(suffix)) + suffix.encode("ascii"))
@@ -234,13 +252,17 @@ def encode_request_message(
     if nargs:
         count += 1
         parts.append(_K_NARGS + head(0, nargs))
-    if deadline is not None:
-        count += 1
-        parts.append(_K_DEADLINE + codec.encode_float(deadline))
-    parts.append(_TRACE_T_ID + trace_id + _TRACE_S_ID + span_id + _TRACE_FLAGS[flags])
-    parts[1] = head(5, count)
-    body = b"".join(parts)
-    return _LENGTH.pack(len(body)) + body
+    start = head(5, count) + b"".join(parts)
+    if len(_STARTS) >= _MAX_STARTS:
+        _STARTS.clear()
+    _STARTS[(suffix, method, nargs, timed)] = start
+    return start
+
+
+_STARTS: dict[tuple[str, str, int, bool], bytes] = {}
+"""The start of the usual request header per suffix, method, count of args and whether a
+deadline follows (see :func:`_request_start`): the same few calls are made again and again."""
+_MAX_STARTS = 1024
 
 
 _ID_SIZE = 16

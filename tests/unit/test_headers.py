@@ -121,6 +121,25 @@ def test_hand_built_request_header_declines_names_that_are_not_ascii() -> None:
     assert encode_request_message("", "M", 0, None, ids, ids + b"x", 0) is None
 
 
+def test_hand_built_request_header_kept_starts_give_the_codecs_bytes_and_stay_bounded() -> None:
+    ids = bytes(range(16))
+    for _ in range(2):  # the second time from the kept starts
+        for deadline in (None, 2.5, None):  # the same name with and without a deadline
+            for nargs in (0, 1, 3):
+                got = encode_request_message("a/b", "Echo", nargs, deadline, ids, ids, 1)
+                request = Request(
+                    suffix="a/b",
+                    method="Echo",
+                    nargs=nargs,
+                    deadline=deadline,
+                    trace=TraceContext(ids, ids, 1),
+                )
+                assert got == encode_messages(request.to_wire())
+    for i in range(headers._MAX_STARTS + 10):  # many methods: the kept starts stay bounded
+        assert encode_request_message("", f"M{i}", 0, None, ids, ids, 0) is not None
+    assert len(headers._STARTS) <= headers._MAX_STARTS
+
+
 # --- the usual request header, parsed by hand ------------------------------------------------
 @given(
     suffix=st.text(max_size=40),
