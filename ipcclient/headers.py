@@ -215,6 +215,8 @@ def encode_request_message(
     None when it is not the usual one (a name that is empty or not ASCII, a count or flags
     out of range, ids that are not 16 bytes): encode ``Request.to_wire()`` then."""
     timed = deadline is not None
+    if type(nargs) is not int:  # (a bool or a float equal to a kept count must not match it)
+        return None
     start = _STARTS.get((suffix, method, nargs, timed))
     if start is None:
         start = _request_start(suffix, method, nargs, timed)
@@ -238,7 +240,6 @@ def _request_start(suffix: str, method: str, nargs: int, timed: bool) -> bytes |
         or not method
         or not method.isascii()
         or not suffix.isascii()
-        or type(nargs) is not int
         or not 0 <= nargs <= MAX_ARGS
     ):
         return None

@@ -397,10 +397,12 @@ class Flow:
                 and self._error is None
                 and not self._inbox
                 and self.id not in mux._flows
+                and not self._cond._waiters
             ):
-                # Ended both ways and all read (a finished call): already forgotten, no
-                # thread can be waiting on it (reads return EOF, writes are over) and
-                # nothing is left to tell the peer. Only mark it closed.
+                # Ended both ways and all read (a finished call): already forgotten, nothing
+                # is left to tell the peer and no thread waits on it (one can: a writer
+                # waiting for credit when another thread ended the flow; the general way
+                # below wakes it). Only mark it closed.
                 self._error = CLOSED
                 return
             if not self._local_closed and self._error is None:  # as close_send

@@ -186,6 +186,50 @@ def test_slow_reader_bounds_what_is_buffered(server: Callable[..., Listener]) ->
         conn.close()
 
 
+def test_closing_an_ended_flow_wakes_a_writer_waiting_for_credit(
+    server: Callable[..., Listener],
+) -> None:
+    # One thread writes more than the window and waits for credit; another ends the flow
+    # (its FIN after the peer's) and closes it. The waiting writer must wake (BadStateError)
+    # rather than sleep forever on a flow nobody will touch again.
+    opts = TransportOptions(mux=MuxConfig(initial_window=32 * 1024, max_frame_payload=8 * 1024))
+    outcome: list[str] = []
+    done = threading.Event()
+
+    def two_threads(flow: Flow) -> None:
+        def writer() -> None:
+            try:
+                flow.write(b"x" * (1024 * 1024))  # no deadline: waits for credit
+                outcome.append("returned")
+            except errors.BadStateError:
+                outcome.append("BadStateError")
+            except errors.IPCError as exc:
+                outcome.append(type(exc).__name__)
+            done.set()
+
+        def closer() -> None:
+            while flow.read(time.monotonic() + 5):
+                pass
+            deadline = time.monotonic() + 5
+            while not flow._cond._waiters and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the writer waits for credit
+            flow.write(b"", end=True)
+            flow.close()
+
+        threading.Thread(target=writer, daemon=True).start()
+        threading.Thread(target=closer, daemon=True).start()
+
+    lst = server(on_flow=two_threads, options=opts)
+    conn = _dial(lst, options=opts)
+    try:
+        flow = conn.connect()
+        flow.write(b"go", end=True)  # and never read: the server's writer runs out of credit
+        assert done.wait(5), "the writer still waits on a closed flow"
+        assert outcome == ["BadStateError"]
+    finally:
+        conn.close()
+
+
 def test_cancel_reaches_the_peer_and_wakes_blocked_reader(server: Callable[..., Listener]) -> None:
     seen: list[BaseException] = []
     got_data = threading.Event()
