@@ -103,6 +103,7 @@ class Flow:
         "_on_abort",
         "_writer",
         "_wrote",
+        "connection",
         "id",
     )
 
@@ -110,6 +111,9 @@ class Flow:
         self, host: FlowHost, flow_id: int, lock: Any, mux: Mux, writer: RecordWriter
     ) -> None:
         self._host = host
+        self.connection: Connection = host  # type: ignore[assignment]
+        """The VC this flow runs on (its keys and blessings). (An attribute, not a property:
+        the server reads it on every call.)"""
         self.id = flow_id
         self._lock = lock
         self._mux = mux
@@ -135,11 +139,6 @@ class Flow:
             run_abort(fn, err)
 
     # --- properties -------------------------------------------------------------------
-    @property
-    def connection(self) -> Connection:
-        """The VC this flow runs on (its keys and blessings)."""
-        return self._host  # type: ignore[return-value]
-
     @property
     def local_blessings(self) -> Any:
         return self._host.local_blessings
