@@ -151,9 +151,7 @@ class FlowServing:
             flow.close()
             if charge is not None:
                 charge.release()
-            with self._slots_lock:  # (as _release_slot)
-                self._in_use -= 1
-                vc.calls -= 1
+            self._release_slot(vc)
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
         """The request and the args' bodies (not decoded) of a flow whose peer is done and
@@ -311,7 +309,6 @@ class FlowServing:
         n = len(results)
         span = call.span
         spans = () if span is None else _spans(span)
-        send_by = time.monotonic() + self.options.send_timeout  # (as _send_deadline)
         try:
             if spans:  # (inside the try: span notes are text an application wrote)
                 head = encode_messages(
@@ -322,7 +319,7 @@ class FlowServing:
             flow.write(
                 encode_message_parts(*results, head=head),
                 end=True,
-                deadline=send_by if deadline is None or deadline > send_by else deadline,
+                deadline=self._send_deadline(deadline),
             )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")

@@ -126,9 +126,7 @@ class InlineRunner:
             except RuntimeError:
                 log.warning("transport: no thread to read %s during a call", self._host.name)
         try:
-            job()  # (as call_job, without a call more per job)
-        except BaseException:
-            log.exception("transport: an inline job failed")
+            call_job(job)
         finally:
             pending: BaseException | None = None
             with self._lock:
