@@ -38,8 +38,8 @@ def with_retries(
     name, method), for the retry log only."""
     try:
         return (first or attempt)(1)  # the usual case: no retry machinery at all
-    except errors.IPCError as first:
-        if no_retry or not retry.should_retry(first, phase):
+    except errors.IPCError as failed:
+        if no_retry or not retry.should_retry(failed, phase):
             raise
         return retry.run_with_retries(
             attempt,
@@ -49,7 +49,7 @@ def with_retries(
             no_retry=no_retry,
             ctx=ctx,
             budget=options_.retry_budget,
-            first_error=first,
+            first_error=failed,
             what=f"{what[0]} {what[1]!r}.{what[2]}",
         )
 

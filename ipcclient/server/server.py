@@ -218,8 +218,9 @@ class Server(FlowServing):
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 with self._slots_lock:
-                    if self._in_use <= 0:
-                        break
+                    idle = self._in_use <= 0
+                if idle:
+                    break
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         self._root.cancel("server stopping")
         for lst in listeners:

@@ -151,7 +151,7 @@ class Connection(Reader):
         # Inline jobs on accepted VCs (see inline_available) and busy polling by the reader
         # thread (an accepted VC's; a dialed VC's while it reads for several calls, never a
         # caller reading for itself: see TransportOptions.busy_poll).
-        self._inline = InlineRunner(self._lock, self)
+        self._inline_runner = InlineRunner(self._lock, self)
         self._polling = PollState(busy_poll)
         self._init_reader(on_flow is None and lead_reads)
 
@@ -266,7 +266,7 @@ class Connection(Reader):
         elif (
             threading.current_thread() is not self._reader
             and self._reader.is_alive()
-            and not self._inline.running  # (it runs a call: it ends when the call does)
+            and not self._inline_runner.running  # (it runs a call: it ends when the call does)
         ):
             self._reader.join(timeout)
 
@@ -364,7 +364,7 @@ class Connection(Reader):
             if (
                 self._error is not None
                 or self._flows
-                or not self._inline.idle
+                or not self._inline_runner.idle
                 or self._opener.buffered
             ):
                 return False
@@ -404,7 +404,7 @@ class Connection(Reader):
         must not wait for input on its own flow (give it a flow whose peer is done). A job
         running longer than ``INLINE_HANDOFF`` gets a helper thread that reads for the VC
         until it ends."""
-        inline = self._inline
+        inline = self._inline_runner
         return (
             not self._lead
             and inline.job is None
@@ -530,7 +530,7 @@ class Connection(Reader):
                     flow.cancel(errors.InternalError("transport: the flow could not be taken"))
                     continue
                 if job is not None:
-                    self._inline.job = job  # (the owner asked inline_available() first)
+                    self._inline_runner.job = job  # (the owner asked inline_available() first)
         for fn, err in aborted:
             run_abort(fn, err)
         if closed is not None:

@@ -53,6 +53,7 @@ from ipcclient.transport.readrole import (
     Role,
 )
 from ipcclient.transport.waits import Signal, reacquire
+from ipcclient.vc.records import RecordOpener
 
 __all__ = ["LEAD_GRACE", "Broken", "Reader", "Who"]
 
@@ -87,6 +88,19 @@ _SOLE = Who.SOLE
 _HELPER = Who.HELPER
 
 
+class _Step(enum.Enum):
+    """What the SHARED reader thread does next, decided under the VC's lock."""
+
+    READ = "read"
+    AGAIN = "again"  # (it gave the role to a lone caller and took it back)
+    STOP = "stop"  # (the VC ended)
+
+
+_READ = _Step.READ
+_AGAIN = _Step.AGAIN
+_STOP = _Step.STOP
+
+
 class Broken(Exception):
     """Internal: the socket is done (EOF or an error); carries the VC's error."""
 
@@ -101,7 +115,7 @@ class Reader(abc.ABC):
 
     _lock: Any
     _sock: socket.socket
-    _opener: Any
+    _opener: RecordOpener
     _flows: dict[int, Flow]
     _error: errors.IPCError | None
     _liveness: Liveness
@@ -109,7 +123,7 @@ class Reader(abc.ABC):
     _pending_early: list[bytes]
     _polling: PollState
     _park_idle: float
-    _inline: InlineRunner
+    _inline_runner: InlineRunner
     _reader: threading.Thread
     name: str
 
@@ -374,7 +388,7 @@ class Reader(abc.ABC):
         sole = who is _SOLE
         helper = who is _HELPER
         sock = self._sock
-        inline = self._inline
+        inline = self._inline_runner
         polling = self._polling
         spin = 0.0 if helper else polling.length
         monotonic = time.monotonic
@@ -391,11 +405,13 @@ class Reader(abc.ABC):
                 if sole:
                     inline.run_pending()
             while True:
+                # (No break or continue inside the lock's block: the loop's exits are
+                # decided under the lock and taken after it, a shape mypyc can compile.)
                 if lead:
                     with self._lock:
                         if self._error is not None:
-                            break
-                        if self._waiters and len(self._flows) <= 1:
+                            step = _STOP
+                        elif self._waiters and len(self._flows) <= 1:
                             # A lone caller wants the socket: hand the role over (with several
                             # calls in flight this thread reads for all of them).
                             self._role = HAND_OVER[self._role]
@@ -404,16 +420,21 @@ class Reader(abc.ABC):
                             for waiting in self._waiters:
                                 waiting._cond.notify_all()
                                 break
-                            if not self._park_locked():
-                                break
-                            continue
+                            step = _AGAIN if self._park_locked() else _STOP
+                        else:
+                            step = _READ
+                    if step is _STOP:
+                        break
+                    if step is _AGAIN:
+                        continue
                 elif sole:
                     if self._error is not None:
                         break
                 else:
                     with self._lock:
-                        if not inline.running or self._error is not None:
-                            break
+                        done = not inline.running or self._error is not None
+                    if done:
+                        break
                 # Busy poll first (see polling): the SOLE reader always may, the SHARED one
                 # while it reads for several calls.
                 polled = _SKIPPED
@@ -447,7 +468,7 @@ class Reader(abc.ABC):
                     quick = polls and polling.quick(idle_since, self._last_recv)
                 if outcome is _DATA:
                     if spin:  # (read for one call only: not quick, disarms)
-                        polling.after_read(quick, self._opener.buffered)
+                        polling.after_read(quick, self._opener.buffered > 0)
                     if sole:
                         inline.run_pending()
                     if not (lead and self._liveness.probing):  # (probes: dialed VCs only)

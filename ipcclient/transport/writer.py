@@ -142,22 +142,22 @@ class RecordWriter:
                         # (a copy: the record's buffer is reused for the next record)
                         self._start_drainer(bytes(memoryview(record)[sent:]), records)
                         return  # the drainer holds the flusher role now
-                with self._lock:
+                linger = False
+                with self._lock:  # (no break inside: a shape mypyc can compile)
                     if once and self._mux._out:
                         self.flushing = False
-                        again = not self.linger_due
+                        linger = not self.linger_due
                         self.linger_due = True
                         self.deferred = max(self.deferred, 1)
-                        break
-                    self.deferred = 0
-                    mux = self._mux
-                    data = mux.take_output() if mux._out else []  # (usually nothing more)
-                    if not data:
-                        self.flushing = False
-            else:
-                return
-            if again:
-                LINGERER.add(self)
+                        data = []  # (what is queued is left for the lingerer's next round)
+                    else:
+                        self.deferred = 0
+                        mux = self._mux
+                        data = mux.take_output() if mux._out else []  # (usually nothing more)
+                        if not data:
+                            self.flushing = False
+                if linger:
+                    LINGERER.add(self)
         except (OSError, errors.IPCError) as exc:
             self._release()
             self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))

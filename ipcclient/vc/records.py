@@ -143,10 +143,14 @@ class RecordSealer:
                     fill += take
                     pos += take
                     if fill == MAX_RECORD_PLAINTEXT:
-                        yield out[: self._seal_into(plain, out)]
+                        # (Sealed before the yield, not inside its expression: compiled by
+                        # mypyc, the call inside a yield's expression ran twice.)
+                        sealed = self._seal_into(plain, out)
+                        yield out[:sealed]
                         fill = 0
             if fill:
-                yield out[: self._seal_into(plain[:fill], out)]
+                sealed = self._seal_into(plain[:fill], out)
+                yield out[:sealed]
 
     def _seal_into(self, chunk: memoryview, target: memoryview) -> int:
         """Seal ``chunk`` as one record at the start of ``target``; its size."""
