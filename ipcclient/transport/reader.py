@@ -405,8 +405,8 @@ class Reader(abc.ABC):
                 if sole:
                     inline.run_pending()
             while True:
-                # (No break or continue inside the lock's block: the loop's exits are
-                # decided under the lock and taken after it, a shape mypyc can compile.)
+                # (The loop's exits are decided under the lock and taken after its block, not
+                # from inside it: a shape mypyc can compile.)
                 if lead:
                     with self._lock:
                         if self._error is not None:
