@@ -203,13 +203,14 @@ class Span:
             notes.append((time.time(), message))
 
     def finish(self) -> None:
-        if self._record is None:
+        record = self._record
+        if record is None:
             with _RECORD_LOCK:  # (a record being made from _end meanwhile must see it)
-                if self._record is None:
+                record = self._record  # (read again: another thread may have made it)
+                if record is None:
                     if self._end is None:
                         self._end = time.time()
                     return
-        record = self._record
         if record.end is None:
             record.end = time.time()
 

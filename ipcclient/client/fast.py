@@ -36,7 +36,7 @@ ROUTES = 1024
 
 
 def fast_call(
-    client: Client, ctx: Context, name: str, method: str, args: tuple[Any, ...]
+    client: Client, ctx: Context, name: object, method: object, args: tuple[Any, ...]
 ) -> tuple[Any, ...] | None:
     """The usual unary call by the fast path, or None with nothing sent (the general path
     then makes it). Usual: no options, a rooted name naming one server, its VC cached
@@ -46,7 +46,8 @@ def fast_call(
     flow, writes the header (:func:`encode_request_header`) and args
     (:func:`write_request`) and reads the reply (:func:`finish_unary`), with no call
     object, retry loop or stream object; the bytes and every error are the general
-    path's."""
+    path's. ``name`` and ``method`` may be anything a caller passed: wrong types go to the
+    general path, which says what is wrong."""
     if type(name) is not str or type(method) is not str or ctx.done():
         return None  # the general path raises what it must, with nothing sent
     if client._closed or client._abandoned or client._forks != vcs.forks:

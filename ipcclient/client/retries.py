@@ -30,7 +30,7 @@ def with_retries(
     no_retry: bool,
     start: float,
     first: Callable[[int], _T] | None = None,
-    what: tuple[str, str, str] = ("call", "", ""),
+    what: tuple[str, object, object] = ("call", "", ""),
 ) -> _T:
     """``first(1)`` (default: ``attempt``); only if it fails with an error ``phase`` may
     retry, the retry loop (backoff, deadline, cancellation) of ``attempt`` starting from

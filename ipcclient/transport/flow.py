@@ -339,26 +339,36 @@ class Flow:
                 return
             if n:
                 view = memoryview(data)[pos:]
-            expired: errors.IPCError | None = None
-            with self._lock:
-                while self._error is None and mux.is_live(self.id):
-                    try:
-                        if mux.send_credit(self.id) > 0:
-                            break
-                    except errors.IPCError:
-                        break  # the VC closed; the loop above reports it
-                    timeout = _remaining(deadline)
-                    if timeout is not None and timeout <= 0:
-                        expired = errors.TimeoutError(
-                            "transport: deadline passed while waiting for flow credit"
-                        )
-                        self._reset_locked(expired)
-                        self._host.suspect_locked()
-                        break
-                    self._host.wait_for_peer(self, timeout)
+            expired = self._wait_for_credit(deadline)
             if expired is not None:
                 writer.flush()  # the RESET
                 raise expired
+
+    def _wait_for_credit(self, deadline: float | None) -> errors.IPCError | None:
+        """(For :meth:`_write`.) Wait until the peer grants credit for this flow, the flow
+        ends or ``deadline`` passes; in that last case the flow is reset and the error to
+        raise once the RESET is sent is returned. A method of its own, so that what
+        ``_write`` checked of ``_error`` before is not assumed here: another thread may end
+        the flow during the wait (compiled by mypyc, such an assumption is checked at run
+        time and fails)."""
+        mux = self._mux
+        with self._lock:
+            while self._error is None and mux.is_live(self.id):
+                try:
+                    if mux.send_credit(self.id) > 0:
+                        break
+                except errors.IPCError:
+                    break  # the VC closed; _write's next turn reports it
+                timeout = _remaining(deadline)
+                if timeout is not None and timeout <= 0:
+                    expired = errors.TimeoutError(
+                        "transport: deadline passed while waiting for flow credit"
+                    )
+                    self._reset_locked(expired)
+                    self._host.suspect_locked()
+                    return expired
+                self._host.wait_for_peer(self, timeout)
+        return None
 
     def close_send(self) -> None:
         """Tell the peer nothing more will be written (half-close). Idempotent."""
