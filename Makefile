@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest bench docs clean venv
+.PHONY: demo test lint typecheck pytest test-compiled bench docs clean venv
 
 venv: $(STAMP)
 
@@ -40,11 +40,20 @@ pytest: $(STAMP)
 	$(PY) -m pytest --cov=ipcclient --cov-report=term:skip-covered tests
 	$(VENV)/bin/coverage report --include='$(CORE)' --fail-under=95
 
-test: lint typecheck pytest
+# The suite again, against a copy of the repository whose hot modules are compiled by mypyc
+# (tests/compiled/build.py), leaving out the tests that need the interpreter itself.
+COMPILED := build/compiled
+
+test-compiled: $(STAMP)
+	$(PY) -m tests.compiled.build $(COMPILED)
+	cd $(COMPILED) && $(abspath $(PY)) -m pytest -p no:cacheprovider -m 'not interpreted' tests
+
+test: lint typecheck pytest test-compiled
 
 # Both scheduling modes, one after the other: free, then every process pinned to CPU 0.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m tests.compiled.build $(COMPILED)
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 	$(PY) -m tests.bench.run --pin $(BENCH_ARGS)
 

@@ -69,7 +69,7 @@ class Limits:
     max_items: int = 262_144
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Limits = Limits()
 
 # The one place where the project's CBOR tag numbers live. They are taken from the
 # first-come-first-served range of the IANA CBOR tags registry, a block of 16 from 0xF000.

@@ -10,7 +10,8 @@ medians and the ratios the project is held to. Never part of the test suite.
 ``--pin`` runs everything (the driver, each client and each server process) on CPU 0, where
 waking a thread on another CPU costs nothing; without it the scheduler is free. The CPU model
 is printed with every table. ``ipcclient-nopoll`` is ipcclient with busy polling off on both
-sides (``TransportOptions(busy_poll=0)``).
+sides (``TransportOptions(busy_poll=0)``); the ``-compiled`` rows are the same adapter run
+from the copy whose hot modules are compiled by mypyc (``tests/compiled/build.py``).
 
 First it prints the mount table's own line (``bench_mounttable.py``: resolve latency and
 mounts/s through an etcd-backed replica next to the in-memory one; ``--only mounttable``
@@ -33,9 +34,14 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 ANCHORS = os.environ.get(
     "IPCCLIENT_BENCH_ANCHORS", os.path.join(os.path.dirname(REPO), "shared", "bench-anchors")
 )
+COMPILED = os.path.join(REPO, "build", "compiled", "tests", "bench", "bench_ipcclient.py")
+"""The adapter in the copy whose hot modules are compiled by mypyc (``make bench`` builds it
+first with ``tests.compiled.build``; without it the compiled rows are left out)."""
 SUITE = [
     ("ipcclient", os.path.join(HERE, "bench_ipcclient.py"), "default"),
     ("ipcclient-nopoll", os.path.join(HERE, "bench_ipcclient.py"), "nopoll"),
+    ("ipcclient-compiled", COMPILED, "default"),
+    ("ipcclient-compiled-nopoll", COMPILED, "nopoll"),
     ("grpc", os.path.join(ANCHORS, "bench_grpc.py"), "insecure"),
     ("grpc-tls", os.path.join(ANCHORS, "bench_grpc.py"), "tls"),
     ("pyro5-msgpack", os.path.join(ANCHORS, "bench_pyro5.py"), "msgpack"),
@@ -64,7 +70,7 @@ TARGETS = [
     ("8 threads vs Pyro5 msgpack (>= 1.3)", ("w2", "calls_s"), "pyro5-msgpack", 1.3, True),
     ("connect + first call, ms (<= 1 ms)", ("w5", "median_ms"), None, 1.0, False),
 ]
-OURS = ("ipcclient", "ipcclient-nopoll")
+OURS = ("ipcclient", "ipcclient-nopoll", "ipcclient-compiled", "ipcclient-compiled-nopoll")
 
 
 def cpu_model() -> str:
@@ -135,7 +141,9 @@ def main() -> int:
         sys.stderr.write(f"bench: the anchors harness is not at {ANCHORS} (set ")
         sys.stderr.write("IPCCLIENT_BENCH_ANCHORS)\n")
         return 2
+    os.environ["IPCCLIENT_BENCH_ANCHORS"] = ANCHORS  # (the compiled copy's adapter finds it)
     suite = [s for s in SUITE if not args.only or s[0] in args.only.split(",")]
+    suite = [s for s in suite if os.path.exists(s[1])]
     results: dict[str, list[dict[str, Any] | None]] = {key: [] for key, _, _ in suite}
     started = time.time()
     for rnd in range(args.rounds):

@@ -103,6 +103,8 @@ def counter() -> Iterator[_Counter]:
         threading.setprofile(None)
 
 
+# (Counted with a profile hook, which compiled code never calls.)
+@pytest.mark.interpreted
 def test_a_small_unary_call_stays_within_its_work_budget(
     counter: _Counter, make_server: MakeServer, make_client: MakeClient
 ) -> None:
