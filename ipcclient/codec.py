@@ -180,7 +180,9 @@ def encode(value: Any) -> bytes:
     except errors.IPCError:
         raise
     except Exception as exc:  # cbor2 raises several kinds; the caller sees one
-        raise errors.BadArgError(f"codec: cannot encode value: {exc}") from exc
+        err = errors.BadArgError(f"codec: cannot encode value: {exc}")
+        err.__cause__ = exc  # (set by hand too: compiled by mypyc, "from" is dropped)
+        raise err from exc
 
 
 _SMALL_HEADS = tuple(bytes((i,)) for i in range(256))
@@ -376,6 +378,14 @@ _CONSTANT_MESSAGES: dict[bytes, dict[str, Any]] = {cbor2.dumps(v): v for v in _C
 headers): recognised by their bytes and copied, instead of decoded."""
 
 
+def _invalid(exc: BaseException) -> errors.BadProtocolError:
+    """The error for input the decoder refused, caused by the decoder's own error (set by
+    hand as well as by ``raise ... from``: compiled by mypyc, ``from`` is dropped)."""
+    err = errors.BadProtocolError(f"codec: invalid CBOR: {exc}")
+    err.__cause__ = exc
+    return err
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode exactly one CBOR value from ``data`` under ``limits``.
 
@@ -435,10 +445,10 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         cause = exc.__cause__
         if isinstance(cause, errors.BadProtocolError):
             raise cause from None
-        raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from exc
+        raise _invalid(exc) from exc
     except (errors.IPCError, ValueError, TypeError, KeyError, IndexError, OverflowError,
             RecursionError, UnicodeError, MemoryError) as exc:  # fmt: skip
-        raise errors.BadProtocolError(f"codec: invalid CBOR: {exc}") from exc
+        raise _invalid(exc) from exc
     return value
 
 

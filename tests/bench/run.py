@@ -35,8 +35,9 @@ ANCHORS = os.environ.get(
     "IPCCLIENT_BENCH_ANCHORS", os.path.join(os.path.dirname(REPO), "shared", "bench-anchors")
 )
 COMPILED = os.path.join(REPO, "build", "compiled", "tests", "bench", "bench_ipcclient.py")
-"""The adapter in the copy whose hot modules are compiled by mypyc (``make bench`` builds it
-first with ``tests.compiled.build``; without it the compiled rows are left out)."""
+"""The adapter in the copy whose hot modules are compiled by mypyc. ``make bench`` builds the
+copy first (``tests.compiled.build``); run directly, this measures whatever copy is there
+(build it again after a change); without one the compiled rows are left out."""
 SUITE = [
     ("ipcclient", os.path.join(HERE, "bench_ipcclient.py"), "default"),
     ("ipcclient-nopoll", os.path.join(HERE, "bench_ipcclient.py"), "nopoll"),
@@ -141,9 +142,10 @@ def main() -> int:
         sys.stderr.write(f"bench: the anchors harness is not at {ANCHORS} (set ")
         sys.stderr.write("IPCCLIENT_BENCH_ANCHORS)\n")
         return 2
-    os.environ["IPCCLIENT_BENCH_ANCHORS"] = ANCHORS  # (the compiled copy's adapter finds it)
+    # (The compiled copy's adapter finds the anchors from here; each runs in its own folder.)
+    os.environ["IPCCLIENT_BENCH_ANCHORS"] = os.path.abspath(ANCHORS)
     suite = [s for s in SUITE if not args.only or s[0] in args.only.split(",")]
-    suite = [s for s in suite if os.path.exists(s[1])]
+    suite = [s for s in suite if s[1] != COMPILED or os.path.exists(COMPILED)]
     results: dict[str, list[dict[str, Any] | None]] = {key: [] for key, _, _ in suite}
     started = time.time()
     for rnd in range(args.rounds):

@@ -6,11 +6,11 @@ extension sits beside its source and is imported in its place (Python looks for 
 extension before a ``.py`` of the same name). Nothing here touches the repository's own
 ``ipcclient/``, so the pure-Python build stays what everyone imports. ``make
 test-compiled`` builds the copy and runs the suite there, leaving out the tests marked
-``interpreted`` (they need the interpreter itself: a trace or profile hook, or a module
-function replaced at run time, which compiled callers never look up).
+``interpreted`` (they need the interpreter itself: a trace or profile hook, or a function or
+method replaced at run time, which compiled callers never look up).
 
-Needs mypy (its mypyc) and a C compiler. Fails, saying which, when a module does not
-compile or is not imported compiled from the copy.
+Needs mypy (its mypyc), setuptools, a C compiler and Python's headers. Fails, saying which,
+when a module does not compile or is not imported compiled from the copy.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ MODULES = (
     "ipcclient/server/flows.py",
     "ipcclient/server/server.py",
 )
-"""The modules compiled: the per-call path of both sides. Left interpreted on purpose:
+"""The modules compiled: most of the per-call path of both sides. The rest of the package
+stays interpreted: it runs once per VC or less (handshake, security, naming), or it is on a
+call's path but cannot be compiled as it is:
 ``transport/liveness.py`` (``KeepaliveConfig`` checks a user's values itself, and a compiled
 dataclass would refuse a wrong type with a bare TypeError first), ``context.py`` (a class
 derived from ``int``), ``call.py`` and ``client/api.py`` (objects that are weakly referenced,
@@ -89,14 +91,16 @@ if bad:
 
 
 def build(dest: Path) -> None:
-    """Copy the repository to ``dest`` (emptied first), compile :data:`MODULES` there, and
-    check that the copy imports each of them compiled.
+    """Copy the repository to ``dest`` (a folder under ``build/``, emptied first), compile
+    :data:`MODULES` there, and check that the copy imports each of them compiled.
 
     Raises:
-        RuntimeError: mypyc failed, or a module is imported from its source.
+        RuntimeError: ``dest`` is not under ``build/``, mypyc failed, or a module is imported
+            from its source.
     """
-    if dest.resolve() == ROOT:
-        raise RuntimeError("the compiled copy cannot be the repository itself")
+    dest = dest.resolve()
+    if ROOT / "build" not in dest.parents:  # (it is emptied first: never anything else)
+        raise RuntimeError(f"the compiled copy must be made under {ROOT / 'build'}, not {dest}")
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(ROOT, dest, ignore=_SKIP)
     done = subprocess.run(

@@ -258,8 +258,6 @@ def test_a_string_head_of_every_size_and_bad_text() -> None:
         codec.decode(b"\x5f\x41a\xff")  # indefinite: refused as before
 
 
-# (Compiled by mypyc, ``raise ... from exc`` keeps the decoder's error only as the context.)
-@pytest.mark.interpreted
 def test_bad_text_carries_the_decoders_own_error_as_its_cause() -> None:
     for bad_text in (b"\x62\xff\xfe", b"\x63\xed\xa0\x80"):
         with pytest.raises(errors.BadProtocolError, match="invalid CBOR") as raised:

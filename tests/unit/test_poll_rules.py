@@ -125,6 +125,8 @@ def test_on_a_real_socket_data_then_eof() -> None:
         assert (state.got, state.hits) == (0, 1)  # EOF: returned, not counted as a hit
 
 
+# (Counts the slot calls by replacing the module's functions: compiled callers do not look them up.)
+@pytest.mark.interpreted
 def test_a_failed_receive_ends_the_poll_and_gives_the_slot_back(slots: Slots) -> None:
     state = PollState(1.0)
     sock = FakeSocket(empty=2, error=ConnectionResetError("reset by peer"))
