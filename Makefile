@@ -27,8 +27,8 @@ demo: $(DEMO_STAMP)
 	$(PY) -m ipcclient.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ipcclient tests examples
-	$(VENV)/bin/ruff format --check ipcclient tests examples
+	$(VENV)/bin/ruff check ipcclient tests examples setup.py
+	$(VENV)/bin/ruff format --check ipcclient tests examples setup.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -40,14 +40,16 @@ pytest: $(STAMP)
 	$(PY) -m pytest --cov=ipcclient --cov-report=term:skip-covered tests
 	$(VENV)/bin/coverage report --include='$(CORE)' --fail-under=95
 
-# The suite again, against a copy of the repository whose hot modules are compiled by mypyc
-# (tests/compiled/build.py), leaving out the tests that need the interpreter itself.
-# PYTHONPATH: scripts the tests start by path (examples, the `ipc` command) import the copy too.
+# The suite again, against the compiled wheel (IPCCLIENT_COMPILE=1, setup.py) unpacked into a
+# copy of the repository (tests/compiled/build.py), leaving out the tests that need the
+# interpreter itself. PYTHONPATH: scripts the tests start by path (examples, the `ipc`
+# command) import the copy too. IPCCLIENT_TEST_COMPILED: the suite checks it runs compiled.
 COMPILED := build/compiled
 
 test-compiled: $(STAMP)
 	$(PY) -m tests.compiled.build $(COMPILED)
-	cd $(COMPILED) && PYTHONPATH=$(abspath $(COMPILED)) $(abspath $(PY)) -m pytest \
+	cd $(COMPILED) && IPCCLIENT_TEST_COMPILED=1 PYTHONPATH=$(abspath $(COMPILED)) \
+		$(abspath $(PY)) -m pytest \
 		-p no:cacheprovider -m 'not interpreted' tests
 
 test: lint typecheck pytest test-compiled

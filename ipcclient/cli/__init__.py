@@ -11,7 +11,7 @@ flags), :mod:`~ipcclient.cli.text` (output, JSON, durations, the progress line) 
 Must not: be imported by the library (it prints and reads the terminal: that is its job),
 or reach below the public API of the modules it drives.
 
-Sub-commands::
+Sub-commands (``ipc --version`` says whether the install is compiled)::
 
     ipc principal create DIR [--blessing NAME] [--encrypt] [--force]
     ipc principal fork DIR CHILD EXTENSION [--for DURATION] [--method M]... [--encrypt]
@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from ipcclient import env, errors
+import ipcclient
+from ipcclient import compiled, env, errors
 from ipcclient.cli.calls import cmd_call, cmd_signature
 from ipcclient.cli.daemons import cmd_mounttable, cmd_serve
 from ipcclient.cli.exits import (
@@ -104,6 +106,7 @@ __all__ = [
     "read_passphrase",
     "to_json",
     "tree_lines",
+    "version_line",
 ]
 
 
@@ -120,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
+        help="the version, the Python running it, and whether this install is compiled",
+    )
     parser.add_argument(
         "--credentials", metavar="DIR", help=f"principal directory (default ${env.CREDENTIALS_VAR})"
     )
@@ -260,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     call_flags(p)
     p.set_defaults(func=cmd_signature)
     return parser
+
+
+def version_line() -> str:
+    """``ipc --version``: e.g. ``ipcclient 0.1.0 (Python 3.11.7, compiled: 29 of 29 modules)``
+    or ``(Python 3.11.7, pure Python)``."""
+    count = len(compiled.compiled_modules())
+    build = f"compiled: {count} of {len(compiled.MODULES)} modules" if count else "pure Python"
+    return f"ipcclient {ipcclient.__version__} (Python {platform.python_version()}, {build})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

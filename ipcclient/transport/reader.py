@@ -266,10 +266,14 @@ class Reader(abc.ABC):
     def _lead_step(self, timeout: float | None) -> None:
         """As the read role, outside the lock: one read step, with keepalive duty; a broken
         VC is broken here."""
-        due = self._liveness.next_check(time.monotonic(), self._last_recv)
-        slice_ = due if timeout is None else max(0.0, min(timeout, due))
+        now = time.monotonic()
+        due = self._liveness.next_check(now, self._last_recv)
+        if timeout is None:
+            slice_, end = due, None
+        else:
+            slice_, end = max(0.0, min(timeout, due)), now + timeout
         try:
-            outcome = self._read_step(slice_)
+            outcome = self._read_step(slice_, end)
             if outcome is not _DATA or self._liveness.probing:
                 # However the step ended (a call's deadline or cancel wakes it long before
                 # any keepalive timer would), the peer's silence is judged.
@@ -281,10 +285,15 @@ class Reader(abc.ABC):
         except errors.IPCError as exc:
             self._fail_protocol(exc)
 
-    def _read_step(self, timeout: float) -> Read:
+    def _read_step(self, timeout: float, end: float | None = None) -> Read:
         """As the read role: wait up to ``timeout`` seconds for the socket (or a wake-up), read
         what is there and dispatch it. Returns ``Read.DATA``, ``Read.WOKEN`` or
         ``Read.TIMEOUT``.
+
+        ``end`` is the deadline (a ``time.monotonic()`` value) of a caller reading for its
+        own call. poll() waits whole milliseconds, rounded up, so it may return after that
+        deadline; bytes readable by then came after it, and the caller leaves them to the
+        next read step instead of taking them as its reply (the deadline has already won).
 
         Raises:
             Broken: EOF or a socket error.
@@ -305,6 +314,8 @@ class Reader(abc.ABC):
                 readable = True
         if not readable:
             return _WOKEN if woken else _TIMEOUT
+        if end is not None and time.monotonic() > end:
+            return _TIMEOUT
         return _DATA if self._receive_and_dispatch() is _DATA else _WOKEN
 
     def _receive_and_dispatch(self, flags: int = 0) -> Read:

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
         (
+            "compiled",
             "errors",
             "codec",
             "context",

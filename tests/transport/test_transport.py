@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -288,6 +289,52 @@ def test_read_deadline(server: Callable[..., Listener]) -> None:
         flow.set_deadline(time.monotonic() + 0.1)
         with pytest.raises(errors.TimeoutError):
             flow.read()
+    finally:
+        conn.close()
+
+
+class _LatePoll:
+    """A poll() that returns up to ``late`` seconds after its timeout, as a real one does by
+    rounding its timeout up to whole milliseconds on a busy machine, but at once when a
+    descriptor becomes readable."""
+
+    def __init__(self, real: Any, late: float) -> None:
+        self._real = real
+        self._late_ms = int(late * 1000)
+
+    def register(self, fd: int, events: int) -> None:
+        self._real.register(fd, events)
+
+    def poll(self, timeout_ms: int) -> list[tuple[int, int]]:
+        return self._real.poll(timeout_ms + self._late_ms)  # type: ignore[no-any-return]
+
+
+# (Replaces the VC's poll object at run time, which compiled code does not allow.)
+@pytest.mark.interpreted
+def test_a_reply_that_comes_after_the_callers_deadline_is_not_its_answer(
+    server: Callable[..., Listener],
+) -> None:
+    # The caller reads the socket itself (a lone call on a dialed VC). Its poll returns
+    # late, when the reply comes 50 ms after the deadline: the deadline has won, and the
+    # reply is left for the next read.
+    def reply_late(flow: Flow) -> None:
+        def run() -> None:
+            with contextlib.suppress(errors.IPCError):
+                flow.read(time.monotonic() + 5)
+                time.sleep(0.15)
+                flow.write(b"late", end=True)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    lst = server(on_flow=reply_late)
+    conn = _dial(lst)
+    try:
+        conn._poll = _LatePoll(conn._poll, late=0.4)
+        flow = conn.connect()
+        flow.write(b"x")
+        with pytest.raises(errors.TimeoutError):
+            flow.read(time.monotonic() + 0.1)
+        assert flow.read(time.monotonic() + 5) == b"late"  # (nothing was lost)
     finally:
         conn.close()
 
