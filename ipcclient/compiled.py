@@ -30,6 +30,7 @@ MODULES: tuple[str, ...] = (
     "ipcclient.transport.conn",
     "ipcclient.transport.flow",
     "ipcclient.transport.inline",
+    "ipcclient.transport.liveness",
     "ipcclient.transport.polling",
     "ipcclient.transport.reader",
     "ipcclient.transport.readrole",
@@ -49,9 +50,9 @@ MODULES: tuple[str, ...] = (
 )
 """The modules a compiled build compiles: most of the per-call path of both sides. The rest
 of the package stays interpreted: it runs once per VC or less (handshake, security, naming),
-or it is on a call's path but cannot be compiled as it is: ``transport/liveness.py``
-(``KeepaliveConfig`` checks a user's values itself, and a compiled dataclass would refuse a
-wrong type with a bare TypeError first), ``context.py`` (a class derived from ``int``),
+or it checks a user's settings itself (``transport/keepalive.py``: a compiled dataclass would
+refuse a wrong type with a bare TypeError first), or it is on a call's path but cannot be
+compiled as it is: ``context.py`` (a class derived from ``int``),
 ``call.py`` and ``client/api.py`` (objects that are weakly referenced, and methods with
 closures mypyc does not compile)."""
 

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version_line() -> str:
-    """``ipc --version``: e.g. ``ipcclient 0.1.0 (Python 3.11.7, compiled: 29 of 29 modules)``
+    """``ipc --version``: e.g. ``ipcclient 0.1.0 (Python 3.11.7, compiled: 30 of 30 modules)``
     or ``(Python 3.11.7, pure Python)``."""
     count = len(compiled.compiled_modules())
     build = f"compiled: {count} of {len(compiled.MODULES)} modules" if count else "pure Python"

@@ -49,8 +49,8 @@ from ipcclient.transport import liveness as livemod
 from ipcclient.transport.flow import Flow, run_abort
 from ipcclient.transport.inline import INLINE_HANDOFF as INLINE_HANDOFF
 from ipcclient.transport.inline import InlineRunner
-from ipcclient.transport.liveness import MIN_KEEPALIVE_INTERVAL as MIN_KEEPALIVE_INTERVAL
-from ipcclient.transport.liveness import KeepaliveConfig
+from ipcclient.transport.keepalive import MIN_KEEPALIVE_INTERVAL as MIN_KEEPALIVE_INTERVAL
+from ipcclient.transport.keepalive import KeepaliveConfig
 from ipcclient.transport.parking import IDLE
 from ipcclient.transport.polling import PollState
 from ipcclient.transport.reader import LEAD_GRACE as LEAD_GRACE

@@ -1,7 +1,8 @@
 """When to ping a VC's peer and when to declare it dead, from times alone (sans-IO).
 
-Owns: :class:`KeepaliveConfig` (the settings) and :class:`Liveness`, the keepalive and probe
-decisions of one VC. The owner tells it the
+Owns: :class:`Liveness`, the keepalive and probe decisions of one VC (its settings, a
+user's :class:`~ipcclient.transport.keepalive.KeepaliveConfig`, are checked in
+:mod:`~ipcclient.transport.keepalive`). The owner tells it the
 time and when the peer last sent anything (any byte: data, a PING ACK); it answers with
 what to do (:data:`PING`, :data:`DEAD` or nothing) and how long the owner may sleep before
 asking again.
@@ -21,64 +22,7 @@ with a fake clock); send anything itself.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-from ipcclient import errors
-
-__all__ = ["DEAD", "MIN_KEEPALIVE_INTERVAL", "PING", "KeepaliveConfig", "Liveness"]
-
-MIN_KEEPALIVE_INTERVAL = 0.01
-"""The shortest keepalive period accepted: shorter ones would keep a reader thread waking
-without pause (0 would spin a CPU on an idle VC)."""
-
-
-@dataclass(frozen=True)
-class KeepaliveConfig:
-    """Liveness of an idle VC.
-
-    Attributes:
-        interval: seconds without receiving anything before this side sends a PING.
-        timeout: seconds without receiving anything (not even a PING ACK) before the VC is
-            declared broken.
-        send_timeout: seconds one socket send may block (a peer that stops reading) before
-            the VC is declared broken.
-        probe_timeout: on a dialed VC, a call that timed out while the peer had been silent
-            for ``probe_after`` makes the VC send one PING; if no whole record comes back
-            within this many seconds the VC is declared broken (new calls meanwhile use
-            another VC, instead of waiting on a silent one again).
-        probe_after: see ``probe_timeout``.
-
-    Every value is a finite number of seconds of at least ``MIN_KEEPALIVE_INTERVAL``, and
-    ``timeout`` is at least ``interval`` (so a longer ``interval`` needs a longer ``timeout``
-    too); anything else is a BadArgError.
-    """
-
-    interval: float = 15.0
-    timeout: float = 45.0
-    send_timeout: float = 30.0
-    probe_timeout: float = 2.0
-    probe_after: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "timeout", "send_timeout", "probe_timeout", "probe_after"):
-            value = getattr(self, name)
-            if not (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and value >= MIN_KEEPALIVE_INTERVAL
-            ):
-                raise errors.BadArgError(
-                    f"transport: KeepaliveConfig.{name} must be a finite number of seconds "
-                    f">= {MIN_KEEPALIVE_INTERVAL}, got {value!r}"
-                )
-        if self.timeout < self.interval:
-            raise errors.BadArgError(
-                "transport: KeepaliveConfig.timeout must be >= interval (else a VC is declared "
-                "dead before it is pinged)"
-            )
-
+__all__ = ["DEAD", "PING", "Liveness"]
 
 PING = "ping"
 """Send a PING now."""

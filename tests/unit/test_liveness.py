@@ -10,13 +10,8 @@ import pytest
 
 from ipcclient import errors
 from ipcclient.transport import conn as connmod
-from ipcclient.transport.liveness import (
-    DEAD,
-    MIN_KEEPALIVE_INTERVAL,
-    PING,
-    KeepaliveConfig,
-    Liveness,
-)
+from ipcclient.transport.keepalive import MIN_KEEPALIVE_INTERVAL, KeepaliveConfig
+from ipcclient.transport.liveness import DEAD, PING, Liveness
 
 
 class FakeClock:
