@@ -32,12 +32,15 @@ def compiled_extensions() -> tuple[list[object], list[str]]:
     if wanted != "1":
         sys.exit(f"setup.py: {FLAG} must be 0 or 1, not {wanted!r}")
     modules = runpy.run_path(str(HERE / "ipcclient" / "compiled.py"))["MODULES"]
+    if any(cmd in sys.argv for cmd in ("editable_wheel", "develop")):
+        # The extensions would land in the source tree and hide later edits of its sources.
+        sys.exit(f"setup.py: {FLAG}=1 cannot make an editable install; install without -e")
     try:
         from mypyc.build import mypycify
     except ImportError:
         # Asking which requirements the build has (pip's first step): name mypy, and pip
-        # installs it before building. Building without it (--no-build-isolation): say so.
-        if any(cmd in sys.argv for cmd in ("bdist_wheel", "build_ext", "build", "install")):
+        # installs it before building. Any other command without it: say so.
+        if not set(sys.argv[1:]) & {"egg_info", "dist_info", "sdist"}:
             sys.exit(f"setup.py: {FLAG}=1 needs mypy ({MYPY}) installed where the build runs")
         return [], [MYPY, *TYPED_DEPENDENCIES]
     paths = [name.replace(".", "/") + ".py" for name in modules]

@@ -6,7 +6,8 @@ keepalive check, and breaking the VC on any fault). Its parts live in their own 
 :mod:`~ipcclient.transport.flow` (the :class:`Flow` objects callers use),
 :mod:`~ipcclient.transport.writer` (the record writer), :mod:`~ipcclient.transport.reader`
 (the read role and the reader loops), :mod:`~ipcclient.transport.liveness` (keepalive
-decisions, :class:`KeepaliveConfig`), :mod:`~ipcclient.transport.polling` (busy polling),
+decisions; :class:`KeepaliveConfig` in :mod:`~ipcclient.transport.keepalive`),
+:mod:`~ipcclient.transport.polling` (busy polling),
 :mod:`~ipcclient.transport.inline` (inline jobs) and :mod:`~ipcclient.transport.parking`
 (idle VCs without a thread). ``Connection``, ``Flow`` and ``KeepaliveConfig`` are imported
 from here.

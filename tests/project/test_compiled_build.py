@@ -97,3 +97,10 @@ def test_a_flag_other_than_0_or_1_is_refused(tmp_path: Path) -> None:
     done = _setup(tmp_path, "import runpy; runpy.run_path('setup.py')", "yes")
     assert done.returncode != 0
     assert "IPCCLIENT_COMPILE must be 0 or 1, not 'yes'" in done.stderr
+
+
+def test_an_editable_install_asked_to_compile_is_refused(tmp_path: Path) -> None:
+    run = "import sys, runpy; sys.argv = ['setup.py', 'editable_wheel']; runpy.run_path('setup.py')"
+    done = _setup(tmp_path, run, "1")
+    assert done.returncode != 0
+    assert "IPCCLIENT_COMPILE=1 cannot make an editable install" in done.stderr
