@@ -40,6 +40,7 @@ import platform
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipcclient
 from ipcclient import compiled, env, errors
@@ -76,7 +77,7 @@ from ipcclient.cli.principal import (
     read_passphrase,
 )
 from ipcclient.cli.session import DEFAULT_TIMEOUT
-from ipcclient.cli.text import Progress, err, parse_duration, to_json, tree_lines
+from ipcclient.cli.text import Progress, err, out, parse_duration, to_json, tree_lines
 
 __all__ = [
     "BLESSING_TOKEN_PREFIX",
@@ -125,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     parser.add_argument(
         "--version",
-        action="version",
-        version=version_line(),
+        action=_VersionAction,
         help="the version, the Python running it, and whether this install is compiled",
     )
     parser.add_argument(
@@ -269,6 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     call_flags(p)
     p.set_defaults(func=cmd_signature)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: prints :func:`version_line` and exits (worked out only when asked: it
+    looks for each compiled module's file)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        out(version_line())
+        parser.exit()
 
 
 def version_line() -> str:

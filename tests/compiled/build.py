@@ -54,8 +54,23 @@ print(len(compiled.MODULES))
 """
 
 
+BUILD_TIMEOUT = 900.0
+"""Seconds one step (the wheel's build, the check) may take; it takes about a minute."""
+
+
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(
+            args,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=BUILD_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{' '.join(args[:4])} ... took over {BUILD_TIMEOUT:.0f} s") from exc
     if done.returncode != 0:
         out = "\n".join(
             line
