@@ -19,7 +19,13 @@ Locks. ``_lock`` guards the mux, every flow's buffers, the record writer's state
 role and the inline job's state; it is never held across a socket call (the pipe write that
 wakes a reader is a non-blocking one-byte write). It is a leaf lock: callbacks (``on_flow``,
 ``on_close``, a flow's abort callback) run outside it. See docs/concurrency.md for the
-threads and the read role.
+threads and the read role. ``_sock_lock``, another leaf lock never taken with ``_lock`` held
+nor the other way round, orders the socket's shutdown and close (:meth:`_shut_socket`,
+:meth:`_close_socket`): the thread that ends the VC shuts the socket, which wakes every
+thread blocked on it, and the reader thread closes it; without the lock the close could land
+between another thread's reading of the descriptor and its ``shutdown()`` call, which then
+hits a closed descriptor (the wake-up is lost) or one already reused for another socket.
+Neither call blocks.
 
 On an accepted VC the owner's ``on_flow`` may return a job (a call whose request is all
 here; one per batch) that the reader thread runs itself after dispatching the current batch
@@ -98,6 +104,8 @@ class Connection(Reader):
         park_idle: float = 0.0,
     ) -> None:
         self._sock = sock
+        self._sock_lock = threading.Lock()
+        self._sock_closed = False
         self._lock = threading.Lock()
         self._config = config or MuxConfig()
         if on_flow is None and self._config.max_inbound_flows:
@@ -262,7 +270,7 @@ class Connection(Reader):
         self._writer.send_last(data, min(timeout, _GOAWAY_GRACE))  # (the GOAWAY, best effort)
         self._break(err)
         if self._reader.ident is None:  # never started: nobody else will close the socket
-            self._sock.close()
+            self._close_socket()
             self._close_pipe()
         elif (
             threading.current_thread() is not self._reader
@@ -277,6 +285,7 @@ class Connection(Reader):
         closed). The reader thread did not survive the fork."""
         self._error = errors.ConnectionFailedError("transport: VC inherited across fork")
         self._flows.clear()
+        self._sock_closed = True  # (no _sock_lock: another thread may have held it)
         with contextlib.suppress(OSError):
             self._sock.close()
         for fd in (self._wake_r, self._wake_w):  # no lock: another thread may have held it
@@ -314,8 +323,7 @@ class Connection(Reader):
         if first:
             # (a GOAWAY from the peer, EOF, a protocol error, a local close: which one is err)
             log.debug("transport: VC %s ended: %s", self.name, err)
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+            self._shut_socket()
         if notify:
             self._closed_event.set()
             if self._on_close is not None:
@@ -323,6 +331,26 @@ class Connection(Reader):
                     self._on_close(self, err)
                 except Exception:  # a bug in the owner's callback must not kill the reader
                     log.exception("transport: on_close callback failed")
+
+    def _shut_socket(self) -> None:
+        """Shut both directions of the socket, waking every thread blocked on it, unless it
+        is closed already (see the module docstring on ``_sock_lock``)."""
+        with self._sock_lock:
+            if not self._sock_closed:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _close_socket(self) -> None:
+        """Shut the socket (if nobody did) and close it, once; never while another thread is
+        in :meth:`_shut_socket`."""
+        with self._sock_lock:
+            if self._sock_closed:
+                return
+            self._sock_closed = True
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._sock.close()
 
     def _goaway_for(self, exc: errors.IPCError) -> errors.IPCError:
         """Send GOAWAY saying why the peer's input was refused (best effort, never waiting
@@ -392,8 +420,7 @@ class Connection(Reader):
     def end_parked(self, err: errors.IPCError) -> None:
         """(The idle watcher.) End a parked VC: what its reader thread's end would do."""
         self._break(err)
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        self._close_socket()
 
     # --- inline jobs (accepted VCs) -----------------------------------------------------
     def inline_available(self) -> bool:

@@ -303,6 +303,11 @@ class Listener:
                     if len(self._pending) >= opts.max_pending_handshakes:
                         shed, shed_address = self._pending.popitem(last=False)
                         self._drop_address_locked(shed_address)
+                        # Its thread wakes and closes it. Shut while the lock is held (the
+                        # call never blocks): that thread leaves _pending, under this lock,
+                        # before it closes, so its close cannot land inside this shutdown.
+                        with contextlib.suppress(OSError):
+                            shed.shutdown(socket.SHUT_RDWR)
                     self._pending[sock] = address
                     self._per_address[address] = per + 1
             if refused is not None:
@@ -311,8 +316,6 @@ class Listener:
                 continue
             if shed is not None:
                 self._shed.event(f"on {self.address}")
-                with contextlib.suppress(OSError):
-                    shed.shutdown(socket.SHUT_RDWR)  # its thread wakes and closes it
             try:
                 threading.Thread(
                     target=self._handshake, args=(sock,), name="ipc-handshake", daemon=True
@@ -337,6 +340,7 @@ class Listener:
 
     def _handshake(self, sock: socket.socket) -> None:
         opts = self._manager.options
+        result: HandshakeResult | None = None
         try:
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -349,14 +353,16 @@ class Listener:
             )
         except (errors.IPCError, OSError) as exc:
             log.debug("transport: handshake from a peer failed: %s", exc)
-            sock.close()
-            return
         except Exception:  # pragma: no cover - a bug must not kill the listener
             log.exception("transport: handshake crashed")
-            sock.close()
-            return
         finally:
+            # Out of _pending before any close: the accept loop shuts a shed socket only
+            # while it is pending, under the lock (see _accept_loop).
             self._end_pending(sock)
+            if result is None:
+                sock.close()
+        if result is None:
+            return
         conn = Connection(
             sock,
             result,

@@ -167,6 +167,10 @@ class Reader(abc.ABC):
         """Send GOAWAY saying why the peer's input was refused; the error the flows end with."""
 
     @abc.abstractmethod
+    def _close_socket(self) -> None:
+        """Shut and close the socket, once (see :meth:`Connection._close_socket`)."""
+
+    @abc.abstractmethod
     def check_liveness(self) -> errors.IPCError | None:
         """The one keepalive check (see :meth:`Connection.check_liveness`)."""
 
@@ -503,8 +507,7 @@ class Reader(abc.ABC):
                     self._break(err)
             elif not parked:
                 self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
-                with contextlib.suppress(OSError):
-                    sock.close()
+                self._close_socket()
                 if lead:
                     self._close_pipe()
                 else:

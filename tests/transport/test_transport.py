@@ -481,6 +481,130 @@ def test_close_is_idempotent_and_leaves_no_threads(server: Callable[..., Listene
     assert threading.active_count() <= before
 
 
+class _OrderedSocket(socket.socket):
+    """A real socket that records its shutdown and close calls. Its first ``shutdown`` waits
+    (up to 0.3 s, until a ``close`` starts) before making the call: what a thread switch
+    between reading the descriptor and the system call does, made likely."""
+
+    wait = 0.3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[str] = []
+        self._closing = threading.Event()
+        self._waited = False
+
+    def shutdown(self, how: int) -> None:
+        self.events.append("shutdown")
+        if not self._waited:
+            self._waited = True
+            self._closing.wait(self.wait)
+        try:
+            super().shutdown(how)
+        finally:
+            self.events.append("shutdown done")
+
+    def close(self) -> None:
+        self._closing.set()
+        self.events.append("close")
+        super().close()
+
+
+class _SocketModuleMaking:
+    """The ``socket`` module as one of our modules sees it, except that the sockets it makes
+    are ``_OrderedSocket`` (kept in ``made``), and so are those they accept."""
+
+    def __init__(self) -> None:
+        self.made: list[_OrderedSocket] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    def socket(self, *args: Any, **kwargs: Any) -> _OrderedSocket:
+        made = self.made
+
+        class Listening(_OrderedSocket):
+            def accept(self) -> tuple[socket.socket, Any]:
+                fd, address = self._accept()  # type: ignore[attr-defined]
+                sock = _OrderedSocket(self.family, self.type, self.proto, fileno=fd)
+                made.append(sock)
+                return sock, address
+
+        sock = Listening(*args, **kwargs)
+        made.append(sock)
+        return sock
+
+
+def test_the_socket_is_shut_before_it_is_closed_whichever_thread_ends_the_vc(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() shuts the socket (which wakes any thread blocked on it) while the VC's reader
+    # thread wakes and closes it. A close that lands inside the shutdown would leave the
+    # shutdown to hit a closed descriptor, or one another thread has just been given.
+    from ipcclient.transport import dial as dialmod
+
+    fake = _SocketModuleMaking()
+    monkeypatch.setattr(dialmod, "socket", fake)
+    lst = server()
+    conn = _dial(lst)
+    assert _roundtrip(conn, b"a") == b"A"
+    conn.close()
+    (sock,) = fake.made
+    assert conn.wait_closed(5)
+    deadline = time.monotonic() + 5
+    while "close" not in sock.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    events = list(sock.events)
+    assert events[-1] == "close", events
+    assert events.count("close") == 1, events
+    assert events[0] == "shutdown", events
+    assert events.count("shutdown") == events.count("shutdown done"), events
+    open_shutdowns = 0
+    for event in events:
+        if event == "shutdown":
+            open_shutdowns += 1
+        elif event == "shutdown done":
+            open_shutdowns -= 1
+        else:
+            assert open_shutdowns == 0, f"closed during a shutdown: {events}"
+
+
+def test_a_shed_handshake_socket_is_shut_before_its_thread_closes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One handshake at a time: a second connection sheds the first (the accept thread shuts
+    # its socket) just as the first one's thread gives up on it (its first byte never came)
+    # and closes it.
+    from ipcclient.transport import manager as managermod
+
+    fake = _SocketModuleMaking()
+    monkeypatch.setattr(managermod, "socket", fake)
+    monkeypatch.setattr(_OrderedSocket, "wait", 1.0)
+    options = TransportOptions(max_pending_handshakes=1, first_byte_timeout=0.3)
+    lst = StreamManager(make_identity(), options).listen(
+        "tcp", "127.0.0.1:0", blessings=None, on_flow=_echo_upper
+    )
+    host, port = split_host_port(lst.address)
+    first = second = None
+    try:
+        first = socket.create_connection((host, port), timeout=5)
+        deadline = time.monotonic() + 5
+        while len(fake.made) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        second = socket.create_connection((host, port), timeout=5)
+        shed = fake.made[1]  # (made[0] listens)
+        while "close" not in shed.events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events = list(shed.events)
+        assert events[0] == "shutdown", events  # it was shed
+        assert events.index("close") > events.index("shutdown done"), events
+    finally:
+        for sock in (first, second):
+            if sock is not None:
+                sock.close()
+        lst.close()
+
+
 class _Relay:
     """A TCP relay that can stop forwarding (a black hole) to inject a silent failure."""
 
