@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ipcclient import errors
-from ipcclient.context import Context
+from ipcclient.context import CallbackHandle, Context
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import StreamManager
@@ -43,7 +43,8 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_count_fork)
 
 DIAL_WAIT_SLICE = 0.05
-"""How often a caller waiting for a dial looks at its context and at close()."""
+"""How often a caller waiting for a dial looks for a newer dial's VC to the same endpoint.
+Its context's end (cancel, deadline) and ``close()`` wake it at once."""
 
 HAPPY_EYEBALLS_STAGGER = 0.25
 """When a name has several servers and the first has no VC yet, the next server's dial
@@ -77,6 +78,15 @@ class Dial:
 
     def stale(self, now: float) -> bool:
         return self.abandoned or now - self.started >= STALE_DIAL
+
+
+def _waker(wake: threading.Event) -> Callable[[errors.IPCError], None]:
+    """A context callback that sets ``wake``."""
+
+    def done(_err: errors.IPCError) -> None:
+        wake.set()
+
+    return done
 
 
 class VCCache:
@@ -132,6 +142,7 @@ class VCCache:
         redialed: set[int] = set()
         next_i = 0
         next_at = 0.0
+        handle: CallbackHandle | None = None
         try:
             while True:
                 wake.clear()
@@ -163,8 +174,12 @@ class VCCache:
                 timeout = DIAL_WAIT_SLICE
                 if next_i < len(plans):
                     timeout = max(0.0, min(timeout, next_at - now))
-                if wake.wait(timeout):
-                    continue
+                if handle is None:
+                    # The context's end wakes this wait at once (cancel from another thread,
+                    # the deadline from the context's timer thread); so does close().
+                    handle = ctx.add_done_callback(_waker(wake))
+                if wake.wait(timeout) and not ctx.done() and not self.closed:
+                    continue  # a dial ended (or the next one is due)
                 err = ctx.err()
                 if err is not None:
                     for dial in pending.values():
@@ -186,6 +201,8 @@ class VCCache:
                         if flow is not _REDIALING:
                             yield plans[i], flow
         finally:
+            if handle is not None:
+                ctx.remove_done_callback(handle)
             for dial in pending.values():
                 with contextlib.suppress(ValueError):
                     dial.listeners.remove(wake)
@@ -341,6 +358,9 @@ class VCCache:
         self.closed = True
         vcs = list(self.vcs.values())
         self.vcs.clear()
+        for dial in self._dialing.values():  # (its callers see closed at once)
+            for wake in dial.listeners:
+                wake.set()
         return vcs
 
     def drop_after_fork_locked(self) -> list[Connection]:

@@ -535,6 +535,37 @@ def test_cancel_and_close_interrupt_a_dial(black_hole: str, family: Family) -> N
     assert time.monotonic() - start < 1.5
 
 
+@pytest.mark.parametrize("how", ["cancel", "deadline", "close"])
+def test_a_caller_waiting_for_a_dial_wakes_when_its_call_ends(
+    black_hole: str, family: Family, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Not at the next look at its context: the waits between looks are made long here, so
+    # only a wake-up by the context's end (or by close) ends the call in time.
+    from ipcclient.client import vcs
+
+    monkeypatch.setattr(vcs, "DIAL_WAIT_SLICE", 30.0)
+    client = Client(family.member("client"))
+    try:
+        c = Context.background().with_timeout(0.3 if how == "deadline" else 30)
+        if how == "cancel":
+            threading.Timer(0.3, c.cancel).start()
+        elif how == "close":
+            threading.Timer(0.3, client.close).start()
+        expected = {
+            "cancel": errors.CanceledError,
+            "deadline": errors.TimeoutError,
+            "close": errors.BadStateError,
+        }[how]
+        start = time.monotonic()
+        with pytest.raises(expected) as info:
+            client.call(c, black_hole, "Echo", 1)
+        took = time.monotonic() - start
+        assert 0.25 < took < 3, took
+        assert info.value.request_sent is False
+    finally:
+        client.close()
+
+
 def test_close_while_calls_finish_concurrently(make_server: MakeServer, family: Family) -> None:
     _, name = make_server(Svc(), AllowEveryone())
     client = Client(family.member("client"))
