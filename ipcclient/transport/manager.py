@@ -30,6 +30,7 @@ from ipcclient import errors
 from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
 from ipcclient.transport.dial import (
     PROTOCOLS,
+    Dialing,
     drive_handshake,
     family_of,
     open_socket,
@@ -425,42 +426,70 @@ class StreamManager:
             TimeoutError, ConnectionFailedError, BadArgError: from the dial.
             VersionIncompatibleError, NotTrustedError, BadProtocolError: from the handshake.
         """
-        started = time.monotonic()
-        try:
-            sock = open_socket(protocol, address, deadline)
-        except errors.IPCError as exc:
-            log.debug("transport: dial %s:%s failed: %s", protocol, address, exc)
-            raise
-        connected = time.monotonic()
-        log.debug(
-            "transport: connected to %s:%s in %.1f ms",
+        dialing = self.start_dial(
             protocol,
             address,
-            (connected - started) * 1e3,
+            deadline=deadline,
+            authorize_server=authorize_server,
+            blessings_for_server=blessings_for_server,
+            discharges_for_server=discharges_for_server,
         )
-        try:
-            hs = ClientHandshake(
-                self.identity,
-                authorize_server=authorize_server,
-                blessings_for_server=blessings_for_server,
-                discharges_for_server=discharges_for_server,
-                versions=self.options.versions,
-                settings=self.options.settings,
-            )
-            hs_deadline = min(deadline, time.monotonic() + self.options.handshake_timeout)
-            drive_handshake(sock, hs.receive_data, lambda: hs.done, hs.start(), hs_deadline)
-            assert hs.result is not None
-            result: HandshakeResult = hs.result
-        except BaseException as exc:
-            sock.close()
-            log.debug("transport: handshake with %s:%s failed: %s", protocol, address, exc)
-            raise
+        dialing.run()
+        return self.finish_dial(dialing, on_close=on_close, start=start)
+
+    def start_dial(
+        self,
+        protocol: str,
+        address: str,
+        *,
+        deadline: float,
+        authorize_server: Callable[[Any, Any, tuple[Any, ...]], None],
+        blessings_for_server: Callable[[Any], Any],
+        discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
+    ) -> Dialing:
+        """A dial (see :meth:`dial`) to drive in steps (:class:`Dialing`), then to turn into
+        a VC with :meth:`finish_dial` once it is done.
+
+        Raises:
+            BadArgError: unknown protocol or malformed address.
+            TimeoutError: the deadline passed already.
+            ConnectionFailedError: the address cannot be resolved.
+        """
+        hs = ClientHandshake(
+            self.identity,
+            authorize_server=authorize_server,
+            blessings_for_server=blessings_for_server,
+            discharges_for_server=discharges_for_server,
+            versions=self.options.versions,
+            settings=self.options.settings,
+        )
+        dialing = Dialing(
+            protocol,
+            address,
+            deadline,
+            handshake=(hs.start(), hs.receive_data, lambda: hs.done),
+            handshake_timeout=self.options.handshake_timeout,
+        )
+        dialing.state = hs
+        return dialing
+
+    def finish_dial(
+        self,
+        dialing: Dialing,
+        *,
+        on_close: Callable[[Connection, errors.IPCError], None] | None = None,
+        start: bool = True,
+    ) -> Connection:
+        """The VC of a dial that is done (see :meth:`dial` for ``on_close`` and ``start``)."""
+        hs: ClientHandshake = dialing.state
+        sock = dialing.sock
+        assert dialing.done and sock is not None and hs.result is not None
+        result: HandshakeResult = hs.result
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "transport: handshake with %s:%s done in %.1f ms: server %s",
-                protocol,
-                address,
-                (time.monotonic() - connected) * 1e3,
+                "transport: handshake with %s done in %.1f ms: server %s",
+                dialing.name,
+                (time.monotonic() - dialing.connected_at) * 1e3,
                 list(getattr(result.remote_blessings, "names", ()) or ()),
             )
         try:
@@ -471,7 +500,7 @@ class StreamManager:
                 config=self.options.mux,
                 on_close=on_close,
                 keepalive=self.options.keepalive,
-                name=f"{protocol}:{address}",
+                name=dialing.name,
                 lead_reads=self.options.lead_reads,
                 busy_poll=self.options.busy_poll,
             )
