@@ -2,9 +2,11 @@
 
 Owns: the map from endpoint key to open VC and the dials in progress (lookups and inserts
 under :attr:`VCCache.lock`, held for nothing else); dialing outside every lock, one dial per
-endpoint however many callers wait for it; racing the servers of a name (a staggered start,
-the first VC established carries the call); evicting a VC that cannot open a flow (and
-dialing its endpoint again, once); dropping VCs inherited across ``fork()``.
+endpoint however many callers wait for it (the caller that starts a dial to an IP address or
+a Unix socket drives it itself at first, ``INLINE_DIAL``; any other dial has a thread);
+racing the servers of a name (a staggered start, the first VC established carries the
+call); evicting a VC that cannot open a flow (and dialing its endpoint again, once); dropping
+VCs inherited across ``fork()``.
 
 Must not: authorize a server for a call, write a request, or hold its lock across a dial,
 a handshake or any other I/O.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import logging
 import os
 import threading
@@ -25,7 +28,8 @@ from ipcclient import errors
 from ipcclient.context import CallbackHandle, Context
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.transport.conn import Connection, Flow
-from ipcclient.transport.manager import StreamManager
+from ipcclient.transport.dial import Dialing
+from ipcclient.transport.manager import StreamManager, split_host_port
 
 log = logging.getLogger("ipcclient.client")
 
@@ -51,6 +55,15 @@ HAPPY_EYEBALLS_STAGGER = 0.25
 starts this many seconds after the previous one's (or as soon as that fails), as RFC 8305
 (Happy Eyeballs) does; the first VC established carries the call."""
 
+INLINE_DIAL = 0.05
+"""A caller that starts a dial to a numeric address or a Unix socket drives it itself for at
+most this long (no thread start and no wake-up between the dial and its first call, the
+usual dial to a nearby server being over well within it); what is left of the dial then
+goes on in a thread of its own, and the caller waits for it as for any other dial."""
+
+INLINE_DIAL_SLICE = 0.005
+"""How often a caller driving a dial itself looks at its context and at ``close()``."""
+
 STALE_DIAL = 1.0
 """A dial that has run this long (or that a caller already gave up on) is not joined by a new
 caller: it dials afresh (once per ``STALE_DIAL`` per endpoint), so a stalled handshake costs
@@ -66,9 +79,12 @@ _REDIALING = errors.ConnectionFailedError("client: redialing")
 class Dial:
     """One dial in progress that several callers may wait for."""
 
-    __slots__ = ("abandoned", "conn", "done", "error", "listeners", "started")
+    __slots__ = ("abandoned", "conn", "done", "driver", "error", "listeners", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, driver: threading.Event | None = None) -> None:
+        self.driver = driver
+        """The wake-up of the caller that drives this dial itself at first (see
+        ``INLINE_DIAL``); None for a dial that has a thread from the start."""
         self.done = threading.Event()
         self.conn: Connection | None = None
         self.error: BaseException | None = None
@@ -78,6 +94,19 @@ class Dial:
 
     def stale(self, now: float) -> bool:
         return self.abandoned or now - self.started >= STALE_DIAL
+
+
+def _without_lookup(ep: Endpoint) -> bool:
+    """Whether dialing ``ep`` needs no name lookup (which could block a caller past its
+    context's end): a Unix socket, or an IP address."""
+    if ep.protocol == "unix":
+        return True
+    try:
+        host, _port = split_host_port(ep.address)
+        ipaddress.ip_address(host)
+    except (errors.IPCError, ValueError):
+        return False
+    return True
 
 
 def _waker(wake: threading.Event) -> Callable[[errors.IPCError], None]:
@@ -160,11 +189,13 @@ class VCCache:
                     i, next_i, next_at = next_i, next_i + 1, now + HAPPY_EYEBALLS_STAGGER
                     _server, ep, key, _suffix = plans[i]
                     try:
-                        found = self.vc_or_dial(ep, key, tried, wake)
+                        found = self.vc_or_dial(ep, key, tried, wake, inline=not pending)
                     except errors.IPCError as exc:
                         yield plans[i], exc
                         continue
                     if isinstance(found, Dial):
+                        if found.driver is wake:  # ours to drive (then it has a thread)
+                            self._drive(key, ep, found, ctx)
                         pending[i] = found
                         continue
                     flow = self._flow_on(found, plans[i], redialed, i, pending, wake)
@@ -178,7 +209,8 @@ class VCCache:
                     # The context's end wakes this wait at once (cancel from another thread,
                     # the deadline from the context's timer thread); so does close().
                     handle = ctx.add_done_callback(_waker(wake))
-                if wake.wait(timeout) and not ctx.done() and not self.closed:
+                ended = ctx.done() or self.closed  # (before the wait: wake was cleared)
+                if not ended and wake.wait(timeout) and not ctx.done() and not self.closed:
                     continue  # a dial ended (or the next one is due)
                 err = ctx.err()
                 if err is not None:
@@ -252,12 +284,20 @@ class VCCache:
                 return again
 
     def vc_or_dial(
-        self, ep: Endpoint, key: str, tried: list[str], wake: threading.Event
+        self,
+        ep: Endpoint,
+        key: str,
+        tried: list[str],
+        wake: threading.Event,
+        *,
+        inline: bool = False,
     ) -> Connection | Dial:
         """The cached open VC to ``ep``, else the dial to join (``wake`` is set when it
         ends): the ongoing one unless it is stale (see ``STALE_DIAL``), else a new one on
-        a dial thread. The dial outlives the callers that give up on it (bounded by the
-        dial timeout) and its VC is cached for the next call."""
+        a dial thread, or, with ``inline`` and an address that needs no name lookup, a new
+        one whose ``driver`` is ``wake``: the caller then drives it (:meth:`_drive`). The
+        dial outlives the callers that give up on it (bounded by the dial timeout) and its
+        VC is cached for the next call."""
         with self.lock:
             if self.closed:
                 raise errors.BadStateError("client: closed")
@@ -273,36 +313,105 @@ class VCCache:
             if dial is None or dial.stale(time.monotonic()):
                 if dial is not None:
                     log.debug("client: a dial to %s is stalled; dialing again", ep.address)
-                dial = self._dialing[key] = Dial()
+                driver = wake if inline and _without_lookup(ep) else None
+                dial = self._dialing[key] = Dial(driver)
                 tried.append(f"dial {ep.protocol}:{ep.address}")
-                threading.Thread(
-                    target=self._dial,
-                    args=(key, ep, dial),
-                    name=f"ipc-dial-{ep.address}",
-                    daemon=True,
-                ).start()
+                if driver is None:
+                    self._dial_on_thread(key, ep, dial, None)
             dial.listeners.append(wake)
             if dial.done.is_set():
                 wake.set()
         return dial
 
-    def _dial(self, key: str, ep: Endpoint, dial: Dial) -> None:
-        """The dial thread: dial outside every lock; publish the result to the waiters; then
-        be the new VC's reader thread (so no second thread starts before the first call)."""
+    def _start_dial(self, ep: Endpoint) -> Dialing:
+        return self._manager.start_dial(
+            ep.protocol,
+            ep.address,
+            deadline=time.monotonic() + self._dial_timeout(),
+            authorize_server=self._authorizer(ep),
+            blessings_for_server=self._blessings_for_server,
+        )
+
+    def _dial_on_thread(self, key: str, ep: Endpoint, dial: Dial, dialing: Dialing | None) -> None:
+        """Give ``dial`` a thread of its own (:meth:`_finish_dial`)."""
+        threading.Thread(
+            target=self._finish_dial,
+            args=(key, ep, dial, dialing),
+            name=f"ipc-dial-{ep.address}",
+            daemon=True,
+        ).start()
+
+    def _finish_dial(self, key: str, ep: Endpoint, dial: Dial, dialing: Dialing | None) -> None:
+        """A dial's thread: dial outside every lock (starting the dial, unless a caller
+        handed over one it started), drive it to its end, publish the result to the
+        waiters; then be the new VC's reader thread (so no second thread starts before the
+        first call)."""
         conn: Connection | None = None
+        error: BaseException | None = None
         try:
-            conn = self._manager.dial(
-                ep.protocol,
-                ep.address,
-                deadline=time.monotonic() + self._dial_timeout(),
-                authorize_server=self._authorizer(ep),
-                blessings_for_server=self._blessings_for_server,
-                on_close=self._on_vc_closed,
-                start=False,
-            )
+            if dialing is None:
+                dialing = self._start_dial(ep)
+            dialing.run()
+            conn = self._manager.finish_dial(dialing, on_close=self._on_vc_closed, start=False)
             self._stats["dials"] += 1
         except BaseException as exc:
-            dial.error = exc
+            error = exc
+        reader = self._publish(key, dial, conn, error)
+        if reader is not None:
+            reader.run_reader()  # until the VC ends
+
+    def _drive(self, key: str, ep: Endpoint, dial: Dial, ctx: Context) -> None:
+        """The caller that started ``dial`` drives it itself (see ``INLINE_DIAL``), looking
+        at its context and at close() every ``INLINE_DIAL_SLICE``: until the dial ends
+        (its result published; a new VC gets its reader thread), or until ``INLINE_DIAL``
+        has passed, the context is done or the client closed: the rest of the dial then
+        goes on in a thread of its own. Never raises but what interrupts the caller (the
+        dial then fails for everyone waiting for it)."""
+        try:
+            dialing = self._start_dial(ep)
+        except BaseException as exc:
+            self._publish(key, dial, None, exc)
+            return
+        end = time.monotonic() + INLINE_DIAL
+        conn: Connection | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= end or ctx.done() or self.closed:
+                    break
+                if dialing.step(min(now + INLINE_DIAL_SLICE, end)):
+                    conn = self._manager.finish_dial(
+                        dialing, on_close=self._on_vc_closed, start=False
+                    )
+                    self._stats["dials"] += 1
+                    break
+        except Exception as exc:
+            self._publish(key, dial, None, exc)
+            return
+        except BaseException:  # (KeyboardInterrupt: the dial's socket is closed)
+            dialing.close()
+            if conn is not None:
+                conn.close()
+            self._publish(
+                key, dial, None, errors.ConnectionFailedError("client: the dial was interrupted")
+            )
+            raise
+        if conn is not None:
+            reader = self._publish(key, dial, conn, None)
+            if reader is not None:
+                reader.start()  # its reader thread
+            return
+        log.debug("client: the dial to %s goes on in a thread of its own", ep.address)
+        self._dial_on_thread(key, ep, dial, dialing)
+
+    def _publish(
+        self, key: str, dial: Dial, conn: Connection | None, error: BaseException | None
+    ) -> Connection | None:
+        """A dial ended with ``conn`` (or ``error``): cache the VC, wake the dial's waiters.
+        Returns the VC that needs a reader thread (None when there is none, or when it was
+        not needed: a newer VC to the endpoint, or the client closed)."""
+        if error is not None:
+            dial.error = error
         surplus: Connection | None = None
         retired: Connection | None = None
         with self.lock:
@@ -334,7 +443,8 @@ class VCCache:
         for wake in listeners:
             wake.set()
         if conn is not None and conn is not surplus:
-            conn.run_reader()  # until the VC ends
+            return conn
+        return None
 
     def evict(self, conn: Connection) -> None:
         """Drop ``conn`` from the cache and close it (it cannot open a flow)."""

@@ -535,15 +535,19 @@ def test_cancel_and_close_interrupt_a_dial(black_hole: str, family: Family) -> N
     assert time.monotonic() - start < 1.5
 
 
+@pytest.mark.parametrize("driving", [False, True])
 @pytest.mark.parametrize("how", ["cancel", "deadline", "close"])
 def test_a_caller_waiting_for_a_dial_wakes_when_its_call_ends(
-    black_hole: str, family: Family, monkeypatch: pytest.MonkeyPatch, how: str
+    black_hole: str, family: Family, monkeypatch: pytest.MonkeyPatch, how: str, driving: bool
 ) -> None:
-    # Not at the next look at its context: the waits between looks are made long here, so
-    # only a wake-up by the context's end (or by close) ends the call in time.
+    # Waiting: not at the next look at its context: the waits between looks are made long
+    # here, so only a wake-up by the context's end (or by close) ends the call in time.
+    # Driving: the caller drives the dial itself all along (INLINE_DIAL made long), looking
+    # at its context between steps.
     from ipcclient.client import vcs
 
     monkeypatch.setattr(vcs, "DIAL_WAIT_SLICE", 30.0)
+    monkeypatch.setattr(vcs, "INLINE_DIAL", 30.0 if driving else 0.0)
     client = Client(family.member("client"))
     try:
         c = Context.background().with_timeout(0.3 if how == "deadline" else 30)
@@ -562,6 +566,30 @@ def test_a_caller_waiting_for_a_dial_wakes_when_its_call_ends(
         took = time.monotonic() - start
         assert 0.25 < took < 3, took
         assert info.value.request_sent is False
+    finally:
+        client.close()
+
+
+def test_ctrl_c_while_a_caller_drives_a_dial_leaves_the_client_usable(
+    black_hole: str, make_server: MakeServer, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipcclient.client import vcs
+
+    monkeypatch.setattr(vcs, "INLINE_DIAL", 30.0)  # the caller drives the dial all along
+    _, name = make_server(Svc(), AllowEveryone())
+    client = Client(family.member("client"))
+    try:
+        main = threading.main_thread().ident
+        assert main is not None and threading.current_thread().ident == main
+        timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.call(ctx(10), black_hole, "Echo", 1)
+        timer.join()
+        assert not client._cache._dialing  # the dial ended (failed) for everyone
+        with pytest.raises(errors.TimeoutError):  # a new dial, bounded by its deadline
+            client.call(ctx(0.3), black_hole, "Echo", 1)
+        assert client.call(ctx(), name, "Echo", 2) == (2,)
     finally:
         client.close()
 
@@ -649,9 +677,10 @@ def test_a_call_on_an_already_cancelled_context_fails_cleanly(
 def test_a_fresh_vc_starts_one_thread_on_each_side(
     make_server: MakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Dialing starts the dial thread, and accepting the handshake thread; each then reads
-    for its VC (no second thread starts before the first call is answered), and the VC
-    still works as before: calls, and a clean close that ends those threads."""
+    """Dialing starts one thread (the VC's reader: the caller drove the dial itself), and
+    accepting the handshake thread, which then reads for its VC (no second thread starts
+    before the first call is answered); the VC still works as before: calls, and a clean
+    close that ends those threads."""
     _srv, name = make_server(Svc(), AllowEveryone())
     started: list[str] = []
     real_start = threading.Thread.start
@@ -670,9 +699,10 @@ def test_a_fresh_vc_starts_one_thread_on_each_side(
             for n in started
             if n.startswith(("ipc-dial", "ipc-handshake", "ipc-tcp", "ipc-unix", "ipc-vc"))
         ]
-        assert sorted(vc_threads) == sorted([started[0], "ipc-handshake"]), started
-        assert started[0].startswith("ipc-dial")
-        assert _dialed_vc_threads() == 1  # the dial thread, renamed after its VC
+        client_threads = [n for n in vc_threads if n != "ipc-handshake"]
+        assert len(client_threads) == 1 and vc_threads.count("ipc-handshake") == 1, started
+        assert not client_threads[0].startswith("ipc-dial"), started  # (dialed inline)
+        assert _dialed_vc_threads() == 1  # the VC's reader thread
         assert client.call(ctx(), name, "Echo", "again") == ("again",)
     finally:
         client.close()

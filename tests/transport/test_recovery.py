@@ -548,3 +548,24 @@ def test_send_after_the_server_answered_says_so_and_keeps_the_reply(
         with pytest.raises(errors.AbortedError, match="finish"):
             call.send("late")
         assert call.finish() == ([1, 2],)
+
+
+def test_a_dial_its_caller_gave_up_on_goes_on_and_serves_the_next_call(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    # The caller drives the dial itself at first; its deadline passes before the server's
+    # (delayed) hello comes: the rest of the dial goes on in a thread and its VC is cached.
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        proxy.set(down=Fault.latency(0.3))
+        client = make_client()
+        target = proxied(name, proxy)
+        with pytest.raises(errors.TimeoutError) as info:
+            client.call(ctx(0.1), target, "Echo", "early")
+        assert info.value.request_sent is False
+        deadline = time.monotonic() + 5
+        while client.vc_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.vc_count() == 1
+        assert client.call(ctx(), target, "Echo", "next") == ("next",)
+        assert client.stats["dials"] == 1

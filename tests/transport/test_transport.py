@@ -467,6 +467,65 @@ def test_version_mismatch_is_reported_to_the_client(server: Callable[..., Listen
         _dial(lst)
 
 
+def _start_dial(listener_address: tuple[str, str], deadline: float) -> Any:
+    protocol, address = listener_address
+    return StreamManager(make_identity()).start_dial(
+        protocol,
+        address,
+        deadline=deadline,
+        authorize_server=_accept_all,
+        blessings_for_server=lambda _b: None,
+    )
+
+
+def test_a_dial_driven_in_short_steps_is_finished_by_another_thread(
+    server: Callable[..., Listener],
+) -> None:
+    lst = server()
+    dialing = _start_dial((lst.protocol, lst.address), time.monotonic() + 5)
+    steps = 0
+    while steps < 3 and not dialing.step(time.monotonic()):  # each returns at once
+        steps += 1
+    finisher = threading.Thread(target=dialing.run)
+    finisher.start()
+    finisher.join(5)
+    assert dialing.done
+    conn = StreamManager(make_identity()).finish_dial(dialing)
+    try:
+        assert _roundtrip(conn, b"stepped") == b"STEPPED"
+    finally:
+        conn.close()
+
+
+def test_a_dial_step_returns_at_its_time_and_the_dial_at_its_deadline() -> None:
+    silent = socket.socket()  # accepts (the kernel's backlog) and never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        address = "%s:%d" % silent.getsockname()
+        dialing = _start_dial(("tcp", address), time.monotonic() + 0.4)
+        start = time.monotonic()
+        assert dialing.step(start + 0.05) is False
+        assert 0.04 < time.monotonic() - start < 0.3
+        with pytest.raises(errors.TimeoutError, match="did not finish in time"):
+            dialing.run()
+        assert time.monotonic() - start < 1.5
+        assert dialing.sock is None  # closed
+    finally:
+        silent.close()
+
+
+def test_a_refused_dial_step_says_so() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    address = "%s:%d" % probe.getsockname()
+    probe.close()  # nothing listens there now
+    dialing = _start_dial(("tcp", address), time.monotonic() + 5)
+    with pytest.raises(errors.ConnectionFailedError, match="refused"):
+        dialing.run()
+    assert dialing.sock is None
+
+
 def test_close_is_idempotent_and_leaves_no_threads(server: Callable[..., Listener]) -> None:
     before = threading.active_count()
     lst = server()
