@@ -364,17 +364,17 @@ class VCCache:
         """The caller that started ``dial`` drives it itself (see ``INLINE_DIAL``), looking
         at its context and at close() every ``INLINE_DIAL_SLICE``: until the dial ends
         (its result published; a new VC gets its reader thread), or until ``INLINE_DIAL``
-        has passed, the context is done or the client closed: the rest of the dial then
-        goes on in a thread of its own. Never raises but what interrupts the caller (the
-        dial then fails for everyone waiting for it)."""
+        has passed or the context is done: the rest of the dial then goes on in a thread of
+        its own. A client closed meanwhile ends the dial. An interrupt (Ctrl-C) is raised
+        again after the dial is failed for everyone waiting for it (or, once its VC is
+        published, after that VC is closed); no other error escapes."""
+        dial.driver = None  # (driven once, even if this caller meets it again)
+        dialing: Dialing | None = None
+        conn: Connection | None = None
+        published = handed_over = False
         try:
             dialing = self._start_dial(ep)
-        except BaseException as exc:
-            self._publish(key, dial, None, exc)
-            return
-        end = time.monotonic() + INLINE_DIAL
-        conn: Connection | None = None
-        try:
+            end = time.monotonic() + INLINE_DIAL
             while True:
                 now = time.monotonic()
                 if now >= end or ctx.done() or self.closed:
@@ -385,24 +385,31 @@ class VCCache:
                     )
                     self._stats["dials"] += 1
                     break
-        except Exception as exc:
-            self._publish(key, dial, None, exc)
-            return
-        except BaseException:  # (KeyboardInterrupt: the dial's socket is closed)
-            dialing.close()
-            if conn is not None:
-                conn.close()
-            self._publish(
-                key, dial, None, errors.ConnectionFailedError("client: the dial was interrupted")
-            )
-            raise
-        if conn is not None:
+            if conn is None:
+                if self.closed:
+                    raise errors.BadStateError("client: closed while dialing")
+                log.debug("client: the dial to %s goes on in a thread of its own", ep.address)
+                self._dial_on_thread(key, ep, dial, dialing)
+                handed_over = True
+                return
+            published = True
             reader = self._publish(key, dial, conn, None)
             if reader is not None:
                 reader.start()  # its reader thread
-            return
-        log.debug("client: the dial to %s goes on in a thread of its own", ep.address)
-        self._dial_on_thread(key, ep, dial, dialing)
+        except BaseException as exc:
+            if handed_over:  # (the thread owns the dial now)
+                raise
+            if conn is not None:
+                conn.close()  # (published or not: it has no reader thread)
+            elif dialing is not None:
+                dialing.close()
+            if not published:
+                error: BaseException = exc
+                if not isinstance(exc, Exception):
+                    error = errors.ConnectionFailedError("client: the dial was interrupted")
+                self._publish(key, dial, None, error)
+            if not isinstance(exc, Exception):
+                raise
 
     def _publish(
         self, key: str, dial: Dial, conn: Connection | None, error: BaseException | None

@@ -155,6 +155,7 @@ class Dialing:
         self.connected_at = 0.0
         """When the connect ended (``time.monotonic()``), for the log."""
         self.done = False
+        self._error: errors.IPCError | None = None
         self.name = self._what
         """``protocol:address``."""
         self.state: Any = None
@@ -168,12 +169,22 @@ class Dialing:
     def step(self, until: float) -> bool:
         """Advance the dial, waiting at most until ``until`` (a ``time.monotonic()`` value);
         True once it is done. Raises as the class says (the socket then closed)."""
+        if self.done:
+            return True
+        if self._error is not None:
+            raise self._error  # (it failed before: it stays failed)
         try:
             if not self._connected and not self._connect_step(until):
                 return False
             return self._handshake_step(until)
         except BaseException as exc:
             self.close()
+            if isinstance(exc, errors.IPCError):
+                self._error = exc
+            else:  # (an interrupt: the dial is over all the same)
+                self._error = errors.ConnectionFailedError(
+                    f"transport: dialing {self._what} was interrupted"
+                )
             log.debug("transport: dial %s failed: %s", self._what, exc)
             raise
 
@@ -203,7 +214,12 @@ class Dialing:
                     raise self._failed(exc) from exc
                 self.sock = sock
                 sock.setblocking(False)
-                code = sock.connect_ex(addr)  # (0, EINPROGRESS, or why it failed)
+                try:
+                    code = sock.connect_ex(addr)  # (0, EINPROGRESS, or why it failed)
+                except OSError as exc:  # (an address the socket refuses: a long path, ...)
+                    self._last = exc
+                    self.close()
+                    continue
             elif self._wait(select.POLLOUT, until, self.deadline, self._connect_late):
                 code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             else:
@@ -218,7 +234,10 @@ class Dialing:
         sock = self.sock
         assert sock is not None
         if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                raise self._failed(exc) from exc
         self._connected = True
         self.connected_at = time.monotonic()
         self._handshake_deadline = min(self.deadline, self.connected_at + self._handshake_timeout)
@@ -279,11 +298,10 @@ class Dialing:
         if now >= end:
             raise late()
         stop = min(until, end)
-        if now >= stop:
-            return False
         poller = select.poll()
         poller.register(sock, events)
-        # (poll rounds up to whole milliseconds: never wait past ``stop`` by more)
+        # (``until`` passed: a look without waiting. poll rounds up to whole milliseconds:
+        # never waits past ``stop`` by more.)
         if poller.poll(max(0.0, stop - now) * 1000):
             return True
         if time.monotonic() >= end:

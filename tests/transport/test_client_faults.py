@@ -594,6 +594,53 @@ def test_ctrl_c_while_a_caller_drives_a_dial_leaves_the_client_usable(
         client.close()
 
 
+def test_a_dial_met_twice_in_one_race_is_driven_once(
+    black_hole: str, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same server twice among a name's servers (two suffixes, say): the second look at
+    # its dial, after the stagger, only waits for it.
+    from ipcclient.client import plan as _plan
+    from ipcclient.client import vcs
+
+    started: list[object] = []
+    real = vcs.VCCache._start_dial
+
+    def counting(self: Any, ep: Any) -> Any:
+        started.append(ep)
+        return real(self, ep)
+
+    monkeypatch.setattr(vcs.VCCache, "_start_dial", counting)
+    client = Client(family.member("client"))
+    try:
+        address, suffix = _plan.split_server(black_hole)
+        ep, key = _plan.parse_endpoint(address)
+        target = ("s", ep, key, suffix)
+        with pytest.raises(errors.TimeoutError):
+            for _ in client._cache.race([target, target], ctx(0.6), []):
+                pass
+        assert len(started) == 1, started
+    finally:
+        client.close()
+
+
+def test_ctrl_c_as_a_caller_starts_a_dial_is_raised(
+    black_hole: str, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipcclient.client import vcs
+
+    def interrupted(self: Any, ep: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vcs.VCCache, "_start_dial", interrupted)
+    client = Client(family.member("client"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.call(ctx(1), black_hole, "Echo", 1)
+        assert not client._cache._dialing
+    finally:
+        client.close()
+
+
 def test_close_while_calls_finish_concurrently(make_server: MakeServer, family: Family) -> None:
     _, name = make_server(Svc(), AllowEveryone())
     client = Client(family.member("client"))

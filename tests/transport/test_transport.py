@@ -15,7 +15,13 @@ import pytest
 
 from ipcclient import errors
 from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
-from ipcclient.transport.manager import Listener, StreamManager, TransportOptions, split_host_port
+from ipcclient.transport.manager import (
+    Listener,
+    StreamManager,
+    TransportOptions,
+    open_socket,
+    split_host_port,
+)
 from ipcclient.wire.mux import MuxConfig
 from tests.identities import make_identity
 
@@ -490,6 +496,7 @@ def test_a_dial_driven_in_short_steps_is_finished_by_another_thread(
     finisher.start()
     finisher.join(5)
     assert dialing.done
+    assert dialing.step(time.monotonic()) is True  # (done: nothing more to do)
     conn = StreamManager(make_identity()).finish_dial(dialing)
     try:
         assert _roundtrip(conn, b"stepped") == b"STEPPED"
@@ -524,6 +531,13 @@ def test_a_refused_dial_step_says_so() -> None:
     with pytest.raises(errors.ConnectionFailedError, match="refused"):
         dialing.run()
     assert dialing.sock is None
+    with pytest.raises(errors.ConnectionFailedError, match="refused"):
+        dialing.step(time.monotonic() + 1)  # it stays failed
+
+
+def test_an_address_the_socket_refuses_is_a_dial_error() -> None:
+    with pytest.raises(errors.ConnectionFailedError):
+        open_socket("unix", "/tmp/" + "x" * 200, time.monotonic() + 1)  # (path too long)
 
 
 def test_close_is_idempotent_and_leaves_no_threads(server: Callable[..., Listener]) -> None:
