@@ -139,6 +139,8 @@ class Connection(Reader):
         """Per-VC data the layers above keep (validated names per method, ...); bounded by
         its users."""
         self._last_recv = time.monotonic()
+        self._read_at = self._last_recv
+        """When the bytes being dispatched were received (``time.monotonic()``)."""
         ka = self._keepalive
         self._liveness = livemod.Liveness(
             interval=ka.interval,
@@ -499,7 +501,10 @@ class Connection(Reader):
                         self._mux.acknowledge(ev.flow_id, len(ev.data))
                         continue
                     if ev.data:
-                        flow._inbox.append(ev.data)
+                        inbox = flow._inbox
+                        if not inbox:
+                            flow._came_at = self._read_at
+                        inbox.append(ev.data)
                     if ev.end:
                         flow._eof = True
                         if flow._local_closed and not self._mux.is_live(ev.flow_id):

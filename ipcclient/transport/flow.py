@@ -90,6 +90,7 @@ class Flow:
 
     __slots__ = (
         "__weakref__",
+        "_came_at",
         "_cond",
         "_deadline",
         "_eof",
@@ -120,6 +121,7 @@ class Flow:
         self._writer = writer
         self._cond = Signal(lock)
         self._inbox: collections.deque[bytes] = collections.deque()
+        self._came_at = 0.0  # when the oldest chunk in the inbox was received
         self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
         self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
         self._local_closed = False  # close_send / close / cancel done locally
@@ -186,7 +188,8 @@ class Flow:
         up to 64 KiB); ``b""`` once the peer closed its send side.
 
         Raises:
-            TimeoutError: the deadline passed first (the flow stays usable).
+            TimeoutError: the deadline passed first, or what is there was received after it
+                (the flow stays usable: that is kept for a later read).
             CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
                 cancelled, or the VC broke.
         """
@@ -209,22 +212,25 @@ class Flow:
                     break
                 self._host.wait_for_peer(self, timeout)
             else:
-                inbox = self._inbox
-                chunk = inbox.popleft()
-                if inbox and len(chunk) < COALESCE_READS:
-                    # Many small chunks queued (a fast stream): hand them over together, one
-                    # lock round trip and one ack; big chunks go alone (no extra copy).
-                    parts = [chunk]
-                    size = len(chunk)
-                    while inbox and size + len(inbox[0]) <= COALESCE_READS:
-                        nxt = inbox.popleft()
-                        parts.append(nxt)
-                        size += len(nxt)
-                    chunk = b"".join(parts)
-                mux = self._mux
-                mux.acknowledge(self.id, len(chunk))
-                data = writer.take_output_locked() if mux._out else []  # (usually no credit)
-                chunk_ready = True
+                # A chunk received after the deadline is late: the deadline has won, and the
+                # chunk is left for a later read. (Judged by the oldest unread chunk.)
+                if deadline is None or self._came_at <= deadline:
+                    inbox = self._inbox
+                    chunk = inbox.popleft()
+                    if inbox and len(chunk) < COALESCE_READS:
+                        # Many small chunks queued (a fast stream): hand them over together, one
+                        # lock round trip and one ack; big chunks go alone (no extra copy).
+                        parts = [chunk]
+                        size = len(chunk)
+                        while inbox and size + len(inbox[0]) <= COALESCE_READS:
+                            nxt = inbox.popleft()
+                            parts.append(nxt)
+                            size += len(nxt)
+                        chunk = b"".join(parts)
+                    mux = self._mux
+                    mux.acknowledge(self.id, len(chunk))
+                    data = writer.take_output_locked() if mux._out else []  # (usually no credit)
+                    chunk_ready = True
             if not chunk_ready:
                 probe = self._host.suspect_locked()
         if not chunk_ready:

@@ -120,6 +120,7 @@ class Reader(abc.ABC):
     _error: errors.IPCError | None
     _liveness: Liveness
     _last_recv: float
+    _read_at: float
     _pending_early: list[bytes]
     _polling: PollState
     _park_idle: float
@@ -356,6 +357,7 @@ class Reader(abc.ABC):
         if n == 0:
             raise Broken(errors.ConnectionFailedError("transport: the peer closed the connection"))
         now = time.monotonic()
+        self._read_at = now  # (when these bytes came: a flow notes it for a late reply)
         heard = False
         for plain in self._opener.received(n):
             heard = True

@@ -70,6 +70,11 @@ class Service:
             )
         raise ZeroDivisionError("boom")
 
+    def ReplyAt(self, call: ServerCall, at: float) -> str:
+        """Reply once ``time.monotonic()`` reaches ``at`` (client and server share the clock)."""
+        time.sleep(max(0.0, at - time.monotonic()))
+        return "late"
+
     def Block(self, call: ServerCall) -> str:
         self.seen_deadline = call.context.deadline
         self.started.set()
@@ -378,6 +383,51 @@ def test_late_reply_is_never_delivered_to_another_call(rig: tuple[Service, str, 
     # The VC is reused; the cancelled flow's late frames are dropped by id, never reused.
     for i in range(20):
         assert client.call(ctx(), name, "Echo", i) == (i,)
+    assert client.vc_count() == 1
+
+
+def test_a_reply_sent_after_the_deadline_is_never_the_answer(
+    rig: tuple[Service, str, Client],
+) -> None:
+    # Eight calls in flight on one VC, so its reader thread receives the replies for them.
+    # Each server replies just after its caller's deadline; however late a caller wakes,
+    # a reply received after its deadline is not its answer.
+    _svc, name, client = rig
+    assert client.call(ctx(), name, "Echo", 0) == (0,)
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        for _ in range(6):
+            c = Context.background().with_timeout(0.04)
+            assert c.deadline is not None
+            try:
+                got: object = client.call(c, name, "ReplyAt", c.deadline + 0.0005)
+            except errors.IPCError as exc:
+                got = exc
+            with lock:
+                outcomes.append(got)
+
+    stop = threading.Event()
+
+    def spin() -> None:  # (holds the GIL in turns: the callers wake late, as on a busy host)
+        while not stop.is_set():
+            sum(range(1000))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    spinners = [threading.Thread(target=spin) for _ in range(2)]
+    for t in spinners + threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    stop.set()
+    for t in spinners:
+        t.join(5)
+    assert len(outcomes) == 48
+    assert all(isinstance(o, errors.TimeoutError) for o in outcomes), [
+        o for o in outcomes if not isinstance(o, errors.TimeoutError)
+    ]
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
     assert client.vc_count() == 1
 
 

@@ -345,6 +345,37 @@ def test_a_reply_that_comes_after_the_callers_deadline_is_not_its_answer(
         conn.close()
 
 
+def test_a_chunk_received_after_the_deadline_is_kept_for_a_later_read(
+    server: Callable[..., Listener],
+) -> None:
+    # The VC's reader thread receives the reply after the read's deadline, before the caller
+    # looks (a caller that wakes late): the deadline has won, and the reply is kept.
+    def reply(flow: Flow) -> None:
+        def run() -> None:
+            with contextlib.suppress(errors.IPCError):
+                flow.read(time.monotonic() + 5)
+                flow.write(b"late", end=True)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    lst = server(on_flow=reply)
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        deadline = time.monotonic()
+        flow.write(b"x")
+        until = time.monotonic() + 5
+        while flow.received_all() is None and time.monotonic() < until:
+            time.sleep(0.002)
+        assert flow.received_all() == b"late"  # received, by the reader thread
+        with pytest.raises(errors.TimeoutError):
+            flow.read(deadline)
+        assert flow.read(time.monotonic() + 5) == b"late"  # (nothing was lost)
+        assert flow.read(time.monotonic() + 5) == b""
+    finally:
+        conn.close()
+
+
 def test_server_killed_mid_stream_breaks_the_vc_promptly(server: Callable[..., Listener]) -> None:
     lst = server(on_flow=lambda f: f.write(b"partial"))
     closed: list[errors.IPCError] = []
