@@ -25,7 +25,9 @@ nor the other way round, orders the socket's shutdown and close (:meth:`_shut_so
 thread blocked on it, and the reader thread closes it; without the lock the close could land
 between another thread's reading of the descriptor and its ``shutdown()`` call, which then
 hits a closed descriptor (the wake-up is lost) or one already reused for another socket.
-Neither call blocks.
+Neither call blocks. For the same reason the socket is never closed while the flusher or a
+caller reading for itself is inside a call on it: the close is then left due
+(``RecordWriter.close_due``) and made by whichever gives its role up last.
 
 On an accepted VC the owner's ``on_flow`` may return a job (a call whose request is all
 here; one per batch) that the reader thread runs itself after dispatching the current batch
@@ -62,6 +64,7 @@ from ipcclient.transport.parking import IDLE
 from ipcclient.transport.polling import PollState
 from ipcclient.transport.reader import LEAD_GRACE as LEAD_GRACE
 from ipcclient.transport.reader import Reader
+from ipcclient.transport.readrole import CALLER
 from ipcclient.transport.writer import LINGER as LINGER
 from ipcclient.transport.writer import LINGER_BYTES as LINGER_BYTES
 from ipcclient.transport.writer import RecordWriter
@@ -127,7 +130,7 @@ class Connection(Reader):
         self._keepalive = keepalive or KeepaliveConfig()
         self.name = name or f"vc-{id(self):x}"
         self._writer = RecordWriter(
-            self._lock, self._mux, sock, result.sealer, self.name, self._break
+            self._lock, self._mux, sock, result.sealer, self.name, self._break, self._close_socket
         )
         self._error: errors.IPCError | None = None
         self._close_error: errors.IPCError | None = None  # set by close() before GOAWAY
@@ -273,7 +276,6 @@ class Connection(Reader):
         self._break(err)
         if self._reader.ident is None:  # never started: nobody else will close the socket
             self._close_socket()
-            self._close_pipe()
         elif (
             threading.current_thread() is not self._reader
             and self._reader.is_alive()
@@ -343,8 +345,21 @@ class Connection(Reader):
                     self._sock.shutdown(socket.SHUT_RDWR)
 
     def _close_socket(self) -> None:
+        """The VC has ended: close its socket and wake pipe once no other thread is inside a
+        call on them. That is now, unless a flusher or a caller reading for itself holds its
+        role: then the close is left due and that thread makes it when it gives the role up
+        (each of them calls this again). Closing under them could hand the descriptor to
+        another socket between their reading of it and their system call."""
+        with self._lock:
+            self._writer.close_due = True
+            if self._writer.flushing or self._role is CALLER:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
         """Shut the socket (if nobody did) and close it, once; never while another thread is
-        in :meth:`_shut_socket`."""
+        in :meth:`_shut_socket`. Then close the wake pipe."""
+        self._close_pipe()
         with self._sock_lock:
             if self._sock_closed:
                 return

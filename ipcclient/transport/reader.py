@@ -53,6 +53,7 @@ from ipcclient.transport.readrole import (
     Role,
 )
 from ipcclient.transport.waits import Signal, reacquire
+from ipcclient.transport.writer import RecordWriter
 from ipcclient.vc.records import RecordOpener
 
 __all__ = ["LEAD_GRACE", "Broken", "Reader", "Who"]
@@ -126,6 +127,7 @@ class Reader(abc.ABC):
     _park_idle: float
     _inline_runner: InlineRunner
     _reader: threading.Thread
+    _writer: RecordWriter
     name: str
 
     def _init_reader(self, lead: bool) -> None:
@@ -169,7 +171,8 @@ class Reader(abc.ABC):
 
     @abc.abstractmethod
     def _close_socket(self) -> None:
-        """Shut and close the socket, once (see :meth:`Connection._close_socket`)."""
+        """The VC has ended: close the socket and the wake pipe, once, when nobody else uses
+        them (see :meth:`Connection._close_socket`)."""
 
     @abc.abstractmethod
     def check_liveness(self) -> errors.IPCError | None:
@@ -215,6 +218,14 @@ class Reader(abc.ABC):
                 self._role = CALLER_DONE[self._role]
                 self._last_lead = time.monotonic()
                 self._pass_role_locked()
+                if self._writer.close_due:
+                    # The VC ended while we read, and its closer left the socket to us.
+                    self._lock.release()
+                    try:
+                        self._close_socket()
+                    finally:
+                        late = reacquire(self._lock)
+                    pending = pending or late
                 if pending is not None:
                     raise pending
             return
@@ -509,10 +520,8 @@ class Reader(abc.ABC):
                     self._break(err)
             elif not parked:
                 self._break(err or errors.ConnectionFailedError("transport: the VC was closed"))
-                self._close_socket()
-                if lead:
-                    self._close_pipe()
-                else:
+                self._close_socket()  # (or leaves it to a flusher or a caller still reading)
+                if not lead:
                     # A job taken from a batch that failed half way: run it now; its flow
                     # is broken, so it only lets go of what the owner holds for it.
                     inline.run_leftover()

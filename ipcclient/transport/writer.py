@@ -16,11 +16,17 @@ thread, close) send with ``blocking=False``: what the socket takes at once, the 
 record going to a drainer thread that keeps the flusher role until everything is out (so
 record order holds). Only a writer blocks in ``sendall``, bounded by the send timeout.
 
+The flusher may be inside a socket call when the VC ends. Closing the socket then could hand
+its descriptor to another socket before the flusher's system call is made, so the VC only
+marks the close as due (:attr:`RecordWriter.close_due`) and the flusher, giving its role up,
+closes the socket itself (``on_idle``).
+
 Known trade-offs: the flusher sends what other threads queued while it was sending, so under
 sustained load a writer may stay in ``sendall`` past its own deadline (never past the send
 timeout, after which the VC is declared broken); a KeyboardInterrupt that lands between
 taking the flusher role and the first send leaves the role taken, so later writes on that VC
-wait for their deadlines (the VC is then redialed).
+wait for their deadlines (the VC is then redialed), and its socket is closed only when the
+VC object is collected.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class RecordWriter:
         sealer: the VC's record sealer (``seal_parts``).
         name: the VC's name (for thread names).
         on_broken: called (without the lock) with the error when a send fails.
+        on_idle: called (without the lock) when the flusher gives its role up while
+            ``close_due`` is set: it closes the socket unless another thread still uses it.
     """
 
     __slots__ = (
@@ -73,8 +81,10 @@ class RecordWriter:
         "_mux",
         "_name",
         "_on_broken",
+        "_on_idle",
         "_sealer",
         "_sock",
+        "close_due",
         "deferred",
         "flushing",
         "linger_due",
@@ -88,6 +98,7 @@ class RecordWriter:
         sealer: Any,
         name: str,
         on_broken: Callable[[errors.IPCError], None],
+        on_idle: Callable[[], None],
     ) -> None:
         self._lock = lock
         self._mux = mux
@@ -95,6 +106,10 @@ class RecordWriter:
         self._sealer = sealer
         self._name = name
         self._on_broken = on_broken
+        self._on_idle = on_idle
+        self.close_due = False
+        """The VC has ended and wants its socket closed: whoever gives the flusher role up
+        calls ``on_idle`` (set under the lock, before the VC looks at ``flushing``)."""
         self.flushing = False
         """A thread holds the flusher role."""
         self.deferred = 0
@@ -158,6 +173,8 @@ class RecordWriter:
                             self.flushing = False
                 if linger:
                     LINGERER.add(self)
+            if self.close_due:  # (the role is given up: the VC ended meanwhile)
+                self._on_idle()
         except (OSError, errors.IPCError) as exc:
             self._release()
             self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
@@ -170,6 +187,8 @@ class RecordWriter:
     def _release(self) -> None:
         with self._lock:
             self.flushing = False
+        if self.close_due:
+            self._on_idle()
 
     def send_nowait(self, record: bytes | bytearray | memoryview) -> int:
         """Send what the socket takes without blocking; return how much that was."""
@@ -227,6 +246,8 @@ class RecordWriter:
                 self.flushing = False
         if data:
             self.send(data)
+        elif self.close_due:
+            self._on_idle()
 
     # --- deferred stream writes ---------------------------------------------------------
     def defer_locked(self, size: int) -> bool:

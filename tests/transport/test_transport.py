@@ -616,21 +616,23 @@ class _OrderedSocket(socket.socket):
 
 class _SocketModuleMaking:
     """The ``socket`` module as one of our modules sees it, except that the sockets it makes
-    are ``_OrderedSocket`` (kept in ``made``), and so are those they accept."""
+    are of class ``kind`` (kept in ``made``), and so are those they accept."""
 
-    def __init__(self) -> None:
-        self.made: list[_OrderedSocket] = []
+    def __init__(self, kind: type[socket.socket] = _OrderedSocket) -> None:
+        self.made: list[Any] = []
+        self._kind = kind
 
     def __getattr__(self, name: str) -> Any:
         return getattr(socket, name)
 
-    def socket(self, *args: Any, **kwargs: Any) -> _OrderedSocket:
+    def socket(self, *args: Any, **kwargs: Any) -> Any:
         made = self.made
+        kind = self._kind
 
-        class Listening(_OrderedSocket):
+        class Listening(kind):  # type: ignore[valid-type,misc]
             def accept(self) -> tuple[socket.socket, Any]:
-                fd, address = self._accept()  # type: ignore[attr-defined]
-                sock = _OrderedSocket(self.family, self.type, self.proto, fileno=fd)
+                fd, address = self._accept()
+                sock = kind(self.family, self.type, self.proto, fileno=fd)
                 made.append(sock)
                 return sock, address
 
@@ -707,6 +709,118 @@ def test_a_shed_handshake_socket_is_shut_before_its_thread_closes_it(
             if sock is not None:
                 sock.close()
         lst.close()
+
+
+class _StoppingSocket(socket.socket):
+    """A real socket whose next ``sendall`` (``stop_send``) or whose next ``recv_into`` by one
+    thread (``stop_recv_in``, a thread ident), once armed, stops before the system call until
+    ``go`` is set: a thread stopped by the scheduler between reading the descriptor and the
+    call, made certain. It records a ``close`` made while a call is stopped (``closed_under``):
+    the descriptor could then go to another socket before the call is made."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_send = False
+        self.stop_recv_in = 0
+        self.stopped = threading.Event()
+        self.go = threading.Event()
+        self.closed = threading.Event()
+        self.closed_under = False
+        self._in_call = False
+
+    def _stop(self) -> None:
+        self._in_call = True
+        self.stopped.set()
+        self.go.wait(10)
+        self._in_call = False
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        if self.stop_send:
+            self.stop_send = False
+            self._stop()
+        super().sendall(data, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if self.stop_recv_in == threading.get_ident():
+            self.stop_recv_in = 0
+            self._stop()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def close(self) -> None:
+        if self._in_call:
+            self.closed_under = True
+        self.closed.set()
+        super().close()
+
+
+def _dial_stopping(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Connection, _StoppingSocket]:
+    from ipcclient.transport import dial as dialmod
+
+    fake = _SocketModuleMaking(_StoppingSocket)
+    monkeypatch.setattr(dialmod, "socket", fake)
+    conn = _dial(listener)
+    monkeypatch.undo()
+    (sock,) = fake.made
+    return conn, sock
+
+
+def test_a_vc_that_ends_while_a_flusher_sends_leaves_the_close_to_it(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader thread ends the VC (here after a local close) while another thread is inside
+    # a send: the socket stays open until that send returns, and is closed then.
+    conn, sock = _dial_stopping(server(), monkeypatch)
+    assert _roundtrip(conn, b"a") == b"A"
+    flow = conn.connect()
+    sock.stop_send = True
+    failed: list[BaseException] = []
+    writer = threading.Thread(target=_capture, args=(lambda: flow.write(b"x" * 100), failed))
+    writer.start()
+    try:
+        assert sock.stopped.wait(5)
+        conn.close()  # (waits for the reader thread, which ends the VC)
+        assert conn.closed and not conn._reader.is_alive()
+        assert not sock.closed.is_set(), "closed while a send was under way"
+    finally:
+        sock.go.set()
+        writer.join(10)
+    assert sock.closed.wait(5), "the flusher did not close the socket"
+    assert not sock.closed_under
+    assert sock.fileno() == -1
+
+
+def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a dialed VC a lone caller reads the socket itself. The VC ends (a local close from
+    # another thread) while that caller is inside its receive: the socket stays open until
+    # the receive returns, and the caller closes it.
+    conn, sock = _dial_stopping(server(), monkeypatch)
+    assert _roundtrip(conn, b"a") == b"A"
+    got: list[bytes] = []
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        sock.stop_recv_in = threading.get_ident()
+        got.append(_roundtrip(conn, b"b"))
+
+    caller = threading.Thread(target=_capture, args=(call, failed))
+    caller.start()
+    try:
+        assert sock.stopped.wait(5)
+        conn.close()
+        assert conn.closed and not conn._reader.is_alive()
+        assert not sock.closed.is_set(), "closed while a receive was under way"
+    finally:
+        sock.go.set()
+        caller.join(10)
+    assert not got
+    assert len(failed) == 1 and isinstance(failed[0], errors.ConnectionFailedError), failed
+    assert sock.closed.wait(5), "the caller did not close the socket"
+    assert not sock.closed_under
+    assert sock.fileno() == -1
 
 
 class _Relay:
