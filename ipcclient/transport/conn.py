@@ -27,7 +27,8 @@ between another thread's reading of the descriptor and its ``shutdown()`` call, 
 hits a closed descriptor (the wake-up is lost) or one already reused for another socket.
 Neither call blocks. For the same reason the socket is never closed while the flusher or a
 caller reading for itself is inside a call on it: the close is then left due
-(``RecordWriter.close_due``) and made by whichever gives its role up last.
+(``RecordWriter.close_due``) and made by whichever gives its role up last; once it is due,
+no thread becomes the flusher.
 
 On an accepted VC the owner's ``on_flow`` may return a job (a call whose request is all
 here; one per batch) that the reader thread runs itself after dispatching the current batch
@@ -357,8 +358,8 @@ class Connection(Reader):
         self._close_now()
 
     def _close_now(self) -> None:
-        """Shut the socket (if nobody did) and close it, once; never while another thread is
-        in :meth:`_shut_socket`. Then close the wake pipe."""
+        """Close the wake pipe, then shut the socket (if nobody did) and close it, once;
+        never while another thread is in :meth:`_shut_socket`."""
         self._close_pipe()
         with self._sock_lock:
             if self._sock_closed:

@@ -18,15 +18,17 @@ record order holds). Only a writer blocks in ``sendall``, bounded by the send ti
 
 The flusher may be inside a socket call when the VC ends. Closing the socket then could hand
 its descriptor to another socket before the flusher's system call is made, so the VC only
-marks the close as due (:attr:`RecordWriter.close_due`) and the flusher, giving its role up,
-closes the socket itself (``on_idle``).
+marks the close as due (:attr:`RecordWriter.close_due`); the flusher, giving its role up,
+asks the VC to close it then (``on_idle``: it does unless a caller still reads it), and no
+thread becomes the flusher after the mark.
 
 Known trade-offs: the flusher sends what other threads queued while it was sending, so under
 sustained load a writer may stay in ``sendall`` past its own deadline (never past the send
 timeout, after which the VC is declared broken); a KeyboardInterrupt that lands between
 taking the flusher role and the first send leaves the role taken, so later writes on that VC
 wait for their deadlines (the VC is then redialed), and its socket is closed only when the
-VC object is collected.
+VC object is collected. So is the socket of a VC that ended while a KeyboardInterrupt hit
+the main thread between giving up the flusher role or the read role and closing the socket.
 """
 
 from __future__ import annotations
@@ -121,8 +123,9 @@ class RecordWriter:
     def take_output_locked(self) -> Parts:
         """With the lock held: become the flusher and take what the mux has queued, or
         return [] (nothing queued, or another thread is flushing and will send it). A
-        non-empty result must be passed to :meth:`send` once the lock is released."""
-        if self.flushing or not self._mux._out:
+        non-empty result must be passed to :meth:`send` once the lock is released. Once the
+        close is due nobody becomes the flusher: the socket may be closed at any moment."""
+        if self.flushing or self.close_due or not self._mux._out:
             return []
         self.flushing = True
         self.deferred = 0

@@ -786,6 +786,8 @@ def test_a_vc_that_ends_while_a_flusher_sends_leaves_the_close_to_it(
     finally:
         sock.go.set()
         writer.join(10)
+    # (its send fails on the shut socket; the write either returned first or says the VC died)
+    assert all(isinstance(exc, errors.ConnectionFailedError) for exc in failed), failed
     assert sock.closed.wait(5), "the flusher did not close the socket"
     assert not sock.closed_under
     assert sock.fileno() == -1
@@ -797,18 +799,29 @@ def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
     # On a dialed VC a lone caller reads the socket itself. The VC ends (a local close from
     # another thread) while that caller is inside its receive: the socket stays open until
     # the receive returns, and the caller closes it.
+    from ipcclient.transport.readrole import CALLER
+
     conn, sock = _dial_stopping(server(), monkeypatch)
     assert _roundtrip(conn, b"a") == b"A"
+    flow = conn.connect()
+    flow.write(b"b")  # (the server answers once the request ends)
     got: list[bytes] = []
     failed: list[BaseException] = []
 
     def call() -> None:
         sock.stop_recv_in = threading.get_ident()
-        got.append(_roundtrip(conn, b"b"))
+        got.append(_read_all(flow))
 
     caller = threading.Thread(target=_capture, args=(call, failed))
     caller.start()
     try:
+        # The caller reads for itself (it holds the read role) before the reply can come,
+        # so the reader thread cannot be the one that receives it.
+        deadline = time.monotonic() + 5
+        while conn._role is not CALLER and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert conn._role is CALLER
+        flow.close_send()
         assert sock.stopped.wait(5)
         conn.close()
         assert conn.closed and not conn._reader.is_alive()
@@ -821,6 +834,28 @@ def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
     assert sock.closed.wait(5), "the caller did not close the socket"
     assert not sock.closed_under
     assert sock.fileno() == -1
+
+
+def test_nobody_becomes_the_flusher_once_the_vc_wants_its_socket_closed(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The VC ends as on EOF (its mux still open), so a flow closed afterwards queues a reset.
+    # Its socket may be closed at any moment from then on: no thread may start a send on it.
+    conn, sock = _dial_stopping(server(), monkeypatch)
+    assert _roundtrip(conn, b"a") == b"A"
+    flow = conn.connect()
+    flow.write(b"x")
+    conn._break(errors.ConnectionFailedError("test: the peer closed the connection"))
+    assert sock.closed.wait(5)  # (the reader thread ends and closes it)
+    sock.stop_send = True
+    closer = threading.Thread(target=flow.close)
+    closer.start()
+    try:
+        assert not sock.stopped.wait(0.3), "a send started after the VC ended"
+    finally:
+        sock.go.set()
+        closer.join(10)
+    assert not closer.is_alive()
 
 
 class _Relay:
