@@ -766,6 +766,30 @@ def _dial_stopping(
     return conn, sock
 
 
+def _end_the_vc_under_a_stopped_call(
+    conn: Connection,
+    sock: _StoppingSocket,
+    thread: threading.Thread,
+    started: Callable[[], None] = lambda: None,
+) -> None:
+    """Start ``thread``, whose socket call ``sock`` is armed to stop (``started`` runs once
+    it runs); once the call is stopped, close the VC and check that the socket outlives its
+    reader thread; then let the call go on and check that the socket is closed after it."""
+    thread.start()
+    try:
+        started()
+        assert sock.stopped.wait(5)
+        conn.close()  # (waits for the reader thread, which ends the VC)
+        assert conn.closed and not conn._reader.is_alive()
+        assert not sock.closed.is_set(), "closed while a call on it was under way"
+    finally:
+        sock.go.set()
+        thread.join(10)
+    assert sock.closed.wait(5), "the thread in the call did not close the socket"
+    assert not sock.closed_under
+    assert sock.fileno() == -1
+
+
 def test_a_vc_that_ends_while_a_flusher_sends_leaves_the_close_to_it(
     server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -777,20 +801,9 @@ def test_a_vc_that_ends_while_a_flusher_sends_leaves_the_close_to_it(
     sock.stop_send = True
     failed: list[BaseException] = []
     writer = threading.Thread(target=_capture, args=(lambda: flow.write(b"x" * 100), failed))
-    writer.start()
-    try:
-        assert sock.stopped.wait(5)
-        conn.close()  # (waits for the reader thread, which ends the VC)
-        assert conn.closed and not conn._reader.is_alive()
-        assert not sock.closed.is_set(), "closed while a send was under way"
-    finally:
-        sock.go.set()
-        writer.join(10)
+    _end_the_vc_under_a_stopped_call(conn, sock, writer)
     # (its send fails on the shut socket; the write either returned first or says the VC died)
     assert all(isinstance(exc, errors.ConnectionFailedError) for exc in failed), failed
-    assert sock.closed.wait(5), "the flusher did not close the socket"
-    assert not sock.closed_under
-    assert sock.fileno() == -1
 
 
 def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
@@ -812,9 +825,7 @@ def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
         sock.stop_recv_in = threading.get_ident()
         got.append(_read_all(flow))
 
-    caller = threading.Thread(target=_capture, args=(call, failed))
-    caller.start()
-    try:
+    def reading() -> None:
         # The caller reads for itself (it holds the read role) before the reply can come,
         # so the reader thread cannot be the one that receives it.
         deadline = time.monotonic() + 5
@@ -822,18 +833,11 @@ def test_a_vc_that_ends_while_a_caller_reads_leaves_the_close_to_it(
             time.sleep(0.002)
         assert conn._role is CALLER
         flow.close_send()
-        assert sock.stopped.wait(5)
-        conn.close()
-        assert conn.closed and not conn._reader.is_alive()
-        assert not sock.closed.is_set(), "closed while a receive was under way"
-    finally:
-        sock.go.set()
-        caller.join(10)
+
+    caller = threading.Thread(target=_capture, args=(call, failed))
+    _end_the_vc_under_a_stopped_call(conn, sock, caller, reading)
     assert not got
     assert len(failed) == 1 and isinstance(failed[0], errors.ConnectionFailedError), failed
-    assert sock.closed.wait(5), "the caller did not close the socket"
-    assert not sock.closed_under
-    assert sock.fileno() == -1
 
 
 def test_nobody_becomes_the_flusher_once_the_vc_wants_its_socket_closed(
