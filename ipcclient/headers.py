@@ -38,6 +38,7 @@ __all__ = [
     "TraceContext",
     "request_from_wire",
     "response_from_wire",
+    "usual_request_within",
 ]
 
 MAX_ARGS = 1024
@@ -222,9 +223,18 @@ def encode_request_message(
         start = _request_start(suffix, method, nargs, timed)
         if start is None:
             return None
-    if not 0 <= flags < 24 or len(trace_id) != _ID_SIZE or len(span_id) != _ID_SIZE:
+    if (
+        type(flags) is not int  # (True would be written as 1, and 1.0 has no place here)
+        or not 0 <= flags < 24
+        or type(trace_id) is not bytes
+        or type(span_id) is not bytes
+        or len(trace_id) != _ID_SIZE
+        or len(span_id) != _ID_SIZE
+    ):
         return None
     if deadline is not None:
+        if type(deadline) is not float:
+            return None
         start += _K_DEADLINE + codec.encode_float(deadline)
     body = start + _TRACE_T_ID + trace_id + _TRACE_S_ID + span_id + _TRACE_FLAGS[flags]
     return _LENGTH.pack(len(body)) + body
@@ -288,6 +298,22 @@ bounded (at most 23 bytes each) and so is its input (``_OWN_LAYOUT_MAX``): the m
 constant time whatever a peer sends."""
 _OWN_LAYOUT_MAX = 160
 """No header in that layout is longer (the longest is 137 bytes)."""
+_OWN_LAYOUT_ITEMS = 17
+"""Data items in the largest header of that layout: the map, its five keys and values, and
+the trace map's three keys and values."""
+_OWN_LAYOUT_DEPTH = 2
+"""Container nesting of that layout (the trace map inside the header map)."""
+
+
+def usual_request_within(limits: codec.Limits) -> bool:
+    """Whether every header :func:`decode_usual_request` accepts is within ``limits``: only
+    then may a reader bound by ``limits`` take it (else it decodes under them, which refuses
+    what is over)."""
+    return (
+        limits.max_message_size >= _OWN_LAYOUT_MAX
+        and limits.max_items >= _OWN_LAYOUT_ITEMS
+        and limits.max_depth >= _OWN_LAYOUT_DEPTH
+    )
 
 
 def decode_usual_request(data: bytes) -> Request | None:

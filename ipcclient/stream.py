@@ -91,6 +91,10 @@ class MessageStream:
         """
         pending = self._pending
         while not pending:
+            reader = self._reader_
+            if reader is not None and reader.rest:  # (what followed a header: see feed)
+                pending.extend(reader.feed(reader.take_rest()))
+                continue
             if self._eof:
                 raise errors.EndOfStreamError("stream: the peer closed its side of the flow")
             chunk = self._flow.read(deadline)

@@ -2,7 +2,8 @@
 
 Owns: :class:`WorkerPool` (threads that grow on demand to a bound, never blocking a
 submitter), :class:`VCState` (the calls, headerless flows and bytes of args of one accepted
-VC) and :class:`ArgsCharge` (the bytes of args one call holds against its VC's budget).
+VC), :class:`ArgsCharge` and :func:`hold_args` (the bytes of args one call holds against its
+VC's budget).
 Must not: read or write a flow, or decide what to refuse (the flow-serving code does, from
 these counts).
 """
@@ -17,7 +18,15 @@ from collections.abc import Callable
 
 from ipcclient import errors
 
-__all__ = ["IDLE_WORKER_EXIT", "VC_STATE", "ArgsCharge", "VCState", "WorkerPool"]
+__all__ = [
+    "IDLE_WORKER_EXIT",
+    "VC_STATE",
+    "ArgsCharge",
+    "VCState",
+    "WorkerPool",
+    "hold_args",
+    "over_args",
+]
 
 log = logging.getLogger("ipcclient.server")
 
@@ -42,6 +51,23 @@ class VCState:
         self.args_held = 0
 
 
+def hold_args(lock: threading.Lock, vc: VCState, limit: int, nbytes: int) -> bool:
+    """Charge ``nbytes`` of args to ``vc`` under ``lock`` (the server's slot lock); False,
+    charging nothing, when its calls would then hold more than ``limit`` bytes."""
+    with lock:
+        if vc.args_held + nbytes > limit:
+            return False
+        vc.args_held += nbytes
+        return True
+
+
+def over_args(limit: int) -> errors.OverloadedError:
+    """The answer to a call whose args would take its VC over ``limit`` bytes."""
+    return errors.OverloadedError(
+        f"server: the calls of this VC hold more than {limit} bytes of args"
+    )
+
+
 class ArgsCharge:
     """The bytes of args one call holds, charged to its VC's budget as each arg's length
     arrives (a :class:`~ipcclient.wire.messages.Budget`); given back when the call ends."""
@@ -55,19 +81,9 @@ class ArgsCharge:
         self.taken = 0
 
     def take(self, nbytes: int) -> None:
-        limit = self._limit
-        with self._lock:
-            vc = self._vc
-            if vc.args_held + nbytes > limit:
-                over = True
-            else:
-                over = False
-                vc.args_held += nbytes
-                self.taken += nbytes
-        if over:
-            raise errors.OverloadedError(
-                f"server: the calls of this VC hold more than {limit} bytes of args"
-            )
+        if not hold_args(self._lock, self._vc, self._limit, nbytes):
+            raise over_args(self._limit)
+        self.taken += nbytes
 
     def release(self) -> None:
         with self._lock:

@@ -27,7 +27,14 @@ from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer, CallSecurity
 from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.callsecurity import authorize_call
-from ipcclient.server.capacity import VC_STATE, ArgsCharge, VCState, WorkerPool
+from ipcclient.server.capacity import (
+    VC_STATE,
+    ArgsCharge,
+    VCState,
+    WorkerPool,
+    hold_args,
+    over_args,
+)
 from ipcclient.server.dispatcher import (
     SIGNATURE_METHOD,
     Dispatcher,
@@ -61,9 +68,15 @@ out: the answer then says why the call ended (see ``ServerCall.ended_error``).""
 
 _PLAIN_REQUEST_KEYS = frozenset({"suffix", "method", "nargs", "deadline", "trace"})
 """The keys of a request header the inline fast path takes (no grant, no discharges)."""
-_END_OF_ARGS = Request(end_stream_args=True).to_wire()
-_END_OF_ARGS_BODY = encode(_END_OF_ARGS)
+_END_OF_ARGS_BODY = encode(Request(end_stream_args=True).to_wire())
 """How this package's clients encode the end of args (compared before decoding one)."""
+
+
+def _is_end_of_args(value: object) -> bool:
+    """Whether a decoded message is exactly the end of args, ``{"end_stream_args": true}``
+    (``true`` itself: a 1 or 1.0, equal to True in Python, is not; the general way refuses
+    those)."""
+    return type(value) is dict and len(value) == 1 and value.get("end_stream_args") is True
 
 
 class FlowServing:
@@ -75,6 +88,7 @@ class FlowServing:
     _names: tuple[str, ...]
     _dispatcher: Dispatcher | None
     _methods: dict[tuple[str, str], Found]
+    _usual_requests: bool
     _slots_lock: threading.Lock
     _in_use: int
     _capacity: int
@@ -134,6 +148,7 @@ class FlowServing:
         caller is authorized before any arg is decoded (the general way: before any arg is
         read)."""
         charge: ArgsCharge | None = None  # (the general way's: args held while read)
+        held = 0  # (the whole way's: bytes of args charged to the VC until the call ends)
         try:
             parsed = self._parse_whole_request(flow)
             if parsed is None:
@@ -144,6 +159,13 @@ class FlowServing:
                 return
             request, bodies = parsed
             flow.discard_received()
+            if bodies:  # (held at once, as the general way charges each arg as it comes)
+                size = sum(map(len, bodies))
+                limit = self.options.max_args_bytes_per_vc
+                if not hold_args(self._slots_lock, vc, limit, size):
+                    flow.cancel(over_args(limit))  # (reset, as the general way's _read_args)
+                    return
+                held = size
             self._run_parsed(flow, None, request, bodies)
         except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
@@ -151,7 +173,7 @@ class FlowServing:
             flow.close()
             if charge is not None:
                 charge.release()
-            self._release_slot(vc)
+            self._release_slot(vc, held)
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
         """The request and the args' bodies (not decoded) of a flow whose peer is done and
@@ -164,7 +186,7 @@ class FlowServing:
             bodies = split_bodies(data)
             if not bodies:
                 return None
-            request = decode_usual_request(bodies[0])
+            request = decode_usual_request(bodies[0]) if self._usual_requests else None
             if request is None:
                 header = decode(bodies[0], self.options.header_limits)
                 if type(header) is not dict or not header.keys() <= _PLAIN_REQUEST_KEYS:
@@ -173,16 +195,18 @@ class FlowServing:
             if len(bodies) != request.nargs + 2:
                 return None
             last = bodies[-1]
-            if last != _END_OF_ARGS_BODY and decode(last) != _END_OF_ARGS:
+            if last != _END_OF_ARGS_BODY and not _is_end_of_args(decode(last)):
                 return None
             return request, bodies[1:-1]
         except errors.BadProtocolError:
             return None
 
-    def _release_slot(self, vc: VCState) -> None:
+    def _release_slot(self, vc: VCState, held: int = 0) -> None:
+        """Give back a call's slot and the ``held`` bytes of args charged for it."""
         with self._slots_lock:
             self._in_use -= 1
             vc.calls -= 1
+            vc.args_held -= held
 
     def _run_call(
         self,

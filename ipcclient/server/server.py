@@ -30,6 +30,7 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.context import Context
+from ipcclient.headers import usual_request_within
 from ipcclient.security.blessings import Blessings
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer
@@ -89,6 +90,9 @@ class Server(FlowServing):
         self._listeners: list[Listener] = []
         self._dispatcher: Dispatcher | None = None
         self._methods: dict[tuple[str, str], Found] = {}
+        # (Read by the hand-written header reader only when the header limits admit all it
+        # reads: a tighter limit is a choice the server's owner made.)
+        self._usual_requests = usual_request_within(self.options.header_limits)
         self._lock = threading.Lock()
         # Calls running or queued, against their bound (a counter under a plain lock: cheaper
         # than a semaphore, which is a Python-level Condition).

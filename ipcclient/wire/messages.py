@@ -177,6 +177,11 @@ class MessageReader:
     Whole messages inside one chunk are decoded from the chunk; a message that spans chunks
     is kept as the list of its body's pieces and joined once, when complete (one copy,
     whatever its size and however many chunks it took).
+
+    A message read under first limits (:meth:`set_first_limits`, a request header) ends its
+    feed: the rest of that chunk is kept undecoded (:attr:`rest`) for the next feed, so
+    nothing after a header is decoded before its reader has decided on the header (the
+    server authorizes a caller before it decodes any arg).
     """
 
     __slots__ = (
@@ -189,6 +194,7 @@ class MessageReader:
         "_need",
         "_parts",
         "_shared",
+        "rest",
     )
 
     def __init__(self, limits: codec.Limits = codec.DEFAULT_LIMITS) -> None:
@@ -201,6 +207,9 @@ class MessageReader:
         self._budget: int | None = None  # message bytes still allowed, when set
         self._free = 0  # messages not charged to the budget
         self._shared: Budget | None = None  # also charged, when set
+        self.rest = b""
+        """Bytes after a message read under first limits, to feed next (whole messages
+        and the start of one, not yet read: see the class docstring)."""
 
     def set_budget(
         self, nbytes: int | None, *, free: int = 0, shared: Budget | None = None
@@ -222,11 +231,18 @@ class MessageReader:
 
     @property
     def buffered(self) -> int:
-        """Bytes held for a message not yet complete."""
+        """Bytes held for a message not yet complete (:attr:`rest` apart)."""
         return len(self._head) + self._have + (4 if self._need >= 0 else 0)
 
+    def take_rest(self) -> bytes:
+        """:attr:`rest`, which is then empty: the chunk to feed next."""
+        rest = self.rest
+        self.rest = b""
+        return rest
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """Decoded values of every message completed by ``data``.
+        """Decoded values of every message completed by ``data`` (up to and including one
+        read under first limits: what follows it is kept in :attr:`rest`; feed that first).
 
         Raises:
             BadProtocolError: a length above the limit (raised as soon as the 4 length bytes
@@ -252,12 +268,17 @@ class MessageReader:
                 self._have = 0
                 self._need = -1
                 head = _bulk_head_size(parts[0], need)
-                if head and self._first is None:  # one byte string: its bytes are the value
+                first = self._first
+                if head and first is None:  # one byte string: its bytes are the value
                     parts[0] = parts[0][head:]
                     out.append(b"".join(parts))
                 else:
-                    out.append(codec.decode(b"".join(parts), self._first or limits))
                     self._first = None
+                    out.append(codec.decode(b"".join(parts), first or limits))
+                    if first is not None:
+                        if missing < end:
+                            self.rest = data[missing:]
+                        return out
                 need = -1
                 pos = missing
             elif self._head:
@@ -289,8 +310,10 @@ class MessageReader:
                 if first is not None:
                     self._first = None
                     out.append(codec.decode(data[pos:stop], first))
-                else:
-                    out.append(codec.decode(data[pos:stop], limits))
+                    if stop < end:
+                        self.rest = data[stop:]
+                    break
+                out.append(codec.decode(data[pos:stop], limits))
                 pos = stop
                 need = -1
         except errors.BadProtocolError:
@@ -298,6 +321,7 @@ class MessageReader:
             self._need = -1
             self._parts = []
             self._have = 0
+            self.rest = b""
             raise
         return out
 

@@ -12,7 +12,9 @@ import pytest
 
 from ipcclient import errors
 from ipcclient.client import Client
+from ipcclient.codec import Limits
 from ipcclient.context import Context
+from ipcclient.headers import encode_request_message
 from ipcclient.options import ClientOptions
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
@@ -198,6 +200,13 @@ _CRAFTED: list[tuple[str, bytes]] = [
         + b"\x00\x00\x00\x13\xa1\x78\x0fend_stream_args\xf5",
     ),
     ("nothing at all", b""),
+    # (1 and 1.0 equal True in Python; the protocol's end of args is the CBOR true itself)
+    ("the end of args as 1", encode_messages({"method": "Drain"}, {"end_stream_args": 1})),
+    ("the end of args as 1.0", encode_messages({"method": "Drain"}, {"end_stream_args": 1.0})),
+    (
+        "the end of args with another key",
+        encode_messages({"method": "Drain"}, {"end_stream_args": True, "x": 1}),
+    ),
 ]
 
 
@@ -208,12 +217,45 @@ def _exchange(client: Client, payload: bytes) -> list[Any]:
     flow = conn.connect()
     flow.write(payload, end=True)
     reply = b""
-    while chunk := flow.read(time.monotonic() + 10):
-        reply += chunk
-    flow.close()
+    try:
+        while chunk := flow.read(time.monotonic() + 10):
+            reply += chunk
+    except errors.IPCError as exc:  # the server reset the flow
+        return ["reset", exc.id]
+    finally:
+        flow.close()
     values = split_messages(reply)
     assert values is not None
     return values
+
+
+def _both_ways(
+    make_server: MakeServer,
+    make_client: MakeClient,
+    payloads: list[bytes],
+    authorizer: Any = None,
+    options: ServerOptions | None = None,
+    ways: tuple[bool, ...] = (True, False),
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The answers to ``payloads`` (whole requests) of a server taking the short way, then
+    of one taking the general way for every request; only the ways in ``ways`` are asked
+    (the other's answers are then empty)."""
+    answers: dict[bool, list[list[Any]]] = {True: [], False: []}
+    for short in ways:
+        server, name = make_server(Service(), authorizer or AllowEveryone(), options=options)
+        if not short:  # every request the general way, message by message
+            server._parse_whole_request = lambda flow: None  # type: ignore[method-assign]
+        client = make_client()
+        with contextlib.suppress(errors.IPCError):  # (an authorizer may refuse it)
+            client.call(ctx(), name, "Echo", 0)  # the VC
+        answers[short] = [_exchange(client, payload) for payload in payloads]
+    return answers[True], answers[False]
+
+
+def _error_id(answer: list[Any]) -> str:
+    (header,) = answer
+    assert isinstance(header.get("error"), errors.IPCError), answer
+    return str(header["error"].id)
 
 
 # (Turns the short way off by replacing a method on the server, which a compiled class forbids.)
@@ -221,20 +263,80 @@ def _exchange(client: Client, payload: bytes) -> list[Any]:
 def test_the_short_way_answers_like_the_general_way(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    answers: dict[bool, list[list[Any]]] = {}
-    for short in (True, False):
-        server, name = make_server(Service(), AllowEveryone())
-        if not short:  # every request the general way, message by message
-            server._parse_whole_request = lambda flow: None  # type: ignore[method-assign]
-        client = make_client()
-        assert client.call(ctx(), name, "Echo", 0) == (0,)  # the VC
-        answers[short] = [_exchange(client, payload) for _label, payload in _CRAFTED]
-    for (label, _payload), short, general in zip(
-        _CRAFTED, answers[True], answers[False], strict=True
-    ):
+    shorts, generals = _both_ways(make_server, make_client, [p for _, p in _CRAFTED])
+    for (label, _payload), short, general in zip(_CRAFTED, shorts, generals, strict=True):
         assert short == general, label
-    assert answers[True][0] == [{"end": True, "nresults": 1}, b"hi"]
-    assert answers[True][2] == [{"end": True, "nresults": 1}, []]  # Drain saw no stream item
+    assert shorts[0] == [{"end": True, "nresults": 1}, b"hi"]
+    assert shorts[2] == [{"end": True, "nresults": 1}, []]  # Drain saw no stream item
+    end_as_one = [label for label, _ in _CRAFTED].index("the end of args as 1")
+    assert _error_id(shorts[end_as_one]) == "ipc.BadProtocol"
+
+
+class _Deny:
+    def authorize(self, call: Any) -> None:
+        raise errors.NoAccessError("server: denied by the test")
+
+
+@pytest.mark.interpreted
+def test_an_unauthorized_caller_gets_no_access_before_any_arg_is_decoded_either_way(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The caller is authorized before any arg is decoded, on both ways: an arg that is not
+    CBOR, in the same chunk as the header, is never looked at for a caller who may not call
+    (the general way once decoded every message of the header's chunk at once)."""
+    bad_arg = b"\x00\x00\x00\x01\xff"
+    payloads = [
+        encode_messages({"method": "Echo", "nargs": 1}) + bad_arg + encode_messages(_END),
+        encode_messages({"method": "Echo", "nargs": 1, "language": "en"})
+        + bad_arg
+        + encode_messages(_END),
+        encode_messages({"method": "Nope", "nargs": 1}) + bad_arg + encode_messages(_END),
+    ]
+    shorts, generals = _both_ways(make_server, make_client, payloads, authorizer=_Deny())
+    assert shorts == generals
+    # (The method is found before the caller is authorized for it.)
+    assert [_error_id(a) for a in shorts] == ["ipc.NoAccess", "ipc.NoAccess", "ipc.UnknownMethod"]
+
+
+@pytest.mark.parametrize("ways", [(True,), pytest.param((False,), marks=pytest.mark.interpreted)])
+def test_the_short_way_keeps_the_servers_header_limits(
+    make_server: MakeServer, make_client: MakeClient, ways: tuple[bool, ...]
+) -> None:
+    """A server whose header limits are tighter than the usual header refuses it on both
+    ways (the hand-written header reader once read it whatever the limits said)."""
+    header = encode_request_message("", "Echo", 1, 5.0, b"t" * 16, b"s" * 16, 0)
+    assert header is not None and len(header) - 4 > 64
+    payload = header + encode_messages(b"hi", _END)
+    for limits in (Limits(max_message_size=64), Limits(max_items=8), Limits(max_depth=1)):
+        options = ServerOptions(header_limits=limits)
+        shorts, generals = _both_ways(
+            make_server, make_client, [payload], options=options, ways=ways
+        )
+        for answers in (shorts, generals):
+            assert [_error_id(a) for a in answers] in ([], ["ipc.BadProtocol"]), limits
+        assert shorts or generals
+    # Limits that admit every usual header leave the short way on (and answer the call).
+    options = ServerOptions(header_limits=Limits(max_message_size=160, max_items=17, max_depth=2))
+    shorts, generals = _both_ways(make_server, make_client, [payload], options=options, ways=ways)
+    assert (shorts or generals) == [[{"end": True, "nresults": 1}, b"hi"]]
+
+
+@pytest.mark.parametrize("ways", [(True,), pytest.param((False,), marks=pytest.mark.interpreted)])
+def test_the_short_way_charges_the_vcs_args_budget(
+    make_server: MakeServer, make_client: MakeClient, ways: tuple[bool, ...]
+) -> None:
+    """``max_args_bytes_per_vc`` holds for whole requests too: a call whose arg is over it
+    has its flow reset with OverloadedError on both ways, one within it is answered."""
+    options = ServerOptions(max_args_bytes_per_vc=1024)
+    payloads = [
+        encode_messages({"method": "Echo", "nargs": 1}, b"x" * 3000, _END),
+        encode_messages({"method": "Echo", "nargs": 1}, b"y" * 500, _END),
+    ]
+    shorts, generals = _both_ways(make_server, make_client, payloads, options=options, ways=ways)
+    assert (shorts or generals) == [
+        ["reset", "ipc.Overloaded"],
+        [{"end": True, "nresults": 1}, b"y" * 500],
+    ]
 
 
 def test_received_all_peeks_and_discard_consumes(

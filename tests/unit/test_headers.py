@@ -121,6 +121,44 @@ def test_hand_built_request_header_declines_names_that_are_not_ascii() -> None:
     assert encode_request_message("", "M", 0, None, ids, ids + b"x", 0) is None
 
 
+def test_hand_built_request_header_declines_values_of_another_type() -> None:
+    """Only what a client itself makes is written by hand: True is not the flags 1 (cbor2
+    writes it as true), and a float flags, text ids or an int deadline never get there."""
+    ids = bytes(16)
+    assert encode_request_message("", "M", 0, None, ids, ids, True) is None
+    assert encode_request_message("", "M", 0, None, ids, ids, 1.0) is None  # type: ignore[arg-type]
+    assert encode_request_message("", "M", 0, None, "x" * 16, ids, 0) is None  # type: ignore[arg-type]
+    assert encode_request_message("", "M", 0, None, ids, bytearray(16), 0) is None  # type: ignore[arg-type]
+    assert encode_request_message("", "M", 0, 5, ids, ids, 0) is None
+    assert encode_request_message("", "M", 0, 5.0, ids, ids, 1) is not None
+
+
+def test_the_largest_usual_header_is_within_the_limits_said_to_admit_it() -> None:
+    """``usual_request_within`` says True only for limits under which every header the
+    hand-written reader takes decodes (a server with tighter header limits decodes under
+    them instead)."""
+    largest = encode_request_message("s" * 23, "m" * 23, 255, 5.0, b"t" * 16, b"s" * 16, 23)
+    assert largest is not None
+    body = largest[4:]
+    enough = codec.Limits(max_message_size=160, max_items=17, max_depth=2)
+    assert headers.usual_request_within(enough)
+    assert headers.usual_request_within(codec.DEFAULT_LIMITS)
+    assert request_from_wire(codec.decode(body, enough)) == decode_usual_request(body)
+    for tighter in (
+        codec.Limits(max_message_size=159, max_items=17, max_depth=2),
+        codec.Limits(max_message_size=160, max_items=16, max_depth=2),
+        codec.Limits(max_message_size=160, max_items=17, max_depth=1),
+    ):
+        assert not headers.usual_request_within(tighter)
+    for over in (
+        codec.Limits(max_message_size=len(body) - 1),
+        codec.Limits(max_items=16),
+        codec.Limits(max_depth=1),
+    ):
+        with pytest.raises(errors.BadProtocolError):
+            codec.decode(body, over)
+
+
 def test_hand_built_request_header_kept_starts_give_the_codecs_bytes_and_stay_bounded() -> None:
     ids = bytes(range(16))
     for _ in range(2):  # the second time from the kept starts

@@ -69,6 +69,43 @@ def test_a_budget_bounds_the_total_of_several_messages() -> None:
     assert reader2.feed(encode_messages(b"x" * 1000)) == [b"x" * 1000]
 
 
+@given(cut=st.integers(min_value=0, max_value=200))
+@settings(max_examples=100, deadline=None)
+def test_a_message_under_first_limits_ends_its_feed(cut: int) -> None:
+    """What follows a header read under first limits is kept undecoded until fed again (a
+    server decides on the header, and authorizes its caller, before any arg is decoded),
+    however the bytes were cut into chunks; a bad message after it is found only then."""
+    header = {"method": "Echo", "nargs": 2}
+    data = encode_messages(header, "a") + struct.pack(">I", 1) + b"\xff"
+    cut %= len(data) + 1
+    reader = MessageReader()
+    reader.set_first_limits(codec.Limits(max_message_size=64))
+    after = len(encode_messages(header))
+    got = reader.feed(data[:cut])
+    if got:  # (a stream feeds the rest before the flow's next chunk)
+        assert reader.rest == data[after:cut]
+        chunks = [reader.take_rest(), data[cut:]]
+    else:  # the header is not complete in the first chunk
+        got = reader.feed(data[cut:])
+        assert reader.rest == data[after:]
+        chunks = [reader.take_rest()]
+    assert got == [header]
+    with pytest.raises(errors.BadProtocolError):  # (only now: the header's feed did not)
+        for chunk in chunks:
+            reader.feed(chunk)
+    assert reader.rest == b"" and reader.buffered == 0
+
+
+def test_a_message_spanning_chunks_under_first_limits_ends_its_feed_too() -> None:
+    header = encode_messages({"method": "Echo"})
+    reader = MessageReader()
+    reader.set_first_limits(codec.DEFAULT_LIMITS)
+    assert reader.feed(header[:5]) == []
+    assert reader.feed(header[5:] + encode_messages(1, 2)) == [{"method": "Echo"}]
+    assert reader.feed(reader.take_rest()) == [1, 2]  # (the reader's own limits again)
+    assert reader.rest == b""
+
+
 def test_message_parts_keep_bulk_values_uncopied() -> None:
     from ipcclient.wire.messages import encode_message_parts
 
