@@ -467,8 +467,7 @@ class Connection(Reader):
             return False
         if not self._liveness.suspect(time.monotonic(), self._last_recv):
             return False
-        log.debug("transport: a call timed out on %s with the peer silent: probing", self.name)
-        self._mux.ping(os.urandom(8))
+        self._mux.ping(os.urandom(8))  # (the caller logs it, once it lets the lock go)
         self._wake_poll_locked()
         return True
 
@@ -504,6 +503,7 @@ class Connection(Reader):
         new_flows: list[Flow] = []
         aborted: list[tuple[Callable[[errors.IPCError], None], errors.IPCError]] = []
         closed: errors.IPCError | None = None
+        goaway: muxmod.ConnectionClosed | None = None
         with self._lock:
             events = self._mux.receive_data(plain)
             flows = self._flows
@@ -520,7 +520,9 @@ class Connection(Reader):
                         inbox = flow._inbox
                         if not inbox:
                             flow._came_at = self._read_at
-                        inbox.append(ev.data)
+                            inbox.append(ev.data)
+                        else:
+                            flow.queue_more_locked(ev.data, self._read_at)
                     if ev.end:
                         flow._eof = True
                         if flow._local_closed and not self._mux.is_live(ev.flow_id):
@@ -549,12 +551,7 @@ class Connection(Reader):
                             aborted.append((flow._on_abort, ev.error))
                 elif cls is muxmod.ConnectionClosed:
                     assert isinstance(ev, muxmod.ConnectionClosed)
-                    log.debug(
-                        "transport: VC %s: the peer sent GOAWAY (%s); %d flow(s) it never took",
-                        self.name,
-                        ev.peer_error or "no error",
-                        len(ev.unprocessed),
-                    )
+                    goaway = ev  # (logged once the lock is let go)
                     closed = ev.error
                     for fid in ev.unprocessed:
                         # The peer says it never took these: their calls may be sent again.
@@ -582,5 +579,12 @@ class Connection(Reader):
                     self._inline_runner.job = job  # (the owner asked inline_available() first)
         for fn, err in aborted:
             run_abort(fn, err)
+        if goaway is not None:
+            log.debug(
+                "transport: VC %s: the peer sent GOAWAY (%s); %d flow(s) it never took",
+                self.name,
+                goaway.peer_error or "no error",
+                len(goaway.unprocessed),
+            )
         if closed is not None:
             self._break(closed)

@@ -34,6 +34,12 @@ log = logging.getLogger("ipcclient.transport")
 COALESCE_READS = 64 * 1024
 """A read joins queued chunks up to this many bytes (small items of a fast stream)."""
 
+SMALL_CHUNK = 1024
+"""A chunk this small that arrives behind others joins the one before it, while that one is
+within ``JOINED_CHUNK`` (see :meth:`Flow.queue_more_locked`)."""
+JOINED_CHUNK = 16 * 1024
+"""The largest chunk small ones are joined into."""
+
 CLOSED: errors.IPCError = errors.BadStateError("transport: the flow is closed")
 """A closed flow's ``_error`` (a marker: what is raised is a fresh copy, see
 :func:`_raisable`), so that closing a flow normally builds no exception."""
@@ -98,6 +104,7 @@ class Flow:
         "_host",
         "_inbox",
         "_last_write",
+        "_later",
         "_local_closed",
         "_lock",
         "_mux",
@@ -120,8 +127,10 @@ class Flow:
         self._mux = mux
         self._writer = writer
         self._cond = Signal(lock)
-        self._inbox: collections.deque[bytes] = collections.deque()
+        self._inbox: collections.deque[bytes | bytearray] = collections.deque()
         self._came_at = 0.0  # when the oldest chunk in the inbox was received
+        self._later: collections.deque[float] | None = None  # when each of the others was
+        # (made when a chunk first queues behind another)
         self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
         self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
         self._local_closed = False  # close_send / close / cancel done locally
@@ -213,20 +222,14 @@ class Flow:
                 self._host.wait_for_peer(self, timeout)
             else:
                 # A chunk received after the deadline is late: the deadline has won, and the
-                # chunk is left for a later read. (Judged by the oldest unread chunk.)
+                # chunk is left for a later read. (Each chunk is judged by when it came.)
                 if deadline is None or self._came_at <= deadline:
                     inbox = self._inbox
-                    chunk = inbox.popleft()
-                    if inbox and len(chunk) < COALESCE_READS:
-                        # Many small chunks queued (a fast stream): hand them over together, one
-                        # lock round trip and one ack; big chunks go alone (no extra copy).
-                        parts = [chunk]
-                        size = len(chunk)
-                        while inbox and size + len(inbox[0]) <= COALESCE_READS:
-                            nxt = inbox.popleft()
-                            parts.append(nxt)
-                            size += len(nxt)
-                        chunk = b"".join(parts)
+                    first = inbox.popleft()
+                    if inbox:
+                        chunk = self._take_more_locked(first, deadline)
+                    else:
+                        chunk = first if type(first) is bytes else bytes(first)
                     mux = self._mux
                     mux.acknowledge(self.id, len(chunk))
                     data = writer.take_output_locked() if mux._out else []  # (usually no credit)
@@ -235,11 +238,72 @@ class Flow:
                 probe = self._host.suspect_locked()
         if not chunk_ready:
             if probe:
-                writer.flush(blocking=False)
+                self._probed()
             raise errors.TimeoutError("transport: deadline passed while reading a flow")
         if data:
             writer.send(data)
         return chunk
+
+    def _probed(self) -> None:
+        """Outside the lock: a call on this flow timed out with the peer silent and the VC
+        queued a probe (see ``FlowHost.suspect_locked``): send it, and say so."""
+        log.debug(
+            "transport: a call timed out on %s with the peer silent: probing",
+            self.connection.name,
+        )
+        self._writer.flush(blocking=False)
+
+    def _take_more_locked(self, chunk: bytes | bytearray, deadline: float | None) -> bytes:
+        """``chunk`` was the first of several in the inbox: it, joined with the chunks after
+        it when it is small (a fast stream's items: one lock round trip and one ack for many),
+        up to ``COALESCE_READS`` and never past one received after ``deadline``; big chunks
+        go alone (no extra copy). Keeps ``_came_at`` the new first chunk's."""
+        inbox = self._inbox
+        later = self._later
+        assert later is not None
+        self._came_at = later.popleft()
+        if len(chunk) < COALESCE_READS:
+            parts = [chunk]
+            size = len(chunk)
+            while size + len(inbox[0]) <= COALESCE_READS and (
+                deadline is None or self._came_at <= deadline
+            ):
+                nxt = inbox.popleft()
+                parts.append(nxt)
+                size += len(nxt)
+                if not inbox:
+                    break
+                self._came_at = later.popleft()
+            return b"".join(parts)
+        return chunk if type(chunk) is bytes else bytes(chunk)
+
+    def queue_more_locked(self, data: bytes, at: float) -> None:
+        """With the lock held (the VC's dispatch): queue ``data``, received at ``at``, behind
+        the chunks already in the inbox. A small chunk joins a small one before it: however
+        a peer cuts its bytes into tiny frames, the inbox holds them in a few objects, not
+        one per frame (each costs dozens of bytes beside its data, so a flow's window would
+        otherwise pin many times its size). The joined chunk counts as received when its
+        last part was (a read with a deadline never takes a part that came after it)."""
+        inbox = self._inbox
+        later = self._later
+        if later is None:
+            later = self._later = collections.deque()
+        tail = inbox[-1]
+        if len(data) <= SMALL_CHUNK and len(tail) + len(data) <= JOINED_CHUNK:
+            if type(tail) is bytes:
+                joined = bytearray(tail)
+                inbox[-1] = joined
+            else:
+                assert isinstance(tail, bytearray)
+                joined = tail
+            joined += data
+            if later:
+                later[-1] = at
+            else:  # (the tail is the first chunk)
+                self._came_at = at
+            return
+        inbox.append(data)
+        later.append(at)
 
     def received_all(self) -> bytes | None:
         """Once the peer is done: everything it sent that is not read yet, joined, without
@@ -249,7 +313,7 @@ class Flow:
             if not self._eof or self._error is not None:
                 return None
             inbox = self._inbox
-            if len(inbox) == 1:
+            if len(inbox) == 1 and type(inbox[0]) is bytes:
                 return inbox[0]
             return b"".join(inbox)
 
@@ -262,6 +326,7 @@ class Flow:
             for chunk in inbox:
                 size += len(chunk)
             inbox.clear()
+            self._later = None
             mux = self._mux
             mux.acknowledge(self.id, size)
             data = self._writer.take_output_locked() if mux._out else []  # (no credit after FIN)
@@ -358,6 +423,8 @@ class Flow:
         the flow during the wait (compiled by mypyc, such an assumption is checked at run
         time and fails)."""
         mux = self._mux
+        expired: errors.IPCError | None = None
+        probe = False
         with self._lock:
             while self._error is None and mux.is_live(self.id):
                 try:
@@ -371,10 +438,12 @@ class Flow:
                         "transport: deadline passed while waiting for flow credit"
                     )
                     self._reset_locked(expired)
-                    self._host.suspect_locked()
-                    return expired
+                    probe = self._host.suspect_locked()
+                    break
                 self._host.wait_for_peer(self, timeout)
-        return None
+        if probe:
+            self._probed()
+        return expired
 
     def close_send(self) -> None:
         """Tell the peer nothing more will be written (half-close). Idempotent."""
@@ -398,8 +467,9 @@ class Flow:
             if self._error is not None:
                 return
             self._reset_locked(err)
-            if isinstance(err, errors.TimeoutError):
-                self._host.suspect_locked()
+            probe = isinstance(err, errors.TimeoutError) and self._host.suspect_locked()
+        if probe:
+            self._probed()
         self._writer.flush(blocking=False)  # may run on the timer thread: never wait here
 
     def close(self) -> None:
@@ -427,6 +497,7 @@ class Flow:
             if self._error is None:
                 self._error = CLOSED
             self._inbox.clear()
+            self._later = None
             self._cond.notify_all()
             self._host.wake_reader_locked()
             if self.id in mux._flows and not mux.closed:
@@ -448,6 +519,7 @@ class Flow:
         self._eof = False  # a local reset wins over a FIN that came before it
         self._local_closed = True
         self._inbox.clear()
+        self._later = None
         if not mux.closed:
             mux.reset_flow(self.id, None if isinstance(err, errors.CanceledError) else err)
         self._host.forget_flow_locked(self.id)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ipcclient import errors
+from ipcclient.transport.waits import LONGEST_WAIT
 
 __all__ = ["MIN_KEEPALIVE_INTERVAL", "KeepaliveConfig"]
 
@@ -57,11 +58,11 @@ class KeepaliveConfig:
                 isinstance(value, int | float)
                 and not isinstance(value, bool)
                 and math.isfinite(value)
-                and value >= MIN_KEEPALIVE_INTERVAL
+                and MIN_KEEPALIVE_INTERVAL <= value <= LONGEST_WAIT
             ):
                 raise errors.BadArgError(
-                    f"transport: KeepaliveConfig.{name} must be a finite number of seconds "
-                    f">= {MIN_KEEPALIVE_INTERVAL}, got {value!r}"
+                    f"transport: KeepaliveConfig.{name} must be a number of seconds "
+                    f">= {MIN_KEEPALIVE_INTERVAL} and <= {LONGEST_WAIT:g}, got {value!r}"
                 )
         if self.timeout < self.interval:
             raise errors.BadArgError(

@@ -37,6 +37,7 @@ from ipcclient.transport.dial import (
     split_host_port,
 )
 from ipcclient.transport.ratelog import Throttle
+from ipcclient.transport.waits import LONGEST_WAIT
 from ipcclient.vc.handshake import (
     SUPPORTED_VERSIONS,
     ClientHandshake,
@@ -167,9 +168,14 @@ class TransportOptions:
         if not isinstance(park, int | float) or isinstance(park, bool) or park < 0:
             raise errors.BadArgError(f"transport: park_idle must be seconds >= 0, got {park!r}")
         first = self.first_byte_timeout
-        if not isinstance(first, int | float) or not first > 0:
+        if (
+            not isinstance(first, int | float)
+            or isinstance(first, bool)
+            or not 0 < first <= LONGEST_WAIT  # (NaN fails too)
+        ):
             raise errors.BadArgError(
-                f"transport: first_byte_timeout must be seconds > 0, got {first!r}"
+                f"transport: first_byte_timeout must be seconds > 0 and <= {LONGEST_WAIT:g}, "
+                f"got {first!r}"
             )
 
     @property

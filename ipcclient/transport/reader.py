@@ -52,7 +52,7 @@ from ipcclient.transport.readrole import (
     Read,
     Role,
 )
-from ipcclient.transport.waits import Signal, reacquire
+from ipcclient.transport.waits import LONGEST_WAIT, Signal, reacquire
 from ipcclient.transport.writer import RecordWriter
 from ipcclient.vc.records import RecordOpener
 
@@ -200,8 +200,11 @@ class Reader(abc.ABC):
         busy = len(self._flows) > 1
         if self._role is FREE and not (busy and self._reader_parked):
             self._role = CALLER_TAKES[self._role]
-            self._lock.release()
             try:
+                # (The release is the try's first statement: a KeyboardInterrupt raised as
+                # it returns is inside the try, whose finally takes the lock back and gives
+                # the role up; nothing before it checks for a signal.)
+                self._lock.release()
                 try:
                     self._lead_step(timeout)
                 except BaseException:
@@ -220,8 +223,8 @@ class Reader(abc.ABC):
                 self._pass_role_locked()
                 if self._writer.close_due:
                     # The VC ended while we read, and its closer left the socket to us.
-                    self._lock.release()
                     try:
+                        self._lock.release()  # (first in the try: see above)
                         self._close_socket()
                     finally:
                         late = reacquire(self._lock)
@@ -316,7 +319,7 @@ class Reader(abc.ABC):
             IPCError: the peer broke the protocol.
         """
         try:
-            ready = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
+            ready = self._poll.poll(max(0, int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)))
         except OSError as exc:  # pragma: no cover - poll on open descriptors does not fail
             raise Broken(errors.ConnectionFailedError(f"transport: poll failed: {exc}")) from exc
         readable = False

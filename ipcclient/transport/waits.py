@@ -2,7 +2,7 @@
 KeyboardInterrupt.
 
 Owns: :class:`Signal` (the waiters of one flow, or of one of the VC's threads, woken under the
-VC's lock) and :func:`reacquire`.
+VC's lock), :func:`reacquire` and :data:`LONGEST_WAIT`.
 
 Must not: know about sockets, flows or the mux; hold any lock of its own.
 """
@@ -13,7 +13,12 @@ import contextlib
 from _thread import allocate_lock
 from typing import Any
 
-__all__ = ["Signal", "reacquire"]
+__all__ = ["LONGEST_WAIT", "Signal", "reacquire"]
+
+LONGEST_WAIT = 86_400.0
+"""The longest a thread of a VC waits in one go (a lock, poll()): a day. A longer timeout (a
+deadline years away, or none of any use) is waited out in such slices by the caller's loop,
+which checks its condition after each; the system calls refuse far longer ones."""
 
 
 def reacquire(lock: Any) -> BaseException | None:
@@ -46,12 +51,16 @@ class Signal:
         waiter.acquire()
         self._waiters.append(waiter)
         lock = self._lock
-        lock.release()
         try:
+            # The release is the try's first statement: a KeyboardInterrupt raised as it
+            # returns (a signal is checked after a call, and nothing between the try's
+            # start and the release checks for one) is inside the try, whose finally takes
+            # the lock back.
+            lock.release()
             if timeout is None:
                 waiter.acquire()
             elif timeout > 0:
-                waiter.acquire(True, timeout)
+                waiter.acquire(True, min(timeout, LONGEST_WAIT))
         finally:
             pending = reacquire(lock)
             if self._waiters:

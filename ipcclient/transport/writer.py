@@ -178,7 +178,9 @@ class RecordWriter:
                     LINGERER.add(self)
             if self.close_due:  # (the role is given up: the VC ended meanwhile)
                 self._on_idle()
-        except (OSError, errors.IPCError) as exc:
+        except (OSError, errors.IPCError, RuntimeError) as exc:
+            # (RuntimeError: no thread could be started for the drainer or the lingerer;
+            # what was to be sent is then lost, so the VC is gone as after a failed send.)
             self._release()
             self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
         except BaseException:

@@ -343,6 +343,33 @@ def test_deadline_travels_and_times_out(rig: tuple[Service, str, Client]) -> Non
     assert svc.cancelled.wait(5)  # and the server's work was cancelled
 
 
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_a_deadline_years_away_is_waited_for_like_any_other(
+    rig: tuple[Service, str, Client], timeout: float
+) -> None:
+    """A context whose deadline is centuries away (or infinitely far) works as any other:
+    the waits are made in slices the system calls accept (they once raised a bare
+    OverflowError). Four calls in flight at once, so that callers also wait while the VC's
+    reader thread reads for them, and one alone, which reads its own reply."""
+    _svc, name, client = rig
+    far = Context.background().with_timeout(timeout)
+    outcomes: list[object] = []
+
+    def caller(i: int) -> None:
+        try:
+            outcomes.append(client.call(far, name, "ReplyAt", time.monotonic() + 0.05)[0] + str(i))
+        except BaseException as exc:  # (the test checks what every caller got)
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    caller(4)
+    assert sorted(map(str, outcomes)) == [f"late{i}" for i in range(5)], outcomes
+
+
 def test_call_object_as_context_manager(rig: tuple[Service, str, Client]) -> None:
     svc, name, client = rig
     with client.start_call(ctx(), name, "Sum") as call:

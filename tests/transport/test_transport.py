@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -1109,5 +1111,303 @@ def test_a_request_and_its_reset_in_one_record_reach_the_owner_as_a_reset(
         aborted: list[errors.IPCError] = []
         got.set_abort_callback(aborted.append)  # registered late: runs at once
         assert len(aborted) == 1
+    finally:
+        conn.close()
+
+
+# --- what a read takes, and when each chunk came ----------------------------------------------
+def _inbox_bytes(flow: Flow) -> int:
+    with flow._lock:
+        return sum(len(chunk) for chunk in flow._inbox)
+
+
+def _wait_for_inbox(flow: Flow, nbytes: int) -> None:
+    until = time.monotonic() + 5
+    while _inbox_bytes(flow) < nbytes and time.monotonic() < until:
+        time.sleep(0.002)  # (bounded: the reader thread receives it on its own)
+    assert _inbox_bytes(flow) >= nbytes
+
+
+def _two_writes(first: bytes, second: bytes, go_on: threading.Event) -> Callable[[Flow], None]:
+    """A flow handler that writes ``first``, then ``second`` once ``go_on`` is set."""
+
+    def handle(flow: Flow) -> None:
+        def run() -> None:
+            with contextlib.suppress(errors.IPCError):
+                flow.read(time.monotonic() + 5)
+                flow.write(first)
+                assert go_on.wait(5)
+                flow.write(second, end=True)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    return handle
+
+
+@pytest.mark.parametrize("size", [2000, 20_000])
+def test_each_chunk_is_judged_by_when_it_came(server: Callable[..., Listener], size: int) -> None:
+    """A read with a deadline takes what came before it and never joins to it (or hands out
+    after it) a chunk that came after the deadline, however late the reader looks; that
+    chunk stays for a later read. (Reads once judged every chunk by the oldest one read.)"""
+    go_on = threading.Event()
+    first, second = b"A" * size, b"B" * size
+    lst = server(on_flow=_two_writes(first, second, go_on))
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write(b"go")
+        _wait_for_inbox(flow, size)  # the first came
+        deadline = time.monotonic()
+        go_on.set()
+        _wait_for_inbox(flow, 2 * size)  # the second came, after the deadline
+        assert flow.read(deadline) == first
+        with pytest.raises(errors.TimeoutError):
+            flow.read(deadline)
+        assert flow.read(time.monotonic() + 5) == second
+        assert flow.read(time.monotonic() + 5) == b""
+    finally:
+        conn.close()
+
+
+def test_a_small_chunk_joined_to_the_one_before_counts_as_received_when_it_came(
+    server: Callable[..., Listener],
+) -> None:
+    """Small chunks queued one behind another are kept as one (see the next test); that one
+    counts as received when its last part was, so a part that came after a read's deadline
+    is never handed out by that read."""
+    go_on = threading.Event()
+    lst = server(on_flow=_two_writes(b"a" * 100, b"b" * 100, go_on))
+    conn = _dial(lst)
+    try:
+        flow = conn.connect()
+        flow.write(b"go")
+        _wait_for_inbox(flow, 100)
+        deadline = time.monotonic()
+        go_on.set()
+        _wait_for_inbox(flow, 200)
+        with pytest.raises(errors.TimeoutError):
+            flow.read(deadline)
+        assert flow.read(time.monotonic() + 5) == b"a" * 100 + b"b" * 100
+    finally:
+        conn.close()
+
+
+def test_tiny_frames_from_a_peer_are_queued_in_a_few_objects(
+    server: Callable[..., Listener],
+) -> None:
+    """A peer that cuts what it sends into tiny frames cannot make an unread flow hold many
+    times its bytes in per-chunk overhead (a 2-byte chunk costs ~40 bytes beside its data:
+    a 1 MiB window of them would pin ~20 MiB): small chunks queued behind others are joined.
+    What the reader then gets is every byte, in order."""
+    from tests.conftest import Family
+    from tests.hostile import HostilePeer
+
+    flows: list[Flow] = []
+    opened = threading.Event()
+
+    def keep(flow: Flow) -> None:  # never reads until the test does
+        flows.append(flow)
+        opened.set()
+
+    lst = server(on_flow=keep)
+    host, port = lst.address.rsplit(":", 1)
+    peer = HostilePeer(Family().member("peer"), (host, int(port)), source="127.0.0.1")
+    try:
+        fid = peer.open(b"<")
+        assert opened.wait(5)
+        (flow,) = flows
+        for i in range(5000):
+            assert peer.send(fid, b"%02d" % (i % 100)) == 2
+        peer.send(fid, b">", end=True)
+        _wait_for_inbox(flow, 10_002)
+        with flow._lock:
+            assert len(flow._inbox) <= 3, len(flow._inbox)  # (5,002 chunks before)
+        got = b""
+        while chunk := flow.read(time.monotonic() + 5):
+            got += chunk
+        assert got == b"<" + b"".join(b"%02d" % (i % 100) for i in range(5000)) + b">"
+    finally:
+        peer.close()
+        for flow in flows:
+            flow.close()
+
+
+# --- a KeyboardInterrupt as a wait lets the VC's lock go ------------------------------------
+def _interrupt_once_at(function: str, fired: list[str]) -> Callable[..., None]:
+    """A profile hook that raises KeyboardInterrupt once, as the VC lock's ``release()``
+    called by ``function`` returns: where CPython raises a signal's KeyboardInterrupt that
+    arrived during that call."""
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if (
+            not fired
+            and event == "c_return"
+            and getattr(arg, "__name__", "") == "release"
+            and frame.f_code.co_name == function
+        ):
+            fired.append(function)
+            raise KeyboardInterrupt
+
+    return hook
+
+
+def _held_open(flow: Flow, release: threading.Event) -> None:
+    """A flow handler that answers (upper case) only once ``release`` is set."""
+
+    def run() -> None:
+        with contextlib.suppress(errors.IPCError):
+            data = flow.read(time.monotonic() + 10)
+            assert release.wait(10)
+            flow.write(data.upper(), end=True)
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+# (A profile hook sees the interpreter's calls only.)
+@pytest.mark.interpreted
+@pytest.mark.parametrize("function", ["wait", "wait_for_peer"])
+def test_a_keyboard_interrupt_as_a_wait_lets_the_lock_go_leaves_the_vc_usable(
+    server: Callable[..., Listener], function: str
+) -> None:
+    """``wait``: a caller asleep until the VC's reader thread hands it its reply;
+    ``wait_for_peer``: a caller that took the read role to read for itself. Either way the
+    KeyboardInterrupt reaches the caller as such, the VC's lock is not left released twice
+    (a RuntimeError, or another thread's hold of it undone) and the read role is given
+    back: the next call on the VC is answered (it once waited forever)."""
+    release = threading.Event()
+    lst = server(on_flow=lambda flow: _held_open(flow, release))
+    conn = _dial(lst)
+    fired: list[str] = []
+    try:
+        flow = conn.connect()
+        flow.write(b"one")
+        hook = _interrupt_once_at(function, fired)
+        until = time.monotonic() + 5
+        while not fired and time.monotonic() < until:  # (until the caller waits that way)
+            sys.setprofile(hook)
+            try:
+                flow.read(time.monotonic() + 0.05)
+            except KeyboardInterrupt:
+                pass
+            except errors.TimeoutError:
+                continue
+            finally:
+                sys.setprofile(None)
+        assert fired == [function]
+        assert conn._lock.acquire(timeout=1)  # free, and ours to take
+        conn._lock.release()
+        release.set()
+        assert flow.read(time.monotonic() + 5) == b"ONE"  # the same flow goes on
+        second = conn.connect()
+        second.write(b"two", end=True)
+        assert second.read(time.monotonic() + 5) == b"TWO"
+    finally:
+        release.set()
+        conn.close()
+
+
+class _LockChecker(logging.Handler):
+    """Records, for each message it is given, whether the VC's lock could be taken by the
+    thread logging it (a handler may block or take locks of its own: the VC's lock must not
+    be held while one runs)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.conn: Connection | None = None
+        self.seen: list[tuple[str, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        conn = self.conn
+        if conn is None or not record.getMessage().startswith("transport:"):
+            return
+        free = conn._lock.acquire(timeout=1)  # (never, if this thread holds it)
+        if free:
+            conn._lock.release()
+        self.seen.append((record.getMessage(), free))
+
+
+def test_the_vc_does_not_log_with_its_lock_held(server: Callable[..., Listener]) -> None:
+    """A call that times out on a silent peer starts a probe, and the peer's GOAWAY is
+    noted: both are logged once the VC's lock is let go."""
+    lst = server(on_flow=lambda flow: None)  # takes the flow, never answers
+    checker = _LockChecker()
+    logger = logging.getLogger("ipcclient")
+    level = logger.level
+    logger.addHandler(checker)
+    logger.setLevel(logging.DEBUG)
+    quick = TransportOptions(keepalive=KeepaliveConfig(probe_after=0.05, probe_timeout=5))
+    try:
+        conn = _dial(lst, options=quick)
+        checker.conn = conn
+        flow = conn.connect()
+        flow.write(b"x")
+        with pytest.raises(errors.TimeoutError):
+            flow.read(time.monotonic() + 0.3)  # (silent for longer than probe_after)
+        lst.close()  # the listener's VCs end with a GOAWAY
+        assert conn.wait_closed(5)
+        messages = [m for m, _ in checker.seen]
+        assert any("probing" in m for m in messages), messages
+        assert any("GOAWAY" in m for m in messages), messages
+        assert all(free for _, free in checker.seen), checker.seen
+    finally:
+        logger.removeHandler(checker)
+        logger.setLevel(level)
+        checker.conn = None
+
+
+class _ShortSendSocket(socket.socket):
+    """A real socket whose next send without waiting (``short_send``, once armed) takes one
+    byte and then finds the socket full: what a peer that stops reading makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.short_send = False
+        self._full = False
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        if self._full:
+            self._full = False
+            raise BlockingIOError
+        if self.short_send and flags & socket.MSG_DONTWAIT:
+            self.short_send = False
+            self._full = True
+            return super().send(bytes(data[:1]), flags)
+        return super().send(data, flags)
+
+
+def test_a_send_that_cannot_start_its_thread_breaks_the_vc_with_a_typed_error(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send that may not wait hands what the socket would not take to a drainer thread.
+    When no thread can be started (a process at its limit: faked here, the one fault a
+    real part cannot make on demand), the VC breaks with ConnectionFailedError, as after a
+    failed send; the bare RuntimeError once reached whoever flushed (here, a cancel)."""
+    from ipcclient.transport import dial as dialmod
+
+    lst = server(on_flow=lambda flow: None)
+    fake = _SocketModuleMaking(_ShortSendSocket)
+    monkeypatch.setattr(dialmod, "socket", fake)
+    conn = _dial(lst)
+    monkeypatch.undo()
+    (sock,) = fake.made
+    try:
+        flow = conn.connect()
+        flow.write(b"x")  # (the flow is open at the peer: its cancel sends a RESET)
+        real_start = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if thread.name.startswith("ipc-drain"):
+                raise RuntimeError("can't start new thread")
+            real_start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        sock.short_send = True
+        flow.cancel()  # (its RESET is flushed without waiting: a byte goes, then it is full)
+        monkeypatch.undo()
+        assert conn.wait_closed(5)
+        assert isinstance(conn.error, errors.ConnectionFailedError)
+        assert "can't start new thread" in str(conn.error)
+        with pytest.raises(errors.ConnectionFailedError):
+            conn.connect()
     finally:
         conn.close()

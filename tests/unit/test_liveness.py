@@ -12,6 +12,8 @@ from ipcclient import errors
 from ipcclient.transport import conn as connmod
 from ipcclient.transport.keepalive import MIN_KEEPALIVE_INTERVAL, KeepaliveConfig
 from ipcclient.transport.liveness import DEAD, PING, Liveness
+from ipcclient.transport.manager import TransportOptions
+from ipcclient.transport.waits import LONGEST_WAIT
 
 
 class FakeClock:
@@ -128,7 +130,7 @@ def test_a_probe_counts_as_a_ping_for_the_keepalive() -> None:
 @pytest.mark.parametrize(
     "field", ["interval", "timeout", "send_timeout", "probe_timeout", "probe_after"]
 )
-@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, True, "1"])
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, True, "1", 1e300, 86_400.5])
 def test_keepalive_config_refuses_bad_values(field: str, bad: object) -> None:
     with pytest.raises(errors.BadArgError):
         KeepaliveConfig(**{field: bad})  # type: ignore[arg-type]
@@ -139,3 +141,13 @@ def test_keepalive_config_bounds_and_its_old_import_path() -> None:
     with pytest.raises(errors.BadArgError):
         KeepaliveConfig(interval=10.0, timeout=5.0)  # dead before ever pinged
     assert connmod.KeepaliveConfig is KeepaliveConfig
+
+
+def test_keepalive_and_first_byte_timeouts_are_bounded_by_the_longest_wait() -> None:
+    """A timeout the system calls cannot take (a socket timeout struct, poll()'s
+    milliseconds) is refused when it is set, not found later by a VC's thread."""
+    assert KeepaliveConfig(interval=LONGEST_WAIT, timeout=LONGEST_WAIT)
+    assert TransportOptions(first_byte_timeout=LONGEST_WAIT)
+    for bad in (LONGEST_WAIT * 2, math.inf, math.nan, 0, True):
+        with pytest.raises(errors.BadArgError):
+            TransportOptions(first_byte_timeout=bad)
