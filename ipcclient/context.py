@@ -53,6 +53,12 @@ from typing import Any, Protocol
 
 from ipcclient import errors
 
+LONGEST_WAIT = 86_400.0
+"""The longest any thread of this package waits in one go (a lock, a condition, poll()): a
+day. A longer timeout (a deadline centuries away, or infinitely far) is waited out in such
+slices by the waiter's loop, which checks its condition after each; the system calls refuse
+far longer ones."""
+
 __all__ = [
     "SYSTEM_CLOCK",
     "CallbackHandle",
@@ -475,7 +481,7 @@ class _Timer:
                     due.append(heapq.heappop(self._heap)[2])
                 if not due:
                     timeout = self._heap[0][0] - now if self._heap else None
-                    self._cond.wait(timeout)
+                    self._cond.wait(None if timeout is None else min(timeout, LONGEST_WAIT))
                     continue
             for ref in due:
                 ctx = ref()

@@ -205,16 +205,19 @@ def encode_request_message(
     suffix: str,
     method: str,
     nargs: int,
-    deadline: float | None,
-    trace_id: bytes,
-    span_id: bytes,
-    flags: int,
+    deadline: object,
+    trace_id: object,
+    span_id: object,
+    flags: object,
 ) -> bytes | None:
     """The message (length prefix included) of the usual request header,
     ``Request(suffix, method, nargs, deadline, trace=TraceContext(trace_id, span_id,
     flags)).to_wire()``, built without cbor2: the same bytes as cbor2 writes for that map.
     None when it is not the usual one (a name that is empty or not ASCII, a count or flags
-    out of range, ids that are not 16 bytes): encode ``Request.to_wire()`` then."""
+    out of range, ids that are not 16 bytes, a deadline that is not a float or None):
+    encode ``Request.to_wire()`` then. (The last four are taken as any object and checked
+    here: a compiled build would otherwise turn True into the flags 1, or 5 into 5.0, at
+    the call.)"""
     timed = deadline is not None
     if type(nargs) is not int:  # (a bool or a float equal to a kept count must not match it)
         return None

@@ -237,14 +237,24 @@ class Server(FlowServing):
         """Serve until :meth:`stop` is called (from another thread or a signal handler) or
         the process is interrupted (Ctrl-C, which stops the server with ``grace``).
 
-        Returns True once stopped, False when ``timeout`` seconds passed first.
+        Returns True once stopped, False when ``timeout`` seconds passed first (any number
+        of seconds: it waits in slices).
+
+        Raises:
+            BadArgError: ``timeout`` is negative or not a number.
         """
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
+        ):
+            raise errors.BadArgError(f"server: wait timeout must be seconds >= 0, got {timeout!r}")
+        end = None if timeout is None else time.monotonic() + timeout
         try:
-            if timeout is None:
-                while not self._stopped_event.wait(1.0):
-                    pass
-                return True
-            return self._stopped_event.wait(timeout)
+            while True:  # (in slices: Ctrl-C is seen, and no wait is too long for the system)
+                left = 1.0 if end is None else min(1.0, end - time.monotonic())
+                if left <= 0:
+                    return self._stopped_event.is_set()
+                if self._stopped_event.wait(left):
+                    return True
         except KeyboardInterrupt:
             log.info("server: interrupted; stopping (grace %.1f s)", grace)
             self.stop(grace=grace)

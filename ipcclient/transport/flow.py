@@ -198,7 +198,10 @@ class Flow:
 
         Raises:
             TimeoutError: the deadline passed first, or what is there was received after it
-                (the flow stays usable: that is kept for a later read).
+                (the flow stays usable: that is kept for a later read). Small chunks that
+                queued one behind another are kept as one, received when its last part
+                was: a read that looks after its deadline may so leave for later a part
+                that came before it.
             CanceledError / ConnectionFailedError / the peer's error: the flow was reset,
                 cancelled, or the VC broke.
         """

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ipcclient import errors
-from ipcclient.transport.waits import LONGEST_WAIT
+from ipcclient.context import LONGEST_WAIT
 
 __all__ = ["MIN_KEEPALIVE_INTERVAL", "KeepaliveConfig"]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipcclient import errors
+from ipcclient.context import LONGEST_WAIT
 from ipcclient.transport.conn import Connection, Flow, KeepaliveConfig
 from ipcclient.transport.dial import (
     PROTOCOLS,
@@ -37,7 +38,6 @@ from ipcclient.transport.dial import (
     split_host_port,
 )
 from ipcclient.transport.ratelog import Throttle
-from ipcclient.transport.waits import LONGEST_WAIT
 from ipcclient.vc.handshake import (
     SUPPORTED_VERSIONS,
     ClientHandshake,

@@ -52,7 +52,7 @@ from ipcclient.transport.readrole import (
     Read,
     Role,
 )
-from ipcclient.transport.waits import LONGEST_WAIT, Signal, reacquire
+from ipcclient.transport.waits import Signal, reacquire
 from ipcclient.transport.writer import RecordWriter
 from ipcclient.vc.records import RecordOpener
 
@@ -307,7 +307,8 @@ class Reader(abc.ABC):
     def _read_step(self, timeout: float, end: float | None = None) -> Read:
         """As the read role: wait up to ``timeout`` seconds for the socket (or a wake-up), read
         what is there and dispatch it. Returns ``Read.DATA``, ``Read.WOKEN`` or
-        ``Read.TIMEOUT``.
+        ``Read.TIMEOUT``. (``timeout`` is never above the next keepalive check, which
+        ``KeepaliveConfig`` keeps within ``LONGEST_WAIT``: poll() takes it.)
 
         ``end`` is the deadline (a ``time.monotonic()`` value) of a caller reading for its
         own call. poll() waits whole milliseconds, rounded up, so it may return after that
@@ -319,7 +320,7 @@ class Reader(abc.ABC):
             IPCError: the peer broke the protocol.
         """
         try:
-            ready = self._poll.poll(max(0, int(min(timeout, LONGEST_WAIT) * 1000 + 0.999)))
+            ready = self._poll.poll(max(0, int(timeout * 1000 + 0.999)))
         except OSError as exc:  # pragma: no cover - poll on open descriptors does not fail
             raise Broken(errors.ConnectionFailedError(f"transport: poll failed: {exc}")) from exc
         readable = False

@@ -2,7 +2,7 @@
 KeyboardInterrupt.
 
 Owns: :class:`Signal` (the waiters of one flow, or of one of the VC's threads, woken under the
-VC's lock), :func:`reacquire` and :data:`LONGEST_WAIT`.
+VC's lock) and :func:`reacquire`. A wait lasts at most ``context.LONGEST_WAIT`` at a time.
 
 Must not: know about sockets, flows or the mux; hold any lock of its own.
 """
@@ -13,12 +13,9 @@ import contextlib
 from _thread import allocate_lock
 from typing import Any
 
-__all__ = ["LONGEST_WAIT", "Signal", "reacquire"]
+from ipcclient.context import LONGEST_WAIT
 
-LONGEST_WAIT = 86_400.0
-"""The longest a thread of a VC waits in one go (a lock, poll()): a day. A longer timeout (a
-deadline years away, or none of any use) is waited out in such slices by the caller's loop,
-which checks its condition after each; the system calls refuse far longer ones."""
+__all__ = ["LONGEST_WAIT", "Signal", "reacquire"]
 
 
 def reacquire(lock: Any) -> BaseException | None:

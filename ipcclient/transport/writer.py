@@ -158,7 +158,8 @@ class RecordWriter:
                     sent = self.send_nowait(record)
                     if sent < len(record):
                         # (a copy: the record's buffer is reused for the next record)
-                        self._start_drainer(bytes(memoryview(record)[sent:]), records)
+                        rest = bytes(memoryview(record)[sent:])
+                        _start_thread(self._drain, (rest, records), f"ipc-drain-{self._name}")
                         return  # the drainer holds the flusher role now
                 linger = False
                 with self._lock:  # (no break inside: a shape mypyc can compile)
@@ -175,14 +176,19 @@ class RecordWriter:
                         if not data:
                             self.flushing = False
                 if linger:
-                    LINGERER.add(self)
+                    try:
+                        LINGERER.add(self)
+                    except RuntimeError as exc:  # (its thread could not start)
+                        raise _no_thread(exc) from None
             if self.close_due:  # (the role is given up: the VC ended meanwhile)
                 self._on_idle()
-        except (OSError, errors.IPCError, RuntimeError) as exc:
-            # (RuntimeError: no thread could be started for the drainer or the lingerer;
-            # what was to be sent is then lost, so the VC is gone as after a failed send.)
+        except (OSError, errors.IPCError) as exc:
             self._release()
-            self._on_broken(errors.ConnectionFailedError(f"transport: send failed: {exc}"))
+            self._on_broken(
+                exc
+                if isinstance(exc, errors.ConnectionFailedError)  # (says why itself)
+                else errors.ConnectionFailedError(f"transport: send failed: {exc}")
+            )
         except BaseException:
             # KeyboardInterrupt mid-send: part of a record may be out, so the VC is gone.
             self._release()
@@ -226,11 +232,6 @@ class RecordWriter:
             end = time.monotonic() + grace
             while self.flushing and time.monotonic() < end:
                 time.sleep(0.001)
-
-    def _start_drainer(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
-        threading.Thread(
-            target=self._drain, args=(rest, records), name=f"ipc-drain-{self._name}", daemon=True
-        ).start()
 
     def _drain(self, rest: bytes, records: Iterator[bytes | memoryview]) -> None:
         """The drainer: finish the record the socket would not take and the records still
@@ -326,3 +327,18 @@ LINGERER = Lingerer()
 """The process's lingerer."""
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=LINGERER.reinit)
+
+
+def _no_thread(exc: RuntimeError) -> errors.ConnectionFailedError:
+    """A send that needed a thread (to finish what the socket would not take, or to send a
+    burst's rest later) could not start one: what was to be sent is lost, so the VC is gone
+    as after a failed send (the caller breaks it)."""
+    return errors.ConnectionFailedError(f"transport: no thread to finish a send: {exc}")
+
+
+def _start_thread(target: Callable[..., None], args: tuple[Any, ...], name: str) -> None:
+    """Start a daemon thread for a send; ConnectionFailedError when none can be started."""
+    try:
+        threading.Thread(target=target, args=args, name=name, daemon=True).start()
+    except RuntimeError as exc:
+        raise _no_thread(exc) from None

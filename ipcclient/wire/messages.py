@@ -250,6 +250,8 @@ class MessageReader:
         """
         if type(data) is not bytes:
             data = bytes(data)
+        if self.rest:  # (a caller that fed on without taking it: the rest comes first)
+            data = self.take_rest() + data
         out: list[Any] = []
         end = len(data)
         pos = 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ipcclient import errors, vtrace
+from ipcclient import context, errors, vtrace
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import NoRetry
@@ -343,6 +343,7 @@ def test_deadline_travels_and_times_out(rig: tuple[Service, str, Client]) -> Non
     assert svc.cancelled.wait(5)  # and the server's work was cancelled
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("timeout", [1e10, float("inf")])
 def test_a_deadline_years_away_is_waited_for_like_any_other(
     rig: tuple[Service, str, Client], timeout: float
@@ -368,6 +369,13 @@ def test_a_deadline_years_away_is_waited_for_like_any_other(
         t.join(20)
     caller(4)
     assert sorted(map(str, outcomes)) == [f"late{i}" for i in range(5)], outcomes
+    # The context's deadline is scheduled on the process's timer thread too, whose wait it
+    # once ended (an OverflowError there stopped every deadline's callbacks in the process).
+    assert context._TIMER._thread is not None and context._TIMER._thread.is_alive()
+    near = Context.background().with_timeout(0.05)
+    fired = threading.Event()
+    near.add_done_callback(lambda _err: fired.set())
+    assert fired.wait(5)
 
 
 def test_call_object_as_context_manager(rig: tuple[Service, str, Client]) -> None:

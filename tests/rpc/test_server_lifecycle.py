@@ -136,6 +136,19 @@ def test_wait_returns_when_stopped_or_times_out(family: Family) -> None:
     server.stop()  # idempotent
 
 
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_wait_takes_a_timeout_of_any_length(family: Family, timeout: float) -> None:
+    """A timeout the system calls would refuse in one wait (they once raised a bare
+    OverflowError) is waited out in slices; a negative or NaN one is refused."""
+    server = Server(family.member("server"))
+    server.listen("tcp", "127.0.0.1:0")
+    threading.Timer(0.1, server.stop).start()
+    assert server.wait(timeout) is True
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(errors.BadArgError):
+            server.wait(bad)  # type: ignore[arg-type]
+
+
 def test_wait_stops_the_server_on_ctrl_c(family: Family) -> None:
     server = Server(family.member("server"))
     server.listen("tcp", "127.0.0.1:0")

@@ -116,3 +116,13 @@ def test_message_parts_keep_bulk_values_uncopied() -> None:
     assert len(parts) == 5  # small, big, small, other, tail
     assert encode_message_parts("only", "small") == [encode_messages("only", "small")]
     assert MessageReader().feed(b"".join(parts)[1:-1]) == ["hdr", big, 7, other]
+
+
+def test_a_feed_with_a_rest_still_held_reads_the_rest_first() -> None:
+    """A caller that feeds on without taking :attr:`MessageReader.rest` loses nothing and
+    gets nothing out of order."""
+    reader = MessageReader()
+    reader.set_first_limits(codec.DEFAULT_LIMITS)
+    assert reader.feed(encode_messages("header", 1, 2)) == ["header"]
+    assert reader.feed(encode_messages(3)) == [1, 2, 3]
+    assert reader.rest == b""
