@@ -334,8 +334,9 @@ class Call:
         cache = self._discharge_cache
         if cache is None or not isinstance(err, errors.NoAccessError) or not self._discharges:
             return
-        if isinstance(err, errors.BadDischargeError) and err.params:
-            cache.invalidate(str(err.params[0]))  # exactly the discharge the server refused
+        refused = err.params[0] if err.params else None
+        if isinstance(err, errors.BadDischargeError) and isinstance(refused, str):
+            cache.invalidate(refused)  # exactly the discharge the server refused
         else:
             # A plain NoAccess may have been caused by a stale discharge; forget the ones
             # used so the *next* call fetches fresh ones (this call is not retried: no loop).

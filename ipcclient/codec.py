@@ -171,8 +171,12 @@ def encode(value: Any) -> bytes:
     """Encode one value as CBOR bytes.
 
     Raises:
-        BadArgError: the value (or something inside it) has no CBOR form here.
+        BadArgError: the value (or something inside it) has no CBOR form here, or it nests
+            deeper or holds more items than a peer decodes in one message
+            (:data:`DEFAULT_LIMITS`).
     """
+    if isinstance(value, _NESTING):
+        _check_shape(value, DEFAULT_LIMITS)
     try:
         if type(value) in _PLAIN_SCALARS:
             return cbor2.dumps(value)
@@ -183,6 +187,64 @@ def encode(value: Any) -> bytes:
         err = errors.BadArgError(f"codec: cannot encode value: {exc}")
         err.__cause__ = exc  # (set by hand too: compiled by mypyc, "from" is dropped)
         raise err from exc
+
+
+_NESTING = (list, tuple, dict)
+"""The containers a value may nest (the only ones the encoder takes)."""
+
+
+def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Limits) -> None:
+    """Refuse a value that nests deeper than ``limits.max_depth`` containers or whose
+    encoding would hold more than ``limits.max_items`` items, before cbor2 sees it: its
+    encoder recurses in C without a guard (a value nested ten thousand deep crashes the
+    process) and writes a shared part once per place it fills (a list holding one list
+    twice, sixty times over, would never end); no peer decodes such a value anyway.
+
+    Walks the containers a level at a time, each once per place it fills: never more
+    than ``max_items`` of them, since each counts as an item."""
+    level: list[Any] = [value]
+    depth = 0  # of the containers in ``level`` (the value itself: 0, as the decoder counts)
+    items = 1
+    nesting = _NESTING
+    while level:
+        depth += 1  # (now: of their items)
+        inner: list[Any] = []
+        for container in level:
+            size = len(container)
+            if size and depth > limits.max_depth:
+                raise _over_shape(f"it nests deeper than {limits.max_depth} levels")
+            if isinstance(container, dict):
+                items += 2 * size
+                if size < _FLAT_CHECK or not (_flat(container) and _flat(container.values())):
+                    for key, item in container.items():
+                        if isinstance(key, nesting):
+                            inner.append(key)
+                        if isinstance(item, nesting):
+                            inner.append(item)
+            else:
+                items += size
+                if size < _FLAT_CHECK or not _flat(container):
+                    for item in container:
+                        if isinstance(item, nesting):
+                            inner.append(item)
+            if items > limits.max_items:
+                raise _over_shape(f"it holds more than {limits.max_items} items")
+        level = inner
+
+
+_FLAT_CHECK = 16
+"""A container this long or longer is first looked at as a whole: see :func:`_flat`."""
+
+
+def _flat(items: Any) -> bool:
+    """Whether none of ``items`` is a container (a pass over their types at C speed)."""
+    return not any(issubclass(kind, _NESTING) for kind in set(map(type, items)))
+
+
+def _over_shape(why: str) -> errors.BadArgError:
+    return errors.BadArgError(
+        f"codec: the value is over the limits a peer accepts in one message: {why}"
+    )
 
 
 _SMALL_HEADS = tuple(bytes((i,)) for i in range(256))

@@ -430,10 +430,12 @@ def request_from_wire(value: Any) -> Request:
         if (
             not isinstance(deadline, int | float)
             or isinstance(deadline, bool)
-            or math.isnan(deadline)
+            or (isinstance(deadline, float) and math.isnan(deadline))
         ):
             raise errors.BadProtocolError("headers: bad deadline")
-        deadline = None if deadline >= MAX_DEADLINE else max(0.0, float(deadline))
+        # (Compared before any conversion: an integer may be too large for a float.)
+        far = deadline >= MAX_DEADLINE
+        deadline = None if far else (0.0 if deadline <= 0 else float(deadline))
     discharges = value.get("discharges", ())
     if not isinstance(discharges, list | tuple) or len(discharges) > MAX_DISCHARGES:
         raise errors.BadProtocolError("headers: bad discharges")

@@ -15,6 +15,7 @@ record its spans and send them back; ``vtrace.STORE.trace(span.trace_id)`` then 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import random
 import threading
@@ -82,19 +83,30 @@ class SpanRecord:
         start, end, notes = value.get("start"), value.get("end"), value.get("notes", [])
         if not (isinstance(sid, bytes) and isinstance(parent, bytes) and isinstance(name, str)):
             return None
-        if not isinstance(start, int | float) or not (end is None or isinstance(end, int | float)):
+        began = _time(start)
+        ended = None if end is None else _time(end)
+        if began is None or (end is not None and ended is None):
             return None
         annotations: list[tuple[float, str]] = []
         if isinstance(notes, list | tuple):
             for note in notes[:MAX_ANNOTATIONS]:
-                if (
-                    isinstance(note, list | tuple)
-                    and len(note) == 2
-                    and isinstance(note[0], int | float)
-                    and isinstance(note[1], str)
-                ):
-                    annotations.append((float(note[0]), note[1]))
-        return cls(sid, parent, name[:256], float(start), end, annotations)
+                if isinstance(note, list | tuple) and len(note) == 2 and isinstance(note[1], str):
+                    when = _time(note[0])
+                    if when is not None:
+                        annotations.append((when, note[1]))
+        return cls(sid, parent, name[:256], began, ended, annotations)
+
+
+def _time(value: object) -> float | None:
+    """A time a peer sent, as a finite float; None for anything else (an integer too large
+    for a float among them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 class TraceStore:

@@ -30,7 +30,12 @@ from ipcclient.call import Call
 from ipcclient.client import fast, resolution, retries, security, vcs
 from ipcclient.client import plan as _plan
 from ipcclient.client.plan import CallPlan, Route, keep_plan
-from ipcclient.client.request import check_call, encode_request_header, write_request
+from ipcclient.client.request import (
+    check_call,
+    check_options,
+    encode_request_header,
+    write_request,
+)
 from ipcclient.client.resolution import NamespaceCaller
 from ipcclient.client.vcs import Target
 from ipcclient.context import Context
@@ -183,6 +188,7 @@ class Client:
         """
         if not isinstance(ctx, Context):
             raise _no_context(ctx, "call")
+        options = check_options(options)
         call_ctx, owned = self._call_context(ctx)
         start = call_ctx.clock.monotonic()  # the call's one retry window starts here
         try:

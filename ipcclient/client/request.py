@@ -32,7 +32,23 @@ def option_as_argument(opt: CallOption) -> errors.BadArgError:
     )
 
 
-def check_call(name: object, method: object, args: object, options: Sequence[CallOption]) -> bool:
+def check_options(options: object) -> Sequence[CallOption]:
+    """``options`` if it is a list or tuple (of anything: :func:`check_call` checks each).
+
+    Raises:
+        BadArgError: anything else.
+    """
+    # (One option is refused too: some options are tuples themselves.)
+    if not isinstance(options, Sequence) or isinstance(
+        options, (str, bytes, bytearray, CallOption)
+    ):
+        raise errors.BadArgError(
+            f"client: options must be a list or tuple of call options, got {options!r}"
+        )
+    return options
+
+
+def check_call(name: object, method: object, args: object, options: object) -> bool:
     """Check a call's name, method, args and options before anything is done; returns
     whether the options end retrying (``NoRetry``, ``RetryTimeout(0)``).
 
@@ -51,6 +67,7 @@ def check_call(name: object, method: object, args: object, options: Sequence[Cal
     for arg in args:
         if isinstance(arg, CallOption):
             raise option_as_argument(arg)
+    options = check_options(options)
     no_retry = False
     if options:
         for opt in options:

@@ -124,8 +124,10 @@ def resolve(
         errors.BadArgError,
         errors.NoAccessError,
         errors.NotTrustedError,
-    ):
-        raise
+    ) as exc:
+        # (Said of the call to a mount table, whose request was sent; the caller's own
+        # request was not.)
+        raise exc.with_context(request_sent=False) from exc
     except errors.IPCError as exc:
         tried.append(f"resolve {name!r}: {exc.id}")
         if isinstance(exc, errors.NoServersError) and exc.action is errors.RetryAction.NO_RETRY:

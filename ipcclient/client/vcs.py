@@ -64,6 +64,9 @@ goes on in a thread of its own, and the caller waits for it as for any other dia
 INLINE_DIAL_SLICE = 0.005
 """How often a caller driving a dial itself looks at its context and at ``close()``."""
 
+CLOSE_CHECK = 0.05
+"""How often a dial's own thread looks at ``close()``."""
+
 STALE_DIAL = 1.0
 """A dial that has run this long (or that a caller already gave up on) is not joined by a new
 caller: it dials afresh (once per ``STALE_DIAL`` per endpoint), so a stalled handshake costs
@@ -316,11 +319,17 @@ class VCCache:
                 driver = wake if inline and _without_lookup(ep) else None
                 dial = self._dialing[key] = Dial(driver)
                 tried.append(f"dial {ep.protocol}:{ep.address}")
-                if driver is None:
-                    self._dial_on_thread(key, ep, dial, None)
+                needs_thread = driver is None
+            else:
+                needs_thread = False
             dial.listeners.append(wake)
             if dial.done.is_set():
                 wake.set()
+        if needs_thread:  # (started outside the lock, which is held for nothing else)
+            try:
+                self._dial_on_thread(key, ep, dial, None)
+            except errors.ConnectionFailedError as exc:
+                self._publish(key, dial, None, exc)  # (its waiters, us too, see why)
         return dial
 
     def _start_dial(self, ep: Endpoint) -> Dialing:
@@ -333,13 +342,22 @@ class VCCache:
         )
 
     def _dial_on_thread(self, key: str, ep: Endpoint, dial: Dial, dialing: Dialing | None) -> None:
-        """Give ``dial`` a thread of its own (:meth:`_finish_dial`)."""
-        threading.Thread(
-            target=self._finish_dial,
-            args=(key, ep, dial, dialing),
-            name=f"ipc-dial-{ep.address}",
-            daemon=True,
-        ).start()
+        """Give ``dial`` a thread of its own (:meth:`_finish_dial`).
+
+        Raises:
+            ConnectionFailedError: no thread could be started (the process is at its limit).
+        """
+        try:
+            threading.Thread(
+                target=self._finish_dial,
+                args=(key, ep, dial, dialing),
+                name=f"ipc-dial-{ep.address}",
+                daemon=True,
+            ).start()
+        except RuntimeError as exc:
+            raise errors.ConnectionFailedError(
+                f"client: no thread to dial {ep.protocol}:{ep.address}: {exc}"
+            ) from None
 
     def _finish_dial(self, key: str, ep: Endpoint, dial: Dial, dialing: Dialing | None) -> None:
         """A dial's thread: dial outside every lock (starting the dial, unless a caller
@@ -351,7 +369,12 @@ class VCCache:
         try:
             if dialing is None:
                 dialing = self._start_dial(ep)
-            dialing.run()
+            # In slices, looking at close() after each: a closed client leaves no dial
+            # thread (nor its socket) behind for the rest of the dial timeout.
+            while not dialing.step(min(time.monotonic() + CLOSE_CHECK, dialing.deadline)):
+                if self.closed:
+                    dialing.close()
+                    raise errors.BadStateError("client: closed while dialing")
             conn = self._manager.finish_dial(dialing, on_close=self._on_vc_closed, start=False)
             self._stats["dials"] += 1
         except BaseException as exc:

@@ -184,6 +184,11 @@ class UnknownCaveat(Caveat):
     __slots__ = ()
 
 
+MAX_EXPIRY_NS = 2**63 - 1
+"""The latest expiry (nanoseconds since the Unix epoch, about the year 2262): a signed 64-bit
+count, so that every expiry is a float of seconds and compares with a clock."""
+
+
 class ExpiryCaveat(Caveat):
     """Holds until a wall-clock time (inclusive)."""
 
@@ -191,8 +196,14 @@ class ExpiryCaveat(Caveat):
     KIND = KIND_EXPIRY
 
     def __init__(self, not_after_ns: int) -> None:
-        if isinstance(not_after_ns, bool) or not isinstance(not_after_ns, int) or not_after_ns < 0:
-            raise errors.BadArgError("security: an expiry is a non-negative time")
+        if (
+            isinstance(not_after_ns, bool)
+            or not isinstance(not_after_ns, int)
+            or not 0 <= not_after_ns <= MAX_EXPIRY_NS
+        ):
+            raise errors.BadArgError(
+                f"security: an expiry is a time in nanoseconds from 0 to {MAX_EXPIRY_NS}"
+            )
         super().__init__(self.KIND, codec.encode(not_after_ns))
         self.not_after_ns = not_after_ns
 
@@ -419,8 +430,8 @@ def _bad(msg: str) -> errors.BadProtocolError:
 
 
 def _parse_expiry(value: Any, depth: int) -> Caveat:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad("expiry must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXPIRY_NS:
+        raise _bad(f"expiry must be an integer from 0 to {MAX_EXPIRY_NS}")
     return ExpiryCaveat(value)
 
 

@@ -123,10 +123,14 @@ def _check_server(server: object) -> str:
 
 def _check_ttl(ttl: object) -> float:
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise errors.BadArgError(f"mount table: ttl must be a number of seconds, got {ttl!r}")
+        raise errors.BadArgError(
+            f"mount table: ttl must be a number of seconds, got a {type(ttl).__name__}"
+        )
+    if isinstance(ttl, int) and ttl > MAX_TTL:  # (may be too large for a float)
+        return MAX_TTL
     seconds = float(ttl)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise errors.BadArgError(f"mount table: ttl must be > 0 and finite, got {ttl!r}")
+        raise errors.BadArgError(f"mount table: ttl must be > 0 and finite, got {seconds!r}")
     return min(seconds, MAX_TTL)
 
 
@@ -329,7 +333,11 @@ class MountTable:
         server = _check_server(server)
         seconds = min(_check_ttl(ttl), self._max_ttl)
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~_ALL_FLAGS:
-            raise errors.BadArgError(f"mount table: bad flags {flags!r}")
+            # (Not the value itself: a peer's integer may be too long to print.)
+            raise errors.BadArgError(
+                f"mount table: bad flags (a {type(flags).__name__}; the known flags are "
+                f"{_ALL_FLAGS:#x})"
+            )
         self._store.mount(
             comps,
             server,

@@ -19,6 +19,8 @@ from ipcclient.security import BlessingPattern, Discharge, DischargeImpetus, Pri
 from ipcclient.security.caveats import SecurityCall, ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.discharger import Discharger
+from ipcclient.server.exposure import expose
+from ipcclient.server.server import ServerCall
 from tests.rpc.test_mounttable import Family, Label, client_for, ctx, serving, wait_until
 
 
@@ -108,6 +110,32 @@ def test_checks_the_caveats_restrictions(stack: contextlib.ExitStack, family: Fa
             client.call(
                 ctx(), dname, "Discharge", cav, _impetus(method, server), options=(NoRetry(),)
             )
+
+
+@expose
+class _LyingAboutDischarges:
+    def Who(self, call: ServerCall) -> str:
+        # (10**5000 has more digits than Python turns into text by default.)
+        raise errors.BadDischargeError("server: refused a discharge", 10**5000)
+
+
+def test_a_refused_discharge_named_by_no_text_forgets_every_discharge_used(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A server's BadDischargeError names the refused discharge by its caveat id; one that
+    names it by anything else (here an integer too long to print) makes the client forget
+    every discharge the call used, and the error reaches the caller as such (it once
+    ended the call with a bare ValueError)."""
+    _, sname, client, _ = _tpc_setup(stack, family, validity=60.0)
+    _server, liar = serving(
+        stack, family.member("liar"), _LyingAboutDischarges(), authorizer=AllowEveryone()
+    )
+    assert client.call(ctx(), sname, "Who") == ("guarded",)  # (a discharge is fetched)
+    assert client.stats["discharges_fetched"] == 1
+    with pytest.raises(errors.BadDischargeError):
+        client.call(ctx(), liar, "Who", options=(NoRetry(),))
+    assert client.call(ctx(), sname, "Who") == ("guarded",)
+    assert client.stats["discharges_fetched"] == 2  # (the one used was forgotten)
 
 
 def _tpc_setup(

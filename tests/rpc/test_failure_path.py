@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -299,10 +300,35 @@ def _deep(n: int) -> Any:
     return value
 
 
+def _shared(n: int) -> Any:
+    value: Any = [0]
+    for _ in range(n):
+        value = [value, value]  # (2**n places for the innermost list)
+    return value
+
+
+# (20,000 deep once crashed the process: the CBOR encoder recursed in C without a guard;
+# the shared list, 2**60 places once written out, once never ended.)
 @pytest.mark.parametrize(
     "arg",
-    [b"x" * (5 * 1024 * 1024), "y" * FOUR_MIB, [b"z" * 1024] * 4200, _deep(70)],
-    ids=["5MiB-bytes", "4MiB-text", "list-over-4MiB", "70-deep"],
+    [
+        b"x" * (5 * 1024 * 1024),
+        "y" * FOUR_MIB,
+        [b"z" * 1024] * 4200,
+        _deep(70),
+        _deep(20_000),
+        _shared(60),
+        {"k": [0] * 300_000},
+    ],
+    ids=[
+        "5MiB-bytes",
+        "4MiB-text",
+        "list-over-4MiB",
+        "70-deep",
+        "20000-deep",
+        "shared-2^60",
+        "300k-items",
+    ],
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["call", "start_call"])
 def test_an_argument_over_the_limits_is_refused_before_sending(
@@ -355,10 +381,22 @@ def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     st.integers(min_value=1, max_value=70),
 )
 def test_check_encoded_refuses_exactly_what_the_decoder_refuses(value: Any, wrap: int) -> None:
-    """Property: the client-side check and the peer's decoder agree on depth and items."""
+    """Property: the client-side checks and the peer's decoder agree on depth and items:
+    the one on the encoded message (under any limits) and the one the encoder makes before
+    it encodes (under the default limits)."""
     for _ in range(wrap):
         value = [value]
-    data = codec.encode(value)
+    data = cbor2.dumps(value)  # (the encoder's own bytes, without its check)
+    try:
+        assert codec.encode(value) == data
+        encoded = True
+    except errors.BadArgError:
+        encoded = False
+    try:
+        codec.decode(data)
+        assert encoded
+    except errors.BadProtocolError:
+        assert not encoded
     limits = codec.Limits(max_items=300)
     try:
         codec.decode(data, limits)
@@ -667,3 +705,113 @@ def test_the_logs_say_when_a_server_goes_away(
         assert any("sent GOAWAY" in m for m in messages), messages
         assert any("ended" in m for m in messages), messages
         assert seen()
+
+
+# -- 3. what a client leaves behind, and what it says it sent ----------------------------------
+def _silent_listener(stack: contextlib.ExitStack) -> str:
+    """A name whose endpoint accepts connections (the kernel's backlog) and never speaks:
+    every dial to it stalls in its handshake."""
+    lst = socket.socket()
+    stack.callback(lst.close)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+    ep = Endpoint(
+        "tcp",
+        "127.0.0.1:%d" % lst.getsockname()[1],
+        blessings=("root:server",),
+        min_version=1,
+        max_version=1,
+    )
+    return "/" + str(ep)
+
+
+def _dial_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ipc-dial")]
+
+
+def test_close_ends_the_dials_a_call_gave_up_on(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A dial outlives the call that gave up on it (its VC would serve the next call), but
+    not the client: close() leaves no dial thread, nor its socket, for the rest of the dial
+    timeout (it once left them for up to ``dial_timeout``)."""
+    name = _silent_listener(stack)
+    c = Client(family.member("client"), options=ClientOptions(dial_timeout=30.0))
+    with pytest.raises(errors.TimeoutError):
+        c.call(Context.background().with_timeout(0.3), name, "Echo", 1)
+    assert _dial_threads()  # (the dial goes on)
+    c.close()
+    until = time.monotonic() + 5
+    while _dial_threads() and time.monotonic() < until:
+        time.sleep(0.01)  # (bounded: the dial thread looks at close() every CLOSE_CHECK)
+    assert _dial_threads() == []
+
+
+def test_a_dial_thread_that_cannot_start_fails_the_call_with_a_typed_error(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread for a dial (a process at its limit: faked, the one fault a real part
+    cannot make on demand) fails the call with a typed error that says so (it once raised a
+    bare RuntimeError) and leaves no dial behind for the next call to wait on."""
+    svc = Svc()
+    name = serve(stack, family, svc).replace("127.0.0.1:", "localhost:")  # (dialed on a thread)
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith("ipc-dial"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    c = client(stack, family)
+    with pytest.raises(errors.NoServersError) as info:  # (no VC to the only server)
+        c.call(ctx(), name, "Echo", 1, options=[NoRetry()])
+    assert "no thread to dial" in str(info.value) and "can't start new thread" in str(info.value)
+    assert info.value.request_sent is False
+    monkeypatch.undo()
+    started = time.monotonic()
+    assert c.call(ctx(), name, "Echo", 2) == (2,)
+    assert time.monotonic() - started < 5  # (not after a dial that never ran timed out)
+
+
+def test_a_call_that_failed_resolving_says_its_request_was_not_sent(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A mount table's refusal (or its timeout) is passed on as the call's error, with
+    ``request_sent`` False: the call's own request never went out (the mount table's
+    request did, and that is what the error once said)."""
+
+    @expose
+    class Refusing:
+        def ResolveStep(self, call: ServerCall) -> Any:
+            raise errors.NoAccessError("mount table: you may not resolve names here")
+
+    class Everything:
+        def lookup(self, suffix: str) -> Any:
+            return Refusing(), AllowEveryone()
+
+    server = Server(family.member("mt"), serves_mount_table=True)
+    stack.callback(server.stop)
+    root = "/" + server.listen("tcp", "127.0.0.1:0")
+    server.serve_dispatcher(Everything())
+    c = client(stack, family, roots=[root])
+    for start in (True, False):
+        with pytest.raises(errors.NoAccessError) as info:
+            if start:
+                c.start_call(ctx(), "some/name", "Echo", [1])
+            else:
+                c.call(ctx(), "some/name", "Echo", 1)
+        assert info.value.request_sent is False
+
+
+@pytest.mark.parametrize("options", [5, "NoRetry", None, NoRetry()])
+def test_options_that_are_not_a_list_are_a_bad_arg(
+    stack: contextlib.ExitStack, family: Family, options: Any
+) -> None:
+    """``call``'s options are a list or tuple (it once raised a bare TypeError for 5);
+    ``start_call`` takes them as extra arguments, each checked."""
+    c = client(stack, family)
+    with pytest.raises(errors.BadArgError, match="options must be a list or tuple"):
+        c.call(ctx(), "/127.0.0.1:1", "Echo", 1, options=options)
+    with pytest.raises(errors.BadArgError, match="is not a call option"):
+        c.start_call(ctx(), "/127.0.0.1:1", "Echo", [1], 5)  # type: ignore[arg-type]

@@ -178,6 +178,22 @@ def test_mount_then_call_by_relative_name(
         client.call(ctx(), "apps/other", "Who", options=(NoRetry(),))
 
 
+def test_a_callers_huge_integers_are_taken_or_refused_with_a_bad_arg(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A ttl too large for a float is the longest ttl (it once answered ipc.Unknown with an
+    OverflowError, and logged it); flags too long to print are refused as bad flags (a
+    ValueError once)."""
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("echo"))
+    client = client_for(stack, family.member("client"), mt)
+    assert client.call(ctx(), at(mt, "a"), "Mount", svc, 2**2000, 0) == ()
+    entry = client.namespace.resolve(ctx(), "a")
+    assert [s.server for s in entry.servers] == [svc]
+    with pytest.raises(errors.BadArgError, match="bad flags"):
+        client.call(ctx(), at(mt, "b"), "Mount", svc, 10.0, 10**5000, options=(NoRetry(),))
+
+
 def test_two_levels_of_mount_tables(
     stack: contextlib.ExitStack, family: Family, make_table: TableFactory
 ) -> None:

@@ -144,9 +144,9 @@ def test_wait_takes_a_timeout_of_any_length(family: Family, timeout: float) -> N
     server.listen("tcp", "127.0.0.1:0")
     threading.Timer(0.1, server.stop).start()
     assert server.wait(timeout) is True
-    for bad in (-1.0, float("nan"), "1"):
+    for bad in (-1.0, float("nan")):
         with pytest.raises(errors.BadArgError):
-            server.wait(bad)  # type: ignore[arg-type]
+            server.wait(bad)
 
 
 def test_wait_stops_the_server_on_ctrl_c(family: Family) -> None:

@@ -293,3 +293,15 @@ def test_every_header_an_ipcclient_client_writes_is_read_the_short_way(
         assert got is None or got == request_from_wire(codec.decode(message[4:]))
     else:
         assert got is not None and got == request_from_wire(codec.decode(message[4:]))
+
+
+@pytest.mark.parametrize(
+    ("deadline", "read"),
+    [(-(2**1100), 0.0), (2**1100, None), (-5, 0.0), (7, 7.0)],
+    ids=["-2^1100", "2^1100", "-5", "7"],
+)
+def test_a_deadline_of_any_integer_is_read_without_overflow(deadline: int, read: Any) -> None:
+    """An integer deadline too large for a float (either sign) is compared before it is
+    converted: it once raised a bare OverflowError on the server."""
+    got = request_from_wire({"method": "Echo", "deadline": deadline})
+    assert got.deadline == read

@@ -147,6 +147,10 @@ def test_expiry_caveat() -> None:
             caveats.expiry(bad)  # type: ignore[arg-type]
     with pytest.raises(errors.BadArgError):
         caveats.ExpiryCaveat(-5)
+    for too_late in (caveats.MAX_EXPIRY_NS + 1, 2**2000):  # (no float of seconds holds it)
+        with pytest.raises(errors.BadArgError):
+            caveats.ExpiryCaveat(too_late)
+    assert caveats.ExpiryCaveat(caveats.MAX_EXPIRY_NS).not_after > 9e9
 
 
 def test_method_caveat() -> None:
@@ -221,6 +225,8 @@ def test_caveat_equality_and_immutability() -> None:
         ["expiry", codec.encode(-1)],
         ["expiry", codec.encode("x")],
         ["expiry", b"\x19\x00\x05"],  # non-canonical encoding of 5
+        ["expiry", codec.encode(2**63)],  # (later than any float of seconds compares)
+        ["expiry", codec.encode(2**2000)],
         ["peer", codec.encode([3])],
         ["unconstrained", codec.encode([1])],
         ["third-party", codec.encode([1, 2])],

@@ -136,3 +136,16 @@ def test_a_span_keeps_every_note_and_its_end_under_threads() -> None:
         assert all(span.record.end is not None for span in spans)
     finally:
         sys.setswitchinterval(old)
+
+
+def test_a_span_record_from_a_peer_with_times_no_float_holds_is_dropped() -> None:
+    """Trace records are best effort: a start or end too large for a float (or not finite)
+    makes the record None, and such a note is skipped (a bare OverflowError once reached
+    the caller of the call that collected them)."""
+    base = {"id": b"i" * 16, "parent": b"p" * 16, "name": "n", "start": 1.0, "end": 2.0}
+    assert vtrace.SpanRecord.from_wire(base) is not None
+    for key in ("start", "end"):
+        for bad in (2**2000, float("inf"), float("nan"), True):
+            assert vtrace.SpanRecord.from_wire({**base, key: bad}) is None
+    noted = vtrace.SpanRecord.from_wire({**base, "notes": [[2**2000, "a"], [1.5, "b"]]})
+    assert noted is not None and noted.annotations == [(1.5, "b")]
