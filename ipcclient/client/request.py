@@ -38,6 +38,8 @@ def check_options(options: object) -> Sequence[CallOption]:
     Raises:
         BadArgError: anything else.
     """
+    if type(options) is tuple or type(options) is list:  # (the usual: no ABC check)
+        return options
     # (One option is refused too: some options are tuples themselves.)
     if not isinstance(options, Sequence) or isinstance(
         options, (str, bytes, bytearray, CallOption)
