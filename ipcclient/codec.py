@@ -199,6 +199,9 @@ def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Li
     encoder recurses in C without a guard (a value nested ten thousand deep crashes the
     process) and writes a shared part once per place it fills (a list holding one list
     twice, sixty times over, would never end); no peer decodes such a value anyway.
+    Counted as the decoder counts, but for tags (a large integer, an error, blessings),
+    which add a level and an item there: so this never refuses what a peer would take, and
+    :func:`check_encoded` is the exact check of the encoded message.
 
     Walks the containers a level at a time, each once per place it fills: never more
     than ``max_items`` of them, since each counts as an item."""

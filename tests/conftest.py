@@ -5,6 +5,7 @@ Every server and client a test makes through these fixtures is stopped/closed af
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,3 +104,17 @@ def etcd() -> Iterator[Any]:
 
     with cluster(1) as (member,):
         yield member
+
+
+def refuse_threads(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """Make starting a thread whose name begins with ``prefix`` fail as a process at its
+    thread limit fails (``RuntimeError: can't start new thread``): the one fault a real
+    part cannot produce on demand. ``monkeypatch.undo()`` (or the test's end) lifts it."""
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith(prefix):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)

@@ -25,6 +25,7 @@ from ipcclient.transport.manager import (
     split_host_port,
 )
 from ipcclient.wire.mux import MuxConfig
+from tests.conftest import refuse_threads
 from tests.identities import make_identity
 
 
@@ -1393,14 +1394,7 @@ def test_a_send_that_cannot_start_its_thread_breaks_the_vc_with_a_typed_error(
     try:
         flow = conn.connect()
         flow.write(b"x")  # (the flow is open at the peer: its cancel sends a RESET)
-        real_start = threading.Thread.start
-
-        def start(thread: threading.Thread) -> None:
-            if thread.name.startswith("ipc-drain"):
-                raise RuntimeError("can't start new thread")
-            real_start(thread)
-
-        monkeypatch.setattr(threading.Thread, "start", start)
+        refuse_threads(monkeypatch, "ipc-drain")
         sock.short_send = True
         flow.cancel()  # (its RESET is flushed without waiting: a byte goes, then it is full)
         monkeypatch.undo()
