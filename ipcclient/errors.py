@@ -104,7 +104,8 @@ class IPCError(Exception):
         msg: a human-readable message (never parsed).
         params: extra values (component, operation, ...), CBOR-encodable.
         request_sent: whether the request may have reached a server: ``False`` when it
-            certainly did not, ``True`` when it may have, ``None`` when unknown.
+            certainly did not (or the server said it never took it: see
+            :class:`NotProcessedError`), ``True`` when it may have, ``None`` when unknown.
         tried: what was tried on the way (names resolved, endpoints dialed, attempts).
     """
 
@@ -314,7 +315,22 @@ class NotProcessedError(ConnectionFailedError):
     """The connection closed and the server said (GOAWAY's last flow id) that it never took
     this flow: nothing of the request ran there, whatever reached its socket, so the request
     may be sent again on a new connection. Its ID is ``ipc.ConnectionFailed`` (it travels as
-    one); the type is the signal, read by the client's retry decision."""
+    one); the type is the signal, read by the client's retry decision. Its ``request_sent``
+    is always False: the server said so, whatever bytes reached it."""
+
+    def __init__(self, msg: str = "", *params: Any, **kw: Any) -> None:
+        kw["request_sent"] = False
+        super().__init__(msg, *params, **kw)
+
+    def with_context(
+        self,
+        *,
+        request_sent: bool | None = None,
+        tried: Sequence[str] = (),
+        action: RetryAction | None = None,
+    ) -> IPCError:
+        """As :meth:`IPCError.with_context`, but ``request_sent`` stays False."""
+        return super().with_context(request_sent=False, tried=tried, action=action)
 
 
 class OverloadedError(IPCError):

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ipcclient import errors
-from ipcclient.headers import Request
+from ipcclient.headers import Request, Response
+from ipcclient.naming.endpoint import Endpoint
 from ipcclient.security import Principal
 from ipcclient.transport.dial import drive_handshake, split_host_port
-from ipcclient.vc.handshake import ClientHandshake
+from ipcclient.vc.handshake import SUPPORTED_VERSIONS, ClientHandshake, ServerHandshake
 from ipcclient.wire import mux as muxmod
 from ipcclient.wire.messages import encode_messages
 
@@ -159,6 +160,95 @@ class HostilePeer:
             if not data:
                 return
             yield from self._opener.feed(data)
+
+
+class RefusingServer:
+    """A server from the library's sans-IO parts (the accepting handshake, the record layer,
+    the mux) that answers the first ``answer`` requests it receives with the result
+    ``"ok"``, and every later one with GOAWAY saying it took none of the client's live flows
+    (LAST_ID 0), then closes that connection: each refused request is one the client may
+    send again. ``connections`` counts completed handshakes, ``refused`` refused requests."""
+
+    def __init__(self, principal: Principal, *, answer: int = 0) -> None:
+        self._principal = principal
+        self._answer = answer
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)  # the accept loop looks at ``_stop`` this often
+        host, port = self._sock.getsockname()
+        self.endpoint = str(
+            Endpoint(
+                protocol="tcp",
+                address=f"{host}:{port}",
+                min_version=SUPPORTED_VERSIONS[0],
+                max_version=SUPPORTED_VERSIONS[1],
+            )
+        )
+        self.connections = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(IO_TIMEOUT)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                with contextlib.suppress(OSError, errors.IPCError):
+                    self._connection(conn)
+
+    def _connection(self, conn: socket.socket) -> None:
+        hs = ServerHandshake(self._principal, blessings=self._principal.store.default)
+        drive_handshake(conn, hs.receive_data, lambda: hs.done, b"", time.monotonic() + 10)
+        assert hs.result is not None
+        result = hs.result
+        self.connections += 1
+        mux = muxmod.Mux(
+            muxmod.MuxConfig(),
+            dialer=False,
+            peer_initial_window=result.peer_settings.initial_window,
+            peer_max_frame_payload=result.peer_settings.max_frame_payload,
+        )
+        pending = list(result.early_plaintext)
+        while True:
+            while not pending:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                pending = list(result.opener.feed(data))
+            for ev in mux.receive_data(pending.pop(0)):
+                if isinstance(ev, muxmod.FlowOpened) and self._answer <= 0:
+                    self.refused += 1
+                    refusal = muxmod.Mux(muxmod.MuxConfig(), dialer=False, peer_initial_window=1)
+                    refusal.close()  # GOAWAY, LAST_ID 0: the answered flows are over
+                    conn.sendall(result.sealer.seal(mux.data_to_send() + refusal.data_to_send()))
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):  # until the client closes its side
+                        pass
+                    return
+                if isinstance(ev, muxmod.DataReceived):
+                    mux.acknowledge(ev.flow_id, len(ev.data))
+                    if ev.end:
+                        self._answer -= 1
+                        reply = encode_messages(
+                            Response(end_stream_results=True, nresults=1).to_wire(), "ok"
+                        )
+                        mux.send_data(ev.flow_id, reply, end=True)
+            out = mux.data_to_send()
+            if out:
+                conn.sendall(result.sealer.seal(out))
 
 
 def rss_bytes() -> int:

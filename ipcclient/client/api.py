@@ -193,8 +193,10 @@ class Client:
         start = call_ctx.clock.monotonic()  # the call's one retry window starts here
         try:
 
-            def attempt(_n: int) -> tuple[Any, ...]:
-                for resend in range(MAX_RESENDS + 1):
+            def attempt(_n: int, sent: int = 0) -> tuple[Any, ...]:
+                """The call, sent again (up to MAX_RESENDS in all, counting ``sent``, the
+                resends the fast path already made) while the server never takes it."""
+                for resend in range(sent, MAX_RESENDS + 1):
                     call = self._start(
                         call_ctx, name, method, args, options, close_send=True, start=start
                     )
@@ -209,8 +211,8 @@ class Client:
                     results = fast.fast_call(self, call_ctx, name, method, args)
                 except errors.NotProcessedError as exc:
                     self._note_unprocessed(exc, 0, call_ctx)
-                    results = None
-                return attempt(n) if results is None else results
+                    return attempt(n, 1)
+                return attempt(n) if results is None else results  # (None: not taken)
 
             # The usual call may take the fast path (see fast.fast_call).
             first = attempt if options or not FAST_PATH else fast_first

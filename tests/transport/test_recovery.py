@@ -18,14 +18,18 @@ from hypothesis import strategies as st
 from ipcclient import call as callmod
 from ipcclient import errors
 from ipcclient.client import Client
+from ipcclient.client.api import MAX_RESENDS
 from ipcclient.context import Context
+from ipcclient.options import NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Results, Server, ServerCall
 from ipcclient.transport import conn as connmod
 from ipcclient.vc import records
 from ipcclient.wire import mux as muxmod
+from tests.conftest import Family
 from tests.faultproxy import Fault, FaultProxy
+from tests.hostile import RefusingServer
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -445,6 +449,29 @@ def test_a_flow_is_retried_only_if_the_server_cannot_have_run_it(
     # Safe: never a flow the server's application took, never one with a reply byte.
     assert not retried & set(delivered), (retried, delivered)
     assert not retried & replied
+
+
+@pytest.mark.parametrize("options", [(), (NoRetry(),)], ids=["fast-call", "general-path"])
+def test_a_request_the_server_never_took_is_sent_again_at_most_max_resends_times(
+    family: Family, make_client: MakeClient, options: tuple[Any, ...]
+) -> None:
+    """The server answers one call, then answers every request with GOAWAY saying it took
+    none: the next call goes on the warm VC, and is sent again MAX_RESENDS times, each on a
+    new VC, then fails with NotProcessedError (request_sent False), whichever path it took
+    first."""
+    server = RefusingServer(family.member("server"), answer=1)
+    try:
+        client = make_client()
+        name = "/" + server.endpoint
+        assert client.call(Context.background(), name, "Echo", 1) == ("ok",)
+        with pytest.raises(errors.NotProcessedError) as info:
+            client.call(Context.background(), name, "Echo", 1, options=options)
+        assert info.value.request_sent is False
+        assert server.refused == 1 + MAX_RESENDS
+        assert server.connections == 1 + MAX_RESENDS
+        assert client.stats["resent_unprocessed"] == MAX_RESENDS
+    finally:
+        server.close()
 
 
 def test_goaway_carries_the_last_flow_id_taken_as_documented() -> None:
