@@ -75,9 +75,10 @@ def cmd_glob(args: argparse.Namespace) -> int:
             with client.start_call(ctx, target, "Glob", [pattern], *call_options(args)) as call:
                 for item in call:
                     if isinstance(item, dict) and isinstance(item.get("name"), str):
-                        servers = [
-                            _mounted(s) for s in item.get("servers") or () if isinstance(s, dict)
-                        ]
+                        listed = item.get("servers")
+                        if not isinstance(listed, list | tuple):
+                            listed = ()  # (a malformed item from the mount table: no servers)
+                        servers = [_mounted(s) for s in listed if isinstance(s, dict)]
                         found.setdefault(item["name"], []).extend(servers)
                         progress.note(f"{len(found)} names")
                 call.finish()
@@ -90,5 +91,6 @@ def cmd_glob(args: argparse.Namespace) -> int:
 
 def _mounted(server: dict[str, Any]) -> str:
     ttl = server.get("ttl")
+    name = server.get("server")
     tail = "" if not isinstance(ttl, int | float) else f" (ttl {human(ttl)})"
-    return f"{server.get('server')}{tail}"
+    return f"{name if isinstance(name, str) else '?'}{tail}"

@@ -25,13 +25,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+# Control characters other than newline and tab, shown escaped: text from a peer (a name, an
+# error message) must not drive the user's terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (9, 10)}
+
+
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(text.translate(_CONTROLS) + "\n")
     sys.stdout.flush()
 
 
 def err(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(text.translate(_CONTROLS) + "\n")
     sys.stderr.flush()
 
 
@@ -114,6 +119,10 @@ def parse_duration(text: str) -> float:
 
 
 def human(seconds: float) -> str:
+    """``seconds`` as ``1d2h``, ``3h4m``, ``5m6s`` or ``7s`` (whole seconds; "?" when it is
+    not a finite number of seconds >= 0)."""
+    if not 0 <= seconds < float("inf"):  # (also NaN)
+        return "?"
     seconds = int(seconds)
     if seconds >= 86400:
         return f"{seconds // 86400}d{seconds % 86400 // 3600}h"

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcclient import codec, errors
-from ipcclient.naming.names import escape, unescape
+from ipcclient.naming.names import escape, is_rooted, split_address_name, unescape
 
 __all__ = [
     "DIALABLE_PROTOCOLS",
@@ -50,6 +50,7 @@ __all__ = [
     "NULL_ROUTING_ID",
     "Endpoint",
     "check_version_compatibility",
+    "endpoint_of",
 ]
 
 FORMAT_VERSION = "1"
@@ -291,6 +292,23 @@ class Endpoint:
             VersionIncompatibleError: the ranges do not overlap.
         """
         return check_version_compatibility(self, supported)
+
+
+def endpoint_of(name: str) -> Endpoint:
+    """The endpoint named by a rooted name's address element (``/host:port/x``: host:port).
+    Every server name the naming layer keeps (roots, mounted servers, a mount table's
+    answers) must pass this check.
+
+    Raises:
+        BadArgError: ``name`` is not a rooted name, has no address, or its address is not
+            an endpoint.
+    """
+    if not isinstance(name, str) or not is_rooted(name):
+        raise _bad(f"{name!r} is not a rooted name")
+    address, _ = split_address_name(name)
+    if not address:
+        raise _bad(f"the rooted name {name!r} has no address")
+    return Endpoint.parse(address)
 
 
 def check_version_compatibility(ep: Endpoint, supported: tuple[int, int]) -> tuple[int, int]:

@@ -8,6 +8,7 @@ or call anything (:mod:`ipcclient.naming.namespace` does).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.naming import names
+from ipcclient.naming.endpoint import endpoint_of
 
 __all__ = ["MAX_WIRE_NAME_LEN", "MAX_WIRE_SERVERS", "MountEntry", "MountedServer"]
 
 # Bounds on one MountEntry from a peer (every bound named, with its reason).
 MAX_WIRE_SERVERS = 1024  # replicas of one name; far more than any real mount has
 MAX_WIRE_NAME_LEN = 16 * 1024  # a name with a few full endpoints in it fits easily
+
+log = logging.getLogger("ipcclient.naming")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class MountedServer:
         ttl = value.get("ttl")
         if not isinstance(server, str) or not server or len(server) > MAX_WIRE_NAME_LEN:
             raise errors.BadProtocolError("mount entry: bad server")
+        try:
+            endpoint_of(server)  # a rooted name with an endpoint: never one without
+        except errors.BadArgError as exc:
+            raise errors.BadProtocolError(f"mount entry: bad server: {exc.msg}") from None
         if ttl is None:
             return cls(server, math.inf)
         if not isinstance(ttl, int | float) or isinstance(ttl, bool):
@@ -102,10 +110,12 @@ class MountEntry:
 
     @classmethod
     def from_wire(cls, value: object, now: float) -> MountEntry:
-        """Rebuild from :meth:`to_wire`'s form; TTLs become deadlines from ``now``.
+        """Rebuild from :meth:`to_wire`'s form; TTLs become deadlines from ``now``. A
+        malformed server is left out (logged); the others are kept.
 
         Raises:
-            BadProtocolError: the value is malformed or over the bounds.
+            BadProtocolError: the value is malformed or over the bounds, or it names
+                servers and every one of them is malformed.
         """
         if not isinstance(value, Mapping):
             raise errors.BadProtocolError("mount entry: expected a map")
@@ -121,9 +131,15 @@ class MountEntry:
             raise errors.BadProtocolError("mount entry: bad servers")
         if not isinstance(smt, bool) or not isinstance(leaf, bool):
             raise errors.BadProtocolError("mount entry: flags must be bools")
-        return cls(
-            names.clean(name),
-            tuple(MountedServer.from_wire(s, now) for s in servers),
-            smt,
-            leaf,
-        )
+        good: list[MountedServer] = []
+        first_error: errors.BadProtocolError | None = None
+        for s in servers:
+            try:
+                good.append(MountedServer.from_wire(s, now))
+            except errors.BadProtocolError as exc:
+                # One malformed server does not hide the well-formed ones beside it.
+                log.debug("%s (skipped)", exc.msg)
+                first_error = first_error or exc
+        if first_error is not None and not good:
+            raise first_error
+        return cls(names.clean(name), tuple(good), smt, leaf)

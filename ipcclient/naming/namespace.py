@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from ipcclient import errors
 from ipcclient.context import Context
 from ipcclient.naming import names
-from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.endpoint import Endpoint, endpoint_of
 from ipcclient.naming.mountentry import (
     MAX_WIRE_NAME_LEN,
     MAX_WIRE_SERVERS,
@@ -158,12 +158,10 @@ def _validate_roots(roots: Iterable[str]) -> tuple[str, ...]:
         raise errors.BadArgError("namespace: roots must be a sequence of names, not one str")
     out: list[str] = []
     for root in roots:
-        if not isinstance(root, str) or not names.is_rooted(root):
-            raise errors.BadArgError(f"namespace: root {root!r} must be a rooted name")
-        address, _ = names.split_address_name(root)
-        if not address:
-            raise errors.BadArgError(f"namespace: root {root!r} has no address")
-        Endpoint.parse(address)
+        try:
+            endpoint_of(root)
+        except errors.BadArgError as exc:
+            raise errors.BadArgError(f"namespace: bad root: {exc.msg}") from None
         out.append(names.clean(root))
     return tuple(out)
 
@@ -376,9 +374,9 @@ class Namespace:
                     mount_table="/" + mount_table,
                     tried=tried,
                 ) from exc
-            except _NOT_A_MOUNT_TABLE:
-                raise _NotAMountTable() from None
             except errors.IPCError as exc:
+                if isinstance(exc, _NOT_A_MOUNT_TABLE) and exc.request_sent is not False:
+                    raise _NotAMountTable() from None  # (the server's answer, not our refusal)
                 log.debug("namespace: %s %s failed: %s", step_name, RESOLVE_STEP, exc)
                 tried.append(f"{step_name}: {exc}")
                 last_err = exc

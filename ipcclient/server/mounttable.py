@@ -41,7 +41,7 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.naming import names
-from ipcclient.naming.endpoint import Endpoint
+from ipcclient.naming.endpoint import endpoint_of
 from ipcclient.naming.mountentry import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
@@ -112,12 +112,10 @@ def _check_server(server: object) -> str:
         raise errors.BadArgError("mount table: the server must be a non-empty rooted name")
     if len(server) > MAX_SERVER_LEN:
         raise errors.BadArgError(f"mount table: server name longer than {MAX_SERVER_LEN}")
-    if not names.is_rooted(server):
-        raise errors.BadArgError(f"mount table: server {server!r} must be a rooted name")
-    address, _ = names.split_address_name(server)
-    if not address:
-        raise errors.BadArgError(f"mount table: server {server!r} has no address")
-    Endpoint.parse(address)  # BadArgError when malformed
+    try:
+        endpoint_of(server)
+    except errors.BadArgError as exc:
+        raise errors.BadArgError(f"mount table: bad server: {exc.msg}") from None
     return names.clean(server)
 
 
@@ -126,8 +124,10 @@ def _check_ttl(ttl: object) -> float:
         raise errors.BadArgError(
             f"mount table: ttl must be a number of seconds, got a {type(ttl).__name__}"
         )
-    if isinstance(ttl, int) and ttl > MAX_TTL:  # (may be too large for a float)
-        return MAX_TTL
+    if isinstance(ttl, int) and not 0 < ttl <= MAX_TTL:  # (may be too large for a float)
+        if ttl > 0:
+            return MAX_TTL
+        raise errors.BadArgError(f"mount table: ttl must be > 0, got {ttl}")
     seconds = float(ttl)
     if not math.isfinite(seconds) or seconds <= 0:
         raise errors.BadArgError(f"mount table: ttl must be > 0 and finite, got {seconds!r}")

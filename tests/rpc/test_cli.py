@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,10 @@ from ipcclient import Client, errors
 from ipcclient import cli as ipc_cli
 from ipcclient import env as ipc_env
 from ipcclient.security import Principal
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
+from ipcclient.server.server import Server, ServerCall
+from tests.conftest import Family
 
 TIMEOUT = 60.0
 
@@ -465,6 +470,53 @@ def test_main_in_process_reports_a_missing_principal(
     code = ipc_cli.main(["principal", "dump", str(tmp_path / "none")])
     assert code == ipc_cli.EXIT_NOT_FOUND
     assert capsys.readouterr().err.startswith("ipc: error: ipc.NoExist")
+
+
+@expose
+class _LyingGlob:
+    """A mount table whose Glob streams whatever items it is given."""
+
+    items: list[Any] = []
+
+    def Glob(self, call: ServerCall, pattern: str) -> int:
+        for item in self.items:
+            call.send(item)
+        return len(self.items)
+
+    def lookup(self, suffix: str) -> tuple[Any, AllowEveryone]:  # (every suffix)
+        return self, AllowEveryone()
+
+
+def test_glob_prints_what_a_lying_mount_table_streams_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Malformed items (servers not a list, a TTL of inf, NaN or 10**400) once ended
+    ``ipc glob`` with a TypeError, OverflowError or ValueError traceback; a name with
+    terminal escape sequences in it is shown escaped, not sent to the terminal."""
+    family = Family()
+    family.member("cli").save(tmp_path)
+    liar = _LyingGlob()
+    liar.items = [
+        {"name": "a", "servers": 5},
+        {"name": "b", "servers": [{"server": "/h:1", "ttl": float("inf")}]},
+        {"name": "c", "servers": [{"server": "/h:1", "ttl": float("nan")}]},
+        {"name": "d", "servers": [{"server": ["/h:1"], "ttl": 10**400}]},
+        {"name": "e\x1b]0;pwned\x07\x1b[2J", "servers": [{"server": "/h:1", "ttl": 5}]},
+    ]
+    server = Server(family.member("mt"), serves_mount_table=True)
+    try:
+        ep = server.listen("tcp", "127.0.0.1:0")
+        server.serve_dispatcher(liar)
+        args = ["--credentials", str(tmp_path), "--namespace", "/" + ep]
+        code = ipc_cli.main([*args, "glob", "--timeout", "10", "..."])
+    finally:
+        server.stop()
+    printed = capsys.readouterr()
+    assert code == ipc_cli.EXIT_OK, printed.err
+    lines = printed.out.splitlines()
+    assert lines[:3] == ["├── a", "├── b  /h:1 (ttl ?)", "├── c  /h:1 (ttl ?)"]
+    assert lines[3].startswith("├── d  ? (ttl ") and lines[3].endswith("d17h)")
+    assert lines[4:] == ["└── e\\x1b]0;pwned\\x07\\x1b[2J  /h:1 (ttl 5s)"]
 
 
 def test_mounttable_published_under_a_name(world: World) -> None:

@@ -192,6 +192,61 @@ def test_a_callers_huge_integers_are_taken_or_refused_with_a_bad_arg(
     assert [s.server for s in entry.servers] == [svc]
     with pytest.raises(errors.BadArgError, match="bad flags"):
         client.call(ctx(), at(mt, "b"), "Mount", svc, 10.0, 10**5000, options=(NoRetry(),))
+    with pytest.raises(errors.BadArgError, match="ttl must be > 0"):  # (an OverflowError once)
+        client.call(ctx(), at(mt, "c"), "Mount", svc, -(10**400), 0, options=(NoRetry(),))
+
+
+@expose
+class _LyingMountTable:
+    """A mount table that answers every ResolveStep with the entry it is given."""
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] = {}
+
+    def ResolveStep(self, call: ServerCall) -> dict[str, Any]:
+        return self.answer
+
+    def lookup(self, suffix: str) -> tuple[Any, Authorizer]:  # (every suffix: a dispatcher)
+        return self, AllowEveryone()
+
+
+_ZEROS = "0" * 32
+_MALFORMED_SERVERS = [
+    "garbage",  # not rooted: joined with a name, it would be resolved from the roots again
+    "/",  # no address: the same
+    "//",
+    f"/@1@tcp@h:99999@{_ZEROS}@0@0@m@@",  # a port out of range
+    "/h:99999",
+    f"/@1@tcp@h%zz:1@{_ZEROS}@0@0@m@@",  # a bad escape
+]
+
+
+@pytest.mark.parametrize("bad", _MALFORMED_SERVERS)
+def test_a_malformed_server_in_an_answer_is_left_out_and_the_good_ones_are_used(
+    stack: contextlib.ExitStack, family: Family, bad: str
+) -> None:
+    """A root mount table answers with a malformed server before a good second-level table:
+    the call reaches the server mounted there (it once went to the second-level table
+    itself, as if the bad server had said "not a mount table", or recursed until a bare
+    RecursionError when the server was "/")."""
+    liar = _LyingMountTable()
+    liar_server = Server(family.member("mt1"), serves_mount_table=True)
+    stack.callback(liar_server.stop)
+    root = "/" + liar_server.listen("tcp", "127.0.0.1:0")
+    liar_server.serve_dispatcher(liar)
+    _, second = serving(stack, family.member("mt2"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("target"))
+    client = client_for(stack, family.member("client"), root)
+    assert client.call(ctx(), at(second, "x"), "Mount", svc, 30.0, 0) == ()
+    good = {"server": second, "ttl": None}
+    liar.answer = {"name": "x", "servers": [{"server": bad, "ttl": None}, good]}
+    liar.answer["serves_mount_table"] = True
+    assert client.call(ctx(), "a/x", "Who") == ("target",)
+    # With only malformed servers, the answer is malformed: a typed error, not a loop.
+    liar.answer["servers"] = [{"server": bad, "ttl": None}]
+    client.namespace.flush_cache_entry("a/x")
+    with pytest.raises(errors.NoServersError, match="bad server"):
+        client.call(ctx(), "a/x", "Who", options=(NoRetry(),))
 
 
 def test_two_levels_of_mount_tables(

@@ -191,6 +191,15 @@ def test_not_a_mount_table_ends_resolution_with_the_current_entry(
     assert net.calls == ["/root:1//svc/x", "/plain:1//x"]
 
 
+def test_a_bad_arg_of_our_own_is_not_the_servers_answer(clock: FakeClock, net: FakeNetwork) -> None:
+    """A BadArgError raised before the request went out (request_sent False: the client's own
+    refusal) says nothing about the server: the next server is asked."""
+    net.errors_by_address["bad:1"] = errors.BadArgError("refused here", request_sent=False)
+    ns = Namespace(["/bad:1", "/root:1"], net, clock=clock)
+    assert ns.resolve(CTX, "apps/fortune").servers[0].server == SERVER_NAME
+    assert net.calls[0] == "/bad:1//apps/fortune"
+
+
 @pytest.mark.parametrize(
     "answer",
     [[], [{"name": "x"}, {"name": "y"}], ["not a map"], [{"servers": "nope"}], "str"],
