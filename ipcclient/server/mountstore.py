@@ -30,6 +30,7 @@ from ipcclient.naming.mountentry import MountedServer
 
 __all__ = [
     "MAX_GLOB_RESULTS",
+    "MAX_GLOB_STEPS",
     "MAX_NODES",
     "MAX_SERVERS_PER_NAME",
     "SWEEP_INTERVAL",
@@ -37,6 +38,7 @@ __all__ = [
     "MemoryStore",
     "MountStore",
     "Resolved",
+    "glob_pattern",
     "glob_tree",
 ]
 
@@ -49,6 +51,10 @@ MAX_NODES = 100_000
 to tens of MB at worst."""
 MAX_GLOB_RESULTS = 10_000
 """Items one Glob may stream; a larger answer is cut off at this many (logged)."""
+MAX_GLOB_STEPS = 1_000_000
+"""Matcher steps (a node visited, times the pattern positions live there) one Glob may take:
+ten per node of a full table. The store's lock is held while matching, so a pattern that
+would take longer is refused (OverloadedError) instead of stalling every other call."""
 SWEEP_INTERVAL = 60.0
 """Seconds between full sweeps of expired mounts in memory (done lazily on Mount; lookups
 also purge what they walk through)."""
@@ -201,14 +207,26 @@ class Node:
         return node
 
 
+def glob_pattern(elements: tuple[str, ...]) -> tuple[str, ...]:
+    """A Glob pattern's elements with each run of ``...`` made one (it matches the same
+    names, and the matcher's work grows with the square of a run's length)."""
+    return tuple(e for i, e in enumerate(elements) if e != "..." or elements[i - 1 : i] != (e,))
+
+
 def glob_tree(
     node: Node, pattern: tuple[str, ...], now: float, limit: int = MAX_GLOB_RESULTS
 ) -> list[dict[str, Any]]:
     """The Glob items of ``node``'s subtree (names relative to it) that match ``pattern``
     (``*`` and ``fnmatch`` classes within a component, ``...`` for zero or more components),
-    at most ``limit``. A mount point below ``node`` is listed, not descended into."""
+    at most ``limit``. A mount point (``node`` itself too) is listed, not descended into.
+
+    Raises:
+        OverloadedError: matching would take more than MAX_GLOB_STEPS steps (a pattern
+            with many ``...`` elements against a large table).
+    """
     out: list[dict[str, Any]] = []
-    _glob(node, (), frozenset({0}), pattern, now, out, limit)
+    budget = [MAX_GLOB_STEPS]
+    _glob(node, (), frozenset({0}), glob_pattern(pattern), now, out, limit, budget)
     return out
 
 
@@ -220,10 +238,17 @@ def _glob(
     now: float,
     out: list[dict[str, Any]],
     limit: int,
+    budget: list[int],
 ) -> None:
     if len(out) >= limit:
         return
     states = _close(states, pat)
+    budget[0] -= len(states)
+    if budget[0] < 0:
+        raise errors.OverloadedError(
+            f"mount table: Glob pattern {'/'.join(pat)!r} is too costly for this table",
+            action=errors.RetryAction.NO_RETRY,
+        )
     if node.purge(now):
         if len(pat) in states:
             out.append(
@@ -234,12 +259,11 @@ def _glob(
                     "is_leaf": node.leaf,
                 }
             )
-        if rel:
-            return  # a mount point: what is below lives in the mounted server
+        return  # a mount point: what is below lives in the mounted server
     for name in sorted(node.children):
         nxt = _advance(states, pat, name)
         if nxt:
-            _glob(node.children[name], (*rel, name), nxt, pat, now, out, limit)
+            _glob(node.children[name], (*rel, name), nxt, pat, now, out, limit, budget)
 
 
 def _close(states: frozenset[int], pat: tuple[str, ...]) -> frozenset[int]:

@@ -55,6 +55,7 @@ from ipcclient.server.mountstore import (
     AccessLists,
     MemoryStore,
     MountStore,
+    glob_pattern,
 )
 
 __all__ = [
@@ -98,10 +99,17 @@ ACCESS_READ_TIMEOUT = 2.0
 """Seconds an authorization may wait for a shared store's access lists."""
 
 
-def _check_suffix(suffix: str) -> tuple[str, ...]:
+def _components(suffix: str) -> tuple[str, ...]:
+    """The components of a name to look up (any depth: an object's name may go on far below
+    the mount point that holds it)."""
     if len(suffix) > MAX_NAME_LEN:
         raise errors.BadArgError(f"mount table: name longer than {MAX_NAME_LEN} characters")
-    comps = names.components(suffix)
+    return names.components(suffix)
+
+
+def _check_suffix(suffix: str) -> tuple[str, ...]:
+    """The components of a name to mount or unmount (at most MAX_COMPONENTS)."""
+    comps = _components(suffix)
     if len(comps) > MAX_COMPONENTS:
         raise errors.BadArgError(f"mount table: name has more than {MAX_COMPONENTS} components")
     return comps
@@ -356,8 +364,10 @@ class MountTable:
         self._store.unmount(comps, names.clean(server) if server else "", timeout=timeout)
 
     def _resolve_step(self, suffix: str, timeout: float | None = None) -> dict[str, Any]:
-        comps = _check_suffix(suffix)
-        found = self._store.resolve(comps, timeout=timeout)
+        comps = _components(suffix)
+        # (No mount is deeper than MAX_COMPONENTS: the rest of a longer name is the name
+        # below the mount point that holds it.)
+        found = self._store.resolve(comps[:MAX_COMPONENTS], timeout=timeout)
         if found is None:
             raise errors.NoExistError(f"mount table: no such name {suffix!r}", suffix)
         entry = MountEntry(
@@ -374,9 +384,19 @@ class MountTable:
         comps = _check_suffix(suffix)
         if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LEN:
             raise errors.BadArgError("mount table: bad glob pattern")
-        items = self._store.glob(
-            comps, names.components(pattern), limit=MAX_GLOB_RESULTS, timeout=timeout
-        )
+        if names.is_rooted(pattern):
+            raise errors.BadArgError(f"mount table: glob pattern {pattern!r} must be relative")
+        elements = glob_pattern(names.components(pattern))
+        if len([e for e in elements if e != "..."]) > MAX_COMPONENTS:
+            raise errors.BadArgError(
+                f"mount table: glob pattern {pattern!r} has more than {MAX_COMPONENTS} "
+                "components (no name has)"
+            )
+        if comps:
+            found = self._store.resolve(comps, timeout=timeout)
+            if found is not None and found.consumed < len(comps):
+                return iter(())  # below a mount point: its names live in the mounted server
+        items = self._store.glob(comps, elements, limit=MAX_GLOB_RESULTS, timeout=timeout)
         if len(items) >= MAX_GLOB_RESULTS:
             log.warning(
                 "mount table: Glob %r at %r cut off at %d items", pattern, suffix, len(items)

@@ -22,6 +22,7 @@ from ipcclient.naming.namespace import MountEntry
 from ipcclient.options import NoRetry
 from ipcclient.security import Principal, caveats
 from ipcclient.security.caveats import Caveat
+from ipcclient.server import mountstore
 from ipcclient.server.authorizer import AllowEveryone, Authorizer
 from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.exposure import expose
@@ -382,6 +383,49 @@ def test_glob(stack: contextlib.ExitStack, family: Family, make_table: TableFact
     assert item["serves_mount_table"] is True and item["is_leaf"] is True
     assert item["servers"][0]["server"] == "/127.0.0.1:2001"
     assert 29 < item["servers"][0]["ttl"] <= 30
+    # At or below a mount point, Glob shows what ResolveStep does: the mount, not the names
+    # it shadows (a/y/shadowed once showed at "a/y"; "a/y/shadowed" below it as "").
+    assert _glob(client, at(mt, "a/y"), "...") == ([""], 1)
+    assert _glob(client, at(mt, "a/y"), "*") == ([], 0)
+    assert _glob(client, at(mt, "a/y/shadowed"), "...") == ([], 0)
+    # A run of "..." is one "..." (it once took seconds per node, holding the table's lock);
+    # a rooted pattern is refused (it once lost its first element without a word).
+    many = "/".join(["..."] * 255 + ["e"])
+    assert _glob(client, at(mt, ""), many) == (["c/d/e"], 1)
+    with pytest.raises(errors.BadArgError, match="must be relative"):
+        _glob(client, at(mt, ""), "/a/*")
+    with pytest.raises(errors.BadArgError, match="more than 64 components"):
+        _glob(client, at(mt, ""), "/".join(["*"] * 65))
+
+
+def test_a_glob_too_costly_for_the_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matcher's steps are bounded (the store's lock is held while it runs)."""
+    table = MountTable()
+    for i in range(50):
+        table._mount(f"d{i}/n", "/127.0.0.1:2000", 30.0, 0)
+    pattern = "/".join(["*", "..."] * 20 + ["zz"])  # up to 21 live positions per node
+    assert list(table._glob("", pattern)) == []
+    monkeypatch.setattr(mountstore, "MAX_GLOB_STEPS", 100)
+    with pytest.raises(errors.OverloadedError, match="too costly"):
+        list(table._glob("", pattern))
+    assert [i["name"] for i in table._glob("", "d1/*")] == ["d1/n"]  # a cheap one still runs
+
+
+def test_a_name_deeper_than_any_mount_resolves_through_the_mount_that_holds_it(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    """An object's name may go on far below its mount point: ResolveStep of a name longer
+    than MAX_COMPONENTS answers the mount on its path (it once refused it with BadArg, which
+    the namespace reads as "not a mount table": the call then went to the mount table)."""
+    _, mt = serving(stack, family.member("mt"), table=make_table())
+    _, svc = serving(stack, family.member("server"), Label("svc"))
+    admin = client_for(stack, family.member("admin"), mt)
+    admin.call(ctx(), at(mt, "app"), "Mount", svc, 30.0, 0)
+    deep = "app/" + "/".join(["x"] * 80)
+    client = client_for(stack, family.member("client"), mt)  # (a cold cache)
+    entry = client.namespace.resolve(ctx(), deep)
+    assert [s.server for s in entry.servers] == [svc]
+    assert entry.name == "/".join(["x"] * 80)
 
 
 def test_access_control_by_blessings(
