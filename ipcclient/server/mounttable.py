@@ -41,7 +41,7 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.naming import names
-from ipcclient.naming.endpoint import endpoint_of
+from ipcclient.naming.endpoint import Endpoint, endpoint_of
 from ipcclient.naming.mountentry import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
@@ -121,10 +121,20 @@ def _check_server(server: object) -> str:
     if len(server) > MAX_SERVER_LEN:
         raise errors.BadArgError(f"mount table: server name longer than {MAX_SERVER_LEN}")
     try:
-        endpoint_of(server)
+        ep = endpoint_of(server)
     except errors.BadArgError as exc:
         raise errors.BadArgError(f"mount table: bad server: {exc.msg}") from None
-    return names.clean(server)
+    return _spelled_once(server, ep)
+
+
+def _spelled_once(server: str, ep: Endpoint) -> str:
+    """``server`` cleaned, with a full endpoint in its canonical form: two spellings of one
+    endpoint (``%3A`` for ``:``, an upper-case routing id) are one server, and Unmount of
+    either removes it. A short form (``/host:port``) is kept as written."""
+    address, suffix = names.split_address_name(server)
+    if address.startswith("@"):
+        address = str(ep)
+    return names.clean("/" + address + ("/" + suffix if suffix else ""))
 
 
 def _check_ttl(ttl: object) -> float:
@@ -361,7 +371,12 @@ class MountTable:
         comps = _check_suffix(suffix)
         if not isinstance(server, str):
             raise errors.BadArgError("mount table: the server must be a str ('' for all)")
-        self._store.unmount(comps, names.clean(server) if server else "", timeout=timeout)
+        if server:
+            try:
+                server = _spelled_once(server, endpoint_of(server))
+            except errors.BadArgError:
+                server = names.clean(server)  # (never mounted: unmounting it does nothing)
+        self._store.unmount(comps, server, timeout=timeout)
 
     def _resolve_step(self, suffix: str, timeout: float | None = None) -> dict[str, Any]:
         comps = _components(suffix)

@@ -17,7 +17,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
-from ipcclient.naming import names
+from ipcclient.naming import Endpoint, names
 from ipcclient.naming.namespace import MountEntry
 from ipcclient.options import NoRetry
 from ipcclient.security import Principal, caveats
@@ -396,6 +396,24 @@ def test_glob(stack: contextlib.ExitStack, family: Family, make_table: TableFact
         _glob(client, at(mt, ""), "/a/*")
     with pytest.raises(errors.BadArgError, match="more than 64 components"):
         _glob(client, at(mt, ""), "/".join(["*"] * 65))
+
+
+def test_two_spellings_of_one_endpoint_are_one_server(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=make_table())
+    _, svc = serving(stack, family.member("server"), Label("svc"))
+    client = client_for(stack, family.member("client"), mt)
+    ep = Endpoint.parse(svc[1:])
+    other = "/" + str(ep).replace(ep.address, ep.address.replace(":", "%3A"))
+    assert other != svc and Endpoint.parse(other[1:]) == ep
+    client.call(ctx(), at(mt, "s"), "Mount", other + "/x", 30.0, 0)
+    client.call(ctx(), at(mt, "s"), "Mount", svc + "/x", 30.0, 0)
+    (wire,) = client.call(ctx(), at(mt, "s"), "ResolveStep")
+    assert [s["server"] for s in wire["servers"]] == [svc + "/x"]
+    client.call(ctx(), at(mt, "s"), "Unmount", other + "/x")
+    with pytest.raises(errors.NoExistError):
+        client.call(ctx(), at(mt, "s"), "ResolveStep", options=(NoRetry(),))
 
 
 def test_a_glob_too_costly_for_the_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
