@@ -348,6 +348,8 @@ class MountTable:
         for c in comps:
             if names.is_reserved(c):
                 raise errors.BadArgError(f"mount table: name element {c!r} is reserved")
+            if "\x00" in c:  # (whatever the store: a shared store's keys end with NUL)
+                raise errors.BadArgError("mount table: a name may not contain NUL")
         server = _check_server(server)
         seconds = min(_check_ttl(ttl), self._max_ttl)
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~_ALL_FLAGS:

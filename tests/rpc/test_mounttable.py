@@ -490,6 +490,7 @@ def test_bad_requests_are_refused(
     refused("x", ok, 0.0, 0)
     refused("x", ok, -1.0, 0)
     refused("x", ok, "10", 0)
+    refused("x\x00y", ok, 10.0, 0)  # (the in-memory store took it; etcd's keys end with NUL)
     refused("x", ok, 10.0, 8)
     refused("/".join(["c"] * 65), ok, 10.0, 0)
 
