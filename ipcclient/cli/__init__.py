@@ -35,6 +35,7 @@ every command that resolves names reads ``--namespace`` or ``IPCCLIENT_NAMESPACE
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -109,6 +110,17 @@ __all__ = [
     "tree_lines",
     "version_line",
 ]
+
+
+def _grace(text: str) -> float:
+    """``--grace``: seconds >= 0, checked when the command starts (not when it stops)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--grace",
             default=5.0,
-            type=float,
+            type=_grace,
             metavar="SECONDS",
             help="on Ctrl-C, let calls in flight finish for this long",
         )

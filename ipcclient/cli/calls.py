@@ -27,7 +27,7 @@ def _parse_args_json(raw: Sequence[str]) -> list[Any]:
     for i, text in enumerate(raw, 1):
         try:
             values.append(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
             raise CommandError(
                 f"argument {i} ({text!r}) is not JSON; a string needs quotes: '\"{text}\"'"
             ) from None
@@ -76,7 +76,7 @@ def _send_lines(call: Any, failure: list[BaseException]) -> None:
                 continue
             try:
                 item = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
                 raise CommandError(f"standard input line {lineno} is not JSON") from None
             call.send(item)
         call.close_send()

@@ -27,7 +27,13 @@ from ipcclient.security import caveats as cav
 from ipcclient.security.blessings import Blessings
 from ipcclient.security.caveats import Caveat, ExpiryCaveat
 from ipcclient.security.keys import PublicKey
-from ipcclient.security.principal import KEY_FILE, STORE_FILE, Principal
+from ipcclient.security.principal import (
+    KEY_FILE,
+    MAX_STATE_FILE,
+    STORE_FILE,
+    Principal,
+    read_bounded,
+)
 
 __all__ = [
     "BLESSING_TOKEN_PREFIX",
@@ -45,6 +51,9 @@ __all__ = [
 ]
 
 BLESSING_TOKEN_PREFIX = "ipcb1:"
+MAX_TOKEN = 1 << 20
+"""Characters of a blessing token read from a file or standard input (a token of a long
+chain with many caveats is a few KiB)."""
 """How a blessing printed by ``ipc principal bless`` starts (then base64url CBOR)."""
 
 
@@ -69,10 +78,10 @@ _PASSPHRASES: dict[str, bytes] = {}
 
 def _encrypted(directory: Path) -> bool:
     try:
-        with (directory / KEY_FILE).open("rb") as f:
-            return b"ENCRYPTED" in f.readline()
-    except OSError:
-        return False
+        head = read_bounded(directory / KEY_FILE, 64)  # (the PEM header line)
+    except errors.IPCError:
+        return False  # (Principal.load says what is wrong with the file)
+    return head is not None and b"ENCRYPTED" in head.split(b"\n", 1)[0]
 
 
 def load_principal(directory: str | os.PathLike[str]) -> Principal:
@@ -139,9 +148,13 @@ def _stored_default(directory: Path) -> Blessings:
 
 
 def _read_store(directory: Path) -> Any:
+    file = directory / STORE_FILE
     try:
-        doc = json.loads((directory / STORE_FILE).read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = read_bounded(file, MAX_STATE_FILE)
+        if raw is None or len(raw) > MAX_STATE_FILE:
+            raise CommandError(f"{file} is {'missing' if raw is None else 'too large'}")
+        doc = json.loads(raw.decode("utf-8"))
+    except (errors.IPCError, ValueError, RecursionError) as exc:
         raise CommandError(f"cannot read the principal in {directory}: {exc}") from exc
     if not isinstance(doc, dict):
         raise CommandError(f"{directory / STORE_FILE} is malformed")
@@ -152,13 +165,18 @@ def read_blessings(arg: str) -> Blessings:
     """Blessings from ``-`` (standard input), a principal directory (its default), a file
     holding a token, or a token itself."""
     if arg == "-":
-        return _from_token(sys.stdin.read())
+        return _from_token(sys.stdin.read(MAX_TOKEN + 1))
+    if arg.strip().startswith(BLESSING_TOKEN_PREFIX):
+        return _from_token(arg)  # (a token is often longer than a file name may be)
     path = Path(arg)
-    if path.is_dir():
-        return _stored_default(path)
-    if path.is_file():
-        return _from_token(path.read_text("utf-8"))
-    return _from_token(arg)
+    try:
+        if path.is_dir():
+            return _stored_default(path)
+        raw = read_bounded(path, MAX_TOKEN)
+        text = None if raw is None else raw.decode("utf-8")
+    except (OSError, errors.IPCError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read blessings from {arg!r}: {exc}") from exc
+    return _from_token(arg if text is None else text)
 
 
 def _target_key(arg: str) -> PublicKey:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -52,7 +53,15 @@ from ipcclient.security.keys import (
 from ipcclient.security.patterns import validate_extension
 from ipcclient.security.store import BlessingRoots, BlessingStore
 
-__all__ = ["KEY_FILE", "ROOTS_FILE", "STATE_FORMAT", "STORE_FILE", "Principal"]
+__all__ = [
+    "KEY_FILE",
+    "MAX_STATE_FILE",
+    "ROOTS_FILE",
+    "STATE_FORMAT",
+    "STORE_FILE",
+    "Principal",
+    "read_bounded",
+]
 
 KEY_FILE = "key.pem"
 ROOTS_FILE = "roots.json"
@@ -174,11 +183,14 @@ class Principal:
         pem = self._private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
+        files = {
+            KEY_FILE: pem,
+            ROOTS_FILE: self._state_bytes(self.roots.to_plain()),
+            STORE_FILE: self._state_bytes(self.store.to_plain()),
+        }
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _atomic_write(path / KEY_FILE, pem)
-            _atomic_write(path / ROOTS_FILE, self._state_bytes(self.roots.to_plain()))
-            _atomic_write(path / STORE_FILE, self._state_bytes(self.store.to_plain()))
+            _atomic_write_all(path, files)
         except OSError as exc:
             raise errors.BadArgError(f"security: cannot save principal to {path}: {exc}") from exc
 
@@ -221,13 +233,9 @@ class Principal:
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     def _read_state(self, file: Path) -> Any:
-        try:
-            with file.open("rb") as f:
-                raw = f.read(MAX_STATE_FILE + 1)
-        except FileNotFoundError:
+        raw = read_bounded(file, MAX_STATE_FILE)
+        if raw is None:
             return None
-        except OSError as exc:
-            raise errors.BadArgError(f"security: cannot read {file}: {exc}") from exc
         if len(raw) > MAX_STATE_FILE:
             raise errors.BadArgError(f"security: {file} is too large")
         try:
@@ -236,7 +244,7 @@ class Principal:
             data = doc["data"]
             fmt = doc["format"]
             body = _canonical_json(data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise errors.BadArgError(f"security: corrupt principal file {file}") from exc
         if fmt != STATE_FORMAT:
             raise errors.BadArgError(f"security: {file} has unknown format {fmt!r}")
@@ -261,31 +269,73 @@ def _canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically with mode 0600."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def _atomic_write_all(directory: Path, files: dict[str, bytes]) -> None:
+    """Write each of ``files`` (name: data) into ``directory`` with mode 0600: every file is
+    written in full and synced to a temporary file first, and only then are they renamed
+    into place, so a failed write (a full disk, say) leaves the previous files as they were.
+    Each rename is atomic; a crash between the renames (a few microseconds) can leave new
+    and old files side by side."""
+    written: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            written.append((tmp, directory / name))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+        for tmp, target in written:
+            os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     if hasattr(os, "O_DIRECTORY"):
-        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
 
 
+def read_bounded(file: Path, limit: int) -> bytes | None:
+    """At most ``limit + 1`` bytes of the regular file ``file`` (more than ``limit`` means
+    too large), or None when there is no such file. A FIFO, device or directory is refused
+    without waiting on it.
+
+    Raises:
+        BadArgError: ``file`` is not a regular file, or cannot be read.
+    """
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise errors.BadArgError(f"security: cannot read {file}: {exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise errors.BadArgError(f"security: {file} is not a regular file")
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise errors.BadArgError(f"security: cannot read {file}: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
 def _read_key_file(key_path: Path) -> bytes:
     try:
-        fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # (Non-blocking: a FIFO put in its place is refused below, not waited on.)
+        fd = os.open(key_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError as exc:
         raise errors.NoExistError(f"security: no key file {key_path}") from exc
     except OSError as exc:
@@ -316,6 +366,8 @@ def _parse_key(pem: bytes, passphrase: bytes | None, key_path: Path) -> ed25519.
         raise errors.BadArgError(f"security: {key_path} is not encrypted; no passphrase expected")
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase)
+    except UnsupportedAlgorithm as exc:
+        raise errors.BadArgError(f"security: {key_path} does not hold an Ed25519 key") from exc
     except (ValueError, TypeError) as exc:
         if encrypted:
             raise errors.NoAccessError(

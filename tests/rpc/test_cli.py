@@ -363,6 +363,43 @@ def test_principal_create_fork_bless_set_default_add_root_dump(tmp_path: Path) -
     assert bad.returncode == ipc_cli.EXIT_BAD_ARG and "bad duration" in bad.stderr
 
 
+def test_bad_local_input_is_one_line_and_an_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of these once ended in a traceback (or a misleading error): a blessing token on
+    the command line longer than a file name may be (ENAMETOOLONG), a blessing file that is
+    not UTF-8, JSON arguments nested too deeply (RecursionError), a store file nested too
+    deeply, and --grace nan (accepted, then refused only at shutdown)."""
+    idp, bob = tmp_path / "idp", tmp_path / "bob"
+    for who in (idp, bob):
+        assert ipc_cli.main(["principal", "create", str(who)]) == ipc_cli.EXIT_OK
+    bless = ["principal", "bless", str(idp), str(bob), "friend", "--for", "2h"]
+    capsys.readouterr()
+    assert ipc_cli.main(bless) == ipc_cli.EXIT_OK
+    token = capsys.readouterr().out.strip()
+    assert len(token) > 255  # (longer than a file name may be)
+    assert ipc_cli.main(["principal", "set-default", str(bob), token]) == ipc_cli.EXIT_OK
+    assert Principal.load(bob).store.default.names == ["idp:friend"]  # type: ignore[union-attr]
+
+    def fails(code: int, *argv: str) -> str:
+        assert ipc_cli.main(list(argv)) == code
+        printed = capsys.readouterr().err.strip().splitlines()
+        assert len(printed) == 1 and printed[0].startswith("ipc: error: "), printed
+        return printed[0]
+
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe" * 100)
+    fails(ipc_cli.EXIT_BAD_ARG, "principal", "set-default", str(bob), str(binary))
+    deep = "[" * 5000 + "]" * 5000
+    assert "is not JSON" in fails(ipc_cli.EXIT_BAD_ARG, "call", "/127.0.0.1:1", "Echo", deep)
+    (idp / "store.json").write_text(deep)
+    fails(ipc_cli.EXIT_BAD_ARG, "principal", "add-root", str(bob), str(idp))
+    with pytest.raises(SystemExit) as exited:
+        ipc_cli.main(["serve", "--grace", "nan"])
+    assert exited.value.code == ipc_cli.EXIT_USAGE
+    assert "--grace: must be a number of seconds >= 0" in capsys.readouterr().err
+
+
 def test_encrypted_principal_asks_for_its_passphrase(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     done = ipc("principal", "create", str(secret), "--encrypt", stdin="hunter22\n")

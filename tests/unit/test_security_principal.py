@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +174,70 @@ def test_atomic_write_keeps_old_file_on_failure(
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # no temp files left, nothing changed
     assert Principal.load(tmp_path).public_key == first.public_key
+
+
+_SAVE_UNTIL_THE_DISK_IS_FULL = """
+import os, resource, signal, sys
+from ipcclient import errors
+from ipcclient.security import Principal
+p = Principal.generate()
+for i in range(20):
+    p.store.set(p.bless_self(f"name{i}"), "...")
+p.save(sys.argv[1] + "-scratch")
+sizes = [os.path.getsize(os.path.join(sys.argv[1] + "-scratch", f))
+         for f in ("key.pem", "roots.json", "store.json")]
+assert sizes[2] > max(sizes[:2]) + 1, sizes
+limit = max(sizes[:2]) + 1  # the key and roots files fit; the store file does not
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    p.save(sys.argv[1])
+except errors.BadArgError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_save_that_fails_part_way_leaves_the_previous_principal(tmp_path: Path) -> None:
+    """A real write failure (the file size limit, as a full disk would) on the last file of
+    a save once left the new key beside the old state files: the principal no longer
+    loaded (NotTrusted). Every file is now written before any is renamed into place."""
+    target = tmp_path / "p"
+    first = Principal.generate()
+    first.save(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    child = subprocess.run(
+        [sys.executable, "-c", _SAVE_UNTIL_THE_DISK_IS_FULL, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 3 and "cannot save" in child.stdout, child.stderr
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # no temp files
+    assert Principal.load(target).public_key == first.public_key
+
+
+def test_what_is_not_a_small_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO in place of a principal file once made load wait forever for a writer; JSON
+    nested 100,000 deep raised a bare RecursionError; a key of an algorithm the crypto
+    library does not know raised its UnsupportedAlgorithm."""
+    for name in ("key.pem", "roots.json", "store.json"):
+        Principal.generate().save(tmp_path / name)
+        (tmp_path / name / name).unlink()
+        os.mkfifo(tmp_path / name / name, 0o600)
+        with pytest.raises(errors.BadArgError, match="not a regular file"):
+            Principal.load(tmp_path / name)
+    Principal.generate().save(tmp_path / "deep")
+    (tmp_path / "deep" / "store.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(errors.BadArgError, match="corrupt"):
+        Principal.load(tmp_path / "deep")
+    Principal.generate().save(tmp_path / "odd")
+    # A PKCS#8 key whose algorithm is OID 1.2.3.4.
+    odd = base64.b64encode(bytes.fromhex("3016020100300506032a0304040a04080102030405060708"))
+    pem = b"-----BEGIN PRIVATE KEY-----\n" + odd + b"\n-----END PRIVATE KEY-----\n"
+    (tmp_path / "odd" / "key.pem").write_bytes(pem)
+    with pytest.raises(errors.BadArgError, match="Ed25519"):
+        Principal.load(tmp_path / "odd")
 
 
 def test_save_into_unwritable_location(tmp_path: Path) -> None:
