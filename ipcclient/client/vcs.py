@@ -68,9 +68,15 @@ CLOSE_CHECK = 0.05
 """How often a dial's own thread looks at ``close()``."""
 
 STALE_DIAL = 1.0
-"""A dial that has run this long (or that a caller already gave up on) is not joined by a new
-caller: it dials afresh (once per ``STALE_DIAL`` per endpoint), so a stalled handshake costs
-the calls already waiting for it, not every call until the handshake timeout."""
+"""A dial that has run this long is not joined by a new caller: it dials afresh (once per
+``STALE_DIAL`` per endpoint), so a stalled handshake costs the calls already waiting for it,
+not every call until the handshake timeout."""
+
+STALE_ABANDONED_DIAL = STALE_DIAL / 4
+"""The same for a dial a caller already gave up on (its deadline passed while it waited):
+a server that comes back is dialed again soon. Never sooner: callers with short deadlines
+against a stalled server would otherwise start a dial (a thread and a socket, until the
+handshake timeout) each."""
 
 Target = tuple[str, Endpoint, str, str]
 """One server of a name to try: (server name, endpoint, VC key, suffix)."""
@@ -96,7 +102,7 @@ class Dial:
         self.listeners: list[threading.Event] = []  # set when the dial ends (races)
 
     def stale(self, now: float) -> bool:
-        return self.abandoned or now - self.started >= STALE_DIAL
+        return now - self.started >= (STALE_ABANDONED_DIAL if self.abandoned else STALE_DIAL)
 
 
 def _without_lookup(ep: Endpoint) -> bool:

@@ -19,6 +19,7 @@ from ipcclient import call as callmod
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.client.api import MAX_RESENDS
+from ipcclient.client.vcs import STALE_ABANDONED_DIAL
 from ipcclient.context import Context
 from ipcclient.options import NoRetry
 from ipcclient.server.authorizer import AllowEveryone
@@ -311,6 +312,27 @@ def test_a_stalled_handshake_costs_one_call(
         assert client.call(ctx(5.0), target, "Echo", "y") == ("y",)
         assert time.monotonic() - start < 5.0
         assert proxy.accepted == 2
+
+
+def test_calls_that_give_up_on_a_stalled_dial_do_not_each_start_another(
+    server: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    """Calls with short deadlines against a server that never answers the handshake: a dial
+    a caller gave up on is replaced at most once per STALE_ABANDONED_DIAL (each call once
+    started a dial of its own: a thread and a socket until the handshake timeout)."""
+    _srv, name, _svc = server
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        proxy.set(up=Fault.blackhole())
+        start = time.monotonic()
+        for _ in range(100):
+            with pytest.raises(errors.TimeoutError):
+                client.call(ctx(0.01), target, "Echo", "x")
+        elapsed = time.monotonic() - start
+        assert proxy.accepted <= elapsed / STALE_ABANDONED_DIAL + 2, (proxy.accepted, elapsed)
+        dials = [t for t in threading.enumerate() if t.name.startswith("ipc-dial")]
+        assert len(dials) <= proxy.accepted
 
 
 # --- use every replica -----------------------------------------------------------------------
