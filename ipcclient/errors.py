@@ -94,6 +94,11 @@ class ErrorID(str, enum.Enum):
     END_OF_FILE = "ipc.EndOfFile"
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+"""What :meth:`IPCError.__str__` shows for each control character left after whitespace
+is collapsed."""
+
+
 class IPCError(Exception):
     """Base of every error ipcclient raises.
 
@@ -133,7 +138,10 @@ class IPCError(Exception):
         """One line: the ID and what happened (and, where there is one, what to do). What was
         tried and whether the request went out are in :meth:`details`, not here."""
         text = f"{self.id}: {self.msg}" if self.msg else self.id
-        return " ".join(text.split()) if "\n" in text else text
+        if text.isprintable():
+            return text
+        # (Text from a peer may hold line breaks or terminal escapes: one line, shown safe.)
+        return " ".join(text.split()).translate(_CONTROLS)
 
     def details(self) -> str:
         """Several lines for a person debugging: the one-line summary, the retry action,

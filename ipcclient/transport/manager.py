@@ -39,6 +39,7 @@ from ipcclient.transport.dial import (
 )
 from ipcclient.transport.ratelog import Throttle
 from ipcclient.vc.handshake import (
+    MIN_WINDOW,
     SUPPORTED_VERSIONS,
     ClientHandshake,
     HandshakeResult,
@@ -154,6 +155,12 @@ class TransportOptions:
     park_idle: float = PARK_IDLE
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mux, MuxConfig) or self.mux.initial_window < MIN_WINDOW:
+            # (The sans-IO mux takes any window; a hello announcing one this small is
+            # refused by every peer.)
+            raise errors.BadArgError(
+                f"transport: mux must be a MuxConfig with initial_window >= {MIN_WINDOW}"
+            )
         poll = self.busy_poll
         number = isinstance(poll, int | float) and not isinstance(poll, bool)
         if not number or not 0 <= poll <= MAX_BUSY_POLL:

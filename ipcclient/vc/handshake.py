@@ -56,6 +56,8 @@ __all__ = [
 MAGIC = b"\x8fIPC"
 """First bytes of both hellos: not ASCII, so a peer speaking another protocol fails at once."""
 SUPPORTED_VERSIONS = (1, 1)
+MIN_WINDOW = 1024
+"""The smallest per-flow window a hello may announce (docs/protocol.md)."""
 """The RPC protocol versions this side speaks, as an inclusive (min, max) range."""
 MAX_HELLO_SIZE = 1024
 """A hello is a small map of fixed fields; anything larger is a flood."""
@@ -159,7 +161,7 @@ def _bytes_field(fields: Any, name: str, size: int) -> bytes:
 
 def _settings_from(fields: dict[str, Any]) -> VCSettings:
     return VCSettings(
-        initial_window=_int_field(fields, "window", 1024, (1 << 31) - 1),
+        initial_window=_int_field(fields, "window", MIN_WINDOW, (1 << 31) - 1),
         max_frame_payload=_int_field(fields, "max_frame", 1024, 16 * 1024 * 1024),
     )
 
@@ -373,7 +375,8 @@ class ClientHandshake(_Base):
                 # say (no common version), never an error class or retry action it chose.
                 err = fields["error"]
                 if isinstance(err, errors.VersionIncompatibleError):
-                    raise errors.VersionIncompatibleError(err.msg)
+                    said = err.msg[:200] + ("..." if len(err.msg) > 200 else "")
+                    raise errors.VersionIncompatibleError(f"handshake: the server refused: {said}")
                 raise errors.BadProtocolError("handshake: the server refused the handshake")
             version = _int_field(fields, "version", 1, 1 << 32)
             lo, hi = self._versions

@@ -69,7 +69,8 @@ class MuxConfig:
     """This side's limits, announced to the peer by the VC handshake.
 
     Attributes:
-        initial_window: per-flow receive window in bytes (1 .. MAX_WINDOW).
+        initial_window: per-flow receive window in bytes (1 .. MAX_WINDOW here; a VC's
+            handshake needs at least 1024, which ``TransportOptions`` checks).
         max_frame_payload: largest frame payload this side accepts (1 KiB .. 16 MiB; 64 KiB
             default).
         max_inbound_flows: live peer-opened flows allowed at once (0 refuses all).

@@ -157,3 +157,12 @@ def test_any_wire_error_round_trips(wid: str, action: int, msg: str, params: lis
     assert back.msg == msg
     assert list(back.params) == params
     assert back.action is RetryAction.from_wire(action)
+
+
+def test_str_is_one_printable_line_whatever_the_message() -> None:
+    """Text from a peer may hold CR, escapes or BEL: str() shows them escaped, on one line
+    (the message itself is kept as it came, in ``msg``)."""
+    err = errors.BadProtocolError("a\r\nb\x1b[2J\x07 c\u0085d")
+    assert str(err) == "ipc.BadProtocol: a b\\x1b[2J\\x07 c d"
+    assert err.msg == "a\r\nb\x1b[2J\x07 c\u0085d"
+    assert str(errors.BadArgError("plain  é")) == "ipc.BadArg: plain  é"

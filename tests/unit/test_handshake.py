@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipcclient import codec, errors
+from ipcclient.transport.manager import TransportOptions
 from ipcclient.vc import handshake
 from ipcclient.vc.handshake import ClientHandshake, HandshakeResult, ServerHandshake, VCSettings
+from ipcclient.wire.muxstate import MuxConfig
 from tests.identities import Identity, make_identity
 
 
@@ -122,6 +124,29 @@ def test_no_common_version_fails_before_any_secret() -> None:
         client.receive_data(refusal)
     with pytest.raises(errors.VersionIncompatibleError):
         server.receive_data(b"more")
+
+
+def test_a_refusals_text_is_shown_as_one_safe_line() -> None:
+    """A refusal is unauthenticated: its text (CR, terminal escapes, up to a whole hello of
+    it) once reached the client's error message verbatim."""
+    client = _client(make_identity())
+    client.start()
+    said = "no common version\rFAKE: all good\x1b[2J\x1b[31m red \x07" + "x" * 900
+    forged = handshake._encode_hello({"error": errors.VersionIncompatibleError(said)})
+    with pytest.raises(errors.VersionIncompatibleError) as info:
+        client.receive_data(forged)
+    text = str(info.value)
+    assert text.isprintable() and len(text) < 300, text
+    assert text.startswith("ipc.VersionIncompatible: handshake: the server refused: no common")
+    assert "\\x1b[2J" in text and text.endswith("...")
+
+
+def test_a_window_no_peer_accepts_is_refused_when_configured() -> None:
+    """The sans-IO mux takes any window; a VC's hello may not announce one below 1024 (a
+    server so configured once failed every call with a BadProtocol from its clients)."""
+    with pytest.raises(errors.BadArgError, match="initial_window >= 1024"):
+        TransportOptions(mux=MuxConfig(initial_window=512))
+    assert TransportOptions(mux=MuxConfig(initial_window=1024)).settings.initial_window == 1024
 
 
 def test_server_choosing_outside_the_client_range_is_refused() -> None:
