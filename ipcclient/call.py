@@ -18,7 +18,7 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors, vtrace
@@ -55,6 +55,7 @@ class Call:
         server: str,
         discharges: tuple[Discharge, ...] = (),
         discharge_cache: DischargeCache | None = None,
+        fetch_problems: Sequence[str] = (),
         on_done: Callable[[Call], None] | None = None,
         on_abandon: Callable[[Any], None] | None = None,
         on_trace: Callable[[tuple[Any, ...]], None] | None = None,
@@ -66,6 +67,7 @@ class Call:
         self.server = server
         self._discharges = discharges
         self._discharge_cache = discharge_cache
+        self._fetch_problems = tuple(fetch_problems)  # discharges that could not be fetched
         self._on_done = on_done
         self._on_abandon = on_abandon
         self._on_trace = on_trace
@@ -135,7 +137,7 @@ class Call:
             raise errors.EndOfStreamError("call: the server sent no more items")
         header = self._read_header()
         if header.error is not None:
-            raise self._mark(header.error)
+            raise self._mark(self._on_server_error(header.error))
         if header.end_stream_results:
             raise errors.EndOfStreamError("call: the server sent no more items")
         return self._recv()
@@ -217,8 +219,7 @@ class Call:
             if self._on_trace is not None and response.trace:
                 self._on_trace(response.trace)
             if response.error is not None:
-                self._on_server_error(response.error)
-                raise response.error.with_context(request_sent=True)
+                raise self._on_server_error(response.error).with_context(request_sent=True)
             if nresults is not None and nresults != response.nresults:
                 raise errors.BadProtocolError(
                     f"call: server sent {response.nresults} results, client expected {nresults}",
@@ -330,17 +331,35 @@ class Call:
     def _on_context_done(self, err: errors.IPCError) -> None:
         self.cancel(err)
 
-    def _on_server_error(self, err: errors.IPCError) -> None:
+    def _on_server_error(self, err: errors.IPCError) -> errors.IPCError:
+        """The server's error ``err``, as the caller sees it. A refusal forgets the
+        discharges it may be about, and says which discharges could not be fetched (the
+        likely cause)."""
+        if not isinstance(err, errors.NoAccessError):
+            return err
         cache = self._discharge_cache
-        if cache is None or not isinstance(err, errors.NoAccessError) or not self._discharges:
-            return
-        refused = err.params[0] if err.params else None
-        if isinstance(err, errors.BadDischargeError) and isinstance(refused, str):
-            cache.invalidate(refused)  # exactly the discharge the server refused
-        else:
-            # A plain NoAccess may have been caused by a stale discharge; forget the ones
-            # used so the *next* call fetches fresh ones (this call is not retried: no loop).
-            cache.invalidate(*(d.caveat_id for d in self._discharges))
+        if cache is not None and self._discharges:
+            refused = err.params[0] if err.params else None
+            if isinstance(err, errors.BadDischargeError) and isinstance(refused, str):
+                cache.invalidate(refused)  # exactly the discharge the server refused
+            else:
+                # A plain NoAccess may have been caused by a stale discharge; forget the
+                # ones used so the *next* call fetches fresh ones (this call is not
+                # retried: no loop).
+                cache.invalidate(*(d.caveat_id for d in self._discharges))
+        if not self._fetch_problems:
+            return err
+        told = type(err).__new__(type(err))
+        errors.IPCError.__init__(
+            told,
+            f"{err.msg} (not fetched: {'; '.join(self._fetch_problems)})",
+            *err.params,
+            id=err.id,
+            action=err.action,
+            request_sent=err.request_sent,
+            tried=err.tried,
+        )
+        return told
 
     def _release(self, *, cancel: bool) -> None:
         with self._lock:

@@ -441,6 +441,9 @@ class Client:
                 last = exc
                 failures.append(exc)
                 continue
+            except BaseException:
+                flow.cancel()  # (an interrupt, or a bug: the flow is not left behind)
+                raise
             plan = CallPlan(
                 Route(ep, key, suffix), auth.server_names, auth.valid_until, discharges, granted
             )
@@ -480,12 +483,11 @@ class Client:
                 server=server,
                 discharges=discharges,
                 discharge_cache=self.discharge_cache,
+                fetch_problems=fetch_errors,
                 on_done=self._make_on_done(call_ctx if owned_ctx else None, span),
                 on_abandon=self._abandoned.append,
                 on_trace=on_trace,
             )
-            if fetch_errors:
-                call.discharge_errors = fetch_errors  # type: ignore[attr-defined]
             with self._lock:
                 self._calls.add(call)
             unsent = write_request(

@@ -23,6 +23,7 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.client.plan import VC_STATE_ENTRIES, Authorization, vc_state
 from ipcclient.context import Context
+from ipcclient.headers import MAX_DISCHARGES
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.options import (
     CallOption,
@@ -49,6 +50,10 @@ from ipcclient.security.principal import Principal
 from ipcclient.transport.conn import Connection
 
 log = logging.getLogger("ipcclient.client")
+
+DISCHARGE_MARGIN = 2.0
+"""Seconds of validity a cached discharge must have left to be sent: one closer to its
+expiry is fetched anew, so that it does not expire on its way to the server."""
 
 AUTHORIZATION_TTL = 60.0
 """The longest an authorization is kept on a VC (seconds), even when the server's blessings
@@ -218,10 +223,16 @@ def prepare_discharges(
     caveats = blessings.third_party_caveats()
     if not caveats:
         return (), []
+    if len(caveats) > MAX_DISCHARGES:
+        raise errors.BadArgError(
+            f"client: the blessings presented carry {len(caveats)} third-party caveats; a "
+            f"request carries at most {MAX_DISCHARGES} discharges"
+        )
     found: list[Discharge] = []
     missing: list[ThirdPartyCaveat] = []
     for cav in caveats:
-        d = cache.get(cav.id)
+        # (A discharge about to expire is fetched anew: it could expire on its way.)
+        d = cache.get(cav.id, min_validity=DISCHARGE_MARGIN)
         if d is not None:
             found.append(d)
         else:
@@ -252,7 +263,7 @@ def fetch_discharges(
     def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
         log.debug("client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location)
         try:
-            (d,) = call(
+            results = call(
                 ctx,
                 cav.location,
                 "Discharge",
@@ -260,8 +271,11 @@ def fetch_discharges(
                 filtered_impetus(cav.requirements, impetus).to_wire(),
                 options=(NoDischarges(), NoRetry()),
             )
+            d = results[0] if len(results) == 1 else None
             if not isinstance(d, Discharge):
-                raise errors.BadProtocolError("client: the discharger sent no discharge")
+                raise errors.BadProtocolError(
+                    f"client: the discharger sent no discharge ({len(results)} results)"
+                )
             cache.put(d, caveat=cav)
             on_fetched()
             return d

@@ -100,18 +100,17 @@ class Discharge:
             BadDischargeError: with ``params[0]`` the caveat's ID.
         """
         cid = caveat.id
+        which = f"security: the discharge for caveat {cid[:16]} (from {caveat.location})"
         if self.caveat_id != cid:
-            raise errors.BadDischargeError("security: discharge is for another caveat", cid)
+            raise errors.BadDischargeError(f"{which} is for another caveat", cid)
         if not self.verify(caveat.discharger_key):
-            raise errors.BadDischargeError(
-                "security: discharge not signed by the caveat's discharger", cid
-            )
+            raise errors.BadDischargeError(f"{which} is not signed by its discharger", cid)
         if self.expiry is None:
-            raise errors.BadDischargeError("security: discharge carries no expiry", cid)
+            raise errors.BadDischargeError(f"{which} carries no expiry", cid)
         try:
             validate_caveats(self.caveats, call, depth=depth)
         except errors.IPCError as exc:
-            raise errors.BadDischargeError(f"security: discharge invalid: {exc.msg}", cid) from exc
+            raise errors.BadDischargeError(f"{which} does not hold: {exc.msg}", cid) from exc
 
     def to_wire(self) -> list[Any]:
         """The plain wire form ``[caveat_id, [caveat...], signature]``."""

@@ -59,7 +59,15 @@ def authorize_call(
             raise errors.BadProtocolError("server: a discharge in the request is malformed")
         discharges[d.caveat_id] = d
     remote = conn.remote_blessings
-    key = ("client-names", request.method, suffix, tuple(sorted(discharges)))
+    # Keyed by what was checked: each discharge's caveat ID, digest (its caveats) and
+    # signature. (By caveat ID alone, an expired or forged discharge for a caveat that a
+    # valid one had discharged before on this VC reused that one's result.)
+    key = (
+        "client-names",
+        request.method,
+        suffix,
+        tuple(sorted((d.caveat_id, d.digest(), d.signature) for d in discharges.values())),
+    )
     now = time.time()
     hit = conn.cache.get(key)
     if hit is not None and hit[2] > now:

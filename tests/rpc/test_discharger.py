@@ -14,13 +14,14 @@ import pytest
 
 from ipcclient import errors
 from ipcclient.client import Client
+from ipcclient.client import security as csec
 from ipcclient.options import NoDischarges, NoRetry
 from ipcclient.security import BlessingPattern, Discharge, DischargeImpetus, Principal, caveats
 from ipcclient.security.caveats import SecurityCall, ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.discharger import Discharger
 from ipcclient.server.exposure import expose
-from ipcclient.server.server import ServerCall
+from ipcclient.server.server import Results, Server, ServerCall
 from tests.rpc.test_mounttable import Family, Label, client_for, ctx, serving, wait_until
 
 
@@ -193,3 +194,95 @@ def test_revocation_bites_when_the_cached_discharge_expires(
         return False
 
     assert wait_until(refused, 3.0)
+
+
+def _blessed_with(family: Family, *cavs: caveats.Caveat) -> Principal:
+    """A principal blessed ``root:client`` with ``cavs`` on its blessing."""
+    cp = Principal.generate()
+    b = family.root.bless(cp.public_key, family.root_blessings, "client", list(cavs))
+    cp.store.default = b
+    cp.store.set(b, "...")
+    cp.roots.add_blessings(family.root_blessings)
+    return cp
+
+
+def _signed(cid: str, cavs: list[caveats.Caveat], signer: Principal) -> Discharge:
+    digest = Discharge(cid, cavs, b"").digest()
+    return Discharge(cid, cavs, signer.sign(b"discharge", digest))
+
+
+def test_a_discharge_is_checked_whatever_was_checked_before_on_the_vc(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a valid discharge for a caveat, the server once took any discharge for the same
+    caveat ID on that VC (a forged or an expired one) from its cache of checked facts.
+    A hostile client is simulated by sending crafted discharges (the one fault a real
+    client does not make)."""
+    _, dp, dname = _discharger(stack, family)
+    cav = caveats.third_party(dname, dp.public_key)
+    client = client_for(stack, _blessed_with(family, cav))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    assert client.call(ctx(), sname, "Who", options=(NoRetry(),)) == ("guarded",)
+    soon = [caveats.expires_in(60)]
+    for forged in (
+        _signed(cav.id, soon, Principal.generate()),  # not the discharger's signature
+        _signed(cav.id, [caveats.expiry(time.time() - 5)], dp),  # expired
+    ):
+        monkeypatch.setattr(csec, "prepare_discharges", lambda *_a, d=forged: ((d,), []))
+        with pytest.raises(errors.NoAccessError):
+            client.call(ctx(), sname, "Who", options=(NoRetry(),))
+    monkeypatch.undo()
+    assert client.call(ctx(), sname, "Who", options=(NoRetry(),)) == ("guarded",)
+
+
+@expose
+class _OddDischarger:
+    """A discharger that answers with no result, or with two."""
+
+    def Discharge(self, call: ServerCall, caveat: object, impetus: object) -> Results:
+        return Results() if call.suffix == "none" else Results(1, 2)
+
+    def lookup(self, suffix: str) -> tuple[object, AllowEveryone]:  # (every suffix)
+        return self, AllowEveryone()
+
+
+@pytest.mark.parametrize("answer", ["none", "two"])
+def test_a_discharger_that_answers_oddly_is_named_in_the_callers_error(
+    stack: contextlib.ExitStack, family: Family, answer: str
+) -> None:
+    """A discharger answering with no result or two once ended the call with a bare
+    ValueError and left its flow open on the VC; why a fetch failed never reached the
+    caller, whose error said only that the server refused the blessing."""
+    odd_key = family.member("odd")
+    odd = Server(odd_key)
+    stack.callback(odd.stop)
+    location = "/" + odd.listen("tcp", "127.0.0.1:0") + "/" + answer
+    odd.serve_dispatcher(_OddDischarger())
+    cav = caveats.third_party(location, odd_key.public_key)
+    client = client_for(stack, _blessed_with(family, cav))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    for _ in range(3):
+        with pytest.raises(errors.NoAccessError) as info:
+            client.call(ctx(), sname, "Who", options=(NoRetry(),))
+        assert "not fetched: discharge for caveat" in str(info.value)
+        assert "the discharger sent no discharge" in str(info.value)
+    conns = [c for c in client._cache.vcs.values() if not c.closed]
+    assert conns and all(c.flow_count == 0 for c in conns)
+
+
+def test_blessings_with_more_third_party_caveats_than_a_request_carries_fail_at_once(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """65 third-party caveats: 65 discharges would be fetched, then the server refused the
+    request header as malformed ("bad discharges"), on every call."""
+    _, dp, dname = _discharger(stack, family)
+    cavs = [caveats.third_party(dname, dp.public_key) for _ in range(65)]
+    client = client_for(stack, _blessed_with(family, *cavs))
+    _, sname = serving(stack, family.member("server"), Label("guarded"))
+    with pytest.raises(errors.IPCError, match="65 third-party caveats; a request carries at"):
+        client.call(ctx(), sname, "Who", options=(NoRetry(),))
+    assert client.stats["discharges_fetched"] == 0
