@@ -286,3 +286,15 @@ def test_blessings_with_more_third_party_caveats_than_a_request_carries_fail_at_
     with pytest.raises(errors.IPCError, match="65 third-party caveats; a request carries at"):
         client.call(ctx(), sname, "Who", options=(NoRetry(),))
     assert client.stats["discharges_fetched"] == 0
+
+
+def test_a_cached_discharge_about_to_expire_is_fetched_anew(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A discharge with less than DISCHARGE_MARGIN left is not sent (it could expire on its
+    way: busy clients once lost calls to BadDischarge near each expiry)."""
+    assert csec.DISCHARGE_MARGIN > 1.5
+    _, sname, client, _ = _tpc_setup(stack, family, validity=1.5)
+    for n in (1, 2, 3):
+        assert client.call(ctx(), sname, "Who") == ("guarded",)
+        assert client.stats["discharges_fetched"] == n
