@@ -129,7 +129,12 @@ class Call:
             EndOfStreamError: the server sent its last item (also an ``EOFError``); the
                 final header is kept for :meth:`finish`.
             the server's error: the call failed (``finish`` raises it again).
+            CanceledError / TimeoutError: the call was cancelled or its context ended
+                (items already received are not handed out after that).
         """
+        cancelled = self._cancel_error
+        if cancelled is not None:
+            raise cancelled.with_context(request_sent=True)
         response = self._response
         if response is not None:
             if response.error is not None:

@@ -198,6 +198,9 @@ class ServerCall:
         stream = self._stream
         if stream is None or self._recv_done:
             raise errors.EndOfStreamError("server: the client sent no more items")
+        ended = self.ended_error()  # (items already received are not handed out after it)
+        if ended is not None:
+            raise ended
         header = request_from_wire(stream.recv(self._deadline))
         if header.end_stream_args:
             self._recv_done = True

@@ -760,3 +760,68 @@ def test_a_long_inline_call_does_not_hold_up_its_vc(rig: tuple[Service, str, Cli
     t.join(5)
     assert service.cancelled.wait(5)
     assert len(blocked) == 1 and isinstance(blocked[0], errors.CanceledError)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert predicate()
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_no_item_is_handed_out_after_the_call_ended(
+    rig: tuple[Service, str, Client], how: str
+) -> None:
+    """recv and iteration once went on returning the items already received after cancel
+    (or the deadline), then ended normally, as if the call had succeeded."""
+    _, name, client = rig
+    call = client.start_call(ctx(10.0 if how == "cancel" else 1.0), name, "Count", [2000])
+    _wait_for(lambda: call._stream.flow.peer_done)  # every item is here
+    assert call.recv() == 0
+    assert len(call._stream._pending) > 10  # (received, decoded, not handed out yet)
+    if how == "cancel":
+        call.cancel()
+    else:
+        _wait_for(call.context.done)
+    expected = errors.CanceledError if how == "cancel" else errors.TimeoutError
+    for _ in range(2):
+        with pytest.raises(expected):
+            call.recv()
+    with pytest.raises(expected):
+        for _item in call:
+            pass
+
+
+@expose
+class _Slurper:
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.outcome: list[Any] = []
+
+    def Slurp(self, call: ServerCall) -> int:
+        _wait_for(lambda: call._flow.peer_done)  # every item is here, none handed out
+        self.ready.set()
+        _wait_for(call.context.done)  # the client cancelled
+        n = 0
+        try:
+            for _item in call:
+                n += 1
+        except errors.IPCError as exc:
+            self.outcome.append((n, type(exc)))
+        return n
+
+
+def test_a_server_is_handed_no_item_after_the_client_cancelled(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    svc = _Slurper()
+    _, name = make_server(svc, AllowEveryone())
+    call = make_client().start_call(ctx(), name, "Slurp")
+    for i in range(200):
+        call.send(i)
+    call.close_send()
+    assert svc.ready.wait(5)
+    call.cancel()
+    _wait_for(lambda: bool(svc.outcome))
+    assert svc.outcome == [(0, errors.CanceledError)]
