@@ -76,6 +76,7 @@ class Call:
         self._finished = False
         self._ended = False  # finished, cancelled, or failed: the flow is released
         self._response: Response | None = None  # the final header, once read
+        self._budgeted = False  # the results' budget is set (set it once: it is a count)
         self._cancel_error: errors.IPCError | None = None
         # The context must not keep a dropped call alive (so its finalizer can run): hold the
         # call weakly from the callback.
@@ -217,6 +218,7 @@ class Call:
                     log.debug("call: close_send in finish failed (the server may be done): %s", exc)
             if self._response is None:  # the final header and the results, held at once
                 self._stream.set_budget(MAX_RESULTS_BYTES, free=1)
+                self._budgeted = True
             response = self._response or self._read_header()
             if response.error is None and not response.end_stream_results:
                 self._response = None
@@ -291,10 +293,12 @@ class Call:
         header = response_from_wire(self._recv())
         if header.error is not None or header.end_stream_results:
             self._response = header
-            if header.error is None:
+            if header.error is None and not self._budgeted:
                 # The results follow and will be held at once, however this header was
-                # reached (finish, recv or iteration): bound them. (What one read already
-                # decoded with the header is at most one read's worth.)
+                # reached (recv or iteration; finish bounded them before): bound them. A
+                # result whose length came already is charged now; what one read already
+                # decoded with the header is at most one read's worth.
+                self._budgeted = True
                 self._stream.set_budget(MAX_RESULTS_BYTES)
         return header
 

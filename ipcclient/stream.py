@@ -49,7 +49,8 @@ class MessageStream:
     ) -> None:
         """Bound the total bytes of the messages received from now on (None: unbounded),
         not counting the next ``free`` ones, charging ``shared`` too; see
-        :meth:`MessageReader.set_budget`. Messages already received do not count."""
+        :meth:`MessageReader.set_budget`. Messages already decoded do not count; one whose
+        length prefix came already does."""
         self._reader.set_budget(nbytes, free=free, shared=shared)
 
     def set_first_limits(self, limits: codec.Limits | None) -> None:

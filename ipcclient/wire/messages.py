@@ -218,10 +218,17 @@ class MessageReader:
         prefix as it arrives, until reset with None; the next ``free`` messages are not
         counted. A caller that must hold several messages at once (a call's args or results)
         bounds their total with it. ``shared``: a budget charged as well (with ``nbytes``
-        set), whose refusal ends the read with its error."""
+        set), whose refusal ends the read with its error. A budget set where there was none
+        counts the message in progress, if its length prefix came already.
+
+        Raises:
+            BadProtocolError: that message alone is over the budget."""
+        started = self._budget is None and nbytes is not None
         self._budget = nbytes
         self._free = free
         self._shared = shared if nbytes is not None else None
+        if started and self._need >= 0:
+            self._check(self._need)  # a message whose length prefix came already counts
 
     def set_first_limits(self, limits: codec.Limits | None) -> None:
         """Decode the next message to complete under ``limits`` (tighter ones, say, for a

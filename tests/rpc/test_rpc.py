@@ -825,3 +825,32 @@ def test_a_server_is_handed_no_item_after_the_client_cancelled(
     call.cancel()
     _wait_for(lambda: bool(svc.outcome))
     assert svc.outcome == [(0, errors.CanceledError)]
+
+
+@expose
+class _BigResults:
+    def Big(self, call: ServerCall, k: int) -> Results:
+        return Results(*(b"r" * (4 * 1024 * 1024 - 5) for _ in range(k)))  # (each one message)
+
+
+@pytest.mark.parametrize("path", ["call", "finish", "iterate"])
+def test_the_results_budget_is_the_same_on_every_path(
+    make_server: MakeServer, make_client: MakeClient, path: str
+) -> None:
+    """16 results of 4 MiB fit in MAX_RESULTS_BYTES (64 MiB) and 17 do not, however they are
+    reached: finish and iteration once let one more result through (the budget was set a
+    second time, forgetting a result already counted)."""
+    _, name = make_server(_BigResults(), AllowEveryone())
+    client = make_client()
+
+    def results(k: int) -> tuple[Any, ...]:
+        if path == "call":
+            return client.call(ctx(60), name, "Big", k)
+        call = client.start_call(ctx(60), name, "Big", [k])
+        if path == "iterate":
+            assert list(call) == []
+        return call.finish()
+
+    assert sum(map(len, results(16))) == 16 * (4 * 1024 * 1024 - 5)
+    with pytest.raises(errors.BadProtocolError, match="exceed the total allowed"):
+        results(17)
