@@ -51,10 +51,10 @@ __all__ = [
 ]
 
 BLESSING_TOKEN_PREFIX = "ipcb1:"
+"""How a blessing printed by ``ipc principal bless`` starts (then base64url CBOR)."""
 MAX_TOKEN = 1 << 20
 """Characters of a blessing token read from a file or standard input (a token of a long
 chain with many caveats is a few KiB)."""
-"""How a blessing printed by ``ipc principal bless`` starts (then base64url CBOR)."""
 
 
 def read_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
@@ -173,6 +173,8 @@ def read_blessings(arg: str) -> Blessings:
         if path.is_dir():
             return _stored_default(path)
         raw = read_bounded(path, MAX_TOKEN)
+        if raw is not None and len(raw) > MAX_TOKEN:
+            raise CommandError(f"{arg!r} is too large to hold a blessing")
         text = None if raw is None else raw.decode("utf-8")
     except (OSError, errors.IPCError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read blessings from {arg!r}: {exc}") from exc
