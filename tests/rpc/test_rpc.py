@@ -18,6 +18,7 @@ from ipcclient.options import NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Results, Server, ServerCall
+from tests.rpc.test_mounttable import wait_until
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -762,13 +763,6 @@ def test_a_long_inline_call_does_not_hold_up_its_vc(rig: tuple[Service, str, Cli
     assert len(blocked) == 1 and isinstance(blocked[0], errors.CanceledError)
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert predicate()
-
-
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 def test_no_item_is_handed_out_after_the_call_ended(
     rig: tuple[Service, str, Client], how: str
@@ -777,13 +771,13 @@ def test_no_item_is_handed_out_after_the_call_ended(
     (or the deadline), then ended normally, as if the call had succeeded."""
     _, name, client = rig
     call = client.start_call(ctx(10.0 if how == "cancel" else 1.0), name, "Count", [2000])
-    _wait_for(lambda: call._stream.flow.peer_done)  # every item is here
+    assert wait_until(lambda: call._stream.flow.peer_done, 5.0)  # every item is here
     assert call.recv() == 0
     assert len(call._stream._pending) > 10  # (received, decoded, not handed out yet)
     if how == "cancel":
         call.cancel()
     else:
-        _wait_for(call.context.done)
+        assert wait_until(call.context.done, 5.0)
     expected = errors.CanceledError if how == "cancel" else errors.TimeoutError
     for _ in range(2):
         with pytest.raises(expected):
@@ -800,9 +794,9 @@ class _Slurper:
         self.outcome: list[Any] = []
 
     def Slurp(self, call: ServerCall) -> int:
-        _wait_for(lambda: call._flow.peer_done)  # every item is here, none handed out
+        assert wait_until(lambda: call._flow.peer_done, 5.0)  # every item is here, none handed out
         self.ready.set()
-        _wait_for(call.context.done)  # the client cancelled
+        assert wait_until(call.context.done, 5.0)  # the client cancelled
         n = 0
         try:
             for _item in call:
@@ -823,7 +817,7 @@ def test_a_server_is_handed_no_item_after_the_client_cancelled(
     call.close_send()
     assert svc.ready.wait(5)
     call.cancel()
-    _wait_for(lambda: bool(svc.outcome))
+    assert wait_until(lambda: bool(svc.outcome), 5.0)
     assert svc.outcome == [(0, errors.CanceledError)]
 
 
