@@ -53,6 +53,11 @@ class MessageStream:
         length prefix came already does."""
         self._reader.set_budget(nbytes, free=free, shared=shared)
 
+    def count_only(self, n: int) -> None:
+        """Charge only the next ``n`` messages to the budget (see
+        :meth:`MessageReader.count_only`)."""
+        self._reader.count_only(n)
+
     def set_first_limits(self, limits: codec.Limits | None) -> None:
         """Decode the next message under ``limits`` (see
         :meth:`MessageReader.set_first_limits`)."""

@@ -26,6 +26,7 @@ __all__ = [
     "WorkerPool",
     "hold_args",
     "over_args",
+    "over_call_args",
 ]
 
 log = logging.getLogger("ipcclient.server")
@@ -68,19 +69,34 @@ def over_args(limit: int) -> errors.OverloadedError:
     )
 
 
+def over_call_args(limit: int) -> errors.OverloadedError:
+    """The answer to a call whose own args are over ``limit`` bytes (not to be retried)."""
+    return errors.OverloadedError(
+        f"server: the call's args are over the {limit} bytes allowed for one call",
+        action=errors.RetryAction.NO_RETRY,
+    )
+
+
 class ArgsCharge:
     """The bytes of args one call holds, charged to its VC's budget as each arg's length
-    arrives (a :class:`~ipcclient.wire.messages.Budget`); given back when the call ends."""
+    arrives (a :class:`~ipcclient.wire.messages.Budget`); given back when the call ends.
 
-    __slots__ = ("_limit", "_lock", "_vc", "taken")
+    Over the call's own bound the refusal is final (an OverloadedError that says not to
+    retry: the same call would be refused again); over its VC's, the call may be retried
+    after backing off, when the VC's other calls have ended."""
 
-    def __init__(self, lock: threading.Lock, vc: VCState, limit: int) -> None:
+    __slots__ = ("_call_limit", "_limit", "_lock", "_vc", "taken")
+
+    def __init__(self, lock: threading.Lock, vc: VCState, limit: int, call_limit: int) -> None:
         self._lock = lock  # the server's lock over its call slots and VC counters
         self._vc = vc
         self._limit = limit  # the server's max_args_bytes_per_vc
+        self._call_limit = call_limit  # the server's max_args_bytes
         self.taken = 0
 
     def take(self, nbytes: int) -> None:
+        if self.taken + nbytes > self._call_limit:
+            raise over_call_args(self._call_limit)
         if not hold_args(self._lock, self._vc, self._limit, nbytes):
             raise over_args(self._limit)
         self.taken += nbytes

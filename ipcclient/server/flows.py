@@ -154,7 +154,10 @@ class FlowServing:
             if parsed is None:
                 if flow.error is not None:  # reset, or its VC broke, before it could run
                     return
-                charge = ArgsCharge(self._slots_lock, vc, self.options.max_args_bytes_per_vc)
+                opts = self.options
+                charge = ArgsCharge(
+                    self._slots_lock, vc, opts.max_args_bytes_per_vc, opts.max_args_bytes
+                )
                 self._run_call(flow, MessageStream(flow), vc, charge)
                 return
             request, bodies = parsed
@@ -361,6 +364,7 @@ class FlowServing:
         bound = time.monotonic() + self.options.args_timeout
         deadline = call.deadline
         until = bound if deadline is None else min(deadline, bound)
+        stream.count_only(request.nargs)  # (the end of args and any streamed item are not args)
         try:
             return [stream.recv(until) for _ in range(request.nargs)]
         except errors.TimeoutError:

@@ -52,11 +52,13 @@ class ServerOptions:
             the flow is reset with TimeoutError.
         send_timeout: the longest one send to a client may wait for credit when the call
             has no deadline (a client that stops reading cannot pin a worker forever).
-        max_args_bytes: the total size of one call's positional args, which are all held
-            in memory at once (64 MiB; a single value is bounded by the codec's 4 MiB).
+        max_args_bytes: the total size of one call's positional args (their message
+            bodies), which are all held in memory at once (64 MiB; a single value is bounded
+            by the codec's 4 MiB); a call over it is reset with an OverloadedError that says
+            not to retry.
         max_args_bytes_per_vc: the total size of the args the calls of one VC hold while
             reading them (counted as each arg's length arrives); a call that would go over
-            is reset with OverloadedError.
+            is reset with OverloadedError (retry after backing off).
         inline_calls: run a call whose request is complete on arrival (a unary call) on
             the VC's reader thread rather than a worker (no thread hop; one per read of the
             socket, other calls in flight or not; a call running longer than 2 ms gets a

@@ -186,6 +186,7 @@ class MessageReader:
 
     __slots__ = (
         "_budget",
+        "_counted",
         "_first",
         "_free",
         "_have",
@@ -206,6 +207,7 @@ class MessageReader:
         self._have = 0  # their total length
         self._budget: int | None = None  # message bytes still allowed, when set
         self._free = 0  # messages not charged to the budget
+        self._counted = -1  # messages still charged after those (-1: every one)
         self._shared: Budget | None = None  # also charged, when set
         self.rest = b""
         """Bytes after a message read under first limits, to feed next (whole messages
@@ -218,7 +220,8 @@ class MessageReader:
         prefix as it arrives, until reset with None; the next ``free`` messages are not
         counted. A caller that must hold several messages at once (a call's args or results)
         bounds their total with it. ``shared``: a budget charged as well (with ``nbytes``
-        set), whose refusal ends the read with its error. A budget set where there was none
+        set), and first, whose refusal ends the read with its error (so a caller whose
+        ``shared`` also bounds the total chooses the error). A budget set where there was none
         counts the message in progress, if its length prefix came already.
 
         Raises:
@@ -226,9 +229,16 @@ class MessageReader:
         started = self._budget is None and nbytes is not None
         self._budget = nbytes
         self._free = free
+        self._counted = -1
         self._shared = shared if nbytes is not None else None
         if started and self._need >= 0:
             self._check(self._need)  # a message whose length prefix came already counts
+
+    def count_only(self, n: int) -> None:
+        """Charge only the next ``n`` messages to the budget set (after the free ones); the
+        messages after them are not charged. A call's args are ``nargs`` messages: what
+        follows them in the same read (the end of args, streamed items) is not args."""
+        self._counted = n
 
     def set_first_limits(self, limits: codec.Limits | None) -> None:
         """Decode the next message to complete under ``limits`` (tighter ones, say, for a
@@ -345,11 +355,15 @@ class MessageReader:
             if self._free:
                 self._free -= 1
                 return
+            counted = self._counted
+            if counted == 0:
+                return
+            self._counted = counted - 1 if counted > 0 else -1
+            shared = self._shared
+            if shared is not None:  # (first: its refusal is the one raised)
+                shared.take(need)
             if need > budget:
                 raise errors.BadProtocolError(
                     "messages: the messages of one call exceed the total allowed for it"
                 )
-            shared = self._shared
-            if shared is not None:
-                shared.take(need)
             self._budget = budget - need

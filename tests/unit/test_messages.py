@@ -69,6 +69,43 @@ def test_a_budget_bounds_the_total_of_several_messages() -> None:
     assert reader2.feed(encode_messages(b"x" * 1000)) == [b"x" * 1000]
 
 
+@given(cut=st.integers(min_value=0, max_value=400))
+@settings(max_examples=100, deadline=None)
+def test_only_the_counted_messages_are_charged(cut: int) -> None:
+    """Two args filling the budget exactly, then the end of args and an item streamed after
+    them: charged are the two args only, however the bytes were cut into chunks."""
+    args = encode_messages(b"a" * 100, b"b" * 100)  # bodies of 102 bytes each
+    data = args + encode_messages({"endArgs": True}, b"streamed")
+    cut %= len(data) + 1
+    charged: list[int] = []
+
+    class Shared:
+        def take(self, nbytes: int) -> None:
+            charged.append(nbytes)
+
+    reader = MessageReader()
+    reader.set_budget(204, shared=Shared())
+    reader.count_only(2)
+    got = reader.feed(data[:cut]) + reader.feed(data[cut:])
+    assert got == [b"a" * 100, b"b" * 100, {"endArgs": True}, b"streamed"]
+    assert charged == [102, 102]
+    uncounted = MessageReader()  # (without count_only, the end of args is over the budget)
+    uncounted.set_budget(204)
+    with pytest.raises(errors.BadProtocolError, match="total allowed"):
+        uncounted.feed(data)
+
+
+def test_a_shared_budget_is_charged_first_and_its_refusal_is_raised() -> None:
+    class Full:
+        def take(self, nbytes: int) -> None:
+            raise errors.OverloadedError(f"full: {nbytes}")
+
+    reader = MessageReader()
+    reader.set_budget(10, shared=Full())  # (the reader's own budget is over too)
+    with pytest.raises(errors.OverloadedError, match="full: 102"):
+        reader.feed(encode_messages(b"a" * 100))
+
+
 @given(cut=st.integers(min_value=0, max_value=200))
 @settings(max_examples=100, deadline=None)
 def test_a_message_under_first_limits_ends_its_feed(cut: int) -> None:
