@@ -15,6 +15,7 @@ Must not: write a request, hold a lock across a discharge fetch, or decide a ret
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.client.plan import VC_STATE_ENTRIES, Authorization, vc_state
-from ipcclient.context import Context
+from ipcclient.context import WAIT_SLICE, Context
 from ipcclient.headers import MAX_DISCHARGES
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.options import (
@@ -246,6 +247,24 @@ def prepare_discharges(
     return tuple(found), problems
 
 
+_CALLERS_OWN = (errors.TimeoutError, errors.CanceledError)
+"""How a fetch can end because of its own caller, not its discharger: a call awaiting it
+fetches anew."""
+
+
+def _await(ctx: Context, done: threading.Event) -> None:
+    """Wait for ``done`` within ``ctx``: raises ctx's error if it ends first."""
+    handle = ctx.add_done_callback(lambda _err: done.set())
+    try:
+        while not done.wait(WAIT_SLICE):  # (in slices, so that KeyboardInterrupt is seen)
+            pass
+    finally:
+        ctx.remove_done_callback(handle)
+    err = ctx.err()
+    if err is not None:
+        raise err
+
+
 def fetch_discharges(
     call: Callable[..., tuple[Any, ...]],
     cache: DischargeCache,
@@ -260,29 +279,55 @@ def fetch_discharges(
     client's ``call``; concurrently, at most ``max_parallel`` at once, within ``ctx``), cache
     each, and report each failure in ``problems``."""
 
-    def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+    def fetch_one(cav: ThirdPartyCaveat) -> Discharge:
         log.debug("client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location)
-        try:
-            results = call(
-                ctx,
-                cav.location,
-                "Discharge",
-                cav,
-                filtered_impetus(cav.requirements, impetus).to_wire(),
-                options=(NoDischarges(), NoRetry()),
+        results = call(
+            ctx,
+            cav.location,
+            "Discharge",
+            cav,
+            filtered_impetus(cav.requirements, impetus).to_wire(),
+            options=(NoDischarges(), NoRetry()),
+        )
+        d = results[0] if len(results) == 1 else None
+        if not isinstance(d, Discharge):
+            raise errors.BadProtocolError(
+                f"client: the discharger sent no discharge ({len(results)} results)"
             )
-            d = results[0] if len(results) == 1 else None
-            if not isinstance(d, Discharge):
-                raise errors.BadProtocolError(
-                    f"client: the discharger sent no discharge ({len(results)} results)"
-                )
-            cache.put(d, caveat=cav)
-            on_fetched()
-            return d
+        cache.put(d, caveat=cav)
+        on_fetched()
+        return d
+
+    def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+        try:
+            return fetch_shared(cav) if not cav.requirements.report_arguments else fetch_one(cav)
         except errors.IPCError as exc:
             problems.append(f"discharge for caveat {cav.id[:12]} from {cav.location}: {exc}")
             log.warning("client: fetching a discharge from %s failed: %s", cav.location, exc)
             return None
+
+    def fetch_shared(cav: ThirdPartyCaveat) -> Discharge:
+        """One fetch per caveat at a time: a call that finds one in progress awaits it (within
+        its own ctx) and takes its discharge, or its error; it fetches anew only when that
+        fetch ended by its own caller's deadline or cancellation."""
+        while True:
+            flight, done = cache.begin_fetch(cav.id)
+            if done is None:
+                try:
+                    flight.discharge = fetch_one(cav)
+                    return flight.discharge
+                except errors.IPCError as exc:
+                    flight.error = exc
+                    raise
+                finally:
+                    cache.end_fetch(cav.id, flight)
+            _await(ctx, done)
+            if flight.discharge is not None:
+                return flight.discharge
+            err = flight.error
+            if err is not None and not isinstance(err, _CALLERS_OWN):
+                raise err.with_context()  # (a fresh copy: each caller raises its own)
+            # (that fetch ended by its caller's deadline or cancellation: fetch anew)
 
     if len(caveats) == 1:
         results = [fetch(caveats[0])]

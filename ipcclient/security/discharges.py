@@ -38,6 +38,7 @@ __all__ = [
     "Discharge",
     "DischargeCache",
     "DischargeImpetus",
+    "Fetch",
     "Signer",
     "filtered_impetus",
     "issue_discharge",
@@ -234,6 +235,20 @@ def filtered_impetus(
     )
 
 
+class Fetch:
+    """One fetch of a discharge in progress, which calls missing the same caveat await
+    instead of fetching it again (see :meth:`DischargeCache.begin_fetch`). Its outcome, set
+    by the fetching call before :meth:`DischargeCache.end_fetch`: the discharge, or the
+    error."""
+
+    __slots__ = ("discharge", "error", "waiters")
+
+    def __init__(self) -> None:
+        self.discharge: Discharge | None = None
+        self.error: errors.IPCError | None = None
+        self.waiters: list[threading.Event] = []  # set when the fetch ends
+
+
 class DischargeCache:
     """Discharges by third-party caveat ID; thread-safe, bounded, shared across calls.
 
@@ -242,6 +257,9 @@ class DischargeCache:
     so the cache can tell. A discharge without an expiry is not cached.
 
     When full, expired entries are purged first, then the soonest-expiring one is evicted.
+
+    It also knows the fetches in progress, by caveat ID (:meth:`begin_fetch`), so that calls
+    that miss the cache for the same caveat at once make one fetch, not one each.
     """
 
     def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
@@ -250,6 +268,29 @@ class DischargeCache:
         self._max = max_entries
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Discharge]] = {}
+        self._fetches: dict[str, Fetch] = {}
+
+    def begin_fetch(self, caveat_id: str) -> tuple[Fetch, threading.Event | None]:
+        """The fetch in progress for ``caveat_id``, and None when the caller is to make it
+        (it must then call :meth:`end_fetch`, whatever happens); else an event, set when
+        the fetch that another call makes ends."""
+        with self._lock:
+            fetch = self._fetches.get(caveat_id)
+            if fetch is None:
+                fetch = self._fetches[caveat_id] = Fetch()
+                return fetch, None
+            event = threading.Event()
+            fetch.waiters.append(event)
+            return fetch, event
+
+    def end_fetch(self, caveat_id: str, fetch: Fetch) -> None:
+        """End ``fetch`` (its outcome set), waking the calls awaiting it."""
+        with self._lock:
+            if self._fetches.get(caveat_id) is fetch:
+                del self._fetches[caveat_id]
+            waiters, fetch.waiters = fetch.waiters, []
+        for event in waiters:
+            event.set()
 
     def get(
         self, caveat_id: str, now: float | None = None, *, min_validity: float = 0.0

@@ -7,8 +7,9 @@ from a real Discharger by itself; revocation then makes the server refuse it.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -298,3 +299,119 @@ def test_a_cached_discharge_about_to_expire_is_fetched_anew(
     for n in (1, 2, 3):
         assert client.call(ctx(), sname, "Who") == ("guarded",)
         assert client.stats["discharges_fetched"] == n
+
+
+class _GatedDischarger(Discharger):
+    """A discharger that holds every request until its gate opens, counting them."""
+
+    def __init__(self, principal: Principal) -> None:
+        super().__init__(principal, validity=60.0)
+        self.gate = threading.Event()
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    @expose
+    def Discharge(self, call: ServerCall, caveat: object, impetus: object) -> Discharge:
+        with self._lock:
+            self.requests += 1
+        self.gate.wait(10.0)
+        return super().Discharge(call, caveat, impetus)
+
+
+def _gated_setup(
+    stack: contextlib.ExitStack, family: Family
+) -> tuple[_GatedDischarger, Client, str, str]:
+    """A gated discharger, a client blessed with its caveat, a server that wants that
+    blessing, and the caveat's ID."""
+    dp = family.member("discharger")
+    discharger = _GatedDischarger(dp)
+    stack.callback(discharger.gate.set)  # (no request is left held at the end)
+    _, dname = serving(stack, dp, discharger, authorizer=AllowEveryone())
+    cav = caveats.third_party(dname, dp.public_key)
+    client = client_for(stack, _blessed_with(family, cav))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    return discharger, client, sname, cav.id
+
+
+def _calls_in_threads(
+    n: int, call: Callable[[], tuple[object, ...]]
+) -> tuple[list[threading.Thread], list[object]]:
+    outcomes: list[object] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(call())
+        except errors.IPCError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+def _awaiting(client: Client, cid: str, n: int) -> Callable[[], bool]:
+    """Whether ``n`` calls await the fetch in progress for caveat ``cid``."""
+
+    def check() -> bool:
+        fetch = getattr(client.discharge_cache, "_fetches", {}).get(cid)
+        return fetch is not None and len(fetch.waiters) == n
+
+    return check
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+def test_calls_missing_the_cache_together_make_one_fetch(
+    stack: contextlib.ExitStack, family: Family, revoked: bool
+) -> None:
+    """16 calls missing the cache for the same caveat at once made 16 fetches. Now one
+    fetches and the others take its discharge, or its refusal."""
+    discharger, client, sname, cid = _gated_setup(stack, family)
+    if revoked:
+        discharger.revocations.revoke(cid)
+    threads, outcomes = _calls_in_threads(
+        16, lambda: client.call(ctx(10), sname, "Who", options=(NoRetry(),))
+    )
+    assert wait_until(_awaiting(client, cid, 15), 5.0)
+    discharger.gate.set()
+    for t in threads:
+        t.join(10.0)
+    assert discharger.requests == 1
+    if not revoked:
+        assert outcomes == [("guarded",)] * 16
+        assert client.stats["discharges_fetched"] == 1
+    else:
+        assert len(outcomes) == 16
+        for err in outcomes:
+            assert isinstance(err, errors.NoAccessError)
+            assert "not fetched: discharge for caveat" in str(err) and "is revoked" in str(err)
+
+
+def test_a_call_awaiting_a_fetch_keeps_its_own_deadline(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A call awaiting another's fetch ends at its own deadline; and when the fetching
+    call's deadline ends that fetch, a call still awaiting it fetches anew."""
+    discharger, client, sname, _ = _gated_setup(stack, family)
+    leader, leader_out = _calls_in_threads(
+        1, lambda: client.call(ctx(1.5), sname, "Who", options=(NoRetry(),))
+    )
+    assert wait_until(lambda: discharger.requests == 1, 5.0)
+    short, short_out = _calls_in_threads(
+        1, lambda: client.call(ctx(0.3), sname, "Who", options=(NoRetry(),))
+    )
+    patient, patient_out = _calls_in_threads(
+        1, lambda: client.call(ctx(10), sname, "Who", options=(NoRetry(),))
+    )
+    short[0].join(5.0)
+    assert not short[0].is_alive()  # (ended by its deadline, the fetch still held)
+    assert len(short_out) == 1 and isinstance(short_out[0], errors.TimeoutError)
+    assert discharger.requests == 1  # (it awaited the fetch in progress)
+    leader[0].join(5.0)  # its deadline ends its fetch
+    assert len(leader_out) == 1 and isinstance(leader_out[0], errors.TimeoutError)
+    assert wait_until(lambda: discharger.requests == 2, 5.0)  # the patient call's own
+    discharger.gate.set()
+    patient[0].join(10.0)
+    assert patient_out == [("guarded",)]
