@@ -43,7 +43,7 @@ from ipcclient.security.blessings import (
     Certificate,
     certificate_digest,
 )
-from ipcclient.security.caveats import Caveat
+from ipcclient.security.caveats import MAX_CAVEATS, Caveat
 from ipcclient.security.keys import (
     PURPOSE_CERTIFICATE,
     PURPOSE_STATE,
@@ -113,7 +113,8 @@ class Principal:
         Caveats are optional here: the principal restricts only itself.
 
         Raises:
-            BadArgError: ``name`` is not a valid extension, or a caveat is not a Caveat.
+            BadArgError: ``name`` is not a valid extension, a caveat is not a Caveat, or
+                there are more than :data:`MAX_CAVEATS`.
         """
         ext = validate_extension(name)
         cavs = _check_caveats(caveats)
@@ -135,8 +136,9 @@ class Principal:
         ``[caveats.unconstrained_use()]`` to bless without restriction on purpose.
 
         Raises:
-            BadArgError: ``with_blessings`` is not bound to this principal's key, no caveat,
-                invalid extension or key, or a chain would become too deep.
+            BadArgError: ``with_blessings`` is not bound to this principal's key, no caveat
+                or more than :data:`MAX_CAVEATS`, invalid extension or key, or a chain would
+                become too deep.
         """
         if not isinstance(key, PublicKey):
             raise errors.BadArgError("security: the blessed key must be a PublicKey")
@@ -259,9 +261,15 @@ class Principal:
 
 
 def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:
+    """The caveats of a new certificate: Caveat values, at most :data:`MAX_CAVEATS` (every
+    peer refuses a certificate with more)."""
     cavs = tuple(caveats)
     if not all(isinstance(c, Caveat) for c in cavs):
         raise errors.BadArgError("security: caveats must be Caveat values")
+    if len(cavs) > MAX_CAVEATS:
+        raise errors.BadArgError(
+            f"security: a certificate carries at most {MAX_CAVEATS} caveats, not {len(cavs)}"
+        )
     return cavs
 
 

@@ -278,11 +278,19 @@ def test_a_discharger_that_answers_oddly_is_named_in_the_callers_error(
 def test_blessings_with_more_third_party_caveats_than_a_request_carries_fail_at_once(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
-    """65 third-party caveats: 65 discharges would be fetched, then the server refused the
-    request header as malformed ("bad discharges"), on every call."""
+    """65 third-party caveats on a chain of two certificates (33 and 32: one certificate
+    carries at most 64, which ``bless`` enforces): 65 discharges would be fetched, then the
+    server refused the request header as malformed ("bad discharges"), on every call."""
     _, dp, dname = _discharger(stack, family)
     cavs = [caveats.third_party(dname, dp.public_key) for _ in range(65)]
-    client = client_for(stack, _blessed_with(family, *cavs))
+    mid = Principal.generate()
+    mid_blessings = family.root.bless(mid.public_key, family.root_blessings, "mid", cavs[:33])
+    cp = Principal.generate()
+    b = mid.bless(cp.public_key, mid_blessings, "client", cavs[33:])
+    cp.store.default = b
+    cp.store.set(b, "...")
+    cp.roots.add_blessings(family.root_blessings)
+    client = client_for(stack, cp)
     _, sname = serving(stack, family.member("server"), Label("guarded"))
     with pytest.raises(errors.IPCError, match="65 third-party caveats; a request carries at"):
         client.call(ctx(), sname, "Who", options=(NoRetry(),))

@@ -74,6 +74,23 @@ def test_bless_refuses_blessings_not_held_and_missing_caveats() -> None:
         idp.bless_self("bad name")
 
 
+def test_a_certificate_carries_at_most_max_caveats() -> None:
+    """Every peer refuses a certificate with more than MAX_CAVEATS caveats: bless made one,
+    and the client then failed at the handshake, with a message blaming the server."""
+    from ipcclient.security.caveats import MAX_CAVEATS
+
+    idp, alice = Principal.generate(), Principal.generate()
+    root = idp.bless_self("idp")
+    cavs = [caveats.method("Echo%d" % i) for i in range(MAX_CAVEATS + 1)]
+    blessed = idp.bless(alice.public_key, root, "alice", cavs[:MAX_CAVEATS])
+    again = codec.decode(codec.encode(blessed))  # (its peers take it)
+    assert again == blessed
+    with pytest.raises(errors.BadArgError, match="at most 64 caveats, not 65"):
+        idp.bless(alice.public_key, root, "alice", cavs)
+    with pytest.raises(errors.BadArgError, match="at most 64 caveats, not 65"):
+        idp.bless_self("idp", cavs)
+
+
 def test_union_and_multiple_chains() -> None:
     a, b, me = Principal.generate(), Principal.generate(), Principal.generate()
     ra, rb = a.bless_self("a"), b.bless_self("b")
