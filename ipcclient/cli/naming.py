@@ -17,6 +17,8 @@ from ipcclient.cli.text import Progress, err, human, out, parse_duration, tree_l
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.naming import names
+from ipcclient.naming.endpoint import canonical_server
+from ipcclient.naming.mountentry import MountEntry
 from ipcclient.server.mounttable import LEAF, MT, REPLACE
 
 __all__ = ["cmd_glob", "cmd_mount", "cmd_resolve", "cmd_unmount"]
@@ -40,12 +42,33 @@ def _mount_targets(client: Client, ctx: Context, name: str) -> list[str]:
 def cmd_mount(args: argparse.Namespace) -> int:
     flags = (MT if args.mt else 0) | (LEAF if args.leaf else 0) | (REPLACE if args.replace else 0)
     ttl = parse_duration(args.ttl)
+    granted: list[float | None] = []
     with client_for(args) as client:
         ctx = call_context(args)
         for target in _mount_targets(client, ctx, args.name):
             client.call(ctx, target, "Mount", args.server, ttl, flags, options=call_options(args))
-    out(f"mounted {args.server} at {args.name} for {human(ttl)}")
+            granted.append(_granted_ttl(client, ctx, target, args.server, args))
+    known = [t for t in granted if t is not None]
+    if known:  # (a table clamps the TTL to its own maximum: say what it kept)
+        out(f"mounted {args.server} at {args.name} for {human(min(known))}")
+    else:
+        out(f"mounted {args.server} at {args.name} (asked for {human(ttl)})")
     return EXIT_OK
+
+
+def _granted_ttl(
+    client: Client, ctx: Context, target: str, server: str, args: argparse.Namespace
+) -> float | None:
+    """The TTL the mount table at ``target`` now lists for ``server``, read back with
+    ResolveStep; None when it cannot be read (the mounter may not resolve there, say)."""
+    try:
+        mine = canonical_server(server)
+        (value,) = client.call(ctx, target, "ResolveStep", options=call_options(args))
+        entry = MountEntry.from_wire(value, 0.0)  # (deadlines counted from 0: the TTLs)
+    except (errors.IPCError, ValueError):  # (ValueError: not one result)
+        return None
+    ttls = [s.deadline for s in entry.servers if s.server == mine]
+    return max(ttls) if ttls else None
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcclient import codec, errors
-from ipcclient.naming.names import escape, is_rooted, split_address_name, unescape
+from ipcclient.naming.names import clean, escape, is_rooted, split_address_name, unescape
 
 __all__ = [
     "DIALABLE_PROTOCOLS",
@@ -49,6 +49,7 @@ __all__ = [
     "MAX_ENDPOINT_LEN",
     "NULL_ROUTING_ID",
     "Endpoint",
+    "canonical_server",
     "check_version_compatibility",
     "endpoint_of",
 ]
@@ -309,6 +310,21 @@ def endpoint_of(name: str) -> Endpoint:
     if not address:
         raise _bad(f"the rooted name {name!r} has no address")
     return Endpoint.parse(address)
+
+
+def canonical_server(name: str) -> str:
+    """A server's rooted name spelled once: a full endpoint in its canonical form (two
+    spellings of one endpoint, ``%3A`` for ``:`` or an upper-case routing id, are one
+    server); a short form (``/host:port``) is kept as written. The mount table stores this.
+
+    Raises:
+        BadArgError: as :func:`endpoint_of`.
+    """
+    ep = endpoint_of(name)
+    address, suffix = split_address_name(name)
+    if address.startswith("@"):
+        address = str(ep)
+    return clean("/" + address + ("/" + suffix if suffix else ""))
 
 
 def check_version_compatibility(ep: Endpoint, supported: tuple[int, int]) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from typing import Any
 
 from ipcclient import errors
 from ipcclient.naming import names
-from ipcclient.naming.endpoint import Endpoint, endpoint_of
+from ipcclient.naming.endpoint import canonical_server
 from ipcclient.naming.mountentry import MountedServer, MountEntry
 from ipcclient.security.patterns import BlessingPattern
 from ipcclient.server.authorizer import Authorizer, CallSecurity
@@ -121,20 +121,9 @@ def _check_server(server: object) -> str:
     if len(server) > MAX_SERVER_LEN:
         raise errors.BadArgError(f"mount table: server name longer than {MAX_SERVER_LEN}")
     try:
-        ep = endpoint_of(server)
+        return canonical_server(server)  # (two spellings of one endpoint are one server)
     except errors.BadArgError as exc:
         raise errors.BadArgError(f"mount table: bad server: {exc.msg}") from None
-    return _spelled_once(server, ep)
-
-
-def _spelled_once(server: str, ep: Endpoint) -> str:
-    """``server`` cleaned, with a full endpoint in its canonical form: two spellings of one
-    endpoint (``%3A`` for ``:``, an upper-case routing id) are one server, and Unmount of
-    either removes it. A short form (``/host:port``) is kept as written."""
-    address, suffix = names.split_address_name(server)
-    if address.startswith("@"):
-        address = str(ep)
-    return names.clean("/" + address + ("/" + suffix if suffix else ""))
 
 
 def _check_ttl(ttl: object) -> float:
@@ -375,7 +364,7 @@ class MountTable:
             raise errors.BadArgError("mount table: the server must be a str ('' for all)")
         if server:
             try:
-                server = _spelled_once(server, endpoint_of(server))
+                server = canonical_server(server)
             except errors.BadArgError:
                 server = names.clean(server)  # (never mounted: unmounting it does nothing)
         self._store.unmount(comps, server, timeout=timeout)

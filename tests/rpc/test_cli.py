@@ -212,6 +212,12 @@ def test_resolve_glob_mount_unmount(world: World) -> None:
 
     done = world.ipc("mount", "x/y", "/127.0.0.1:9", "--ttl", "2m")
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mounted /127.0.0.1:9 at x/y for 1m5")  # (read back: <= 2m)
+    # A TTL over the table's maximum (24 h): what it kept is printed, not what was asked.
+    done = world.ipc("mount", "x/z", "/127.0.0.1:9", "--ttl", "999d")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mounted /127.0.0.1:9 at x/z for 23h59m"), done.stdout
+    assert world.ipc("unmount", "x/z").returncode == 0
     tree = world.ipc("glob").stdout
     assert "├── apps\n│   └── fortune  " + world.endpoint in tree
     assert "└── x\n    └── y  /127.0.0.1:9 (ttl " in tree
