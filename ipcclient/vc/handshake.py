@@ -446,6 +446,7 @@ class ServerHandshake(_Base):
         self._transcript2 = b""
         self._version = 0
         self._peer_settings = VCSettings()
+        self._unsent = b""  # the hello and auth not yet returned, while a later step runs
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed bytes from the client; returns bytes to send.
@@ -468,14 +469,16 @@ class ServerHandshake(_Base):
 
     def rejection(self, err: errors.IPCError) -> bytes:
         """After a failure once the keys exist (the client's auth was refused): a sealed
-        GOAWAY frame carrying ``err``, so the client learns why; empty before the keys."""
+        GOAWAY frame carrying ``err``, so the client learns why; empty before the keys.
+        When the failure came in the same feed as the client's hello, the server's hello and
+        auth, never returned, come first: the client cannot open the GOAWAY without them."""
         if self._sealer is None:
             return b""
         try:
             payload = codec.encode(err)
         except errors.BadArgError:
             payload = b""
-        return bytes(self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload)))
+        return self._unsent + bytes(self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload)))
 
     def _step(self) -> bytes:
         if self._state is _State.HELLO:
@@ -528,7 +531,9 @@ class ServerHandshake(_Base):
             self._state = _State.AUTH
             out = server_hello + self._sealer.seal(auth)
             if self._buf:  # the client cannot have sent more yet, but be exact
+                self._unsent = out  # (for rejection, should the next step fail)
                 out += self._step()
+                self._unsent = b""
             return out
         assert self._opener is not None and self._sealer is not None
         if self._state is _State.AUTH:

@@ -336,6 +336,22 @@ def test_a_refused_client_auth_is_answered_with_a_sealed_goaway() -> None:
     assert codec.decode(frames[0].payload).id == "ipc.BadProtocol"
 
 
+def test_a_failure_in_the_feed_of_the_hello_is_answered_after_the_servers_hello() -> None:
+    """A client whose first write held more than its hello, and something broken after it:
+    the server's rejection was a sealed GOAWAY alone, without the hello and auth the client
+    needs to open it."""
+    from ipcclient.wire.frames import GOAWAY, FrameDecoder
+
+    client, server = _client(make_identity()), ServerHandshake(make_identity(), blessings=None)
+    with pytest.raises(errors.BadProtocolError) as info:
+        server.receive_data(client.start() + bytes(64))  # (a record that does not open)
+    client.receive_data(server.rejection(info.value))
+    assert client.result is not None
+    frames = FrameDecoder().feed(b"".join(client.result.early_plaintext))
+    assert [(f.type, f.flow_id) for f in frames] == [(GOAWAY, 0)]
+    assert codec.decode(frames[0].payload).id == "ipc.BadProtocol"
+
+
 def test_a_forged_refusal_cannot_choose_the_clients_error() -> None:
     """A refusal is unauthenticated: only 'no common version' is believed, and with the
     client's own retry action; anything else is a protocol error."""
