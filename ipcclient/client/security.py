@@ -43,6 +43,9 @@ from ipcclient.security.discharges import (
     Discharge,
     DischargeCache,
     DischargeImpetus,
+    Fetch,
+    FetchKey,
+    fetch_key,
     filtered_impetus,
 )
 from ipcclient.security.keys import PublicKey
@@ -247,19 +250,23 @@ def prepare_discharges(
     return tuple(found), problems
 
 
-_CALLERS_OWN = (errors.TimeoutError, errors.CanceledError)
-"""How a fetch can end because of its own caller, not its discharger: a call awaiting it
-fetches anew."""
+_FETCHING = object()
+"""Context key: the fetches (:func:`fetch_key`) the calls of this context make on behalf of,
+so that a call made to fetch a discharge (a lookup of the discharger's name, say) never
+awaits the very fetch it is part of."""
 
 
-def _await(ctx: Context, done: threading.Event) -> None:
-    """Wait for ``done`` within ``ctx``: raises ctx's error if it ends first."""
+def _await(ctx: Context, cache: DischargeCache, flight: Fetch, done: threading.Event) -> None:
+    """Wait for ``done`` (the end of ``flight``) within ``ctx``: raises ctx's error if it ends
+    first, having left ``flight``."""
     handle = ctx.add_done_callback(lambda _err: done.set())
     try:
         while not done.wait(WAIT_SLICE):  # (in slices, so that KeyboardInterrupt is seen)
             pass
     finally:
         ctx.remove_done_callback(handle)
+        if flight.waiters:
+            cache.leave(flight, done)  # (no-op once the fetch ended)
     err = ctx.err()
     if err is not None:
         raise err
@@ -279,10 +286,10 @@ def fetch_discharges(
     client's ``call``; concurrently, at most ``max_parallel`` at once, within ``ctx``), cache
     each, and report each failure in ``problems``."""
 
-    def fetch_one(cav: ThirdPartyCaveat) -> Discharge:
+    def fetch_one(cav: ThirdPartyCaveat, key: FetchKey) -> Discharge:
         log.debug("client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location)
         results = call(
-            ctx,
+            ctx.with_value(_FETCHING, ctx.value(_FETCHING, frozenset()) | {key}),
             cav.location,
             "Discharge",
             cav,
@@ -299,33 +306,47 @@ def fetch_discharges(
         return d
 
     def fetch(cav: ThirdPartyCaveat) -> Discharge | None:
+        key = fetch_key(cav, impetus)
+        if key in ctx.value(_FETCHING, frozenset()):
+            # A call made to fetch this very discharge (to look up its discharger, say): it
+            # goes without it, as the call to the discharger itself does.
+            problems.append(
+                f"discharge for caveat {cav.id[:12]} from {cav.location}: needed on the way "
+                "to its own discharger"
+            )
+            log.debug("client: caveat %s needed to reach its own discharger", cav.id[:12])
+            return None
         try:
-            return fetch_shared(cav) if not cav.requirements.report_arguments else fetch_one(cav)
+            if cav.requirements.report_arguments:
+                return fetch_one(cav, key)
+            return fetch_shared(cav, key)
         except errors.IPCError as exc:
             problems.append(f"discharge for caveat {cav.id[:12]} from {cav.location}: {exc}")
             log.warning("client: fetching a discharge from %s failed: %s", cav.location, exc)
             return None
 
-    def fetch_shared(cav: ThirdPartyCaveat) -> Discharge:
-        """One fetch per caveat at a time: a call that finds one in progress awaits it (within
-        its own ctx) and takes its discharge, or its error; it fetches anew only when that
-        fetch ended by its own caller's deadline or cancellation."""
+    def fetch_shared(cav: ThirdPartyCaveat, key: FetchKey) -> Discharge:
+        """One fetch per request (``key``) at a time: a call that finds one in progress
+        awaits it (within its own ctx) and takes its discharge, or its error; it fetches
+        anew only when that fetch ended by its own caller's deadline or cancellation, or
+        by an error that is not an :class:`~ipcclient.errors.IPCError`."""
         while True:
-            flight, done = cache.begin_fetch(cav.id)
+            flight, done = cache.begin_fetch(key)
             if done is None:
                 try:
-                    flight.discharge = fetch_one(cav)
+                    flight.discharge = fetch_one(cav, key)
                     return flight.discharge
                 except errors.IPCError as exc:
                     flight.error = exc
+                    flight.callers_own = ctx.done()
                     raise
                 finally:
-                    cache.end_fetch(cav.id, flight)
-            _await(ctx, done)
+                    cache.end_fetch(key, flight)
+            _await(ctx, cache, flight, done)
             if flight.discharge is not None:
                 return flight.discharge
             err = flight.error
-            if err is not None and not isinstance(err, _CALLERS_OWN):
+            if err is not None and not flight.callers_own:
                 raise err.with_context()  # (a fresh copy: each caller raises its own)
             # (that fetch ended by its caller's deadline or cancellation: fetch anew)
 

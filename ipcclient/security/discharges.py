@@ -39,7 +39,9 @@ __all__ = [
     "DischargeCache",
     "DischargeImpetus",
     "Fetch",
+    "FetchKey",
     "Signer",
+    "fetch_key",
     "filtered_impetus",
     "issue_discharge",
 ]
@@ -235,17 +237,32 @@ def filtered_impetus(
     )
 
 
-class Fetch:
-    """One fetch of a discharge in progress, which calls missing the same caveat await
-    instead of fetching it again (see :meth:`DischargeCache.begin_fetch`). Its outcome, set
-    by the fetching call before :meth:`DischargeCache.end_fetch`: the discharge, or the
-    error."""
+FetchKey = tuple[str, str, tuple[str, ...]]
+"""What makes two fetches of a discharge the same (:func:`fetch_key`)."""
 
-    __slots__ = ("discharge", "error", "waiters")
+
+def fetch_key(caveat: ThirdPartyCaveat, impetus: DischargeImpetus) -> FetchKey:
+    """Calls whose fetches of a discharge for ``caveat`` are the same request: the caveat's
+    ID and what the discharger is told of the call (the impetus the caveat requires), so
+    that a call never takes the answer to another call's server or method."""
+    told = filtered_impetus(caveat.requirements, impetus)
+    return caveat.id, told.method, tuple(str(p) for p in told.server)
+
+
+class Fetch:
+    """One fetch of a discharge in progress, which calls making the same request
+    (:func:`fetch_key`) await instead of fetching it again (see
+    :meth:`DischargeCache.begin_fetch`). Its outcome, set by the fetching call before
+    :meth:`DischargeCache.end_fetch`: the discharge, or the error, and whether that error
+    came from the fetching call's own context (its deadline passed or it was cancelled)
+    rather than from the discharger."""
+
+    __slots__ = ("callers_own", "discharge", "error", "waiters")
 
     def __init__(self) -> None:
         self.discharge: Discharge | None = None
         self.error: errors.IPCError | None = None
+        self.callers_own = False
         self.waiters: list[threading.Event] = []  # set when the fetch ends
 
 
@@ -258,7 +275,7 @@ class DischargeCache:
 
     When full, expired entries are purged first, then the soonest-expiring one is evicted.
 
-    It also knows the fetches in progress, by caveat ID (:meth:`begin_fetch`), so that calls
+    It also knows the fetches in progress, by request (:meth:`begin_fetch`), so that calls
     that miss the cache for the same caveat at once make one fetch, not one each.
     """
 
@@ -268,26 +285,35 @@ class DischargeCache:
         self._max = max_entries
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Discharge]] = {}
-        self._fetches: dict[str, Fetch] = {}
+        self._fetches: dict[FetchKey, Fetch] = {}
 
-    def begin_fetch(self, caveat_id: str) -> tuple[Fetch, threading.Event | None]:
-        """The fetch in progress for ``caveat_id``, and None when the caller is to make it
-        (it must then call :meth:`end_fetch`, whatever happens); else an event, set when
-        the fetch that another call makes ends."""
+    def begin_fetch(self, key: FetchKey) -> tuple[Fetch, threading.Event | None]:
+        """The fetch in progress for ``key`` (see :func:`fetch_key`), and None when the
+        caller is to make it (it must then call :meth:`end_fetch`, whatever happens); else
+        an event, set when the fetch that another call makes ends (a caller that stops
+        waiting first calls :meth:`leave`)."""
         with self._lock:
-            fetch = self._fetches.get(caveat_id)
+            fetch = self._fetches.get(key)
             if fetch is None:
-                fetch = self._fetches[caveat_id] = Fetch()
+                fetch = self._fetches[key] = Fetch()
                 return fetch, None
             event = threading.Event()
             fetch.waiters.append(event)
             return fetch, event
 
-    def end_fetch(self, caveat_id: str, fetch: Fetch) -> None:
+    def leave(self, fetch: Fetch, event: threading.Event) -> None:
+        """A caller stops waiting for ``fetch`` (its deadline passed, or it was cancelled):
+        forget its ``event``, so that callers that give up are not kept until the fetch
+        ends."""
+        with self._lock:
+            if event in fetch.waiters:  # (else the fetch ended meanwhile)
+                fetch.waiters.remove(event)
+
+    def end_fetch(self, key: FetchKey, fetch: Fetch) -> None:
         """End ``fetch`` (its outcome set), waking the calls awaiting it."""
         with self._lock:
-            if self._fetches.get(caveat_id) is fetch:
-                del self._fetches[caveat_id]
+            if self._fetches.get(key) is fetch:
+                del self._fetches[key]
             waiters, fetch.waiters = fetch.waiters, []
         for event in waiters:
             event.set()

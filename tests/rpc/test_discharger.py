@@ -22,8 +22,9 @@ from ipcclient.security.caveats import SecurityCall, ThirdPartyRequirements
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.discharger import Discharger
 from ipcclient.server.exposure import expose
+from ipcclient.server.mounttable import MountTable
 from ipcclient.server.server import Results, Server, ServerCall
-from tests.rpc.test_mounttable import Family, Label, client_for, ctx, serving, wait_until
+from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
 
 
 @pytest.fixture
@@ -364,8 +365,9 @@ def _awaiting(client: Client, cid: str, n: int) -> Callable[[], bool]:
     """Whether ``n`` calls await the fetch in progress for caveat ``cid``."""
 
     def check() -> bool:
-        fetch = getattr(client.discharge_cache, "_fetches", {}).get(cid)
-        return fetch is not None and len(fetch.waiters) == n
+        fetches = getattr(client.discharge_cache, "_fetches", {})
+        waiting = [len(f.waiters) for key, f in list(fetches.items()) if key[0] == cid]
+        return waiting == [n]
 
     return check
 
@@ -401,8 +403,9 @@ def test_a_call_awaiting_a_fetch_keeps_its_own_deadline(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
     """A call awaiting another's fetch ends at its own deadline; and when the fetching
-    call's deadline ends that fetch, a call still awaiting it fetches anew."""
-    discharger, client, sname, _ = _gated_setup(stack, family)
+    call's deadline ends that fetch, a call still awaiting it fetches anew. A call that
+    stops waiting is forgotten by the fetch at once (they were kept until it ended)."""
+    discharger, client, sname, cid = _gated_setup(stack, family)
     leader, leader_out = _calls_in_threads(
         1, lambda: client.call(ctx(1.5), sname, "Who", options=(NoRetry(),))
     )
@@ -417,9 +420,118 @@ def test_a_call_awaiting_a_fetch_keeps_its_own_deadline(
     assert not short[0].is_alive()  # (ended by its deadline, the fetch still held)
     assert len(short_out) == 1 and isinstance(short_out[0], errors.TimeoutError)
     assert discharger.requests == 1  # (it awaited the fetch in progress)
+    assert wait_until(_awaiting(client, cid, 1), 5.0)  # (only the patient call is left)
     leader[0].join(5.0)  # its deadline ends its fetch
     assert len(leader_out) == 1 and isinstance(leader_out[0], errors.TimeoutError)
     assert wait_until(lambda: discharger.requests == 2, 5.0)  # the patient call's own
     discharger.gate.set()
     patient[0].join(10.0)
     assert patient_out == [("guarded",)]
+
+
+def test_a_call_awaits_only_a_fetch_that_tells_the_discharger_the_same(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A caveat that reports the method and holds only for "Who": a call to "Who" that
+    awaited a call to "Echo" fetching the same caveat took the discharger's refusal of
+    "Echo". Calls share a fetch only when the discharger is told the same."""
+    dp = family.member("discharger")
+    discharger = _GatedDischarger(dp)
+    stack.callback(discharger.gate.set)
+    _, dname = serving(stack, dp, discharger, authorizer=AllowEveryone())
+    cav = caveats.third_party(
+        dname, dp.public_key, ThirdPartyRequirements(report_method=True), [caveats.method("Who")]
+    )
+    client = client_for(stack, _blessed_with(family, cav))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    echo, echo_out = _calls_in_threads(
+        1, lambda: client.call(ctx(10), sname, "Echo", 1, options=(NoRetry(),))
+    )
+    assert wait_until(lambda: discharger.requests == 1, 5.0)
+    who, who_out = _calls_in_threads(
+        1, lambda: client.call(ctx(10), sname, "Who", options=(NoRetry(),))
+    )
+    assert wait_until(lambda: discharger.requests == 2, 5.0)  # (its own fetch)
+    discharger.gate.set()
+    for t in echo + who:
+        t.join(10.0)
+    assert who_out == [("guarded",)]
+    assert len(echo_out) == 1 and isinstance(echo_out[0], errors.NoAccessError)
+    assert "method 'Echo' not in the allowed" in str(echo_out[0])
+
+
+class _TimingOutDischarger(_GatedDischarger):
+    """Answers every request, once its gate opens, with its own TimeoutError."""
+
+    @expose
+    def Discharge(self, call: ServerCall, caveat: object, impetus: object) -> Discharge:
+        with self._lock:
+            self.requests += 1
+        self.gate.wait(10.0)
+        raise errors.TimeoutError("discharger: the revocation list did not answer in time")
+
+
+def test_a_discharger_timing_out_is_its_error_not_the_fetching_calls_deadline(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A TimeoutError from the discharger was taken for the fetching call's own deadline:
+    each waiting call fetched anew, one after another, and late ones ended by their own
+    deadlines. Now they all take the discharger's error from the one fetch."""
+    dp = family.member("discharger")
+    discharger = _TimingOutDischarger(dp)
+    stack.callback(discharger.gate.set)
+    _, dname = serving(stack, dp, discharger, authorizer=AllowEveryone())
+    cav = caveats.third_party(dname, dp.public_key)
+    client = client_for(stack, _blessed_with(family, cav))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    threads, outcomes = _calls_in_threads(
+        8, lambda: client.call(ctx(10), sname, "Who", options=(NoRetry(),))
+    )
+    assert wait_until(_awaiting(client, cav.id, 7), 5.0)
+    discharger.gate.set()
+    for t in threads:
+        t.join(10.0)
+    assert discharger.requests == 1
+    assert len(outcomes) == 8
+    for err in outcomes:
+        assert isinstance(err, errors.NoAccessError)
+        assert "revocation list did not answer in time" in str(err)
+
+
+@pytest.mark.parametrize("anyone_resolves", [True, False])
+def test_a_discharger_named_through_a_mount_table(
+    stack: contextlib.ExitStack, anyone_resolves: bool
+) -> None:
+    """The discharger's name resolved through a mount table: the lookup (ResolveStep,
+    presenting the same blessings) missed the cache for the caveat being fetched and
+    awaited that very fetch until the call's deadline (before the fetches were shared, it
+    recursed until a RecursionError). The lookup now goes without that discharge: a table
+    that lets anyone resolve answers it, and one that wants the client's blessing refuses at
+    once, the error saying why."""
+    family = Family()
+    table = MountTable(resolve_patterns=None) if anyone_resolves else MountTable()
+    _, mt = serving(stack, family.member("mt"), table=table)
+    dp = family.member("discharger")
+    _, dname = serving(stack, dp, Discharger(dp), authorizer=AllowEveryone())
+    admin = client_for(stack, family.member("admin"), mt)
+    assert admin.call(ctx(), at(mt, "disch"), "Mount", dname, 60.0, 0) == ()
+    cav = caveats.third_party("disch", dp.public_key)
+    client = client_for(stack, _blessed_with(family, cav), mt)
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    started = time.monotonic()
+    if anyone_resolves:
+        assert client.call(ctx(10), sname, "Who", options=(NoRetry(),)) == ("guarded",)
+        assert client.stats["discharges_fetched"] == 1
+        assert client.call(ctx(10), sname, "Who", options=(NoRetry(),)) == ("guarded",)
+        assert client.stats["discharges_fetched"] == 1  # (cached)
+    else:
+        with pytest.raises(errors.NoAccessError, match="needed on the way to its own discharger"):
+            client.call(ctx(10), sname, "Who", options=(NoRetry(),))
+        assert client.stats["discharges_fetched"] == 0
+    assert time.monotonic() - started < 5.0
