@@ -59,13 +59,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _granted_ttl(
     client: Client, ctx: Context, target: str, server: str, args: argparse.Namespace
 ) -> float | None:
-    """The TTL the mount table at ``target`` now lists for ``server``, read back with
-    ResolveStep; None when it cannot be read (the mounter may not resolve there, say)."""
+    """The TTL the mount table at ``target`` now lists for ``server`` at the name itself,
+    read back with ResolveStep; None when it cannot be read (the mounter may not resolve
+    there, say, or a mount above the name answers for it)."""
     try:
         mine = canonical_server(server)
         (value,) = client.call(ctx, target, "ResolveStep", options=call_options(args))
         entry = MountEntry.from_wire(value, 0.0)  # (deadlines counted from 0: the TTLs)
     except (errors.IPCError, ValueError):  # (ValueError: not one result)
+        return None
+    if entry.name:  # (the answer of a mount above the name: not the mount just made)
         return None
     ttls = [s.deadline for s in entry.servers if s.server == mine]
     return max(ttls) if ttls else None

@@ -47,6 +47,7 @@ from ipcclient.security.keys import (
 from ipcclient.security.patterns import is_valid_extension, join_name
 
 __all__ = [
+    "MAX_BLESSINGS_SIZE",
     "MAX_CHAINS",
     "MAX_CHAIN_DEPTH",
     "Blessings",
@@ -59,6 +60,10 @@ __all__ = [
 
 MAX_CHAINS = 32  # chains in one Blessings value (a principal rarely holds more than a few)
 MAX_CHAIN_DEPTH = 32  # certificates in one chain (delegation depth)
+MAX_BLESSINGS_SIZE = 48 * 1024
+"""The most bytes the blessings a principal makes (``bless``, ``bless_self``) may encode to:
+a handshake's auth message carries them with the discharges in at most 64 KiB, and every
+peer refuses a larger one."""
 _ROOT_PARENT_DIGEST = bytes(32)
 
 

@@ -140,6 +140,11 @@ class Caveat:
     KIND: ClassVar[str] = ""
 
     def __init__(self, kind: str, params: bytes) -> None:
+        if len(params) > MAX_PARAMS_SIZE:  # (every peer refuses such a caveat)
+            raise errors.BadArgError(
+                f"security: a {kind!r} caveat's parameters encode to {len(params)} bytes; "
+                f"at most {MAX_PARAMS_SIZE}"
+            )
         self.kind = kind
         self.params = params
         self._digest = _sha256(_sha256(kind.encode()) + _sha256(params))

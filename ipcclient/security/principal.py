@@ -36,9 +36,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ipcclient import errors
+from ipcclient import codec, errors
 from ipcclient.security.blessings import (
     _ROOT_PARENT_DIGEST,
+    MAX_BLESSINGS_SIZE,
     Blessings,
     Certificate,
     certificate_digest,
@@ -113,14 +114,15 @@ class Principal:
         Caveats are optional here: the principal restricts only itself.
 
         Raises:
-            BadArgError: ``name`` is not a valid extension, a caveat is not a Caveat, or
-                there are more than :data:`MAX_CAVEATS`.
+            BadArgError: ``name`` is not a valid extension, a caveat is not a Caveat, there
+                are more than :data:`MAX_CAVEATS`, or the blessing would encode to more
+                than :data:`~ipcclient.security.blessings.MAX_BLESSINGS_SIZE` bytes.
         """
         ext = validate_extension(name)
         cavs = _check_caveats(caveats)
         digest = certificate_digest(_ROOT_PARENT_DIGEST, ext, self._public_key, cavs)
         cert = Certificate(ext, self._public_key, cavs, self.sign(PURPOSE_CERTIFICATE, digest))
-        return Blessings([(cert,)])
+        return _within_size(Blessings([(cert,)]))
 
     def bless(
         self,
@@ -137,8 +139,9 @@ class Principal:
 
         Raises:
             BadArgError: ``with_blessings`` is not bound to this principal's key, no caveat
-                or more than :data:`MAX_CAVEATS`, invalid extension or key, or a chain would
-                become too deep.
+                or more than :data:`MAX_CAVEATS`, invalid extension or key, a chain would
+                become too deep, or the blessings would encode to more than
+                :data:`~ipcclient.security.blessings.MAX_BLESSINGS_SIZE` bytes.
         """
         if not isinstance(key, PublicKey):
             raise errors.BadArgError("security: the blessed key must be a PublicKey")
@@ -160,7 +163,7 @@ class Principal:
             digest = certificate_digest(parent, ext, key, cavs)
             sig = self.sign(PURPOSE_CERTIFICATE, digest)
             chains.append((*chain, Certificate(ext, key, cavs, sig)))
-        return Blessings(chains)
+        return _within_size(Blessings(chains))
 
     def add_to_roots(self, blessings: Blessings) -> None:
         """Trust the roots of ``blessings`` for their names (see BlessingRoots.add_blessings)."""
@@ -271,6 +274,18 @@ def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:
             f"security: a certificate carries at most {MAX_CAVEATS} caveats, not {len(cavs)}"
         )
     return cavs
+
+
+def _within_size(blessings: Blessings) -> Blessings:
+    """``blessings``, if they encode to at most :data:`MAX_BLESSINGS_SIZE` bytes (every peer
+    refuses a handshake that carries more)."""
+    size = len(codec.encode(blessings))
+    if size > MAX_BLESSINGS_SIZE:
+        raise errors.BadArgError(
+            f"security: the blessings would encode to {size} bytes; at most "
+            f"{MAX_BLESSINGS_SIZE} (a handshake carries them)"
+        )
+    return blessings
 
 
 def _canonical_json(data: Any) -> bytes:

@@ -183,7 +183,13 @@ def _derive_keys(
 def _auth_message(
     identity: Identity, blessings: Any, discharges: Sequence[Any], transcript: bytes, label: bytes
 ) -> bytes:
-    return codec.encode(
+    """Our auth message.
+
+    Raises:
+        BadArgError: it is larger than :data:`MAX_AUTH_SIZE`, which the peer would refuse
+            (our blessings and discharges are too large).
+    """
+    auth = codec.encode(
         {
             "key": identity.public_key.raw,
             "blessings": blessings,
@@ -191,6 +197,12 @@ def _auth_message(
             "sig": identity.sign(PURPOSE_HANDSHAKE, transcript + label),
         }
     )
+    if len(auth) > MAX_AUTH_SIZE:
+        raise errors.BadArgError(
+            f"handshake: our blessings and discharges encode to {len(auth)} bytes; a peer "
+            f"accepts at most {MAX_AUTH_SIZE}"
+        )
+    return auth
 
 
 def _check_auth(
@@ -521,11 +533,13 @@ class ServerHandshake(_Base):
             )
             transcript = hashlib.sha256(client_raw + server_hello).digest()
             c2s, s2c = _derive_keys(self._ephemeral, share, transcript)
-            self._sealer = RecordSealer(s2c)
-            self._opener = RecordOpener(c2s)
+            # (Our auth first: should it be too large, the failure comes before the keys,
+            # and the connection closes with nothing sent, as the client could open nothing.)
             auth = _auth_message(
                 self._identity, self._blessings, self._discharges, transcript, _SERVER_LABEL
             )
+            self._sealer = RecordSealer(s2c)
+            self._opener = RecordOpener(c2s)
             self._transcript = transcript
             self._transcript2 = hashlib.sha256(transcript + auth).digest()
             self._state = _State.AUTH

@@ -218,6 +218,13 @@ def test_resolve_glob_mount_unmount(world: World) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("mounted /127.0.0.1:9 at x/z for 23h59m"), done.stdout
     assert world.ipc("unmount", "x/z").returncode == 0
+    # Below a mount of the same server, ResolveStep answers with that mount: its TTL (24 h)
+    # was printed as the new mount's; now what was asked is.
+    assert world.ipc("mount", "w", "/127.0.0.1:9", "--ttl", "999d").returncode == 0
+    done = world.ipc("mount", "w/v", "/127.0.0.1:9", "--ttl", "2m")
+    assert done.stdout.startswith("mounted /127.0.0.1:9 at w/v (asked for 2m"), done.stdout
+    assert world.ipc("unmount", "w/v").returncode == 0
+    assert world.ipc("unmount", "w").returncode == 0
     tree = world.ipc("glob").stdout
     assert "├── apps\n│   └── fortune  " + world.endpoint in tree
     assert "└── x\n    └── y  /127.0.0.1:9 (ttl " in tree

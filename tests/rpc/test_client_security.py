@@ -232,3 +232,35 @@ def test_client_blessings_must_be_bound_to_its_key(family: Family) -> None:
     victim = family.member("victim")
     with pytest.raises(errors.BadArgError, match="not bound"):
         thief.store.default = victim.store.default
+
+
+def _too_large_for_a_handshake(family: Family, p: Principal) -> Blessings:
+    """Two chains for ``p``, each within what ``bless`` makes, whose union is larger than
+    the 64 KiB auth message of a handshake."""
+    big = [caveats.method(*["M%02d%s" % (j, "x" * 40) for j in range(20)]) for _ in range(40)]
+    a = family.root.bless(p.public_key, family.root_blessings, "a", big)
+    b = family.root.bless(p.public_key, family.root_blessings, "b", big)
+    union = Blessings.union(a, b)
+    assert union is not None
+    return union
+
+
+def test_blessings_too_large_for_a_handshake_fail_at_once_saying_whose(
+    family: Family, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A client presenting blessings over the 64 KiB a handshake carries: the server
+    refused the handshake, and the client's error said "auth message too large" of the
+    peer. Now the client fails before sending, naming its own blessings; a server given
+    such blessings refuses them when it is made (every handshake would fail)."""
+    _, name = make_server(Who(), AllowEveryone())
+    cp = Principal.generate()
+    cp.store.default = _too_large_for_a_handshake(family, cp)
+    cp.roots.add_blessings(family.root_blessings)
+    started = time.monotonic()
+    with pytest.raises(errors.NoServersError, match="our blessings and discharges encode to"):
+        make_client(cp).call(ctx(), name, "WhoAmI", options=(NoRetry(),))
+    assert time.monotonic() - started < 5.0
+    sp = Principal.generate()
+    sp.store.default = _too_large_for_a_handshake(family, sp)
+    with pytest.raises(errors.BadArgError, match="a handshake carries at most 49152"):
+        Server(sp)

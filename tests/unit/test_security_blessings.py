@@ -91,6 +91,37 @@ def test_a_certificate_carries_at_most_max_caveats() -> None:
         idp.bless_self("idp", cavs)
 
 
+def test_a_caveat_whose_params_every_peer_refuses_is_not_made() -> None:
+    """A method caveat naming 70 methods of 1,000 characters encodes to more than
+    MAX_PARAMS_SIZE, which every decoder refuses: bless took it, and the principal's own
+    blessing could then not be loaded again."""
+    from ipcclient.security.caveats import MAX_PARAMS_SIZE, Caveat, caveat_from_wire
+
+    edge = Caveat("opaque", bytes(MAX_PARAMS_SIZE))
+    assert caveat_from_wire(edge.to_wire()) == edge  # (at the bound: its peers take it)
+    with pytest.raises(errors.BadArgError, match=f"at most {MAX_PARAMS_SIZE}"):
+        Caveat("opaque", bytes(MAX_PARAMS_SIZE + 1))
+    with pytest.raises(errors.BadArgError, match="'method' caveat's parameters encode to 70"):
+        caveats.method(*["M%02d%s" % (i, "x" * 997) for i in range(70)])
+
+
+def test_bless_refuses_blessings_too_large_for_a_handshake() -> None:
+    """64 caveats of ~900 bytes on one certificate (each within its own bounds) made
+    blessings over the 64 KiB a handshake carries: every peer then refused the handshake,
+    and the client's error blamed the peer."""
+    from ipcclient.security.blessings import MAX_BLESSINGS_SIZE
+
+    idp, alice = Principal.generate(), Principal.generate()
+    root = idp.bless_self("idp")
+    big = [caveats.method(*["M%02d%s" % (j, "x" * 40) for j in range(20)]) for _ in range(64)]
+    with pytest.raises(errors.BadArgError, match=f"bytes; at most {MAX_BLESSINGS_SIZE}"):
+        idp.bless(alice.public_key, root, "alice", big)
+    with pytest.raises(errors.BadArgError, match=f"bytes; at most {MAX_BLESSINGS_SIZE}"):
+        idp.bless_self("idp", big)
+    fits = idp.bless(alice.public_key, root, "alice", big[:40])
+    assert len(codec.encode(fits)) <= MAX_BLESSINGS_SIZE
+
+
 def test_union_and_multiple_chains() -> None:
     a, b, me = Principal.generate(), Principal.generate(), Principal.generate()
     ra, rb = a.bless_self("a"), b.bless_self("b")
