@@ -55,6 +55,7 @@ __all__ = [
     "RejectedBlessing",
     "RootsChecker",
     "certificate_digest",
+    "check_size",
     "validate_blessings",
 ]
 
@@ -346,6 +347,19 @@ def validity_horizon(blessings: Blessings | None, discharges: Iterable[Any] = ()
         if isinstance(expiry, float | int):
             horizon = min(horizon, float(expiry))
     return horizon
+
+
+def check_size(blessings: Blessings, whose: str) -> Blessings:
+    """``blessings``, if they encode to at most :data:`MAX_BLESSINGS_SIZE` bytes, since every
+    peer refuses a handshake that carries more; else a BadArgError that starts with
+    ``whose`` (the part of the library that refuses them)."""
+    size = len(codec.encode(blessings))
+    if size > MAX_BLESSINGS_SIZE:
+        raise errors.BadArgError(
+            f"{whose}: the blessings encode to {size} bytes; a handshake carries at most "
+            f"{MAX_BLESSINGS_SIZE}"
+        )
+    return blessings
 
 
 codec.register("blessings", Blessings, Blessings.to_wire, Blessings.from_wire)

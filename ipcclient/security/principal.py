@@ -36,13 +36,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ipcclient import codec, errors
+from ipcclient import errors
 from ipcclient.security.blessings import (
     _ROOT_PARENT_DIGEST,
-    MAX_BLESSINGS_SIZE,
     Blessings,
     Certificate,
     certificate_digest,
+    check_size,
 )
 from ipcclient.security.caveats import MAX_CAVEATS, Caveat
 from ipcclient.security.keys import (
@@ -122,7 +122,7 @@ class Principal:
         cavs = _check_caveats(caveats)
         digest = certificate_digest(_ROOT_PARENT_DIGEST, ext, self._public_key, cavs)
         cert = Certificate(ext, self._public_key, cavs, self.sign(PURPOSE_CERTIFICATE, digest))
-        return _within_size(Blessings([(cert,)]))
+        return check_size(Blessings([(cert,)]), "security")
 
     def bless(
         self,
@@ -163,7 +163,7 @@ class Principal:
             digest = certificate_digest(parent, ext, key, cavs)
             sig = self.sign(PURPOSE_CERTIFICATE, digest)
             chains.append((*chain, Certificate(ext, key, cavs, sig)))
-        return _within_size(Blessings(chains))
+        return check_size(Blessings(chains), "security")
 
     def add_to_roots(self, blessings: Blessings) -> None:
         """Trust the roots of ``blessings`` for their names (see BlessingRoots.add_blessings)."""
@@ -274,18 +274,6 @@ def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:
             f"security: a certificate carries at most {MAX_CAVEATS} caveats, not {len(cavs)}"
         )
     return cavs
-
-
-def _within_size(blessings: Blessings) -> Blessings:
-    """``blessings``, if they encode to at most :data:`MAX_BLESSINGS_SIZE` bytes (every peer
-    refuses a handshake that carries more)."""
-    size = len(codec.encode(blessings))
-    if size > MAX_BLESSINGS_SIZE:
-        raise errors.BadArgError(
-            f"security: the blessings would encode to {size} bytes; at most "
-            f"{MAX_BLESSINGS_SIZE} (a handshake carries them)"
-        )
-    return blessings
 
 
 def _canonical_json(data: Any) -> bytes:

@@ -28,10 +28,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ipcclient import codec, errors
+from ipcclient import errors
 from ipcclient.context import Context
 from ipcclient.headers import usual_request_within
-from ipcclient.security.blessings import MAX_BLESSINGS_SIZE, Blessings
+from ipcclient.security.blessings import Blessings, check_size
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer
 from ipcclient.server.call import Results, ServerCall
@@ -84,13 +84,7 @@ class Server(FlowServing):
             )
         if chosen.public_key != principal.public_key:
             raise errors.BadArgError("server: blessings are not bound to the principal's key")
-        size = len(codec.encode(chosen))
-        if size > MAX_BLESSINGS_SIZE:  # (every handshake would fail: no peer takes them)
-            raise errors.BadArgError(
-                f"server: the blessings encode to {size} bytes; a handshake carries at most "
-                f"{MAX_BLESSINGS_SIZE}"
-            )
-        self.blessings: Blessings = chosen
+        self.blessings: Blessings = check_size(chosen, "server")
         self._names = tuple(chosen.names)
         self._manager = StreamManager(principal, self.options.transport)
         self._listeners: list[Listener] = []
