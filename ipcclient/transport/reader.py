@@ -134,11 +134,16 @@ class Reader(abc.ABC):
         """Set up the read role: ``lead``, leader/follower reads (a dialed VC)."""
         self._lead = lead
         # Who holds the read role (see readrole): on a VC without leader/follower reads the
-        # reader thread holds it for good; with them, it holds it from the start.
-        self._role: Role = READER
+        # reader thread holds it for good. With them it starts free, as if a caller had just
+        # read: the caller that dialed the VC reads the reply to its first call itself,
+        # without waking the reader thread to hand the role over, and the reader thread
+        # takes the role after LEAD_GRACE of quiet. (Unless the handshake's last read
+        # brought mux bytes too: the reader thread dispatches those first, as the role.)
+        free = lead and not self._pending_early
+        self._role: Role = FREE if free else READER
         self._waiters: dict[Flow, None] = {}  # flows whose callers wait for the peer
         self._reader_parked = False  # the reader thread sleeps in _park_locked
-        self._last_lead = 0.0
+        self._last_lead = time.monotonic() if free else 0.0
         self._reader_signal = Signal(self._lock)
         self._mid_read = False
         self._wake_r = self._wake_w = -1
@@ -443,6 +448,8 @@ class Reader(abc.ABC):
                     with self._lock:
                         if self._error is not None:
                             step = _STOP
+                        elif self._role is not READER:  # (only as it starts: _init_reader)
+                            step = _AGAIN if self._park_locked() else _STOP
                         elif self._waiters and len(self._flows) <= 1:
                             # A lone caller wants the socket: hand the role over (with several
                             # calls in flight this thread reads for all of them).

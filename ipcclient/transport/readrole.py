@@ -7,7 +7,9 @@ and :class:`Read`, the one outcome type of a read step and of a busy poll.
 
 The read role is who may touch the socket's receive side, the record opener and its buffer.
 On an accepted VC, and on a dialed VC with ``lead_reads`` off, the VC's reader thread holds it
-for good (:data:`READER`, no transition). On a dialed VC with leader/follower reads:
+for good (:data:`READER`, no transition). On a dialed VC with leader/follower reads the role
+starts :data:`FREE` (as if a caller had just read, so the caller that dialed reads its first
+reply itself; :data:`READER` when the handshake's last read brought mux bytes too), and then:
 
 ====================  ============  ===========  ===================================================
 from                  event         to           when

@@ -1282,6 +1282,13 @@ def test_a_keyboard_interrupt_as_a_wait_lets_the_lock_go_leaves_the_vc_usable(
     try:
         flow = conn.connect()
         flow.write(b"one")
+        if function == "wait":  # (the role starts free: let the reader thread take it)
+            from ipcclient.transport.readrole import READER
+
+            until = time.monotonic() + 5
+            while conn._role is not READER and time.monotonic() < until:
+                time.sleep(0.005)
+            assert conn._role is READER
         hook = _interrupt_once_at(function, fired)
         until = time.monotonic() + 5
         while not fired and time.monotonic() < until:  # (until the caller waits that way)

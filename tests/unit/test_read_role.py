@@ -1,6 +1,6 @@
 """The read role of a VC (:mod:`ipcclient.transport.readrole`): its transition table, and the
-roles a real VC goes through (the reader thread holds it, a lone caller takes it for its own
-reply, the reader thread takes it back)."""
+roles a real VC goes through (free after the dial, the reader thread takes it when the VC is
+quiet, a lone caller takes it for its own reply, the reader thread takes it back)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_a_lone_caller_reads_its_own_reply_then_the_reader_thread_takes_the_role
     lst, release = slow_echo
     conn = _dial(lst)
     try:
-        assert conn._role is READER
+        _wait_until(lambda: conn._role is READER)  # (quiet since the dial: see below)
         flow = conn.connect()
         flow.write(b"ping", end=True)
         got: list[bytes] = []
@@ -143,6 +143,40 @@ def test_a_lone_caller_reads_its_own_reply_then_the_reader_thread_takes_the_role
         assert got == [b"ping"]
         time.sleep(LEAD_GRACE)
         _wait_until(lambda: conn._role is READER)  # quiet: the reader thread reads again
+    finally:
+        conn.close()
+
+
+def test_the_caller_that_dialed_reads_its_first_reply_without_waking_the_reader_thread(
+    slow_echo: tuple[Listener, threading.Event],
+) -> None:
+    """A dialed VC's role starts free, as if a caller had just read: the first call reads
+    its reply itself, where it used to wake the reader thread (asleep in poll, holding the
+    role since the dial) to hand the role over, a wake-up on every new VC's first call.
+    The reader thread takes the role once the VC has been quiet for LEAD_GRACE."""
+    lst, release = slow_echo
+    conn = _dial(lst)
+    wakes: list[int] = []
+    wake = conn._wake_poll_locked
+
+    def counted() -> None:
+        wakes.append(1)
+        wake()
+
+    conn._wake_poll_locked = counted  # type: ignore[method-assign]
+    try:
+        assert conn._role is FREE
+        flow = conn.connect()
+        flow.write(b"ping", end=True)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(flow.read(time.monotonic() + 10)))
+        reader.start()
+        _wait_until(lambda: conn._role is CALLER)
+        release.set()
+        reader.join(10)
+        assert got == [b"ping"]
+        assert wakes == []  # nobody was woken to give the role up
+        _wait_until(lambda: conn._role is READER)
     finally:
         conn.close()
 
