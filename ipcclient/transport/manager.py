@@ -225,6 +225,9 @@ class Listener:
         )
         self._shed = Throttle("pending handshakes shed (too many pending handshakes)")
         self._failed = Throttle("accept failed")
+        self._own_auth = Throttle(
+            "handshakes failed on this side's own auth (nothing was sent to the peer)"
+        )
         self._closed = False
         family = family_of(protocol)
         self._unix_path: str | None = None
@@ -365,6 +368,11 @@ class Listener:
             result = self._manager._accept_handshake(
                 sock, blessings=self._blessings, discharges=self._discharges()
             )
+        except errors.BadArgError as exc:
+            # Our own auth message, not the peer's input (which fails otherwise): blessings
+            # and discharges too large for any peer. Every handshake fails alike, so say so
+            # where the server's owner looks.
+            self._own_auth.event(f"on {self.address}: {exc}")
         except (errors.IPCError, OSError) as exc:
             log.debug("transport: handshake from a peer failed: %s", exc)
         except Exception:  # pragma: no cover - a bug must not kill the listener

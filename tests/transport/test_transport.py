@@ -1412,3 +1412,35 @@ def test_a_send_that_cannot_start_its_thread_breaks_the_vc_with_a_typed_error(
             conn.connect()
     finally:
         conn.close()
+
+
+def test_a_listener_whose_own_auth_no_peer_takes_says_so_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Blessings (or, as they are fetched, discharges) that make the server's auth message
+    larger than any peer accepts fail every handshake on the server's side, before it
+    sends a byte. That was logged at debug level only, like any peer's failed handshake:
+    the server's owner saw nothing. It is a rate-limited warning now, saying why."""
+    from ipcclient import Principal, caveats
+    from ipcclient.security.blessings import Blessings
+
+    root, me = Principal.generate(), Principal.generate()
+    root_b = root.bless_self("root")
+    big = [caveats.method(*["M%02d%s" % (j, "x" * 40) for j in range(20)]) for _ in range(40)]
+    chains = [root.bless(me.public_key, root_b, name, big) for name in ("a", "b")]
+    blessings = Blessings.union(*chains)
+    caplog.set_level(logging.WARNING, logger="ipcclient.transport")
+    lst = StreamManager(me).listen("tcp", "127.0.0.1:0", blessings=blessings, on_flow=_echo_upper)
+    try:
+        with pytest.raises(errors.IPCError):
+            _dial(lst)
+        until = time.monotonic() + 5  # (the record is emitted on the log thread)
+        while time.monotonic() < until and not any(
+            "own auth" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.01)
+        (record,) = [r for r in caplog.records if "own auth" in r.getMessage()]
+        assert record.levelno == logging.WARNING
+        assert "blessings and discharges encode to" in record.getMessage()
+    finally:
+        lst.close()
