@@ -1,7 +1,8 @@
 """A small client of etcd's v3 JSON gateway (``POST /v3/...``), on the standard library.
 
 Owns: :class:`EtcdGateway` (HTTP/1.1 keep-alive connections to every member given, a
-deadline on every request, failover to the next member when one does not answer, the
+deadline on every request that each read and write keeps to, however the member spreads
+its answer out, failover to the next member when one does not answer, the
 member that answered last tried first), the errors it tells its caller apart
 (:class:`LeaseNotFound`; a member that failed is retried on the next one), and the
 gateway's key encoding (base64, and the end of a prefix range). Must not: know the layout
@@ -14,6 +15,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
+import socket
 import ssl
 import threading
 import time
@@ -58,9 +61,14 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: object) -> bytes:
+    """The bytes of the gateway's base64 (absent: empty).
+
+    Raises:
+        ValueError: ``text`` is not base64 (``binascii.Error``).
+    """
     if not isinstance(text, str):
         return b""
-    return base64.b64decode(text)
+    return base64.b64decode(text, validate=True)
 
 
 def prefix_end(key: bytes) -> bytes:
@@ -72,6 +80,85 @@ def prefix_end(key: bytes) -> bytes:
             return bytes(b)
         b.pop()
     return b"\x00"
+
+
+def _arm(sock: socket.socket, deadline: float) -> None:
+    """Give the next read or write on ``sock`` the time left until ``deadline``."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the request's deadline passed")  # (the builtin: an OSError)
+    sock.settimeout(left)
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every read and write gets only the time left until ``deadline`` (a
+    socket timeout alone is per read: a member trickling its answer a byte at a time would
+    stretch a request without end)."""
+
+    deadline = math.inf
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        _arm(self, self.deadline)
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        _arm(self, self.deadline)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self, self.deadline)
+        super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """:class:`_DeadlineSocket` for TLS (what an ``https`` member's context wraps with)."""
+
+    deadline = math.inf
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        _arm(self, self.deadline)
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        _arm(self, self.deadline)
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        _arm(self, self.deadline)
+        super().sendall(data, flags)
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection whose socket keeps to the request's :attr:`deadline`."""
+
+    deadline = math.inf
+
+    def connect(self) -> None:
+        self.timeout = max(0.001, self.deadline - time.monotonic())
+        super().connect()
+        plain = self.sock
+        self.sock = _DeadlineSocket(fileno=plain.detach())
+        self.sock.deadline = self.deadline
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    """:class:`_Connection` over TLS (its context makes :class:`_DeadlineSSLSocket`)."""
+
+    deadline = math.inf
+
+    def connect(self) -> None:
+        self.timeout = max(0.001, self.deadline - time.monotonic())
+        super().connect()
+        if isinstance(self.sock, _DeadlineSSLSocket):
+            self.sock.deadline = self.deadline
+
+
+def _set_deadline(conn: http.client.HTTPConnection, deadline: float) -> None:
+    """The deadline of the request about to be made on ``conn`` (and of its dial)."""
+    if isinstance(conn, _Connection | _TLSConnection):
+        conn.deadline = deadline
+    if isinstance(conn.sock, _DeadlineSocket | _DeadlineSSLSocket):
+        conn.sock.deadline = deadline
 
 
 def _parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, str, int], ...]:
@@ -176,9 +263,7 @@ class EtcdGateway:
             if conn is None:
                 conn = self._connect(member, max(0.001, deadline - time.monotonic()))
             try:
-                conn.timeout = max(0.001, deadline - time.monotonic())
-                if conn.sock is not None:
-                    conn.sock.settimeout(conn.timeout)
+                _set_deadline(conn, deadline)  # every read and write ends by it, the dial too
                 conn.request(
                     "POST", path, body=payload, headers={"Content-Type": "application/json"}
                 )
@@ -220,10 +305,10 @@ class EtcdGateway:
     def _connect(self, member: int, timeout: float) -> http.client.HTTPConnection:
         scheme, host, port = self._members[member]
         if scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+            context = ssl.create_default_context()
+            context.sslsocket_class = _DeadlineSSLSocket
+            return _TLSConnection(host, port, timeout=timeout, context=context)
+        return _Connection(host, port, timeout=timeout)
 
     def _take(self, member: int) -> http.client.HTTPConnection | None:
         with self._lock:

@@ -13,7 +13,8 @@ Layout under the prefix ``P`` (a mount table's keys and nothing else):
     "l": bool}``. The key is attached to a lease whose TTL covers the mount's TTL: etcd
     deletes it when the mount expires (no sweeper); a reader also ignores a key whose expiry
     passed before etcd reaped it. Mount order is the keys' creation revision, so a refresh
-    (a put on the same key) keeps a server's place.
+    (a put on the same key) keeps a server's place; an expired key not yet reaped is deleted
+    before the server is mounted again, so that mount goes last (as in memory).
 ``P acl``
     The access lists, JSON ``{"mount": [...]|null, "resolve": [...]|null}``.
 
@@ -25,6 +26,10 @@ deletes the name's servers and puts the new one; Unmount is one delete. A refres
 with a fresh lease (leases are shared by the mounts of one second with the same TTL, so a
 busy table does not grant one per mount).
 
+An answer from etcd that is not shaped as the gateway's JSON (a list where an object
+belongs, a count that is not a number...) is :class:`~ipcclient.errors.InternalError`
+naming what was malformed, never a bare Python error.
+
 Must not: hold a lock across a request, block past a deadline, or import anything from
 ipcclient but :mod:`ipcclient.errors`, the mount store and the etcd gateway.
 """
@@ -35,6 +40,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -84,6 +90,47 @@ the difference; readers go by each mount's own expiry)."""
 MAX_TXN_ATTEMPTS = 8
 """Times a Mount re-reads and retries when other replicas change the same name meanwhile."""
 _MAX_LEASE_CACHE = 64
+
+
+_NUMBER = re.compile(r"-?[0-9]{1,20}")  # (the gateway writes int64 as decimal strings)
+
+
+def _malformed(what: str) -> errors.InternalError:
+    return errors.InternalError(f"mount table: etcd answered malformed JSON: {what}")
+
+
+def _obj(value: object, what: str) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else InternalError naming ``what``."""
+    if not isinstance(value, dict):
+        raise _malformed(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _items(value: object, what: str) -> list[Any]:
+    """``value`` when it is a JSON list, else InternalError naming ``what``."""
+    if not isinstance(value, list):
+        raise _malformed(f"{what} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _number(value: object, what: str) -> int:
+    """An int64 of the gateway's (a number or a decimal string), else InternalError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return int(value)
+    raise _malformed(f"{what} is not a number: {value!r:.40}")
+
+
+def _ranges(answer: dict[str, Any], count: int, what: str) -> list[dict[str, Any]]:
+    """The ``response_range`` of each of the ``count`` range reads of a txn answer."""
+    responses = _items(answer.get("responses", []), f"{what} responses")
+    if len(responses) != count:
+        raise _malformed(f"{what} answered {len(responses)} responses, not {count}")
+    return [
+        _obj(_obj(r, f"{what} response").get("response_range", {}), f"{what} response_range")
+        for r in responses
+    ]
 
 
 @dataclass(frozen=True)
@@ -162,8 +209,12 @@ class EtcdStore:
         key = self._node_key(comps)
         return {"key": b64(key), "range_end": b64(key[:-1] + b"\x01")}
 
-    def _parse(self, kv: dict[str, Any]) -> _Mount | None:
-        key = unb64(kv.get("key"))[len(self._mounts_key) :]
+    def _parse(self, item: object) -> _Mount | None:
+        """One key-value of a range answer; None (logged) for a key this table did not
+        write as a mount. A key-value not shaped as the gateway's is InternalError."""
+        kv = _obj(item, "a key-value")
+        key = _key(kv)[len(self._mounts_key) :]
+        created = _number(kv.get("create_revision", 0), "create_revision")
         path, sep, server = key.partition(b"\x00")
         try:
             value = json.loads(unb64(kv.get("value")))
@@ -173,7 +224,7 @@ class EtcdStore:
                 float(value["e"]),
                 bool(value["mt"]),
                 bool(value["l"]),
-                int(kv.get("create_revision", 0)),
+                created,
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             mount = None
@@ -184,7 +235,7 @@ class EtcdStore:
 
     def _live(self, response: dict[str, Any], now: float) -> list[_Mount]:
         """The live mounts of a range response, in mount order."""
-        found = (self._parse(kv) for kv in response.get("kvs", ()))
+        found = (self._parse(kv) for kv in _items(response.get("kvs", []), "kvs"))
         return sorted(
             (m for m in found if m is not None and m.expires > now), key=lambda m: m.created
         )
@@ -251,12 +302,12 @@ class EtcdStore:
                 if time.monotonic() + pause < deadline:
                     time.sleep(pause)
             read = self._txn(deadline, [{"request_range": node}, {"request_range": all_mounts}])
-            responses = read.get("responses", [])
-            mine = responses[0].get("response_range", {}) if responses else {}
-            total = int(responses[1].get("response_range", {}).get("count", 0)) if responses else 0
-            revision = int(read.get("header", {}).get("revision", 0))
+            mine, counted = _ranges(read, 2, "/v3/kv/txn")
+            total = _number(counted.get("count", 0), "count")
+            revision = _number(_obj(read.get("header", {}), "header").get("revision"), "revision")
             now = self._clock()
-            present = {b64(unb64(kv.get("key"))) for kv in mine.get("kvs", ())}
+            kvs = _items(mine.get("kvs", []), "kvs")
+            present = {b64(_key(_obj(kv, "a key-value"))) for kv in kvs}
             live = [] if replace else self._live(mine, now)
             if live:
                 flags_conflict(comps, (live[0].mt, live[0].leaf), (mt, leaf))
@@ -264,6 +315,21 @@ class EtcdStore:
                 raise too_many_servers(comps, self._max_servers)
             if key not in present and total >= self._max_mounts:
                 raise table_full(self._max_mounts, "mounts")
+            guard = {
+                "key": node["key"],
+                "range_end": node["range_end"],
+                "target": "MOD",
+                "result": "LESS",
+                "mod_revision": str(revision + 1),
+            }
+            if not replace and key in present and server not in {m.server for m in live}:
+                # The server's mount expired and etcd has not reaped its key yet: a put would
+                # keep the old key's creation revision, so the new mount would keep its old
+                # place. Delete the stale key first; the mount is then a new one and goes
+                # last, as in memory.
+                delete = {"request_delete_range": {"key": key}}
+                self._txn(deadline, [delete], compare=[guard])
+                continue
             value = json.dumps({"e": now + seconds, "mt": mt, "l": leaf}).encode()
             put = {"request_put": {"key": key, "value": b64(value), "lease": ""}}
             try:
@@ -283,13 +349,6 @@ class EtcdStore:
                     ]
                     self._txn(deadline, ops)
                     return
-                guard = {
-                    "key": node["key"],
-                    "range_end": node["range_end"],
-                    "target": "MOD",
-                    "result": "LESS",
-                    "mod_revision": str(revision + 1),
-                }
                 answer = self._txn(deadline, [put], compare=[guard])
             except LeaseNotFound:
                 self._forget_leases()
@@ -316,8 +375,8 @@ class EtcdStore:
         ops = [{"request_range": self._node_range(comps[:i])} for i in range(1, len(comps) + 1)]
         answer = self._txn(deadline, ops)
         now = self._clock()
-        for i, response in enumerate(answer.get("responses", ())):
-            live = self._live(response.get("response_range", {}), now)
+        for i, response in enumerate(_ranges(answer, len(ops), "/v3/kv/txn")):
+            live = self._live(response, now)
             if live:
                 return Resolved(
                     i + 1,
@@ -369,11 +428,11 @@ class EtcdStore:
             },
             deadline,
         )
-        return int(answer.get("count", 0))
+        return _number(answer.get("count", 0), "count")
 
     def get_access(self, *, timeout: float | None = None) -> AccessLists | None:
         answer = self._request("/v3/kv/range", {"key": b64(self._acl_key)}, self._deadline(timeout))
-        kvs = answer.get("kvs", ())
+        kvs = _items(answer.get("kvs", []), "kvs")
         return self._acl_of(kvs[0]) if kvs else None
 
     def set_access(
@@ -403,10 +462,12 @@ class EtcdStore:
         )
         if answer.get("succeeded"):
             return acl
-        kvs = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", ())
+        (read,) = _ranges(answer, 1, "/v3/kv/txn")
+        kvs = _items(read.get("kvs", []), "kvs")
         return self._acl_of(kvs[0]) if kvs else acl
 
-    def _acl_of(self, kv: dict[str, Any]) -> AccessLists:
+    def _acl_of(self, item: object) -> AccessLists:
+        kv = _obj(item, "a key-value")
         try:
             value = json.loads(unb64(kv.get("value")))
         except ValueError:
@@ -415,3 +476,11 @@ class EtcdStore:
 
     def close(self) -> None:
         self._gw.close()
+
+
+def _key(kv: dict[str, Any]) -> bytes:
+    """The key of a key-value (base64 in the gateway's JSON)."""
+    try:
+        return unb64(kv.get("key"))
+    except ValueError:
+        raise _malformed("a key is not base64") from None

@@ -380,21 +380,26 @@ class MemoryStore:
             node.servers[server] = now + seconds
 
     def _node_for_mount(self, comps: tuple[str, ...], now: float) -> Node:
-        """The node at ``comps``, created with its parents; the lock is held."""
-        missing = 0
-        node = self._root
-        for i, c in enumerate(comps):
-            child = node.children.get(c)
-            if child is None:
-                missing = len(comps) - i
-                break
-            node = child
+        """The node at ``comps``, created with its parents; the lock is held. (The nodes
+        missing are counted again after a sweep: it may remove nodes of this very path.)"""
+        missing = self._missing_locked(comps)
         if missing and self._nodes + missing > self._max_nodes:
             self._sweep_locked(now)
+            missing = self._missing_locked(comps)
         if missing and self._nodes + missing > self._max_nodes:
             raise table_full(self._max_nodes, "nodes")
         self._nodes += missing
         return self._root.child(comps)
+
+    def _missing_locked(self, comps: tuple[str, ...]) -> int:
+        """How many nodes of the path to ``comps`` do not exist yet."""
+        node = self._root
+        for i, c in enumerate(comps):
+            child = node.children.get(c)
+            if child is None:
+                return len(comps) - i
+            node = child
+        return 0
 
     def unmount(self, comps: tuple[str, ...], server: str, *, timeout: float | None = None) -> None:
         with self._lock:

@@ -14,6 +14,8 @@ through etcd with :mod:`ipcclient.server.etcdstore`). Methods, by their wire nam
     Without REPLACE, MT / LEAF must agree with the live servers already there (BadArg).
 ``Unmount(server)``
     Remove ``server`` from the suffix; ``""`` removes every server there. Idempotent.
+    (A name holding NUL is refused by Mount, BadArg whatever the store; ResolveStep, Glob
+    and Unmount treat it as a name never mounted, alike in every store.)
 ``ResolveStep()``
     Walk the suffix's components from the root; the first node on the path with live
     servers answers ``MountEntry(remaining components, its servers).to_wire(now)``; no mount
@@ -112,6 +114,16 @@ def _check_suffix(suffix: str) -> tuple[str, ...]:
     comps = _components(suffix)
     if len(comps) > MAX_COMPONENTS:
         raise errors.BadArgError(f"mount table: name has more than {MAX_COMPONENTS} components")
+    return comps
+
+
+def _mountable(comps: tuple[str, ...]) -> tuple[str, ...]:
+    """The leading components of ``comps`` that a mount could hold: up to the first one with
+    a NUL (Mount refuses such names whatever the store, so nothing is mounted there or
+    below). Looking a name up past that answers as for any name never mounted."""
+    for i, c in enumerate(comps):
+        if "\x00" in c:
+            return comps[:i]
     return comps
 
 
@@ -367,13 +379,15 @@ class MountTable:
                 server = canonical_server(server)
             except errors.BadArgError:
                 server = names.clean(server)  # (never mounted: unmounting it does nothing)
+        if _mountable(comps) != comps:
+            return  # (a name holding NUL is never mounted: nothing to unmount)
         self._store.unmount(comps, server, timeout=timeout)
 
     def _resolve_step(self, suffix: str, timeout: float | None = None) -> dict[str, Any]:
         comps = _components(suffix)
         # (No mount is deeper than MAX_COMPONENTS: the rest of a longer name is the name
         # below the mount point that holds it.)
-        found = self._store.resolve(comps[:MAX_COMPONENTS], timeout=timeout)
+        found = self._store.resolve(_mountable(comps[:MAX_COMPONENTS]), timeout=timeout)
         if found is None:
             raise errors.NoExistError(f"mount table: no such name {suffix!r}", suffix)
         entry = MountEntry(
@@ -399,9 +413,11 @@ class MountTable:
                 "components (no name has)"
             )
         if comps:
-            found = self._store.resolve(comps, timeout=timeout)
+            found = self._store.resolve(_mountable(comps), timeout=timeout)
             if found is not None and found.consumed < len(comps):
                 return iter(())  # below a mount point: its names live in the mounted server
+            if _mountable(comps) != comps:
+                return iter(())  # a name holding NUL: nothing is mounted there or below
         items = self._store.glob(comps, elements, limit=MAX_GLOB_RESULTS, timeout=timeout)
         if len(items) >= MAX_GLOB_RESULTS:
             log.warning(

@@ -3,7 +3,9 @@
 Owns: :class:`Publisher` — the names a server publishes, the ``Mount`` / ``Unmount`` calls
 that put its endpoints in the mount table holding each name (found with
 ``namespace.resolve_to_mount_table``), one daemon thread that refreshes every mount at
-``ttl * refresh_fraction``, per-name status, and unmounting everything on :meth:`stop`.
+``ttl * refresh_fraction`` (the TTL at most the table's ``MAX_TTL``), short-lived threads
+that call the servers of one table (its replicas) side by side, each call with its own
+deadline, per-name status, and unmounting everything on :meth:`stop`.
 
 Must not: raise from its thread (errors are logged, recorded in :meth:`Publisher.status` and
 retried at the next refresh), make a call without a deadline, hold its lock across a call,
@@ -12,11 +14,13 @@ or import the client (it is given anything with ``call(ctx, name, method, *args,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +29,7 @@ from ipcclient.context import CancelContext, Context
 from ipcclient.naming import names
 from ipcclient.naming.namespace import Namespace
 from ipcclient.options import CallOption, NoRetry
-from ipcclient.server.mounttable import MT
+from ipcclient.server.mounttable import MAX_TTL, MT, REPLACE
 
 __all__ = ["MountCaller", "NameStatus", "Publisher"]
 
@@ -35,6 +39,8 @@ DEFAULT_CALL_TIMEOUT = 5.0
 """Seconds one Mount / Unmount (resolution included) may take."""
 MAX_NAMES = 1024
 """Names one publisher keeps alive (each costs a Mount per server per refresh)."""
+_MAX_WAIT = 3600.0
+"""The refresher wakes at least this often (a wait must fit the platform's timeouts)."""
 
 
 class MountCaller(Protocol):
@@ -68,6 +74,7 @@ class _Name:
     serves_mount_table: bool
     last_mount: float | None = None
     last_error: str | None = None
+    replace: bool = False  # the flags changed: the next Mounts carry REPLACE
 
 
 class Publisher:
@@ -76,9 +83,15 @@ class Publisher:
     Args:
         caller: makes the RPCs (a :class:`~ipcclient.Client`).
         namespace: finds the mount table for each name (usually ``client.namespace``).
-        ttl: the TTL asked for each mount, in seconds.
+        ttl: the TTL asked for each mount, in seconds; more than the mount table's
+            :data:`~ipcclient.server.mounttable.MAX_TTL` is asked as ``MAX_TTL`` (the table
+            grants no more, so the refreshes must come at least that often).
         refresh_fraction: refresh every ``ttl * refresh_fraction`` seconds (0 < f < 1).
         call_timeout: the deadline of each Mount / Unmount, resolution included.
+
+    Raises:
+        BadArgError: ``ttl`` or ``call_timeout`` is not a finite number > 0, or
+            ``refresh_fraction`` is not in (0, 1).
     """
 
     def __init__(
@@ -90,17 +103,15 @@ class Publisher:
         refresh_fraction: float = 0.5,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
-        if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
-            raise errors.BadArgError(f"publisher: ttl must be > 0 seconds, got {ttl!r}")
-        if not (isinstance(refresh_fraction, int | float) and 0 < refresh_fraction < 1):
+        ttl = _seconds(ttl, "ttl", MAX_TTL)
+        if not (_is_number(refresh_fraction) and 0 < refresh_fraction < 1):
             raise errors.BadArgError("publisher: refresh_fraction must be in (0, 1)")
-        if not (math.isfinite(call_timeout) and call_timeout > 0):
-            raise errors.BadArgError("publisher: call_timeout must be > 0 seconds")
         self._caller = caller
         self._namespace = namespace
-        self._ttl = float(ttl)
-        self._period = float(ttl) * float(refresh_fraction)
-        self._call_timeout = float(call_timeout)
+        self._ttl = ttl
+        self._period = self._ttl * float(refresh_fraction)
+        self._call_timeout = _seconds(call_timeout, "call_timeout")
+        self._life = Context.background().with_cancel()  # cancelled by stop()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._names: dict[str, _Name] = {}
@@ -116,7 +127,8 @@ class Publisher:
 
         Mounts at once in the calling thread (each call bounded by ``call_timeout``); a
         failure is logged, shown by :meth:`status` and retried at the next refresh, never
-        raised. Adding a name again replaces its servers (the old ones are unmounted).
+        raised. Adding a name again replaces its servers (the old ones are unmounted) and
+        its flags (a changed ``serves_mount_table`` is mounted with REPLACE).
 
         Raises:
             BadArgError: a bad name or server, or too many names.
@@ -136,21 +148,24 @@ class Publisher:
             old = self._names.get(name)
             if old is None and len(self._names) >= MAX_NAMES:
                 raise errors.BadArgError(f"publisher: more than {MAX_NAMES} names")
-            self._names[name] = _Name(rooted, bool(serves_mount_table))
+            smt = bool(serves_mount_table)
+            replace = old is not None and (old.replace or old.serves_mount_table != smt)
+            self._names[name] = _Name(rooted, smt, replace=replace)
             self._ensure_thread_locked()
         if old is not None:
             gone = [s for s in old.servers if s not in rooted]
             if gone:
-                self._unmount(name, gone)
+                self._unmount([(name, gone)])
         self._refresh(name)
 
     def remove_name(self, name: str) -> None:
-        """Stop publishing ``name`` and unmount its servers (errors are logged)."""
+        """Stop publishing ``name`` and unmount its servers (errors are logged). A refresh
+        in flight unmounts again whatever it mounts after this."""
         name = names.clean(name)
         with self._lock:
             entry = self._names.pop(name, None)
         if entry is not None:
-            self._unmount(name, entry.servers)
+            self._unmount([(name, entry.servers)])
 
     def names(self) -> list[str]:
         """The names published now."""
@@ -173,10 +188,12 @@ class Publisher:
     def stop(self, timeout: float = 5.0) -> None:
         """End the refresher, then unmount every name; about ``timeout`` seconds overall.
 
-        The thread is joined first (for at most half of ``timeout``: a refresh in flight
-        is bounded by ``call_timeout`` and checks for stop before each Mount), so no
-        refresh can re-mount a name after it was unmounted. Idempotent; later
-        :meth:`add_name` calls fail with BadStateError."""
+        The refresher's calls are cancelled and the thread joined first (for at most half
+        of ``timeout``), so no refresh re-mounts a name after it was unmounted (a Mount that
+        lands anyway is unmounted by the refresh that made it). The unmounts run side by
+        side, one lane per mount table server, so a table that does not answer cannot use
+        up the others' time. Idempotent; later :meth:`add_name` calls fail with
+        BadStateError."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             if self._stopped:
@@ -186,12 +203,12 @@ class Publisher:
             self._names.clear()
             thread = self._thread
             self._wake.notify_all()
+        self._life.cancel("publisher: stopped")
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, timeout) / 2)
             if thread.is_alive():
                 log.warning("publisher: the refresher is still in a call; unmounting anyway")
-        for name, entry in published:
-            self._unmount(name, entry.servers, deadline=deadline)
+        self._unmount([(name, entry.servers) for name, entry in published], deadline=deadline)
 
     def __enter__(self) -> Publisher:
         return self
@@ -214,7 +231,7 @@ class Publisher:
                     wait = next_at - time.monotonic()
                     if wait <= 0:
                         break
-                    self._wake.wait(wait)
+                    self._wake.wait(min(wait, _MAX_WAIT))
                 if self._stopped:
                     return
             next_at = time.monotonic() + self._period
@@ -230,46 +247,58 @@ class Publisher:
         with self._lock:
             return self._stopped
 
-    def _ctx(self, deadline: float | None = None) -> CancelContext:
+    def _published(self, name: str, server: str) -> bool:
+        """Whether ``server`` is still to be mounted under ``name`` (not removed, replaced or
+        stopped since the caller read it)."""
+        with self._lock:
+            entry = self._names.get(name)
+            return not self._stopped and entry is not None and server in entry.servers
+
+    def _ctx(self, deadline: float | None = None, *, stoppable: bool = True) -> CancelContext:
+        """A context for one call: ``call_timeout`` from now, at most ``deadline``; cancelled
+        by :meth:`stop` when ``stoppable`` (mounts; not the unmounts stop itself makes)."""
         end = time.monotonic() + self._call_timeout
         if deadline is not None:
             end = min(end, deadline)
-        return Context.background().with_deadline(end)
+        parent = self._life if stoppable else Context.background()
+        return parent.with_deadline(end)
 
-    def _mount_targets(self, ctx: Context, name: str) -> list[str]:
-        """Terminal names, one per mount table server, at which ``name`` is mounted."""
+    def _mount_targets(self, ctx: Context, name: str) -> list[tuple[str, str]]:
+        """``(mount table server, terminal name there)``, one per server of the mount table
+        entry that holds ``name``."""
         entry = self._namespace.resolve_to_mount_table(ctx, name)
         if not entry.servers:
             raise errors.NoServersError(f"publisher: no mount table for {name!r}")
-        return [names.join_address_name(s.server, entry.name, terminal=True) for s in entry.servers]
+        return [
+            (s.server, names.join_address_name(s.server, entry.name, terminal=True))
+            for s in entry.servers
+        ]
 
     def _refresh(self, name: str) -> None:
         with self._lock:
             entry = self._names.get(name)
             if entry is None or self._stopped:
                 return
-            servers, smt = entry.servers, entry.serves_mount_table
+            servers, smt, replace = entry.servers, entry.serves_mount_table, entry.replace
         flags = MT if smt else 0
-        error: str | None = None
-        with self._ctx() as ctx:
-            try:
+        problems: list[str] = []
+        try:
+            with self._ctx() as ctx:
                 targets = self._mount_targets(ctx, name)
-                for server in servers:
-                    ok = False
-                    for target in targets:
-                        if self._is_stopped():
-                            return  # stop() unmounts; do not re-mount behind it
-                        try:
-                            self._caller.call(
-                                ctx, target, "Mount", server, self._ttl, flags, options=_OPTS
-                            )
-                            ok = True
-                        except errors.IPCError as exc:
-                            error = f"Mount {server} at {target}: {exc}"
-                    if not ok:
-                        break
-            except errors.IPCError as exc:
-                error = f"resolving {name!r}: {exc}"
+        except errors.IPCError as exc:
+            problems.append(f"resolving {name!r}: {exc}")
+        else:
+            # One lane per mount table server, run side by side: a table that does not answer
+            # costs its own calls' deadlines, never the time of the mounts through the others.
+            # Within a lane the servers are mounted in order (the table keeps that order).
+            lanes = [
+                functools.partial(self._mount_lane, name, target, servers, flags, replace)
+                for _, target in targets
+            ]
+            problems = _run_lanes(lanes)
+        error = "; ".join(problems) if problems else None
+        if self._is_stopped():
+            return  # stop() unmounts; the lanes undid whatever landed behind it
         if error is not None:
             log.warning(
                 "publisher: publishing %r failed (retrying in %.1fs): %s", name, self._period, error
@@ -277,30 +306,125 @@ class Publisher:
             self._namespace.flush_cache_entry(name)
         with self._lock:
             current = self._names.get(name)
-            if current is not None and current.servers == servers:
+            if current is not None and (current.servers, current.serves_mount_table) == (
+                servers,
+                smt,
+            ):
                 current.last_error = error
                 if error is None:
                     current.last_mount = time.monotonic()
+                    current.replace = False
 
-    def _unmount(self, name: str, servers: Sequence[str], *, deadline: float | None = None) -> None:
-        with self._ctx(deadline) as ctx:
+    def _mount_lane(
+        self, name: str, target: str, servers: Sequence[str], flags: int, replace: bool
+    ) -> list[str]:
+        """Mount each server at one table, each call with its own ``call_timeout``. A server
+        no longer published when its Mount returns (removed, replaced, stopped meanwhile) is
+        unmounted again, so a refresh never leaves behind what :meth:`remove_name` or
+        :meth:`add_name` took away."""
+        problems: list[str] = []
+        for i, server in enumerate(servers):
+            if not self._published(name, server):
+                continue
+            # A change of flags replaces the name's servers at the first Mount (the table
+            # refuses a Mount whose flags differ from the live servers').
+            f = flags | (REPLACE if replace and i == 0 else 0)
             try:
-                targets = self._mount_targets(ctx, name)
+                with self._ctx() as ctx:
+                    self._caller.call(ctx, target, "Mount", server, self._ttl, f, options=_OPTS)
+            except errors.IPCError as exc:
+                problems.append(f"Mount {server} at {target}: {exc}")
+                continue
+            if not self._published(name, server):
+                log.debug("publisher: %s was unpublished during its Mount at %s", server, target)
+                try:
+                    with self._ctx(stoppable=False) as ctx:
+                        self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
+                except errors.IPCError as exc:
+                    log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
+        return problems
+
+    def _unmount(
+        self,
+        todo: Sequence[tuple[str, Sequence[str]]],
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        """Unmount ``(name, servers)`` pairs: one lane per mount table server, side by side,
+        each call with its own ``call_timeout`` (never past ``deadline``). Errors are logged."""
+        lanes: dict[str, list[tuple[str, str]]] = {}
+        for name, servers in todo:
+            try:
+                with self._ctx(deadline, stoppable=False) as ctx:
+                    targets = self._mount_targets(ctx, name)
             except errors.IPCError as exc:
                 log.warning("publisher: cannot find the mount table of %r: %s", name, exc)
-                return
-            for server in servers:
-                for target in targets:
-                    if ctx.done():
-                        log.warning("publisher: out of time unmounting %r", name)
-                        return
-                    try:
+                continue
+            for table, target in targets:
+                lanes.setdefault(table, []).extend((target, s) for s in servers)
+
+        def lane(calls: list[tuple[str, str]]) -> list[str]:
+            for target, server in calls:
+                if deadline is not None and time.monotonic() >= deadline:
+                    log.warning("publisher: out of time unmounting at %s", target)
+                    break
+                try:
+                    with self._ctx(deadline, stoppable=False) as ctx:
                         self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
-                    except errors.IPCError as exc:
-                        log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
+                except errors.IPCError as exc:
+                    log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
+            return []
+
+        _run_lanes([functools.partial(lane, calls) for calls in lanes.values()])
+
+
+def _run_lanes(lanes: Sequence[Callable[[], list[str]]]) -> list[str]:
+    """Run each lane (the first in the calling thread, the others in threads of their own),
+    wait for all, and return their problems in lane order. Every call in a lane has a
+    deadline, so the wait is bounded."""
+    results: list[list[str]] = [[] for _ in lanes]
+
+    def run(i: int) -> None:
+        try:
+            results[i] = lanes[i]()
+        except Exception as exc:  # pragma: no cover - lanes catch the IPC errors they expect
+            log.exception("publisher: a mount lane failed")
+            results[i] = [f"{type(exc).__name__}: {exc}"]
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name="ipc-publisher-lane", daemon=True)
+        for i in range(1, len(lanes))
+    ]
+    for t in threads:
+        t.start()
+    if lanes:
+        run(0)
+    for t in threads:
+        t.join()
+    return [p for r in results for p in r]
 
 
 _OPTS: tuple[CallOption, ...] = (NoRetry(),)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _seconds(value: object, what: str, most: float = math.inf) -> float:
+    """A finite number of seconds > 0, as a float, at most ``most`` (so an int too large
+    for a float is ``most`` when that is finite, and refused otherwise)."""
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and value > most:
+            return most
+        with contextlib.suppress(OverflowError):
+            seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise errors.BadArgError(
+            f"publisher: {what} must be a finite number > 0, got {value!r:.40}"
+        )
+    return min(seconds, most)
 
 
 def _rooted(server: object) -> str:

@@ -524,6 +524,49 @@ def test_bounds_on_servers_and_nodes(stack: contextlib.ExitStack, family: Family
     assert table.node_count() == 2
 
 
+def test_a_sweep_on_the_path_being_mounted_keeps_the_node_count(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    # The table is full of expired mounts, one of them on the path of the new mount: the
+    # sweep that makes room removes that path too, and the nodes it re-creates are counted.
+    clock = FakeClock()
+    table = MountTable(clock=clock, max_nodes=4)
+    _, mt = serving(stack, family.member("mt"), table=table)
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "a/b"), "Mount", "/127.0.0.1:1", 1.0, 0)
+    client.call(ctx(), at(mt, "x"), "Mount", "/127.0.0.1:1", 1.0, 0)  # 4 nodes with root
+    clock.now += 2
+    client.call(ctx(), at(mt, "a/b/c"), "Mount", "/127.0.0.1:2", 30.0, 0)
+    assert table.node_count() == 4  # root, a, b, c: the bound holds, and the count is true
+    with pytest.raises(errors.OverloadedError):
+        client.call(ctx(), at(mt, "y"), "Mount", "/127.0.0.1:1", 10.0, 0, options=(NoRetry(),))
+    client.call(ctx(), at(mt, "a/b/c"), "Unmount", "/127.0.0.1:2")
+    assert table.node_count() == 1 and table.sweep() == 1
+
+
+def test_a_name_holding_nul_is_never_mounted_in_any_store(
+    stack: contextlib.ExitStack, family: Family, make_table: TableFactory
+) -> None:
+    # Mount refuses it (BadArg); the other methods answer as for any name never mounted, the
+    # same in every store (BadArg from ResolveStep would read as "not a mount table").
+    _, mt = serving(stack, family.member("mt"), table=make_table())
+    client = client_for(stack, family.member("client"), mt)
+    client.call(ctx(), at(mt, "apps/x"), "Mount", "/127.0.0.1:1", 30.0, 0)
+    with pytest.raises(errors.BadArgError):
+        client.call(ctx(), at(mt, "apps/y\x00z"), "Mount", "/127.0.0.1:1", 30.0, 0)
+    for name in ("apps/y\x00z", "\x00", "apps\x00/x"):
+        with pytest.raises(errors.NoExistError):
+            client.call(ctx(), at(mt, name), "ResolveStep", options=(NoRetry(),))
+        with pytest.raises(errors.NoExistError):
+            client.namespace.resolve(ctx(), name)
+        with client.start_call(ctx(), at(mt, name), "Glob", ["..."]) as call:
+            assert list(call) == []
+        assert client.call(ctx(), at(mt, name), "Unmount", "") == ()
+    (wire,) = client.call(ctx(), at(mt, "apps/x/a\x00b"), "ResolveStep")  # below a mount
+    assert wire["name"] == "a\x00b"
+    assert [s["server"] for s in wire["servers"]] == ["/127.0.0.1:1"]
+
+
 def test_same_semantics_as_the_in_memory_model(
     stack: contextlib.ExitStack, family: Family, make_table: TableFactory
 ) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -34,7 +34,16 @@ from ipcclient.server.mounttable import MT, REPLACE, MountTable
 from ipcclient.server.mounttabled import serve_mount_table
 from ipcclient.server.server import Server
 from tests.etcd_server import Member, cluster
-from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
+from tests.rpc.test_mounttable import (
+    FakeClock,
+    Family,
+    Label,
+    at,
+    client_for,
+    ctx,
+    serving,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -416,3 +425,199 @@ def test_a_silent_root_does_not_use_up_the_deadline(
     client.namespace.flush_cache_entry("svc")
     entry = client.namespace.resolve(ctx(8.0), "svc")  # B answered last: asked first now
     assert [s.server for s in entry.servers] == ["/127.0.0.1:8001"]
+
+
+# -- faults a real etcd cannot produce: a fake gateway on loopback ------------------------
+
+
+@contextlib.contextmanager
+def fake_gateway(
+    answer: Callable[[socket.socket, bytes], None],
+) -> Iterator[str]:
+    """``http://127.0.0.1:port`` of a server that reads each request and lets ``answer``
+    write whatever it likes back (one thread per connection; all closed on exit)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    conns: list[socket.socket] = []
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                answer(conn, body)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conns.append(conn)
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in conns:
+            conn.close()
+
+
+def json_answer(value: Any) -> Callable[[socket.socket, bytes], None]:
+    """A fake gateway answer: HTTP 200 with ``value`` as JSON."""
+    data = json.dumps(value).encode()
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+
+    return answer
+
+
+def test_a_member_trickling_its_answer_keeps_to_the_deadline() -> None:
+    # Each byte comes in time for a per-read socket timeout; the request as a whole must
+    # still end at its deadline (the answer would take 40 s).
+    def trickle(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        conn.sendall(b"Content-Length: 400\r\n\r\n")
+        for _ in range(400):
+            conn.sendall(b" ")
+            time.sleep(0.1)
+
+    def trickle_headers(conn: socket.socket, body: bytes) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 400:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.1)
+
+    for answer in (trickle, trickle_headers):
+        with fake_gateway(answer) as url:
+            store = EtcdStore(url, prefix())
+            try:
+                started = time.monotonic()
+                with pytest.raises(errors.TimeoutError):
+                    store.resolve(("a",), timeout=1.0)
+                assert time.monotonic() - started < 1.8
+            finally:
+                store.close()
+
+
+def test_a_silent_tls_member_keeps_to_the_deadline(stack: contextlib.ExitStack) -> None:
+    silent = socket.socket()
+    stack.callback(silent.close)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    store = EtcdStore(f"https://127.0.0.1:{silent.getsockname()[1]}", prefix())
+    stack.callback(store.close)
+    started = time.monotonic()
+    with pytest.raises(errors.TimeoutError):
+        store.resolve(("a",), timeout=1.0)
+    assert time.monotonic() - started < 1.8
+
+
+MALFORMED = {
+    "a key-value is a str, not an object": {
+        "header": {"revision": "5"},
+        "responses": [{"response_range": {"kvs": ["x"]}}, {"response_range": {"kvs": ["x"]}}],
+        "kvs": ["x"],
+        "count": "1",
+    },
+    "not base64": {
+        "header": {"revision": "5"},
+        "responses": [{"response_range": {"kvs": [{"key": "!!!", "value": "e30="}]}}] * 2,
+        "kvs": [{"key": "!!!", "value": "e30="}],
+        "count": "1",
+    },
+    "not a list": {"header": {"revision": "5"}, "responses": {"a": 1}, "kvs": {}, "count": "1"},
+    "responses, not": {"header": {"revision": "5"}, "responses": [{}], "count": "1"},
+    "not a number": {
+        "header": {"revision": "x"},
+        "responses": [{"response_range": {}}, {"response_range": {"count": "many"}}],
+        "count": "many",
+    },
+}
+
+
+@pytest.mark.parametrize("what", list(MALFORMED))
+def test_a_malformed_gateway_answer_is_a_typed_error(
+    stack: contextlib.ExitStack, family: Family, what: str
+) -> None:
+    with fake_gateway(json_answer(MALFORMED[what])) as url:
+        store = EtcdStore(url, prefix(), request_timeout=2.0)
+        stack.callback(store.close)
+        operations: list[Callable[[], object]] = [
+            lambda: store.resolve(("a", "b")),
+            lambda: store.mount(("a",), "/127.0.0.1:5", 10.0, mt=False, leaf=False, replace=False),
+        ]
+        if what != "responses, not":  # (a plain range read has no responses)
+            operations.append(lambda: store.glob((), ("...",)))
+            operations.append(store.size)
+            operations.append(store.get_access)
+        failed = 0
+        for operation in operations:
+            try:
+                operation()
+            except errors.InternalError as exc:
+                assert "etcd answered malformed JSON" in str(exc) and what in str(exc)
+                failed += 1
+        assert failed >= 2
+
+        # Through a real client: a typed error naming the fault, not ipc.Unknown.
+        table = MountTable(store=store)
+        _, mt = serving(stack, family.member("mt"), table=table)
+        client = client_for(stack, family.member("client"), mt)
+        with pytest.raises(errors.InternalError) as info:
+            client.call(ctx(), at(mt, "a"), "Mount", "/127.0.0.1:5", 10.0, 0, options=(NoRetry(),))
+        assert "etcd answered malformed JSON" in str(info.value)
+        try:  # (a ResolveStep reads no revision or count: "not a number" answers it)
+            client.call(ctx(), at(mt, "a/b"), "ResolveStep", options=(NoRetry(),))
+        except errors.IPCError as exc:
+            assert isinstance(exc, errors.NoExistError | errors.InternalError), exc
+
+
+def test_a_server_mounted_again_after_expiring_goes_last_as_in_memory(
+    stack: contextlib.ExitStack, family: Family, etcd: Member
+) -> None:
+    # etcd has not reaped the expired key yet (its lease lasts longer than the mount): a put
+    # on it would keep its creation revision, so the server would keep its first place.
+    memory_clock, wall_clock = FakeClock(), FakeClock()
+    wall_clock.now = time.time()
+    tables = [
+        MountTable(clock=memory_clock),
+        MountTable(store=EtcdStore(etcd.url, prefix(), clock=wall_clock)),
+    ]
+    stack.callback(tables[1].close)
+    client = client_for(stack, family.member("client"))
+    mts = [serving(stack, family.member("mt"), table=t)[1] for t in tables]
+    a, b = "/127.0.0.1:1", "/127.0.0.1:2"
+
+    def order(mt: str) -> list[str]:
+        (wire,) = client.call(ctx(), at(mt, "svc"), "ResolveStep", options=(NoRetry(),))
+        return [s["server"] for s in wire["servers"]]
+
+    for mt in mts:
+        client.call(ctx(), at(mt, "svc"), "Mount", a, 1.0, 0)
+        client.call(ctx(), at(mt, "svc"), "Mount", b, 30.0, 0)
+    memory_clock.now += 2
+    wall_clock.now += 2  # A expired
+    for mt in mts:
+        assert order(mt) == [b]
+        client.call(ctx(), at(mt, "svc"), "Mount", a, 30.0, 0)  # a new mount: last
+        assert order(mt) == [b, a]
+        client.call(ctx(), at(mt, "svc"), "Mount", b, 30.0, 0)  # a refresh: keeps its place
+        assert order(mt) == [b, a]

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from ipcclient import errors
 from ipcclient.client import Client
-from ipcclient.options import NoRetry
+from ipcclient.context import Context
+from ipcclient.options import CallOption, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
-from ipcclient.server.mounttable import MountTable
+from ipcclient.server.mounttable import MAX_TTL, MountTable
 from ipcclient.server.publisher import Publisher
 from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
 
@@ -172,3 +177,160 @@ def test_server_add_name_publishes_and_stop_unmounts(
     assert client.call(ctx(), "apps/named", "Who") == ("named",)
     server.stop()
     assert _servers(client, mt, "apps/named") == []
+
+
+@pytest.fixture
+def silent_table(stack: contextlib.ExitStack) -> str:
+    """The rooted name of a mount table host that accepts connections and never answers."""
+    listener = socket.socket()
+    stack.callback(listener.close)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    def close_held() -> None:
+        for conn in held:
+            conn.close()
+
+    stack.callback(close_held)
+    return f"/127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_silent_replica_costs_only_its_own_mounts(
+    stack: contextlib.ExitStack, family: Family, silent_table: str
+) -> None:
+    # Two replicas as roots, the first never answers. Each table is mounted through in a lane
+    # of its own with its own deadline, so the live replica keeps the name, and the silent one
+    # shows in last_error; stop() unmounts through the live one as well.
+    _, live = serving(stack, family.member("mt"), table=MountTable())
+    server, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), silent_table, live)
+    probe = client_for(stack, family.member("probe"))
+    # (Resolution gives the silent root its share, 1 s, then asks the live one.)
+    pub = _publisher(stack, client, ttl=30.0, call_timeout=2.0)
+
+    start = time.monotonic()
+    pub.add_name("p", server.endpoints)
+    assert time.monotonic() - start < 5.0
+    assert _servers(probe, live, "p") == [svc]
+    status = pub.status()["p"]
+    assert status.last_error is not None and silent_table in status.last_error
+    assert live not in status.last_error
+
+    start = time.monotonic()
+    pub.stop(timeout=1.5)
+    assert time.monotonic() - start < 3.0
+    assert _servers(probe, live, "p") == []
+
+
+class _PausedCaller:
+    """Forwards to a client; once armed, the refresher thread's next Mount waits for ``go``
+    (a mount table slow to answer), so the test can change the publisher meanwhile."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.armed = False
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def call(
+        self, c: Context, name: str, method: str, *args: Any, options: Sequence[CallOption] = ()
+    ) -> tuple[Any, ...]:
+        if method == "Mount" and self.armed and threading.current_thread().name == "ipc-publisher":
+            self.armed = False
+            self.started.set()
+            self.go.wait(5.0)
+        return self.client.call(c, name, method, *args, options=options)
+
+
+@pytest.mark.parametrize("change", ["remove", "replace", "stop"])
+def test_a_refresh_in_flight_does_not_undo_a_change(
+    stack: contextlib.ExitStack, family: Family, change: str
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc_a = serving(stack, family.member("server"), Label("A"))
+    _, svc_b = serving(stack, family.member("server2"), Label("B"))
+    client = client_for(stack, family.member("client"), mt)
+    caller = _PausedCaller(client)
+    pub = Publisher(caller, client.namespace, ttl=5.0, refresh_fraction=0.05)
+    stack.callback(pub.stop)
+
+    pub.add_name("svc", [svc_a, svc_b])
+    caller.armed = True
+    assert caller.started.wait(5.0)  # the refresher is in its Mount of A
+    if change == "remove":
+        pub.remove_name("svc")
+        expected: list[str] = []
+    elif change == "replace":
+        pub.add_name("svc", [svc_b])
+        expected = [svc_b]
+    else:
+        threading.Timer(0.2, caller.go.set).start()  # the Mount lands after stop's join
+        pub.stop(timeout=0.2)
+        expected = []
+    assert _servers(client, mt, "svc") == expected
+    caller.go.set()  # the Mount of the old servers lands now, after the change
+    time.sleep(0.3)  # (well within the TTL: what the refresh mounted would still be there)
+    assert _servers(client, mt, "svc") == expected
+    time.sleep(0.4)  # and the later refreshes do not bring them back either
+    assert _servers(client, mt, "svc") == expected
+
+
+def test_a_ttl_beyond_the_tables_max_is_asked_as_the_max(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The table grants at most MAX_TTL; a publisher asking more would refresh too late (a
+    # 3-day TTL refreshed every 36 h leaves the name unmounted 12 h of every 36), and a huge
+    # one must not break the refresher's wait.
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: died.append(repr(a.exc_value)))
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    server, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    asked: list[float] = []
+
+    class Recording:
+        def call(
+            self, c: Context, name: str, method: str, *args: Any, options: Sequence[CallOption] = ()
+        ) -> tuple[Any, ...]:
+            if method == "Mount":
+                asked.append(args[1])
+            return client.call(c, name, method, *args, options=options)
+
+    for ttl in (3 * 86400.0, 1e12, 10**400):
+        pub = Publisher(Recording(), client.namespace, ttl=ttl)
+        stack.callback(pub.stop)
+        pub.add_name(f"p{len(asked)}", server.endpoints)
+    assert asked == [MAX_TTL] * 3
+    assert _servers(client, mt, "p1") == [svc]
+    time.sleep(0.2)
+    assert died == []
+    for bad in (0, -1.0, math.nan, math.inf, True, "60", -(10**400)):
+        with pytest.raises(errors.BadArgError):
+            Publisher(client, client.namespace, ttl=bad)  # type: ignore[arg-type]
+        with pytest.raises(errors.BadArgError):
+            Publisher(client, client.namespace, call_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_add_name_changes_the_flags_of_a_published_name(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=60.0)
+
+    for smt in (False, True, False):
+        pub.add_name("svc", [svc], serves_mount_table=smt)
+        (wire,) = client.call(ctx(), at(mt, "svc"), "ResolveStep", options=(NoRetry(),))
+        assert wire["serves_mount_table"] is smt
+        assert [s["server"] for s in wire["servers"]] == [svc]
+        assert pub.status()["svc"].last_error is None
