@@ -180,7 +180,9 @@ class WorkerPool:
                         self._threads.discard(me)
                         return
                 continue  # (a job is on its way to this thread, or it is a kept one)
-            if job is None:
+            if job is None:  # (shut down)
+                with self._lock:
+                    self._threads.discard(me)
                 return
             try:
                 job()
@@ -193,7 +195,10 @@ class WorkerPool:
                     self._idle += 1
 
     def shutdown(self, timeout: float) -> None:
-        """Stop taking work, let queued work finish, end every thread (bounded)."""
+        """Stop taking work, let queued work finish, end every thread (bounded). Called from
+        one of the pool's own threads (a job that stops the server), that thread is not
+        waited for: it ends once its job returns."""
+        me = threading.current_thread()
         with self._lock:
             self._closed = True
             threads = list(self._threads)
@@ -201,4 +206,5 @@ class WorkerPool:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
         for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t is not me:
+                t.join(max(0.0, deadline - time.monotonic()))

@@ -2,14 +2,17 @@
 and the reserved ``__Signature`` method.
 
 Owns: :class:`Dispatcher` (the protocol), :class:`LeafDispatcher`, :func:`find_method`,
-:func:`arity`, :data:`SIGNATURE_METHOD` and :func:`signature`. Must not: authorize a caller
-or run a method (the flow-serving code does both).
+:func:`arity` and :func:`parameters` (what args a method takes), :data:`SIGNATURE_METHOD`
+and :func:`signature`. Must not: authorize a caller or run a method (the flow-serving code
+does both).
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
+import types
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,6 +26,7 @@ __all__ = [
     "LeafDispatcher",
     "arity",
     "find_method",
+    "parameters",
     "signature",
     "target",
 ]
@@ -49,33 +53,81 @@ class LeafDispatcher:
         return self.obj, self.authorizer
 
 
-_ARITIES: dict[tuple[type, str], tuple[int, int | None]] = {}
+_ARITIES: weakref.WeakKeyDictionary[Callable[..., Any], tuple[int, int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Arities found, per plain function (a static method, or a function an object holds, such
+as a namespace's or a module's): never per type or name, which objects of one type need not
+share. Kept only while the function lives."""
+_BOUND_ARITIES: weakref.WeakKeyDictionary[Callable[..., Any], tuple[int, int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The same, per function of a bound method (its ``self``, or ``cls``, not counted)."""
 _ARITIES_LOCK = threading.Lock()
 
 
 def arity(obj: Any, name: str, method: Callable[..., Any]) -> tuple[int, int | None]:
-    """(min, max) positional args a method takes after the call object (max None: *args)."""
-    key = (type(obj), name)
-    found = _ARITIES.get(key)
-    if found is not None:
-        return found
-    lo, hi = 0, 0
-    unbounded = False
+    """(min, max) positional args a method takes after the call object (max None: *args).
+
+    Raises:
+        BadArgError: the method can never be called as ``method(call, *args)`` (see
+            :func:`parameters`).
+    """
+    bound = type(method) is types.MethodType
+    func = method.__func__ if bound else method  # type: ignore[attr-defined]
+    cache = _BOUND_ARITIES if bound else _ARITIES
+    if type(func) is types.FunctionType:
+        found = cache.get(func)
+        if found is not None:
+            return found
+    shape = parameters(name, method)
+    if shape is None:
+        return (0, None)
+    args, lo, varargs = shape
+    result = (lo, None if varargs else len(args))
+    if type(func) is types.FunctionType:
+        with _ARITIES_LOCK:
+            cache[func] = result
+    return result
+
+
+def parameters(name: str, method: Callable[..., Any]) -> tuple[list[str], int, bool] | None:
+    """What a client passes to ``method``: the names of its positional parameters after the
+    one for the :class:`~ipcclient.server.call.ServerCall`, how many of them are required,
+    and whether it takes ``*args`` (a method declared ``(self, *args)``, or wrapped by a
+    decorator taking ``(*args, **kwargs)``, takes the call and any args in its ``*args``).
+    None when Python cannot tell (some built-ins): any number of args.
+
+    Raises:
+        BadArgError: ``method(call, *args)`` can never work: it takes no parameter for the
+            call, or it has a keyword-only parameter without a default (clients pass args by
+            position only).
+    """
     try:
         params = list(inspect.signature(method).parameters.values())
     except (TypeError, ValueError):
-        return (0, None)
-    for p in params[1:]:  # the first is the ServerCall
+        return None
+    if not params or params[0].kind in (params[0].KEYWORD_ONLY, params[0].VAR_KEYWORD):
+        raise errors.BadArgError(
+            f"server: method {name} cannot be served: it takes no parameter for the call "
+            f"(declare it as {name}(self, call, ...))"
+        )
+    args: list[str] = []
+    lo = 0
+    varargs = params[0].kind is params[0].VAR_POSITIONAL  # (the call is in its *args)
+    for p in params[1:]:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            hi += 1
+            args.append(p.name)
             if p.default is p.empty:
                 lo += 1
         elif p.kind is p.VAR_POSITIONAL:
-            unbounded = True
-    result = (lo, None if unbounded else hi)
-    with _ARITIES_LOCK:
-        _ARITIES[key] = result
-    return result
+            varargs = True
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            raise errors.BadArgError(
+                f"server: method {name} cannot be served: its keyword-only parameter "
+                f"{p.name!r} has no default (clients pass arguments by position only)"
+            )
+    return args, lo, varargs
 
 
 SIGNATURE_METHOD = "__Signature"
@@ -87,22 +139,16 @@ def signature(obj: Any) -> list[dict[str, Any]]:
     """What ``__Signature`` answers for ``obj``: one map per exposed method (see
     :func:`~ipcclient.server.exposure.expose`), sorted by name: ``{"name": str, "args":
     [parameter names], "varargs": bool, "doc": str}`` (the parameters after the
-    :class:`~ipcclient.server.call.ServerCall`; the docstring cleaned of indentation)."""
+    :class:`~ipcclient.server.call.ServerCall`; the docstring cleaned of indentation). A
+    method that cannot be called (see :func:`parameters`) is left out."""
     out: list[dict[str, Any]] = []
     for name in sorted(exposed_methods(obj)):
         method = find_method(obj, name)
-        args: list[str] = []
-        varargs = False
         try:
-            params = list(inspect.signature(method).parameters.values())[1:]
-        except (TypeError, ValueError):
-            params = []
-            varargs = True
-        for p in params:
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                args.append(p.name)
-            elif p.kind is p.VAR_POSITIONAL:
-                varargs = True
+            shape = parameters(name, method)
+        except errors.BadArgError:  # (it cannot be called: serve() refuses it, calls get BadArg)
+            continue
+        args, varargs = ([], True) if shape is None else (shape[0], shape[2])
         out.append(
             {"name": name, "args": args, "varargs": varargs, "doc": inspect.getdoc(method) or ""}
         )

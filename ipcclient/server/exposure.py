@@ -5,16 +5,21 @@ class defines), :class:`Exposed` (an object with an explicit method list, what
 ``Server.serve(obj, methods=[...])`` builds), and :func:`exposed_methods`, the names a server
 dispatches to (computed once per class).
 
-A method is exposed when it is public (its name does not start with ``_``) and either the
-method itself or the class that defines it is decorated with :func:`expose`. Nothing else of
-a served object can be called remotely: helpers stay Python-only.
+A method is exposed when it is public (its name does not start with ``_``), it is a function
+the class defines (plain, static or class method), and either the method itself or the class
+that defines it is decorated with :func:`expose`. Nothing else of a served object can be
+called remotely: helpers stay Python-only, and so do a class's other attributes (nested
+classes, types held as attributes, properties, whose getters exposure never runs).
 
 Must not: import the server (the server imports this), do I/O, or start threads.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
+import types
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -62,12 +67,26 @@ class Exposed:
         if not names:
             raise errors.BadArgError("server: methods=[] exposes nothing")
         for name in names:
-            if not _public(name) or not callable(getattr(obj, name, None)):
+            if not _public(name) or not _callable_attribute(obj, name):
                 raise errors.BadArgError(
                     f"server: {name!r} is not a public method of {type(obj).__name__}"
                 )
         self.obj = obj
         self.methods = names
+
+
+def _callable_attribute(obj: Any, name: str) -> bool:
+    """Whether ``obj.name`` is a method or function (of its class, or one it holds itself, as
+    a module or a namespace does), found without running a property's getter: a class (a
+    nested one, or a type held as an attribute) or a property (or a cached one) is not
+    one."""
+    try:
+        static = inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    if isinstance(static, type | property | functools.cached_property):
+        return False
+    return callable(getattr(obj, name, None))
 
 
 _CACHE: dict[type, frozenset[str]] = {}
@@ -83,9 +102,26 @@ def _marked(value: Any) -> bool:
     return getattr(func, _MARK, False) is True
 
 
+def _is_method(value: Any, *, marked: bool) -> bool:
+    """Whether ``value``, found in a class's own namespace, is a method clients may call: a
+    function (plain, static or class method); or, when it was itself marked with
+    :func:`expose`, any callable that is not a class (a nested class decorated with
+    ``@expose`` exposes its own methods, it is not a method of the outer class). Properties
+    and other attributes never are (and nothing is evaluated to tell)."""
+    if isinstance(value, staticmethod | classmethod):
+        value = value.__func__
+    if isinstance(value, type | property):
+        return False
+    if isinstance(value, types.FunctionType):
+        return True
+    return marked and callable(value)
+
+
 def exposed_methods(obj: Any) -> frozenset[str]:
     """The names of the methods clients may call on ``obj`` (for an :class:`Exposed`, its
-    list)."""
+    list): the public functions its class (or a base) marked with :func:`expose`, or that a
+    class decorated with it defines. Read from the classes' namespaces only: no attribute of
+    ``obj`` is read (a property's getter never runs)."""
     if type(obj) is Exposed:
         return obj.methods
     cls = type(obj)
@@ -99,9 +135,8 @@ def exposed_methods(obj: Any) -> frozenset[str]:
         for klass in cls.__mro__:
             if name in vars(klass):
                 value = vars(klass)[name]
-                if callable(getattr(obj, name, None)) and (
-                    _marked(value) or vars(klass).get(_MARK) is True
-                ):
+                marked = _marked(value) and not isinstance(value, type)
+                if _is_method(value, marked=marked) and (marked or vars(klass).get(_MARK) is True):
                     names.add(name)
                 break
     result = frozenset(names)

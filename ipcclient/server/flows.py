@@ -328,10 +328,9 @@ class FlowServing:
             err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
             self._answer_error(flow, err, _spans(call.span))
             return
-        except Exception as exc:
+        except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: see _unknown)
             log.exception("server: %s.%s raised", request.suffix, request.method)
-            err = errors.UnknownError(f"{type(exc).__name__}: {exc}")
-            self._answer_error(flow, err, _spans(call.span))
+            self._answer_error(flow, _unknown(exc), _spans(call.span))
             return
         n = len(results)
         span = call.span
@@ -429,16 +428,111 @@ class FlowServing:
         return bound if deadline is None else min(deadline, bound)
 
     def _answer_error(self, flow: Flow, err: errors.IPCError, trace: tuple[Any, ...] = ()) -> None:
+        """Send ``err`` as the call's answer. An error whose wire form cannot be encoded (or
+        that a client would refuse: its params are not plain values, its message is not
+        text or is over the message limit) is sent as :func:`_sendable`'s stand-in for it,
+        logged at warning: the client always gets an error it can read."""
         try:
-            flow.write(
-                encode_message_parts(
-                    Response(error=err, end_stream_results=True, trace=trace).to_wire()
-                ),
-                end=True,
-                deadline=time.monotonic() + self.options.send_timeout,
-            )
+            data = _encode_error(err, trace)
+        except Exception as exc:  # (BadArgError; or a broken IPCError subclass)
+            data = _encode_fallback(err, trace, exc)
+        try:
+            flow.write(data, end=True, deadline=time.monotonic() + self.options.send_timeout)
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _unknown(exc: BaseException) -> errors.UnknownError:
+    """What a client gets for a method's (or an authorizer's) exception that is not an
+    :class:`~ipcclient.errors.IPCError`: ``ipc.Unknown`` with its type and message.
+
+    ``SystemExit``, ``KeyboardInterrupt`` and ``GeneratorExit`` are answered the same way and
+    not raised again: on a worker thread they would end only that thread (``sys.exit()``
+    never ends the process from there), and an answered call is all the caller can be told.
+    A method that means to stop the server calls ``call.server.stop()``."""
+    try:
+        detail = str(exc)
+    except Exception:
+        detail = "(its message could not be read)"
+    return errors.UnknownError(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+
+
+def _encode_error(err: errors.IPCError, trace: tuple[Any, ...]) -> list[bytes]:
+    """The messages that answer a call with ``err`` (raises BadArgError when its wire form
+    cannot be encoded, or is one a client would refuse as malformed)."""
+    wid, msg = err.id, err.msg
+    if type(wid) is not str or not wid or len(wid) > errors.MAX_WIRE_ID_LEN:
+        raise errors.BadArgError(
+            f"server: the error's ID is not {errors.MAX_WIRE_ID_LEN} chars of text"
+        )
+    if type(msg) is not str:
+        raise errors.BadArgError(f"server: the error's message is a {type(msg).__name__}")
+    return encode_message_parts(Response(error=err, end_stream_results=True, trace=trace).to_wire())
+
+
+def _encode_fallback(err: errors.IPCError, trace: tuple[Any, ...], why: Exception) -> list[bytes]:
+    """The messages that answer a call with a stand-in for ``err``, whose wire form could
+    not be encoded (``why``): :func:`_sendable`'s, else without the trace, else without the
+    params, else a plain ``ipc.Internal``. Logged at warning."""
+    last = errors.InternalError("server: the method's error could not be sent")
+    try:
+        fallback = _sendable(err)
+        tries = [
+            (fallback, trace),
+            (fallback, ()),
+            (errors.IPCError(fallback.msg, id=fallback.id, action=fallback.action), ()),
+        ]
+    except Exception:
+        fallback, tries = last, []
+    log.warning(
+        "server: cannot send error %s as it is (%s: %s); sending %r instead",
+        _safe_repr(err),
+        type(why).__name__,
+        why.msg if isinstance(why, errors.IPCError) else _safe_repr(why),
+        fallback,
+    )
+    for candidate, spans in tries:
+        try:
+            return _encode_error(candidate, spans)
+        except Exception:
+            continue
+    return _encode_error(last, ())
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)[:200]
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def _sendable(err: errors.IPCError) -> errors.IPCError:
+    """A stand-in for an error whose wire form cannot be encoded: the same ID and retry
+    action when they can travel (else ``ipc.Internal``), its message as text (characters
+    that cannot be encoded escaped, ``\\udc80``; cut at ``errors.MAX_WIRE_MSG_LEN``, which
+    is all a client keeps), and its params only when they can be encoded."""
+    msg = err.msg if type(err.msg) is str else repr(err.msg)
+    if len(msg) > errors.MAX_WIRE_MSG_LEN:
+        msg = msg[: errors.MAX_WIRE_MSG_LEN - 30] + f" ... ({len(msg)} chars in all)"
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(msg) > errors.MAX_WIRE_MSG_LEN:
+        msg = msg[: errors.MAX_WIRE_MSG_LEN - 30] + " ... (cut)"
+    params: tuple[Any, ...] = ()
+    try:
+        encode(list(err.params[: errors.MAX_WIRE_PARAMS]))
+        params = err.params[: errors.MAX_WIRE_PARAMS]
+    except errors.BadArgError:
+        msg = msg[: errors.MAX_WIRE_MSG_LEN - 40] + " (params not sent: not plain values)"
+    wid = err.id
+    action = err.action if isinstance(err.action, errors.RetryAction) else None
+    if (
+        type(wid) is str
+        and 0 < len(wid) <= errors.MAX_WIRE_ID_LEN
+        and wid.isprintable()
+        and wid.isascii()
+    ):
+        return errors.IPCError(msg, *params, id=wid, action=action)
+    return errors.InternalError(f"server: an error with an unsendable ID: {msg}", *params)
 
 
 def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:

@@ -16,16 +16,19 @@ publisher), or let a bug in a user's method reach anything but that call's error
 Only exposed methods are called (``@expose``, or ``serve(obj, methods=[...])``; see
 :mod:`ipcclient.server.exposure`). A user method is called as ``method(call, *args)``; it
 returns one result, ``None`` for no result, or :class:`Results` for several. Raising an
-:class:`~ipcclient.errors.IPCError` sends that error; any other exception is logged and sent
-as an UnknownError carrying its message.
+:class:`~ipcclient.errors.IPCError` sends that error; any other exception (``SystemExit`` and
+``KeyboardInterrupt`` too: answered, not raised again) is logged and sent as an UnknownError
+carrying its type and message.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ipcclient import errors
@@ -36,7 +39,15 @@ from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import Authorizer
 from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.capacity import WorkerPool
-from ipcclient.server.dispatcher import SIGNATURE_METHOD, Dispatcher, LeafDispatcher, signature
+from ipcclient.server.dispatcher import (
+    SIGNATURE_METHOD,
+    Dispatcher,
+    LeafDispatcher,
+    arity,
+    find_method,
+    signature,
+    target,
+)
 from ipcclient.server.exposure import Exposed, exposed_methods
 from ipcclient.server.flows import FlowServing, Found
 from ipcclient.server.options import HEADER_GRACE, HEADER_LIMITS, ServerOptions
@@ -131,10 +142,20 @@ class Server(FlowServing):
             max_version=self.options.transport.versions[1],
             serves_mount_table=self._serves_mount_table,
         )
-        with self._lock:
-            self._listeners.append(listener)
-            self.endpoints.append(str(ep))
+        if not self._add_listener(listener, str(ep)):
+            listener.close()
+            raise errors.BadStateError("server: stopped")
         return str(ep)
+
+    def _add_listener(self, listener: Listener, endpoint: str) -> bool:
+        """Keep a new listener for :meth:`stop` to close; False (nothing kept) when the server
+        stopped meanwhile: stop() took its list of listeners before this one came."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._listeners.append(listener)
+            self.endpoints.append(endpoint)
+            return True
 
     def serve(
         self,
@@ -150,8 +171,10 @@ class Server(FlowServing):
         class decorated with it).
 
         Raises:
-            BadArgError: ``obj`` exposes no method, or ``methods`` names something that is
-                not a public method of ``obj``.
+            BadArgError: ``obj`` exposes no method, ``methods`` names something that is
+                not a public method of ``obj``, or an exposed method can never be called as
+                ``method(call, *args)`` (no parameter for the call, or a keyword-only
+                parameter without a default: see :func:`~ipcclient.server.dispatcher.parameters`).
             BadStateError: the server already serves.
         """
         if methods is not None:
@@ -161,6 +184,8 @@ class Server(FlowServing):
                 f"server: {type(obj).__name__} exposes no methods: decorate them (or the "
                 "class) with @ipcclient.expose, or pass serve(obj, methods=[...])"
             )
+        for name in sorted(exposed_methods(obj)):
+            arity(target(obj), name, find_method(obj, name))
         self.serve_dispatcher(LeafDispatcher(obj, authorizer))
 
     def serve_dispatcher(self, dispatcher: Dispatcher) -> None:
@@ -203,35 +228,73 @@ class Server(FlowServing):
         then the rest are cancelled (their clients see Canceled or a broken VC); VCs close;
         worker threads end (waiting at most ``timeout`` for each step). Idempotent; a second
         call while the first waits returns at once.
+
+        Safe from a served method (a "Shutdown" method): that call is one of the calls in
+        flight (``grace`` waits for it too, and it is cancelled with the rest; to answer it,
+        stop from another thread), and the worker running it is not waited for. Every step
+        runs even when one before it fails (the failure is logged); once it returns, or
+        raises, the server is stopped and :meth:`wait` returns True.
+
+        Raises:
+            BadArgError: ``timeout`` or ``grace`` is not a finite number of seconds >= 0
+                (checked before anything stops: ``stop(timeout=None)`` is refused; the
+                timeout bounds each step, there is no waiting without a bound).
         """
-        if not (isinstance(grace, int | float) and grace >= 0):
+        if not _seconds(timeout):
+            raise errors.BadArgError(
+                f"server: stop timeout must be a finite number of seconds >= 0, got {timeout!r}"
+            )
+        if not _seconds(grace, finite=False):
             raise errors.BadArgError(f"server: grace must be >= 0 seconds, got {grace!r}")
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
             listeners = list(self._listeners)
+        steps: list[tuple[str, Callable[[], object]]] = []
         for lst in listeners:  # no new VCs (the VCs already open stay for the grace)
-            lst.close(close_connections=False, timeout=timeout)
+            close = functools.partial(lst.close, close_connections=False, timeout=timeout)
+            steps.append(("closing a listener", close))
         if self._publisher is not None:
-            try:
-                self._publisher.stop(timeout)
-            except Exception:
-                log.exception("server: unpublishing failed")
+            steps.append(("unpublishing", functools.partial(self._publisher.stop, timeout)))
         if grace > 0:
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                with self._slots_lock:
-                    idle = self._in_use <= 0
-                if idle:
-                    break
-                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
-        self._root.cancel("server stopping")
+            steps.append(
+                ("waiting for calls in flight", functools.partial(self._await_idle, grace))
+            )
+        steps.append(("cancelling calls", functools.partial(self._root.cancel, "server stopping")))
+        steps.append(("closing the VCs", functools.partial(self._close_connections, listeners)))
+        steps.append(("ending worker threads", functools.partial(self._pool.shutdown, timeout)))
+        interrupted: BaseException | None = None  # (re-raised once every step has run)
+        try:
+            for what, fn in steps:
+                exc = _run_step(what, fn)
+                if interrupted is None:
+                    interrupted = exc
+        finally:
+            self._stopped_event.set()
+        if interrupted is not None:
+            raise interrupted
+
+    def _close_connections(self, listeners: list[Listener]) -> None:
+        """Close every VC the ``listeners`` accepted (each one, even if one fails)."""
+        interrupted: BaseException | None = None
         for lst in listeners:
             for conn in lst.connections:
-                conn.close()
-        self._pool.shutdown(timeout)
-        self._stopped_event.set()
+                exc = _run_step("closing a VC", conn.close)
+                if interrupted is None:
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+    def _await_idle(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the calls running or queued to end."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._slots_lock:
+                idle = self._in_use <= 0
+            if idle:
+                return
+            time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 
     def wait(self, timeout: float | None = None, *, grace: float = 5.0) -> bool:
         """Serve until :meth:`stop` is called (from another thread or a signal handler) or
@@ -265,3 +328,25 @@ class Server(FlowServing):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _seconds(value: object, *, finite: bool = True) -> bool:
+    """Whether ``value`` is a number of seconds >= 0 (not a bool, not NaN; with ``finite``,
+    not infinite either)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        return False
+    return not finite or math.isfinite(value)
+
+
+def _run_step(what: str, fn: Callable[[], object]) -> BaseException | None:
+    """Run one step of :meth:`Server.stop`: a failure is logged (the next steps run all the
+    same); an interruption (Ctrl-C while stopping) is returned, to be raised once every step
+    has run."""
+    try:
+        fn()
+    except Exception:
+        log.exception("server: stopping: %s failed", what)
+    except BaseException as exc:
+        log.warning("server: stopping: %s was interrupted (%s)", what, type(exc).__name__)
+        return exc
+    return None

@@ -3,6 +3,8 @@ explicit ``serve(obj, methods=[...])``; an object that exposes nothing is refuse
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -129,3 +131,178 @@ def test_serve_refuses_what_exposes_nothing(family: Family) -> None:
             with pytest.raises(errors.BadArgError):
                 server.serve(Legacy(), methods=bad)
         server.serve(Legacy(), methods=("Get",))  # nothing was served before: still free
+
+
+@expose
+class WithAttributes:
+    """A decorated class holding things that are not methods: none of them is exposed, and
+    working out what is exposed evaluates none of them."""
+
+    events: list[str] = []  # (a mutable class attribute: not callable, never exposed)
+
+    @expose
+    class Config:  # a nested class (decorated for its own methods): not a method
+        def __init__(self, call: ServerCall) -> None:
+            WithAttributes.events.append("Config made")
+
+    Cache = dict  # a type held as an attribute
+
+    @property
+    def Size(self) -> Callable[..., int]:
+        WithAttributes.events.append("Size read")
+        return lambda call: 0
+
+    @functools.cached_property
+    def Cached(self) -> Callable[..., int]:
+        WithAttributes.events.append("Cached read")
+        return lambda call: 0
+
+    def Get(self, call: ServerCall, key: str) -> str:
+        return key
+
+    @staticmethod
+    def Static(call: ServerCall) -> str:
+        return "static"
+
+    @classmethod
+    def Named(cls, call: ServerCall) -> str:
+        return cls.__name__
+
+
+def test_a_decorated_class_exposes_its_functions_only(
+    make_server: MakeServer, make_client: MakeClient, family: Family
+) -> None:
+    obj = WithAttributes()
+    assert exposed_methods(obj) == {"Get", "Static", "Named"}
+    _, name = make_server(obj, AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "Get", "k") == ("k",)
+    assert client.call(_ctx(), name, "Static") == ("static",)
+    assert client.call(_ctx(), name, "Named") == ("WithAttributes",)
+    for method, args in (("Config", []), ("Cache", []), ("Size", [[1]]), ("Cached", [])):
+        with pytest.raises(errors.UnknownMethodError):
+            client.call(_ctx(), name, method, *args)
+    (sig,) = client.call(_ctx(), name, "__Signature")
+    assert [m["name"] for m in sig] == ["Get", "Named", "Static"]
+    # An explicit list refuses them too, without reading the properties.
+    for bad in ("Config", "Cache", "Size", "Cached", "events"):
+        with pytest.raises(errors.BadArgError, match="not a public method"):
+            Exposed(obj, [bad])
+    assert WithAttributes.events == []
+
+
+def _logged(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator that does not use functools.wraps: its wrapper takes (*args, **kwargs)."""
+
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        return f(*args, **kwargs)
+
+    return inner
+
+
+class Variadic:
+    @expose
+    @_logged
+    def Add(self, call: ServerCall, a: int, b: int) -> int:
+        return a + b
+
+    @expose
+    def Echo(self, *args: Any) -> list[Any]:  # (args[0] is the call)
+        return list(args[1:])
+
+
+def test_a_method_taking_the_call_in_its_varargs_takes_any_args(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A method whose first parameter is ``*args`` (a plain ``(self, *args)``, or behind a
+    decorator without functools.wraps) gets the call and the client's args in it: any
+    number of args is let through (Python checks them)."""
+    _, name = make_server(Variadic(), AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "Add", 1, 2) == (3,)
+    with pytest.raises(errors.UnknownError, match="TypeError"):
+        client.call(_ctx(), name, "Add", 1)
+    assert client.call(_ctx(), name, "Echo") == ([],)
+    assert client.call(_ctx(), name, "Echo", "x", "y") == (["x", "y"],)
+    (sig,) = client.call(_ctx(), name, "__Signature")
+    assert [(m["name"], m["args"], m["varargs"]) for m in sig] == [
+        ("Add", [], True),
+        ("Echo", [], True),
+    ]
+
+
+class _PerSuffix:
+    """Serves, per suffix, a namespace holding its own functions (of one type: the arity of
+    each one's Get is its own)."""
+
+    def __init__(self) -> None:
+        self.objs = {
+            "one": types.SimpleNamespace(Get=lambda call, a: f"one got {a}"),
+            "two": types.SimpleNamespace(Get=lambda call, a, b: f"two got {a},{b}"),
+        }
+
+    def lookup(self, suffix: str) -> tuple[Any, Any]:
+        if suffix not in self.objs:
+            raise errors.UnknownSuffixError(f"nothing at {suffix!r}")
+        return Exposed(self.objs[suffix], ["Get"]), AllowEveryone()
+
+
+def test_the_arity_of_a_method_is_its_own_not_its_types(
+    family: Family, make_client: MakeClient
+) -> None:
+    with Server(family.member("server")) as server:
+        ep = server.listen("tcp", "127.0.0.1:0")
+        server.serve_dispatcher(_PerSuffix())
+        client = make_client()
+        for _ in range(2):  # (the second time from what was found the first)
+            assert client.call(_ctx(), f"/{ep}/one", "Get", 1) == ("one got 1",)
+            assert client.call(_ctx(), f"/{ep}/two", "Get", 1, 2) == ("two got 1,2",)
+            with pytest.raises(errors.BadArgError, match="wrong number"):
+                client.call(_ctx(), f"/{ep}/one", "Get", 1, 2)
+            with pytest.raises(errors.BadArgError, match="wrong number"):
+                client.call(_ctx(), f"/{ep}/two", "Get", 1)
+
+
+class Uncallable:
+    @expose
+    def KwOnly(self, call: ServerCall, a: int, *, b: int) -> list[int]:
+        return [a, b]
+
+    @expose
+    def KwDefault(self, call: ServerCall, a: int, *, b: int = 2) -> list[int]:
+        return [a, b]
+
+
+class NoCall:
+    @expose
+    def Ping(self) -> str:
+        return "pong"
+
+
+def test_serve_refuses_a_method_that_cannot_be_called(
+    family: Family, make_client: MakeClient
+) -> None:
+    """A method that can never be called as ``method(call, *args)`` (a keyword-only
+    parameter without a default: clients pass args by position; no parameter for the call)
+    is refused at serve(); served by a dispatcher, calling it is BadArg."""
+    with Server(family.member("server")) as server:
+        with pytest.raises(errors.BadArgError, match="keyword-only parameter 'b'"):
+            server.serve(Uncallable())
+        with pytest.raises(errors.BadArgError, match="no parameter for the call"):
+            server.serve(NoCall())
+        ep = server.listen("tcp", "127.0.0.1:0")
+        server.serve(Uncallable(), AllowEveryone(), methods=["KwDefault"])
+        assert make_client().call(_ctx(), "/" + ep, "KwDefault", 1) == ([1, 2],)
+
+    class Anything:
+        def lookup(self, suffix: str) -> tuple[Any, Any]:
+            return Uncallable(), AllowEveryone()
+
+    with Server(family.member("server")) as server:
+        ep = server.listen("tcp", "127.0.0.1:0")
+        server.serve_dispatcher(Anything())
+        client = make_client()
+        with pytest.raises(errors.BadArgError, match="keyword-only parameter 'b'"):
+            client.call(_ctx(), "/" + ep, "KwOnly", 1)
+        (sig,) = client.call(_ctx(), "/" + ep, "__Signature")
+        assert [m["name"] for m in sig] == ["KwDefault"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import warnings
@@ -69,6 +70,18 @@ class Service:
             raise errors.IPCError(
                 "quota", id="com.example.Quota", action=errors.RetryAction.NO_RETRY
             )
+        if kind == "SystemExit":
+            raise SystemExit(3)
+        if kind == "KeyboardInterrupt":
+            raise KeyboardInterrupt("stop it")
+        if kind == "GeneratorExit":
+            raise GeneratorExit("closing")
+        if kind == "params":  # (params that are not plain values)
+            raise errors.NoExistError("no such key", object(), {1, 2})
+        if kind == "huge":  # (over the 4 MiB message limit once encoded)
+            raise errors.NoExistError("y" * (5 << 20), "key")
+        if kind == "surrogate":  # (as in a file name read with surrogateescape)
+            raise ValueError("no file \udcff here")
         raise ZeroDivisionError("boom")
 
     def ReplyAt(self, call: ServerCall, at: float) -> str:
@@ -226,6 +239,68 @@ def test_server_errors_arrive_typed(rig: tuple[Service, str, Client]) -> None:
     with pytest.raises(errors.UnknownError, match="ZeroDivisionError"):
         client.call(ctx(), name, "Fail", "bug")
     # The server survived its user's bug.
+    assert client.call(ctx(), name, "Echo", "still up") == ("still up",)
+
+
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt", "GeneratorExit"])
+def test_a_base_exception_in_a_method_reaches_the_client_as_unknown(
+    rig: tuple[Service, str, Client], kind: str
+) -> None:
+    """A method raising an exception that is not an Exception is answered like any other:
+    ipc.Unknown with its type and message (not raised again on the server: the worker, or
+    the VC's reader thread, goes on serving), on the short way and on the general one."""
+    _, name, client = rig
+    with pytest.raises(errors.UnknownError, match=kind) as unary:
+        client.call(ctx(), name, "Fail", kind)
+    with pytest.raises(errors.UnknownError, match=kind) as general:
+        client.start_call(ctx(), name, "Fail", [kind]).finish()
+    assert unary.value.msg == general.value.msg
+    assert client.call(ctx(), name, "Echo", "still up") == ("still up",)
+
+
+class _Raises:
+    """An authorizer that raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def authorize(self, call: Any) -> None:
+        raise self.exc
+
+
+def test_an_authorizer_raising_a_base_exception_is_answered(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    _, name = make_server(Service(), _Raises(KeyboardInterrupt("in the authorizer")))
+    client = make_client()
+    for _ in range(2):
+        with pytest.raises(errors.UnknownError, match="KeyboardInterrupt: in the authorizer"):
+            client.call(ctx(), name, "Echo", 1)
+
+
+def test_an_error_without_a_wire_form_still_reaches_the_client(
+    rig: tuple[Service, str, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error the server cannot encode as it is (params that are not plain values, a
+    message over the message limit, a message that is not valid text) reaches the client as
+    a stand-in it can read: the same ID, the message escaped and cut, the params dropped
+    when they cannot travel; the server logs a warning."""
+    _, name, client = rig
+    with caplog.at_level(logging.WARNING, logger="ipcclient.server"):
+        with pytest.raises(errors.NoExistError) as params:
+            client.call(ctx(), name, "Fail", "params")
+        assert params.value.msg.startswith("no such key") and params.value.params == ()
+        assert "params not sent" in params.value.msg
+        with pytest.raises(errors.NoExistError) as huge:
+            client.start_call(ctx(), name, "Fail", ["huge"]).finish()
+        assert huge.value.msg.startswith("yyyy")
+        assert len(huge.value.msg) <= errors.MAX_WIRE_MSG_LEN
+        assert huge.value.params == ("key",)
+        with pytest.raises(errors.UnknownError) as surrogate:
+            client.call(ctx(), name, "Fail", "surrogate")
+        assert surrogate.value.msg == "ValueError: no file \\udcff here"
+    logged = [r for r in caplog.records if "cannot send error" in r.getMessage()]
+    assert len(logged) == 3 and all(r.levelno == logging.WARNING for r in logged)
     assert client.call(ctx(), name, "Echo", "still up") == ("still up",)
 
 

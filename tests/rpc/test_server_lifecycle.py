@@ -4,6 +4,7 @@ reserved ``__Signature`` method every server answers."""
 from __future__ import annotations
 
 import _thread
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -123,6 +124,9 @@ def test_stop_without_grace_cancels_calls_in_flight(
     t.join(20)
     assert time.monotonic() - started < 15
     assert len(out) == 1 and isinstance(out[0], errors.IPCError)
+    # (The method itself runs on, ignoring its context: let it go, or it runs on as an
+    # inline job for 30 s, keeping the process's handoff thread ticking for later tests.)
+    svc.release.set()
     with pytest.raises(errors.BadArgError):
         Server(Family().member("s")).stop(grace=-1)
 
@@ -190,3 +194,129 @@ def test_signature_is_served_and_authorized(
     # The object's authorizer decides who may read its signature.
     with pytest.raises(errors.NoAccessError):
         make_client(family.member("stranger")).call(_ctx(), name, "__Signature")
+
+
+class Stopper:
+    """A service with a "Shutdown" method: it stops its own server."""
+
+    def __init__(self) -> None:
+        self.raised: list[BaseException] = []
+        self.returned = threading.Event()
+
+    @expose
+    def Shutdown(self, call: ServerCall) -> str:
+        try:
+            call.server.stop(timeout=5.0)
+        except BaseException as exc:
+            self.raised.append(exc)
+            raise
+        finally:
+            self.returned.set()
+        return "stopping"
+
+
+@pytest.mark.parametrize("way", ["inline", "worker"])
+def test_a_method_can_stop_its_own_server(
+    make_server: MakeServer, make_client: MakeClient, way: str
+) -> None:
+    """stop() from a served method (on the VC's reader thread for a unary call, on a worker
+    for a streaming one) stops the server: the worker running it is not waited for (it
+    cannot join itself), and the server ends stopped."""
+    svc = Stopper()
+    server, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    try:
+        if way == "inline":
+            client.call(_ctx(), name, "Shutdown")
+        else:
+            client.start_call(_ctx(), name, "Shutdown", []).finish()
+    except errors.IPCError:
+        pass  # (the call is cancelled with the rest, or its VC closed: either is fine)
+    assert svc.returned.wait(10)
+    assert svc.raised == []
+    assert server.wait(10) is True
+    deadline = time.monotonic() + 10
+    while server._pool.threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server._pool.threads == 0  # (the worker that stopped ended once its call did)
+    with pytest.raises(errors.BadStateError):
+        server.listen("tcp", "127.0.0.1:0")
+
+
+class _FailingPublisher:
+    """A publisher whose stop fails with ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def stop(self, timeout: float) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("unpublishing broke"), KeyboardInterrupt()])
+def test_stop_runs_every_step_whatever_fails(
+    family: Family, make_client: MakeClient, exc: BaseException
+) -> None:
+    """A step of stop() that fails does not leave the server half stopped: the later steps
+    run (calls are cancelled, VCs closed, workers end) and wait() says stopped. An error is
+    logged; an interruption (Ctrl-C while stopping) is raised once every step has run."""
+    server = Server(family.member("server"), publisher=_FailingPublisher(exc))
+    ep = server.listen("tcp", "127.0.0.1:0")
+    svc = Slow()
+    server.serve(svc, AllowEveryone())
+    client = make_client()
+    t, out = _call_in_thread(lambda: client.call(_ctx(), "/" + ep, "Wait", 30.0))
+    assert svc.entered.wait(10)
+    if isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            server.stop()
+    else:
+        server.stop()
+    assert server.wait(0) is True
+    t.join(10)
+    assert len(out) == 1 and isinstance(out[0], errors.IPCError)  # cancelled, not left running
+    svc.release.set()  # (the method itself runs on, as a method that ignores its context does)
+    assert server.connections == []
+    assert server._pool.threads == 0
+
+
+def test_stop_refuses_a_timeout_that_is_not_seconds(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """stop()'s timeout bounds each step: it must be a finite number of seconds >= 0
+    (``None`` is refused, not taken as "no bound"), checked before anything stops."""
+    server, name = make_server(Slow(), AllowEveryone())
+    client = make_client()
+    for bad in (None, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(errors.BadArgError, match="stop timeout"):
+            server.stop(timeout=bad)  # type: ignore[arg-type]
+        assert server.wait(0) is False
+        assert client.call_one(_ctx(), name, "One") == 1  # still serving
+    server.stop(timeout=0)
+    assert server.wait(0) is True
+
+
+def test_a_listen_that_loses_a_race_with_stop_leaves_no_listener(
+    family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listen() whose listener is made while stop() runs (after stop() took the listeners
+    to close) closes it and raises BadStateError: no port stays open after stop()."""
+    server = Server(family.member("server"))
+    made: list[Any] = []
+    real_listen = server._manager.listen
+
+    def listen_then_stop(*args: Any, **kwargs: Any) -> Any:
+        listener = real_listen(*args, **kwargs)
+        made.append(listener)
+        server.stop()  # (what another thread may do at this very moment)
+        return listener
+
+    monkeypatch.setattr(server._manager, "listen", listen_then_stop)
+    with pytest.raises(errors.BadStateError):
+        server.listen("tcp", "127.0.0.1:0")
+    assert server.wait(0) is True and server.endpoints == []
+    (listener,) = made
+    host, port = listener.address.rsplit(":", 1)
+    with socket.socket() as s, pytest.raises(OSError):
+        s.settimeout(5)
+        s.connect((host, int(port)))
