@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors, vtrace
-from ipcclient.context import CallbackHandle, Context
+from ipcclient.context import SYSTEM_CLOCK, CallbackHandle, Context
 from ipcclient.headers import Request, Response, response_from_wire
 from ipcclient.security.discharges import Discharge, DischargeCache
 from ipcclient.stream import MessageStream
@@ -78,6 +78,13 @@ class Call:
         self._response: Response | None = None  # the final header, once read
         self._budgeted = False  # the results' budget is set (set it once: it is a count)
         self._cancel_error: errors.IPCError | None = None
+        self._end_error: errors.IPCError | None = None  # what else ended it (see _mark)
+        # The deadline the transport waits for, on time.monotonic (the context's own, unless
+        # it is on an injected clock: converted once, here).
+        deadline = ctx.deadline
+        if deadline is not None and ctx._clock is not SYSTEM_CLOCK:
+            deadline = ctx.monotonic_deadline()
+        self._deadline = deadline
         # The context must not keep a dropped call alive (so its finalizer can run): hold the
         # call weakly from the callback.
         ref = weakref.ref(self)
@@ -110,7 +117,7 @@ class Call:
         # item that cannot go is a BadArgError and the call goes on without it.
         data = encode_message_parts(item, head=_STREAM_ITEM_REQUEST_MESSAGE)
         try:
-            self._stream.send_encoded(data, deadline=self.context.deadline, streamed=True)
+            self._stream.send_encoded(data, deadline=self._deadline, streamed=True)
         except errors.IPCError as exc:
             if self._cancel_error is None and self._stream.flow.peer_done:
                 # The server answered in full and stopped reading: its reply is kept for
@@ -157,24 +164,36 @@ class Call:
                 return
 
     def close_send(self) -> None:
-        """Tell the server no more items follow. Idempotent.
+        """Tell the server no more items follow. Idempotent: once the send side is closed
+        (by this, or by :meth:`finish`), it returns.
 
-        When the server has already answered in full (its reply ended) and reset the flow
-        because the request was still coming, there is nothing left to tell it: this returns
-        and the reply is read by :meth:`recv` / :meth:`finish` as usual.
+        When the server has already answered (its reply ended, or it failed the call) there
+        is nothing left to tell it: this returns and the reply is read by :meth:`recv` /
+        :meth:`finish` as usual.
 
         Raises:
-            CanceledError / TimeoutError / ConnectionFailedError: the call ended.
+            CanceledError / TimeoutError: the call was cancelled (by :meth:`cancel`, its
+                context or the client closing) or its deadline passed, before or during
+                this close_send.
+            ConnectionFailedError: the call ended (its VC broke).
         """
         with self._lock:
             if self._send_closed:
                 return
             self._send_closed = True
-            if self._ended:
-                return
+            ended = self._ended
+        if ended:
+            # Cancelled, past its deadline or broken: say so (the failure is explicit). Not
+            # when the server ended the call (recv met its error): finish says how.
+            failed = self._cancel_error
+            if failed is None and self._response is None:
+                failed = self._end_error
+            if failed is not None:
+                raise failed.with_context(request_sent=True)
+            return
         flow = self._stream.flow
         try:
-            self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self.context.deadline)
+            self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self._deadline)
         except errors.IPCError as exc:
             if self._cancel_error is None and flow.peer_done:
                 log.debug(
@@ -197,12 +216,19 @@ class Call:
         many results.
 
         Raises:
-            BadStateError: finish was already called, or streamed results remain unread.
+            BadArgError: ``nresults`` is neither None nor a count (checked first: the call
+                goes on, and finish may be called again).
+            BadStateError: finish was already called, or streamed results remain unread
+                (the call is then cancelled: a later :meth:`recv` raises CanceledError).
             CanceledError: the call was cancelled (by :meth:`cancel`, its context, or the
                 client closing) before its results were read.
             BadProtocolError: the server sent another number of results than ``nresults``.
             the server's error, as its own exception class with its ID and retry action.
         """
+        if nresults is not None and (type(nresults) is not int or nresults < 0):
+            raise errors.BadArgError(
+                f"call: finish(nresults=...) takes a count of results or None, got {nresults!r}"
+            )
         with self._lock:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
@@ -222,6 +248,10 @@ class Call:
             response = self._response or self._read_header()
             if response.error is None and not response.end_stream_results:
                 self._response = None
+                with self._lock:  # (a cancel from another thread meanwhile stays the cause)
+                    if self._cancel_error is None:
+                        # Cancelled for the unread results: recv hands out none of them.
+                        self._cancel_error = errors.CanceledError(_UNREAD_CANCELLED)
                 raise errors.BadStateError(_UNREAD_RESULTS, request_sent=True)
             if self._on_trace is not None and response.trace:
                 self._on_trace(response.trace)
@@ -305,7 +335,7 @@ class Call:
     def _recv(self) -> Any:
         """The next message from the server, guarded as :meth:`_guard` does."""
         try:
-            return self._stream.recv(self.context.deadline)
+            return self._stream.recv(self._deadline)
         except errors.IPCError as exc:
             raise self._mark(self._translate(exc)) from None
         except BaseException:
@@ -332,6 +362,8 @@ class Call:
     def _mark(self, err: errors.IPCError) -> errors.IPCError:
         """Release the flow on an error that ends the call; say the request was sent."""
         if not isinstance(err, errors.EndOfStreamError | errors.AbortedError):
+            if self._end_error is None:
+                self._end_error = err
             self._release(cancel=True)
         if err.request_sent is None:
             return err.with_context(request_sent=True)
@@ -486,5 +518,9 @@ _UNREAD_RESULTS = (
     "call: finish() was called while the server was still streaming results, so the call "
     "was cancelled: read them first (for item in call: ...), or call a streaming method "
     "with start_call"
+)
+_UNREAD_CANCELLED = (
+    "call: cancelled by finish() while the server was still streaming results (read them "
+    "before finish: for item in call: ...)"
 )
 _END_STREAM_REQUEST = Request(end_stream_args=True).to_wire()

@@ -126,6 +126,23 @@ def _fresh(err: errors.IPCError) -> errors.IPCError:
     return err.with_context()
 
 
+def _seconds(value: object, what: str) -> float:
+    """``value`` (a timeout or a deadline that is not a float) as a float: an int or a float
+    but not a bool (an int beyond a float's range is infinitely far, or long past).
+
+    Raises:
+        BadArgError: ``value`` is neither an int nor a float, or is a bool.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise errors.BadArgError(
+            f"context: a {what} must be a number (an int or a float), got {value!r}"
+        )
+    try:
+        return float(value)
+    except OverflowError:  # (an int)
+        return math.inf if value > 0 else -math.inf
+
+
 class _Children(dict["weakref.ref[Context]", None]):
     """A parent's children: weak references (keys) that remove themselves when their child
     dies (a plain dict: cheaper than a ``WeakSet`` for the add/remove of every call)."""
@@ -223,15 +240,28 @@ class Context:
         """A cancellable child whose deadline is ``min(deadline, self.deadline)``.
 
         ``deadline`` is a value of this context's clock (``time.monotonic()`` by default).
+
+        Raises:
+            BadArgError: ``deadline`` is not a number (an int or a float; not a bool, not
+                None) or is NaN.
         """
-        if math.isnan(deadline):
-            raise ValueError("deadline must not be NaN")
+        if type(deadline) is not float:
+            deadline = _seconds(deadline, "deadline")
+        if deadline != deadline:  # NaN
+            raise errors.BadArgError("context: a deadline must not be NaN")
         return CancelContext(self, clock=self._clock, deadline=deadline, cancellable=True)
 
     def with_timeout(self, seconds: float) -> CancelContext:
-        """A cancellable child with a deadline ``seconds`` from now (capped by this one's)."""
-        if math.isnan(seconds):
-            raise ValueError("timeout must not be NaN")
+        """A cancellable child with a deadline ``seconds`` from now (capped by this one's).
+
+        Raises:
+            BadArgError: ``seconds`` is not a number (an int or a float; not a bool, not
+                None) or is NaN.
+        """
+        if type(seconds) is not float:
+            seconds = _seconds(seconds, "timeout")
+        if seconds != seconds:  # NaN
+            raise errors.BadArgError("context: a timeout must not be NaN")
         return self.with_deadline(self._clock.monotonic() + seconds)
 
     def with_value(self, key: Any, value: Any) -> Context:
@@ -249,6 +279,17 @@ class Context:
     def deadline(self) -> float | None:
         """The effective deadline on :attr:`clock`, or ``None`` for none."""
         return self._deadline
+
+    def monotonic_deadline(self) -> float | None:
+        """The deadline as a :func:`time.monotonic` value (the clock sockets and flows wait
+        on), or ``None`` for none. On :data:`SYSTEM_CLOCK` it is :attr:`deadline`; on an
+        injected clock it is ``time.monotonic()`` plus what is left on that clock now, so a
+        call converts it once, when it takes its deadline (advancing the injected clock
+        later ends the context when it is next looked at, not the transport's waits)."""
+        deadline = self._deadline
+        if deadline is None or self._clock is SYSTEM_CLOCK:
+            return deadline
+        return time.monotonic() + (deadline - self._clock.monotonic())
 
     def remaining(self) -> float | None:
         """Seconds until the deadline, clamped at 0; ``None`` when there is no deadline."""
@@ -281,8 +322,18 @@ class Context:
 
         Wakes at once on cancel and when the deadline passes; blocks in slices of at most
         :data:`WAIT_SLICE` seconds so that KeyboardInterrupt is seen.
+
+        Raises:
+            BadArgError: ``timeout`` is neither None nor a number (an int or a float; not a
+                bool), or is NaN.
         """
-        end = None if timeout is None else time.monotonic() + timeout
+        end = None
+        if timeout is not None:
+            if type(timeout) is not float:
+                timeout = _seconds(timeout, "wait timeout")
+            if timeout != timeout:  # NaN
+                raise errors.BadArgError("context: a wait timeout must not be NaN")
+            end = time.monotonic() + timeout
         while True:
             if self.done():
                 return True

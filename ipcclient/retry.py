@@ -330,7 +330,8 @@ def run_with_retries(
 
     After an :class:`errors.IPCError` the loop retries only if :func:`should_retry` allows it,
     ``max_attempts`` is not reached, and :func:`backoff_delay` gives a delay for the time left
-    until ``deadline`` (on ``clock``); it then sleeps through ``sleep`` and tries again.
+    until ``deadline`` (on ``clock``); it then sleeps through ``sleep`` and tries again
+    (what ``sleep`` raises ends the loop: a client closed meanwhile says so that way).
     A sleep that had to be clamped to ``deadline - reserve`` is the last one. Otherwise it
     raises the last error (a copy with one ``tried`` entry per attempt when there
     was more than one). Other exceptions propagate at once.

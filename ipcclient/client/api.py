@@ -6,7 +6,7 @@ from the VC cache, authorize the server, grant, prepare discharges — the call'
 :class:`~ipcclient.client.plan.CallPlan` — then write the request), ``call`` (start + finish,
 retrying only errors whose action is RETRY_BACKOFF; the usual unary call tries the fast path
 first, ``fast.fast_call``, which reuses a plan the general path made), fork safety and
-``close``.
+``close`` (which also ends the calls still starting, waking those waiting between two tries).
 
 Must not: parse bytes, frames or headers itself (the layers below do), hold its lock across a
 dial, a handshake, a discharge fetch or any other I/O, or decide a retry from message text.
@@ -38,7 +38,7 @@ from ipcclient.client.request import (
 )
 from ipcclient.client.resolution import NamespaceCaller
 from ipcclient.client.vcs import Target
-from ipcclient.context import Context
+from ipcclient.context import SYSTEM_CLOCK, CancelContext, Context
 from ipcclient.naming.namespace import (
     Namespace,
     terminal_servers,
@@ -124,6 +124,8 @@ class Client:
         self._forks = vcs.forks  # the process's fork count when _pid was taken
         self._routes: dict[str, Route | None] = {}
         self._routes_namespace: Namespace | None = None  # the namespace routes were made for
+        # The backoff waits of calls between two tries (close() wakes them; see _backoff).
+        self._backoffs: set[CancelContext] = set()
 
     @classmethod
     def from_env(
@@ -165,7 +167,10 @@ class Client:
         backoff until the deadline (``RetryTimeout`` narrows it, ``NoRetry`` ends it).
 
         Raises:
-            BadArgError: a bad context, name or option.
+            BadArgError: a bad context, name or option, or a method name or name suffix
+                too long for a request header (nothing is sent).
+            BadStateError: the client is closed, or was closed while the call was starting
+                (resolving, dialing, waiting between two tries): never retried.
             NoServersError, NotTrustedError, TimeoutError, CanceledError, ...: the call
                 could not start; ``err.request_sent`` is False and ``err.tried`` says what
                 was tried.
@@ -228,6 +233,7 @@ class Client:
                 start,
                 first=first,
                 what=("call", name, method),
+                sleep=self._backoff,
             )
         finally:
             if owned:
@@ -265,14 +271,20 @@ class Client:
         log.debug("client: the server never took the request; sending it again: %s", exc)
 
     def close(self) -> None:
-        """Close the client: new calls fail at once with BadStateError; calls in flight end
-        with CanceledError("client closed"); every VC closes; no thread is left. Idempotent."""
+        """Close the client: new calls fail at once with BadStateError, and so do calls still
+        starting, whatever they are doing (resolving, dialing, waiting between two tries):
+        they end at once and are not retried; calls in flight end with
+        CanceledError("client closed"); every VC closes; no thread is left. Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             open_vcs = self._cache.close_locked()
             calls = list(self._calls)
+            backoffs = list(self._backoffs)
+            self._backoffs.clear()
+        for waiting in backoffs:  # (each then raises the closed client's error: see _backoff)
+            waiting.cancel("client: closed")
         if calls:
             closing = errors.CanceledError("client: closed while the call was in flight")
             for call in calls:
@@ -329,9 +341,16 @@ class Client:
         def attempt(n: int) -> Call:
             if n > 1:
                 span.annotate(f"retry {n}")
-            return self._try_call(
-                span_ctx, call_ctx, span, name, method, args, options, close_send, tried, owned
-            )
+            try:
+                return self._try_call(
+                    span_ctx, call_ctx, span, name, method, args, options, close_send, tried, owned
+                )
+            except errors.IPCError as exc:
+                if self._closed and exc.request_sent is not True:
+                    # Closed while the call was starting (whatever failed, a nested resolve
+                    # or a dial, failed because of it): end now, never retried.
+                    raise self._closed_error(tried) from exc
+                raise
 
         try:
             return retries.with_retries(
@@ -343,6 +362,7 @@ class Client:
                 no_retry,
                 start,
                 what=("starting", name, method),
+                sleep=self._backoff,
             )
         except errors.IPCError as exc:
             span.finish()
@@ -385,6 +405,8 @@ class Client:
         last: errors.IPCError | None = None
         failures: list[errors.IPCError] = []
         deadline = call_ctx.deadline
+        if deadline is not None and call_ctx._clock is not SYSTEM_CLOCK:
+            deadline = call_ctx.monotonic_deadline()  # (the transport waits on time.monotonic)
         versions = self._manager.options.versions
         dial_plan = _plan.dial_plan_cached if type(versions) is tuple else _plan.dial_plan
         targets: list[Target] = []
@@ -447,8 +469,6 @@ class Client:
             plan = CallPlan(
                 Route(ep, key, suffix), auth.server_names, auth.valid_until, discharges, granted
             )
-            if not options and not discharges and not fetch_errors:
-                keep_plan(conn, method, plan)  # (for the fast path: see fast.fast_call)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 head = encode_request_header(
@@ -465,6 +485,8 @@ class Client:
             except errors.BadArgError as exc:
                 flow.cancel(exc)  # never opened on the wire: nothing at all is sent
                 raise
+            if not options and not discharges and not fetch_errors:
+                keep_plan(conn, method, plan)  # (for the fast path: see fast.fast_call)
             stream = MessageStream(flow)
             trace_id = span.trace_id
             collecting = span.collecting
@@ -548,6 +570,35 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise errors.BadStateError("client: closed", request_sent=False)
+
+    @staticmethod
+    def _closed_error(tried: Sequence[str] = ()) -> errors.BadStateError:
+        """The error of a call the client's close() ended before its request was sent."""
+        return errors.BadStateError(
+            "client: closed while the call was starting", request_sent=False, tried=tried
+        )
+
+    def _backoff(self, ctx: Context, seconds: float) -> None:
+        """The wait between two tries of a call (the retry loops' sleep): ``seconds``, or
+        less when ``ctx`` ends (the loop then raises its error) or the client is closed.
+
+        Raises:
+            BadStateError: the client is closed (before or during the wait); not retried.
+        """
+        waiting = ctx.with_cancel()
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._backoffs.add(waiting)
+        if not closed:
+            try:
+                waiting.wait(seconds)
+            finally:
+                with self._lock:
+                    self._backoffs.discard(waiting)
+                waiting.cancel()  # (no longer a child of the call's context)
+        if self._closed:
+            raise self._closed_error()
 
     def _make_on_done(self, owned_ctx: Context | None, span: vtrace.Span) -> Any:
         calls = self._calls

@@ -26,7 +26,7 @@ from ipcclient.client import plan as _plan
 from ipcclient.client import security, vcs
 from ipcclient.client.plan import VC_STATE_KEY, Route, VCState
 from ipcclient.client.request import encode_request_header, write_request
-from ipcclient.context import Context
+from ipcclient.context import SYSTEM_CLOCK, Context
 
 if TYPE_CHECKING:
     from ipcclient.client.api import Client
@@ -75,6 +75,8 @@ def fast_call(
     except errors.IPCError:
         return None  # the general path evicts and redials
     deadline = ctx.deadline
+    if deadline is not None and ctx._clock is not SYSTEM_CLOCK:
+        deadline = ctx.monotonic_deadline()  # (the transport waits on time.monotonic)
     flow.set_deadline(deadline)
     # From here the context's end (cancel, deadline) cancels the flow: it wakes a write
     # blocked on flow control as well as the wait for the response.

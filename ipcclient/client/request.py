@@ -3,8 +3,9 @@
 Owns: :func:`check_call` (a call's arguments and options, checked before anything is
 done), :func:`encode_request_header`, the one way the client encodes a request header (the
 usual header is laid out directly, the same bytes the codec writes for that map; any other
-through ``Request.to_wire()``), and :func:`write_request`, which writes header, args and end
-and says whether anything reached the wire.
+through ``Request.to_wire()``; either way no longer than a server takes), and
+:func:`write_request`, which writes header, args and end and says whether anything reached
+the wire.
 
 Must not: decide a retry (it reports whether the request is unsent; the caller decides),
 authorize, or hold a lock.
@@ -88,6 +89,15 @@ def check_call(name: object, method: object, args: object, options: object) -> b
     return no_retry
 
 
+MAX_REQUEST_HEADER = 64 * 1024
+"""The longest request header (its CBOR body) a server takes by default (its
+``ServerOptions.header_limits``, docs/limits.md): a longer one (a method name or a name
+suffix of many KiB) is refused here, before a byte is written, rather than sent and reset."""
+
+_MAX_HEADER_MESSAGE = 4 + MAX_REQUEST_HEADER
+"""The same, for the message with its 4-byte length prefix (what the encoder returns)."""
+
+
 def encode_request_header(
     suffix: str,
     method: str,
@@ -102,12 +112,14 @@ def encode_request_header(
     """The request header of a call, as one message (length prefix included).
 
     Raises:
-        BadArgError: a name, the granted blessings or the discharges cannot be encoded
-            (``request_sent`` False).
+        BadArgError: a name, the granted blessings or the discharges cannot be encoded, or
+            the header would be over :data:`MAX_REQUEST_HEADER` (``request_sent`` False).
     """
     if granted is None and not discharges:
         head = encode_request_message(suffix, method, nargs, deadline, trace_id, span_id, flags)
         if head is not None:
+            if len(head) > _MAX_HEADER_MESSAGE:
+                raise _header_too_long(suffix, method, len(head))
             return head
     request = Request(
         suffix=suffix,
@@ -119,9 +131,23 @@ def encode_request_header(
         trace=TraceContext(trace_id, span_id, flags),
     )
     try:
-        return encode_messages(request.to_wire())
+        head = encode_messages(request.to_wire())
     except errors.BadArgError as exc:
         raise exc.with_context(request_sent=False) from None
+    if len(head) > _MAX_HEADER_MESSAGE:
+        raise _header_too_long(suffix, method, len(head))
+    return head
+
+
+def _header_too_long(suffix: object, method: object, size: int) -> errors.BadArgError:
+    """The error for a request header over :data:`MAX_REQUEST_HEADER` (its names are
+    measured, not quoted: they may be megabytes)."""
+    return errors.BadArgError(
+        f"client: the request header would be {size - 4} bytes, over the {MAX_REQUEST_HEADER} "
+        f"a server takes (the method name is {len(str(method))} characters, the name's suffix "
+        f"{len(str(suffix))}): use shorter names",
+        request_sent=False,
+    )
 
 
 END_STREAM_MESSAGE = encode_messages(Request(end_stream_args=True).to_wire())

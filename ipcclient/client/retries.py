@@ -11,6 +11,7 @@ from its action), or sleep outside the retry loop.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -31,11 +32,14 @@ def with_retries(
     start: float,
     first: Callable[[int], _T] | None = None,
     what: tuple[str, object, object] = ("call", "", ""),
+    sleep: Callable[[Context, float], None] | None = None,
 ) -> _T:
     """``first(1)`` (default: ``attempt``); only if it fails with an error ``phase`` may
     retry, the retry loop (backoff, deadline, cancellation) of ``attempt`` starting from
     that failure, within the call's one retry window (from ``start``). ``what``: (kind,
-    name, method), for the retry log only."""
+    name, method), for the retry log only. ``sleep(ctx, seconds)``: the wait between two
+    tries (default ``ctx.wait``); what it raises ends the loop (the client's, when it is
+    closed meanwhile)."""
     try:
         return (first or attempt)(1)  # the usual case: no retry machinery at all
     except errors.IPCError as failed:
@@ -48,6 +52,7 @@ def with_retries(
             policy=options_.backoff,
             no_retry=no_retry,
             ctx=ctx,
+            sleep=None if sleep is None else functools.partial(sleep, ctx),
             budget=options_.retry_budget,
             first_error=failed,
             what=f"{what[0]} {what[1]!r}.{what[2]}",

@@ -52,3 +52,26 @@ def test_a_method_without_a_wire_form_is_bad_arg_before_anything_is_sent() -> No
     with pytest.raises(errors.BadArgError) as info:
         encode_request_header("", "Ech\udcff", 0, None, b"t" * 16, b"s" * 16, 0)
     assert info.value.request_sent is False
+
+
+MAX_REQUEST_HEADER = 64 * 1024
+"""What a server takes by default (docs/limits.md: ``ServerOptions.header_limits``)."""
+
+
+@pytest.mark.parametrize("granted", [False, True])  # (the usual layout, and the codec's way)
+def test_a_header_over_the_servers_limit_is_bad_arg_before_anything_is_sent(
+    granted: bool,
+) -> None:
+    """A method name or a name suffix so long that the header is over the 64 KiB a server
+    takes (docs/limits.md) is refused by the length of the header just encoded; one that
+    fills the limit exactly goes."""
+    blessings = Principal.generate().bless_self("g") if granted else None
+    base = len(encode_request_header("", "M", 1, None, b"t" * 16, b"s" * 16, 1, blessings)) - 4
+    fits = "M" * (MAX_REQUEST_HEADER - base - 1)  # (one more M, and its CBOR head grows by 2)
+    head = encode_request_header("", fits, 1, None, b"t" * 16, b"s" * 16, 1, blessings)
+    assert len(head) - 4 == MAX_REQUEST_HEADER
+    for suffix, method in (("", fits + "M"), ("a" * MAX_REQUEST_HEADER, "M")):
+        with pytest.raises(errors.BadArgError, match="request header") as info:
+            encode_request_header(suffix, method, 1, None, b"t" * 16, b"s" * 16, 1, blessings)
+        assert info.value.request_sent is False
+        assert len(str(info.value)) < 300  # (the names are measured, not quoted)

@@ -36,13 +36,13 @@ from ipcclient.options import (
     RetryTimeout,
     WaitForReady,
 )
-from ipcclient.retry import RetryBudget
+from ipcclient.retry import BackoffPolicy, RetryBudget
 from ipcclient.security import Principal
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import MountTable
 from ipcclient.server.server import Server, ServerCall
-from ipcclient.transport.conn import KeepaliveConfig
+from ipcclient.transport.conn import Flow, KeepaliveConfig
 from tests.conftest import Family, refuse_threads
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,6 +82,11 @@ class Svc:
 
     def Gen(self, call: ServerCall) -> Any:
         yield 1
+
+    def Sleep(self, call: ServerCall, seconds: float) -> str:
+        self.calls += 1
+        call.context.wait(seconds)
+        return "slept"
 
 
 def ctx(seconds: float | None = 5.0) -> Context:
@@ -350,6 +355,50 @@ def test_an_argument_over_the_limits_is_refused_before_sending(
     assert svc.calls == 2 and c.vc_count() == 1 and c.stats["dials"] == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("E" * (100 * 1024), ""), ("E" * (5 * 1024 * 1024), ""), ("Echo", "a" * (100 * 1024))],
+    ids=["100KiB-method", "5MiB-method", "100KiB-suffix"],
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["call", "start_call"])
+def test_a_method_or_suffix_over_the_header_limit_is_refused_before_sending(
+    stack: contextlib.ExitStack,
+    family: Family,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    suffix: str,
+    fast: bool,
+) -> None:
+    """A request header over the 64 KiB a server takes (docs/limits.md) is the caller's
+    BadArgError, found from the length of the header the client encodes anyway, before a
+    byte is written (it was once sent, 5 MiB of it, and the server's refusal came back as
+    a BadProtocolError with request_sent True)."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    assert c.call(ctx(), name, "Echo", 1) == (1,)  # the VC is up and authorized
+    writes: list[int] = []
+    real_write = Flow.write
+
+    def write(flow: Flow, data: Any, *args: Any, **kw: Any) -> Any:
+        writes.append(len(data) if isinstance(data, bytes) else sum(map(len, data)))
+        return real_write(flow, data, *args, **kw)
+
+    monkeypatch.setattr(Flow, "write", write)
+    target = name + "/" + suffix if suffix else name
+    with pytest.raises(errors.BadArgError, match="request header") as info:
+        if fast:
+            c.call(ctx(), target, method, 1)
+        else:
+            c.start_call(ctx(), target, method, [1]).finish()
+    assert info.value.request_sent is False
+    assert writes == []
+    monkeypatch.undo()
+    # The VC is unharmed and nothing reached the server.
+    assert c.call(ctx(), name, "Echo", 2) == (2,)
+    assert svc.calls == 2 and c.vc_count() == 1 and c.stats["dials"] == 1
+
+
 def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
@@ -503,13 +552,42 @@ def test_one_window_is_shared_by_the_retries_before_and_after_sending(
     svc = Svc()
     server = serve(stack, family, svc)
     clock = FakeClock()
-    clock.now = time.monotonic()  # (deadlines also reach the transport, on the real clock)
     ns = FailingThenFoundNamespace(clock, 0.46, 1, server)
     c = client(stack, family, namespace=ns)
     with pytest.raises(errors.OverloadedError):
         c.call(Context.background(clock=clock), "apps/busy", "Busy", options=[RetryTimeout(1.0)])
     assert ns.calls == 2
     assert svc.calls == 1
+
+
+@pytest.mark.parametrize("fake_now", [0.0, 1e7])  # (behind and far ahead of the real clock)
+def test_a_context_on_an_injected_clock_gives_the_transport_its_time_left(
+    stack: contextlib.ExitStack, family: Family, fake_now: float
+) -> None:
+    """The transport waits on ``time.monotonic``: a call converts the deadline of a context
+    on another clock once, when it takes it (what is left on that clock, from now). It once
+    passed the deadline as it was: a clock behind the real one timed every call out at
+    once, and one ahead of it gave calls all the time in the world."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    clock = FakeClock()
+    clock.now = fake_now
+    long_ = Context.background(clock=clock).with_timeout(30.0)
+    assert c.call(long_, name, "Echo", 1) == (1,)  # (the general path, then the fast one)
+    assert c.call(long_, name, "Echo", 2) == (2,)
+    assert c.start_call(long_, name, "Sleep", [0.2]).finish() == ("slept",)
+    with c.start_call(long_, name, "Stream", [3]) as call:
+        assert list(call) == [0, 1, 2]
+    short = Context.background(clock=clock).with_timeout(0.3)
+    for how in ("call", "start_call"):
+        started = time.monotonic()
+        with pytest.raises(errors.TimeoutError):
+            if how == "call":
+                c.call(short, name, "Sleep", 5.0)
+            else:
+                c.start_call(short, name, "Sleep", [5.0]).finish()
+        assert 0.2 < time.monotonic() - started < 2.0, how
 
 
 def test_keepalive_and_client_options_are_validated() -> None:
@@ -560,8 +638,87 @@ def test_finish_with_unread_streamed_results_is_bad_state(
     with pytest.raises(errors.BadStateError) as info:
         call.finish()
     assert "for item in call" in str(info.value)
+    assert call.ended
     with pytest.raises(errors.BadStateError):  # a streaming method called as a unary one
         c.call(ctx(), name, "Stream", 2)
+
+
+def test_a_call_that_finish_cancelled_for_unread_results_hands_out_none(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """finish() with streamed results unread cancels the call; as after any cancel, recv
+    and iteration then raise CanceledError every time, even with items already here (recv
+    once handed them out, after blaming the server for the next item's bytes)."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Stream", [5])
+    threading.Event().wait(0.3)  # (the items arrive and are held by the flow)
+    with pytest.raises(errors.BadStateError):
+        call.finish()
+    for _ in range(3):
+        with pytest.raises(errors.CanceledError, match="finish"):
+            call.recv()
+    with pytest.raises(errors.CanceledError):
+        list(call)
+    with pytest.raises(errors.BadStateError):
+        call.finish()
+    call.close_send()  # (the send side was closed by finish: nothing to say)
+
+
+def test_close_send_after_a_cancel_or_the_deadline_says_so(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """close_send once the call was cancelled, or its deadline passed, raises that error (it
+    once returned as if the end of the request had gone out); once the send side is closed
+    it returns, and so it does when the server already ended the call."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Count")
+    call.send(1)
+    call.cancel()
+    with pytest.raises(errors.CanceledError) as cancelled:
+        call.close_send()
+    assert cancelled.value.request_sent is True
+    call.close_send()  # (idempotent: the send side is closed)
+
+    call = c.start_call(ctx(0.3), name, "Count")
+    threading.Event().wait(0.5)
+    with pytest.raises(errors.TimeoutError):
+        call.recv()  # (the deadline ends the call: the flow is released)
+    with pytest.raises(errors.TimeoutError):
+        call.close_send()
+
+    for seconds in (5.0, None):  # (None: the call's own context, ended with the call)
+        call = c.start_call(ctx(seconds), name, "Nope")
+        with pytest.raises(errors.UnknownMethodError):
+            call.recv()  # (the server ended the call with its error)
+        call.close_send()
+        with pytest.raises(errors.UnknownMethodError):
+            call.finish()
+
+    call = c.start_call(ctx(), name, "Count")
+    call.send(1)
+    call.close_send()
+    call.close_send()
+    assert call.finish() == (1,)
+    call.close_send()
+
+
+@pytest.mark.parametrize("bad", ["x", True, -1, 1.0])
+def test_finish_with_a_bad_count_of_results_is_a_bad_arg_up_front(
+    stack: contextlib.ExitStack, family: Family, bad: Any
+) -> None:
+    """finish(nresults=...) takes a count: anything else is the caller's mistake, said
+    before the call is finished (it once ran the call and blamed the server); the call goes
+    on and finish may be called again."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Echo", [5])
+    with pytest.raises(errors.BadArgError, match="nresults"):
+        call.finish(nresults=bad)
+    assert not call.ended
+    assert call.finish(nresults=1) == (5,)
 
 
 def test_a_dial_that_timed_out_says_client_once(
@@ -765,6 +922,67 @@ def test_a_dial_thread_that_cannot_start_fails_the_call_with_a_typed_error(
     started = time.monotonic()
     assert c.call(ctx(), name, "Echo", 2) == (2,)
     assert time.monotonic() - started < 5  # (not after a dial that never ran timed out)
+
+
+def _host_port_name(address: str) -> str:
+    """A rooted name in the /host:port/suffix form: its endpoint may be a mount table, so
+    the client resolves it with a call of its own (to that address) first."""
+    return "/" + address + "/x"
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "resolving",  # the call's own resolve call dials a server that never answers
+        "dialing",  # the call dials a server that never answers
+        "backing off",  # between two tries (refused connections, waiting for ready)
+        "resolving, then backing off",  # the resolve call's connections are refused
+        "backing off after a busy server",  # call()'s loop after the server said back off
+    ],
+)
+def test_close_ends_a_call_still_starting_at_once_with_bad_state(
+    stack: contextlib.ExitStack, family: Family, stage: str
+) -> None:
+    """close() ends every call still starting, whatever it is doing, at once with
+    BadStateError (request not sent, never retried). Such calls once went on: a resolve
+    call that failed because the client closed was a mount table that did not answer
+    (retried with WaitForReady until the deadline), and a call waiting between two tries
+    slept out its backoff first."""
+    slow = ClientOptions(backoff=BackoffPolicy(base=5.0, jitter=0.0))  # (5 s between tries)
+    c = client(stack, family, options=slow)
+    options: list[Any] = [WaitForReady()]
+    method, args = "Echo", (1,)
+    if stage == "resolving":
+        name = _host_port_name(_silent_listener(stack).split("@")[3])
+    elif stage == "dialing":
+        name = _silent_listener(stack)
+    elif stage == "backing off":
+        name = refused_name()
+    elif stage == "resolving, then backing off":
+        name = _host_port_name(free_address())
+    else:
+        name, method, args = serve(stack, family, Svc()), "Busy", ()
+    got: list[BaseException] = []
+    ended = threading.Event()
+
+    def caller() -> None:
+        try:
+            c.call(ctx(20.0), name, method, *args, options=options)
+        except BaseException as exc:
+            got.append(exc)
+        ended.set()
+
+    threading.Thread(target=caller, daemon=True).start()
+    assert not ended.wait(0.5)  # (it is starting: resolving, dialing or waiting)
+    closed_at = time.monotonic()
+    c.close()
+    assert ended.wait(10)
+    assert time.monotonic() - closed_at < 1.0
+    (err,) = got
+    assert isinstance(err, errors.BadStateError), repr(err)
+    assert err.action is errors.RetryAction.NO_RETRY
+    assert err.request_sent is False
+    assert "closed" in str(err)
 
 
 def test_a_call_that_failed_resolving_says_its_request_was_not_sent(

@@ -115,10 +115,56 @@ def test_child_deadline_is_min_of_parent_and_own() -> None:
 
 def test_nan_deadline_or_timeout_is_rejected() -> None:
     root = Context.background(FakeClock())
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         root.with_timeout(float("nan"))
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         root.with_deadline(float("nan"))
+
+
+@pytest.mark.parametrize("bad", ["5", None, True, False, b"1", [1.0]])
+def test_a_timeout_or_deadline_that_is_not_a_number_is_a_bad_arg(bad: Any) -> None:
+    """Not a number (and a bool, which would be taken as 1 or 0 seconds): the project's
+    BadArgError, as for NaN, never a bare TypeError nor a context of 1 s."""
+    root = Context.background(FakeClock())
+    with pytest.raises(errors.BadArgError, match="must be a number"):
+        root.with_timeout(bad)
+    with pytest.raises(errors.BadArgError, match="must be a number"):
+        root.with_deadline(bad)
+
+
+def test_timeouts_and_deadlines_take_ints_and_floats() -> None:
+    clock = FakeClock(100.0)
+    root = Context.background(clock)
+    assert root.with_timeout(5).deadline == 105.0
+    assert root.with_deadline(7).deadline == 7.0
+    assert root.with_timeout(10**400).deadline == float("inf")  # (beyond a float: never)
+    assert root.with_timeout(-(10**400)).done()
+    assert root.with_deadline(float("inf")).deadline == float("inf")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "x", True, b"1"])
+def test_wait_with_a_bad_timeout_is_a_bad_arg_at_once(bad: Any) -> None:
+    """wait(NaN) once blocked for ever (every comparison with NaN is false) and wait("x")
+    raised a bare TypeError: both are the BadArgError that with_timeout(NaN) raises."""
+    ctx = Context.background().with_cancel()
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            ctx.wait(bad)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(2.0)
+    blocked = waiter.is_alive()
+    assert ctx.wait(0) is False and ctx.wait(0.0) is False  # (numbers still work)
+    ctx.cancel()  # (also ends a wait that blocked, so that nothing outlives the test)
+    waiter.join(2.0)
+    assert not blocked
+    assert raised and isinstance(raised[0], errors.BadArgError), raised
+    assert ctx.wait(1) is True
 
 
 def test_remaining_is_clamped_at_zero() -> None:
