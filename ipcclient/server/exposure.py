@@ -5,9 +5,10 @@ class defines), :class:`Exposed` (an object with an explicit method list, what
 ``Server.serve(obj, methods=[...])`` builds), and :func:`exposed_methods`, the names a server
 dispatches to (computed once per class).
 
-A method is exposed when it is public (its name does not start with ``_``), it is a function
-the class defines (plain, static or class method), and either the method itself or the class
-that defines it is decorated with :func:`expose`. Nothing else of a served object can be
+A method is exposed when it is public (its name does not start with ``_``), it is a method
+the class defines (a function: plain, static or class method; or a callable such as a method
+wrapped by ``functools.lru_cache``, but never a class), and either the method itself or the
+class that defines it is decorated with :func:`expose`. Nothing else of a served object can be
 called remotely: helpers stay Python-only, and so do a class's other attributes (nested
 classes, types held as attributes, properties, whose getters exposure never runs).
 
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 from ipcclient import errors
 
-__all__ = ["Exposed", "expose", "exposed_methods"]
+__all__ = ["Exposed", "expose", "exposed_methods", "is_marked"]
 
 _MARK = "__ipc_exposed__"
 
@@ -83,7 +84,10 @@ def _callable_attribute(obj: Any, name: str) -> bool:
     try:
         static = inspect.getattr_static(obj, name)
     except AttributeError:
-        return False
+        # Not there to see without running code: an object that makes its attributes on
+        # demand (``__getattr__``: a proxy). The name was listed explicitly: ask it.
+        found = getattr(obj, name, None)
+        return callable(found) and not isinstance(found, type)
     if isinstance(static, type | property | functools.cached_property):
         return False
     return callable(getattr(obj, name, None))
@@ -102,19 +106,26 @@ def _marked(value: Any) -> bool:
     return getattr(func, _MARK, False) is True
 
 
-def _is_method(value: Any, *, marked: bool) -> bool:
+def is_marked(method: Any) -> bool:
+    """Whether ``method`` (a function, or a method bound to its object) was itself decorated
+    with :func:`expose`, rather than exposed by the decorator on its class."""
+    return _marked(method)
+
+
+def _is_method(value: Any) -> bool:
     """Whether ``value``, found in a class's own namespace, is a method clients may call: a
-    function (plain, static or class method); or, when it was itself marked with
-    :func:`expose`, any callable that is not a class (a nested class decorated with
-    ``@expose`` exposes its own methods, it is not a method of the outer class). Properties
-    and other attributes never are (and nothing is evaluated to tell)."""
+    function (plain, static or class method), a ``functools.partialmethod``, or another
+    callable that is not a class (a method wrapped by ``functools.lru_cache`` or by a
+    decorator written as a class). A class (nested, or a type held as an attribute; a
+    nested class decorated with ``@expose`` exposes its own methods, not the outer class's)
+    and a property never are, and nothing is evaluated to tell."""
     if isinstance(value, staticmethod | classmethod):
         value = value.__func__
-    if isinstance(value, type | property):
+    if isinstance(value, type | property | functools.cached_property):
         return False
-    if isinstance(value, types.FunctionType):
+    if isinstance(value, types.FunctionType | functools.partialmethod):
         return True
-    return marked and callable(value)
+    return callable(value)
 
 
 def exposed_methods(obj: Any) -> frozenset[str]:
@@ -136,7 +147,7 @@ def exposed_methods(obj: Any) -> frozenset[str]:
             if name in vars(klass):
                 value = vars(klass)[name]
                 marked = _marked(value) and not isinstance(value, type)
-                if _is_method(value, marked=marked) and (marked or vars(klass).get(_MARK) is True):
+                if _is_method(value) and (marked or vars(klass).get(_MARK) is True):
                     names.add(name)
                 break
     result = frozenset(names)

@@ -48,7 +48,7 @@ from ipcclient.server.dispatcher import (
     signature,
     target,
 )
-from ipcclient.server.exposure import Exposed, exposed_methods
+from ipcclient.server.exposure import Exposed, exposed_methods, is_marked
 from ipcclient.server.flows import FlowServing, Found
 from ipcclient.server.options import HEADER_GRACE, HEADER_LIMITS, ServerOptions
 from ipcclient.transport.conn import Connection
@@ -172,9 +172,12 @@ class Server(FlowServing):
 
         Raises:
             BadArgError: ``obj`` exposes no method, ``methods`` names something that is
-                not a public method of ``obj``, or an exposed method can never be called as
+                not a public method of ``obj``, or a method named in ``methods`` or itself
+                decorated with :func:`~ipcclient.expose` can never be called as
                 ``method(call, *args)`` (no parameter for the call, or a keyword-only
                 parameter without a default: see :func:`~ipcclient.server.dispatcher.parameters`).
+                Such a method exposed only by ``@expose`` on its class is logged as a
+                warning instead, and a client calling it gets BadArg.
             BadStateError: the server already serves.
         """
         if methods is not None:
@@ -185,7 +188,15 @@ class Server(FlowServing):
                 "class) with @ipcclient.expose, or pass serve(obj, methods=[...])"
             )
         for name in sorted(exposed_methods(obj)):
-            arity(target(obj), name, find_method(obj, name))
+            method = find_method(obj, name)
+            try:
+                arity(target(obj), name, method)
+            except errors.BadArgError as exc:
+                if methods is not None or is_marked(method):
+                    raise  # (named explicitly: a mistake to say at once)
+                # A public helper of a class decorated with @expose (``close(self)``, say):
+                # the object is served; a client calling it gets BadArg.
+                log.warning("%s; a client calling it gets BadArg", exc)
         self.serve_dispatcher(LeafDispatcher(obj, authorizer))
 
     def serve_dispatcher(self, dispatcher: Dispatcher) -> None:

@@ -4,6 +4,7 @@ explicit ``serve(obj, methods=[...])``; an object that exposes nothing is refuse
 from __future__ import annotations
 
 import functools
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -306,3 +307,73 @@ def test_serve_refuses_a_method_that_cannot_be_called(
             client.call(_ctx(), "/" + ep, "KwOnly", 1)
         (sig,) = client.call(_ctx(), "/" + ep, "__Signature")
         assert [m["name"] for m in sig] == ["KwDefault"]
+
+
+class _Traced:
+    """A decorator written as a class (a descriptor, so it binds like a function)."""
+
+    def __init__(self, f: Callable[..., Any]) -> None:
+        self.f = f
+
+    def __call__(self, *args: Any) -> Any:
+        return self.f(*args)
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else functools.partial(self.f, obj)
+
+
+@expose
+class Wrapped:
+    """Methods a class decorated with @expose defines through wrappers, and a public helper
+    a client cannot call."""
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019  (the instance lives as long as the test)
+    def Square(self, call: ServerCall, n: int) -> int:
+        return n * n
+
+    def _add(self, call: ServerCall, a: int, *, b: int) -> int:
+        return a + b
+
+    Add1 = functools.partialmethod(_add, b=1)
+
+    @_Traced
+    def Logged(self, call: ServerCall, n: int) -> int:
+        return n + 100
+
+    def close(self) -> None:  # (a helper for the process, not for clients)
+        return None
+
+
+class Proxy:
+    """An object that makes its methods on demand."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "Echo":
+            return lambda call, x: x
+        raise AttributeError(name)
+
+
+def test_methods_behind_wrappers_are_exposed_and_a_helper_does_not_stop_serving(
+    make_server: MakeServer,
+    make_client: MakeClient,
+    family: Family,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``@expose`` on a class exposes methods wrapped by ``functools.lru_cache``,
+    ``functools.partialmethod`` or a decorator written as a class (they are methods, not
+    classes or properties); a public helper no client can call (no parameter for the call)
+    is logged, not a reason to refuse the whole object, and a client calling it gets BadArg.
+    A ``methods`` list may name a method an object makes with ``__getattr__``."""
+    caplog.set_level(logging.WARNING, logger="ipcclient.server")
+    _, name = make_server(Wrapped(), AllowEveryone())
+    assert any("method close cannot be served" in r.getMessage() for r in caplog.records)
+    client = make_client()
+    assert client.call(_ctx(), name, "Square", 3) == (9,)
+    assert client.call(_ctx(), name, "Add1", 4) == (5,)
+    assert client.call(_ctx(), name, "Logged", 1) == (101,)
+    with pytest.raises(errors.BadArgError, match="no parameter for the call"):
+        client.call(_ctx(), name, "close")
+    with Server(family.member("proxy")) as proxying:
+        ep = proxying.listen("tcp", "127.0.0.1:0")
+        proxying.serve(Proxy(), AllowEveryone(), methods=["Echo"])
+        assert client.call(_ctx(), "/" + ep, "Echo", 7) == (7,)
