@@ -4,8 +4,8 @@ Owns: :class:`Publisher` — the names a server publishes, the ``Mount`` / ``Unm
 that put its endpoints in the mount table holding each name (found with
 ``namespace.resolve_to_mount_table``), one daemon thread that refreshes every mount at
 ``ttl * refresh_fraction`` (the TTL at most the table's ``MAX_TTL``), short-lived threads
-that call the servers of one table (its replicas) side by side, each call with its own
-deadline, per-name status, and unmounting everything on :meth:`stop`.
+that call the servers of one table (its replicas) side by side, the calls through one server
+sharing one deadline, per-name status, and unmounting everything on :meth:`stop`.
 
 Must not: raise from its thread (errors are logged, recorded in :meth:`Publisher.status` and
 retried at the next refresh), make a call without a deadline, hold its lock across a call,
@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors
@@ -41,6 +41,9 @@ MAX_NAMES = 1024
 """Names one publisher keeps alive (each costs a Mount per server per refresh)."""
 _MAX_WAIT = 3600.0
 """The refresher wakes at least this often (a wait must fit the platform's timeouts)."""
+_SETTLE_CALLS = 3
+"""Calls a lane makes at most to put right one Mount that landed after its server was
+unpublished (Unmount; Mount again if it was published again meanwhile; Unmount ...)."""
 
 
 class MountCaller(Protocol):
@@ -74,7 +77,12 @@ class _Name:
     serves_mount_table: bool
     last_mount: float | None = None
     last_error: str | None = None
-    replace: bool = False  # the flags changed: the next Mounts carry REPLACE
+    # The flags changed: the first Mount at each table carries REPLACE, until that table
+    # has taken it. ``replaced`` holds the tables (mount table servers) that have; it is
+    # shared by the entries that add_name makes while the flags stay the same, and a new
+    # set when they change again. Both are read and written under the publisher's lock.
+    replace: bool = False
+    replaced: set[str] = field(default_factory=set)
 
 
 class Publisher:
@@ -85,9 +93,15 @@ class Publisher:
         namespace: finds the mount table for each name (usually ``client.namespace``).
         ttl: the TTL asked for each mount, in seconds; more than the mount table's
             :data:`~ipcclient.server.mounttable.MAX_TTL` is asked as ``MAX_TTL`` (the table
-            grants no more, so the refreshes must come at least that often).
+            grants no more, so the refreshes must come at least that often). It must not
+            exceed the ``max_ttl`` of the tables it mounts in either: a table built with a
+            lower ``max_ttl`` grants only that, ``Mount`` does not say so, and the name then
+            expires between refreshes with no error in :meth:`status` or the log.
         refresh_fraction: refresh every ``ttl * refresh_fraction`` seconds (0 < f < 1).
-        call_timeout: the deadline of each Mount / Unmount, resolution included.
+        call_timeout: the time the calls through one mount table server share: the Mounts
+            of one name at that table in a refresh (or the Unmounts of one :meth:`stop` or
+            :meth:`remove_name` there) end within it, and the resolution of the name has a
+            ``call_timeout`` of its own.
 
     Raises:
         BadArgError: ``ttl`` or ``call_timeout`` is not a finite number > 0, or
@@ -125,10 +139,11 @@ class Publisher:
     ) -> None:
         """Publish ``servers`` (endpoint strings or rooted names) under ``name``.
 
-        Mounts at once in the calling thread (each call bounded by ``call_timeout``); a
-        failure is logged, shown by :meth:`status` and retried at the next refresh, never
-        raised. Adding a name again replaces its servers (the old ones are unmounted) and
-        its flags (a changed ``serves_mount_table`` is mounted with REPLACE).
+        Mounts at once, through each mount table server side by side (the calls through one
+        together bounded by ``call_timeout``); a failure is logged, shown by :meth:`status`
+        and retried at the next refresh, never raised. Adding a name again replaces its
+        servers (the old ones are unmounted) and its flags (after a change of
+        ``serves_mount_table``, the first Mount each table takes carries REPLACE).
 
         Raises:
             BadArgError: a bad name or server, or too many names.
@@ -149,8 +164,11 @@ class Publisher:
             if old is None and len(self._names) >= MAX_NAMES:
                 raise errors.BadArgError(f"publisher: more than {MAX_NAMES} names")
             smt = bool(serves_mount_table)
-            replace = old is not None and (old.replace or old.serves_mount_table != smt)
-            self._names[name] = _Name(rooted, smt, replace=replace)
+            if old is not None and old.serves_mount_table == smt:
+                new = _Name(rooted, smt, replace=old.replace, replaced=old.replaced)
+            else:  # new, or new flags: every table must take a REPLACE Mount again
+                new = _Name(rooted, smt, replace=old is not None)
+            self._names[name] = new
             self._ensure_thread_locked()
         if old is not None:
             gone = [s for s in old.servers if s not in rooted]
@@ -220,8 +238,15 @@ class Publisher:
 
     def _ensure_thread_locked(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ipc-publisher", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="ipc-publisher", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # (the process is at its thread limit)
+                # The name is still mounted now, by the caller; the next add_name tries
+                # again to start the refresher, and until then nothing refreshes.
+                log.warning("publisher: no thread to refresh the mounts (%s); not refreshed", exc)
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         next_at = time.monotonic() + self._period
@@ -250,9 +275,16 @@ class Publisher:
     def _published(self, name: str, server: str) -> bool:
         """Whether ``server`` is still to be mounted under ``name`` (not removed, replaced or
         stopped since the caller read it)."""
+        return self._published_flags(name, server) is not None
+
+    def _published_flags(self, name: str, server: str) -> int | None:
+        """The flags ``server`` is to be mounted with under ``name`` now, or None when it is
+        not to be mounted (removed, replaced or stopped)."""
         with self._lock:
             entry = self._names.get(name)
-            return not self._stopped and entry is not None and server in entry.servers
+            if self._stopped or entry is None or server not in entry.servers:
+                return None
+            return MT if entry.serves_mount_table else 0
 
     def _ctx(self, deadline: float | None = None, *, stoppable: bool = True) -> CancelContext:
         """A context for one call: ``call_timeout`` from now, at most ``deadline``; cancelled
@@ -279,7 +311,8 @@ class Publisher:
             entry = self._names.get(name)
             if entry is None or self._stopped:
                 return
-            servers, smt, replace = entry.servers, entry.serves_mount_table, entry.replace
+            servers, smt = entry.servers, entry.serves_mount_table
+            replace, replaced = entry.replace, entry.replaced
         flags = MT if smt else 0
         problems: list[str] = []
         try:
@@ -289,11 +322,13 @@ class Publisher:
             problems.append(f"resolving {name!r}: {exc}")
         else:
             # One lane per mount table server, run side by side: a table that does not answer
-            # costs its own calls' deadlines, never the time of the mounts through the others.
+            # costs its own lane's deadline, never the time of the mounts through the others.
             # Within a lane the servers are mounted in order (the table keeps that order).
             lanes = [
-                functools.partial(self._mount_lane, name, target, servers, flags, replace)
-                for _, target in targets
+                functools.partial(
+                    self._mount_lane, name, table, target, servers, flags, replace, replaced
+                )
+                for table, target in targets
             ]
             problems = _run_lanes(lanes)
         error = "; ".join(problems) if problems else None
@@ -313,36 +348,97 @@ class Publisher:
                 current.last_error = error
                 if error is None:
                     current.last_mount = time.monotonic()
-                    current.replace = False
+                    if current.replaced is replaced:  # (the same flags all along)
+                        current.replace = False
 
     def _mount_lane(
-        self, name: str, target: str, servers: Sequence[str], flags: int, replace: bool
+        self,
+        name: str,
+        table: str,
+        target: str,
+        servers: Sequence[str],
+        flags: int,
+        replace: bool,
+        replaced: set[str],
     ) -> list[str]:
-        """Mount each server at one table, each call with its own ``call_timeout``. A server
-        no longer published when its Mount returns (removed, replaced, stopped meanwhile) is
-        unmounted again, so a refresh never leaves behind what :meth:`remove_name` or
-        :meth:`add_name` took away."""
+        """Mount each server at one table (the server ``table``, at ``target``); the Mounts
+        share one ``call_timeout``. A server no longer published when its Mount returns
+        (removed, replaced, stopped meanwhile) is unmounted again, so a refresh never leaves
+        behind what :meth:`remove_name` or :meth:`add_name` took away."""
         problems: list[str] = []
-        for i, server in enumerate(servers):
+        end = time.monotonic() + self._call_timeout
+        for server in servers:
             if not self._published(name, server):
                 continue
-            # A change of flags replaces the name's servers at the first Mount (the table
-            # refuses a Mount whose flags differ from the live servers').
-            f = flags | (REPLACE if replace and i == 0 else 0)
+            if time.monotonic() >= end:
+                problems.append(
+                    f"Mount {server} at {target}: out of time ({self._call_timeout:g}s per table)"
+                )
+                continue
+            # A change of flags replaces the name's servers at the first Mount a table takes
+            # (it refuses a Mount whose flags differ from the live servers'); only once, so
+            # later refreshes do not drop what other processes mounted under the name since.
+            with self._lock:
+                first = replace and table not in replaced
             try:
-                with self._ctx() as ctx:
-                    self._caller.call(ctx, target, "Mount", server, self._ttl, f, options=_OPTS)
+                with self._ctx(end) as ctx:
+                    self._caller.call(
+                        ctx,
+                        target,
+                        "Mount",
+                        server,
+                        self._ttl,
+                        flags | (REPLACE if first else 0),
+                        options=_OPTS,
+                    )
             except errors.IPCError as exc:
                 problems.append(f"Mount {server} at {target}: {exc}")
                 continue
+            if first:
+                with self._lock:
+                    replaced.add(table)
             if not self._published(name, server):
                 log.debug("publisher: %s was unpublished during its Mount at %s", server, target)
+                problems.extend(self._undo_late_mount(name, target, server))
+        return problems
+
+    def _undo_late_mount(self, name: str, target: str, server: str) -> list[str]:
+        """Unmount ``server``, whose Mount at ``target`` landed after it was unpublished. If
+        it is published again by the time the Unmount returns (an :meth:`add_name` whose own
+        Mount may have landed before this Unmount), mount it again, and so on: at most
+        :data:`_SETTLE_CALLS` calls, each with its own ``call_timeout``."""
+        mounted = True
+        for _ in range(_SETTLE_CALLS):
+            flags = self._published_flags(name, server)
+            if (flags is not None) == mounted:
+                return []
+            if flags is None:
                 try:
                     with self._ctx(stoppable=False) as ctx:
                         self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
                 except errors.IPCError as exc:
                     log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
-        return problems
+                    return []
+                mounted = False
+            else:
+                try:
+                    with self._ctx() as ctx:
+                        self._caller.call(
+                            ctx, target, "Mount", server, self._ttl, flags, options=_OPTS
+                        )
+                except errors.IPCError as exc:
+                    return [f"Mount {server} at {target}: {exc}"]
+                mounted = True
+        if (self._published_flags(name, server) is not None) != mounted:
+            log.warning(
+                "publisher: %s under %r kept being published and unpublished during its Mount "
+                "at %s; it is %s there until the next refresh or its TTL",
+                server,
+                name,
+                target,
+                "mounted" if mounted else "not mounted",
+            )
+        return []
 
     def _unmount(
         self,
@@ -351,7 +447,8 @@ class Publisher:
         deadline: float | None = None,
     ) -> None:
         """Unmount ``(name, servers)`` pairs: one lane per mount table server, side by side,
-        each call with its own ``call_timeout`` (never past ``deadline``). Errors are logged."""
+        the calls of a lane sharing one ``call_timeout`` (never past ``deadline``). Errors are
+        logged."""
         lanes: dict[str, list[tuple[str, str]]] = {}
         for name, servers in todo:
             try:
@@ -364,12 +461,15 @@ class Publisher:
                 lanes.setdefault(table, []).extend((target, s) for s in servers)
 
         def lane(calls: list[tuple[str, str]]) -> list[str]:
+            end = time.monotonic() + self._call_timeout
+            if deadline is not None:
+                end = min(end, deadline)
             for target, server in calls:
-                if deadline is not None and time.monotonic() >= deadline:
+                if time.monotonic() >= end:
                     log.warning("publisher: out of time unmounting at %s", target)
                     break
                 try:
-                    with self._ctx(deadline, stoppable=False) as ctx:
+                    with self._ctx(end, stoppable=False) as ctx:
                         self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
                 except errors.IPCError as exc:
                     log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
@@ -380,8 +480,9 @@ class Publisher:
 
 def _run_lanes(lanes: Sequence[Callable[[], list[str]]]) -> list[str]:
     """Run each lane (the first in the calling thread, the others in threads of their own),
-    wait for all, and return their problems in lane order. Every call in a lane has a
-    deadline, so the wait is bounded."""
+    wait for all, and return their problems in lane order. A lane whose thread cannot start
+    (the process is at its thread limit) runs in the calling thread after the first. Every
+    lane has a deadline, so the wait is bounded."""
     results: list[list[str]] = [[] for _ in lanes]
 
     def run(i: int) -> None:
@@ -391,14 +492,21 @@ def _run_lanes(lanes: Sequence[Callable[[], list[str]]]) -> list[str]:
             log.exception("publisher: a mount lane failed")
             results[i] = [f"{type(exc).__name__}: {exc}"]
 
-    threads = [
-        threading.Thread(target=run, args=(i,), name="ipc-publisher-lane", daemon=True)
-        for i in range(1, len(lanes))
-    ]
-    for t in threads:
-        t.start()
+    threads: list[threading.Thread] = []
+    inline: list[int] = []
+    for i in range(1, len(lanes)):
+        t = threading.Thread(target=run, args=(i,), name="ipc-publisher-lane", daemon=True)
+        try:
+            t.start()
+        except RuntimeError as exc:  # can't start new thread
+            log.debug("publisher: running a lane in the calling thread: %s", exc)
+            inline.append(i)
+        else:
+            threads.append(t)
     if lanes:
         run(0)
+    for i in inline:
+        run(i)
     for t in threads:
         t.join()
     return [p for r in results for p in r]

@@ -18,8 +18,9 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.options import CallOption, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
-from ipcclient.server.mounttable import MAX_TTL, MountTable
+from ipcclient.server.mounttable import MAX_TTL, MT, MountTable
 from ipcclient.server.publisher import Publisher
+from tests.conftest import refuse_threads
 from tests.rpc.test_mounttable import Family, Label, at, client_for, ctx, serving, wait_until
 
 
@@ -334,3 +335,172 @@ def test_add_name_changes_the_flags_of_a_published_name(
         assert wire["serves_mount_table"] is smt
         assert [s["server"] for s in wire["servers"]] == [svc]
         assert pub.status()["svc"].last_error is None
+
+
+class _GatedCaller:
+    """Forwards to a client; the first Mount and the first Unmount made from the thread named
+    ``thread`` each wait until the test lets them go (a mount table slow to answer), so the
+    test can change the publisher between a call's start and its answer."""
+
+    def __init__(self, client: Client, thread: str) -> None:
+        self.client = client
+        self.thread = thread
+        self.reached = {"Mount": threading.Event(), "Unmount": threading.Event()}
+        self.release = {"Mount": threading.Event(), "Unmount": threading.Event()}
+
+    def call(
+        self, c: Context, name: str, method: str, *args: Any, options: Sequence[CallOption] = ()
+    ) -> tuple[Any, ...]:
+        if threading.current_thread().name == self.thread and method in self.reached:
+            self.reached[method].set()
+            self.release[method].wait(5.0)
+        return self.client.call(c, name, method, *args, options=options)
+
+
+def test_the_undo_of_a_late_mount_keeps_a_server_published_again(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    # A refresh's Mount lands after remove_name, so the refresh unmounts it again; while that
+    # Unmount is in flight, add_name publishes the same server once more and mounts it. The
+    # undo lands after that Mount: the refresh must see the server is published and mount it
+    # again, not leave the name published and unmounted until the next refresh.
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("A"))
+    client = client_for(stack, family.member("client"), mt)
+    caller = _GatedCaller(client, "test-refresh")
+    pub = Publisher(caller, client.namespace, ttl=60.0)  # (no refresh of its own meanwhile)
+    stack.callback(pub.stop)
+
+    pub.add_name("svc", [svc])
+    refresh = threading.Thread(target=pub.refresh_now, name="test-refresh", daemon=True)
+    refresh.start()
+    assert caller.reached["Mount"].wait(5.0)  # the refresh's Mount is in flight
+    pub.remove_name("svc")
+    assert _servers(client, mt, "svc") == []
+    caller.release["Mount"].set()  # it lands after the Unmount ...
+    assert caller.reached["Unmount"].wait(5.0)  # ... and the refresh is undoing it
+    assert _servers(client, mt, "svc") == [svc]
+    pub.add_name("svc", [svc])  # published again meanwhile, and mounted
+    assert _servers(client, mt, "svc") == [svc]
+    caller.release["Unmount"].set()  # the undo lands after add_name's Mount
+    refresh.join(5.0)
+    assert not refresh.is_alive()
+    assert _servers(client, mt, "svc") == [svc]
+    assert pub.names() == ["svc"]
+    assert pub.status()["svc"].last_error is None
+
+
+def test_a_change_of_flags_replaces_once_per_table(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    # Two replicas; the second refuses this publisher's Mounts for now. After a change of
+    # serves_mount_table, the live one takes the REPLACE Mount once: the refreshes after it
+    # do not wipe the name there again (evicting what another process mounted under it),
+    # however long the other replica keeps failing.
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    refusing = MountTable(mount_patterns=("root:admin",))
+    _, mt2 = serving(stack, family.member("mt2"), table=refusing)
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    _, svc2 = serving(stack, family.member("server2"), Label("q"))
+    client = client_for(stack, family.member("client"), mt, mt2)
+    other = client_for(stack, family.member("other"))
+    pub = _publisher(stack, client, ttl=60.0)
+
+    def flags_at(table: str) -> bool:
+        (wire,) = client.call(ctx(), at(table, "svc"), "ResolveStep", options=(NoRetry(),))
+        return bool(wire["serves_mount_table"])
+
+    pub.add_name("svc", [svc])
+    pub.add_name("svc", [svc], serves_mount_table=True)  # REPLACE at mt; mt2 refuses
+    assert flags_at(mt) is True and _servers(client, mt, "svc") == [svc]
+    error = pub.status()["svc"].last_error
+    assert error is not None and mt2 in error and mt not in error.replace(mt2, "")
+    # Another process mounts under the same name with the same flags.
+    other.call(ctx(), at(mt, "svc"), "Mount", svc2, 60.0, MT, options=(NoRetry(),))
+    for _ in range(2):
+        pub.refresh_now()  # mt2 still refuses: the name is not done replacing there
+        assert _servers(client, mt, "svc") == [svc, svc2]
+    assert pub.status()["svc"].last_error is not None
+
+    # Changing the flags again starts over: every table takes a REPLACE Mount once more.
+    pub.add_name("svc", [svc], serves_mount_table=False)
+    assert flags_at(mt) is False and _servers(client, mt, "svc") == [svc]
+    refusing.set_access(mount_patterns=("...",), resolve_patterns=("...",))
+    pub.refresh_now()
+    assert pub.status()["svc"].last_error is None
+    assert flags_at(mt2) is False and _servers(client, mt2, "svc") == [svc]
+    other.call(ctx(), at(mt, "svc"), "Mount", svc2, 60.0, 0, options=(NoRetry(),))
+    pub.refresh_now()
+    assert _servers(client, mt, "svc") == [svc, svc2]
+
+
+def test_a_lane_whose_thread_cannot_start_runs_in_the_calling_thread(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the process's thread limit the second replica's lane cannot have a thread: it runs
+    # in the calling thread instead, so add_name mounts through both and does not raise,
+    # and stop() still unmounts through both.
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, mt2 = serving(stack, family.member("mt2"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt, mt2)
+    pub = _publisher(stack, client, ttl=60.0)
+    refuse_threads(monkeypatch, "ipc-publisher-lane")
+
+    pub.add_name("svc", [svc])
+    assert _servers(client, mt, "svc") == [svc]
+    assert _servers(client, mt2, "svc") == [svc]
+    assert pub.status()["svc"].last_error is None
+    pub.stop()
+    assert _servers(client, mt, "svc") == []
+    assert _servers(client, mt2, "svc") == []
+
+
+def test_the_mounts_through_one_table_share_one_call_timeout(
+    stack: contextlib.ExitStack, family: Family, silent_table: str
+) -> None:
+    # Three servers, a live replica and a silent one: the silent one's lane costs one
+    # call_timeout in all (not one per server), and the live one keeps all three.
+    _, live = serving(stack, family.member("mt"), table=MountTable())
+    svcs = [serving(stack, family.member(f"server{i}"), Label(str(i)))[1] for i in range(3)]
+    client = client_for(stack, family.member("client"), live, silent_table)
+    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.6)
+
+    start = time.monotonic()
+    pub.add_name("p", svcs)
+    assert time.monotonic() - start < 1.4  # (one call_timeout per server would be 1.8 s)
+    assert _servers(client, live, "p") == svcs
+    error = pub.status()["p"].last_error
+    assert error is not None and silent_table in error and live not in error
+
+    start = time.monotonic()
+    pub.refresh_now()
+    assert time.monotonic() - start < 1.4
+    assert _servers(client, live, "p") == svcs
+
+    start = time.monotonic()
+    pub.remove_name("p")
+    assert time.monotonic() - start < 1.4
+    assert _servers(client, live, "p") == []
+
+
+def test_a_refresher_that_cannot_start_fails_nothing_and_starts_later(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the process's thread limit the refresher cannot start: add_name still mounts (it
+    # raised RuntimeError, and stop() then failed joining the unstarted thread), the next
+    # add_name starts the refresher, and stop() unmounts.
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=60.0)
+    refuse_threads(monkeypatch, "ipc-publisher")
+    pub.add_name("svc", [svc])
+    assert _servers(client, mt, "svc") == [svc]
+    assert pub._thread is None
+    monkeypatch.undo()
+    pub.add_name("other", [svc])
+    assert pub._thread is not None and pub._thread.is_alive()
+    pub.stop()
+    assert _servers(client, mt, "svc") == []
+    assert _servers(client, mt, "other") == []
