@@ -165,7 +165,7 @@ class Call:
 
     def close_send(self) -> None:
         """Tell the server no more items follow. Idempotent: once the send side is closed
-        (by this, or by :meth:`finish`), it returns.
+        (by this, or by :meth:`finish`), it returns, unless the call has failed since (below).
 
         When the server has already answered (its reply ended, or it failed the call) there
         is nothing left to tell it: this returns and the reply is read by :meth:`recv` /
@@ -178,18 +178,19 @@ class Call:
             ConnectionFailedError: the call ended (its VC broke).
         """
         with self._lock:
-            if self._send_closed:
-                return
+            already = self._send_closed
             self._send_closed = True
             ended = self._ended
         if ended:
-            # Cancelled, past its deadline or broken: say so (the failure is explicit). Not
-            # when the server ended the call (recv met its error): finish says how.
+            # Cancelled, past its deadline or broken: say so (the failure is explicit), each
+            # time. Not when the server ended the call (recv met its error): finish says how.
             failed = self._cancel_error
             if failed is None and self._response is None:
                 failed = self._end_error
             if failed is not None:
                 raise failed.with_context(request_sent=True)
+            return
+        if already:
             return
         flow = self._stream.flow
         try:

@@ -32,6 +32,7 @@ from ipcclient.client import plan as _plan
 from ipcclient.client.plan import CallPlan, Route, keep_plan
 from ipcclient.client.request import (
     check_call,
+    check_names,
     check_options,
     encode_request_header,
     write_request,
@@ -471,6 +472,7 @@ class Client:
             )
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
+                check_names(suffix, method)
                 head = encode_request_header(
                     suffix,
                     method,

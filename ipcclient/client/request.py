@@ -3,7 +3,7 @@
 Owns: :func:`check_call` (a call's arguments and options, checked before anything is
 done), :func:`encode_request_header`, the one way the client encodes a request header (the
 usual header is laid out directly, the same bytes the codec writes for that map; any other
-through ``Request.to_wire()``; either way no longer than a server takes), and
+through ``Request.to_wire()``), :func:`check_names` (names no server takes), and
 :func:`write_request`, which writes header, args and end and says whether anything reached
 the wire.
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipcclient import errors
-from ipcclient.headers import Request, TraceContext, encode_request_message
+from ipcclient.headers import MAX_NAME_LEN, Request, TraceContext, encode_request_message
 from ipcclient.options import CallOption, NoRetry, RetryTimeout, ServerPublicKey, find_all, find_one
 from ipcclient.security.blessings import Blessings
 from ipcclient.security.discharges import Discharge
@@ -89,13 +89,21 @@ def check_call(name: object, method: object, args: object, options: object) -> b
     return no_retry
 
 
-MAX_REQUEST_HEADER = 64 * 1024
-"""The longest request header (its CBOR body) a server takes by default (its
-``ServerOptions.header_limits``, docs/limits.md): a longer one (a method name or a name
-suffix of many KiB) is refused here, before a byte is written, rather than sent and reset."""
+def check_names(suffix: str, method: str) -> None:
+    """Refuse, before anything is written, a method name or a name suffix longer than any
+    server takes (:data:`~ipcclient.headers.MAX_NAME_LEN` characters: a server resets such
+    a request as a protocol error). (The general path only: a call plan, which the fast path
+    reuses, is made after this check.)
 
-_MAX_HEADER_MESSAGE = 4 + MAX_REQUEST_HEADER
-"""The same, for the message with its 4-byte length prefix (what the encoder returns)."""
+    Raises:
+        BadArgError: a name is too long (``request_sent`` False); it is measured, not quoted.
+    """
+    if len(method) > MAX_NAME_LEN or len(suffix) > MAX_NAME_LEN:
+        raise errors.BadArgError(
+            f"client: the method name is {len(method)} characters and the name's suffix "
+            f"{len(suffix)}; a server takes at most {MAX_NAME_LEN} each",
+            request_sent=False,
+        )
 
 
 def encode_request_header(
@@ -112,14 +120,12 @@ def encode_request_header(
     """The request header of a call, as one message (length prefix included).
 
     Raises:
-        BadArgError: a name, the granted blessings or the discharges cannot be encoded, or
-            the header would be over :data:`MAX_REQUEST_HEADER` (``request_sent`` False).
+        BadArgError: a name, the granted blessings or the discharges cannot be encoded
+            (``request_sent`` False).
     """
     if granted is None and not discharges:
         head = encode_request_message(suffix, method, nargs, deadline, trace_id, span_id, flags)
         if head is not None:
-            if len(head) > _MAX_HEADER_MESSAGE:
-                raise _header_too_long(suffix, method, len(head))
             return head
     request = Request(
         suffix=suffix,
@@ -131,23 +137,9 @@ def encode_request_header(
         trace=TraceContext(trace_id, span_id, flags),
     )
     try:
-        head = encode_messages(request.to_wire())
+        return encode_messages(request.to_wire())
     except errors.BadArgError as exc:
         raise exc.with_context(request_sent=False) from None
-    if len(head) > _MAX_HEADER_MESSAGE:
-        raise _header_too_long(suffix, method, len(head))
-    return head
-
-
-def _header_too_long(suffix: object, method: object, size: int) -> errors.BadArgError:
-    """The error for a request header over :data:`MAX_REQUEST_HEADER` (its names are
-    measured, not quoted: they may be megabytes)."""
-    return errors.BadArgError(
-        f"client: the request header would be {size - 4} bytes, over the {MAX_REQUEST_HEADER} "
-        f"a server takes (the method name is {len(str(method))} characters, the name's suffix "
-        f"{len(str(suffix))}): use shorter names",
-        request_sent=False,
-    )
 
 
 END_STREAM_MESSAGE = encode_messages(Request(end_stream_args=True).to_wire())

@@ -233,7 +233,9 @@ class Server(FlowServing):
             listeners = list(self._listeners)
         return [c for lst in listeners for c in lst.connections]
 
-    def stop(self, timeout: float = 5.0, *, grace: float = 0.0) -> None:
+    # (The seconds are typed Any: this checks them itself, so that in the compiled build too
+    # a wrong type is a BadArgError, not the TypeError of a compiled function's boundary.)
+    def stop(self, timeout: Any = 5.0, *, grace: Any = 0.0) -> None:
         """Stop: no new calls (new ones are refused with CanceledError) and no new VCs; the
         published names are unmounted; calls in flight get up to ``grace`` seconds to finish,
         then the rest are cancelled (their clients see Canceled or a broken VC); VCs close;

@@ -357,11 +357,11 @@ def test_an_argument_over_the_limits_is_refused_before_sending(
 
 @pytest.mark.parametrize(
     ("method", "suffix"),
-    [("E" * (100 * 1024), ""), ("E" * (5 * 1024 * 1024), ""), ("Echo", "a" * (100 * 1024))],
-    ids=["100KiB-method", "5MiB-method", "100KiB-suffix"],
+    [("E" * 4097, ""), ("E" * (5 * 1024 * 1024), ""), ("Echo", "a" * 4097)],
+    ids=["4097-method", "5MiB-method", "4097-suffix"],
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["call", "start_call"])
-def test_a_method_or_suffix_over_the_header_limit_is_refused_before_sending(
+def test_a_method_or_suffix_longer_than_a_server_takes_is_refused_before_sending(
     stack: contextlib.ExitStack,
     family: Family,
     monkeypatch: pytest.MonkeyPatch,
@@ -369,10 +369,9 @@ def test_a_method_or_suffix_over_the_header_limit_is_refused_before_sending(
     suffix: str,
     fast: bool,
 ) -> None:
-    """A request header over the 64 KiB a server takes (docs/limits.md) is the caller's
-    BadArgError, found from the length of the header the client encodes anyway, before a
-    byte is written (it was once sent, 5 MiB of it, and the server's refusal came back as
-    a BadProtocolError with request_sent True)."""
+    """A method name or name suffix longer than the 4,096 characters every server takes
+    (MAX_NAME_LEN) is the caller's BadArgError before a byte is written (it was sent, 5 MiB
+    of it, and the server's reset came back as a BadProtocolError with request_sent True)."""
     svc = Svc()
     name = serve(stack, family, svc)
     c = client(stack, family)
@@ -386,7 +385,7 @@ def test_a_method_or_suffix_over_the_header_limit_is_refused_before_sending(
 
     monkeypatch.setattr(Flow, "write", write)
     target = name + "/" + suffix if suffix else name
-    with pytest.raises(errors.BadArgError, match="request header") as info:
+    with pytest.raises(errors.BadArgError, match="takes at most 4096") as info:
         if fast:
             c.call(ctx(), target, method, 1)
         else:
@@ -662,15 +661,17 @@ def test_a_call_that_finish_cancelled_for_unread_results_hands_out_none(
         list(call)
     with pytest.raises(errors.BadStateError):
         call.finish()
-    call.close_send()  # (the send side was closed by finish: nothing to say)
+    with pytest.raises(errors.CanceledError):
+        call.close_send()  # (cancelled by finish, as recv says)
 
 
 def test_close_send_after_a_cancel_or_the_deadline_says_so(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
-    """close_send once the call was cancelled, or its deadline passed, raises that error (it
-    once returned as if the end of the request had gone out); once the send side is closed
-    it returns, and so it does when the server already ended the call."""
+    """close_send once the call was cancelled, or its deadline passed, raises that error, each
+    time (it once returned as if the end of the request had gone out); on a call going on,
+    once the send side is closed it returns, and so it does when the server already ended
+    the call."""
     name = serve(stack, family, Svc())
     c = client(stack, family)
     call = c.start_call(ctx(), name, "Count")
@@ -679,7 +680,8 @@ def test_close_send_after_a_cancel_or_the_deadline_says_so(
     with pytest.raises(errors.CanceledError) as cancelled:
         call.close_send()
     assert cancelled.value.request_sent is True
-    call.close_send()  # (idempotent: the send side is closed)
+    with pytest.raises(errors.CanceledError):
+        call.close_send()  # (each time: the second returned as if all were well)
 
     call = c.start_call(ctx(0.3), name, "Count")
     threading.Event().wait(0.5)
