@@ -6,8 +6,9 @@ class defines), :class:`Exposed` (an object with an explicit method list, what
 dispatches to (computed once per class).
 
 A method is exposed when it is public (its name does not start with ``_``), it is a method
-the class defines (a function: plain, static or class method; or a callable such as a method
-wrapped by ``functools.lru_cache``, but never a class), and either the method itself or the
+the class defines (a function: plain, static or class method; or a callable that binds like
+one, such as a method wrapped by ``functools.lru_cache``; never a class, nor a callable
+object the class merely holds), and either the method itself or the
 class that defines it is decorated with :func:`expose`. Nothing else of a served object can be
 called remotely: helpers stay Python-only, and so do a class's other attributes (nested
 classes, types held as attributes, properties, whose getters exposure never runs).
@@ -86,7 +87,13 @@ def _callable_attribute(obj: Any, name: str) -> bool:
     except AttributeError:
         # Not there to see without running code: an object that makes its attributes on
         # demand (``__getattr__``: a proxy). The name was listed explicitly: ask it.
-        found = getattr(obj, name, None)
+        try:
+            found = getattr(obj, name, None)
+        except Exception as exc:  # (the proxy's own failure: its backend is down, say)
+            raise errors.BadArgError(
+                f"server: looking up {name!r} on {type(obj).__name__} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return callable(found) and not isinstance(found, type)
     if isinstance(static, type | property | functools.cached_property):
         return False
@@ -115,17 +122,22 @@ def is_marked(method: Any) -> bool:
 def _is_method(value: Any) -> bool:
     """Whether ``value``, found in a class's own namespace, is a method clients may call: a
     function (plain, static or class method), a ``functools.partialmethod``, or another
-    callable that is not a class (a method wrapped by ``functools.lru_cache`` or by a
-    decorator written as a class). A class (nested, or a type held as an attribute; a
-    nested class decorated with ``@expose`` exposes its own methods, not the outer class's)
-    and a property never are, and nothing is evaluated to tell."""
+    callable that binds like a method (a method wrapped by ``functools.lru_cache``, or by a
+    decorator written as a class with ``__get__``). A class (nested, or a type held as an
+    attribute; a nested class decorated with ``@expose`` exposes its own methods, not the
+    outer class's), a property and a callable object the class merely holds (a
+    ``functools.partial``, a mock, a builtin such as ``print``, another object's bound
+    method) never are, and nothing is evaluated to tell."""
     if isinstance(value, staticmethod | classmethod):
         value = value.__func__
     if isinstance(value, type | property | functools.cached_property):
         return False
     if isinstance(value, types.FunctionType | functools.partialmethod):
         return True
-    return callable(value)
+    # A callable that binds to the object as a method does (its type has ``__get__``): not a
+    # callable object merely held by the class (a partial, a mock, a builtin, another
+    # object's bound method, an instance with ``__call__``), which is no method of it.
+    return callable(value) and hasattr(type(value), "__get__")
 
 
 def exposed_methods(obj: Any) -> frozenset[str]:

@@ -8,6 +8,7 @@ import logging
 import types
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -377,3 +378,55 @@ def test_methods_behind_wrappers_are_exposed_and_a_helper_does_not_stop_serving(
         ep = proxying.listen("tcp", "127.0.0.1:0")
         proxying.serve(Proxy(), AllowEveryone(), methods=["Echo"])
         assert client.call(_ctx(), "/" + ep, "Echo", 7) == (7,)
+
+
+def _wipe(mode: str, call: Any = None) -> str:
+    return f"wiped ({mode})"
+
+
+class _Notifier:
+    def __call__(self, *args: Any) -> str:
+        return "notified"
+
+
+@expose
+class HoldsCallables:
+    """A class decorated with @expose that holds callable objects which are no methods of
+    it: none of them may be called remotely."""
+
+    on_shutdown = functools.partial(_wipe, "hard")
+    notify = _Notifier()
+    emit = print
+    hook = _Notifier().__call__  # (another object's bound method)
+    backend = mock.MagicMock()
+
+    def Get(self, call: ServerCall) -> str:
+        return "got"
+
+
+class BrokenProxy:
+    def __getattr__(self, name: str) -> Any:
+        raise ConnectionRefusedError("the backend is down")
+
+
+def test_callable_objects_a_class_holds_are_not_its_methods(
+    make_server: MakeServer, make_client: MakeClient, family: Family
+) -> None:
+    """Only what binds like a method is one: a partial, a callable instance, a builtin,
+    another object's bound method or a mock held by a class decorated with @expose are not
+    exposed (a client could run ``on_shutdown``). A proxy whose own lookup fails is a
+    BadArgError at serve(), saying why."""
+    obj = HoldsCallables()
+    assert exposed_methods(obj) == {"Get"}
+    _, name = make_server(obj, AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "Get") == ("got",)
+    for method in ("on_shutdown", "notify", "emit", "hook", "backend"):
+        with pytest.raises(errors.UnknownMethodError):
+            client.call(_ctx(), name, method)
+    assert not HoldsCallables.backend.called
+    with (
+        Server(family.member("proxy")) as server,
+        pytest.raises(errors.BadArgError, match="ConnectionRefusedError"),
+    ):
+        server.serve(BrokenProxy(), AllowEveryone(), methods=["Echo"])
