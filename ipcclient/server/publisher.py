@@ -131,6 +131,7 @@ class Publisher:
         self._names: dict[str, _Name] = {}
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._refresher_error: str | None = None  # why the refresher could not start
 
     # -- public API ------------------------------------------------------------------------
 
@@ -191,15 +192,21 @@ class Publisher:
             return list(self._names)
 
     def status(self) -> dict[str, NameStatus]:
-        """Per name: its servers, the last successful mount and the last error."""
+        """Per name: its servers, the last successful mount and the last error (or, while
+        the refresher could not start, that nothing refreshes it)."""
         with self._lock:
+            idle = self._refresher_error
             return {
-                n: NameStatus(e.servers, e.serves_mount_table, e.last_mount, e.last_error)
+                n: NameStatus(e.servers, e.serves_mount_table, e.last_mount, e.last_error or idle)
                 for n, e in self._names.items()
             }
 
     def refresh_now(self) -> None:
-        """Mount every name once more now, in the calling thread."""
+        """Mount every name once more now, in the calling thread (and start the refresher,
+        if it could not start before)."""
+        with self._lock:
+            if self._names and not self._stopped:
+                self._ensure_thread_locked()
         for name in self.names():
             self._refresh(name)
 
@@ -242,11 +249,13 @@ class Publisher:
             try:
                 thread.start()
             except RuntimeError as exc:  # (the process is at its thread limit)
-                # The name is still mounted now, by the caller; the next add_name tries
-                # again to start the refresher, and until then nothing refreshes.
+                # The name is still mounted now, by the caller; status() says nothing
+                # refreshes, and add_name or refresh_now try again to start the refresher.
                 log.warning("publisher: no thread to refresh the mounts (%s); not refreshed", exc)
+                self._refresher_error = f"not refreshed: no thread for the refresher ({exc})"
                 return
             self._thread = thread
+            self._refresher_error = None
 
     def _run(self) -> None:
         next_at = time.monotonic() + self._period
@@ -446,10 +455,10 @@ class Publisher:
         *,
         deadline: float | None = None,
     ) -> None:
-        """Unmount ``(name, servers)`` pairs: one lane per mount table server, side by side,
-        the calls of a lane sharing one ``call_timeout`` (never past ``deadline``). Errors are
-        logged."""
-        lanes: dict[str, list[tuple[str, str]]] = {}
+        """Unmount ``(name, servers)`` pairs: one lane per mount table server, side by side;
+        in a lane, one name's calls share one ``call_timeout`` (never past ``deadline``).
+        Errors are logged."""
+        lanes: dict[str, list[list[tuple[str, str]]]] = {}  # per table, per name: calls
         for name, servers in todo:
             try:
                 with self._ctx(deadline, stoppable=False) as ctx:
@@ -458,21 +467,22 @@ class Publisher:
                 log.warning("publisher: cannot find the mount table of %r: %s", name, exc)
                 continue
             for table, target in targets:
-                lanes.setdefault(table, []).extend((target, s) for s in servers)
+                lanes.setdefault(table, []).append([(target, s) for s in servers])
 
-        def lane(calls: list[tuple[str, str]]) -> list[str]:
-            end = time.monotonic() + self._call_timeout
-            if deadline is not None:
-                end = min(end, deadline)
-            for target, server in calls:
-                if time.monotonic() >= end:
-                    log.warning("publisher: out of time unmounting at %s", target)
-                    break
-                try:
-                    with self._ctx(end, stoppable=False) as ctx:
-                        self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
-                except errors.IPCError as exc:
-                    log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
+        def lane(groups: list[list[tuple[str, str]]]) -> list[str]:
+            for calls in groups:  # (one name's unmounts at this table share one timeout)
+                end = time.monotonic() + self._call_timeout
+                if deadline is not None:
+                    end = min(end, deadline)
+                for target, server in calls:
+                    if time.monotonic() >= end:
+                        log.warning("publisher: out of time unmounting at %s", target)
+                        break
+                    try:
+                        with self._ctx(end, stoppable=False) as ctx:
+                            self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
+                    except errors.IPCError as exc:
+                        log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
             return []
 
         _run_lanes([functools.partial(lane, calls) for calls in lanes.values()])

@@ -8,6 +8,7 @@ import math
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -488,8 +489,9 @@ def test_a_refresher_that_cannot_start_fails_nothing_and_starts_later(
     stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # At the process's thread limit the refresher cannot start: add_name still mounts (it
-    # raised RuntimeError, and stop() then failed joining the unstarted thread), the next
-    # add_name starts the refresher, and stop() unmounts.
+    # raised RuntimeError, and stop() then failed joining the unstarted thread), status()
+    # says the name is not refreshed, refresh_now (or add_name) starts the refresher, and
+    # stop() unmounts.
     _, mt = serving(stack, family.member("mt"), table=MountTable())
     _, svc = serving(stack, family.member("server"), Label("p"))
     client = client_for(stack, family.member("client"), mt)
@@ -498,9 +500,37 @@ def test_a_refresher_that_cannot_start_fails_nothing_and_starts_later(
     pub.add_name("svc", [svc])
     assert _servers(client, mt, "svc") == [svc]
     assert pub._thread is None
+    error = pub.status()["svc"].last_error  # (it said nothing while the name expired)
+    assert error is not None and "not refreshed" in error
     monkeypatch.undo()
-    pub.add_name("other", [svc])
+    pub.refresh_now()  # (tries the refresher again)
     assert pub._thread is not None and pub._thread.is_alive()
+    assert pub.status()["svc"].last_error is None
+    pub.add_name("other", [svc])
     pub.stop()
     assert _servers(client, mt, "svc") == []
     assert _servers(client, mt, "other") == []
+
+
+def test_stop_unmounts_many_names_through_one_table(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    # The unmounts of stop() share call_timeout per name at each table, not across every
+    # name (many names on one healthy table were left mounted once call_timeout had passed).
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt)
+    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.5)
+    names = [f"n{i}" for i in range(40)]
+    for name in names:
+        pub.add_name(name, [svc])
+    slow = client.call
+
+    def slower(ctx: Any, name: str, method: str, *args: Any, **kw: Any) -> Any:
+        if method == "Unmount":
+            time.sleep(0.05)  # (40 x 50 ms: far past one call_timeout, well within stop's)
+        return slow(ctx, name, method, *args, **kw)
+
+    pub._caller = types.SimpleNamespace(call=slower)
+    pub.stop(timeout=20)
+    assert all(_servers(client, mt, name) == [] for name in names)
