@@ -6,9 +6,9 @@ class defines), :class:`Exposed` (an object with an explicit method list, what
 dispatches to (computed once per class).
 
 A method is exposed when it is public (its name does not start with ``_``), it is a method
-the class defines (a function: plain, static or class method; or a callable that binds like
-one, such as a method wrapped by ``functools.lru_cache``; never a class, nor a callable
-object the class merely holds), and either the method itself or the
+the class defines (a function written in the class body, or a wrapper of one such as
+``functools.lru_cache``; a static or class method; never a class, nor a callable the class
+merely holds: see :func:`_is_method`), and either the method itself or the
 class that defines it is decorated with :func:`expose`. Nothing else of a served object can be
 called remotely: helpers stay Python-only, and so do a class's other attributes (nested
 classes, types held as attributes, properties, whose getters exposure never runs).
@@ -18,6 +18,7 @@ Must not: import the server (the server imports this), do I/O, or start threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
@@ -97,7 +98,14 @@ def _callable_attribute(obj: Any, name: str) -> bool:
         return callable(found) and not isinstance(found, type)
     if isinstance(static, type | property | functools.cached_property):
         return False
-    return callable(getattr(obj, name, None))
+    try:  # (a descriptor of the class may compute the attribute: it was named explicitly)
+        found = getattr(obj, name, None)
+    except Exception as exc:
+        raise errors.BadArgError(
+            f"server: looking up {name!r} on {type(obj).__name__} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return callable(found) and not isinstance(found, type)
 
 
 _CACHE: dict[type, frozenset[str]] = {}
@@ -119,25 +127,37 @@ def is_marked(method: Any) -> bool:
     return _marked(method)
 
 
-def _is_method(value: Any) -> bool:
-    """Whether ``value``, found in a class's own namespace, is a method clients may call: a
-    function (plain, static or class method), a ``functools.partialmethod``, or another
-    callable that binds like a method (a method wrapped by ``functools.lru_cache``, or by a
-    decorator written as a class with ``__get__``). A class (nested, or a type held as an
-    attribute; a nested class decorated with ``@expose`` exposes its own methods, not the
-    outer class's), a property and a callable object the class merely holds (a
-    ``functools.partial``, a mock, a builtin such as ``print``, another object's bound
-    method) never are, and nothing is evaluated to tell."""
-    if isinstance(value, staticmethod | classmethod):
-        value = value.__func__
+def _is_method(value: Any, klass: type, *, marked: bool) -> bool:
+    """Whether ``value``, found in ``klass``'s own namespace, is a method of it clients may
+    call. Nothing is evaluated to tell.
+
+    - A static or class method (an explicit declaration: whatever callable it wraps, a
+      ``functools.partial`` say) or a ``functools.partialmethod`` is.
+    - A function is, when it was written in the class body (its ``__qualname__`` is inside
+      the class's), and so is a wrapper of such a function (``functools.lru_cache``, a
+      decorator using ``functools.wraps`` or ``update_wrapper``: its ``__wrapped__``).
+    - Nothing else is, unless ``marked`` (decorated with :func:`expose` itself): not a
+      class (nested, or a type held as an attribute; a nested class decorated with
+      ``@expose`` exposes its own methods, not the outer class's), a property, nor a
+      callable the class merely holds (a function written elsewhere, such as a dataclass
+      field's default, a ``functools.partial``, a mock, a builtin such as ``print``,
+      another object's bound method, an instance with ``__call__``)."""
     if isinstance(value, type | property | functools.cached_property):
         return False
-    if isinstance(value, types.FunctionType | functools.partialmethod):
+    if isinstance(value, staticmethod | classmethod):
+        return callable(value.__func__) and not isinstance(value.__func__, type)
+    if isinstance(value, functools.partialmethod):
         return True
-    # A callable that binds to the object as a method does (its type has ``__get__``): not a
-    # callable object merely held by the class (a partial, a mock, a builtin, another
-    # object's bound method, an instance with ``__call__``), which is no method of it.
-    return callable(value) and hasattr(type(value), "__get__")
+    if not callable(value):
+        return False
+    if marked:
+        return True
+    func = value
+    with contextlib.suppress(ValueError):  # (a cycle of __wrapped__: not a method)
+        func = inspect.unwrap(value)
+    if not isinstance(func, types.FunctionType):
+        return False
+    return func.__qualname__.startswith(klass.__qualname__ + ".")
 
 
 def exposed_methods(obj: Any) -> frozenset[str]:
@@ -159,7 +179,9 @@ def exposed_methods(obj: Any) -> frozenset[str]:
             if name in vars(klass):
                 value = vars(klass)[name]
                 marked = _marked(value) and not isinstance(value, type)
-                if _is_method(value) and (marked or vars(klass).get(_MARK) is True):
+                if _is_method(value, klass, marked=marked) and (
+                    marked or vars(klass).get(_MARK) is True
+                ):
                     names.add(name)
                 break
     result = frozenset(names)

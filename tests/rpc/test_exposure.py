@@ -3,6 +3,7 @@ explicit ``serve(obj, methods=[...])``; an object that exposes nothing is refuse
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import types
@@ -311,10 +312,12 @@ def test_serve_refuses_a_method_that_cannot_be_called(
 
 
 class _Traced:
-    """A decorator written as a class (a descriptor, so it binds like a function)."""
+    """A decorator written as a class (a descriptor, so it binds like a function; it names
+    what it wraps, as ``functools.update_wrapper`` does)."""
 
     def __init__(self, f: Callable[..., Any]) -> None:
         self.f = f
+        functools.update_wrapper(self, f)
 
     def __call__(self, *args: Any) -> Any:
         return self.f(*args)
@@ -344,6 +347,8 @@ class Wrapped:
     def close(self) -> None:  # (a helper for the process, not for clients)
         return None
 
+    Ping = staticmethod(functools.partial(lambda word, call: word, "pong"))
+
 
 class Proxy:
     """An object that makes its methods on demand."""
@@ -372,6 +377,7 @@ def test_methods_behind_wrappers_are_exposed_and_a_helper_does_not_stop_serving(
     assert client.call(_ctx(), name, "Square", 3) == (9,)
     assert client.call(_ctx(), name, "Add1", 4) == (5,)
     assert client.call(_ctx(), name, "Logged", 1) == (101,)
+    assert client.call(_ctx(), name, "Ping") == ("pong",)  # (a static method: declared)
     with pytest.raises(errors.BadArgError, match="no parameter for the call"):
         client.call(_ctx(), name, "close")
     with Server(family.member("proxy")) as proxying:
@@ -404,6 +410,33 @@ class HoldsCallables:
         return "got"
 
 
+def _default_hook(call: Any = None) -> str:
+    return "default"
+
+
+@expose
+@dataclasses.dataclass
+class Job:
+    """A dataclass whose field's default is a function: a value of the instance, not a
+    method of the class (the instance may hold any callable there)."""
+
+    on_done: Callable[..., Any] = _default_hook
+
+    def Run(self, call: ServerCall) -> str:
+        return "ran"
+
+
+class _Lazy:
+    """A descriptor that computes its value (and here fails, as a lazy connection may)."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        raise ConnectionRefusedError("the backend is down")
+
+
+class LazyHolder:
+    Echo = _Lazy()
+
+
 class BrokenProxy:
     def __getattr__(self, name: str) -> Any:
         raise ConnectionRefusedError("the backend is down")
@@ -412,10 +445,11 @@ class BrokenProxy:
 def test_callable_objects_a_class_holds_are_not_its_methods(
     make_server: MakeServer, make_client: MakeClient, family: Family
 ) -> None:
-    """Only what binds like a method is one: a partial, a callable instance, a builtin,
-    another object's bound method or a mock held by a class decorated with @expose are not
-    exposed (a client could run ``on_shutdown``). A proxy whose own lookup fails is a
-    BadArgError at serve(), saying why."""
+    """A partial, a callable instance, a builtin, another object's bound method or a mock
+    held by a class decorated with @expose are not its methods and are not exposed (a
+    client could run ``on_shutdown``), nor is a dataclass field whose default is a function
+    (a client ran the callable the instance was built with). A proxy or a descriptor whose
+    own lookup fails is a BadArgError at serve(), saying why."""
     obj = HoldsCallables()
     assert exposed_methods(obj) == {"Get"}
     _, name = make_server(obj, AllowEveryone())
@@ -425,6 +459,18 @@ def test_callable_objects_a_class_holds_are_not_its_methods(
         with pytest.raises(errors.UnknownMethodError):
             client.call(_ctx(), name, method)
     assert not HoldsCallables.backend.called
+    fired: list[int] = []
+    job = Job(on_done=lambda call=None: fired.append(1))
+    assert exposed_methods(job) == {"Run"}
+    _, job_name = make_server(job, AllowEveryone())
+    with pytest.raises(errors.UnknownMethodError):
+        client.call(_ctx(), job_name, "on_done")
+    assert fired == []
+    with (
+        Server(family.member("lazy")) as server,
+        pytest.raises(errors.BadArgError, match="ConnectionRefusedError"),
+    ):
+        server.serve(LazyHolder(), AllowEveryone(), methods=["Echo"])
     with (
         Server(family.member("proxy")) as server,
         pytest.raises(errors.BadArgError, match="ConnectionRefusedError"),
