@@ -98,10 +98,12 @@ class Publisher:
             lower ``max_ttl`` grants only that, ``Mount`` does not say so, and the name then
             expires between refreshes with no error in :meth:`status` or the log.
         refresh_fraction: refresh every ``ttl * refresh_fraction`` seconds (0 < f < 1).
-        call_timeout: the time the calls through one mount table server share: the Mounts
-            of one name at that table in a refresh (or the Unmounts of one :meth:`stop` or
-            :meth:`remove_name` there) end within it, and the resolution of the name has a
-            ``call_timeout`` of its own.
+        call_timeout: the time the calls of one name through one mount table server
+            share: its Mounts at that table in a refresh (or its Unmounts there, in
+            :meth:`stop` or :meth:`remove_name`) end within it, and the resolution of the
+            name has a ``call_timeout`` of its own. A table that uses up a whole
+            ``call_timeout`` in :meth:`stop` is not asked about the other names (their
+            mounts expire with their TTL).
 
     Raises:
         BadArgError: ``ttl`` or ``call_timeout`` is not a finite number > 0, or
@@ -197,7 +199,12 @@ class Publisher:
         with self._lock:
             idle = self._refresher_error
             return {
-                n: NameStatus(e.servers, e.serves_mount_table, e.last_mount, e.last_error or idle)
+                n: NameStatus(
+                    e.servers,
+                    e.serves_mount_table,
+                    e.last_mount,
+                    "; ".join(m for m in (e.last_error, idle) if m) or None,
+                )
                 for n, e in self._names.items()
             }
 
@@ -476,13 +483,26 @@ class Publisher:
                     end = min(end, deadline)
                 for target, server in calls:
                     if time.monotonic() >= end:
-                        log.warning("publisher: out of time unmounting at %s", target)
-                        break
+                        # The table did not answer within a whole call_timeout: asking it
+                        # about the other names would cost each of them one more.
+                        log.warning(
+                            "publisher: out of time unmounting at %s; the other mounts "
+                            "there expire with their TTL",
+                            target,
+                        )
+                        return []
                     try:
                         with self._ctx(end, stoppable=False) as ctx:
                             self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
                     except errors.IPCError as exc:
                         log.warning("publisher: Unmount %s at %s: %s", server, target, exc)
+                if time.monotonic() >= end:
+                    log.warning(
+                        "publisher: %s took a whole call_timeout; the other mounts there "
+                        "expire with their TTL",
+                        calls[0][0] if calls else "a mount table",
+                    )
+                    return []
             return []
 
         _run_lanes([functools.partial(lane, calls) for calls in lanes.values()])

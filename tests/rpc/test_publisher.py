@@ -534,3 +534,36 @@ def test_stop_unmounts_many_names_through_one_table(
     pub._caller = types.SimpleNamespace(call=slower)
     pub.stop(timeout=20)
     assert all(_servers(client, mt, name) == [] for name in names)
+
+
+def test_stop_gives_up_on_a_table_that_does_not_answer(
+    stack: contextlib.ExitStack, family: Family, silent_table: str
+) -> None:
+    # A replica that does not answer costs stop() one call_timeout, not one per name (each
+    # name's unmounts there waited out a call_timeout of their own); the live one is cleared.
+    _, live = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), live, silent_table)
+    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.3)
+    names = [f"n{i}" for i in range(10)]
+    for name in names:
+        pub.add_name(name, [svc])
+    start = time.monotonic()
+    pub.stop(timeout=20)
+    assert time.monotonic() - start < 1.5  # (one call_timeout per name would be 3 s)
+    assert all(_servers(client, live, name) == [] for name in names)
+
+
+def test_status_says_not_refreshed_beside_a_mount_error(
+    stack: contextlib.ExitStack, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name whose Mount failed while the refresher cannot start shows both: the error, and
+    # that nothing will retry it (it showed the error alone, which promises a retry).
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), "/127.0.0.1:1")  # (nothing there)
+    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.5)
+    refuse_threads(monkeypatch, "ipc-publisher")
+    pub.add_name("svc", [svc])
+    error = pub.status()["svc"].last_error
+    assert error is not None and "not refreshed" in error
+    assert error.index("not refreshed") > 0  # (after the mount's own error)
