@@ -143,9 +143,11 @@ def signature(obj: Any) -> list[dict[str, Any]]:
     method that cannot be called (see :func:`parameters`) is left out."""
     out: list[dict[str, Any]] = []
     for name in sorted(exposed_methods(obj)):
-        method = find_method(obj, name)
         try:
+            method = find_method(obj, name)
             shape = parameters(name, method)
+        except errors.UnknownMethodError:  # (the object's own attribute: not a method)
+            continue
         except errors.BadArgError:  # (it cannot be called: serve() refuses it, calls get BadArg)
             continue
         args, varargs = ([], True) if shape is None else (shape[0], shape[2])
@@ -159,6 +161,12 @@ def find_method(obj: Any, name: str) -> Callable[..., Any]:
     """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object)."""
     if name not in exposed_methods(obj):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
+    if type(obj) is not Exposed:
+        own = getattr(obj, "__dict__", None)
+        if own is not None and name in own:
+            # The object's own attribute (a dataclass field, say), not its class's method:
+            # exposure was decided from the class, and the object may hold anything here.
+            raise errors.UnknownMethodError(f"server: no method {name!r}")
     method = getattr(target(obj), name, None)
     if method is None or not callable(method):
         raise errors.UnknownMethodError(f"server: no method {name!r}")

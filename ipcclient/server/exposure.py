@@ -6,9 +6,10 @@ class defines), :class:`Exposed` (an object with an explicit method list, what
 dispatches to (computed once per class).
 
 A method is exposed when it is public (its name does not start with ``_``), it is a method
-the class defines (a function written in the class body, or a wrapper of one such as
-``functools.lru_cache``; a static or class method; never a class, nor a callable the class
-merely holds: see :func:`_is_method`), and either the method itself or the
+the class defines (a function, a static or class method, or a callable that binds like one,
+such as a method wrapped by ``functools.lru_cache``; never a class, a property, a partial, a
+builtin or another object's bound method: see :func:`_is_method`; nor a name the object
+itself holds), and either the method itself or the
 class that defines it is decorated with :func:`expose`. Nothing else of a served object can be
 called remotely: helpers stay Python-only, and so do a class's other attributes (nested
 classes, types held as attributes, properties, whose getters exposure never runs).
@@ -18,7 +19,6 @@ Must not: import the server (the server imports this), do I/O, or start threads.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import threading
@@ -66,7 +66,10 @@ class Exposed:
     def __init__(self, obj: Any, methods: Iterable[str]) -> None:
         if isinstance(methods, str):
             raise errors.BadArgError("server: methods must be a list of names, not one str")
-        names = frozenset(methods)
+        try:
+            names = frozenset(methods)
+        except TypeError as exc:  # (not iterable, or a name that is not hashable)
+            raise errors.BadArgError(f"server: methods must be a list of names: {exc}") from exc
         if not names:
             raise errors.BadArgError("server: methods=[] exposes nothing")
         for name in names:
@@ -118,7 +121,10 @@ def _public(name: str) -> bool:
 
 def _marked(value: Any) -> bool:
     func = value.__func__ if isinstance(value, staticmethod | classmethod) else value
-    return getattr(func, _MARK, False) is True
+    try:
+        return getattr(func, _MARK, False) is True
+    except Exception:  # (a lazy proxy held by the class fails its lookups: not a method)
+        return False
 
 
 def is_marked(method: Any) -> bool:
@@ -127,37 +133,51 @@ def is_marked(method: Any) -> bool:
     return _marked(method)
 
 
-def _is_method(value: Any, klass: type, *, marked: bool) -> bool:
-    """Whether ``value``, found in ``klass``'s own namespace, is a method of it clients may
+_NOT_METHODS = (
+    type,
+    property,
+    functools.cached_property,
+    functools.partial,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+)
+"""Callables (or not) that a class namespace may hold but that are no methods of the class:
+classes, properties, partials, another object's bound methods and builtins (``print``,
+``os.system``) do not bind to the object as its methods do."""
+
+
+def _is_method(value: Any, *, marked: bool) -> bool:
+    """Whether ``value``, found in a class's own namespace, is a method of it clients may
     call. Nothing is evaluated to tell.
 
-    - A static or class method (an explicit declaration: whatever callable it wraps, a
-      ``functools.partial`` say) or a ``functools.partialmethod`` is.
-    - A function is, when it was written in the class body (its ``__qualname__`` is inside
-      the class's), and so is a wrapper of such a function (``functools.lru_cache``, a
-      decorator using ``functools.wraps`` or ``update_wrapper``: its ``__wrapped__``).
-    - Nothing else is, unless ``marked`` (decorated with :func:`expose` itself): not a
-      class (nested, or a type held as an attribute; a nested class decorated with
-      ``@expose`` exposes its own methods, not the outer class's), a property, nor a
-      callable the class merely holds (a function written elsewhere, such as a dataclass
-      field's default, a ``functools.partial``, a mock, a builtin such as ``print``,
-      another object's bound method, an instance with ``__call__``)."""
-    if isinstance(value, type | property | functools.cached_property):
-        return False
+    - A function is (wherever it was written: one assigned in the class body, from a mixin
+      say, is a method of the class as much as one defined there), and so is a static or
+      class method of anything but a class or a builtin, and a ``functools.partialmethod``.
+    - Another callable is when it binds like a method (its type has ``__get__``: a method
+      wrapped by ``functools.lru_cache``, a decorator written as a class, a compiled
+      method), unless it is one of :data:`_NOT_METHODS`: not a class (nested, or a type
+      held as an attribute; a nested class decorated with ``@expose`` exposes its own
+      methods, not the outer class's), a property, a ``functools.partial``, another
+      object's bound method, a builtin such as ``print``, nor an object with ``__call__``
+      whose type does not bind (a mock).
+    - Marked (decorated with :func:`expose` itself): any callable but a class.
+
+    A name the object itself holds as an attribute is no method whatever its class holds
+    (see :func:`~ipcclient.server.dispatcher.find_method`): a dataclass field's default
+    stays a value."""
     if isinstance(value, staticmethod | classmethod):
-        return callable(value.__func__) and not isinstance(value.__func__, type)
-    if isinstance(value, functools.partialmethod):
+        value = value.__func__
+        if isinstance(value, type | types.BuiltinFunctionType | types.BuiltinMethodType):
+            return False
+        return callable(value)
+    if isinstance(value, types.FunctionType | functools.partialmethod):
         return True
-    if not callable(value):
+    if isinstance(value, type) or not callable(value):
         return False
     if marked:
         return True
-    func = value
-    with contextlib.suppress(ValueError):  # (a cycle of __wrapped__: not a method)
-        func = inspect.unwrap(value)
-    if not isinstance(func, types.FunctionType):
-        return False
-    return func.__qualname__.startswith(klass.__qualname__ + ".")
+    return not isinstance(value, _NOT_METHODS) and hasattr(type(value), "__get__")
 
 
 def exposed_methods(obj: Any) -> frozenset[str]:
@@ -179,9 +199,7 @@ def exposed_methods(obj: Any) -> frozenset[str]:
             if name in vars(klass):
                 value = vars(klass)[name]
                 marked = _marked(value) and not isinstance(value, type)
-                if _is_method(value, klass, marked=marked) and (
-                    marked or vars(klass).get(_MARK) is True
-                ):
+                if _is_method(value, marked=marked) and (marked or vars(klass).get(_MARK) is True):
                     names.add(name)
                 break
     result = frozenset(names)

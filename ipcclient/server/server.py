@@ -188,7 +188,17 @@ class Server(FlowServing):
                 "class) with @ipcclient.expose, or pass serve(obj, methods=[...])"
             )
         for name in sorted(exposed_methods(obj)):
-            method = find_method(obj, name)
+            try:
+                method = find_method(obj, name)
+            except errors.UnknownMethodError:
+                # The object holds an attribute of that name itself (a dataclass field whose
+                # default is a function, say): a value, not a method; clients cannot call it.
+                log.debug(
+                    "server: %s.%s is the object's own attribute: not served",
+                    type(obj).__name__,
+                    name,
+                )
+                continue
             try:
                 arity(target(obj), name, method)
             except errors.BadArgError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import types
 from collections.abc import Callable
 from typing import Any
@@ -403,6 +404,8 @@ class HoldsCallables:
     on_shutdown = functools.partial(_wipe, "hard")
     notify = _Notifier()
     emit = print
+    dump = staticmethod(print)
+    system = staticmethod(os.system)
     hook = _Notifier().__call__  # (another object's bound method)
     backend = mock.MagicMock()
 
@@ -421,6 +424,7 @@ class Job:
     method of the class (the instance may hold any callable there)."""
 
     on_done: Callable[..., Any] = _default_hook
+    on_error: Callable[..., Any] = lambda call=None: "default"
 
     def Run(self, call: ServerCall) -> str:
         return "ran"
@@ -455,17 +459,19 @@ def test_callable_objects_a_class_holds_are_not_its_methods(
     _, name = make_server(obj, AllowEveryone())
     client = make_client()
     assert client.call(_ctx(), name, "Get") == ("got",)
-    for method in ("on_shutdown", "notify", "emit", "hook", "backend"):
+    for method in ("on_shutdown", "notify", "emit", "hook", "backend", "dump", "system"):
         with pytest.raises(errors.UnknownMethodError):
             client.call(_ctx(), name, method)
     assert not HoldsCallables.backend.called
     fired: list[int] = []
-    job = Job(on_done=lambda call=None: fired.append(1))
-    assert exposed_methods(job) == {"Run"}
+    job = Job(on_done=lambda call=None: fired.append(1), on_error=lambda call=None: fired.append(2))
     _, job_name = make_server(job, AllowEveryone())
-    with pytest.raises(errors.UnknownMethodError):
-        client.call(_ctx(), job_name, "on_done")
+    for field in ("on_done", "on_error"):
+        with pytest.raises(errors.UnknownMethodError):
+            client.call(_ctx(), job_name, field)
     assert fired == []
+    (sig,) = client.call(_ctx(), job_name, "__Signature")
+    assert [m["name"] for m in sig] == ["Run"]
     with (
         Server(family.member("lazy")) as server,
         pytest.raises(errors.BadArgError, match="ConnectionRefusedError"),
@@ -476,3 +482,53 @@ def test_callable_objects_a_class_holds_are_not_its_methods(
         pytest.raises(errors.BadArgError, match="ConnectionRefusedError"),
     ):
         server.serve(BrokenProxy(), AllowEveryone(), methods=["Echo"])
+
+
+class _Mixin:
+    def Put(self, call: ServerCall, x: int) -> int:
+        return x
+
+
+def _no_wraps(f: Callable[..., Any]) -> Callable[..., Any]:
+    def inner(*args: Any) -> Any:
+        return f(*args)
+
+    return inner
+
+
+class _LazySetting:
+    """A lazy proxy a class may hold (its every lookup fails until configured)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("settings are not configured")
+
+
+@expose
+class Assembled:
+    """Methods a class gets by assignment and through a decorator without functools.wraps
+    are its methods; a lazy proxy it holds is not looked into."""
+
+    Put = _Mixin.Put
+    settings = _LazySetting()
+
+    @_no_wraps
+    def Twice(self, call: ServerCall, x: int) -> int:
+        return 2 * x
+
+
+def test_methods_by_assignment_or_a_plain_decorator_are_methods(
+    make_server: MakeServer, make_client: MakeClient, family: Family
+) -> None:
+    """A function assigned in the class body (from a mixin) or made by a decorator without
+    functools.wraps is a method of the class, as Python binds it; a lazy proxy the class
+    holds does not stop serve(); a methods= that is not a list of names is a BadArgError."""
+    _, name = make_server(Assembled(), AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "Put", 3) == (3,)
+    assert client.call(_ctx(), name, "Twice", 3) == (6,)
+    with pytest.raises(errors.UnknownMethodError):
+        client.call(_ctx(), name, "settings")
+    with Server(family.member("s")) as server:
+        for bad in (5, [["Get"]]):
+            with pytest.raises(errors.BadArgError, match="list of names"):
+                server.serve(Assembled(), AllowEveryone(), methods=bad)  # type: ignore[arg-type]
