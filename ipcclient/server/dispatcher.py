@@ -161,13 +161,20 @@ def find_method(obj: Any, name: str) -> Callable[..., Any]:
     """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object)."""
     if name not in exposed_methods(obj):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
-    if type(obj) is not Exposed:
-        own = getattr(obj, "__dict__", None)
-        if own is not None and name in own:
-            # The object's own attribute (a dataclass field, say), not its class's method:
-            # exposure was decided from the class, and the object may hold anything here.
-            raise errors.UnknownMethodError(f"server: no method {name!r}")
-    method = getattr(target(obj), name, None)
+    if type(obj) is Exposed:  # (an explicit list: the server's owner named the attributes)
+        method = getattr(obj.obj, name, None)
+    else:
+        # Bound from the class that defines it, as exposure was decided: never whatever the
+        # object itself holds under that name (its ``__dict__``, ``__getattribute__`` or
+        # ``__getattr__`` are not asked), so exposure and dispatch cannot disagree.
+        method = None
+        cls = type(obj)
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                attr = vars(klass)[name]
+                bind = getattr(type(attr), "__get__", None)
+                method = attr if bind is None else bind(attr, obj, cls)
+                break
     if method is None or not callable(method):
         raise errors.UnknownMethodError(f"server: no method {name!r}")
     return method  # type: ignore[no-any-return]

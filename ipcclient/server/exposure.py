@@ -8,9 +8,10 @@ dispatches to (computed once per class).
 A method is exposed when it is public (its name does not start with ``_``), it is a method
 the class defines (a function, a static or class method, or a callable that binds like one,
 such as a method wrapped by ``functools.lru_cache``; never a class, a property, a partial, a
-builtin or another object's bound method: see :func:`_is_method`; nor a name the object
-itself holds), and either the method itself or the
-class that defines it is decorated with :func:`expose`. Nothing else of a served object can be
+builtin or another object's bound method: see :func:`_is_method`; nor a dataclass field),
+and either the method itself or the class that defines it is decorated with :func:`expose`.
+A call is dispatched to the class's attribute bound to the object, never to what the object
+holds under the name itself. Nothing else of a served object can be
 called remotely: helpers stay Python-only, and so do a class's other attributes (nested
 classes, types held as attributes, properties, whose getters exposure never runs).
 
@@ -133,18 +134,27 @@ def is_marked(method: Any) -> bool:
     return _marked(method)
 
 
+_BUILTINS = (
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.ClassMethodDescriptorType,
+)
+"""Builtins (``print``, ``os.system``) and the methods of builtin types (``str.upper``)."""
+
 _NOT_METHODS = (
     type,
     property,
     functools.cached_property,
     functools.partial,
     types.MethodType,
-    types.BuiltinFunctionType,
-    types.BuiltinMethodType,
+    *_BUILTINS,
 )
 """Callables (or not) that a class namespace may hold but that are no methods of the class:
-classes, properties, partials, another object's bound methods and builtins (``print``,
-``os.system``) do not bind to the object as its methods do."""
+classes, properties, partials, another object's bound methods, builtins (``print``,
+``os.system``) and the methods of builtin types (``str.upper``, ``object.__setattr__``)."""
 
 
 def _is_method(value: Any, *, marked: bool) -> bool:
@@ -163,12 +173,12 @@ def _is_method(value: Any, *, marked: bool) -> bool:
       whose type does not bind (a mock).
     - Marked (decorated with :func:`expose` itself): any callable but a class.
 
-    A name the object itself holds as an attribute is no method whatever its class holds
-    (see :func:`~ipcclient.server.dispatcher.find_method`): a dataclass field's default
-    stays a value."""
+    A call is dispatched to the class's attribute, bound to the object, never to what the
+    object itself holds under the name (see :func:`~ipcclient.server.dispatcher.find_method`),
+    and a dataclass field is never a method (:func:`exposed_methods`)."""
     if isinstance(value, staticmethod | classmethod):
         value = value.__func__
-        if isinstance(value, type | types.BuiltinFunctionType | types.BuiltinMethodType):
+        if isinstance(value, (type, *_BUILTINS)):
             return False
         return callable(value)
     if isinstance(value, types.FunctionType | functools.partialmethod):
@@ -177,7 +187,13 @@ def _is_method(value: Any, *, marked: bool) -> bool:
         return False
     if marked:
         return True
-    return not isinstance(value, _NOT_METHODS) and hasattr(type(value), "__get__")
+    if isinstance(value, _NOT_METHODS) or not hasattr(type(value), "__get__"):
+        return False
+    try:  # (a wrapper, such as lru_cache, is a method only of what it wraps)
+        inner = inspect.unwrap(value)
+    except Exception:  # (a cycle, or a lookup that fails: not a method)
+        return False
+    return inner is value or _is_method(inner, marked=False)
 
 
 def exposed_methods(obj: Any) -> frozenset[str]:
@@ -192,8 +208,12 @@ def exposed_methods(obj: Any) -> frozenset[str]:
     if found is not None:
         return found
     names = set()
+    try:  # (a dataclass's fields are values of its objects, whatever their defaults)
+        fields = frozenset(getattr(cls, "__dataclass_fields__", None) or ())
+    except Exception:
+        fields = frozenset()
     for name in dir(cls):
-        if not _public(name):
+        if not _public(name) or name in fields:
             continue
         for klass in cls.__mro__:
             if name in vars(klass):

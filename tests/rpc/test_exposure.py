@@ -532,3 +532,70 @@ def test_methods_by_assignment_or_a_plain_decorator_are_methods(
         for bad in (5, [["Get"]]):
             with pytest.raises(errors.BadArgError, match="list of names"):
                 server.serve(Assembled(), AllowEveryone(), methods=bad)  # type: ignore[arg-type]
+
+
+def _class_default(self: Any, call: Any) -> str:
+    return "the class's"
+
+
+@expose
+class Handlers:
+    """Holds a handler at class level (a function: a method of the class) and lets each
+    object replace it; hides its own attributes from ``__dict__`` as some proxies do."""
+
+    on_done = _class_default
+    shout = functools.lru_cache(print)
+    upper = str.upper
+    set_attr = object.__setattr__
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        return {}
+
+    def Run(self, call: ServerCall) -> str:
+        return "ran"
+
+
+class _Backend:
+    Run = "the backend's own attribute"
+
+
+@expose
+class SlotProxy:
+    """No ``__dict__``; every other lookup goes to a backend (down, or holding a ``Run``)."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: Any) -> None:
+        object.__setattr__(self, "_backend", backend)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._backend is None:
+            raise RuntimeError(f"backend not configured (asked for {name!r})")
+        return getattr(self._backend, name)
+
+    def Run(self, call: ServerCall) -> str:
+        return "ran"
+
+
+def test_a_call_runs_the_classs_method_never_what_the_object_holds(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A call is bound from the class, as exposure was decided: an object's own handler
+    under an exposed name never runs, however the object hides or forwards its attributes
+    (a ``__dict__`` property, ``__getattr__`` on a slotted proxy); a proxy's failing
+    backend does not stop serve(). Builtins, however wrapped, and the methods of builtin
+    types are no methods of the class."""
+    ran: list[str] = []
+    obj = Handlers()
+    object.__setattr__(obj, "on_done", lambda call=None: ran.append("the object's") or "x")
+    _, name = make_server(obj, AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "on_done") == ("the class's",)
+    assert ran == []
+    for method in ("shout", "upper", "set_attr"):
+        with pytest.raises(errors.UnknownMethodError):
+            client.call(_ctx(), name, method)
+    for backend in (None, _Backend()):
+        _, proxied = make_server(SlotProxy(backend), AllowEveryone())
+        assert client.call(_ctx(), proxied, "Run") == ("ran",)
