@@ -173,7 +173,13 @@ def find_method(obj: Any, name: str) -> Callable[..., Any]:
             if name in vars(klass):
                 attr = vars(klass)[name]
                 bind = getattr(type(attr), "__get__", None)
-                method = attr if bind is None else bind(attr, obj, cls)
+                try:
+                    method = attr if bind is None else bind(attr, obj, cls)
+                except Exception as exc:  # (a descriptor that computes it, and fails)
+                    raise errors.UnknownMethodError(
+                        f"server: method {name!r} could not be looked up: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
                 break
     if method is None or not callable(method):
         raise errors.UnknownMethodError(f"server: no method {name!r}")

@@ -20,6 +20,7 @@ Must not: import the server (the server imports this), do I/O, or start threads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
@@ -208,10 +209,13 @@ def exposed_methods(obj: Any) -> frozenset[str]:
     if found is not None:
         return found
     names = set()
-    try:  # (a dataclass's fields are values of its objects, whatever their defaults)
-        fields = frozenset(getattr(cls, "__dataclass_fields__", None) or ())
-    except Exception:
-        fields = frozenset()
+    # A dataclass's fields are values of its objects, whatever their defaults (not its
+    # ClassVar attributes, which are the class's own: a method may be declared so).
+    fields = (
+        frozenset(f.name for f in dataclasses.fields(cls))
+        if dataclasses.is_dataclass(cls)
+        else frozenset()
+    )
     for name in dir(cls):
         if not _public(name) or name in fields:
             continue

@@ -9,7 +9,7 @@ import logging
 import os
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytest
@@ -599,3 +599,45 @@ def test_a_call_runs_the_classs_method_never_what_the_object_holds(
     for backend in (None, _Backend()):
         _, proxied = make_server(SlotProxy(backend), AllowEveryone())
         assert client.call(_ctx(), proxied, "Run") == ("ran",)
+
+
+def _shared_get(self: Any, call: Any) -> str:
+    return "classvar"
+
+
+class _NotReady:
+    """A callable descriptor that computes the method it gives, and is not ready."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        raise AttributeError("lazy not ready")
+
+    def __call__(self, *args: Any) -> str:
+        return "never"
+
+
+@expose
+@dataclasses.dataclass
+class Declared:
+    """A dataclass declaring a method as a ClassVar (the class's, not a field), and holding
+    a descriptor that fails."""
+
+    x: int = 1
+    Get: ClassVar[Callable[..., str]] = _shared_get
+    Lazy = _NotReady()
+
+    def Ok(self, call: ServerCall) -> str:
+        return "ok"
+
+
+def test_a_classvar_method_is_served_and_a_failing_descriptor_is_unknown(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A dataclass's ClassVar is the class's own attribute (only its fields are values of
+    its objects): a method declared so is served. A descriptor whose lookup fails does not
+    stop serve(); calling it is UnknownMethod, saying why."""
+    _, name = make_server(Declared(), AllowEveryone())
+    client = make_client()
+    assert client.call(_ctx(), name, "Get") == ("classvar",)
+    assert client.call(_ctx(), name, "Ok") == ("ok",)
+    with pytest.raises(errors.UnknownMethodError, match="lazy not ready"):
+        client.call(_ctx(), name, "Lazy")
