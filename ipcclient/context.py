@@ -127,20 +127,24 @@ def _fresh(err: errors.IPCError) -> errors.IPCError:
 
 
 def _seconds(value: object, what: str) -> float:
-    """``value`` (a timeout or a deadline that is not a float) as a float: an int or a float
-    but not a bool (an int beyond a float's range is infinitely far, or long past).
+    """``value`` (a timeout or a deadline that is not a plain float, or is NaN) as a float:
+    an int or a float but not a bool (an int beyond a float's range is infinitely far, or
+    long past). Callers pass a float that compares equal to itself without calling this.
 
     Raises:
-        BadArgError: ``value`` is neither an int nor a float, or is a bool.
+        BadArgError: ``value`` is neither an int nor a float, is a bool, or is NaN.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise errors.BadArgError(
             f"context: a {what} must be a number (an int or a float), got {value!r}"
         )
     try:
-        return float(value)
+        seconds = float(value)
     except OverflowError:  # (an int)
         return math.inf if value > 0 else -math.inf
+    if seconds != seconds:  # NaN
+        raise errors.BadArgError(f"context: a {what} must not be NaN")
+    return seconds
 
 
 class _Children(dict["weakref.ref[Context]", None]):
@@ -245,10 +249,8 @@ class Context:
             BadArgError: ``deadline`` is not a number (an int or a float; not a bool, not
                 None) or is NaN.
         """
-        if type(deadline) is not float:
+        if type(deadline) is not float or deadline != deadline:  # (else: a float, not NaN)
             deadline = _seconds(deadline, "deadline")
-        if deadline != deadline:  # NaN
-            raise errors.BadArgError("context: a deadline must not be NaN")
         return CancelContext(self, clock=self._clock, deadline=deadline, cancellable=True)
 
     def with_timeout(self, seconds: float) -> CancelContext:
@@ -258,10 +260,8 @@ class Context:
             BadArgError: ``seconds`` is not a number (an int or a float; not a bool, not
                 None) or is NaN.
         """
-        if type(seconds) is not float:
+        if type(seconds) is not float or seconds != seconds:  # (else: a float, not NaN)
             seconds = _seconds(seconds, "timeout")
-        if seconds != seconds:  # NaN
-            raise errors.BadArgError("context: a timeout must not be NaN")
         return self.with_deadline(self._clock.monotonic() + seconds)
 
     def with_value(self, key: Any, value: Any) -> Context:
@@ -329,10 +329,8 @@ class Context:
         """
         end = None
         if timeout is not None:
-            if type(timeout) is not float:
+            if type(timeout) is not float or timeout != timeout:  # (else: a float, not NaN)
                 timeout = _seconds(timeout, "wait timeout")
-            if timeout != timeout:  # NaN
-                raise errors.BadArgError("context: a wait timeout must not be NaN")
             end = time.monotonic() + timeout
         while True:
             if self.done():

@@ -458,7 +458,7 @@ class Publisher:
 
     def _unmount(
         self,
-        todo: Sequence[tuple[str, Sequence[str]]],
+        pairs: Sequence[tuple[str, Sequence[str]]],
         *,
         deadline: float | None = None,
     ) -> None:
@@ -466,7 +466,7 @@ class Publisher:
         in a lane, one name's calls share one ``call_timeout`` (never past ``deadline``).
         Errors are logged."""
         lanes: dict[str, list[list[tuple[str, str]]]] = {}  # per table, per name: calls
-        for name, servers in todo:
+        for name, servers in pairs:
             try:
                 with self._ctx(deadline, stoppable=False) as ctx:
                     targets = self._mount_targets(ctx, name)

@@ -51,6 +51,17 @@ def _publisher(stack: contextlib.ExitStack, client: Client, **kwargs: float) -> 
     return pub
 
 
+def _published_setup(
+    stack: contextlib.ExitStack, family: Family, *more_roots: str, **kwargs: float
+) -> tuple[str, str, Client, Publisher]:
+    """A mount table, a server to publish, a client whose roots are the table (and
+    ``more_roots``), and a publisher on that client: (table, server, client, publisher)."""
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("p"))
+    client = client_for(stack, family.member("client"), mt, *more_roots)
+    return mt, svc, client, _publisher(stack, client, **kwargs)
+
+
 def test_refresh_keeps_a_mount_alive_beyond_its_ttl(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
@@ -325,10 +336,7 @@ def test_a_ttl_beyond_the_tables_max_is_asked_as_the_max(
 def test_add_name_changes_the_flags_of_a_published_name(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
-    _, svc = serving(stack, family.member("server"), Label("p"))
-    client = client_for(stack, family.member("client"), mt)
-    pub = _publisher(stack, client, ttl=60.0)
+    mt, svc, client, pub = _published_setup(stack, family, ttl=60.0)
 
     for smt in (False, True, False):
         pub.add_name("svc", [svc], serves_mount_table=smt)
@@ -492,10 +500,7 @@ def test_a_refresher_that_cannot_start_fails_nothing_and_starts_later(
     # raised RuntimeError, and stop() then failed joining the unstarted thread), status()
     # says the name is not refreshed, refresh_now (or add_name) starts the refresher, and
     # stop() unmounts.
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
-    _, svc = serving(stack, family.member("server"), Label("p"))
-    client = client_for(stack, family.member("client"), mt)
-    pub = _publisher(stack, client, ttl=60.0)
+    mt, svc, client, pub = _published_setup(stack, family, ttl=60.0)
     refuse_threads(monkeypatch, "ipc-publisher")
     pub.add_name("svc", [svc])
     assert _servers(client, mt, "svc") == [svc]
@@ -517,10 +522,7 @@ def test_stop_unmounts_many_names_through_one_table(
 ) -> None:
     # The unmounts of stop() share call_timeout per name at each table, not across every
     # name (many names on one healthy table were left mounted once call_timeout had passed).
-    _, mt = serving(stack, family.member("mt"), table=MountTable())
-    _, svc = serving(stack, family.member("server"), Label("p"))
-    client = client_for(stack, family.member("client"), mt)
-    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.5)
+    mt, svc, client, pub = _published_setup(stack, family, ttl=60.0, call_timeout=0.5)
     names = [f"n{i}" for i in range(40)]
     for name in names:
         pub.add_name(name, [svc])
@@ -541,10 +543,9 @@ def test_stop_gives_up_on_a_table_that_does_not_answer(
 ) -> None:
     # A replica that does not answer costs stop() one call_timeout, not one per name (each
     # name's unmounts there waited out a call_timeout of their own); the live one is cleared.
-    _, live = serving(stack, family.member("mt"), table=MountTable())
-    _, svc = serving(stack, family.member("server"), Label("p"))
-    client = client_for(stack, family.member("client"), live, silent_table)
-    pub = _publisher(stack, client, ttl=60.0, call_timeout=0.3)
+    live, svc, client, pub = _published_setup(
+        stack, family, silent_table, ttl=60.0, call_timeout=0.3
+    )
     names = [f"n{i}" for i in range(10)]
     for name in names:
         pub.add_name(name, [svc])
