@@ -81,7 +81,14 @@ def certificate_digest(
 class Certificate:
     """One link of a blessing chain: extension, blessed key, caveats, blesser's signature."""
 
-    __slots__ = ("caveats", "extension", "public_key", "signature")
+    __slots__ = ("_hash", "_key", "caveats", "extension", "public_key", "signature")
+
+    extension: str
+    public_key: PublicKey
+    caveats: tuple[Caveat, ...]
+    signature: bytes
+    _key: tuple[str, bytes, tuple[Caveat, ...], bytes]
+    _hash: int
 
     def __init__(
         self,
@@ -90,10 +97,17 @@ class Certificate:
         caveats: Sequence[Caveat],
         signature: bytes,
     ) -> None:
-        self.extension = extension
-        self.public_key = public_key
-        self.caveats: tuple[Caveat, ...] = tuple(caveats)
-        self.signature = signature
+        # Immutable (see __setattr__): chains are set members and cache keys, so the
+        # comparison key and its hash are made once here.
+        cavs = tuple(caveats)
+        key = (extension, public_key.raw, cavs, signature)
+        setter = object.__setattr__
+        setter(self, "extension", extension)
+        setter(self, "public_key", public_key)
+        setter(self, "caveats", cavs)
+        setter(self, "signature", signature)
+        setter(self, "_key", key)
+        setter(self, "_hash", hash(key))
 
     def digest(self, parent_digest: bytes) -> bytes:
         """This certificate's chained digest given its predecessor's."""
@@ -128,16 +142,21 @@ class Certificate:
         assert isinstance(ext, str)
         return cls(ext, PublicKey.from_raw(key), caveats_from_wire(cavs), sig)
 
-    def _key(self) -> tuple[str, bytes, tuple[Caveat, ...], bytes]:
-        return (self.extension, self.public_key.raw, self.caveats, self.signature)
-
     def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
         if not isinstance(other, Certificate):
             return NotImplemented
-        return self._key() == other._key()
+        return self._hash == other._hash and self._key == other._key
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return self._hash
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Certificate is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (copy and pickle go through __init__)
+        return (Certificate, (self.extension, self.public_key, self.caveats, self.signature))
 
     def __repr__(self) -> str:
         return f"Certificate({self.extension!r}, {self.public_key!r}, {len(self.caveats)} caveats)"

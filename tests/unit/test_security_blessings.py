@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -257,6 +258,23 @@ def test_caveat_equality_and_immutability() -> None:
         a.kind = "other"
     assert caveats.unconstrained_use() == caveat_from_wire(["unconstrained", codec.encode([])])
     assert repr(caveats.unconstrained_use()) == "UnconstrainedCaveat()"
+
+
+def test_certificate_equality_and_immutability() -> None:
+    """A certificate is a value: equal and hashing alike when rebuilt from its wire form
+    (chains are set members and keys of the verified-chain cache), and never changed in
+    place, where a cached hash would go stale."""
+    alice = Principal.generate()
+    cert = alice.bless_self("alice").chains[0][0]
+    again = Certificate.from_wire(codec.decode(codec.encode(cert.to_wire())))
+    assert again is not cert and again == cert and hash(again) == hash(cert)
+    other = Certificate(cert.extension + "x", cert.public_key, cert.caveats, cert.signature)
+    assert other != cert and cert != "alice"
+    for name, value in [("extension", "mallory"), ("signature", bytes(64)), ("caveats", ())]:
+        with pytest.raises(AttributeError):
+            setattr(cert, name, value)
+    assert cert == again and cert.extension == "alice"
+    assert copy.copy(cert) == cert and copy.deepcopy(cert) == cert
 
 
 @pytest.mark.parametrize(
