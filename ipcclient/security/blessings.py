@@ -175,9 +175,11 @@ _verified_lock = threading.Lock()
 
 def _check_chain_signatures(chain: Chain) -> None:
     with _verified_lock:
-        if chain in _verified:
-            _verified.move_to_end(chain)
+        try:
+            _verified.move_to_end(chain)  # (one lookup: KeyError when it is not there)
             return
+        except KeyError:
+            pass
     _verify_chain(chain)
     with _verified_lock:
         _verified[chain] = None

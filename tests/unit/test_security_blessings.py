@@ -24,6 +24,7 @@ from ipcclient.security import (
     validate_blessings,
     validate_caveats,
 )
+from ipcclient.security import blessings as blessings_mod
 from ipcclient.security.caveats import caveat_from_wire
 
 ANY = [caveats.unconstrained_use()]
@@ -177,6 +178,37 @@ def test_untrusted_root_and_root_trusted_only_for_its_pattern() -> None:
     fa = fake.bless(alice.public_key, froot, "alice", ANY)
     assert validate_blessings(fa, SecurityCall(), roots)[0] == []
     assert validate_blessings(None, SecurityCall(), roots) == ([], [])
+
+
+def test_a_chain_is_verified_once_and_a_forged_copy_is_not_taken_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    idp, alice = Principal.generate(), Principal.generate()
+    root = idp.bless_self("idp")
+    a = idp.bless(alice.public_key, root, "alice", ANY)
+    verified: list[int] = []
+    real = blessings_mod._verify_chain
+
+    def counting(chain: tuple[Certificate, ...]) -> None:
+        verified.append(len(chain))
+        real(chain)
+
+    monkeypatch.setattr(blessings_mod, "_verify_chain", counting)
+    roots = _trusting(root)
+    # The same chain, decoded afresh (as each VC's handshake does), hits the cache.
+    for _ in range(3):
+        again = Blessings.from_wire(codec.decode(codec.encode(a.to_wire())))
+        assert validate_blessings(again, SecurityCall(), roots)[0] == ["idp:alice"]
+    assert verified == [2]
+    # The same certificates with one byte of a signature changed: verified, and refused.
+    cert = a.chains[0][-1]
+    bad_sig = bytes([cert.signature[0] ^ 1]) + cert.signature[1:]
+    forged = Blessings(
+        [(a.chains[0][0], Certificate(cert.extension, cert.public_key, cert.caveats, bad_sig))]
+    )
+    names, rejected = validate_blessings(forged, SecurityCall(), roots)
+    assert names == [] and isinstance(rejected[0].error, errors.NotTrustedError)
+    assert verified == [2, 2]
 
 
 def test_expiry_caveat() -> None:
