@@ -171,7 +171,9 @@ class ServerCall:
 
     @property
     def suffix(self) -> str:
-        return self.request.suffix
+        """The object name relative to the server, as the dispatcher saw it: a leading
+        ``/`` of the request's suffix is ignored (docs/protocol.md 5.2)."""
+        return self.request.suffix.lstrip("/")
 
     @property
     def method(self) -> str:

@@ -28,6 +28,7 @@ from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.exposure import expose
 from ipcclient.server.mounttable import LEAF, MT, REPLACE, MountTable
 from ipcclient.server.server import Server, ServerCall
+from ipcclient.wire.messages import encode_messages, split_messages
 
 # -- shared helpers ------------------------------------------------------------------------
 
@@ -177,6 +178,31 @@ def test_mount_then_call_by_relative_name(
         client.call(ctx(), at(mt, "apps"), "ResolveStep", options=(NoRetry(),))
     with pytest.raises(errors.NoServersError):
         client.call(ctx(), "apps/other", "Who", options=(NoRetry(),))
+
+
+def test_a_leading_slash_of_the_suffix_is_ignored_by_the_table(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """The spec lets a request's suffix start with ``/``; the table must see the same name
+    the dispatcher does (it mounted ``/apps/echo`` at ``echo``, taking ``apps`` for an
+    address)."""
+    _, mt = serving(stack, family.member("mt"), table=MountTable())
+    _, svc = serving(stack, family.member("server"), Label("echo"))
+    client = client_for(stack, family.member("client"), mt)
+    with pytest.raises(errors.NoExistError):  # (and the client now has a VC to the table)
+        client.call(ctx(), at(mt, "apps/echo"), "ResolveStep", options=(NoRetry(),))
+    (conn,) = client._vcs.values()
+    flow = conn.connect()
+    header = {"suffix": "/apps/echo", "method": "Mount", "nargs": 3}
+    flow.write(encode_messages(header, svc, 30.0, 0, {"end_stream_args": True}), end=True)
+    reply = b""
+    while chunk := flow.read(time.monotonic() + 5):
+        reply += chunk
+    flow.close()
+    assert split_messages(reply) == [{"end": True}]
+    assert client.call(ctx(), "apps/echo", "Who") == ("echo",)
+    (wire,) = client.call(ctx(), at(mt, "apps/echo"), "ResolveStep")
+    assert [s.server for s in MountEntry.from_wire(wire, 0.0).servers] == [svc]
 
 
 def test_a_callers_huge_integers_are_taken_or_refused_with_a_bad_arg(
