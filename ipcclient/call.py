@@ -106,13 +106,23 @@ class Call:
         Raises:
             BadArgError: the item cannot be encoded or is over the message limits (size,
                 nesting, items); nothing was sent and the call goes on.
-            AbortedError: after :meth:`close_send`, once the call ended, or when the server
-                has already answered in full (its reply is kept for :meth:`finish`).
-            CanceledError / TimeoutError / the server's error: the call ended.
+            AbortedError: after :meth:`close_send`, once the server ended the call, or when
+                it has already answered in full (its reply is kept for :meth:`finish`).
+            CanceledError / TimeoutError / ConnectionFailedError: the call was cancelled
+                (by :meth:`cancel`, its context or the client closing), its deadline
+                passed, or its VC broke: before or during this send, each time.
         """
         with self._lock:
-            if self._send_closed or self._ended:
-                raise self._mark(errors.AbortedError("call: send after close_send or end"))
+            refused = self._send_closed or self._ended
+        if refused:
+            # Cancelled, past its deadline or broken: say so, as recv and close_send do.
+            # Otherwise (close_send was called, or the server ended the call) it is Aborted.
+            failed = self._cancel_error
+            if failed is None and self._ended and self._response is None:
+                failed = self._end_error
+            if failed is not None:
+                raise failed.with_context(request_sent=True)
+            raise self._mark(errors.AbortedError("call: send after close_send or end"))
         # Encoded (and checked against the message limits) before anything is written: an
         # item that cannot go is a BadArgError and the call goes on without it.
         data = encode_message_parts(item, head=_STREAM_ITEM_REQUEST_MESSAGE)
@@ -274,7 +284,16 @@ class Call:
     def cancel(self, error: errors.IPCError | None = None) -> None:
         """Cancel the call: the server's context is cancelled, the flow is released, and a
         thread blocked in ``send``/``recv``/``finish`` wakes at once with CanceledError (or
-        ``error``). Safe from any thread; a no-op once the call ended."""
+        ``error``). Safe from any thread; a no-op once the call ended.
+
+        Raises:
+            BadArgError: ``error`` is not an :class:`~ipcclient.errors.IPCError` (the call
+                goes on).
+        """
+        if error is not None and not isinstance(error, errors.IPCError):
+            raise errors.BadArgError(
+                f"call: cancel takes an IPCError (or nothing), not a {type(error).__name__}"
+            )
         err = error or errors.CanceledError("call: cancelled")
         with self._lock:
             if self._ended:

@@ -456,12 +456,28 @@ class CancelContext(Context):
         """Cancel this context and all its descendants; idempotent; any thread.
 
         Has no effect if this context is already done (the first error sticks).
+
+        Raises:
+            BadArgError: ``reason`` is not text (nothing is cancelled).
         """
+        if not isinstance(reason, str):
+            raise errors.BadArgError(
+                f"context: a cancel reason is text, not a {type(reason).__name__}"
+            )
         self._finish(errors.CanceledError(reason or "context canceled"))
 
     def cancel_with(self, err: errors.IPCError) -> None:
         """Cancel with ``err`` as the error (a prototype: whoever asks gets a fresh copy,
-        so one error object may end many contexts: nothing is built per cancel)."""
+        so one error object may end many contexts: nothing is built per cancel).
+
+        Raises:
+            BadArgError: ``err`` is not an :class:`~ipcclient.errors.IPCError` (nothing is
+                cancelled).
+        """
+        if not isinstance(err, errors.IPCError):
+            raise errors.BadArgError(
+                f"context: cancel_with takes an IPCError, not a {type(err).__name__}"
+            )
         self._finish(err)
 
     def __enter__(self) -> CancelContext:

@@ -20,19 +20,48 @@ _SHORT_ERROR_MSG_CHARS = 128
 
 def encode_error(err: errors.IPCError, room: int) -> bytes:
     """``err`` as CBOR in at most ``room`` bytes (``room`` is at least
-    :data:`~ipcclient.wire.frames.MIN_FRAME_PAYLOAD`), shortened if need be."""
-    try:
-        payload = codec.encode(err)
-    except errors.BadArgError:  # params that have no CBOR form
-        payload = b""
+    :data:`~ipcclient.wire.frames.MIN_FRAME_PAYLOAD`), shortened if need be.
+
+    Always an error the peer reads (:func:`decode_error`): an error whose ID or message a
+    peer refuses (an empty or overlong ID, a message that is not text) or that cannot be
+    encoded is sent as a stand-in with its ID (or ``ipc.Unknown``), action and message
+    start. A payload the peer refuses would end the whole VC (a protocol error), not only
+    the flow it was meant for."""
+    payload = b""
+    if _readable(err):
+        try:
+            payload = codec.encode(err)
+        except errors.BadArgError:  # params that have no CBOR form, text that is not UTF-8
+            payload = b""
     if not payload or len(payload) > room:
-        short = errors.IPCError(
-            err.msg[:_SHORT_ERROR_MSG_CHARS],
-            id=err.id[:_SHORT_ERROR_ID_CHARS],
-            action=err.action,
-        )
-        payload = codec.encode(short)
+        payload = codec.encode(_stand_in(err))
     return payload
+
+
+def _readable(err: errors.IPCError) -> bool:
+    """Whether a peer's :func:`~ipcclient.errors.from_wire` takes ``err``'s ID and message."""
+    wid = err.id
+    return (
+        isinstance(wid, str) and 0 < len(wid) <= errors.MAX_WIRE_ID_LEN and isinstance(err.msg, str)
+    )
+
+
+def _text(value: object, chars: int) -> str:
+    """At most ``chars`` characters of ``value`` as text that encodes to UTF-8."""
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # (a broken __str__)
+            value = ""
+    return value[:chars].encode("utf-8", "replace").decode("utf-8")
+
+
+def _stand_in(err: errors.IPCError) -> errors.IPCError:
+    return errors.IPCError(
+        _text(err.msg, _SHORT_ERROR_MSG_CHARS),
+        id=_text(err.id, _SHORT_ERROR_ID_CHARS) or errors.ErrorID.UNKNOWN.value,
+        action=errors.RetryAction.from_wire(err.action),
+    )
 
 
 def decode_error(payload: bytes) -> errors.IPCError:

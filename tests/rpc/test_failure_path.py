@@ -706,6 +706,84 @@ def test_close_send_after_a_cancel_or_the_deadline_says_so(
     call.close_send()
 
 
+def test_send_after_a_cancel_or_the_deadline_says_so(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """send() on a call that was cancelled or whose deadline passed raises that error, as
+    recv and close_send do (it said Aborted, "send after close_send or end"); after
+    close_send it is still Aborted."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Count")
+    call.send(1)
+    call.cancel()
+    for _ in range(2):
+        with pytest.raises(errors.CanceledError) as cancelled:
+            call.send(2)
+        assert cancelled.value.request_sent is True
+
+    call = c.start_call(ctx(0.3), name, "Count")
+    call.send(1)
+    threading.Event().wait(0.5)
+    with pytest.raises(errors.TimeoutError):
+        call.send(2)
+
+    call = c.start_call(ctx(), name, "Count")
+    call.send(1)
+    call.close_send()
+    with pytest.raises(errors.AbortedError):
+        call.send(2)
+    assert call.finish() == (1,)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.IPCError("x", id=""),
+        errors.IPCError("x", id="a" * 5000),
+        errors.IPCError(5),  # type: ignore[arg-type]
+        errors.CanceledError("not UTF-8: \udcff"),
+        errors.CanceledError("x", object()),
+        errors.CanceledError("m" * 100_000),
+    ],
+)
+def test_a_cancel_with_any_error_ends_that_call_only(
+    stack: contextlib.ExitStack, family: Family, error: errors.IPCError
+) -> None:
+    """The error a cancel sends in its RESET is always one the server reads: an error whose
+    ID or message a peer refuses was sent as it was, the server took the payload for a
+    protocol error and ended the whole VC, failing every other call on it."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    other = c.start_call(ctx(), name, "Sleep", [0.3])
+    victim = c.start_call(ctx(), name, "Sleep", [5])
+    victim.cancel(error)
+    assert other.finish() == ("slept",)
+    with pytest.raises(errors.IPCError):
+        victim.finish()
+    assert c.call(ctx(), name, "Echo", 1) == (1,)
+    assert c.vc_count() == 1
+
+
+@pytest.mark.parametrize("bad", ["user asked", ValueError("x"), 3])
+def test_cancel_with_something_other_than_an_error_is_a_bad_arg(
+    stack: contextlib.ExitStack, family: Family, bad: Any
+) -> None:
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    call = c.start_call(ctx(), name, "Sleep", [0.2])
+    with pytest.raises(errors.BadArgError, match="cancel takes an IPCError"):
+        call.cancel(bad)
+    assert call.finish() == ("slept",)  # (a bad cancel cancels nothing)
+    parent = Context.background().with_cancel()
+    if not isinstance(bad, str):
+        with pytest.raises(errors.BadArgError):
+            parent.cancel(bad)  # (a reason is text)
+    with pytest.raises(errors.BadArgError):
+        parent.cancel_with(bad)
+    assert parent.err() is None
+
+
 @pytest.mark.parametrize("bad", ["x", True, -1, 1.0])
 def test_finish_with_a_bad_count_of_results_is_a_bad_arg_up_front(
     stack: contextlib.ExitStack, family: Family, bad: Any

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipcclient import codec, errors
 from ipcclient.errors import ERROR_CLASSES, ErrorID, IPCError, RetryAction
+from ipcclient.wire.errorpayload import decode_error, encode_error
+from ipcclient.wire.frames import MIN_FRAME_PAYLOAD
 
 REQUIRED = [
     "Unknown", "Internal", "BadArg", "BadProtocol", "BadState", "NoExist", "NoServers",
@@ -166,3 +170,27 @@ def test_str_is_one_printable_line_whatever_the_message() -> None:
     assert str(err) == "ipc.BadProtocol: a b\\x1b[2J\\x07 c d"
     assert err.msg == "a\r\nb\x1b[2J\x07 c\u0085d"
     assert str(errors.BadArgError("plain  é")) == "ipc.BadArg: plain  é"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    wid=st.one_of(st.text(max_size=300), st.integers(), st.none()),
+    msg=st.one_of(st.text(max_size=2000), st.integers(), st.binary(max_size=8)),
+    params=st.lists(st.one_of(st.integers(), st.text(), st.builds(object)), max_size=3),
+    room=st.sampled_from([MIN_FRAME_PAYLOAD, 16 * 1024]),
+)
+def test_a_reset_payload_is_always_an_error_the_peer_reads(
+    wid: Any, msg: Any, params: list[Any], room: int
+) -> None:
+    """Whatever IPCError a caller cancels with (an empty or long ID, a message that is not
+    text or not UTF-8, params with no CBOR form), the RESET/GOAWAY payload fits ``room`` and
+    decodes: a payload the peer refuses ends the whole VC."""
+    err = errors.IPCError(msg, *params, id=wid)
+    payload = encode_error(err, room)
+    assert len(payload) <= room
+    back = decode_error(payload)
+    if isinstance(wid, str) and 0 < len(wid) <= 64:
+        assert back.id == wid
+    assert isinstance(back.msg, str)
+    surrogate = errors.CanceledError("bad \udcff text")
+    assert decode_error(encode_error(surrogate, room)).msg == "bad ? text"
