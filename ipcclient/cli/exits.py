@@ -78,5 +78,11 @@ class CommandError(Exception):
 
 
 def exit_code(exc: errors.IPCError) -> int:
-    """The exit code for an error (see :data:`EXIT_CODES`)."""
+    """The exit code for an error (see :data:`EXIT_CODES`). ``ipc.NoServers`` whose retry
+    action is RETRY_CONNECTION (its servers were found and none could be connected to) is
+    :data:`EXIT_CONNECTION`; otherwise (no server for the name) :data:`EXIT_NOT_FOUND`."""
+    if exc.id == errors.ErrorID.NO_SERVERS.value and (
+        exc.action is errors.RetryAction.RETRY_CONNECTION
+    ):
+        return EXIT_CONNECTION
     return EXIT_CODES.get(exc.id, EXIT_FAILED)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import sys
 import threading
@@ -43,14 +44,36 @@ def err(text: str) -> None:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
     return repr(value)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with what JSON cannot hold in place made JSON: map keys that are not text,
+    numbers, booleans or null (bytes as base64, others as repr), floats that are not finite
+    (repr: ``"nan"``, ``"inf"``), tuples and sets as arrays. What is left over (bytes,
+    objects) goes through :func:`_jsonable`. The decoder bounds how deep a value nests."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, str) or key is None or isinstance(key, int):  # (bool is an int)
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else repr(key)
+    text = _jsonable(key)
+    return text if isinstance(text, str) else repr(key)
+
+
 def to_json(value: Any) -> str:
-    """One value as one line of JSON (bytes as base64 text; other non-JSON values as repr)."""
-    return json.dumps(value, default=_jsonable, ensure_ascii=False)
+    """One value as one line of JSON (bytes as base64 text; values JSON cannot hold, map keys
+    included, as their repr in a string)."""
+    return json.dumps(_plain(value), default=_jsonable, ensure_ascii=False, allow_nan=False)
 
 
 class Progress:

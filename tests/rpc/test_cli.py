@@ -241,6 +241,8 @@ def test_errors_have_one_line_and_an_exit_code_per_kind(world: World) -> None:
     cases = [
         # (a name that does not exist may be retried until the deadline: keep it short)
         (("call", "apps/nothing", "Get", "--timeout", "3"), ipc_cli.EXIT_NOT_FOUND, "NoServers"),
+        # (a server that refuses connections: found, not reachable)
+        (("call", "/127.0.0.1:1", "Get", "--timeout", "3"), ipc_cli.EXIT_CONNECTION, "NoServers"),
         (("call", "apps/fortune", "Nope"), ipc_cli.EXIT_NOT_FOUND, "ipc.UnknownMethod"),
         (("call", "apps/fortune", "Get", "bare"), ipc_cli.EXIT_BAD_ARG, "'\"bare\"'"),
         (("call", "apps/fortune", "Get", "1"), ipc_cli.EXIT_BAD_ARG, "ipc.BadArg"),
@@ -454,6 +456,9 @@ def test_exit_codes_by_kind() -> None:
     assert ipc_cli.exit_code(errors.CanceledError("x")) == ipc_cli.EXIT_INTERRUPTED
     assert ipc_cli.exit_code(errors.InternalError("x")) == ipc_cli.EXIT_FAILED
     assert ipc_cli.exit_code(errors.IPCError("x", id="peer.Custom")) == ipc_cli.EXIT_FAILED
+    assert ipc_cli.exit_code(errors.NoServersError("x")) == ipc_cli.EXIT_NOT_FOUND
+    unreachable = errors.NoServersError("x", action=errors.RetryAction.RETRY_CONNECTION)
+    assert ipc_cli.exit_code(unreachable) == ipc_cli.EXIT_CONNECTION
 
 
 def test_durations_trees_and_json() -> None:
@@ -467,6 +472,12 @@ def test_durations_trees_and_json() -> None:
     assert lines == ["├── a", "│   ├── b  /s1", "│   └── c", "└── d  /s2, /s3"]
     assert ipc_cli.to_json(b"\x00\x01") == '"AAE="'
     assert ipc_cli.to_json((1, "é")) == '[1, "é"]'
+    # What a server may send that JSON cannot hold: map keys that are bytes or arrays (a
+    # TypeError traceback once), NaN and infinities (printed as bare NaN and Infinity).
+    odd = {b"k": 1, (1, 2): [float("nan"), float("-inf")], 3: {None: 1.5, float("inf"): 2}}
+    printed = ipc_cli.to_json(odd)
+    assert printed == '{"aw==": 1, "(1, 2)": ["nan", "-inf"], "3": {"null": 1.5, "inf": 2}}'
+    assert json.loads(printed, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
 
 
 class _Tty(io.StringIO):
