@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipcclient import errors
-from ipcclient.headers import MAX_NAME_LEN, Request, TraceContext, encode_request_message
+from ipcclient.headers import MAX_ARGS, MAX_NAME_LEN, Request, TraceContext, encode_request_message
 from ipcclient.options import CallOption, NoRetry, RetryTimeout, ServerPublicKey, find_all, find_one
 from ipcclient.security.blessings import Blessings
 from ipcclient.security.discharges import Discharge
@@ -120,13 +120,20 @@ def encode_request_header(
     """The request header of a call, as one message (length prefix included).
 
     Raises:
-        BadArgError: a name, the granted blessings or the discharges cannot be encoded
+        BadArgError: more args than a server takes (:data:`~ipcclient.headers.MAX_ARGS`),
+            or a name, the granted blessings or the discharges cannot be encoded
             (``request_sent`` False).
     """
     if granted is None and not discharges:
         head = encode_request_message(suffix, method, nargs, deadline, trace_id, span_id, flags)
         if head is not None:
             return head
+    if nargs > MAX_ARGS:  # (the short way above declines such a count)
+        raise errors.BadArgError(
+            f"client: a call with {nargs} arguments; a server takes at most {MAX_ARGS} "
+            "(stream the rest, or pass them in one list)",
+            request_sent=False,
+        )
     request = Request(
         suffix=suffix,
         method=method,

@@ -355,6 +355,26 @@ def test_an_argument_over_the_limits_is_refused_before_sending(
     assert svc.calls == 2 and c.vc_count() == 1 and c.stats["dials"] == 1
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["call", "start_call"])
+def test_more_args_than_a_server_takes_are_refused_before_sending(
+    stack: contextlib.ExitStack, family: Family, fast: bool
+) -> None:
+    """1,025 args went out and came back ipc.BadProtocol from the server, request sent."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    assert c.call(ctx(), name, "Echo", 1) == (1,)
+    args = list(range(1025))
+    with pytest.raises(errors.BadArgError, match="at most 1024") as info:
+        if fast:
+            c.call(ctx(), name, "Echo", *args)
+        else:
+            c.start_call(ctx(), name, "Echo", args).finish()
+    assert info.value.request_sent is False
+    assert c.call(ctx(), name, "Echo", 2) == (2,)
+    assert svc.calls == 2 and c.vc_count() == 1
+
+
 @pytest.mark.parametrize(
     ("method", "suffix"),
     [("E" * 4097, ""), ("E" * (5 * 1024 * 1024), ""), ("Echo", "a" * 4097)],
