@@ -63,6 +63,8 @@ class SpanRecord:
     start: float
     end: float | None = None
     annotations: list[tuple[float, str]] = field(default_factory=list)
+    remote: bool = field(default=False, compare=False)
+    """A peer's copy (:meth:`from_wire`), not a record this process keeps up to date."""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -94,7 +96,7 @@ class SpanRecord:
                     when = _time(note[0])
                     if when is not None:
                         annotations.append((when, note[1]))
-        return cls(sid, parent, name[:256], began, ended, annotations)
+        return cls(sid, parent, name[:256], began, ended, annotations, remote=True)
 
 
 def _time(value: object) -> float | None:
@@ -130,10 +132,18 @@ class TraceStore:
                 spans[span.span_id] = span
 
     def merge(self, trace_id: bytes, records: Sequence[Any]) -> None:
-        """Add a peer's span records (wire form) to the trace."""
+        """Add a peer's span records (wire form) to the trace. A span this process records
+        itself keeps its own record (a server in the same process sends back copies of the
+        caller's spans, still open, and of its own): only a peer's earlier copy is
+        replaced by a later one."""
         for value in records[:MAX_SPANS_PER_TRACE]:
             rec = SpanRecord.from_wire(value)
-            if rec is not None:
+            if rec is None:
+                continue
+            with self._lock:
+                spans = self._traces.get(trace_id)
+                mine = spans.get(rec.span_id) if spans is not None else None
+            if mine is None or mine.remote:
                 self.record(trace_id, rec)
 
     def trace(self, trace_id: bytes) -> list[SpanRecord]:

@@ -66,6 +66,38 @@ def test_collected_spans_of_every_hop_come_back(
     assert node.span_id == root.span_id and hops == 4
 
 
+def test_a_server_in_the_same_process_leaves_the_callers_spans_as_they_are(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The server's reply carries every span of the trace this process holds, the caller's
+    still open among them; merging those copies replaced the live records, so the caller's
+    span lost its end and what was annotated after the call."""
+    _, backend = make_server(Backend(), AllowEveryone())
+    client = make_client()
+    ctx, root = vtrace.with_collection(Context.background().with_timeout(10), "job")
+    for x in (1, 2):  # (the second call takes the short way)
+        assert client.call(ctx, backend, "Echo", x) == (x,)
+    root.annotate("after the calls")
+    root.finish()
+    spans = vtrace.STORE.trace(root.trace_id)
+    job = next(s for s in spans if s.name == "job")
+    assert job.end is not None and [m for _, m in job.annotations] == ["after the calls"]
+    hops = [s for s in spans if s.name.startswith("<client>")]
+    assert len(hops) == 2 and all(s.end is not None for s in hops)
+    echoes = [s for s in spans if s.name == "''.Echo"]
+    assert len(echoes) == 2 and all(s.end is not None for s in echoes)
+    # A peer's copy is replaced by its later copy, a record of this process's never.
+    copy = vtrace.SpanRecord.from_wire(job.to_wire() | {"end": None, "notes": []})
+    assert copy is not None and copy.remote
+    vtrace.STORE.merge(root.trace_id, [copy.to_wire()])
+    assert next(s for s in vtrace.STORE.trace(root.trace_id) if s.name == "job") is job
+    other = vtrace.SpanRecord(b"p" * 16, root.span_id, "peer", 1.0)
+    vtrace.STORE.merge(root.trace_id, [other.to_wire()])
+    vtrace.STORE.merge(root.trace_id, [other.to_wire() | {"end": 2.0}])
+    (peer,) = [s for s in vtrace.STORE.trace(root.trace_id) if s.name == "peer"]
+    assert peer.remote and peer.end == 2.0
+
+
 def test_without_collection_nothing_is_recorded(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
