@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipcclient import errors
 from ipcclient.context import Context
 
 __all__ = [
@@ -313,6 +314,16 @@ def with_span(ctx: Context, span: Span) -> Context:
     return ctx.with_value(_SPAN_KEY, span)
 
 
-def with_collection(ctx: Context, name: str = "root") -> tuple[Context, Span]:
-    """A new trace that every process it reaches records and sends back."""
+def with_collection(ctx: Any, name: Any = "root") -> tuple[Context, Span]:
+    """A new trace that every process it reaches records and sends back.
+
+    Raises:
+        BadArgError: ``ctx`` is not a :class:`~ipcclient.context.Context` or ``name`` is
+            not text.
+    """
+    if not isinstance(ctx, Context) or not isinstance(name, str):
+        raise errors.BadArgError(
+            "vtrace: with_collection takes a Context and a name (text), not "
+            f"{type(ctx).__name__} and {type(name).__name__}"
+        )
     return with_new_span(ctx, name, trace_id=_new_id(), parent_id=bytes(16), collect=True)

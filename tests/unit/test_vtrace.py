@@ -7,7 +7,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ipcclient import vtrace
+import pytest
+
+from ipcclient import errors, vtrace
 from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.server.authorizer import AllowEveryone
@@ -181,3 +183,9 @@ def test_a_span_record_from_a_peer_with_times_no_float_holds_is_dropped() -> Non
             assert vtrace.SpanRecord.from_wire({**base, key: bad}) is None
     noted = vtrace.SpanRecord.from_wire({**base, "notes": [[2**2000, "a"], [1.5, "b"]]})
     assert noted is not None and noted.annotations == [(1.5, "b")]
+
+
+def test_with_collection_refuses_what_is_not_a_context_or_a_name() -> None:
+    for ctx, name in [(None, "x"), ("ctx", "x"), (Context.background(), 5)]:
+        with pytest.raises(errors.BadArgError, match="with_collection"):
+            vtrace.with_collection(ctx, name)
