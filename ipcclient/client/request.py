@@ -128,7 +128,7 @@ def encode_request_header(
         head = encode_request_message(suffix, method, nargs, deadline, trace_id, span_id, flags)
         if head is not None:
             return head
-    if nargs > MAX_ARGS:  # (the short way above declines such a count)
+    if nargs > MAX_ARGS:  # (encode_request_message declines such a count)
         raise errors.BadArgError(
             f"client: a call with {nargs} arguments; a server takes at most {MAX_ARGS} "
             "(stream the rest, or pass them in one list)",
