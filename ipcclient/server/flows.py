@@ -316,12 +316,8 @@ class FlowServing:
                 results = ()
             elif isinstance(value, Results):
                 results = value.values
-            elif isinstance(value, types.GeneratorType):
-                value.close()
-                raise errors.InternalError(
-                    f"server: {request.method} returned a generator; stream results with "
-                    "call.send(item) inside the method and return the final results"
-                )
+            elif isinstance(value, _NOT_RESULTS):
+                raise _not_results(request.method, value)
             else:
                 results = (value,)
         except errors.IPCError as exc:
@@ -533,6 +529,32 @@ def _sendable(err: errors.IPCError) -> errors.IPCError:
     ):
         return errors.IPCError(msg, *params, id=wid, action=action)
     return errors.InternalError(f"server: an error with an unsendable ID: {msg}", *params)
+
+
+_NOT_RESULTS = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+"""What a method returns by mistake: a generator (it used ``yield``) or a coroutine (it was
+written ``async def``)."""
+
+
+def _not_results(method: str, value: Any) -> errors.InternalError:
+    """The error for a method that returned one of :data:`_NOT_RESULTS` (closed here, so
+    Python does not warn that a coroutine was never awaited)."""
+    if isinstance(value, types.AsyncGeneratorType):
+        value.aclose().close()
+        kind, fix = "an async generator", "write it with def, and stream with call.send(item)"
+    else:
+        value.close()
+        if isinstance(value, types.CoroutineType):
+            kind, fix = "a coroutine", "the server runs methods on threads: write it with def"
+        else:
+            kind, fix = (
+                "a generator",
+                (
+                    "stream results with call.send(item) inside the method and return the final "
+                    "results"
+                ),
+            )
+    return errors.InternalError(f"server: {method} returned {kind}; {fix}")
 
 
 def _spans(span: vtrace.Span | None) -> tuple[Any, ...]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
 import logging
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +83,12 @@ class Svc:
         raise errors.OverloadedError("svc: busy")
 
     def Gen(self, call: ServerCall) -> Any:
+        yield 1
+
+    async def Async(self, call: ServerCall) -> int:
+        return 1
+
+    async def AsyncGen(self, call: ServerCall) -> Any:
         yield 1
 
     def Sleep(self, call: ServerCall, seconds: float) -> str:
@@ -874,6 +882,22 @@ def test_a_server_method_written_as_a_generator_says_to_use_send(
     with pytest.raises(errors.InternalError) as info:
         c.call(ctx(), name, "Gen")
     assert "call.send" in str(info.value)
+
+
+def test_a_server_method_written_async_says_to_write_it_with_def(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """An async def method answered "cannot encode a value of type coroutine", and Python
+    warned that the coroutine was never awaited."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a "never awaited" RuntimeWarning fails the test)
+        for method, kind in (("Async", "a coroutine"), ("AsyncGen", "an async generator")):
+            with pytest.raises(errors.InternalError) as info:
+                c.call(ctx(), name, method)
+            assert f"returned {kind}" in str(info.value) and "with def" in str(info.value)
+        gc.collect()
 
 
 def test_an_untrusted_server_says_how_to_trust_it(
