@@ -150,6 +150,10 @@ class VCCache:
         """Guards :attr:`vcs`, the dials and :attr:`closed` (and the client's set of calls);
         a leaf: nothing else is acquired while it is held."""
         self.vcs: dict[str, Connection] = {}
+        self.retired: set[Connection] = set()
+        """VCs replaced by a newer one (suspect) that still carry calls: out of :attr:`vcs`
+        for new calls, kept here until they close so that :meth:`close_locked` closes them
+        too."""
         self.closed = False
         self._dialing: dict[str, Dial] = {}
         self._manager = manager
@@ -464,6 +468,7 @@ class VCCache:
                         dial.conn = conn
                         if cached is not None and not cached.closed:
                             retired = cached
+                            self.retired.add(cached)
                     else:
                         # A newer dial to the same endpoint finished first: its VC serves
                         # this dial's callers too; one VC per endpoint stays.
@@ -497,13 +502,15 @@ class VCCache:
             for key, c in list(self.vcs.items()):
                 if c is conn:
                     del self.vcs[key]
+            self.retired.discard(conn)
 
     def close_locked(self) -> list[Connection]:
         """Mark the cache closed and empty it (the caller holds :attr:`lock`); returns the
         VCs, for the caller to close outside the lock."""
         self.closed = True
-        vcs = list(self.vcs.values())
+        vcs = [*self.vcs.values(), *self.retired]
         self.vcs.clear()
+        self.retired.clear()
         for dial in self._dialing.values():  # (its callers see closed at once)
             for wake in dial.listeners:
                 wake.set()
@@ -512,8 +519,9 @@ class VCCache:
     def drop_after_fork_locked(self) -> list[Connection]:
         """In a fork child (the caller holds :attr:`lock`): forget every VC and dial; the
         caller abandons the returned VCs (see ``Connection.abandon_after_fork``)."""
-        inherited = list(self.vcs.values())
+        inherited = [*self.vcs.values(), *self.retired]
         self.vcs.clear()
+        self.retired.clear()
         self._dialing.clear()
         return inherited
 

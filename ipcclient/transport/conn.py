@@ -383,8 +383,13 @@ class Connection(Reader):
 
     # --- for the flows (FlowHost) -------------------------------------------------------
     def forget_flow_locked(self, flow_id: int) -> None:
-        """With ``_lock`` held: the flow is over; drop it from the flow table."""
-        self._flows.pop(flow_id, None)
+        """With ``_lock`` held: the flow is over; drop it from the flow table. The last
+        flow of a retired VC wakes whoever reads it, whose keepalive check then closes it
+        (it would wait for the next check, up to the keepalive interval)."""
+        flows = self._flows
+        flows.pop(flow_id, None)
+        if self._retiring and not flows:
+            self._wake_poll_locked()
 
     # --- busy polling -------------------------------------------------------------------
     @property

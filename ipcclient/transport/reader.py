@@ -120,6 +120,7 @@ class Reader(abc.ABC):
     _flows: dict[int, Flow]
     _error: errors.IPCError | None
     _liveness: Liveness
+    _retiring: bool
     _last_recv: float
     _read_at: float
     _pending_early: list[bytes]
@@ -298,9 +299,10 @@ class Reader(abc.ABC):
             slice_, end = max(0.0, min(timeout, due)), now + timeout
         try:
             outcome = self._read_step(slice_, end)
-            if outcome is not _DATA or self._liveness.probing:
+            if outcome is not _DATA or self._liveness.probing or self._retiring:
                 # However the step ended (a call's deadline or cancel wakes it long before
-                # any keepalive timer would), the peer's silence is judged.
+                # any keepalive timer would), the peer's silence is judged; and a retired
+                # VC whose last flow this step ended is closed.
                 dead = self.check_liveness()
                 if dead is not None:
                     self._break(dead)
@@ -510,7 +512,9 @@ class Reader(abc.ABC):
                         polling.after_read(quick, self._opener.buffered > 0)
                     if sole:
                         inline.run_pending()
-                    if not (lead and self._liveness.probing):  # (probes: dialed VCs only)
+                    # (Probes and retiring: dialed VCs only. A retired VC's last flow wakes
+                    # this thread, and the wake-up may come in the same poll as data.)
+                    if not (lead and (self._liveness.probing or self._retiring)):
                         continue
                 elif sole and self._park_idle and self._park():
                     parked = True  # (the idle watcher has the VC now)

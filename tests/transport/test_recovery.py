@@ -3,6 +3,7 @@ stall, flipped bits, latency), Ctrl-C at every point of the read step, budgets o
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import sys
 import threading
@@ -618,3 +619,92 @@ def test_a_dial_its_caller_gave_up_on_goes_on_and_serves_the_next_call(
         assert client.vc_count() == 1
         assert client.call(ctx(), target, "Echo", "next") == ("next",)
         assert client.stats["dials"] == 1
+
+
+# --- a VC retired for a newer one still carries calls ------------------------------------------
+@expose
+class _Sleeper:
+    def __init__(self) -> None:
+        self.sleeping = threading.Event()
+
+    def Sleep(self, call: ServerCall, seconds: float) -> str:
+        self.sleeping.set()
+        call.context.wait(seconds)
+        return "slept"
+
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        return x
+
+
+def _retire_a_vc_under_a_call(
+    make_server: MakeServer, make_client: MakeClient, proxy_of: Callable[[str], FaultProxy]
+) -> tuple[Client, Any, dict[str, Any], threading.Thread]:
+    """A client whose first VC carries a 3 s call when a call times out on it with the peer
+    silent, so that the next call dials a new VC that replaces it (the first is retired);
+    then the first VC's peer speaks again. Returns the client, the retired VC, the long
+    call's outcome (filled in when it ends) and its thread."""
+    svc = _Sleeper()
+    _srv, name = make_server(svc, AllowEveryone())
+    proxy = proxy_of(name.split("@")[3])
+    client = make_client()
+    target = proxied(name, proxy)
+    assert client.call(ctx(), target, "Echo", "warm") == ("warm",)
+    (first,) = client._vcs.values()
+    outcome: dict[str, Any] = {}
+
+    def long_call() -> None:
+        try:
+            outcome["result"] = client.call(ctx(), target, "Sleep", 3.0)
+        except errors.IPCError as exc:
+            outcome["error"] = exc
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=long_call)
+    thread.start()
+    assert svc.sleeping.wait(5)
+    (pipe,) = proxy.pipes
+    pipe.set(up=Fault.stall(), down=Fault.stall())
+    time.sleep(0.2)  # (a pump waiting in select when the fault is set relays one more read)
+    with pytest.raises(errors.TimeoutError):
+        # (a call that times out with the peer silent for over a second: the VC is suspect)
+        client.call(ctx(1.5), target, "Echo", "lost")
+    assert client.call(ctx(5), target, "Echo", "new") == ("new",)
+    assert len(proxy.pipes) == 2 and first not in client._vcs.values()  # (retired)
+    pipe.set(up=Fault.none(), down=Fault.none())
+    return client, first, outcome, thread
+
+
+def test_close_ends_a_retired_vc_and_the_calls_it_carries(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Client.close() closed only the VCs in the cache: a retired one, and a call on it, ran
+    on after close() (the call returned its result, the VC's thread and socket stayed until
+    the next keepalive check)."""
+    with contextlib.ExitStack() as stack:
+        proxies = lambda target: stack.enter_context(FaultProxy(target))  # noqa: E731
+        client, first, outcome, thread = _retire_a_vc_under_a_call(
+            make_server, make_client, proxies
+        )
+        assert not first.closed
+        closed_at = time.monotonic()
+        client.close()
+        thread.join(5)
+        assert isinstance(outcome.get("error"), errors.CanceledError), outcome
+        assert outcome["at"] - closed_at < 1.0
+        assert first.closed and first.wait_closed(1.0)
+
+
+def test_a_retired_vc_closes_when_its_last_call_ends(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A retired VC closed at the next keepalive check after its last flow ended (up to the
+    keepalive interval later); the flow's end now wakes its reader to close it."""
+    with contextlib.ExitStack() as stack:
+        proxies = lambda target: stack.enter_context(FaultProxy(target))  # noqa: E731
+        client, first, outcome, thread = _retire_a_vc_under_a_call(
+            make_server, make_client, proxies
+        )
+        thread.join(10)
+        assert outcome.get("result") == ("slept",), outcome
+        assert first.wait_closed(1.0), "the retired VC is still open after its last call"
+        assert client.vc_count() == 1
