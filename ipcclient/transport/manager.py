@@ -281,6 +281,12 @@ class Listener:
                 return
             self._closed = True
             conns = list(self._connections)
+            # Handshakes still going on end now (their threads wake and close their sockets),
+            # not when the peer finishes or their timeout passes: no VC is taken any more.
+            # Shut under the lock, as the accept loop sheds one (see there).
+            for pending in self._pending:
+                with contextlib.suppress(OSError):
+                    pending.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()

@@ -94,9 +94,16 @@ class IdleWatcher:
         while True:
             with self._lock:
                 selector = self._selector
-                if selector is None or not self._parked:
+                idle = selector is None or not self._parked
+                if idle:
+                    # Nothing parked: the thread ends, and its selector (an epoll descriptor)
+                    # goes with it; the next park makes both anew.
                     self._thread = None
-                    return
+                    self._selector = None
+            if idle:
+                if selector is not None:
+                    selector.close()
+                return
             try:
                 ready = selector.select(max(0.0, next_round - time.monotonic()))
             except (OSError, ValueError):  # pragma: no cover - a socket closed under us

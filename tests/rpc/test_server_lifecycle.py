@@ -16,6 +16,7 @@ from ipcclient import Client, Context, Results, Server, errors
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import ServerCall, signature
+from ipcclient.vc.handshake import ClientHandshake
 from tests.conftest import Family
 
 MakeServer = Callable[..., tuple[Server, str]]
@@ -320,3 +321,40 @@ def test_a_listen_that_loses_a_race_with_stop_leaves_no_listener(
     with socket.socket() as s, pytest.raises(OSError):
         s.settimeout(5)
         s.connect((host, int(port)))
+
+
+def test_stop_ends_the_handshakes_still_going_on(family: Family) -> None:
+    """Connections that sent their hello and then nothing kept a handshake thread and a
+    socket each for the handshake timeout (10 s) after stop() returned."""
+    hello = ClientHandshake(
+        family.member("raw"), authorize_server=lambda *_: None, blessings_for_server=lambda _: None
+    ).start()
+    server = Server(family.member("server"))
+    ep = server.listen("tcp", "127.0.0.1:0")
+    server.serve(Slow(), AllowEveryone())
+    host, port = ep.split("@")[3].rsplit(":", 1)
+    others = set(threading.enumerate())  # (another test's server may still be shaking hands)
+    raws = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
+    try:
+        for raw in raws:
+            raw.sendall(hello)
+            assert raw.recv(4096)  # (the server's hello and auth: its handshake waits for ours)
+        stopped = time.monotonic()
+        server.stop()
+        for raw in raws:
+            while raw.recv(4096):  # (EOF once the server's side is closed)
+                pass
+        assert time.monotonic() - stopped < 2.0
+
+        def ours() -> list[threading.Thread]:
+            return [
+                t for t in threading.enumerate() if t.name == "ipc-handshake" and t not in others
+            ]
+
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and ours():
+            time.sleep(0.02)
+        assert not ours()
+    finally:
+        for raw in raws:
+            raw.close()

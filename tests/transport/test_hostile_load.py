@@ -408,3 +408,7 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
             p.close()
     server.stop()
     wait_until(lambda: parking.IDLE.parked == 0)
+    # With nothing parked the watcher's thread ends and its epoll descriptor is closed (it
+    # stayed open for the life of the process).
+    wait_until(lambda: not any(t.name == "ipc-idle" for t in threading.enumerate()))
+    assert parking.IDLE._selector is None
