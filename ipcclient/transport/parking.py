@@ -100,7 +100,7 @@ class IdleWatcher:
                     # goes with it; the next park makes both anew.
                     self._thread = None
                     self._selector = None
-            if idle:
+            if idle or selector is None:
                 if selector is not None:
                     selector.close()
                 return
