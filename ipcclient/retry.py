@@ -67,6 +67,16 @@ DEFAULT_RETRY_WINDOW = 60.0
 """Vanadium's defaultCallTimeout: the retry window when the context has no deadline."""
 
 
+def _finite_at_least(value: object, least: float) -> bool:
+    """Whether ``value`` is a finite number (not a bool) >= ``least``."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= least
+    )
+
+
 class BackoffKind(enum.Enum):
     """The shape of the backoff formula."""
 
@@ -87,6 +97,9 @@ class BackoffPolicy:
         multiplier: growth per retry for EXPONENTIAL (ignored for POWER).
         max_backoff: the cap on one sleep, in seconds.
         reserve: seconds always left before the deadline; no retry with this or less left.
+
+    Raises:
+        BadArgError: a field is not of its type or out of its range.
     """
 
     kind: BackoffKind = BackoffKind.EXPONENTIAL
@@ -97,14 +110,22 @@ class BackoffPolicy:
     reserve: float = 0.1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, BackoffKind):
+            raise errors.BadArgError(
+                f"retry: BackoffPolicy.kind must be a BackoffKind, not {self.kind!r:.40}"
+            )
         for name in ("base", "jitter", "multiplier", "max_backoff", "reserve"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"BackoffPolicy.{name} must be a finite number >= 0")
+            if not _finite_at_least(value, 0):
+                raise errors.BadArgError(
+                    f"retry: BackoffPolicy.{name} must be a finite number >= 0, got {value!r}"
+                )
         if self.kind is BackoffKind.POWER and self.base < 1:
-            raise ValueError("a POWER backoff needs base >= 1 (else it would shrink)")
+            raise errors.BadArgError(
+                "retry: a POWER backoff needs base >= 1 (else it would shrink)"
+            )
         if self.kind is BackoffKind.EXPONENTIAL and self.multiplier < 1:
-            raise ValueError("an EXPONENTIAL backoff needs multiplier >= 1")
+            raise errors.BadArgError("retry: an EXPONENTIAL backoff needs multiplier >= 1")
 
     @classmethod
     def seed_2014(cls) -> BackoffPolicy:
@@ -148,7 +169,7 @@ def backoff_delay(
     its value clamped to [0, 1].
     """
     if attempt < 1:
-        raise ValueError("attempt counts retries from 1")
+        raise errors.BadArgError("retry: attempt counts retries from 1")
     if not remaining > policy.reserve:
         return None
     r = min(1.0, max(0.0, float(rand())))  # NaN compares false: max(0.0, nan) is 0.0
@@ -245,6 +266,9 @@ class RetryBudget:
     ``min_retries_per_sec * ttl`` tokens lets a quiet client still retry. When every server is
     down, retries stop multiplying the load. Thread-safe; time comes from ``clock``. The window
     is kept in ``buckets`` slots, so memory is bounded whatever the request rate.
+
+    Raises:
+        BadArgError: an argument is not a number or out of its range.
     """
 
     def __init__(
@@ -256,14 +280,20 @@ class RetryBudget:
         buckets: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not (math.isfinite(ttl) and ttl > 0):
-            raise ValueError("ttl must be a finite number > 0")
-        if not (math.isfinite(min_retries_per_sec) and min_retries_per_sec >= 0):
-            raise ValueError("min_retries_per_sec must be a finite number >= 0")
-        if not (math.isfinite(percent_can_retry) and 0 <= percent_can_retry <= 1000):
-            raise ValueError("percent_can_retry must be in [0, 1000]")
-        if buckets < 1:
-            raise ValueError("buckets must be >= 1")
+        if not (_finite_at_least(ttl, 0) and ttl > 0):
+            raise errors.BadArgError(f"retry: ttl must be a finite number > 0, got {ttl!r:.40}")
+        if not _finite_at_least(min_retries_per_sec, 0):
+            raise errors.BadArgError(
+                "retry: min_retries_per_sec must be a finite number >= 0, "
+                f"got {min_retries_per_sec!r:.40}"
+            )
+        if not (_finite_at_least(percent_can_retry, 0) and percent_can_retry <= 1000):
+            raise errors.BadArgError(
+                f"retry: percent_can_retry must be in [0, 1000], got {percent_can_retry!r:.40}"
+            )
+        given: object = buckets
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise errors.BadArgError(f"retry: buckets must be an int >= 1, got {buckets!r:.40}")
         self._slot = ttl / buckets
         self._buckets = buckets
         self._reserve = min_retries_per_sec * ttl
@@ -346,7 +376,7 @@ def run_with_retries(
     it and the backoff; giving up after retries is logged at INFO too.
     """
     if max_attempts is not None and max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1")
+        raise errors.BadArgError("retry: max_attempts must be >= 1")
     now: Callable[[], float]
     if clock is not None:
         now = clock

@@ -87,6 +87,11 @@ class Client:
         roots: mount table names for the default namespace (e.g. ``["/127.0.0.1:8101"]``).
         options: client-wide knobs (:class:`~ipcclient.options.ClientOptions`).
         stream_manager: how VCs are made (default: one over this principal).
+
+    Raises:
+        BadArgError: ``principal`` is not a :class:`~ipcclient.security.Principal`, or
+            ``namespace``, ``options`` or ``stream_manager`` is not of its type (checked
+            here, not at the first call), or a root is malformed.
     """
 
     def __init__(
@@ -98,6 +103,18 @@ class Client:
         options: ClientOptions | None = None,
         stream_manager: StreamManager | None = None,
     ) -> None:
+        # (Checked here: a wrong type would otherwise fail only in every call, with a bare
+        # exception inside the dial.)
+        for what, value, kind in (
+            ("principal", principal, Principal),
+            ("namespace", namespace, Namespace),
+            ("options", options, ClientOptions),
+            ("stream_manager", stream_manager, StreamManager),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise errors.BadArgError(
+                    f"client: {what} must be a {kind.__name__} or None, not {type(value).__name__}"
+                )
         if principal is None:
             principal = Principal.generate()
             principal.store.default = principal.bless_self("client")
@@ -145,9 +162,17 @@ class Client:
         Raises:
             NoExistError, NoAccessError, BadArgError, NotTrustedError: the principal cannot
                 be loaded (see :meth:`Principal.load`), or a root is malformed.
+            BadArgError: ``credentials`` is not a path (str or os.PathLike), or an
+                argument is not of its type (see :class:`Client`).
         """
         from ipcclient import env
 
+        given: object = credentials
+        if given is not None and not isinstance(given, str | os.PathLike):
+            raise errors.BadArgError(
+                "client: credentials must be a principal directory (str or os.PathLike), "
+                f"not {type(given).__name__}"
+            )
         principal = env.load_principal(credentials, passphrase=passphrase)
         return cls(principal, roots=env.roots(roots), options=options)
 
@@ -443,11 +468,14 @@ class Client:
                 failures.append(got)
                 continue
             flow = got
+            granting = False
             try:
                 flow.set_deadline(deadline)
                 conn = flow.connection
                 auth = security.authorize_server(self.principal, conn, ep, method, suffix, options)
+                granting = True
                 granted = security.grant(conn, options)
+                granting = False
                 discharges, fetch_errors = security.prepare_discharges(
                     self.discharge_cache,
                     self._fetch_discharges,
@@ -460,6 +488,10 @@ class Client:
                 )
             except errors.IPCError as exc:
                 flow.cancel()  # never opened on the wire: nothing at all is sent
+                if granting and isinstance(exc, errors.BadArgError):
+                    # The caller's Granter returned what cannot be granted: the caller's bug,
+                    # the same with every server. Say so, instead of trying the others.
+                    raise exc.with_context(request_sent=False, tried=tried) from None
                 tried.append(f"{server}: {exc.id}")
                 last = exc
                 failures.append(exc)

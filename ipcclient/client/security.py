@@ -184,7 +184,13 @@ def authorize_server(
 
 
 def grant(conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
-    """The blessings the ``Granter`` options grant the server on ``conn`` (None: none)."""
+    """The blessings the ``Granter`` options grant the server on ``conn`` (None: none).
+
+    Raises:
+        BadArgError: a Granter option's function returned something other than Blessings
+            or None (a bug of the caller's; nothing is sent), naming that function.
+        NotTrustedError: a granter's function raised (or is not callable).
+    """
     granted: Blessings | None = None
     if not options:
         return granted
@@ -197,7 +203,12 @@ def grant(conn: Connection, options: Sequence[CallOption]) -> Blessings | None:
             raise errors.NotTrustedError(f"client: granter failed: {exc!r}") from exc
         if got is not None:
             if not isinstance(got, Blessings):
-                raise errors.BadArgError("client: a granter must return Blessings")
+                who = getattr(opt.grant, "__qualname__", None)
+                raise errors.BadArgError(
+                    f"client: the Granter option's function "
+                    f"{who if isinstance(who, str) else repr(opt.grant)[:60]} returned "
+                    f"{type(got).__name__}; a granter must return Blessings or None"
+                )
             granted = Blessings.union(granted, got)
     return granted
 

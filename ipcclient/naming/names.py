@@ -94,7 +94,13 @@ def clean(name: str) -> str:
     Collapses runs of "/" and drops a trailing "/", except that it keeps (a) a rooted name's
     address element verbatim and (b) the terminal marker "//" right after the address. The
     root alone ("/", "//", ...) cleans to "/". Idempotent.
+
+    Raises:
+        BadArgError: ``name`` is not a str.
     """
+    given: object = name
+    if not isinstance(given, str):
+        raise errors.BadArgError(f"naming: a name must be a str, not {type(given).__name__}")
     if not is_rooted(name):
         return _collapse(name)
     address, suffix, marker = _parse(name)

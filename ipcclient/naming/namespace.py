@@ -156,6 +156,11 @@ def _key_of(name: str) -> _CacheKey:
 def _validate_roots(roots: Iterable[str]) -> tuple[str, ...]:
     if isinstance(roots, str):
         raise errors.BadArgError("namespace: roots must be a sequence of names, not one str")
+    given: object = roots
+    if isinstance(given, bytes) or not isinstance(given, Iterable):
+        raise errors.BadArgError(
+            f"namespace: roots must be a sequence of names, not {type(given).__name__}"
+        )
     out: list[str] = []
     for root in roots:
         try:
@@ -203,6 +208,10 @@ class Namespace:
             resolve.
         clock: a monotonic clock; mount deadlines are read on it.
         cache_size: the most cache entries kept (0 disables the cache).
+
+    Raises:
+        BadArgError: ``roots`` is not a sequence of rooted names (one str, None...), or
+            ``cache_size`` is not an int >= 0.
     """
 
     def __init__(
@@ -478,7 +487,13 @@ class Namespace:
         for a relative name), following *every* server of every entry met, and forgets each
         entry met together with the entries for longer names at the same server (matched by
         whole components: flushing ``a/b`` never touches ``a/bc``).
+
+        Raises:
+            BadArgError: ``name`` is not a str.
         """
+        given: object = name
+        if not isinstance(given, str):
+            raise errors.BadArgError(f"namespace: a name must be a str, not {type(given).__name__}")
         _, name = names.split_pattern_name(name)
         if names.is_rooted(name):
             starts = [name]

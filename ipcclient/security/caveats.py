@@ -373,7 +373,21 @@ def expiry(not_after: float) -> ExpiryCaveat:
 
 
 def expires_in(seconds: float, now: float | None = None) -> ExpiryCaveat:
-    """A caveat that holds for ``seconds`` from ``now`` (default: ``time.time()``)."""
+    """A caveat that holds for ``seconds`` from ``now`` (default: ``time.time()``).
+
+    Raises:
+        BadArgError: ``seconds`` (or ``now``) is not a number, or the expiry is out of
+            range (see :func:`expiry`).
+    """
+    given: tuple[tuple[str, object], ...] = (("seconds", seconds),)
+    if now is not None:
+        given += (("now", now),)
+    for what, value in given:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise errors.BadArgError(
+                f"security: expires_in's {what} must be a number (seconds), "
+                f"not {type(value).__name__}"
+            )
     return expiry((time.time() if now is None else now) + seconds)
 
 

@@ -28,7 +28,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,10 @@ class Principal:
         Caveats are optional here: the principal restricts only itself.
 
         Raises:
-            BadArgError: ``name`` is not a valid extension, a caveat is not a Caveat, there
-                are more than :data:`MAX_CAVEATS`, or the blessing would encode to more
-                than :data:`~ipcclient.security.blessings.MAX_BLESSINGS_SIZE` bytes.
+            BadArgError: ``name`` is not a valid extension, ``caveats`` is not a list (None
+                included) of Caveat values, there are more than :data:`MAX_CAVEATS`, or the
+                blessing would encode to more than
+                :data:`~ipcclient.security.blessings.MAX_BLESSINGS_SIZE` bytes.
         """
         ext = validate_extension(name)
         cavs = _check_caveats(caveats)
@@ -138,9 +139,10 @@ class Principal:
         ``[caveats.unconstrained_use()]`` to bless without restriction on purpose.
 
         Raises:
-            BadArgError: ``with_blessings`` is not bound to this principal's key, no caveat
-                or more than :data:`MAX_CAVEATS`, invalid extension or key, a chain would
-                become too deep, or the blessings would encode to more than
+            BadArgError: ``with_blessings`` is not bound to this principal's key,
+                ``caveats`` is not a list of Caveat values, no caveat or more than
+                :data:`MAX_CAVEATS`, invalid extension or key, a chain would become too
+                deep, or the blessings would encode to more than
                 :data:`~ipcclient.security.blessings.MAX_BLESSINGS_SIZE` bytes.
         """
         if not isinstance(key, PublicKey):
@@ -166,7 +168,11 @@ class Principal:
         return check_size(Blessings(chains), "security")
 
     def add_to_roots(self, blessings: Blessings) -> None:
-        """Trust the roots of ``blessings`` for their names (see BlessingRoots.add_blessings)."""
+        """Trust the roots of ``blessings`` for their names (see BlessingRoots.add_blessings).
+
+        Raises:
+            BadArgError: ``blessings`` is not Blessings.
+        """
         self.roots.add_blessings(blessings)
 
     # ---- persistence ----------------------------------------------------------------------
@@ -175,11 +181,11 @@ class Principal:
         """Write the principal to ``directory`` (created with mode 0700 if missing).
 
         Raises:
-            BadArgError: empty passphrase, or the directory cannot be written.
+            BadArgError: ``directory`` is not a path (str or os.PathLike), the passphrase is
+                not non-empty bytes, or the directory cannot be written.
         """
-        if passphrase is not None and (not isinstance(passphrase, bytes) or not passphrase):
-            raise errors.BadArgError("security: a passphrase must be non-empty bytes")
-        path = Path(directory)
+        _check_passphrase(passphrase)
+        path = _directory(directory)
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase is not None
@@ -209,10 +215,13 @@ class Principal:
             NoExistError: no such directory or key file.
             NoAccessError: the key file is accessible to group/others or owned by another
                 user, or the passphrase is missing or wrong.
-            BadArgError: a corrupt file, or a passphrase for an unencrypted key.
+            BadArgError: ``directory`` is not a path (str or os.PathLike), the passphrase
+                is not non-empty bytes (as :meth:`save` takes), a corrupt file, or a
+                passphrase for an unencrypted key.
             NotTrustedError: a state file's signature does not verify.
         """
-        path = Path(directory)
+        _check_passphrase(passphrase)
+        path = _directory(directory)
         if not path.is_dir():
             raise errors.NoExistError(f"security: no principal directory {path}")
         key_path = path / KEY_FILE
@@ -263,9 +272,31 @@ class Principal:
         return f"Principal({self._public_key.fingerprint})"
 
 
+def _check_passphrase(passphrase: object) -> None:
+    """Refuse a passphrase that is not None or non-empty bytes (a str is not encoded for
+    the caller: which encoding it was saved with is not ours to guess)."""
+    if passphrase is not None and (not isinstance(passphrase, bytes) or not passphrase):
+        raise errors.BadArgError("security: a passphrase must be non-empty bytes")
+
+
+def _directory(directory: object) -> Path:
+    """``directory`` as a Path, when it is a str or an os.PathLike."""
+    if not isinstance(directory, str | os.PathLike):
+        raise errors.BadArgError(
+            "security: a principal directory must be a str or os.PathLike, "
+            f"not {type(directory).__name__}"
+        )
+    return Path(directory)
+
+
 def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:
     """The caveats of a new certificate: Caveat values, at most :data:`MAX_CAVEATS` (every
     peer refuses a certificate with more)."""
+    given: object = caveats
+    if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+        raise errors.BadArgError(
+            f"security: caveats must be a list of Caveat values, not {type(given).__name__}"
+        )
     cavs = tuple(caveats)
     if not all(isinstance(c, Caveat) for c in cavs):
         raise errors.BadArgError("security: caveats must be Caveat values")

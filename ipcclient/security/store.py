@@ -164,7 +164,16 @@ class BlessingRoots:
 
     def add_blessings(self, blessings: Blessings) -> None:
         """Trust the root of every chain of ``blessings`` for names under its root name
-        (Vanadium's AddToRoots)."""
+        (Vanadium's AddToRoots).
+
+        Raises:
+            BadArgError: ``blessings`` is not Blessings.
+        """
+        given: object = blessings
+        if not isinstance(given, Blessings):
+            raise errors.BadArgError(
+                f"security: roots are added from Blessings, not {type(given).__name__}"
+            )
         for chain in blessings.chains:
             self.add(chain[0].public_key, chain[0].extension)
 

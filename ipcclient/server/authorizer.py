@@ -92,10 +92,41 @@ class DefaultAuthorizer:
 
 
 class AllowPatterns:
-    """Allows a client with a validated name matched by any of ``patterns``."""
+    """Allows a client with a validated name matched by any of ``patterns``.
 
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns: Sequence[BlessingPattern] = tuple(BlessingPattern(p) for p in patterns)
+    Args:
+        patterns (Iterable[str]): blessing patterns (``"idp"``, ``"idp:alice:$"``,
+            ``"..."``): a list of str, never one str.
+
+    Raises:
+        BadArgError: ``patterns`` is a single str or bytes, or not iterable, or one of them
+            is not a str or not a valid blessing pattern.
+    """
+
+    # (patterns is typed Any: this checks it itself, so that in the compiled build too a
+    # wrong type is a BadArgError, not the TypeError of a compiled function's boundary.)
+    def __init__(self, patterns: Any) -> None:
+        if isinstance(patterns, str):
+            raise errors.BadArgError(
+                "server: AllowPatterns takes a list of blessing patterns, not one str "
+                f"(write AllowPatterns([{patterns!r:.40}]))"
+            )
+        if isinstance(patterns, bytes) or not isinstance(patterns, Iterable):
+            raise errors.BadArgError(
+                "server: AllowPatterns takes a list of blessing patterns (str), not "
+                f"{type(patterns).__name__}"
+            )
+        checked: list[BlessingPattern] = []
+        for p in patterns:
+            if not isinstance(p, str):
+                raise errors.BadArgError(
+                    f"server: AllowPatterns: a blessing pattern is a str, not {type(p).__name__}"
+                )
+            pattern = BlessingPattern(p)
+            if not pattern.is_valid():
+                raise errors.BadArgError(f"server: AllowPatterns: invalid blessing pattern {p!r}")
+            checked.append(pattern)
+        self.patterns: Sequence[BlessingPattern] = tuple(checked)
 
     def authorize(self, call: CallSecurity) -> None:
         for p in self.patterns:

@@ -65,6 +65,9 @@ class ServerOptions:
             helper reader for its VC, so other calls on the VC wait at most about 3 ms for
             their data). It still counts against ``max_workers + max_queued``.
         transport: options of the VCs accepted.
+
+    Raises:
+        BadArgError: a field is not of its type or out of its range.
     """
 
     workers: int = 16
@@ -93,9 +96,24 @@ class ServerOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise errors.BadArgError(f"server: {name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.max_queued, int) or self.max_queued < 0:
+        if (
+            not isinstance(self.max_queued, int)
+            or isinstance(self.max_queued, bool)
+            or self.max_queued < 0
+        ):
             raise errors.BadArgError(f"server: max_queued must be >= 0, got {self.max_queued!r}")
         for name in ("first_header_timeout", "args_timeout", "send_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise errors.BadArgError(f"server: {name} must be seconds > 0, got {value!r}")
+        # (Checked here, not when the server first listens or reads a request.)
+        kinds: tuple[tuple[str, object, type, str], ...] = (
+            ("header_limits", self.header_limits, Limits, "a codec Limits"),
+            ("inline_calls", self.inline_calls, bool, "a bool"),
+            ("transport", self.transport, TransportOptions, "a TransportOptions"),
+        )
+        for name, value, kind, what in kinds:
+            if not isinstance(value, kind):
+                raise errors.BadArgError(
+                    f"server: ServerOptions.{name} must be {what}, not {type(value).__name__}"
+                )

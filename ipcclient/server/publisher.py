@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,13 +149,17 @@ class Publisher:
         ``serves_mount_table``, the first Mount each table takes carries REPLACE).
 
         Raises:
-            BadArgError: a bad name or server, or too many names.
+            BadArgError: a bad name, ``servers`` not a sequence of str or a bad server, or
+                too many names.
             BadStateError: the publisher is stopped.
         """
         if not isinstance(name, str) or not names.clean(name) or names.is_rooted(name):
             raise errors.BadArgError(f"publisher: {name!r} must be a non-empty relative name")
-        if isinstance(servers, str):
-            raise errors.BadArgError("publisher: servers must be a sequence of str, not a str")
+        given: object = servers
+        if isinstance(given, str | bytes) or not isinstance(given, Iterable):
+            raise errors.BadArgError(
+                f"publisher: servers must be a sequence of str, not {type(given).__name__}"
+            )
         rooted = tuple(_rooted(s) for s in servers)
         if not rooted:
             raise errors.BadArgError("publisher: no servers to publish")

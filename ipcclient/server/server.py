@@ -36,7 +36,6 @@ from ipcclient.context import Context
 from ipcclient.headers import usual_request_within
 from ipcclient.security.blessings import Blessings, check_size
 from ipcclient.security.principal import Principal
-from ipcclient.server.authorizer import Authorizer
 from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.capacity import WorkerPool
 from ipcclient.server.dispatcher import (
@@ -75,17 +74,44 @@ class Server(FlowServing):
 
     ``server = Server(principal); endpoint = server.listen("tcp", "127.0.0.1:0");
     server.serve(obj)`` ... ``server.stop()``. Also a context manager.
+
+    Args:
+        principal (Principal): who this server is.
+        blessings (Blessings | None): the blessings it presents (default: the principal's
+            default blessings).
+        options (ServerOptions | None): its knobs (default: ``ServerOptions()``).
+        publisher: what publishes its names (:meth:`add_name`), or None.
+        serves_mount_table: whether it serves a mount table (its endpoints say so).
+
+    Raises:
+        BadArgError: ``principal`` is not a Principal, ``blessings`` are not Blessings
+            bound to its key (or it has no default blessings), or ``options`` is not a
+            ServerOptions.
     """
 
+    # (principal, blessings and options are typed Any: this checks them itself, so that in
+    # the compiled build too a wrong type is a BadArgError, not a TypeError at the boundary.)
     def __init__(
         self,
-        principal: Principal,
+        principal: Any,
         *,
-        blessings: Blessings | None = None,
-        options: ServerOptions | None = None,
+        blessings: Any = None,
+        options: Any = None,
         publisher: Any = None,
         serves_mount_table: bool = False,
     ) -> None:
+        if not isinstance(principal, Principal):
+            raise errors.BadArgError(
+                f"server: principal must be a Principal, not {type(principal).__name__}"
+            )
+        if options is not None and not isinstance(options, ServerOptions):
+            raise errors.BadArgError(
+                f"server: options must be a ServerOptions or None, not {type(options).__name__}"
+            )
+        if blessings is not None and not isinstance(blessings, Blessings):
+            raise errors.BadArgError(
+                f"server: blessings must be Blessings or None, not {type(blessings).__name__}"
+            )
         self.principal = principal
         self.options = options or ServerOptions()
         chosen = blessings if blessings is not None else principal.store.default
@@ -121,10 +147,23 @@ class Server(FlowServing):
         self.endpoints: list[str] = []
 
     # --- lifecycle ----------------------------------------------------------------------
-    def listen(self, protocol: str = "tcp", address: str = "127.0.0.1:0") -> str:
-        """Listen on ``address`` and return this server's endpoint string there."""
+    # (protocol and address are typed Any: this checks them itself; see __init__.)
+    def listen(self, protocol: Any = "tcp", address: Any = "127.0.0.1:0") -> str:
+        """Listen on ``address`` (a str, ``host:port`` for tcp) with ``protocol`` (a str)
+        and return this server's endpoint string there.
+
+        Raises:
+            BadArgError: ``protocol`` or ``address`` is not a str, or is not one the
+                transport knows.
+            BadStateError: the server is stopped.
+        """
         from ipcclient.naming.endpoint import Endpoint  # naming sits below; import lazily
 
+        for what, value in (("protocol", protocol), ("address", address)):
+            if not isinstance(value, str):
+                raise errors.BadArgError(
+                    f"server: listen's {what} must be a str, not {type(value).__name__}"
+                )
         with self._lock:
             if self._stopped:
                 raise errors.BadStateError("server: stopped")
@@ -157,10 +196,11 @@ class Server(FlowServing):
             self.endpoints.append(endpoint)
             return True
 
+    # (authorizer is typed Any: this checks it itself; see __init__.)
     def serve(
         self,
         obj: Any,
-        authorizer: Authorizer | None = None,
+        authorizer: Any = None,
         *,
         methods: Iterable[str] | None = None,
     ) -> None:
@@ -177,9 +217,12 @@ class Server(FlowServing):
                 ``method(call, *args)`` (no parameter for the call, or a keyword-only
                 parameter without a default: see :func:`~ipcclient.server.dispatcher.parameters`).
                 Such a method exposed only by ``@expose`` on its class is logged as a
-                warning instead, and a client calling it gets BadArg.
+                warning instead, and a client calling it gets BadArg. Or ``authorizer`` is
+                neither None nor an :class:`~ipcclient.server.authorizer.Authorizer` (an
+                object with a callable ``authorize``; not a class).
             BadStateError: the server already serves.
         """
+        _check_authorizer(authorizer)
         if methods is not None:
             obj = Exposed(obj, methods)
         elif not exposed_methods(obj):
@@ -212,7 +255,17 @@ class Server(FlowServing):
     def serve_dispatcher(self, dispatcher: Dispatcher) -> None:
         """Serve every suffix through ``dispatcher``. A server serves once. The objects the
         dispatcher returns are called only through their exposed methods (see
-        :meth:`serve`; a dispatcher may return an :class:`~ipcclient.server.exposure.Exposed`)."""
+        :meth:`serve`; a dispatcher may return an :class:`~ipcclient.server.exposure.Exposed`).
+
+        Raises:
+            BadArgError: ``dispatcher`` has no callable ``lookup``.
+            BadStateError: the server already serves.
+        """
+        if not callable(getattr(dispatcher, "lookup", None)):
+            raise errors.BadArgError(
+                "server: serve_dispatcher needs a Dispatcher (an object with a callable "
+                f"lookup), not {type(dispatcher).__name__}"
+            )
         with self._lock:
             if self._dispatcher is not None:
                 raise errors.BadStateError("server: already serving")
@@ -351,6 +404,27 @@ class Server(FlowServing):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _check_authorizer(authorizer: object) -> None:
+    """Refuse, when serving starts, an authorizer that could not authorize a call (else
+    every call would fail with a bare AttributeError).
+
+    Raises:
+        BadArgError: ``authorizer`` is neither None nor an object with a callable
+            ``authorize`` (a class, ``AllowEveryone`` rather than ``AllowEveryone()``, is
+            refused too).
+    """
+    if isinstance(authorizer, type):
+        raise errors.BadArgError(
+            f"server: the authorizer must be an Authorizer instance, not the class "
+            f"{authorizer.__name__} (write {authorizer.__name__}(...))"
+        )
+    if authorizer is not None and not callable(getattr(authorizer, "authorize", None)):
+        raise errors.BadArgError(
+            "server: the authorizer must be an Authorizer (an object with a callable "
+            f"authorize(call)) or None, not {type(authorizer).__name__}"
+        )
 
 
 def _seconds(value: object, *, finite: bool = True) -> bool:

@@ -91,7 +91,7 @@ def test_policy_is_frozen() -> None:
     ],
 )
 def test_policy_rejects_bad_fields(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         BackoffPolicy(**kwargs)
 
 
@@ -140,7 +140,7 @@ def test_bad_rand_values_are_clamped() -> None:
 
 
 def test_attempt_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         backoff_delay(DEFAULT_POLICY, 0, 10.0, const(0.0))
 
 
@@ -372,7 +372,7 @@ def test_max_attempts_bounds_the_loop() -> None:
         h.run(max_attempts=3)
     assert len(h.attempts) == 3
     assert len(info.value.tried) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         h.run(max_attempts=0)
 
 
@@ -598,7 +598,7 @@ def test_budget_deposits_earn_a_fraction_of_a_retry() -> None:
     ],
 )
 def test_budget_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.BadArgError):
         RetryBudget(**kwargs)
 
 
