@@ -91,6 +91,11 @@ class ServerPattern(CallOption):
     def __init__(self, *patterns: str) -> None:
         if not patterns:
             raise errors.BadArgError("options: ServerPattern needs at least one pattern")
+        for p in patterns:
+            if not isinstance(p, str):
+                raise errors.BadArgError(
+                    f"options: ServerPattern takes patterns as str, not {type(p).__name__}"
+                )
         object.__setattr__(self, "patterns", tuple(patterns))
 
     def matched_by(self, names: Sequence[str]) -> bool:
@@ -102,6 +107,12 @@ class ServerPublicKey(CallOption):
     """The server must authenticate with exactly this key."""
 
     key: PublicKey
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, PublicKey):
+            raise errors.BadArgError(
+                f"options: ServerPublicKey takes a PublicKey, not {type(self.key).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,13 @@ class Granter(CallOption):
     NotTrustedError before any request byte is written."""
 
     grant: Callable[[Any, PublicKey], Any] = field(compare=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.grant):
+            raise errors.BadArgError(
+                "options: Granter takes a function grant(server_blessings, server_key), not "
+                f"{type(self.grant).__name__}"
+            )
 
 
 _O = TypeVar("_O", bound=CallOption)

@@ -35,6 +35,7 @@ from ipcclient import (
     expose,
 )
 from ipcclient.naming import names
+from ipcclient.options import ServerPattern, ServerPublicKey
 from ipcclient.retry import BackoffKind
 from ipcclient.server.server import LeafDispatcher
 from ipcclient.transport.manager import StreamManager
@@ -401,3 +402,19 @@ def test_a_granter_returning_something_else_is_named_in_the_error(
     assert "my_granter" in err.msg and "returned str" in err.msg
     assert err.request_sent is False
     assert err.action is errors.RetryAction.NO_RETRY
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Granter("x"),  # type: ignore[arg-type]
+        lambda: Granter(None),  # type: ignore[arg-type]
+        lambda: ServerPattern("idp", 5),  # type: ignore[arg-type]
+        lambda: ServerPublicKey(b"\x00" * 32),  # type: ignore[arg-type]
+    ],
+)
+def test_call_options_refuse_values_of_the_wrong_type(make: Any) -> None:
+    """Before: accepted; the call then failed as NotTrusted ("granter failed: TypeError")
+    or with a bare exception while matching the server."""
+    with _refused("options: "):
+        make()
