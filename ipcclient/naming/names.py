@@ -43,7 +43,14 @@ _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 def is_rooted(name: str) -> bool:
-    """True when ``name`` starts with "/" (its first element is a server address)."""
+    """True when ``name`` starts with "/" (its first element is a server address).
+
+    Raises:
+        BadArgError: ``name`` is not a str (so do the functions below, which start here).
+    """
+    given: object = name
+    if not isinstance(given, str):
+        raise errors.BadArgError(f"naming: a name must be a str, not {type(given).__name__}")
     return name.startswith("/")
 
 
@@ -98,10 +105,7 @@ def clean(name: str) -> str:
     Raises:
         BadArgError: ``name`` is not a str.
     """
-    given: object = name
-    if not isinstance(given, str):
-        raise errors.BadArgError(f"naming: a name must be a str, not {type(given).__name__}")
-    if not is_rooted(name):
+    if not is_rooted(name):  # (which checks that it is a str)
         return _collapse(name)
     address, suffix, marker = _parse(name)
     if not address:

@@ -418,3 +418,14 @@ def test_call_options_refuse_values_of_the_wrong_type(make: Any) -> None:
     or with a bare exception while matching the server."""
     with _refused("options: "):
         make()
+
+
+@pytest.mark.parametrize(
+    "use",
+    [names.is_rooted, names.components, names.split_address_name, names.is_terminal],
+)
+@pytest.mark.parametrize("name", [None, 5, b"/a"])
+def test_name_functions_refuse_what_is_not_a_str(use: Any, name: Any) -> None:
+    """Before: bare AttributeErrors (``'NoneType' object has no attribute 'startswith'``)."""
+    with _refused("naming: a name must be a str"):
+        use(name)
