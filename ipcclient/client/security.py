@@ -38,7 +38,7 @@ from ipcclient.options import (
     find_one,
 )
 from ipcclient.security.blessings import Blessings, validate_blessings, validity_horizon
-from ipcclient.security.caveats import SecurityCall, ThirdPartyCaveat
+from ipcclient.security.caveats import MAX_CAVEAT_NESTING, SecurityCall, ThirdPartyCaveat
 from ipcclient.security.discharges import (
     Discharge,
     DischargeCache,
@@ -101,7 +101,7 @@ def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
     roots (before we reveal our own blessings)."""
 
     def for_endpoint(_ep: Endpoint) -> Any:
-        def authorize(key: PublicKey, blessings: Any, discharges: tuple[Any, ...]) -> None:
+        def authorize(key: PublicKey, blessings: Any, discharges: tuple[Any, ...]) -> list[str]:
             if not isinstance(blessings, Blessings):
                 raise errors.NotTrustedError("client: the server presented no blessings")
             names_ok, rejected = server_names(principal, blessings, discharges, method="")
@@ -112,6 +112,7 @@ def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
                     f"client: the server's blessings {blessings.names} are not trusted ({why})"
                 )
             log.debug("client: server at handshake presents %s", names_ok)
+            return names_ok  # (what our blessings are chosen for: see blessings_for_server)
 
         return authorize
 
@@ -119,10 +120,15 @@ def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
 
 
 def blessings_for_server(principal: Principal) -> Callable[[Any], Blessings | None]:
-    """Which of ``principal``'s blessings a server with the given blessings is shown."""
+    """Which of ``principal``'s blessings a server is shown, chosen by the server's names
+    that validated under our roots (what :func:`vc_authorizer`'s check returns to the
+    handshake), never by the names it merely presents: a chain it signed itself, named
+    after a server we show other blessings to, must not get them."""
 
-    def choose(server_blessings: Any) -> Blessings | None:
-        peer_names = server_blessings.names if isinstance(server_blessings, Blessings) else []
+    def choose(validated: Any) -> Blessings | None:
+        peer_names = (
+            [n for n in validated if isinstance(n, str)] if isinstance(validated, list) else []
+        )
         chosen = principal.store.for_peer(*peer_names)
         return chosen if chosen is not None else principal.store.default
 
@@ -229,7 +235,9 @@ def prepare_discharges(
     options: Sequence[CallOption],
 ) -> tuple[tuple[Discharge, ...], list[str]]:
     """Discharges for the third-party caveats on the blessings we present: from the shared
-    ``cache``, else fetched from their dischargers (by ``fetch``) and cached. A fetch that
+    ``cache``, else fetched from their dischargers (by ``fetch``) and cached. A discharge
+    may itself carry third-party caveats: discharges for those are gathered the same way,
+    level by level, as deep as a validator looks (``MAX_CAVEAT_NESTING``). A fetch that
     fails is reported with the call's error (the second value)."""
     if not isinstance(blessings, Blessings) or (
         options and find_one(options, NoDischarges) is not None
@@ -238,26 +246,33 @@ def prepare_discharges(
     caveats = blessings.third_party_caveats()
     if not caveats:
         return (), []
-    if len(caveats) > MAX_DISCHARGES:
-        raise errors.BadArgError(
-            f"client: the blessings presented carry {len(caveats)} third-party caveats; a "
-            f"request carries at most {MAX_DISCHARGES} discharges"
-        )
     found: list[Discharge] = []
-    missing: list[ThirdPartyCaveat] = []
-    for cav in caveats:
-        # (A discharge about to expire is fetched anew: it could expire on its way.)
-        d = cache.get(cav.id, min_validity=DISCHARGE_MARGIN)
-        if d is not None:
-            found.append(d)
-        else:
-            missing.append(cav)
     problems: list[str] = []
-    if missing:
-        impetus = DischargeImpetus(
-            tuple(BlessingPattern(n) for n in server_names), method, tuple(args)
-        )
-        found.extend(fetch(ctx(), missing, impetus, problems))
+    seen: set[str] = set()
+    impetus = DischargeImpetus(tuple(BlessingPattern(n) for n in server_names), method, tuple(args))
+    for _level in range(MAX_CAVEAT_NESTING):
+        caveats = [cav for cav in caveats if cav.id not in seen]
+        if not caveats:
+            break
+        seen.update(cav.id for cav in caveats)
+        if len(seen) > MAX_DISCHARGES:
+            raise errors.BadArgError(
+                f"client: the blessings presented need discharges for {len(seen)} "
+                f"third-party caveats; a request carries at most {MAX_DISCHARGES} discharges"
+            )
+        got: list[Discharge] = []
+        missing: list[ThirdPartyCaveat] = []
+        for cav in caveats:
+            # (A discharge about to expire is fetched anew: it could expire on its way.)
+            d = cache.get(cav.id, min_validity=DISCHARGE_MARGIN, caveat=cav, impetus=impetus)
+            if d is not None:
+                got.append(d)
+            else:
+                missing.append(cav)
+        if missing:
+            got.extend(fetch(ctx(), missing, impetus, problems))
+        found.extend(got)
+        caveats = [c for d in got for c in d.caveats if isinstance(c, ThirdPartyCaveat)]
     return tuple(found), problems
 
 
@@ -312,7 +327,7 @@ def fetch_discharges(
             raise errors.BadProtocolError(
                 f"client: the discharger sent no discharge ({len(results)} results)"
             )
-        cache.put(d, caveat=cav)
+        cache.put(d, caveat=cav, impetus=impetus)
         on_fetched()
         return d
 

@@ -249,6 +249,14 @@ def fetch_key(caveat: ThirdPartyCaveat, impetus: DischargeImpetus) -> FetchKey:
     return caveat.id, told.method, tuple(str(p) for p in told.server)
 
 
+def _cache_key(
+    caveat_id: str, caveat: ThirdPartyCaveat | None, impetus: DischargeImpetus | None
+) -> FetchKey:
+    if caveat is None or impetus is None:
+        return caveat_id, "", ()
+    return fetch_key(caveat, impetus)
+
+
 class Fetch:
     """One fetch of a discharge in progress, which calls making the same request
     (:func:`fetch_key`) await instead of fetching it again (see
@@ -267,11 +275,15 @@ class Fetch:
 
 
 class DischargeCache:
-    """Discharges by third-party caveat ID; thread-safe, bounded, shared across calls.
+    """Discharges by third-party caveat; thread-safe, bounded, shared across calls.
 
-    The key is the caveat ID alone. Discharges for caveats that require the call's arguments
-    (``report_arguments``) are never cached (as in Vanadium): pass ``caveat=`` to :meth:`put`
-    so the cache can tell. A discharge without an expiry is not cached.
+    The key is what a fetch asks the discharger (:func:`fetch_key`): the caveat ID and, when
+    the caveat requires them reported, the call's method and server patterns. A discharge
+    issued for one method or server is kept for that one (a discharger may bind it to what
+    it was told): pass ``caveat=`` and ``impetus=`` to :meth:`get` and :meth:`put`; without
+    them the key is the caveat ID alone. Discharges for caveats that require the call's
+    arguments (``report_arguments``) are never cached (as in Vanadium). A discharge without
+    an expiry is not cached.
 
     When full, expired entries are purged first, then the soonest-expiring one is evicted.
 
@@ -284,7 +296,7 @@ class DischargeCache:
             raise errors.BadArgError("security: a discharge cache holds at least one entry")
         self._max = max_entries
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, Discharge]] = {}
+        self._entries: dict[FetchKey, tuple[float, Discharge]] = {}
         self._fetches: dict[FetchKey, Fetch] = {}
 
     def begin_fetch(self, key: FetchKey) -> tuple[Fetch, threading.Event | None]:
@@ -319,18 +331,27 @@ class DischargeCache:
             event.set()
 
     def get(
-        self, caveat_id: str, now: float | None = None, *, min_validity: float = 0.0
+        self,
+        caveat_id: str,
+        now: float | None = None,
+        *,
+        min_validity: float = 0.0,
+        caveat: ThirdPartyCaveat | None = None,
+        impetus: DischargeImpetus | None = None,
     ) -> Discharge | None:
-        """The cached discharge for ``caveat_id`` if it is still valid ``min_validity``
-        seconds after ``now`` (default ``time.time()``); an expired entry is purged."""
+        """The cached discharge for ``caveat_id`` (for the call ``impetus`` describes, when
+        ``caveat`` requires it reported: see the class) if it is still valid
+        ``min_validity`` seconds after ``now`` (default ``time.time()``); an expired entry is
+        purged."""
+        key = _cache_key(caveat_id, caveat, impetus)
         limit = (time.time() if now is None else now) + min_validity
         with self._lock:
-            entry = self._entries.get(caveat_id)
+            entry = self._entries.get(key)
             if entry is None:
                 return None
             if entry[0] < limit:
                 if entry[0] < limit - min_validity:
-                    del self._entries[caveat_id]
+                    del self._entries[key]
                 return None
             return entry[1]
 
@@ -340,8 +361,10 @@ class DischargeCache:
         *,
         caveat: ThirdPartyCaveat | None = None,
         now: float | None = None,
+        impetus: DischargeImpetus | None = None,
     ) -> bool:
-        """Cache ``discharge``; returns whether it was cached.
+        """Cache ``discharge`` (obtained for the call ``impetus`` describes); returns
+        whether it was cached.
 
         With ``caveat``, the discharge must be for it and signed by its discharger
         (else BadDischargeError), and is not cached when the caveat requires arguments.
@@ -357,21 +380,26 @@ class DischargeCache:
         current = time.time() if now is None else now
         if expiry is None or expiry < current:
             return False
+        key = _cache_key(discharge.caveat_id, caveat, impetus)
         with self._lock:
-            self._entries[discharge.caveat_id] = (expiry, discharge)
+            self._entries[key] = (expiry, discharge)
             if len(self._entries) > self._max:
-                for cid in [k for k, (exp, _) in self._entries.items() if exp < current]:
-                    del self._entries[cid]
+                for old in [k for k, (exp, _) in self._entries.items() if exp < current]:
+                    del self._entries[old]
             while len(self._entries) > self._max:
                 victim = min(self._entries, key=lambda k: self._entries[k][0])
                 del self._entries[victim]
         return True
 
     def invalidate(self, *caveat_ids: str) -> None:
-        """Forget the discharges for ``caveat_ids`` (unknown IDs are ignored)."""
+        """Forget the discharges for ``caveat_ids``, for every call they were obtained for
+        (unknown IDs are ignored)."""
+        if not caveat_ids:
+            return
+        gone = set(caveat_ids)
         with self._lock:
-            for cid in caveat_ids:
-                self._entries.pop(cid, None)
+            for key in [k for k in self._entries if k[0] in gone]:
+                del self._entries[key]
 
     def clear(self) -> None:
         """Forget every discharge."""

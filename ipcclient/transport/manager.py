@@ -436,7 +436,7 @@ class StreamManager:
         address: str,
         *,
         deadline: float,
-        authorize_server: Callable[[Any, Any, tuple[Any, ...]], None],
+        authorize_server: Callable[[Any, Any, tuple[Any, ...]], Any],
         blessings_for_server: Callable[[Any], Any],
         discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
         on_close: Callable[[Connection, errors.IPCError], None] | None = None,
@@ -470,7 +470,7 @@ class StreamManager:
         address: str,
         *,
         deadline: float,
-        authorize_server: Callable[[Any, Any, tuple[Any, ...]], None],
+        authorize_server: Callable[[Any, Any, tuple[Any, ...]], Any],
         blessings_for_server: Callable[[Any], Any],
         discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
     ) -> Dialing:

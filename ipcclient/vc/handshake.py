@@ -310,7 +310,7 @@ class ClientHandshake(_Base):
         self,
         identity: Identity,
         *,
-        authorize_server: Callable[[PublicKey, Any, tuple[Any, ...]], None],
+        authorize_server: Callable[[PublicKey, Any, tuple[Any, ...]], Any],
         blessings_for_server: Callable[[Any], Any],
         discharges_for_server: Callable[[Any], Sequence[Any]] = lambda _b: (),
         versions: tuple[int, int] = SUPPORTED_VERSIONS,
@@ -323,9 +323,11 @@ class ClientHandshake(_Base):
             identity: the client's principal (public key and signer).
             authorize_server: called with the server's verified key, blessings and
                 discharges; raises (e.g. NotTrustedError) to refuse the server. It runs
-                before the client sends its own key or blessings.
-            blessings_for_server: picks the blessings to present to this server (may
-                return None to present none).
+                before the client sends its own key or blessings. What it returns (say,
+                the server's names it trusts) is what ``blessings_for_server`` is given;
+                None: the server's blessings are given instead.
+            blessings_for_server: picks the blessings to present to this server, from
+                what ``authorize_server`` returned (may return None to present none).
             discharges_for_server: discharges for third-party caveats on the blessings
                 presented (default none).
             versions: the inclusive range of protocol versions to offer.
@@ -412,9 +414,9 @@ class ClientHandshake(_Base):
                 return b""
             key, blessings, discharges = _check_auth(plains[0], self._transcript, _SERVER_LABEL)
             # Authorize the server before revealing anything about ourselves.
-            self._authorize(key, blessings, discharges)
+            verdict = self._authorize(key, blessings, discharges)
             transcript2 = hashlib.sha256(self._transcript + plains[0]).digest()
-            mine = self._blessings_for(blessings)
+            mine = self._blessings_for(blessings if verdict is None else verdict)
             auth = _auth_message(
                 self._identity, mine, self._discharges_for(blessings), transcript2, _CLIENT_LABEL
             )

@@ -264,3 +264,44 @@ def test_blessings_too_large_for_a_handshake_fail_at_once_saying_whose(
     sp.store.default = _too_large_for_a_handshake(family, sp)
     with pytest.raises(errors.BadArgError, match="a handshake carries at most 49152"):
         Server(sp)
+
+
+def test_the_blessings_a_server_is_shown_are_chosen_by_its_validated_names(
+    family: Family, make_client: MakeClient
+) -> None:
+    """Alice shows her bank blessing only to ``bank:server``. A server with a valid blessing
+    of its own (``root:evil``) adds a chain it signed itself, named ``bank:server``: the
+    client rejects that name, and used to show the bank blessing all the same (the choice
+    read every name the server presented)."""
+    bank = Principal.generate()
+    bank_b = bank.bless_self("bank")
+    alice = family.member("alice")
+    alice.roots.add_blessings(bank_b)
+    secret = bank.bless(alice.public_key, bank_b, "customer", [caveats.unconstrained_use()])
+    alice.store.set(secret, "bank:server")
+    evil = family.member("evil")
+    evil.roots.add_blessings(bank_b)  # (so that it would see the bank blessing validate)
+    fake = evil.bless(
+        evil.public_key, evil.bless_self("bank"), "server", [caveats.unconstrained_use()]
+    )
+    assert evil.store.default is not None
+    server = Server(evil, blessings=Blessings.union(evil.store.default, fake))
+    try:
+        name = "/" + server.listen("tcp", "127.0.0.1:0")
+        server.serve(Who(), AllowEveryone())
+        assert make_client(alice).call(ctx(), name, "WhoAmI") == (["root:alice"],)
+        # The real bank server (its name validates) is shown the bank blessing.
+        real = Principal.generate()
+        real.store.default = bank.bless(
+            real.public_key, bank_b, "server", [caveats.unconstrained_use()]
+        )
+        real.roots.add_blessings(bank_b)
+        bank_server = Server(real)
+        try:
+            bank_name = "/" + bank_server.listen("tcp", "127.0.0.1:0")
+            bank_server.serve(Who(), AllowEveryone())
+            assert make_client(alice).call(ctx(), bank_name, "WhoAmI") == (["bank:customer"],)
+        finally:
+            bank_server.stop()
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from ipcclient.client import security as csec
 from ipcclient.options import NoDischarges, NoRetry
 from ipcclient.security import BlessingPattern, Discharge, DischargeImpetus, Principal, caveats
 from ipcclient.security.caveats import SecurityCall, ThirdPartyRequirements
+from ipcclient.security.discharges import issue_discharge
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.discharger import Discharger
 from ipcclient.server.exposure import expose
@@ -274,6 +276,63 @@ def test_a_discharger_that_answers_oddly_is_named_in_the_callers_error(
         assert "the discharger sent no discharge" in str(info.value)
     conns = [c for c in client._cache.vcs.values() if not c.closed]
     assert conns and all(c.flow_count == 0 for c in conns)
+
+
+def test_a_discharge_that_needs_a_discharge_of_its_own_gets_one(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A discharger may issue discharges that carry a third-party caveat of their own (the
+    validator looks that deep: docs/protocol.md 6.2). The client fetched discharges only
+    for the caveats on its certificates, so the server refused every call (BadDischarge),
+    and the client dropped the outer discharge and fetched it again each time."""
+    _, inner_p, inner_name = _discharger(stack, family)
+    inner = caveats.third_party(inner_name, inner_p.public_key)
+    outer_p = family.member("outer-discharger")
+
+    @expose
+    class Chained:
+        def Discharge(self, call: ServerCall, caveat: Any, impetus: Any) -> Discharge:
+            return issue_discharge(outer_p, caveat, [caveats.expires_in(60), inner])
+
+    _, outer_name = serving(stack, outer_p, Chained(), authorizer=AllowEveryone())
+    outer = caveats.third_party(outer_name, outer_p.public_key)
+    client = client_for(stack, _blessed_with(family, outer))
+    _, sname = serving(
+        stack, family.member("server"), Label("guarded"), authorizer=AllowPatterns(["root:client"])
+    )
+    for _ in range(3):
+        assert client.call(ctx(), sname, "Who", options=(NoRetry(),)) == ("guarded",)
+    assert client.stats["discharges_fetched"] == 2  # (one each, then both from the cache)
+
+
+def test_a_discharge_bound_to_what_it_was_told_is_kept_for_that_call_only(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A caveat that asks the client to report the method and the server lets a discharger
+    bind its discharge to them. Cached by caveat ID alone, the discharge fetched for Get
+    went with Put (refused, dropped, fetched again: every other call failed)."""
+    dp = family.member("binding-discharger")
+
+    @expose
+    class Binding:
+        def Discharge(self, call: ServerCall, caveat: Any, impetus: Any) -> Discharge:
+            told = DischargeImpetus.from_wire(impetus)
+            cavs = [caveats.expires_in(60), caveats.method(told.method)]
+            cavs.append(caveats.peer_blessings(*[f"{p}:$" for p in told.server]))
+            return issue_discharge(dp, caveat, cavs)
+
+    _, dname = serving(stack, dp, Binding(), authorizer=AllowEveryone())
+    required = ThirdPartyRequirements(report_server=True, report_method=True)
+    client = client_for(
+        stack, _blessed_with(family, caveats.third_party(dname, dp.public_key, required))
+    )
+    guarded = AllowPatterns(["root:client"])
+    _, a = serving(stack, family.member("a"), Label("a"), authorizer=guarded)
+    _, b = serving(stack, family.member("b"), Label("b"), authorizer=guarded)
+    for _ in range(3):
+        for name, method, args in ((a, "Who", ()), (a, "Echo", (1,)), (b, "Who", ())):
+            client.call(ctx(), name, method, *args, options=(NoRetry(),))
+    assert client.stats["discharges_fetched"] == 3  # (one per method and server, kept)
 
 
 def test_blessings_with_more_third_party_caveats_than_a_request_carries_fail_at_once(

@@ -199,3 +199,29 @@ def test_cache_threads() -> None:
     assert not any(t.is_alive() for t in threads)
     assert errors_seen == []
     assert len(cache) <= 16
+
+
+def test_the_cache_keeps_a_discharge_per_call_the_caveat_asks_reported() -> None:
+    """Keyed as the fetch was made: a discharge obtained for method Get is not handed out
+    for Put when the caveat reports the method; invalidating the caveat ID forgets all."""
+    dp = Principal.generate()
+    reported = caveats.third_party("/d", dp.public_key, ThirdPartyRequirements(report_method=True))
+    plain = caveats.third_party("/d", dp.public_key)
+    get, put = DischargeImpetus(method="Get"), DischargeImpetus(method="Put")
+    cache = DischargeCache()
+    for_get = issue_discharge(dp, reported, [caveats.expires_in(60, now=NOW)])
+    assert cache.put(for_get, caveat=reported, impetus=get, now=NOW)
+    assert cache.get(reported.id, NOW, caveat=reported, impetus=get) is for_get
+    assert cache.get(reported.id, NOW, caveat=reported, impetus=put) is None
+    for_put = issue_discharge(dp, reported, [caveats.expires_in(60, now=NOW)])
+    assert cache.put(for_put, caveat=reported, impetus=put, now=NOW)
+    assert cache.get(reported.id, NOW, caveat=reported, impetus=put) is for_put
+    # A caveat that reports nothing: one discharge for every call.
+    any_call = issue_discharge(dp, plain, [caveats.expires_in(60, now=NOW)])
+    assert cache.put(any_call, caveat=plain, impetus=get, now=NOW)
+    assert cache.get(plain.id, NOW, caveat=plain, impetus=put) is any_call
+    assert cache.get(plain.id, NOW) is any_call
+    cache.invalidate(reported.id)
+    assert cache.get(reported.id, NOW, caveat=reported, impetus=get) is None
+    assert cache.get(reported.id, NOW, caveat=reported, impetus=put) is None
+    assert len(cache) == 1
