@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ipcclient import errors, retry, vtrace
@@ -50,6 +50,7 @@ from ipcclient.options import (
     NoRetry,
     find_one,
 )
+from ipcclient.security.blessings import Blessings
 from ipcclient.security.caveats import ThirdPartyCaveat
 from ipcclient.security.discharges import Discharge, DischargeCache, DischargeImpetus
 from ipcclient.security.principal import Principal
@@ -649,6 +650,63 @@ class Client:
         return on_done
 
     # --- security -----------------------------------------------------------------------
+    def discharges_for(
+        self, blessings: Any, *, timeout: float = 10.0
+    ) -> Callable[[], tuple[Discharge, ...]]:
+        """Where a server gets the discharges for the third-party caveats on its own
+        ``blessings``: ``Server(principal, discharges=client.discharges_for(blessings))``.
+
+        Each call of the returned function (the server makes one per handshake) gives them
+        from this client's discharge cache, fetching from their dischargers, within
+        ``timeout`` seconds, those missing or about to expire; the client must be able to
+        reach the dischargers (its roots) and stay open while the server runs. A discharge
+        that cannot be fetched is left out and logged at warning; a client of the server
+        then refuses it, naming the caveat.
+
+        Raises:
+            BadArgError: ``blessings`` are not :class:`~ipcclient.security.Blessings`, or
+                ``timeout`` is not a positive number of seconds.
+        """
+        if not isinstance(blessings, Blessings):
+            raise errors.BadArgError(
+                f"client: discharges_for takes Blessings, not {type(blessings).__name__}"
+            )
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise errors.BadArgError("client: discharges_for's timeout is seconds > 0")
+
+        def discharges() -> tuple[Discharge, ...]:
+            if self._closed or not blessings.third_party_caveats():
+                return ()
+            ctx = Context.background().with_timeout(timeout)
+            try:
+                found, problems = security.prepare_discharges(
+                    self.discharge_cache,
+                    self._fetch_discharges,
+                    lambda: ctx,
+                    blessings,
+                    (),
+                    "",
+                    (),
+                    (),
+                )
+            except errors.IPCError as exc:
+                log.warning("client: discharges for a server's own blessings: %s", exc)
+                return ()
+            finally:
+                ctx.cancel()
+            if problems:
+                log.warning(
+                    "client: discharges for a server's own blessings not fetched: %s",
+                    "; ".join(problems),
+                )
+            return found
+
+        return discharges
+
     def _fetch_discharges(
         self,
         ctx: Context,

@@ -35,6 +35,7 @@ from ipcclient import errors
 from ipcclient.context import Context
 from ipcclient.headers import usual_request_within
 from ipcclient.security.blessings import Blessings, check_size
+from ipcclient.security.discharges import Discharge
 from ipcclient.security.principal import Principal
 from ipcclient.server.call import Results, ServerCall
 from ipcclient.server.capacity import WorkerPool
@@ -82,11 +83,15 @@ class Server(FlowServing):
         options (ServerOptions | None): its knobs (default: ``ServerOptions()``).
         publisher: what publishes its names (:meth:`add_name`), or None.
         serves_mount_table: whether it serves a mount table (its endpoints say so).
+        discharges: where the discharges for third-party caveats on its own blessings come
+            from, asked at each handshake: a function returning them (a client's
+            ``Client.discharges_for(blessings)``), or None for none. A client refuses a
+            server whose blessings need a discharge it does not present.
 
     Raises:
         BadArgError: ``principal`` is not a Principal, ``blessings`` are not Blessings
-            bound to its key (or it has no default blessings), or ``options`` is not a
-            ServerOptions.
+            bound to its key (or it has no default blessings), ``options`` is not a
+            ServerOptions, or ``discharges`` is not callable.
     """
 
     # (principal, blessings and options are typed Any: this checks them itself, so that in
@@ -99,7 +104,13 @@ class Server(FlowServing):
         options: Any = None,
         publisher: Any = None,
         serves_mount_table: bool = False,
+        discharges: Any = None,
     ) -> None:
+        if discharges is not None and not callable(discharges):
+            raise errors.BadArgError(
+                "server: discharges must be a function returning discharges (see "
+                f"Client.discharges_for), not {type(discharges).__name__}"
+            )
         if not isinstance(principal, Principal):
             raise errors.BadArgError(
                 f"server: principal must be a Principal, not {type(principal).__name__}"
@@ -144,7 +155,12 @@ class Server(FlowServing):
         self._stopped_event = threading.Event()
         self._publisher = publisher
         self._serves_mount_table = serves_mount_table
+        self._discharge_source: Callable[[], Any] | None = discharges
         self.endpoints: list[str] = []
+
+    def _own_discharges(self) -> tuple[Any, ...]:
+        """The discharges its auth message carries (see ``discharges``), at each handshake."""
+        return _own_discharges_of(self._discharge_source)
 
     # --- lifecycle ----------------------------------------------------------------------
     # (protocol and address are typed Any: this checks them itself; see __init__.)
@@ -172,6 +188,7 @@ class Server(FlowServing):
             address,
             blessings=self.blessings,
             on_flow=self._on_flow,
+            discharges=self._own_discharges,
         )
         ep = Endpoint(
             protocol=protocol,
@@ -404,6 +421,20 @@ class Server(FlowServing):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _own_discharges_of(source: Callable[[], Any] | None) -> tuple[Any, ...]:
+    """What ``source`` (``Server(discharges=...)``) gives: its discharges, for a handshake's
+    auth message. A source that fails gives none (logged): the handshake goes on, and a
+    client that needs a discharge says which one it missed."""
+    if source is None:
+        return ()
+    try:
+        got = tuple(source())
+    except Exception as exc:  # (the owner's function: it must not fail a handshake)
+        log.warning("server: the discharges for its own blessings could not be had: %r", exc)
+        return ()
+    return tuple(d for d in got if isinstance(d, Discharge))
 
 
 def _check_authorizer(authorizer: object) -> None:

@@ -183,6 +183,42 @@ def test_third_party_caveat_end_to_end_then_revoked(
     assert info.value.params[0] == cid
 
 
+def test_a_server_whose_blessing_needs_a_discharge_presents_one(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A revocable server: its blessing carries a third-party caveat. The server had no way
+    to present discharges, so every client refused it (NotTrusted); with
+    ``discharges=client.discharges_for(...)`` it fetches one and presents it at each
+    handshake, until the discharger revokes it."""
+    discharger, dp, dname = _discharger(stack, family)
+    cav = caveats.third_party(dname, dp.public_key)
+    sp = Principal.generate()
+    sb = family.root.bless(sp.public_key, family.root_blessings, "server", [cav])
+    sp.store.default = sb
+    sp.roots.add_blessings(family.root_blessings)
+    fetcher = client_for(stack, sp)
+    for source, expected in ((None, errors.NotTrustedError), (fetcher.discharges_for(sb), None)):
+        server = Server(sp, discharges=source)
+        stack.callback(server.stop)
+        name = "/" + server.listen("tcp", "127.0.0.1:0")
+        server.serve(Label("revocable"), AllowEveryone())
+        client = client_for(stack, family.member("client"))
+        if expected is None:
+            assert client.call(ctx(), name, "Who", options=(NoRetry(),)) == ("revocable",)
+        else:
+            with pytest.raises(expected, match="discharge"):
+                client.call(ctx(), name, "Who", options=(NoRetry(),))
+    assert fetcher.stats["discharges_fetched"] == 1
+    discharger.revocations.revoke(cav.id)
+    fetcher.discharge_cache.clear()  # (as when the discharge expires)
+    with pytest.raises(errors.NotTrustedError):
+        client_for(stack, family.member("client")).call(ctx(), name, "Who", options=(NoRetry(),))
+    with pytest.raises(errors.BadArgError):
+        Server(sp, discharges="not a function")
+    with pytest.raises(errors.BadArgError):
+        fetcher.discharges_for("not blessings")
+
+
 def test_revocation_bites_when_the_cached_discharge_expires(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
