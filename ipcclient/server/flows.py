@@ -418,8 +418,8 @@ class FlowServing:
         return found
 
     def _send_deadline(self, deadline: float | None) -> float:
-        """A send never waits forever on a client that grants no credit: the call's
-        ``deadline``, or ``options.send_timeout`` from now when the call has none."""
+        """A send never waits long on a client that grants no credit: the call's
+        ``deadline`` or ``options.send_timeout`` from now, whichever comes first."""
         bound = time.monotonic() + self.options.send_timeout
         return bound if deadline is None else min(deadline, bound)
 

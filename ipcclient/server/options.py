@@ -50,8 +50,9 @@ class ServerOptions:
         args_timeout: once its header is read and the caller authorized, a call's args must
             all arrive within this many seconds (or the call's deadline, if sooner); else
             the flow is reset with TimeoutError.
-        send_timeout: the longest one send to a client may wait for credit when the call
-            has no deadline (a client that stops reading cannot pin a worker forever).
+        send_timeout: the longest one send to a client may wait for credit, whatever the
+            call's deadline (a sooner deadline bounds it first): a client that stops reading
+            cannot pin a worker for long.
         max_args_bytes: the total size of one call's positional args (their message
             bodies), which are all held in memory at once (64 MiB; a single value is bounded
             by the codec's 4 MiB); a call over it is reset with an OverloadedError that says

@@ -200,10 +200,11 @@ def test_an_endpoint_whose_versions_do_not_fit_fails_at_once(
     c = client(stack, family)
     name = "/" + str(Endpoint("tcp", free_address(), min_version=7, max_version=9))
     start = time.monotonic()
-    with pytest.raises(errors.NoServersError) as info:
+    with pytest.raises(errors.VersionIncompatibleError) as info:
         c.call(ctx(None), name, "Echo", 1)
     assert time.monotonic() - start < 0.5
     assert info.value.action is errors.RetryAction.NO_RETRY
+    assert "speaks RPC versions 7..9" in str(info.value)
 
 
 def test_refused_connections_are_retried_briefly_then_fail_clearly(
