@@ -18,7 +18,12 @@ from ipcclient.headers import Request, Response
 from ipcclient.naming.endpoint import Endpoint
 from ipcclient.security import Principal
 from ipcclient.transport.dial import drive_handshake, split_host_port
-from ipcclient.vc.handshake import SUPPORTED_VERSIONS, ClientHandshake, ServerHandshake
+from ipcclient.vc.handshake import (
+    SUPPORTED_VERSIONS,
+    ClientHandshake,
+    ServerHandshake,
+    VCSettings,
+)
 from ipcclient.wire import mux as muxmod
 from ipcclient.wire.messages import encode_messages
 
@@ -57,6 +62,7 @@ class HostilePeer:
         source: str = "127.0.0.2",
         mute: bool = False,
         reader: bool = True,
+        window: int | None = None,
     ) -> None:
         self.mute = mute  # read, but never answer (no PING ACK, no window update)
         self.sock = raw_socket(address, source)
@@ -64,6 +70,8 @@ class HostilePeer:
             principal,
             authorize_server=lambda *_: None,
             blessings_for_server=lambda _b: principal.store.default,
+            # (window: the per-flow window announced, up to 2^31-1, all of it honoured)
+            settings=VCSettings() if window is None else VCSettings(initial_window=window),
         )
         drive_handshake(
             self.sock, hs.receive_data, lambda: hs.done, hs.start(), time.monotonic() + 10

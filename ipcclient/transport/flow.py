@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ipcclient import errors
 from ipcclient.transport.waits import Signal
-from ipcclient.transport.writer import LINGER, LINGER_BYTES, RecordWriter
+from ipcclient.transport.writer import LINGER, LINGER_BYTES, MAX_QUEUED, RecordWriter
 from ipcclient.wire.mux import Mux
 
 if TYPE_CHECKING:
@@ -382,11 +382,27 @@ class Flow:
                     raise _raisable(self._error)
                 if self._local_closed:
                     raise errors.BadStateError("transport: write after the flow's send side closed")
-                try:
-                    n = mux.send_data(self.id, view, end=end)
-                except errors.IPCError as exc:
-                    raise self._fail_locked(exc) from None
+                chunk = view
+                last = end
+                limited = False
+                if writer.flushing:
+                    # Another thread sends, maybe blocked on a peer that does not read:
+                    # queue at most up to MAX_QUEUED, then wait for it (_wait_for_room).
+                    room = MAX_QUEUED - writer.queued
+                    if room < total - pos:
+                        chunk = memoryview(view)[: max(room, 0)]
+                        last = False
+                        limited = True
+                if limited and not chunk:
+                    n = 0
+                else:
+                    try:
+                        n = mux.send_data(self.id, chunk, end=last)
+                    except errors.IPCError as exc:
+                        raise self._fail_locked(exc) from None
+                    writer.queued += n
                 pos += n
+                room_wait = limited and n >= len(chunk)
                 if n or end:
                     self._wrote = True
                 done = pos >= total
@@ -413,10 +429,33 @@ class Flow:
                 return
             if n:
                 view = memoryview(data)[pos:]
-            expired = self._wait_for_credit(deadline)
+            if room_wait:
+                expired = self._wait_for_room(deadline)
+            else:
+                expired = self._wait_for_credit(deadline)
             if expired is not None:
                 writer.flush()  # the RESET
                 raise expired
+
+    def _wait_for_room(self, deadline: float | None) -> errors.IPCError | None:
+        """(For :meth:`_write`.) Wait until the flusher has taken what writers queued (below
+        ``MAX_QUEUED``), nobody flushes, the flow ends or ``deadline`` passes; in that last
+        case the flow is reset and the error to raise once the RESET is sent is returned."""
+        writer = self._writer
+        expired: errors.IPCError | None = None
+        with self._lock:
+            while self._error is None and writer.flushing and writer.queued >= MAX_QUEUED:
+                timeout = _remaining(deadline)
+                if timeout is not None and timeout <= 0:
+                    expired = errors.TimeoutError(
+                        "transport: deadline passed while the peer was not reading"
+                    )
+                    self._reset_locked(expired)
+                    break
+                if self._cond not in writer.draining:
+                    writer.draining.append(self._cond)
+                self._cond.wait(timeout)
+        return expired
 
     def _wait_for_credit(self, deadline: float | None) -> errors.IPCError | None:
         """(For :meth:`_write`.) Wait until the peer grants credit for this flow, the flow

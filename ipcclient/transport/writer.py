@@ -60,6 +60,12 @@ is never delayed."""
 LINGER_BYTES = 32 * 1024
 """Deferred bytes on a VC that make the next streamed write send them all at once."""
 
+MAX_QUEUED = 4 * 1024 * 1024
+"""Bytes of flow data writers may queue on a VC while another thread is sending (the
+flusher, blocked while the peer does not read). A writer that finds this much waiting stops
+queueing until the flusher takes it (or its deadline passes): memory stays bounded by what
+the socket takes, whatever window the peer announced (up to 2 GiB per flow)."""
+
 Parts = list[bytes | memoryview]
 
 
@@ -88,8 +94,10 @@ class RecordWriter:
         "_sock",
         "close_due",
         "deferred",
+        "draining",
         "flushing",
         "linger_due",
+        "queued",
     )
 
     def __init__(
@@ -118,6 +126,11 @@ class RecordWriter:
         """Bytes streamed writes left queued (see ``LINGER``)."""
         self.linger_due = False
         """The lingerer will flush this VC."""
+        self.queued = 0
+        """Bytes of flow data writers queued since the flusher last took the output (see
+        ``MAX_QUEUED``)."""
+        self.draining: list[Any] = []
+        """The signals of writers waiting for the flusher to take what is queued."""
 
     # --- the flusher role ---------------------------------------------------------------
     def take_output_locked(self) -> Parts:
@@ -129,7 +142,19 @@ class RecordWriter:
             return []
         self.flushing = True
         self.deferred = 0
+        if self.queued:
+            self._taken_locked()
         return self._mux.take_output()
+
+    def _taken_locked(self) -> None:
+        """With the lock held: what was queued is taken (or nobody sends it any more):
+        writers waiting for room may queue again."""
+        self.queued = 0
+        draining = self.draining
+        if draining:
+            for signal in draining:
+                signal.notify_all()
+            draining.clear()
 
     def flush(self, *, blocking: bool = True) -> None:
         """Send everything the mux has queued; one flusher at a time.
@@ -165,6 +190,8 @@ class RecordWriter:
                 with self._lock:  # (no break inside: a shape mypyc can compile)
                     if once and self._mux._out:
                         self.flushing = False
+                        if self.draining:  # (nobody flushes now: a waiting writer may)
+                            self._taken_locked()
                         linger = not self.linger_due
                         self.linger_due = True
                         self.deferred = max(self.deferred, 1)
@@ -175,6 +202,8 @@ class RecordWriter:
                         data = mux.take_output() if mux._out else []  # (usually nothing more)
                         if not data:
                             self.flushing = False
+                        if self.queued or self.draining:
+                            self._taken_locked()
                 if linger:
                     try:
                         LINGERER.add(self)
@@ -198,6 +227,7 @@ class RecordWriter:
     def _release(self) -> None:
         with self._lock:
             self.flushing = False
+            self._taken_locked()  # (a waiting writer finds the VC broken, or sends itself)
         if self.close_due:
             self._on_idle()
 
@@ -250,6 +280,7 @@ class RecordWriter:
             data = self._mux.take_output()
             if not data:
                 self.flushing = False
+            self._taken_locked()
         if data:
             self.send(data)
         elif self.close_due:

@@ -412,3 +412,54 @@ def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
     # stayed open for the life of the process).
     wait_until(lambda: not any(t.name == "ipc-idle" for t in threading.enumerate()))
     assert parking.IDLE._selector is None
+
+
+_END_OF_ARGS = {"end_stream_args": True}
+
+
+@expose
+class Flood:
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    def Flood(self, call: ServerCall, size: int) -> None:
+        item = b"x" * size
+        try:
+            while True:
+                call.send(item)
+        except errors.IPCError as exc:
+            self.ended.append(exc.id)
+            raise
+
+
+def test_a_peer_announcing_a_huge_window_and_not_reading_costs_bounded_memory(
+    family: Family, make_server: MakeServer
+) -> None:
+    """A client may announce a window of 2^31-1 bytes per flow and then stop reading. The
+    server's writers queued all their credit allowed behind the sender blocked on the full
+    socket: memory grew without bound (hundreds of MiB a minute). Now what is queued on a VC
+    stays under MAX_QUEUED (and what the socket holds), and the streaming methods wait."""
+    from ipcclient.transport.writer import MAX_QUEUED
+
+    flood = Flood()
+    server, _ = make_server(flood, AllowEveryone())
+    peer = HostilePeer(
+        family.member("attacker"), server_address(server), reader=False, window=2**31 - 1
+    )
+    try:
+        for _ in range(4):
+            body = request_header("Flood", 1) + encode_messages(64 * 1024, _END_OF_ARGS)
+            peer.open(body, end=True)
+        wait_until(lambda: any(lst.connections for lst in server._listeners))
+        (conn,) = [c for lst in server._listeners for c in lst.connections]
+        most = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and most <= 3 * MAX_QUEUED:
+            with conn._lock:
+                queued = sum(len(piece) for piece in conn._mux._out)
+            most = max(most, queued)
+            time.sleep(0.05)
+        assert most <= MAX_QUEUED + 1024 * 1024, most
+    finally:
+        peer.close()
+    wait_until(lambda: len(flood.ended) == 4)  # (each send ends when the VC does)
