@@ -403,7 +403,7 @@ class Flow:
                     writer.queued += n
                 pos += n
                 room_wait = limited and n >= len(chunk)
-                if n or end:
+                if n or last:  # (a write cut to nothing by MAX_QUEUED queued nothing)
                     self._wrote = True
                 done = pos >= total
                 if done and end:

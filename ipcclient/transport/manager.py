@@ -310,15 +310,15 @@ class Listener:
                 self._failed.event(f"on {self.address}: {exc}")
                 time.sleep(ACCEPT_ERROR_PAUSE)
                 continue
-            if self._closed:
-                sock.close()
-                return
             address = peer[0] if isinstance(peer, tuple) and peer else ""
             shed: socket.socket | None = None
             refused: Throttle | None = None
+            closed = False
             with self._lock:
                 per = self._per_address.get(address, 0)
-                if len(self._connections) + len(self._pending) >= opts.max_connections:
+                if self._closed:  # (close() ran since the accept: it shut the pending ones)
+                    closed = True
+                elif len(self._connections) + len(self._pending) >= opts.max_connections:
                     refused = self._refused
                 elif address and per >= opts.max_handshakes_per_address:
                     refused = self._refused_address
@@ -333,6 +333,9 @@ class Listener:
                             shed.shutdown(socket.SHUT_RDWR)
                     self._pending[sock] = address
                     self._per_address[address] = per + 1
+            if closed:
+                sock.close()
+                return
             if refused is not None:
                 refused.event(f"from {address or 'a local socket'} on {self.address}")
                 sock.close()

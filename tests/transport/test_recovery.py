@@ -708,3 +708,46 @@ def test_a_retired_vc_closes_when_its_last_call_ends(
         assert outcome.get("result") == ("slept",), outcome
         assert first.wait_closed(1.0), "the retired VC is still open after its last call"
         assert client.vc_count() == 1
+
+
+@expose
+class _Uploads:
+    def Up(self, call: ServerCall, data: bytes) -> int:
+        return len(data)
+
+    def Ping(self, call: ServerCall) -> str:
+        return "pong"
+
+
+def test_a_call_that_never_queued_a_byte_behind_a_stalled_send_says_it_was_not_sent(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """When MAX_QUEUED waits behind a send the peer does not read, a new call's request is
+    cut to nothing and waits for room; if its deadline passes then, nothing of it reached
+    the wire, and the error says so (it said request_sent=True, not to be retried)."""
+    _srv, name = make_server(_Uploads(), AllowEveryone())
+    with FaultProxy(name.split("@")[3]) as proxy:
+        client = make_client()
+        target = proxied(name, proxy)
+        assert client.call(ctx(), target, "Ping") == ("pong",)
+        proxy.set(up=Fault.stall())
+        data = b"u" * ((1 << 20) - 100)
+
+        def upload() -> None:
+            with contextlib.suppress(errors.IPCError):  # (it may end either way)
+                client.call(ctx(4), target, "Up", data)
+
+        uploads = [threading.Thread(target=upload, daemon=True) for _ in range(12)]
+        for t in uploads:
+            t.start()
+        (conn,) = client._vcs.values()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and conn._writer.queued < (4 << 20):
+            time.sleep(0.02)
+        assert conn._writer.flushing and conn._writer.queued >= (4 << 20)
+        with pytest.raises(errors.TimeoutError) as info:
+            client.call(ctx(0.5), target, "Ping", options=(NoRetry(),))
+        assert info.value.request_sent is False
+        proxy.set(up=Fault.none())
+        for t in uploads:
+            t.join(10)
