@@ -301,7 +301,10 @@ class Client:
         """Close the client: new calls fail at once with BadStateError, and so do calls still
         starting, whatever they are doing (resolving, dialing, waiting between two tries):
         they end at once and are not retried; calls in flight end with
-        CanceledError("client closed"); every VC closes; no thread is left. Idempotent."""
+        CanceledError("client closed"); every VC closes; no thread is left. Idempotent. In a
+        child after fork(), the VCs it inherited are dropped without touching the parent's
+        connections (as its first call would), then the child's own close."""
+        self._after_fork_check()
         with self._lock:
             if self._closed:
                 return

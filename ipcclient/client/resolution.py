@@ -48,13 +48,6 @@ def classify(
     if any(isinstance(f, errors.NotTrustedError) for f in failures):
         nt = next(f for f in failures if isinstance(f, errors.NotTrustedError))
         return errors.NotTrustedError(nt.msg, tried=tried)
-    if failures and all(isinstance(f, errors.VersionIncompatibleError) for f in failures):
-        # No server speaks a version this client does: say exactly that (hopeless to retry).
-        return errors.VersionIncompatibleError(
-            f"client: no server for {name!r} speaks a protocol version this client does: "
-            f"{bare(failures[-1].msg)}",
-            tried=tried,
-        )
     if failures and all(
         isinstance(f, errors.VersionIncompatibleError | errors.BadArgError) for f in failures
     ):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -153,6 +154,7 @@ class Server(FlowServing):
         self._root = Context.background().with_cancel()
         self._stopped = False
         self._stopped_event = threading.Event()
+        self._pid = os.getpid()  # (stop() in a forked child leaves the parent's parts alone)
         self._publisher = publisher
         self._serves_mount_table = serves_mount_table
         self._discharge_source: Callable[[], Any] | None = discharges
@@ -339,6 +341,9 @@ class Server(FlowServing):
             )
         if not _seconds(grace, finite=False):
             raise errors.BadArgError(f"server: grace must be >= 0 seconds, got {grace!r}")
+        if os.getpid() != self._pid:
+            self._abandon_after_fork()
+            return
         with self._lock:
             if self._stopped:
                 return
@@ -367,6 +372,20 @@ class Server(FlowServing):
             self._stopped_event.set()
         if interrupted is not None:
             raise interrupted
+
+    def _abandon_after_fork(self) -> None:
+        """stop() in a child after fork(): the listeners, VCs and published names are the
+        parent's too, so nothing is shut, sent or unmounted; only this process's copies of
+        the descriptors are closed (the threads that served them did not survive the fork).
+        No lock: a thread of the parent may have held it at the fork."""
+        if self._stopped:
+            return
+        self._stopped = True
+        listeners, self._listeners = list(self._listeners), []
+        for lst in listeners:
+            lst.abandon_after_fork()
+        self._stopped_event.set()
+        log.debug("server: forgot %d listeners inherited across fork", len(listeners))
 
     def _close_connections(self, listeners: list[Listener]) -> None:
         """Close every VC the ``listeners`` accepted (each one, even if one fails)."""

@@ -298,6 +298,23 @@ class Listener:
             for conn in conns:
                 conn.close()
 
+    def abandon_after_fork(self) -> None:
+        """In a child after fork(): forget this listener without touching the parent's. Only
+        this process's copies of the listening socket, of the sockets in their handshake and
+        of the VCs accepted here are closed (no shutdown, no GOAWAY; a Unix socket's path is
+        left in place); the threads that served them did not survive the fork. No lock: a
+        thread of the parent may have held it at the fork."""
+        self._closed = True
+        conns, self._connections = list(self._connections), set()
+        pending = list(self._pending)
+        self._pending = collections.OrderedDict()
+        self._per_address = {}
+        for sock in (self._sock, *pending):
+            with contextlib.suppress(OSError):
+                sock.close()
+        for conn in conns:
+            conn.abandon_after_fork()
+
     def _accept_loop(self) -> None:
         opts = self._manager.options
         while True:

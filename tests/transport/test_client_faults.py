@@ -479,6 +479,60 @@ def test_fork_child_redials_and_parent_is_untouched(
     assert client.stats["dials"] == 1
 
 
+def _in_child(work: Callable[[], None]) -> None:
+    """Fork; run ``work`` in the child, which then exits without cleanup; the parent waits
+    and checks that the child reported success."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            os.write(write_end, b"ok")
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode()[:200])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    message = os.read(read_end, 300)
+    os.close(read_end)
+    assert message == b"ok" and os.WEXITSTATUS(status) == 0, message
+
+
+def test_a_fork_child_closing_the_client_leaves_the_parents_calls_alone(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The child's close() (or leaving ``with client:``) without a call first closed the
+    inherited VCs as its own: GOAWAY and a shutdown of the socket the parent still used,
+    failing the parent's calls in flight."""
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", "parent") == ("parent",)
+    call = client.start_call(ctx(), name, "Count", [3])  # (in flight across the fork)
+    _in_child(client.close)
+    assert list(call) == [0, 1, 2] and call.finish() == (3,)
+    assert client.call(ctx(), name, "Echo", "parent again") == ("parent again",)
+    assert client.stats["dials"] == 1
+
+
+def test_a_fork_child_stopping_the_server_leaves_the_parents_server_alone(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The child's server.stop() (or leaving ``with server:``) shut the listening socket
+    and closed the accepted VCs, which are the parent's too: the parent's server stopped
+    serving."""
+    server, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
+    _in_child(lambda: server.stop())
+    assert client.call(ctx(), name, "Echo", 2) == (2,)  # (the VC accepted before the fork)
+    assert client.stats["dials"] == 1
+    assert make_client().call(ctx(), name, "Echo", 3) == (3,)  # (a new VC: still listening)
+
+
 @pytest.fixture
 def black_hole() -> Iterator[str]:
     """A rooted name whose endpoint accepts TCP connections and never says a word."""
