@@ -43,7 +43,9 @@ BUDGET = {
     "aead": 4,  # seal and open, on each side
     "sends": 2.1,  # one sendall per side
     "receives": 2.1,  # one recv_into per side (rarely a record arrives in two pieces)
-    "polls": 1.1,  # the caller waits for its reply in poll (the server blocks in recv)
+    "polls": 1.25,  # the caller waits for its reply in poll (the server blocks in recv);
+    # on a slow or loaded machine the VC's reader thread takes the read role back between
+    # calls now and then (LEAD_GRACE of quiet) and polls once more (1.14 seen in one run)
 }
 """Per call, both sides together for the last four."""
 
