@@ -106,6 +106,7 @@ class Connection(Reader):
         lead_reads: bool = True,
         busy_poll: float = 0.0,
         park_idle: float = 0.0,
+        busy_poll_adapt: bool = True,
     ) -> None:
         self._sock = sock
         self._sock_lock = threading.Lock()
@@ -167,7 +168,7 @@ class Connection(Reader):
         # thread (an accepted VC's; a dialed VC's while it reads for several calls, never a
         # caller reading for itself: see TransportOptions.busy_poll).
         self._inline_runner = InlineRunner(self._lock, self)
-        self._polling = PollState(busy_poll)
+        self._polling = PollState(busy_poll, busy_poll_adapt)
         self._init_reader(on_flow is None and lead_reads)
 
     def start(self) -> None:
@@ -406,6 +407,12 @@ class Connection(Reader):
     def busy_poll_misses(self) -> int:
         """How often a poll by this VC's reader found nothing."""
         return self._polling.misses
+
+    @property
+    def busy_poll_pays(self) -> bool:
+        """This VC's reader's last judgement of whether polling pays (see
+        ``TransportOptions.busy_poll_adapt``; always True when it does not adapt)."""
+        return self._polling.pays
 
     # --- parking (accepted VCs with park_idle) ------------------------------------------
     def _park(self) -> bool:

@@ -127,6 +127,13 @@ class TransportOptions:
             (at least 1) threads of a process poll at once. A peer whose small messages keep
             coming faster than ``busy_poll`` keeps a reader polling between them (a CPU
             kept busy while it does). What it costs and buys: docs/performance.md.
+        busy_poll_adapt: poll only where it pays, as each reader measures on its own
+            traffic: of the reads the rules above allow a poll for, it polls for some and
+            sleeps for others, and keeps polling only while a sleep makes the wait for the
+            peer's bytes clearly longer (where waking a thread is expensive); elsewhere it
+            sleeps, and polls for one read in ``polling.EXPLORE_EVERY`` to notice a change.
+            False: poll whenever the rules allow (for a machine known to wake threads
+            slowly). Either way ``busy_poll=0`` never polls.
         max_connections: (listening) accepted VCs and pending handshakes held at once;
             a connection beyond is closed at once (see ``MAX_CONNECTIONS``).
         max_pending_handshakes: (listening) handshakes running at once (a thread each); a
@@ -148,6 +155,7 @@ class TransportOptions:
     versions: tuple[int, int] = SUPPORTED_VERSIONS
     lead_reads: bool = True
     busy_poll: float = DEFAULT_BUSY_POLL
+    busy_poll_adapt: bool = True
     max_connections: int = MAX_CONNECTIONS
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
     max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS
@@ -166,6 +174,10 @@ class TransportOptions:
         if not number or not 0 <= poll <= MAX_BUSY_POLL:
             raise errors.BadArgError(
                 f"transport: busy_poll must be seconds in [0, {MAX_BUSY_POLL}], got {poll!r}"
+            )
+        if not isinstance(self.busy_poll_adapt, bool):
+            raise errors.BadArgError(
+                f"transport: busy_poll_adapt must be a bool, got {self.busy_poll_adapt!r}"
             )
         for name in ("max_connections", "max_pending_handshakes", "max_handshakes_per_address"):
             value = getattr(self, name)
@@ -421,6 +433,7 @@ class Listener:
             keepalive=self._manager.options.keepalive,
             busy_poll=self._manager.options.busy_poll,
             park_idle=self._manager.options.park_idle,
+            busy_poll_adapt=self._manager.options.busy_poll_adapt,
         )
         with self._lock:
             if self._closed:
@@ -550,6 +563,7 @@ class StreamManager:
                 name=dialing.name,
                 lead_reads=self.options.lead_reads,
                 busy_poll=self.options.busy_poll,
+                busy_poll_adapt=self.options.busy_poll_adapt,
             )
         except BaseException:
             sock.close()  # out of descriptors for the wake pipe, say

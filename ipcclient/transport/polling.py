@@ -10,11 +10,25 @@ means a large message, or a peer trickling bytes: its rest comes by a blocking r
 polling for it would only burn CPU); never right after a poll that found nothing (until a
 quick read again); never while ``POLL_SLOTS`` other threads of the process poll.
 
+Whether polling pays. A poll saves the wake-up of a thread asleep in a blocking read; what
+that costs differs by machine (on some VMs an inter-processor interrupt and a halted virtual
+CPU to restart, tens of microseconds; elsewhere a few), and by the moment. So, unless told
+not to adapt, a reader measures it on its own traffic: of the reads the rules allow a poll
+for, it polls for some and sleeps for others, and compares the gaps (from going idle to
+having the bytes) of the two kinds: the lower quartiles of the last ``SAMPLES`` of each
+(only reads where the data was not there at once: those cost the same either way). Polling
+pays when sleeping makes the gap longer by at least ``PAYS_FRACTION`` of a poll's own
+length (the CPU a poll spends) and by ``MIN_SAVED`` seconds; once it pays, half as much
+keeps it paying. Until it has ``MIN_SAMPLES``
+of each kind the reader alternates; after that it uses the method that pays and tries the
+other on one read in ``EXPLORE_EVERY``, so the choice follows a change of machine or pace.
+
 Must not: dispatch what it receives (the caller does), or decide who reads a VC.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -23,12 +37,43 @@ from collections.abc import Callable
 
 from ipcclient.transport.readrole import Read
 
+log = logging.getLogger("ipcclient.transport")
+
 _DATA = Read.DATA
 _MISSED = Read.MISSED
 _SKIPPED = Read.SKIPPED
 _STOPPED = Read.STOPPED
 
-__all__ = ["POLL_SLOTS", "PollState", "give_slot", "pollers", "take_slot"]
+__all__ = [
+    "EXPLORE_EVERY",
+    "MIN_SAMPLES",
+    "MIN_SAVED",
+    "PAYS_FRACTION",
+    "POLL_SLOTS",
+    "SAMPLES",
+    "PollState",
+    "give_slot",
+    "pollers",
+    "take_slot",
+]
+
+SAMPLES = 32
+"""Gaps of each kind (after a poll, after a sleep) a reader keeps: it compares their lower
+quartiles."""
+
+MIN_SAMPLES = 8
+"""Gaps of each kind a reader needs before it judges; until then it alternates."""
+
+EXPLORE_EVERY = 64
+"""Once judged, one read in this many (of those the rules allow a poll for) uses the other
+method, to keep both kinds of gap current."""
+
+PAYS_FRACTION = 0.25
+"""Polling pays when sleeping lengthens the gap by at least this fraction of the gap after a
+poll (the time, and CPU, a poll spends)..."""
+
+MIN_SAVED = 0.000010
+"""... and by at least this many seconds."""
 
 
 def _usable_cpus() -> int:
@@ -82,25 +127,55 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
 
 
 class PollState:
-    """One reader's poll rules (see the module docstring), its counters and its poll loop.
-    Used by one thread at a time (whoever reads the VC).
+    """One reader's poll rules and its judgement of whether polling pays (see the module
+    docstring), its counters and its poll loop. Used by one thread at a time (whoever reads
+    the VC).
 
     Args:
         length: seconds a poll lasts (0: never poll).
+        adapt: judge whether polling pays and poll only when it does (False: poll whenever
+            the rules allow).
     """
 
-    __slots__ = ("armed", "got", "hits", "length", "misses")
+    __slots__ = (
+        "_judge_in",
+        "_judged",
+        "_polled",
+        "_slept",
+        "_tries",
+        "adapt",
+        "armed",
+        "got",
+        "hits",
+        "length",
+        "misses",
+        "pays",
+        "waited",
+    )
 
-    def __init__(self, length: float) -> None:
+    def __init__(self, length: float, adapt: bool = True) -> None:
         self.length = length
+        self.adapt = adapt
         self.armed = False
-        """Poll before the next blocking read."""
+        """Poll before the next blocking read (if :meth:`poll_now` says so)."""
+        self.pays = True
+        """The last judgement: polling pays (it starts so, and alternates until judged)."""
         self.hits = 0
         """Polls that found data."""
         self.misses = 0
         """Polls that found nothing."""
         self.got = 0
-        """Bytes the last poll that found data received."""
+        """Bytes the last poll (or peek) that found data received."""
+        self.waited = False
+        """The last poll that found data found none at first (its gap measures something:
+        with data there at once, polling and sleeping would have cost the same)."""
+        self._polled: list[float] = []
+        """The last gaps (seconds from going idle to having the bytes) after a poll."""
+        self._slept: list[float] = []
+        """The last gaps after a sleep in a blocking read the rules allowed a poll for."""
+        self._tries = 0
+        self._judge_in = 0
+        self._judged = False
 
     def quick(self, idle_since: float, came_at: float) -> bool:
         """Whether input that came at ``came_at`` came within the poll's length of the reader
@@ -111,6 +186,67 @@ class PollState:
         """After a read: poll next time only if it was quick and ended on a record
         boundary (``partial``: the opener holds part of a record)."""
         self.armed = quick and not partial
+
+    def poll_now(self) -> bool:
+        """(The rules allow a poll: :attr:`armed`.) Whether to poll (True) or to sleep in a
+        blocking read, and then tell :meth:`slept` the gap."""
+        if not self.adapt:
+            return True
+        self._tries += 1
+        if len(self._slept) < MIN_SAMPLES or len(self._polled) < MIN_SAMPLES:
+            return self._tries & 1 == 0  # (not judged yet: alternate)
+        if self._tries % EXPLORE_EVERY:
+            return self.pays
+        return not self.pays  # (try the other method now and then)
+
+    def polled(self, gap: float) -> None:
+        """A poll found data ``gap`` seconds after the reader went idle (noted if it
+        :attr:`waited` for it)."""
+        if self.adapt and self.waited:
+            self._note(self._polled, gap)
+
+    def slept(self, gap: float) -> bool:
+        """A blocking read that :meth:`poll_now` chose (after a :meth:`peek` found nothing)
+        had data ``gap`` seconds after the reader went idle. Only a gap under twice the
+        poll's length counts (one much longer says the peer was slow, not what a wake-up
+        costs); returns whether it did, which is also whether the read counts as quick (a
+        wake-up may take longer than a poll lasts: such a read must not stop the polling it
+        is being compared with)."""
+        if gap < 2 * self.length:
+            self._note(self._slept, gap)
+            return True
+        return False
+
+    def _note(self, gaps: list[float], gap: float) -> None:
+        gaps.append(gap)
+        if len(gaps) > SAMPLES:
+            del gaps[0]
+        # Judge after every gap of the kind in use less, and after every fifth of the other
+        # (sorting SAMPLES floats is cheap, but not free on every call).
+        judge_in = self._judge_in
+        if gaps is (self._polled if self.pays else self._slept) and judge_in > 0:
+            self._judge_in = judge_in - 1
+            return
+        self._judge_in = 4
+        polled, slept = self._polled, self._slept
+        if len(polled) < MIN_SAMPLES or len(slept) < MIN_SAMPLES:
+            return
+        # Lower quartiles: other load only ever adds to a gap, so the low ones say most.
+        poll_gap = sorted(polled)[len(polled) // 4]
+        saved = sorted(slept)[len(slept) // 4] - poll_gap
+        enough = max(MIN_SAVED, PAYS_FRACTION * poll_gap)
+        # (Three quarters as much keeps it paying: a judgement near the line flaps less.)
+        pays = saved >= (enough * 0.75 if self.pays and self._judged else enough)
+        self._judged = True
+        if pays is not self.pays:
+            self.pays = pays
+            log.debug(
+                "transport: busy polling %s: a sleep lengthens the gap by %.0f us, a poll "
+                "lasts %.0f us",
+                "pays" if pays else "does not pay",
+                saved * 1e6,
+                poll_gap * 1e6,
+            )
 
     def spin(
         self,
@@ -138,6 +274,7 @@ class PollState:
         monotonic = time.monotonic
         yield_cpu = os.sched_yield
         recv_into = sock.recv_into
+        waited = False
         try:
             while stop is None or not stop():
                 try:
@@ -147,12 +284,31 @@ class PollState:
                         self.misses += 1
                         self.armed = False  # a longer gap: sleep until a short one
                         return _MISSED
+                    waited = True
                     yield_cpu()
                     continue
                 if n:
                     self.hits += 1
                 self.got = n
+                self.waited = waited
                 return _DATA
             return _STOPPED
         finally:
             give_slot()
+
+    def peek(self, sock: socket.socket, buf: memoryview | bytearray) -> Read:
+        """One receive without blocking, before a sleep :meth:`poll_now` chose: ``Read.DATA``
+        (its byte count in :attr:`got`: the data was there, nothing to compare) or
+        ``Read.MISSED`` (nothing there yet: the blocking read's gap will be noted). Counts
+        neither a hit nor a miss.
+
+        Raises:
+            OSError: the receive failed (other than finding nothing).
+        """
+        try:
+            n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return _MISSED
+        self.got = n
+        self.waited = False
+        return _DATA

@@ -480,10 +480,15 @@ class Reader(abc.ABC):
                 # while it reads for several calls.
                 polled = _SKIPPED
                 polls = spin > 0 and (sole or len(self._flows) > 1)
+                trial = False  # (a sleep the rules allowed a poll for: its gap is noted)
                 if polls:
                     idle_since = monotonic()
                     if polling.armed:
-                        polled = self._poll_socket(idle_since + spin, lead)
+                        if polling.poll_now():
+                            polled = self._poll_socket(idle_since + spin, lead)
+                        else:
+                            polled = self._poll_socket(0.0, lead, peek=True)
+                            trial = polled is not _DATA
                         if polled is _STOPPED:
                             # A lone caller waits: it may have written to the pipe for a
                             # reader asleep in poll(); drain that, so the caller's own first
@@ -493,6 +498,7 @@ class Reader(abc.ABC):
                             continue  # hand it the socket (above)
                 if polled is _DATA:
                     outcome = self._dispatch_received(polling.got)
+                    polling.polled(self._read_at - idle_since)
                     quick = True
                 else:
                     if lead:
@@ -507,6 +513,8 @@ class Reader(abc.ABC):
                         outcome = _TIMEOUT
                     # (when the bytes came, not when their dispatch ended)
                     quick = polls and polling.quick(idle_since, self._last_recv)
+                    if trial and outcome is _DATA:
+                        quick = polling.slept(self._read_at - idle_since)
                 if outcome is _DATA:
                     if spin:  # (read for one call only: not quick, disarms)
                         polling.after_read(quick, self._opener.buffered > 0)
@@ -545,17 +553,22 @@ class Reader(abc.ABC):
         """(Unlocked check.) A lone caller waits for the peer: it had better read itself."""
         return bool(self._waiters) and len(self._flows) <= 1
 
-    def _poll_socket(self, until: float, lead: bool) -> Read:
+    def _poll_socket(self, until: float, lead: bool, peek: bool = False) -> Read:
         """Busy-poll the socket into the opener's buffer until ``until`` (see
-        :meth:`PollState.spin`; with ``lead``, stop when a lone caller waits).
+        :meth:`PollState.spin`; with ``lead``, stop when a lone caller waits); with
+        ``peek``, receive once without blocking instead (:meth:`PollState.peek`).
 
         Raises:
             Broken: a receive failed.
         """
         self._mid_read = True  # (until what a poll receives is dispatched)
         buf = self._opener.receive_buffer()
+        polling = self._polling
         try:
-            got = self._polling.spin(self._sock, buf, until, self._lone_waiter if lead else None)
+            if peek:
+                got = polling.peek(self._sock, buf)
+            else:
+                got = polling.spin(self._sock, buf, until, self._lone_waiter if lead else None)
         except OSError as exc:
             err = errors.ConnectionFailedError(f"transport: receive failed: {exc}")
             raise Broken(err) from exc

@@ -6,6 +6,9 @@ always, with ``lead_reads=False``); never a caller reading its own reply.
 What polling buys (no wake-up of a sleeping thread) is a matter of time and is measured by
 the benchmark only; these tests hold the behaviour: a peer calling back to back is found by
 a poll, a slow peer stops the polling after one miss, 0 turns it off, bad values are refused.
+The rules are tested with ``busy_poll_adapt=False`` (poll whenever they allow); whether
+polling pays is judged on a peer that pauses between calls (below) and, for gaps a real
+machine cannot be made to show, in tests/unit/test_poll_rules.py.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def _accepted(lst: Listener) -> Connection:
 def test_calls_back_to_back_are_found_by_polling(
     listen: Callable[[TransportOptions], Listener],
 ) -> None:
-    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
     conn = _dial(lst)
     try:
         _calls(conn, 30, b"call")
@@ -123,7 +126,7 @@ def test_a_dialed_vc_reading_for_several_calls_polls(
     """Leader/follower: a lone caller reads for itself and never polls (above); with several
     calls in flight the VC's reader thread reads for all of them, and polls between reads."""
     lst = listen(TransportOptions(busy_poll=0))
-    conn = _dial(lst, TransportOptions(busy_poll=MAX_BUSY_POLL))
+    conn = _dial(lst, TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
     failures: list[BaseException] = []
 
     def caller(t: int) -> None:
@@ -152,7 +155,9 @@ def test_a_dialed_vc_read_by_its_thread_polls_too(
     listen: Callable[[TransportOptions], Listener],
 ) -> None:
     lst = listen(TransportOptions(busy_poll=0))
-    conn = _dial(lst, TransportOptions(lead_reads=False, busy_poll=MAX_BUSY_POLL))
+    conn = _dial(
+        lst, TransportOptions(lead_reads=False, busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False)
+    )
     try:
         _calls(conn, 30, b"call")
         assert conn.busy_poll_hits >= 1  # replies came within 10 ms of the reader idling
@@ -163,7 +168,7 @@ def test_a_dialed_vc_read_by_its_thread_polls_too(
 def test_a_slow_peer_stops_the_polling_after_one_miss(
     listen: Callable[[TransportOptions], Listener],
 ) -> None:
-    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
     conn = _dial(lst)
     try:
         _calls(conn, 20, b"quick")  # (arms the polling)
@@ -297,7 +302,7 @@ def test_a_peer_trickling_bytes_is_not_polled_for(
     """Bytes that do not end a record (a large message, or a hostile peer sending a byte
     every millisecond) are read by blocking: polling for each would keep a CPU busy for as
     long as the peer likes, at no cost to it."""
-    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
     relay = _TrickleRelay(lst.address)
     conn = StreamManager(make_identity()).dial(
         "tcp",
@@ -325,7 +330,7 @@ def test_a_slow_read_disarms_the_polling_even_when_no_poll_ran(
 ) -> None:
     """Polling follows only a quick read: a slow one (here while no polling slot was free,
     so no poll could miss) turns it off too."""
-    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
     conn = _dial(lst)
     try:
         _calls(conn, 20, b"quick")  # (arms the polling)
@@ -360,3 +365,40 @@ def test_polling_slots_are_free_again_after_fork(monkeypatch: pytest.MonkeyPatch
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         polling.give_slot()
+
+
+def test_polling_stops_where_it_does_not_pay(
+    listen: Callable[[TransportOptions], Listener],
+) -> None:
+    """A peer that pauses 3 ms between a reply and its next call, against a 10 ms poll: the
+    rules allow a poll before every call (each comes within 10 ms), and each poll would keep
+    a CPU busy for 3 ms to save one wake-up. The adapting reader tries both, sees a sleep
+    cost the same, and sleeps (polling only to recheck now and then)."""
+    lst = listen(TransportOptions(busy_poll=MAX_BUSY_POLL))
+    conn = _dial(lst)
+    try:
+        _calls(conn, 50, b"pausing", gap=0.003)  # (tries both, then judges)
+        served = _accepted(lst)
+        assert not served.busy_poll_pays
+        hits = served.busy_poll_hits
+        _calls(conn, 40, b"judged", gap=0.003)
+        # Polling whenever the rules allow found (nearly) all 40; now one in
+        # polling.EXPLORE_EVERY at most (and a rejudgement may try a few).
+        assert served.busy_poll_hits - hits <= 3
+        # Without adapting, the same peer is polled for on every call.
+        lst2 = listen(TransportOptions(busy_poll=MAX_BUSY_POLL, busy_poll_adapt=False))
+        conn2 = _dial(lst2)
+        try:
+            _calls(conn2, 40, b"polled", gap=0.003)
+            assert _accepted(lst2).busy_poll_hits >= 30
+            assert _accepted(lst2).busy_poll_pays  # (never judged)
+        finally:
+            conn2.close()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_bad_busy_poll_adapt_is_refused(bad: Any) -> None:
+    with pytest.raises(errors.BadArgError, match="busy_poll_adapt"):
+        TransportOptions(busy_poll_adapt=bad)

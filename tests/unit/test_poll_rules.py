@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipcclient.transport import polling
 from ipcclient.transport.polling import PollState
@@ -158,3 +160,114 @@ def test_slots_are_limited_and_given_back(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(polling, "POLL_SLOTS", 10**6)
     assert polling.take_slot()
     polling.give_slot()
+
+
+# --- whether polling pays (PollState.poll_now / polled / slept) ------------------------------
+
+
+def _read(state: PollState, poll_gap: float, sleep_gap: float) -> bool:
+    """One read the rules allow a poll for, the peer's bytes coming ``poll_gap`` after the
+    reader goes idle when it polls and ``sleep_gap`` when it sleeps (the wake-up added):
+    feeds the state as the reader does. Returns whether it polled."""
+    if state.poll_now():
+        state.waited = True  # (the poll found nothing at first)
+        state.polled(poll_gap)
+        return True
+    state.slept(sleep_gap)
+    return False
+
+
+def test_a_reader_alternates_until_it_can_judge() -> None:
+    state = PollState(0.001)
+    choices = [_read(state, 0.0001, 0.0002) for _ in range(2 * polling.MIN_SAMPLES)]
+    assert choices == [False, True] * polling.MIN_SAMPLES
+
+
+def test_polling_stops_when_a_sleep_costs_little_and_resumes_when_it_costs_more() -> None:
+    """Gaps of 100 us after a poll: a wake-up adding 10 us is not worth a 100 us poll; one
+    adding 60 us is. The judgement follows the machine both ways."""
+    state = PollState(0.001)
+    for _ in range(4 * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000110)
+    assert not state.pays
+    polls = sum(_read(state, 0.000100, 0.000110) for _ in range(10 * polling.EXPLORE_EVERY))
+    assert polls == 10  # (the other method on one read in EXPLORE_EVERY, to recheck)
+    for _ in range(4 * polling.SAMPLES * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000160)  # wake-ups got expensive
+        if state.pays:
+            break
+    assert state.pays
+    sleeps = sum(not _read(state, 0.000100, 0.000160) for _ in range(10 * polling.EXPLORE_EVERY))
+    assert sleeps == 10
+
+
+def test_the_judgement_needs_both_a_fraction_of_the_poll_and_an_absolute_saving() -> None:
+    few = PollState(0.001)  # 8 us saved on a 20 us poll: 40%, but under MIN_SAVED
+    much = PollState(0.001)  # 12 us saved on a 20 us poll
+    for _ in range(4 * polling.EXPLORE_EVERY):
+        _read(few, 0.000020, 0.000028)
+        _read(much, 0.000020, 0.000032)
+    assert not few.pays
+    assert much.pays
+
+
+def test_a_judgement_near_the_line_keeps_its_side() -> None:
+    """Paying at a saving of 25% of the poll, it stays paying down to 3/4 of that."""
+    state = PollState(0.001)
+    for _ in range(4 * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000130)  # 30 us saved: pays
+    assert state.pays
+    for _ in range(4 * polling.SAMPLES * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000120)  # 20 us: under 25, over 18.75
+    assert state.pays
+    for _ in range(4 * polling.SAMPLES * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000110)  # 10 us: under 18.75
+    assert not state.pays
+
+
+def test_only_gaps_that_say_something_are_noted() -> None:
+    state = PollState(0.001)
+    state.waited = False  # data there at once: costs the same either way
+    state.polled(0.000005)
+    assert not state.slept(0.0025)  # over twice the poll's length: a slow peer, and not quick
+    assert state.slept(0.0015)  # (a wake-up may outlast the poll: still quick)
+    assert (state._polled, state._slept) == ([], [0.0015])
+
+
+def test_without_adapting_every_allowed_read_polls() -> None:
+    state = PollState(0.001, adapt=False)
+    assert all(_read(state, 0.0001, 0.0001) for _ in range(3 * polling.EXPLORE_EVERY))
+    assert state.pays and state._polled == []
+
+
+def test_a_peek_receives_once_and_counts_nothing() -> None:
+    state = PollState(1.0)
+    assert state.peek(FakeSocket(empty=1), bytearray(8)) is Read.MISSED  # type: ignore[arg-type]
+    assert state.peek(FakeSocket(empty=0), bytearray(8)) is Read.DATA  # type: ignore[arg-type]
+    assert (state.got, state.waited, state.hits, state.misses) == (4, False, 0, 0)
+
+
+def test_a_poll_that_found_data_at_once_did_not_wait() -> None:
+    state = PollState(1.0)
+    assert _spin(state, FakeSocket(empty=0), time.monotonic() + 1) is Read.DATA
+    assert not state.waited
+    assert _spin(state, FakeSocket(empty=3), time.monotonic() + 1) is Read.DATA
+    assert state.waited
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 0.002), st.floats(0.0, 0.004)), min_size=1, max_size=600))
+def test_once_judged_the_other_method_is_rare(gaps: list[tuple[float, float]]) -> None:
+    """Whatever the gaps: memory stays bounded, and once both kinds have MIN_SAMPLES, a read
+    uses the method the judgement does not favour at most once in EXPLORE_EVERY."""
+    state = PollState(0.001)
+    against = tries = 0
+    for poll_gap, sleep_gap in gaps:
+        judged = min(len(state._polled), len(state._slept)) >= polling.MIN_SAMPLES
+        pays = state.pays
+        polled = _read(state, poll_gap, sleep_gap)
+        assert len(state._polled) <= polling.SAMPLES and len(state._slept) <= polling.SAMPLES
+        if judged:
+            tries += 1
+            against += polled is not pays
+    assert against <= tries // polling.EXPLORE_EVERY + 1
