@@ -37,6 +37,7 @@ from ipcclient import (  # noqa: E402
 )
 from ipcclient.security import Blessings  # noqa: E402
 from ipcclient.server.exposure import expose  # noqa: E402
+from ipcclient.transport.manager import CLIENT_BUSY_POLL  # noqa: E402
 
 
 @expose
@@ -70,6 +71,10 @@ def serve(options: ServerOptions | None = None) -> None:
 
 def serve_nopoll() -> None:
     serve(ServerOptions(transport=TransportOptions(busy_poll=0)))
+
+
+def serve_alwayspoll() -> None:
+    serve(ServerOptions(transport=TransportOptions(busy_poll_adapt=False)))
 
 
 class IpcAdapter(common.Adapter):
@@ -112,9 +117,17 @@ class IpcNoPollAdapter(IpcAdapter):
     options = ClientOptions(default_call_timeout=600, transport=TransportOptions(busy_poll=0))
 
 
+class IpcAlwaysPollAdapter(IpcAdapter):
+    name = "ipcclient, busy_poll_adapt=False on both sides"
+    options = ClientOptions(
+        default_call_timeout=600,
+        transport=TransportOptions(busy_poll=CLIENT_BUSY_POLL, busy_poll_adapt=False),
+    )
+
+
 if __name__ == "__main__":
     common.main(
         os.path.abspath(__file__),
-        {"default": serve, "nopoll": serve_nopoll},
-        {"default": IpcAdapter, "nopoll": IpcNoPollAdapter},
+        {"default": serve, "nopoll": serve_nopoll, "alwayspoll": serve_alwayspoll},
+        {"default": IpcAdapter, "nopoll": IpcNoPollAdapter, "alwayspoll": IpcAlwaysPollAdapter},
     )

@@ -10,8 +10,10 @@ medians and the ratios the project is held to. Never part of the test suite.
 ``--pin`` runs everything (the driver, each client and each server process) on CPU 0, where
 waking a thread on another CPU costs nothing; without it the scheduler is free. The CPU model
 is printed with every table. ``ipcclient-nopoll`` is ipcclient with busy polling off on both
-sides (``TransportOptions(busy_poll=0)``); the ``-compiled`` rows are the same adapter run
-from the copy whose hot modules are compiled by mypyc (``tests/compiled/build.py``).
+sides (``TransportOptions(busy_poll=0)``), ``ipcclient-alwayspoll`` with polling whenever the
+rules allow (``busy_poll_adapt=False``: no judging whether it pays); the ``-compiled`` rows
+are the same adapter run from the copy whose hot modules are compiled by mypyc
+(``tests/compiled/build.py``).
 
 First it prints the mount table's own line (``bench_mounttable.py``: resolve latency and
 mounts/s through an etcd-backed replica next to the in-memory one; ``--only mounttable``
@@ -41,6 +43,7 @@ copy first (``tests.compiled.build``); run directly, this measures whatever copy
 SUITE = [
     ("ipcclient", os.path.join(HERE, "bench_ipcclient.py"), "default"),
     ("ipcclient-nopoll", os.path.join(HERE, "bench_ipcclient.py"), "nopoll"),
+    ("ipcclient-alwayspoll", os.path.join(HERE, "bench_ipcclient.py"), "alwayspoll"),
     ("ipcclient-compiled", COMPILED, "default"),
     ("ipcclient-compiled-nopoll", COMPILED, "nopoll"),
     ("grpc", os.path.join(ANCHORS, "bench_grpc.py"), "insecure"),
@@ -71,7 +74,13 @@ TARGETS = [
     ("8 threads vs Pyro5 msgpack (>= 1.3)", ("w2", "calls_s"), "pyro5-msgpack", 1.3, True),
     ("connect + first call, ms (<= 1 ms)", ("w5", "median_ms"), None, 1.0, False),
 ]
-OURS = ("ipcclient", "ipcclient-nopoll", "ipcclient-compiled", "ipcclient-compiled-nopoll")
+OURS = (
+    "ipcclient",
+    "ipcclient-nopoll",
+    "ipcclient-alwayspoll",
+    "ipcclient-compiled",
+    "ipcclient-compiled-nopoll",
+)
 
 
 def cpu_model() -> str:
