@@ -78,6 +78,11 @@ MAX_CONNECTIONS = 4096
 """Accepted VCs (and pending handshakes) a listener holds at once, by default; more are
 closed at once."""
 
+MAX_CONNECTIONS_PER_ADDRESS = 1024
+"""Accepted VCs (and pending handshakes) from one remote IP address a listener holds at
+once, by default (a quarter of ``MAX_CONNECTIONS``): one address cannot fill the listener
+and keep every other client out. More are closed at once."""
+
 PARK_IDLE = 1.0
 """Seconds an accepted VC stays idle (no flow, no input) before its reader thread ends and
 the process's idle watcher takes it (default; see ``TransportOptions.park_idle``)."""
@@ -139,6 +144,9 @@ class TransportOptions:
         max_pending_handshakes: (listening) handshakes running at once (a thread each); a
             new connection beyond sheds the oldest pending one, so a slow flood cannot keep
             new clients out.
+        max_connections_per_address: (listening) accepted VCs and pending handshakes from
+            one remote IP address (not bounded on Unix sockets; at most ``max_connections``
+            in effect); a connection beyond is closed at once.
         max_handshakes_per_address: (listening) pending handshakes from one remote IP
             address (not bounded on Unix sockets); a connection beyond is closed at once.
         first_byte_timeout: (listening) a new connection that sends nothing for this long
@@ -159,6 +167,7 @@ class TransportOptions:
     max_connections: int = MAX_CONNECTIONS
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES
     max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT
     park_idle: float = PARK_IDLE
 
@@ -179,7 +188,12 @@ class TransportOptions:
             raise errors.BadArgError(
                 f"transport: busy_poll_adapt must be a bool, got {self.busy_poll_adapt!r}"
             )
-        for name in ("max_connections", "max_pending_handshakes", "max_handshakes_per_address"):
+        for name in (
+            "max_connections",
+            "max_pending_handshakes",
+            "max_handshakes_per_address",
+            "max_connections_per_address",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise errors.BadArgError(f"transport: {name} must be an int >= 1, got {value!r}")
@@ -231,9 +245,15 @@ class Listener:
         # sockets), and how many per address; a shed socket leaves the dict at once.
         self._pending: collections.OrderedDict[socket.socket, str] = collections.OrderedDict()
         self._per_address: dict[str, int] = {}
+        # Accepted VCs from each remote address (TCP only), and each VC's address.
+        self._vcs_per_address: dict[str, int] = {}
+        self._vc_address: dict[Connection, str] = {}
         self._refused = Throttle("connections refused (too many connections)")
         self._refused_address = Throttle(
             "connections refused (too many pending handshakes from one address)"
+        )
+        self._refused_address_vcs = Throttle(
+            "connections refused (too many connections from one address)"
         )
         self._shed = Throttle("pending handshakes shed (too many pending handshakes)")
         self._failed = Throttle("accept failed")
@@ -321,6 +341,8 @@ class Listener:
         pending = list(self._pending)
         self._pending = collections.OrderedDict()
         self._per_address = {}
+        self._vcs_per_address = {}
+        self._vc_address = {}
         for sock in (self._sock, *pending):
             with contextlib.suppress(OSError):
                 sock.close()
@@ -351,6 +373,10 @@ class Listener:
                     refused = self._refused
                 elif address and per >= opts.max_handshakes_per_address:
                     refused = self._refused_address
+                elif address and per + self._vcs_per_address.get(address, 0) >= min(
+                    opts.max_connections_per_address, opts.max_connections
+                ):
+                    refused = self._refused_address_vcs
                 else:
                     if len(self._pending) >= opts.max_pending_handshakes:
                         shed, shed_address = self._pending.popitem(last=False)
@@ -387,11 +413,14 @@ class Listener:
         else:
             self._per_address.pop(address, None)
 
-    def _end_pending(self, sock: socket.socket) -> None:
+    def _end_pending(self, sock: socket.socket) -> str | None:
+        """The handshake on ``sock`` ended: it is no longer pending. Returns its remote
+        address (None when it was shed meanwhile)."""
         with self._lock:
             address = self._pending.pop(sock, None)
             if address is not None:
                 self._drop_address_locked(address)
+            return address
 
     def _handshake(self, sock: socket.socket) -> None:
         opts = self._manager.options
@@ -418,7 +447,7 @@ class Listener:
         finally:
             # Out of _pending before any close: the accept loop shuts a shed socket only
             # while it is pending, under the lock (see _accept_loop).
-            self._end_pending(sock)
+            address = self._end_pending(sock)
             if result is None:
                 sock.close()
         if result is None:
@@ -441,6 +470,9 @@ class Listener:
             else:
                 refuse = False
                 self._connections.add(conn)
+                if address:  # (TCP; None: shed as it finished, counted nowhere)
+                    self._vc_address[conn] = address
+                    self._vcs_per_address[address] = self._vcs_per_address.get(address, 0) + 1
         if refuse:
             conn.close()
             return
@@ -454,6 +486,13 @@ class Listener:
     def _forget(self, conn: Connection, _err: errors.IPCError) -> None:
         with self._lock:
             self._connections.discard(conn)
+            address = self._vc_address.pop(conn, None)
+            if address is not None:
+                left = self._vcs_per_address.get(address, 0) - 1
+                if left > 0:
+                    self._vcs_per_address[address] = left
+                else:
+                    self._vcs_per_address.pop(address, None)
 
 
 class StreamManager:

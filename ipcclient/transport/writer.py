@@ -14,7 +14,9 @@ reported to the owner's ``on_broken``), or hold the VC's lock across a socket ca
 Threads that must never wait on a full socket (the reader, cancellation on the context timer
 thread, close) send with ``blocking=False``: what the socket takes at once, the rest of the
 record going to a drainer thread that keeps the flusher role until everything is out (so
-record order holds). Only a writer blocks in ``sendall``, bounded by the send timeout.
+record order holds). A writer (``blocking=True``) waits on a full socket for up to
+``HANDOFF_AFTER``, then hands the rest to a drainer the same way; only the drainer blocks
+in ``sendall``, each send bounded by the send timeout.
 
 The flusher may be inside a socket call when the VC ends. Closing the socket then could hand
 its descriptor to another socket before the flusher's system call is made, so the VC only
@@ -23,8 +25,11 @@ asks the VC to close it then (``on_idle``: it does unless a caller still reads i
 thread becomes the flusher after the mark.
 
 Known trade-offs: the flusher sends what other threads queued while it was sending, so under
-sustained load a writer may stay in ``sendall`` past its own deadline (never past the send
-timeout, after which the VC is declared broken); a KeyboardInterrupt that lands between
+sustained load a writer may stay sending past its own deadline, by up to ``HANDOFF_AFTER``
+per record the socket will not take at once; a drainer sending to a peer that reads slowly
+but steadily stays as long as the peer takes (its memory bounded by ``MAX_QUEUED`` and the
+flows' windows; a peer that stops reading breaks the VC after the send timeout); a
+KeyboardInterrupt that lands between
 taking the flusher role and the first send leaves the role taken, so later writes on that VC
 wait for their deadlines (the VC is then redialed), and its socket is closed only when the
 VC object is collected. So is the socket of a VC that ended while a KeyboardInterrupt hit
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -65,6 +71,13 @@ MAX_QUEUED = 4 * 1024 * 1024
 flusher, blocked while the peer does not read). A writer that finds this much waiting stops
 queueing until the flusher takes it (or its deadline passes): memory stays bounded by what
 the socket takes, whatever window the peer announced (up to 2 GiB per flow)."""
+
+HANDOFF_AFTER = 0.5
+"""Seconds a writer sending with ``blocking=True`` waits on one record the socket will not
+take (a peer reading slowly, or not at all) before it hands the rest to a drainer thread and
+returns: a thread of the caller's (a server's worker) is never held by a slow peer's socket
+for longer, whatever its pace; what it writes next waits for room (``MAX_QUEUED``) or credit
+within its own deadline. A healthy peer takes a record far sooner."""
 
 Parts = list[bytes | memoryview]
 
@@ -177,10 +190,9 @@ class RecordWriter:
             while data:
                 records = iter(self._sealer.seal_parts(data))
                 for record in records:
-                    if blocking:
-                        self._sock.sendall(record)
-                        continue
-                    sent = self.send_nowait(record)
+                    sent = self.send_nowait(record)  # (normally all of it)
+                    if sent < len(record) and blocking:
+                        sent = self._send_within(record, sent, HANDOFF_AFTER)
                     if sent < len(record):
                         # (a copy: the record's buffer is reused for the next record)
                         rest = bytes(memoryview(record)[sent:])
@@ -233,15 +245,38 @@ class RecordWriter:
 
     def send_nowait(self, record: bytes | bytearray | memoryview) -> int:
         """Send what the socket takes without blocking; return how much that was."""
-        view = memoryview(record)
-        total = 0
+        sock = self._sock
+        try:
+            total = sock.send(record, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
         size = len(record)
-        while total < size:
-            try:
-                total += self._sock.send(view[total:], socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
+        if total < size:
+            view = memoryview(record)
+            while total < size:
+                try:
+                    total += sock.send(view[total:], socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
         return total
+
+    def _send_within(
+        self, record: bytes | bytearray | memoryview, sent: int, seconds: float
+    ) -> int:
+        """Send the rest of ``record`` after its first ``sent`` bytes, waiting for the socket
+        to take more for up to ``seconds`` in all; return how much of it is out."""
+        view = memoryview(record)
+        size = len(view)
+        end = time.monotonic() + seconds
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT)
+        while sent < size:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            if poller.poll(max(1, int(left * 1000))):  # (POLLERR/POLLHUP: the send says)
+                sent += self.send_nowait(view[sent:])
+        return sent
 
     def send_last(self, data: Parts, grace: float) -> None:
         """Closing the VC: send ``data`` (the GOAWAY, taken as the flusher), best effort and

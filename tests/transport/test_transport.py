@@ -715,11 +715,12 @@ def test_a_shed_handshake_socket_is_shut_before_its_thread_closes_it(
 
 
 class _StoppingSocket(socket.socket):
-    """A real socket whose next ``sendall`` (``stop_send``) or whose next ``recv_into`` by one
-    thread (``stop_recv_in``, a thread ident), once armed, stops before the system call until
-    ``go`` is set: a thread stopped by the scheduler between reading the descriptor and the
-    call, made certain. It records a ``close`` made while a call is stopped (``closed_under``):
-    the descriptor could then go to another socket before the call is made."""
+    """A real socket whose next ``send`` or ``sendall`` (``stop_send``) or whose next
+    ``recv_into`` by one thread (``stop_recv_in``, a thread ident), once armed, stops before
+    the system call until ``go`` is set: a thread stopped by the scheduler between reading
+    the descriptor and the call, made certain. It records a ``close`` made while a call is
+    stopped (``closed_under``): the descriptor could then go to another socket before the
+    call is made."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -742,6 +743,12 @@ class _StoppingSocket(socket.socket):
             self.stop_send = False
             self._stop()
         super().sendall(data, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:  # (a writer's first try at a record)
+        if self.stop_send:
+            self.stop_send = False
+            self._stop()
+        return super().send(data, flags)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         if self.stop_recv_in == threading.get_ident():

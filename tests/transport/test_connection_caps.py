@@ -1,0 +1,82 @@
+"""One remote address cannot fill a listener (``TransportOptions.max_connections_per_address``).
+
+The listener's total cap (``max_connections``) alone let one address hold every slot with
+idle authenticated VCs (a self-blessed identity is enough to finish a handshake), and keep
+every other client out until it left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
+from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.transport.manager import MAX_CONNECTIONS_PER_ADDRESS, TransportOptions
+from tests.conftest import Family
+from tests.hostile import HostilePeer, server_address
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+@expose
+class Echo:
+    def Echo(self, call: ServerCall, x: object) -> object:
+        return x
+
+
+def _vcs(server: Server) -> int:
+    return sum(len(lst.connections) for lst in server._listeners)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[HostilePeer]]:
+    made: list[HostilePeer] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+def test_one_address_cannot_take_every_connection(
+    family: Family, make_server: MakeServer, make_client: MakeClient, peers: list[HostilePeer]
+) -> None:
+    transport = TransportOptions(max_connections=40, max_connections_per_address=10)
+    server, name = make_server(Echo(), AllowEveryone(), options=ServerOptions(transport=transport))
+    attacker = family.member("attacker")
+    refused = 0
+    for _ in range(39):  # (before: 39 of 40 slots, and new clients were refused)
+        try:
+            peers.append(HostilePeer(attacker, server_address(server), source="127.0.15.2"))
+        except (errors.IPCError, OSError):
+            refused += 1
+    deadline = time.monotonic() + 5
+    while _vcs(server) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _vcs(server) == 10 and refused == 29
+    # Another address still gets in, and is served.
+    client = make_client()
+    assert client.call(Context.background().with_timeout(10), name, "Echo", 7) == (7,)
+    # The count follows the VCs as they end: the address may connect again.
+    for p in peers:
+        p.close()
+    deadline = time.monotonic() + 10
+    while _vcs(server) > 1:
+        assert time.monotonic() < deadline, "the attacker's VCs were never forgotten"
+        time.sleep(0.02)
+    peers.append(HostilePeer(attacker, server_address(server), source="127.0.15.2"))
+    assert server._listeners[0]._vcs_per_address == {"127.0.0.1": 1, "127.0.15.2": 1}
+
+
+def test_the_default_is_a_quarter_of_the_total_and_bad_values_are_refused() -> None:
+    assert TransportOptions().max_connections_per_address == MAX_CONNECTIONS_PER_ADDRESS
+    assert TransportOptions().max_connections == MAX_CONNECTIONS_PER_ADDRESS * 4
+    for bad in (0, -1, 1.5, True, "8"):
+        with pytest.raises(errors.BadArgError, match="max_connections_per_address"):
+            TransportOptions(max_connections_per_address=bad)  # type: ignore[arg-type]
