@@ -2,9 +2,10 @@
 
 Owns: :class:`NamespaceCaller` (how the namespace calls mount tables through the client),
 resolving a name through the namespace with the client's rules (a name no mount table
-has fails at once unless the call waits for ready; a mount table that cannot be reached may
-be retried), and classifying the failures of a call's servers into the one error the caller
-sees, saying why in one line.
+has fails at once unless the call waits for ready; a mount table's error keeps its own
+retry action, so one that cannot be reached may be retried and one that fails with a
+NO_RETRY error ends the call), and classifying the failures of a call's servers into the
+one error the caller sees, saying why in one line.
 
 Must not: dial, write a request, or retry (the caller's retry loop does).
 """
@@ -94,7 +95,9 @@ def resolve(
     """Resolve ``name`` through the namespace. A name no mount table has fails at once
     unless the call waits for ready (``wait()``; then it is retried until the deadline: the
     server may be about to mount it); so do a relative name without roots and a malformed
-    name. Other failures (a mount table that cannot be reached) may be retried."""
+    name. Any other failure keeps its own retry action: a mount table that cannot be reached
+    (or is overloaded) may be retried; one that was reached and failed with a NO_RETRY error
+    (a malformed answer, an internal error) ends the call at once."""
     try:
         entry = namespace.resolve(ctx, name)
     except errors.NoExistError as exc:
@@ -133,11 +136,20 @@ def resolve(
         if isinstance(exc, errors.NoServersError) and exc.action is errors.RetryAction.NO_RETRY:
             raise exc.with_context(tried=tried) from exc  # (no roots, say: hopeless)
         log.debug("client: resolving %r failed: %s", name, exc)
+        if exc.action is errors.RetryAction.NO_RETRY:
+            # A mount table was reached and failed in a way that will not go away by itself
+            # (a malformed answer, an internal error): the call ends now. Only errors whose
+            # own action allows a retry (the table could not be reached, or was overloaded)
+            # are retried, as that action says.
+            raise errors.NoServersError(
+                f"client: cannot resolve {name!r}: its mount table failed: {exc.id}: "
+                f"{bare(exc.msg)}",
+                action=errors.RetryAction.NO_RETRY,
+                tried=tried,
+            ) from exc
         raise errors.NoServersError(
             f"client: cannot resolve {name!r}: no mount table answered ({bare(exc.msg) or exc.id})",
-            action=exc.action
-            if exc.action is not errors.RetryAction.NO_RETRY
-            else errors.RetryAction.RETRY_REFETCH,
+            action=exc.action,
             tried=tried,
         ) from exc
     tried.append(f"resolved {name!r} to {len(entry.servers)} server(s)")

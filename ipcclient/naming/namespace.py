@@ -29,7 +29,10 @@ Resolution:
    server; when every server failed, the last error is raised with a ``tried`` list.
 
 The cache maps what was resolved (the mount table's address and the name *components* it
-resolved) to the answer. An entry is stale once any of its servers' deadlines passed.
+resolved) to the answer. An entry is stale once any of its servers' deadlines passed. The
+cache is bounded by entries (``cache_size``) and by what they hold
+(:data:`MAX_CACHE_BYTES`; an answer over :data:`MAX_CACHE_ENTRY_BYTES` is not cached), since
+one answer within the wire's limits may hold megabytes of server names.
 Lookup takes the longest component prefix. :meth:`Namespace.flush_cache_entry` walks the
 cache as a resolution would, following *every* server of every entry it meets, and forgets
 all of them (it does not stop at the first server it flushes, and compares name
@@ -60,6 +63,8 @@ from ipcclient.naming.mountentry import (
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "DEFAULT_STEP_TIMEOUT",
+    "MAX_CACHE_BYTES",
+    "MAX_CACHE_ENTRY_BYTES",
     "MAX_RESOLVE_DEPTH",
     "MAX_WIRE_NAME_LEN",
     "MAX_WIRE_SERVERS",
@@ -78,6 +83,21 @@ DEFAULT_STEP_TIMEOUT = 30.0
 """Seconds a ResolveStep call may take when the caller's context has no deadline."""
 DEFAULT_CACHE_SIZE = 4000
 """Cache entries kept; when full, stale ones go first, then the oldest, down to 75 %."""
+MAX_CACHE_BYTES = 32 * 1024 * 1024
+"""What the cache's entries may hold in all (as counted by :func:`_entry_cost`: the names
+they hold plus a fixed overhead per entry and per server); past it, stale entries go first,
+then the oldest, down to 75 %. Real entries cost a few hundred bytes per server, so the
+entry count is the bound that matters for them; this one caps what a mount table answering
+with huge entries (up to 1024 servers of 16 KiB each) can make a client keep."""
+MAX_CACHE_ENTRY_BYTES = 2 * 1024 * 1024
+"""The most one cached entry may cost; a bigger answer is used but not cached (each
+resolution through it asks again), so no single answer can push out much of the cache. The
+largest answer this project's mount table gives (256 servers of 4096 characters) costs
+about 1.1 MiB; a peer's answer within the wire's limits may cost up to 4 MiB."""
+_ENTRY_OVERHEAD = 256
+"""Bytes counted per cache entry besides its names (the key, the entry and its dict slot)."""
+_SERVER_OVERHEAD = 128
+"""Bytes counted per server of an entry besides its name (its object and deadline)."""
 RESOLVE_STEP = "ResolveStep"
 MIN_STEP_SHARE = 1.0
 """Seconds a ResolveStep to one server gets at least while other servers are left to try."""
@@ -139,6 +159,7 @@ class _CachedEntry:
     servers: tuple[MountedServer, ...]
     serves_mount_table: bool
     is_leaf: bool
+    cost: int  # as counted against MAX_CACHE_BYTES (_entry_cost)
 
     def is_stale(self, now: float) -> bool:
         return any(s.deadline <= now for s in self.servers)
@@ -151,6 +172,24 @@ class _NotAMountTable(Exception):
 def _key_of(name: str) -> _CacheKey:
     address, suffix = names.split_address_name(name)
     return address, tuple(suffix.split("/")) if suffix else ()
+
+
+def _text_cost(text: str) -> int:
+    """Bytes counted for a str: one per character, four when any is not ASCII (the most a
+    character takes in memory)."""
+    return len(text) if text.isascii() else 4 * len(text)
+
+
+def _entry_cost(key: _CacheKey, servers: Sequence[MountedServer]) -> int:
+    """What a cache entry is counted as holding: its key's and its servers' names, plus
+    :data:`_ENTRY_OVERHEAD` and :data:`_SERVER_OVERHEAD` per server."""
+    address, comps = key
+    return (
+        _ENTRY_OVERHEAD
+        + _text_cost(address)
+        + sum(_text_cost(c) for c in comps)
+        + sum(_text_cost(s.server) + _SERVER_OVERHEAD for s in servers)
+    )
 
 
 def _validate_roots(roots: Iterable[str]) -> tuple[str, ...]:
@@ -207,7 +246,8 @@ class Namespace:
             (the client usually passes itself). Without one, only names that need no call
             resolve.
         clock: a monotonic clock; mount deadlines are read on it.
-        cache_size: the most cache entries kept (0 disables the cache).
+        cache_size: the most cache entries kept (0 disables the cache). Whatever it is,
+            the entries hold at most :data:`MAX_CACHE_BYTES` in all.
 
     Raises:
         BadArgError: ``roots`` is not a sequence of rooted names (one str, None...), or
@@ -230,7 +270,12 @@ class Namespace:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: dict[_CacheKey, _CachedEntry] = {}
-        self._last_good: dict[tuple[str, ...], str] = {}  # servers -> the one that answered
+        self._cache_bytes = 0  # the sum of the entries' costs
+        # hash(servers) -> the one of them that answered last. Keyed by the hash, not the
+        # servers, so that it does not keep alive the names of entries the cache dropped; a
+        # collision only changes which server is asked first (the one named must be among
+        # the servers asked).
+        self._last_good: dict[int, str] = {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -361,7 +406,7 @@ class Namespace:
             )
         servers = tuple(s.server for s in entry.servers)
         with self._lock:
-            good = self._last_good.get(servers)
+            good = self._last_good.get(hash(servers))
         order = list(zip(servers, step_names, strict=True))
         if good is not None and good in servers:  # the server that answered last goes first
             order.insert(0, order.pop(servers.index(good)))
@@ -400,10 +445,11 @@ class Namespace:
         raise last_err.with_context(tried=tried)
 
     def _note_good(self, servers: tuple[str, ...], server: str) -> None:
+        key = hash(servers)
         with self._lock:
-            if servers not in self._last_good and len(self._last_good) >= MAX_LAST_GOOD:
+            if key not in self._last_good and len(self._last_good) >= MAX_LAST_GOOD:
                 self._last_good.clear()
-            self._last_good[servers] = server
+            self._last_good[key] = server
 
     def _call(self, ctx: Context, caller: Caller, step_name: str, others: int = 0) -> MountEntry:
         """One ResolveStep; while ``others`` servers are left to try, it gets a share of the
@@ -446,7 +492,7 @@ class Namespace:
                 key, hit, rest = found
                 if not hit.is_stale(now):
                     return MountEntry(rest, hit.servers, hit.serves_mount_table, hit.is_leaf)
-                del self._cache[key]  # stale: drop it and try a shorter prefix
+                self._drop_locked(key)  # stale: drop it and try a shorter prefix
 
     def _remember(self, step_name: str, answer: MountEntry) -> None:
         """Cache ``answer`` under the part of ``step_name`` the mount table resolved."""
@@ -461,24 +507,47 @@ class Namespace:
             if len(rest) > len(comps) or comps[len(comps) - len(rest) :] != rest:
                 return  # the answer's name is not a suffix of what we asked: do not cache
             comps = comps[: len(comps) - len(rest)]
-        value = _CachedEntry(answer.servers, answer.serves_mount_table, answer.is_leaf)
+        key = (address, comps)
+        cost = _entry_cost(key, answer.servers)
+        if cost > MAX_CACHE_ENTRY_BYTES:
+            log.debug("namespace: %s: an answer of %d bytes is not cached", step_name, cost)
+            with self._lock:
+                self._drop_locked(key)  # (what was cached for it is older than this answer)
+            return
+        value = _CachedEntry(answer.servers, answer.serves_mount_table, answer.is_leaf, cost)
         with self._lock:
-            self._cache.pop((address, comps), None)  # re-insert as the newest
-            if len(self._cache) >= self._cache_size:
-                self._evict_locked(now)
-            self._cache[(address, comps)] = value
+            self._drop_locked(key)  # re-insert as the newest
+            if len(self._cache) >= self._cache_size or self._cache_bytes + cost > MAX_CACHE_BYTES:
+                self._evict_locked(now, cost)
+            self._cache[key] = value
+            self._cache_bytes += cost
 
-    def _evict_locked(self, now: float) -> None:
+    def _drop_locked(self, key: _CacheKey) -> None:
+        value = self._cache.pop(key, None)
+        if value is not None:
+            self._cache_bytes -= value.cost
+
+    def _evict_locked(self, now: float, room: int) -> None:
+        """Make room for one more entry costing ``room``: drop the stale entries, then the
+        oldest, until at most 75 % of ``cache_size`` entries and of
+        :data:`MAX_CACHE_BYTES` (the new entry included) are left."""
         for key in [k for k, v in self._cache.items() if v.is_stale(now)]:
-            del self._cache[key]
+            self._drop_locked(key)
         target = (self._cache_size * 3) // 4
-        while len(self._cache) > target:
-            del self._cache[next(iter(self._cache))]  # the oldest insertion
+        target_bytes = (MAX_CACHE_BYTES * 3) // 4 - room
+        while self._cache and (len(self._cache) > target or self._cache_bytes > target_bytes):
+            self._drop_locked(next(iter(self._cache)))  # the oldest insertion
 
     def cache_size(self) -> int:
         """How many entries the cache holds now (stale ones included until noticed)."""
         with self._lock:
             return len(self._cache)
+
+    def cache_bytes(self) -> int:
+        """What the cache's entries hold now, as counted against :data:`MAX_CACHE_BYTES`
+        (stale ones included until noticed)."""
+        with self._lock:
+            return self._cache_bytes
 
     def flush_cache_entry(self, name: str) -> bool:
         """Forget every cache entry a resolution of ``name`` would use; True if any.
@@ -523,7 +592,7 @@ class Namespace:
             for address, comps in to_forget:
                 doomed = [k for k in self._cache if k[0] == address and k[1][: len(comps)] == comps]
                 for k in doomed:
-                    del self._cache[k]
+                    self._drop_locked(k)
                 removed += len(doomed)
         if removed:
             log.debug("namespace: flushed %d cache entries for %r", removed, name)

@@ -1,11 +1,14 @@
 """Publishing a server's endpoints under names in mount tables, kept alive by refreshes.
 
-Owns: :class:`Publisher` — the names a server publishes, the ``Mount`` / ``Unmount`` calls
-that put its endpoints in the mount table holding each name (found with
-``namespace.resolve_to_mount_table``), one daemon thread that refreshes every mount at
-``ttl * refresh_fraction`` (the TTL at most the table's ``MAX_TTL``), short-lived threads
-that call the servers of one table (its replicas) side by side, the calls through one server
-sharing one deadline, per-name status, and unmounting everything on :meth:`stop`.
+Owns: :class:`Publisher` — the names a server publishes (each checked when added: a
+relative name without reserved elements, servers whose address is an endpoint), the
+``Mount`` / ``Unmount`` calls that put its endpoints in the mount table holding each name
+(found with ``namespace.resolve_to_mount_table``), one daemon thread that refreshes every
+mount at ``ttl * refresh_fraction`` (the TTL at most the table's ``MAX_TTL``), one
+short-lived lane per mount table server in each refresh, run side by side, that works through
+every name held at that server (one name's calls there sharing one deadline; a server that
+uses up a whole deadline is not asked about the rest of the names in that refresh), per-name
+status, and unmounting everything on :meth:`stop`.
 
 Must not: raise from its thread (errors are logged, recorded in :meth:`Publisher.status` and
 retried at the next refresh), make a call without a deadline, hold its lock across a call,
@@ -27,9 +30,10 @@ from typing import Any, Protocol
 from ipcclient import errors
 from ipcclient.context import CancelContext, Context
 from ipcclient.naming import names
+from ipcclient.naming.endpoint import endpoint_of
 from ipcclient.naming.namespace import Namespace
 from ipcclient.options import CallOption, NoRetry
-from ipcclient.server.mounttable import MAX_TTL, MT, REPLACE
+from ipcclient.server.mounttable import MAX_SERVER_LEN, MAX_TTL, MT, REPLACE
 
 __all__ = ["MountCaller", "NameStatus", "Publisher"]
 
@@ -85,6 +89,27 @@ class _Name:
     replaced: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One name as a refresh read it (under the lock) before mounting it."""
+
+    name: str
+    servers: tuple[str, ...]
+    serves_mount_table: bool
+    replace: bool
+    replaced: set[str]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One name to mount at one mount table server in a refresh, at ``target`` (the terminal
+    name there); what went wrong goes into ``problems``."""
+
+    read: _Read
+    target: str
+    problems: list[str]
+
+
 class Publisher:
     """Keeps ``servers`` mounted under names until removed or stopped.
 
@@ -102,8 +127,10 @@ class Publisher:
             share: its Mounts at that table in a refresh (or its Unmounts there, in
             :meth:`stop` or :meth:`remove_name`) end within it, and the resolution of the
             name has a ``call_timeout`` of its own. A table that uses up a whole
-            ``call_timeout`` in :meth:`stop` is not asked about the other names (their
-            mounts expire with their TTL).
+            ``call_timeout`` on one name is not asked about the names after it in that
+            refresh (they are retried at the next one, and kept alive meanwhile by the
+            other servers of their table) nor in :meth:`stop` (their mounts there expire
+            with their TTL).
 
     Raises:
         BadArgError: ``ttl`` or ``call_timeout`` is not a finite number > 0, or
@@ -149,21 +176,22 @@ class Publisher:
         ``serves_mount_table``, the first Mount each table takes carries REPLACE).
 
         Raises:
-            BadArgError: a bad name, ``servers`` not a sequence of str or a bad server, or
-                too many names.
+            BadArgError: a bad name (not a non-empty relative name, or an element that is
+                reserved, ``__x``, or holds NUL: no mount table takes it), ``servers`` not a
+                sequence of str or a bad server (its address is not an endpoint, or it is
+                longer than a mount table takes), or too many names. Raised at once: the
+                refreshes would only retry what can never be mounted.
             BadStateError: the publisher is stopped.
         """
-        if not isinstance(name, str) or not names.clean(name) or names.is_rooted(name):
-            raise errors.BadArgError(f"publisher: {name!r} must be a non-empty relative name")
+        name = _checked_name(name)
         given: object = servers
         if isinstance(given, str | bytes) or not isinstance(given, Iterable):
             raise errors.BadArgError(
                 f"publisher: servers must be a sequence of str, not {type(given).__name__}"
             )
-        rooted = tuple(_rooted(s) for s in servers)
+        rooted = tuple(_checked_server(s) for s in servers)
         if not rooted:
             raise errors.BadArgError("publisher: no servers to publish")
-        name = names.clean(name)
         with self._lock:
             if self._stopped:
                 raise errors.BadStateError("publisher: stopped")
@@ -181,7 +209,7 @@ class Publisher:
             gone = [s for s in old.servers if s not in rooted]
             if gone:
                 self._unmount([(name, gone)])
-        self._refresh(name)
+        self._refresh([name])
 
     def remove_name(self, name: str) -> None:
         """Stop publishing ``name`` and unmount its servers (errors are logged). A refresh
@@ -218,8 +246,7 @@ class Publisher:
         with self._lock:
             if self._names and not self._stopped:
                 self._ensure_thread_locked()
-        for name in self.names():
-            self._refresh(name)
+        self._refresh(self.names())
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the refresher, then unmount every name; about ``timeout`` seconds overall.
@@ -280,13 +307,10 @@ class Publisher:
                 if self._stopped:
                     return
             next_at = time.monotonic() + self._period
-            for name in self.names():
-                if self._is_stopped():
-                    return
-                try:
-                    self._refresh(name)
-                except Exception:  # pragma: no cover - _refresh records its own errors
-                    log.exception("publisher: refreshing %r failed", name)
+            try:
+                self._refresh(self.names())
+            except Exception:  # pragma: no cover - _refresh records its own errors
+                log.exception("publisher: a refresh failed")
 
     def _is_stopped(self) -> bool:
         with self._lock:
@@ -326,50 +350,112 @@ class Publisher:
             for s in entry.servers
         ]
 
-    def _refresh(self, name: str) -> None:
-        with self._lock:
-            entry = self._names.get(name)
-            if entry is None or self._stopped:
-                return
-            servers, smt = entry.servers, entry.serves_mount_table
-            replace, replaced = entry.replace, entry.replaced
-        flags = MT if smt else 0
-        problems: list[str] = []
-        try:
-            with self._ctx() as ctx:
-                targets = self._mount_targets(ctx, name)
-        except errors.IPCError as exc:
-            problems.append(f"resolving {name!r}: {exc}")
-        else:
-            # One lane per mount table server, run side by side: a table that does not answer
-            # costs its own lane's deadline, never the time of the mounts through the others.
-            # Within a lane the servers are mounted in order (the table keeps that order).
-            lanes = [
-                functools.partial(
-                    self._mount_lane, name, table, target, servers, flags, replace, replaced
+    def _refresh(self, wanted: Sequence[str]) -> None:
+        """Mount each name of ``wanted`` once more and record the outcome in its status.
+
+        The names are resolved one after another (each resolution with a ``call_timeout`` of
+        its own). Then each mount table server met gets one lane, the lanes run side by side,
+        and a lane works through every name held at its server in turn (:meth:`_table_lane`).
+        So a server that does not answer (or answers slowly) delays only its own lane: the
+        names are refreshed through the other servers as soon as those answer, and a refresh
+        of many names costs such a server one ``call_timeout``, not one per name.
+        """
+        reads: list[_Read] = []
+        # Per name, per server of its mount table entry (in the entry's order): the problems.
+        problems: dict[str, list[list[str]]] = {}
+        lanes: dict[str, list[_Job]] = {}  # per mount table server, in the order first met
+        for name in wanted:
+            with self._lock:
+                entry = self._names.get(name)
+                if entry is None or self._stopped:
+                    continue
+                read = _Read(
+                    name,
+                    entry.servers,
+                    entry.serves_mount_table,
+                    entry.replace,
+                    entry.replaced,
                 )
-                for table, target in targets
-            ]
-            problems = _run_lanes(lanes)
-        error = "; ".join(problems) if problems else None
+            reads.append(read)
+            try:
+                with self._ctx() as ctx:
+                    targets = self._mount_targets(ctx, name)
+            except errors.IPCError as exc:
+                problems[name] = [[f"resolving {name!r}: {exc}"]]
+                continue
+            slots: list[list[str]] = [[] for _ in targets]
+            problems[name] = slots
+            for (table, target), slot in zip(targets, slots, strict=True):
+                lanes.setdefault(table, []).append(_Job(read, target, slot))
+        if lanes:
+            tables = list(lanes)
+            outcomes = _run_lanes(
+                [functools.partial(self._table_lane, t, lanes[t]) for t in tables]
+            )
+            for table, outcome in zip(tables, outcomes, strict=True):
+                if outcome is None:  # (the lane failed: a bug, logged by _run_lanes)
+                    for job in lanes[table]:
+                        job.problems.append(f"Mount at {job.target}: the lane failed")
         if self._is_stopped():
             return  # stop() unmounts; the lanes undid whatever landed behind it
+        for read in reads:
+            self._record(read, [p for slot in problems[read.name] for p in slot])
+
+    def _record(self, read: _Read, problems: Sequence[str]) -> None:
+        """Record the outcome of one name's refresh (unless the name changed meanwhile)."""
+        error = "; ".join(problems) if problems else None
         if error is not None:
             log.warning(
-                "publisher: publishing %r failed (retrying in %.1fs): %s", name, self._period, error
+                "publisher: publishing %r failed (retrying in %.1fs): %s",
+                read.name,
+                self._period,
+                error,
             )
-            self._namespace.flush_cache_entry(name)
+            self._namespace.flush_cache_entry(read.name)
         with self._lock:
-            current = self._names.get(name)
+            current = self._names.get(read.name)
             if current is not None and (current.servers, current.serves_mount_table) == (
-                servers,
-                smt,
+                read.servers,
+                read.serves_mount_table,
             ):
                 current.last_error = error
                 if error is None:
                     current.last_mount = time.monotonic()
-                    if current.replaced is replaced:  # (the same flags all along)
+                    if current.replaced is read.replaced:  # (the same flags all along)
                         current.replace = False
+
+    def _table_lane(self, table: str, jobs: Sequence[_Job]) -> bool:
+        """Mount the names of ``jobs`` at one mount table server, one name after another,
+        each name's Mounts sharing one ``call_timeout`` (:meth:`_mount_lane`); problems go
+        into each job's list. Once one name has used up a whole ``call_timeout`` (the server
+        does not answer, or is too slow), the names after it are not asked about in this
+        refresh: each would cost another ``call_timeout`` and hold up the refresh of every
+        name through the other servers. They are retried at the next refresh."""
+        spent: str | None = None  # the name on which the server used up a call_timeout
+        for job in jobs:
+            if spent is not None:
+                job.problems.append(
+                    f"Mount at {job.target}: not asked in this refresh ({table} took a "
+                    f"whole call_timeout, {self._call_timeout:g}s, over {spent!r})"
+                )
+                continue
+            read = job.read
+            end = time.monotonic() + self._call_timeout
+            job.problems.extend(
+                self._mount_lane(
+                    read.name,
+                    table,
+                    job.target,
+                    read.servers,
+                    MT if read.serves_mount_table else 0,
+                    read.replace,
+                    read.replaced,
+                    end,
+                )
+            )
+            if time.monotonic() >= end:
+                spent = read.name
+        return True
 
     def _mount_lane(
         self,
@@ -380,13 +466,14 @@ class Publisher:
         flags: int,
         replace: bool,
         replaced: set[str],
+        end: float,
     ) -> list[str]:
-        """Mount each server at one table (the server ``table``, at ``target``); the Mounts
-        share one ``call_timeout``. A server no longer published when its Mount returns
-        (removed, replaced, stopped meanwhile) is unmounted again, so a refresh never leaves
-        behind what :meth:`remove_name` or :meth:`add_name` took away."""
+        """Mount each server of one name at one table (the server ``table``, at ``target``);
+        the Mounts share one ``call_timeout``, ending at ``end``. A server no longer
+        published when its Mount returns (removed, replaced, stopped meanwhile) is unmounted
+        again, so a refresh never leaves behind what :meth:`remove_name` or :meth:`add_name`
+        took away."""
         problems: list[str] = []
-        end = time.monotonic() + self._call_timeout
         for server in servers:
             if not self._published(name, server):
                 continue
@@ -480,7 +567,7 @@ class Publisher:
             for table, target in targets:
                 lanes.setdefault(table, []).append([(target, s) for s in servers])
 
-        def lane(groups: list[list[tuple[str, str]]]) -> list[str]:
+        def lane(groups: list[list[tuple[str, str]]]) -> bool:
             for calls in groups:  # (one name's unmounts at this table share one timeout)
                 end = time.monotonic() + self._call_timeout
                 if deadline is not None:
@@ -494,7 +581,7 @@ class Publisher:
                             "there expire with their TTL",
                             target,
                         )
-                        return []
+                        return False
                     try:
                         with self._ctx(end, stoppable=False) as ctx:
                             self._caller.call(ctx, target, "Unmount", server, options=_OPTS)
@@ -506,25 +593,25 @@ class Publisher:
                         "expire with their TTL",
                         calls[0][0] if calls else "a mount table",
                     )
-                    return []
-            return []
+                    return False
+            return True
 
         _run_lanes([functools.partial(lane, calls) for calls in lanes.values()])
 
 
-def _run_lanes(lanes: Sequence[Callable[[], list[str]]]) -> list[str]:
+def _run_lanes(lanes: Sequence[Callable[[], bool]]) -> list[bool | None]:
     """Run each lane (the first in the calling thread, the others in threads of their own),
-    wait for all, and return their problems in lane order. A lane whose thread cannot start
-    (the process is at its thread limit) runs in the calling thread after the first. Every
-    lane has a deadline, so the wait is bounded."""
-    results: list[list[str]] = [[] for _ in lanes]
+    wait for all, and return what each returned, in lane order (None for a lane that raised:
+    a bug, logged). A lane whose thread cannot start (the process is at its thread limit)
+    runs in the calling thread after the first. Every lane has a deadline, so the wait is
+    bounded."""
+    results: list[bool | None] = [None for _ in lanes]
 
     def run(i: int) -> None:
         try:
             results[i] = lanes[i]()
-        except Exception as exc:  # pragma: no cover - lanes catch the IPC errors they expect
+        except Exception:  # pragma: no cover - lanes catch the IPC errors they expect
             log.exception("publisher: a mount lane failed")
-            results[i] = [f"{type(exc).__name__}: {exc}"]
 
     threads: list[threading.Thread] = []
     inline: list[int] = []
@@ -543,7 +630,7 @@ def _run_lanes(lanes: Sequence[Callable[[], list[str]]]) -> list[str]:
         run(i)
     for t in threads:
         t.join()
-    return [p for r in results for p in r]
+    return results
 
 
 _OPTS: tuple[CallOption, ...] = (NoRetry(),)
@@ -569,7 +656,40 @@ def _seconds(value: object, what: str, most: float = math.inf) -> float:
     return min(seconds, most)
 
 
-def _rooted(server: object) -> str:
+def _checked_name(name: object) -> str:
+    """``name`` cleaned, if a mount table can hold it: non-empty, relative, and no element
+    reserved (``__x``) or holding NUL (every mount table refuses such a Mount).
+
+    Raises:
+        BadArgError: otherwise.
+    """
+    if not isinstance(name, str) or not names.clean(name) or names.is_rooted(name):
+        raise errors.BadArgError(f"publisher: {name!r:.200} must be a non-empty relative name")
+    name = names.clean(name)
+    for element in names.components(name):
+        if names.is_reserved(element):
+            raise errors.BadArgError(
+                f"publisher: {name!r:.200}: the name element {element!r:.100} is reserved"
+            )
+        if "\x00" in element:
+            raise errors.BadArgError(f"publisher: {name!r:.200}: a name may not hold NUL")
+    return name
+
+
+def _checked_server(server: object) -> str:
+    """``server`` (an endpoint string or a rooted name) as the rooted name to mount, if a
+    mount table takes it: its address an endpoint, at most ``MAX_SERVER_LEN`` characters.
+
+    Raises:
+        BadArgError: otherwise.
+    """
     if not isinstance(server, str) or not server.strip("/"):
-        raise errors.BadArgError(f"publisher: bad server {server!r}")
-    return names.clean(server if names.is_rooted(server) else "/" + server)
+        raise errors.BadArgError(f"publisher: bad server {server!r:.200}")
+    rooted = names.clean(server if names.is_rooted(server) else "/" + server)
+    if len(rooted) > MAX_SERVER_LEN:
+        raise errors.BadArgError(f"publisher: a server name longer than {MAX_SERVER_LEN}")
+    try:
+        endpoint_of(rooted)
+    except errors.BadArgError as exc:
+        raise errors.BadArgError(f"publisher: bad server: {exc.msg}") from None
+    return rooted

@@ -1140,6 +1140,54 @@ def test_a_call_that_failed_resolving_says_its_request_was_not_sent(
         assert info.value.request_sent is False
 
 
+@pytest.mark.parametrize("wait", [False, True])
+@pytest.mark.parametrize("failure", ["malformed", "internal", "overloaded"])
+def test_a_mount_tables_error_keeps_its_own_retry_action(
+    stack: contextlib.ExitStack, family: Family, failure: str, wait: bool
+) -> None:
+    """A mount table reached that fails ResolveStep in a way that will not go away by itself
+    (an answer that is not a mount entry, BadProtocol; an InternalError), both NO_RETRY, ends
+    the call at once, with or without WaitForReady (it was made RETRY_REFETCH, so the call
+    resolved again for the whole retry window: 4 ResolveSteps in 0.9 s, or until the deadline
+    when waiting). An error whose own action allows a retry (OverloadedError) is retried."""
+
+    @expose
+    class Failing:
+        calls = 0
+
+        def ResolveStep(self, call: ServerCall) -> Any:
+            Failing.calls += 1
+            if failure == "internal":
+                raise errors.InternalError("mount table: the store answered nonsense")
+            if failure == "overloaded":
+                raise errors.OverloadedError("mount table: busy")
+            return {"name": "", "servers": [{"server": "garbage", "ttl": None}]}
+
+    class Everything:
+        def lookup(self, suffix: str) -> Any:
+            return Failing(), AllowEveryone()
+
+    server = Server(family.member("mt"), serves_mount_table=True)
+    stack.callback(server.stop)
+    root = "/" + server.listen("tcp", "127.0.0.1:0")
+    server.serve_dispatcher(Everything())
+    c = client(stack, family, roots=[root])
+    start = time.monotonic()
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(1.5), "a/x", "Echo", 1, options=[WaitForReady(wait)])
+    elapsed = time.monotonic() - start
+    err = info.value
+    assert err.request_sent is False
+    if failure == "overloaded":
+        assert err.action is errors.RetryAction.RETRY_BACKOFF
+        assert Failing.calls >= 2 and elapsed > 0.3
+    else:
+        assert err.action is errors.RetryAction.NO_RETRY
+        assert Failing.calls == 1 and elapsed < 0.5, (Failing.calls, elapsed)
+        expected = "ipc.Internal" if failure == "internal" else "ipc.BadProtocol"
+        assert "mount table failed" in str(err) and expected in str(err)
+
+
 @pytest.mark.parametrize("options", [5, "NoRetry", None, NoRetry()])
 def test_options_that_are_not_a_list_are_a_bad_arg(
     stack: contextlib.ExitStack, family: Family, options: Any

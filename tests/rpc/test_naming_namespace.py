@@ -1,14 +1,19 @@
 """Tests for ipcclient.naming.namespace: resolution, the TTL cache, flush, wire forms.
 
-The mount tables here are the in-memory fakes of tests/unit/test_naming_fake_mounttable.py (the
-real mount table server does not exist yet); these tests should also run against it later.
+Most mount tables here are the in-memory fakes of tests/unit/test_naming_fake_mounttable.py,
+which can answer what a real table never does (malformed entries, loops, any error). The
+tests of what the cache holds resolve through the real mount table server over loopback, as
+do the namespace tests of tests/rpc/test_mounttable.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,16 +26,23 @@ from ipcclient.context import Context
 from ipcclient.naming import Endpoint, names
 from ipcclient.naming.namespace import (
     DEFAULT_STEP_TIMEOUT,
+    MAX_CACHE_BYTES,
     MAX_RESOLVE_DEPTH,
     MountedServer,
     MountEntry,
     Namespace,
     ResolutionDepthExceededError,
 )
+from ipcclient.server.mountstore import MAX_SERVERS_PER_NAME, MemoryStore
+from ipcclient.server.mounttable import MountTable
+from tests.conftest import Family
+from tests.rpc.test_mounttable import Label, client_for, serving
+from tests.rpc.test_mounttable import ctx as loopback_ctx
 from tests.unit.test_naming_fake_mounttable import FakeClock, FakeNetwork
 
 SERVER = str(Endpoint("tcp", "srv:1"))  # a plain server ("s" flag)
 SERVER_NAME = "/" + SERVER
+_PLAIN: dict[str, bool] = {"mt": False, "leaf": False, "replace": False}  # (store.mount flags)
 
 
 class NoCalls:
@@ -642,3 +654,100 @@ def test_resolve_to_mount_table_of_a_terminal_name_makes_no_call() -> None:
 def test_a_huge_ttl_is_bad_protocol() -> None:
     with pytest.raises(errors.BadProtocolError):
         MountedServer.from_wire({"server": "/h:1", "ttl": 10**400}, 0.0)
+
+
+# -- what the cache holds ----------------------------------------------------------------------
+
+
+def test_the_cache_is_bounded_by_what_its_entries_hold(family: Family) -> None:
+    # A real mount table over loopback, each name holding the most servers it takes
+    # (MAX_SERVERS_PER_NAME, names of ~4000 characters): each answer is ~1 MiB, so forty
+    # of them would be held whole by a cache bounded by its count of entries alone.
+    store = MemoryStore()
+    long = "x" * 3980
+    for i in range(40):
+        for j in range(MAX_SERVERS_PER_NAME):
+            store.mount((f"n{i}",), f"/127.0.0.1:{1000 + j}/{long}", 3600.0, **_PLAIN)
+    with contextlib.ExitStack() as stack:
+        _, mt = serving(stack, family.member("mt"), table=MountTable(store=store))
+        ns = client_for(stack, family.member("client"), mt).namespace
+        for i in range(40):
+            entry = ns.resolve(loopback_ctx(), f"n{i}")
+            assert len(entry.servers) == MAX_SERVERS_PER_NAME
+            assert ns.cache_bytes() <= MAX_CACHE_BYTES
+        assert 20 <= ns.cache_size() < 40
+        assert ns.cache_bytes() > MAX_CACHE_BYTES // 2
+        assert ns.flush_cache_entry("n39") is True  # the newest are kept ...
+        assert ns.flush_cache_entry("n0") is False  # ... the oldest went first
+        for i in range(40):
+            ns.flush_cache_entry(f"n{i}")
+        assert (ns.cache_size(), ns.cache_bytes()) == (0, 0)
+
+
+class _HugeAnswers:
+    """A mount table answering every ResolveStep with 1000 servers of ~4000 characters: an
+    answer within the wire's limits (~4 MiB) that this project's mount table never gives."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def call(
+        self, ctx: Context, name: str, method: str, args: Sequence[Any], **options: Any
+    ) -> Sequence[Any]:
+        self.calls += 1
+        servers = [
+            {"server": f"/127.0.0.1:{1000 + j}/{'x' * 3980}{self.calls}", "ttl": 3600.0}
+            for j in range(1000)
+        ]
+        return [{"name": "", "servers": servers, "serves_mount_table": False, "is_leaf": False}]
+
+
+def test_an_answer_too_big_to_cache_is_used_and_not_kept() -> None:
+    caller = _HugeAnswers()
+    ns = Namespace(["/127.0.0.1:9"], caller)
+    tracemalloc.start()
+    try:
+        for i in range(8):
+            assert len(ns.resolve(CTX, f"n{i}").servers) == 1000
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * 1024 * 1024  # (8 answers of ~4 MiB each were kept whole)
+    assert (ns.cache_size(), ns.cache_bytes()) == (0, 0)
+    ns.resolve(CTX, "n0")
+    assert caller.calls == 9  # asked again: nothing cached
+
+
+def test_failover_between_replicas_keeps_no_entry_the_cache_dropped(family: Family) -> None:
+    # Names mounted as mount tables with a hundred long replica names each; the first
+    # replica (a real table) answers, and is remembered as the one to ask first. Once the
+    # cache has dropped the entries, nothing keeps their replicas' names (the namespace once
+    # kept every list of replicas it had failed over between: up to 1024 of them).
+    root_store, child_store = MemoryStore(), MemoryStore()
+    long = "y" * 3980
+    with contextlib.ExitStack() as stack:
+        _, root = serving(stack, family.member("mt"), table=MountTable(store=root_store))
+        _, child = serving(stack, family.member("child"), table=MountTable(store=child_store))
+        _, svc = serving(stack, family.member("server"), Label("svc"))
+        for i in range(31):
+            replicas = [f"{child}/{long}/{i}"]
+            replicas += [f"/127.0.0.1:{1000 + j}/{long}/{i}" for j in range(99)]
+            for replica in replicas:
+                root_store.mount((f"d{i}",), replica, 3600.0, **{**_PLAIN, "mt": True})
+            child_store.mount((long, str(i), "x"), svc, 3600.0, **_PLAIN)
+        ns = client_for(stack, family.member("client"), root).namespace
+        assert ns.resolve(loopback_ctx(), "d0/x").names() == [svc]  # (warm up)
+        ns.flush_cache_entry("d0/x")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            for i in range(1, 31):
+                assert ns.resolve(loopback_ctx(), f"d{i}/x").names() == [svc]
+                ns.flush_cache_entry(f"d{i}/x")
+            assert ns.cache_size() == 0
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert held - before < 3 * 1024 * 1024  # (30 lists of 100 names of 4 KiB: 12 MiB)

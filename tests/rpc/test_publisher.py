@@ -568,3 +568,66 @@ def test_status_says_not_refreshed_beside_a_mount_error(
     error = pub.status()["svc"].last_error
     assert error is not None and "not refreshed" in error
     assert error.index("not refreshed") > 0  # (after the mount's own error)
+
+
+def test_a_silent_replica_does_not_let_names_expire_at_the_live_one(
+    stack: contextlib.ExitStack, family: Family, silent_table: str
+) -> None:
+    # Eight names, a live replica and a silent one. Each refresh mounts every name through
+    # the live one at once; the silent one costs the refresh one call_timeout in all (the
+    # names after the first are not asked there), not one per name: 8 x 0.4 s per refresh
+    # would outlast the 1.6 s TTL, and the names would expire at the live table.
+    live, svc, _, pub = _published_setup(
+        stack, family, silent_table, ttl=1.6, refresh_fraction=0.5, call_timeout=0.4
+    )
+    probe = client_for(stack, family.member("probe"))
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        pub.add_name(name, [svc])
+
+    missing: list[str] = []
+    end = time.monotonic() + 4.0  # two and a half TTLs, three or four refreshes
+    while time.monotonic() < end:
+        missing += [n for n in names if _servers(probe, live, n) != [svc]]
+        time.sleep(0.1)
+    assert missing == []
+
+    start = time.monotonic()
+    pub.refresh_now()
+    assert time.monotonic() - start < 1.2  # (one call_timeout per name would be 3.2 s)
+    for name in names:
+        error = pub.status()[name].last_error
+        assert error is not None and silent_table in error and live not in error
+    assert sum("not asked" in (pub.status()[n].last_error or "") for n in names) >= 6
+
+
+@pytest.mark.parametrize(
+    ("name", "server"),
+    [
+        ("ok", "not an endpoint"),
+        ("ok", "tcp@@x"),
+        ("ok", "/@1@tcp@nonsense"),
+        ("ok", "/127.0.0.1:1" + "/x" * 3000),  # longer than a mount table takes
+        ("__reserved/x", None),
+        ("a/__b", None),
+        ("a/b\x00c", None),
+    ],
+)
+def test_add_name_refuses_what_no_mount_table_takes(
+    stack: contextlib.ExitStack, family: Family, name: str, server: str | None
+) -> None:
+    # Raised at once, nothing published or asked of the table: the refreshes would only
+    # retry, forever, a Mount every table refuses.
+    mt, svc, client, pub = _published_setup(stack, family, ttl=60.0)
+    pub.add_name("good", [svc])
+    start = time.monotonic()
+    with pytest.raises(errors.BadArgError):
+        pub.add_name(name, [svc, server] if server is not None else [svc])
+    assert time.monotonic() - start < 0.5
+    assert pub.names() == ["good"]
+    assert pub.status()["good"].last_error is None
+    if server is not None:
+        assert _servers(client, mt, name) == []
+    # A short form (a mount table's host:port) and a rooted name with a suffix are servers.
+    pub.add_name("other", ["127.0.0.1:1", svc + "/sub"])
+    assert _servers(client, mt, "other") == ["/127.0.0.1:1", svc + "/sub"]
