@@ -33,6 +33,7 @@ from ipcclient.security.principal import (
     STORE_FILE,
     Principal,
     read_bounded,
+    stored_public_key,
 )
 
 __all__ = [
@@ -59,17 +60,30 @@ chain with many caveats is a few KiB)."""
 
 def read_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
     """Ask for a passphrase: on the terminal without echo, else one line of standard input
-    (for scripts). Never from the command line."""
-    if sys.stdin.isatty():
-        first = getpass.getpass(prompt)
-        if confirm and getpass.getpass("Again: ") != first:
-            raise CommandError("the passphrases differ")
-    else:
-        err(prompt + "(reading a line of standard input)")
-        first = sys.stdin.readline().rstrip("\r\n")
+    (for scripts). Never from the command line.
+
+    The passphrase is the text's UTF-8 bytes; bytes that were not UTF-8 and that the stream
+    kept as lone surrogates (standard input under a C or UTF-8 mode locale) are given back as
+    they were. End of input at the terminal (Ctrl-D) or a line the stream cannot decode is a
+    command error."""
+    try:
+        if sys.stdin.isatty():
+            first = getpass.getpass(prompt)
+            if confirm and getpass.getpass("Again: ") != first:
+                raise CommandError("the passphrases differ")
+        else:
+            err(prompt + "(reading a line of standard input)")
+            first = sys.stdin.readline().rstrip("\r\n")
+    except EOFError:
+        raise CommandError("no passphrase given (end of input at the prompt)") from None
+    except UnicodeDecodeError:  # (the decoder's message would show a byte of the secret)
+        raise CommandError(
+            "the passphrase is not text in the input's encoding (with PYTHONUTF8=1 any bytes "
+            "are taken as they are)"
+        ) from None
     if not first:
         raise CommandError("an empty passphrase")
-    return first.encode("utf-8")
+    return first.encode("utf-8", "surrogateescape")
 
 
 _PASSPHRASES: dict[str, bytes] = {}
@@ -182,16 +196,13 @@ def read_blessings(arg: str) -> Blessings:
 
 
 def _target_key(arg: str) -> PublicKey:
-    """The key to bless: a principal directory's, or a raw key in hex."""
-    path = Path(arg)
-    if path.is_dir():
-        raw = _read_store(path).get("public_key")
-        if not isinstance(raw, str):
-            raise CommandError(f"{path / STORE_FILE} names no public key")
-    else:
-        raw = arg
+    """The key to bless: a principal directory's (the key its signed ``store.json`` names,
+    checked against its ``key.pem`` when that is readable and not encrypted), or a raw key
+    in hex."""
+    if Path(arg).is_dir():
+        return stored_public_key(arg)
     try:
-        return PublicKey.from_raw(bytes.fromhex(raw.replace(":", "")))
+        return PublicKey.from_raw(bytes.fromhex(arg.replace(":", "")))
     except ValueError as exc:
         raise CommandError(f"{arg!r} is neither a principal directory nor a public key") from exc
 

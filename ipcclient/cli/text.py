@@ -27,8 +27,14 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 # Control characters other than newline and tab, shown escaped: text from a peer (a name, an
-# error message) must not drive the user's terminal.
+# error message) must not drive the user's terminal. Bidirectional controls (which reorder
+# what follows them on the line), zero-width characters (which make text that looks equal
+# but is not) and the line and paragraph separators are shown as \uXXXX, which inside a JSON
+# string stands for the same character.
+_INVISIBLE = [0x061C, *range(0x200B, 0x2010), *range(0x2028, 0x202F), *range(0x2060, 0x2065)]
+_INVISIBLE += [*range(0x2066, 0x206A), 0xFEFF]
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (9, 10)}
+_CONTROLS.update((c, f"\\u{c:04x}") for c in _INVISIBLE)
 
 
 def out(text: str = "") -> None:

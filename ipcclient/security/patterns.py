@@ -12,12 +12,19 @@ Owns: the rules for one extension and for a full blessing name (extensions joine
 Must not: know keys, certificates or the wire; raise from :meth:`BlessingPattern.matched_by`
 (an invalid pattern or name simply does not match).
 
-Extension rules (checked by :func:`validate_extension`): non-empty, at most
-:data:`MAX_EXTENSION_LEN` characters, not ``"$"`` or ``"..."``, not starting with ``"__"``
-(reserved, as in Vanadium), and free of ``: , @ ( ) < > /``, whitespace and control or
-format characters. ``:`` separates components; ``,`` ``@`` ``/`` and the brackets appear in
-lists, endpoints and object names (``__(pattern)``); whitespace and invisible characters make
-names that look alike but differ.
+Extension rules (checked by :func:`validate_extension`, for extensions given to ``bless`` and
+for every certificate decoded from the wire): non-empty, at most :data:`MAX_EXTENSION_LEN`
+characters, not ``"$"`` or ``"..."``, not starting with ``"__"`` (reserved, as in Vanadium),
+free of ``: , @ ( ) < > /``, whitespace, control, format and other invisible characters
+(Unicode's Default_Ignorable_Code_Point, U+2800 BRAILLE PATTERN BLANK), in Unicode
+normalization form NFC, and without characters that look like the reserved ones: none whose
+NFKC form holds one of them or whitespace (U+FF1A FULLWIDTH COLON), none of
+:data:`_LOOKALIKES` (U+2236 RATIO, U+2215 DIVISION SLASH), and no NFKC form equal to ``"$"``
+or ``"..."`` or starting with ``"__"``. ``:`` separates components; ``,`` ``@`` ``/`` and the
+brackets appear in lists, endpoints and object names (``__(pattern)``); whitespace, invisible
+characters, look-alikes and a second spelling of the same text (NFD ``e`` + U+0301 beside NFC
+U+00E9) make names that look alike but differ (patterns compare names code point by code
+point).
 """
 
 from __future__ import annotations
@@ -52,6 +59,53 @@ _PLAIN_ASCII = re.compile(
 ones: valid as far as its characters go, decided without looking at each character in
 Python (the usual extension; every certificate a peer sends has its extensions checked)."""
 
+_DEFAULT_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+"""Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt; Python's
+unicodedata has no property lookup): characters a renderer may show as nothing (variation
+selectors, the combining grapheme joiner, Hangul fillers, tags). Many are also of category
+C, which is refused anyway; the others (Mn, Lo) are why the table exists."""
+
+_INVISIBLE = frozenset(
+    chr(c) for lo, hi in _DEFAULT_IGNORABLE_RANGES for c in range(lo, hi + 1)
+) | frozenset("\u2800")
+"""Characters refused as invisible: the Default_Ignorable ranges and U+2800 BRAILLE PATTERN
+BLANK (a symbol that renders as a blank)."""
+
+_LOOKALIKES = frozenset(
+    # ':'
+    "\u02d0\u02f8\u0589\u05c3\u0703\u0704\u1361\u16ec\u1803\u1809\u205a\u2236\ua789"
+    # '/'
+    "\u1735\u2044\u2215\u2571\u29f8\u2f03\u31d3"
+    # ','
+    "\u00b8\u060d\u066b\u201a"
+    # '(' ')'
+    "\u2768\u2769\u276a\u276b\u27ee\u27ef\ufd3e\ufd3f"
+    # '<' '>'
+    "\u02c2\u02c3\u2039\u203a\u2329\u232a\u276c\u276d\u276e\u276f\u27e8\u27e9"
+    "\u3008\u3009"
+)
+"""Symbols and punctuation that look like a reserved character (``: / , ( ) < >``) but whose
+NFKC form is not it (after Unicode's confusables for those characters; letters of other
+scripts that resemble them are left alone, they are how names are written there)."""
+
 
 def _extension_problem(ext: object) -> str | None:
     if not isinstance(ext, str):
@@ -71,6 +125,24 @@ def _extension_problem(ext: object) -> str | None:
             return f"an extension may not contain {ch!r}"
         if ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
             return "an extension may not contain whitespace, control or format characters"
+        if ch in _INVISIBLE:
+            return f"an extension may not contain the invisible character U+{ord(ch):04X}"
+        if ch in _LOOKALIKES:
+            return (
+                f"an extension may not contain U+{ord(ch):04X}, which looks like a reserved "
+                "character"
+            )
+        folded = unicodedata.normalize("NFKC", ch)
+        if any(c in _FORBIDDEN_CHARS or c.isspace() for c in folded):
+            return (
+                f"an extension may not contain U+{ord(ch):04X}, a form of {folded!r} "
+                "(its NFKC form holds a reserved character or whitespace)"
+            )
+    if not unicodedata.is_normalized("NFC", ext):
+        return "an extension must be in Unicode normalization form NFC"
+    folded = unicodedata.normalize("NFKC", ext)
+    if folded in (NO_EXTENSION, _ALL) or folded.startswith("__"):
+        return f"an extension may not be a form of {folded!r} (reserved)"
     return None
 
 

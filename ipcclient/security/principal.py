@@ -3,21 +3,30 @@
 Owns: :class:`Principal` (Ed25519 key pair, signing with purposes, blessing itself and
 others) and persistence of a principal in a directory:
 
+* the directory itself: mode 0700 (save sets it on a directory of the current user's);
+  one writable by group or others is refused on load (they could swap or remove files);
 * ``key.pem``: the private key, PKCS#8 PEM (encrypted with the ``cryptography`` package's
-  BestAvailableEncryption when a passphrase is given), mode 0600; a key file readable or
-  writable by group or others, or owned by another user, is refused (as ssh does);
+  BestAvailableEncryption when a passphrase is given, of at most :data:`MAX_PASSPHRASE`
+  bytes), mode 0600; a key file readable or writable by group or others, or owned by another
+  user, is refused (as ssh does);
 * ``roots.json`` and ``store.json``: the blessing roots and store as readable JSON, signed by
-  the principal (purpose ``principal-state``) so tampering on disk is detected.
+  the principal (purpose ``principal-state``) so tampering on disk is detected; the
+  ``public_key`` they name must be the principal's (:func:`stored_public_key` reads it, checked,
+  without the private key).
 
-Every file is written atomically: a temporary file in the same directory, flushed and
-fsynced, then ``os.replace`` (and the directory fsynced), so a crash never leaves half a file.
+Every file is written atomically: a temporary file in the same directory (``.key.pem.*.tmp``
+and so on), flushed and fsynced, then ``os.replace`` (and the directory fsynced), so a crash
+never leaves half a file. A crash can leave those temporary files, a plaintext copy of the key
+among them; the next save removes them before it writes (so saves of one directory must not
+run at the same time).
 
 Must not: open sockets, start threads, or implement cryptography (Ed25519 and PEM come from
 ``cryptography``).
 
-Errors: missing directory or key file -> NoExistError; unreadable or corrupt file or a
-passphrase for an unencrypted key -> BadArgError; wrong permissions, missing or wrong
-passphrase -> NoAccessError; state file whose signature does not verify -> NotTrustedError.
+Errors: missing directory or key file -> NoExistError; unreadable or corrupt file, a
+passphrase for an unencrypted key or one over :data:`MAX_PASSPHRASE` bytes -> BadArgError;
+wrong permissions (key file or directory), missing or wrong passphrase -> NoAccessError;
+state file whose signature does not verify or that names another key -> NotTrustedError.
 """
 
 from __future__ import annotations
@@ -56,12 +65,14 @@ from ipcclient.security.store import BlessingRoots, BlessingStore
 
 __all__ = [
     "KEY_FILE",
+    "MAX_PASSPHRASE",
     "MAX_STATE_FILE",
     "ROOTS_FILE",
     "STATE_FORMAT",
     "STORE_FILE",
     "Principal",
     "read_bounded",
+    "stored_public_key",
 ]
 
 KEY_FILE = "key.pem"
@@ -70,6 +81,9 @@ STORE_FILE = "store.json"
 STATE_FORMAT = "ipcclient-principal-state-v1"
 MAX_KEY_FILE = 64 * 1024  # a PEM Ed25519 key is under 300 bytes
 MAX_STATE_FILE = 16 * 1024 * 1024  # a store or roots file; real ones are a few KiB
+MAX_PASSPHRASE = 1023
+"""The longest passphrase, in bytes: the most the ``cryptography`` package's OpenSSL backend
+takes to encrypt or decrypt a PEM key."""
 
 
 class Principal:
@@ -178,11 +192,14 @@ class Principal:
     # ---- persistence ----------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str], passphrase: bytes | None = None) -> None:
-        """Write the principal to ``directory`` (created with mode 0700 if missing).
+        """Write the principal to ``directory`` (created with mode 0700 if missing; an existing
+        directory of the current user's is given mode 0700). Temporary files an earlier save
+        left behind (a crash) are removed first.
 
         Raises:
-            BadArgError: ``directory`` is not a path (str or os.PathLike), the passphrase is
-                not non-empty bytes, or the directory cannot be written.
+            BadArgError: ``directory`` is not a path (str or os.PathLike) or holds a NUL, the
+                passphrase is not non-empty bytes or is over :data:`MAX_PASSPHRASE` bytes, or
+                the directory cannot be written.
         """
         _check_passphrase(passphrase)
         path = _directory(directory)
@@ -191,9 +208,12 @@ class Principal:
             if passphrase is not None
             else serialization.NoEncryption()
         )
-        pem = self._private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
+        try:
+            pem = self._private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+            )
+        except ValueError as exc:  # (the passphrase is checked above; this is a backstop)
+            raise errors.BadArgError(f"security: cannot encrypt the key: {exc}") from exc
         files = {
             KEY_FILE: pem,
             ROOTS_FILE: self._state_bytes(self.roots.to_plain()),
@@ -201,8 +221,10 @@ class Principal:
         }
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(path)
+            _remove_stale_temporaries(path, files)
             _atomic_write_all(path, files)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise errors.BadArgError(f"security: cannot save principal to {path}: {exc}") from exc
 
     @classmethod
@@ -213,17 +235,20 @@ class Principal:
 
         Raises:
             NoExistError: no such directory or key file.
-            NoAccessError: the key file is accessible to group/others or owned by another
-                user, or the passphrase is missing or wrong.
-            BadArgError: ``directory`` is not a path (str or os.PathLike), the passphrase
-                is not non-empty bytes (as :meth:`save` takes), a corrupt file, or a
-                passphrase for an unencrypted key.
-            NotTrustedError: a state file's signature does not verify.
+            NoAccessError: the directory is writable by group or others, the key file is
+                accessible to group/others or owned by another user, or the passphrase is
+                missing or wrong.
+            BadArgError: ``directory`` is not a path (str or os.PathLike) or holds a NUL, the
+                passphrase is not non-empty bytes of at most :data:`MAX_PASSPHRASE` (as
+                :meth:`save` takes), a corrupt file, or a passphrase for an unencrypted key.
+            NotTrustedError: a state file's signature does not verify, or it names another
+                key than the principal's (edited, or copied from another principal).
         """
         _check_passphrase(passphrase)
         path = _directory(directory)
         if not path.is_dir():
             raise errors.NoExistError(f"security: no principal directory {path}")
+        _check_directory_mode(path)
         key_path = path / KEY_FILE
         pem = _read_key_file(key_path)
         private_key = _parse_key(pem, passphrase, key_path)
@@ -247,46 +272,193 @@ class Principal:
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     def _read_state(self, file: Path) -> Any:
-        raw = read_bounded(file, MAX_STATE_FILE)
-        if raw is None:
+        state = _parse_state(file)
+        if state is None:
             return None
-        if len(raw) > MAX_STATE_FILE:
-            raise errors.BadArgError(f"security: {file} is too large")
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-            sig = base64.b64decode(doc["signature"], validate=True)
-            data = doc["data"]
-            fmt = doc["format"]
-            body = _canonical_json(data)
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise errors.BadArgError(f"security: corrupt principal file {file}") from exc
-        if fmt != STATE_FORMAT:
-            raise errors.BadArgError(f"security: {file} has unknown format {fmt!r}")
-        if not self._public_key.verify(sig, PURPOSE_STATE, body):
+        if state.public_key != self._public_key.raw.hex():
+            # (The field is outside the signature: an edit to it alone would otherwise go
+            # unnoticed here, while tools that read the key without the private key use it.)
+            raise errors.NotTrustedError(
+                f"security: {file} names another key than this principal's "
+                "(edited, or copied from another principal)"
+            )
+        if not self._public_key.verify(state.signature, PURPOSE_STATE, state.body):
             raise errors.NotTrustedError(
                 f"security: {file} is not signed by this principal (tampered or foreign)"
             )
-        return data
+        return state.data
 
     def __repr__(self) -> str:
         return f"Principal({self._public_key.fingerprint})"
 
 
+class _State:
+    """A state file's fields, as read (nothing verified but the format)."""
+
+    __slots__ = ("body", "data", "public_key", "signature")
+
+    def __init__(self, public_key: object, signature: bytes, body: bytes, data: Any) -> None:
+        self.public_key = public_key
+        self.signature = signature
+        self.body = body
+        self.data = data
+
+
+def _parse_state(file: Path) -> _State | None:
+    """The fields of the state file ``file`` (None when there is none).
+
+    Raises:
+        BadArgError: the file is too large, not a regular file, unreadable, not the state
+            format, or malformed.
+    """
+    raw = read_bounded(file, MAX_STATE_FILE)
+    if raw is None:
+        return None
+    if len(raw) > MAX_STATE_FILE:
+        raise errors.BadArgError(f"security: {file} is too large")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        sig = base64.b64decode(doc["signature"], validate=True)
+        data = doc["data"]
+        fmt = doc["format"]
+        key = doc["public_key"]
+        body = _canonical_json(data)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise errors.BadArgError(f"security: corrupt principal file {file}") from exc
+    if fmt != STATE_FORMAT:
+        raise errors.BadArgError(f"security: {file} has unknown format {fmt!r}")
+    return _State(key, sig, body, data)
+
+
+def stored_public_key(directory: str | os.PathLike[str]) -> PublicKey:
+    """The public key of the principal in ``directory``, read without its private key (to
+    bless a principal whose passphrase, or whose key file, is not ours): the key
+    ``store.json`` names, once the file's signature verifies with that key and, when
+    ``key.pem`` can be read and is not encrypted, once it holds that same key.
+
+    The ``public_key`` field is outside the signature: trusting it unchecked would bless
+    whatever key an edit put there.
+
+    Raises:
+        NoExistError: no such directory or no ``store.json`` in it.
+        BadArgError: ``directory`` is not a path, ``store.json`` is malformed or names no
+            valid key, or ``key.pem`` is readable but corrupt.
+        NotTrustedError: ``store.json`` is not signed by the key it names, or ``key.pem``
+            holds another key.
+    """
+    path = _directory(directory)
+    if not path.is_dir():
+        raise errors.NoExistError(f"security: no principal directory {path}")
+    file = path / STORE_FILE
+    state = _parse_state(file)
+    if state is None:
+        raise errors.NoExistError(f"security: no {STORE_FILE} in {path}")
+    named = state.public_key
+    try:
+        if not isinstance(named, str):
+            raise ValueError("not text")
+        key = PublicKey.from_raw(bytes.fromhex(named))
+        if named != key.raw.hex():
+            raise ValueError("not the lowercase hex save writes")
+    except (ValueError, errors.BadArgError) as exc:
+        raise errors.BadArgError(f"security: {file} names no valid public key: {exc}") from exc
+    if not key.verify(state.signature, PURPOSE_STATE, state.body):
+        raise errors.NotTrustedError(
+            f"security: {file} is not signed by the key it names (edited by hand)"
+        )
+    held = _public_key_in_key_file(path / KEY_FILE)
+    if held is not None and held != key:
+        raise errors.NotTrustedError(
+            f"security: {path / KEY_FILE} holds another key than {file} names"
+        )
+    return key
+
+
+def _public_key_in_key_file(key_path: Path) -> PublicKey | None:
+    """The public key of an unencrypted key file; None when there is no such file, it
+    cannot be read (another user's), is not a regular file, or is encrypted."""
+    try:
+        pem = read_bounded(key_path, MAX_KEY_FILE)
+    except errors.BadArgError:
+        return None
+    if pem is None or b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem:
+        return None
+    return PublicKey(_parse_key(pem, None, key_path).public_key())
+
+
 def _check_passphrase(passphrase: object) -> None:
     """Refuse a passphrase that is not None or non-empty bytes (a str is not encoded for
-    the caller: which encoding it was saved with is not ours to guess)."""
+    the caller: which encoding it was saved with is not ours to guess), or that is longer
+    than the crypto library takes."""
     if passphrase is not None and (not isinstance(passphrase, bytes) or not passphrase):
         raise errors.BadArgError("security: a passphrase must be non-empty bytes")
+    if passphrase is not None and len(passphrase) > MAX_PASSPHRASE:
+        raise errors.BadArgError(
+            f"security: a passphrase may be at most {MAX_PASSPHRASE} bytes, not {len(passphrase)}"
+        )
 
 
 def _directory(directory: object) -> Path:
-    """``directory`` as a Path, when it is a str or an os.PathLike."""
+    """``directory`` as a Path, when it is a str or an os.PathLike (without a NUL, which
+    no file name holds)."""
     if not isinstance(directory, str | os.PathLike):
         raise errors.BadArgError(
             "security: a principal directory must be a str or os.PathLike, "
             f"not {type(directory).__name__}"
         )
-    return Path(directory)
+    path = Path(directory)
+    if "\0" in str(path):
+        raise errors.BadArgError(
+            f"security: a principal directory may not hold a NUL: {str(path)!r}"
+        )
+    return path
+
+
+def _make_private(path: Path) -> None:
+    """Give the directory ``path`` mode 0700 when it is the current user's (an existing one
+    may have been made with a looser mode; another user's is left alone)."""
+    if os.name != "posix":
+        return
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def _check_directory_mode(path: Path) -> None:
+    """Refuse a principal directory that group or others may write to: they could replace
+    or remove its files (a missing state file loads as empty).
+
+    Raises:
+        NoAccessError: it is writable by group or others.
+        BadArgError: it cannot be examined.
+    """
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise errors.BadArgError(f"security: cannot examine {path}: {exc}") from exc
+    if mode & 0o022:
+        raise errors.NoAccessError(
+            f"security: {path} is writable by group or others (mode {mode:04o}); chmod 700 it"
+        )
+
+
+def _remove_stale_temporaries(directory: Path, files: Iterable[str]) -> None:
+    """Remove the temporary files (``.key.pem.*.tmp`` and so on) a save that crashed left
+    in ``directory``: one of them may be a plaintext copy of the key."""
+    prefixes = tuple(f".{name}." for name in files)
+    with os.scandir(directory) as entries:
+        stale = [
+            entry.path
+            for entry in entries
+            if entry.name.startswith(prefixes)
+            and entry.name.endswith(".tmp")
+            and not entry.is_dir(follow_symlinks=False)
+        ]
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _check_caveats(caveats: Sequence[Caveat]) -> tuple[Caveat, ...]:

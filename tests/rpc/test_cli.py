@@ -5,11 +5,13 @@ loopback; plus the pure helpers of the command line in-process."""
 from __future__ import annotations
 
 import ctypes
+import getpass
 import io
 import json
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -431,6 +433,151 @@ def test_encrypted_principal_asks_for_its_passphrase(tmp_path: Path) -> None:
     done = ipc("principal", "add-root", str(secret), str(secret), stdin="hunter22\n")
     assert done.returncode == 0, done.stderr
     assert b"ENCRYPTED" in (secret / "key.pem").read_bytes()
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    printed = capsys.readouterr().err.strip().splitlines()
+    assert len(printed) >= 1 and printed[-1].startswith("ipc: error: "), printed
+    assert not any("Traceback" in line for line in printed), printed
+    return printed[-1]
+
+
+def test_bless_takes_a_directory_key_only_from_its_signed_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bless DIR TARGETDIR`` once blessed whatever key the unsigned ``public_key`` field
+    of TARGETDIR/store.json named (an edit made it bless mallory's key as bob)."""
+    idp, bob, mallory = tmp_path / "idp", tmp_path / "bob", tmp_path / "mallory"
+    for who in (idp, bob, mallory):
+        assert ipc_cli.main(["principal", "create", str(who)]) == ipc_cli.EXIT_OK
+    bob_key, mallory_key = Principal.load(bob).public_key, Principal.load(mallory).public_key
+    store = bob / "store.json"
+    good = store.read_text()
+    capsys.readouterr()
+
+    doc = json.loads(good)
+    doc["public_key"] = mallory_key.raw.hex()
+    store.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    bless = ["principal", "bless", str(idp), str(bob), "friend"]
+    assert ipc_cli.main(bless) == ipc_cli.EXIT_NO_ACCESS
+    assert "not signed by the key it names" in _one_error_line(capsys)
+    assert ipc_cli.main(["principal", "dump", str(bob)]) == ipc_cli.EXIT_NO_ACCESS
+    assert "names another key" in _one_error_line(capsys)
+
+    store.write_text((mallory / "store.json").read_text())  # signed, but not bob's key.pem
+    assert ipc_cli.main(bless) == ipc_cli.EXIT_NO_ACCESS
+    assert "holds another key" in _one_error_line(capsys)
+
+    store.write_text(good)
+    assert ipc_cli.main(bless) == ipc_cli.EXIT_OK
+    token = capsys.readouterr().out.strip()
+    assert ipc_cli.read_blessings(token).public_key == bob_key
+
+
+def test_bless_a_directory_whose_key_is_encrypted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blesser needs no passphrase of the target's: its key is read from store.json."""
+    idp, carol = tmp_path / "idp", tmp_path / "carol"
+    assert ipc_cli.main(["principal", "create", str(idp)]) == ipc_cli.EXIT_OK
+    monkeypatch.setattr(sys, "stdin", io.StringIO("carol's secret\n"))
+    assert ipc_cli.main(["principal", "create", str(carol), "--encrypt"]) == ipc_cli.EXIT_OK
+    capsys.readouterr()
+    assert ipc_cli.main(["principal", "bless", str(idp), str(carol), "c"]) == ipc_cli.EXIT_OK
+    token = capsys.readouterr().out.strip()
+    carol_key = Principal.load(carol, passphrase=b"carol's secret").public_key
+    assert ipc_cli.read_blessings(token).public_key == carol_key
+
+
+def test_passphrase_too_long_ctrl_d_or_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each once ended in a traceback and exit code 1: a passphrase over 1023 bytes (the
+    crypto library's ValueError), Ctrl-D at the terminal's prompt (getpass's EOFError), a
+    line standard input cannot decode (UnicodeDecodeError)."""
+    d = tmp_path / "p"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x" * 1100 + "\n"))
+    assert ipc_cli.main(["principal", "create", str(d), "--encrypt"]) == ipc_cli.EXIT_BAD_ARG
+    assert "at most 1023 bytes" in _one_error_line(capsys)
+    assert not d.exists()
+
+    assert ipc_cli.main(["principal", "create", str(d)]) == ipc_cli.EXIT_OK
+    Principal.load(d).save(d, passphrase=b"pw")
+
+    def ctrl_d(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys, "stdin", _Tty())
+    monkeypatch.setattr(getpass, "getpass", ctrl_d)
+    capsys.readouterr()
+    assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_BAD_ARG
+    assert "end of input" in _one_error_line(capsys)
+    assert ipc_cli.main(["principal", "create", str(tmp_path / "q"), "--encrypt"]) == 3
+    assert "end of input" in _one_error_line(capsys)
+
+    strict = io.TextIOWrapper(io.BytesIO(b"\xff\xfe\n"), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdin", strict)
+    assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_BAD_ARG
+    line = _one_error_line(capsys)
+    assert "not text in the input's encoding" in line and "0xff" not in line  # (no secret)
+
+
+def test_a_passphrase_that_is_not_utf8_is_used_as_its_bytes(tmp_path: Path) -> None:
+    """Standard input read with surrogateescape (UTF-8 mode, a C locale) gives lone
+    surrogates for bytes that are not UTF-8: encoding them strictly once ended in a
+    UnicodeEncodeError traceback. They are now the bytes that were read."""
+    d = tmp_path / "p"
+    env = _env(PYTHONUTF8="1")
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "ipcclient", *args],
+            input=b"\xff\xfe\n",
+            capture_output=True,
+            env=env,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    done = run("principal", "create", str(d), "--encrypt")
+    assert done.returncode == 0, done.stderr
+    assert Principal.load(d, passphrase=b"\xff\xfe").store.default is not None
+    dump = run("principal", "dump", str(d))
+    assert dump.returncode == 0 and b"Default:     p" in dump.stdout, dump.stderr
+
+
+def test_extensions_that_print_like_others_are_refused_and_output_is_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--blessing idp`` + U+FE0F (invisible) once made a root that printed as ``idp``;
+    bidirectional controls and zero-width characters in printed text reached the terminal."""
+    for name in ("idp\ufe0f", "id\u034fp", "idp\uff1aalice", "jose\u0301"):
+        code = ipc_cli.main(["principal", "create", str(tmp_path / "x"), "--blessing", name])
+        assert code == ipc_cli.EXIT_BAD_ARG
+        assert "invalid blessing extension" in _one_error_line(capsys)
+    assert not (tmp_path / "x").exists()
+    ipc_cli.out("a\u202eb\u200dc\u2066d\ufeffe\x1bf")
+    ipc_cli.err("g\u200bh")
+    printed = capsys.readouterr()
+    assert printed.out == "a\\u202eb\\u200dc\\u2066d\\ufeffe\\x1bf\n"
+    assert printed.err == "g\\u200bh\n"
+    ipc_cli.out(ipc_cli.to_json(["\u200d", "\u202e"]))  # (inside JSON: the same text)
+    assert json.loads(capsys.readouterr().out) == ["\u200d", "\u202e"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_principal_directory_others_may_write_to_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "p"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    assert ipc_cli.main(["principal", "create", str(d)]) == ipc_cli.EXIT_OK
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700  # save made it private
+    os.chmod(d, 0o775)
+    capsys.readouterr()
+    assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_NO_ACCESS
+    assert "chmod 700" in _one_error_line(capsys)
 
 
 def test_console_script_and_module_run() -> None:

@@ -19,6 +19,7 @@ from ipcclient.security import (
     Principal,
     PublicKey,
     is_valid_extension,
+    patterns,
     signed_bytes,
     validate_extension,
 )
@@ -122,14 +123,49 @@ def test_valid_extensions(ext: str) -> None:
     assert validate_extension(ext) == ext
 
 
+_DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+]
+
+
 def _valid_by_the_rules(ext: str) -> bool:
     """The extension rules of ipcclient.security.patterns, written out one character at a
-    time (the module decides plain-ASCII extensions without this loop)."""
-    if not ext or len(ext) > 256 or ext in ("$", "...") or ext.startswith("__"):
+    time (the module decides plain-ASCII extensions without this loop). The look-alikes
+    without an NFKC mapping are the module's own list."""
+    reserved = ":,@()<>/"
+    if not ext or len(ext) > 256:
         return False
-    return not any(
-        ch in ":,@()<>/" or ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z") for ch in ext
-    )
+    for form in (ext, unicodedata.normalize("NFKC", ext)):
+        if form in ("$", "...") or form.startswith("__"):
+            return False
+    if unicodedata.normalize("NFC", ext) != ext:
+        return False
+    for ch in ext:
+        if ch in reserved or ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
+            return False
+        if ch == "\u2800" or any(lo <= ord(ch) <= hi for lo, hi in _DEFAULT_IGNORABLE):
+            return False
+        if ch in patterns._LOOKALIKES:
+            return False
+        if any(c in reserved or c.isspace() for c in unicodedata.normalize("NFKC", ch)):
+            return False
+    return True
 
 
 @settings(max_examples=400)
@@ -137,6 +173,13 @@ def _valid_by_the_rules(ext: str) -> bool:
     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12)
     | st.text(max_size=12)
     | st.text(alphabet=st.sampled_from("ab:_-.$ \t\x7f\x00]^\\\u00e9\u200b"), max_size=6)
+    | st.text(
+        alphabet=st.sampled_from(
+            "ae_.$\u0301\u00e9\ufe0f\u034f\u3164\u2800\uff1a\u2236\u2215\uff0c"
+            "\u2026\uff04\uff3f\u00a8\u0430\U000e0100"
+        ),
+        max_size=6,
+    )
 )
 def test_extension_validity_follows_the_rules(ext: str) -> None:
     assert is_valid_extension(ext) == _valid_by_the_rules(ext)
