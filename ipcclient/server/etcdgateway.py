@@ -43,7 +43,8 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 MAX_IDLE_PER_MEMBER = 8
 """Idle keep-alive connections kept to one etcd member."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""Largest gateway response read (a Glob over a full table is far below)."""
+"""Largest gateway response read, unless a gateway is given another bound (the mount
+table's reads are sized below it: a Glob reads its range in pages)."""
 MIN_ATTEMPT_TIMEOUT = 0.5
 """Seconds a request to one member gets at least while other members are left to try."""
 
@@ -191,13 +192,24 @@ class EtcdGateway:
     Args:
         endpoints: ``http://host:port`` of each member (a comma-separated str or a list).
         timeout: seconds a request may take when the caller gives no timeout.
+        max_response_bytes: the largest answer read; a longer one is InternalError.
+
+    Raises:
+        BadArgError: no endpoint, a bad one, or ``max_response_bytes`` < 1.
     """
 
     def __init__(
-        self, endpoints: str | Sequence[str], *, timeout: float = DEFAULT_REQUEST_TIMEOUT
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        if max_response_bytes < 1:
+            raise errors.BadArgError("etcd: max_response_bytes must be positive")
         self._members = _parse_endpoints(endpoints)
         self._timeout = timeout
+        self._max_response = max_response_bytes
         self._lock = threading.Lock()
         self._idle: dict[int, list[http.client.HTTPConnection]] = {
             i: [] for i in range(len(self._members))
@@ -209,6 +221,11 @@ class EtcdGateway:
     def endpoints(self) -> tuple[str, ...]:
         """The members, as ``scheme://host:port``."""
         return tuple(f"{s}://{h}:{p}" for s, h, p in self._members)
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The largest answer read."""
+        return self._max_response
 
     def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
         """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer.
@@ -268,7 +285,7 @@ class EtcdGateway:
                     "POST", path, body=payload, headers={"Content-Type": "application/json"}
                 )
                 resp = conn.getresponse()
-                data = resp.read(MAX_RESPONSE_BYTES + 1)
+                data = resp.read(self._max_response + 1)
                 status = resp.status
                 keep = not resp.will_close
             except (OSError, http.client.HTTPException) as exc:
@@ -276,7 +293,7 @@ class EtcdGateway:
                 if reused and time.monotonic() < deadline:
                     continue  # a keep-alive connection the member closed: dial again
                 raise MemberFailed(f"{type(exc).__name__}: {exc}") from None
-            if keep and len(data) <= MAX_RESPONSE_BYTES:
+            if keep and len(data) <= self._max_response:
                 self._give(member, conn)
             else:
                 conn.close()
@@ -284,14 +301,18 @@ class EtcdGateway:
         raise MemberFailed("no connection")  # pragma: no cover (the loop always returns)
 
     def _decode(self, path: str, status: int, data: bytes) -> Any:
-        if len(data) > MAX_RESPONSE_BYTES:
+        if len(data) > self._max_response:
             raise errors.InternalError(
-                f"etcd: {path} answered more than {MAX_RESPONSE_BYTES} bytes"
+                f"etcd: {path} answered more than {self._max_response} bytes"
             )
         try:
             answer = json.loads(data) if data else {}
         except ValueError:
             raise MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
+        except RecursionError:  # (nested deeper than the interpreter's stack: not etcd)
+            raise MemberFailed(
+                f"{path} answered HTTP {status} with JSON nested too deeply"
+            ) from None
         if status == 200 and isinstance(answer, dict) and "error" not in answer:
             return answer
         message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else ""

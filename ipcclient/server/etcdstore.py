@@ -19,16 +19,31 @@ Layout under the prefix ``P`` (a mount table's keys and nothing else):
     The access lists, JSON ``{"mount": [...]|null, "resolve": [...]|null}``.
 
 Resolution is one transaction of range reads (one per prefix of the name, the first with a
-live server answers); Glob is one range read below the name. Mount is a read then a
+live server answers). Glob reads the keys below the name in pages (:data:`GLOB_PAGE_KEYS`
+keys at most, fewer when the gateway's answers are bounded lower: every page fits), all at
+the revision of the first, and matches them as it goes (a
+:class:`~ipcclient.server.mountstore.GlobScan`), so it holds one page and the answer, stops
+reading once the answer is full (:data:`~ipcclient.server.mountstore.MAX_GLOB_RESULTS`
+items, :data:`~ipcclient.server.mountstore.MAX_GLOB_BYTES`), and answers what the in-memory
+store would for the same mounts. Mount is a read then a
 transaction guarded by the name's revision (so MT / LEAF agreement and the per-name bound
 hold whatever other replicas do at the same time); Mount with REPLACE is one transaction that
 deletes the name's servers and puts the new one; Unmount is one delete. A refresh is a put
 with a fresh lease (leases are shared by the mounts of one second with the same TTL, so a
 busy table does not grant one per mount).
 
+The bounds are the in-memory store's but one: the bytes of the names and servers held
+(:data:`~ipcclient.server.mountstore.MAX_TABLE_BYTES`) are not counted, since a replica holds
+no mounts in memory and etcd cannot sum its keys' sizes in the transaction that mounts
+(expiry through leases would leave any stored total behind). etcd holds at most
+``max_mounts`` keys of at most a name and a server of 4096 characters each (~800 MiB for
+100,000 mounts with ASCII names), within its own storage quota.
+
 An answer from etcd that is not shaped as the gateway's JSON (a list where an object
 belongs, a count that is not a number...) is :class:`~ipcclient.errors.InternalError`
-naming what was malformed, never a bare Python error.
+naming what was malformed, never a bare Python error; a stored value that is not JSON (or
+nested too deeply to decode) is a malformed mount (ignored, logged) or malformed access
+lists (:class:`~ipcclient.errors.BadStateError`).
 
 Must not: hold a lock across a request, block past a deadline, or import anything from
 ipcclient but :mod:`ipcclient.errors`, the mount store and the etcd gateway.
@@ -50,6 +65,7 @@ from typing import Any
 from ipcclient import errors
 from ipcclient.server.etcdgateway import (
     DEFAULT_REQUEST_TIMEOUT,
+    MAX_RESPONSE_BYTES,
     EtcdGateway,
     LeaseNotFound,
     b64,
@@ -57,14 +73,14 @@ from ipcclient.server.etcdgateway import (
     unb64,
 )
 from ipcclient.server.mountstore import (
+    MAX_GLOB_BYTES,
     MAX_GLOB_RESULTS,
     MAX_NODES,
     MAX_SERVERS_PER_NAME,
     AccessLists,
-    Node,
+    GlobScan,
     Resolved,
     flags_conflict,
-    glob_tree,
     table_full,
     too_many_servers,
 )
@@ -73,6 +89,7 @@ __all__ = [
     "ACCESS_REFRESH",
     "DEFAULT_PREFIX",
     "DEFAULT_REQUEST_TIMEOUT",
+    "GLOB_PAGE_KEYS",
     "EtcdGateway",
     "EtcdStore",
 ]
@@ -89,6 +106,14 @@ LEASE_REUSE = 1.0
 the difference; readers go by each mount's own expiry)."""
 MAX_TXN_ATTEMPTS = 8
 """Times a Mount re-reads and retries when other replicas change the same name meanwhile."""
+GLOB_PAGE_KEYS = 512
+"""Keys one page of a Glob's range read holds at most (~0.3 MiB for names of a few dozen
+characters and endpoints of 200; at most 24 MiB, within the gateway's 64 MiB)."""
+MAX_KV_BYTES = 48 * 1024
+"""Bytes one mount takes at most in a range answer, beyond twice its key's prefix: a name
+and a server of 4096 characters each (16 KiB each in UTF-8 at worst), in base64, with the
+JSON around them. A Glob page holds as many keys as fit in the gateway's bound at this
+size."""
 _MAX_LEASE_CACHE = 64
 
 
@@ -156,6 +181,8 @@ class EtcdStore:
         max_servers_per_name: the most servers at one name.
         clock: the wall clock mounts expire on (shared by every replica: keep their clocks
             in sync, as etcd's own leases already need).
+        max_response_bytes: the largest answer read from etcd (Glob pages are sized to
+            fit in it).
     """
 
     access_refresh = ACCESS_REFRESH
@@ -169,6 +196,7 @@ class EtcdStore:
         max_mounts: int = MAX_NODES,
         max_servers_per_name: int = MAX_SERVERS_PER_NAME,
         clock: Callable[[], float] = time.time,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if max_mounts < 1 or max_servers_per_name < 1 or not request_timeout > 0:
             raise errors.BadArgError("mount table: bounds must be positive")
@@ -176,7 +204,11 @@ class EtcdStore:
             raise errors.BadArgError(f"etcd: bad prefix {prefix!r}")
         if not prefix.endswith("/"):
             prefix += "/"
-        self._gw = EtcdGateway(endpoints, timeout=request_timeout)
+        self._gw = EtcdGateway(
+            endpoints, timeout=request_timeout, max_response_bytes=max_response_bytes
+        )
+        kv_bytes = MAX_KV_BYTES + 2 * len(prefix.encode())
+        self._page_keys = max(1, min(GLOB_PAGE_KEYS, max_response_bytes // kv_bytes))
         self._timeout = request_timeout
         self._prefix = prefix.encode()
         self._mounts_key = self._prefix + b"m/"
@@ -226,7 +258,7 @@ class EtcdStore:
                 bool(value["l"]),
                 created,
             )
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             mount = None
         if mount is None or not sep or not server:
             log.warning("mount table: ignoring a malformed key in etcd: %r", key[:200])
@@ -392,26 +424,65 @@ class EtcdStore:
         pattern: tuple[str, ...],
         *,
         limit: int = MAX_GLOB_RESULTS,
+        max_bytes: int = MAX_GLOB_BYTES,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         deadline = self._deadline(timeout)
-        start = self._node_key(comps)[:-1] if comps else self._mounts_key
-        answer = self._request(
-            "/v3/kv/range",
-            {"key": b64(start), "range_end": b64(prefix_end(start)), "limit": self._max_mounts},
-            deadline,
-        )
-        now = self._clock()
+        if comps:
+            name = self._node_key(comps)[:-1]
+            # The name's own keys, then those of the names below it ("/" sorts before "0");
+            # a sibling such as "a-b" next to "a" falls in between and is left out below.
+            start, end = name + b"\x00", name + b"0"
+        else:
+            start, end = self._mounts_key, prefix_end(self._mounts_key)
         base = "/".join(comps)
-        root = Node()
-        for m in self._live(answer, now):
-            if comps and m.path != base and not m.path.startswith(base + "/"):
-                continue  # a sibling sharing the prefix ("ab" next to "a")
-            rel = tuple(m.path[len(base) :].split("/")[1:]) if comps else tuple(m.path.split("/"))
-            node = root.child(rel)
-            node.servers[m.server] = m.expires
-            node.mt, node.leaf = m.mt, m.leaf
-        return glob_tree(root, pattern, now, limit)
+        now = self._clock()
+        scan = GlobScan(pattern, limit, max_bytes)
+        group: list[_Mount] = []  # the keys of one name (they may span pages)
+
+        def flush() -> None:
+            live = sorted((m for m in group if m.expires > now), key=lambda m: m.created)
+            if live:
+                rel = _relative(live[0].path, base, bool(comps))
+                if rel is not None:
+                    servers = [(m.server, m.expires) for m in live]
+                    scan.add(rel, servers, live[0].mt, live[0].leaf, now)
+            group.clear()
+
+        revision: int | None = None
+        while not scan.full():
+            body: dict[str, Any] = {
+                "key": b64(start),
+                "range_end": b64(end),
+                "limit": self._page_keys,
+            }
+            if revision is not None:  # (every page from the same revision: one snapshot)
+                body["revision"] = str(revision)
+            answer = self._request("/v3/kv/range", body, deadline)
+            if revision is None:
+                header = _obj(answer.get("header", {}), "header")
+                revision = _number(header.get("revision"), "revision")
+            kvs = _items(answer.get("kvs", []), "kvs")
+            for kv in kvs:
+                mount = self._parse(kv)
+                if mount is None:
+                    continue
+                if group and mount.path != group[0].path:
+                    flush()
+                    if scan.full():
+                        return scan.items
+                group.append(mount)
+            more = answer.get("more", False)
+            if not isinstance(more, bool):
+                raise _malformed(f"more is a {type(more).__name__}, not a bool")
+            if not more or not kvs:
+                break
+            following = _key(_obj(kvs[-1], "a key-value")) + b"\x00"
+            if following <= start:
+                raise _malformed("a page of a range read did not move past its start")
+            start = following
+        flush()
+        return scan.items
 
     def sweep(self) -> int:
         """etcd expires mounts itself (leases): this only counts them."""
@@ -470,12 +541,26 @@ class EtcdStore:
         kv = _obj(item, "a key-value")
         try:
             value = json.loads(unb64(kv.get("value")))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise errors.BadStateError("mount table: stored access lists are not JSON") from None
         return AccessLists.from_json(value)
 
     def close(self) -> None:
         self._gw.close()
+
+
+def _relative(path: str, base: str, below: bool) -> tuple[str, ...] | None:
+    """The components of the mounted name ``path`` relative to ``base`` (a Glob's name;
+    ``below``: it is not the table's root), or None for a name not below it (a sibling
+    such as ``a-b`` next to ``a``) or not one a mount could have (an empty component)."""
+    if below:
+        if path == base:
+            return ()
+        if not path.startswith(base + "/"):
+            return None
+        path = path[len(base) + 1 :]
+    rel = tuple(path.split("/"))
+    return None if "" in rel else rel
 
 
 def _key(kv: dict[str, Any]) -> bytes:

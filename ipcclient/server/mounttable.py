@@ -26,10 +26,17 @@ through etcd with :mod:`ipcclient.server.etcdstore`). Methods, by their wire nam
     ``fnmatch`` classes within one component, ``...`` for zero or more components). Returns
     the number of items sent. Glob does not descend below a mount point: what is below it
     lives in the mounted server (names mounted under a mount point are shadowed, exactly as
-    ResolveStep sees them).
+    ResolveStep sees them). An answer is cut off at :data:`MAX_GLOB_RESULTS` items or once
+    its items are charged :data:`MAX_GLOB_BYTES` (logged).
+
+Each call has one deadline: its access check and every store operation it makes get only the
+time left (a shared store's access lists are read when the table's copy is older than the
+store's refresh interval, by the method, which knows the call's deadline: the authorizer run
+before the args are read has only the copy; see :meth:`MountTable._patterns`).
 
 Must not: make RPCs or resolve names (it answers one step; the client's namespace walks),
-hold its lock while streaming to a client or reading the store, or keep anything unbounded.
+hold its lock while streaming to a client or reading the store, keep anything unbounded, or
+grant access by access lists it could not read.
 """
 
 from __future__ import annotations
@@ -50,24 +57,29 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity
 from ipcclient.server.call import ServerCall
 from ipcclient.server.exposure import expose
 from ipcclient.server.mountstore import (
+    MAX_GLOB_BYTES,
     MAX_GLOB_RESULTS,
     MAX_NODES,
     MAX_SERVERS_PER_NAME,
+    MAX_TABLE_BYTES,
     SWEEP_INTERVAL,
     AccessLists,
     MemoryStore,
     MountStore,
+    glob_item_bytes,
     glob_pattern,
 )
 
 __all__ = [
     "LEAF",
     "MAX_COMPONENTS",
+    "MAX_GLOB_BYTES",
     "MAX_GLOB_RESULTS",
     "MAX_NAME_LEN",
     "MAX_NODES",
     "MAX_SERVERS_PER_NAME",
     "MAX_SERVER_LEN",
+    "MAX_TABLE_BYTES",
     "MAX_TTL",
     "MT",
     "REPLACE",
@@ -98,7 +110,23 @@ MAX_TTL = 24 * 3600.0
 MAX_PATTERN_LEN = 1024
 """Characters in a Glob pattern."""
 ACCESS_READ_TIMEOUT = 2.0
-"""Seconds an authorization may wait for a shared store's access lists."""
+"""Seconds a call may wait for a shared store's access lists (less when its deadline is
+sooner)."""
+ACCESS_RETRY_AFTER = 1.0
+"""Seconds a table refuses calls at once (OverloadedError, RETRY_BACKOFF) after its store
+failed to answer for the access lists (at most the store's refresh interval), so that the
+calls meanwhile do not each wait for a store that does not answer. A read cut short by the
+call's own deadline is not a failure of the store and is not remembered (a client could
+otherwise shut others out with calls of a millisecond)."""
+
+
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a monotonic time), at least 0; None when there is none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _components(suffix: str) -> tuple[str, ...]:
@@ -153,30 +181,46 @@ def _check_ttl(ttl: object) -> float:
     return min(seconds, MAX_TTL)
 
 
-class _MethodAuthorizer:
+_MOUNT_METHODS = ("Mount", "Unmount")
+_RESOLVE_METHODS = ("ResolveStep", "Glob")
+
+
+def _check(call: CallSecurity, patterns: _Patterns) -> None:
     """Mount/Unmount need a name matched by the mount patterns; ResolveStep/Glob need one
-    matched by the resolve patterns (None: every authenticated client). The patterns are
-    the table's current ones (a shared store's may change behind it)."""
+    matched by the resolve patterns (None: every authenticated client). Raises NoAccess."""
+    if call.method in _MOUNT_METHODS:
+        allowed = patterns[0]
+    elif call.method in _RESOLVE_METHODS:
+        allowed = patterns[1]
+    else:
+        return  # not a mount table method: the server answers UnknownMethod
+    if allowed is None or any(p.matched_by(*call.client_names) for p in allowed):
+        return
+    detail = (
+        f"mount table: client {list(call.client_names)!r} may not call {call.method!r} "
+        f"(needs a blessing matching {[str(p) for p in allowed]!r})"
+    )
+    if call.rejected:
+        detail += "; rejected: " + "; ".join(f"{n} ({e})" for n, e in call.rejected)
+    raise errors.NoAccessError(detail)
+
+
+class _MethodAuthorizer:
+    """Checks a call against the table's copy of the access lists before its args are read
+    (see :func:`_check`), when that copy is fresh. When it is due to be read again from a
+    shared store, the method reads it (within the call's deadline, which the authorizer
+    does not know) and checks then, before it does anything; while the store has just
+    failed to answer, every call is refused at once."""
 
     def __init__(self, table: MountTable) -> None:
         self._table = table
 
     def authorize(self, call: CallSecurity) -> None:
-        if call.method in ("Mount", "Unmount"):
-            patterns = self._table._patterns()[0]
-        elif call.method in ("ResolveStep", "Glob"):
-            patterns = self._table._patterns()[1]
-        else:
+        if call.method not in _MOUNT_METHODS and call.method not in _RESOLVE_METHODS:
             return  # not a mount table method: the server answers UnknownMethod
-        if patterns is None or any(p.matched_by(*call.client_names) for p in patterns):
-            return
-        detail = (
-            f"mount table: client {list(call.client_names)!r} may not call {call.method!r} "
-            f"(needs a blessing matching {[str(p) for p in patterns]!r})"
-        )
-        if call.rejected:
-            detail += "; rejected: " + "; ".join(f"{n} ({e})" for n, e in call.rejected)
-        raise errors.NoAccessError(detail)
+        patterns = self._table._cached_patterns()
+        if patterns is not None:
+            _check(call, patterns)
 
 
 @expose
@@ -186,16 +230,23 @@ class _Invoker:
     def __init__(self, table: MountTable) -> None:
         self._table = table
 
+    # Each method checks access first, within the call's deadline (see _MethodAuthorizer),
+    # then gets the time still left: call.remaining() counts down to the call's deadline.
+
     def Mount(self, call: ServerCall, server: str, ttl: float, flags: int) -> None:
+        self._table._authorize(call.security, call.remaining())
         self._table._mount(call.suffix, server, ttl, flags, call.remaining())
 
     def Unmount(self, call: ServerCall, server: str) -> None:
+        self._table._authorize(call.security, call.remaining())
         self._table._unmount(call.suffix, server, call.remaining())
 
     def ResolveStep(self, call: ServerCall) -> dict[str, Any]:
+        self._table._authorize(call.security, call.remaining())
         return self._table._resolve_step(call.suffix, call.remaining())
 
     def Glob(self, call: ServerCall, pattern: str) -> int:
+        self._table._authorize(call.security, call.remaining())
         count = 0
         for item in self._table._glob(call.suffix, pattern, call.remaining()):
             call.send(item)
@@ -226,6 +277,8 @@ class MountTable:
         max_nodes: the most nodes the default store may hold (default :data:`MAX_NODES`).
         max_servers_per_name: the most servers at one name in the default store (default
             :data:`MAX_SERVERS_PER_NAME`).
+        max_table_bytes: the most bytes the names and servers in the default store may be
+            charged (default :data:`MAX_TABLE_BYTES`).
         max_ttl: TTLs are clamped to this (default :data:`MAX_TTL`).
 
     Raises:
@@ -241,10 +294,12 @@ class MountTable:
         clock: Callable[[], float] | None = None,
         max_nodes: int | None = None,
         max_servers_per_name: int | None = None,
+        max_table_bytes: int | None = None,
         max_ttl: float = MAX_TTL,
     ) -> None:
         if not max_ttl > 0:
             raise errors.BadArgError("mount table: bounds must be positive")
+        settings = (clock, max_nodes, max_servers_per_name, max_table_bytes)
         if store is None:
             store = MemoryStore(
                 clock=clock if clock is not None else time.monotonic,
@@ -252,17 +307,21 @@ class MountTable:
                 max_servers_per_name=(
                     MAX_SERVERS_PER_NAME if max_servers_per_name is None else max_servers_per_name
                 ),
+                max_table_bytes=MAX_TABLE_BYTES if max_table_bytes is None else max_table_bytes,
             )
-        elif clock is not None or max_nodes is not None or max_servers_per_name is not None:
+        elif any(v is not None for v in settings):
             raise errors.BadArgError(
-                "mount table: clock, max_nodes and max_servers_per_name belong to the store"
+                "mount table: clock, max_nodes, max_servers_per_name and max_table_bytes "
+                "belong to the store"
             )
         self._store = store
         self._own = _access_lists(mount_patterns, resolve_patterns)
         self._max_ttl = min(max_ttl, MAX_TTL)
-        self._lock = threading.Lock()  # guards the cached patterns below
-        self._cached: _Patterns = _compile(self._own)
+        self._lock = threading.Lock()  # guards the cached patterns and the failure below
+        self._cached: _Patterns = _compile(self._own)  # (used once read from the store)
         self._cached_at = -math.inf
+        self._failed: errors.IPCError | None = None  # the store's last failure to answer
+        self._failed_at = -math.inf
         self._authorizer = _MethodAuthorizer(self)
         self._invoker = _Invoker(self)
 
@@ -302,6 +361,7 @@ class MountTable:
             self._own = acl
             self._cached = compiled if stored == acl else _compile(stored)
             self._cached_at = time.monotonic()
+            self._failed, self._failed_at = None, -math.inf
 
     def sweep(self) -> int:
         """Drop every expired server the store keeps itself (an in-memory tree: expired
@@ -314,29 +374,77 @@ class MountTable:
 
     # -- access lists ----------------------------------------------------------------------
 
-    def _patterns(self) -> _Patterns:
-        """The current patterns: cached, read again from the store once its refresh interval
-        passed (no lock is held across the read). A store that cannot be read keeps the
-        last patterns in force."""
+    def _cached_patterns(self) -> _Patterns | None:
+        """The patterns when the table's copy is fresh (read from the store less than its
+        refresh interval ago), None when they are due to be read again.
+
+        Raises:
+            OverloadedError: (RETRY_BACKOFF) the store failed to answer for them less than
+                :data:`ACCESS_RETRY_AFTER` ago: no access is granted meanwhile.
+        """
         now = time.monotonic()
+        refresh = self._store.access_refresh
         with self._lock:
-            if now - self._cached_at < self._store.access_refresh:
+            if now - self._cached_at < refresh:
                 return self._cached
+            failed = self._failed
+            if failed is not None and now - self._failed_at < min(refresh, ACCESS_RETRY_AFTER):
+                raise failed.with_context()
+        return None
+
+    def _patterns(self, timeout: float | None = None) -> _Patterns:
+        """The current patterns: the table's copy, read again from the store once its
+        refresh interval passed, within ``timeout`` seconds (and at most
+        :data:`ACCESS_READ_TIMEOUT`; no lock is held across the read). Fails closed: lists
+        that cannot be read grant nothing (not even the last ones read).
+
+        Raises:
+            OverloadedError: (RETRY_BACKOFF) the store did not answer within
+                ACCESS_READ_TIMEOUT, or did not answer at all; it is remembered, and calls
+                are refused at once for :data:`ACCESS_RETRY_AFTER` seconds.
+            TimeoutError: the call's deadline passed first (not remembered).
+            BadStateError: the stored access lists are malformed (remembered too).
+        """
+        cached = self._cached_patterns()
+        if cached is not None:
+            return cached
+        started = time.monotonic()
+        budget = ACCESS_READ_TIMEOUT if timeout is None else min(timeout, ACCESS_READ_TIMEOUT)
+        cut_short = budget < ACCESS_READ_TIMEOUT  # (by the call's deadline)
+        if budget <= 0:
+            raise errors.TimeoutError("mount table: no time left to read the access lists")
+        deadline = started + budget
+        with self._lock:
             own = self._own
         try:
-            stored = self._store.get_access(timeout=ACCESS_READ_TIMEOUT)
+            stored = self._store.get_access(timeout=budget)
             if stored is None:
                 stored = self._store.set_access(
-                    own, only_if_absent=True, timeout=ACCESS_READ_TIMEOUT
+                    own, only_if_absent=True, timeout=_time_left(deadline)
                 )
             compiled = _compile(stored)
         except errors.IPCError as exc:
-            log.warning("mount table: cannot read the access lists (%s); keeping the last", exc)
+            if cut_short and isinstance(exc, errors.TimeoutError):
+                raise  # the call's own deadline: says nothing about the store
+            failure = exc
+            if isinstance(exc, errors.TimeoutError | errors.OverloadedError):
+                failure = errors.OverloadedError(
+                    f"mount table: cannot read its access lists now ({exc.msg})",
+                    action=errors.RetryAction.RETRY_BACKOFF,
+                )
+            log.warning("mount table: cannot read the access lists (%s); refusing calls", exc)
             with self._lock:
-                return self._cached
+                self._failed, self._failed_at = failure, time.monotonic()
+            raise failure.with_context() from None
         with self._lock:
-            self._cached, self._cached_at = compiled, now
+            self._cached, self._cached_at = compiled, started
+            self._failed, self._failed_at = None, -math.inf
             return compiled
+
+    def _authorize(self, call: CallSecurity, timeout: float | None) -> None:
+        """Check ``call`` against the current patterns, read within ``timeout`` seconds if
+        they are due (raises NoAccess, or the error of a failed read)."""
+        _check(call, self._patterns(timeout))
 
     # -- the methods -----------------------------------------------------------------------
 
@@ -412,16 +520,28 @@ class MountTable:
                 f"mount table: glob pattern {pattern!r} has more than {MAX_COMPONENTS} "
                 "components (no name has)"
             )
+        deadline = _deadline(timeout)  # (one for both store calls)
         if comps:
-            found = self._store.resolve(_mountable(comps), timeout=timeout)
+            found = self._store.resolve(_mountable(comps), timeout=_time_left(deadline))
             if found is not None and found.consumed < len(comps):
                 return iter(())  # below a mount point: its names live in the mounted server
             if _mountable(comps) != comps:
                 return iter(())  # a name holding NUL: nothing is mounted there or below
-        items = self._store.glob(comps, elements, limit=MAX_GLOB_RESULTS, timeout=timeout)
-        if len(items) >= MAX_GLOB_RESULTS:
+        items = self._store.glob(
+            comps,
+            elements,
+            limit=MAX_GLOB_RESULTS,
+            max_bytes=MAX_GLOB_BYTES,
+            timeout=_time_left(deadline),
+        )
+        size = sum(glob_item_bytes(i) for i in items)
+        if len(items) >= MAX_GLOB_RESULTS or size >= MAX_GLOB_BYTES:
             log.warning(
-                "mount table: Glob %r at %r cut off at %d items", pattern, suffix, len(items)
+                "mount table: Glob %r at %r cut off at %d items (%d bytes)",
+                pattern,
+                suffix,
+                len(items),
+                size,
             )
         return iter(items)
 

@@ -613,7 +613,9 @@ def test_same_semantics_as_the_in_memory_model(
 def test_store_settings_belong_to_the_store(etcd: Any) -> None:
     store = EtcdStore(etcd.url, f"/test/{uuid.uuid4().hex}")
     try:
-        for kwargs in ({"clock": FakeClock()}, {"max_nodes": 5}, {"max_servers_per_name": 2}):
+        settings: list[dict[str, Any]] = [{"clock": FakeClock()}, {"max_nodes": 5}]
+        settings += [{"max_servers_per_name": 2}, {"max_table_bytes": 1000}]
+        for kwargs in settings:
             with pytest.raises(errors.BadArgError):
                 MountTable(store=store, **kwargs)
         table = MountTable(store=store)
