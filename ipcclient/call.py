@@ -9,7 +9,10 @@ Must not: resolve, dial, retry, or authorize (the client did all that before the
 exists; by then the request header and args are written).
 
 Thread contract: a Call belongs to one thread at a time, except :meth:`Call.cancel`, which any
-thread (or a context callback) may call at any time.
+thread (or a context callback) may call at any time, and except that one thread may send
+(``send``, ``close_send``) while one other receives (``recv``, iteration): the two sides share
+only state guarded by ``_lock`` or written once before the call ends. ``finish`` comes after
+the sending thread is done.
 """
 
 from __future__ import annotations
@@ -158,6 +161,9 @@ class Call:
             if response.error is not None:
                 raise self._mark(response.error)
             raise errors.EndOfStreamError("call: the server sent no more items")
+        failed = self._end_error
+        if failed is not None:  # (the call ended on it: a protocol error, a limit)
+            raise failed.with_context(request_sent=True)
         header = self._read_header()
         if header.error is not None:
             raise self._mark(self._on_server_error(header.error))
@@ -247,6 +253,9 @@ class Call:
             cancelled = self._cancel_error  # (set by cancel() before it releases the flow)
         if cancelled is not None:
             raise cancelled.with_context(request_sent=True)
+        failed = self._end_error
+        if failed is not None and self._response is None:
+            raise failed.with_context(request_sent=True)  # (as recv: what ended the call)
         try:
             if not self._send_closed:
                 try:
@@ -340,7 +349,10 @@ class Call:
         return self._stream.flow
 
     def _read_header(self) -> Response:
-        header = response_from_wire(self._recv())
+        try:
+            header = response_from_wire(self._recv())
+        except errors.IPCError as exc:  # (a malformed header: the call ends on it)
+            raise self._mark(exc) from None
         if header.error is not None or header.end_stream_results:
             self._response = header
             if header.error is None and not self._budgeted:

@@ -1,0 +1,102 @@
+"""What a streaming call says once something other than the server's answer ended it.
+
+A malformed response header (a peer that lies: the real server is made to send one) must end
+the call, and every later ``recv``/``finish`` must say what ended it, not hand out the items
+that follow nor report a cancellation nobody asked for. And the one way to stream both ways
+past the flow-control windows: a sending thread beside a receiving one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.server import call as server_call
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
+from ipcclient.server.server import Server, ServerCall
+from ipcclient.wire.messages import encode_messages
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+
+@expose
+class Counter:
+    def Count(self, call: ServerCall, n: int) -> str:
+        for i in range(n):
+            call.send(i)
+        return "done"
+
+
+@pytest.mark.interpreted  # (replaces a constant of ipcclient.server.call at run time)
+def test_a_malformed_item_header_ends_the_call_and_every_later_step_says_so(
+    make_server: MakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each streamed item goes out behind a header that is not a map (5).
+    monkeypatch.setattr(server_call, "_STREAM_ITEM_MESSAGE", encode_messages(5))
+    _, name = make_server(Counter(), AllowEveryone())
+    client = make_client()
+    ctx = Context.background().with_timeout(10)
+    call = client.start_call(ctx, name, "Count", [3])
+    with pytest.raises(errors.BadProtocolError) as first:
+        call.recv()
+    assert first.value.request_sent is True
+    assert call.ended  # (before: the call went on, and the next recv returned an item)
+    seen: list[Any] = []
+    for step in (call.recv, call.recv, call.finish):
+        with pytest.raises(errors.IPCError) as later:
+            seen.append(step())
+        # (before: CanceledError "flow cancelled", as if someone had cancelled it)
+        assert type(later.value) is errors.BadProtocolError, later.value
+        assert later.value.msg == first.value.msg and later.value.request_sent is True
+    assert seen == []
+    # The VC is fine for other calls.
+    monkeypatch.undo()
+    assert client.call(ctx, name, "Count", 0) == ("done",)
+
+
+@expose
+class Echoer:
+    def EchoStream(self, call: ServerCall) -> int:
+        n = 0
+        for item in call:
+            call.send(item)
+            n += 1
+        return n
+
+
+def test_one_thread_sends_while_another_receives(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Full duplex beyond the flow-control windows (8 MB each way against a 1 MiB window):
+    sending everything before reading would wait for credit until the deadline, so one
+    thread sends (and closes the send side) while another reads; finish once both are
+    done."""
+    _, name = make_server(Echoer(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(30), name, "EchoStream")
+    items = [i.to_bytes(4, "big") * 2048 for i in range(1000)]
+    failed: list[BaseException] = []
+
+    def send_all() -> None:
+        try:
+            for item in items:
+                call.send(item)
+            call.close_send()
+        except BaseException as exc:  # (reported below)
+            failed.append(exc)
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    got = list(call)
+    sender.join(30)
+    assert not sender.is_alive() and not failed, failed
+    assert got == items
+    assert call.finish() == (1000,)
