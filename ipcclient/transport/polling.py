@@ -16,12 +16,17 @@ CPU to restart, tens of microseconds; elsewhere a few), and by the moment. So, u
 not to adapt, a reader measures it on its own traffic: of the reads the rules allow a poll
 for, it polls for some and sleeps for others, and compares the gaps (from going idle to
 having the bytes) of the two kinds: the lower quartiles of the last ``SAMPLES`` of each
-(only reads where the data was not there at once: those cost the same either way). Polling
-pays when sleeping makes the gap longer by at least ``PAYS_FRACTION`` of a poll's own
-length (the CPU a poll spends) and by ``MIN_SAVED`` seconds; once it pays, half as much
-keeps it paying. Until it has ``MIN_SAMPLES``
-of each kind the reader alternates; after that it uses the method that pays and tries the
-other on one read in ``EXPLORE_EVERY``, so the choice follows a change of machine or pace.
+(only reads where the data was not there at once: those cost the same either way). A poll
+that found nothing, and a sleep whose gap reached twice the poll's length, are noted as
+endless gaps rather than left out, so that neither kind's quartile is biased by what it
+cannot see (a poll sees gaps up to its length only). Polling pays when sleeping makes the
+gap longer by at least ``PAYS_FRACTION`` of a poll's gap (the CPU a poll spends) and by
+``MIN_SAVED`` seconds, beyond twice the quartiles' standard error (gaps spread wide differ by
+chance), or when the poll's quartile and the spread around it are seen and the sleep's are
+not; never when the poll's are not seen. Once it pays, three quarters as much keeps it
+paying. Until it has ``MIN_SAMPLES`` of each kind the reader alternates; after that it uses
+the method that pays and tries the other on one read in ``EXPLORE_EVERY``, so the choice
+follows a change of machine or pace.
 
 Must not: dispatch what it receives (the caller does), or decide who reads a VC.
 """
@@ -29,6 +34,7 @@ Must not: dispatch what it receives (the caller does), or decide who reads a VC.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -38,6 +44,24 @@ from collections.abc import Callable
 from ipcclient.transport.readrole import Read
 
 log = logging.getLogger("ipcclient.transport")
+
+_ENDLESS = float("inf")
+"""A gap the reader did not see end (see the module docstring)."""
+
+
+def _quartile(gaps: list[float]) -> tuple[float, float]:
+    """The lower quartile of ``gaps`` and its standard error, estimated from the spread
+    around it (the 15th to 35th percentiles: the error of a quartile of n samples is
+    sqrt(p(1 - p) / n) over the density there). Endless when it, or the spread, was not
+    seen."""
+    ordered = sorted(gaps)
+    n = len(ordered)
+    quartile = ordered[n // 4]
+    spread = ordered[(n * 35) // 100] - ordered[(n * 15) // 100]  # (inf - inf: nan)
+    if quartile == _ENDLESS or not spread < _ENDLESS:
+        return quartile, _ENDLESS
+    return quartile, math.sqrt(0.1875 / n) * spread / 0.2
+
 
 _DATA = Read.DATA
 _MISSED = Read.MISSED
@@ -207,14 +231,15 @@ class PollState:
 
     def slept(self, gap: float) -> bool:
         """A blocking read that :meth:`poll_now` chose (after a :meth:`peek` found nothing)
-        had data ``gap`` seconds after the reader went idle. Only a gap under twice the
-        poll's length counts (one much longer says the peer was slow, not what a wake-up
-        costs); returns whether it did, which is also whether the read counts as quick (a
-        wake-up may take longer than a poll lasts: such a read must not stop the polling it
-        is being compared with)."""
+        had data ``gap`` seconds after the reader went idle. A gap of twice the poll's
+        length or more is noted as endless (see the module docstring). Returns whether the
+        read counts as quick: a gap under twice the poll's length does (a wake-up may take
+        longer than a poll lasts: such a read must not stop the polling it is compared
+        with)."""
         if gap < 2 * self.length:
             self._note(self._slept, gap)
             return True
+        self._note(self._slept, _ENDLESS)
         return False
 
     def _note(self, gaps: list[float], gap: float) -> None:
@@ -232,11 +257,23 @@ class PollState:
         if len(polled) < MIN_SAMPLES or len(slept) < MIN_SAMPLES:
             return
         # Lower quartiles: other load only ever adds to a gap, so the low ones say most.
-        poll_gap = sorted(polled)[len(polled) // 4]
-        saved = sorted(slept)[len(slept) // 4] - poll_gap
-        enough = max(MIN_SAVED, PAYS_FRACTION * poll_gap)
-        # (Three quarters as much keeps it paying: a judgement near the line flaps less.)
-        pays = saved >= (enough * 0.75 if self.pays and self._judged else enough)
+        poll_gap, poll_error = _quartile(polled)
+        sleep_gap, sleep_error = _quartile(slept)
+        if poll_error == _ENDLESS:  # (polls mostly find nothing: never worth it)
+            pays = False
+            saved = 0.0
+        elif sleep_error == _ENDLESS:  # (a sleep mostly takes far longer than a poll)
+            pays = True
+            saved = 2 * self.length - poll_gap
+        else:
+            saved = sleep_gap - poll_gap
+            enough = max(MIN_SAVED, PAYS_FRACTION * poll_gap)
+            # (Three quarters as much keeps it paying: a judgement near the line flaps less.)
+            if self.pays and self._judged:
+                enough *= 0.75
+            # A difference within the quartiles' own uncertainty says nothing: with gaps
+            # spread wide, a few dozen of each kind differ by chance.
+            pays = saved >= enough + 2 * math.hypot(poll_error, sleep_error)
         self._judged = True
         if pays is not self.pays:
             self.pays = pays
@@ -283,6 +320,8 @@ class PollState:
                     if monotonic() >= until:
                         self.misses += 1
                         self.armed = False  # a longer gap: sleep until a short one
+                        if self.adapt:
+                            self._note(self._polled, _ENDLESS)  # (a gap it cannot see)
                         return _MISSED
                     waited = True
                     yield_cpu()

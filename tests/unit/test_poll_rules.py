@@ -3,6 +3,7 @@ loop and its outcomes, and the process's polling slots."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from typing import Any
@@ -212,26 +213,31 @@ def test_the_judgement_needs_both_a_fraction_of_the_poll_and_an_absolute_saving(
 
 
 def test_a_judgement_near_the_line_keeps_its_side() -> None:
-    """Paying at a saving of 25% of the poll, it stays paying down to 3/4 of that."""
+    """Paying at a saving of 25% of the poll, it stays paying down to 3/4 of that; a reader
+    that never paid needs the whole 25%."""
     state = PollState(0.001)
     for _ in range(4 * polling.EXPLORE_EVERY):
         _read(state, 0.000100, 0.000130)  # 30 us saved: pays
     assert state.pays
-    for _ in range(4 * polling.SAMPLES * polling.EXPLORE_EVERY):
-        _read(state, 0.000100, 0.000120)  # 20 us: under 25, over 18.75
+    state._slept[:] = [0.000120] * polling.SAMPLES  # 20 us: under 25, over 18.75
+    state.slept(0.000120)  # (a gap of the kind in use less: judged at once)
     assert state.pays
-    for _ in range(4 * polling.SAMPLES * polling.EXPLORE_EVERY):
-        _read(state, 0.000100, 0.000110)  # 10 us: under 18.75
+    state._slept[:] = [0.000110] * polling.SAMPLES  # 10 us: under 18.75
+    state.slept(0.000110)
     assert not state.pays
+    fresh = PollState(0.001)
+    for _ in range(4 * polling.EXPLORE_EVERY):
+        _read(fresh, 0.000100, 0.000120)
+    assert not fresh.pays
 
 
-def test_only_gaps_that_say_something_are_noted() -> None:
+def test_only_gaps_that_say_something_are_noted_and_unseen_ones_as_endless() -> None:
     state = PollState(0.001)
     state.waited = False  # data there at once: costs the same either way
     state.polled(0.000005)
-    assert not state.slept(0.0025)  # over twice the poll's length: a slow peer, and not quick
-    assert state.slept(0.0015)  # (a wake-up may outlast the poll: still quick)
-    assert (state._polled, state._slept) == ([], [0.0015])
+    assert not state.slept(0.0025)  # twice the poll's length or more: not quick, and
+    assert state.slept(0.0015)  # noted as endless; (a wake-up may outlast the poll: quick)
+    assert (state._polled, state._slept) == ([], [float("inf"), 0.0015])
 
 
 def test_without_adapting_every_allowed_read_polls() -> None:
@@ -271,3 +277,59 @@ def test_once_judged_the_other_method_is_rare(gaps: list[tuple[float, float]]) -
             tries += 1
             against += polled is not pays
     assert against <= tries // polling.EXPLORE_EVERY + 1
+
+
+def _drive(state: PollState, gaps: list[float], wake: float) -> int:
+    """Feed ``state`` as the reader does, for peer gaps ``gaps`` (0: the data is there at
+    once) and a wake-up costing ``wake`` seconds after a sleep. A poll that finds nothing
+    is a real spin over a socket that never has data. Returns how many reads polled."""
+    length = state.length
+    polls = 0
+    for gap in gaps:
+        if state.armed and state.poll_now():
+            polls += 1
+            if gap < length:
+                state.waited = gap > 0
+                state.polled(gap)
+                quick = True
+            else:
+                assert _spin(state, FakeSocket(empty=10**9), 0.0) is Read.MISSED
+                quick = gap + wake < length  # (the blocking read after it)
+        elif state.armed:
+            quick = True if gap == 0 else state.slept(gap + wake)
+        else:
+            quick = (gap + wake if gap else 0.0) < length
+        state.after_read(quick, partial=False)
+    return polls
+
+
+def test_gaps_spread_across_the_poll_length_do_not_make_polling_look_worth_it() -> None:
+    """A poll sees gaps up to its length only, a sleep up to twice that: comparing what each
+    saw made a sleep look slower than a poll whenever the peer's gaps spread across the
+    poll's length, even with wake-ups free. Unseen gaps now count as endless on both sides."""
+    rng = random.Random(7)
+    state = PollState(0.0002)
+    polls = _drive(state, [rng.uniform(50e-6, 350e-6) for _ in range(20_000)], wake=0.0)
+    assert not state.pays
+    assert polls < 20_000 // 8  # (it polled for nearly every read the rules allowed before)
+
+
+def test_a_wake_up_longer_than_twice_the_poll_is_seen_as_worth_polling_for() -> None:
+    """Sleeps whose gaps reach twice the poll's length were left out, so the reader never
+    had enough of them to judge and alternated for good; they count as endless now."""
+    rng = random.Random(7)
+    state = PollState(0.00005)
+    gaps = [0.0 if rng.random() < 0.2 else 40e-6 for _ in range(20_000)]
+    polls = _drive(state, gaps, wake=70e-6)
+    assert state.pays
+    assert polls > 0.7 * 20_000
+
+
+def test_polls_that_mostly_find_nothing_never_pay() -> None:
+    """Most gaps outlast the poll (a read after a quick one arms it, then the peer pauses):
+    polls mostly miss, and a sleep costs more only on the few quick gaps."""
+    rng = random.Random(7)
+    state = PollState(0.0001)
+    gaps = [30e-6 if rng.random() < 0.2 else 150e-6 for _ in range(5_000)]
+    _drive(state, gaps, wake=60e-6)
+    assert not state.pays
