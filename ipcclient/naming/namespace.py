@@ -412,6 +412,7 @@ class Namespace:
             order.insert(0, order.pop(servers.index(good)))
         tried: list[str] = []
         last_err: errors.IPCError | None = None
+        retryable: errors.IPCError | None = None  # (the first error allowing a retry)
         for i, (server, step_name) in enumerate(order):
             err = ctx.err()
             if err is not None:
@@ -434,6 +435,8 @@ class Namespace:
                 log.debug("namespace: %s %s failed: %s", step_name, RESOLVE_STEP, exc)
                 tried.append(f"{step_name}: {exc}")
                 last_err = exc
+                if retryable is None and exc.action is not errors.RetryAction.NO_RETRY:
+                    retryable = exc
                 continue
             log.debug("namespace: %s resolved to %d server(s)", step_name, len(answer.servers))
             self._remember(step_name, answer)
@@ -442,7 +445,9 @@ class Namespace:
             return answer
         if last_err is None:
             raise errors.NoServersError(f"namespace: no servers to resolve {entry.name!r}")
-        raise last_err.with_context(tried=tried)
+        # A replica that may answer later (it could not be reached, it was overloaded) keeps
+        # the resolution retryable, whichever order the replicas were asked in.
+        raise (retryable or last_err).with_context(tried=tried)
 
     def _note_good(self, servers: tuple[str, ...], server: str) -> None:
         key = hash(servers)

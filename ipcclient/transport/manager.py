@@ -413,14 +413,25 @@ class Listener:
         else:
             self._per_address.pop(address, None)
 
-    def _end_pending(self, sock: socket.socket) -> str | None:
-        """The handshake on ``sock`` ended: it is no longer pending. Returns its remote
-        address (None when it was shed meanwhile)."""
+    def _end_pending(self, sock: socket.socket, *, established: bool = False) -> str | None:
+        """The handshake on ``sock`` ended: it is no longer pending. With ``established``
+        its count moves to the address's accepted VCs in the same step (so the accept loop
+        never sees the address one short); :meth:`_uncount_vc` gives it back. Returns its
+        remote address (None when it was shed meanwhile; "" on Unix sockets)."""
         with self._lock:
             address = self._pending.pop(sock, None)
             if address is not None:
                 self._drop_address_locked(address)
+                if established and address:
+                    self._vcs_per_address[address] = self._vcs_per_address.get(address, 0) + 1
             return address
+
+    def _uncount_vc_locked(self, address: str) -> None:
+        left = self._vcs_per_address.get(address, 0) - 1
+        if left > 0:
+            self._vcs_per_address[address] = left
+        else:
+            self._vcs_per_address.pop(address, None)
 
     def _handshake(self, sock: socket.socket) -> None:
         opts = self._manager.options
@@ -447,32 +458,42 @@ class Listener:
         finally:
             # Out of _pending before any close: the accept loop shuts a shed socket only
             # while it is pending, under the lock (see _accept_loop).
-            address = self._end_pending(sock)
+            address = self._end_pending(sock, established=result is not None)
             if result is None:
                 sock.close()
         if result is None:
             return
-        conn = Connection(
-            sock,
-            result,
-            dialer=False,
-            config=self._manager.options.mux,
-            on_flow=self._on_flow,
-            on_close=self._forget,
-            keepalive=self._manager.options.keepalive,
-            busy_poll=self._manager.options.busy_poll,
-            park_idle=self._manager.options.park_idle,
-            busy_poll_adapt=self._manager.options.busy_poll_adapt,
-        )
+        counted = address or ""  # (TCP: counted by _end_pending; None: shed as it finished)
+        try:
+            conn = Connection(
+                sock,
+                result,
+                dialer=False,
+                config=self._manager.options.mux,
+                on_flow=self._on_flow,
+                on_close=self._forget,
+                keepalive=self._manager.options.keepalive,
+                busy_poll=self._manager.options.busy_poll,
+                park_idle=self._manager.options.park_idle,
+                busy_poll_adapt=self._manager.options.busy_poll_adapt,
+            )
+        except Exception as exc:  # out of descriptors for the wake pipe, say
+            sock.close()
+            if counted:
+                with self._lock:
+                    self._uncount_vc_locked(counted)
+            self._failed.event(f"no VC for a connection on {self.address}: {exc}")
+            return
         with self._lock:
             if self._closed:
                 refuse = True
+                if counted:
+                    self._uncount_vc_locked(counted)
             else:
                 refuse = False
                 self._connections.add(conn)
-                if address:  # (TCP; None: shed as it finished, counted nowhere)
-                    self._vc_address[conn] = address
-                    self._vcs_per_address[address] = self._vcs_per_address.get(address, 0) + 1
+                if counted:
+                    self._vc_address[conn] = counted
         if refuse:
             conn.close()
             return
@@ -488,11 +509,7 @@ class Listener:
             self._connections.discard(conn)
             address = self._vc_address.pop(conn, None)
             if address is not None:
-                left = self._vcs_per_address.get(address, 0) - 1
-                if left > 0:
-                    self._vcs_per_address[address] = left
-                else:
-                    self._vcs_per_address.pop(address, None)
+                self._uncount_vc_locked(address)
 
 
 class StreamManager:

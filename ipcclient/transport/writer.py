@@ -26,9 +26,10 @@ thread becomes the flusher after the mark.
 
 Known trade-offs: the flusher sends what other threads queued while it was sending, so under
 sustained load a writer may stay sending past its own deadline, by up to ``HANDOFF_AFTER``
-per record the socket will not take at once; a drainer sending to a peer that reads slowly
-but steadily stays as long as the peer takes (its memory bounded by ``MAX_QUEUED`` and the
-flows' windows; a peer that stops reading breaks the VC after the send timeout); a
+of waiting on the socket per send (and the time the sends that did not wait took); a
+drainer sending to a peer that reads slowly but steadily stays as long as the peer takes
+(its memory bounded by ``MAX_QUEUED`` and the flows' windows; a peer that stops reading
+breaks the VC after the send timeout); a
 KeyboardInterrupt that lands between
 taking the flusher role and the first send leaves the role taken, so later writes on that VC
 wait for their deadlines (the VC is then redialed), and its socket is closed only when the
@@ -73,11 +74,12 @@ queueing until the flusher takes it (or its deadline passes): memory stays bound
 the socket takes, whatever window the peer announced (up to 2 GiB per flow)."""
 
 HANDOFF_AFTER = 0.5
-"""Seconds a writer sending with ``blocking=True`` waits on one record the socket will not
-take (a peer reading slowly, or not at all) before it hands the rest to a drainer thread and
-returns: a thread of the caller's (a server's worker) is never held by a slow peer's socket
-for longer, whatever its pace; what it writes next waits for room (``MAX_QUEUED``) or credit
-within its own deadline. A healthy peer takes a record far sooner."""
+"""Seconds a writer sending with ``blocking=True`` may wait, in all, on a socket that will not
+take a record at once (a peer reading slowly, or not at all) in one :meth:`RecordWriter.send`
+before it hands the rest to a drainer thread and returns: a thread of the caller's (a
+server's worker) is never held by a slow peer's socket for longer, whatever its pace; what
+it writes next waits for room (``MAX_QUEUED``) or credit within its own deadline. A healthy
+peer takes a record far sooner."""
 
 Parts = list[bytes | memoryview]
 
@@ -186,13 +188,16 @@ class RecordWriter:
         the role. Bulk is sealed record by record into the sealer's reused buffer. With
         ``once`` (the lingerer), what was queued meanwhile is left for the lingerer's next
         round instead."""
+        handoff_at = 0.0
         try:
             while data:
                 records = iter(self._sealer.seal_parts(data))
                 for record in records:
                     sent = self.send_nowait(record)  # (normally all of it)
                     if sent < len(record) and blocking:
-                        sent = self._send_within(record, sent, HANDOFF_AFTER)
+                        if handoff_at == 0.0:  # (the first wait of this send starts the clock)
+                            handoff_at = time.monotonic() + HANDOFF_AFTER
+                        sent = self._send_within(record, sent, handoff_at)
                     if sent < len(record):
                         # (a copy: the record's buffer is reused for the next record)
                         rest = bytes(memoryview(record)[sent:])
@@ -260,14 +265,11 @@ class RecordWriter:
                     break
         return total
 
-    def _send_within(
-        self, record: bytes | bytearray | memoryview, sent: int, seconds: float
-    ) -> int:
+    def _send_within(self, record: bytes | bytearray | memoryview, sent: int, end: float) -> int:
         """Send the rest of ``record`` after its first ``sent`` bytes, waiting for the socket
-        to take more for up to ``seconds`` in all; return how much of it is out."""
+        to take more until monotonic time ``end``; return how much of it is out."""
         view = memoryview(record)
         size = len(view)
-        end = time.monotonic() + seconds
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLOUT)
         while sent < size:

@@ -1199,3 +1199,37 @@ def test_options_that_are_not_a_list_are_a_bad_arg(
         c.call(ctx(), "/127.0.0.1:1", "Echo", 1, options=options)
     with pytest.raises(errors.BadArgError, match="is not a call option"):
         c.start_call(ctx(), "/127.0.0.1:1", "Echo", [1], 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failing_first", [True, False])
+def test_a_replica_that_cannot_be_reached_keeps_the_call_retryable_whatever_the_order(
+    stack: contextlib.ExitStack, family: Family, failing_first: bool
+) -> None:
+    """Replicas [unreachable, failing with InternalError]: the error of the replica asked
+    last decided whether the call was retried, so the order the namespace asked them in
+    (the one that answered last goes first) changed the outcome. An error of any replica
+    that allows a retry now keeps the resolution retryable."""
+
+    @expose
+    class Failing:
+        calls = 0
+
+        def ResolveStep(self, call: ServerCall) -> Any:
+            Failing.calls += 1
+            raise errors.InternalError("mount table: the store answered nonsense")
+
+    class Everything:
+        def lookup(self, suffix: str) -> Any:
+            return Failing(), AllowEveryone()
+
+    server = Server(family.member("mt"), serves_mount_table=True)
+    stack.callback(server.stop)
+    failing = "/" + server.listen("tcp", "127.0.0.1:0")
+    server.serve_dispatcher(Everything())
+    gone = "/" + free_address()
+    roots = [failing, gone] if failing_first else [gone, failing]
+    c = client(stack, family, roots=roots)
+    with pytest.raises(errors.NoServersError) as info:
+        c.call(ctx(1.5), "a/x", "Echo", 1)
+    assert info.value.action is not errors.RetryAction.NO_RETRY
+    assert Failing.calls >= 2  # (resolved again: the unreachable replica may come back)

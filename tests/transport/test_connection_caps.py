@@ -71,6 +71,10 @@ def test_one_address_cannot_take_every_connection(
         assert time.monotonic() < deadline, "the attacker's VCs were never forgotten"
         time.sleep(0.02)
     peers.append(HostilePeer(attacker, server_address(server), source="127.0.15.2"))
+    deadline = time.monotonic() + 10  # (the server's side of the handshake may end later)
+    while _vcs(server) < 2:
+        assert time.monotonic() < deadline, "the new VC was never registered"
+        time.sleep(0.01)
     assert server._listeners[0]._vcs_per_address == {"127.0.0.1": 1, "127.0.15.2": 1}
 
 
@@ -80,3 +84,34 @@ def test_the_default_is_a_quarter_of_the_total_and_bad_values_are_refused() -> N
     for bad in (0, -1, 1.5, True, "8"):
         with pytest.raises(errors.BadArgError, match="max_connections_per_address"):
             TransportOptions(max_connections_per_address=bad)  # type: ignore[arg-type]
+
+
+def test_a_vc_that_cannot_be_made_after_its_handshake_leaves_nothing_behind(
+    family: Family,
+    make_server: MakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    peers: list[HostilePeer],
+) -> None:
+    """Out of descriptors for the VC's wake pipe, say, after the handshake: the accepted
+    socket was left open and the exception escaped the handshake thread; now the socket is
+    closed, the address's count given back, and the failure logged with the accept ones."""
+    from ipcclient.transport import manager
+
+    server, _ = make_server(Echo(), AllowEveryone())
+
+    def no_vc(*_args: object, **_kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(manager, "Connection", no_vc)
+    peer = HostilePeer(
+        family.member("unlucky"), server_address(server), source="127.0.16.2", reader=False
+    )
+    peers.append(peer)
+    peer.sock.settimeout(5)
+    assert peer.sock.recv(1) == b""  # (the server closed the connection)
+    listener = server._listeners[0]
+    deadline = time.monotonic() + 5  # (the count is given back right after the close)
+    while listener._vcs_per_address:
+        assert time.monotonic() < deadline, listener._vcs_per_address
+        time.sleep(0.01)
+    assert _vcs(server) == 0

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,59 @@ def request_header_for_big(n: int) -> bytes:
     return hostile.request_header("Big", 1, deadline=2.0) + encode_messages(
         n, {"end_stream_args": True}
     )
+
+
+def test_a_peer_taking_each_record_just_in_time_does_not_hold_the_worker_either(
+    family: Family, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A peer taking 64 KiB every 50 ms lets each record out within HANDOFF_AFTER: a handoff
+    clock per record never ran out, and the worker sent the whole 4 MB reply at the peer's
+    pace (about 3 s), past its 2 s deadline. The clock now runs per send."""
+    path = str(tmp_path / "s.sock")
+
+    def unix_socket(address: str, source: str | None = None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(hostile.IO_TIMEOUT)
+        sock.connect(address)
+        return sock
+
+    monkeypatch.setattr(hostile, "raw_socket", unix_socket)
+    service = Big()
+    server, _ = make_server(
+        service,
+        AllowEveryone(),
+        protocol="unix",
+        address=path,
+        options=ServerOptions(inline_calls=False),
+    )
+    peer = hostile.HostilePeer(
+        family.member("steady"),
+        path,  # type: ignore[arg-type]
+        reader=False,
+        window=2**31 - 1,
+    )
+    stop = threading.Event()
+
+    def read_steadily() -> None:
+        while not stop.wait(0.05):
+            try:
+                if not peer.sock.recv(65536):
+                    return
+            except OSError:
+                return
+
+    reader = threading.Thread(target=read_steadily, daemon=True)
+    try:
+        peer.open(request_header_for_big(4_000_000), end=True)
+        started = time.monotonic()
+        reader.start()
+        wait_until(lambda: service.returned == 1)
+        while server._in_use:
+            held = time.monotonic() - started
+            assert held < 2.0 + HANDOFF_AFTER, "the worker went on at the peer's pace"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        peer.close()
+        if reader.is_alive():
+            reader.join(5)
