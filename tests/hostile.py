@@ -114,6 +114,13 @@ class HostilePeer:
         self._write(out)
         return n
 
+    def reset(self, fid: int) -> None:
+        """Abort the flow (RESET, no error: the server sees it cancelled)."""
+        with self._lock:
+            self._mux.reset_flow(fid)
+            out = self._mux.data_to_send()
+        self._write(out)
+
     def wait_reset(self, fid: int, timeout: float = IO_TIMEOUT) -> errors.IPCError | None:
         with self._lock:
             self._changed.wait_for(lambda: fid in self.resets or self.closed, timeout)

@@ -1,9 +1,12 @@
-"""What bounds a server's work: its pool of worker threads and the per-VC budgets.
+"""What bounds a server's work: its pool of worker threads and the budgets of its VCs, of
+their remote addresses and of the whole server.
 
 Owns: :class:`WorkerPool` (threads that grow on demand to a bound, never blocking a
 submitter), :class:`VCState` (the calls, headerless flows and bytes of args of one accepted
-VC), :class:`ArgsCharge` and :func:`hold_args` (the bytes of args one call holds against its
-VC's budget).
+VC, and the key its calls count under per remote address), :class:`ArgsTotal` (the bytes of
+args all the server's calls hold, and those of each remote address), :class:`ArgsCharge` and
+:func:`hold_args` (the bytes of args one call holds against its VC's budget, its address's
+and the server's).
 Must not: read or write a flow, or decide what to refuse (the flow-serving code does, from
 these counts).
 """
@@ -22,11 +25,14 @@ __all__ = [
     "IDLE_WORKER_EXIT",
     "VC_STATE",
     "ArgsCharge",
+    "ArgsTotal",
     "VCState",
     "WorkerPool",
     "hold_args",
     "over_args",
     "over_call_args",
+    "over_peer_args",
+    "over_total_args",
 ]
 
 log = logging.getLogger("ipcclient.server")
@@ -42,30 +48,94 @@ class VCState:
     """What one accepted VC holds of the server: call slots, flows whose request header is
     not here yet, and bytes of args being read (see the per-VC bounds of
     :class:`~ipcclient.server.options.ServerOptions`). Counters change under the server's
-    slot lock."""
+    slot lock.
 
-    __slots__ = ("args_held", "calls", "headerless")
+    ``peer`` is the key the VC's calls and args count under per remote address (see
+    ``max_calls_per_address`` and ``max_args_bytes_total``): its peer's IP address, shared
+    by every VC from there; None (the default) gives the VC a key of its own, for a VC that
+    is its own peer (a Unix socket's, whose peers all share one address)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("args_held", "calls", "headerless", "peer")
+
+    def __init__(self, peer: str | None = None) -> None:
         self.calls = 0
         self.headerless = 0
         self.args_held = 0
+        self.peer: object = object() if peer is None else peer
 
 
-def hold_args(lock: threading.Lock, vc: VCState, limit: int, nbytes: int) -> bool:
-    """Charge ``nbytes`` of args to ``vc`` under ``lock`` (the server's slot lock); False,
-    charging nothing, when its calls would then hold more than ``limit`` bytes."""
+class ArgsTotal:
+    """The bytes of args all the calls of one server hold (``held``), against its
+    ``max_args_bytes_total`` (``limit``), and those the VCs from each remote address hold
+    (``by_peer``, keyed by ``VCState.peer``; an address is in it only while it holds some),
+    against half of it (``peer_limit``). Charged with each call's VC's budget: many VCs,
+    each within its own budget, cannot together hold unbounded memory, and the VCs of one
+    address cannot take the server's whole budget (calls from elsewhere would then be
+    refused until their args timed out). Changes under the server's slot lock."""
+
+    __slots__ = ("by_peer", "held", "limit", "peer_limit")
+
+    def __init__(self, limit: int) -> None:
+        self.held = 0
+        self.limit = limit
+        self.peer_limit = max(1, limit // 2)
+        self.by_peer: dict[object, int] = {}
+
+    def release_locked(self, peer: object, nbytes: int) -> None:
+        """Give back ``nbytes`` held by the calls of ``peer`` (the server's slot lock held).
+        (The server's per-call path does the same inline.)"""
+        self.held -= nbytes
+        left = self.by_peer.get(peer, 0) - nbytes
+        if left > 0:
+            self.by_peer[peer] = left
+        else:
+            self.by_peer.pop(peer, None)
+
+
+def hold_args(
+    lock: threading.Lock, vc: VCState, limit: int, total: ArgsTotal, nbytes: int
+) -> errors.OverloadedError | None:
+    """Charge ``nbytes`` of args to ``vc``, its remote address and the server's ``total``
+    under ``lock`` (the server's slot lock); None once charged, else the refusal, charging
+    nothing, when the VC's calls would then hold more than ``limit`` bytes, its address's
+    more than ``total.peer_limit`` or the server's more than ``total.limit``."""
+    peer = vc.peer
+    by_peer = total.by_peer
     with lock:
-        if vc.args_held + nbytes > limit:
-            return False
-        vc.args_held += nbytes
-        return True
+        from_peer = by_peer.get(peer, 0) + nbytes
+        over_vc = vc.args_held + nbytes > limit
+        over_peer = from_peer > total.peer_limit
+        if not (over_vc or over_peer) and total.held + nbytes <= total.limit:
+            vc.args_held += nbytes
+            by_peer[peer] = from_peer
+            total.held += nbytes
+            return None
+    if over_vc:
+        return over_args(limit)
+    return over_peer_args(total.peer_limit) if over_peer else over_total_args(total.limit)
 
 
 def over_args(limit: int) -> errors.OverloadedError:
     """The answer to a call whose args would take its VC over ``limit`` bytes."""
     return errors.OverloadedError(
         f"server: the calls of this VC hold more than {limit} bytes of args"
+    )
+
+
+def over_peer_args(limit: int) -> errors.OverloadedError:
+    """The answer to a call whose args would take the calls from its VC's remote address
+    over ``limit`` bytes (retry after backing off)."""
+    return errors.OverloadedError(
+        f"server: the calls from this client's address hold more than {limit} bytes of args; "
+        "try again later"
+    )
+
+
+def over_total_args(limit: int) -> errors.OverloadedError:
+    """The answer to a call whose args would take the server's calls over ``limit`` bytes
+    (retry after backing off, as over its VC's budget: other calls end meanwhile)."""
+    return errors.OverloadedError(
+        f"server: its calls hold more than {limit} bytes of args; try again later"
     )
 
 
@@ -78,32 +148,42 @@ def over_call_args(limit: int) -> errors.OverloadedError:
 
 
 class ArgsCharge:
-    """The bytes of args one call holds, charged to its VC's budget as each arg's length
-    arrives (a :class:`~ipcclient.wire.messages.Budget`); given back when the call ends.
+    """The bytes of args one call holds, charged to its VC's budget, its remote address's
+    and the server's as each arg's length arrives (a
+    :class:`~ipcclient.wire.messages.Budget`); given back when the call ends.
 
     Over the call's own bound the refusal is final (an OverloadedError that says not to
-    retry: the same call would be refused again); over its VC's, the call may be retried
-    after backing off, when the VC's other calls have ended."""
+    retry: the same call would be refused again); over another, the call may be retried
+    after backing off, when other calls have ended."""
 
-    __slots__ = ("_call_limit", "_limit", "_lock", "_vc", "taken")
+    __slots__ = ("_call_limit", "_limit", "_lock", "_total", "_vc", "taken")
 
-    def __init__(self, lock: threading.Lock, vc: VCState, limit: int, call_limit: int) -> None:
+    def __init__(
+        self, lock: threading.Lock, vc: VCState, limit: int, call_limit: int, total: ArgsTotal
+    ) -> None:
         self._lock = lock  # the server's lock over its call slots and VC counters
         self._vc = vc
         self._limit = limit  # the server's max_args_bytes_per_vc
         self._call_limit = call_limit  # the server's max_args_bytes
+        self._total = total  # the server's, against its max_args_bytes_total
         self.taken = 0
 
     def take(self, nbytes: int) -> None:
         if self.taken + nbytes > self._call_limit:
             raise over_call_args(self._call_limit)
-        if not hold_args(self._lock, self._vc, self._limit, nbytes):
-            raise over_args(self._limit)
+        refused = hold_args(self._lock, self._vc, self._limit, self._total, nbytes)
+        if refused is not None:
+            raise refused
         self.taken += nbytes
 
     def release(self) -> None:
+        taken = self.taken
+        if not taken:
+            return
+        vc = self._vc
         with self._lock:
-            self._vc.args_held -= self.taken
+            vc.args_held -= taken
+            self._total.release_locked(vc.peer, taken)
             self.taken = 0
 
 

@@ -2,17 +2,18 @@
 the caller, run the method, answer.
 
 Owns: :class:`FlowServing`, the part of :class:`~ipcclient.server.server.Server` that serves
-flows (admission against the server's and the VC's bounds, the inline path for a request
-that is all here on arrival, the general path that reads the header and then the args under
-their timeouts and budgets, the call's context and trace span, and the response or error
-sent back). Must not: listen, publish, or stop the server (``Server`` does), or let a
-user's method's exception reach anything but that call's error.
+flows (admission against the server's, the VC's and its remote address's bounds, the inline
+path for a request that is all here on arrival, the general path that reads the header and
+then the args under their timeouts and budgets, the call's context and trace span, and the
+response or error sent back). Must not: listen, publish, or stop the server (``Server``
+does), or let a user's method's exception reach anything but that call's error.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
 import threading
 import time
 import types
@@ -30,10 +31,10 @@ from ipcclient.server.callsecurity import authorize_call
 from ipcclient.server.capacity import (
     VC_STATE,
     ArgsCharge,
+    ArgsTotal,
     VCState,
     WorkerPool,
     hold_args,
-    over_args,
 )
 from ipcclient.server.dispatcher import (
     SIGNATURE_METHOD,
@@ -46,7 +47,7 @@ from ipcclient.server.dispatcher import (
 )
 from ipcclient.server.options import HEADER_GRACE, ServerOptions
 from ipcclient.stream import MessageStream
-from ipcclient.transport.conn import Flow
+from ipcclient.transport.conn import Connection, Flow
 from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
 
 if TYPE_CHECKING:
@@ -92,13 +93,18 @@ class FlowServing:
     _slots_lock: threading.Lock
     _in_use: int
     _capacity: int
+    _peers: dict[object, int]
+    """Calls running or queued per remote address (a VC's ``VCState.peer``), under the slot
+    lock; an address is in it only while it has one."""
+    _args_total: ArgsTotal
     _pool: WorkerPool
     _root: CancelContext
     _stopped: bool
 
     def _on_flow(self, flow: Flow) -> Callable[[], None] | None:
         """A client opened a flow (reader thread): run it there, hand it to a worker, or
-        refuse it at once (OverloadedError) when the server or the flow's VC is over a bound.
+        refuse it at once (OverloadedError) when the server, the flow's VC or the VCs from
+        its remote address are over a bound.
 
         A call whose whole request is already here (the client closed its side: a unary
         call) runs on the VC's reader thread when the VC allows it (``inline_calls``): no
@@ -111,20 +117,29 @@ class FlowServing:
         conn = flow.connection
         vc: VCState | None = conn.cache.get(VC_STATE)
         if vc is None:  # (only this VC's reader runs this: no race)
-            vc = conn.cache[VC_STATE] = VCState()
+            vc = conn.cache[VC_STATE] = VCState(_remote_address(conn))
         done = flow.peer_done
         opts = self.options
         refused: str | None = None
+        peers = self._peers
+        peer = vc.peer
         with self._slots_lock:
+            from_peer = peers.get(peer, 0)
             if self._in_use >= self._capacity:
                 refused = f"server: {self._capacity} calls running or queued; try again later"
             elif vc.calls >= opts.max_calls_per_vc:
                 refused = (
                     f"server: this VC has {opts.max_calls_per_vc} calls running; try again later"
                 )
+            elif from_peer >= opts.max_calls_per_address:
+                refused = (
+                    f"server: this client's address has {opts.max_calls_per_address} calls "
+                    "running; try again later"
+                )
             else:
                 self._in_use += 1
                 vc.calls += 1
+                peers[peer] = from_peer + 1
         if refused is not None:
             flow.cancel(errors.OverloadedError(refused))
             return None
@@ -156,7 +171,11 @@ class FlowServing:
                     return
                 opts = self.options
                 charge = ArgsCharge(
-                    self._slots_lock, vc, opts.max_args_bytes_per_vc, opts.max_args_bytes
+                    self._slots_lock,
+                    vc,
+                    opts.max_args_bytes_per_vc,
+                    opts.max_args_bytes,
+                    self._args_total,
                 )
                 self._run_call(flow, MessageStream(flow), vc, charge)
                 return
@@ -165,8 +184,9 @@ class FlowServing:
             if bodies:  # (held at once, as the general way charges each arg as it comes)
                 size = sum(map(len, bodies))
                 limit = self.options.max_args_bytes_per_vc
-                if not hold_args(self._slots_lock, vc, limit, size):
-                    flow.cancel(over_args(limit))  # (reset, as the general way's _read_args)
+                refused = hold_args(self._slots_lock, vc, limit, self._args_total, size)
+                if refused is not None:
+                    flow.cancel(refused)  # (reset, as the general way's _read_args)
                     return
                 held = size
             self._run_parsed(flow, None, request, bodies)
@@ -205,11 +225,29 @@ class FlowServing:
             return None
 
     def _release_slot(self, vc: VCState, held: int = 0) -> None:
-        """Give back a call's slot and the ``held`` bytes of args charged for it."""
+        """Give back a call's slot (the server's, its VC's, its address's) and the ``held``
+        bytes of args charged for it (to its VC, its address and the server). Every admitted
+        flow comes here once, however it ends: see ``_on_flow`` and ``_serve_flow``."""
+        peers = self._peers
+        peer = vc.peer
         with self._slots_lock:
             self._in_use -= 1
             vc.calls -= 1
-            vc.args_held -= held
+            left = peers.get(peer, 0) - 1
+            if left > 0:
+                peers[peer] = left
+            else:  # (an address is kept only while it has calls: no entry outlives its VCs)
+                peers.pop(peer, None)
+            if held:  # (ArgsTotal.release_locked, inline: this runs once per call)
+                vc.args_held -= held
+                total = self._args_total
+                total.held -= held
+                by_peer = total.by_peer
+                left = by_peer.get(peer, 0) - held
+                if left > 0:
+                    by_peer[peer] = left
+                else:
+                    by_peer.pop(peer, None)
 
     def _run_call(
         self,
@@ -436,6 +474,25 @@ class FlowServing:
             flow.write(data, end=True, deadline=time.monotonic() + self.options.send_timeout)
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
+
+
+def _remote_address(conn: Connection) -> str | None:
+    """The remote IP address of an accepted VC, as the listener's per-address bound of
+    pending handshakes spells it (the host part of the socket's peer name); None for a VC
+    that is its own peer: over a Unix socket (whose peers all share one address), or whose
+    address cannot be read (its socket is closed already: it serves nothing more).
+
+    Read once per VC, on its first flow. The transport does not keep an accepted VC's
+    address, so this asks its socket."""
+    sock = conn._sock
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    host = peer[0] if isinstance(peer, tuple) and peer else None
+    return host if isinstance(host, str) and host else None
 
 
 def _unknown(exc: BaseException) -> errors.UnknownError:

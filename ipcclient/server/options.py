@@ -42,6 +42,15 @@ class ServerOptions:
             waits silently behind calls that may not end.
         max_calls_per_vc: calls one VC may have running or waiting at once (its flows
             beyond are refused with OverloadedError): one client cannot take every worker.
+        max_calls_per_address: calls the VCs from one remote IP address may have running
+            or waiting at once, all together (flows waiting for their request header
+            included: a flow counts from when it opens until it ends); their flows beyond
+            are refused at once with OverloadedError (RETRY_BACKOFF), as over
+            ``max_calls_per_vc``: a peer cannot take every worker by opening several VCs.
+            Half of the default ``max_workers``, as ``max_calls_per_vc``; lower it with
+            ``max_workers``. The address is the peer's IP as the listener sees it (its
+            exact IPv6 address; every local client over loopback TCP shares 127.0.0.1). A
+            VC over a Unix socket is its own peer: its calls count only with its own.
         max_headerless_per_vc: flows of one VC waiting for their request header on a
             worker (after ``HEADER_GRACE``); more are reset with OverloadedError.
         first_header_timeout: how long a new flow may take to send its request header.
@@ -60,6 +69,14 @@ class ServerOptions:
         max_args_bytes_per_vc: the total size of the args the calls of one VC hold while
             reading them (counted as each arg's length arrives); a call that would go over
             is reset with OverloadedError (retry after backing off).
+        max_args_bytes_total: the same for all the calls of the server together (256 MiB,
+            four VCs' worth), and half of it for the VCs from one remote address together
+            (counted as ``max_calls_per_address`` counts calls): many VCs, each within its
+            own budget, cannot together hold unbounded memory, nor those of one address
+            take it all; a call that would go over is reset with OverloadedError (retry
+            after backing off). Keep it at least twice ``max_args_bytes``, so that one
+            address can send a maximal call. The process holds more than this: a
+            received arg is held both as received and once decoded.
         inline_calls: run a call whose request is complete on arrival (a unary call) on
             the VC's reader thread rather than a worker (no thread hop; one per read of the
             socket, other calls in flight or not; a call running longer than 2 ms gets a
@@ -84,15 +101,20 @@ class ServerOptions:
     max_args_bytes_per_vc: int = 64 * 1024 * 1024
     inline_calls: bool = True
     transport: TransportOptions = field(default_factory=TransportOptions)
+    # (Fields added later come last: a positional ServerOptions(...) keeps its meaning.)
+    max_calls_per_address: int = 128
+    max_args_bytes_total: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in (
             "workers",
             "max_workers",
             "max_calls_per_vc",
+            "max_calls_per_address",
             "max_headerless_per_vc",
             "max_args_bytes",
             "max_args_bytes_per_vc",
+            "max_args_bytes_total",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -39,7 +39,7 @@ from ipcclient.security.blessings import Blessings, check_size
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.principal import Principal
 from ipcclient.server.call import Results, ServerCall
-from ipcclient.server.capacity import WorkerPool
+from ipcclient.server.capacity import ArgsTotal, WorkerPool
 from ipcclient.server.dispatcher import (
     SIGNATURE_METHOD,
     Dispatcher,
@@ -150,6 +150,8 @@ class Server(FlowServing):
         opts = self.options
         max_workers = max(opts.workers, opts.max_workers)
         self._capacity = max_workers + opts.max_queued
+        self._peers: dict[object, int] = {}  # calls per remote address (see FlowServing)
+        self._args_total = ArgsTotal(opts.max_args_bytes_total)
         self._pool = WorkerPool(opts.workers, max_workers)
         self._root = Context.background().with_cancel()
         self._stopped = False

@@ -37,6 +37,11 @@ sys.path.insert(0, sys.argv[1])
 from ipcclient.security import Principal
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.server import Server
+try:
+    from ipcclient.server.exposure import expose
+except ImportError:  # a version from before explicit exposure serves every public method
+    def expose(cls):
+        return cls
 
 @expose
 class Service:
@@ -176,6 +181,63 @@ def half_sent_args(family: Family, child: Child) -> str:
     return f"legit {ok}/9 (slowest {worst * 1000:.0f} ms); flows reset {resets}/16"
 
 
+def pool_one_address(family: Family, child: Child, vcs: int = 3) -> str:
+    """``vcs`` VCs from one address each open 128 calls (a VC's bound) that send one of
+    their two args and stop: do calls from elsewhere still get a worker?"""
+    legit = client(family)
+    calls(legit, child.name, 3)
+    attacker = family.member("attacker")
+    peers = [HostilePeer(attacker, child.address, source="127.0.13.2") for _ in range(vcs)]
+    body = request_header("Count", 2) + encode_messages(b"a" * 100)
+    for peer in peers:
+        for _ in range(128):
+            peer.open(body)
+    time.sleep(1)
+    refused = sum(len(peer.resets) for peer in peers)
+    ok, worst = calls(legit, child.name, 9)
+    fresh = new_clients(family, child.name, 4)
+    for peer in peers:
+        peer.close()
+    legit.close()
+    return (
+        f"refused {refused}/{vcs * 128}; existing VC {ok}/9 (slowest {worst * 1000:.0f} ms), "
+        f"new clients {fresh}/4"
+    )
+
+
+def args_many_vcs(family: Family, child: Child, vcs: int = 8) -> str:
+    """``vcs`` VCs, each from an address of its own, each hold half-sent args up to its
+    VC's budget (16 flows of 15 args of 4 MiB, never the 16th, as ``half_sent_args``)."""
+    attacker = family.member("attacker")
+    peers = [HostilePeer(attacker, child.address, source=f"127.0.14.{2 + i}") for i in range(vcs)]
+    arg = encode_messages(b"x" * (4 * 1024 * 1024 - 8))
+
+    def attack(peer: HostilePeer) -> None:
+        flows = {peer.open(request_header("Count", 16)): 0 for _ in range(16)}
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            for fid, sent in flows.items():
+                if sent < 15 * len(arg) and fid not in peer.resets:
+                    piece = arg[sent % len(arg) :]
+                    flows[fid] = sent + peer.send(fid, piece)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=attack, args=(p,), daemon=True) for p in peers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    legit = client(family)
+    ok, worst = calls(legit, child.name, 9)
+    resets = sum(len(peer.resets) for peer in peers)
+    for peer in peers:
+        peer.close()
+    legit.close()
+    return (
+        f"{vcs} VCs: legit {ok}/9 (slowest {worst * 1000:.0f} ms); flows reset {resets}/{vcs * 16}"
+    )
+
+
 def slowloris(family: Family, child: Child, count: int = 128) -> str:
     hello = ClientHandshake(
         family.member("x"), authorize_server=lambda *_: None, blessings_for_server=lambda _b: None
@@ -298,6 +360,8 @@ def streams(family: Family, child: Child, count: int = 16) -> str:
 ATTACKS: dict[str, Callable[[Family, Child], str]] = {
     "headerless": headerless,
     "half-sent-args": half_sent_args,
+    "pool-one-address": pool_one_address,
+    "args-many-vcs": args_many_vcs,
     "slowloris": slowloris,
     "silent": silent,
     "idle-vcs": idle_vcs,
