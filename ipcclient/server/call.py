@@ -84,6 +84,10 @@ class ServerCall:
         self._ctx: CancelContext | None = None
         self._ended = False
         self._recv_done = stream is None
+        self.unsendable: errors.IPCError | None = None
+        """(For the server.) The error :meth:`send` raised for an item it could not encode:
+        if the method lets it escape, the client is told the server failed (InternalError),
+        not that its own argument was bad."""
 
     # -- the call's context, made on first use ------------------------------------------
     #
@@ -220,9 +224,20 @@ class ServerCall:
 
     def send(self, item: Any) -> None:
         """Stream ``item`` to the client (blocks while the client's window is full, at most
-        until the call's deadline or the server's ``send_timeout``)."""
-        self._flow.write(
-            encode_message_parts(item, head=_STREAM_ITEM_MESSAGE),
-            deadline=self.server._send_deadline(self._deadline),
-            streamed=True,
-        )
+        until the call's deadline or the server's ``send_timeout``).
+
+        Raises:
+            BadArgError: ``item`` cannot be encoded or is over the message limits; nothing
+                was sent and the call goes on (a method that lets it escape fails the call
+                with InternalError: the server's fault, not the client's).
+            TimeoutError: the client read nothing until the deadline or ``send_timeout``
+                (the call is then reset, saying which).
+            CanceledError / the client's error: the call ended.
+        """
+        try:
+            data = encode_message_parts(item, head=_STREAM_ITEM_MESSAGE)
+        except errors.BadArgError as exc:
+            self.unsendable = exc
+            raise
+        deadline, late = self.server._send_bound(self._deadline)
+        self._flow.write(data, deadline=deadline, streamed=True, late=late)

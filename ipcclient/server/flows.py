@@ -359,7 +359,11 @@ class FlowServing:
             else:
                 results = (value,)
         except errors.IPCError as exc:
-            err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
+            err: errors.IPCError
+            if exc is call.unsendable:  # (an item the method streamed could not be encoded)
+                err = errors.InternalError(f"server: cannot encode a streamed result: {exc.msg}")
+            else:
+                err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
             self._answer_error(flow, err, _spans(call.span))
             return
         except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: see _unknown)
@@ -376,10 +380,9 @@ class FlowServing:
                 )
             else:
                 head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
+            bound, late = self._send_bound(deadline)
             flow.write(
-                encode_message_parts(*results, head=head),
-                end=True,
-                deadline=self._send_deadline(deadline),
+                encode_message_parts(*results, head=head), end=True, deadline=bound, late=late
             )
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
@@ -455,11 +458,16 @@ class FlowServing:
             self._methods[(request.suffix, request.method)] = found
         return found
 
-    def _send_deadline(self, deadline: float | None) -> float:
+    def _send_bound(self, deadline: float | None) -> tuple[float, str]:
         """A send never waits long on a client that grants no credit: the call's
-        ``deadline`` or ``options.send_timeout`` from now, whichever comes first."""
-        bound = time.monotonic() + self.options.send_timeout
-        return bound if deadline is None else min(deadline, bound)
+        ``deadline`` or ``options.send_timeout`` from now, whichever comes first; with, when
+        it is ``send_timeout``, what the flow's reset says when it passes (the client must
+        not take it for its own deadline)."""
+        timeout = self.options.send_timeout
+        bound = time.monotonic() + timeout
+        if deadline is not None and deadline <= bound:
+            return deadline, ""
+        return bound, f"server: the client read nothing for send_timeout ({timeout:g} s)"
 
     def _answer_error(self, flow: Flow, err: errors.IPCError, trace: tuple[Any, ...] = ()) -> None:
         """Send ``err`` as the call's answer. An error whose wire form cannot be encoded (or

@@ -344,9 +344,11 @@ class Flow:
         end: bool = False,
         deadline: float | None = None,
         streamed: bool = False,
+        late: str = "",
     ) -> None:
         """Send ``data`` (bytes, or a list of pieces sent in order without joining them)
-        and, with ``end``, close the send side after it.
+        and, with ``end``, close the send side after it. ``late``: what the TimeoutError
+        (and the flow's reset) says if ``deadline`` passes (default: the transport's words).
 
         ``streamed``: one item of a stream; in a burst it may be sent with the next ones
         (at most ``LINGER`` seconds later; see that constant).
@@ -364,11 +366,13 @@ class Flow:
                 data = [b""]
             last = len(data) - 1
             for i, piece in enumerate(data):
-                self._write(piece, end and i == last, deadline, streamed and i == last)
+                self._write(piece, end and i == last, deadline, streamed and i == last, late)
         else:
-            self._write(data, end, deadline, streamed)  # type: ignore[arg-type]
+            self._write(data, end, deadline, streamed, late)  # type: ignore[arg-type]
 
-    def _write(self, data: bytes, end: bool, deadline: float | None, streamed: bool) -> None:
+    def _write(
+        self, data: bytes, end: bool, deadline: float | None, streamed: bool, late: str = ""
+    ) -> None:
         if self._deadline is not None:  # (as _effective)
             deadline = self._effective(deadline)
         mux = self._mux
@@ -430,14 +434,14 @@ class Flow:
             if n:
                 view = memoryview(data)[pos:]
             if room_wait:
-                expired = self._wait_for_room(deadline)
+                expired = self._wait_for_room(deadline, late)
             else:
-                expired = self._wait_for_credit(deadline)
+                expired = self._wait_for_credit(deadline, late)
             if expired is not None:
                 writer.flush()  # the RESET
                 raise expired
 
-    def _wait_for_room(self, deadline: float | None) -> errors.IPCError | None:
+    def _wait_for_room(self, deadline: float | None, late: str = "") -> errors.IPCError | None:
         """(For :meth:`_write`.) Wait until the flusher has taken what writers queued (below
         ``MAX_QUEUED``), nobody flushes, the flow ends or ``deadline`` passes; in that last
         case the flow is reset and the error to raise once the RESET is sent is returned."""
@@ -448,7 +452,7 @@ class Flow:
                 timeout = _remaining(deadline)
                 if timeout is not None and timeout <= 0:
                     expired = errors.TimeoutError(
-                        "transport: deadline passed while the peer was not reading"
+                        late or "transport: deadline passed while the peer was not reading"
                     )
                     self._reset_locked(expired)
                     break
@@ -457,7 +461,7 @@ class Flow:
                 self._cond.wait(timeout)
         return expired
 
-    def _wait_for_credit(self, deadline: float | None) -> errors.IPCError | None:
+    def _wait_for_credit(self, deadline: float | None, late: str = "") -> errors.IPCError | None:
         """(For :meth:`_write`.) Wait until the peer grants credit for this flow, the flow
         ends or ``deadline`` passes; in that last case the flow is reset and the error to
         raise once the RESET is sent is returned. A method of its own, so that what
@@ -477,7 +481,7 @@ class Flow:
                 timeout = _remaining(deadline)
                 if timeout is not None and timeout <= 0:
                     expired = errors.TimeoutError(
-                        "transport: deadline passed while waiting for flow credit"
+                        late or "transport: deadline passed while waiting for flow credit"
                     )
                     self._reset_locked(expired)
                     probe = self._host.suspect_locked()

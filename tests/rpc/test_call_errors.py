@@ -9,6 +9,7 @@ past the flow-control windows: a sending thread beside a receiving one.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +101,48 @@ def test_one_thread_sends_while_another_receives(
     assert not sender.is_alive() and not failed, failed
     assert got == items
     assert call.finish() == (1000,)
+
+
+@expose
+class Streamer:
+    def Unencodable(self, call: ServerCall) -> str:
+        call.send(1)
+        call.send(object())  # (not caught: the method fails with it)
+        return "never"
+
+    def Forever(self, call: ServerCall) -> None:
+        while True:
+            call.send(b"x" * 1024)
+
+
+def test_an_item_the_server_cannot_encode_is_the_servers_fault(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """ServerCall.send's BadArgError escaping the method reached the client as a BadArg with
+    advice meant for a caller ("send it in pieces"): the client's arguments were fine."""
+    _, name = make_server(Streamer(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(10), name, "Unencodable")
+    assert call.recv() == 1
+    with pytest.raises(errors.InternalError, match="cannot encode a streamed result"):
+        call.recv()
+    with pytest.raises(errors.InternalError, match="cannot encode a streamed result"):
+        call.finish()
+
+
+def test_a_server_giving_up_on_a_client_that_reads_nothing_says_so(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The server's send_timeout passing reset the flow with the transport's "deadline
+    passed" TimeoutError: the client, far from its own deadline, could not tell."""
+    from ipcclient.server.server import ServerOptions
+
+    _, name = make_server(Streamer(), AllowEveryone(), options=ServerOptions(send_timeout=0.5))
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(20), name, "Forever")
+    deadline = time.monotonic() + 10
+    with pytest.raises(errors.TimeoutError) as info:
+        time.sleep(1.5)  # (reads nothing: the window fills, the server waits, gives up)
+        while time.monotonic() < deadline:
+            call.recv()
+    assert "the client read nothing for send_timeout (0.5 s)" in info.value.msg
