@@ -13,6 +13,7 @@ import argparse
 import base64
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -98,11 +99,31 @@ def _encrypted(directory: Path) -> bool:
     return head is not None and b"ENCRYPTED" in head.split(b"\n", 1)[0]
 
 
+class _WarningsToStderr(logging.Handler):
+    """Prints the library's warnings as ``ipc: warning: ...`` lines (the ``ipcclient`` logger
+    has only a NullHandler, and the command configures no logging)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err(f"ipc: warning: {record.getMessage()}")
+
+
 def load_principal(directory: str | os.PathLike[str]) -> Principal:
-    """The principal in ``directory``, asking for its passphrase when its key is encrypted."""
+    """The principal in ``directory``, asking for its passphrase when its key is encrypted.
+
+    What loading warns about (a directory its group may write to) is printed to standard
+    error."""
     path = Path(directory)
     passphrase = read_passphrase(f"Passphrase for {path}: ") if _encrypted(path) else None
-    principal = Principal.load(path, passphrase=passphrase)
+    security_log = logging.getLogger("ipcclient.security")
+    shown = _WarningsToStderr()
+    security_log.addHandler(shown)
+    try:
+        principal = Principal.load(path, passphrase=passphrase)
+    finally:
+        security_log.removeHandler(shown)
     if passphrase is not None:
         _PASSPHRASES[os.path.abspath(path)] = passphrase
     return principal

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ipcclient.cli.exits import CommandError
+from ipcclient.security.patterns import _DEFAULT_IGNORABLE_RANGES
 
 __all__ = ["Progress", "err", "human", "out", "parse_duration", "to_json", "tree_lines"]
 
@@ -27,14 +28,27 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 # Control characters other than newline and tab, shown escaped: text from a peer (a name, an
-# error message) must not drive the user's terminal. Bidirectional controls (which reorder
-# what follows them on the line), zero-width characters (which make text that looks equal
-# but is not) and the line and paragraph separators are shown as \uXXXX, which inside a JSON
-# string stands for the same character.
-_INVISIBLE = [0x061C, *range(0x200B, 0x2010), *range(0x2028, 0x202F), *range(0x2060, 0x2065)]
-_INVISIBLE += [*range(0x2066, 0x206A), 0xFEFF]
+# error message) must not drive the user's terminal. Invisible characters are shown as \uXXXX
+# (a character past U+FFFF as its two UTF-16 halves, \udb40\udd00), which inside a JSON string
+# stands for the same character: every Default_Ignorable_Code_Point (the bidirectional
+# controls, which reorder what follows them on the line; zero-width characters, variation
+# selectors, the combining grapheme joiner, Hangul fillers, tags, which make text that looks
+# equal but is not), U+2800 BRAILLE PATTERN BLANK, and the line and paragraph separators. A
+# name this SDK makes holds none of them, but one received from a peer or loaded from an
+# older principal may (see ipcclient.security.patterns).
+_INVISIBLE = [c for lo, hi in _DEFAULT_IGNORABLE_RANGES for c in range(lo, hi + 1)]
+_INVISIBLE += [0x2028, 0x2029, 0x2800]
+
+
+def _escaped(c: int) -> str:
+    if c <= 0xFFFF:
+        return f"\\u{c:04x}"
+    high, low = divmod(c - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
 _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (9, 10)}
-_CONTROLS.update((c, f"\\u{c:04x}") for c in _INVISIBLE)
+_CONTROLS.update((c, _escaped(c)) for c in _INVISIBLE)
 
 
 def out(text: str = "") -> None:

@@ -126,6 +126,11 @@ class Certificate:
     def from_wire(cls, value: Any) -> Certificate:
         """Rebuild a certificate (structure only).
 
+        The extension is held to the rule for received ones (``received=True``: see
+        :mod:`~ipcclient.security.patterns`), not to the stricter one for names this SDK
+        makes: this decodes a peer's certificates and a saved principal's, which earlier
+        releases and other implementations made under that rule.
+
         Raises:
             BadProtocolError: the value is malformed.
         """
@@ -133,7 +138,7 @@ class Certificate:
         if len(items) != 4:
             raise errors.BadProtocolError("security: a certificate has 4 fields")
         ext, key, cavs, sig = items
-        if not is_valid_extension(ext):
+        if not is_valid_extension(ext, received=True):
             raise errors.BadProtocolError("security: invalid certificate extension")
         if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_SIZE:
             raise errors.BadProtocolError("security: malformed certificate public key")

@@ -12,19 +12,39 @@ Owns: the rules for one extension and for a full blessing name (extensions joine
 Must not: know keys, certificates or the wire; raise from :meth:`BlessingPattern.matched_by`
 (an invalid pattern or name simply does not match).
 
-Extension rules (checked by :func:`validate_extension`, for extensions given to ``bless`` and
-for every certificate decoded from the wire): non-empty, at most :data:`MAX_EXTENSION_LEN`
-characters, not ``"$"`` or ``"..."``, not starting with ``"__"`` (reserved, as in Vanadium),
-free of ``: , @ ( ) < > /``, whitespace, control, format and other invisible characters
-(Unicode's Default_Ignorable_Code_Point, U+2800 BRAILLE PATTERN BLANK), in Unicode
-normalization form NFC, and without characters that look like the reserved ones: none whose
-NFKC form holds one of them or whitespace (U+FF1A FULLWIDTH COLON), none of
-:data:`_LOOKALIKES` (U+2236 RATIO, U+2215 DIVISION SLASH), and no NFKC form equal to ``"$"``
-or ``"..."`` or starting with ``"__"``. ``:`` separates components; ``,`` ``@`` ``/`` and the
-brackets appear in lists, endpoints and object names (``__(pattern)``); whitespace, invisible
-characters, look-alikes and a second spelling of the same text (NFD ``e`` + U+0301 beside NFC
-U+00E9) make names that look alike but differ (patterns compare names code point by code
-point).
+Extension rules. Two of them, so that what this SDK makes is held to more than what it takes:
+
+* the rule for every extension, *received* or made (``received=True`` of
+  :func:`validate_extension` and :func:`is_valid_extension`; every certificate decoded from the
+  wire or from a saved principal, and every component of a :class:`BlessingPattern`):
+  non-empty, at most :data:`MAX_EXTENSION_LEN` characters, not ``"$"`` or ``"..."``, not
+  starting with ``"__"`` (reserved, as in Vanadium), free of ``: , @ ( ) < > /``, whitespace,
+  control and format characters (category C and Z: this takes in the bidirectional controls
+  and zero-width characters). It is the rule of every release before the stricter one for new
+  names, and it must not tighten: a peer, or a principal saved on disk, holding a blessing
+  that met it would stop working (a certificate's extension is signed; nothing can rename it);
+* the rule for an extension this SDK *creates* (the default: :meth:`Principal.bless
+  <ipcclient.security.principal.Principal.bless>`, ``bless_self``, and through them the
+  ``ipc principal`` commands), the above and: no invisible character (Unicode's
+  Default_Ignorable_Code_Point: variation selectors, the combining grapheme joiner, Hangul
+  fillers, tags; and U+2800 BRAILLE PATTERN BLANK), Unicode normalization form NFC, no
+  character whose NFKC form holds one of ``: , @ ( ) < > /`` (U+FF1A FULLWIDTH COLON, U+2474
+  PARENTHESIZED DIGIT ONE), none of :data:`_LOOKALIKES` (symbols and punctuation that look like
+  one of those without an NFKC mapping to it: U+2236 RATIO, U+2215 DIVISION SLASH, and the one
+  letter U+02D0 MODIFIER LETTER TRIANGULAR COLON), and no NFKC form equal to ``"$"`` or
+  ``"..."`` or starting with ``"__"``.
+
+``:`` separates components; ``,`` ``@`` ``/`` and the brackets appear in lists, endpoints and
+object names (``__(pattern)``). Patterns compare names code point by code point, so an
+invisible character, a look-alike of a separator or a second spelling of the same text (NFD
+``e`` + U+0301 beside NFC U+00E9) makes a name that prints like another but is not it. Letters
+of every script and other symbols stay valid, including those whose NFKC form holds a space and
+a combining mark (U+00B4 ACUTE ACCENT, U+309B KATAKANA-HIRAGANA VOICED SOUND MARK): nothing in
+the grammar is a space, and they resemble no separator.
+
+A :class:`BlessingPattern`'s components are held to the received rule: a pattern (an access
+list, a trusted root, a peer-blessings caveat) names names others made, and must be able to
+name every one a peer may hold.
 """
 
 from __future__ import annotations
@@ -81,13 +101,15 @@ _DEFAULT_IGNORABLE_RANGES = (
 """Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt; Python's
 unicodedata has no property lookup): characters a renderer may show as nothing (variation
 selectors, the combining grapheme joiner, Hangul fillers, tags). Many are also of category
-C, which is refused anyway; the others (Mn, Lo) are why the table exists."""
+C, which both rules refuse; the others (Mn, Lo) are why the table exists. The ``ipc`` command
+shows each of them escaped (``ipcclient/cli/text.py``), since a received name may hold them."""
 
 _INVISIBLE = frozenset(
     chr(c) for lo, hi in _DEFAULT_IGNORABLE_RANGES for c in range(lo, hi + 1)
 ) | frozenset("\u2800")
-"""Characters refused as invisible: the Default_Ignorable ranges and U+2800 BRAILLE PATTERN
-BLANK (a symbol that renders as a blank)."""
+"""Characters refused as invisible in a new extension: the Default_Ignorable ranges (the
+Hangul fillers among them, although of category Lo: they print as nothing) and U+2800
+BRAILLE PATTERN BLANK (a symbol that prints as a blank)."""
 
 _LOOKALIKES = frozenset(
     # ':'
@@ -102,12 +124,19 @@ _LOOKALIKES = frozenset(
     "\u02c2\u02c3\u2039\u203a\u2329\u232a\u276c\u276d\u276e\u276f\u27e8\u27e9"
     "\u3008\u3009"
 )
-"""Symbols and punctuation that look like a reserved character (``: / , ( ) < >``) but whose
-NFKC form is not it (after Unicode's confusables for those characters; letters of other
-scripts that resemble them are left alone, they are how names are written there)."""
+"""Characters that look like a separator (``: / , ( ) < >``) but whose NFKC form is not it,
+refused in a new extension: Unicode's confusables (confusables.txt) for those characters,
+less the letters of other scripts (U+A4FD LISU LETTER TONE MYA JEU, U+30CE KATAKANA LETTER NO,
+U+4E3F: they are how names are written there) and the combining marks. Symbols and
+punctuation (of categories P, S, N) but for one letter: U+02D0 MODIFIER LETTER TRIANGULAR
+COLON (Lm), the IPA length mark, which most fonts draw as a colon, kept beside U+A789 MODIFIER
+LETTER COLON and U+02F8 MODIFIER LETTER RAISED COLON (Sk): ``idp`` U+02D0 ``alice`` prints
+as ``idp:alice``."""
 
 
-def _extension_problem(ext: object) -> str | None:
+def _received_problem(ext: object) -> str | None:
+    """What is wrong with ``ext`` under the rule every extension is held to (see the module
+    docstring); None when nothing is."""
     if not isinstance(ext, str):
         return "an extension must be a string"
     if not ext:
@@ -125,6 +154,15 @@ def _extension_problem(ext: object) -> str | None:
             return f"an extension may not contain {ch!r}"
         if ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
             return "an extension may not contain whitespace, control or format characters"
+    return None
+
+
+def _new_problem(ext: str) -> str | None:
+    """What else is wrong with ``ext`` (which meets the received rule) as an extension this SDK
+    makes; None when nothing is."""
+    if _PLAIN_ASCII.fullmatch(ext):
+        return None
+    for ch in ext:
         if ch in _INVISIBLE:
             return f"an extension may not contain the invisible character U+{ord(ch):04X}"
         if ch in _LOOKALIKES:
@@ -133,10 +171,10 @@ def _extension_problem(ext: object) -> str | None:
                 "character"
             )
         folded = unicodedata.normalize("NFKC", ch)
-        if any(c in _FORBIDDEN_CHARS or c.isspace() for c in folded):
+        if any(c in _FORBIDDEN_CHARS for c in folded):
             return (
                 f"an extension may not contain U+{ord(ch):04X}, a form of {folded!r} "
-                "(its NFKC form holds a reserved character or whitespace)"
+                "(its NFKC form holds a reserved character)"
             )
     if not unicodedata.is_normalized("NFC", ext):
         return "an extension must be in Unicode normalization form NFC"
@@ -146,18 +184,36 @@ def _extension_problem(ext: object) -> str | None:
     return None
 
 
-def is_valid_extension(ext: object) -> bool:
-    """Whether ``ext`` is a valid single extension (see the module docstring)."""
-    return _extension_problem(ext) is None
+def _extension_problem(ext: object, received: object) -> str | None:
+    if not isinstance(received, bool):
+        raise errors.BadArgError(
+            f"security: received must be True or False, not {type(received).__name__}"
+        )
+    problem = _received_problem(ext)
+    if problem is not None or received:
+        return problem
+    assert isinstance(ext, str)
+    return _new_problem(ext)
 
 
-def validate_extension(ext: object) -> str:
-    """``ext`` if it is a valid extension.
+def is_valid_extension(ext: object, *, received: bool = False) -> bool:
+    """Whether ``ext`` is a valid single extension: for a blessing this SDK makes, or with
+    ``received=True`` for one it received or loaded (see the module docstring).
 
     Raises:
-        BadArgError: it is not, with the reason.
+        BadArgError: ``received`` is not a bool.
     """
-    problem = _extension_problem(ext)
+    return _extension_problem(ext, received) is None
+
+
+def validate_extension(ext: object, *, received: bool = False) -> str:
+    """``ext`` if it is a valid extension: for a blessing this SDK makes, or with
+    ``received=True`` for one it received or loaded (see the module docstring).
+
+    Raises:
+        BadArgError: it is not, with the reason; or ``received`` is not a bool.
+    """
+    problem = _extension_problem(ext, received)
     if problem is not None:
         raise errors.BadArgError(f"security: invalid blessing extension {ext!r}: {problem}")
     return str(ext)
@@ -182,13 +238,13 @@ class BlessingPattern(str):
         exact = parts[-1] == NO_EXTENSION
         if exact:
             parts = parts[:-1]
-        if not parts or not all(is_valid_extension(p) for p in parts):
+        if not parts or not all(_received_problem(p) is None for p in parts):
             return None
         return tuple(parts), exact
 
     def is_valid(self) -> bool:
-        """Whether the pattern is ``"..."`` or components (each a valid extension),
-        optionally ending in ``":$"``."""
+        """Whether the pattern is ``"..."`` or components (each a valid extension under the
+        received rule: see the module docstring), optionally ending in ``":$"``."""
         return str(self) == _ALL or self._parts() is not None
 
     def matched_by(self, *names: str) -> bool:

@@ -3,8 +3,12 @@
 Owns: :class:`Principal` (Ed25519 key pair, signing with purposes, blessing itself and
 others) and persistence of a principal in a directory:
 
-* the directory itself: mode 0700 (save sets it on a directory of the current user's);
-  one writable by group or others is refused on load (they could swap or remove files);
+* the directory itself: mode 0700 (save sets it on a directory of the current user's).
+  Load refuses one that others may write to (mode & 0o002: anyone could swap or remove its
+  files), and loads one only its group may write to (mode & 0o020), logging a warning (logger
+  ``ipcclient.security``, once per directory in a process): ``mkdir`` under umask 002, the
+  default where every user has a group of their own (Fedora, RHEL), makes such directories,
+  and principals saved in them by earlier releases must keep loading;
 * ``key.pem``: the private key, PKCS#8 PEM (encrypted with the ``cryptography`` package's
   BestAvailableEncryption when a passphrase is given, of at most :data:`MAX_PASSPHRASE`
   bytes), mode 0600; a key file readable or writable by group or others, or owned by another
@@ -25,7 +29,8 @@ Must not: open sockets, start threads, or implement cryptography (Ed25519 and PE
 
 Errors: missing directory or key file -> NoExistError; unreadable or corrupt file, a
 passphrase for an unencrypted key or one over :data:`MAX_PASSPHRASE` bytes -> BadArgError;
-wrong permissions (key file or directory), missing or wrong passphrase -> NoAccessError;
+wrong permissions (key file, or a directory others may write to), missing or wrong passphrase
+-> NoAccessError;
 state file whose signature does not verify or that names another key -> NotTrustedError.
 """
 
@@ -34,9 +39,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +91,15 @@ MAX_STATE_FILE = 16 * 1024 * 1024  # a store or roots file; real ones are a few 
 MAX_PASSPHRASE = 1023
 """The longest passphrase, in bytes: the most the ``cryptography`` package's OpenSSL backend
 takes to encrypt or decrypt a PEM key."""
+
+log = logging.getLogger("ipcclient.security")
+
+_MAX_WARNED_DIRECTORIES = 1024
+_warned_directories: set[str] = set()
+"""Group-writable principal directories already warned about in this process (so a program
+that loads its principal again and again logs it once); at most
+:data:`_MAX_WARNED_DIRECTORIES`, past which a directory is warned about on every load."""
+_warned_lock = threading.Lock()
 
 
 class Principal:
@@ -233,10 +249,13 @@ class Principal:
 
         Missing ``roots.json`` / ``store.json`` load as empty (the key is what matters).
 
+        A directory its group may write to (mode 0775, as ``mkdir`` makes it under umask
+        002) is loaded, with a warning logged to ``ipcclient.security`` once per directory.
+
         Raises:
             NoExistError: no such directory or key file.
-            NoAccessError: the directory is writable by group or others, the key file is
-                accessible to group/others or owned by another user, or the passphrase is
+            NoAccessError: the directory is writable by others (mode & 0o002), the key file
+                is accessible to group/others or owned by another user, or the passphrase is
                 missing or wrong.
             BadArgError: ``directory`` is not a path (str or os.PathLike) or holds a NUL, the
                 passphrase is not non-empty bytes of at most :data:`MAX_PASSPHRASE` (as
@@ -425,11 +444,14 @@ def _make_private(path: Path) -> None:
 
 
 def _check_directory_mode(path: Path) -> None:
-    """Refuse a principal directory that group or others may write to: they could replace
-    or remove its files (a missing state file loads as empty).
+    """Refuse a principal directory that others may write to: anyone could replace or remove
+    its files (a missing state file loads as empty). One only its group may write to is
+    loaded with a warning, once per directory in a process: it is what ``mkdir`` makes under
+    umask 002 (the default with a group per user, as on Fedora and RHEL, where that group
+    usually holds the user alone); refusing it broke principals that loaded before.
 
     Raises:
-        NoAccessError: it is writable by group or others.
+        NoAccessError: it is writable by others.
         BadArgError: it cannot be examined.
     """
     if os.name != "posix":
@@ -438,10 +460,23 @@ def _check_directory_mode(path: Path) -> None:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as exc:
         raise errors.BadArgError(f"security: cannot examine {path}: {exc}") from exc
-    if mode & 0o022:
+    if mode & 0o002:
         raise errors.NoAccessError(
-            f"security: {path} is writable by group or others (mode {mode:04o}); chmod 700 it"
+            f"security: {path} is writable by others (mode {mode:04o}); chmod 700 it"
         )
+    if mode & 0o020:
+        key = os.path.abspath(path)
+        with _warned_lock:
+            first = key not in _warned_directories
+            if first and len(_warned_directories) < _MAX_WARNED_DIRECTORIES:
+                _warned_directories.add(key)
+        if first:
+            log.warning(
+                "security: principal directory %s is writable by its group (mode %04o): "
+                "members of the group could replace or remove its files; chmod 700 it",
+                path,
+                mode,
+            )
 
 
 def _remove_stale_temporaries(directory: Path, files: Iterable[str]) -> None:

@@ -551,7 +551,7 @@ def test_extensions_that_print_like_others_are_refused_and_output_is_escaped(
 ) -> None:
     """``--blessing idp`` + U+FE0F (invisible) once made a root that printed as ``idp``;
     bidirectional controls and zero-width characters in printed text reached the terminal."""
-    for name in ("idp\ufe0f", "id\u034fp", "idp\uff1aalice", "jose\u0301"):
+    for name in ("idp\ufe0f", "id\u034fp", "idp\uff1aalice", "jose\u0301", "\u3231acme"):
         code = ipc_cli.main(["principal", "create", str(tmp_path / "x"), "--blessing", name])
         assert code == ipc_cli.EXIT_BAD_ARG
         assert "invalid blessing extension" in _one_error_line(capsys)
@@ -565,19 +565,59 @@ def test_extensions_that_print_like_others_are_refused_and_output_is_escaped(
     assert json.loads(capsys.readouterr().out) == ["\u200d", "\u202e"]
 
 
+def test_names_made_before_work_and_their_invisible_characters_print_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A principal saved by an earlier release with the blessing ``㈱acme:alice❤️`` (U+FE0F)
+    once failed to load (exit 3); its variation selector, like every other default-ignorable
+    character and U+2800, once printed as nothing."""
+    from tests.unit.test_security_compat import saved_old_principal
+
+    d = tmp_path / "old"
+    saved_old_principal(d, "\u3231acme", "alice\u2764\ufe0f")
+    os.chmod(d, 0o700)
+    assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_OK
+    dumped = capsys.readouterr().out
+    assert "\u3231acme:alice\u2764\\ufe0f" in dumped and "\ufe0f" not in dumped
+    # A name made now meets the stricter rule; U+00B4 and U+309B are not look-alikes.
+    for name in ("D\u00b4Angelo", "\u309b"):
+        new = tmp_path / f"new{len(name)}"
+        assert ipc_cli.main(["principal", "create", str(new), "--blessing", name]) == 0
+        assert f"blessed as {name}," in capsys.readouterr().out
+    invisible = "a\ufe0fb\u180bc\u3164d\u034fe\u2800f\U000e0100g\u00adh"
+    ipc_cli.out(invisible)
+    assert capsys.readouterr().out == (
+        "a\\ufe0fb\\u180bc\\u3164d\\u034fe\\u2800f\\udb40\\udd00g\\u00adh\n"
+    )
+    ipc_cli.out(ipc_cli.to_json([invisible]))  # (inside JSON: the same text)
+    assert json.loads(capsys.readouterr().out) == [invisible]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
 def test_a_principal_directory_others_may_write_to_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """One only its group may write to (``mkdir`` under umask 002) is used, with a warning
+    line: it was once refused (exit code 5)."""
     d = tmp_path / "p"
     d.mkdir()
     os.chmod(d, 0o777)
     assert ipc_cli.main(["principal", "create", str(d)]) == ipc_cli.EXIT_OK
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700  # save made it private
-    os.chmod(d, 0o775)
+    os.chmod(d, 0o777)
     capsys.readouterr()
     assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_NO_ACCESS
-    assert "chmod 700" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "writable by others" in line and "chmod 700" in line
+    os.chmod(d, 0o775)
+    assert ipc_cli.main(["principal", "dump", str(d)]) == ipc_cli.EXIT_OK
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"Principal:   {d}\n")
+    (warning,) = printed.err.strip().splitlines()
+    assert warning.startswith("ipc: warning: ") and str(d) in warning and "chmod 700" in warning
+    # set-default saves the principal back: its directory is private again.
+    assert ipc_cli.main(["principal", "set-default", str(d), str(d)]) == ipc_cli.EXIT_OK
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
 
 
 def test_console_script_and_module_run() -> None:

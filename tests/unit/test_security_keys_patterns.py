@@ -144,26 +144,34 @@ _DEFAULT_IGNORABLE = [
 ]
 
 
-def _valid_by_the_rules(ext: str) -> bool:
-    """The extension rules of ipcclient.security.patterns, written out one character at a
-    time (the module decides plain-ASCII extensions without this loop). The look-alikes
-    without an NFKC mapping are the module's own list."""
-    reserved = ":,@()<>/"
-    if not ext or len(ext) > 256:
+def _valid_when_received(ext: str) -> bool:
+    """The rule for an extension received or loaded (every release's rule before the one for
+    new names), written out one character at a time."""
+    if not ext or len(ext) > 256 or ext in ("$", "...") or ext.startswith("__"):
         return False
-    for form in (ext, unicodedata.normalize("NFKC", ext)):
-        if form in ("$", "...") or form.startswith("__"):
-            return False
+    return not any(
+        ch in ":,@()<>/" or ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z") for ch in ext
+    )
+
+
+def _valid_when_made(ext: str) -> bool:
+    """The rule for an extension this SDK makes, written out one character at a time (the
+    module decides plain-ASCII extensions without this loop). The look-alikes without an NFKC
+    mapping are the module's own list."""
+    reserved = ":,@()<>/"
+    if not _valid_when_received(ext):
+        return False
+    folded = unicodedata.normalize("NFKC", ext)
+    if folded in ("$", "...") or folded.startswith("__"):
+        return False
     if unicodedata.normalize("NFC", ext) != ext:
         return False
     for ch in ext:
-        if ch in reserved or ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
-            return False
         if ch == "\u2800" or any(lo <= ord(ch) <= hi for lo, hi in _DEFAULT_IGNORABLE):
             return False
         if ch in patterns._LOOKALIKES:
             return False
-        if any(c in reserved or c.isspace() for c in unicodedata.normalize("NFKC", ch)):
+        if any(c in reserved for c in unicodedata.normalize("NFKC", ch)):
             return False
     return True
 
@@ -177,12 +185,17 @@ def _valid_by_the_rules(ext: str) -> bool:
         alphabet=st.sampled_from(
             "ae_.$\u0301\u00e9\ufe0f\u034f\u3164\u2800\uff1a\u2236\u2215\uff0c"
             "\u2026\uff04\uff3f\u00a8\u0430\U000e0100"
+            "\u00b4\u309b\u3231\u2474\u02d0\ua789\u066b\u180b\u20e3\u0663\ufdfa"
         ),
         max_size=6,
     )
 )
 def test_extension_validity_follows_the_rules(ext: str) -> None:
-    assert is_valid_extension(ext) == _valid_by_the_rules(ext)
+    assert is_valid_extension(ext) == _valid_when_made(ext)
+    assert is_valid_extension(ext, received=True) == _valid_when_received(ext)
+    # A pattern names names others made: its components are held to the received rule.
+    if ":" not in ext:  # (a pattern is components joined with ':')
+        assert BlessingPattern(f"x:{ext}:y").is_valid() == _valid_when_received(ext)
 
 
 def test_pattern_examples() -> None:
