@@ -98,7 +98,13 @@ def hold_args(
     """Charge ``nbytes`` of args to ``vc``, its remote address and the server's ``total``
     under ``lock`` (the server's slot lock); None once charged, else the refusal, charging
     nothing, when the VC's calls would then hold more than ``limit`` bytes, its address's
-    more than ``total.peer_limit`` or the server's more than ``total.limit``."""
+    more than ``total.peer_limit`` or the server's more than ``total.limit``. Nothing (0
+    bytes: an empty arg body is legal) is charged to nobody: an address holds an entry in
+    ``total.by_peer`` only while it holds bytes."""
+    if nbytes <= 0:
+        return None
+    if nbytes > limit or nbytes > total.peer_limit:  # (could never be held: do not retry)
+        return over_call_args(min(limit, total.peer_limit))
     peer = vc.peer
     by_peer = total.by_peer
     with lock:
@@ -169,8 +175,11 @@ class ArgsCharge:
         self.taken = 0
 
     def take(self, nbytes: int) -> None:
-        if self.taken + nbytes > self._call_limit:
-            raise over_call_args(self._call_limit)
+        # (Over the call's own bound, or over what its VC or its address may ever hold: the
+        # same call would be refused again, whatever other calls do.)
+        most = min(self._call_limit, self._limit, self._total.peer_limit)
+        if self.taken + nbytes > most:
+            raise over_call_args(most)
         refused = hold_args(self._lock, self._vc, self._limit, self._total, nbytes)
         if refused is not None:
             raise refused

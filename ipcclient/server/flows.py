@@ -479,7 +479,8 @@ class FlowServing:
         except Exception as exc:  # (BadArgError; or a broken IPCError subclass)
             data = _encode_fallback(err, trace, exc)
         try:
-            flow.write(data, end=True, deadline=time.monotonic() + self.options.send_timeout)
+            bound, late = self._send_bound(None)
+            flow.write(data, end=True, deadline=bound, late=late)
         except errors.IPCError as exc:
             log.debug("server: could not send error %s: %s", err.id, exc)
 

@@ -57,10 +57,12 @@ def _quartile(gaps: list[float]) -> tuple[float, float]:
     ordered = sorted(gaps)
     n = len(ordered)
     quartile = ordered[n // 4]
-    spread = ordered[(n * 35) // 100] - ordered[(n * 15) // 100]  # (inf - inf: nan)
+    low, high = (n * 15) // 100, (n * 35) // 100
+    spread = ordered[high] - ordered[low]  # (inf - inf: nan)
     if quartile == _ENDLESS or not spread < _ENDLESS:
         return quartile, _ENDLESS
-    return quartile, math.sqrt(0.1875 / n) * spread / 0.2
+    # (The share of the samples between the two: 20% for many, less for a few.)
+    return quartile, math.sqrt(0.1875 / n) * spread * n / max(high - low, 1)
 
 
 _DATA = Read.DATA

@@ -65,6 +65,7 @@ LEAD_GRACE = 0.02
 socket back (so a client making calls back to back keeps reading its own replies)."""
 
 # (Module constants: an enum member looked up on its class costs an attribute lookup.)
+_ENDLESS = float("inf")
 _DATA = Read.DATA
 _NOTHING = Read.NOTHING
 _WOKEN = Read.WOKEN
@@ -513,8 +514,12 @@ class Reader(abc.ABC):
                         outcome = _TIMEOUT
                     # (when the bytes came, not when their dispatch ended)
                     quick = polls and polling.quick(idle_since, self._last_recv)
-                    if trial and outcome is _DATA:
-                        quick = polling.slept(self._read_at - idle_since)
+                    if trial:
+                        if outcome is _DATA:
+                            quick = polling.slept(self._read_at - idle_since)
+                        else:  # (nothing came within the receive timeout: an endless gap)
+                            polling.slept(_ENDLESS)
+                            polling.armed = False  # (a long gap: no new trial for it)
                 if outcome is _DATA:
                     if spin:  # (read for one call only: not quick, disarms)
                         polling.after_read(quick, self._opener.buffered > 0)

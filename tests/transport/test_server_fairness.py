@@ -20,7 +20,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
-from ipcclient.server.capacity import ArgsTotal, VCState, hold_args
+from ipcclient.server.capacity import ArgsCharge, ArgsTotal, VCState, hold_args
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.wire.messages import encode_messages
@@ -321,8 +321,8 @@ def test_hold_args_charges_nothing_when_it_refuses() -> None:
     assert refused is not None and "address" in refused.msg
     refused = hold_args(lock, a, 40, total, 1)  # the VC's 40
     assert refused is not None and "this VC" in refused.msg
-    refused = hold_args(lock, c, 60, total, 60)  # its own address's 50
-    assert refused is not None and "address" in refused.msg
+    refused = hold_args(lock, c, 60, total, 60)  # more than its own address's 50, ever
+    assert refused is not None and refused.action is errors.RetryAction.NO_RETRY
     assert hold_args(lock, c, 60, total, 50) is None
     assert hold_args(lock, d, 60, total, 10) is None
     refused = hold_args(lock, b, 40, total, 5)  # the server's 100 (not the address's 50)
@@ -333,3 +333,34 @@ def test_hold_args_charges_nothing_when_it_refuses() -> None:
     for vc in (a, c, d):
         total.release_locked(vc.peer, vc.args_held)
     assert total.held == 0 and total.by_peer == {}
+
+
+def test_an_empty_arg_charges_no_address() -> None:
+    """An arg of 0 bytes is legal; charging it wrote a 0 entry for its address that no
+    release removed (nothing was taken): one entry per Unix VC, or per address, for good."""
+    lock = threading.Lock()
+    total = ArgsTotal(100)
+    for vc in (VCState("10.0.0.1"), VCState(), VCState()):
+        assert hold_args(lock, vc, 40, total, 0) is None
+        charge = ArgsCharge(lock, vc, 40, 40, total)
+        charge.take(0)
+        charge.release()
+    assert total.by_peer == {} and total.held == 0
+
+
+def test_args_no_vc_or_address_could_ever_hold_are_refused_for_good() -> None:
+    """One address may hold half the total: with the total below twice max_args_bytes, a
+    call within max_args_bytes was refused with "back off and retry", for good. A call's
+    args over what its VC or its address may ever hold are now refused with NO_RETRY."""
+    lock = threading.Lock()
+    total = ArgsTotal(100)  # 50 per address
+    vc = VCState("10.0.0.1")
+    charge = ArgsCharge(lock, vc, 80, 200, total)  # (its own bound 200, the VC's 80)
+    charge.take(30)
+    with pytest.raises(errors.OverloadedError) as info:
+        charge.take(30)  # 60: over the address's 50, with nothing else held
+    assert info.value.action is errors.RetryAction.NO_RETRY
+    refused = hold_args(lock, VCState("10.0.0.2"), 80, total, 60)  # (a whole request)
+    assert refused is not None and refused.action is errors.RetryAction.NO_RETRY
+    charge.release()
+    assert total.by_peer == {} and total.held == 0
