@@ -72,11 +72,15 @@ _STOPPED = Read.STOPPED
 
 __all__ = [
     "EXPLORE_EVERY",
+    "MEASURE_EVERY",
     "MIN_SAMPLES",
     "MIN_SAVED",
     "PAYS_FRACTION",
+    "POLL",
     "POLL_SLOTS",
     "SAMPLES",
+    "SLEEP",
+    "TRIAL",
     "PollState",
     "give_slot",
     "pollers",
@@ -93,6 +97,15 @@ MIN_SAMPLES = 8
 EXPLORE_EVERY = 64
 """Once judged, one read in this many (of those the rules allow a poll for) uses the other
 method, to keep both kinds of gap current."""
+
+MEASURE_EVERY = 8
+"""Where polling does not pay, one sleep in this many is measured (``TRIAL``) to keep the
+sleeps' gaps current; the others measure nothing (``SLEEP``)."""
+
+SLEEP = 0
+POLL = 1
+TRIAL = 2
+"""What :meth:`PollState.poll_now` says to do."""
 
 PAYS_FRACTION = 0.25
 """Polling pays when sleeping lengthens the gap by at least this fraction of the gap after a
@@ -213,17 +226,21 @@ class PollState:
         boundary (``partial``: the opener holds part of a record)."""
         self.armed = quick and not partial
 
-    def poll_now(self) -> bool:
-        """(The rules allow a poll: :attr:`armed`.) Whether to poll (True) or to sleep in a
-        blocking read, and then tell :meth:`slept` the gap."""
+    def poll_now(self) -> int:
+        """(The rules allow a poll: :attr:`armed`.) ``POLL``; ``TRIAL``: sleep in a blocking
+        read, after a :meth:`peek`, and tell :meth:`slept` the gap; or ``SLEEP``: sleep,
+        measuring nothing (where polling does not pay, most reads: a peek is one more
+        system call, which lets another thread take the interpreter)."""
         if not self.adapt:
-            return True
-        self._tries += 1
+            return POLL
+        tries = self._tries = self._tries + 1
         if len(self._slept) < MIN_SAMPLES or len(self._polled) < MIN_SAMPLES:
-            return self._tries & 1 == 0  # (not judged yet: alternate)
-        if self._tries % EXPLORE_EVERY:
-            return self.pays
-        return not self.pays  # (try the other method now and then)
+            return POLL if tries & 1 == 0 else TRIAL  # (not judged yet: alternate)
+        if self.pays:
+            return TRIAL if tries % EXPLORE_EVERY == 0 else POLL  # (check now and then)
+        if tries % EXPLORE_EVERY == 0:
+            return POLL
+        return TRIAL if tries % MEASURE_EVERY == 0 else SLEEP
 
     def polled(self, gap: float) -> None:
         """A poll found data ``gap`` seconds after the reader went idle (noted if it

@@ -40,7 +40,7 @@ from ipcclient import errors
 from ipcclient.transport.flow import Flow
 from ipcclient.transport.inline import InlineRunner
 from ipcclient.transport.liveness import Liveness
-from ipcclient.transport.polling import PollState
+from ipcclient.transport.polling import POLL, TRIAL, PollState
 from ipcclient.transport.readrole import (
     CALLER,
     CALLER_DONE,
@@ -66,6 +66,8 @@ socket back (so a client making calls back to back keeps reading its own replies
 
 # (Module constants: an enum member looked up on its class costs an attribute lookup.)
 _ENDLESS = float("inf")
+_POLL = POLL
+_TRIAL = TRIAL
 _DATA = Read.DATA
 _NOTHING = Read.NOTHING
 _WOKEN = Read.WOKEN
@@ -482,14 +484,18 @@ class Reader(abc.ABC):
                 polled = _SKIPPED
                 polls = spin > 0 and (sole or len(self._flows) > 1)
                 trial = False  # (a sleep the rules allowed a poll for: its gap is noted)
+                unmeasured = False  # (one whose gap is not: quick as a trial's would be)
                 if polls:
                     idle_since = monotonic()
                     if polling.armed:
-                        if polling.poll_now():
+                        how = polling.poll_now()
+                        if how == _POLL:
                             polled = self._poll_socket(idle_since + spin, lead)
-                        else:
+                        elif how == _TRIAL:
                             polled = self._poll_socket(0.0, lead, peek=True)
                             trial = polled is not _DATA
+                        else:  # (a sleep that measures nothing)
+                            unmeasured = True
                         if polled is _STOPPED:
                             # A lone caller waits: it may have written to the pipe for a
                             # reader asleep in poll(); drain that, so the caller's own first
@@ -513,7 +519,10 @@ class Reader(abc.ABC):
                     else:
                         outcome = _TIMEOUT
                     # (when the bytes came, not when their dispatch ended)
-                    quick = polls and polling.quick(idle_since, self._last_recv)
+                    if unmeasured:
+                        quick = self._last_recv - idle_since < 2 * spin
+                    else:
+                        quick = polls and polling.quick(idle_since, self._last_recv)
                     if trial:
                         if outcome is _DATA:
                             quick = polling.slept(self._read_at - idle_since)

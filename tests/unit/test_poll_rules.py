@@ -171,11 +171,13 @@ def _read(state: PollState, poll_gap: float, sleep_gap: float) -> bool:
     """One read the rules allow a poll for, the peer's bytes coming ``poll_gap`` after the
     reader goes idle when it polls and ``sleep_gap`` when it sleeps (the wake-up added):
     feeds the state as the reader does. Returns whether it polled."""
-    if state.poll_now():
+    how = state.poll_now()
+    if how == polling.POLL:
         state.waited = True  # (the poll found nothing at first)
         state.polled(poll_gap)
         return True
-    state.slept(sleep_gap)
+    if how == polling.TRIAL:
+        state.slept(sleep_gap)
     return False
 
 
@@ -287,7 +289,8 @@ def _drive(state: PollState, gaps: list[float], wake: float) -> int:
     length = state.length
     polls = 0
     for gap in gaps:
-        if state.armed and state.poll_now():
+        how = state.poll_now() if state.armed else None
+        if how == polling.POLL:
             polls += 1
             if gap < length:
                 state.waited = gap > 0
@@ -296,8 +299,10 @@ def _drive(state: PollState, gaps: list[float], wake: float) -> int:
             else:
                 assert _spin(state, FakeSocket(empty=10**9), 0.0) is Read.MISSED
                 quick = gap + wake < length  # (the blocking read after it)
-        elif state.armed:
+        elif how == polling.TRIAL:
             quick = True if gap == 0 else state.slept(gap + wake)
+        elif how == polling.SLEEP:
+            quick = (gap + wake if gap else 0.0) < 2 * length
         else:
             quick = (gap + wake if gap else 0.0) < length
         state.after_read(quick, partial=False)
@@ -346,3 +351,18 @@ def test_the_quartiles_error_counts_the_share_of_samples_it_spans() -> None:
     assert error == pytest.approx(math.sqrt(0.1875 / 100) * 20.0 / 0.2)
     assert polling._quartile([1.0] * 6 + [float("inf")] * 2) == (1.0, 0.0)  # (no spread)
     assert polling._quartile([1.0] * 2 + [float("inf")] * 6) == (float("inf"), float("inf"))
+
+
+def test_where_polling_does_not_pay_most_sleeps_measure_nothing() -> None:
+    """A measured sleep costs a peek (one more system call, and a chance for another thread
+    to take the interpreter); where polling does not pay, one sleep in MEASURE_EVERY is
+    measured, one read in EXPLORE_EVERY polls, and the rest just sleep."""
+    state = PollState(0.001)
+    for _ in range(4 * polling.EXPLORE_EVERY):
+        _read(state, 0.000100, 0.000105)
+    assert not state.pays
+    window = polling.MEASURE_EVERY * polling.EXPLORE_EVERY
+    hows = [state.poll_now() for _ in range(window)]
+    assert hows.count(polling.POLL) == polling.MEASURE_EVERY
+    assert hows.count(polling.TRIAL) == polling.EXPLORE_EVERY - polling.MEASURE_EVERY
+    assert hows.count(polling.SLEEP) == window - polling.EXPLORE_EVERY
