@@ -21,12 +21,11 @@ from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.capacity import ArgsCharge, ArgsTotal, VCState, hold_args
-from ipcclient.server.exposure import expose
-from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.server.server import Server, ServerOptions
 from ipcclient.wire.messages import encode_messages
 from tests.conftest import Family
 from tests.hostile import HostilePeer, request_header, server_address
-from tests.transport.test_hostile_load import Legit, bounded_threads, ctx, wait_until
+from tests.transport.test_hostile_load import Legit, Service, bounded_threads, ctx, wait_until
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -35,22 +34,6 @@ MiB = 1024 * 1024
 ARG = encode_messages(b"x" * (MiB - 64))
 """One arg message of just under 1 MiB (so that two fit a 2 MiB budget)."""
 ARG_BODY = len(ARG) - 4  # (what is charged: the message body, not its length prefix)
-
-
-@expose
-class Service:
-    def __init__(self) -> None:
-        self.streams = threading.Semaphore(0)
-
-    def Echo(self, call: ServerCall, x: Any) -> Any:
-        return x
-
-    def Count(self, call: ServerCall, *args: Any) -> int:
-        return len(args)
-
-    def Stream(self, call: ServerCall) -> int:
-        self.streams.release()
-        return sum(1 for _ in call)  # waits for the client's items until it closes
 
 
 @contextlib.contextmanager
