@@ -19,6 +19,10 @@ Directions: ``"up"`` (client to server) and ``"down"`` (server to client). Fault
 ``proxy.pipes[i].set(...)`` sets faults on one relayed connection only (a black-holed VC while
 new connections get through).
 
+``rcvbuf=n`` fixes the receive buffer of the proxy's accepted sockets at ``n`` bytes (the
+kernel then never grows it): with ``Fault.stall()``, what the kernel takes before the
+sender's socket is full stays bounded, however long the stall lasts.
+
 ``blackhole_accept=True`` makes the proxy accept connections and never answer nor relay
 (a server that is up at the TCP level but dead above it).
 """
@@ -172,7 +176,9 @@ class _Pipe:
 class FaultProxy:
     """See the module docstring. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, target: str, *, blackhole_accept: bool = False) -> None:
+    def __init__(
+        self, target: str, *, blackhole_accept: bool = False, rcvbuf: int | None = None
+    ) -> None:
         host, _, port = target.rpartition(":")
         self.target = (host.strip("[]"), int(port))
         self.blackhole_accept = blackhole_accept
@@ -183,6 +189,8 @@ class FaultProxy:
         self._closed = False
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:  # (set before listen: the accepted sockets inherit it)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]

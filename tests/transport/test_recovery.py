@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import linecache
+import socket
 import sys
 import threading
 import time
@@ -724,30 +725,37 @@ def test_a_call_that_never_queued_a_byte_behind_a_stalled_send_says_it_was_not_s
 ) -> None:
     """When MAX_QUEUED waits behind a send the peer does not read, a new call's request is
     cut to nothing and waits for room; if its deadline passes then, nothing of it reached
-    the wire, and the error says so (it said request_sent=True, not to be retried)."""
+    the wire, and the error says so (it said request_sent=True, not to be retried).
+
+    The socket buffers on both sides of the stall are fixed and small, and the uploads far
+    outweigh them: a kernel that went on taking bytes during the stall (buffers that grow
+    by themselves, or a receive queue compacted) would let the flusher finish and take
+    what was queued, and the Ping would go out whole, as it should then."""
     _srv, name = make_server(_Uploads(), AllowEveryone())
-    with FaultProxy(name.split("@")[3]) as proxy:
+    with FaultProxy(name.split("@")[3], rcvbuf=64 * 1024) as proxy:
         client = make_client()
         target = proxied(name, proxy)
         assert client.call(ctx(), target, "Ping") == ("pong",)
+        (conn,) = client._vcs.values()
+        conn._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         proxy.set(up=Fault.stall())
         data = b"u" * ((1 << 20) - 100)
 
         def upload() -> None:
             with contextlib.suppress(errors.IPCError):  # (it may end either way)
-                client.call(ctx(4), target, "Up", data)
+                client.call(ctx(10), target, "Up", data)
 
-        uploads = [threading.Thread(target=upload, daemon=True) for _ in range(12)]
+        uploads = [threading.Thread(target=upload, daemon=True) for _ in range(16)]
         for t in uploads:
             t.start()
-        (conn,) = client._vcs.values()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and conn._writer.queued < (4 << 20):
             time.sleep(0.02)
         assert conn._writer.flushing and conn._writer.queued >= (4 << 20)
         with pytest.raises(errors.TimeoutError) as info:
             client.call(ctx(0.5), target, "Ping", options=(NoRetry(),))
-        assert info.value.request_sent is False
+        still = (conn._writer.flushing, conn._writer.queued)  # (the stall held throughout)
+        assert info.value.request_sent is False, still
         proxy.set(up=Fault.none())
         for t in uploads:
             t.join(10)
