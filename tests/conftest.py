@@ -5,6 +5,7 @@ Every server and client a test makes through these fixtures is stopped/closed af
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,19 @@ class Family:
         p.store.set(b, "...")
         p.roots.add_blessings(self.root_blessings)
         return p
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt in the main thread for the test's length, as
+    Python sets it up by default, even when the suite started with SIGINT ignored (a
+    background job of a non-interactive shell: there a test pressing Ctrl-C would wait for
+    an interrupt that never comes)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture

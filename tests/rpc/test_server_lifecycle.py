@@ -154,6 +154,7 @@ def test_wait_takes_a_timeout_of_any_length(family: Family, timeout: float) -> N
             server.wait(bad)
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_wait_stops_the_server_on_ctrl_c(family: Family) -> None:
     server = Server(family.member("server"))
     server.listen("tcp", "127.0.0.1:0")

@@ -94,7 +94,7 @@ def test_32_threads_share_one_client_and_one_vc(
     fds_before = _open_fds()
     client = Client(make_client().principal, options=ClientOptions(default_call_timeout=60))
     failures: list[BaseException] = []
-    per_thread = 1000
+    per_thread = 300
 
     def worker(t: int) -> None:
         c = ctx(120)
@@ -116,7 +116,7 @@ def test_32_threads_share_one_client_and_one_vc(
     for th in threads:
         th.join(240)
     assert not failures, failures[:3]
-    assert svc.calls == 32 * per_thread * 9 // 10
+    assert svc.calls == 32 * (per_thread - per_thread // 10)
     assert client.vc_count() == 1
     assert client.stats["dials"] == 1
     client.close()
@@ -350,6 +350,7 @@ def test_close_fails_in_flight_and_new_calls(make_server: MakeServer, family: Fa
     assert c2.closed
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_in_a_blocked_finish_cancels_the_call(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
@@ -611,6 +612,7 @@ def test_a_caller_waiting_for_a_dial_wakes_when_its_call_ends(
         client.close()
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_while_a_caller_drives_a_dial_leaves_the_client_usable(
     black_hole: str, make_server: MakeServer, family: Family, monkeypatch: pytest.MonkeyPatch
 ) -> None:
