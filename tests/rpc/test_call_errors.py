@@ -146,3 +146,38 @@ def test_a_server_giving_up_on_a_client_that_reads_nothing_says_so(
         while time.monotonic() < deadline:
             call.recv()
     assert "the client read nothing for send_timeout (0.5 s)" in info.value.msg
+
+
+@expose
+class _Answers:
+    def Big(self, call: ServerCall) -> bytes:
+        return b"r" * 8192
+
+    def Fails(self, call: ServerCall) -> None:
+        raise errors.BadArgError("x" * 8192)
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"), [("Big", "final results"), ("Fails", "error answer")]
+)
+def test_a_final_answer_the_client_does_not_read_ends_with_the_servers_reason(
+    make_server: MakeServer, make_client: MakeClient, method: str, answer: str
+) -> None:
+    """An answer larger than the client's window (here 1 KiB), results or error, waits for
+    credit at most the server's send_timeout; the reset it ends with says so, not the
+    transport's "deadline passed", which the client, far from its own deadline, would take
+    for a deadline of its own."""
+    from ipcclient.options import ClientOptions
+    from ipcclient.server.server import ServerOptions
+    from ipcclient.transport.manager import TransportOptions
+    from ipcclient.wire.mux import MuxConfig
+
+    _, name = make_server(_Answers(), AllowEveryone(), options=ServerOptions(send_timeout=0.5))
+    tiny = TransportOptions(mux=MuxConfig(initial_window=1024))
+    client = make_client(options=ClientOptions(default_call_timeout=20, transport=tiny))
+    call = client.start_call(Context.background().with_timeout(20), name, method)
+    time.sleep(1.5)  # (reads nothing: the server waits for credit, then gives up)
+    with pytest.raises(errors.TimeoutError) as info:
+        call.finish()
+    assert "the client read nothing for send_timeout (0.5 s)" in info.value.msg, answer
+    assert info.value.request_sent is True
