@@ -187,8 +187,15 @@ class RecordWriter:
         pieces), then whatever was queued meanwhile, until nothing is left; then give up
         the role. Bulk is sealed record by record into the sealer's reused buffer. With
         ``once`` (the lingerer), what was queued meanwhile is left for the lingerer's next
-        round instead."""
+        round instead.
+
+        Whoever gives the role up or hands it to a drainer first notes that it no longer
+        holds it (``holding``): a failure (or a KeyboardInterrupt) after that must not
+        clear the role another thread may hold by then; two flushers would share the
+        sealer (its nonces) and the socket. An interrupt between the note and the hand-off
+        leaves the role taken instead (see the module docstring)."""
         handoff_at = 0.0
+        holding = True  # (this thread holds the flusher role)
         try:
             while data:
                 records = iter(self._sealer.seal_parts(data))
@@ -201,11 +208,19 @@ class RecordWriter:
                     if sent < len(record):
                         # (a copy: the record's buffer is reused for the next record)
                         rest = bytes(memoryview(record)[sent:])
-                        _start_thread(self._drain, (rest, records), f"ipc-drain-{self._name}")
+                        holding = False  # (the drainer holds the role once it starts)
+                        try:
+                            _start_thread(self._drain, (rest, records), f"ipc-drain-{self._name}")
+                        except errors.IPCError:
+                            holding = True  # (no drainer: still ours to give up)
+                            raise
                         return  # the drainer holds the flusher role now
                 linger = False
                 with self._lock:  # (no break inside: a shape mypyc can compile)
-                    if once and self._mux._out:
+                    # (Once the mux is closed, what is queued ends with the GOAWAY: it goes
+                    # now, for close() gives a flusher only a moment to send it.)
+                    if once and self._mux._out and not self._mux.closed:
+                        holding = False
                         self.flushing = False
                         if self.draining:  # (nobody flushes now: a waiting writer may)
                             self._taken_locked()
@@ -218,6 +233,7 @@ class RecordWriter:
                         mux = self._mux
                         data = mux.take_output() if mux._out else []  # (usually nothing more)
                         if not data:
+                            holding = False
                             self.flushing = False
                         if self.queued or self.draining:
                             self._taken_locked()
@@ -229,7 +245,8 @@ class RecordWriter:
             if self.close_due:  # (the role is given up: the VC ended meanwhile)
                 self._on_idle()
         except (OSError, errors.IPCError) as exc:
-            self._release()
+            if holding:
+                self._release()
             self._on_broken(
                 exc
                 if isinstance(exc, errors.ConnectionFailedError)  # (says why itself)
@@ -237,7 +254,8 @@ class RecordWriter:
             )
         except BaseException:
             # KeyboardInterrupt mid-send: part of a record may be out, so the VC is gone.
-            self._release()
+            if holding:
+                self._release()
             self._on_broken(errors.ConnectionFailedError("transport: interrupted while sending"))
             raise
 
@@ -291,7 +309,8 @@ class RecordWriter:
                         break
             except (OSError, errors.IPCError):
                 pass
-            self._release()
+            finally:  # (a KeyboardInterrupt too: the role must not stay taken)
+                self._release()
         elif self.flushing and self._mux.closed:
             # Another thread is sending: it sends our GOAWAY after what it has, unless the
             # socket is shut first. Its LAST_ID is what lets the peer resend the calls we

@@ -1451,3 +1451,87 @@ def test_a_listener_whose_own_auth_no_peer_takes_says_so_in_a_warning(
         assert "blessings and discharges encode to" in record.getMessage()
     finally:
         lst.close()
+
+
+class _SlowSealer:
+    """The VC's sealer, sealing ``delay`` seconds late on the thread named ``who`` (as a
+    busy CPU might hold that thread): the flusher role stays with it meanwhile."""
+
+    def __init__(self, inner: Any, who: str, delay: float) -> None:
+        self._inner, self._who, self._delay = inner, who, delay
+
+    def seal_parts(self, parts: Any) -> Any:
+        if threading.current_thread().name == self._who:
+            time.sleep(self._delay)
+        return self._inner.seal_parts(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_close_while_the_lingerer_flushes_still_sends_the_goaway(
+    server: Callable[..., Listener],
+) -> None:
+    """close() queues the GOAWAY and gives the flusher a moment to send it. The lingerer,
+    flushing a burst's deferred writes, left what was queued meanwhile for its next round
+    and gave up the role: close() stopped waiting and shut the socket first, and the peer
+    saw a bare EOF (no LAST_ID, so calls it could resend failed instead)."""
+    accepted: list[Flow] = []
+    opened = threading.Event()
+
+    def on_flow(flow: Flow) -> None:
+        accepted.append(flow)
+        opened.set()
+
+    lst = server(on_flow=on_flow)
+    conn = _dial(lst)
+    flow = conn.connect()
+    flow.write(b"first")  # (opens the flow at the server)
+    assert opened.wait(5)
+    server_conn = accepted[0].connection
+    writer = conn._writer
+    writer._sealer = _SlowSealer(writer._sealer, "ipc-linger", 0.05)
+    flow.write(b"a", streamed=True)
+    flow.write(b"b", streamed=True)  # (within LINGER of the first: deferred to the lingerer)
+    deadline = time.monotonic() + 5
+    while not writer.flushing and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assert writer.flushing  # the lingerer holds the role, sealing
+    conn.close()
+    assert server_conn.wait_closed(5)
+    # (What the peer's GOAWAY says; a bare EOF says "transport: the peer closed ...".)
+    assert "mux: the peer closed the connection" in str(server_conn.error), server_conn.error
+
+
+@pytest.mark.interpreted  # (replaces the lingerer's add at run time)
+def test_a_send_that_gave_the_flusher_role_up_never_clears_it_for_another_thread(
+    server: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lingerer gives the role up, then fails to be asked again (no thread to be had):
+    by then another writer may hold the role. The failure cleared it all the same, and a
+    third writer could become a second flusher, sharing the sealer's nonces and the socket."""
+    from ipcclient.transport import writer as writer_mod
+
+    conn = _dial(lst := server())
+    try:
+        flow = conn.connect()
+        flow.write(b"open")
+        writer = conn._writer
+
+        def add(w: Any) -> None:  # meanwhile another writer became the flusher
+            with w._lock:
+                w.flushing = True
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(writer_mod.LINGERER, "add", add)
+        with conn._lock:
+            conn._mux.send_data(flow.id, b"a")
+            data = writer.take_output_locked()
+            conn._mux.send_data(flow.id, b"b")  # (queued meanwhile: left for the next round)
+            writer.linger_due = False
+        writer.send(data, blocking=False, once=True)
+        assert writer.flushing  # (still the other writer's)
+        assert conn.error is not None  # (what was deferred is lost: the VC is gone)
+    finally:
+        conn.close(timeout=0.1)
+        lst.close()
