@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from ipcclient.client import Client
 from ipcclient.options import ClientOptions
@@ -49,6 +50,13 @@ class Family:
         p.store.set(b, "...")
         p.roots.add_blessings(self.root_blessings)
         return p
+
+
+# No per-example deadline (Hypothesis's default is 200 ms): on a loaded CI machine a stall of
+# the process fails an example that is merely slow, as "unreliable timings". Every test still
+# has pytest-timeout's bound.
+settings.register_profile("ipcclient", deadline=None)
+settings.load_profile("ipcclient")
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ make calls of its own (the publisher does the mounting).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ipcclient import env
 from ipcclient.cli.exits import EXIT_OK
@@ -26,12 +27,12 @@ from ipcclient.server.server import Server
 __all__ = ["cmd_mounttable", "cmd_serve"]
 
 
-def _serve_until_stopped(server: Server, grace: float) -> None:
-    """Block until Ctrl-C or SIGTERM, then stop (calls in flight get ``grace`` seconds)."""
-
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C (a KeyboardInterrupt in the main thread) meanwhile."""
     old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        server.wait(grace=grace)
+        yield
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -55,15 +56,19 @@ def _run_daemon(
 ) -> int:
     """Listen on ``--listen``, let ``serve(server, endpoint)`` start serving (it returns the
     line to print on standard error), publish under ``--name``, print the rooted endpoint,
-    and serve until stopped; then stop the server and close the publishing client."""
+    and serve until Ctrl-C or SIGTERM (calls in flight get ``--grace`` seconds); then stop
+    the server and close the publishing client. SIGTERM is handled before the endpoint is
+    printed: a supervisor that reads it and stops the daemon at once still gets the
+    orderly stop (its names unmounted), not the default death."""
     try:
-        ep = server.listen("tcp", args.listen)
-        note = serve(server, ep)
-        if args.name:
-            server.add_name(args.name)
-        out("/" + ep)
-        err(note)
-        _serve_until_stopped(server, args.grace)
+        with _sigterm_interrupts():
+            ep = server.listen("tcp", args.listen)
+            note = serve(server, ep)
+            if args.name:
+                server.add_name(args.name)
+            out("/" + ep)
+            err(note)
+            server.wait(grace=args.grace)
     finally:
         server.stop()
         if client is not None:

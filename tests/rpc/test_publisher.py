@@ -68,14 +68,15 @@ def test_refresh_keeps_a_mount_alive_beyond_its_ttl(
     _, mt = serving(stack, family.member("mt"), table=MountTable())
     server, svc = serving(stack, family.member("server"), Label("pub"))
     client = client_for(stack, family.member("client"), mt)
-    pub = _publisher(stack, client, ttl=0.3, refresh_fraction=0.4)
+    # (A refresh every 0.12 s: a stall of up to ~0.45 s of the refresher keeps the name.)
+    pub = _publisher(stack, client, ttl=0.6, refresh_fraction=0.2)
 
     pub.add_name("apps/pub", server.endpoints)
     assert _servers(client, mt, "apps/pub") == [svc]
     first = pub.status()["apps/pub"]
     assert first.last_error is None and first.last_mount is not None
 
-    end = time.monotonic() + 1.0  # more than three TTLs
+    end = time.monotonic() + 2.0  # more than three TTLs
     while time.monotonic() < end:
         assert _servers(client, mt, "apps/pub") == [svc]
         time.sleep(0.05)
@@ -253,6 +254,7 @@ class _PausedCaller:
         self.armed = False
         self.started = threading.Event()
         self.go = threading.Event()
+        self.landed = threading.Event()  # (the paused Mount returned)
 
     def call(
         self, c: Context, name: str, method: str, *args: Any, options: Sequence[CallOption] = ()
@@ -261,6 +263,10 @@ class _PausedCaller:
             self.armed = False
             self.started.set()
             self.go.wait(5.0)
+            try:
+                return self.client.call(c, name, method, *args, options=options)
+            finally:
+                self.landed.set()
         return self.client.call(c, name, method, *args, options=options)
 
 
@@ -291,8 +297,9 @@ def test_a_refresh_in_flight_does_not_undo_a_change(
         expected = []
     assert _servers(client, mt, "svc") == expected
     caller.go.set()  # the Mount of the old servers lands now, after the change
-    time.sleep(0.3)  # (well within the TTL: what the refresh mounted would still be there)
-    assert _servers(client, mt, "svc") == expected
+    assert caller.landed.wait(5.0)
+    # (Well within the TTL: what the refresh mounted would still be there, unless undone.)
+    assert wait_until(lambda: _servers(client, mt, "svc") == expected, 2.0)
     time.sleep(0.4)  # and the later refreshes do not bring them back either
     assert _servers(client, mt, "svc") == expected
 

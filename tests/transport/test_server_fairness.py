@@ -138,7 +138,7 @@ def test_headerless_flows_on_many_vcs_of_one_address_share_its_bound(
         max_calls_per_vc=8,
         max_headerless_per_vc=4,
         max_calls_per_address=8,
-        first_header_timeout=2.0,
+        first_header_timeout=3.5,  # (the held flows stay held while the test counts)
     )
     server, name = make_server(Service(), AllowPatterns(["root:client"]), options=opts)
     legit = Legit(make_client(), name)

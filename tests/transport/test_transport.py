@@ -340,9 +340,10 @@ def test_a_reply_that_comes_after_the_callers_deadline_is_not_its_answer(
     try:
         conn._poll = _LatePoll(conn._poll, late=0.4)
         flow = conn.connect()
+        deadline = time.monotonic() + 0.1  # (before the write: the reply comes 0.15 s after)
         flow.write(b"x")
         with pytest.raises(errors.TimeoutError):
-            flow.read(time.monotonic() + 0.1)
+            flow.read(deadline)
         assert flow.read(time.monotonic() + 5) == b"late"  # (nothing was lost)
     finally:
         conn.close()
@@ -419,11 +420,13 @@ def test_black_holed_peer_is_found_by_keepalive(server: Callable[..., Listener])
 
 
 def test_idle_vc_survives_with_keepalive(server: Callable[..., Listener]) -> None:
-    opts = TransportOptions(keepalive=KeepaliveConfig(interval=0.05, timeout=0.3, send_timeout=1))
+    # (Both ends in one process: a stall of the whole process longer than timeout minus
+    # interval would look like a dead peer; a second of it is more than a loaded CI stalls.)
+    opts = TransportOptions(keepalive=KeepaliveConfig(interval=0.1, timeout=1.0, send_timeout=1))
     lst = server(options=opts)
     conn = _dial(lst, options=opts)
     try:
-        time.sleep(0.6)
+        time.sleep(1.5)
         assert not conn.closed
         assert _roundtrip(conn, b"still here") == b"STILL HERE"
     finally:
@@ -544,13 +547,13 @@ def test_a_dial_step_returns_at_its_time_and_the_dial_at_its_deadline() -> None:
     silent.listen(4)
     try:
         address = "%s:%d" % silent.getsockname()
-        dialing = _start_dial(("tcp", address), time.monotonic() + 0.4)
+        dialing = _start_dial(("tcp", address), time.monotonic() + 1.0)
         start = time.monotonic()
         assert dialing.step(start + 0.05) is False
-        assert 0.04 < time.monotonic() - start < 0.3
+        assert 0.04 < time.monotonic() - start < 0.9
         with pytest.raises(errors.TimeoutError, match="did not finish in time"):
             dialing.run()
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 2.5
         assert dialing.sock is None  # closed
     finally:
         silent.close()
@@ -688,8 +691,9 @@ def test_a_shed_handshake_socket_is_shut_before_its_thread_closes_it(
 
     fake = _SocketModuleMaking()
     monkeypatch.setattr(managermod, "socket", fake)
-    monkeypatch.setattr(_OrderedSocket, "wait", 1.0)
-    options = TransportOptions(max_pending_handshakes=1, first_byte_timeout=0.3)
+    monkeypatch.setattr(_OrderedSocket, "wait", 3.0)
+    # (The second connection must come within first_byte_timeout of the first.)
+    options = TransportOptions(max_pending_handshakes=1, first_byte_timeout=1.0)
     lst = StreamManager(make_identity(), options).listen(
         "tcp", "127.0.0.1:0", blessings=None, on_flow=_echo_upper
     )
