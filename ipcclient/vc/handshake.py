@@ -40,6 +40,7 @@ from ipcclient.security.blessings import Blessings
 from ipcclient.security.discharges import Discharge
 from ipcclient.security.keys import PURPOSE_HANDSHAKE, PublicKey
 from ipcclient.vc.records import KEY_SIZE, RecordOpener, RecordSealer
+from ipcclient.wire.errorpayload import encode_error
 from ipcclient.wire.frames import GOAWAY, encode_frame
 
 __all__ = [
@@ -488,10 +489,8 @@ class ServerHandshake(_Base):
         auth, never returned, come first: the client cannot open the GOAWAY without them."""
         if self._sealer is None:
             return b""
-        try:
-            payload = codec.encode(err)
-        except errors.BadArgError:
-            payload = b""
+        # (Shortened to the frame payload the client accepts, as any error a peer is sent.)
+        payload = encode_error(err, self._peer_settings.max_frame_payload)
         return self._unsent + bytes(self._sealer.seal(encode_frame(GOAWAY, 0, 0, payload)))
 
     def _step(self) -> bytes:

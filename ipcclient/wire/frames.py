@@ -174,10 +174,13 @@ class FrameDecoder:
     The header of a frame is validated as soon as its 10 bytes are here, before any of its
     payload is buffered, so a declared length above ``max_payload`` costs nothing. The decoder
     holds at most one incomplete frame (fewer than ``HEADER_SIZE + max_payload`` bytes). After
-    an error it is dead: every later :meth:`feed` raises the same error.
+    an error it is dead: every later :meth:`feed` raises the same error. A GOAWAY is the last
+    frame of a stream: whatever follows it, in the same chunk or later, is ignored unread
+    (docs/protocol.md, GOAWAY), so a peer's reason and LAST_ID are never lost to bytes it
+    sent after them.
     """
 
-    __slots__ = ("_buf", "_error", "max_payload")
+    __slots__ = ("_buf", "_ended", "_error", "max_payload")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_FRAME_PAYLOAD) -> None:
         if not MIN_FRAME_PAYLOAD <= max_payload <= MAX_FRAME_PAYLOAD_LIMIT:
@@ -186,6 +189,7 @@ class FrameDecoder:
             )
         self.max_payload = max_payload
         self._buf = bytearray()
+        self._ended = False  # (a GOAWAY came: nothing more is decoded)
         self._error: errors.BadProtocolError | None = None
 
     @property
@@ -207,6 +211,8 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         frames: list[Frame] = []
+        if self._ended:
+            return frames
         buf = self._buf
         if not buf:
             self._parse(data, frames, keep_rest=True)
@@ -225,7 +231,7 @@ class FrameDecoder:
                     taken += more
             if self._parse(buf, frames, keep_rest=False) == len(buf):
                 buf.clear()
-                if taken < len(view):
+                if taken < len(view) and not self._ended:
                     self._parse(view[taken:], frames, keep_rest=True)
             view.release()
         return frames
@@ -269,6 +275,9 @@ class FrameDecoder:
                     self._fail_with("CREDIT frame with a zero increment")
                 append(Frame(ftype, flags, flow_id, payload))
                 pos = stop
+                if ftype == GOAWAY:
+                    self._ended = True
+                    return end  # (the rest is ignored, not kept)
             if keep_rest and pos < end:
                 self._buf += raw[pos:] if view is None else view[pos:]
         finally:

@@ -83,11 +83,14 @@ def test_round_trip_under_any_chunking(
     out: list[Frame] = []
     for start, stop in itertools.pairwise(points):
         out.extend(decoder.feed(kind(wire[start:stop])))
-    assert out == frame_list
+    # (Up to the first GOAWAY: the last frame of a stream, what follows it is ignored.)
+    ends = [i for i, f in enumerate(frame_list) if f.type == GOAWAY]
+    expected = frame_list[: ends[0] + 1] if ends else frame_list
+    assert out == expected
     assert decoder.buffered == 0
     assert all(type(f.payload) is bytes for f in out)
     # All at once gives the same frames.
-    assert FrameDecoder(MAX).feed(wire) == frame_list
+    assert FrameDecoder(MAX).feed(wire) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -102,10 +105,38 @@ def test_random_bytes_give_frames_or_bad_protocol(data: bytes, chunk: int) -> No
         with pytest.raises(errors.BadProtocolError):
             decoder.feed(b"")
         return
-    # Every frame handed out is valid and is exactly a prefix of the input.
+    # Every frame handed out is valid and is exactly a prefix of the input; a GOAWAY only
+    # last, with nothing kept after it.
     rebuilt = b"".join(encode(f) for f in got)
     assert data.startswith(rebuilt)
-    assert decoder.buffered == len(data) - len(rebuilt)
+    assert all(f.type != GOAWAY for f in got[:-1])
+    ended = bool(got) and got[-1].type == GOAWAY
+    assert decoder.buffered == (0 if ended else len(data) - len(rebuilt))
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"\xff" * HEADER_SIZE,  # an unknown type
+        struct.pack(">HII", CREDIT << 8, 1, 4) + bytes(4),  # a zero increment
+        struct.pack(">HII", DATA << 8, 1, MAX + 1),  # a length over the maximum
+        encode_frame(PING, 0, 0, b"12345678"),  # a valid frame: ignored too
+    ],
+)
+@pytest.mark.parametrize("split", [None, 3, HEADER_SIZE + 2])
+def test_what_follows_a_goaway_is_ignored_unread(after: bytes, split: int | None) -> None:
+    """A GOAWAY is the stream's last frame: bytes after it, valid or not, in the same chunk
+    or later, are ignored (they were decoded first, and a malformed frame after the GOAWAY
+    turned the peer's reason and LAST_ID into a protocol error)."""
+    goaway = encode_frame(GOAWAY, 0, 0, b"why")
+    decoder = FrameDecoder(MAX)
+    wire = goaway + after
+    if split is None:
+        got = decoder.feed(wire)
+    else:
+        got = decoder.feed(wire[:split]) + decoder.feed(wire[split:])
+    assert got == [Frame(GOAWAY, 0, 0, b"why")]
+    assert decoder.feed(after) == [] and decoder.buffered == 0
 
 
 def test_oversized_payload_is_refused_after_the_header_alone() -> None:

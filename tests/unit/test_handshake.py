@@ -336,6 +336,24 @@ def test_a_refused_client_auth_is_answered_with_a_sealed_goaway() -> None:
     assert codec.decode(frames[0].payload).id == "ipc.BadProtocol"
 
 
+def test_a_long_rejection_is_shortened_to_the_frame_the_client_accepts() -> None:
+    """The rejection's error was encoded whole: longer than the client's largest frame
+    payload, the client's decoder refused the GOAWAY as a protocol error, and the reason
+    was lost."""
+    from ipcclient.vc.handshake import VCSettings
+    from ipcclient.wire.frames import GOAWAY, FrameDecoder
+
+    client = _client(make_identity(), settings=VCSettings(max_frame_payload=1024))
+    server = ServerHandshake(make_identity(), blessings=None)
+    client.receive_data(server.receive_data(client.start()))
+    assert client.result is not None
+    plains = client.result.opener.feed(server.rejection(errors.NotTrustedError("why " * 2000)))
+    frames = FrameDecoder(1024).feed(b"".join(plains))
+    assert [(f.type, f.flow_id) for f in frames] == [(GOAWAY, 0)]
+    err = codec.decode(frames[0].payload)
+    assert err.id == "ipc.NotTrusted" and err.msg.startswith("why why")
+
+
 def test_a_failure_in_the_feed_of_the_hello_is_answered_after_the_servers_hello() -> None:
     """A client whose first write held more than its hello, and something broken after it:
     the server's rejection was a sealed GOAWAY alone, without the hello and auth the client
