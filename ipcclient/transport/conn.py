@@ -157,6 +157,11 @@ class Connection(Reader):
         # Parking (accepted VCs; see parking.IdleWatcher): after this long without input and
         # with no flow, the reader thread hands the VC to the idle watcher and ends.
         self._park_idle = park_idle if on_flow is not None else 0.0
+        if ka.timeout - ka.interval < 2 * IDLE.ROUND:
+            # The watcher checks parked VCs once a ROUND: with less than that between the
+            # ping's due time and the timeout, a parked VC could be judged dead without ever
+            # having been pinged. Such a VC keeps its reader thread.
+            self._park_idle = 0.0
         try:
             timeout = min(ka.interval, self._park_idle) if self._park_idle else ka.interval
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ka.send_timeout))
@@ -425,6 +430,8 @@ class Connection(Reader):
                 or self._flows
                 or not self._inline_runner.idle
                 or self._opener.buffered
+                # (the receive timeout may be the keepalive interval, when that is shorter)
+                or time.monotonic() - self._last_recv < self._park_idle
             ):
                 return False
         self._opener.release_buffer()  # (nobody reads until the watcher starts a reader)

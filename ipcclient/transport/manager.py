@@ -154,7 +154,9 @@ class TransportOptions:
         park_idle: (listening) an accepted VC with no flow and no input for this many
             seconds gives up its reader thread: one thread of the process watches every
             such VC and starts a reader for it when input comes (the first call after
-            the pause pays a thread start); 0: each VC keeps its thread.
+            the pause pays a thread start); 0: each VC keeps its thread, as does one
+            whose keepalive ``timeout`` is less than 2 s after its ``interval`` (the watcher
+            checks once a second: it must have a chance to ping before the timeout).
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)

@@ -374,11 +374,29 @@ def test_beyond_max_workers_a_call_is_refused_at_once(
         assert [s.finish() for s in streams] == [(0,)] * 4
 
 
+def test_an_idle_vc_whose_keepalive_leaves_less_than_the_watchers_round_is_not_parked(
+    family: Family, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The idle watcher checks parked VCs once a round (1 s): with a ping due 0.3 s after
+    the last input and the peer dead at 0.9 s, a parked VC was judged dead at its first
+    check without ever being pinged, and a healthy client lost its VC a second after its
+    last call. It keeps its reader thread now, which pings in time."""
+    transport = TransportOptions(keepalive=KeepaliveConfig(interval=0.3, timeout=0.9))
+    _, name = make_server(Service(), AllowEveryone(), options=ServerOptions(transport=transport))
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", b"x") == (b"x",)
+    (conn,) = client._vcs.values()
+    time.sleep(2.0)  # (idle: the server pings every 0.3 s, the client answers)
+    assert not conn.closed, conn.error
+    assert client.call(ctx(), name, "Echo", b"y") == (b"y",)
+    assert client.stats["dials"] == 1
+
+
 def test_idle_vcs_cost_no_thread_each_and_keep_their_keepalive(
     family: Family, make_server: MakeServer, make_client: MakeClient
 ) -> None:
     transport = TransportOptions(
-        park_idle=0.2, keepalive=KeepaliveConfig(interval=0.8, timeout=2.5)
+        park_idle=0.2, keepalive=KeepaliveConfig(interval=0.8, timeout=3.0)
     )
     server, name = make_server(
         Service(), AllowEveryone(), options=ServerOptions(transport=transport)
