@@ -495,11 +495,20 @@ class CancelContext(Context):
 def _run_callbacks(
     items: list[tuple[Callable[[errors.IPCError], None], errors.IPCError]],
 ) -> None:
+    """Run every callback, each once. One that raises is logged; a KeyboardInterrupt or a
+    SystemExit is raised again once the others have run: they are gone from their context,
+    which is done, so nothing would ever run them (a call's cancellation among them)."""
+    interrupted: BaseException | None = None
     for fn, err in items:
         try:
             fn(_fresh(err))
         except Exception:
             _log.exception("context done-callback %r raised", fn)
+        except BaseException as exc:
+            if interrupted is None:
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class _Timer:
@@ -526,16 +535,23 @@ class _Timer:
                 heapq.heapify(self._heap)
                 self._compact_at = max(_TIMER_COMPACT_MIN, 2 * len(self._heap))
             heapq.heappush(self._heap, (deadline, next(self._seq), weakref.ref(ctx)))
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._start_locked()
             elif self._heap[0][0] == deadline:
                 self._cond.notify()
 
     def _start_locked(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name="ipcclient-context-timer", daemon=True
-        )
-        self._thread.start()
+        """Start the timer thread. When none can be started (the process is at its thread
+        limit) the deadlines wait, logged, for the next :meth:`schedule` to try again; a
+        context still reports its deadline when asked (``done()``, ``err()``)."""
+        thread = threading.Thread(target=self._run, name="ipcclient-context-timer", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            self._thread = None
+            _log.warning("context: no timer thread (%s); deadlines fire when next asked", exc)
+            return
+        self._thread = thread
 
     def _run(self) -> None:
         while True:
@@ -551,7 +567,10 @@ class _Timer:
             for ref in due:
                 ctx = ref()
                 if ctx is not None and ctx._err is None:
-                    ctx._finish(errors.TimeoutError("context deadline exceeded"))
+                    try:
+                        ctx._finish(errors.TimeoutError("context deadline exceeded"))
+                    except BaseException:  # (a callback's SystemExit: the timer goes on)
+                        _log.exception("context: a done-callback ended its run")
             del due, ctx
 
     def after_fork_in_child(self) -> None:

@@ -453,6 +453,69 @@ def test_timer_fires_done_callbacks_on_deadline() -> None:
     assert ctx._err is not None
 
 
+def test_an_interrupt_in_one_callback_leaves_the_others_to_run() -> None:
+    """Ctrl-C landing in a done-callback ended the run: the callbacks after it never ran
+    (they are gone from the context, which is done), a call's cancellation among them."""
+    ctx = Context.background(FakeClock()).with_cancel()
+    got: list[str] = []
+
+    def interrupted(e: errors.IPCError) -> None:
+        raise KeyboardInterrupt
+
+    ctx.add_done_callback(lambda e: got.append("before"))
+    ctx.add_done_callback(interrupted)
+    ctx.add_done_callback(lambda e: got.append("after"))
+    with pytest.raises(KeyboardInterrupt):
+        ctx.cancel()
+    assert sorted(got) == ["after", "before"]
+
+
+def _fires(ctx: Context) -> bool:
+    fired = threading.Event()
+    ctx.add_done_callback(lambda e: fired.set())
+    return fired.wait(2.0)
+
+
+def test_the_timer_outlives_a_callback_that_exits(caplog: pytest.LogCaptureFixture) -> None:
+    """A done-callback raising SystemExit ended the timer thread: no deadline of the
+    process fired its callbacks again (only when someone asked the context)."""
+
+    def exits(e: errors.IPCError) -> None:
+        raise SystemExit(3)
+
+    with caplog.at_level(logging.ERROR, logger="ipcclient.context"):
+        doomed = Context.background().with_timeout(0.01)
+        doomed.add_done_callback(exits)
+        assert _fires(doomed)  # (the callback after it, in the same run)
+        assert _fires(Context.background().with_timeout(0.01))
+    assert timer_threads() == [context_mod._TIMER.thread()]
+
+
+@pytest.mark.interpreted  # (replaces the module's timer at run time)
+def test_a_timer_thread_that_could_not_start_is_started_later(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed start left an unstarted thread as the timer's for good (no deadline fired
+    its callbacks again), and the context's caller got a bare RuntimeError."""
+    from tests.conftest import refuse_threads
+
+    fresh = context_mod._Timer()
+    monkeypatch.setattr(context_mod, "_TIMER", fresh)
+    got: list[errors.IPCError] = []
+    with pytest.MonkeyPatch.context() as refused:
+        refuse_threads(refused, "ipcclient-context-timer")
+        with caplog.at_level(logging.WARNING, logger="ipcclient.context"):
+            late = Context.background().with_timeout(0.01)
+            late.add_done_callback(got.append)  # (no thread: logged, not raised)
+    assert any("no timer thread" in r.getMessage() for r in caplog.records)
+    assert fresh.thread() is None
+    assert _fires(Context.background().with_timeout(0.01))  # (started now)
+    assert len(got) == 1 and isinstance(got[0], errors.TimeoutError)  # (fired with it)
+    thread = fresh.thread()
+    assert thread is not None
+    thread.name = "ipcclient-context-timer (a test's, idle)"  # (not the process's timer)
+
+
 def test_timer_thread_count_stays_one() -> None:
     Context.background().with_timeout(0.001).add_done_callback(noop)  # make sure it started
     ctxs = [Context.background().with_timeout(30 + i * 0.001) for i in range(300)]
