@@ -272,7 +272,10 @@ def prepare_discharges(
         if missing:
             got.extend(fetch(ctx(), missing, impetus, problems))
         found.extend(got)
-        caveats = [c for d in got for c in d.caveats if isinstance(c, ThirdPartyCaveat)]
+        # (Once each: discharges of one level often share a caveat; each copy would be
+        # fetched and sent again, past the server's count of discharges in a request.)
+        nested = {c.id: c for d in got for c in d.caveats if isinstance(c, ThirdPartyCaveat)}
+        caveats = list(nested.values())
     return tuple(found), problems
 
 

@@ -93,6 +93,11 @@ class SecurityCall:
         remote_blessings: the blessings the peer presented, if any.
         remote_discharges: discharges the peer presented, by third-party caveat ID.
         arguments: the call's arguments when known.
+        discharge_results: what validating each third-party caveat gave, by (caveat ID,
+            nesting depth), within this check: a caveat referenced many times (at each level
+            of a discharge's own third-party caveats, say) has its discharge checked once,
+            so the work is bounded by the discharges presented, not multiplied by every
+            reference at every level (a peer could otherwise make one check cost hours).
     """
 
     timestamp: float = field(default_factory=time.time)
@@ -104,6 +109,9 @@ class SecurityCall:
         default_factory=lambda: types.MappingProxyType({})
     )
     arguments: tuple[Any, ...] | None = None
+    discharge_results: dict[tuple[str, int], errors.IPCError | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
 
 CallInfo = SecurityCall
@@ -348,13 +356,25 @@ class ThirdPartyCaveat(Caveat):
     def validate(self, call: SecurityCall, *, depth: int = 0) -> None:
         if depth >= MAX_CAVEAT_NESTING:
             raise errors.BadDischargeError("security: discharges nested too deeply", self.id)
-        discharge = call.remote_discharges.get(self.id)
-        if discharge is None:
-            raise errors.BadDischargeError(
-                f"security: no discharge for third-party caveat {self.id} ({self.location})",
-                self.id,
-            )
-        discharge.validate_for(self, call, depth=depth + 1)
+        results = call.discharge_results
+        key = (self.id, depth)
+        if key in results:  # (checked already in this call: see SecurityCall)
+            failed = results[key]
+            if failed is not None:
+                raise failed
+            return
+        try:
+            discharge = call.remote_discharges.get(self.id)
+            if discharge is None:
+                raise errors.BadDischargeError(
+                    f"security: no discharge for third-party caveat {self.id} ({self.location})",
+                    self.id,
+                )
+            discharge.validate_for(self, call, depth=depth + 1)
+        except errors.IPCError as exc:
+            results[key] = exc
+            raise
+        results[key] = None
 
     def __repr__(self) -> str:
         return f"ThirdPartyCaveat(id={self.id[:16]}..., location={self.location!r})"

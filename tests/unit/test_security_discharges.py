@@ -225,3 +225,88 @@ def test_the_cache_keeps_a_discharge_per_call_the_caveat_asks_reported() -> None
     assert cache.get(reported.id, NOW, caveat=reported, impetus=get) is None
     assert cache.get(reported.id, NOW, caveat=reported, impetus=put) is None
     assert len(cache) == 1
+
+
+@pytest.mark.interpreted  # (counts the signature checks by replacing Discharge.verify)
+@pytest.mark.parametrize("missing", [False, True])
+def test_a_caveat_referenced_at_every_level_has_its_discharge_checked_once(
+    monkeypatch: pytest.MonkeyPatch, missing: bool
+) -> None:
+    """A principal any trusted root blessed can be its own discharger: discharges whose
+    caveats reference the next level's caveat F times each, and a blessing that references
+    the top one R times, made one check verify R * (1 + F + F^2 + F^3) signatures (hours
+    of CPU for one call at F = R = 63). Each (caveat, depth) is now checked once per call,
+    whether it holds or not."""
+    from ipcclient.security import validate_blessings
+
+    idp = Principal.generate()
+    root = idp.bless_self("idp")
+    server = Principal.generate()
+    server.add_to_roots(root)
+    mallory = Principal.generate()
+    hers = idp.bless(mallory.public_key, root, "mallory", [caveats.expires_in(3600)])
+    expiry = caveats.expires_in(3600)
+    w = caveats.third_party("d", mallory.public_key)
+    level, discharges = w, [issue_discharge(mallory, w, [expiry])]
+    for _ in range(3):
+        upper = caveats.third_party("d", mallory.public_key)
+        discharges.append(issue_discharge(mallory, upper, [expiry] + [level] * 20))
+        level = upper
+    blessings = mallory.bless(mallory.public_key, hers, "x", [level] * 20)
+    if missing:
+        discharges = discharges[1:]  # (the bottom one: every path fails there)
+    checked = [0]
+    verify = Discharge.verify
+
+    def counting(d: Discharge, key: object) -> bool:
+        checked[0] += 1
+        return verify(d, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Discharge, "verify", counting)
+    call = SecurityCall(
+        method="Get",
+        remote_blessings=blessings,
+        remote_discharges={d.caveat_id: d for d in discharges},
+    )
+    names, rejected = validate_blessings(blessings, call, server.roots)
+    if missing:
+        assert names == [] and len(rejected) == 1
+        assert "no discharge" in rejected[0].error.msg
+    else:
+        assert names == ["idp:mallory:x"]
+    assert checked[0] <= len(discharges)  # (was 20 * (1 + 20 + 400 + 8000) = 168,420)
+
+
+def test_a_nested_caveat_shared_by_many_discharges_is_sent_once() -> None:
+    """Discharges of one level that carry the same third-party caveat each added its
+    discharge again: 40 such discharges made 80 for 41 caveats, and the server, which
+    takes at most 64 in a request, refused every call."""
+    from ipcclient.client.security import prepare_discharges
+
+    disch, user = Principal.generate(), Principal.generate()
+    expiry = caveats.expires_in(3600)
+    shared = caveats.third_party("d", disch.public_key)
+    tops = [caveats.third_party("d", disch.public_key) for _ in range(40)]
+    blessings = user.bless(user.public_key, user.bless_self("u"), "x", tops)
+    cache = DischargeCache()
+    for top in tops:
+        cache.put(issue_discharge(disch, top, [expiry, shared]), caveat=top)
+    fetched: list[str] = []
+
+    def fetch(_ctx: object, missing: list[caveats.ThirdPartyCaveat], *_: object) -> list[Discharge]:
+        fetched.extend(c.id for c in missing)
+        return [issue_discharge(disch, c, [expiry]) for c in missing]
+
+    found, problems = prepare_discharges(
+        cache,
+        fetch,
+        lambda: None,
+        blessings,
+        ["s"],
+        "Get",
+        (),
+        (),  # type: ignore[arg-type]
+    )
+    assert problems == []
+    assert fetched == [shared.id]
+    assert sorted(d.caveat_id for d in found) == sorted([t.id for t in tops] + [shared.id])
