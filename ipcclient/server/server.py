@@ -321,8 +321,9 @@ class Server(FlowServing):
     # a wrong type is a BadArgError, not the TypeError of a compiled function's boundary.)
     def stop(self, timeout: Any = 5.0, *, grace: Any = 0.0) -> None:
         """Stop: no new calls (new ones are refused with CanceledError) and no new VCs; the
-        published names are unmounted; calls in flight get up to ``grace`` seconds to finish,
-        then the rest are cancelled (their clients see Canceled or a broken VC); VCs close;
+        published names are unmounted; calls in flight get up to ``grace`` seconds to finish
+        and their answers to reach the clients (sent and acknowledged), then the rest are
+        cancelled (their clients see Canceled or a broken VC); VCs close;
         worker threads end (waiting at most ``timeout`` for each step). Idempotent; a second
         call while the first waits returns at once.
 
@@ -359,10 +360,15 @@ class Server(FlowServing):
             steps.append(("unpublishing", functools.partial(self._publisher.stop, timeout)))
         if grace > 0:
             steps.append(
-                ("waiting for calls in flight", functools.partial(self._await_idle, grace))
+                (
+                    "waiting for calls in flight",
+                    functools.partial(self._await_idle, grace, listeners),
+                )
             )
         steps.append(("cancelling calls", functools.partial(self._root.cancel, "server stopping")))
-        steps.append(("closing the VCs", functools.partial(self._close_connections, listeners)))
+        steps.append(
+            ("closing the VCs", functools.partial(self._close_connections, listeners, timeout))
+        )
         steps.append(("ending worker threads", functools.partial(self._pool.shutdown, timeout)))
         interrupted: BaseException | None = None  # (re-raised once every step has run)
         try:
@@ -389,24 +395,30 @@ class Server(FlowServing):
         self._stopped_event.set()
         log.debug("server: forgot %d listeners inherited across fork", len(listeners))
 
-    def _close_connections(self, listeners: list[Listener]) -> None:
-        """Close every VC the ``listeners`` accepted (each one, even if one fails)."""
+    def _close_connections(self, listeners: list[Listener], timeout: float) -> None:
+        """Close every VC the ``listeners`` accepted (each one, even if one fails), all
+        within ``timeout`` seconds (each VC's close waits a moment for a thread sending on
+        it; with many VCs whose peers do not read, the moments must not add up)."""
+        deadline = time.monotonic() + timeout
         interrupted: BaseException | None = None
         for lst in listeners:
             for conn in lst.connections:
-                exc = _run_step("closing a VC", conn.close)
+                left = max(0.0, deadline - time.monotonic())
+                exc = _run_step("closing a VC", functools.partial(conn.close, timeout=left))
                 if interrupted is None:
                     interrupted = exc
         if interrupted is not None:
             raise interrupted
 
-    def _await_idle(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the calls running or queued to end."""
+    def _await_idle(self, grace: float, listeners: list[Listener]) -> None:
+        """Wait up to ``grace`` seconds for the calls running or queued to end, and for
+        what they answered to be out: a method's worker returns once its answer is queued
+        or handed to a drainer (a slow peer), and closing the VC then would lose it."""
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._slots_lock:
                 idle = self._in_use <= 0
-            if idle:
+            if idle and not any(c.sending() for lst in listeners for c in lst.connections):
                 return
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 

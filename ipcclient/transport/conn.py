@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +84,16 @@ log = logging.getLogger("ipcclient.transport")
 _GOAWAY_GRACE = 0.2
 """How long :meth:`Connection.close` waits for another thread's send to carry its GOAWAY out
 before it shuts the socket."""
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes in ``sock``'s kernel send queue (sent or not, not yet acknowledged); 0 where
+    the system cannot say, or once the socket is closed."""
+    try:
+        got = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(struct.unpack("i", got)[0])
 
 
 def _timeval(seconds: float) -> bytes:
@@ -304,6 +316,14 @@ class Connection(Reader):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._wake_r = self._wake_w = -1
+
+    def sending(self) -> bool:
+        """Whether bytes of this VC are still on their way out: queued, being sent by a
+        thread, or in the kernel's send queue, not yet acknowledged by the peer (Linux; not
+        counted elsewhere). An unlocked read, for a server's stop to poll."""
+        if self._writer.flushing or self._mux._out:
+            return True
+        return _unacknowledged(self._sock) > 0
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the VC is closed or broken; True if it is."""

@@ -359,3 +359,49 @@ def test_stop_ends_the_handshakes_still_going_on(family: Family) -> None:
     finally:
         for raw in raws:
             raw.close()
+
+
+@expose
+class _Download:
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+
+    def Big(self, call: ServerCall) -> bytes:
+        self.answered.set()
+        return b"x" * (3 << 20)
+
+
+def test_stop_with_grace_lets_an_answer_being_sent_reach_its_client(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A method's worker returns once its answer is queued or handed to a drainer (a slow
+    client); stop(grace) found no call in flight, closed the VC at once, and the client,
+    owed the answer and well within the grace, got a broken VC instead."""
+    from tests.faultproxy import Fault, FaultProxy
+
+    svc = _Download()
+    srv, name = make_server(svc, AllowEveryone())
+    parts = name.split("@")
+    with FaultProxy(parts[3]) as proxy:
+        proxy.set(down=Fault.latency(0.04))  # (at most 64 KiB per 40 ms toward the client)
+        target = "@".join([*parts[:3], proxy.address, *parts[4:]])
+        client = make_client()
+        got: list[Any] = []
+
+        def download() -> None:
+            try:
+                got.append(client.call(Context.background().with_timeout(30), target, "Big"))
+            except errors.IPCError as exc:
+                got.append(exc)
+
+        thread = threading.Thread(target=download)
+        thread.start()
+        assert svc.answered.wait(10)
+        deadline = time.monotonic() + 5  # (the worker returns, its answer still going out)
+        while srv._in_use and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv._in_use == 0
+        srv.stop(grace=20)
+        thread.join(20)
+    assert got and not isinstance(got[0], errors.IPCError), got
+    assert len(got[0][0]) == 3 << 20
