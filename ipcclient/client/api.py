@@ -55,7 +55,7 @@ from ipcclient.security.caveats import ThirdPartyCaveat
 from ipcclient.security.discharges import Discharge, DischargeCache, DischargeImpetus
 from ipcclient.security.principal import Principal
 from ipcclient.stream import MessageStream
-from ipcclient.transport.conn import Flow
+from ipcclient.transport.conn import Connection, Flow
 from ipcclient.transport.manager import StreamManager
 
 __all__ = ["FAST_PATH", "MAX_RESENDS", "Client"]
@@ -457,7 +457,8 @@ class Client:
         if len(targets) > 1:
             # Servers with a healthy cached VC first (stable: protocol order otherwise).
             open_vcs = self._vcs
-            targets.sort(key=lambda t: open_vcs.get(t[2]) is None or open_vcs[t[2]].closed)
+            # (One lookup: a VC that closes meanwhile leaves the cache between two.)
+            targets.sort(key=lambda t: _unusable(open_vcs.get(t[2])))
         for (server, ep, key, suffix), got in self._cache.race(targets, call_ctx, tried):
             ctx_err = call_ctx.err()
             if ctx_err is not None:  # cancelled or past the deadline: say so, send nothing
@@ -755,3 +756,8 @@ class _SpanContext:
         if self._ctx is None:
             self._ctx = vtrace.with_span(self._parent, self._span)
         return self._ctx
+
+
+def _unusable(conn: Connection | None) -> bool:
+    """(For sorting servers) no cached VC, or a closed one."""
+    return conn is None or conn.closed

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,9 +39,20 @@ forks = 0
 a cheaper test than ``os.getpid()``, a system call, on every call."""
 
 
+_CACHES: weakref.WeakSet[VCCache] = weakref.WeakSet()
+"""Every VC cache of the process, for :func:`_count_fork`."""
+
+
 def _count_fork() -> None:
+    """In a fork child: count the fork, and unlock every VC cache's lock in place. A thread
+    of the parent may have held one at the fork; it does not exist in the child, so the
+    child's first call would wait for it forever. (In place: closures hold the lock.)"""
     global forks
     forks += 1
+    for cache in list(_CACHES):
+        reinit = getattr(cache.lock, "_at_fork_reinit", None)
+        if reinit is not None:  # pragma: no branch - CPython >= 3.9 has it
+            reinit()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
@@ -156,6 +168,7 @@ class VCCache:
         too."""
         self.closed = False
         self._dialing: dict[str, Dial] = {}
+        _CACHES.add(self)
         self._manager = manager
         self._dial_timeout = dial_timeout
         self._stats = stats
@@ -488,10 +501,25 @@ class VCCache:
         return None
 
     def evict(self, conn: Connection) -> None:
-        """Drop ``conn`` from the cache and close it (it cannot open a flow)."""
+        """Drop ``conn`` from the cache (it cannot open a flow). A broken VC is closed; one
+        that is still up (it ran out of flow ids, say) is retired: its calls in flight end
+        as they would have, and it closes after the last."""
         log.debug("client: evicting the VC %s (it cannot open a flow)", conn.name)
-        self._forget(conn)
-        conn.close()
+        if conn.closed:
+            self._forget(conn)
+            conn.close()
+            return
+        with self.lock:
+            for key, c in list(self.vcs.items()):
+                if c is conn:
+                    del self.vcs[key]
+            shut = self.closed  # (the client closed meanwhile: nobody would close it)
+            if not shut:
+                self.retired.add(conn)
+        if shut:
+            conn.close()
+        else:
+            conn.retire()
 
     def _on_vc_closed(self, conn: Connection, err: errors.IPCError) -> None:
         log.debug("client: VC %s closed: %s", conn.name, err)

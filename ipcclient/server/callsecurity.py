@@ -112,9 +112,11 @@ def authorize_call(
 
 
 def trim_cache(cache: dict[Any, Any]) -> None:
-    """Clear a VC's cache of security facts when full (its server state stays)."""
+    """Clear a VC's cache of security facts when full. Its server state (``VC_STATE``, the
+    VC's bounds and counts) is never out of the cache meanwhile: the reader thread looks it
+    up for every new flow, and taking it out and back would let a flow make a fresh one,
+    its counts at zero."""
     if len(cache) >= VC_CACHE_ENTRIES:
-        state = cache.get(VC_STATE)
-        cache.clear()
-        if state is not None:
-            cache[VC_STATE] = state
+        for key in list(cache):
+            if key != VC_STATE:
+                cache.pop(key, None)

@@ -797,3 +797,48 @@ def test_a_fresh_vc_starts_one_thread_on_each_side(
     finally:
         client.close()
     assert _settle(lambda: _dialed_vc_threads() == 0)
+
+
+def test_a_vc_out_of_flow_ids_is_replaced_and_its_calls_end_as_they_would(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A VC that has used its 2^31 flow ids (days of calls at full speed) cannot open one
+    more: it was evicted like a broken VC, closed, and a call still running on it failed
+    with request_sent=True (not retried, though the server may have run it). It retires
+    now: the call in flight ends normally and new calls go to a new VC."""
+    from ipcclient.wire.frames import MAX_FLOW_ID
+
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", 0) == (0,)
+    (old,) = client._vcs.values()
+    running = client.start_call(ctx(), name, "Count", [2])
+    mux = old._mux
+    with old._lock:  # (as if the ids had been used: the fault cannot be had sooner)
+        beyond = mux._next_id + 2 * ((MAX_FLOW_ID - mux._next_id) // 2 + 1)
+        mux._next_id = beyond  # (the next id is above the largest)
+        mux._opened_upto = beyond - 2
+    assert client.call(ctx(), name, "Echo", "a") == ("a",)
+    assert client.stats["dials"] == 2
+    assert list(running) == [0, 1] and running.finish() == (2,)
+    assert old.wait_closed(5)  # (closed after its last call)
+
+
+def test_a_fork_while_a_thread_holds_the_clients_lock_leaves_the_child_a_usable_client(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The client's lock, taken by its threads on every general-path call, was inherited
+    locked when another thread held it at the fork: the child's first call waited for it
+    forever, whatever its deadline (the thread holding it does not exist in the child)."""
+    _, name = make_server(Svc(), AllowEveryone())
+    client = make_client()
+    assert client.call(ctx(), name, "Echo", "parent") == ("parent",)
+
+    def child() -> None:
+        signal.alarm(10)  # (a child stuck on the lock dies instead of hanging the test)
+        assert client.call(ctx(5), name, "Echo", "child") == ("child",)
+        signal.alarm(0)
+
+    with client._lock:  # (as a thread of the parent in a call's bookkeeping at the fork)
+        _in_child(child)
+    assert client.call(ctx(), name, "Echo", "parent again") == ("parent again",)
