@@ -64,14 +64,15 @@ class MountedServer:
             raise errors.BadProtocolError(f"mount entry: bad server: {exc.msg}") from None
         if ttl is None:
             return cls(server, math.inf)
+        # (A peer's value is never formatted: a repr can fail, an int of 5,000 digits's.)
         if not isinstance(ttl, int | float) or isinstance(ttl, bool):
-            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
+            raise errors.BadProtocolError(f"mount entry: bad ttl (a {type(ttl).__name__})")
         try:
             seconds = float(ttl)
         except OverflowError:
             raise errors.BadProtocolError("mount entry: ttl out of range") from None
         if not math.isfinite(seconds) or seconds < 0:
-            raise errors.BadProtocolError(f"mount entry: bad ttl {ttl!r}")
+            raise errors.BadProtocolError(f"mount entry: bad ttl {seconds!r}")
         return cls(server, now + seconds)
 
 

@@ -174,7 +174,7 @@ def _check_ttl(ttl: object) -> float:
     if isinstance(ttl, int) and not 0 < ttl <= MAX_TTL:  # (may be too large for a float)
         if ttl > 0:
             return MAX_TTL
-        raise errors.BadArgError(f"mount table: ttl must be > 0, got {ttl}")
+        raise errors.BadArgError("mount table: ttl must be > 0, got a negative integer or 0")
     seconds = float(ttl)
     if not math.isfinite(seconds) or seconds <= 0:
         raise errors.BadArgError(f"mount table: ttl must be > 0 and finite, got {seconds!r}")
