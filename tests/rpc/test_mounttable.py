@@ -223,6 +223,10 @@ def test_a_callers_huge_integers_are_taken_or_refused_with_a_bad_arg(
         client.call(ctx(), at(mt, "c"), "Mount", svc, -(10**400), 0, options=(NoRetry(),))
     with pytest.raises(errors.BadArgError, match="ttl must be > 0"):  # (too long to print)
         client.call(ctx(), at(mt, "d"), "Mount", svc, -(10**5000), 0, options=(NoRetry(),))
+    from ipcclient.server import mounttable
+
+    with pytest.raises(errors.BadArgError, match="ttl must be > 0"):  # (was a ValueError)
+        mounttable._check_ttl(-(10**5000))
 
 
 @expose
