@@ -2,7 +2,8 @@
 
 Owns: turning Python values into CBOR bytes and back (RFC 8949, via cbor2), the one table of
 CBOR tag numbers the project uses, and the limits a decoder enforces on what a peer sends
-(message size, nesting depth, item count) *before* building Python objects.
+(message size, nesting depth, item count, map keys that are containers) *before* building
+Python objects.
 
 Must not: touch sockets, frames or flows; know what a header means. Every failure to decode is
 a :class:`~ipcclient.errors.BadProtocolError` and nothing else; every failure to encode is a
@@ -62,11 +63,19 @@ class Limits:
         max_items: data items (every scalar, container and tag counts one) in one message.
             Bounds the Python objects one message can make: the worst case, nested empty
             containers, costs about 60 bytes each, so 262,144 items stay under ~16 MiB.
+        max_compound_keys: map keys that are arrays, maps or tagged values (bignums
+            among them) in one message, counted over all its maps. Python hashes such keys
+            from their contents with no secret, so a peer could send thousands that share
+            one hash, and building the map would take time quadratic in their number. Text
+            and byte strings hash with a per-process secret, and no more than a few hundred
+            integers or floats that fit CBOR's plain heads share a hash: keys of those kinds
+            are not limited.
     """
 
     max_message_size: int = 4 * 1024 * 1024
     max_depth: int = 64
     max_items: int = 262_144
+    max_compound_keys: int = 64
 
 
 DEFAULT_LIMITS: Limits = Limits()
@@ -315,54 +324,107 @@ def _tag_hook(tag: cbor2.CBORTag, _immutable: bool) -> Any:
     return decoder(tag.value)
 
 
-def _count_items(data: bytes | bytearray | memoryview, limit: int) -> None:
-    """Walk the CBOR heads of one message and refuse it when it holds over ``limit`` items.
+def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
+    """Walk the CBOR heads of one message and refuse it when it holds more than
+    ``limits.max_items`` items, more than ``limits.max_compound_keys`` map keys that are
+    arrays, maps or tags, or nests deeper than ``limits.max_depth``.
 
-    Only heads are read: string contents are skipped, nothing is allocated. The walk stops as
-    soon as the limit is passed. Declared lengths larger than the bytes left are refused too.
+    Only heads are read: string contents are skipped, nothing is allocated but one entry per
+    open container. The walk stops as soon as a limit is passed. Declared lengths larger than
+    the bytes left are refused too.
     """
-    view = memoryview(data)
-    end = len(view)
+    raw = data if type(data) is bytes else bytes(data)
+    end = len(raw)
+    item_limit = limits.max_items
+    key_limit = limits.max_compound_keys
+    depth_limit = limits.max_depth
     pos = 0
-    pending = 1  # items still to read at this point of the walk
     count = 0
-    while pending:
+    keys = 0
+    # The containers open around the next item: how many items each has left to give, and
+    # whether it is a map (where an item is a key when its container has an even number
+    # left). The innermost one is kept out of the lists, in ``left`` and ``in_map``; the
+    # message itself is an array of one.
+    outer_left: list[int] = []
+    outer_map: list[bool] = []
+    left = 1
+    in_map = False
+    while True:
+        while not left:
+            if not outer_left:
+                if pos != end:
+                    raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
+                return
+            left = outer_left.pop()
+            in_map = outer_map.pop()
         if pos >= end:
             raise errors.BadProtocolError("codec: truncated CBOR message")
-        pending -= 1
+        is_key = in_map and not left & 1
+        left -= 1
         count += 1
-        if count > limit:
-            raise errors.BadProtocolError(f"codec: message holds more than {limit} items")
-        initial = view[pos]
+        if count > item_limit:
+            raise errors.BadProtocolError(f"codec: message holds more than {item_limit} items")
+        initial = raw[pos]
         pos += 1
         major = initial >> 5
         info = initial & 0x1F
         if info < 24:
             arg = info
+        elif info == 24:
+            if pos >= end:
+                raise errors.BadProtocolError("codec: truncated CBOR head")
+            arg = raw[pos]
+            pos += 1
         elif info <= 27:
             size = 1 << (info - 24)
             if pos + size > end:
                 raise errors.BadProtocolError("codec: truncated CBOR head")
-            arg = int.from_bytes(view[pos : pos + size], "big")
+            arg = int.from_bytes(raw[pos : pos + size], "big")
             pos += size
         else:
             raise errors.BadProtocolError("codec: indefinite or reserved CBOR length")
-        if major in (2, 3):
-            if arg > end - pos:
-                raise errors.BadProtocolError("codec: CBOR string longer than the message")
-            pos += arg
-        elif major == 4:
+        if major < 4 or major == 7:
+            if major == 2 or major == 3:
+                if arg > end - pos:
+                    raise errors.BadProtocolError("codec: CBOR string longer than the message")
+                pos += arg
+            continue
+        if major == 4:
             if arg > end - pos:
                 raise errors.BadProtocolError("codec: CBOR array longer than the message")
-            pending += arg
+            inner = arg
         elif major == 5:
             if arg > (end - pos) // 2:
                 raise errors.BadProtocolError("codec: CBOR map longer than the message")
-            pending += 2 * arg
-        elif major == 6:
-            pending += 1
-    if pos != end:
-        raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
+            inner = 2 * arg
+        else:
+            inner = 1
+        if is_key:
+            keys += 1
+            if keys > key_limit:
+                raise errors.BadProtocolError(
+                    f"codec: message holds more than {key_limit} map keys that are arrays, "
+                    "maps or tagged values"
+                )
+        if not inner:
+            continue
+        if len(outer_left) >= depth_limit:
+            raise errors.BadProtocolError(f"codec: message nests deeper than {depth_limit}")
+        outer_left.append(left)
+        outer_map.append(in_map)
+        left = inner
+        in_map = major == 5
+
+
+def _could_hold_compound_keys(data: bytes | bytearray | memoryview, limit: int) -> bool:
+    """Whether ``data`` could hold more than ``limit`` map keys that are arrays, maps or tags:
+    each such key begins with a byte in 0x80-0xDF (and is at least one byte, its value one
+    more), so a message with no more such bytes, or of no more than twice as many bytes,
+    cannot."""
+    if len(data) <= 2 * limit:
+        return False
+    raw = data if type(data) is bytes else bytes(data)
+    return len(raw) - len(raw.translate(None, _CONTAINER_HEADS)) > limit
 
 
 def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -380,13 +442,13 @@ def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
 
 def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     """Refuse, before it is sent, an encoded message that a peer's :func:`decode` under
-    ``limits`` would refuse: for its size, its number of items or its nesting.
+    ``limits`` would refuse: for its size, its number of items, its nesting or its map keys.
 
     A byte or text string or a scalar is one item at no depth: only its size is looked at. A
-    container is decoded (at C speed, as the peer would) only when it could reach a limit:
-    every container head is a byte in 0x80-0xDF, so a message with no more such bytes than
-    ``max_depth`` cannot nest deeper, and one of no more bytes than ``max_items`` cannot hold
-    more items.
+    container is decoded (as the peer would) only when it could reach a limit: every
+    container head is a byte in 0x80-0xDF, so a message with no more such bytes than
+    ``max_depth`` cannot nest deeper, nor hold more than that many keys that are containers,
+    and one of no more bytes than ``max_items`` cannot hold more items.
 
     Raises:
         BadArgError: over a limit (or otherwise refused by the decoder); nothing was sent.
@@ -395,9 +457,9 @@ def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     check_size(size, limits)
     if not size or (data[0] >> 5) not in (4, 5, 6):
         return
+    bound = min(limits.max_depth, limits.max_compound_keys)
     if size <= limits.max_items and (
-        size <= limits.max_depth
-        or size - len(data.translate(None, _CONTAINER_HEADS)) <= limits.max_depth
+        size <= bound or size - len(data.translate(None, _CONTAINER_HEADS)) <= bound
     ):
         return
     try:
@@ -405,7 +467,8 @@ def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     except errors.BadProtocolError as exc:
         raise errors.BadArgError(
             f"codec: the value is over the limits a peer accepts in one message "
-            f"({limits.max_items} items, {limits.max_depth} levels of nesting): {exc.msg}"
+            f"({limits.max_items} items, {limits.max_depth} levels of nesting, "
+            f"{limits.max_compound_keys} map keys that are containers): {exc.msg}"
         ) from None
 
 
@@ -491,8 +554,8 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         if constant is not None:
             return dict(constant)
     # A message can hold at most one item per byte, so small messages need no walk.
-    if size > limits.max_items:
-        _count_items(data, limits.max_items)
+    if size > limits.max_items or _could_hold_compound_keys(data, limits.max_compound_keys):
+        _walk_heads(data, limits)
     try:
         stream = io.BytesIO(data)
         value = cbor2.CBORDecoder(

@@ -444,6 +444,25 @@ def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
     assert svc.items == ["a", "b"]
 
 
+def test_an_argument_with_too_many_container_keys_is_refused_before_it_is_sent(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """A map keyed by tuples or large integers (keys a peer's decoder limits: their hashes
+    can be made to collide) is refused at the sender with a clear error; 64 such keys pass
+    and come back as they went."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family)
+    with pytest.raises(errors.BadArgError, match="64 map keys that are containers"):
+        c.call(ctx(), name, "Echo", {(i, i): i for i in range(65)})
+    with pytest.raises(errors.BadArgError, match="64 map keys that are containers"):
+        c.call(ctx(), name, "Echo", {2**64 + i: i for i in range(65)})
+    assert svc.calls == 0
+    value = {(i, i): i for i in range(64)}
+    assert c.call(ctx(), name, "Echo", value) == (value,)
+    assert c.vc_count() == 1
+
+
 def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.lists(inner, max_size=3) | st.dictionaries(st.integers(), inner, max_size=2)
 

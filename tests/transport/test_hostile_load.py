@@ -337,6 +337,31 @@ def test_a_pathological_header_is_refused_cheaply(
         peer.close()
 
 
+def test_an_argument_of_colliding_map_keys_is_refused_cheaply(
+    family: Family, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Thousands of map keys crafted to share one hash (multiples of 2^61-1, which Python
+    hashes alike) would make building the map take seconds of CPU, with the GIL held, for
+    each such argument: the server refuses them before building anything, and a legitimate
+    client's calls go on."""
+    server, name = make_server(Service(), AllowEveryone())
+    legit = Legit(make_client(), name)
+    peer = HostilePeer(family.member("attacker"), server_address(server))
+    pairs = b"".join(
+        b"\xc2\x4a" + (k * (2**61 - 1)).to_bytes(10, "big") + b"\x00" for k in range(256, 16_256)
+    )
+    arg = b"\xb9" + (16_000).to_bytes(2, "big") + pairs  # a map of 16,000 bignum keys
+    body = request_header("Echo", 1) + len(arg).to_bytes(4, "big") + arg
+    try:
+        fids = [peer.open(body, end=True) for _ in range(4)]
+        legit.check()
+        for fid in fids:
+            assert isinstance(error_of(peer.wait_ended(fid)), errors.BadProtocolError)
+    finally:
+        peer.close()
+    assert legit.worst <= 2 * legit.p99 + SLACK
+
+
 def test_a_client_with_64_open_streams_still_gets_a_unary_call_through(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:

@@ -127,8 +127,10 @@ def test_huge_declared_lengths_allocate_nothing(head: bytes) -> None:
 
 def test_walk_refuses_lengths_beyond_the_message() -> None:
     for data in (b"\x82\x01", b"\xa2\x01\x02\x03", b"\x43ab", b"\x19\x01", b"\x1c"):
-        with pytest.raises(errors.BadProtocolError):
-            codec.decode(data, Limits(max_items=0))
+        with pytest.raises(errors.BadProtocolError, match=r"truncated|longer than|indefinite"):
+            codec._walk_heads(data, codec.DEFAULT_LIMITS)
+    with pytest.raises(errors.BadProtocolError, match="trailing"):
+        codec._walk_heads(b"\x81\x01\x02", codec.DEFAULT_LIMITS)
 
 
 def test_walk_accepts_what_it_should() -> None:
@@ -309,3 +311,152 @@ def test_cbor_head_boundaries() -> None:
     for n in (0, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**64 - 1):
         assert codec.cbor_head(0, n) == cbor2.dumps(n)
         assert codec.cbor_head(2, n)[0] >> 5 == 2
+
+
+# -- map keys whose hashes a peer can make collide ----------------------------------------------
+
+_M61 = 2**61 - 1
+"""Python hashes an integer as its value modulo this prime: every multiple of it hashes alike."""
+
+
+def _colliding_bignums(n: int) -> list[int]:
+    """``n`` distinct integers with one hash, all too big for a plain CBOR head (bignums)."""
+    return [k * _M61 for k in range(8, 8 + n)]
+
+
+def test_thousands_of_colliding_bignum_keys_are_refused_before_the_map_is_built() -> None:
+    keys = _colliding_bignums(16_000)
+    assert len({hash(k) for k in keys}) == 1
+    data = cbor2.dumps(dict.fromkeys(keys, 0))  # ~200 KB: within every other limit
+    assert len(data) < codec.DEFAULT_LIMITS.max_items
+    with pytest.raises(errors.BadProtocolError, match="more than 64 map keys"):
+        codec.decode(data)
+    # As a key of an array key (a tuple: its hash is built from its items' hashes) too.
+    data = cbor2.dumps({(k,): 0 for k in keys})
+    with pytest.raises(errors.BadProtocolError, match="more than 64 map keys"):
+        codec.decode(data)
+
+
+def _map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return codec.cbor_head(5, len(pairs)) + b"".join(k + v for k, v in pairs)
+
+
+_COMPOUND_KEYS = [
+    cbor2.dumps(2**64 + 5),  # a bignum (tag 2)
+    cbor2.dumps(-(2**64) - 5),  # a negative bignum (tag 3)
+    b"\x82\x01\x02",  # an array (decoded as a tuple)
+    b"\x80",  # an empty array
+    b"\xa1\x01\x02",  # a map (decoded as an immutable mapping)
+]
+
+
+@pytest.mark.parametrize("key", _COMPOUND_KEYS)
+def test_compound_keys_are_counted_over_the_whole_message(key: bytes) -> None:
+    """64 keys that are containers or tags in one message pass, over two maps and nested in
+    a value; the 65th is refused, wherever it is."""
+
+    def message(n: int) -> bytes:
+        # n entries {{key: i}: i}, each two compound keys (the one-entry map, and the key
+        # in it, which the map makes distinct), split as [{32 entries}, {"k": {the rest}}].
+        pairs = [(_map([(key, cbor2.dumps(i))]), cbor2.dumps(i)) for i in range(n)]
+        first, second = pairs[:32], pairs[32:]
+        return b"\x82" + _map(first) + b"\xa1\x61k" + _map(second)
+
+    value = codec.decode(message(32))
+    assert len(value[0]) == 32 and len(value[1]["k"]) == 0
+    with pytest.raises(errors.BadProtocolError, match="more than 64 map keys"):
+        codec.decode(message(33))
+    assert codec.decode(message(33), Limits(max_compound_keys=66)) == codec.decode(
+        message(33), Limits(max_compound_keys=10**6)
+    )
+
+
+def test_keys_of_plain_kinds_are_not_limited() -> None:
+    for keys in (
+        list(range(-50_000, 50_000)),  # plain integers (at most ~9 share a hash)
+        [float(i) + 0.5 for i in range(50_000)],
+        [f"k{i}" for i in range(50_000)],  # strings hash with a per-process secret
+        [b"k%d" % i for i in range(50_000)],
+        [k * _M61 for k in range(1, 8)],  # the colliding multiples that fit 64 bits
+    ):
+        data = cbor2.dumps(dict.fromkeys(keys, None))
+        assert len(codec.decode(data)) == len(keys)
+    # Containers and tags as values (not keys) are not limited either.
+    value = {"a": [(i, 2**70) for i in range(5_000)], "b": [{"x": [i]} for i in range(5_000)]}
+    assert codec.decode(cbor2.dumps(value)) == {
+        "a": [[i, 2**70] for i in range(5_000)],
+        "b": [{"x": [i]} for i in range(5_000)],
+    }
+
+
+def _compound_keys(value: Any) -> int:
+    """How many map keys in ``value`` encode as an array, a map or a tag (here: a tuple or an
+    integer beyond 64 bits), counted as the decoder counts them."""
+    if isinstance(value, dict):
+        return sum(_compound(k) + _compound_keys(k) + _compound_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_compound_keys(item) for item in value)
+    return 0
+
+
+def _compound(key: Any) -> int:
+    return int(isinstance(key, tuple) or (isinstance(key, int) and not -(2**64) <= key < 2**64))
+
+
+_keys = st.one_of(
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.text(max_size=3),
+    st.tuples(st.integers(min_value=-(2**66), max_value=2**66)),
+    st.tuples(),
+)
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(max_size=3),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4),
+        max_leaves=40,
+    ),
+    st.integers(min_value=0, max_value=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_compound_key_limit_refuses_exactly_the_values_over_it(value: Any, limit: int) -> None:
+    """Property: under any limit on compound keys, the decoder refuses a value exactly when it
+    holds more of them, and the sender's check agrees with it."""
+    data = cbor2.dumps(value)
+    limits = Limits(max_compound_keys=limit)
+    over = _compound_keys(value) > limit
+    try:
+        codec.decode(data, limits)
+        refused = False
+    except errors.BadProtocolError:
+        refused = True
+    assert refused == over
+    try:
+        codec.check_encoded(data, limits)
+        checked = False
+    except errors.BadArgError:
+        checked = True
+    assert checked == over
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.binary(max_size=3),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner),
+        max_leaves=30,
+    ),
+    st.integers(min_value=0, max_value=12),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_walk_before_decoding_agrees_with_the_decoder_on_depth(value: Any, depth: int) -> None:
+    """Property: a walk forced on every message (no compound key allowed, and the value has
+    none) refuses a value for its depth exactly when the decoder alone does."""
+    data = cbor2.dumps(value)
+    outcomes = []
+    for limits in (Limits(max_depth=depth), Limits(max_depth=depth, max_compound_keys=0)):
+        try:
+            outcomes.append(codec.decode(data, limits) == value or "differs")
+        except errors.BadProtocolError:
+            outcomes.append(False)
+    assert outcomes[0] == outcomes[1]

@@ -153,6 +153,24 @@ def codec_vectors() -> dict[str, Any]:
         ("invalid UTF-8 in text", "62c328"),
         ("nesting 65 deep", "81" * 65 + "00"),
         ("reserved additional information 28", "1c"),
+        (
+            "65 map keys that are arrays (at most 64 keys may be arrays, maps or tags)",
+            (
+                codec.cbor_head(5, 65)
+                + b"".join(b"\x81" + cbor2.dumps(i) + b"\xf6" for i in range(65))
+            ).hex(),
+        ),
+        (
+            "65 bignum map keys, over two maps",
+            (
+                b"\x82"
+                + b"".join(
+                    codec.cbor_head(5, n)
+                    + b"".join(cbor2.dumps(2**64 + i) + b"\xf6" for i in range(n))
+                    for n in (32, 33)
+                )
+            ).hex(),
+        ),
     ]
     overloaded = errors.OverloadedError("busy")
     unknown = errors.IPCError(
