@@ -118,7 +118,9 @@ class ServerPublicKey(CallOption):
 @dataclass(frozen=True)
 class SkipServerAuthorization(CallOption):
     """Do not match the server against the endpoint's advertised blessings (its blessings
-    must still validate under the client's roots, and other options still apply)."""
+    must still validate under the client's roots, and other options still apply). The call
+    dials the endpoint without those names, on a VC of its own: the client's blessings are
+    shown to any server its roots trust at that address."""
 
 
 @dataclass(frozen=True)

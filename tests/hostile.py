@@ -182,7 +182,8 @@ class RefusingServer:
     the mux) that answers the first ``answer`` requests it receives with the result
     ``"ok"``, and every later one with GOAWAY saying it took none of the client's live flows
     (LAST_ID 0), then closes that connection: each refused request is one the client may
-    send again. ``connections`` counts completed handshakes, ``refused`` refused requests."""
+    send again. ``connections`` counts completed handshakes, ``refused`` refused requests,
+    ``presented`` holds the blessing names each client presented in a completed handshake."""
 
     def __init__(self, principal: Principal, *, answer: int = 0) -> None:
         self._principal = principal
@@ -202,6 +203,7 @@ class RefusingServer:
         )
         self.connections = 0
         self.refused = 0
+        self.presented: list[tuple[str, ...]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -230,6 +232,7 @@ class RefusingServer:
         assert hs.result is not None
         result = hs.result
         self.connections += 1
+        self.presented.append(tuple(getattr(result.remote_blessings, "names", ())))
         mux = muxmod.Mux(
             muxmod.MuxConfig(),
             dialer=False,

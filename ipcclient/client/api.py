@@ -453,6 +453,8 @@ class Client:
                 last = exc
                 failures.append(exc)
                 continue
+            if options:
+                ep, ep_key = security.endpoint_to_dial(ep, ep_key, options)
             targets.append((server, ep, ep_key, suffix))
         if len(targets) > 1:
             # Servers with a healthy cached VC first (stable: protocol order otherwise).

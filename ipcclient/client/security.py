@@ -14,6 +14,7 @@ Must not: write a request, hold a lock across a discharge fetch, or decide a ret
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -97,10 +98,13 @@ def server_names(
 
 
 def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
-    """The handshake's check, per endpoint: the server's blessings must validate under our
-    roots (before we reveal our own blessings)."""
+    """The handshake's check, per endpoint, made before we reveal our own blessings: the
+    server's blessings must validate under our roots, and one of the names that validated
+    must be one the endpoint names, if it names any (exactly: a delegate of the named
+    server does not pass). A call that skips the endpoint's names dials the endpoint
+    without them (:func:`endpoint_to_dial`)."""
 
-    def for_endpoint(_ep: Endpoint) -> Any:
+    def for_endpoint(ep: Endpoint) -> Any:
         def authorize(key: PublicKey, blessings: Any, discharges: tuple[Any, ...]) -> list[str]:
             if not isinstance(blessings, Blessings):
                 raise errors.NotTrustedError("client: the server presented no blessings")
@@ -111,12 +115,32 @@ def vc_authorizer(principal: Principal) -> Callable[[Endpoint], Any]:
                 raise errors.NotTrustedError(
                     f"client: the server's blessings {blessings.names} are not trusted ({why})"
                 )
+            if ep.blessings and not any(b in names_ok for b in ep.blessings):
+                raise _not_the_named_server(names_ok, ep)
             log.debug("client: server at handshake presents %s", names_ok)
             return names_ok  # (what our blessings are chosen for: see blessings_for_server)
 
         return authorize
 
     return for_endpoint
+
+
+def _not_the_named_server(names: Sequence[str], ep: Endpoint) -> errors.NotTrustedError:
+    log.debug("client: server %s is not the one %s names", list(names), ep)
+    return errors.NotTrustedError(
+        f"client: server {list(names)} is not the one the endpoint names ({list(ep.blessings)})"
+    )
+
+
+def endpoint_to_dial(ep: Endpoint, key: str, options: Sequence[CallOption]) -> tuple[Endpoint, str]:
+    """The endpoint (and its VC key) a call dials for ``ep``: ``ep`` itself, unless the call
+    skips matching the server against the names ``ep`` gives (``SkipServerAuthorization``):
+    then ``ep`` without them, so that the handshake does not refuse the server for them, and
+    so that the VC it makes is kept apart from those that checked them."""
+    if not ep.blessings or not options or find_one(options, SkipServerAuthorization) is None:
+        return ep, key
+    bare_ep = dataclasses.replace(ep, blessings=())
+    return bare_ep, str(bare_ep)
 
 
 def blessings_for_server(principal: Principal) -> Callable[[Any], Blessings | None]:
@@ -171,11 +195,11 @@ def authorize_server(
         hit = authorized[key] = Authorization(names, until)
     names = hit.server_names
     # Exact match: a delegate of the server must not pass for it.
+    # (The handshake checked this already, unless the call skips it; kept here so that a
+    # VC never serves a call its endpoint's names refuse, however it was made.)
     endpoint_ok = not ep.blessings or any(b in names for b in ep.blessings)
     if not endpoint_ok and (not options or find_one(options, SkipServerAuthorization) is None):
-        raise errors.NotTrustedError(
-            f"client: server {names} is not the one the endpoint names ({list(ep.blessings)})"
-        )
+        raise _not_the_named_server(names, ep)
     if not options:
         return hit
     for opt in find_all(options, ServerPattern):

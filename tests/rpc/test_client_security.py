@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall
 from tests.conftest import Family
+from tests.hostile import RefusingServer
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -171,6 +173,29 @@ def test_endpoint_blessings_catch_a_man_in_the_middle(
     assert client.call(ctx(), "/" + str(forged), "WhoAmI", options=[SkipServerAuthorization()]) == (
         ["root:client"],
     )
+
+
+def test_a_server_the_endpoint_does_not_name_never_sees_the_clients_blessings(
+    family: Family, make_client: MakeClient
+) -> None:
+    """The endpoint names root:server and root:mallory answers (its blessings valid under
+    the client's roots): the client ends the handshake before it presents its blessings.
+    A call that skips the endpoint's names presents them, on a VC of its own."""
+    mallory = RefusingServer(family.member("mallory"), answer=1)
+    client = make_client()
+    try:
+        ep = Endpoint.parse(mallory.endpoint)
+        forged = "/" + str(dataclasses.replace(ep, blessings=("root:server",)))
+        for _ in range(2):
+            with pytest.raises(errors.NotTrustedError, match="not the one the endpoint names"):
+                client.call(ctx(), forged, "WhoAmI", options=[NoRetry()])
+        assert client.vc_count() == 0
+        assert client.call(ctx(), forged, "WhoAmI", options=[SkipServerAuthorization()]) == ("ok",)
+        assert client.vc_count() == 1
+    finally:
+        client.close()
+        mallory.close()  # (joins its thread: every handshake it ran is over)
+    assert mallory.presented == [("root:client",)]
 
 
 def test_granter(family: Family, make_server: MakeServer, make_client: MakeClient) -> None:
