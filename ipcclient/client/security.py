@@ -336,8 +336,9 @@ def fetch_discharges(
     problems: list[str],
 ) -> list[Discharge]:
     """Fetch a discharge for each of ``caveats`` from its discharger (by ``call``, the
-    client's ``call``; concurrently, at most ``max_parallel`` at once, within ``ctx``), cache
-    each, and report each failure in ``problems``."""
+    client's ``call``, to the server at the caveat's location, which must authenticate with
+    the caveat's discharger key; concurrently, at most ``max_parallel`` at once, within
+    ``ctx``), cache each, and report each failure in ``problems``."""
 
     def fetch_one(cav: ThirdPartyCaveat, key: FetchKey) -> Discharge:
         log.debug("client: fetching a discharge for caveat %s from %s", cav.id[:12], cav.location)
@@ -347,7 +348,9 @@ def fetch_discharges(
             "Discharge",
             cav,
             filtered_impetus(cav.requirements, impetus).to_wire(),
-            options=(NoDischarges(), NoRetry()),
+            # Only the discharger is told what the call is (its method and args, if the
+            # caveat asks): whoever answers at the location must hold the key that signs.
+            options=(NoDischarges(), NoRetry(), ServerPublicKey(cav.discharger_key)),
         )
         d = results[0] if len(results) == 1 else None
         if not isinstance(d, Discharge):

@@ -372,6 +372,42 @@ def test_a_discharge_bound_to_what_it_was_told_is_kept_for_that_call_only(
     assert client.stats["discharges_fetched"] == 3  # (one per method and server, kept)
 
 
+def test_a_discharge_is_asked_only_of_a_server_holding_the_dischargers_key(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """The caveat's location names a server that is not the discharger (a name hijacked in
+    a mount table, say): valid under the client's roots, but not holding the caveat's
+    discharger key. It once received the request, with the call's method and arguments
+    when the caveat asks for them; now the client refuses it before writing a byte."""
+    dp = family.member("discharger")
+    told: list[Any] = []
+
+    @expose
+    class Impostor:
+        def Discharge(self, call: ServerCall, caveat: Any, impetus: Any) -> Discharge:
+            told.append(impetus)
+            raise errors.NoAccessError("no")
+
+    _, iname = serving(stack, family.member("impostor"), Impostor(), authorizer=AllowEveryone())
+    required = ThirdPartyRequirements(report_method=True, report_arguments=True)
+    client = client_for(
+        stack, _blessed_with(family, caveats.third_party(iname, dp.public_key, required))
+    )
+    _, sname = serving(
+        stack, family.member("server"), Label("s"), authorizer=AllowPatterns(["root:client"])
+    )
+    with pytest.raises(errors.NoAccessError) as info:
+        client.call(ctx(), sname, "Echo", "a secret", options=(NoRetry(),))
+    assert "public key is not the one asked for" in str(info.value)
+    assert told == []
+    # The discharger itself, at its own name, is asked.
+    discharger = Discharger(dp)
+    _, dname = serving(stack, dp, discharger, authorizer=AllowEveryone())
+    client = client_for(stack, _blessed_with(family, caveats.third_party(dname, dp.public_key)))
+    assert client.call(ctx(), sname, "Echo", "a secret", options=(NoRetry(),)) == ("a secret",)
+    assert client.stats["discharges_fetched"] == 1
+
+
 def test_blessings_with_more_third_party_caveats_than_a_request_carries_fail_at_once(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
