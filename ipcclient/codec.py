@@ -67,9 +67,15 @@ class Limits:
             among them) in one message, counted over all its maps. Python hashes such keys
             from their contents with no secret, so a peer could send thousands that share
             one hash, and building the map would take time quadratic in their number. Text
-            and byte strings hash with a per-process secret, and no more than a few hundred
-            integers or floats that fit CBOR's plain heads share a hash: keys of those kinds
-            are not limited.
+            and byte strings hash with a per-process secret, and no more than about two
+            hundred integers or floats that fit CBOR's plain heads share a hash: keys of
+            those kinds are not limited (a map of such colliding keys costs a few times
+            what a map of as many plain keys costs, no more).
+
+    A map key may not be a map or a project tag, nor hold one (an array key holds only
+    scalars, bignums and arrays of them): comparing two such keys that share a hash could
+    cost a lookup in a map of colliding keys for each of their entries. Those are refused
+    whatever the limits.
     """
 
     max_message_size: int = 4 * 1024 * 1024
@@ -99,7 +105,6 @@ _REFUSED_BUILTIN_TAGS = (
 )  # fmt: skip
 
 _encoders: dict[type, tuple[int, Callable[[Any], Any]]] = {}
-_decoders: dict[int, Callable[[Any], Any]] = {}
 
 
 def register(
@@ -111,7 +116,7 @@ def register(
     """Register a project type under its tag from :data:`TAGS`.
 
     ``to_wire(obj)`` returns a plain CBOR-encodable value; ``from_wire(value)`` rebuilds the
-    object from that value (decoded immutably: tuples and read-only mappings) and raises
+    object from that value (decoded as any value is: lists and dicts) and raises
     :class:`~ipcclient.errors.BadProtocolError` (or any exception, converted to it) when the
     value is malformed. Subclasses of ``cls`` encode under the same tag.
     """
@@ -119,7 +124,7 @@ def register(
         raise errors.BadArgError(f"codec: no tag number is reserved for {name!r}")
     tag = TAGS[name]
     _encoders[cls] = (tag, to_wire)
-    _decoders[tag] = from_wire
+    _SEMANTIC_OVERRIDES[tag] = _project_tag_decoder(from_wire)
 
 
 def _encoder_for(cls: type) -> tuple[int, Callable[[Any], Any]] | None:
@@ -227,6 +232,9 @@ def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Li
                 raise _over_shape(f"it nests deeper than {limits.max_depth} levels")
             if isinstance(container, dict):
                 items += 2 * size
+                if not _PLAIN_SCALARS.issuperset(map(type, container)):
+                    for key in container:
+                        _check_key(key)
                 if size < _FLAT_CHECK or not (_flat(container) and _flat(container.values())):
                     for key, item in container.items():
                         if isinstance(key, nesting):
@@ -242,6 +250,28 @@ def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Li
             if items > limits.max_items:
                 raise _over_shape(f"it holds more than {limits.max_items} items")
         level = inner
+
+
+def _check_key(key: Any) -> None:
+    """Refuse a map key that a peer refuses: one that is, or holds, a mapping or a value of
+    a project type (a key may be a scalar, or a tuple of scalars and tuples)."""
+    pending = [key]
+    seen = 0  # (a tuple may hold one tuple twice, at every level: bounded by items)
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        seen += 1
+        if seen > DEFAULT_LIMITS.max_items:
+            raise _over_shape(f"it holds more than {DEFAULT_LIMITS.max_items} items")
+        if isinstance(item, tuple):
+            pending.extend(item)
+        elif not isinstance(item, int | float | str | bytes) or _encoder_for(kind) is not None:
+            raise _over_shape(
+                "a map key may be None, a bool, a number, a string, bytes or a tuple of "
+                f"them, not a {kind.__name__}"
+            )
 
 
 _FLAT_CHECK = 16
@@ -315,13 +345,40 @@ def _refuse_tag(*_: Any) -> Any:
 _SEMANTIC_OVERRIDES: dict[int, Callable[..., Any]] = dict.fromkeys(
     _REFUSED_BUILTIN_TAGS, _refuse_tag
 )
+"""The decoder's callbacks by tag number: the refused built-in tags, and each project tag
+(added by :func:`register`)."""
 
 
 def _tag_hook(tag: cbor2.CBORTag, _immutable: bool) -> Any:
-    decoder = _decoders.get(tag.tag)
-    if decoder is None:
-        raise errors.BadProtocolError(f"codec: unknown CBOR tag {tag.tag}")
-    return decoder(tag.value)
+    """Called by the decoder with every tag it has no decoder for."""
+    raise errors.BadProtocolError(f"codec: unknown CBOR tag {tag.tag}")
+
+
+def _project_tag_decoder(from_wire: Callable[[Any], Any]) -> Callable[[Any, bool], Any]:
+    """The decoder's callback for one project tag: ``from_wire`` of the tag's value. The
+    value is decoded as it would be outside the tag (the decoder's fallback for tags would
+    decode it as if it were a map key, which :func:`_object_hook` refuses)."""
+
+    def decode_tag(value: Any, immutable: bool) -> Any:
+        if immutable:
+            raise _in_a_key()
+        return from_wire(value)
+
+    return decode_tag
+
+
+def _object_hook(value: Any, immutable: bool) -> Any:
+    """Called by the decoder with every map it built; ``immutable``: the map is a map key,
+    or inside one."""
+    if immutable:
+        raise _in_a_key()
+    return value
+
+
+def _in_a_key() -> errors.BadProtocolError:
+    return errors.BadProtocolError(
+        "codec: a map key may not be a map or a project tag, nor hold one"
+    )
 
 
 def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
@@ -329,15 +386,16 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
     ``limits.max_items`` items, more than ``limits.max_compound_keys`` map keys that are
     arrays, maps or tags, or nests deeper than ``limits.max_depth``.
 
-    Only heads are read: string contents are skipped, nothing is allocated but one entry per
-    open container. The walk stops as soon as a limit is passed. Declared lengths larger than
-    the bytes left are refused too.
+    Only heads are read: string contents and the arguments of scalars are skipped, nothing
+    is allocated but one entry per open container. The walk stops as soon as a limit is
+    passed. Declared lengths larger than the bytes left are refused too.
     """
     raw = data if type(data) is bytes else bytes(data)
     end = len(raw)
     item_limit = limits.max_items
     key_limit = limits.max_compound_keys
     depth_limit = limits.max_depth
+    widths = _ITEM_WIDTHS
     pos = 0
     count = 0
     keys = 0
@@ -359,28 +417,46 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
             in_map = outer_map.pop()
         if pos >= end:
             raise errors.BadProtocolError("codec: truncated CBOR message")
+        initial = raw[pos]
+        width = widths[initial]
+        if width and left >= _LONG_RUN and pos + width < end and widths[raw[pos + width]] == width:
+            # A run of scalars of one width (an array of floats, say): its heads are found
+            # a width apart, so the whole run is skipped at once. None of them is a
+            # compound key.
+            heads = raw[pos : min(pos + width * left, end - width + 1) : width]
+            run = len(heads) - len(heads.lstrip(_HEADS_OF_WIDTH[width]))
+            if run > 1:
+                pos += width * run
+                left -= run
+                count += run
+                if count > item_limit:
+                    raise errors.BadProtocolError(
+                        f"codec: message holds more than {item_limit} items"
+                    )
+                continue
         is_key = in_map and not left & 1
         left -= 1
         count += 1
         if count > item_limit:
             raise errors.BadProtocolError(f"codec: message holds more than {item_limit} items")
-        initial = raw[pos]
         pos += 1
         major = initial >> 5
         info = initial & 0x1F
         if info < 24:
             arg = info
-        elif info == 24:
-            if pos >= end:
-                raise errors.BadProtocolError("codec: truncated CBOR head")
-            arg = raw[pos]
-            pos += 1
         elif info <= 27:
             size = 1 << (info - 24)
             if pos + size > end:
                 raise errors.BadProtocolError("codec: truncated CBOR head")
-            arg = int.from_bytes(raw[pos : pos + size], "big")
-            pos += size
+            if major == 0 or major == 1 or major >= 6:
+                pos += size  # (a scalar's value or a tag's number: not needed here)
+                arg = 0
+            elif size == 1:
+                arg = raw[pos]
+                pos += 1
+            else:
+                arg = int.from_bytes(raw[pos : pos + size], "big")
+                pos += size
         else:
             raise errors.BadProtocolError("codec: indefinite or reserved CBOR length")
         if major < 4 or major == 7:
@@ -410,6 +486,18 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
             continue
         if len(outer_left) >= depth_limit:
             raise errors.BadProtocolError(f"codec: message nests deeper than {depth_limit}")
+        if inner <= _SMALL_CONTAINER:
+            # A small array, map or tag of scalars only ({"x": 1, "y": 2}, say) is skipped
+            # whole.
+            flat = _scalars(inner).match(raw, pos)
+            if flat is not None:
+                pos = flat.end()
+                count += inner
+                if count > item_limit:
+                    raise errors.BadProtocolError(
+                        f"codec: message holds more than {item_limit} items"
+                    )
+                continue
         outer_left.append(left)
         outer_map.append(in_map)
         left = inner
@@ -420,11 +508,20 @@ def _could_hold_compound_keys(data: bytes | bytearray | memoryview, limit: int) 
     """Whether ``data`` could hold more than ``limit`` map keys that are arrays, maps or tags:
     each such key begins with a byte in 0x80-0xDF (and is at least one byte, its value one
     more), so a message with no more such bytes, or of no more than twice as many bytes,
-    cannot."""
+    cannot. (Its first bytes are counted first: in a message of many numbers, they are
+    enough to say that it could.)"""
     if len(data) <= 2 * limit:
         return False
     raw = data if type(data) is bytes else bytes(data)
-    return len(raw) - len(raw.translate(None, _CONTAINER_HEADS)) > limit
+    first = raw[:_FIRST_BYTES]
+    if len(first) - len(first.translate(None, _CONTAINER_HEADS)) > limit:
+        return True
+    return len(raw) > _FIRST_BYTES and (
+        len(raw) - len(raw.translate(None, _CONTAINER_HEADS)) > limit
+    )
+
+
+_FIRST_BYTES = 4096
 
 
 def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -474,6 +571,45 @@ def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
 
 _CONTAINER_HEADS = bytes(range(0x80, 0xE0))
 """The initial bytes of CBOR arrays, maps and tags (major types 4, 5 and 6)."""
+
+
+def _item_widths() -> list[int]:
+    widths = [0] * 256
+    for head in (*range(0x00, 0x18), *range(0x20, 0x38), *range(0xE0, 0xF8)):
+        widths[head] = 1
+    for info, width in ((24, 2), (25, 3), (26, 5), (27, 9)):
+        widths[info] = widths[0x20 + info] = widths[0xE0 + info] = width
+    for length in range(24):
+        widths[0x40 + length] = widths[0x60 + length] = 1 + length
+    return widths
+
+
+_ITEM_WIDTHS = _item_widths()
+"""For each initial byte, the size of the whole item when it is a scalar of a fixed size
+(integers, floats, simple values, strings of fewer than 24 bytes), else 0."""
+_HEADS_OF_WIDTH = {
+    width: bytes(h for h in range(256) if _ITEM_WIDTHS[h] == width)
+    for width in set(_ITEM_WIDTHS) - {0}
+}
+"""The initial bytes of the items of each width of :data:`_ITEM_WIDTHS`."""
+
+_SCALAR = b"(?:%s)" % b"|".join(
+    b"[%s]%s" % (re.escape(heads), b".{%d}" % (width - 1) if width > 1 else b"")
+    for width, heads in sorted(_HEADS_OF_WIDTH.items())
+)
+"""One item that :data:`_ITEM_WIDTHS` gives a width, as a regular expression."""
+_LONG_RUN = 16
+"""A container with this many items left or more is looked at for a run of scalars of one
+width (in fewer, looking costs more than it saves)."""
+_SMALL_CONTAINER = 8
+"""An array, map or tag of this many items or fewer is looked at as a whole (for more, a
+container that turns out to hold another costs more to look at than it saves)."""
+
+
+@functools.cache
+def _scalars(count: int) -> re.Pattern[bytes]:
+    """Exactly ``count`` items that :data:`_ITEM_WIDTHS` gives a width."""
+    return re.compile(b"%s{%d}" % (_SCALAR, count), re.DOTALL)
 
 
 _ONE_BYTE: dict[int, Callable[[], Any]] = {
@@ -561,6 +697,7 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         value = cbor2.CBORDecoder(
             stream,
             tag_hook=_tag_hook,
+            object_hook=_object_hook,
             semantic_decoders=_SEMANTIC_OVERRIDES,
             max_depth=limits.max_depth,
             allow_indefinite=False,

@@ -140,6 +140,48 @@ def test_walk_accepts_what_it_should() -> None:
         codec.decode(data, Limits(max_items=11))
 
 
+_SCALARS_OF_EVERY_WIDTH = [0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -25, -300, 1.5]
+_SCALARS_OF_EVERY_WIDTH += [None, True, "", "a", "\u00e9", b"x" * 23, "y" * 24]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_SCALARS_OF_EVERY_WIDTH), st.integers(1, 12)), max_size=12),
+    st.sampled_from(["array", "map", "small arrays", "small maps"]),
+    st.integers(1, 23),
+)
+@settings(max_examples=400)
+def test_the_walk_counts_every_item_of_scalars_it_skips(
+    runs: list[tuple[Any, int]], shape: str, chunk: int
+) -> None:
+    """The walk skips a run of scalars of one width, and a small container of scalars, at
+    once: it counts each of them, and refuses one cut short."""
+    values = [value for value, repeat in runs for _ in range(repeat)]
+    encoded = [codec.encode(value) for value in values]
+    if "map" in shape:
+        encoded = encoded[: len(encoded) // 2 * 2]
+
+    def container(parts: list[bytes]) -> bytes:
+        if "map" in shape:
+            return _map(list(zip(parts[::2], parts[1::2], strict=True)))
+        return codec.cbor_head(4, len(parts)) + b"".join(parts)
+
+    if shape.startswith("small"):
+        step = 2 * chunk if "map" in shape else chunk
+        chunks = [encoded[i : i + step] for i in range(0, len(encoded), step)]
+        data = codec.cbor_head(4, len(chunks)) + b"".join(container(c) for c in chunks)
+        items = 1 + len(chunks) + len(encoded)
+    else:
+        data = container(encoded)
+        items = 1 + len(encoded)
+    codec._walk_heads(data, Limits(max_items=items))
+    with pytest.raises(errors.BadProtocolError, match="more than"):
+        codec._walk_heads(data, Limits(max_items=items - 1))
+    if encoded:
+        for cut in (1, len(data) // 2):
+            with pytest.raises(errors.BadProtocolError, match=r"truncated|longer than"):
+                codec._walk_heads(data[:-cut], Limits(max_items=items))
+
+
 def test_indefinite_lengths_are_refused() -> None:
     for data in (b"\x9f\x01\xff", b"\x5f\x41a\xff", b"\xbf\x01\x02\xff"):
         with pytest.raises(errors.BadProtocolError):
@@ -177,7 +219,7 @@ class _SubPoint(_Point):
 
 def test_register_custom_type_and_subclass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codec, "_encoders", dict(codec._encoders))
-    monkeypatch.setattr(codec, "_decoders", dict(codec._decoders))
+    monkeypatch.setattr(codec, "_SEMANTIC_OVERRIDES", dict(codec._SEMANTIC_OVERRIDES))
 
     def from_wire(v: Any) -> _Point:
         x, y = codec.as_sequence(v, "point")
@@ -349,29 +391,69 @@ _COMPOUND_KEYS = [
     cbor2.dumps(-(2**64) - 5),  # a negative bignum (tag 3)
     b"\x82\x01\x02",  # an array (decoded as a tuple)
     b"\x80",  # an empty array
-    b"\xa1\x01\x02",  # a map (decoded as an immutable mapping)
 ]
 
 
 @pytest.mark.parametrize("key", _COMPOUND_KEYS)
 def test_compound_keys_are_counted_over_the_whole_message(key: bytes) -> None:
-    """64 keys that are containers or tags in one message pass, over two maps and nested in
+    """64 keys that are arrays or bignums in one message pass, over two maps and nested in
     a value; the 65th is refused, wherever it is."""
 
     def message(n: int) -> bytes:
-        # n entries {{key: i}: i}, each two compound keys (the one-entry map, and the key
-        # in it, which the map makes distinct), split as [{32 entries}, {"k": {the rest}}].
-        pairs = [(_map([(key, cbor2.dumps(i))]), cbor2.dumps(i)) for i in range(n)]
+        # n entries {(i, key): i} (the integer makes the keys distinct), split as
+        # [{32 entries}, {"k": {the rest}}].
+        pairs = [(b"\x82" + cbor2.dumps(i) + key, cbor2.dumps(i)) for i in range(n)]
         first, second = pairs[:32], pairs[32:]
         return b"\x82" + _map(first) + b"\xa1\x61k" + _map(second)
 
-    value = codec.decode(message(32))
-    assert len(value[0]) == 32 and len(value[1]["k"]) == 0
+    value = codec.decode(message(64))
+    assert len(value[0]) == 32 and len(value[1]["k"]) == 32
     with pytest.raises(errors.BadProtocolError, match="more than 64 map keys"):
-        codec.decode(message(33))
-    assert codec.decode(message(33), Limits(max_compound_keys=66)) == codec.decode(
-        message(33), Limits(max_compound_keys=10**6)
+        codec.decode(message(65))
+    assert codec.decode(message(65), Limits(max_compound_keys=65)) == codec.decode(
+        message(65), Limits(max_compound_keys=10**6)
     )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "a1a10102f6",  # {{1: 2}: null}
+        "a18281a10102f6f6",  # {[[{1: 2}], null]: null}
+        "a1d9f00080f6",  # {<error tag>: null}
+        "82a18101f6a1a0f6",  # [{[1]: null}, {{}: null}]
+    ],
+)
+def test_a_map_or_a_project_tag_as_or_inside_a_map_key_is_refused(data: str) -> None:
+    """Comparing two such keys that share a hash could cost a lookup in a map of colliding
+    keys for each of their entries: refused whatever the limits, and at the sender too."""
+    with pytest.raises(errors.BadProtocolError, match="may not be a map or a project tag"):
+        codec.decode(bytes.fromhex(data), Limits(max_compound_keys=10**6))
+
+
+def test_a_project_tags_value_decodes_as_it_would_outside_the_tag() -> None:
+    """Maps and arrays inside a project tag (not in a key) are plain dicts and lists, and
+    may hold project tags themselves."""
+    sent = errors.NoExistError("x", {"a": [1, {"b": 2}], "c": errors.AbortedError("y")})
+    (back,) = codec.decode(codec.encode([sent]))
+    assert isinstance(back, errors.NoExistError)
+    (param,) = back.params
+    assert type(param) is dict and param["a"] == [1, {"b": 2}] and type(param["a"]) is list
+    assert isinstance(param["c"], errors.AbortedError)
+
+
+def test_the_sender_refuses_a_map_or_a_project_value_in_a_map_key() -> None:
+    frozen = cbor2.loads(bytes.fromhex("a1a10102f6"))  # (a key cbor2 made immutable)
+    key = next(iter(frozen))
+    for value in (
+        {key: 1},
+        {(1, key): 1},
+        [{((1,), (2, key)): 1}],
+        {errors.NoExistError("x"): 1},
+    ):
+        with pytest.raises(errors.BadArgError, match="map key"):
+            codec.encode(value)
+    assert codec.decode(codec.encode({(1, (2, 2**70)): 1})) == {(1, (2, 2**70)): 1}
 
 
 def test_keys_of_plain_kinds_are_not_limited() -> None:
