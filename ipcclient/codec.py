@@ -101,7 +101,7 @@ _TAG_NUMBERS = frozenset(TAGS.values())
 # bignums (2, 3), which are plain integers.
 _REFUSED_BUILTIN_TAGS = (
     0, 1, 4, 5, 21, 22, 23, 24, 25, 28, 29, 30, 32, 33, 34, 35, 36, 37, 38,
-    52, 54, 100, 256, 258, 260, 261, 262, 263, 1004, 55799,
+    52, 54, 100, 256, 258, 260, 261, 262, 263, 1004, 43000, 55799,
 )  # fmt: skip
 
 _encoders: dict[type, tuple[int, Callable[[Any], Any]]] = {}
@@ -142,8 +142,11 @@ def _default(encoder: Any, value: Any) -> None:
     if found is None:
         raise errors.BadArgError(f"codec: cannot encode a value of type {type(value).__name__}")
     tag, to_wire = found
+    wire = to_wire(value)
+    if isinstance(wire, list | tuple | dict):
+        _check_shape(wire, DEFAULT_LIMITS)  # (a map key in it is refused as anywhere)
     encoder.encode_length(6, tag)  # major type 6: the tag head, then the tagged value
-    encoder.encode(to_wire(value))
+    encoder.encode(wire)
 
 
 def _refuse_type(_encoder: Any, value: Any) -> None:
@@ -171,6 +174,7 @@ _REFUSED_TYPES: dict[type, Callable[[Any, Any], None]] = dict.fromkeys(
         set,
         frozenset,
         cbor2.CBORTag,
+        complex,
     ),
     _refuse_type,
 )
@@ -179,6 +183,8 @@ _REFUSED_TYPES: dict[type, Callable[[Any, Any], None]] = dict.fromkeys(
 _PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
 """Exact types whose CBOR form never holds a refused tag: encoded without the per-value
 type checks of ``_REFUSED_TYPES`` (which cost more than the encoding of a small value)."""
+_OPAQUE_SCALARS = frozenset({cbor2.CBORSimpleValue, type(cbor2.undefined)})
+"""The types cbor2 decodes the CBOR simple values and ``undefined`` to."""
 
 
 def encode(value: Any) -> bytes:
@@ -267,10 +273,13 @@ def _check_key(key: Any) -> None:
             raise _over_shape(f"it holds more than {DEFAULT_LIMITS.max_items} items")
         if isinstance(item, tuple):
             pending.extend(item)
+        elif kind in _OPAQUE_SCALARS:
+            continue
         elif not isinstance(item, int | float | str | bytes) or _encoder_for(kind) is not None:
-            raise _over_shape(
-                "a map key may be None, a bool, a number, a string, bytes or a tuple of "
-                f"them, not a {kind.__name__}"
+            raise errors.BadArgError(
+                "codec: a map key may be None, a bool, an int, a float, a string, bytes, a "
+                f"CBOR simple value or a tuple of them, not a {kind.__name__} (a peer refuses "
+                "it)"
             )
 
 
@@ -376,8 +385,9 @@ def _object_hook(value: Any, immutable: bool) -> Any:
 
 
 def _in_a_key() -> errors.BadProtocolError:
+    # (cbor2 decodes a bignum's value as it decodes a key: a map there ends here too.)
     return errors.BadProtocolError(
-        "codec: a map key may not be a map or a project tag, nor hold one"
+        "codec: a map key may not be a map or a project tag, nor hold one (nor may a bignum)"
     )
 
 
@@ -396,6 +406,7 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
     key_limit = limits.max_compound_keys
     depth_limit = limits.max_depth
     widths = _ITEM_WIDTHS
+    long_run = _LONG_RUN
     pos = 0
     count = 0
     keys = 0
@@ -419,21 +430,40 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
             raise errors.BadProtocolError("codec: truncated CBOR message")
         initial = raw[pos]
         width = widths[initial]
-        if width and left >= _LONG_RUN and pos + width < end and widths[raw[pos + width]] == width:
-            # A run of scalars of one width (an array of floats, say): its heads are found
-            # a width apart, so the whole run is skipped at once. None of them is a
-            # compound key.
-            heads = raw[pos : min(pos + width * left, end - width + 1) : width]
-            run = len(heads) - len(heads.lstrip(_HEADS_OF_WIDTH[width]))
-            if run > 1:
-                pos += width * run
-                left -= run
-                count += run
-                if count > item_limit:
-                    raise errors.BadProtocolError(
-                        f"codec: message holds more than {item_limit} items"
-                    )
-                continue
+        if width:
+            # A scalar of a fixed size (never a compound key): one item, skipped whole.
+            run = 1
+            if (
+                left >= long_run
+                and pos + 3 * width < end
+                and widths[raw[pos + width]] == width
+                and widths[raw[pos + 2 * width]] == width
+                and widths[raw[pos + 3 * width]] == width
+            ):
+                # A run of at least 4 of one width (an array of floats, say): their heads
+                # are a width apart, so the run is found with slices, in windows that
+                # double (16, 32, ... heads): in proportion to its length, not to the
+                # container's.
+                strip = _HEADS_OF_WIDTH[width]
+                run = 0
+                window = long_run
+                while True:
+                    start = pos + width * run
+                    ask = min(window, left - run)
+                    heads = raw[start : min(start + width * ask, end - width + 1) : width]
+                    got = len(heads) - len(heads.lstrip(strip))
+                    run += got
+                    if got < ask or run >= left:
+                        break
+                    window *= 2
+            pos += width * run
+            if pos > end:
+                raise errors.BadProtocolError("codec: truncated CBOR item")
+            left -= run
+            count += run
+            if count > item_limit:
+                raise errors.BadProtocolError(f"codec: message holds more than {item_limit} items")
+            continue
         is_key = in_map and not left & 1
         left -= 1
         count += 1
