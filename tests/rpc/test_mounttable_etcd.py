@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -367,6 +368,7 @@ def test_a_replica_process_from_the_command_line(
     credentials = tempfile.mkdtemp(prefix="ipcclient-mt-")
     stack.callback(shutil.rmtree, credentials, True)
     family.member("mt-process").save(credentials)
+    log = stack.enter_context(open(os.path.join(credentials, "stderr.log"), "w+"))  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -384,7 +386,7 @@ def test_a_replica_process_from_the_command_line(
             credentials,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         text=True,
     )
     try:
@@ -401,7 +403,16 @@ def test_a_replica_process_from_the_command_line(
         assert wire["name"] == "y" and wire["servers"][0]["server"] == "/127.0.0.1:7001"
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        try:
+            code = proc.wait(30)  # (it takes ~0.1 s; a loaded CI machine once took over 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            code = None
+        log.seek(0)
+        assert code == 0, (
+            f"the replica did not stop on SIGTERM; its log ends:\n{log.read()[-3000:]}"
+        )
 
 
 def test_a_silent_root_does_not_use_up_the_deadline(
