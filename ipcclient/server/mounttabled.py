@@ -94,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Handled before the name is printed: whoever reads it and stops this process at once
+    # still gets the orderly stop, not the default death.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         if args.credentials:
             principal = Principal.load(args.credentials)
@@ -112,10 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mounttable: {exc}", file=sys.stderr)
         return 2
     print(name, flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(3600):
+    # In short slices: a signal can be delivered to any thread, and its handler runs only
+    # when the main thread runs Python code (a long wait would hold it back that long).
+    while not stop.wait(0.5):
         pass
     server.stop()
     table.close()

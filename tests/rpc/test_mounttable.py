@@ -7,6 +7,8 @@ publisher tests. Every Server and Client a test makes is closed by an ``ExitStac
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -634,3 +636,35 @@ def test_store_settings_belong_to_the_store(etcd: Any) -> None:
         MountTable(max_ttl=0)
     with pytest.raises(errors.BadArgError):
         MountTable(mount_patterns="root:admin")
+
+
+_SIGNAL_TO_ANOTHER_THREAD = """
+import signal, sys, threading, time
+from ipcclient.server import mounttabled
+
+def kick():
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if any(t.name.startswith("ipc-listen") for t in threading.enumerate()):
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)  # (the main thread is waiting by now)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not main
+
+threading.Thread(target=kick, daemon=True).start()
+sys.exit(mounttabled.main(["--listen", "127.0.0.1:0"]))
+"""
+
+
+def test_the_mount_table_process_stops_when_another_thread_gets_the_signal() -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads, and Python runs the
+    handler only when the main thread runs: the process stops at once all the same (it
+    waited an hour once, when its main thread slept in one long wait)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TO_ANOTHER_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("/@")

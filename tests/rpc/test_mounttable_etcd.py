@@ -404,7 +404,7 @@ def test_a_replica_process_from_the_command_line(
     finally:
         proc.terminate()
         try:
-            code = proc.wait(30)  # (it takes ~0.1 s; a loaded CI machine once took over 10)
+            code = proc.wait(30)  # (it takes ~0.1 s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
