@@ -478,8 +478,8 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
             size = 1 << (info - 24)
             if pos + size > end:
                 raise errors.BadProtocolError("codec: truncated CBOR head")
-            if major == 0 or major == 1 or major >= 6:
-                pos += size  # (a scalar's value or a tag's number: not needed here)
+            if major == 6:
+                pos += size  # (a tag's number: not needed here; scalars went above)
                 arg = 0
             elif size == 1:
                 arg = raw[pos]
@@ -552,6 +552,7 @@ def _could_hold_compound_keys(data: bytes | bytearray | memoryview, limit: int) 
 
 
 _FIRST_BYTES = 4096
+"""How many bytes :func:`_could_hold_compound_keys` counts before counting them all."""
 
 
 def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:

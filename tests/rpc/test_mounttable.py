@@ -642,13 +642,21 @@ _SIGNAL_TO_ANOTHER_THREAD = """
 import signal, sys, threading, time
 from ipcclient.server import mounttabled
 
+def main_thread_is_waiting():
+    # Serving (its listener is up) and asleep in its wait for the stop signal.
+    if not any(t.name.startswith("ipc-listen") for t in threading.enumerate()):
+        return False
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    names = set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return "main" in names and "wait" in names
+
 def kick():
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if any(t.name.startswith("ipc-listen") for t in threading.enumerate()):
-            break
-        time.sleep(0.02)
-    time.sleep(0.5)  # (the main thread is waiting by now)
+    while not main_thread_is_waiting() and time.monotonic() < deadline:
+        time.sleep(0.01)
     signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not main
 
 threading.Thread(target=kick, daemon=True).start()
