@@ -23,14 +23,18 @@ def encode_error(err: errors.IPCError, room: int) -> bytes:
     :data:`~ipcclient.wire.frames.MIN_FRAME_PAYLOAD`), shortened if need be.
 
     Always an error the peer reads (:func:`decode_error`): an error whose ID or message a
-    peer refuses (an empty or overlong ID, a message that is not text) or that cannot be
-    encoded is sent as a stand-in with its ID (or ``ipc.Unknown``), action and message
-    start. A payload the peer refuses would end the whole VC (a protocol error), not only
-    the flow it was meant for."""
+    peer refuses (an empty or overlong ID, a message that is not text, params over the
+    decoder's limits) or that cannot be encoded is sent as a stand-in with its ID (or
+    ``ipc.Unknown``), action and message start. A payload the peer refuses would end the
+    whole VC (a protocol error), not only the flow it was meant for."""
     payload = b""
     if _readable(err):
         try:
             payload = codec.encode(err)
+            # Params that encode but that the peer's decoder refuses (more map keys that
+            # are containers than it takes, a message over its size limit) go as a
+            # stand-in too.
+            codec.check_encoded(payload)
         except errors.BadArgError:  # params that have no CBOR form, text that is not UTF-8
             payload = b""
     if not payload or len(payload) > room:

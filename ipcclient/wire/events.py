@@ -84,9 +84,10 @@ class ConnectionClosed(Event):
     with; ``peer_error`` is the error the peer sent, if any; ``flow_ids`` were live and are gone.
 
     ``last_flow_id`` is the highest of our flow ids the peer says it accepted (None when its
-    GOAWAY did not say); ``unprocessed`` are the ids of ``flow_ids`` above it: flows the
-    peer never delivered to its application, so it cannot have acted on them (a request on
-    one may be sent again on a new connection).
+    GOAWAY did not say); ``unprocessed`` are the ids of ``flow_ids`` above it, and those of
+    ours this side never announced (no frame with OPEN sent), with or without LAST_ID: flows
+    the peer never delivered to its application, so it cannot have acted on them (a request
+    on one may be sent again on a new connection).
     """
 
     error: errors.IPCError

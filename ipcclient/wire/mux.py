@@ -509,10 +509,13 @@ class Mux(MuxState):
         err = errors.ConnectionFailedError(msg)
         err.__cause__ = peer_error
         flow_ids = tuple(self._flows)
-        unprocessed: tuple[int, ...] = ()
-        if last_id is not None:
-            parity = self._own_parity
-            unprocessed = tuple(f for f in flow_ids if f & 1 == parity and f > last_id)
+        # Ours above LAST_ID, and ours never announced (no OPEN sent: the peer cannot have
+        # taken them, whatever its GOAWAY says or leaves unsaid).
+        parity = self._own_parity
+        above = MAX_FLOW_ID if last_id is None else last_id
+        unprocessed = tuple(
+            f for f, flow in self._flows.items() if f & 1 == parity and (f > above or flow.unopened)
+        )
         self._out.clear()  # nothing may be sent after receiving GOAWAY
         self._tail = None
         self._terminate(err)

@@ -518,6 +518,69 @@ def test_goaway_with_empty_message_names_the_id() -> None:
     assert event.error.msg.endswith(": ipc.Timeout")
 
 
+_COMPOUND_KEYS = {(i,): 0 for i in range(65)}  # 279 bytes; a peer takes at most 64 such keys
+
+
+@pytest.mark.parametrize(
+    ("param", "b_frame"),
+    [(_COMPOUND_KEYS, 64 * 1024), (b"x" * (5 * 1024 * 1024), 16 * 1024 * 1024)],
+    ids=["65-container-keys", "5MiB-param-16MiB-frames"],
+)
+def test_a_reset_whose_error_the_peer_would_refuse_ends_only_its_flow(
+    param: object, b_frame: int
+) -> None:
+    """An error whose params encode but break the peer's decoder limits (more map keys that
+    are containers than it takes, a message over its size limit) goes as a stand-in: sent
+    as it was, the peer took it for a protocol error and ended the whole VC."""
+    a, b = pair(MuxConfig(), MuxConfig(max_frame_payload=b_frame))
+    f1, f3 = a.open_flow(), a.open_flow()
+    a.send_data(f1, b"req1")
+    a.send_data(f3, b"req3")
+    pump(a, b)
+    a.reset_flow(f1, errors.AbortedError("the caller gave up", param))
+    (event,) = pump(a, b)
+    assert isinstance(event, FlowReset) and event.flow_id == f1
+    assert isinstance(event.error, errors.AbortedError) and "the caller gave up" in event.error.msg
+    assert b.is_live(f3) and not b.closed
+
+
+def test_a_goaway_whose_error_the_peer_would_refuse_keeps_its_last_id() -> None:
+    a, b = pair()
+    pushed = b.open_flow()
+    b.send_data(pushed, b"push")
+    pump(b, a)
+    mine = a.open_flow()
+    a.send_data(mine, b"request")
+    a.data_to_send()  # (lost: b never sees it)
+    b.close(errors.InternalError("shutting down", _COMPOUND_KEYS))
+    (event,) = pump(b, a)
+    assert isinstance(event, ConnectionClosed)
+    assert event.peer_error is not None and isinstance(event.peer_error, errors.InternalError)
+    assert event.last_flow_id == 0 and event.unprocessed == (mine,)
+
+
+@pytest.mark.parametrize("last_id", [None, 0xFFFF_FFFF], ids=["no-LAST_ID", "LAST_ID-above"])
+def test_a_flow_never_announced_is_unprocessed_whatever_the_goaway_says(
+    last_id: int | None,
+) -> None:
+    """A flow this side allocated but never sent an OPEN for cannot have reached the peer:
+    it is reported unprocessed (retried at once) with no LAST_ID or a LAST_ID above it."""
+    a, _b = pair()
+    sent = a.open_flow()
+    a.send_data(sent, b"request")
+    a.data_to_send()
+    idle = a.open_flow()  # (connected, nothing written yet)
+    goaway = (
+        raw(GOAWAY, 0, 0)
+        if last_id is None
+        else raw(GOAWAY, FLAG_LAST_ID, 0, struct.pack(">I", last_id))
+    )
+    (event,) = a.receive_data(goaway)
+    assert isinstance(event, ConnectionClosed)
+    assert set(event.flow_ids) == {sent, idle}
+    assert event.unprocessed == (idle,)
+
+
 # --- configuration --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs",
