@@ -526,9 +526,12 @@ class Reader(abc.ABC):
                     if trial:
                         if outcome is _DATA:
                             quick = polling.slept(self._read_at - idle_since)
-                        else:  # (nothing came within the receive timeout: an endless gap)
+                        elif outcome is not _WOKEN:
+                            # (nothing came within the receive timeout: an endless gap)
                             polling.slept(_ENDLESS)
                             polling.armed = False  # (a long gap: no new trial for it)
+                        # (Woken: a caller taking the role, a probe or a retire cut the
+                        # sleep short, not the peer's bytes: it measured no gap.)
                 if outcome is _DATA:
                     if spin:  # (read for one call only: not quick, disarms)
                         polling.after_read(quick, self._opener.buffered > 0)

@@ -10,6 +10,7 @@ Must not: know about sockets, flows or the mux; hold any lock of its own.
 from __future__ import annotations
 
 import contextlib
+import operator
 from _thread import allocate_lock
 from typing import Any
 
@@ -18,17 +19,31 @@ from ipcclient.context import LONGEST_WAIT
 __all__ = ["LONGEST_WAIT", "Signal", "reacquire"]
 
 
+_ACQUIRE = operator.methodcaller("acquire")
+
+
 def reacquire(lock: Any) -> BaseException | None:
     """Take ``lock`` back whatever happens: a KeyboardInterrupt while waiting for it is kept
     and returned (to be re-raised once the lock is held), never lost and never leaving the
-    lock unheld for a ``with`` block that will release it."""
+    lock unheld for a ``with`` block that will release it.
+
+    An interrupt may also be raised just after ``acquire`` returned, with the lock held:
+    the interpreter runs a signal's handler at its next check, and when the signal went to
+    another thread (``interrupt_main``, or a SIGINT the kernel handed elsewhere) nothing
+    cut the wait short. Taking the lock once more would then wait forever on a lock this
+    thread holds, with every thread of the VC behind it. So the acquire runs inside C
+    code (``list.extend`` over ``map``) that records its result before the interpreter
+    checks again, and an interrupt after a recorded acquire is only kept."""
     pending: BaseException | None = None
+    got: list[bool] = []
     while True:
         try:
-            lock.acquire()
+            got.extend(map(_ACQUIRE, (lock,)))
             return pending
         except BaseException as exc:
             pending = exc
+            if got:  # (the lock was taken before the interrupt was raised: held)
+                return pending
 
 
 class Signal:

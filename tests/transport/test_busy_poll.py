@@ -13,6 +13,7 @@ machine cannot be made to show, in tests/unit/test_poll_rules.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -396,6 +397,55 @@ def test_polling_stops_where_it_does_not_pay(
             conn2.close()
     finally:
         conn.close()
+
+
+def _silent(flow: Flow) -> None:
+    """A flow handler that reads and never answers."""
+
+    def run() -> None:
+        with contextlib.suppress(errors.IPCError):
+            while flow.read(time.monotonic() + 10):
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_a_sleep_a_caller_cuts_short_measures_no_gap() -> None:
+    """The reader thread of a dialed VC, reading for two calls, sleeps in a read whose gap it
+    measures (a trial); one call ends and the other's caller, now alone, wakes it to take
+    the read role. That wake-up is not the peer's bytes: it measures nothing. It was noted
+    as an endless gap, which pushes the judgement towards "polling pays"."""
+    lst = StreamManager(make_identity()).listen(
+        "tcp", "127.0.0.1:0", blessings=None, on_flow=_silent
+    )
+    conn = _dial(lst, TransportOptions(busy_poll=0.0001))
+    try:
+        from ipcclient.transport.readrole import READER
+
+        end = time.monotonic() + 5
+        while conn._role is not READER:
+            assert time.monotonic() < end, "the reader thread never took the read role"
+            time.sleep(0.001)
+        a, b = conn.connect(), conn.connect()
+        a.write(b"a")
+        b.write(b"b")  # (two calls in flight: the reader thread reads, and may poll, for both)
+        state = conn._polling
+        assert state.adapt and state._tries == 0
+        with conn._lock:  # (as after a quick read: the rules allow a poll; the first is a trial)
+            state.armed = True
+            conn._wake_poll_locked()
+        end = time.monotonic() + 5
+        while state._tries < 1:
+            assert time.monotonic() < end, "the reader thread never chose to poll"
+            time.sleep(0.001)
+        time.sleep(0.05)  # (into its measured sleep)
+        b.close()
+        with pytest.raises(errors.TimeoutError):
+            a.read(time.monotonic() + 0.2)  # (alone: the reader thread is woken for it)
+        assert state._slept == []
+    finally:
+        conn.close()
+        lst.close()
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from ipcclient.transport.manager import (
     open_socket,
     split_host_port,
 )
+from ipcclient.transport.waits import reacquire
 from ipcclient.wire.mux import MuxConfig
 from tests.conftest import refuse_threads
 from tests.identities import make_identity
@@ -1320,6 +1323,124 @@ def test_a_keyboard_interrupt_as_a_wait_lets_the_lock_go_leaves_the_vc_usable(
         second = conn.connect()
         second.write(b"two", end=True)
         assert second.read(time.monotonic() + 5) == b"TWO"
+    finally:
+        release.set()
+        conn.close()
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt (which would end the test session)."""
+
+
+@pytest.fixture
+def sigusr1_interrupts() -> Iterator[None]:
+    """SIGUSR1 raises :class:`_Interrupt` in the main thread while the test runs."""
+    assert threading.current_thread() is threading.main_thread()
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise _Interrupt
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    yield
+    signal.signal(signal.SIGUSR1, old)
+
+
+def _interrupt_when_main_waits_in(
+    function: str, lock: Any, done: threading.Event, stuck: list[bool]
+) -> None:
+    """Once the main thread is seen in ``function``, flag an interrupt for it (as a signal
+    the kernel hands to another thread does: its wait goes on), let ``lock`` go, and, if
+    the main thread has not come back 2 s later, release ``lock`` once more for it (it
+    waits on a lock it holds) so that the test ends."""
+    main = threading.main_thread().ident
+    assert main is not None
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        frame = sys._current_frames().get(main)
+        if frame is not None and frame.f_code.co_name == function:
+            break
+        time.sleep(0.005)
+    time.sleep(0.05)  # (into the acquire)
+    _thread.interrupt_main(signal.SIGUSR1)
+    time.sleep(0.05)
+    lock.release()
+    if not done.wait(2.0):
+        stuck.append(True)
+        lock.release()
+
+
+# (The signal's handler runs where the interpreter checks for one: compiled code never does
+# inside reacquire.)
+@pytest.mark.interpreted
+def test_an_interrupt_raised_once_the_lock_is_taken_back_is_kept_not_waited_on(
+    sigusr1_interrupts: None,
+) -> None:
+    """A signal meant for the main thread but delivered to another one does not cut its wait
+    for the VC's lock short: its handler raises only once the lock is taken. reacquire took
+    the lock once more and waited forever on itself, with every thread of the VC behind."""
+    lock = threading.Lock()
+    lock.acquire()
+    done = threading.Event()
+    stuck: list[bool] = []
+    helper = threading.Thread(
+        target=_interrupt_when_main_waits_in, args=("reacquire", lock, done, stuck), daemon=True
+    )
+    helper.start()
+    try:
+        pending = reacquire(lock)
+    finally:
+        done.set()
+    helper.join(5)
+    assert not stuck, "reacquire waited on the lock it had just taken"
+    assert isinstance(pending, _Interrupt)  # (kept, to be raised once the lock is held)
+    assert lock.locked()
+    lock.release()
+
+
+@pytest.mark.interpreted
+def test_an_interrupt_as_a_caller_takes_the_vc_lock_back_leaves_the_vc_usable(
+    sigusr1_interrupts: None, server: Callable[..., Listener]
+) -> None:
+    """The same on a VC: a caller whose wait for its reply ends while another thread holds
+    the VC's lock, interrupted as it takes the lock back. The interrupt reaches the caller,
+    and the VC's lock is free afterwards."""
+    release = threading.Event()
+    lst = server(on_flow=lambda flow: _held_open(flow, release))
+    conn = _dial(lst)
+    done = threading.Event()
+    stuck: list[bool] = []
+    try:
+        other = conn.connect()  # (two calls: the reader thread reads for both, callers wait)
+        other.write(b"other")
+        flow = conn.connect()
+        flow.write(b"one")
+        from ipcclient.transport.readrole import READER
+
+        until = time.monotonic() + 5
+        while conn._role is not READER and time.monotonic() < until:
+            time.sleep(0.005)
+        assert conn._role is READER
+
+        def hold_the_lock() -> None:
+            until = time.monotonic() + 5
+            while flow not in conn._waiters and time.monotonic() < until:
+                time.sleep(0.001)
+            conn._lock.acquire()  # (as a thread dispatching would; the read's wait ends)
+            _interrupt_when_main_waits_in("reacquire", conn._lock, done, stuck)
+
+        helper = threading.Thread(target=hold_the_lock, daemon=True)
+        helper.start()
+        try:
+            with pytest.raises(_Interrupt):
+                flow.read(time.monotonic() + 0.3)
+        finally:
+            done.set()
+        helper.join(5)
+        assert not stuck, "the caller waited on the VC's lock it held"
+        assert conn._lock.acquire(timeout=1)
+        conn._lock.release()
+        release.set()
+        assert flow.read(time.monotonic() + 5) == b"ONE"  # the VC goes on
     finally:
         release.set()
         conn.close()
