@@ -228,16 +228,20 @@ class Reader(abc.ABC):
             finally:
                 pending = reacquire(self._lock)
                 self._role = CALLER_DONE[self._role]
-                self._last_lead = time.monotonic()
-                self._pass_role_locked()
-                if self._writer.close_due:
-                    # The VC ended while we read, and its closer left the socket to us.
-                    try:
-                        self._lock.release()  # (first in the try: see above)
-                        self._close_socket()
-                    finally:
-                        late = reacquire(self._lock)
-                    pending = pending or late
+                try:
+                    self._last_lead = time.monotonic()
+                    self._pass_role_locked()
+                finally:
+                    # (Even when an interrupt comes from here on: the role is given up, and
+                    # only this thread can still make a close left to it.)
+                    if self._writer.close_due:
+                        # The VC ended while we read, and its closer left the socket to us.
+                        try:
+                            self._lock.release()  # (first in the try: see above)
+                            self._close_socket()
+                        finally:
+                            late = reacquire(self._lock)
+                        pending = pending or late
                 if pending is not None:
                     raise pending
             return

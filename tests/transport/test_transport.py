@@ -1446,6 +1446,64 @@ def test_an_interrupt_as_a_caller_takes_the_vc_lock_back_leaves_the_vc_usable(
         conn.close()
 
 
+# (A profile hook sees the interpreter's calls only.)
+@pytest.mark.interpreted
+def test_a_caller_interrupted_as_it_gives_the_read_role_up_still_closes_the_socket_left_to_it(
+    server: Callable[..., Listener],
+) -> None:
+    """The VC is closed while a caller reads for itself: the closer leaves the socket to
+    that caller, who closes it as it gives the role up. A KeyboardInterrupt raised there,
+    after the role was given up (at its first call that checks for a signal), skipped that
+    close: the socket and the wake pipe stayed open for good."""
+    release = threading.Event()
+    lst = server(on_flow=lambda flow: _held_open(flow, release))
+    conn = _dial(lst)
+    fired: list[bool] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if (
+            not fired
+            and event == "c_return"
+            and getattr(arg, "__name__", "") == "monotonic"
+            and frame.f_code.co_name == "wait_for_peer"
+            and conn._writer.close_due
+        ):
+            fired.append(True)
+            raise KeyboardInterrupt
+
+    from ipcclient.transport.readrole import CALLER
+
+    def close_while_the_caller_reads() -> None:
+        # The step of close() that meets a caller reading: the socket is left to it (due),
+        # and it is woken. (All of close() would also shut the socket, and the caller could
+        # give the role up before the close is left to it.)
+        until = time.monotonic() + 5
+        while conn._role is not CALLER and time.monotonic() < until:
+            time.sleep(0.001)
+        conn._close_socket()
+        with conn._lock:
+            conn._wake_poll_locked()
+
+    try:
+        flow = conn.connect()
+        flow.write(b"one")
+        closer = threading.Thread(target=close_while_the_caller_reads, daemon=True)
+        closer.start()
+        sys.setprofile(hook)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                flow.read(time.monotonic() + 5)
+        finally:
+            sys.setprofile(None)
+        closer.join(5)
+        assert fired
+        assert conn._sock_closed and conn._sock.fileno() == -1
+        assert conn._wake_r == -1 and conn._wake_w == -1
+    finally:
+        release.set()
+        conn.close()
+
+
 class _LockChecker(logging.Handler):
     """Records, for each message it is given, whether the VC's lock could be taken by the
     thread logging it (a handler may block or take locks of its own: the VC's lock must not
