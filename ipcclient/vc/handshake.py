@@ -57,9 +57,11 @@ __all__ = [
 MAGIC = b"\x8fIPC"
 """First bytes of both hellos: not ASCII, so a peer speaking another protocol fails at once."""
 SUPPORTED_VERSIONS = (1, 1)
+"""The RPC protocol versions this side speaks, as an inclusive (min, max) range."""
+MAX_VERSION = (1 << 32) - 1
+"""The highest protocol version a hello may carry (a u32)."""
 MIN_WINDOW = 1024
 """The smallest per-flow window a hello may announce (docs/protocol.md)."""
-"""The RPC protocol versions this side speaks, as an inclusive (min, max) range."""
 MAX_HELLO_SIZE = 1024
 """A hello is a small map of fixed fields; anything larger is a flood."""
 MAX_AUTH_SIZE = 64 * 1024
@@ -242,7 +244,7 @@ class _Base:
         hello_random: bytes | None,
     ) -> None:
         lo, hi = versions
-        if not 1 <= lo <= hi:
+        if not 1 <= lo <= hi <= MAX_VERSION:
             raise errors.BadArgError("handshake: bad version range")
         if ephemeral_key is not None and (
             not isinstance(ephemeral_key, bytes) or len(ephemeral_key) != _KEY_SHARE_SIZE
@@ -393,7 +395,7 @@ class ClientHandshake(_Base):
                     said = err.msg[:200] + ("..." if len(err.msg) > 200 else "")
                     raise errors.VersionIncompatibleError(f"handshake: the server refused: {said}")
                 raise errors.BadProtocolError("handshake: the server refused the handshake")
-            version = _int_field(fields, "version", 1, 1 << 32)
+            version = _int_field(fields, "version", 1, MAX_VERSION)
             lo, hi = self._versions
             if not lo <= version <= hi:
                 raise errors.VersionIncompatibleError(
@@ -504,7 +506,7 @@ class ServerHandshake(_Base):
                 not isinstance(versions, list | tuple)
                 or len(versions) != 2
                 or not all(
-                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 32
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_VERSION
                     for v in versions
                 )
                 or versions[0] > versions[1]

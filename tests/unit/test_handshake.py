@@ -320,6 +320,41 @@ def test_malformed_version_ranges_are_protocol_errors(versions: list[Any]) -> No
         )
 
 
+@pytest.mark.parametrize("version", [0, 1 << 32, -1])
+def test_a_server_version_outside_a_u32_is_a_protocol_error(version: int) -> None:
+    """docs/protocol.md 4.1: the ServerHello's version is an integer in 1..2^32-1, checked
+    before it is compared with the client's range (2^32 was taken for a version the client
+    does not speak)."""
+    client = _client(make_identity())
+    client.start()
+    forged = handshake._encode_hello(
+        {
+            "version": version,
+            "key_share": b"\x09" * 32,
+            "random": bytes(32),
+            "window": 65536,
+            "max_frame": 65536,
+        }
+    )
+    with pytest.raises(errors.BadProtocolError, match="version"):
+        client.receive_data(forged)
+
+
+@pytest.mark.parametrize("versions", [(0, 1), (2, 1), (1, 1 << 32)])
+def test_a_version_range_no_hello_may_carry_is_refused_up_front(
+    versions: tuple[int, int],
+) -> None:
+    with pytest.raises(errors.BadArgError, match="version range"):
+        ServerHandshake(make_identity(), blessings=None, versions=versions)
+    with pytest.raises(errors.BadArgError, match="version range"):
+        ClientHandshake(
+            make_identity(),
+            authorize_server=_accept_all,
+            blessings_for_server=lambda _b: None,
+            versions=versions,
+        )
+
+
 def test_a_refused_client_auth_is_answered_with_a_sealed_goaway() -> None:
     from ipcclient.wire.frames import GOAWAY, FrameDecoder
 
