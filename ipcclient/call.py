@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -154,6 +155,8 @@ class Call:
                 (items already received are not handed out after that).
         """
         cancelled = self._cancel_error
+        if cancelled is None and self._past_deadline():
+            cancelled = self._cancel_error
         if cancelled is not None:
             raise cancelled.with_context(request_sent=True)
         response = self._response
@@ -246,6 +249,7 @@ class Call:
             raise errors.BadArgError(
                 f"call: finish(nresults=...) takes a count of results or None, got {nresults!r}"
             )
+        self._past_deadline()
         with self._lock:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
@@ -400,6 +404,16 @@ class Call:
         if err.request_sent is None:
             return err.with_context(request_sent=True)
         return err
+
+    def _past_deadline(self) -> bool:
+        """Whether the deadline has passed; if so, the context is looked at, which runs the
+        call's done-callback now (cancelling the call with the context's error) when the
+        timer thread has not yet: items already buffered are not handed out after it."""
+        deadline = self._deadline
+        if deadline is None or time.monotonic() < deadline:
+            return False
+        self.context.done()
+        return True
 
     def _on_context_done(self, err: errors.IPCError) -> None:
         self.cancel(err)

@@ -538,6 +538,7 @@ class Client:
                 if _c:
                     vtrace.STORE.merge(_t, records)
 
+            started: list[bool] = []  # (the request is out: the call is the caller's)
             call = Call(
                 call_ctx,
                 stream,
@@ -547,7 +548,7 @@ class Client:
                 discharges=discharges,
                 discharge_cache=self.discharge_cache,
                 fetch_problems=fetch_errors,
-                on_done=self._make_on_done(call_ctx if owned_ctx else None, span),
+                on_done=self._make_on_done(call_ctx if owned_ctx else None, span, started),
                 on_abandon=self._abandoned.append,
                 on_trace=on_trace,
             )
@@ -566,6 +567,9 @@ class Client:
                 raise unsent.with_context(request_sent=False, tried=tried) from None
             if close_send:
                 call._send_closed = True
+            started.append(True)
+            if owned_ctx and call.ended:  # (it ended while its request was written)
+                call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
             self.stats["calls_started"] += 1
             return call
         # Every server failed (or there were none): the cached resolution may be stale.
@@ -641,7 +645,9 @@ class Client:
         if self._closed:
             raise self._closed_error()
 
-    def _make_on_done(self, owned_ctx: Context | None, span: vtrace.Span) -> Any:
+    def _make_on_done(
+        self, owned_ctx: Context | None, span: vtrace.Span, started: list[bool]
+    ) -> Any:
         calls = self._calls
 
         lock = self._lock
@@ -650,7 +656,9 @@ class Client:
             span.finish()
             with lock:  # close() iterates the set under the lock
                 calls.discard(call)
-            if owned_ctx is not None:
+            # (Not for an attempt whose request never went out: the call's context is
+            # still the retry loop's, which tries again with it.)
+            if owned_ctx is not None and started:
                 owned_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]
 
         return on_done

@@ -146,7 +146,7 @@ class ServerCall:
         if self._ended:
             made.cancel_with(_CALL_FINISHED)
         else:  # (at once when the flow is already reset)
-            self._flow.set_abort_callback(lambda err: made.cancel(f"client: {err.msg}"))
+            self._flow.set_abort_callback(lambda err: made.cancel_with(_client_ended(err)))
         return made
 
     def ended_error(self) -> errors.IPCError | None:
@@ -158,7 +158,7 @@ class ServerCall:
             return ctx.err()
         err = self._flow.error
         if err is not None:
-            return errors.CanceledError(f"client: {err.msg}")
+            return _client_ended(err)
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
             return errors.TimeoutError("context deadline exceeded")
@@ -207,13 +207,19 @@ class ServerCall:
         ended = self.ended_error()  # (items already received are not handed out after it)
         if ended is not None:
             raise ended
-        header = request_from_wire(stream.recv(self._deadline))
-        if header.end_stream_args:
-            self._recv_done = True
-            raise errors.EndOfStreamError("server: the client sent no more items")
-        if not header.is_stream_item:
-            raise errors.BadProtocolError("server: expected a streaming header")
-        return stream.recv(self._deadline)
+        try:
+            header = request_from_wire(stream.recv(self._deadline))
+            if header.end_stream_args:
+                self._recv_done = True
+                raise errors.EndOfStreamError("server: the client sent no more items")
+            if not header.is_stream_item:
+                raise errors.BadProtocolError("server: expected a streaming header")
+            return stream.recv(self._deadline)
+        except errors.ConnectionFailedError:
+            root = self._root.err()  # (the server stopped: its close of the VC woke us)
+            if root is not None:
+                raise root from None
+            raise
 
     def __iter__(self) -> Iterator[Any]:
         while True:
@@ -241,3 +247,12 @@ class ServerCall:
             raise
         deadline, late = self.server._send_bound(self._deadline)
         self._flow.write(data, deadline=deadline, streamed=True, late=late)
+
+
+def _client_ended(err: errors.IPCError) -> errors.IPCError:
+    """What a call's context ends with when its flow was reset or its VC broke: the
+    client's deadline passing (its reset carries a TimeoutError) stays a TimeoutError;
+    anything else is a cancel."""
+    if isinstance(err, errors.TimeoutError):
+        return errors.TimeoutError(f"client: {err.msg}")
+    return errors.CanceledError(f"client: {err.msg}")

@@ -427,6 +427,39 @@ def test_a_method_or_suffix_longer_than_a_server_takes_is_refused_before_sending
     assert svc.calls == 2 and c.vc_count() == 1 and c.stats["dials"] == 1
 
 
+# (Replaces a method at run time, which compiled callers do not look up.)
+@pytest.mark.interpreted
+@pytest.mark.parametrize("seconds", [None, 10.0], ids=["no-deadline", "deadline"])
+def test_start_call_retries_an_attempt_whose_request_never_went_out(
+    stack: contextlib.ExitStack,
+    family: Family,
+    monkeypatch: pytest.MonkeyPatch,
+    seconds: float | None,
+) -> None:
+    """A VC that breaks between the flow's opening and the request's write (a server
+    restarting) fails that attempt before a byte is sent: it is retried. With a context
+    without a deadline (the client adds ``default_call_timeout`` in a context of its own),
+    the failed attempt's end cancelled that context ("call finished"), and the retry loop
+    then ended the call with that CanceledError."""
+    svc = Svc()
+    name = serve(stack, family, svc)
+    c = client(stack, family, options=ClientOptions(default_call_timeout=20.0))
+    assert c.call(ctx(), name, "Echo", 0) == (0,)  # the VC is up
+    writes: list[int] = []
+    real_write = Flow.write
+
+    def write(flow: Flow, data: Any, *args: Any, **kw: Any) -> Any:
+        writes.append(1)
+        if len(writes) == 1:  # (as a VC broken just before the write)
+            raise errors.ConnectionFailedError("test: the VC broke before the request went out")
+        return real_write(flow, data, *args, **kw)
+
+    monkeypatch.setattr(Flow, "write", write)
+    call = c.start_call(ctx(seconds), name, "Echo", [1])
+    assert call.finish() == (1,)
+    assert len(writes) >= 2
+
+
 def test_a_streamed_item_over_the_limits_is_refused_and_the_call_goes_on(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
@@ -752,6 +785,43 @@ def test_close_send_after_a_cancel_or_the_deadline_says_so(
     call.close_send()
     assert call.finish() == (1,)
     call.close_send()
+
+
+@pytest.mark.parametrize("step", ["recv", "finish"])
+def test_no_item_is_handed_out_after_the_deadline_even_when_the_timer_is_late(
+    stack: contextlib.ExitStack, family: Family, step: str
+) -> None:
+    """Items already received are not handed out once the deadline has passed
+    (docs/client.md), even while the process's shared timer thread is late to end the call
+    (here it runs another context's slow callback): recv and finish looked only at what the
+    timer had done, and handed out the buffered items."""
+    name = serve(stack, family, Svc())
+    c = client(stack, family)
+    deadline_ctx = ctx(0.5)
+    call = c.start_call(deadline_ctx, name, "Stream", [3])
+    assert call.recv() == 0  # (the other two and the final answer arrive with it)
+    held = threading.Event()
+    let_go = threading.Event()
+
+    def hold_the_timer(_err: errors.IPCError) -> None:
+        held.set()
+        let_go.wait(5)
+
+    busy = ctx(0.2)  # (kept: the timer holds a context weakly)
+    busy.add_done_callback(hold_the_timer)
+    try:
+        assert held.wait(5)
+        deadline = deadline_ctx.deadline
+        assert deadline is not None
+        while time.monotonic() <= deadline + 0.1:
+            time.sleep(0.02)
+        with pytest.raises(errors.TimeoutError):
+            if step == "recv":
+                call.recv()
+            else:
+                call.finish()
+    finally:
+        let_go.set()
 
 
 def test_send_after_a_cancel_or_the_deadline_says_so(

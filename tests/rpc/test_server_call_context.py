@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from ipcclient import Client, Context, Server, errors, vtrace
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
@@ -113,3 +115,58 @@ def test_span_made_late_continues_the_clients_trace(
     ctx, span = vtrace.with_new_span(_ctx(), "client-side")
     (trace_id,) = make_client().call(ctx, name, "TraceId")
     assert trace_id == span.trace_id
+
+
+class Waits:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entered = threading.Event()
+        self.err: Any = None
+
+    @expose
+    def Wait(self, call: ServerCall) -> None:
+        call.context.wait(10)
+        self.err = call.context.err()
+        self.done.set()
+
+    @expose
+    def Recv(self, call: ServerCall) -> None:
+        self.entered.set()
+        try:
+            for _ in call:
+                pass
+        except errors.IPCError as exc:
+            self.err = exc
+        self.done.set()
+
+
+def test_the_context_of_a_call_whose_deadline_passed_says_timeout(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The client's reset (carrying its TimeoutError) always arrives before the server's
+    own copy of the deadline passes: the context ended with CanceledError, and a nested
+    call made with it failed ipc.Canceled, where docs/client.md says it expires."""
+    svc = Waits()
+    _, name = make_server(svc, AllowEveryone())
+    with pytest.raises(errors.TimeoutError):
+        make_client().call(_ctx(0.5), name, "Wait")
+    assert svc.done.wait(10)
+    assert isinstance(svc.err, errors.TimeoutError), svc.err
+    assert svc.err.msg.startswith("client:"), svc.err.msg
+
+
+def test_a_method_reading_the_clients_stream_when_the_server_stops_sees_the_stop(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """stop() cancels every call's context; a method blocked in call.recv() was woken by the
+    VC's close instead and got ConnectionFailedError (retry action: connect again), which
+    ServerCall.recv does not list."""
+    svc = Waits()
+    server, name = make_server(svc, AllowEveryone())
+    call = make_client().start_call(_ctx(), name, "Recv", [])
+    call.send(1)
+    assert svc.entered.wait(10)
+    server.stop(timeout=5)
+    assert svc.done.wait(10)
+    call.cancel()
+    assert isinstance(svc.err, errors.CanceledError), svc.err
