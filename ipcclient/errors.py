@@ -99,6 +99,19 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 is collapsed."""
 
 
+def _one_line(text: str) -> str:
+    """``text`` as one line a peer cannot use to forge log lines or drive a terminal: line
+    breaks collapsed, control characters shown as ``\\xNN`` and every other character
+    that is not printable (bidirectional controls, zero-width characters, unassigned code
+    points) as ``\\uXXXX``."""
+    if text.isprintable():
+        return text
+    text = " ".join(text.split()).translate(_CONTROLS)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 class IPCError(Exception):
     """Base of every error ipcclient raises.
 
@@ -137,11 +150,7 @@ class IPCError(Exception):
     def __str__(self) -> str:
         """One line: the ID and what happened (and, where there is one, what to do). What was
         tried and whether the request went out are in :meth:`details`, not here."""
-        text = f"{self.id}: {self.msg}" if self.msg else self.id
-        if text.isprintable():
-            return text
-        # (Text from a peer may hold line breaks or terminal escapes: one line, shown safe.)
-        return " ".join(text.split()).translate(_CONTROLS)
+        return _one_line(f"{self.id}: {self.msg}" if self.msg else self.id)
 
     def details(self) -> str:
         """Several lines for a person debugging: the one-line summary, the retry action,
@@ -153,10 +162,10 @@ class IPCError(Exception):
                 if self.request_sent
                 else "  the request was not sent"
             )
-        lines.extend(f"  tried: {t}" for t in self.tried)
+        lines.extend(f"  tried: {_one_line(t)}" for t in self.tried)  # (a peer's IDs)
         cause = self.__cause__
         if cause is not None:
-            lines.append(f"  caused by: {type(cause).__name__}: {cause}")
+            lines.append(f"  caused by: {type(cause).__name__}: {_one_line(str(cause))}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

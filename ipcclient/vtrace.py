@@ -49,6 +49,14 @@ MAX_SPANS_PER_TRACE = 1024
 """Spans one trace keeps; more are dropped (a runaway loop cannot grow memory)."""
 MAX_ANNOTATIONS = 64
 """Annotations one span keeps."""
+MAX_REMOTE_TEXT = 256
+"""Characters kept of a peer's span name and of each of its annotations."""
+MAX_REMOTE_CHARS_PER_TRACE = 256 * 1024
+"""What the peers' span records of one trace may hold in all (characters of names and
+annotations, plus a fixed charge per record and per annotation); later ones are dropped.
+A process that serves a collected trace sends every span of it back in one response
+header (at most 4 MiB): a peer must not be able to fill it."""
+_ID_SIZE = 16
 _SPAN_KEY = object()
 _RECORD_LOCK = threading.Lock()
 """Guards making a span's record (rare: only collected or inspected spans have one)."""
@@ -86,6 +94,8 @@ class SpanRecord:
         start, end, notes = value.get("start"), value.get("end"), value.get("notes", [])
         if not (isinstance(sid, bytes) and isinstance(parent, bytes) and isinstance(name, str)):
             return None
+        if len(sid) != _ID_SIZE or len(parent) != _ID_SIZE:  # (docs/protocol.md 5.3: bytes(16))
+            return None
         began = _time(start)
         ended = None if end is None else _time(end)
         if began is None or (end is not None and ended is None):
@@ -96,8 +106,13 @@ class SpanRecord:
                 if isinstance(note, list | tuple) and len(note) == 2 and isinstance(note[1], str):
                     when = _time(note[0])
                     if when is not None:
-                        annotations.append((when, note[1]))
-        return cls(sid, parent, name[:256], began, ended, annotations, remote=True)
+                        annotations.append((when, note[1][:MAX_REMOTE_TEXT]))
+        return cls(sid, parent, name[:MAX_REMOTE_TEXT], began, ended, annotations, remote=True)
+
+
+def _remote_size(rec: SpanRecord) -> int:
+    """What a peer's span record is charged (see ``MAX_REMOTE_CHARS_PER_TRACE``)."""
+    return 64 + len(rec.name) + sum(16 + len(msg) for _, msg in rec.annotations)
 
 
 def _time(value: object) -> float | None:
@@ -120,32 +135,50 @@ class TraceStore:
         self._traces: collections.OrderedDict[bytes, dict[bytes, SpanRecord]] = (
             collections.OrderedDict()
         )
+        self._remote: dict[bytes, int] = {}  # trace id -> what its peers' records hold
         self._max = max_traces
 
     def record(self, trace_id: bytes, span: SpanRecord) -> None:
         with self._lock:
-            spans = self._traces.get(trace_id)
-            if spans is None:
-                spans = self._traces[trace_id] = {}
-                while len(self._traces) > self._max:
-                    self._traces.popitem(last=False)
-            if span.span_id in spans or len(spans) < MAX_SPANS_PER_TRACE:
+            spans = self._spans_locked(trace_id)
+            was = spans.get(span.span_id)
+            if was is not None or len(spans) < MAX_SPANS_PER_TRACE:
                 spans[span.span_id] = span
+                if was is not None and was.remote:  # (a peer's copy gives its room back)
+                    self._remote[trace_id] = self._remote.get(trace_id, 0) - _remote_size(was)
+
+    def _spans_locked(self, trace_id: bytes) -> dict[bytes, SpanRecord]:
+        """The spans of ``trace_id``, made (and the oldest trace dropped) when it has none."""
+        spans = self._traces.get(trace_id)
+        if spans is None:
+            spans = self._traces[trace_id] = {}
+            while len(self._traces) > self._max:
+                dropped, _ = self._traces.popitem(last=False)
+                self._remote.pop(dropped, None)
+        return spans
 
     def merge(self, trace_id: bytes, records: Sequence[Any]) -> None:
         """Add a peer's span records (wire form) to the trace. A span this process records
         itself keeps its own record (a server in the same process sends back copies of the
         caller's spans, still open, and of its own): only a peer's earlier copy is
-        replaced by a later one."""
+        replaced by a later one. What the peers' records of one trace hold is bounded
+        (:data:`MAX_REMOTE_CHARS_PER_TRACE`): past it, later ones are dropped."""
         for value in records[:MAX_SPANS_PER_TRACE]:
             rec = SpanRecord.from_wire(value)
             if rec is None:
                 continue
+            size = _remote_size(rec)
             with self._lock:
-                spans = self._traces.get(trace_id)
-                mine = spans.get(rec.span_id) if spans is not None else None
-            if mine is None or mine.remote:
-                self.record(trace_id, rec)
+                spans = self._spans_locked(trace_id)
+                mine = spans.get(rec.span_id)
+                if mine is not None and not mine.remote:
+                    continue
+                held = self._remote.get(trace_id, 0) - (0 if mine is None else _remote_size(mine))
+                if held + size > MAX_REMOTE_CHARS_PER_TRACE:
+                    continue  # (best effort: the trace holds enough of its peers' records)
+                if mine is not None or len(spans) < MAX_SPANS_PER_TRACE:
+                    spans[rec.span_id] = rec
+                    self._remote[trace_id] = held + size
 
     def trace(self, trace_id: bytes) -> list[SpanRecord]:
         """The spans of a trace, by start time."""

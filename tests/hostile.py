@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ipcclient import errors
@@ -264,6 +264,105 @@ class RefusingServer:
                             Response(end_stream_results=True, nresults=1).to_wire(), "ok"
                         )
                         mux.send_data(ev.flow_id, reply, end=True)
+            out = mux.data_to_send()
+            if out:
+                conn.sendall(result.sealer.seal(out))
+
+
+class ScriptedServer:
+    """A server from the library's sans-IO parts (as :class:`RefusingServer`) that answers
+    the n-th request it receives (from 0) with ``reply(n, request_bytes)``: the reply's
+    messages, sent whole with FIN within the client's flow control. Each connection has its
+    own thread; ``requests`` counts the requests answered."""
+
+    def __init__(self, principal: Principal, reply: Callable[[int, bytes], bytes]) -> None:
+        self._principal = principal
+        self._reply = reply
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)  # the accept loop looks at ``_stop`` this often
+        host, port = self._sock.getsockname()
+        self.endpoint = str(
+            Endpoint(
+                protocol="tcp",
+                address=f"{host}:{port}",
+                min_version=SUPPORTED_VERSIONS[0],
+                max_version=SUPPORTED_VERSIONS[1],
+            )
+        )
+        self.requests = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(IO_TIMEOUT)
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT)
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._connection_thread, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _connection_thread(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError, errors.IPCError):
+            self._connection(conn)
+
+    def _connection(self, conn: socket.socket) -> None:
+        conn.settimeout(IO_TIMEOUT)
+        hs = ServerHandshake(self._principal, blessings=self._principal.store.default)
+        drive_handshake(conn, hs.receive_data, lambda: hs.done, b"", time.monotonic() + 10)
+        assert hs.result is not None
+        result = hs.result
+        mux = muxmod.Mux(
+            muxmod.MuxConfig(),
+            dialer=False,
+            peer_initial_window=result.peer_settings.initial_window,
+            peer_max_frame_payload=result.peer_settings.max_frame_payload,
+        )
+        pending = list(result.early_plaintext)
+        requests: dict[int, bytearray] = {}
+        outgoing: dict[int, bytes] = {}
+        conn.settimeout(0.2)  # (looks at ``_stop`` this often)
+        while not self._stop.is_set():
+            if not pending:
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                pending = list(result.opener.feed(data))
+                continue
+            for ev in mux.receive_data(pending.pop(0)):
+                if isinstance(ev, muxmod.DataReceived):
+                    mux.acknowledge(ev.flow_id, len(ev.data))
+                    requests.setdefault(ev.flow_id, bytearray()).extend(ev.data)
+                    if ev.end:
+                        n, self.requests = self.requests, self.requests + 1
+                        outgoing[ev.flow_id] = self._reply(n, bytes(requests.pop(ev.flow_id)))
+            for fid, rest in list(outgoing.items()):
+                try:
+                    sent = mux.send_data(fid, rest, end=True)
+                except errors.IPCError:  # (the flow is gone)
+                    del outgoing[fid]
+                    continue
+                if sent >= len(rest):
+                    del outgoing[fid]
+                else:  # (the rest waits for credit)
+                    outgoing[fid] = rest[sent:]
             out = mux.data_to_send()
             if out:
                 conn.sendall(result.sealer.seal(out))
