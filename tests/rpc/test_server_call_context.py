@@ -151,8 +151,8 @@ def test_the_context_of_a_call_whose_deadline_passed_says_timeout(
     with pytest.raises(errors.TimeoutError):
         make_client().call(_ctx(0.5), name, "Wait")
     assert svc.done.wait(10)
+    # (Whichever came first, the client's reset or the server's own copy of the deadline.)
     assert isinstance(svc.err, errors.TimeoutError), svc.err
-    assert svc.err.msg.startswith("client:"), svc.err.msg
 
 
 def test_a_method_reading_the_clients_stream_when_the_server_stops_sees_the_stop(
