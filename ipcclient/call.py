@@ -493,7 +493,7 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         reader: MessageReader | None = None
         try:
             first = flow.read()  # (by the flow's deadline: the context's)
-            if first and flow.drained:
+            if first and flow.drained and len(first) <= _WHOLE_REPLY_BYTES:
                 # The usual reply: all of it in one read (whole messages, far below the
                 # budget): split at once; what is missing can no longer come.
                 if first == _NO_RESULTS:
@@ -546,6 +546,10 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
             flow.cancel(errors.CanceledError("call: interrupted"))
 
 
+_WHOLE_REPLY_BYTES = 64 * 1024
+"""The largest reply split at once, uncounted (a frame's payload by default): decoded, it
+holds at most ~70 times that; a larger one (frames a client made larger) goes through the
+results' budget, which counts each item."""
 _NO_RESULTS = encode_messages(Response(end_stream_results=True).to_wire())
 _FINAL_HEADERS = {
     encode_messages(Response(end_stream_results=True, nresults=n).to_wire()): n for n in range(1, 4)

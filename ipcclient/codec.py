@@ -44,6 +44,7 @@ __all__ = [
     "Limits",
     "check_encoded",
     "check_size",
+    "count_items",
     "decode",
     "encode",
     "register",
@@ -391,14 +392,15 @@ def _in_a_key() -> errors.BadProtocolError:
     )
 
 
-def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
+def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> int:
     """Walk the CBOR heads of one message and refuse it when it holds more than
     ``limits.max_items`` items, more than ``limits.max_compound_keys`` map keys that are
     arrays, maps or tags, or nests deeper than ``limits.max_depth``.
 
     Only heads are read: string contents and the arguments of scalars are skipped, nothing
     is allocated but one entry per open container. The walk stops as soon as a limit is
-    passed. Declared lengths larger than the bytes left are refused too.
+    passed. Declared lengths larger than the bytes left are refused too. Returns the number
+    of items (the message's own value included).
     """
     raw = data if type(data) is bytes else bytes(data)
     end = len(raw)
@@ -423,7 +425,7 @@ def _walk_heads(data: bytes | bytearray | memoryview, limits: Limits) -> None:
             if not outer_left:
                 if pos != end:
                     raise errors.BadProtocolError("codec: trailing bytes after the CBOR message")
-                return
+                return count
             left = outer_left.pop()
             in_map = outer_map.pop()
         if pos >= end:
@@ -566,6 +568,26 @@ def check_size(size: int, limits: Limits = DEFAULT_LIMITS) -> None:
             f"codec: a value of {size} bytes once encoded is over the message limit of "
             f"{limits.max_message_size} bytes (send it in pieces, e.g. as a stream)"
         )
+
+
+def count_items(data: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
+    """How many items the message ``data`` holds, as the decoder counts them (the value
+    itself, and each element, key and value inside), found from its heads alone, without
+    decoding it.
+
+    Raises:
+        BadProtocolError: the message is malformed or over ``limits`` (as :func:`decode`
+            would refuse it, but for what only decoding finds: text that is not UTF-8,
+            refused tags or keys).
+    """
+    size = len(data)
+    if size > limits.max_message_size:
+        raise errors.BadProtocolError(
+            f"codec: message of {size} bytes exceeds the limit of {limits.max_message_size}"
+        )
+    if not size:
+        raise errors.BadProtocolError("codec: empty message")
+    return _walk_heads(data, limits)
 
 
 def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:

@@ -48,7 +48,12 @@ from ipcclient.server.dispatcher import (
 from ipcclient.server.options import HEADER_GRACE, ServerOptions
 from ipcclient.stream import MessageStream
 from ipcclient.transport.conn import Connection, Flow
-from ipcclient.wire.messages import encode_message_parts, encode_messages, split_bodies
+from ipcclient.wire.messages import (
+    decoded_charge,
+    encode_message_parts,
+    encode_messages,
+    split_bodies,
+)
 
 if TYPE_CHECKING:
     from ipcclient.server.server import Server
@@ -320,10 +325,13 @@ class FlowServing:
         deadline = None if request.deadline is None else time.monotonic() + request.deadline
         server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
         call = ServerCall(flow, stream, request, server, self._root, deadline, span)
+        held: list[ArgsCharge] = []  # (what decoding ``bodies`` may cost: see _hold_decoded)
         try:
-            self._run_request(call, flow, stream, request, bodies, deadline)
+            self._run_request(call, flow, stream, request, bodies, deadline, held)
         finally:
             call.end()
+            for charge in held:
+                charge.release()
 
     def _run_request(
         self,
@@ -333,11 +341,16 @@ class FlowServing:
         request: Request,
         bodies: list[bytes] | None,
         deadline: float | None,
+        held: list[ArgsCharge],
     ) -> None:
         try:
             method, call.security = self._prepare(flow, request)
             args: list[Any] | None
             if bodies is not None:
+                for body in bodies:
+                    if len(body) > 1 and 0x80 <= body[0] < 0xE0:  # (an array, map or tag)
+                        self._hold_decoded(flow, bodies, held)
+                        break
                 args = [decode(body) for body in bodies]
             else:
                 assert stream is not None
@@ -389,6 +402,34 @@ class FlowServing:
             self._answer_error(flow, err)
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
+
+    def _hold_decoded(self, flow: Flow, bodies: list[bytes], held: list[ArgsCharge]) -> None:
+        """Charge what a whole request's args (their bytes already held) may cost decoded
+        beyond their bytes (``decoded_charge``: many small items), as the general way's
+        reader charges each arg, once the caller is authorized; the charge is added to
+        ``held``, to give back when the call ends.
+
+        Raises:
+            OverloadedError: over the call's, its VC's, its address's or the server's bound.
+            BadProtocolError: an arg is malformed (found counting its items).
+        """
+        extra = 0
+        for body in bodies:
+            if len(body) > 1:
+                extra += decoded_charge(body)
+        if not extra:
+            return
+        vc: VCState = flow.connection.cache[VC_STATE]
+        opts = self.options
+        charge = ArgsCharge(
+            self._slots_lock,
+            vc,
+            opts.max_args_bytes_per_vc,
+            opts.max_args_bytes - sum(map(len, bodies)),  # (those bytes are held already)
+            self._args_total,
+        )
+        charge.take(extra)
+        held.append(charge)
 
     def _read_args(
         self, call: ServerCall, flow: Flow, stream: MessageStream, request: Request

@@ -64,6 +64,41 @@ def _bulk_head_size(first: bytes, size: int) -> int:
     return head if int.from_bytes(first[1:head], "big") == size - head else 0
 
 
+DECODED_ITEM_BYTES = 64
+"""What an item of a held message is counted as at least, in bytes, beside the message's
+own bytes: a decoded value takes memory per item, not per byte (an empty map is one byte on
+the wire and ~70 bytes decoded), so a budget of held args or results counts
+``max(bytes, items * DECODED_ITEM_BYTES)`` of each message (:func:`decoded_charge`)."""
+_COUNT_ABOVE = 256
+"""Messages of at most this many bytes are taken to hold one item per byte (no count)."""
+
+
+def decoded_charge(body: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> int:
+    """What holding the message ``body`` decoded may cost beyond its own bytes:
+    ``items * DECODED_ITEM_BYTES - len(body)`` when that is more than 0. A number, a
+    string or a simple value is one item (text that is not ASCII counts 4 bytes a byte:
+    Python may hold each of its characters in 4); a message of up to ``_COUNT_ABOVE`` bytes is
+    taken to hold one per byte; a longer one's items are counted from its heads
+    (``codec.count_items``).
+
+    Raises:
+        BadProtocolError: the message is malformed or over ``limits`` (found counting).
+    """
+    size = len(body)
+    if size <= 1:
+        return 0
+    first = body[0]
+    if not 0x80 <= first < 0xE0:  # (a number, a string or a simple value: one item)
+        if 0x60 <= first < 0x80 and not body.isascii():
+            info = first & 0x1F
+            head = 1 if info < 24 else 1 + (1 << (info - 24)) if info < 28 else 1
+            if not body[head:].isascii():  # (not only its length's bytes)
+                return 3 * size  # (a character past U+00FF: Python holds 4 bytes each)
+        return 0
+    items = size if size <= _COUNT_ABOVE else codec.count_items(body, limits)
+    return max(0, items * DECODED_ITEM_BYTES - size)
+
+
 def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes:
     """One buffer holding ``head``, then each value as a length-prefixed CBOR message, in
     order, then ``tail`` (``head`` and ``tail``: messages encoded before, e.g. constant
@@ -186,6 +221,7 @@ class MessageReader:
 
     __slots__ = (
         "_budget",
+        "_charging",
         "_counted",
         "_first",
         "_free",
@@ -209,6 +245,7 @@ class MessageReader:
         self._free = 0  # messages not charged to the budget
         self._counted = -1  # messages still charged after those (-1: every one)
         self._shared: Budget | None = None  # also charged, when set
+        self._charging = False  # the message being read is charged to the budget
         self.rest = b""
         """Bytes after a message read under first limits, to feed next (whole messages
         and the start of one, not yet read: see the class docstring)."""
@@ -237,7 +274,9 @@ class MessageReader:
     def count_only(self, n: int) -> None:
         """Charge only the next ``n`` messages to the budget set (after the free ones); the
         messages after them are not charged. A call's args are ``nargs`` messages: what
-        follows them in the same read (the end of args, streamed items) is not args."""
+        follows them in the same read (the end of args, streamed items) is not args, and
+        while the budget is set it is decoded one message per :meth:`feed` (the rest kept
+        in :attr:`rest`), as the caller asks for it: never held decoded uncounted."""
         self._counted = n
 
     def set_first_limits(self, limits: codec.Limits | None) -> None:
@@ -289,15 +328,23 @@ class MessageReader:
                 head = _bulk_head_size(parts[0], need)
                 first = self._first
                 if head and first is None:  # one byte string: its bytes are the value
+                    self._charging = False  # (one item)
                     parts[0] = parts[0][head:]
                     out.append(b"".join(parts))
                 else:
                     self._first = None
-                    out.append(codec.decode(b"".join(parts), first or limits))
+                    body = b"".join(parts)
+                    if self._charging:
+                        self._charge_items(body, first or limits)
+                    out.append(codec.decode(body, first or limits))
                     if first is not None:
                         if missing < end:
                             self.rest = data[missing:]
                         return out
+                if not self._counted and self._budget is not None:
+                    if missing < end:  # (the counted messages are all here: see below)
+                        self.rest = data[missing:]
+                    return out
                 need = -1
                 pos = missing
             elif self._head:
@@ -328,14 +375,26 @@ class MessageReader:
                 first = self._first
                 if first is not None:
                     self._first = None
+                    if self._charging:
+                        self._charge_items(data[pos:stop], first)
                     out.append(codec.decode(data[pos:stop], first))
                     if stop < end:
                         self.rest = data[stop:]
                     break
+                if self._charging:
+                    self._charge_items(data[pos:stop], limits)
                 out.append(codec.decode(data[pos:stop], limits))
                 pos = stop
                 need = -1
+                if not self._counted and self._budget is not None:
+                    # The counted messages (a call's args) are all here: what follows is
+                    # not charged, so it is decoded only as it is asked for, one message
+                    # at a time (held decoded, anything could sit there uncounted).
+                    if pos < end:
+                        self.rest = data[pos:]
+                    break
         except errors.BadProtocolError:
+            self._charging = False
             self._head = b""
             self._need = -1
             self._parts = []
@@ -350,6 +409,7 @@ class MessageReader:
             raise errors.BadProtocolError(
                 f"messages: a message of {need} bytes exceeds the limit of {limit}"
             )
+        self._charging = False
         budget = self._budget
         if budget is not None:
             if self._free:
@@ -359,11 +419,27 @@ class MessageReader:
             if counted == 0:
                 return
             self._counted = counted - 1 if counted > 0 else -1
-            shared = self._shared
-            if shared is not None:  # (first: its refusal is the one raised)
-                shared.take(need)
-            if need > budget:
-                raise errors.BadProtocolError(
-                    "messages: the messages of one call exceed the total allowed for it"
-                )
-            self._budget = budget - need
+            self._take(need)
+            self._charging = True  # (its items too, once it is all here: _charge_items)
+
+    def _take(self, nbytes: int) -> None:
+        budget = self._budget
+        assert budget is not None
+        shared = self._shared
+        if shared is not None:  # (first: its refusal is the one raised)
+            shared.take(nbytes)
+        if nbytes > budget:
+            raise errors.BadProtocolError(
+                "messages: the messages of one call exceed the total allowed for it"
+            )
+        self._budget = budget - nbytes
+
+    def _charge_items(self, body: bytes, limits: codec.Limits) -> None:
+        """(A charged message, all here, before it is decoded.) Charge what it may cost
+        decoded beyond its bytes (:func:`decoded_charge`), so that a message of many small
+        items cannot be held at ~70 times the budget."""
+        self._charging = False
+        if self._budget is not None:
+            extra = decoded_charge(body, limits)
+            if extra:
+                self._take(extra)

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 import ipcclient
-from ipcclient import Client, Context, Server, errors, vtrace
+from ipcclient import Client, Context, Server, codec, errors, vtrace
 from ipcclient.headers import Response
-from ipcclient.options import NoRetry
+from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.server import ServerCall
+from ipcclient.transport.manager import TransportOptions
 from ipcclient.wire.messages import encode_messages
+from ipcclient.wire.muxstate import MuxConfig
 from tests.conftest import Family
 from tests.hostile import ScriptedServer
 
@@ -159,3 +161,30 @@ def test_str_of_a_peer_error_escapes_bidi_and_invisible_characters(char: str) ->
     text = str(errors.from_wire(wire))
     assert char not in text, repr(text)
     assert "nimda" in text
+
+
+_DENSE = codec.encode([{}] * 260_000)  # 260 KB, 260,001 items: ~16.6 MB counted decoded
+
+
+def _dense_results(_n: int, _request: bytes) -> bytes:
+    header = encode_messages(Response(end_stream_results=True, nresults=8).to_wire())
+    return header + b"".join(len(_DENSE).to_bytes(4, "big") + _DENSE for _ in range(8))
+
+
+@pytest.mark.parametrize("frame", [None, 4 << 20], ids=["default-frames", "big-frames"])
+def test_results_over_the_budget_counted_decoded_are_refused_however_framed(
+    scripted: Callable[[Reply], str], make_client: MakeClient, frame: int | None
+) -> None:
+    """8 results of 260,000 empty maps (2 MB on the wire, ~150 MB decoded) are over the
+    results' budget once each item counts. A client whose frames are larger than the
+    default read the whole reply in one read and split it uncounted (held whole)."""
+    transport = TransportOptions()
+    if frame is not None:
+        transport = TransportOptions(
+            mux=MuxConfig(initial_window=16 << 20, max_frame_payload=frame)
+        )
+    client = make_client(options=ClientOptions(default_call_timeout=60.0, transport=transport))
+    name = scripted(_dense_results)
+    for _ in range(2):  # (the first call dials; the next one reads the reply the short way)
+        with pytest.raises(errors.BadProtocolError, match="total allowed"):
+            client.call(Context.background().with_timeout(60), name, "Many")

@@ -21,10 +21,11 @@ from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.capacity import ArgsCharge, ArgsTotal, VCState, hold_args
+from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerOptions
 from ipcclient.wire.messages import encode_messages
 from tests.conftest import Family
-from tests.hostile import HostilePeer, request_header, server_address
+from tests.hostile import HostilePeer, request_header, rss_bytes, server_address
 from tests.transport.test_hostile_load import Legit, Service, bounded_threads, ctx, wait_until
 
 MakeServer = Callable[..., tuple[Server, str]]
@@ -249,6 +250,67 @@ def test_one_address_cannot_hold_the_whole_args_budget(
         big = b"z" * (MiB - 64)
         assert client.call(ctx(), name, "Echo", big) == (big,)
     wait_until(lambda: settled(server))
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-request", "args-as-they-come"])
+def test_args_of_many_small_items_are_charged_what_they_take_decoded(
+    make_server: MakeServer, make_client: MakeClient, whole: bool
+) -> None:
+    """An empty map is one byte on the wire and ~70 decoded: args counted by their bytes
+    alone let one call make the server hold ~70 times max_args_bytes (54 MB of such args
+    took a server to 3.7 GB). Each item counts as DECODED_ITEM_BYTES at least, on both of
+    the server's ways of reading args; strings and numbers cost their bytes, as before."""
+    svc = Service()
+    server, name = make_server(svc, AllowEveryone(), options=ServerOptions(max_args_bytes=MiB))
+    client = make_client()
+    dense = [{}] * 20_000  # (20 KB each; ~1.3 MB counted as decoded)
+    with pytest.raises(errors.OverloadedError, match="allowed for one call") as info:
+        if whole:
+            client.call(ctx(), name, "Count", dense, dense)
+        else:  # (the flow stays open: the server reads the args message by message)
+            client.start_call(ctx(), name, "Count", [dense, dense]).finish()
+    assert info.value.action == errors.RetryAction.NO_RETRY
+    assert client.call(ctx(), name, "Count", [{}] * 2000, b"x" * 900_000) == (2,)
+    wait_until(lambda: settled(server))
+
+
+@expose
+class _Holds:
+    def __init__(self) -> None:
+        self.running = 0
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+
+    def Hold(self, call: Any, x: Any) -> int:
+        with self.lock:
+            self.running += 1
+        self.gate.wait(20)  # (a method that takes a while and never reads its stream)
+        return 0
+
+
+def test_what_follows_a_calls_args_is_not_held_decoded(
+    family: Family, make_server: MakeServer
+) -> None:
+    """The messages after a call's args (streamed items, whatever a peer puts there) are not
+    charged to any args budget: decoded with the chunk that completed the last arg, a frame
+    of empty maps after a 1-byte arg was held at ~70 times its size by each call until its
+    method read it, if ever (100 such calls: ~435 MB). Now it waits undecoded."""
+    svc = _Holds()
+    server, _ = make_server(svc, AllowEveryone())
+    peer = HostilePeer(family.member("attacker"), server_address(server))
+    trailing = encode_messages([{}] * 60_000)  # (one frame: ~4 MB decoded)
+    calls = 30
+    try:
+        before = rss_bytes()
+        for _ in range(calls):
+            peer.open(request_header("Hold", 1) + encode_messages(0) + trailing)
+        wait_until(lambda: svc.running == calls, 30)
+        grew = rss_bytes() - before
+        assert grew < 40 * MiB, f"the server grew {grew / MiB:.0f} MiB for {calls} calls"
+    finally:
+        svc.gate.set()
+        peer.close()
+        wait_until(lambda: settled(server), 30)
 
 
 def test_each_vc_over_a_unix_socket_is_its_own_peer(

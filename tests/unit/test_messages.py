@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipcclient import codec, errors
-from ipcclient.wire.messages import MessageReader, encode_messages
+from ipcclient.wire.messages import (
+    DECODED_ITEM_BYTES,
+    MessageReader,
+    decoded_charge,
+    encode_messages,
+)
 
 values = st.lists(
     st.one_of(st.none(), st.integers(), st.text(max_size=30), st.binary(max_size=300),
@@ -87,12 +92,88 @@ def test_only_the_counted_messages_are_charged(cut: int) -> None:
     reader.set_budget(204, shared=Shared())
     reader.count_only(2)
     got = reader.feed(data[:cut]) + reader.feed(data[cut:])
+    while reader.rest:  # (what follows the args: one message per feed)
+        got += reader.feed(reader.take_rest())
     assert got == [b"a" * 100, b"b" * 100, {"endArgs": True}, b"streamed"]
     assert charged == [102, 102]
     uncounted = MessageReader()  # (without count_only, the end of args is over the budget)
     uncounted.set_budget(204)
     with pytest.raises(errors.BadProtocolError, match="total allowed"):
         uncounted.feed(data)
+
+
+@given(cut=st.integers(min_value=0, max_value=30000))
+@settings(max_examples=50, deadline=None)
+def test_a_budget_counts_a_message_of_many_small_items_as_what_it_takes_decoded(
+    cut: int,
+) -> None:
+    """An empty map is one byte on the wire and ~70 decoded: a budget of bytes alone let
+    one call hold ~70 times it. Each item now counts as DECODED_ITEM_BYTES at least (the
+    message's items counted from its heads, before it is decoded), however it is cut."""
+    dense = encode_messages([{}] * 20000)  # 20 KB, 20,001 items
+    cut %= len(dense) + 1
+    charged: list[int] = []
+
+    class Shared:
+        def take(self, nbytes: int) -> None:
+            charged.append(nbytes)
+
+    reader = MessageReader()
+    reader.set_budget(1 << 20, shared=Shared())
+    with pytest.raises(errors.BadProtocolError, match="total allowed"):
+        reader.feed(dense[:cut])
+        reader.feed(dense[cut:])
+    assert sum(charged) == 20001 * DECODED_ITEM_BYTES  # (bytes, then the rest of the items)
+    roomy = MessageReader()
+    roomy.set_budget(2 << 20)
+    assert roomy.feed(dense[:cut]) + roomy.feed(dense[cut:]) == [[{}] * 20000]
+    # Strings and numbers are one item each: charged their bytes only.
+    bulk = encode_messages(b"x" * 500_000, "y" * 500_000, 10**18)
+    plain = MessageReader()
+    plain.set_budget(1_000_030)
+    assert plain.feed(bulk) == [b"x" * 500_000, "y" * 500_000, 10**18]
+
+
+@pytest.mark.parametrize(
+    ("value", "items"),
+    [(b"x" * 1000, 1), ("t" * 1000, 1), (2**60, 1), (1.5, 1), (None, 1), ([1] * 100, 101),
+     ([{}] * 1000, 1001), ({"k": list(range(300))}, 303)],
+)  # fmt: skip
+def test_what_holding_a_message_decoded_may_cost_beyond_its_bytes(value: Any, items: int) -> None:
+    body = codec.encode(value)
+    if items == 1:  # (a string, a number, a simple value: its bytes are what it takes)
+        assert decoded_charge(body) == 0
+        if isinstance(value, str):  # (unless text past ASCII: up to 4 bytes a character)
+            wide = codec.encode("\U0001f600" + value)
+            assert decoded_charge(wide) == 3 * len(wide)
+        return
+    assumed = len(body) if len(body) <= 256 else items  # (a short message: an item a byte)
+    assert decoded_charge(body) == max(0, assumed * DECODED_ITEM_BYTES - len(body))
+    if len(body) > 256:
+        assert codec.count_items(body) == items
+
+
+def test_what_follows_the_counted_messages_is_decoded_only_as_it_is_asked_for() -> None:
+    """The messages after a call's args are not charged to its budget: decoded with the
+    chunk that completed the last arg, a frame of empty maps after a 1-byte arg was held at
+    ~70 times its size, uncounted, until the method read it (if ever)."""
+    trailing = encode_messages([{}] * 5000, [{}] * 5000)
+    data = encode_messages(0) + trailing
+    for cut in (len(data), 3):  # (the arg whole in the chunk, or completed by the next one)
+        reader = MessageReader()
+        reader.set_budget(1 << 20)
+        reader.count_only(1)
+        got = reader.feed(data[:cut])
+        if cut != len(data):
+            assert got == []
+            got = reader.feed(data[cut:])
+        assert got == [0]
+        assert reader.rest == trailing  # (kept as it came)
+        assert reader.feed(reader.take_rest()) == [[{}] * 5000]  # one at a time
+        assert reader.feed(reader.take_rest()) == [[{}] * 5000]
+        assert reader.rest == b""
+    free = MessageReader()  # (no budget: every whole message of a chunk, as before)
+    assert free.feed(data) == [0, [{}] * 5000, [{}] * 5000]
 
 
 def test_a_shared_budget_is_charged_first_and_its_refusal_is_raised() -> None:
