@@ -171,14 +171,16 @@ class TraceStore:
             with self._lock:
                 spans = self._spans_locked(trace_id)
                 mine = spans.get(rec.span_id)
-                if mine is not None and not mine.remote:
-                    continue
-                held = self._remote.get(trace_id, 0) - (0 if mine is None else _remote_size(mine))
-                if held + size > MAX_REMOTE_CHARS_PER_TRACE:
-                    continue  # (best effort: the trace holds enough of its peers' records)
-                if mine is not None or len(spans) < MAX_SPANS_PER_TRACE:
-                    spans[rec.span_id] = rec
-                    self._remote[trace_id] = held + size
+                if mine is None or mine.remote:  # (never over a record of our own)
+                    held = self._remote.get(trace_id, 0)
+                    if mine is not None:
+                        held -= _remote_size(mine)
+                    # (Past the bound, best effort: the trace holds enough of its peers'.)
+                    if held + size <= MAX_REMOTE_CHARS_PER_TRACE and (
+                        mine is not None or len(spans) < MAX_SPANS_PER_TRACE
+                    ):
+                        spans[rec.span_id] = rec
+                        self._remote[trace_id] = held + size
 
     def trace(self, trace_id: bytes) -> list[SpanRecord]:
         """The spans of a trace, by start time."""
