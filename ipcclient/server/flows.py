@@ -348,7 +348,7 @@ class FlowServing:
             args: list[Any] | None
             if bodies is not None:
                 for body in bodies:
-                    if len(body) > 1 and 0x80 <= body[0] < 0xE0:  # (an array, map or tag)
+                    if len(body) > 1 and 0x60 <= body[0] < 0xE0:  # (text, array, map, tag)
                         self._hold_decoded(flow, bodies, held)
                         break
                 args = [decode(body) for body in bodies]

@@ -274,6 +274,21 @@ def test_args_of_many_small_items_are_charged_what_they_take_decoded(
     wait_until(lambda: settled(server))
 
 
+def test_text_args_past_ascii_are_charged_what_python_may_hold(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Text with one character past U+FFFF is held at 4 bytes a character: 400 KB of it is
+    charged 1.6 MB, over a 1 MiB max_args_bytes; the same text in ASCII is not."""
+    server, name = make_server(
+        Service(), AllowEveryone(), options=ServerOptions(max_args_bytes=MiB)
+    )
+    client = make_client()
+    with pytest.raises(errors.OverloadedError, match="allowed for one call"):
+        client.call(ctx(), name, "Echo", "\U0001f600" + "a" * 400_000)
+    assert client.call(ctx(), name, "Count", "a" * 400_000) == (1,)
+    wait_until(lambda: settled(server))
+
+
 @expose
 class _Holds:
     def __init__(self) -> None:
