@@ -131,6 +131,12 @@ class _Pipe:
                 sock.close()
 
     def _pump(self, direction: str, src: socket.socket, dst: socket.socket) -> None:
+        # A send that fails (the receiving end is gone) ends this direction only: the other
+        # one still relays what it holds, and closes the pipe at its own end, as a relay
+        # that half-closes does. (Closing both at once lost the answer a server had sent
+        # before it closed, when the client's flow-control credit reached the closed server
+        # and was refused.)
+        other_closes = False
         try:
             while not self.closed:
                 fault, start = self._fault(direction)
@@ -167,9 +173,10 @@ class _Pipe:
                 try:
                     dst.sendall(data)
                 except OSError:
-                    break
+                    other_closes = True
+                    return
         finally:
-            if not self.closed:
+            if not self.closed and not other_closes:
                 self.close()
 
 
