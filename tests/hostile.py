@@ -5,6 +5,7 @@ still answer pings, so the server sees a live peer."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import socket
@@ -21,6 +22,7 @@ from ipcclient.transport.dial import drive_handshake, split_host_port
 from ipcclient.vc.handshake import (
     SUPPORTED_VERSIONS,
     ClientHandshake,
+    HandshakeResult,
     ServerHandshake,
     VCSettings,
 )
@@ -177,17 +179,14 @@ class HostilePeer:
             yield from self._opener.feed(data)
 
 
-class RefusingServer:
-    """A server from the library's sans-IO parts (the accepting handshake, the record layer,
-    the mux) that answers the first ``answer`` requests it receives with the result
-    ``"ok"``, and every later one with GOAWAY saying it took none of the client's live flows
-    (LAST_ID 0), then closes that connection: each refused request is one the client may
-    send again. ``connections`` counts completed handshakes, ``refused`` refused requests,
-    ``presented`` holds the blessing names each client presented in a completed handshake."""
+class _SansIOServer(abc.ABC):
+    """What the servers below share: a listening socket on 127.0.0.1 (``endpoint``), an
+    accept loop on a thread of its own that hands each connection to :meth:`_accepted`, and
+    the accepting handshake and mux of a connection (:meth:`_open`). ``close`` stops the
+    loop and joins every thread it started."""
 
-    def __init__(self, principal: Principal, *, answer: int = 0) -> None:
+    def __init__(self, principal: Principal) -> None:
         self._principal = principal
-        self._answer = answer
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -201,16 +200,19 @@ class RefusingServer:
                 max_version=SUPPORTED_VERSIONS[1],
             )
         )
-        self.connections = 0
-        self.refused = 0
-        self.presented: list[tuple[str, ...]] = []
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _start(self) -> None:
+        """(Last in a subclass's ``__init__``, once its own state is set.)"""
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(IO_TIMEOUT)
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT)
         self._sock.close()
 
     def _serve(self) -> None:
@@ -221,24 +223,55 @@ class RefusingServer:
                 continue
             except OSError:
                 return
-            with conn:
-                conn.settimeout(IO_TIMEOUT)
-                with contextlib.suppress(OSError, errors.IPCError):
-                    self._connection(conn)
+            self._accepted(conn)
 
+    def _accepted(self, conn: socket.socket) -> None:
+        """Serve ``conn`` on the accept thread, one connection at a time."""
+        with conn:
+            conn.settimeout(IO_TIMEOUT)
+            with contextlib.suppress(OSError, errors.IPCError):
+                self._connection(conn)
+
+    @abc.abstractmethod
     def _connection(self, conn: socket.socket) -> None:
+        """Serve one accepted connection until it ends."""
+
+    def _open(self, conn: socket.socket) -> tuple[HandshakeResult, muxmod.Mux]:
+        """The accepting handshake on ``conn``, and a mux for what follows it."""
         hs = ServerHandshake(self._principal, blessings=self._principal.store.default)
         drive_handshake(conn, hs.receive_data, lambda: hs.done, b"", time.monotonic() + 10)
         assert hs.result is not None
         result = hs.result
-        self.connections += 1
-        self.presented.append(tuple(getattr(result.remote_blessings, "names", ())))
         mux = muxmod.Mux(
             muxmod.MuxConfig(),
             dialer=False,
             peer_initial_window=result.peer_settings.initial_window,
             peer_max_frame_payload=result.peer_settings.max_frame_payload,
         )
+        return result, mux
+
+
+class RefusingServer(_SansIOServer):
+    """A server from the library's sans-IO parts (the accepting handshake, the record layer,
+    the mux) that answers the first ``answer`` requests it receives with the result
+    ``"ok"``, and every later one with GOAWAY saying it took none of the client's live flows
+    (LAST_ID 0), then closes that connection: each refused request is one the client may
+    send again. ``connections`` counts completed handshakes, ``refused`` refused requests,
+    ``presented`` holds the blessing names each client presented in a completed handshake.
+    It serves one connection at a time, on its accept thread."""
+
+    def __init__(self, principal: Principal, *, answer: int = 0) -> None:
+        super().__init__(principal)
+        self._answer = answer
+        self.connections = 0
+        self.refused = 0
+        self.presented: list[tuple[str, ...]] = []
+        self._start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        result, mux = self._open(conn)
+        self.connections += 1
+        self.presented.append(tuple(getattr(result.remote_blessings, "names", ())))
         pending = list(result.early_plaintext)
         while True:
             while not pending:
@@ -269,52 +302,22 @@ class RefusingServer:
                 conn.sendall(result.sealer.seal(out))
 
 
-class ScriptedServer:
+class ScriptedServer(_SansIOServer):
     """A server from the library's sans-IO parts (as :class:`RefusingServer`) that answers
     the n-th request it receives (from 0) with ``reply(n, request_bytes)``: the reply's
     messages, sent whole with FIN within the client's flow control. Each connection has its
     own thread; ``requests`` counts the requests answered."""
 
     def __init__(self, principal: Principal, reply: Callable[[int, bytes], bytes]) -> None:
-        self._principal = principal
+        super().__init__(principal)
         self._reply = reply
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.05)  # the accept loop looks at ``_stop`` this often
-        host, port = self._sock.getsockname()
-        self.endpoint = str(
-            Endpoint(
-                protocol="tcp",
-                address=f"{host}:{port}",
-                min_version=SUPPORTED_VERSIONS[0],
-                max_version=SUPPORTED_VERSIONS[1],
-            )
-        )
         self.requests = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._start()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(IO_TIMEOUT)
-        for thread in self._threads:
-            thread.join(IO_TIMEOUT)
-        self._sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._connection_thread, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
+    def _accepted(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._connection_thread, args=(conn,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _connection_thread(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError, errors.IPCError):
@@ -322,16 +325,7 @@ class ScriptedServer:
 
     def _connection(self, conn: socket.socket) -> None:
         conn.settimeout(IO_TIMEOUT)
-        hs = ServerHandshake(self._principal, blessings=self._principal.store.default)
-        drive_handshake(conn, hs.receive_data, lambda: hs.done, b"", time.monotonic() + 10)
-        assert hs.result is not None
-        result = hs.result
-        mux = muxmod.Mux(
-            muxmod.MuxConfig(),
-            dialer=False,
-            peer_initial_window=result.peer_settings.initial_window,
-            peer_max_frame_payload=result.peer_settings.max_frame_payload,
-        )
+        result, mux = self._open(conn)
         pending = list(result.early_plaintext)
         requests: dict[int, bytearray] = {}
         outgoing: dict[int, bytes] = {}
