@@ -595,10 +595,14 @@ def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     ``limits`` would refuse: for its size, its number of items, its nesting or its map keys.
 
     A byte or text string or a scalar is one item at no depth: only its size is looked at. A
-    container is decoded (as the peer would) only when it could reach a limit: every
-    container head is a byte in 0x80-0xDF, so a message with no more such bytes than
-    ``max_depth`` cannot nest deeper, nor hold more than that many keys that are containers,
-    and one of no more bytes than ``max_items`` cannot hold more items.
+    container's heads are walked, as the peer's decoder walks them before it builds a value
+    (:func:`_walk_heads`, which counts the items, nesting and container keys the limits
+    bound), only when it could reach a limit: every container head is a byte in 0x80-0xDF,
+    so a message with no more such bytes than ``max_depth`` cannot nest deeper, nor hold
+    more than that many keys that are containers, and one of no more bytes than
+    ``max_items`` cannot hold more items. It is not decoded: what else a decoder refuses (a
+    refused tag or type, a map in a map key, text that is not UTF-8), :func:`encode`
+    refuses before it makes the bytes.
 
     Raises:
         BadArgError: over a limit (or otherwise refused by the decoder); nothing was sent.
@@ -613,7 +617,7 @@ def check_encoded(data: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
     ):
         return
     try:
-        decode(data, limits)
+        _walk_heads(data, limits)
     except errors.BadProtocolError as exc:
         raise errors.BadArgError(
             f"codec: the value is over the limits a peer accepts in one message "
@@ -703,8 +707,14 @@ def _invalid(exc: BaseException) -> errors.BadProtocolError:
     return err
 
 
-def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+def decode(
+    data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS, *, walked: bool = False
+) -> Any:
     """Decode exactly one CBOR value from ``data`` under ``limits``.
+
+    ``walked``: the caller counted ``data``'s items with :func:`count_items` under the same
+    ``limits`` (to charge a budget for them), which is the walk of its heads this function
+    would make before cbor2 builds the value; it is not made twice.
 
     Raises:
         BadProtocolError: for anything that is not one valid, allowed value within the limits
@@ -743,7 +753,9 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
         if constant is not None:
             return dict(constant)
     # A message can hold at most one item per byte, so small messages need no walk.
-    if size > limits.max_items or _could_hold_compound_keys(data, limits.max_compound_keys):
+    if walked:
+        pass
+    elif size > limits.max_items or _could_hold_compound_keys(data, limits.max_compound_keys):
         _walk_heads(data, limits)
     try:
         stream = io.BytesIO(data)

@@ -349,9 +349,11 @@ class FlowServing:
             if bodies is not None:
                 for body in bodies:
                     if len(body) > 1 and 0x60 <= body[0] < 0xE0:  # (text, array, map, tag)
-                        self._hold_decoded(flow, bodies, held)
+                        walked = self._hold_decoded(flow, bodies, held)
+                        args = [decode(b, walked=w) for b, w in zip(bodies, walked, strict=True)]
                         break
-                args = [decode(body) for body in bodies]
+                else:
+                    args = [decode(body) for body in bodies]
             else:
                 assert stream is not None
                 args = self._read_args(call, flow, stream, request)
@@ -403,22 +405,25 @@ class FlowServing:
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
 
-    def _hold_decoded(self, flow: Flow, bodies: list[bytes], held: list[ArgsCharge]) -> None:
+    def _hold_decoded(self, flow: Flow, bodies: list[bytes], held: list[ArgsCharge]) -> list[bool]:
         """Charge what a whole request's args (their bytes already held) may cost decoded
         beyond their bytes (``decoded_charge``: many small items), as the general way's
         reader charges each arg, once the caller is authorized; the charge is added to
-        ``held``, to give back when the call ends.
+        ``held``, to give back when the call ends. Returns, for each arg, whether its heads
+        were walked to count its items (``decode``'s ``walked``).
 
         Raises:
             OverloadedError: over the call's, its VC's, its address's or the server's bound.
             BadProtocolError: an arg is malformed (found counting its items).
         """
         extra = 0
+        walked: list[bool] = []
         for body in bodies:
-            if len(body) > 1:
-                extra += decoded_charge(body)
+            more, counted = decoded_charge(body)
+            extra += more
+            walked.append(counted)
         if not extra:
-            return
+            return walked
         vc: VCState = flow.connection.cache[VC_STATE]
         opts = self.options
         charge = ArgsCharge(
@@ -430,6 +435,7 @@ class FlowServing:
         )
         charge.take(extra)
         held.append(charge)
+        return walked
 
     def _read_args(
         self, call: ServerCall, flow: Flow, stream: MessageStream, request: Request

@@ -73,7 +73,7 @@ _COUNT_ABOVE = 256
 """Messages of at most this many bytes are taken to hold one item per byte (no count)."""
 
 
-def decoded_charge(body: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> int:
+def decoded_charge(body: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> tuple[int, bool]:
     """What holding the message ``body`` decoded may cost beyond its own bytes:
     ``items * DECODED_ITEM_BYTES - len(body)`` when that is more than 0. A number, a
     string or a simple value is one item (text that is not ASCII counts 4 bytes a byte:
@@ -81,22 +81,27 @@ def decoded_charge(body: bytes, limits: codec.Limits = codec.DEFAULT_LIMITS) -> 
     taken to hold one per byte; a longer one's items are counted from its heads
     (``codec.count_items``).
 
+    Returns that charge, and whether the heads were walked to count the items: the walk
+    ``codec.decode`` makes itself before building such a value, which it is then told to
+    skip (its ``walked``), under the same ``limits``.
+
     Raises:
         BadProtocolError: the message is malformed or over ``limits`` (found counting).
     """
     size = len(body)
     if size <= 1:
-        return 0
+        return 0, False
     first = body[0]
     if not 0x80 <= first < 0xE0:  # (a number, a string or a simple value: one item)
         if 0x60 <= first < 0x80 and not body.isascii():
             info = first & 0x1F
             head = 1 if info < 24 else 1 + (1 << (info - 24)) if info < 28 else 1
             if not body[head:].isascii():  # (not only its length's bytes)
-                return 3 * size  # (a character past U+00FF: Python holds 4 bytes each)
-        return 0
-    items = size if size <= _COUNT_ABOVE else codec.count_items(body, limits)
-    return max(0, items * DECODED_ITEM_BYTES - size)
+                return 3 * size, False  # (a character past U+00FF: Python holds 4 bytes each)
+        return 0, False
+    if size <= _COUNT_ABOVE:
+        return max(0, size * DECODED_ITEM_BYTES - size), False
+    return max(0, codec.count_items(body, limits) * DECODED_ITEM_BYTES - size), True
 
 
 def encode_messages(*values: Any, head: bytes = b"", tail: bytes = b"") -> bytes:
@@ -335,8 +340,10 @@ class MessageReader:
                     self._first = None
                     body = b"".join(parts)
                     if self._charging:
-                        self._charge_items(body, first or limits)
-                    out.append(codec.decode(body, first or limits))
+                        walked = self._charge_items(body, first or limits)
+                        out.append(codec.decode(body, first or limits, walked=walked))
+                    else:
+                        out.append(codec.decode(body, first or limits))
                     if first is not None:
                         if missing < end:
                             self.rest = data[missing:]
@@ -375,15 +382,21 @@ class MessageReader:
                 first = self._first
                 if first is not None:
                     self._first = None
+                    body = data[pos:stop]
                     if self._charging:
-                        self._charge_items(data[pos:stop], first)
-                    out.append(codec.decode(data[pos:stop], first))
+                        walked = self._charge_items(body, first)
+                        out.append(codec.decode(body, first, walked=walked))
+                    else:
+                        out.append(codec.decode(body, first))
                     if stop < end:
                         self.rest = data[stop:]
                     break
                 if self._charging:
-                    self._charge_items(data[pos:stop], limits)
-                out.append(codec.decode(data[pos:stop], limits))
+                    body = data[pos:stop]
+                    walked = self._charge_items(body, limits)
+                    out.append(codec.decode(body, limits, walked=walked))
+                else:
+                    out.append(codec.decode(data[pos:stop], limits))
                 pos = stop
                 need = -1
                 if not self._counted and self._budget is not None:
@@ -434,12 +447,15 @@ class MessageReader:
             )
         self._budget = budget - nbytes
 
-    def _charge_items(self, body: bytes, limits: codec.Limits) -> None:
+    def _charge_items(self, body: bytes, limits: codec.Limits) -> bool:
         """(A charged message, all here, before it is decoded.) Charge what it may cost
         decoded beyond its bytes (:func:`decoded_charge`), so that a message of many small
-        items cannot be held at ~70 times the budget."""
+        items cannot be held at ~70 times the budget. Returns whether its heads were walked
+        to count them (``codec.decode``'s ``walked``)."""
         self._charging = False
-        if self._budget is not None:
-            extra = decoded_charge(body, limits)
-            if extra:
-                self._take(extra)
+        if self._budget is None:
+            return False
+        extra, walked = decoded_charge(body, limits)
+        if extra:
+            self._take(extra)
+        return walked

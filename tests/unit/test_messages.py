@@ -134,6 +134,55 @@ def test_a_budget_counts_a_message_of_many_small_items_as_what_it_takes_decoded(
     assert plain.feed(bulk) == [b"x" * 500_000, "y" * 500_000, 10**18]
 
 
+@pytest.mark.interpreted  # (replaces a function of ipcclient.codec at run time)
+@pytest.mark.parametrize("first", [False, True], ids=["reader-limits", "first-limits"])
+@pytest.mark.parametrize("cut", [0, 1, 5, 3000])
+def test_a_message_counted_for_its_budget_is_walked_once(
+    monkeypatch: pytest.MonkeyPatch, cut: int, first: bool
+) -> None:
+    """Counting a structured message's items for its charge walks its heads, the walk the
+    decoder makes before cbor2 builds such a value: it is not made a second time, whether
+    the message came whole or in pieces."""
+    records = [{"a": i, "b": "x"} for i in range(1000)]
+    data = encode_messages(records)  # (its sender walked it too: before the count)
+    walked: list[int] = []
+    walk = codec._walk_heads
+
+    def counting(data: Any, limits: codec.Limits) -> int:
+        walked.append(len(data))
+        return walk(data, limits)
+
+    monkeypatch.setattr(codec, "_walk_heads", counting)
+    reader = MessageReader()
+    reader.set_budget(1 << 20)
+    if first:
+        reader.set_first_limits(codec.Limits(max_items=10_000))
+    got = reader.feed(data[:cut]) + reader.feed(data[cut:])
+    assert got == [records]
+    assert walked == [len(data) - 4]
+    unbudgeted = MessageReader()  # (the decoder's own walk, when nothing counted first)
+    assert unbudgeted.feed(data) == [records]
+    assert walked == [len(data) - 4] * 2
+
+
+def test_checking_an_encoded_message_walks_its_heads_without_decoding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender checks a large structured message against the limits a peer decodes under
+    by walking its heads, as the peer's decoder does first; it does not build the value
+    (which cost as much again as the walk)."""
+
+    def no_decoder(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("decoded")
+
+    records = [{"a": i, "b": "x"} for i in range(1000)]
+    body = codec.encode(records)
+    monkeypatch.setattr(codec.cbor2, "CBORDecoder", no_decoder)
+    codec.check_encoded(body)
+    with pytest.raises(errors.BadArgError, match="1000 items"):
+        codec.check_encoded(body, codec.Limits(max_items=1000))
+
+
 @pytest.mark.parametrize(
     ("value", "items"),
     [(b"x" * 1000, 1), ("t" * 1000, 1), (2**60, 1), (1.5, 1), (None, 1), ([1] * 100, 101),
@@ -142,14 +191,15 @@ def test_a_budget_counts_a_message_of_many_small_items_as_what_it_takes_decoded(
 def test_what_holding_a_message_decoded_may_cost_beyond_its_bytes(value: Any, items: int) -> None:
     body = codec.encode(value)
     if items == 1:  # (a string, a number, a simple value: its bytes are what it takes)
-        assert decoded_charge(body) == 0
+        assert decoded_charge(body) == (0, False)
         if isinstance(value, str):  # (unless text past ASCII: up to 4 bytes a character)
             wide = codec.encode("\U0001f600" + value)
-            assert decoded_charge(wide) == 3 * len(wide)
+            assert decoded_charge(wide) == (3 * len(wide), False)
         return
     assumed = len(body) if len(body) <= 256 else items  # (a short message: an item a byte)
-    assert decoded_charge(body) == max(0, assumed * DECODED_ITEM_BYTES - len(body))
-    if len(body) > 256:
+    walked = len(body) > 256  # (its heads were read to count them)
+    assert decoded_charge(body) == (max(0, assumed * DECODED_ITEM_BYTES - len(body)), walked)
+    if walked:
         assert codec.count_items(body) == items
 
 
