@@ -10,11 +10,13 @@ a :class:`~ipcclient.errors.BadProtocolError` and nothing else; every failure to
 :class:`~ipcclient.errors.BadArgError`.
 
 What a value may be on the wire: ``None``, ``bool``, ``int`` (any size; bignums use tags 2/3),
-``float``, ``str``, ``bytes``, lists/tuples (decoded as lists), dicts (keys of any of the
-former), CBOR simple values and ``undefined`` (harmless scalars, accepted both ways), and the
-project's tagged types. Other CBOR tags (dates, regexes, MIME, shared
-references, sets, ...) are refused by the decoder so that a peer cannot make this side run a
-parser it did not ask for or build a cyclic object; indefinite-length items are refused too.
+``float``, ``str``, ``bytes`` (``bytearray`` and ``memoryview`` go as bytes), lists/tuples
+(decoded as lists; any other sequence, such as a deque or a range, goes as a list), dicts
+(keys of any of the former; any other mapping goes as a dict), CBOR simple values and
+``undefined`` (harmless scalars, accepted both ways), and the project's tagged types. Other
+CBOR tags (dates, regexes, MIME, shared references, sets, ...) are refused by the decoder so
+that a peer cannot make this side run a parser it did not ask for or build a cyclic object;
+indefinite-length items are refused too.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def register(
         raise errors.BadArgError(f"codec: no tag number is reserved for {name!r}")
     tag = TAGS[name]
     _encoders[cls] = (tag, to_wire)
+    _OTHER_KINDS.clear()  # (a project type is not a container: see _nests_other)
     _SEMANTIC_OVERRIDES[tag] = _project_tag_decoder(from_wire)
 
 
@@ -181,6 +184,14 @@ _REFUSED_TYPES: dict[type, Callable[[Any, Any], None]] = dict.fromkeys(
 )
 
 
+def _encode_view(encoder: Any, value: memoryview) -> None:
+    encoder.encode(value.tobytes())  # (cbor2 would make a list of its bytes)
+
+
+_ENCODERS: dict[type, Callable[[Any, Any], None]] = {**_REFUSED_TYPES, memoryview: _encode_view}
+"""The encoder's callbacks by exact type: the refused types, and ``memoryview`` sent as bytes."""
+
+
 _PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
 """Exact types whose CBOR form never holds a refused tag: encoded without the per-value
 type checks of ``_REFUSED_TYPES`` (which cost more than the encoding of a small value)."""
@@ -196,12 +207,14 @@ def encode(value: Any) -> bytes:
             deeper or holds more items than a peer decodes in one message
             (:data:`DEFAULT_LIMITS`).
     """
-    if isinstance(value, _NESTING):
+    if isinstance(value, _NESTING) or (
+        type(value) not in _PLAIN_SCALARS and _nests_other(type(value))
+    ):
         _check_shape(value, DEFAULT_LIMITS)
     try:
         if type(value) in _PLAIN_SCALARS:
             return cbor2.dumps(value)
-        return cbor2.dumps(value, default=_default, encoders=_REFUSED_TYPES)
+        return cbor2.dumps(value, default=_default, encoders=_ENCODERS)
     except errors.IPCError:
         raise
     except Exception as exc:  # cbor2 raises several kinds; the caller sees one
@@ -211,7 +224,34 @@ def encode(value: Any) -> bytes:
 
 
 _NESTING = (list, tuple, dict)
-"""The containers a value may nest (the only ones the encoder takes)."""
+"""The usual containers of a value (see :func:`_nests_other` for the others)."""
+_ARRAYS = (list, tuple)
+
+_OTHER_KINDS: dict[type, bool] = {}
+"""What :func:`_nests_other` found for each type it was asked about."""
+
+
+def _nests_other(kind: type) -> bool:
+    """Whether a value of ``kind``, not a list, tuple or dict, is a container all the same:
+    cbor2 encodes any other sequence (a deque, a range, an ``array.array``) as an array and
+    any other mapping as a map, so its shape is checked as a list's or a dict's is (a deque
+    nested a hundred thousand deep crashed the process, a range of a billion took ~5 GB).
+    Strings, bytes, bytearray, memoryview and the project's types are not."""
+    known = _OTHER_KINDS.get(kind)
+    if known is None:
+        known = (
+            issubclass(kind, Sequence | Mapping)
+            and not issubclass(kind, str | bytes | bytearray | memoryview)
+            and _encoder_for(kind) is None
+        )
+        if len(_OTHER_KINDS) < _OTHER_KINDS_KEPT:
+            _OTHER_KINDS[kind] = known
+    return known
+
+
+_OTHER_KINDS_KEPT = 4096
+"""At most this many types are remembered by :func:`_nests_other` (a program making classes
+on the fly must not grow it for good)."""
 
 
 def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Limits) -> None:
@@ -230,6 +270,9 @@ def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Li
     depth = 0  # of the containers in ``level`` (the value itself: 0, as the decoder counts)
     items = 1
     nesting = _NESTING
+    plain = _PLAIN_SCALARS
+    other = _nests_other
+    arrays = _ARRAYS
     while level:
         depth += 1  # (now: of their items)
         inner: list[Any] = []
@@ -237,22 +280,32 @@ def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Li
             size = len(container)
             if size and depth > limits.max_depth:
                 raise _over_shape(f"it nests deeper than {limits.max_depth} levels")
-            if isinstance(container, dict):
+            if isinstance(container, dict) or (
+                not isinstance(container, arrays) and isinstance(container, Mapping)
+            ):
                 items += 2 * size
-                if not _PLAIN_SCALARS.issuperset(map(type, container)):
+                if items > limits.max_items:  # (before a look at each key)
+                    raise _over_shape(f"it holds more than {limits.max_items} items")
+                if not plain.issuperset(map(type, container)):
                     for key in container:
                         _check_key(key)
                 if size < _FLAT_CHECK or not (_flat(container) and _flat(container.values())):
                     for key, item in container.items():
                         if isinstance(key, nesting):
                             inner.append(key)
-                        if isinstance(item, nesting):
+                        if isinstance(item, nesting) or (
+                            type(item) not in plain and other(type(item))
+                        ):
                             inner.append(item)
             else:
                 items += size
+                if items > limits.max_items:  # (before a look at each item: a long range)
+                    raise _over_shape(f"it holds more than {limits.max_items} items")
                 if size < _FLAT_CHECK or not _flat(container):
                     for item in container:
-                        if isinstance(item, nesting):
+                        if isinstance(item, nesting) or (
+                            type(item) not in plain and other(type(item))
+                        ):
                             inner.append(item)
             if items > limits.max_items:
                 raise _over_shape(f"it holds more than {limits.max_items} items")
@@ -290,7 +343,11 @@ _FLAT_CHECK = 16
 
 def _flat(items: Any) -> bool:
     """Whether none of ``items`` is a container (a pass over their types at C speed)."""
-    return not any(issubclass(kind, _NESTING) for kind in set(map(type, items)))
+    plain = _PLAIN_SCALARS
+    return not any(
+        issubclass(kind, _NESTING) or (kind not in plain and _nests_other(kind))
+        for kind in set(map(type, items))
+    )
 
 
 def _over_shape(why: str) -> errors.BadArgError:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import array
+import collections
 import struct
+import subprocess
+import sys
 import time
 import tracemalloc
+import types
 from typing import Any
 
 import cbor2
@@ -288,6 +293,76 @@ def test_as_mapping_and_sequence() -> None:
 def test_types_without_a_wire_form_are_refused_when_encoding(value: object) -> None:
     with pytest.raises(errors.BadArgError, match="no wire form"):
         codec.encode([value])
+
+
+def test_a_memoryview_goes_as_bytes() -> None:
+    """cbor2 writes a memoryview as an array of its bytes' values: b"ab" arrived as [97, 98],
+    the wrong type and several times larger. It goes as bytes, as a bytearray does."""
+    view = memoryview(b"abc")[1:]
+    assert codec.decode(codec.encode(view)) == b"bc"
+    assert codec.decode(codec.encode({"k": [view, bytearray(b"x")]})) == {"k": [b"bc", b"x"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        (collections.deque([1, [2]]), [1, [2]]),
+        (range(3), [0, 1, 2]),
+        (array.array("h", [5, -5]), [5, -5]),
+        (collections.UserList([1]), [1]),
+        (collections.UserDict({"a": collections.deque([1])}), {"a": [1]}),
+        (types.MappingProxyType({"b": range(2)}), {"b": [0, 1]}),
+    ],
+)
+def test_other_sequences_and_mappings_go_as_lists_and_dicts(value: Any, decoded: Any) -> None:
+    assert codec.decode(codec.encode(value)) == decoded
+    assert codec.decode(codec.encode([value])) == [decoded]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda inner: collections.deque([inner]),
+        lambda inner: collections.UserList([inner]),
+        lambda inner: collections.UserDict({"k": inner}),
+        lambda inner: [collections.deque([inner])],
+    ],
+    ids=["deque", "UserList", "UserDict", "list-of-deque"],
+)
+def test_other_containers_are_held_to_the_limits_like_lists_and_dicts(make: Any) -> None:
+    """Only lists, tuples and dicts had their nesting and items checked before cbor2 saw a
+    value, and cbor2 writes any other sequence or mapping as an array or a map: a deque
+    nested 20,000 deep crashed the process (its encoder recurses in C without a guard; see
+    the subprocess case below), and a range of a billion numbers took gigabytes before the
+    message size was looked at."""
+    value: Any = None
+    for _ in range(100):
+        value = make(value)
+    with pytest.raises(errors.BadArgError, match="nests deeper than 64"):
+        codec.encode(value)
+    start = time.monotonic()
+    with pytest.raises(errors.BadArgError, match="more than 262144 items"):
+        codec.encode(make(range(10**9)))
+    assert time.monotonic() - start < 5  # (refused from its length: nothing is made)
+
+
+def test_a_deque_nested_too_deep_is_refused_not_a_crash() -> None:
+    script = (
+        "import collections\n"
+        "from ipcclient import codec, errors\n"
+        "v = collections.deque()\n"
+        "for _ in range(20_000):\n"
+        "    v = collections.deque([v])\n"
+        "try:\n"
+        "    codec.encode(v)\n"
+        "except errors.BadArgError as exc:\n"
+        "    print(exc.msg)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "nests deeper than 64 levels" in done.stdout
 
 
 # --- the decoder's short ways (one string, a constant header) ---------------------------------
