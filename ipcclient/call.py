@@ -11,8 +11,16 @@ exists; by then the request header and args are written).
 Thread contract: a Call belongs to one thread at a time, except :meth:`Call.cancel`, which any
 thread (or a context callback) may call at any time, and except that one thread may send
 (``send``, ``close_send``) while one other receives (``recv``, iteration): the two sides share
-only state guarded by ``_lock`` or written once before the call ends. ``finish`` comes after
-the sending thread is done.
+only state guarded by ``_lock`` or written once before the call ends. Each side has a lock of
+its own, held while it works (``_send_lock``, ``_recv_lock``): a second thread on the same
+side is refused with BadStateError instead of interleaving its bytes or its reads with the
+first's. ``finish`` reads as the receiving side does: it waits for a ``recv`` in progress in
+another thread to return (and a ``recv`` while it runs is refused), and its implicit
+``close_send`` waits for a ``send`` in progress. Called by the thread that sends while another
+thread receives (streaming both ways), ``finish`` first waits for the receiving thread to
+read the end of the stream (or for the call to end, its deadline to pass, or that thread to
+exit): the receiving thread keeps every item. Lock order: ``_recv_lock``, then
+``_send_lock``, then ``_lock`` (held for no I/O).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from threading import get_ident
 from typing import Any
 
 from ipcclient import errors, vtrace
@@ -76,6 +85,12 @@ class Call:
         self._on_abandon = on_abandon
         self._on_trace = on_trace
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # held by the thread sending (see the module doc)
+        self._recv_lock = threading.Lock()  # held by the thread receiving, or finishing
+        self._sender = 0  # the thread that sent last (threading.get_ident()), 0: none yet
+        self._receiver = 0  # the thread that received last, and its Thread:
+        self._receiver_thread: threading.Thread | None = None
+        self._end_seen: threading.Condition | None = None  # (see _await_receiver)
         self._send_closed = False
         self._finished = False
         self._ended = False  # finished, cancelled, or failed: the flow is released
@@ -115,7 +130,19 @@ class Call:
             CanceledError / TimeoutError / ConnectionFailedError: the call was cancelled
                 (by :meth:`cancel`, its context or the client closing), its deadline
                 passed, or its VC broke: before or during this send, each time.
+            BadStateError: another thread is sending on this call (one sends at a time);
+                nothing was sent and the call goes on.
         """
+        lock = self._send_lock
+        if not lock.acquire(False):
+            raise _busy("sending on")
+        try:
+            self._sender = get_ident()
+            self._send(item)
+        finally:
+            lock.release()
+
+    def _send(self, item: Any) -> None:
         with self._lock:
             refused = self._send_closed or self._ended
         if refused:
@@ -133,7 +160,7 @@ class Call:
         try:
             self._stream.send_encoded(data, deadline=self._deadline, streamed=True)
         except errors.IPCError as exc:
-            if self._cancel_error is None and self._stream.flow.peer_done:
+            if self._cancel_error is None and self._server_ended():
                 # The server answered in full and stopped reading: its reply is kept for
                 # recv/finish, which say how the call ended.
                 raise errors.AbortedError(
@@ -153,7 +180,22 @@ class Call:
             the server's error: the call failed (``finish`` raises it again).
             CanceledError / TimeoutError: the call was cancelled or its context ended
                 (items already received are not handed out after that).
+            BadStateError: another thread is receiving on this call, or finishing it (one
+                receives at a time); the call goes on.
         """
+        lock = self._recv_lock
+        if not lock.acquire(False):
+            raise _busy("receiving on or finishing")
+        try:
+            ident = get_ident()
+            if ident != self._receiver:
+                self._receiver = ident
+                self._receiver_thread = threading.current_thread()
+            return self._recv_item()
+        finally:
+            lock.release()
+
+    def _recv_item(self) -> Any:
         cancelled = self._cancel_error
         if cancelled is None and self._past_deadline():
             cancelled = self._cancel_error
@@ -195,7 +237,18 @@ class Call:
                 context or the client closing) or its deadline passed, before or during
                 this close_send.
             ConnectionFailedError: the call ended (its VC broke).
+            BadStateError: another thread is sending on this call; the call goes on.
         """
+        lock = self._send_lock
+        if not lock.acquire(False):
+            raise _busy("sending on")
+        try:
+            self._sender = get_ident()
+            self._close_send()
+        finally:
+            lock.release()
+
+    def _close_send(self) -> None:
         with self._lock:
             already = self._send_closed
             self._send_closed = True
@@ -211,11 +264,10 @@ class Call:
             return
         if already:
             return
-        flow = self._stream.flow
         try:
             self._stream.send(_END_STREAM_REQUEST, end=True, deadline=self._deadline)
         except errors.IPCError as exc:
-            if self._cancel_error is None and flow.peer_done:
+            if self._cancel_error is None and self._server_ended():
                 log.debug(
                     "call: %s.%s: the server answered before the end of the request (%s)",
                     self.name,
@@ -244,11 +296,26 @@ class Call:
                 client closing) before its results were read.
             BadProtocolError: the server sent another number of results than ``nresults``.
             the server's error, as its own exception class with its ID and retry action.
+
+        Called while another thread receives (``recv``, iteration), it waits for that
+        thread's ``recv`` in progress to return, and while another thread sends, for its
+        ``send`` in progress, before it reads or closes the send side itself. Called by the
+        thread that sends while another receives (streaming both ways), it first closes the
+        send side and waits for the receiving thread to read the end of the stream (or for
+        the call to end, its deadline to pass, or that thread to exit): the receiving
+        thread gets every item, and this returns the results.
         """
         if nresults is not None and (type(nresults) is not int or nresults < 0):
             raise errors.BadArgError(
                 f"call: finish(nresults=...) takes a count of results or None, got {nresults!r}"
             )
+        me = get_ident()
+        if self._sender == me and self._receiver not in (0, me):
+            self._await_receiver()
+        with self._recv_lock:  # (a recv in progress returns by the call's deadline or end)
+            return self._finish(nresults)
+
+    def _finish(self, nresults: int | None) -> tuple[Any, ...]:
         self._past_deadline()
         with self._lock:
             if self._finished:
@@ -263,7 +330,8 @@ class Call:
         try:
             if not self._send_closed:
                 try:
-                    self.close_send()
+                    with self._send_lock:  # (a send in progress: see the module docstring)
+                        self._close_send()
                 except errors.IPCError as exc:
                     log.debug("call: close_send in finish failed (the server may be done): %s", exc)
             if self._response is None:  # the final header and the results, held at once
@@ -358,7 +426,10 @@ class Call:
         except errors.IPCError as exc:  # (a malformed header: the call ends on it)
             raise self._mark(exc) from None
         if header.error is not None or header.end_stream_results:
-            self._response = header
+            with self._lock:
+                self._response = header
+                if self._end_seen is not None:  # (a finish waits for it: _await_receiver)
+                    self._end_seen.notify_all()
             if header.error is None and not self._budgeted:
                 # The results follow and will be held at once, however this header was
                 # reached (recv or iteration; finish bounded them before): bound them. A
@@ -405,10 +476,44 @@ class Call:
             return err.with_context(request_sent=True)
         return err
 
+    def _await_receiver(self) -> None:
+        """(finish, by the sending thread, while another thread receives.) Close the send
+        side, then wait for the receiving thread to read the final header, or the call to
+        end, its deadline to pass, or that thread to exit (looked at every
+        ``_RECEIVER_CHECK`` seconds)."""
+        if not self._send_closed:
+            try:
+                self.close_send()
+            except errors.IPCError as exc:  # (finish says how the call ended)
+                log.debug("call: close_send in finish failed (the server may be done): %s", exc)
+        thread = self._receiver_thread
+        deadline = self._deadline
+        with self._lock:
+            end_seen = self._end_seen
+            if end_seen is None:
+                end_seen = self._end_seen = threading.Condition(self._lock)
+            while self._response is None and not self._ended:
+                if thread is None or not thread.is_alive():
+                    return
+                wait = _RECEIVER_CHECK
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    wait = min(wait, left)
+                end_seen.wait(wait)
+
+    def _server_ended(self) -> bool:
+        """Whether the server has ended the call: its reply came in full (its FIN), or its
+        final header did (a ``recv`` read its error or its end of stream; the flow may have
+        been reset since, which forgets the FIN)."""
+        return self._response is not None or self._stream.flow.peer_done
+
     def _past_deadline(self) -> bool:
         """Whether the deadline has passed; if so, the context is looked at, which runs the
-        call's done-callback now (cancelling the call with the context's error) when the
-        timer thread has not yet: items already buffered are not handed out after it."""
+        call's done-callback now when the timer thread has not yet: it cancels the call with
+        the context's error, so that items already buffered are not handed out after the
+        deadline, unless the whole reply had come by then (see :meth:`_on_context_done`)."""
         deadline = self._deadline
         if deadline is None or time.monotonic() < deadline:
             return False
@@ -416,6 +521,17 @@ class Call:
         return True
 
     def _on_context_done(self, err: errors.IPCError) -> None:
+        """The context ended (its deadline passed, or it was cancelled): so does the call,
+        unless the server's whole reply had arrived by then (its FIN, by the deadline for a
+        deadline): that reply is the answer (docs/protocol.md 5.5), which recv and finish
+        hand out as if the context had not ended."""
+        deadline = self._deadline
+        if isinstance(err, errors.TimeoutError) and deadline is not None:
+            moment = deadline
+        else:
+            moment = time.monotonic()
+        if self._stream.flow.peer_done_by(moment):
+            return
         self.cancel(err)
 
     def _on_server_error(self, err: errors.IPCError) -> errors.IPCError:
@@ -454,6 +570,8 @@ class Call:
                 return
             self._ended = True
             handle, self._ctx_handle = self._ctx_handle, None
+            if self._end_seen is not None:  # (a finish waits for it: _await_receiver)
+                self._end_seen.notify_all()
         if handle is not None:
             self.context.remove_done_callback(handle)
         if cancel:
@@ -462,6 +580,17 @@ class Call:
             self._stream.flow.close()
         if self._on_done is not None:
             self._on_done(self)
+
+
+_RECEIVER_CHECK = 0.1
+"""How often a finish waiting for the receiving thread looks whether that thread still runs."""
+
+
+def _busy(doing: str) -> errors.BadStateError:
+    return errors.BadStateError(
+        f"call: another thread is {doing} this call: one thread sends and one receives at a "
+        "time (the call goes on)"
+    )
 
 
 def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
@@ -536,7 +665,7 @@ def finish_unary(flow: Any, ctx: Context, collect: bytes | None) -> tuple[Any, .
         if header.error is not None:
             raise header.error.with_context(request_sent=True)
         if not header.end_stream_results:
-            raise errors.BadStateError(_UNREAD_RESULTS, request_sent=True)
+            raise errors.BadStateError(_STREAMED_RESULTS, request_sent=True)
         ok = True
         return tuple(values[1:want])
     finally:
@@ -568,6 +697,11 @@ _UNREAD_RESULTS = (
     "call: finish() was called while the server was still streaming results, so the call "
     "was cancelled: read them first (for item in call: ...), or call a streaming method "
     "with start_call"
+)
+_STREAMED_RESULTS = (
+    "call: the method streams results, which a call that waits for its results alone cannot "
+    "read, so the call was cancelled: call it with start_call and read them (for item in "
+    "call: ...) before finish()"
 )
 _UNREAD_CANCELLED = (
     "call: cancelled by finish() while the server was still streaming results (read them "

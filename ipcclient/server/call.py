@@ -198,7 +198,9 @@ class ServerCall:
         """The client's next streamed arg.
 
         Raises:
-            EndOfStreamError: the client closed its send side (also an ``EOFError``).
+            EndOfStreamError: the client sent the end of its items (also an ``EOFError``).
+            BadProtocolError: the client closed its send side without it, or in the middle
+                of an item (a stream cut short: the method should not take it as whole).
             CanceledError / TimeoutError: the call was cancelled or its deadline passed.
         """
         stream = self._stream
@@ -209,17 +211,23 @@ class ServerCall:
             raise ended
         try:
             header = request_from_wire(stream.recv(self._deadline))
-            if header.end_stream_args:
-                self._recv_done = True
-                raise errors.EndOfStreamError("server: the client sent no more items")
-            if not header.is_stream_item:
-                raise errors.BadProtocolError("server: expected a streaming header")
-            return stream.recv(self._deadline)
+            if not header.end_stream_args:
+                if not header.is_stream_item:
+                    raise errors.BadProtocolError("server: expected a streaming header")
+                return stream.recv(self._deadline)
+        except errors.EndOfStreamError:
+            # The client closed its side without the end of its items (a cut stream): the
+            # method must not take what came for all of it.
+            raise errors.BadProtocolError(
+                "server: the client closed its send side before the end of its items"
+            ) from None
         except errors.ConnectionFailedError:
             root = self._root.err()  # (the server stopped: its close of the VC woke us)
             if root is not None:
                 raise root from None
             raise
+        self._recv_done = True
+        raise errors.EndOfStreamError("server: the client sent no more items")
 
     def __iter__(self) -> Iterator[Any]:
         while True:
@@ -238,7 +246,8 @@ class ServerCall:
                 with InternalError: the server's fault, not the client's).
             TimeoutError: the client read nothing until the deadline or ``send_timeout``
                 (the call is then reset, saying which).
-            CanceledError / the client's error: the call ended.
+            CanceledError / the client's error: the call ended (the server's stop, for a
+                send its close of the VC cut short: as :meth:`recv`).
         """
         try:
             data = encode_message_parts(item, head=_STREAM_ITEM_MESSAGE)
@@ -246,7 +255,13 @@ class ServerCall:
             self.unsendable = exc
             raise
         deadline, late = self.server._send_bound(self._deadline)
-        self._flow.write(data, deadline=deadline, streamed=True, late=late)
+        try:
+            self._flow.write(data, deadline=deadline, streamed=True, late=late)
+        except errors.ConnectionFailedError:
+            root = self._root.err()  # (the server stopped: its close of the VC woke us)
+            if root is not None:
+                raise root from None
+            raise
 
 
 def _client_ended(err: errors.IPCError) -> errors.IPCError:

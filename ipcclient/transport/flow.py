@@ -100,6 +100,7 @@ class Flow:
         "_cond",
         "_deadline",
         "_eof",
+        "_eof_at",
         "_error",
         "_host",
         "_inbox",
@@ -132,6 +133,7 @@ class Flow:
         self._later: collections.deque[float] | None = None  # when each of the others was
         # (made when a chunk first queues behind another)
         self._eof = False  # the peer's FIN arrived (after the inbox drains: EOF)
+        self._eof_at = 0.0  # when it did (set with _eof)
         self._error: errors.IPCError | None = None  # reset, cancelled, or the VC broke
         self._local_closed = False  # close_send / close / cancel done locally
         self._deadline: float | None = None
@@ -168,6 +170,11 @@ class Flow:
     def peer_done(self) -> bool:
         """Whether the peer has closed its sending side (everything it will send is here)."""
         return self._eof
+
+    def peer_done_by(self, moment: float) -> bool:
+        """Whether the peer's FIN arrived by ``moment`` (``time.monotonic()``), so that
+        everything it sent came by then (and the flow was not reset here since)."""
+        return self._eof and self._eof_at <= moment
 
     @property
     def drained(self) -> bool:

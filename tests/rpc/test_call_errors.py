@@ -181,3 +181,159 @@ def test_a_final_answer_the_client_does_not_read_ends_with_the_servers_reason(
         call.finish()
     assert "the client read nothing for send_timeout (0.5 s)" in info.value.msg, answer
     assert info.value.request_sent is True
+
+
+@expose
+class Failer:
+    def __init__(self) -> None:
+        self.read_one = threading.Event()
+
+    def FailAfterOne(self, call: ServerCall) -> None:
+        call.recv()
+        self.read_one.set()
+        time.sleep(0.1)  # (the client's sender fills the window and waits for credit)
+        raise errors.NoExistError("no such thing")
+
+
+def test_a_sender_blocked_when_the_server_fails_the_call_is_told_it_ended(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """One thread sends while another receives; the server fails the call while the sender
+    waits for credit. The receiving thread met the error first in about a third of the
+    runs: its end of the call reset the flow, which forgot the server's FIN, and the sender
+    woke with CanceledError "flow cancelled" though nobody cancelled. It is AbortedError,
+    as for a sender the server's end finds first, and finish says how the call ended."""
+    svc = Failer()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    for _ in range(10):
+        call = client.start_call(Context.background().with_timeout(10), name, "FailAfterOne")
+        received: list[BaseException] = []
+
+        def receive(call: Any = call, received: list[BaseException] = received) -> None:
+            try:
+                for _ in call:
+                    pass
+            except errors.IPCError as exc:
+                received.append(exc)
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        with pytest.raises(errors.AbortedError, match="server has ended the call"):
+            while True:
+                call.send(b"x" * 200_000)
+        receiver.join(10)
+        assert [type(e) for e in received] == [errors.NoExistError]
+        with pytest.raises(errors.NoExistError):
+            call.finish()
+
+
+def test_finish_from_the_sending_thread_waits_for_the_receiving_one(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The sending thread calls finish() once it has sent everything, while the receiving
+    thread still iterates (as the docs put it: finish once the sending thread is done).
+    finish read the final header only if the receiver had not: most runs took the first
+    result for a header ("a response header must be a map") or a streamed item for the
+    end, and the receiver lost items. Now finish waits for the receiving thread to read
+    the end of the stream, and returns the results."""
+    _, name = make_server(Echoer(), AllowEveryone())
+    client = make_client()
+    for _ in range(10):
+        call = client.start_call(Context.background().with_timeout(10), name, "EchoStream")
+        got: list[Any] = []
+        receiver = threading.Thread(target=lambda call=call, got=got: got.extend(call))
+        receiver.start()
+        for i in range(200):
+            call.send(i)
+        assert call.finish() == (200,)
+        receiver.join(10)
+        assert got == list(range(200))
+
+
+@expose
+class Slow:
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def Hold(self, call: ServerCall) -> int:
+        self.go.wait(10)  # (reads nothing, sends nothing, until told)
+        call.send(1)
+        return sum(1 for _ in call)
+
+
+def test_a_second_thread_on_one_side_of_a_call_is_refused(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """One thread sends and one receives at a time. A second receiver took items meant for
+    the first (and finish once returned a wrong result); a second sender's bytes
+    interleaved with the first's on the wire (the server saw a message of 2 GB). Each is
+    now refused at once with BadStateError, and the call goes on."""
+    svc = Slow()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(10), name, "Hold")
+    items: list[Any] = []
+    receiver = threading.Thread(target=lambda: items.append(call.recv()))
+    receiver.start()
+    deadline = time.monotonic() + 5
+    while not call._recv_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(errors.BadStateError, match="another thread is receiving"):
+        call.recv()
+    blocked: list[BaseException] = []
+
+    def send_until_blocked() -> None:
+        try:
+            while True:  # (the server reads nothing: the window fills, the send waits)
+                call.send(b"y" * 100_000)
+        except errors.IPCError as exc:
+            blocked.append(exc)
+
+    sender = threading.Thread(target=send_until_blocked)
+    sender.start()
+    while not call._send_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # (by now the sender waits for credit, holding its side)
+    with pytest.raises(errors.BadStateError, match="another thread is sending"):
+        call.send(b"z")
+    with pytest.raises(errors.BadStateError, match="another thread is sending"):
+        call.close_send()
+    svc.go.set()
+    receiver.join(10)
+    assert items == [1]
+    call.cancel()
+    sender.join(10)
+    assert [type(e) for e in blocked] == [errors.CanceledError]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["results", "streamed-items"])
+def test_a_reply_complete_before_the_deadline_is_the_answer_read_after_it(
+    make_server: MakeServer, make_client: MakeClient, streamed: bool
+) -> None:
+    """The server's whole reply (its items, results and FIN) came before the call's
+    deadline, and the caller read it only after the deadline: it was TimeoutError, and the
+    outcome of a call the server had carried out was lost (a caller may then repeat it).
+    Such a reply is the answer (docs/protocol.md 5.5), as for Client.call; a reply not
+    complete by the deadline is still a TimeoutError."""
+    _, name = make_server(Counter(), AllowEveryone())
+    client = make_client()
+    n = 3 if streamed else 0
+    call = client.start_call(Context.background().with_timeout(0.5), name, "Count", [n])
+    flow = call.flow
+    deadline = time.monotonic() + 5
+    while not flow.peer_done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flow.peer_done
+    time.sleep(0.7)  # (past the deadline: the context has ended)
+    assert call.context.err() is not None
+    assert list(call) == list(range(n))
+    assert call.finish() == ("done",)
+    # A reply that was not complete by the deadline: the deadline wins.
+    svc = Slow()
+    _, slow = make_server(svc, AllowEveryone())
+    late = client.start_call(Context.background().with_timeout(0.3), slow, "Hold")
+    time.sleep(0.5)
+    svc.go.set()
+    with pytest.raises(errors.TimeoutError):
+        late.finish()

@@ -78,6 +78,13 @@ class Svc:
             call.send(i)
         return n
 
+    def StreamThenWait(self, call: ServerCall, n: int, seconds: float) -> int:
+        self.calls += 1
+        for i in range(n):
+            call.send(i)
+        call.context.wait(seconds)  # (the reply is not complete before this ends)
+        return n
+
     def Busy(self, call: ServerCall) -> None:
         self.calls += 1
         raise errors.OverloadedError("svc: busy")
@@ -787,19 +794,27 @@ def test_close_send_after_a_cancel_or_the_deadline_says_so(
     call.close_send()
 
 
+@pytest.mark.parametrize("complete", [False, True], ids=["reply-open", "reply-complete"])
 @pytest.mark.parametrize("step", ["recv", "finish"])
 def test_no_item_is_handed_out_after_the_deadline_even_when_the_timer_is_late(
-    stack: contextlib.ExitStack, family: Family, step: str
+    stack: contextlib.ExitStack, family: Family, step: str, complete: bool
 ) -> None:
     """Items already received are not handed out once the deadline has passed
     (docs/client.md), even while the process's shared timer thread is late to end the call
     (here it runs another context's slow callback): recv and finish looked only at what the
-    timer had done, and handed out the buffered items."""
+    timer had done, and handed out the buffered items. Unless the whole reply had come by
+    the deadline: it is the answer then, whether the timer is late or not."""
     name = serve(stack, family, Svc())
     c = client(stack, family)
     deadline_ctx = ctx(0.5)
-    call = c.start_call(deadline_ctx, name, "Stream", [3])
-    assert call.recv() == 0  # (the other two and the final answer arrive with it)
+    if complete:
+        call = c.start_call(deadline_ctx, name, "Stream", [3])
+    else:
+        call = c.start_call(deadline_ctx, name, "StreamThenWait", [3, 5.0])
+    assert call.recv() == 0  # (the other two, and the final answer if complete, come with it)
+    stop = time.monotonic() + 5
+    while complete and not call.flow.peer_done and time.monotonic() < stop:
+        time.sleep(0.01)
     held = threading.Event()
     let_go = threading.Event()
 
@@ -815,11 +830,19 @@ def test_no_item_is_handed_out_after_the_deadline_even_when_the_timer_is_late(
         assert deadline is not None
         while time.monotonic() <= deadline + 0.1:
             time.sleep(0.02)
-        with pytest.raises(errors.TimeoutError):
+        if complete:
             if step == "recv":
-                call.recv()
+                assert [call.recv(), call.recv()] == [1, 2]
+                assert call.finish() == (3,)
             else:
-                call.finish()
+                with pytest.raises(errors.BadStateError, match="still streaming"):
+                    call.finish()  # (the items before the end are unread: as before it)
+        else:
+            with pytest.raises(errors.TimeoutError):
+                if step == "recv":
+                    call.recv()
+                else:
+                    call.finish()
     finally:
         let_go.set()
 

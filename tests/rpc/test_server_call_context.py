@@ -130,6 +130,16 @@ class Waits:
         self.done.set()
 
     @expose
+    def Send(self, call: ServerCall) -> None:
+        self.entered.set()
+        try:
+            while True:  # (the client reads nothing: the window fills, the send waits)
+                call.send(b"x" * 100_000)
+        except errors.IPCError as exc:
+            self.err = exc
+        self.done.set()
+
+    @expose
     def Recv(self, call: ServerCall) -> None:
         self.entered.set()
         try:
@@ -167,6 +177,22 @@ def test_a_method_reading_the_clients_stream_when_the_server_stops_sees_the_stop
     call.send(1)
     assert svc.entered.wait(10)
     server.stop(timeout=5)
+    assert svc.done.wait(10)
+    call.cancel()
+    assert isinstance(svc.err, errors.CanceledError), svc.err
+
+
+def test_a_method_streaming_to_its_client_when_the_server_stops_sees_the_stop(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """As for recv: a method blocked in call.send() (its client reads nothing) when the
+    server stops got the VC's close, ConnectionFailedError, not the stop's CanceledError."""
+    svc = Waits()
+    server, name = make_server(svc, AllowEveryone())
+    call = make_client().start_call(_ctx(), name, "Send", [])
+    assert svc.entered.wait(10)
+    time.sleep(0.3)  # (by now the window is full and the send waits for credit)
+    server.stop(timeout=1)
     assert svc.done.wait(10)
     call.cancel()
     assert isinstance(svc.err, errors.CanceledError), svc.err

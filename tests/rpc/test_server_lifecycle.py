@@ -279,6 +279,10 @@ def test_stop_runs_every_step_whatever_fails(
     assert len(out) == 1 and isinstance(out[0], errors.IPCError)  # cancelled, not left running
     svc.release.set()  # (the method itself runs on, as a method that ignores its context does)
     assert server.connections == []
+    # Its worker thread (when it did not run on the VC's reader) ends once it returns.
+    ends = time.monotonic() + 10
+    while server._pool.threads and time.monotonic() < ends:
+        time.sleep(0.01)
     assert server._pool.threads == 0
 
 

@@ -17,7 +17,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
-from ipcclient.headers import response_from_wire
+from ipcclient.headers import Request, response_from_wire
 from ipcclient.server.authorizer import AllowEveryone, AllowPatterns
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
@@ -506,3 +506,36 @@ def test_a_peer_announcing_a_huge_window_and_not_reading_costs_bounded_memory(
     finally:
         peer.close()
     wait_until(lambda: len(flood.ended) == 4)  # (each send ends when the VC does)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["no-end-of-items", "header-without-item", "whole"],
+)
+def test_a_client_stream_cut_short_is_not_taken_for_a_whole_one(
+    family: Family, make_server: MakeServer, cut: str
+) -> None:
+    """A client that closes its send side without the end-of-items message (or after an
+    item's header, before the item) has cut its stream short (docs/protocol.md 5.1): the
+    method's loop over the items ended as if the client had sent them all, and the call
+    succeeded on part of them. ServerCall.recv now raises BadProtocolError, which the client
+    gets; a stream that ends properly is counted whole."""
+    server, _ = make_server(Service(), AllowEveryone())
+    item = encode_messages(Request().to_wire())
+    data = request_header("Stream", 0) + item + encode_messages(1) + item
+    data += {
+        "no-end-of-items": encode_messages(2),
+        "header-without-item": b"",
+        "whole": encode_messages(2, Request(end_stream_args=True).to_wire()),
+    }[cut]
+    peer = HostilePeer(family.member("client"), server_address(server))
+    try:
+        body = peer.wait_ended(peer.open(data, end=True))
+    finally:
+        peer.close()
+    if cut == "whole":
+        assert split_messages(body)[1:] == [2]
+    else:
+        err = error_of(body)
+        assert isinstance(err, errors.BadProtocolError), body
+        assert "before the end of its items" in err.msg
