@@ -254,12 +254,14 @@ _OTHER_KINDS_KEPT = 4096
 on the fly must not grow it for good)."""
 
 
-def _check_shape(value: list[Any] | tuple[Any, ...] | dict[Any, Any], limits: Limits) -> None:
-    """Refuse a value that nests deeper than ``limits.max_depth`` containers or whose
-    encoding would hold more than ``limits.max_items`` items, before cbor2 sees it: its
-    encoder recurses in C without a guard (a value nested ten thousand deep crashes the
-    process) and writes a shared part once per place it fills (a list holding one list
-    twice, sixty times over, would never end); no peer decodes such a value anyway.
+def _check_shape(value: Any, limits: Limits) -> None:
+    """Refuse a value (a list, tuple or dict, or another sequence or mapping: typed Any so
+    that the compiled build takes those too) that nests deeper than ``limits.max_depth``
+    containers or whose encoding would hold more than ``limits.max_items`` items, before
+    cbor2 sees it: its encoder recurses in C without a guard (a value nested ten thousand
+    deep crashes the process) and writes a shared part once per place it fills (a list
+    holding one list twice, sixty times over, would never end); no peer decodes such a
+    value anyway.
     Counted as the decoder counts, but for tags (a large integer, an error, blessings),
     which add a level and an item there: so this never refuses what a peer would take, and
     :func:`check_encoded` is the exact check of the encoded message.
