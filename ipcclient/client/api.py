@@ -21,6 +21,7 @@ import collections
 import logging
 import os
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -129,11 +130,14 @@ class Client:
         self.stats = collections.Counter[str]()
         self._cache = vcs.VCCache(
             self._manager,
-            lambda: self.options.dial_timeout,
+            _dial_timeout(weakref.ref(self)),  # (weakly: the VCs' threads hold the cache)
             self.stats,
             security.vc_authorizer(principal),
             security.blessings_for_server(principal),
         )
+        # A client collected without close() has its VCs end (their reader threads would
+        # keep them, a socket and a thread each, for as long as their servers live).
+        weakref.finalize(self, _dropped, self._cache).atexit = False
         self._lock = self._cache.lock  # (also guards _calls)
         self._vcs = self._cache.vcs  # (the same map: read without the lock on the fast path)
         self._calls: weakref.WeakSet[Call] = weakref.WeakSet()
@@ -741,6 +745,33 @@ class Client:
 
     def _count_fetched(self) -> None:
         self.stats["discharges_fetched"] += 1
+
+
+def _dial_timeout(client: weakref.ref[Client]) -> Callable[[], float]:
+    """The dial timeout of ``client``'s options as they are now (read at each dial), without
+    holding the client (the default once it is gone)."""
+
+    def dial_timeout() -> float:
+        alive = client()
+        return (alive.options if alive is not None else _DEFAULT_OPTIONS).dial_timeout
+
+    return dial_timeout
+
+
+_DEFAULT_OPTIONS = ClientOptions()
+
+
+def _dropped(cache: vcs.VCCache) -> None:
+    """(The finalizer of a client collected without ``close()``.) Its VCs end at their next
+    check (see ``VCCache.abandon``: no lock, no socket here)."""
+    if cache.vcs or cache.retired:
+        warnings.warn(
+            "ipcclient: a Client was dropped without close(); its connections are closed "
+            "at their next keepalive check (use 'with Client(...) as client:' or close())",
+            ResourceWarning,
+            stacklevel=2,
+        )
+    cache.abandon()
 
 
 def _no_context(ctx: object, fn: str) -> errors.BadArgError:

@@ -544,6 +544,16 @@ class VCCache:
                 wake.set()
         return vcs
 
+    def abandon(self) -> None:
+        """(A finalizer: the client was collected without ``close()``.) Have every VC end at
+        its reader's next check (``Connection.drop``); dials still going on see the cache
+        closed when they end. Takes no lock and touches no socket: it may run on any
+        thread, in the middle of anything (the copies of the map are made by single
+        operations the interpreter does not interrupt)."""
+        self.closed = True
+        for conn in [*list(self.vcs.values()), *list(self.retired)]:
+            conn.drop()
+
     def drop_after_fork_locked(self) -> list[Connection]:
         """In a fork child (the caller holds :attr:`lock`): forget every VC and dial; the
         caller abandons the returned VCs (see ``Connection.abandon_after_fork``)."""

@@ -151,6 +151,7 @@ class Connection(Reader):
         self._closed_event = threading.Event()
         self._close_notified = False
         self._retiring = False  # see retire()
+        self._dropped = False  # see drop()
         self.pid = os.getpid()
         self.cache: dict[Any, Any] = {}
         """Per-VC data the layers above keep (validated names per method, ...); bounded by
@@ -246,6 +247,14 @@ class Connection(Reader):
             idle = not self._flows
         if idle:
             self.close()
+
+    def drop(self) -> None:
+        """Its owner is gone without closing it (a client collected without ``close()``):
+        the VC ends at its reader's next check (:meth:`check_liveness`, within the keepalive
+        interval), whatever flows are left (a dropped owner's calls cannot be alive: each
+        holds its client). Takes no lock and touches no socket, so a finalizer may call it
+        from any thread, one holding this VC's lock among them."""
+        self._dropped = True
 
     @property
     def flow_count(self) -> int:
@@ -515,12 +524,16 @@ class Connection(Reader):
         parked) whenever it wakes without data, and after data while a probe runs: ping if
         due (queued and flushed without waiting on the socket); the error to break the VC
         with if the peer is dead (missed its keepalive, or did not answer a probe), or if the
-        VC was retired and has no flow left."""
+        VC was retired and has no flow left, or its owner dropped it (:meth:`drop`)."""
         with self._lock:
             if self._error is not None:
                 return None
             if self._retiring and not self._flows:
                 return errors.ConnectionFailedError("transport: the VC was retired")
+            if self._dropped:
+                return errors.ConnectionFailedError(
+                    "transport: the client that made the VC was dropped without close()"
+                )
             probing = self._liveness.probing
             action = self._liveness.check(time.monotonic(), self._last_recv)
             if action is livemod.PING:

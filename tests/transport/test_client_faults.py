@@ -3,6 +3,7 @@ Ctrl-C, close."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +25,8 @@ from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.transport.conn import KeepaliveConfig
+from ipcclient.transport.manager import TransportOptions
 from tests.conftest import Family
 
 MakeServer = Callable[..., tuple[Server, str]]
@@ -348,6 +352,32 @@ def test_close_fails_in_flight_and_new_calls(make_server: MakeServer, family: Fa
     with Client(family.member("client")) as c2:
         assert c2.call(ctx(), name, "Echo", 3) == (3,)
     assert c2.closed
+
+
+def test_a_client_dropped_without_close_lets_its_vcs_end(
+    make_server: MakeServer, family: Family
+) -> None:
+    """A Client dropped without close() was never collected (its VCs' reader threads held
+    it through the VC cache) and its VCs stayed open as long as their servers lived: a
+    socket, two pipe descriptors and a thread each on the client, a connection on the
+    server (200 dropped clients: +800 descriptors, +200 threads; at 1,024 from one host
+    the server refused that host's new clients). It is collected now, with a
+    ResourceWarning, and its VCs end at their next keepalive check, calls abandoned on
+    them included."""
+    server, name = make_server(Svc(), AllowEveryone())
+    quick = TransportOptions(keepalive=KeepaliveConfig(interval=0.3, timeout=2.0))
+    before = _open_fds()
+    client = Client(family.member("client"), options=ClientOptions(transport=quick))
+    assert client.call(ctx(), name, "Echo", 1) == (1,)
+    abandoned = client.start_call(ctx(), name, "Block")  # (dropped below, never finished)
+    assert _settle(lambda: len(server.connections) == 1)
+    dropped = weakref.ref(client)
+    with pytest.warns(ResourceWarning, match="dropped without close"):
+        del client, abandoned
+        gc.collect()
+    assert dropped() is None
+    assert _settle(lambda: _dialed_vc_threads() == 0 and not server.connections)
+    assert _settle(lambda: _open_fds() <= before)
 
 
 @pytest.mark.usefixtures("ctrl_c")
