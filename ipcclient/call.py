@@ -14,13 +14,13 @@ thread (or a context callback) may call at any time, and except that one thread 
 only state guarded by ``_lock`` or written once before the call ends. Each side has a lock of
 its own, held while it works (``_send_lock``, ``_recv_lock``): a second thread on the same
 side is refused with BadStateError instead of interleaving its bytes or its reads with the
-first's. ``finish`` reads as the receiving side does: it waits for a ``recv`` in progress in
-another thread to return (and a ``recv`` while it runs is refused), and its implicit
-``close_send`` waits for a ``send`` in progress. Called by the thread that sends while another
-thread receives (streaming both ways), ``finish`` first waits for the receiving thread to
-read the end of the stream (or for the call to end, its deadline to pass, or that thread to
-exit): the receiving thread keeps every item. Lock order: ``_recv_lock``, then
-``_send_lock``, then ``_lock`` (held for no I/O).
+first's. ``finish`` first closes the send side (waiting for a ``send`` in progress), then
+reads as the receiving side does: it waits for a ``recv`` in progress in another thread to
+return (and a ``recv`` while it runs is refused). It comes after the receiving thread has
+read the end of the stream (join that thread first): called while the server still streams,
+it cancels the call (BadStateError), as a finish with unread items does. Lock order:
+``_recv_lock``, then ``_send_lock``, then ``_lock`` (held for no I/O); the context's
+callbacks never run under the first two (see :meth:`Call._past_deadline`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from threading import get_ident
 from typing import Any
 
 from ipcclient import errors, vtrace
@@ -87,10 +86,7 @@ class Call:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()  # held by the thread sending (see the module doc)
         self._recv_lock = threading.Lock()  # held by the thread receiving, or finishing
-        self._sender = 0  # the thread that sent last (threading.get_ident()), 0: none yet
-        self._receiver = 0  # the thread that received last, and its Thread:
-        self._receiver_thread: threading.Thread | None = None
-        self._end_seen: threading.Condition | None = None  # (see _await_receiver)
+        self._unary = False  # made by Client.call, which reads its results alone
         self._send_closed = False
         self._finished = False
         self._ended = False  # finished, cancelled, or failed: the flow is released
@@ -137,7 +133,6 @@ class Call:
         if not lock.acquire(False):
             raise _busy("sending on")
         try:
-            self._sender = get_ident()
             self._send(item)
         finally:
             lock.release()
@@ -160,12 +155,16 @@ class Call:
         try:
             self._stream.send_encoded(data, deadline=self._deadline, streamed=True)
         except errors.IPCError as exc:
-            if self._cancel_error is None and self._server_ended():
-                # The server answered in full and stopped reading: its reply is kept for
-                # recv/finish, which say how the call ended.
-                raise errors.AbortedError(
-                    "call: the server has ended the call; finish() returns its outcome"
-                ).with_context(request_sent=True) from None
+            if self._cancel_error is None:
+                if self._server_ended():
+                    # The server answered in full and stopped reading: its reply is kept for
+                    # recv/finish, which say how the call ended.
+                    raise errors.AbortedError(
+                        "call: the server has ended the call; finish() returns its outcome"
+                    ).with_context(request_sent=True) from None
+                failed = self._end_error  # (the receiving side ended the call: say why)
+                if failed is not None:
+                    raise failed.with_context(request_sent=True) from None
             raise self._mark(self._translate(exc)) from None
         except BaseException:
             self.cancel(errors.CanceledError("call: interrupted"))
@@ -183,22 +182,17 @@ class Call:
             BadStateError: another thread is receiving on this call, or finishing it (one
                 receives at a time); the call goes on.
         """
+        self._past_deadline()  # (before the lock: see the module docstring)
         lock = self._recv_lock
         if not lock.acquire(False):
             raise _busy("receiving on or finishing")
         try:
-            ident = get_ident()
-            if ident != self._receiver:
-                self._receiver = ident
-                self._receiver_thread = threading.current_thread()
             return self._recv_item()
         finally:
             lock.release()
 
     def _recv_item(self) -> Any:
         cancelled = self._cancel_error
-        if cancelled is None and self._past_deadline():
-            cancelled = self._cancel_error
         if cancelled is not None:
             raise cancelled.with_context(request_sent=True)
         response = self._response
@@ -243,7 +237,6 @@ class Call:
         if not lock.acquire(False):
             raise _busy("sending on")
         try:
-            self._sender = get_ident()
             self._close_send()
         finally:
             lock.release()
@@ -297,26 +290,36 @@ class Call:
             BadProtocolError: the server sent another number of results than ``nresults``.
             the server's error, as its own exception class with its ID and retry action.
 
-        Called while another thread receives (``recv``, iteration), it waits for that
-        thread's ``recv`` in progress to return, and while another thread sends, for its
-        ``send`` in progress, before it reads or closes the send side itself. Called by the
-        thread that sends while another receives (streaming both ways), it first closes the
-        send side and waits for the receiving thread to read the end of the stream (or for
-        the call to end, its deadline to pass, or that thread to exit): the receiving
-        thread gets every item, and this returns the results.
+        It first closes the send side, waiting for a ``send`` in progress in another thread,
+        then waits for a ``recv`` in progress in another thread to return. Call it once the
+        receiving thread has read the end of the stream (join it first): while the server
+        still streams, it is the BadStateError above. Interrupted while it waits (Ctrl-C),
+        it cancels the call.
         """
         if nresults is not None and (type(nresults) is not int or nresults < 0):
             raise errors.BadArgError(
                 f"call: finish(nresults=...) takes a count of results or None, got {nresults!r}"
             )
-        me = get_ident()
-        if self._sender == me and self._receiver not in (0, me):
-            self._await_receiver()
-        with self._recv_lock:  # (a recv in progress returns by the call's deadline or end)
+        self._past_deadline()  # (before the locks: see the module docstring)
+        lock = self._recv_lock
+        try:
+            if not self._send_closed:
+                # First, so that the server can end the call a recv in progress waits for.
+                try:
+                    with self._send_lock:  # (a send in progress: see the module docstring)
+                        self._close_send()
+                except errors.IPCError as exc:
+                    log.debug("call: close_send in finish failed (the server may be done): %s", exc)
+            lock.acquire()  # (a recv in progress returns by the call's deadline or end)
+        except BaseException:  # (an interrupt while waiting: the call is cancelled)
+            self.cancel(errors.CanceledError("call: interrupted"))
+            raise
+        try:
             return self._finish(nresults)
+        finally:
+            lock.release()
 
     def _finish(self, nresults: int | None) -> tuple[Any, ...]:
-        self._past_deadline()
         with self._lock:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
@@ -328,12 +331,6 @@ class Call:
         if failed is not None and self._response is None:
             raise failed.with_context(request_sent=True)  # (as recv: what ended the call)
         try:
-            if not self._send_closed:
-                try:
-                    with self._send_lock:  # (a send in progress: see the module docstring)
-                        self._close_send()
-                except errors.IPCError as exc:
-                    log.debug("call: close_send in finish failed (the server may be done): %s", exc)
             if self._response is None:  # the final header and the results, held at once
                 self._stream.set_budget(MAX_RESULTS_BYTES, free=1)
                 self._budgeted = True
@@ -344,7 +341,8 @@ class Call:
                     if self._cancel_error is None:
                         # Cancelled for the unread results: recv hands out none of them.
                         self._cancel_error = errors.CanceledError(_UNREAD_CANCELLED)
-                raise errors.BadStateError(_UNREAD_RESULTS, request_sent=True)
+                unread = _STREAMED_RESULTS if self._unary else _UNREAD_RESULTS
+                raise errors.BadStateError(unread, request_sent=True)
             if self._on_trace is not None and response.trace:
                 self._on_trace(response.trace)
             if response.error is not None:
@@ -426,10 +424,7 @@ class Call:
         except errors.IPCError as exc:  # (a malformed header: the call ends on it)
             raise self._mark(exc) from None
         if header.error is not None or header.end_stream_results:
-            with self._lock:
-                self._response = header
-                if self._end_seen is not None:  # (a finish waits for it: _await_receiver)
-                    self._end_seen.notify_all()
+            self._response = header
             if header.error is None and not self._budgeted:
                 # The results follow and will be held at once, however this header was
                 # reached (recv or iteration; finish bounded them before): bound them. A
@@ -476,33 +471,6 @@ class Call:
             return err.with_context(request_sent=True)
         return err
 
-    def _await_receiver(self) -> None:
-        """(finish, by the sending thread, while another thread receives.) Close the send
-        side, then wait for the receiving thread to read the final header, or the call to
-        end, its deadline to pass, or that thread to exit (looked at every
-        ``_RECEIVER_CHECK`` seconds)."""
-        if not self._send_closed:
-            try:
-                self.close_send()
-            except errors.IPCError as exc:  # (finish says how the call ended)
-                log.debug("call: close_send in finish failed (the server may be done): %s", exc)
-        thread = self._receiver_thread
-        deadline = self._deadline
-        with self._lock:
-            end_seen = self._end_seen
-            if end_seen is None:
-                end_seen = self._end_seen = threading.Condition(self._lock)
-            while self._response is None and not self._ended:
-                if thread is None or not thread.is_alive():
-                    return
-                wait = _RECEIVER_CHECK
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    wait = min(wait, left)
-                end_seen.wait(wait)
-
     def _server_ended(self) -> bool:
         """Whether the server has ended the call: its reply came in full (its FIN), or its
         final header did (a ``recv`` read its error or its end of stream; the flow may have
@@ -513,7 +481,9 @@ class Call:
         """Whether the deadline has passed; if so, the context is looked at, which runs the
         call's done-callback now when the timer thread has not yet: it cancels the call with
         the context's error, so that items already buffered are not handed out after the
-        deadline, unless the whole reply had come by then (see :meth:`_on_context_done`)."""
+        deadline, unless the whole reply had come by then (see :meth:`_on_context_done`).
+        Called before ``_recv_lock`` or ``_send_lock`` is taken: the context's other
+        callbacks run here too, and they are any code (one may finish this call)."""
         deadline = self._deadline
         if deadline is None or time.monotonic() < deadline:
             return False
@@ -570,8 +540,6 @@ class Call:
                 return
             self._ended = True
             handle, self._ctx_handle = self._ctx_handle, None
-            if self._end_seen is not None:  # (a finish waits for it: _await_receiver)
-                self._end_seen.notify_all()
         if handle is not None:
             self.context.remove_done_callback(handle)
         if cancel:
@@ -580,10 +548,6 @@ class Call:
             self._stream.flow.close()
         if self._on_done is not None:
             self._on_done(self)
-
-
-_RECEIVER_CHECK = 0.1
-"""How often a finish waiting for the receiving thread looks whether that thread still runs."""
 
 
 def _busy(doing: str) -> errors.BadStateError:

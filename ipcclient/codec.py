@@ -10,10 +10,11 @@ a :class:`~ipcclient.errors.BadProtocolError` and nothing else; every failure to
 :class:`~ipcclient.errors.BadArgError`.
 
 What a value may be on the wire: ``None``, ``bool``, ``int`` (any size; bignums use tags 2/3),
-``float``, ``str``, ``bytes`` (``bytearray`` and ``memoryview`` go as bytes), lists/tuples
-(decoded as lists; any other sequence, such as a deque or a range, goes as a list), dicts
-(keys of any of the former; any other mapping goes as a dict), CBOR simple values and
-``undefined`` (harmless scalars, accepted both ways), and the project's tagged types. Other
+``float``, ``str`` (a ``collections.UserString`` goes as text), ``bytes`` (``bytearray`` and
+``memoryview`` go as bytes), lists/tuples (decoded as lists; any other sequence, such as a
+deque or a range, goes as a list), dicts (keys of any of the former; any other mapping goes
+as a dict), CBOR simple values and ``undefined`` (harmless scalars, accepted both ways), and
+the project's tagged types. Other
 CBOR tags (dates, regexes, MIME, shared references, sets, ...) are refused by the decoder so
 that a peer cannot make this side run a parser it did not ask for or build a cyclic object;
 indefinite-length items are refused too.
@@ -21,6 +22,7 @@ indefinite-length items are refused too.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import decimal
@@ -188,8 +190,17 @@ def _encode_view(encoder: Any, value: memoryview) -> None:
     encoder.encode(value.tobytes())  # (cbor2 would make a list of its bytes)
 
 
-_ENCODERS: dict[type, Callable[[Any, Any], None]] = {**_REFUSED_TYPES, memoryview: _encode_view}
-"""The encoder's callbacks by exact type: the refused types, and ``memoryview`` sent as bytes."""
+def _encode_user_string(encoder: Any, value: collections.UserString) -> None:
+    encoder.encode(value.data)  # (cbor2 would take it for a sequence of such strings, forever)
+
+
+_ENCODERS: dict[type, Callable[[Any, Any], None]] = {
+    **_REFUSED_TYPES,
+    memoryview: _encode_view,
+    collections.UserString: _encode_user_string,
+}
+"""The encoder's callbacks by exact type: the refused types, ``memoryview`` sent as bytes and
+``collections.UserString`` as text."""
 
 
 _PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
@@ -242,6 +253,7 @@ def _nests_other(kind: type) -> bool:
         known = (
             issubclass(kind, Sequence | Mapping)
             and not issubclass(kind, str | bytes | bytearray | memoryview)
+            and kind is not collections.UserString  # (sent as text: see _ENCODERS)
             and _encoder_for(kind) is None
         )
         if len(_OTHER_KINDS) < _OTHER_KINDS_KEPT:

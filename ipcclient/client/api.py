@@ -569,8 +569,9 @@ class Client:
             )
             if unsent is not None:  # nothing reached the wire: the usual retry rules apply
                 raise unsent.with_context(request_sent=False, tried=tried) from None
-            if close_send:
+            if close_send:  # (Client.call: it reads the results alone)
                 call._send_closed = True
+                call._unary = True
             started.append(True)
             if owned_ctx and call.ended:  # (it ended while its request was written)
                 call_ctx.cancel_with(_CALL_FINISHED)  # type: ignore[attr-defined]

@@ -576,8 +576,8 @@ class Connection(Reader):
                         else:
                             flow.queue_more_locked(ev.data, self._read_at)
                     if ev.end:
+                        flow._eof_at = self._read_at  # (first: read without the lock)
                         flow._eof = True
-                        flow._eof_at = self._read_at
                         if flow._local_closed and not self._mux.is_live(ev.flow_id):
                             # Both sides sent FIN: the flow is over. (A flow we have not
                             # closed can only have ended by a RESET later in this chunk:

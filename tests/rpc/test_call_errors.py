@@ -64,6 +64,43 @@ def test_a_malformed_item_header_ends_the_call_and_every_later_step_says_so(
 
 
 @expose
+class Reader:
+    def ReadOneThenSend(self, call: ServerCall) -> None:
+        call.recv()
+        time.sleep(0.1)  # (the client's sender fills the window and waits for credit)
+        call.send(1)
+        call.context.wait(10)
+
+
+@pytest.mark.interpreted  # (replaces a constant of ipcclient.server.call at run time)
+def test_a_sender_blocked_when_a_malformed_header_ends_the_call_is_told_why(
+    make_server: MakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiving thread met a malformed header, which ends the call; the sending thread,
+    waiting for credit, woke with the transport's "flow cancelled" CanceledError, as if
+    someone had cancelled. It gets the error that ended the call."""
+    monkeypatch.setattr(server_call, "_STREAM_ITEM_MESSAGE", encode_messages(5))
+    _, name = make_server(Reader(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(10), name, "ReadOneThenSend")
+    received: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            call.recv()
+        except errors.IPCError as exc:
+            received.append(exc)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    with pytest.raises(errors.BadProtocolError):
+        while True:
+            call.send(b"x" * 200_000)
+    receiver.join(10)
+    assert [type(e) for e in received] == [errors.BadProtocolError]
+
+
+@expose
 class Echoer:
     def EchoStream(self, call: ServerCall) -> int:
         n = 0
@@ -228,27 +265,77 @@ def test_a_sender_blocked_when_the_server_fails_the_call_is_told_it_ended(
             call.finish()
 
 
-def test_finish_from_the_sending_thread_waits_for_the_receiving_one(
+@expose
+class Ender:
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def OneThenEnd(self, call: ServerCall) -> str:
+        call.send(1)
+        self.go.wait(10)  # (the client's receiving thread now waits in recv for more)
+        return "ended"
+
+    def Total(self, call: ServerCall) -> int:
+        return sum(call)  # (streams nothing: answers once the client's items end)
+
+
+def test_finish_waits_for_a_recv_in_progress_in_another_thread(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    """The sending thread calls finish() once it has sent everything, while the receiving
-    thread still iterates (as the docs put it: finish once the sending thread is done).
-    finish read the final header only if the receiver had not: most runs took the first
-    result for a header ("a response header must be a map") or a streamed item for the
-    end, and the receiver lost items. Now finish waits for the receiving thread to read
-    the end of the stream, and returns the results."""
-    _, name = make_server(Echoer(), AllowEveryone())
+    """Another thread waits in recv for the server's next message when finish() is called:
+    finish read the stream beside it (the two took each other's messages: a result taken
+    for a header, "a response header must be a map", items lost). It waits for that recv to
+    return, then reads on: the receiving thread gets the end of the stream, finish the
+    results."""
+    svc = Ender()
+    _, name = make_server(svc, AllowEveryone())
     client = make_client()
-    for _ in range(10):
-        call = client.start_call(Context.background().with_timeout(10), name, "EchoStream")
-        got: list[Any] = []
-        receiver = threading.Thread(target=lambda call=call, got=got: got.extend(call))
-        receiver.start()
-        for i in range(200):
-            call.send(i)
-        assert call.finish() == (200,)
-        receiver.join(10)
-        assert got == list(range(200))
+    call = client.start_call(Context.background().with_timeout(10), name, "OneThenEnd")
+    got: list[Any] = []
+    receiver = threading.Thread(target=lambda: got.extend(call))
+    receiver.start()
+    deadline = time.monotonic() + 5
+    while not (got and call._recv_lock.locked()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    releaser = threading.Timer(0.3, svc.go.set)  # (while finish waits for the lock)
+    releaser.start()
+    assert call.finish() == ("ended",)
+    receiver.join(10)
+    releaser.join()
+    assert got == [1]
+
+
+def test_finish_from_a_third_thread_closes_the_send_side_before_it_waits(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The sending thread is done (without close_send) and the receiving thread waits in
+    recv for the server, which waits for the end of the client's items: finish() from a
+    third thread must close the send side before it waits for that recv, or all three wait
+    for each other until the deadline."""
+    _, name = make_server(Ender(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(10), name, "Total")
+    sender = threading.Thread(target=lambda: [call.send(i) for i in range(5)])
+    sender.start()
+    sender.join(10)
+    ended: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            call.recv()
+        except errors.EndOfStreamError as exc:
+            ended.append(exc)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    deadline = time.monotonic() + 5
+    while not call._recv_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.monotonic()
+    assert call.finish() == (10,)
+    assert time.monotonic() - start < 5
+    receiver.join(10)
+    assert len(ended) == 1
 
 
 @expose
@@ -337,3 +424,17 @@ def test_a_reply_complete_before_the_deadline_is_the_answer_read_after_it(
     svc.go.set()
     with pytest.raises(errors.TimeoutError):
         late.finish()
+
+
+def test_client_call_on_a_streaming_method_says_to_use_start_call(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Client.call reads the results alone: on a method that streams, the first call (a new
+    VC: the general way) and the next (the short way) both say to call it with start_call,
+    not that finish() was called, which the caller never did."""
+    _, name = make_server(Counter(), AllowEveryone())
+    client = make_client()
+    for _ in range(2):
+        with pytest.raises(errors.BadStateError, match="the method streams results") as info:
+            client.call(Context.background().with_timeout(10), name, "Count", 3)
+        assert "finish() was called" not in info.value.msg

@@ -401,6 +401,46 @@ def test_ctrl_c_in_a_blocked_finish_cancels_the_call(
     assert svc.cancelled.wait(5)  # the interrupt reached the server as a cancellation
 
 
+@pytest.mark.usefixtures("ctrl_c")
+def test_ctrl_c_in_a_finish_waiting_for_another_threads_recv_cancels_the_call(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """finish() waits for a recv in progress in another thread before it reads; Ctrl-C there
+    raises KeyboardInterrupt and cancels the call, as in any blocked finish (docs/client.md):
+    the receiving thread wakes with CanceledError and the server's method is cancelled."""
+    assert threading.current_thread() is threading.main_thread()
+    svc = Svc()
+    _, name = make_server(svc, AllowEveryone())
+    client = make_client()
+    call = client.start_call(ctx(), name, "Block")
+    call.close_send()
+    assert svc.started.wait(5)
+    woke: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            call.recv()
+        except errors.IPCError as exc:
+            woke.append(exc)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    deadline = time.monotonic() + 5
+    while not call._recv_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        call.finish()
+    timer.join()
+    assert call.ended
+    receiver.join(5)
+    assert [type(e) for e in woke] == [errors.CanceledError]
+    assert svc.cancelled.wait(5)
+
+
 def test_retry_backoff_errors_are_retried_by_call_only(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:

@@ -295,6 +295,18 @@ def test_types_without_a_wire_form_are_refused_when_encoding(value: object) -> N
         codec.encode([value])
 
 
+def test_a_user_string_goes_as_text() -> None:
+    """A UserString is a sequence of UserStrings to cbor2, without end (the old code crashed
+    on it): it goes as its text. A subclass is refused (nested too deep), not a crash."""
+
+    class Named(collections.UserString):
+        pass
+
+    assert codec.decode(codec.encode([collections.UserString("hi")])) == ["hi"]
+    with pytest.raises(errors.BadArgError, match="nests deeper"):
+        codec.encode(Named("x"))
+
+
 def test_a_memoryview_goes_as_bytes() -> None:
     """cbor2 writes a memoryview as an array of its bytes' values: b"ab" arrived as [97, 98],
     the wrong type and several times larger. It goes as bytes, as a bytearray does."""
