@@ -28,6 +28,25 @@ MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
 
 
+def receiving(call: Any) -> list[BaseException]:
+    """Start a thread that waits in ``call.recv()`` once, and return once it holds the call's
+    receiving side; the list gets the IPCError its recv raised (EndOfStreamError
+    included). The thread is a daemon: it ends with the call."""
+    met: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            call.recv()
+        except errors.IPCError as exc:
+            met.append(exc)
+
+    threading.Thread(target=receive, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while not call._recv_lock.locked() and not met and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return met
+
+
 @expose
 class Counter:
     def Count(self, call: ServerCall, n: int) -> str:
@@ -83,20 +102,11 @@ def test_a_sender_blocked_when_a_malformed_header_ends_the_call_is_told_why(
     _, name = make_server(Reader(), AllowEveryone())
     client = make_client()
     call = client.start_call(Context.background().with_timeout(10), name, "ReadOneThenSend")
-    received: list[BaseException] = []
-
-    def receive() -> None:
-        try:
-            call.recv()
-        except errors.IPCError as exc:
-            received.append(exc)
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
+    received = receiving(call)
     with pytest.raises(errors.BadProtocolError):
         while True:
             call.send(b"x" * 200_000)
-    receiver.join(10)
+    assert wait_for(lambda: received)
     assert [type(e) for e in received] == [errors.BadProtocolError]
 
 
@@ -318,24 +328,12 @@ def test_finish_from_a_third_thread_closes_the_send_side_before_it_waits(
     sender = threading.Thread(target=lambda: [call.send(i) for i in range(5)])
     sender.start()
     sender.join(10)
-    ended: list[BaseException] = []
-
-    def receive() -> None:
-        try:
-            call.recv()
-        except errors.EndOfStreamError as exc:
-            ended.append(exc)
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    deadline = time.monotonic() + 5
-    while not call._recv_lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    ended = receiving(call)
     start = time.monotonic()
     assert call.finish() == (10,)
     assert time.monotonic() - start < 5
-    receiver.join(10)
-    assert len(ended) == 1
+    assert wait_for(lambda: ended)
+    assert [type(e) for e in ended] == [errors.EndOfStreamError]
 
 
 @expose
@@ -438,3 +436,11 @@ def test_client_call_on_a_streaming_method_says_to_use_start_call(
         with pytest.raises(errors.BadStateError, match="the method streams results") as info:
             client.call(Context.background().with_timeout(10), name, "Count", 3)
         assert "finish() was called" not in info.value.msg
+
+
+def wait_for(done: Callable[[], Any], seconds: float = 10.0) -> bool:
+    """Whether ``done()`` became true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(done())

@@ -3,6 +3,7 @@ Ctrl-C, close."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -28,6 +29,7 @@ from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport.conn import KeepaliveConfig
 from ipcclient.transport.manager import TransportOptions
 from tests.conftest import Family
+from tests.rpc.test_call_errors import receiving, wait_for
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -64,6 +66,19 @@ class Svc:
         if first:
             raise errors.InternalError("try again", action=errors.RetryAction.RETRY_BACKOFF)
         return "ok"
+
+
+@contextlib.contextmanager
+def ctrl_c_after(seconds: float) -> Iterator[None]:
+    """Ctrl-C (SIGINT to the main thread, the caller) ``seconds`` into the block."""
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(seconds, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
 
 
 def ctx(seconds: float = 10.0) -> Context:
@@ -390,13 +405,8 @@ def test_ctrl_c_in_a_blocked_finish_cancels_the_call(
     client = make_client()
     call = client.start_call(ctx(), name, "Block")
     assert svc.started.wait(5)
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(0.1, lambda: signal.pthread_kill(main, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), ctrl_c_after(0.1):
         call.finish()
-    timer.join()
     assert call.ended
     assert svc.cancelled.wait(5)  # the interrupt reached the server as a cancellation
 
@@ -415,28 +425,11 @@ def test_ctrl_c_in_a_finish_waiting_for_another_threads_recv_cancels_the_call(
     call = client.start_call(ctx(), name, "Block")
     call.close_send()
     assert svc.started.wait(5)
-    woke: list[BaseException] = []
-
-    def receive() -> None:
-        try:
-            call.recv()
-        except errors.IPCError as exc:
-            woke.append(exc)
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    deadline = time.monotonic() + 5
-    while not call._recv_lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    main = threading.main_thread().ident
-    assert main is not None
-    timer = threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
+    woke = receiving(call)
+    with pytest.raises(KeyboardInterrupt), ctrl_c_after(0.2):
         call.finish()
-    timer.join()
     assert call.ended
-    receiver.join(5)
+    assert wait_for(lambda: woke)
     assert [type(e) for e in woke] == [errors.CanceledError]
     assert svc.cancelled.wait(5)
 
