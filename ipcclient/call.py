@@ -187,28 +187,25 @@ class Call:
         if not lock.acquire(False):
             raise _busy("receiving on or finishing")
         try:
-            return self._recv_item()
+            cancelled = self._cancel_error
+            if cancelled is not None:
+                raise cancelled.with_context(request_sent=True)
+            response = self._response
+            if response is not None:
+                if response.error is not None:
+                    raise self._mark(response.error)
+                raise errors.EndOfStreamError("call: the server sent no more items")
+            failed = self._end_error
+            if failed is not None:  # (the call ended on it: a protocol error, a limit)
+                raise failed.with_context(request_sent=True)
+            header = self._read_header()
+            if header.error is not None:
+                raise self._mark(self._on_server_error(header.error))
+            if header.end_stream_results:
+                raise errors.EndOfStreamError("call: the server sent no more items")
+            return self._recv()
         finally:
             lock.release()
-
-    def _recv_item(self) -> Any:
-        cancelled = self._cancel_error
-        if cancelled is not None:
-            raise cancelled.with_context(request_sent=True)
-        response = self._response
-        if response is not None:
-            if response.error is not None:
-                raise self._mark(response.error)
-            raise errors.EndOfStreamError("call: the server sent no more items")
-        failed = self._end_error
-        if failed is not None:  # (the call ended on it: a protocol error, a limit)
-            raise failed.with_context(request_sent=True)
-        header = self._read_header()
-        if header.error is not None:
-            raise self._mark(self._on_server_error(header.error))
-        if header.end_stream_results:
-            raise errors.EndOfStreamError("call: the server sent no more items")
-        return self._recv()
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over streamed results until the server's end of stream."""
