@@ -19,8 +19,12 @@ reads as the receiving side does: it waits for a ``recv`` in progress in another
 return (and a ``recv`` while it runs is refused). It comes after the receiving thread has
 read the end of the stream (join that thread first): called while the server still streams,
 it cancels the call (BadStateError), as a finish with unread items does. Lock order:
-``_recv_lock``, then ``_send_lock``, then ``_lock`` (held for no I/O); the context's
-callbacks never run under the first two (see :meth:`Call._past_deadline`).
+``_recv_lock``, then ``_send_lock``, then ``_lock`` (held for no I/O). The context is looked
+at under the first two without running its callbacks (``Context.peek_err``), and finish
+releases the call (its ``on_done``, which may end the call's own context) after letting
+``_recv_lock`` go; a callback that a send or recv runs all the same (ending the call on an
+error releases it there) and that calls ``finish`` on this call is refused with
+BadStateError instead of waiting for its own thread.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from threading import get_ident
 from typing import Any
 
 from ipcclient import errors, vtrace
@@ -71,8 +76,10 @@ class Call:
         on_done: Callable[[Call], None] | None = None,
         on_abandon: Callable[[Any], None] | None = None,
         on_trace: Callable[[tuple[Any, ...]], None] | None = None,
+        owner: object = None,
     ) -> None:
         self.context = ctx
+        self._owner = owner  # (the client: a call in use keeps it, and so its VCs, alive)
         self._stream = stream
         self.name = name
         self.method = method
@@ -87,6 +94,8 @@ class Call:
         self._send_lock = threading.Lock()  # held by the thread sending (see the module doc)
         self._recv_lock = threading.Lock()  # held by the thread receiving, or finishing
         self._unary = False  # made by Client.call, which reads its results alone
+        self._sending = 0  # the thread holding _send_lock (threading.get_ident()), or 0
+        self._receiving = 0  # the thread holding _recv_lock, or 0
         self._send_closed = False
         self._finished = False
         self._ended = False  # finished, cancelled, or failed: the flow is released
@@ -132,9 +141,11 @@ class Call:
         lock = self._send_lock
         if not lock.acquire(False):
             raise _busy("sending on")
+        self._sending = get_ident()
         try:
             self._send(item)
         finally:
+            self._sending = 0
             lock.release()
 
     def _send(self, item: Any) -> None:
@@ -186,6 +197,7 @@ class Call:
         lock = self._recv_lock
         if not lock.acquire(False):
             raise _busy("receiving on or finishing")
+        self._receiving = get_ident()
         try:
             cancelled = self._cancel_error
             if cancelled is not None:
@@ -205,6 +217,7 @@ class Call:
                 raise errors.EndOfStreamError("call: the server sent no more items")
             return self._recv()
         finally:
+            self._receiving = 0
             lock.release()
 
     def __iter__(self) -> Iterator[Any]:
@@ -233,9 +246,11 @@ class Call:
         lock = self._send_lock
         if not lock.acquire(False):
             raise _busy("sending on")
+        self._sending = get_ident()
         try:
             self._close_send()
         finally:
+            self._sending = 0
             lock.release()
 
     def _close_send(self) -> None:
@@ -298,6 +313,14 @@ class Call:
                 f"call: finish(nresults=...) takes a count of results or None, got {nresults!r}"
             )
         self._past_deadline()  # (before the locks: see the module docstring)
+        me = get_ident()
+        if me in (self._receiving, self._sending):
+            # (a callback run by this call's own recv or send: a context's, say) It would wait
+            # for the lock its own thread holds.
+            raise errors.BadStateError(
+                "call: finish() called from inside this call's own send or recv (a callback "
+                "it ran): finish it once that returns"
+            )
         lock = self._recv_lock
         try:
             if not self._send_closed:
@@ -312,11 +335,18 @@ class Call:
             self.cancel(errors.CanceledError("call: interrupted"))
             raise
         try:
-            return self._finish(nresults)
-        finally:
+            results = self._finish(nresults)
+        except BaseException:
             lock.release()
+            self._release(cancel=True)  # (outside the lock: its callbacks are any code)
+            raise
+        lock.release()
+        self._release(cancel=False)
+        return results
 
     def _finish(self, nresults: int | None) -> tuple[Any, ...]:
+        """(finish, with ``_recv_lock`` held.) The results, or what ended the call; the
+        caller releases the call after letting the lock go."""
         with self._lock:
             if self._finished:
                 raise errors.BadStateError("call: finish has already been called")
@@ -327,35 +357,29 @@ class Call:
         failed = self._end_error
         if failed is not None and self._response is None:
             raise failed.with_context(request_sent=True)  # (as recv: what ended the call)
-        try:
-            if self._response is None:  # the final header and the results, held at once
-                self._stream.set_budget(MAX_RESULTS_BYTES, free=1)
-                self._budgeted = True
-            response = self._response or self._read_header()
-            if response.error is None and not response.end_stream_results:
-                self._response = None
-                with self._lock:  # (a cancel from another thread meanwhile stays the cause)
-                    if self._cancel_error is None:
-                        # Cancelled for the unread results: recv hands out none of them.
-                        self._cancel_error = errors.CanceledError(_UNREAD_CANCELLED)
-                unread = _STREAMED_RESULTS if self._unary else _UNREAD_RESULTS
-                raise errors.BadStateError(unread, request_sent=True)
-            if self._on_trace is not None and response.trace:
-                self._on_trace(response.trace)
-            if response.error is not None:
-                raise self._on_server_error(response.error).with_context(request_sent=True)
-            if nresults is not None and nresults != response.nresults:
-                raise errors.BadProtocolError(
-                    f"call: server sent {response.nresults} results, client expected {nresults}",
-                    request_sent=True,
-                )
-            n = response.nresults
-            results = (self._recv(),) if n == 1 else tuple(self._recv() for _ in range(n))
-        except BaseException:
-            self._release(cancel=True)
-            raise
-        self._release(cancel=False)
-        return results
+        if self._response is None:  # the final header and the results, held at once
+            self._stream.set_budget(MAX_RESULTS_BYTES, free=1)
+            self._budgeted = True
+        response = self._response or self._read_header()
+        if response.error is None and not response.end_stream_results:
+            self._response = None
+            with self._lock:  # (a cancel from another thread meanwhile stays the cause)
+                if self._cancel_error is None:
+                    # Cancelled for the unread results: recv hands out none of them.
+                    self._cancel_error = errors.CanceledError(_UNREAD_CANCELLED)
+            unread = _STREAMED_RESULTS if self._unary else _UNREAD_RESULTS
+            raise errors.BadStateError(unread, request_sent=True)
+        if self._on_trace is not None and response.trace:
+            self._on_trace(response.trace)
+        if response.error is not None:
+            raise self._on_server_error(response.error).with_context(request_sent=True)
+        if nresults is not None and nresults != response.nresults:
+            raise errors.BadProtocolError(
+                f"call: server sent {response.nresults} results, client expected {nresults}",
+                request_sent=True,
+            )
+        n = response.nresults
+        return (self._recv(),) if n == 1 else tuple(self._recv() for _ in range(n))
 
     def cancel(self, error: errors.IPCError | None = None) -> None:
         """Cancel the call: the server's context is cancelled, the flow is released, and a
@@ -453,10 +477,11 @@ class Call:
             raise
 
     def _translate(self, exc: errors.IPCError) -> errors.IPCError:
-        """Cancelled wins over timeout, which wins over whatever the flow reported."""
+        """Cancelled wins over timeout, which wins over whatever the flow reported. (Under
+        a side's lock: the context is looked at without running its callbacks.)"""
         if self._cancel_error is not None:
             return self._cancel_error
-        return _translate(exc, self.context)
+        return _translate(exc, self.context, peek=True)
 
     def _mark(self, err: errors.IPCError) -> errors.IPCError:
         """Release the flow on an error that ends the call; say the request was sent."""
@@ -554,9 +579,10 @@ def _busy(doing: str) -> errors.BadStateError:
     )
 
 
-def _translate(exc: errors.IPCError, ctx: Context) -> errors.IPCError:
-    """The context's end (cancelled, deadline) wins over whatever the flow reported."""
-    ctx_err = ctx.err()
+def _translate(exc: errors.IPCError, ctx: Context, *, peek: bool = False) -> errors.IPCError:
+    """The context's end (cancelled, deadline) wins over whatever the flow reported; with
+    ``peek``, looked at without running the context's callbacks (``Context.peek_err``)."""
+    ctx_err = ctx.peek_err() if peek else ctx.err()
     if ctx_err is not None and not isinstance(exc, type(ctx_err)):
         return ctx_err
     if isinstance(exc, errors.EndOfStreamError):

@@ -317,6 +317,17 @@ class Context:
         assert err is not None
         return _fresh(err)
 
+    def peek_err(self) -> errors.IPCError | None:
+        """What :meth:`err` returns, without ending the context now when its deadline has
+        passed and the timer has not yet: no done-callback runs here (for code that holds a
+        lock a callback may want)."""
+        err = self._err
+        if err is not None:
+            return _fresh(err)
+        if self._deadline is not None and self._clock.monotonic() >= self._deadline:
+            return errors.TimeoutError("context deadline exceeded")
+        return None
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (True) or until ``timeout`` real seconds pass (False).
 

@@ -124,8 +124,11 @@ class Client:
         self.options = options or ClientOptions()
         self._manager = stream_manager or StreamManager(principal, self.options.transport)
         self.namespace = namespace if namespace is not None else Namespace(roots)
-        if namespace is None or namespace.caller is None:
+        caller = self.namespace.caller
+        if caller is None:
             self.namespace.set_caller(NamespaceCaller(self))
+        elif isinstance(caller, NamespaceCaller):  # (another client's namespace: share it)
+            caller.add(self)
         self.discharge_cache = DischargeCache()
         self.stats = collections.Counter[str]()
         self._cache = vcs.VCCache(
@@ -555,6 +558,7 @@ class Client:
                 on_done=self._make_on_done(call_ctx if owned_ctx else None, span, started),
                 on_abandon=self._abandoned.append,
                 on_trace=on_trace,
+                owner=self,
             )
             with self._lock:
                 self._calls.add(call)

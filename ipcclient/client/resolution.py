@@ -159,15 +159,24 @@ def resolve(
 
 
 class NamespaceCaller:
-    """Adapts the client to the namespace's Caller protocol (names arrive terminal)."""
+    """Adapts the clients of one namespace to its Caller protocol (names arrive terminal):
+    the calls go through the first of them still open. Held weakly (a namespace must not
+    keep a dropped client alive): every client made with the namespace is added, so that
+    one closed or collected leaves the others resolving."""
 
     def __init__(self, client: Client) -> None:
-        self._client = weakref.ref(client)
+        self._clients = [weakref.ref(client)]
+
+    def add(self, client: Client) -> None:
+        """Another client made with this namespace (the dead ones are forgotten)."""
+        alive = [ref for ref in self._clients if ref() is not None]
+        self._clients = [*alive, weakref.ref(client)]  # (one assignment: callers read it)
 
     def call(
         self, ctx: Context, name: str, method: str, args: Sequence[Any], **_options: Any
     ) -> Sequence[Any]:
-        client = self._client()
-        if client is None:
-            raise errors.BadStateError("client: closed")
-        return client.call(ctx, name, method, *args, options=(NoRetry(),))
+        for ref in self._clients:
+            client = ref()
+            if client is not None and not client.closed:
+                return client.call(ctx, name, method, *args, options=(NoRetry(),))
+        raise errors.BadStateError("client: closed")

@@ -488,6 +488,10 @@ class VCCache:
                         dial.conn = cached
                         surplus = conn
             listeners = list(dial.listeners)
+        if self.closed:  # (abandon() takes no lock: it may have run after the check above)
+            for late in (conn, retired):
+                if late is not None:
+                    late.drop()
         if surplus is not None:
             surplus.close()
         if retired is not None:
@@ -520,6 +524,8 @@ class VCCache:
             conn.close()
         else:
             conn.retire()
+            if self.closed:  # (abandon() takes no lock: it may have run after the check)
+                conn.drop()
 
     def _on_vc_closed(self, conn: Connection, err: errors.IPCError) -> None:
         log.debug("client: VC %s closed: %s", conn.name, err)

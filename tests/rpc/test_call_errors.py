@@ -444,3 +444,35 @@ def wait_for(done: Callable[[], Any], seconds: float = 10.0) -> bool:
     while not done() and time.monotonic() < deadline:
         time.sleep(0.01)
     return bool(done())
+
+
+def test_a_context_callback_that_finishes_the_call_is_refused_not_a_deadlock(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A call without a deadline of its own gets the client's default, in a context the
+    client made and ends with the call. finish released the call with its receiving side
+    still locked, and that context's callbacks ran there: one that finished the call (to
+    be sure it ends) waited for the lock its own thread held, for good. The call is
+    released after the lock is let go, and a finish inside the call's own send or recv is
+    refused at once."""
+    _, name = make_server(Counter(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background(), name, "Count", [3])
+    assert call.context.deadline is not None  # (the client's own context)
+    seen: list[str] = []
+
+    def on_done(_err: errors.IPCError) -> None:
+        try:
+            call.finish()
+        except errors.BadStateError as exc:
+            seen.append(exc.msg)
+
+    call.context.add_done_callback(on_done)
+    assert list(call) == [0, 1, 2]
+    results: list[Any] = []
+    finishing = threading.Thread(target=lambda: results.append(call.finish()), daemon=True)
+    finishing.start()
+    finishing.join(10)
+    assert results == [("done",)]
+    assert wait_for(lambda: seen)
+    assert "already been called" in seen[0]

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipcclient import errors
+from ipcclient import Client, errors
 from ipcclient.context import Context
 from ipcclient.naming import Endpoint, names
 from ipcclient.naming.namespace import (
@@ -753,3 +753,29 @@ def test_failover_between_replicas_keeps_no_entry_the_cache_dropped(family: Fami
         finally:
             tracemalloc.stop()
     assert held - before < 3 * 1024 * 1024  # (30 lists of 100 names of 4 KiB: 12 MiB)
+
+
+@pytest.mark.parametrize("how", ["closed", "collected"])
+def test_clients_sharing_a_namespace_resolve_while_one_of_them_is_open(
+    family: Family, how: str
+) -> None:
+    """The first client made with a namespace resolves through it for every client made with
+    it (the namespace holds it weakly); once that client was closed or collected, the
+    others' names through a mount table failed "client: closed". Each client made with the
+    namespace is kept as a caller now: the first one still open resolves."""
+    store = MemoryStore()
+    with contextlib.ExitStack() as stack:
+        _, root = serving(stack, family.member("mt"), table=MountTable(store=store))
+        _, svc = serving(stack, family.member("server"), Label("svc"))
+        store.mount(("svc",), svc, 3600.0, **_PLAIN)
+        ns = Namespace([root])
+        first = Client(family.member("client"), namespace=ns)
+        second = Client(family.member("client"), namespace=ns)
+        stack.callback(second.close)
+        assert first.call(loopback_ctx(), "svc", "Who") == ("svc",)
+        first.close()
+        if how == "collected":
+            del first
+            gc.collect()
+        ns.flush_cache_entry("svc")
+        assert second.call(loopback_ctx(), "svc", "Who") == ("svc",)

@@ -395,6 +395,25 @@ def test_a_client_dropped_without_close_lets_its_vcs_end(
     assert _settle(lambda: _open_fds() <= before)
 
 
+def test_a_call_in_use_keeps_its_client_and_its_vc(make_server: MakeServer, family: Family) -> None:
+    """A call made from a client nobody else refers to (``Client(...).start_call(...)``, or
+    a helper that returns the call) keeps that client alive, and so its VC: a dropped
+    client's VCs end at their next check, and a call in use must not be taken for one of
+    the calls dropped with it."""
+    _, name = make_server(Svc(), AllowEveryone())
+    quick = TransportOptions(keepalive=KeepaliveConfig(interval=0.2, timeout=2.0))
+    call = Client(family.member("client"), options=ClientOptions(transport=quick)).start_call(
+        ctx(), name, "Count", [20]
+    )
+    gc.collect()
+    got = []
+    for item in call:
+        got.append(item)
+        time.sleep(0.02)  # (the VC's reader wakes and checks meanwhile)
+    assert got == list(range(20))
+    assert call.finish() == (20,)
+
+
 @pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_in_a_blocked_finish_cancels_the_call(
     make_server: MakeServer, make_client: MakeClient
