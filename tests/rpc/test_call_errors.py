@@ -410,7 +410,7 @@ def test_a_reply_complete_before_the_deadline_is_the_answer_read_after_it(
     while not flow.peer_done and time.monotonic() < deadline:
         time.sleep(0.01)
     assert flow.peer_done
-    time.sleep(0.7)  # (past the deadline: the context has ended)
+    assert call.context.wait(5)  # (past the deadline: the context has ended)
     assert call.context.err() is not None
     assert list(call) == list(range(n))
     assert call.finish() == ("done",)
@@ -418,7 +418,7 @@ def test_a_reply_complete_before_the_deadline_is_the_answer_read_after_it(
     svc = Slow()
     _, slow = make_server(svc, AllowEveryone())
     late = client.start_call(Context.background().with_timeout(0.3), slow, "Hold")
-    time.sleep(0.5)
+    assert late.context.wait(5)  # (the deadline passed before the reply could come)
     svc.go.set()
     with pytest.raises(errors.TimeoutError):
         late.finish()

@@ -25,6 +25,16 @@ values = st.lists(
 )  # fmt: skip
 
 
+class Recorded:
+    """A shared budget that allows everything and records each charge."""
+
+    def __init__(self) -> None:
+        self.charged: list[int] = []
+
+    def take(self, nbytes: int) -> None:
+        self.charged.append(nbytes)
+
+
 @given(values=values, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=15))
 @settings(max_examples=200, deadline=None)
 def test_round_trip_under_any_chunking(values: list[Any], cuts: list[int]) -> None:
@@ -82,20 +92,15 @@ def test_only_the_counted_messages_are_charged(cut: int) -> None:
     args = encode_messages(b"a" * 100, b"b" * 100)  # bodies of 102 bytes each
     data = args + encode_messages({"endArgs": True}, b"streamed")
     cut %= len(data) + 1
-    charged: list[int] = []
-
-    class Shared:
-        def take(self, nbytes: int) -> None:
-            charged.append(nbytes)
-
+    shared = Recorded()
     reader = MessageReader()
-    reader.set_budget(204, shared=Shared())
+    reader.set_budget(204, shared=shared)
     reader.count_only(2)
     got = reader.feed(data[:cut]) + reader.feed(data[cut:])
     while reader.rest:  # (what follows the args: one message per feed)
         got += reader.feed(reader.take_rest())
     assert got == [b"a" * 100, b"b" * 100, {"endArgs": True}, b"streamed"]
-    assert charged == [102, 102]
+    assert shared.charged == [102, 102]
     uncounted = MessageReader()  # (without count_only, the end of args is over the budget)
     uncounted.set_budget(204)
     with pytest.raises(errors.BadProtocolError, match="total allowed"):
@@ -112,18 +117,13 @@ def test_a_budget_counts_a_message_of_many_small_items_as_what_it_takes_decoded(
     message's items counted from its heads, before it is decoded), however it is cut."""
     dense = encode_messages([{}] * 20000)  # 20 KB, 20,001 items
     cut %= len(dense) + 1
-    charged: list[int] = []
-
-    class Shared:
-        def take(self, nbytes: int) -> None:
-            charged.append(nbytes)
-
+    shared = Recorded()
     reader = MessageReader()
-    reader.set_budget(1 << 20, shared=Shared())
+    reader.set_budget(1 << 20, shared=shared)
     with pytest.raises(errors.BadProtocolError, match="total allowed"):
         reader.feed(dense[:cut])
         reader.feed(dense[cut:])
-    assert sum(charged) == 20001 * DECODED_ITEM_BYTES  # (bytes, then the rest of the items)
+    assert sum(shared.charged) == 20001 * DECODED_ITEM_BYTES  # (bytes, then the rest of the items)
     roomy = MessageReader()
     roomy.set_budget(2 << 20)
     assert roomy.feed(dense[:cut]) + roomy.feed(dense[cut:]) == [[{}] * 20000]
