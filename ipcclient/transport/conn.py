@@ -86,6 +86,11 @@ _GOAWAY_GRACE = 0.2
 before it shuts the socket."""
 
 
+_IDLE = "idle"
+"""(What :meth:`Connection.check_liveness` decided: close a VC without a call for its
+``idle_timeout``.)"""
+
+
 def _unacknowledged(sock: socket.socket) -> int:
     """Bytes in ``sock``'s kernel send queue (sent or not, not yet acknowledged); 0 where
     the system cannot say, or once the socket is closed."""
@@ -119,6 +124,7 @@ class Connection(Reader):
         busy_poll: float = 0.0,
         park_idle: float = 0.0,
         busy_poll_adapt: bool = True,
+        idle_timeout: float = 0.0,
     ) -> None:
         self._sock = sock
         self._sock_lock = threading.Lock()
@@ -175,8 +181,14 @@ class Connection(Reader):
             # ping's due time and the timeout, a parked VC could be judged dead without ever
             # having been pinged. Such a VC keeps its reader thread.
             self._park_idle = 0.0
+        # Idle close (dialed VCs; see TransportOptions.idle_timeout): with no flow since
+        # ``_idle_since`` for this long, the keepalive check closes the VC with GOAWAY.
+        self._idle_close = idle_timeout if on_flow is None else 0.0
+        self._idle_since = self._last_recv
         try:
             timeout = min(ka.interval, self._park_idle) if self._park_idle else ka.interval
+            if self._idle_close:
+                timeout = min(timeout, self._idle_close)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(ka.send_timeout))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
         except OSError:  # pragma: no cover - every POSIX socket has these
@@ -423,8 +435,10 @@ class Connection(Reader):
         (it would wait for the next check, up to the keepalive interval)."""
         flows = self._flows
         flows.pop(flow_id, None)
-        if self._retiring and not flows:
-            self._wake_poll_locked()
+        if not flows:
+            self._idle_since = time.monotonic()
+            if self._retiring:
+                self._wake_poll_locked()
 
     # --- busy polling -------------------------------------------------------------------
     @property
@@ -524,7 +538,8 @@ class Connection(Reader):
         parked) whenever it wakes without data, and after data while a probe runs: ping if
         due (queued and flushed without waiting on the socket); the error to break the VC
         with if the peer is dead (missed its keepalive, or did not answer a probe), or if the
-        VC was retired and has no flow left, or its owner dropped it (:meth:`drop`)."""
+        VC was retired and has no flow left, or its owner dropped it (:meth:`drop`), or it
+        has had no flow for ``idle_timeout`` (closed with a GOAWAY: a normal close)."""
         with self._lock:
             if self._error is not None:
                 return None
@@ -534,10 +549,24 @@ class Connection(Reader):
                 return errors.ConnectionFailedError(
                     "transport: the client that made the VC was dropped without close()"
                 )
+            now = time.monotonic()
+            idle = now - self._idle_since if self._idle_close and not self._flows else 0.0
             probing = self._liveness.probing
-            action = self._liveness.check(time.monotonic(), self._last_recv)
-            if action is livemod.PING:
-                self._mux.ping(os.urandom(8))
+            action: str | None
+            if idle and idle >= self._idle_close:
+                self._mux.close()  # (GOAWAY, a normal close; connect() fails from now on)
+                action = _IDLE
+            else:
+                action = self._liveness.check(now, self._last_recv)
+                if action is livemod.PING:
+                    self._mux.ping(os.urandom(8))
+        if action is _IDLE:
+            self._writer.flush(blocking=False)
+            log.debug("transport: closing the VC %s: no call for %.3g s", self.name, idle)
+            return errors.ConnectionFailedError(
+                f"transport: the VC was closed after {self._idle_close:g} s without a call "
+                "(idle_timeout)"
+            )
         if action is livemod.DEAD:
             if probing:
                 return errors.ConnectionFailedError(
@@ -583,6 +612,8 @@ class Connection(Reader):
                             # closed can only have ended by a RESET later in this chunk:
                             # keep it for that event, which fails it and runs its abort.)
                             del flows[ev.flow_id]
+                            if not flows:
+                                self._idle_since = self._read_at
                     flow._cond.notify_all()
                 elif cls is muxmod.FlowOpened:
                     assert isinstance(ev, muxmod.FlowOpened)
@@ -597,6 +628,8 @@ class Connection(Reader):
                 elif cls is muxmod.FlowReset:
                     assert isinstance(ev, muxmod.FlowReset)
                     flow = flows.pop(ev.flow_id, None)
+                    if not flows:
+                        self._idle_since = self._read_at
                     if flow is not None:
                         flow._error = ev.error
                         flow._cond.notify_all()

@@ -91,6 +91,10 @@ DEFAULT_BUSY_POLL = 0.0002
 """Seconds a reader thread polls before sleeping (see ``TransportOptions.busy_poll``): longer
 than a quick client's turnaround between a reply and its next call on loopback."""
 
+IDLE_TIMEOUT = 300.0
+"""Seconds a dialed VC stays open with no call on it before it closes (default; see
+``TransportOptions.idle_timeout``)."""
+
 CLIENT_BUSY_POLL = 0.0005
 """What a client's VCs poll by default (``ClientOptions.transport``): only its reader thread
 polls, only while several calls are in flight, where the gaps between replies stretch with
@@ -157,6 +161,11 @@ class TransportOptions:
             the pause pays a thread start); 0: each VC keeps its thread, as does one
             whose keepalive ``timeout`` is less than 2 s after its ``interval`` (the watcher
             checks once a second: it must have a chance to ping before the timeout).
+        idle_timeout: (dialing) a dialed VC with no call on it for this many seconds closes
+            (a GOAWAY, a normal close, and its socket and reader thread go); the next call
+            to that endpoint dials again. A call that finds the VC closing as it starts
+            dials again without counting a retry. 0: a VC to a live server stays open until
+            the client closes.
     """
 
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -172,6 +181,7 @@ class TransportOptions:
     max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT
     park_idle: float = PARK_IDLE
+    idle_timeout: float = IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         if not isinstance(self.mux, MuxConfig) or self.mux.initial_window < MIN_WINDOW:
@@ -202,6 +212,16 @@ class TransportOptions:
         park = self.park_idle
         if not isinstance(park, int | float) or isinstance(park, bool) or park < 0:
             raise errors.BadArgError(f"transport: park_idle must be seconds >= 0, got {park!r}")
+        idle = self.idle_timeout
+        if (
+            not isinstance(idle, int | float)
+            or isinstance(idle, bool)
+            or not 0 <= idle <= LONGEST_WAIT  # (NaN fails too)
+        ):
+            raise errors.BadArgError(
+                f"transport: idle_timeout must be seconds >= 0 and <= {LONGEST_WAIT:g}, "
+                f"got {idle!r}"
+            )
         first = self.first_byte_timeout
         if (
             not isinstance(first, int | float)
@@ -622,6 +642,7 @@ class StreamManager:
                 lead_reads=self.options.lead_reads,
                 busy_poll=self.options.busy_poll,
                 busy_poll_adapt=self.options.busy_poll_adapt,
+                idle_timeout=self.options.idle_timeout,
             )
         except BaseException:
             sock.close()  # out of descriptors for the wake pipe, say

@@ -129,6 +129,8 @@ class Reader(abc.ABC):
     _pending_early: list[bytes]
     _polling: PollState
     _park_idle: float
+    _idle_close: float
+    _idle_since: float
     _inline_runner: InlineRunner
     _reader: threading.Thread
     _writer: RecordWriter
@@ -190,6 +192,14 @@ class Reader(abc.ABC):
     @abc.abstractmethod
     def _park(self) -> bool:
         """Hand an idle accepted VC to the idle watcher; whether it was parked."""
+
+    def _next_check(self, now: float) -> float:
+        """Seconds (> 0) the reader thread may wait before :meth:`check_liveness` can
+        answer differently: the keepalive's next due time, or the idle close's."""
+        due = self._liveness.next_check(now, self._last_recv)
+        if self._idle_close and not self._flows:  # (unlocked: the check itself is locked)
+            due = min(due, max(self._idle_since + self._idle_close - now, 0.001))
+        return due
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:
         """The peer broke the protocol: send GOAWAY with why (best effort), break the VC."""
@@ -513,9 +523,7 @@ class Reader(abc.ABC):
                     quick = True
                 else:
                     if lead:
-                        outcome = self._read_step(
-                            self._liveness.next_check(monotonic(), self._last_recv)
-                        )
+                        outcome = self._read_step(self._next_check(monotonic()))
                     elif sole:
                         outcome = self._receive_and_dispatch()  # (blocks: see SO_RCVTIMEO)
                     elif poller.poll(1):

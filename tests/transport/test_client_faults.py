@@ -395,6 +395,46 @@ def test_a_client_dropped_without_close_lets_its_vcs_end(
     assert _settle(lambda: _open_fds() <= before)
 
 
+@pytest.mark.interpreted  # (replaces the VC cache's map with a dict subclass)
+def test_a_dial_published_as_the_client_is_collected_ends_too(
+    make_server: MakeServer, family: Family
+) -> None:
+    """The finalizer of a dropped client (``VCCache.abandon``) takes no lock, so it may run
+    while a dial is being published, after the publisher looked at ``closed`` and before it
+    put the new VC in the map: abandon() then drops the VCs it finds, which do not include
+    that one yet. The publisher looks at ``closed`` again once it lets the lock go and drops
+    the VC it added; before, that VC stayed open as long as its server lived. The test puts
+    abandon() exactly there: inside the map lookup the publisher makes under the lock."""
+    server, name = make_server(Svc(), AllowEveryone())
+    quick = TransportOptions(keepalive=KeepaliveConfig(interval=0.3, timeout=2.0))
+    client = Client(family.member("client"), options=ClientOptions(transport=quick))
+    cache = client._cache
+
+    published: list[Any] = []
+
+    class AbandonDuringPublish(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            if sys._getframe(1).f_code.co_name == "_publish" and not cache.closed:
+                cache.abandon()  # (the finalizer, run by the collector in this thread)
+            return super().get(key, default)
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            published.append(value)
+            super().__setitem__(key, value)
+
+    cache.vcs = client._vcs = AbandonDuringPublish()
+    # (The call may fail or not: its VC may end under it, its client counting as dropped.)
+    with contextlib.suppress(errors.IPCError):
+        client.call(ctx(), name, "Echo", 1)
+    assert cache.closed
+    (conn,) = published
+    assert conn._dropped
+    assert conn.wait_closed(5.0)
+    assert "dropped without close" in str(conn.error)
+    assert _settle(lambda: not server.connections)
+    client.close()
+
+
 def test_a_call_in_use_keeps_its_client_and_its_vc(make_server: MakeServer, family: Family) -> None:
     """A call made from a client nobody else refers to (``Client(...).start_call(...)``, or
     a helper that returns the call) keeps that client alive, and so its VC: a dropped
