@@ -370,21 +370,27 @@ def run_cases(
 
 
 def _serve(args: argparse.Namespace) -> int:
-    server = start_server(args.protocol, args.address)
     stop = threading.Event()
 
     def on_signal(_sig: int, _frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sys.stdout.write(server.endpoints[0] + "\n")
-    sys.stdout.flush()
+    # The handlers come first: SIGINT or SIGTERM while the server starts stops it in order
+    # (not a KeyboardInterrupt, or the default death, half way through starting).
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_int = signal.signal(signal.SIGINT, on_signal)
     try:
-        while not stop.wait(0.5):
-            pass
+        server = start_server(args.protocol, args.address)
+        try:
+            sys.stdout.write(server.endpoints[0] + "\n")
+            sys.stdout.flush()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     return 0
 
 
@@ -399,7 +405,20 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds > 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Serve or run the cases; returns the exit code: 0, 1 (a case failed), 2 (usage, or an
+    error: one line on standard error), 130 (interrupted: Ctrl-C)."""
     parser = argparse.ArgumentParser(
         prog="python -m ipcclient.interop",
         description="The ipcclient interop service and its cases (docs/interop.md).",
@@ -411,13 +430,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the cases against a server")
     run.add_argument("endpoint", help="the server's endpoint string (or a name)")
     run.add_argument("--case", action="append", choices=list(CASES), help="one case (repeatable)")
-    run.add_argument("--timeout", type=float, default=30.0, help="seconds per case")
+    run.add_argument("--timeout", type=_seconds, default=30.0, help="seconds per case")
     args = parser.parse_args(argv)
     try:
         return _serve(args) if args.command == "serve" else _run(args)
     except errors.IPCError as exc:
         sys.stderr.write(f"interop: {exc}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interop: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Sub-commands (``ipc --version`` says whether the install is compiled)::
 
     ipc principal create DIR [--blessing NAME] [--encrypt] [--force]
     ipc principal fork DIR CHILD EXTENSION [--for DURATION] [--method M]... [--encrypt]
-    ipc principal bless DIR TARGET EXTENSION [--for DURATION] [--method M]... [--out FILE]
+    ipc principal bless DIR TARGET EXTENSION [--for DURATION] [--method M]... [--out FILE [--force]]
     ipc principal set-default DIR BLESSINGS
     ipc principal add-root DIR BLESSINGS [--pattern P]
     ipc principal dump DIR
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a principal directory or a public key in hex")
     p.add_argument("extension")
     caveat_flags(p)
-    p.add_argument("--out", metavar="FILE", help="write the blessing to FILE")
+    p.add_argument("--out", metavar="FILE", help="write the blessing to a new file FILE")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(func=cmd_principal_bless)
 
     p = psub.add_parser("set-default", help="present BLESSINGS by default")
@@ -311,29 +312,34 @@ def version_line() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (errors print one line, ``-v`` a traceback)."""
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    verbose = False
     try:
+        # (Parsing prints too: --version to a closed pipe is a BrokenPipeError, below.)
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except errors.IPCError as exc:
-        return _fail(args, exc, f"{exc.id}: {exc.msg or type(exc).__name__}", exit_code(exc))
+        return _fail(verbose, exc, f"{exc.id}: {exc.msg or type(exc).__name__}", exit_code(exc))
     except CommandError as exc:
-        return _fail(args, exc, exc.msg, exc.code)
+        return _fail(verbose, exc, exc.msg, exc.code)
     except BrokenPipeError:
-        # The reader of our output went away (``ipc glob | head``): stop quietly, as a
-        # command killed by SIGPIPE does, and keep Python from complaining at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # The reader of our output went away (``ipc glob | head``), or standard output was
+        # closed from the start (``>&-``): stop quietly, as a command killed by SIGPIPE
+        # does, and keep Python from complaining at exit.
+        if sys.stdout is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         return EXIT_BROKEN_PIPE
     except OSError as exc:
-        return _fail(args, exc, f"{exc.strerror or exc}: {exc.filename or ''}", EXIT_BAD_ARG)
+        return _fail(verbose, exc, f"{exc.strerror or exc}: {exc.filename or ''}", EXIT_BAD_ARG)
     except KeyboardInterrupt as exc:
-        return _fail(args, exc, "interrupted", EXIT_INTERRUPTED)
+        return _fail(verbose, exc, "interrupted", EXIT_INTERRUPTED)
 
 
-def _fail(args: argparse.Namespace, exc: BaseException, text: str, code: int) -> int:
-    if args.verbose:
+def _fail(verbose: bool, exc: BaseException, text: str, code: int) -> int:
+    if verbose and sys.stderr is not None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     err(f"ipc: error: {text}")
     return code

@@ -8,10 +8,12 @@ signature printed with its docs. Must not: load principals itself or serve anyth
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors
@@ -36,6 +38,8 @@ def _parse_args_json(raw: Sequence[str]) -> list[Any]:
 
 def cmd_call(args: argparse.Namespace) -> int:
     values = _parse_args_json(args.args)
+    if args.stdin and sys.stdin is None:  # (``<&-``: said before the call is made)
+        raise CommandError("--stdin: standard input is closed")
     with client_for(args) as client, Progress(f"calling {args.name}.{args.method}") as progress:
         ctx = call_context(args)
         call = client.start_call(ctx, args.name, args.method, values, *call_options(args))
@@ -69,22 +73,58 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 def _send_lines(call: Any, failure: list[BaseException]) -> None:
-    """Stream each line of standard input as one item (JSON), then close the send side."""
+    """Stream each line of standard input as one item (JSON), then close the send side. A
+    line that is not JSON, not text, or an item the call cannot send (nested too deeply,
+    too large) cancels the call: ``failure`` says why."""
     try:
-        for lineno, line in enumerate(sys.stdin, 1):
+        for lineno, line in _input_lines():
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
             except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
                 raise CommandError(f"standard input line {lineno} is not JSON") from None
-            call.send(item)
+            try:
+                call.send(item)
+            except errors.BadArgError as exc:  # (cannot be encoded: nothing was sent)
+                raise CommandError(f"standard input line {lineno}: {exc.msg}") from None
         call.close_send()
     except errors.IPCError:
         pass  # the call ended (the reader sees why)
     except BaseException as exc:
         failure.append(exc)
         call.cancel(errors.CanceledError("ipc: bad input on standard input"))
+
+
+def _input_lines() -> Iterator[tuple[int, str]]:
+    """Standard input's lines, numbered from 1. A line that is not text in the input's
+    encoding is a CommandError naming it."""
+    stdin = sys.stdin
+    if stdin is None:
+        raise CommandError("--stdin: standard input is closed")
+    encoding = getattr(stdin, "encoding", None) or "utf-8"
+    if getattr(stdin, "errors", None) == "strict" and isinstance(stdin, io.TextIOWrapper):
+        # A strict decoder fails on the whole chunk read ahead, lines before the bad one
+        # included: decode with surrogateescape and find the line that holds undecodable
+        # bytes. (Not possible once the stream was read, for a passphrase: then the error
+        # names the first line not yet streamed.)
+        with contextlib.suppress(OSError, ValueError):  # (io.UnsupportedOperation)
+            stdin.reconfigure(errors="surrogateescape")
+    lineno = 0
+    try:
+        for lineno, line in enumerate(stdin, 1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # (lone surrogates: bytes the decoder could not read)
+                raise CommandError(
+                    f"standard input line {lineno} is not text in the input's encoding ({encoding})"
+                ) from None
+            yield lineno, line
+    except UnicodeDecodeError:
+        raise CommandError(
+            f"standard input from line {lineno + 1} on is not text in the input's encoding "
+            f"({encoding})"
+        ) from None
 
 
 def cmd_signature(args: argparse.Namespace) -> int:

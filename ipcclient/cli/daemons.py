@@ -13,11 +13,12 @@ import signal
 from collections.abc import Callable, Iterator
 
 from ipcclient import env
-from ipcclient.cli.exits import EXIT_OK
+from ipcclient.cli.exits import EXIT_OK, EXIT_USAGE, CommandError
 from ipcclient.cli.principal import principal_for
-from ipcclient.cli.session import client_for
-from ipcclient.cli.text import err, out
+from ipcclient.cli.session import client_for, namespace_roots
+from ipcclient.cli.text import err, out, warnings_shown
 from ipcclient.client import Client
+from ipcclient.naming import is_rooted
 from ipcclient.security.principal import Principal
 from ipcclient.server.authorizer import AllowPatterns
 from ipcclient.server.mounttable import MountTable
@@ -35,6 +36,17 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _check_name(args: argparse.Namespace) -> None:
+    """``--name`` needs somewhere to publish: a root mount table (``--namespace`` or the
+    environment), unless the name is rooted. Checked before the principal is loaded."""
+    if args.name and not is_rooted(args.name) and not namespace_roots(args):
+        raise CommandError(
+            f"--name {args.name}: no mount table to publish it in (pass --namespace ROOTS, "
+            f"set {env.NAMESPACE_VAR}, or give a rooted name)",
+            EXIT_USAGE,
+        )
 
 
 def _publishing(
@@ -59,24 +71,27 @@ def _run_daemon(
     and serve until Ctrl-C or SIGTERM (calls in flight get ``--grace`` seconds); then stop
     the server and close the publishing client. SIGTERM is handled before the endpoint is
     printed: a supervisor that reads it and stops the daemon at once still gets the
-    orderly stop (its names unmounted), not the default death."""
-    try:
-        with _sigterm_interrupts():
-            ep = server.listen("tcp", args.listen)
-            note = serve(server, ep)
-            if args.name:
-                server.add_name(args.name)
-            out("/" + ep)
-            err(note)
-            server.wait(grace=args.grace)
-    finally:
-        server.stop()
-        if client is not None:
-            client.close()
+    orderly stop (its names unmounted), not the default death. Meanwhile the library's
+    warnings (a name that could not be published) print on standard error."""
+    with warnings_shown("ipcclient"):  # (stopping too: an unmount that failed)
+        try:
+            with _sigterm_interrupts():
+                ep = server.listen("tcp", args.listen)
+                note = serve(server, ep)
+                if args.name:
+                    server.add_name(args.name)
+                out("/" + ep)
+                err(note)
+                server.wait(grace=args.grace)
+        finally:
+            server.stop()
+            if client is not None:
+                client.close()
     return EXIT_OK
 
 
 def cmd_mounttable(args: argparse.Namespace) -> int:
+    _check_name(args)
     principal = principal_for(args)
     client, publisher = _publishing(args, principal)
     server = Server(principal, serves_mount_table=True, publisher=publisher)
@@ -96,6 +111,7 @@ def cmd_mounttable(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ipcclient.demo import Fortune  # the example service
 
+    _check_name(args)
     principal = principal_for(args)
     client, publisher = _publishing(args, principal)
     server = Server(principal, publisher=publisher)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import getpass
 import json
-import logging
 import os
 import sys
 import time
@@ -23,7 +23,7 @@ from typing import Any
 
 from ipcclient import codec, env, errors
 from ipcclient.cli.exits import EXIT_OK, CommandError
-from ipcclient.cli.text import err, human, out, parse_duration
+from ipcclient.cli.text import err, human, out, parse_duration, warnings_shown
 from ipcclient.security import caveats as cav
 from ipcclient.security.blessings import Blessings
 from ipcclient.security.caveats import Caveat, ExpiryCaveat
@@ -67,6 +67,8 @@ def read_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
     kept as lone surrogates (standard input under a C or UTF-8 mode locale) are given back as
     they were. End of input at the terminal (Ctrl-D) or a line the stream cannot decode is a
     command error."""
+    if sys.stdin is None:  # (``<&-``)
+        raise CommandError("no passphrase given (standard input is closed)")
     try:
         if sys.stdin.isatty():
             first = getpass.getpass(prompt)
@@ -99,17 +101,6 @@ def _encrypted(directory: Path) -> bool:
     return head is not None and b"ENCRYPTED" in head.split(b"\n", 1)[0]
 
 
-class _WarningsToStderr(logging.Handler):
-    """Prints the library's warnings as ``ipc: warning: ...`` lines (the ``ipcclient`` logger
-    has only a NullHandler, and the command configures no logging)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        err(f"ipc: warning: {record.getMessage()}")
-
-
 def load_principal(directory: str | os.PathLike[str]) -> Principal:
     """The principal in ``directory``, asking for its passphrase when its key is encrypted.
 
@@ -117,13 +108,8 @@ def load_principal(directory: str | os.PathLike[str]) -> Principal:
     error."""
     path = Path(directory)
     passphrase = read_passphrase(f"Passphrase for {path}: ") if _encrypted(path) else None
-    security_log = logging.getLogger("ipcclient.security")
-    shown = _WarningsToStderr()
-    security_log.addHandler(shown)
-    try:
+    with warnings_shown("ipcclient.security"):
         principal = Principal.load(path, passphrase=passphrase)
-    finally:
-        security_log.removeHandler(shown)
     if passphrase is not None:
         _PASSPHRASES[os.path.abspath(path)] = passphrase
     return principal
@@ -200,7 +186,7 @@ def read_blessings(arg: str) -> Blessings:
     """Blessings from ``-`` (standard input), a principal directory (its default), a file
     holding a token, or a token itself."""
     if arg == "-":
-        return _from_token(sys.stdin.read(MAX_TOKEN + 1))
+        return _from_token(_read_stdin(MAX_TOKEN + 1))
     if arg.strip().startswith(BLESSING_TOKEN_PREFIX):
         return _from_token(arg)  # (a token is often longer than a file name may be)
     path = Path(arg)
@@ -213,7 +199,26 @@ def read_blessings(arg: str) -> Blessings:
         text = None if raw is None else raw.decode("utf-8")
     except (OSError, errors.IPCError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read blessings from {arg!r}: {exc}") from exc
-    return _from_token(arg if text is None else text)
+    if text is None:
+        raise CommandError(
+            f"cannot read blessings from {arg!r}: no such file or directory (a blessing "
+            f"itself starts with {BLESSING_TOKEN_PREFIX!r})"
+        )
+    return _from_token(text)
+
+
+def _read_stdin(limit: int) -> str:
+    """Up to ``limit`` characters of standard input (a CommandError when it is closed or is
+    not text in its encoding)."""
+    if sys.stdin is None:  # (``<&-``)
+        raise CommandError("standard input is closed")
+    try:
+        return sys.stdin.read(limit)
+    except UnicodeDecodeError:
+        raise CommandError(
+            f"standard input is not text in its encoding ({sys.stdin.encoding}); a blessing "
+            f"is one line starting with {BLESSING_TOKEN_PREFIX!r}"
+        ) from None
 
 
 def _target_key(arg: str) -> PublicKey:
@@ -264,7 +269,9 @@ def cmd_principal_create(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if (directory / KEY_FILE).exists() and not args.force:
         raise errors.ExistError(f"{directory} already holds a principal (--force replaces it)")
-    name = args.blessing or directory.resolve().name
+    if args.blessing is not None and not args.blessing.strip():
+        raise CommandError("--blessing: an empty name (leave the flag out for DIR's name)")
+    name = args.blessing if args.blessing is not None else directory.resolve().name
     p = Principal.generate()
     b = p.bless_self(name)
     p.store.default = b
@@ -304,12 +311,56 @@ def cmd_principal_bless(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.dir} has no default blessings to extend")
     b = blesser.bless(_target_key(args.target), default, args.extension, _caveats(args))
     token = blessing_token(b)
-    if args.out:
-        Path(args.out).write_text(token + "\n", "utf-8")
+    if args.out is not None:
+        _write_new_file(Path(args.out), token + "\n", replace=args.force)
         err(f"wrote {', '.join(b.names)} to {args.out}")
     else:
         out(token)
     return EXIT_OK
+
+
+_NEW_FILE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _write_new_file(path: Path, text: str, *, replace: bool) -> None:
+    """Write ``text`` to a new file at ``path``. Whatever is there already (a file, a
+    symbolic link, even a dangling one) is an ExistError, unless ``replace``: then a new
+    file takes its place atomically (a symbolic link is replaced, not followed)."""
+    data = text.encode("utf-8")
+    if not replace:
+        try:
+            fd = os.open(path, _NEW_FILE_FLAGS, 0o666)
+        except FileExistsError:
+            raise errors.ExistError(f"{path} already exists (--force replaces it)") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    for attempt in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{attempt}.tmp")
+        try:
+            fd = os.open(tmp, _NEW_FILE_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise errors.ExistError(f"cannot make a temporary file beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        os.unlink(tmp)
+        raise CommandError(f"{path} is a directory") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_principal_set_default(args: argparse.Namespace) -> int:
@@ -332,14 +383,18 @@ def _same_passphrase(directory: str) -> bytes | None:
 
 def cmd_principal_add_root(args: argparse.Namespace) -> int:
     p = load_principal(args.dir)
+    if args.pattern is not None and not args.pattern.strip():
+        raise CommandError("--pattern: an empty pattern (leave the flag out for the root's name)")
     b = read_blessings(args.blessings)
-    if args.pattern:
+    if args.pattern is not None:
         for chain in b.chains:
             p.roots.add(chain[0].public_key, args.pattern)
     else:
         p.roots.add_blessings(b)
     p.save(args.dir, passphrase=_same_passphrase(args.dir))
-    roots = sorted({args.pattern or chain[0].extension for chain in b.chains})
+    roots = sorted(
+        {args.pattern if args.pattern is not None else chain[0].extension for chain in b.chains}
+    )
     out(f"{args.dir}: now trusts {', '.join(roots)}")
     return EXIT_OK
 

@@ -18,7 +18,7 @@ from ipcclient.context import Context
 from ipcclient.options import CallOption, ServerPattern, WaitForReady
 from ipcclient.security.principal import Principal
 
-__all__ = ["DEFAULT_TIMEOUT", "call_context", "call_options", "client_for"]
+__all__ = ["DEFAULT_TIMEOUT", "call_context", "call_options", "client_for", "namespace_roots"]
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a command waits by default (``--timeout``)."""
@@ -27,10 +27,15 @@ DEFAULT_TIMEOUT = 30.0
 def client_for(args: argparse.Namespace, principal: Principal | None = None) -> Client:
     """A client as ``principal`` (default: the principal of ``--credentials``) with the
     root mount tables of ``--namespace`` (default: the environment's)."""
-    roots = None if args.namespace is None else [r for r in args.namespace.split(",") if r]
     return Client(
-        principal if principal is not None else principal_for(args), roots=env.roots(roots)
+        principal if principal is not None else principal_for(args), roots=namespace_roots(args)
     )
+
+
+def namespace_roots(args: argparse.Namespace) -> tuple[str, ...]:
+    """The root mount tables of ``--namespace`` (default: the environment's)."""
+    roots = None if args.namespace is None else [r for r in args.namespace.split(",") if r]
+    return env.roots(roots)
 
 
 def call_context(args: argparse.Namespace) -> Context:

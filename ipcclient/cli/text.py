@@ -9,7 +9,9 @@ what a command does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import math
 import re
 import sys
@@ -21,7 +23,16 @@ from typing import Any, TextIO
 from ipcclient.cli.exits import CommandError
 from ipcclient.security.patterns import _DEFAULT_IGNORABLE_RANGES
 
-__all__ = ["Progress", "err", "human", "out", "parse_duration", "to_json", "tree_lines"]
+__all__ = [
+    "Progress",
+    "err",
+    "human",
+    "out",
+    "parse_duration",
+    "to_json",
+    "tree_lines",
+    "warnings_shown",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -52,13 +63,55 @@ _CONTROLS.update((c, _escaped(c)) for c in _INVISIBLE)
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text.translate(_CONTROLS) + "\n")
-    sys.stdout.flush()
+    """One line on standard output. Standard output closed when the command started
+    (``>&-``: ``sys.stdout`` is None) is a BrokenPipeError, as when its reader went away."""
+    if sys.stdout is None:
+        raise BrokenPipeError("standard output is closed")
+    _write(sys.stdout, text)
 
 
 def err(text: str) -> None:
-    sys.stderr.write(text.translate(_CONTROLS) + "\n")
-    sys.stderr.flush()
+    """One line on standard error (nothing when it is closed, or its reader went away:
+    there is nowhere to say it)."""
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):  # (ValueError: a closed stream)
+            _write(sys.stderr, text)
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write a line; what the stream's encoding cannot hold (a name with bytes that were not
+    UTF-8, under a strict locale) is written as backslash escapes rather than failing."""
+    line = text.translate(_CONTROLS) + "\n"
+    try:
+        stream.write(line)
+    except UnicodeEncodeError:  # (nothing was written: the line is encoded first)
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(line.encode(encoding, "backslashreplace").decode(encoding, "replace"))
+    stream.flush()
+
+
+class _WarningsToStderr(logging.Handler):
+    """Prints the library's warnings as ``ipc: warning: ...`` lines (the ``ipcclient`` logger
+    has only a NullHandler, and the command configures no logging)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err(f"ipc: warning: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def warnings_shown(logger: str) -> Iterator[None]:
+    """Meanwhile, the warnings of ``logger`` (and of the loggers below it) print on
+    standard error as ``ipc: warning: ...`` lines."""
+    log = logging.getLogger(logger)
+    shown = _WarningsToStderr()
+    log.addHandler(shown)
+    try:
+        yield
+    finally:
+        log.removeHandler(shown)
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,6 +11,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -795,3 +796,267 @@ def test_a_closed_output_ends_quietly(world: World) -> None:
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == ipc_cli.EXIT_BROKEN_PIPE
     assert err == ""
+
+
+# --- standard streams: bytes that are not text, closed streams, items that cannot go -----------
+
+
+def _ipc_bytes(
+    *args: str,
+    env: dict[str, str],
+    stdin: bytes = b"",
+    close: int | None = None,
+    stdout: int = subprocess.PIPE,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m ipcclient ARGS`` on bytes; ``close``: a standard stream (0, 1, 2) the
+    command starts with closed (as ``<&-``, ``>&-``, ``2>&-``)."""
+
+    def closing() -> None:  # pragma: no cover - runs in the child before exec
+        if close is not None:
+            os.close(close)
+
+    return subprocess.run(
+        [sys.executable, "-m", "ipcclient", *args],
+        input=stdin if close != 0 else None,
+        stdin=subprocess.DEVNULL if close == 0 else None,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=closing,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def _error_line(stderr: bytes) -> str:
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ipc: error: "), lines
+    return lines[0]
+
+
+def test_stdin_items_that_cannot_be_read_or_sent_end_the_call_at_once(world: World) -> None:
+    """An item the call cannot encode (nested over 64 deep, over 4 MiB) was once dropped
+    without closing the send side: the call hung until --timeout and exited 6. A line that
+    is not text in a strict locale ended in a UnicodeDecodeError traceback."""
+    strict = {**world.env(), "PYTHONIOENCODING": "utf-8:strict"}
+    lenient = {**world.env(), "PYTHONIOENCODING": "utf-8:surrogateescape"}
+    deep = b"[" * 100 + b"]" * 100
+    large = b'"' + b"x" * (5 << 20) + b'"'
+    cases = [
+        (b"1\n" + deep + b"\n2\n", world.env(), "standard input line 2: ", "deeper than 64"),
+        (b"1\n" + large + b"\n", world.env(), "standard input line 2: ", "message limit"),
+        (b"1\n\xff\xfe\n2\n", strict, "standard input line 2 is not text", "(utf-8)"),
+        (b'1\n"\xff\xfe"\n', lenient, "standard input line 2 is not text", "(utf-8)"),
+    ]
+    for stdin, env, first, second in cases:
+        args = ("call", "apps/fortune", "Double", "--stdin", "--timeout", "20")
+        done = _ipc_bytes(*args, env=env, stdin=stdin)
+        assert done.returncode == ipc_cli.EXIT_BAD_ARG, (stdin[:20], done.stderr)
+        line = _error_line(done.stderr)
+        assert first in line and second in line, line
+
+
+def test_closed_or_broken_standard_streams_are_no_traceback(world: World) -> None:
+    """``ipc --version | head -c0`` (parsing ran outside main's handling), standard output
+    closed (``sys.stdout`` is None), standard input closed with ``--stdin``, and standard
+    error closed (the error line failed, exit code 1) each ended in a traceback."""
+    read, write = os.pipe()
+    os.close(read)  # (the reader went away before anything was written)
+    try:
+        done = _ipc_bytes("--version", env=world.env(), stdout=write)
+    finally:
+        os.close(write)
+    assert done.returncode == ipc_cli.EXIT_BROKEN_PIPE and done.stderr == b""
+
+    done = _ipc_bytes("call", "apps/fortune", "Stream", "3", env=world.env(), close=1)
+    assert done.returncode == ipc_cli.EXIT_BROKEN_PIPE and done.stderr == b""
+
+    done = _ipc_bytes("call", "apps/fortune", "Double", "--stdin", env=world.env(), close=0)
+    assert done.returncode == ipc_cli.EXIT_BAD_ARG
+    assert "standard input is closed" in _error_line(done.stderr)
+
+    done = _ipc_bytes("call", "apps/nothing", "Get", env=world.env(), close=2)
+    assert done.returncode == ipc_cli.EXIT_NOT_FOUND
+
+
+def test_bytes_that_are_not_utf8_under_a_strict_locale(tmp_path: Path) -> None:
+    """A blessing on standard input that is not text ended in a UnicodeDecodeError
+    traceback, and printing a directory name holding such bytes in a UnicodeEncodeError
+    traceback (after the principal was saved)."""
+    env = _env(PYTHONIOENCODING="utf-8:strict")
+    c2 = str(tmp_path / "c2")
+    assert _ipc_bytes("principal", "create", c2, env=env).returncode == 0
+    done = _ipc_bytes("principal", "set-default", c2, "-", env=env, stdin=b"ipcb1:\xff\n")
+    assert done.returncode == ipc_cli.EXIT_BAD_ARG
+    assert "standard input is not text" in _error_line(done.stderr)
+
+    odd = os.fsdecode(bytes(tmp_path) + b"/\xff")
+    done = _ipc_bytes("principal", "create", odd, "--blessing", "okname", env=env)
+    assert done.returncode == 0, done.stderr
+    assert b"/\\udcff: blessed as okname" in done.stdout
+    done = _ipc_bytes("principal", "dump", odd, env=env)
+    assert done.returncode == 0, done.stderr
+    assert b"/\\udcff\n" in done.stdout and b"Default:     okname" in done.stdout
+
+
+def test_out_escapes_what_the_encoding_cannot_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = io.BytesIO()
+    strict = io.TextIOWrapper(raw, encoding="ascii", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", strict)
+    ipc_cli.out("pc/\udcff é")
+    assert raw.getvalue() == b"pc/\\udcff \\xe9\n"
+    monkeypatch.setattr(sys, "stderr", None)
+    ipc_cli.err("nowhere to say it")  # (standard error closed: nothing, no AttributeError)
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(BrokenPipeError):
+        ipc_cli.out("x")
+
+
+def test_bless_out_never_replaces_a_file_or_follows_a_link_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out`` once overwrote whatever was there, through a symbolic link too: a typo
+    (``--out idp/key.pem``) destroyed a private key."""
+    idp = tmp_path / "idp"
+    assert ipc_cli.main(["principal", "create", str(idp)]) == ipc_cli.EXIT_OK
+    key = (idp / "key.pem").read_bytes()
+    bless = ["principal", "bless", str(idp), str(idp), "x", "--out"]
+    assert ipc_cli.main([*bless, str(idp / "key.pem")]) == ipc_cli.EXIT_BAD_ARG
+    line = _one_error_line(capsys)
+    assert "ipc.Exist" in line and "(--force replaces it)" in line
+    assert (idp / "key.pem").read_bytes() == key
+
+    target, link = tmp_path / "target", tmp_path / "link"
+    link.symlink_to(target)  # (dangling: following it would create the target)
+    assert ipc_cli.main([*bless, str(link)]) == ipc_cli.EXIT_BAD_ARG
+    assert "ipc.Exist" in _one_error_line(capsys)
+    assert not target.exists()
+    assert ipc_cli.main([*bless, str(link), "--force"]) == ipc_cli.EXIT_OK
+    assert not link.is_symlink() and not target.exists()
+    assert link.read_text().startswith(ipc_cli.BLESSING_TOKEN_PREFIX)
+
+    new = tmp_path / "new"
+    assert ipc_cli.main([*bless, str(new)]) == ipc_cli.EXIT_OK
+    new.write_text("old")
+    assert ipc_cli.main([*bless, str(new), "--force"]) == ipc_cli.EXIT_OK
+    assert new.read_text().startswith(ipc_cli.BLESSING_TOKEN_PREFIX)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idp", "link", "new"]  # (no temp)
+
+
+def test_empty_names_and_missing_blessing_files_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--blessing ''`` and ``--pattern ''`` fell back to the defaults without a word; a
+    BLESSINGS file that does not exist was reported as "not a blessing"."""
+    c2 = tmp_path / "c2"
+    assert ipc_cli.main(["principal", "create", str(c2), "--blessing", ""]) == 3
+    assert "--blessing: an empty name" in _one_error_line(capsys)
+    assert not c2.exists()
+    assert ipc_cli.main(["principal", "create", str(c2)]) == ipc_cli.EXIT_OK
+    assert ipc_cli.main(["principal", "add-root", str(c2), str(c2), "--pattern", ""]) == 3
+    assert "--pattern: an empty pattern" in _one_error_line(capsys)
+    missing = str(tmp_path / "nonexist")
+    assert ipc_cli.main(["principal", "set-default", str(c2), missing]) == 3
+    assert "no such file" in _one_error_line(capsys)
+
+
+def _wait_for_line(stream: Any, text: str, timeout: float = TIMEOUT) -> str:
+    """The first line of ``stream`` (a pipe) holding ``text``, read until ``timeout``."""
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.5):
+                line = stream.readline()
+                if text in line:
+                    return str(line)
+                if not line:
+                    break
+    finally:
+        sel.close()
+    raise AssertionError(f"no line with {text!r}")
+
+
+def test_daemon_names_need_a_namespace_and_failing_mounts_are_reported(
+    tmp_path: Path,
+) -> None:
+    """``--name`` with no namespace printed "serving ... as NAME" and published nothing;
+    a mount table that could not be reached went unreported (the library's warnings had
+    no handler)."""
+    server = str(tmp_path / "server")
+    assert ipc("principal", "create", server).returncode == 0
+    for args in (("serve", "--name", "apps/x"), ("mounttable", "--name", "sub")):
+        done = ipc("--credentials", server, *args)
+        assert done.returncode == ipc_cli.EXIT_USAGE, done.stderr
+        assert "no mount table to publish it in" in done.stderr
+
+    closed = socket.socket()  # (bound, not listening: a connection is refused)
+    closed.bind(("127.0.0.1", 0))
+    try:
+        root = "/127.0.0.1:%d" % closed.getsockname()[1]
+        daemon = Daemon(
+            "--credentials", server, "--namespace", root, "serve", "--name", "apps/x", env=_env()
+        )
+        try:
+            assert daemon.proc.stderr is not None
+            line = _wait_for_line(daemon.proc.stderr, "ipc: warning: publisher:")
+            assert "apps/x" in line and "Connection refused" in line
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        closed.close()
+
+
+# --- python -m ipcclient.interop ---------------------------------------------------------------
+
+
+def test_interop_command_refuses_bad_timeouts_and_is_interrupted_cleanly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run --timeout -1`` was accepted; Ctrl-C during ``run`` printed a KeyboardInterrupt
+    traceback; ``serve`` handled SIGINT only once its server had started."""
+    from ipcclient import interop
+
+    for bad in ("-1", "0", "nan", "inf"):
+        with pytest.raises(SystemExit) as exited:
+            interop.main(["run", "/127.0.0.1:1", "--timeout", bad])
+        assert exited.value.code == 2
+        assert "--timeout: must be a number of seconds > 0" in capsys.readouterr().err
+
+    silent = socket.socket()  # accepts, never answers: the run waits in its first case
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    silent.settimeout(TIMEOUT)
+    port = silent.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipcclient.interop", "run", f"/127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        conn, _ = silent.accept()  # (the run has started: Python's SIGINT handler is in)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        conn.close()
+    finally:
+        silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130 and err == "interop: interrupted\n", err
+
+    real_start = interop.start_server
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupted_while_starting(protocol: str, address: str) -> Server:
+        signal.raise_signal(signal.SIGINT)  # (Ctrl-C while the server starts)
+        return real_start(protocol, address)
+
+    monkeypatch.setattr(interop, "start_server", interrupted_while_starting)
+    assert interop.main(["serve"]) == 0  # started, then stopped in order
+    assert capsys.readouterr().out.startswith("@")
+    assert signal.getsignal(signal.SIGINT) is before
