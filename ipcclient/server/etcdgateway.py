@@ -2,17 +2,22 @@
 
 Owns: :class:`EtcdGateway` (HTTP/1.1 keep-alive connections to every member given, a
 deadline on every request that each read and write keeps to, however the member spreads
-its answer out, failover to the next member when one does not answer, the
-member that answered last tried first), the errors it tells its caller apart
-(:class:`LeaseNotFound`; a member that failed is retried on the next one), and the
-gateway's key encoding (base64, and the end of a prefix range). Must not: know the layout
-of a mount table's keys (:mod:`ipcclient.server.etcdstore` does), hold its lock across a
-request, or import anything from ipcclient but :mod:`ipcclient.errors`.
+its answer out, failover to the next member when one does not answer or answers what
+etcd itself would not (a redirect, 429, a body that is not its JSON, or is larger or more
+finely divided than the caller's bounds), the member that answered last tried first),
+the errors it tells its caller apart (:class:`LeaseNotFound` for a request carrying a
+lease, :class:`RevisionCompacted` for one reading at a revision; etcd's other refusals are
+InternalError), and the gateway's key encoding (base64, and the end of a prefix range).
+Must not: know the layout of a mount table's keys (:mod:`ipcclient.server.etcdstore` does),
+hold its lock across a request, decode an answer past its deadline or beyond its bounds,
+or import anything from ipcclient but :mod:`ipcclient.errors`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import http.client
 import json
 import math
@@ -21,7 +26,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors
@@ -33,6 +38,7 @@ __all__ = [
     "MIN_ATTEMPT_TIMEOUT",
     "EtcdGateway",
     "LeaseNotFound",
+    "RevisionCompacted",
     "b64",
     "prefix_end",
     "unb64",
@@ -42,15 +48,30 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 """Seconds one store operation may take when its caller has no deadline."""
 MAX_IDLE_PER_MEMBER = 8
 """Idle keep-alive connections kept to one etcd member."""
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""Largest gateway response read, unless a gateway is given another bound (the mount
-table's reads are sized below it: a Glob reads its range in pages)."""
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""Largest gateway response read, unless a gateway is given another bound. Each request
+may be given a lower one (``max_bytes``): the mount table sizes each of its reads by what
+it can hold (a Glob reads its range in pages)."""
+MAX_ITEMS_PER_BYTE = 16
+"""Without a ``max_items`` of its caller's, an answer may hold one JSON value (counted as
+its ``[``, ``{`` and ``,``) per this many bytes: decoding a body of tiny values (``[[],[],
+...]``) takes far longer and more memory than its size suggests, with the GIL held."""
 MIN_ATTEMPT_TIMEOUT = 0.5
 """Seconds a request to one member gets at least while other members are left to try."""
 
 
+_BOUNDS: contextvars.ContextVar[tuple[int | None, int | None, bool]] = contextvars.ContextVar(
+    "etcd_gateway_bounds", default=(None, None, False)
+)
+"""What :meth:`EtcdGateway.bounded` set for the requests made within it."""
+
+
 class LeaseNotFound(Exception):
-    """etcd no longer knows a lease (it expired or etcd lost it)."""
+    """etcd no longer knows the lease a request carried (it expired or etcd lost it)."""
+
+
+class RevisionCompacted(Exception):
+    """etcd compacted away the revision a read asked for."""
 
 
 class MemberFailed(Exception):
@@ -192,7 +213,8 @@ class EtcdGateway:
     Args:
         endpoints: ``http://host:port`` of each member (a comma-separated str or a list).
         timeout: seconds a request may take when the caller gives no timeout.
-        max_response_bytes: the largest answer read; a longer one is InternalError.
+        max_response_bytes: the largest answer read (a member answering more failed); a
+            request may be given a lower bound.
 
     Raises:
         BadArgError: no endpoint, a bad one, or ``max_response_bytes`` < 1.
@@ -227,17 +249,42 @@ class EtcdGateway:
         """The largest answer read."""
         return self._max_response
 
+    @contextlib.contextmanager
+    def bounded(
+        self, *, max_bytes: int | None = None, max_items: int | None = None, lease: bool = False
+    ) -> Iterator[None]:
+        """Within: each :meth:`request` of this thread (or task) expects an answer of at most
+        ``max_bytes`` (no more than the gateway's bound) and ``max_items`` JSON values
+        (counted as ``[``, ``{`` and ``,``; they bound the nesting too): a member answering
+        more failed, and the next one is asked. ``lease``: the requests carry a lease."""
+        token = _BOUNDS.set((max_bytes, max_items, lease))
+        try:
+            yield
+        finally:
+            _BOUNDS.reset(token)
+
     def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer.
+        """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer,
+        within the bounds of :meth:`bounded` (by default, the gateway's).
 
         Raises:
             TimeoutError: the time ran out.
             OverloadedError: no member answered (back off and retry).
             InternalError: etcd refused the request.
+            LeaseNotFound: etcd no longer knows the lease (only when :meth:`bounded` said
+                the request carries one).
+            RevisionCompacted: the revision ``body`` reads at was compacted.
         """
         budget = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         payload = json.dumps(body).encode()
+        max_bytes, max_items, lease = _BOUNDS.get()
+        limit = _Limits(
+            self._max_response if max_bytes is None else max(1, min(max_bytes, self._max_response)),
+            max_items,
+            lease,
+            "revision" in body,
+        )
         with self._lock:
             first = self._preferred
         order = [(first + i) % len(self._members) for i in range(len(self._members))]
@@ -253,7 +300,7 @@ class EtcdGateway:
                 left if others == 0 else max(left / (others + 1), min(left, MIN_ATTEMPT_TIMEOUT))
             )
             try:
-                answer = self._try(member, path, payload, attempt)
+                answer = self._try(member, path, payload, attempt, limit)
             except MemberFailed as exc:
                 failures.append(f"{self.endpoints[member]}: {exc}")
                 continue
@@ -271,7 +318,7 @@ class EtcdGateway:
             tried=failures,
         )
 
-    def _try(self, member: int, path: str, payload: bytes, timeout: float) -> Any:
+    def _try(self, member: int, path: str, payload: bytes, timeout: float, limit: _Limits) -> Any:
         """One member: an idle connection first, a fresh one when that one is stale."""
         deadline = time.monotonic() + timeout
         for fresh in (False, True):
@@ -285,7 +332,7 @@ class EtcdGateway:
                     "POST", path, body=payload, headers={"Content-Type": "application/json"}
                 )
                 resp = conn.getresponse()
-                data = resp.read(self._max_response + 1)
+                data = resp.read(limit.max_bytes + 1)
                 status = resp.status
                 keep = not resp.will_close
             except (OSError, http.client.HTTPException) as exc:
@@ -293,35 +340,14 @@ class EtcdGateway:
                 if reused and time.monotonic() < deadline:
                     continue  # a keep-alive connection the member closed: dial again
                 raise MemberFailed(f"{type(exc).__name__}: {exc}") from None
-            if keep and len(data) <= self._max_response:
+            if keep and len(data) <= limit.max_bytes:
                 self._give(member, conn)
             else:
                 conn.close()
-            return self._decode(path, status, data)
+            if time.monotonic() >= deadline:  # (the read may have used it all up)
+                raise MemberFailed(f"{path} answered too late")
+            return _decode(path, status, data, limit)
         raise MemberFailed("no connection")  # pragma: no cover (the loop always returns)
-
-    def _decode(self, path: str, status: int, data: bytes) -> Any:
-        if len(data) > self._max_response:
-            raise errors.InternalError(
-                f"etcd: {path} answered more than {self._max_response} bytes"
-            )
-        try:
-            answer = json.loads(data) if data else {}
-        except ValueError:
-            raise MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
-        except RecursionError:  # (nested deeper than the interpreter's stack: not etcd)
-            raise MemberFailed(
-                f"{path} answered HTTP {status} with JSON nested too deeply"
-            ) from None
-        if status == 200 and isinstance(answer, dict) and "error" not in answer:
-            return answer
-        message = answer.get("message") or answer.get("error") if isinstance(answer, dict) else ""
-        code = answer.get("code") if isinstance(answer, dict) else None
-        if "lease not found" in str(message):
-            raise LeaseNotFound(str(message))
-        if code in (4, 14) or status >= 500:  # DeadlineExceeded, Unavailable: another member
-            raise MemberFailed(f"HTTP {status}: {message}")
-        raise errors.InternalError(f"etcd: {path} failed: HTTP {status}: {message}")
 
     def _connect(self, member: int, timeout: float) -> http.client.HTTPConnection:
         scheme, host, port = self._members[member]
@@ -353,3 +379,60 @@ class EtcdGateway:
                 idle.clear()
         for c in conns:
             c.close()
+
+
+class _Limits:
+    """What one request's answer may be, and which refusals its caller tells apart."""
+
+    __slots__ = ("compactable", "lease", "max_bytes", "max_items")
+
+    def __init__(
+        self, max_bytes: int, max_items: int | None, lease: bool, compactable: bool
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.max_items = max_bytes // MAX_ITEMS_PER_BYTE + 64 if max_items is None else max_items
+        self.lease = lease
+        self.compactable = compactable
+
+
+def _decode(path: str, status: int, data: bytes, limit: _Limits) -> Any:
+    """The answer of a member, or the error it stands for (:class:`MemberFailed` for what
+    etcd itself would not answer: another member may)."""
+    if len(data) > limit.max_bytes:
+        raise MemberFailed(f"{path} answered more than {limit.max_bytes} bytes")
+    # Counting is a scan at memory speed; json.loads of a body of tiny values is not.
+    items = data.count(b"[") + data.count(b"{") + data.count(b",")
+    if items > limit.max_items:
+        raise MemberFailed(
+            f"{path} answered JSON divided too finely or nested too deeply "
+            f"({items} values, more than {limit.max_items})"
+        )
+    try:
+        answer = json.loads(data) if data else {}
+    except ValueError:
+        raise MemberFailed(f"{path} answered HTTP {status} with no JSON") from None
+    except RecursionError:  # (nested deeper than the interpreter's stack: not etcd)
+        raise MemberFailed(f"{path} answered HTTP {status} with JSON nested too deeply") from None
+    if not isinstance(answer, dict):
+        raise MemberFailed(f"{path} answered HTTP {status} with a JSON {type(answer).__name__}")
+    if status == 200 and "error" not in answer:
+        return answer
+    error, code = answer.get("error"), answer.get("code")
+    message = str(answer.get("message") or error)
+    # etcd's own refusal of the request: HTTP 4xx carrying its error and gRPC code. The rest
+    # (a redirect, 429, a proxy's 404, DeadlineExceeded, ResourceExhausted ("too many
+    # requests"), Unavailable, 5xx) is a member that cannot serve now: another one may.
+    refused = (
+        400 <= status < 500
+        and status != 429
+        and isinstance(error, str)
+        and isinstance(code, int)
+        and code not in (4, 8, 14)
+    )
+    if not refused:
+        raise MemberFailed(f"HTTP {status}: {message:.200}")
+    if limit.lease and "lease not found" in message:
+        raise LeaseNotFound(message)
+    if limit.compactable and "required revision has been compacted" in message:
+        raise RevisionCompacted(message)
+    raise errors.InternalError(f"etcd: {path} failed: HTTP {status}: {message:.300}")

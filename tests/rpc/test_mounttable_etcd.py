@@ -447,6 +447,15 @@ def fake_gateway(
 ) -> Iterator[str]:
     """``http://127.0.0.1:port`` of a server that reads each request and lets ``answer``
     write whatever it likes back (one thread per connection; all closed on exit)."""
+    with fake_member(lambda conn, path, body: answer(conn, body)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fake_member(
+    answer: Callable[[socket.socket, str, bytes], None],
+) -> Iterator[str]:
+    """:func:`fake_gateway` whose ``answer`` is also told each request's path."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -469,7 +478,7 @@ def fake_gateway(
                         length = int(value)
                 while len(body) < length:
                     body += conn.recv(65536)
-                answer(conn, body)
+                answer(conn, head.split(b" ")[1].decode(), body)
 
     def accept() -> None:
         with contextlib.suppress(OSError):
@@ -632,3 +641,312 @@ def test_a_server_mounted_again_after_expiring_goes_last_as_in_memory(
         assert order(mt) == [b, a]
         client.call(ctx(), at(mt, "svc"), "Mount", b, 30.0, 0)  # a refresh: keeps its place
         assert order(mt) == [b, a]
+
+
+# -- bounds and faults of the etcd store -------------------------------------------------
+
+
+def raw_answer(
+    status: bytes, data: bytes, headers: bytes = b""
+) -> Callable[[socket.socket, bytes], None]:
+    """A fake gateway answer: ``status`` (``b"429 Too Many Requests"``) with ``data``."""
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: application/json\r\n"
+            + headers
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+
+    return answer
+
+
+def etcd_post(member: Member, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        member.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def forward(member: Member, conn: socket.socket, path: str, body: bytes) -> None:
+    """Answer a fake member's request with what ``member`` answers to it."""
+    req = urllib.request.Request(
+        member.url + path, data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        data, status = exc.read(), exc.code
+    conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+
+def etcd_error(message: str, code: int) -> bytes:
+    """The body of etcd's refusal of a request (its gateway's JSON)."""
+    return json.dumps({"error": message, "code": code, "message": message}).encode()
+
+
+def b64s(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_large_answer_of_tiny_values_is_refused_before_decoding(etcd: Member) -> None:
+    # 8 MiB of "[]," would take seconds of json.loads with the GIL held (and ~200 MB); the
+    # answer to a read of the access lists can hold a few values of at most ~2 MiB.
+    tiny = b'{"header":{"revision":"1"},"kvs":[],"x":[' + b"[]," * ((8 << 20) // 3) + b"[]]}"
+    small = b'{"header":{"revision":"1"},"count":"1","x":[' + b"[]," * 5000 + b"[]]}"
+    for data in (tiny, small):  # (small: within the bytes of a count, not its values)
+        with fake_gateway(raw_answer(b"200 OK", data)) as url:
+            alone = EtcdStore(url, prefix())
+            with_etcd = EtcdStore([url, etcd.url], prefix())
+            try:
+                started = time.monotonic()
+                with pytest.raises(errors.OverloadedError) as info:
+                    alone.get_access(timeout=2.0) if data is tiny else alone.size()
+                assert info.value.action is errors.RetryAction.RETRY_BACKOFF
+                assert time.monotonic() - started < 1.0
+                assert with_etcd.get_access(timeout=2.0) is None  # the next member answers
+                assert with_etcd.size() == 0
+            finally:
+                alone.close()
+                with_etcd.close()
+
+
+def test_an_expiry_beyond_a_float_is_a_malformed_mount(etcd: Member) -> None:
+    pfx = prefix()
+    value = b'{"e": 1' + b"0" * 400 + b', "mt": false, "l": false}'
+    etcd_post(
+        etcd,
+        "/v3/kv/put",
+        {"key": b64s(f"{pfx}m/svc\x00/127.0.0.1:9".encode()), "value": b64s(value)},
+    )
+    store = EtcdStore(etcd.url, pfx)
+    try:
+        assert store.resolve(("svc",)) is None
+        assert store.glob((), ("...",)) == []
+        store.mount(("svc",), "/127.0.0.1:5", 10.0, mt=False, leaf=False, replace=False)
+        found = store.resolve(("svc",))
+        assert found is not None and [s for s, _ in found.servers] == ["/127.0.0.1:5"]
+    finally:
+        store.close()
+
+
+def test_max_mounts_holds_when_replicas_mount_at_once(etcd: Member) -> None:
+    pfx = prefix()
+    stores = [EtcdStore(etcd.url, pfx, max_mounts=5) for _ in range(4)]
+    barrier = threading.Barrier(24)
+    outcomes: dict[int, str] = {}
+
+    def mount(i: int) -> None:
+        barrier.wait(10)
+        try:
+            stores[i % 4].mount(
+                (f"n{i}",),
+                f"/127.0.0.1:{1000 + i}",
+                60.0,
+                mt=False,
+                leaf=False,
+                replace=i % 2 == 1,
+                timeout=10.0,
+            )
+            outcomes[i] = "ok"
+        except errors.OverloadedError as exc:
+            outcomes[i] = "full" if exc.action is errors.RetryAction.NO_RETRY else "busy"
+
+    threads = [threading.Thread(target=mount, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert len(outcomes) == 24
+        ok = list(outcomes.values()).count("ok")
+        assert 1 <= ok <= 5 and stores[0].size() == ok
+        assert etcd_count(etcd, pfx + "m/") == ok
+    finally:
+        for s in stores:
+            s.close()
+
+
+FAILED_MEMBER = {
+    "429": raw_answer(
+        b"429 Too Many Requests",
+        etcd_error("etcdserver: too many requests", 8),
+    ),
+    "redirect": raw_answer(b"307 Temporary Redirect", b"", b"Location: http://127.0.0.1:1/\r\n"),
+    "404 of a proxy": raw_answer(b"404 Not Found", b'{"code":5,"message":"Not Found"}'),
+    "400 empty": raw_answer(b"400 Bad Request", b""),
+    "200 list": raw_answer(b"200 OK", b"[1,2]"),
+    "oversized": raw_answer(
+        b"200 OK", b'{"header":{"revision":"1"},"x":"' + b"a" * 300_000 + b'"}'
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(FAILED_MEMBER))
+def test_a_member_answering_what_etcd_would_not_is_failed_over(etcd: Member, what: str) -> None:
+    pfx = prefix()
+    good = EtcdStore(etcd.url, pfx)
+    good.mount(("svc",), "/127.0.0.1:5", 60.0, mt=False, leaf=False, replace=False)
+    good.close()
+    with fake_gateway(FAILED_MEMBER[what]) as url:
+        bound = 256 * 1024  # ("oversized": the answer is larger)
+        store = EtcdStore([url, etcd.url], pfx, max_response_bytes=bound)
+        alone = EtcdStore(url, pfx, max_response_bytes=bound)
+        try:
+            found = store.resolve(("svc",), timeout=4.0)
+            assert found is not None and found.servers[0][0] == "/127.0.0.1:5"
+            store.unmount(("other",), "", timeout=4.0)
+            assert store.size() == 1
+            with pytest.raises(errors.OverloadedError) as info:
+                alone.size()
+            assert info.value.action is errors.RetryAction.RETRY_BACKOFF
+        finally:
+            store.close()
+            alone.close()
+
+
+def test_lease_not_found_without_a_lease_is_an_internal_error() -> None:
+    refusal = etcd_error("etcdserver: requested lease not found", 5)
+    with fake_gateway(raw_answer(b"404 Not Found", refusal)) as url:
+        store = EtcdStore(url, prefix())
+        try:
+            operations: list[Callable[[], object]] = [
+                lambda: store.resolve(("svc",)),
+                lambda: store.unmount(("svc",), ""),
+                store.get_access,
+                lambda: store.mount(
+                    ("svc",), "/127.0.0.1:5", 10.0, mt=False, leaf=False, replace=False
+                ),
+            ]
+            for operation in operations:
+                with pytest.raises(errors.InternalError, match="lease not found"):
+                    operation()
+        finally:
+            store.close()
+
+
+def test_a_lone_surrogate_is_a_bad_argument(etcd: Member) -> None:
+    store = EtcdStore(etcd.url, prefix())
+    try:
+        operations: list[Callable[[], object]] = [
+            lambda: store.mount(
+                ("a\ud800",), "/127.0.0.1:5", 10.0, mt=False, leaf=False, replace=False
+            ),
+            lambda: store.mount(
+                ("a",), "/127.0.0.1:5\udc00", 10.0, mt=False, leaf=False, replace=False
+            ),
+            lambda: store.resolve(("a\ud800", "b")),
+            lambda: store.unmount(("a\ud800",), ""),
+            lambda: store.unmount(("a",), "/\ud800"),
+            lambda: store.glob(("a\ud800",), ("*",)),
+        ]
+        for operation in operations:
+            with pytest.raises(errors.BadArgError):
+                operation()
+    finally:
+        store.close()
+
+
+def test_a_glob_scans_again_when_etcd_compacts_its_revision(etcd: Member) -> None:
+    pfx = prefix()
+    value = b64s(json.dumps({"e": time.time() + 3600, "mt": False, "l": False}).encode())
+    puts = [
+        {"request_put": {"key": b64s(f"{pfx}m/n{i:02d}\x00/127.0.0.1:1".encode()), "value": value}}
+        for i in range(30)
+    ]
+    etcd_post(etcd, "/v3/kv/txn", {"success": puts})
+    pages = {"n": 0}
+
+    def compacting(conn: socket.socket, path: str, body: bytes) -> None:
+        if path == "/v3/kv/range":
+            pages["n"] += 1
+            if pages["n"] == 2:  # between the first two pages: writes, then a compaction
+                revision = etcd_post(etcd, "/v3/kv/put", {"key": b64s(b"/other"), "value": ""})
+                etcd_post(etcd, "/v3/kv/compaction", {"revision": revision["header"]["revision"]})
+        forward(etcd, conn, path, body)
+
+    with fake_member(compacting) as url:
+        # A gateway bound of ten keys' worth: pages of ten keys.
+        store = EtcdStore(url, pfx, max_response_bytes=10 * (48 * 1024 + 2 * len(pfx)) + 100)
+        try:
+            items = store.glob((), ("...",), timeout=5.0)
+            assert [i["name"] for i in items] == [f"n{i:02d}" for i in range(30)]
+            assert pages["n"] > 4  # (the scan began again)
+        finally:
+            store.close()
+
+    compacted = etcd_error("etcdserver: mvcc: required revision has been compacted", 11)
+    first = json.dumps(
+        {
+            "header": {"revision": "9"},
+            "more": True,
+            "kvs": [{"key": b64s(pfx.encode() + b"m/a\x00/s"), "value": value}],
+        }
+    ).encode()
+
+    def always_compacted(conn: socket.socket, body: bytes) -> None:
+        data, status = (
+            (compacted, b"400 Bad Request") if b"revision" in body else (first, b"200 OK")
+        )
+        raw_answer(status, data)(conn, body)
+
+    with fake_gateway(always_compacted) as url:
+        store = EtcdStore(url, pfx)
+        try:
+            with pytest.raises(errors.OverloadedError) as info:
+                store.glob((), ("...",), timeout=5.0)
+            assert info.value.action is errors.RetryAction.RETRY_BACKOFF
+        finally:
+            store.close()
+
+
+def test_a_glob_of_a_name_does_not_read_its_siblings(etcd: Member) -> None:
+    pfx = prefix()
+    value = b64s(json.dumps({"e": time.time() + 3600, "mt": False, "l": False}).encode())
+    names = [f"a-{i:03d}" for i in range(100)] + ["a/b", "a/c"]
+    puts = [
+        {"request_put": {"key": b64s(f"{pfx}m/{n}\x00/127.0.0.1:1".encode()), "value": value}}
+        for n in names
+    ]
+    etcd_post(etcd, "/v3/kv/txn", {"success": puts})
+    keys = {"n": 0}
+
+    def counting(conn: socket.socket, path: str, body: bytes) -> None:
+        req = urllib.request.Request(
+            etcd.url + path, data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data = resp.read()
+        keys["n"] += len(json.loads(data).get("kvs", []))
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+    with fake_member(counting) as url:
+        # A gateway bound of five keys' worth: pages of five keys.
+        store = EtcdStore(url, pfx, max_response_bytes=5 * (48 * 1024 + 2 * len(pfx)) + 100)
+        try:
+            assert [i["name"] for i in store.glob(("a",), ("*",))] == ["b", "c"]
+            assert keys["n"] == 5 + 2  # a page of siblings at most, then "a/b" and "a/c"
+        finally:
+            store.close()
+
+
+def test_refreshes_with_ever_different_ttls_share_leases(etcd: Member) -> None:
+    def leases() -> int:
+        return len(etcd_post(etcd, "/v3/lease/leases", {}).get("leases", []))
+
+    store = EtcdStore(etcd.url, prefix())
+    try:
+        before = leases()
+        for i in range(100):  # one mount refreshed with a new TTL each time
+            store.mount(("svc",), "/127.0.0.1:5", 80000.0 + i, mt=False, leaf=False, replace=False)
+        assert leases() - before <= 2
+        store.unmount(("svc",), "")
+    finally:
+        store.close()
