@@ -518,7 +518,9 @@ class VCCache:
                 if c is conn:
                     del self.vcs[key]
             shut = self.closed  # (the client closed meanwhile: nobody would close it)
-            if not shut:
+            if not shut and not conn.closed:
+                # (Not once it closed: its on_close, which forgets it, may have run since the
+                # check above; ``closed`` is true before on_close runs.)
                 self.retired.add(conn)
         if shut:
             conn.close()

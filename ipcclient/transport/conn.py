@@ -102,8 +102,10 @@ def _unacknowledged(sock: socket.socket) -> int:
 
 
 def _timeval(seconds: float) -> bytes:
+    """A socket timeout of ``seconds`` (> 0) as a ``struct timeval``: at least 1 us, since a
+    zero timeval means no timeout at all."""
     whole = int(seconds)
-    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    return struct.pack("ll", whole, max(int((seconds - whole) * 1_000_000), 0 if whole else 1))
 
 
 class Connection(Reader):

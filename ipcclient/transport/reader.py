@@ -197,8 +197,14 @@ class Reader(abc.ABC):
         """Seconds (> 0) the reader thread may wait before :meth:`check_liveness` can
         answer differently: the keepalive's next due time, or the idle close's."""
         due = self._liveness.next_check(now, self._last_recv)
-        if self._idle_close and not self._flows:  # (unlocked: the check itself is locked)
-            due = min(due, max(self._idle_since + self._idle_close - now, 0.001))
+        if self._idle_close:
+            # (Unlocked: the check itself is locked.) With flows, the last may end where this
+            # thread does not see it (a caller reading for itself, a cancel): look again
+            # within ``_idle_close`` all the same.
+            if self._flows:
+                due = min(due, self._idle_close)
+            else:
+                due = min(due, max(self._idle_since + self._idle_close - now, 0.001))
         return due
 
     def _fail_protocol(self, exc: errors.IPCError) -> None:
@@ -550,8 +556,14 @@ class Reader(abc.ABC):
                     if sole:
                         inline.run_pending()
                     # (Probes and retiring: dialed VCs only. A retired VC's last flow wakes
-                    # this thread, and the wake-up may come in the same poll as data.)
-                    if not (lead and (self._liveness.probing or self._retiring)):
+                    # this thread, and the wake-up may come in the same poll as data. An idle
+                    # close that is due is checked after data too: a peer that pings more
+                    # often than the receive timeout would otherwise put it off for ever.)
+                    if not (lead and (self._liveness.probing or self._retiring)) and not (
+                        self._idle_close
+                        and not self._flows
+                        and monotonic() - self._idle_since >= self._idle_close
+                    ):
                         continue
                 elif sole and self._park_idle and self._park():
                     parked = True  # (the idle watcher has the VC now)

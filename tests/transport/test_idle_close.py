@@ -5,6 +5,7 @@ is not failed by it."""
 from __future__ import annotations
 
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from ipcclient.context import Context
 from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
+from ipcclient.server.options import ServerOptions
 from ipcclient.server.server import Server, ServerCall
-from ipcclient.transport.conn import Connection
+from ipcclient.transport import conn as connmod
+from ipcclient.transport.conn import Connection, KeepaliveConfig
 from ipcclient.transport.manager import CLIENT_BUSY_POLL, IDLE_TIMEOUT, TransportOptions
 
 MakeServer = Callable[..., tuple[Server, str]]
@@ -164,3 +167,81 @@ def test_the_default_closes_after_five_minutes() -> None:
 def test_a_bad_idle_timeout_is_refused(bad: Any) -> None:
     with pytest.raises(errors.BadArgError, match="idle_timeout"):
         TransportOptions(idle_timeout=bad)
+
+
+@pytest.mark.timeout(30)
+def test_a_vc_read_by_its_reader_alone_closes_though_the_server_pings_often(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """With ``lead_reads=False`` the reader thread judges the VC when a receive times out; a
+    server pinging more often than that timeout (its keepalive interval shorter than the
+    client's idle timeout) kept the idle close from ever being judged."""
+    chatty = TransportOptions(keepalive=KeepaliveConfig(interval=0.1, timeout=5.0))
+    _srv, name = make_server(Svc(), AllowEveryone(), options=ServerOptions(transport=chatty))
+    client = idle_client(make_client, lead_reads=False)
+    assert client.call_one(ctx(), name, "Echo", 1) == 1
+    assert the_vc(client).wait_closed(10.0)
+
+
+@pytest.mark.timeout(30)
+def test_a_vc_whose_last_call_was_cancelled_closes_in_time(
+    served: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    """The last flow ended by a cancel, while the reader thread waited for the peer with that
+    flow open (a wait as long as the keepalive interval, 15 s): the reader looks again
+    within the idle timeout all the same."""
+    _srv, name, _svc = served
+    client = idle_client(make_client)
+    call = client.start_call(ctx(), name, "Hold", [])
+    conn = the_vc(client)
+    assert not conn.wait_closed(IDLE * 2)  # (the reader thread reads meanwhile)
+    call.cancel()
+    assert conn.wait_closed(IDLE * 10)
+
+
+@pytest.mark.timeout(30)
+def test_a_vc_that_closes_as_it_is_evicted_is_not_kept_as_retired(
+    served: tuple[Server, str, Svc], make_client: MakeClient
+) -> None:
+    """A caller evicts a VC whose mux the idle check closed; its reader's break (which
+    forgets the VC: ``on_close`` runs once) lands just before the eviction takes the cache's
+    lock. The eviction used to put the closed VC in ``retired``, where nothing removed it
+    until the client closed."""
+    _srv, name, _svc = served
+    client = idle_client(make_client, idle=60.0)
+    assert client.call_one(ctx(), name, "Echo", 1) == 1
+    cache = client._cache
+    conn = the_vc(client)
+    with conn._lock:
+        conn._mux.close()  # (what the idle check does)
+    lock = cache.lock
+
+    class BreakFirst:
+        """The cache's lock, with the reader's break run just before its first taking."""
+
+        fired = False
+
+        def __enter__(self) -> Any:
+            if not BreakFirst.fired:
+                BreakFirst.fired = True
+                conn._break(errors.ConnectionFailedError("transport: closed meanwhile"))
+            return lock.__enter__()
+
+        def __exit__(self, *exc: object) -> Any:
+            return lock.__exit__(*exc)
+
+    cache.lock = BreakFirst()  # type: ignore[assignment]
+    try:
+        cache.evict(conn)
+    finally:
+        cache.lock = lock
+    assert BreakFirst.fired and conn.closed
+    assert conn not in cache.retired
+
+
+def test_a_socket_timeout_under_a_microsecond_is_not_none() -> None:
+    """A zero ``struct timeval`` means no timeout: an ``idle_timeout`` of 5e-7 s made the
+    receive timeout of a VC read by its reader alone endless (no idle close, no keepalive)."""
+    assert struct.unpack("ll", connmod._timeval(5e-7)) == (0, 1)
+    assert struct.unpack("ll", connmod._timeval(2.5)) == (2, 500_000)
+    assert struct.unpack("ll", connmod._timeval(3.0)) == (3, 0)
