@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "ERROR_CLASSES",
@@ -42,8 +42,12 @@ __all__ = [
     "UnknownSuffixError",
     "VersionIncompatibleError",
     "from_wire",
+    "register",
     "to_wire",
 ]
+
+
+_E = TypeVar("_E", bound="IPCError")
 
 
 class RetryAction(enum.IntEnum):
@@ -395,6 +399,40 @@ MAX_WIRE_MSG_LEN = 64 * 1024  # a message longer than this is truncated, not rej
 MAX_WIRE_PARAMS = 64  # params beyond this are dropped
 
 
+_REGISTERED: dict[str, type[IPCError]] = {}
+"""Application error classes by ID (:func:`register`)."""
+
+
+def register(cls: type[_E]) -> type[_E]:
+    """Make ``cls``, an application's subclass of :class:`IPCError` with an ``error_id`` of
+    its own, the class an error with that ID is rebuilt as when it comes back from a peer
+    (usable as a class decorator; the server and the client each register it). Without
+    this, such an error arrives as a plain :class:`IPCError` that keeps the ID, action,
+    message and params: ``except OutOfStock`` would not catch it.
+
+    Raises:
+        BadArgError: ``cls`` is not an IPCError subclass, its ID is empty, longer than
+            256 characters or one of this package's (``ipc.`` ones), or another class
+            has that ID already.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, IPCError)) or cls is IPCError:
+        raise BadArgError(f"errors.register: {cls!r} is not a subclass of IPCError")
+    wid = cls.__dict__.get("error_id")
+    if not isinstance(wid, str) or not wid or len(wid) > MAX_WIRE_ID_LEN:
+        raise BadArgError(
+            f"errors.register: {cls.__name__} needs an error_id of its own (a short "
+            f"dotted name such as 'shop.OutOfStock'), not {wid!r}"
+        )
+    if wid in ERROR_CLASSES or wid.startswith("ipc."):
+        raise BadArgError(f"errors.register: {wid!r} is one of ipcclient's own error IDs")
+    known = _REGISTERED.setdefault(wid, cls)
+    if known is not cls:
+        raise BadArgError(
+            f"errors.register: {wid!r} is the ID of {known.__module__}.{known.__qualname__} already"
+        )
+    return cls
+
+
 def to_wire(err: IPCError) -> dict[str, Any]:
     """The plain (CBOR-ready) form of an error: ``{"id", "action", "msg", "params"}``."""
     return {
@@ -426,5 +464,9 @@ def from_wire(value: object) -> IPCError:
     if not isinstance(params, list | tuple):
         raise BadProtocolError("malformed wire error: bad params")
     action = RetryAction.from_wire(value.get("action", 0))
-    cls = ERROR_CLASSES.get(wid, IPCError)
-    return cls(msg[:MAX_WIRE_MSG_LEN], *params[:MAX_WIRE_PARAMS], id=wid, action=action)
+    msg, params = msg[:MAX_WIRE_MSG_LEN], params[:MAX_WIRE_PARAMS]
+    cls = ERROR_CLASSES.get(wid) or _REGISTERED.get(wid, IPCError)
+    try:
+        return cls(msg, *params, id=wid, action=action)
+    except Exception:  # (a registered class whose __init__ takes other arguments)
+        return IPCError(msg, *params, id=wid, action=action)

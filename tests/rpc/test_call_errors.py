@@ -18,6 +18,7 @@ import pytest
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
+from ipcclient.options import NoRetry
 from ipcclient.server import call as server_call
 from ipcclient.server.authorizer import AllowEveryone
 from ipcclient.server.exposure import expose
@@ -476,3 +477,80 @@ def test_a_context_callback_that_finishes_the_call_is_refused_not_a_deadlock(
     assert results == [("done",)]
     assert wait_for(lambda: seen)
     assert "already been called" in seen[0]
+
+
+# --- an application's own error classes ------------------------------------------------------
+@errors.register
+class OutOfStock(errors.IPCError):
+    """An application's error: registered, it comes back to the client as this class."""
+
+    error_id = "shop.OutOfStock"
+    default_action = errors.RetryAction.RETRY_BACKOFF
+
+
+class Unregistered(errors.IPCError):
+    error_id = "shop.Unregistered"
+
+
+@errors.register
+class OddInit(errors.IPCError):
+    """A registered class whose constructor takes other arguments than IPCError's."""
+
+    error_id = "shop.OddInit"
+
+    def __init__(self, item: str, count: int) -> None:
+        super().__init__(f"{count} x {item}")
+
+
+@expose
+class Shop:
+    def Buy(self, call: ServerCall, what: str) -> None:
+        if what == "odd":
+            raise OddInit("pears", 3)
+        if what == "unregistered":
+            raise Unregistered("not registered")
+        raise OutOfStock(f"no {what} left", what)
+
+
+def test_a_registered_application_error_comes_back_as_its_class(
+    make_server: Callable[..., tuple[Server, str]], make_client: Callable[..., Client]
+) -> None:
+    _, name = make_server(Shop(), AllowEveryone())
+    client = make_client()
+    ctx = Context.background().with_timeout(10.0)
+    with pytest.raises(OutOfStock) as info:
+        client.call(ctx, name, "Buy", "apples", options=[NoRetry()])
+    assert info.value.id == "shop.OutOfStock"
+    assert info.value.params == ("apples",)
+    assert info.value.action is errors.RetryAction.RETRY_BACKOFF
+    assert "no apples left" in info.value.msg
+    assert info.value.request_sent is True
+    # Unregistered: a plain IPCError that keeps the ID (as before).
+    with pytest.raises(errors.IPCError) as plain:
+        client.call(ctx, name, "Buy", "unregistered")
+    assert type(plain.value) is errors.IPCError and plain.value.id == "shop.Unregistered"
+    # A class that cannot be rebuilt from the wire form: a plain IPCError with its ID.
+    with pytest.raises(errors.IPCError) as odd:
+        client.call(ctx, name, "Buy", "odd")
+    assert type(odd.value) is errors.IPCError and odd.value.id == "shop.OddInit"
+    assert odd.value.msg == "3 x pears"
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        type("NoID", (errors.IPCError,), {}),  # (inherits ipc.Unknown: not its own)
+        type("Empty", (errors.IPCError,), {"error_id": ""}),
+        type("Long", (errors.IPCError,), {"error_id": "x" * 257}),
+        type("Ours", (errors.IPCError,), {"error_id": "ipc.Mine"}),
+        type("Builtin", (errors.IPCError,), {"error_id": "ipc.Timeout"}),
+        type("Taken", (errors.IPCError,), {"error_id": "shop.OutOfStock"}),
+        ValueError,
+        errors.IPCError,
+        "shop.X",
+    ],
+)
+def test_register_refuses_what_it_cannot_map(cls: Any) -> None:
+    with pytest.raises(errors.BadArgError, match=r"errors\.register"):
+        errors.register(cls)
+    assert errors.register(OutOfStock) is OutOfStock  # (again: the same class is fine)
