@@ -320,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except errors.IPCError as exc:
-        return _fail(verbose, exc, f"{exc.id}: {exc.msg or type(exc).__name__}", exit_code(exc))
+        text = _command_line_hints(f"{exc.id}: {exc.msg or type(exc).__name__}")
+        return _fail(verbose, exc, text, exit_code(exc))
     except CommandError as exc:
         return _fail(verbose, exc, exc.msg, exc.code)
     except BrokenPipeError:
@@ -336,6 +337,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(verbose, exc, f"{exc.strerror or exc}: {exc.filename or ''}", EXIT_BAD_ARG)
     except KeyboardInterrupt as exc:
         return _fail(verbose, exc, "interrupted", EXIT_INTERRUPTED)
+
+
+_HINTS = (
+    ("pass WaitForReady() to wait for it", "pass --wait to wait for it"),
+    (
+        "give the client roots=['/host:port']",
+        f"pass --namespace /host:port or set {env.NAMESPACE_VAR}",
+    ),
+    (
+        "principal.roots.add_blessings(provider_blessings)",
+        "ipc principal add-root DIR PROVIDER_BLESSINGS",
+    ),
+)
+"""The library's advice to a program, and the same advice to a user of this command."""
+
+
+def _command_line_hints(text: str) -> str:
+    """An error's line with the library's advice (a call option, a Python call) given as
+    the command's flags and commands instead."""
+    for api, command in _HINTS:
+        text = text.replace(api, command)
+    return text
 
 
 def _fail(verbose: bool, exc: BaseException, text: str, code: int) -> int:

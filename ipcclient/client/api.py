@@ -24,7 +24,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ipcclient import errors, retry, vtrace
 from ipcclient.call import Call
@@ -218,15 +218,19 @@ class Client:
         method: str,
         *args: Any,
         options: Sequence[CallOption] = (),
+        **keywords: NoReturn,
     ) -> tuple[Any, ...]:
         """``start_call`` + ``finish``: the results as a tuple.
 
         A server error whose action is RETRY_BACKOFF is retried (the request may have run:
         servers mark only errors that are safe to retry so); nothing else is retried after
-        the request was sent.
+        the request was sent. The method's arguments are positional only: a keyword
+        argument is a BadArgError (and a type error for mypy).
         """
         if not isinstance(ctx, Context):
             raise _no_context(ctx, "call")
+        if keywords:
+            raise _keywords(keywords, method)
         options = check_options(options)
         call_ctx, owned = self._call_context(ctx)
         start = call_ctx.clock.monotonic()  # the call's one retry window starts here
@@ -280,6 +284,7 @@ class Client:
         method: str,
         *args: Any,
         options: Sequence[CallOption] = (),
+        **keywords: NoReturn,
     ) -> Any:
         """:meth:`call` for a method with at most one result: the result itself, or None
         when the method returned none (a server method that returns ``None``).
@@ -288,6 +293,8 @@ class Client:
             BadStateError: the method returned several results (it ran; use :meth:`call`).
             IPCError: as :meth:`call`.
         """
+        if keywords:
+            raise _keywords(keywords, method)
         results = self.call(ctx, name, method, *args, options=options)
         if len(results) > 1:
             raise errors.BadStateError(
@@ -777,6 +784,15 @@ def _dropped(cache: vcs.VCCache) -> None:
             stacklevel=2,
         )
     cache.abandon()
+
+
+def _keywords(keywords: dict[str, Any], method: object) -> errors.BadArgError:
+    """The error for keyword arguments given to a call: the wire has positional ones only."""
+    return errors.BadArgError(
+        f"client: the arguments of {method!r} are positional only (got "
+        f"{', '.join(sorted(keywords))}=...): pass them in order, after the method's name",
+        request_sent=False,
+    )
 
 
 def _no_context(ctx: object, fn: str) -> errors.BadArgError:

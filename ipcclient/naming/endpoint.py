@@ -305,7 +305,8 @@ def endpoint_of(name: str) -> Endpoint:
             an endpoint.
     """
     if not isinstance(name, str) or not is_rooted(name):
-        raise _bad(f"{name!r} is not a rooted name")
+        hint = f" (a rooted name starts with '/': '/{name}')" if isinstance(name, str) else ""
+        raise _bad(f"{name!r} is not a rooted name{hint}")
     address, _ = split_address_name(name)
     if not address:
         raise _bad(f"the rooted name {name!r} has no address")

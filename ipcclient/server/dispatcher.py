@@ -10,6 +10,7 @@ does both).
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import types
 import weakref
@@ -157,9 +158,37 @@ def signature(obj: Any) -> list[dict[str, Any]]:
     return out
 
 
+log = logging.getLogger("ipcclient.server")
+
+_UNEXPOSED_TYPES_SEEN: set[type] = set()
+"""Types of objects a dispatcher returned that expose no method, already warned about (at
+most ``_MAX_UNEXPOSED_WARNINGS``)."""
+_MAX_UNEXPOSED_WARNINGS = 256
+
+
 def find_method(obj: Any, name: str) -> Callable[..., Any]:
-    """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object)."""
-    if name not in exposed_methods(obj):
+    """The exposed method ``name`` of ``obj`` (an :class:`Exposed` stands for its object).
+    An object that exposes no method at all (a dispatcher's lookup returned it; ``serve``
+    refuses one) is logged once per type: every call to it fails."""
+    exposed = exposed_methods(obj)
+    if name not in exposed:
+        if not exposed:
+            cls = type(obj)
+            if (
+                cls not in _UNEXPOSED_TYPES_SEEN
+                and len(_UNEXPOSED_TYPES_SEEN) < _MAX_UNEXPOSED_WARNINGS
+            ):
+                _UNEXPOSED_TYPES_SEEN.add(cls)
+                log.warning(
+                    "server: a dispatcher returned a %s.%s, which exposes no method (decorate "
+                    "its class with @expose, or return Exposed(obj, [names])): every call to "
+                    "it fails with UnknownMethod",
+                    cls.__module__,
+                    cls.__qualname__,
+                )
+            raise errors.UnknownMethodError(
+                f"server: no method {name!r} (the object served there exposes none)"
+            )
         raise errors.UnknownMethodError(f"server: no method {name!r}")
     if type(obj) is Exposed:  # (an explicit list: the server's owner named the attributes)
         method = getattr(obj.obj, name, None)

@@ -275,6 +275,29 @@ def test_errors_have_one_line_and_an_exit_code_per_kind(world: World) -> None:
     assert usage.returncode == ipc_cli.EXIT_USAGE
 
 
+def test_errors_give_the_commands_advice_not_the_librarys(world: World) -> None:
+    """The library's errors advise a program (pass WaitForReady(), give the client roots,
+    call principal.roots.add_blessings); the command says its own flags instead."""
+    missing = world.ipc("call", "apps/nothing", "Get", "--timeout", "3")
+    assert missing.returncode == ipc_cli.EXIT_NOT_FOUND
+    assert "pass --wait to wait for it" in missing.stderr
+    assert "WaitForReady" not in missing.stderr
+    creds = str(world.root / "alice")
+    rootless = ipc("call", "apps/x", "Get", env=_env(IPCCLIENT_CREDENTIALS=creds))
+    assert rootless.returncode == ipc_cli.EXIT_NOT_FOUND, rootless.stderr
+    assert "pass --namespace /host:port or set IPCCLIENT_NAMESPACE" in rootless.stderr
+    assert "roots=" not in rootless.stderr
+    unrooted = ipc("--namespace", "127.0.0.1:1", "call", "apps/x", "Get", env=world.env())
+    assert unrooted.returncode == ipc_cli.EXIT_BAD_ARG, unrooted.stderr
+    assert "a rooted name starts with '/': '/127.0.0.1:1'" in unrooted.stderr
+    other = world.root / "stranger"
+    assert ipc("principal", "create", str(other)).returncode == 0
+    untrusted = ipc("call", world.endpoint, "Get", env=_env(IPCCLIENT_CREDENTIALS=str(other)))
+    assert untrusted.returncode == ipc_cli.EXIT_NO_ACCESS, untrusted.stderr
+    assert "ipc principal add-root DIR PROVIDER_BLESSINGS" in untrusted.stderr
+    assert "add_blessings" not in untrusted.stderr
+
+
 def test_wait_finds_a_server_mounted_after_the_call_started(world: World) -> None:
     """``--wait``: a call made before its server is published finds it once it is; without
     it the same call fails at once with NotFound's exit code."""

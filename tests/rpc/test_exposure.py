@@ -641,3 +641,33 @@ def test_a_classvar_method_is_served_and_a_failing_descriptor_is_unknown(
     assert client.call(_ctx(), name, "Ok") == ("ok",)
     with pytest.raises(errors.UnknownMethodError, match="lazy not ready"):
         client.call(_ctx(), name, "Lazy")
+
+
+class _NothingExposed:
+    def Hi(self, call: ServerCall) -> str:  # (not decorated: not callable remotely)
+        return "hi"
+
+
+class _ReturnsUnexposed:
+    def lookup(self, suffix: str) -> tuple[Any, Any]:
+        return _NothingExposed(), AllowEveryone()
+
+
+def test_a_dispatcher_returning_an_object_that_exposes_nothing_is_logged_once(
+    family: Family, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve() refuses an object that exposes no method; a dispatcher's lookup may return
+    one, and each call then failed with 'no method', the method being right there and
+    nothing logged. The server now warns once per type, and the error says why."""
+    with Server(family.member("server")) as server:
+        ep = server.listen("tcp", "127.0.0.1:0")
+        server.serve_dispatcher(_ReturnsUnexposed())
+        client = make_client()
+        with caplog.at_level(logging.WARNING, logger="ipcclient.server"):
+            for _ in range(3):
+                with pytest.raises(errors.UnknownMethodError, match="exposes none"):
+                    client.call(_ctx(), f"/{ep}/x", "Hi")
+    warned = [r for r in caplog.records if "exposes no method" in r.getMessage()]
+    assert len(warned) == 1
+    assert "_NothingExposed" in warned[0].getMessage()
+    assert "@expose" in warned[0].getMessage()

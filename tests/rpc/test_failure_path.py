@@ -1313,6 +1313,17 @@ def test_options_that_are_not_a_list_are_a_bad_arg(
         c.start_call(ctx(), "/127.0.0.1:1", "Echo", [1], 5)  # type: ignore[arg-type]
 
 
+def test_keyword_arguments_are_a_bad_arg(stack: contextlib.ExitStack, family: Family) -> None:
+    """A method's arguments travel in order; ``call(ctx, name, "Get", key="x")`` was Python's
+    bare TypeError. Nothing is sent (the name is not even resolved)."""
+    c = client(stack, family)
+    for fn in (c.call, c.call_one):
+        with pytest.raises(errors.BadArgError, match="positional only") as info:
+            fn(ctx(), "/127.0.0.1:1", "Get", 1, key="x")  # type: ignore[arg-type]
+        assert info.value.request_sent is False
+        assert "key=" in info.value.msg
+
+
 @pytest.mark.parametrize("failing_first", [True, False])
 def test_a_replica_that_cannot_be_reached_keeps_the_call_retryable_whatever_the_order(
     stack: contextlib.ExitStack, family: Family, failing_first: bool
