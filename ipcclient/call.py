@@ -176,7 +176,13 @@ class Call:
                 failed = self._end_error  # (the receiving side ended the call: say why)
                 if failed is not None:
                     raise failed.with_context(request_sent=True) from None
-            raise self._mark(self._translate(exc)) from None
+            err = self._translate(exc)
+            if isinstance(err, errors.TimeoutError) and self._stream.flow.starved:
+                err = _starved(err)
+                with self._lock:  # (what recv and finish raise from now on too)
+                    if isinstance(self._cancel_error, errors.TimeoutError):
+                        self._cancel_error = err
+            raise self._mark(err) from None
         except BaseException:
             self.cancel(errors.CanceledError("call: interrupted"))
             raise
@@ -577,6 +583,21 @@ def _busy(doing: str) -> errors.BadStateError:
         f"call: another thread is {doing} this call: one thread sends and one receives at a "
         "time (the call goes on)"
     )
+
+
+def _starved(err: errors.TimeoutError) -> errors.TimeoutError:
+    """``err``, the deadline that passed while ``send`` waited for the server to take more
+    of the stream, saying so and what usually causes it."""
+    said = errors.TimeoutError(
+        f"{err.msg}: send() was waiting for the server to take more of the stream (the "
+        "flow's window was full). A thread that sends everything before it reads the "
+        "replies waits for credit the server cannot give while its replies go unread: "
+        "receive in another thread (docs/client.md, Threads)",
+        *err.params,
+        request_sent=True,
+    )
+    said.__cause__ = err
+    return said
 
 
 def _translate(exc: errors.IPCError, ctx: Context, *, peek: bool = False) -> errors.IPCError:

@@ -114,6 +114,7 @@ class Flow:
         "_wrote",
         "connection",
         "id",
+        "starved",
     )
 
     def __init__(
@@ -140,6 +141,9 @@ class Flow:
         self._on_abort: Callable[[errors.IPCError], None] | None = None
         self._wrote = False  # some of our bytes (or our FIN) were queued for the peer
         self._last_write = 0.0  # when a streamed write last queued data (see LINGER)
+        self.starved = False
+        """A write waits for credit the peer has not granted (left True when that wait ended
+        by the deadline, a cancel or the flow's end: the caller's error can say so)."""
 
     def set_abort_callback(self, fn: Callable[[errors.IPCError], None] | None) -> None:
         """Call ``fn(error)`` once if the peer resets this flow or the VC breaks (not on a
@@ -482,9 +486,11 @@ class Flow:
             while self._error is None and mux.is_live(self.id):
                 try:
                     if mux.send_credit(self.id) > 0:
+                        self.starved = False
                         break
                 except errors.IPCError:
                     break  # the VC closed; _write's next turn reports it
+                self.starved = True
                 timeout = _remaining(deadline)
                 if timeout is not None and timeout <= 0:
                     expired = errors.TimeoutError(

@@ -554,3 +554,27 @@ def test_register_refuses_what_it_cannot_map(cls: Any) -> None:
     with pytest.raises(errors.BadArgError, match=r"errors\.register"):
         errors.register(cls)
     assert errors.register(OutOfStock) is OutOfStock  # (again: the same class is fine)
+
+
+# --- a send that waits for credit until the deadline says why -----------------------------
+@pytest.mark.timeout(30)
+def test_a_send_starved_of_credit_until_the_deadline_says_so(
+    make_server: Callable[..., tuple[Server, str]], make_client: Callable[..., Client]
+) -> None:
+    """One thread sending everything before it reads: the server's replies fill the
+    client's window, the server stops reading, and the client's send waits for credit until
+    the deadline. That was a bare 'context deadline exceeded'; it now says what send waited
+    for and what to do."""
+    _, name = make_server(Echoer(), AllowEveryone())
+    client = make_client()
+    call = client.start_call(Context.background().with_timeout(1.5), name, "EchoStream")
+    item = b"x" * 4096
+    with pytest.raises(errors.TimeoutError) as info:
+        for _ in range(100_000):  # (~400 MB: far beyond both windows; the deadline ends it)
+            call.send(item)
+    assert "send() was waiting for the server to take more" in info.value.msg
+    assert "receive in another thread" in info.value.msg
+    assert info.value.request_sent is True
+    with pytest.raises(errors.TimeoutError) as again:
+        call.finish()
+    assert "send() was waiting" in again.value.msg
