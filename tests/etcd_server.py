@@ -7,9 +7,11 @@ that needs etcd is skipped only when neither exists, and fails instead under CI.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -44,6 +46,14 @@ def require_etcd() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return binary
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """A member ends when the test process ends, however it ends (a test's timeout ends the
+    process with os._exit: no fixture stops the member then). Members are started from the
+    tests' main thread, whose end is what the kernel watches."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -102,7 +112,11 @@ class Member:
         log_path = os.path.join(os.path.dirname(self.data_dir), f"{self.name}.log")
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
 
     def stop(self) -> None:

@@ -111,7 +111,14 @@ def cmd_glob(args: argparse.Namespace) -> int:
     for line in tree_lines(found):
         out(line)
     if not found:
-        err(f"no names match {args.pattern!r}")
+        last = args.pattern.rstrip("/").rsplit("/", 1)[-1]
+        below = (
+            f" (what is below it: '{args.pattern.rstrip('/')}/*', or "
+            f"'{args.pattern.rstrip('/')}/...' for everything)"
+            if last and not any(c in last for c in "*?[") and last != "..."
+            else ""
+        )
+        err(f"no names match {args.pattern!r}{below}")
     return EXIT_OK
 
 

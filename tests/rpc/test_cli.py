@@ -238,6 +238,12 @@ def test_resolve_glob_mount_unmount(world: World) -> None:
     assert "x" not in world.ipc("glob").stdout.split()
     rooted = world.ipc("glob", world.namespace + "/apps/*")
     assert "fortune" in rooted.stdout, rooted.stderr
+    # A folder's name alone matches no mounted name: the command says how to list it.
+    folder = world.ipc("glob", "apps")
+    assert folder.returncode == 0 and folder.stdout == ""
+    assert "no names match 'apps' (what is below it: 'apps/*', or 'apps/...'" in folder.stderr
+    wild = world.ipc("glob", "nothing/*")
+    assert wild.stderr.strip() == "no names match 'nothing/*'"
 
 
 def test_errors_have_one_line_and_an_exit_code_per_kind(world: World) -> None:
