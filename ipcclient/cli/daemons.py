@@ -71,17 +71,24 @@ def _run_daemon(
     and serve until Ctrl-C or SIGTERM (calls in flight get ``--grace`` seconds); then stop
     the server and close the publishing client. SIGTERM is handled before the endpoint is
     printed: a supervisor that reads it and stops the daemon at once still gets the
-    orderly stop (its names unmounted), not the default death. Meanwhile the library's
-    warnings (a name that could not be published) print on standard error."""
+    orderly stop (its names unmounted) and exit code 0, as during the wait, not the default
+    death. Meanwhile the library's warnings (a name that could not be published) print on
+    standard error."""
     with warnings_shown("ipcclient"):  # (stopping too: an unmount that failed)
         try:
             with _sigterm_interrupts():
-                ep = server.listen("tcp", args.listen)
-                note = serve(server, ep)
-                if args.name:
-                    server.add_name(args.name)
-                out("/" + ep)
-                err(note)
+                try:
+                    ep = server.listen("tcp", args.listen)
+                    note = serve(server, ep)
+                    if args.name:
+                        server.add_name(args.name)
+                    out("/" + ep)
+                    err(note)
+                except KeyboardInterrupt:
+                    # Ctrl-C or SIGTERM while starting (a supervisor that stops the daemon
+                    # as soon as it prints anything, a warning included): the same orderly
+                    # stop as during the wait, below.
+                    return EXIT_OK
                 server.wait(grace=args.grace)
         finally:
             server.stop()

@@ -4,6 +4,7 @@ loopback; plus the pure helpers of the command line in-process."""
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import getpass
 import io
@@ -1035,6 +1036,25 @@ def test_daemon_names_need_a_namespace_and_failing_mounts_are_reported(
             assert daemon.stop() == 0
     finally:
         closed.close()
+
+
+def test_a_daemon_stopped_while_it_starts_stops_in_order(
+    family: Family, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (or Ctrl-C) can land before the daemon waits: a supervisor stopping it at
+    its first line, which may be a warning a background thread printed. That ended with
+    the KeyboardInterrupt's exit code 130 instead of the orderly stop's 0."""
+    from ipcclient.cli.daemons import _run_daemon
+
+    server = Server(family.member("server"))
+    args = argparse.Namespace(listen="127.0.0.1:0", name=None, grace=0.0)
+
+    def serve(srv: Server, ep: str) -> str:
+        raise KeyboardInterrupt  # (the signal, as it lands while starting)
+
+    assert _run_daemon(args, server, None, serve) == 0
+    assert server.wait(timeout=0)  # (stopped: True at once)
+    assert capsys.readouterr().out == ""
 
 
 # --- python -m ipcclient.interop ---------------------------------------------------------------
