@@ -585,16 +585,15 @@ def _busy(doing: str) -> errors.BadStateError:
     )
 
 
-def _starved(err: errors.TimeoutError) -> errors.TimeoutError:
+def _starved(err: errors.IPCError) -> errors.IPCError:
     """``err``, the deadline that passed while ``send`` waited for the server to take more
     of the stream, saying so and what usually causes it."""
-    said = errors.TimeoutError(
-        f"{err.msg}: send() was waiting for the server to take more of the stream (the "
+    said = err.with_context(
+        request_sent=True,
+        msg=f"{err.msg}: send() was waiting for the server to take more of the stream (the "
         "flow's window was full). A thread that sends everything before it reads the "
         "replies waits for credit the server cannot give while its replies go unread: "
         "receive in another thread (docs/client.md, Threads)",
-        *err.params,
-        request_sent=True,
     )
     said.__cause__ = err
     return said

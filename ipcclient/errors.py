@@ -199,13 +199,16 @@ class IPCError(Exception):
         request_sent: bool | None = None,
         tried: Sequence[str] = (),
         action: RetryAction | None = None,
+        msg: str | None = None,
     ) -> IPCError:
-        """A copy of this error with "did it run?", "what was tried" (appended) and, if
-        given, another retry action filled in."""
+        """A copy of this error (its class, and what a subclass keeps of its own) with "did
+        it run?", "what was tried" (appended) and, if given, another retry action or
+        message filled in."""
         clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)  # (a subclass's own fields)
         IPCError.__init__(
             clone,
-            self.msg,
+            self.msg if msg is None else msg,
             *self.params,
             id=self.id,
             action=action if action is not None else self.action,
@@ -349,9 +352,10 @@ class NotProcessedError(ConnectionFailedError):
         request_sent: bool | None = None,
         tried: Sequence[str] = (),
         action: RetryAction | None = None,
+        msg: str | None = None,
     ) -> IPCError:
         """As :meth:`IPCError.with_context`, but ``request_sent`` stays False."""
-        return super().with_context(request_sent=False, tried=tried, action=action)
+        return super().with_context(request_sent=False, tried=tried, action=action, msg=msg)
 
 
 class OverloadedError(IPCError):
@@ -426,11 +430,21 @@ def register(cls: type[_E]) -> type[_E]:
     if wid in ERROR_CLASSES or wid.startswith("ipc."):
         raise BadArgError(f"errors.register: {wid!r} is one of ipcclient's own error IDs")
     known = _REGISTERED.setdefault(wid, cls)
+    if known is not cls and _same_class(known, cls):
+        _REGISTERED[wid] = known = cls  # (its module reloaded, or run as __main__ too)
     if known is not cls:
         raise BadArgError(
             f"errors.register: {wid!r} is the ID of {known.__module__}.{known.__qualname__} already"
         )
     return cls
+
+
+def _same_class(a: type, b: type) -> bool:
+    """Whether ``a`` and ``b`` are one class defined twice: the same name in the same module
+    (reloaded), or in a script that was also imported under its module name."""
+    if a.__qualname__ != b.__qualname__:
+        return False
+    return a.__module__ == b.__module__ or "__main__" in (a.__module__, b.__module__)
 
 
 def to_wire(err: IPCError) -> dict[str, Any]:

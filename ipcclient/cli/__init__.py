@@ -320,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except errors.IPCError as exc:
-        text = _command_line_hints(f"{exc.id}: {exc.msg or type(exc).__name__}")
+        text = f"{exc.id}: {exc.msg or type(exc).__name__}"
+        if not isinstance(exc, errors.NoAccessError):  # (a server's refusal advises it)
+            text = _command_line_hints(text)
         return _fail(verbose, exc, text, exit_code(exc))
     except CommandError as exc:
         return _fail(verbose, exc, exc.msg, exc.code)

@@ -88,12 +88,15 @@ def _run_daemon(
                     # Ctrl-C or SIGTERM while starting (a supervisor that stops the daemon
                     # as soon as it prints anything, a warning included): the same orderly
                     # stop as during the wait, below.
+                    server.stop(grace=args.grace)
                     return EXIT_OK
                 server.wait(grace=args.grace)
         finally:
-            server.stop()
-            if client is not None:
-                client.close()
+            try:
+                server.stop()
+            finally:  # (even when a second Ctrl-C interrupts the stop)
+                if client is not None:
+                    client.close()
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ipcclient import call as callmod
 from ipcclient import errors
 from ipcclient.client import Client
 from ipcclient.context import Context
@@ -578,3 +579,64 @@ def test_a_send_starved_of_credit_until_the_deadline_says_so(
     with pytest.raises(errors.TimeoutError) as again:
         call.finish()
     assert "send() was waiting" in again.value.msg
+
+
+@errors.register
+class Shortage(errors.IPCError):
+    """A registered error that keeps a field of its own, set from its params."""
+
+    error_id = "shop.Shortage"
+
+    def __init__(self, msg: str = "", *params: Any, **kw: Any) -> None:
+        super().__init__(msg, *params, **kw)
+        self.item = params[0] if params else None
+
+
+@expose
+class Store:
+    def Take(self, call: ServerCall, what: str) -> None:
+        raise Shortage(f"no {what}", what)
+
+
+def test_a_registered_errors_own_fields_survive_the_clients_copies(
+    make_server: Callable[..., tuple[Server, str]], make_client: Callable[..., Client]
+) -> None:
+    """The client copies an error on its way out (``with_context``: request_sent, tried);
+    the copy was made with IPCError's fields only, so ``exc.item`` was gone."""
+    _, name = make_server(Store(), AllowEveryone())
+    client = make_client()
+    with pytest.raises(Shortage) as info:
+        client.call(Context.background().with_timeout(10.0), name, "Take", "apples")
+    assert info.value.item == "apples"
+    copy = info.value.with_context(tried=["x"], msg="other")
+    assert type(copy) is Shortage and copy.item == "apples" and copy.msg == "other"
+
+
+def test_a_starved_sends_error_keeps_its_class_id_and_action() -> None:
+    @errors.register
+    class AppTimeout(errors.TimeoutError):
+        error_id = "app.Timeout"
+        default_action = errors.RetryAction.RETRY_BACKOFF
+
+    said = callmod._starved(AppTimeout("app gave up", tried=["attempt 1"]))
+    assert type(said) is AppTimeout and said.id == "app.Timeout"
+    assert said.action is errors.RetryAction.RETRY_BACKOFF
+    assert said.tried == ("attempt 1",) and said.request_sent is True
+    assert said.msg.startswith("app gave up: send() was waiting")
+
+
+def test_a_class_defined_again_under_its_name_registers_again() -> None:
+    """A module reloaded (or a script also imported by its module name) defines its error
+    classes again: registering the new class replaces the old one instead of refusing."""
+
+    def define() -> type[errors.IPCError]:
+        class Reloaded(errors.IPCError):
+            error_id = "shop.Reloaded"
+
+        return Reloaded
+
+    first, second = define(), define()
+    assert errors.register(first) is first
+    assert errors.register(second) is second
+    back = errors.from_wire(errors.to_wire(second("again")))
+    assert type(back) is second

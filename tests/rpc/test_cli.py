@@ -1057,6 +1057,53 @@ def test_a_daemon_stopped_while_it_starts_stops_in_order(
     assert capsys.readouterr().out == ""
 
 
+def test_a_servers_refusal_keeps_the_servers_advice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that does not trust our root says to add it to *its* roots: rewriting that
+    into 'ipc principal add-root' would send the user to change their own principal."""
+
+    def refused(args: argparse.Namespace) -> int:
+        raise errors.NoAccessError(
+            "server: not trusted (to trust it, add the identity provider's blessings to the "
+            "roots: principal.roots.add_blessings(provider_blessings))"
+        )
+
+    monkeypatch.setattr(ipc_cli, "cmd_signature", refused)
+    assert ipc_cli.main(["signature", "x"]) == ipc_cli.EXIT_NO_ACCESS
+    line = capsys.readouterr().err
+    assert "principal.roots.add_blessings(provider_blessings)" in line
+    assert "add-root" not in line
+
+
+def test_a_second_interrupt_while_a_daemon_stops_still_closes_its_client(
+    family: Family,
+) -> None:
+    from ipcclient.cli.daemons import _run_daemon
+
+    server = Server(family.member("server"))
+    client = Client(family.member("client"))
+    stop = server.stop
+
+    def stop_interrupted(*a: Any, **kw: Any) -> None:
+        stop(*a, **kw)
+        raise KeyboardInterrupt  # (a second Ctrl-C, as the stop ends)
+
+    monkeypatch_stop = pytest.MonkeyPatch()
+    monkeypatch_stop.setattr(server, "stop", stop_interrupted)
+    args = argparse.Namespace(listen="127.0.0.1:0", name=None, grace=0.0)
+
+    def serve(srv: Server, ep: str) -> str:
+        raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run_daemon(args, server, client, serve)
+    finally:
+        monkeypatch_stop.undo()
+    assert client.closed
+
+
 # --- python -m ipcclient.interop ---------------------------------------------------------------
 
 
