@@ -412,7 +412,9 @@ def register(cls: type[_E]) -> type[_E]:
     its own, the class an error with that ID is rebuilt as when it comes back from a peer
     (usable as a class decorator; the server and the client each register it). Without
     this, such an error arrives as a plain :class:`IPCError` that keeps the ID, action,
-    message and params: ``except OutOfStock`` would not catch it.
+    message and params: ``except OutOfStock`` would not catch it. A class defined again
+    under the same name (its module reloaded, or a script also imported by its module
+    name) replaces the one registered before.
 
     Raises:
         BadArgError: ``cls`` is not an IPCError subclass, its ID is empty, longer than
