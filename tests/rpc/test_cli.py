@@ -1076,6 +1076,7 @@ def test_a_servers_refusal_keeps_the_servers_advice(
     assert "add-root" not in line
 
 
+@pytest.mark.interpreted  # (replaces a Server's stop on the instance)
 def test_a_second_interrupt_while_a_daemon_stops_still_closes_its_client(
     family: Family,
 ) -> None:
