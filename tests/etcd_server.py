@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,17 @@ class Member:
         self.stop()
         self.start()
         self.wait_ready()
+
+
+def etcd_post(member: Member, path: str, body: dict[str, Any]) -> Any:
+    """A request to etcd's gateway made directly (not through the store)."""
+    req = urllib.request.Request(
+        member.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 @contextmanager

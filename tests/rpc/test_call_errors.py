@@ -381,7 +381,10 @@ def test_a_second_thread_on_one_side_of_a_call_is_refused(
     sender.start()
     while not call._send_lock.locked() and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.2)  # (by now the sender waits for credit, holding its side)
+    flow = call._stream.flow
+    while not flow.starved and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flow.starved  # (the sender waits for credit, holding its side)
     with pytest.raises(errors.BadStateError, match="another thread is sending"):
         call.send(b"z")
     with pytest.raises(errors.BadStateError, match="another thread is sending"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from ipcclient.server.authorizer import CallSecurity
 from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mountstore import MemoryStore, name_bytes, server_bytes
 from ipcclient.server.mounttable import MountTable
-from tests.etcd_server import Member
+from tests.etcd_server import Member, etcd_post
 from tests.rpc.test_mounttable import FakeClock, Family, at, client_for, ctx, serving
 from tests.rpc.test_mounttable_etcd import fake_gateway
 
@@ -58,17 +57,6 @@ def prefix() -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def etcd_post(member: Member, path: str, body: dict[str, Any]) -> Any:
-    """A request to etcd's gateway made directly (not through the store)."""
-    req = urllib.request.Request(
-        member.url + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def _no_delay(path: str, body: bytes) -> float:

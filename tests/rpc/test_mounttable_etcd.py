@@ -34,7 +34,7 @@ from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mounttable import MT, REPLACE, MountTable
 from ipcclient.server.mounttabled import serve_mount_table
 from ipcclient.server.server import Server
-from tests.etcd_server import Member, cluster
+from tests.etcd_server import Member, cluster, etcd_post
 from tests.rpc.test_mounttable import (
     FakeClock,
     Family,
@@ -662,16 +662,6 @@ def raw_answer(
         )
 
     return answer
-
-
-def etcd_post(member: Member, path: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        member.url + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def forward(member: Member, conn: socket.socket, path: str, body: bytes) -> None:

@@ -122,6 +122,7 @@ class Waits:
         self.done = threading.Event()
         self.entered = threading.Event()
         self.err: Any = None
+        self.flow: Any = None
 
     @expose
     def Wait(self, call: ServerCall) -> None:
@@ -131,6 +132,7 @@ class Waits:
 
     @expose
     def Send(self, call: ServerCall) -> None:
+        self.flow = call._flow
         self.entered.set()
         try:
             while True:  # (the client reads nothing: the window fills, the send waits)
@@ -191,7 +193,10 @@ def test_a_method_streaming_to_its_client_when_the_server_stops_sees_the_stop(
     server, name = make_server(svc, AllowEveryone())
     call = make_client().start_call(_ctx(), name, "Send", [])
     assert svc.entered.wait(10)
-    time.sleep(0.3)  # (by now the window is full and the send waits for credit)
+    deadline = time.monotonic() + 10
+    while not svc.flow.starved and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert svc.flow.starved  # (the window is full and the send waits for credit)
     server.stop(timeout=1)
     assert svc.done.wait(10)
     call.cancel()
