@@ -80,6 +80,7 @@ class HostilePeer:
         )
         assert hs.result is not None
         result = hs.result
+        self.settings = result.peer_settings  # (what the server announced in its hello)
         self._sealer = result.sealer
         self._opener = result.opener
         self._mux = muxmod.Mux(

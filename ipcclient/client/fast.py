@@ -74,6 +74,8 @@ def fast_call(
         flow = conn.connect()
     except errors.IPCError:
         return None  # the general path evicts and redials
+    if flow is None:
+        return None  # at the server's flow limit: the general path waits for a flow
     deadline = ctx.deadline
     if deadline is not None and ctx._clock is not SYSTEM_CLOCK:
         deadline = ctx.monotonic_deadline()  # (the transport waits on time.monotonic)

@@ -93,8 +93,14 @@ handshake timeout) each."""
 Target = tuple[str, Endpoint, str, str]
 """One server of a name to try: (server name, endpoint, VC key, suffix)."""
 
-_REDIALING = errors.ConnectionFailedError("client: redialing")
-"""(A marker inside :meth:`VCCache.race`: a new dial replaced an evicted VC.)"""
+FLOW_WAIT_SLICE = 1.0
+"""How often a caller waiting for a flow on a VC at its flow limit (with no dial to wait
+for) looks again by itself; a flow's end, the VC's end, its context's end and ``close()``
+wake it at once."""
+
+_NOT_YET = errors.ConnectionFailedError("client: no flow yet")
+"""(A marker inside :meth:`VCCache.race`: a new dial replaced an evicted VC, or the VC is at
+its flow limit; the server's turn comes again.)"""
 
 
 class Dial:
@@ -137,6 +143,19 @@ def _waker(wake: threading.Event) -> Callable[[errors.IPCError], None]:
         wake.set()
 
     return done
+
+
+def _waiting_for(plans: list[Target], pending: dict[int, Dial], full: dict[int, Connection]) -> str:
+    """What a caller of :meth:`VCCache.race` was waiting for, for its timeout's message."""
+    parts = []
+    if pending:
+        parts.append("dialing " + ", ".join(plans[i][1].address for i in pending))
+    for i, conn in full.items():
+        parts.append(
+            f"waiting for one of the {conn.flow_limit} calls open on the VC to "
+            f"{plans[i][1].address} to end (the server takes {conn.flow_limit} at once)"
+        )
+    return "; ".join(parts) or "waiting for a VC"
 
 
 class VCCache:
@@ -185,8 +204,10 @@ class VCCache:
         is joined); the next server's dial starts ``HAPPY_EYEBALLS_STAGGER`` later, or as
         soon as every dial started has failed (RFC 8305). Dials still running when the
         caller stops iterating go on and their VCs are cached. A cached VC that cannot open a
-        flow is evicted and that server dialed again, once. Each caller waits only as long
-        as its own context allows (and no longer than the cache stays open).
+        flow is evicted and that server dialed again, once. A VC with as many flows open
+        as its server takes at once (``Connection.flow_limit``) is waited on, as a dial is,
+        until one of them ends. Each caller waits only as long as its own context allows
+        (and no longer than the cache stays open).
 
         Raises:
             the context's error (TimeoutError, CanceledError) while waiting for a dial;
@@ -194,6 +215,7 @@ class VCCache:
         """
         wake = threading.Event()
         pending: dict[int, Dial] = {}
+        full: dict[int, Connection] = {}  # VCs at their flow limit (``wake`` waits on them)
         redialed: set[int] = set()
         next_i = 0
         next_at = 0.0
@@ -205,13 +227,18 @@ class VCCache:
                     if not dial.done.is_set():
                         continue
                     del pending[i]
-                    done = self._flow_on(dial, plans[i], redialed, i, pending, wake)
-                    if done is not _REDIALING:
+                    done = self._flow_on(dial, plans[i], redialed, i, pending, full, wake)
+                    if done is not _NOT_YET:
                         yield plans[i], done
-                if next_i >= len(plans) and not pending:
+                for i, conn in list(full.items()):
+                    del full[i]
+                    done = self._flow_on(conn, plans[i], redialed, i, pending, full, wake)
+                    if done is not _NOT_YET:
+                        yield plans[i], done
+                if next_i >= len(plans) and not pending and not full:
                     return
                 now = time.monotonic()
-                if next_i < len(plans) and (not pending or now >= next_at):
+                if next_i < len(plans) and (not (pending or full) or now >= next_at):
                     i, next_i, next_at = next_i, next_i + 1, now + HAPPY_EYEBALLS_STAGGER
                     _server, ep, key, _suffix = plans[i]
                     try:
@@ -224,11 +251,11 @@ class VCCache:
                             self._drive(key, ep, found, ctx)
                         pending[i] = found
                         continue
-                    flow = self._flow_on(found, plans[i], redialed, i, pending, wake)
-                    if flow is not _REDIALING:
+                    flow = self._flow_on(found, plans[i], redialed, i, pending, full, wake)
+                    if flow is not _NOT_YET:
                         yield plans[i], flow
                     continue
-                timeout = DIAL_WAIT_SLICE
+                timeout = DIAL_WAIT_SLICE if pending else FLOW_WAIT_SLICE
                 if next_i < len(plans):
                     timeout = max(0.0, min(timeout, next_at - now))
                 if handle is None:
@@ -243,24 +270,24 @@ class VCCache:
                     for dial in pending.values():
                         dial.abandoned = True
                     if isinstance(err, errors.TimeoutError):
-                        where = ", ".join(plans[i][1].address for i in pending)
-                        err = errors.TimeoutError(
-                            f"client: the deadline passed while dialing {where}"
-                        )
-                    log.debug("client: gave up waiting for a dial: %s", err)
+                        what = _waiting_for(plans, pending, full)
+                        err = errors.TimeoutError(f"client: the deadline passed while {what}")
+                    log.debug("client: gave up waiting for a dial or a flow: %s", err)
                     raise err.with_context(request_sent=False, tried=tried)
                 if self.closed:
                     raise errors.BadStateError("client: closed while dialing")
                 for i in list(pending):  # a newer dial to the same endpoint may have won
-                    conn = self.vcs.get(plans[i][2])
-                    if conn is not None and not conn.closed and not conn.suspect:
+                    newer = self.vcs.get(plans[i][2])
+                    if newer is not None and not newer.closed and not newer.suspect:
                         del pending[i]
-                        flow = self._flow_on(conn, plans[i], redialed, i, pending, wake)
-                        if flow is not _REDIALING:
+                        flow = self._flow_on(newer, plans[i], redialed, i, pending, full, wake)
+                        if flow is not _NOT_YET:
                             yield plans[i], flow
         finally:
             if handle is not None:
                 ctx.remove_done_callback(handle)
+            for waited in full.values():
+                waited.stop_waiting(wake)
             for dial in pending.values():
                 with contextlib.suppress(ValueError):
                     dial.listeners.remove(wake)
@@ -272,12 +299,14 @@ class VCCache:
         redialed: set[int],
         i: int,
         pending: dict[int, Dial],
+        full: dict[int, Connection],
         wake: threading.Event,
     ) -> Flow | errors.IPCError:
         """A new flow on ``source`` (a VC, or a finished dial): the flow, or why not. A VC
         that cannot open one is evicted; the first time for server ``i``, a new dial is
-        started and put in ``pending`` (the error is then that of the evicted VC, and the
-        caller hears of the new dial in its turn)."""
+        started and put in ``pending`` (``_NOT_YET`` is returned, and the caller hears of
+        the new dial in its turn). A VC at its flow limit goes in ``full``, ``wake`` set
+        when one of its flows ends (``_NOT_YET`` too)."""
         if isinstance(source, Dial):
             if source.error is not None:
                 if isinstance(source.error, errors.IPCError):
@@ -290,7 +319,11 @@ class VCCache:
         else:
             conn = source
         try:
-            return conn.connect()
+            flow = conn.connect(wake)
+            if flow is None:
+                full[i] = conn
+                return _NOT_YET
+            return flow
         except errors.ConnectionFailedError as exc:
             self.evict(conn)
             if i in redialed:
@@ -302,12 +335,16 @@ class VCCache:
                 return again
             if isinstance(got, Dial):
                 pending[i] = got
-                return _REDIALING
+                return _NOT_YET
             try:
-                return got.connect()
+                flow = got.connect(wake)
             except errors.ConnectionFailedError as again:
                 self.evict(got)
                 return again
+            if flow is None:
+                full[i] = got
+                return _NOT_YET
+            return flow
 
     def vc_or_dial(
         self,

@@ -132,9 +132,12 @@ class FlowServing:
             from_peer = peers.get(peer, 0)
             if self._in_use >= self._capacity:
                 refused = f"server: {self._capacity} calls running or queued; try again later"
-            elif vc.calls >= opts.max_calls_per_vc:
+            elif vc.calls >= 2 * opts.max_calls_per_vc:
+                # (Its open flows are held to max_calls_per_vc by the mux, as announced;
+                # these are calls the client ended whose methods still run.)
                 refused = (
-                    f"server: this VC has {opts.max_calls_per_vc} calls running; try again later"
+                    f"server: this VC has {vc.calls} calls running, at least half of them "
+                    "ended by the client; try again later"
                 )
             elif from_peer >= opts.max_calls_per_address:
                 refused = (
@@ -168,7 +171,9 @@ class FlowServing:
         caller is authorized before any arg is decoded (the general way: before any arg is
         read)."""
         charge: ArgsCharge | None = None  # (the general way's: args held while read)
-        held = 0  # (the whole way's: bytes of args charged to the VC until the call ends)
+        # The call's slot and the bytes of args charged to it by the whole way, given back
+        # (emptied) by _end_slot before the call's last frame goes out, else at the end.
+        slot: list[Any] = [vc, 0]
         try:
             parsed = self._parse_whole_request(flow)
             if parsed is None:
@@ -182,7 +187,7 @@ class FlowServing:
                     opts.max_args_bytes,
                     self._args_total,
                 )
-                self._run_call(flow, MessageStream(flow), vc, charge)
+                self._run_call(flow, MessageStream(flow), vc, charge, slot)
                 return
             request, bodies = parsed
             flow.discard_received()
@@ -191,16 +196,28 @@ class FlowServing:
                 limit = self.options.max_args_bytes_per_vc
                 refused = hold_args(self._slots_lock, vc, limit, self._args_total, size)
                 if refused is not None:
+                    self._end_slot(slot)
                     flow.cancel(refused)  # (reset, as the general way's _read_args)
                     return
-                held = size
-            self._run_parsed(flow, None, request, bodies)
+                slot[1] = size
+            self._run_parsed(flow, None, request, bodies, slot)
         except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()
             if charge is not None:
                 charge.release()
+            if slot:  # (not given back yet: see _end_slot)
+                self._end_slot(slot)
+
+    def _end_slot(self, slot: list[Any]) -> None:
+        """Give back a call's slot (see ``_serve_flow``) unless it was given back already.
+        Each final frame of a call (its results or error with FIN, or a RESET) goes out
+        after this: a client that sees its call end and opens a new flow at once, within
+        the limit announced to it, must not find the old call still counted."""
+        if slot:
+            vc, held = slot
+            slot.clear()
             self._release_slot(vc, held)
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
@@ -260,6 +277,7 @@ class FlowServing:
         stream: MessageStream,
         vc: VCState,
         charge: ArgsCharge,
+        slot: list[Any],
     ) -> None:
         """The general way: read the header under the header limits, then run the call
         (which authorizes before reading the args). A header not here after
@@ -282,6 +300,7 @@ class FlowServing:
                     if waiting:
                         vc.headerless += 1
                 if not waiting:
+                    self._end_slot(slot)
                     flow.cancel(
                         errors.OverloadedError(
                             f"server: this VC has {opts.max_headerless_per_vc} flows waiting "
@@ -292,13 +311,13 @@ class FlowServing:
                 message = stream.recv(first_deadline)
             request = request_from_wire(message)
         except errors.IPCError as exc:
-            self._answer_error(flow, exc)
+            self._answer_error(flow, exc, slot=slot)
             return
         finally:
             if waiting:
                 with self._slots_lock:
                     vc.headerless -= 1
-        self._run_parsed(flow, stream, request, None)
+        self._run_parsed(flow, stream, request, None, slot)
 
     def _run_parsed(
         self,
@@ -306,6 +325,7 @@ class FlowServing:
         stream: MessageStream | None,
         request: Request,
         bodies: list[bytes] | None,
+        slot: list[Any],
     ) -> None:
         """Run a call whose header is read, and answer it: ``bodies`` are its args' bodies
         when the whole request was here (``stream`` is then None), else None and the args
@@ -327,7 +347,7 @@ class FlowServing:
         call = ServerCall(flow, stream, request, server, self._root, deadline, span)
         held: list[ArgsCharge] = []  # (what decoding ``bodies`` may cost: see _hold_decoded)
         try:
-            self._run_request(call, flow, stream, request, bodies, deadline, held)
+            self._run_request(call, flow, stream, request, bodies, deadline, held, slot)
         finally:
             call.end()
             for charge in held:
@@ -342,6 +362,7 @@ class FlowServing:
         bodies: list[bytes] | None,
         deadline: float | None,
         held: list[ArgsCharge],
+        slot: list[Any],
     ) -> None:
         try:
             method, call.security = self._prepare(flow, request)
@@ -356,7 +377,7 @@ class FlowServing:
                     args = [decode(body) for body in bodies]
             else:
                 assert stream is not None
-                args = self._read_args(call, flow, stream, request)
+                args = self._read_args(call, flow, stream, request, slot)
                 if args is None:
                     return  # (the flow was reset)
                 stream.set_budget(None)
@@ -379,11 +400,11 @@ class FlowServing:
                 err = errors.InternalError(f"server: cannot encode a streamed result: {exc.msg}")
             else:
                 err = (call.ended_error() or exc) if isinstance(exc, _ABORTS) else exc
-            self._answer_error(flow, err, _spans(call.span))
+            self._answer_error(flow, err, _spans(call.span), slot)
             return
         except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: see _unknown)
             log.exception("server: %s.%s raised", request.suffix, request.method)
-            self._answer_error(flow, _unknown(exc), _spans(call.span))
+            self._answer_error(flow, _unknown(exc), _spans(call.span), slot)
             return
         n = len(results)
         span = call.span
@@ -396,12 +417,15 @@ class FlowServing:
             else:
                 head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
             bound, late = self._send_bound(deadline)
-            flow.write(
-                encode_message_parts(*results, head=head), end=True, deadline=bound, late=late
-            )
+            data = encode_message_parts(*results, head=head)
+            if slot:  # (_end_slot, inline: this runs once per call)
+                vc, held_bytes = slot
+                slot.clear()
+                self._release_slot(vc, held_bytes)
+            flow.write(data, end=True, deadline=bound, late=late)
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
-            self._answer_error(flow, err)
+            self._answer_error(flow, err, slot=slot)
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
 
@@ -438,7 +462,12 @@ class FlowServing:
         return walked
 
     def _read_args(
-        self, call: ServerCall, flow: Flow, stream: MessageStream, request: Request
+        self,
+        call: ServerCall,
+        flow: Flow,
+        stream: MessageStream,
+        request: Request,
+        slot: list[Any],
     ) -> list[Any] | None:
         """Read an authorized call's args, within ``args_timeout`` (or the call's deadline,
         if sooner). A call whose args do not come in time, or whose VC holds too many bytes
@@ -458,6 +487,7 @@ class FlowServing:
             )
         except errors.OverloadedError as exc:
             err = exc
+        self._end_slot(slot)
         flow.cancel(err)
         return None
 
@@ -516,7 +546,13 @@ class FlowServing:
             return deadline, ""
         return bound, f"server: the client read nothing for send_timeout ({timeout:g} s)"
 
-    def _answer_error(self, flow: Flow, err: errors.IPCError, trace: tuple[Any, ...] = ()) -> None:
+    def _answer_error(
+        self,
+        flow: Flow,
+        err: errors.IPCError,
+        trace: tuple[Any, ...] = (),
+        slot: list[Any] | None = None,
+    ) -> None:
         """Send ``err`` as the call's answer. An error whose wire form cannot be encoded (or
         that a client would refuse: its params are not plain values, its message is not
         text or is over the message limit) is sent as :func:`_sendable`'s stand-in for it,
@@ -525,6 +561,8 @@ class FlowServing:
             data = _encode_error(err, trace)
         except Exception as exc:  # (BadArgError; or a broken IPCError subclass)
             data = _encode_fallback(err, trace, exc)
+        if slot is not None:
+            self._end_slot(slot)
         try:
             bound, late = self._send_bound(None)
             flow.write(data, end=True, deadline=bound, late=late)

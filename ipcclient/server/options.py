@@ -40,8 +40,13 @@ class ServerOptions:
             ``max_workers + max_queued`` calls (inline ones included) new calls are refused
             at once with OverloadedError (RETRY_BACKOFF). 0 (the default): a call never
             waits silently behind calls that may not end.
-        max_calls_per_vc: calls one VC may have running or waiting at once (its flows
-            beyond are refused with OverloadedError): one client cannot take every worker.
+        max_calls_per_vc: calls one VC may have open at once: one client cannot take every
+            worker. The server announces it in the handshake, and ipcclient's client waits
+            for one of its calls to end rather than open more (a client that opens more
+            anyway has them refused with OverloadedError). A call the client ended early
+            (cancelled) whose method still runs leaves its slot to a new call, but still
+            counts toward twice this: beyond that, new calls on the VC are refused with
+            OverloadedError until some of those methods return.
         max_calls_per_address: calls the VCs from one remote IP address may have running
             or waiting at once, all together (flows waiting for their request header
             included: a flow counts from when it opens until it ends); their flows beyond

@@ -193,6 +193,7 @@ class Server(FlowServing):
             blessings=self.blessings,
             on_flow=self._on_flow,
             discharges=self._own_discharges,
+            max_flows=self.options.max_calls_per_vc,
         )
         ep = Endpoint(
             protocol=protocol,

@@ -147,6 +147,10 @@ class Connection(Reader):
         self._opener = result.opener
         self.result = result
         self._flows: dict[int, Flow] = {}
+        # The most flows the peer takes from us at once (announced in its hello; 0: none
+        # announced). A dialer at it waits for one of its flows to end (see connect()).
+        self.flow_limit = peer.max_flows if dialer else 0
+        self._flow_waiters: list[threading.Event] = []
         self._on_flow = on_flow
         self._on_close = on_close
         self._keepalive = keepalive or KeepaliveConfig()
@@ -276,8 +280,11 @@ class Connection(Reader):
             return len(self._flows)
 
     # --- flows ------------------------------------------------------------------------
-    def connect(self) -> Flow:
-        """Open a new flow (nothing is sent until its first write).
+    def connect(self, waiter: threading.Event | None = None) -> Flow | None:
+        """Open a new flow (nothing is sent until its first write); None when this side
+        has as many flows open as the peer takes at once (:attr:`flow_limit`): ``waiter``,
+        if given, is then set when one of them ends or the VC ends (call again then;
+        :meth:`stop_waiting` if you give up first).
 
         Raises:
             ConnectionFailedError: the VC is closed or broken (evict it and dial again).
@@ -287,6 +294,10 @@ class Connection(Reader):
                 raise errors.ConnectionFailedError(
                     f"transport: the VC is closed: {self._error.msg}"
                 )
+            if self.flow_limit and len(self._flows) >= self.flow_limit:
+                if waiter is not None and waiter not in self._flow_waiters:
+                    self._flow_waiters.append(waiter)
+                return None
             try:
                 fid = self._mux.open_flow()
             except errors.IPCError as exc:
@@ -296,6 +307,29 @@ class Connection(Reader):
             flow = Flow(self, fid, self._lock, self._mux, self._writer)
             self._flows[fid] = flow
             return flow
+
+    def stop_waiting(self, waiter: threading.Event) -> None:
+        """Forget ``waiter`` (see :meth:`connect`): its owner no longer wants a flow here.
+        Had a flow's end woken it already, the next waiter is woken in its place."""
+        with self._lock:
+            waiters = self._flow_waiters
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                self._pass_free_flows_locked()
+
+    def _pass_free_flows_locked(self) -> None:
+        """Wake as many waiters as there are free flows, the longest waiting first."""
+        waiters = self._flow_waiters
+        for _ in range(min(len(waiters), self.flow_limit - len(self._flows))):
+            waiters.pop(0).set()
+
+    def _wake_flow_waiters_locked(self) -> None:
+        """The VC ended: every waiter tries again (and hears why)."""
+        waiters = self._flow_waiters
+        self._flow_waiters = []
+        for waiter in waiters:
+            waiter.set()
 
     # --- closing ----------------------------------------------------------------------
     def close(self, error: errors.IPCError | None = None, *, timeout: float = 1.0) -> None:
@@ -362,6 +396,7 @@ class Connection(Reader):
                 self._error = err
             flows = list(self._flows.values())
             self._flows.clear()
+            self._wake_flow_waiters_locked()
             aborted = []
             for flow in flows:
                 if flow._error is None:
@@ -437,6 +472,8 @@ class Connection(Reader):
         (it would wait for the next check, up to the keepalive interval)."""
         flows = self._flows
         flows.pop(flow_id, None)
+        if self._flow_waiters:
+            self._pass_free_flows_locked()
         if not flows:
             self._idle_since = time.monotonic()
             if self._retiring:
@@ -651,6 +688,8 @@ class Connection(Reader):
                             flow._cond.notify_all()
                             if flow._on_abort is not None:
                                 aborted.append((flow._on_abort, flow._error))
+            if self._flow_waiters:  # (flows that ended above)
+                self._pass_free_flows_locked()
             # (Usually nothing to send: the check spares the writer's call.)
             out = self._writer.take_output_locked() if self._mux._out else []
         if out:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -254,8 +255,18 @@ class Listener:
         on_flow: Callable[[Flow], Callable[[], None] | None],
         on_connection: Callable[[Connection], None] | None,
         backlog: int,
+        max_flows: int = 0,
     ) -> None:
         self._manager = manager
+        # Each accepted VC's inbound flow limit (at most ``max_flows``), announced in the
+        # hello so that a client waits for a flow to end rather than be refused.
+        mux = manager.options.mux
+        if 0 < max_flows < mux.max_inbound_flows:  # (0 there refuses every flow: kept)
+            mux = dataclasses.replace(mux, max_inbound_flows=max_flows)
+        self._mux = mux
+        self._settings = dataclasses.replace(
+            manager.options.settings, max_flows=mux.max_inbound_flows
+        )
         self.protocol = protocol
         self._blessings = blessings
         self._discharges = discharges
@@ -466,7 +477,10 @@ class Listener:
             if not poller.poll(opts.first_byte_timeout * 1000):
                 raise errors.TimeoutError("transport: the peer sent nothing in time")
             result = self._manager._accept_handshake(
-                sock, blessings=self._blessings, discharges=self._discharges()
+                sock,
+                blessings=self._blessings,
+                discharges=self._discharges(),
+                settings=self._settings,
             )
         except errors.BadArgError as exc:
             # Our own auth message, not the peer's input (which fails otherwise): blessings
@@ -491,7 +505,7 @@ class Listener:
                 sock,
                 result,
                 dialer=False,
-                config=self._manager.options.mux,
+                config=self._mux,
                 on_flow=self._on_flow,
                 on_close=self._forget,
                 keepalive=self._manager.options.keepalive,
@@ -661,12 +675,20 @@ class StreamManager:
         discharges: Callable[[], Sequence[Any]] = tuple,
         on_connection: Callable[[Connection], None] | None = None,
         backlog: int = 128,
+        max_flows: int = 0,
     ) -> Listener:
         """Listen on ``address`` (``host:0`` picks a free port; ``listener.address`` tells
         which). Every flow a peer opens on an accepted VC goes to ``on_flow`` (called on the
         VC's reader thread: hand it to a worker, do not block), which may instead return a
         job to run on that thread when ``flow.connection.inline_available()`` says so (see
-        :meth:`Connection.inline_available`)."""
+        :meth:`Connection.inline_available`).
+
+        Each accepted VC takes at most ``max_flows`` live flows from its peer at once (0:
+        the mux's ``max_inbound_flows``; the lower of the two otherwise), refusing more with
+        OverloadedError; the limit is announced in the handshake, and this project's dialer
+        waits for a flow to end instead of going over it."""
+        if not isinstance(max_flows, int) or isinstance(max_flows, bool) or max_flows < 0:
+            raise errors.BadArgError(f"transport: max_flows must be an int >= 0, got {max_flows!r}")
         return Listener(
             self,
             protocol,
@@ -676,17 +698,23 @@ class StreamManager:
             on_flow=on_flow,
             on_connection=on_connection,
             backlog=backlog,
+            max_flows=max_flows,
         )
 
     def _accept_handshake(
-        self, sock: socket.socket, *, blessings: Any, discharges: Sequence[Any]
+        self,
+        sock: socket.socket,
+        *,
+        blessings: Any,
+        discharges: Sequence[Any],
+        settings: VCSettings,
     ) -> HandshakeResult:
         hs = ServerHandshake(
             self.identity,
             blessings=blessings,
             discharges=discharges,
             versions=self.options.versions,
-            settings=self.options.settings,
+            settings=settings,
         )
         deadline = time.monotonic() + self.options.handshake_timeout
         try:

@@ -62,6 +62,8 @@ MAX_VERSION = (1 << 32) - 1
 """The highest protocol version a hello may carry (a u32)."""
 MIN_WINDOW = 1024
 """The smallest per-flow window a hello may announce (docs/protocol.md)."""
+MAX_FLOWS = (1 << 32) - 1
+"""The highest flow limit a hello may announce (a u32)."""
 MAX_HELLO_SIZE = 1024
 """A hello is a small map of fixed fields; anything larger is a flood."""
 MAX_AUTH_SIZE = 64 * 1024
@@ -90,10 +92,14 @@ class VCSettings:
     Attributes:
         initial_window: bytes this side buffers per flow before granting credit.
         max_frame_payload: the largest frame payload this side accepts.
+        max_flows: the most flows the peer may have open toward this side at once (this
+            side refuses more with OverloadedError; a peer that knows waits for one to end
+            instead); 0: none announced (the hello leaves ``"max_flows"`` out).
     """
 
     initial_window: int = 1024 * 1024
     max_frame_payload: int = 64 * 1024
+    max_flows: int = 0
 
 
 @dataclass
@@ -166,7 +172,17 @@ def _settings_from(fields: dict[str, Any]) -> VCSettings:
     return VCSettings(
         initial_window=_int_field(fields, "window", MIN_WINDOW, (1 << 31) - 1),
         max_frame_payload=_int_field(fields, "max_frame", 1024, 16 * 1024 * 1024),
+        max_flows=(_int_field(fields, "max_flows", 1, MAX_FLOWS) if "max_flows" in fields else 0),
     )
+
+
+def _hello_fields(settings: VCSettings, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with this side's settings added (``"max_flows"`` only when announced)."""
+    fields["window"] = settings.initial_window
+    fields["max_frame"] = settings.max_frame_payload
+    if settings.max_flows:
+        fields["max_flows"] = settings.max_flows
+    return fields
 
 
 def _derive_keys(
@@ -354,13 +370,14 @@ class ClientHandshake(_Base):
         if self._client_hello:
             raise errors.BadStateError("handshake: already started")
         self._client_hello = _encode_hello(
-            {
-                "versions": list(self._versions),
-                "key_share": self._share,
-                "random": self._random,
-                "window": self._settings.initial_window,
-                "max_frame": self._settings.max_frame_payload,
-            }
+            _hello_fields(
+                self._settings,
+                {
+                    "versions": list(self._versions),
+                    "key_share": self._share,
+                    "random": self._random,
+                },
+            )
         )
         return self._client_hello
 
@@ -526,13 +543,10 @@ class ServerHandshake(_Base):
             share = _bytes_field(fields, "key_share", _KEY_SHARE_SIZE)
             _bytes_field(fields, "random", RANDOM_SIZE)
             server_hello = _encode_hello(
-                {
-                    "version": chosen,
-                    "key_share": self._share,
-                    "random": self._random,
-                    "window": self._settings.initial_window,
-                    "max_frame": self._settings.max_frame_payload,
-                }
+                _hello_fields(
+                    self._settings,
+                    {"version": chosen, "key_share": self._share, "random": self._random},
+                )
             )
             transcript = hashlib.sha256(client_raw + server_hello).digest()
             c2s, s2c = _derive_keys(self._ephemeral, share, transcript)

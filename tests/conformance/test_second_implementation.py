@@ -261,6 +261,9 @@ class VC:
         assert 1 <= sh["window"] <= 2**31 - 1
         assert 1024 <= sh["max_frame"] <= 16_777_216
         self.peer_window, self.peer_max_frame = sh["window"], sh["max_frame"]
+        # 3.8: the flows we may have open at once (ipcclient's server always announces it)
+        self.peer_max_flows = sh["max_flows"]
+        assert type(self.peer_max_flows) is int and 1 <= self.peer_max_flows <= 2**32 - 1
 
         # 4.2 keys
         th1 = h(client_hello + server_hello)

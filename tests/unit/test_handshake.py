@@ -423,3 +423,36 @@ def test_a_forged_refusal_cannot_choose_the_clients_error() -> None:
     with pytest.raises(errors.VersionIncompatibleError) as info:
         client2.receive_data(lying)
     assert info.value.action is errors.RetryAction.NO_RETRY
+
+
+def test_a_flow_limit_is_announced_only_when_set_and_reaches_the_peer() -> None:
+    """docs/protocol.md 4.1: ``"max_flows"`` is in a hello only when the side announces a
+    limit; the peer's result carries it (0: none announced)."""
+    client = _client(make_identity())
+    server = ServerHandshake(make_identity(), blessings=None, settings=VCSettings(max_flows=7))
+    hello = client.start()
+    assert "max_flows" not in codec.decode(hello[8:])
+    to_client = server.receive_data(hello)
+    assert codec.decode(to_client[8 : 8 + int.from_bytes(to_client[4:8], "big")])["max_flows"] == 7
+    assert server.receive_data(client.receive_data(to_client)) == b""
+    assert client.result is not None and server.result is not None
+    assert client.result.peer_settings.max_flows == 7
+    assert server.result.peer_settings.max_flows == 0
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1 << 32, True, "8", 2.0])
+def test_a_flow_limit_outside_1_to_a_u32_is_a_protocol_error(limit: Any) -> None:
+    client = _client(make_identity())
+    client.start()
+    forged = handshake._encode_hello(
+        {
+            "version": 1,
+            "key_share": b"\x09" * 32,
+            "random": bytes(32),
+            "window": 65536,
+            "max_frame": 65536,
+            "max_flows": limit,
+        }
+    )
+    with pytest.raises(errors.BadProtocolError, match="max_flows"):
+        client.receive_data(forged)

@@ -1,0 +1,331 @@
+"""A server's per-VC call limit (``ServerOptions.max_calls_per_vc``) announced in its hello
+(``"max_flows"``, docs/protocol.md 3.8): the client waits for one of its calls on the VC to
+end rather than open more, within its context (deadline, cancel) and whatever happens to the
+VC meanwhile; a peer that opens more anyway is refused; calls the client cancelled whose
+methods still run are bounded too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ipcclient import errors
+from ipcclient.client import Client
+from ipcclient.context import Context
+from ipcclient.options import ClientOptions, NoRetry
+from ipcclient.server.authorizer import AllowEveryone
+from ipcclient.server.exposure import expose
+from ipcclient.server.server import Server, ServerCall, ServerOptions
+from ipcclient.transport.manager import TransportOptions
+from ipcclient.wire.muxstate import MuxConfig
+from tests.conftest import Family
+from tests.hostile import HostilePeer, request_header, server_address
+
+MakeServer = Callable[..., tuple[Server, str]]
+MakeClient = Callable[..., Client]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@expose
+class Gate:
+    """``Hold`` runs until the gate opens, whatever its context says (a method that ignores
+    cancellation); it counts the calls running, and their most at once."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.done = 0
+
+    def Hold(self, call: ServerCall, i: int) -> int:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            self.open.wait(30)
+            return i
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.done += 1
+
+    def Echo(self, call: ServerCall, x: Any) -> Any:
+        return x
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.005)
+
+
+def _no_retry_client(make_client: MakeClient) -> Client:
+    return make_client(options=ClientOptions(default_call_timeout=20.0))
+
+
+NO_RETRY = [NoRetry()]
+"""(Every call here: a call refused with Overloaded fails at once rather than retry.)"""
+
+
+def _holding(client: Client, name: str, gate: Gate, n: int) -> list[Any]:
+    """Start ``n`` Hold calls, each on a thread of its own; wait until the server runs as
+    many as it takes at once. The list fills with each call's result or error."""
+    out: list[Any] = []
+
+    def one(i: int) -> None:
+        try:
+            out.append(
+                client.call_one(
+                    Context.background().with_timeout(20), name, "Hold", i, options=NO_RETRY
+                )
+            )
+        except errors.IPCError as exc:
+            out.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    gate.threads = threads  # type: ignore[attr-defined]
+    return out
+
+
+def _join(gate: Gate) -> None:
+    for t in gate.threads:  # type: ignore[attr-defined]
+        t.join(20)
+        assert not t.is_alive()
+
+
+def _full_vc(
+    make_server: MakeServer, make_client: MakeClient, limit: int, n: int = 0
+) -> tuple[Gate, str, Client, list[Any]]:
+    """A server taking ``limit`` calls per VC, a client, and ``n`` Hold calls (``limit``
+    by default) running or waiting on its VC; returns once the server runs ``limit``."""
+    gate = Gate()
+    _server, name = make_server(
+        gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=limit, max_workers=32)
+    )
+    client = _no_retry_client(make_client)
+    out = _holding(client, name, gate, n or limit)
+    _wait(lambda: gate.running == limit)
+    return gate, name, client, out
+
+
+def test_the_server_announces_its_per_vc_limit_and_refuses_a_peer_over_it(
+    family: Family, make_server: MakeServer
+) -> None:
+    """The hello carries ``max_calls_per_vc`` (or the mux's inbound limit, if lower); a peer
+    that opens more flows than that at once has the extra ones refused with Overloaded."""
+    gate = Gate()
+    server, _name = make_server(
+        gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=3, max_workers=16)
+    )
+    peer = HostilePeer(family.member("raw"), server_address(server))
+    try:
+        assert peer.settings.max_flows == 3
+        fids = [peer.open(request_header("Hold", 1) + _arg(i), end=True) for i in range(5)]
+        for fid in fids[3:]:
+            err = peer.wait_reset(fid)
+            assert isinstance(err, errors.OverloadedError), err
+            assert err.action == errors.RetryAction.RETRY_BACKOFF
+        _wait(lambda: gate.running == 3)
+        gate.open.set()
+        for fid in fids[:3]:
+            peer.wait_ended(fid)
+            assert fid in peer.ended and fid not in peer.resets
+    finally:
+        gate.open.set()
+        peer.close()
+    lower = TransportOptions(mux=MuxConfig(max_inbound_flows=2))
+    other, _ = make_server(
+        Gate(), AllowEveryone(), options=ServerOptions(max_calls_per_vc=3, transport=lower)
+    )
+    peer = HostilePeer(family.member("raw"), server_address(other))
+    try:
+        assert peer.settings.max_flows == 2
+    finally:
+        peer.close()
+
+
+def _arg(i: int) -> bytes:
+    from ipcclient.wire.messages import encode_messages
+
+    return encode_messages(i, {"end_stream_args": True})
+
+
+def test_calls_beyond_the_limit_wait_for_a_call_to_end_instead_of_failing(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Twelve threads on one client, a server that takes four calls per VC, no retries: four
+    run, eight wait in the client (none sent, none refused), and all twelve succeed as the
+    first ones end, never more than four at once on the server."""
+    gate, _name, client, out = _full_vc(make_server, make_client, 4, 12)
+    (conn,) = client._vcs.values()
+    _wait(lambda: len(conn._flow_waiters) == 8)  # (each waiting call, queued on the VC)
+    assert gate.running == 4 and not out
+    assert conn.flow_limit == 4 and conn.flow_count == 4
+    gate.open.set()
+    _join(gate)
+    assert sorted(out) == list(range(12)), out
+    assert gate.peak == 4 and gate.done == 12
+
+
+def test_a_deadline_passes_while_waiting_for_a_flow(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A call that waits for a flow until its deadline fails with TimeoutError saying so,
+    not sent; the calls holding the VC are untouched and the VC serves afterwards."""
+    gate, name, client, out = _full_vc(make_server, make_client, 2)
+    start = time.monotonic()
+    with pytest.raises(errors.TimeoutError) as info:
+        client.call_one(
+            Context.background().with_timeout(0.3), name, "Echo", "late", options=NO_RETRY
+        )
+    assert time.monotonic() - start < 3.0
+    assert info.value.request_sent is False
+    assert "calls open on the VC" in info.value.msg and "takes 2 at once" in info.value.msg
+    gate.open.set()
+    _join(gate)
+    assert sorted(out) == [0, 1]
+    assert client.call_one(Context.background().with_timeout(10), name, "Echo", "ok") == "ok"
+
+
+def test_a_cancel_ends_the_wait_for_a_flow_at_once(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    gate, name, client, out = _full_vc(make_server, make_client, 1)
+    ctx = Context.background().with_timeout(20).with_cancel()
+    timer = threading.Timer(0.2, ctx.cancel)
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(errors.CanceledError) as info:
+            client.call_one(ctx, name, "Echo", "x", options=NO_RETRY)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 2.0
+    assert info.value.request_sent is False
+    (conn,) = client._vcs.values()
+    assert not conn._flow_waiters  # (the waiter left the VC's queue)
+    gate.open.set()
+    _join(gate)
+    assert out == [0]
+
+
+def test_a_waiter_whose_vc_ends_goes_on_to_a_new_vc(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The VC a call waits on ends (its calls fail with it): the waiter dials again and its
+    call succeeds on the new VC."""
+    gate, name, client, out = _full_vc(make_server, make_client, 1)
+    (conn,) = client._vcs.values()
+    result: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            client.call_one(
+                Context.background().with_timeout(20), name, "Echo", "after", options=NO_RETRY
+            )
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    _wait(lambda: bool(conn._flow_waiters))
+    conn.close()
+    waiter.join(10)
+    assert result == ["after"]
+    gate.open.set()
+    _join(gate)
+    assert len(out) == 1 and isinstance(out[0], errors.IPCError), out
+    (new,) = client._vcs.values()
+    assert new is not conn
+
+
+def test_a_free_flow_goes_to_the_longest_waiter_and_a_leaver_passes_it_on(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A flow's end wakes one waiter, the one waiting longest; a waiter that was woken but
+    gives up (its deadline passed) passes the free flow to the next one."""
+    gate, _name, client, _out = _full_vc(make_server, make_client, 1)
+    (conn,) = client._vcs.values()
+    first, second = threading.Event(), threading.Event()
+    assert conn.connect(first) is None and conn.connect(second) is None
+    assert conn._flow_waiters == [first, second]
+    gate.open.set()
+    _join(gate)
+    _wait(first.is_set)
+    assert not second.is_set() and conn._flow_waiters == [second]
+    conn.stop_waiting(first)  # woken, but it gives up: the next waiter is told instead
+    assert second.is_set() and not conn._flow_waiters
+    flow = conn.connect(second)
+    assert flow is not None
+    flow.cancel()
+
+
+def test_calls_cancelled_while_their_methods_run_are_bounded_per_vc(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A client that cancels calls whose methods ignore it frees its flows for new calls,
+    but a VC's running calls stay bounded at twice ``max_calls_per_vc``: beyond that a new
+    call is refused with Overloaded (backoff), and admitted again once the methods end."""
+    gate = Gate()
+    server, name = make_server(
+        gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=2, max_workers=16)
+    )
+    client = _no_retry_client(make_client)
+    for round_ in range(2):
+        ctx = Context.background().with_timeout(20).with_cancel()
+        calls = [client.start_call(ctx, name, "Hold", [i], *NO_RETRY) for i in range(2)]
+        _wait(lambda r=round_: gate.running == 2 * (r + 1))
+        ctx.cancel()
+        for c in calls:
+            with pytest.raises(errors.CanceledError):
+                c.finish()
+    _wait(lambda: server._in_use == 4)
+    with pytest.raises(errors.OverloadedError) as info:
+        client.call_one(Context.background().with_timeout(10), name, "Echo", "x", options=NO_RETRY)
+    assert info.value.action == errors.RetryAction.RETRY_BACKOFF
+    assert "ended by the client" in info.value.msg
+    gate.open.set()
+    _wait(lambda: server._in_use == 0)
+    assert client.call_one(Context.background().with_timeout(10), name, "Echo", "y") == "y"
+
+
+def test_a_call_that_just_ended_never_counts_against_the_next(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """Sixteen threads make short calls, no retries, through a VC held at its limit, with
+    the client's address bound as tight as the VC's, each call run by a worker (not inline on
+    the VC's reader, which reads the next flow only after the call is over): each new call
+    opens a flow as soon as the client sees an earlier one end, and the server, which gives
+    a call's slot back before its last frame goes out, never refuses one."""
+    _server, name = make_server(
+        Gate(),
+        AllowEveryone(),
+        options=ServerOptions(
+            max_calls_per_vc=4, max_calls_per_address=4, max_workers=32, inline_calls=False
+        ),
+    )
+    client = _no_retry_client(make_client)
+    failures: list[BaseException] = []
+
+    def many(t: int) -> None:
+        try:
+            for i in range(40):
+                ctx = Context.background().with_timeout(20)
+                assert client.call_one(ctx, name, "Echo", (t, i), options=NO_RETRY) == [t, i]
+        except BaseException as exc:  # (reported below, with the others)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=many, args=(t,), daemon=True) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+        assert not t.is_alive()
+    assert not failures, failures[:3]
