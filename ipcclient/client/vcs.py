@@ -311,8 +311,15 @@ class VCCache:
             if source.error is not None:
                 if isinstance(source.error, errors.IPCError):
                     return source.error.with_context()
-                return errors.ConnectionFailedError(
-                    f"client: dialing {plan[1].address} failed: {source.error!r}"
+                if isinstance(source.error, OSError):
+                    return errors.ConnectionFailedError(
+                        f"client: dialing {plan[1].address} failed: {source.error!r}"
+                    )
+                # Not the network, not the server: a fault on this side (logged as the dial
+                # ended), which no retry or other server mends.
+                return errors.InternalError(
+                    f"client: dialing {plan[1].address} failed on this side, not the "
+                    f"server's: {source.error!r}"
                 )
             assert source.conn is not None
             conn = source.conn
@@ -502,6 +509,8 @@ class VCCache:
         not needed: a newer VC to the endpoint, or the client closed)."""
         if error is not None:
             dial.error = error
+            if not isinstance(error, (errors.IPCError, OSError)):
+                log.error("client: dialing for %s failed on this side", key, exc_info=error)
         surplus: Connection | None = None
         retired: Connection | None = None
         with self.lock:

@@ -154,7 +154,9 @@ class Reader(abc.ABC):
         self._mid_read = False
         self._wake_r = self._wake_w = -1
         if lead:
-            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._wake_r, self._wake_w = os.pipe()  # (not inherited by children, as always)
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
             self._poll = select.poll()
             self._poll.register(self._sock.fileno(), select.POLLIN)
             self._poll.register(self._wake_r, select.POLLIN)

@@ -964,3 +964,29 @@ def test_a_fork_while_a_thread_holds_the_clients_lock_leaves_the_child_a_usable_
     with client._lock:  # (as a thread of the parent in a call's bookkeeping at the fork)
         _in_child(child)
     assert client.call(ctx(), name, "Echo", "parent again") == ("parent again",)
+
+
+@pytest.mark.interpreted  # (replaces a method of the compiled Dialing class)
+def test_a_fault_on_this_side_during_a_dial_is_not_blamed_on_the_server(
+    make_server: MakeServer,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dial that fails with neither an IPCError nor an OSError (a bug, a platform without
+    something the transport uses) is an InternalError saying it is this side's, logged with
+    its traceback; not a ConnectionFailed asking whether the server is running."""
+    from ipcclient.transport import dial
+
+    _server, name = make_server(Svc(), AllowEveryone())
+
+    def broken(self: Any, until: float) -> bool:
+        raise AttributeError("module 'os' has no attribute 'pipe2'")
+
+    monkeypatch.setattr(dial.Dialing, "_handshake_step", broken)
+    with caplog.at_level("ERROR", logger="ipcclient"), pytest.raises(errors.IPCError) as info:
+        make_client().call(ctx(), name, "Echo", 1, options=[NoRetry()])
+    text = str(info.value)
+    assert "failed on this side" in text and "pipe2" in text, text
+    assert "is the server running" not in text
+    assert any(r.exc_info and "pipe2" in str(r.exc_info[1]) for r in caplog.records)
