@@ -144,7 +144,7 @@ class Client:
         self._lock = self._cache.lock  # (also guards _calls)
         self._vcs = self._cache.vcs  # (the same map: read without the lock on the fast path)
         self._calls: weakref.WeakSet[Call] = weakref.WeakSet()
-        self._abandoned: collections.deque[Flow] = collections.deque()
+        self._abandoned = self._cache.abandoned  # (the same deque: see VCCache.reap_abandoned)
         self._closed = False
         self._pid = os.getpid()
         self._forks = vcs.forks  # the process's fork count when _pid was taken
@@ -621,12 +621,7 @@ class Client:
         log.debug("client: dropped %d VCs inherited across fork", len(inherited))
 
     def _reap_abandoned(self) -> None:
-        while True:
-            try:
-                flow = self._abandoned.popleft()
-            except IndexError:
-                return
-            flow.cancel(errors.CanceledError("client: the call was dropped without finish()"))
+        self._cache.reap_abandoned()
 
     def _check_open(self) -> None:
         if self._closed:

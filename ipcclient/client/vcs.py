@@ -186,6 +186,9 @@ class VCCache:
         for new calls, kept here until they close so that :meth:`close_locked` closes them
         too."""
         self.closed = False
+        self.abandoned: collections.deque[Flow] = collections.deque()
+        """Flows of calls dropped without ``finish()``, to cancel (:meth:`reap_abandoned`) when
+        the next call starts, or when callers wait for a free flow on a VC."""
         self._dialing: dict[str, Dial] = {}
         _CACHES.add(self)
         self._manager = manager
@@ -193,6 +196,15 @@ class VCCache:
         self._stats = stats
         self._authorizer = authorizer
         self._blessings_for_server = blessings_for_server
+
+    def reap_abandoned(self) -> None:
+        """Cancel the flows of calls dropped without ``finish()`` (see :attr:`abandoned`)."""
+        while True:
+            try:
+                flow = self.abandoned.popleft()
+            except IndexError:
+                return
+            flow.cancel(errors.CanceledError("client: the call was dropped without finish()"))
 
     def race(
         self, plans: list[Target], ctx: Context, tried: list[str]
@@ -230,8 +242,23 @@ class VCCache:
                     done = self._flow_on(dial, plans[i], redialed, i, pending, full, wake)
                     if done is not _NOT_YET:
                         yield plans[i], done
+                if full and self.abandoned:  # (a dropped call may hold the flow waited for)
+                    self.reap_abandoned()
                 for i, conn in list(full.items()):
                     del full[i]
+                    _server, ep, key, _suffix = plans[i]
+                    if self.vcs.get(key) is not conn:
+                        # Replaced (a newer VC took over from a suspect one): wait there.
+                        conn.stop_waiting(wake)
+                        try:
+                            found = self.vc_or_dial(ep, key, tried, wake)
+                        except errors.IPCError as exc:
+                            yield plans[i], exc
+                            continue
+                        if isinstance(found, Dial):
+                            pending[i] = found
+                            continue
+                        conn = found
                     done = self._flow_on(conn, plans[i], redialed, i, pending, full, wake)
                     if done is not _NOT_YET:
                         yield plans[i], done

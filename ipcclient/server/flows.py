@@ -139,7 +139,15 @@ class FlowServing:
                     f"server: this VC has {vc.calls} calls running, at least half of them "
                     "ended by the client; try again later"
                 )
-            elif from_peer >= opts.max_calls_per_address:
+            elif (
+                from_peer >= opts.max_calls_per_address
+                # Calls of this VC whose flows have ended for the client (it reset them, or
+                # we did) while their methods still run do not count here (they count
+                # toward the bound above): the client opens a flow in their place as soon as
+                # the old one is over for it, within the limit announced to it.
+                and from_peer - max(0, vc.calls - (conn.inbound_flows - 1))
+                >= opts.max_calls_per_address
+            ):
                 refused = (
                     f"server: this client's address has {opts.max_calls_per_address} calls "
                     "running; try again later"
@@ -170,8 +178,8 @@ class FlowServing:
         takes the general way, which also answers every malformed request. Either way the
         caller is authorized before any arg is decoded (the general way: before any arg is
         read)."""
-        charge: ArgsCharge | None = None  # (the general way's: args held while read)
-        # The call's slot and the bytes of args charged to it by the whole way, given back
+        # The call's slot, the bytes of args charged to it by the whole way, then any
+        # ArgsCharge of the call (the general way's, what decoding may cost): given back
         # (emptied) by _end_slot before the call's last frame goes out, else at the end.
         slot: list[Any] = [vc, 0]
         try:
@@ -187,6 +195,7 @@ class FlowServing:
                     opts.max_args_bytes,
                     self._args_total,
                 )
+                slot.append(charge)
                 self._run_call(flow, MessageStream(flow), vc, charge, slot)
                 return
             request, bodies = parsed
@@ -205,8 +214,6 @@ class FlowServing:
             log.exception("server: unexpected failure serving a flow")
         finally:
             flow.close()
-            if charge is not None:
-                charge.release()
             if slot:  # (not given back yet: see _end_slot)
                 self._end_slot(slot)
 
@@ -216,9 +223,11 @@ class FlowServing:
         after this: a client that sees its call end and opens a new flow at once, within
         the limit announced to it, must not find the old call still counted."""
         if slot:
-            vc, held = slot
+            vc, held, *charges = slot
             slot.clear()
             self._release_slot(vc, held)
+            for charge in charges:
+                charge.release()
 
     def _parse_whole_request(self, flow: Flow) -> tuple[Request, list[bytes]] | None:
         """The request and the args' bodies (not decoded) of a flow whose peer is done and
@@ -345,13 +354,10 @@ class FlowServing:
         deadline = None if request.deadline is None else time.monotonic() + request.deadline
         server: Server = self  # type: ignore[assignment]  # (the mixin of Server)
         call = ServerCall(flow, stream, request, server, self._root, deadline, span)
-        held: list[ArgsCharge] = []  # (what decoding ``bodies`` may cost: see _hold_decoded)
         try:
-            self._run_request(call, flow, stream, request, bodies, deadline, held, slot)
+            self._run_request(call, flow, stream, request, bodies, deadline, slot)
         finally:
             call.end()
-            for charge in held:
-                charge.release()
 
     def _run_request(
         self,
@@ -361,7 +367,6 @@ class FlowServing:
         request: Request,
         bodies: list[bytes] | None,
         deadline: float | None,
-        held: list[ArgsCharge],
         slot: list[Any],
     ) -> None:
         try:
@@ -370,7 +375,7 @@ class FlowServing:
             if bodies is not None:
                 for body in bodies:
                     if len(body) > 1 and 0x60 <= body[0] < 0xE0:  # (text, array, map, tag)
-                        walked = self._hold_decoded(flow, bodies, held)
+                        walked = self._hold_decoded(flow, bodies, slot)
                         args = [decode(b, walked=w) for b, w in zip(bodies, walked, strict=True)]
                         break
                 else:
@@ -418,10 +423,12 @@ class FlowServing:
                 head = _END_MESSAGES[n] if n < len(_END_MESSAGES) else _end_message(n)
             bound, late = self._send_bound(deadline)
             data = encode_message_parts(*results, head=head)
-            if slot:  # (_end_slot, inline: this runs once per call)
+            if len(slot) == 2:  # (_end_slot, inline, for the usual call: once per call)
                 vc, held_bytes = slot
                 slot.clear()
                 self._release_slot(vc, held_bytes)
+            elif slot:
+                self._end_slot(slot)
             flow.write(data, end=True, deadline=bound, late=late)
         except errors.BadArgError as exc:
             err = errors.InternalError(f"server: cannot encode results: {exc.msg}")
@@ -429,12 +436,12 @@ class FlowServing:
         except errors.IPCError as exc:
             log.debug("server: could not send results: %s", exc)
 
-    def _hold_decoded(self, flow: Flow, bodies: list[bytes], held: list[ArgsCharge]) -> list[bool]:
+    def _hold_decoded(self, flow: Flow, bodies: list[bytes], slot: list[Any]) -> list[bool]:
         """Charge what a whole request's args (their bytes already held) may cost decoded
         beyond their bytes (``decoded_charge``: many small items), as the general way's
-        reader charges each arg, once the caller is authorized; the charge is added to
-        ``held``, to give back when the call ends. Returns, for each arg, whether its heads
-        were walked to count its items (``decode``'s ``walked``).
+        reader charges each arg, once the caller is authorized; the charge is added to the
+        call's ``slot``, given back with it (see ``_serve_flow``). Returns, for each arg,
+        whether its heads were walked to count its items (``decode``'s ``walked``).
 
         Raises:
             OverloadedError: over the call's, its VC's, its address's or the server's bound.
@@ -458,7 +465,7 @@ class FlowServing:
             self._args_total,
         )
         charge.take(extra)
-        held.append(charge)
+        slot.append(charge)
         return walked
 
     def _read_args(

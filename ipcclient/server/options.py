@@ -43,8 +43,9 @@ class ServerOptions:
         max_calls_per_vc: calls one VC may have open at once: one client cannot take every
             worker. The server announces it in the handshake, and ipcclient's client waits
             for one of its calls to end rather than open more (a client that opens more
-            anyway has them refused with OverloadedError). A call the client ended early
-            (cancelled) whose method still runs leaves its slot to a new call, but still
+            anyway has them refused with OverloadedError). A call whose flow has ended
+            (the client cancelled it, or the server reset it) while its method still runs
+            leaves its slot to a new call, here and in ``max_calls_per_address``, but still
             counts toward twice this: beyond that, new calls on the VC are refused with
             OverloadedError until some of those methods return.
         max_calls_per_address: calls the VCs from one remote IP address may have running

@@ -150,7 +150,8 @@ class Connection(Reader):
         # The most flows the peer takes from us at once (announced in its hello; 0: none
         # announced). A dialer at it waits for one of its flows to end (see connect()).
         self.flow_limit = peer.max_flows if dialer else 0
-        self._flow_waiters: list[threading.Event] = []
+        self._flow_waiters: list[threading.Event] = []  # in the order they came
+        self._flow_promised: list[threading.Event] = []  # woken: a free flow is kept for each
         self._on_flow = on_flow
         self._on_close = on_close
         self._keepalive = keepalive or KeepaliveConfig()
@@ -263,6 +264,7 @@ class Connection(Reader):
         with self._lock:
             self._retiring = True
             idle = not self._flows
+            self._wake_flow_waiters_locked()  # (they go to the VC that replaces this one)
         if idle:
             self.close()
 
@@ -279,12 +281,19 @@ class Connection(Reader):
         with self._lock:
             return len(self._flows)
 
+    @property
+    def inbound_flows(self) -> int:
+        """The peer's flows live on this VC now (a snapshot, read without the lock): a flow
+        counts from its first frame until it is over both ways, or reset either way."""
+        return self._mux._inbound
+
     # --- flows ------------------------------------------------------------------------
     def connect(self, waiter: threading.Event | None = None) -> Flow | None:
         """Open a new flow (nothing is sent until its first write); None when this side
-        has as many flows open as the peer takes at once (:attr:`flow_limit`): ``waiter``,
-        if given, is then set when one of them ends or the VC ends (call again then;
-        :meth:`stop_waiting` if you give up first).
+        has as many flows open as the peer takes at once (:attr:`flow_limit`), or others
+        wait for one: ``waiter``, if given, then joins the queue (once) and is set when a
+        flow is kept for it (its turn: call again, with the same ``waiter``) or the VC ends.
+        Call :meth:`stop_waiting` if you give up first.
 
         Raises:
             ConnectionFailedError: the VC is closed or broken (evict it and dial again).
@@ -294,10 +303,17 @@ class Connection(Reader):
                 raise errors.ConnectionFailedError(
                     f"transport: the VC is closed: {self._error.msg}"
                 )
-            if self.flow_limit and len(self._flows) >= self.flow_limit:
-                if waiter is not None and waiter not in self._flow_waiters:
-                    self._flow_waiters.append(waiter)
-                return None
+            limit = self.flow_limit
+            if limit:
+                promised = self._flow_promised
+                if promised and waiter is not None and waiter in promised:
+                    promised.remove(waiter)  # its turn: the flow kept for it
+                elif self._flow_waiters or len(self._flows) + len(promised) >= limit:
+                    # Full, or others are ahead: queue (no call overtakes those waiting).
+                    if waiter is not None and waiter not in self._flow_waiters:
+                        self._flow_waiters.append(waiter)
+                    self._pass_free_flows_locked()  # (room with a queue: the head's turn)
+                    return None
             try:
                 fid = self._mux.open_flow()
             except errors.IPCError as exc:
@@ -312,22 +328,29 @@ class Connection(Reader):
         """Forget ``waiter`` (see :meth:`connect`): its owner no longer wants a flow here.
         Had a flow's end woken it already, the next waiter is woken in its place."""
         with self._lock:
-            waiters = self._flow_waiters
-            try:
-                waiters.remove(waiter)
-            except ValueError:
+            if waiter in self._flow_waiters:
+                self._flow_waiters.remove(waiter)
+            elif waiter in self._flow_promised:
+                self._flow_promised.remove(waiter)
                 self._pass_free_flows_locked()
 
     def _pass_free_flows_locked(self) -> None:
-        """Wake as many waiters as there are free flows, the longest waiting first."""
+        """Keep a free flow for each of the longest waiting, as many as there are free
+        flows, and wake them."""
         waiters = self._flow_waiters
-        for _ in range(min(len(waiters), self.flow_limit - len(self._flows))):
-            waiters.pop(0).set()
+        promised = self._flow_promised
+        free = self.flow_limit - len(self._flows) - len(promised)
+        for _ in range(min(len(waiters), free)):
+            waiter = waiters.pop(0)
+            promised.append(waiter)
+            waiter.set()
 
     def _wake_flow_waiters_locked(self) -> None:
-        """The VC ended: every waiter tries again (and hears why)."""
-        waiters = self._flow_waiters
+        """The VC ended or is retired: every waiter tries again (and hears why, or goes to
+        another VC)."""
+        waiters = self._flow_waiters + self._flow_promised
         self._flow_waiters = []
+        self._flow_promised = []
         for waiter in waiters:
             waiter.set()
 

@@ -6,6 +6,7 @@ methods still run are bounded too."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from ipcclient import errors
-from ipcclient.client import Client
+from ipcclient.client import Client, vcs
 from ipcclient.context import Context
 from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
@@ -246,39 +247,110 @@ def test_a_waiter_whose_vc_ends_goes_on_to_a_new_vc(
     assert new is not conn
 
 
-def test_a_free_flow_goes_to_the_longest_waiter_and_a_leaver_passes_it_on(
+def test_waiters_are_served_in_turn_and_never_overtaken(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    """A flow's end wakes one waiter, the one waiting longest; a waiter that was woken but
-    gives up (its deadline passed) passes the free flow to the next one."""
+    """A flow's end keeps the free flow for the waiter waiting longest and wakes it; until
+    it comes for it, neither a later waiter nor a caller that did not queue (the fast path)
+    can take it. A woken waiter that gives up passes it on to the next one."""
     gate, _name, client, _out = _full_vc(make_server, make_client, 1)
     (conn,) = client._vcs.values()
-    first, second = threading.Event(), threading.Event()
+    first, second, third = threading.Event(), threading.Event(), threading.Event()
     assert conn.connect(first) is None and conn.connect(second) is None
     assert conn._flow_waiters == [first, second]
     gate.open.set()
     _join(gate)
     _wait(first.is_set)
     assert not second.is_set() and conn._flow_waiters == [second]
-    conn.stop_waiting(first)  # woken, but it gives up: the next waiter is told instead
-    assert second.is_set() and not conn._flow_waiters
+    assert conn.connect() is None  # a caller that never queued does not overtake
+    assert conn.connect(second) is None and conn._flow_waiters == [second]  # nor a later one
+    assert conn.connect(third) is None and conn._flow_waiters == [second, third]
+    conn.stop_waiting(first)  # woken, but it gives up: the next waiter's turn
+    assert second.is_set() and not third.is_set() and conn._flow_waiters == [third]
     flow = conn.connect(second)
+    assert flow is not None and conn._flow_waiters == [third] and not conn._flow_promised
+    flow.cancel()  # (its end: the third's turn)
+    assert third.is_set() and not conn._flow_waiters
+    conn.stop_waiting(third)
+    flow = conn.connect()  # nobody waits: a free flow for anyone
     assert flow is not None
     flow.cancel()
+
+
+def test_a_call_dropped_without_finish_frees_its_flow_for_a_waiter(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A call collected without finish() holds its flow until the client cancels it; a call
+    already waiting for that flow has it cancelled (within ``FLOW_WAIT_SLICE``) rather than
+    wait out its own deadline (10 s here; it is served within 5 s)."""
+    gate = Gate()
+    _server, name = make_server(
+        gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=1, max_workers=8)
+    )
+    client = _no_retry_client(make_client)
+    dropped = client.start_call(Context.background().with_timeout(20), name, "Hold", [0])
+    _wait(lambda: gate.running == 1)
+    (conn,) = client._vcs.values()
+    result: list[Any] = []
+
+    def waiter() -> None:
+        ctx = Context.background().with_timeout(10)
+        result.append(client.call_one(ctx, name, "Echo", "next", options=NO_RETRY))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    _wait(lambda: bool(conn._flow_waiters))  # (waiting before the call is dropped)
+    del dropped
+    gc.collect()
+    assert client._abandoned  # (its flow is left for the client to cancel)
+    thread.join(5)
+    assert result == ["next"]
+    gate.open.set()
+
+
+@pytest.mark.interpreted  # (sets a module constant, which compiled code does not read)
+def test_a_waiter_moves_to_the_vc_that_replaced_its_own(
+    make_server: MakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VC at its limit is replaced in the cache (here evicted; a suspect VC is retired
+    the same way): a call waiting on it is woken and goes to the new VC, as new calls do,
+    rather than wait for the old VC's call to end (or for its own next look)."""
+    monkeypatch.setattr(vcs, "FLOW_WAIT_SLICE", 30.0)  # (only the wake can move it in time)
+    gate, name, client, out = _full_vc(make_server, make_client, 1)
+    (old,) = client._vcs.values()
+    result: list[Any] = []
+
+    def waiter() -> None:
+        ctx = Context.background().with_timeout(10)
+        result.append(client.call_one(ctx, name, "Echo", "moved", options=NO_RETRY))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    _wait(lambda: bool(old._flow_waiters))
+    client._cache.evict(old)
+    thread.join(5)
+    assert result == ["moved"] and not old._flow_waiters
+    assert gate.running == 1 and not out  # (the old VC's call still runs)
+    gate.open.set()
+    _join(gate)
+    assert out == [0]
 
 
 def test_calls_cancelled_while_their_methods_run_are_bounded_per_vc(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    """A client that cancels calls whose methods ignore it frees its flows for new calls,
-    but a VC's running calls stay bounded at twice ``max_calls_per_vc``: beyond that a new
-    call is refused with Overloaded (backoff), and admitted again once the methods end."""
+    """A client that cancels calls whose methods ignore it frees its flows for new calls
+    (those calls no longer count toward ``max_calls_per_address`` either), but a VC's
+    running calls stay bounded at twice ``max_calls_per_vc``: beyond that a new call is
+    refused with Overloaded (backoff), and admitted again once the methods end."""
     gate = Gate()
     server, name = make_server(
-        gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=2, max_workers=16)
+        gate,
+        AllowEveryone(),
+        options=ServerOptions(max_calls_per_vc=2, max_calls_per_address=2, max_workers=16),
     )
     client = _no_retry_client(make_client)
-    for round_ in range(2):
+    for round_ in range(2):  # (the second round's calls go over the address's bound)
         ctx = Context.background().with_timeout(20).with_cancel()
         calls = [client.start_call(ctx, name, "Hold", [i], *NO_RETRY) for i in range(2)]
         _wait(lambda r=round_: gate.running == 2 * (r + 1))
