@@ -118,6 +118,22 @@ def _full_vc(
     return gate, name, client, out
 
 
+def _queued_echo(client: Client, name: str, word: str) -> tuple[threading.Thread, list[Any]]:
+    """An Echo call of ``word`` on a thread of its own, started once the client's one VC
+    has it queued (waiting for a flow); its result goes in the list."""
+    (conn,) = client._vcs.values()
+    result: list[Any] = []
+
+    def waiter() -> None:
+        ctx = Context.background().with_timeout(10)
+        result.append(client.call_one(ctx, name, "Echo", word, options=NO_RETRY))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    _wait(lambda: bool(conn._flow_waiters))
+    return thread, result
+
+
 def test_the_server_announces_its_per_vc_limit_and_refuses_a_peer_over_it(
     family: Family, make_server: MakeServer
 ) -> None:
@@ -226,17 +242,7 @@ def test_a_waiter_whose_vc_ends_goes_on_to_a_new_vc(
     call succeeds on the new VC."""
     gate, name, client, out = _full_vc(make_server, make_client, 1)
     (conn,) = client._vcs.values()
-    result: list[Any] = []
-    waiter = threading.Thread(
-        target=lambda: result.append(
-            client.call_one(
-                Context.background().with_timeout(20), name, "Echo", "after", options=NO_RETRY
-            )
-        ),
-        daemon=True,
-    )
-    waiter.start()
-    _wait(lambda: bool(conn._flow_waiters))
+    waiter, result = _queued_echo(client, name, "after")
     conn.close()
     waiter.join(10)
     assert result == ["after"]
@@ -290,16 +296,7 @@ def test_a_call_dropped_without_finish_frees_its_flow_for_a_waiter(
     client = _no_retry_client(make_client)
     dropped = client.start_call(Context.background().with_timeout(20), name, "Hold", [0])
     _wait(lambda: gate.running == 1)
-    (conn,) = client._vcs.values()
-    result: list[Any] = []
-
-    def waiter() -> None:
-        ctx = Context.background().with_timeout(10)
-        result.append(client.call_one(ctx, name, "Echo", "next", options=NO_RETRY))
-
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    _wait(lambda: bool(conn._flow_waiters))  # (waiting before the call is dropped)
+    thread, result = _queued_echo(client, name, "next")  # (waiting before the call drops)
     del dropped
     gc.collect()
     assert client._abandoned  # (its flow is left for the client to cancel)
@@ -318,15 +315,7 @@ def test_a_waiter_moves_to_the_vc_that_replaced_its_own(
     monkeypatch.setattr(vcs, "FLOW_WAIT_SLICE", 30.0)  # (only the wake can move it in time)
     gate, name, client, out = _full_vc(make_server, make_client, 1)
     (old,) = client._vcs.values()
-    result: list[Any] = []
-
-    def waiter() -> None:
-        ctx = Context.background().with_timeout(10)
-        result.append(client.call_one(ctx, name, "Echo", "moved", options=NO_RETRY))
-
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    _wait(lambda: bool(old._flow_waiters))
+    thread, result = _queued_echo(client, name, "moved")
     client._cache.evict(old)
     thread.join(5)
     assert result == ["moved"] and not old._flow_waiters
