@@ -339,6 +339,10 @@ def run_cases(
     """Run ``cases`` (default: all) against the server at ``endpoint`` (an endpoint string
     or a name); each case gets ``timeout`` seconds. Uses ``client`` or a fresh one with the
     ``interop:client`` identity (closed afterwards)."""
+    if not isinstance(endpoint, str):
+        raise errors.BadArgError(
+            f"interop: the endpoint must be a str (an endpoint or a name), got {endpoint!r:.60}"
+        )
     names = list(CASES) if cases is None else list(cases)
     unknown = [c for c in names if c not in CASES]
     if unknown:

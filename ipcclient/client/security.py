@@ -378,7 +378,9 @@ def fetch_discharges(
             return fetch_shared(cav, key)
         except errors.IPCError as exc:
             problems.append(f"discharge for caveat {cav.id[:12]} from {cav.location}: {exc}")
-            log.warning("client: fetching a discharge from %s failed: %s", cav.location, exc)
+            # (Ended by the call's own deadline or cancel, or an interrupt: the call says so.)
+            level = logging.DEBUG if ctx.done() else logging.WARNING
+            log.log(level, "client: fetching a discharge from %s failed: %s", cav.location, exc)
             return None
 
     def fetch_shared(cav: ThirdPartyCaveat, key: FetchKey) -> Discharge:
@@ -409,7 +411,15 @@ def fetch_discharges(
     if len(caveats) == 1:
         results = [fetch(caveats[0])]
     else:
-        workers = min(len(caveats), max_parallel)
-        with ThreadPoolExecutor(workers, thread_name_prefix="ipc-discharge") as pool:
+        # The fetches run in the pool's threads, under a context of their own: an interrupt
+        # (Ctrl-C) of the thread waiting for them cancels it, so that they end at once and
+        # it does not wait out their deadline before the interrupt reaches its caller.
+        fetching = ctx.with_cancel()
+        ctx = fetching  # (the context fetch() and fetch_shared() use)
+        pool = ThreadPoolExecutor(min(len(caveats), max_parallel), "ipc-discharge")
+        try:
             results = list(pool.map(fetch, caveats))
+        finally:
+            fetching.cancel()  # (done, or interrupted; it is also let go of by ctx's parent)
+            pool.shutdown(wait=True)
     return [d for d in results if d is not None]

@@ -169,6 +169,14 @@ class _NotAMountTable(Exception):
     """Internal: the current entry's servers are not mount tables."""
 
 
+def _check_context(ctx: object, fn: str) -> None:
+    if not isinstance(ctx, Context):
+        raise errors.BadArgError(
+            f"namespace: {fn}() takes a Context first, got {ctx!r:.60}: "
+            f"namespace.{fn}(Context.background().with_timeout(5.0), name)"
+        )
+
+
 def _key_of(name: str) -> _CacheKey:
     address, suffix = names.split_address_name(name)
     return address, tuple(suffix.split("/")) if suffix else ()
@@ -319,6 +327,7 @@ class Namespace:
             CanceledError, TimeoutError: ``ctx`` is done.
             IPCError: every server of a step failed (the last error, with ``tried``).
         """
+        _check_context(ctx, "resolve")
         entry, final = self._root_entry(name)
         if final:
             return entry
@@ -343,6 +352,7 @@ class Namespace:
         Raises:
             as :meth:`resolve`, except NoExistError from a mount table.
         """
+        _check_context(ctx, "resolve_to_mount_table")
         entry, final = self._root_entry(name)
         if final:
             return entry

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors
+from ipcclient.context import LONGEST_WAIT
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -204,6 +205,17 @@ def _parse_endpoints(endpoints: str | Sequence[str]) -> tuple[tuple[str, str, in
     return tuple(out)
 
 
+def _timeout(value: object) -> float:
+    """A request's time in seconds: a number > 0 (at most ``LONGEST_WAIT``)."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not value > 0  # (NaN fails too)
+    ):
+        raise errors.BadArgError(f"etcd: a timeout must be seconds > 0, got {value!r:.40}")
+    return float(min(value, LONGEST_WAIT))
+
+
 class EtcdGateway:
     """Requests to etcd's v3 JSON gateway, failing over between the cluster's members.
 
@@ -227,10 +239,10 @@ class EtcdGateway:
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        if max_response_bytes < 1:
-            raise errors.BadArgError("etcd: max_response_bytes must be positive")
+        if not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise errors.BadArgError("etcd: max_response_bytes must be a positive int")
         self._members = _parse_endpoints(endpoints)
-        self._timeout = timeout
+        self._timeout = _timeout(timeout)
         self._max_response = max_response_bytes
         self._lock = threading.Lock()
         self._idle: dict[int, list[http.client.HTTPConnection]] = {
@@ -275,7 +287,7 @@ class EtcdGateway:
                 the request carries one).
             RevisionCompacted: the revision ``body`` reads at was compacted.
         """
-        budget = self._timeout if timeout is None else timeout
+        budget = self._timeout if timeout is None else _timeout(timeout)
         deadline = time.monotonic() + budget
         payload = json.dumps(body).encode()
         max_bytes, max_items, lease = _BOUNDS.get()

@@ -217,8 +217,11 @@ class EtcdStore:
         clock: Callable[[], float] = time.time,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        if max_mounts < 1 or max_servers_per_name < 1 or not request_timeout > 0:
-            raise errors.BadArgError("mount table: bounds must be positive")
+        for value in (max_mounts, max_servers_per_name, request_timeout):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise errors.BadArgError(
+                    f"mount table: bounds must be positive numbers, got {value!r:.40}"
+                )
         if not isinstance(prefix, str) or not prefix or "\x00" in prefix:
             raise errors.BadArgError(f"etcd: bad prefix {prefix!r}")
         if not prefix.endswith("/"):

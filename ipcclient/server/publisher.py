@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors
-from ipcclient.context import CancelContext, Context
+from ipcclient.context import LONGEST_WAIT, CancelContext, Context
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import endpoint_of
 from ipcclient.naming.namespace import Namespace
@@ -257,7 +257,11 @@ class Publisher:
         side, one lane per mount table server, so a table that does not answer cannot use
         up the others' time. Idempotent; later :meth:`add_name` calls fail with
         BadStateError."""
-        deadline = time.monotonic() + max(0.0, timeout)
+        if not _is_number(timeout) or timeout != timeout:  # (NaN)
+            raise errors.BadArgError(
+                f"publisher: stop's timeout must be seconds, got {timeout!r:.40}"
+            )
+        deadline = time.monotonic() + max(0.0, min(timeout, LONGEST_WAIT))
         with self._lock:
             if self._stopped:
                 return

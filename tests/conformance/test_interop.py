@@ -88,6 +88,9 @@ def test_cases_fail_against_a_misbehaving_server() -> None:
 def test_unknown_case_is_refused(server: Server) -> None:
     with pytest.raises(errors.BadArgError):
         interop.run_cases(server.endpoints[0], ["no_such_case"])
+    for bad in (None, 5):  # (an AttributeError before)
+        with pytest.raises(errors.BadArgError, match="endpoint must be a str"):
+            interop.run_cases(bad)  # type: ignore[arg-type]
 
 
 def test_identities_are_the_published_ones() -> None:

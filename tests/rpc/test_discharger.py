@@ -667,3 +667,28 @@ def test_a_discharger_named_through_a_mount_table(
             client.call(ctx(10), sname, "Who", options=(NoRetry(),))
         assert client.stats["discharges_fetched"] == 0
     assert time.monotonic() - started < 5.0
+
+
+def test_ctrl_c_while_fetching_several_discharges_comes_at_once(
+    stack: contextlib.ExitStack, family: Family
+) -> None:
+    """Two third-party caveats, fetched side by side from a discharger that does not answer:
+    Ctrl-C reaches the caller at once (the fetches were waited for until their deadline,
+    20 s here), and the client's next call goes on normally."""
+    from tests.transport.test_client_faults import ctrl_c_after
+
+    dp = family.member("discharger")
+    discharger = _TimingOutDischarger(dp)
+    stack.callback(discharger.gate.set)
+    _, dname = serving(stack, dp, discharger, authorizer=AllowEveryone())
+    cavs = [caveats.third_party(dname, dp.public_key) for _ in range(2)]
+    client = client_for(stack, _blessed_with(family, *cavs))
+    _, sname = serving(stack, family.member("server"), Label("guarded"))
+    start = time.monotonic()
+    with ctrl_c_after(0.3), pytest.raises(KeyboardInterrupt):
+        client.call(ctx(20), sname, "Who", options=(NoRetry(),))
+    assert time.monotonic() - start < 5.0
+    assert discharger.requests == 2
+    open_server = family.member("server")
+    _, open_name = serving(stack, open_server, Label("open"), authorizer=AllowEveryone())
+    assert client.call(ctx(5), open_name, "Who", options=(NoRetry(), NoDischarges())) == ("open",)

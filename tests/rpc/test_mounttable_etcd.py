@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from ipcclient.client import Client
 from ipcclient.context import Context
 from ipcclient.naming.namespace import Namespace
 from ipcclient.options import NoRetry
+from ipcclient.server.etcdgateway import EtcdGateway
 from ipcclient.server.etcdstore import EtcdStore
 from ipcclient.server.mounttable import MT, REPLACE, MountTable
 from ipcclient.server.mounttabled import serve_mount_table
@@ -254,6 +256,14 @@ def test_unreachable_etcd_is_a_typed_error_within_the_deadline() -> None:
         EtcdStore("ftp://127.0.0.1:1", prefix())
     with pytest.raises(errors.BadArgError):
         EtcdStore("", prefix())
+    for bad in ("x", None, math.nan, True, 0, -1.0):
+        with pytest.raises(errors.BadArgError):  # (a TypeError or ValueError before)
+            EtcdStore("127.0.0.1:1", prefix(), request_timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(errors.BadArgError):
+            EtcdGateway("127.0.0.1:1", timeout=bad)  # type: ignore[arg-type]
+        if bad is not None:  # (None: the gateway's own timeout)
+            with pytest.raises(errors.BadArgError):
+                EtcdGateway("127.0.0.1:1").request("/v3/kv/range", {}, timeout=bad)  # type: ignore[arg-type]
 
 
 class RecordingCaller:

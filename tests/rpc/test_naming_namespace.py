@@ -271,6 +271,16 @@ def test_a_non_str_name_is_bad_arg() -> None:
         Namespace([]).resolve(CTX, 42)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("ctx", [None, 1.0, "ctx"])
+def test_a_context_that_is_not_one_is_bad_arg(ctx: object) -> None:
+    """(An AttributeError before, from deep inside.)"""
+    ns = Namespace(["/127.0.0.1:1"], NoCalls())
+    with pytest.raises(errors.BadArgError, match="takes a Context first"):
+        ns.resolve(ctx, "a/b")  # type: ignore[arg-type]
+    with pytest.raises(errors.BadArgError, match="takes a Context first"):
+        ns.resolve_to_mount_table(ctx, "a/b")  # type: ignore[arg-type]
+
+
 def test_step_timeout_defaults_to_30s_and_a_deadline_is_passed_on(
     ns: Namespace, net: FakeNetwork
 ) -> None:

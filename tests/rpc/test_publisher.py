@@ -338,6 +338,11 @@ def test_a_ttl_beyond_the_tables_max_is_asked_as_the_max(
             Publisher(client, client.namespace, ttl=bad)  # type: ignore[arg-type]
         with pytest.raises(errors.BadArgError):
             Publisher(client, client.namespace, call_timeout=bad)  # type: ignore[arg-type]
+    pub = Publisher(client, client.namespace)
+    for bad in (None, "x", math.nan):  # (a TypeError before; NaN was taken as no time)
+        with pytest.raises(errors.BadArgError, match="stop's timeout"):
+            pub.stop(bad)  # type: ignore[arg-type]
+    pub.stop(0.5)  # (still stops)
 
 
 def test_add_name_changes_the_flags_of_a_published_name(
