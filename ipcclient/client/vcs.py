@@ -241,27 +241,34 @@ class VCCache:
                     del pending[i]
                     done = self._flow_on(dial, plans[i], redialed, i, pending, full, wake)
                     if done is not _NOT_YET:
-                        yield plans[i], done
+                        yield from self._hand_over(plans[i], done, full, wake)
                 if full and self.abandoned:  # (a dropped call may hold the flow waited for)
                     self.reap_abandoned()
                 for i, conn in list(full.items()):
                     del full[i]
                     _server, ep, key, _suffix = plans[i]
-                    if self.vcs.get(key) is not conn:
-                        # Replaced (a newer VC took over from a suspect one): wait there.
+                    try:
+                        if self.vcs.get(key) is not conn:
+                            # Replaced (a newer VC took over from a suspect one): wait there.
+                            conn.stop_waiting(wake)
+                            found: Connection | Dial | errors.IPCError
+                            try:
+                                found = self.vc_or_dial(ep, key, tried, wake)
+                            except errors.IPCError as exc:
+                                found = exc
+                            if not isinstance(found, Connection):
+                                if isinstance(found, Dial):
+                                    pending[i] = found
+                                else:
+                                    yield plans[i], found
+                                continue
+                            conn = found
+                        done = self._flow_on(conn, plans[i], redialed, i, pending, full, wake)
+                    except BaseException:  # (out of ``full``: the finally below misses it)
                         conn.stop_waiting(wake)
-                        try:
-                            found = self.vc_or_dial(ep, key, tried, wake)
-                        except errors.IPCError as exc:
-                            yield plans[i], exc
-                            continue
-                        if isinstance(found, Dial):
-                            pending[i] = found
-                            continue
-                        conn = found
-                    done = self._flow_on(conn, plans[i], redialed, i, pending, full, wake)
+                        raise
                     if done is not _NOT_YET:
-                        yield plans[i], done
+                        yield from self._hand_over(plans[i], done, full, wake)
                 if next_i >= len(plans) and not pending and not full:
                     return
                 now = time.monotonic()
@@ -280,7 +287,7 @@ class VCCache:
                         continue
                     flow = self._flow_on(found, plans[i], redialed, i, pending, full, wake)
                     if flow is not _NOT_YET:
-                        yield plans[i], flow
+                        yield from self._hand_over(plans[i], flow, full, wake)
                     continue
                 timeout = DIAL_WAIT_SLICE if pending else FLOW_WAIT_SLICE
                 if next_i < len(plans):
@@ -309,7 +316,7 @@ class VCCache:
                         del pending[i]
                         flow = self._flow_on(newer, plans[i], redialed, i, pending, full, wake)
                         if flow is not _NOT_YET:
-                            yield plans[i], flow
+                            yield from self._hand_over(plans[i], flow, full, wake)
         finally:
             if handle is not None:
                 ctx.remove_done_callback(handle)
@@ -318,6 +325,26 @@ class VCCache:
             for dial in pending.values():
                 with contextlib.suppress(ValueError):
                     dial.listeners.remove(wake)
+
+    @staticmethod
+    def _hand_over(
+        plan: Target,
+        got: Flow | errors.IPCError,
+        full: dict[int, Connection],
+        wake: threading.Event,
+    ) -> Iterator[tuple[Target, Flow | errors.IPCError]]:
+        """Yield ``got`` to :meth:`race`'s caller. A caller given a flow stops waiting on
+        the other VCs it waits on (``full``) while it uses it, so that no free flow is kept
+        there for it meanwhile; it queues on them again if it comes back for another."""
+        if not full or isinstance(got, errors.IPCError):
+            yield plan, got
+            return
+        waited = dict(full)
+        full.clear()
+        for conn in waited.values():
+            conn.stop_waiting(wake)
+        yield plan, got
+        full.update(waited)
 
     def _flow_on(
         self,

@@ -16,6 +16,7 @@ import pytest
 
 from ipcclient import errors
 from ipcclient.client import Client, vcs
+from ipcclient.client import plan as _plan
 from ipcclient.context import Context
 from ipcclient.options import ClientOptions, NoRetry
 from ipcclient.server.authorizer import AllowEveryone
@@ -390,3 +391,48 @@ def test_a_call_that_just_ended_never_counts_against_the_next(
         t.join(40)
         assert not t.is_alive()
     assert not failures, failures[:3]
+
+
+def test_a_caller_given_a_flow_keeps_none_waiting_on_another_vc(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A name with two servers, each VC at its limit: a caller waits on both. Given a flow
+    on one, it stops waiting on the other while it uses that flow (its request being set up:
+    discharges fetched, args written), so a flow that ends there goes to that VC's own
+    waiter, not kept for it; it queues again if it comes back for another server."""
+    gates, names = [Gate(), Gate()], []
+    for gate in gates:
+        _server, name = make_server(
+            gate, AllowEveryone(), options=ServerOptions(max_calls_per_vc=1, max_workers=8)
+        )
+        names.append(name)
+    client = _no_retry_client(make_client)
+    for gate, name in zip(gates, names, strict=True):
+        _holding(client, name, gate, 1)
+        _wait(lambda g=gate: g.running == 1)
+    targets = []
+    for name in names:
+        address, suffix = _plan.split_server(name)
+        ep, key = _plan.dial_plan(address, (1, 1))
+        targets.append((name, ep, key, suffix))
+    a, b = (client._vcs[key] for _n, _e, key, _s in targets)
+    racing = client._cache.race(targets, Context.background().with_timeout(20), [])
+    first: list[Any] = []
+    thread = threading.Thread(target=lambda: first.append(next(racing)), daemon=True)
+    thread.start()
+    _wait(lambda: bool(a._flow_waiters) and bool(b._flow_waiters))  # (after the stagger)
+    gates[0].open.set()  # A's call ends: the caller's turn there
+    thread.join(10)
+    (target, flow), *_ = first
+    assert target is targets[0] and flow.connection is a
+    assert not b._flow_waiters and not b._flow_promised  # (it waits on B no more)
+    waiter = threading.Event()
+    assert b.connect(waiter) is None
+    gates[1].open.set()  # B's call ends: its flow goes to B's own waiter at once
+    _wait(waiter.is_set)
+    assert b._flow_promised == [waiter]
+    b.stop_waiting(waiter)
+    racing.close()
+    flow.cancel()
+    _join(gates[0])
+    _join(gates[1])
