@@ -1108,6 +1108,7 @@ def test_a_second_interrupt_while_a_daemon_stops_still_closes_its_client(
 # --- python -m ipcclient.interop ---------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("ctrl_c")  # (the run started with SIGINT ignored would inherit it)
 def test_interop_command_refuses_bad_timeouts_and_is_interrupted_cleanly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

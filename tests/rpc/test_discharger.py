@@ -669,6 +669,7 @@ def test_a_discharger_named_through_a_mount_table(
     assert time.monotonic() - started < 5.0
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_while_fetching_several_discharges_comes_at_once(
     stack: contextlib.ExitStack, family: Family
 ) -> None:
