@@ -26,6 +26,7 @@ from ipcclient.transport.manager import TransportOptions
 from ipcclient.wire.muxstate import MuxConfig
 from tests.conftest import Family
 from tests.hostile import HostilePeer, request_header, server_address
+from tests.transport.test_hostile_load import wait_until
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -59,13 +60,6 @@ class Gate:
 
     def Echo(self, call: ServerCall, x: Any) -> Any:
         return x
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.005)
 
 
 def _no_retry_client(make_client: MakeClient) -> Client:
@@ -115,7 +109,7 @@ def _full_vc(
     )
     client = _no_retry_client(make_client)
     out = _holding(client, name, gate, n or limit)
-    _wait(lambda: gate.running == limit)
+    wait_until(lambda: gate.running == limit)
     return gate, name, client, out
 
 
@@ -131,7 +125,7 @@ def _queued_echo(client: Client, name: str, word: str) -> tuple[threading.Thread
 
     thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
-    _wait(lambda: bool(conn._flow_waiters))
+    wait_until(lambda: bool(conn._flow_waiters))
     return thread, result
 
 
@@ -152,7 +146,7 @@ def test_the_server_announces_its_per_vc_limit_and_refuses_a_peer_over_it(
             err = peer.wait_reset(fid)
             assert isinstance(err, errors.OverloadedError), err
             assert err.action == errors.RetryAction.RETRY_BACKOFF
-        _wait(lambda: gate.running == 3)
+        wait_until(lambda: gate.running == 3)
         gate.open.set()
         for fid in fids[:3]:
             peer.wait_ended(fid)
@@ -185,7 +179,7 @@ def test_calls_beyond_the_limit_wait_for_a_call_to_end_instead_of_failing(
     first ones end, never more than four at once on the server."""
     gate, _name, client, out = _full_vc(make_server, make_client, 4, 12)
     (conn,) = client._vcs.values()
-    _wait(lambda: len(conn._flow_waiters) == 8)  # (each waiting call, queued on the VC)
+    wait_until(lambda: len(conn._flow_waiters) == 8)  # (each waiting call, queued on the VC)
     assert gate.running == 4 and not out
     assert conn.flow_limit == 4 and conn.flow_count == 4
     gate.open.set()
@@ -267,7 +261,7 @@ def test_waiters_are_served_in_turn_and_never_overtaken(
     assert conn._flow_waiters == [first, second]
     gate.open.set()
     _join(gate)
-    _wait(first.is_set)
+    wait_until(first.is_set)
     assert not second.is_set() and conn._flow_waiters == [second]
     assert conn.connect() is None  # a caller that never queued does not overtake
     assert conn.connect(second) is None and conn._flow_waiters == [second]  # nor a later one
@@ -296,7 +290,7 @@ def test_a_call_dropped_without_finish_frees_its_flow_for_a_waiter(
     )
     client = _no_retry_client(make_client)
     dropped = client.start_call(Context.background().with_timeout(20), name, "Hold", [0])
-    _wait(lambda: gate.running == 1)
+    wait_until(lambda: gate.running == 1)
     thread, result = _queued_echo(client, name, "next")  # (waiting before the call drops)
     del dropped
     gc.collect()
@@ -343,18 +337,18 @@ def test_calls_cancelled_while_their_methods_run_are_bounded_per_vc(
     for round_ in range(2):  # (the second round's calls go over the address's bound)
         ctx = Context.background().with_timeout(20).with_cancel()
         calls = [client.start_call(ctx, name, "Hold", [i], *NO_RETRY) for i in range(2)]
-        _wait(lambda r=round_: gate.running == 2 * (r + 1))
+        wait_until(lambda r=round_: gate.running == 2 * (r + 1))
         ctx.cancel()
         for c in calls:
             with pytest.raises(errors.CanceledError):
                 c.finish()
-    _wait(lambda: server._in_use == 4)
+    wait_until(lambda: server._in_use == 4)
     with pytest.raises(errors.OverloadedError) as info:
         client.call_one(Context.background().with_timeout(10), name, "Echo", "x", options=NO_RETRY)
     assert info.value.action == errors.RetryAction.RETRY_BACKOFF
     assert "ended by the client" in info.value.msg
     gate.open.set()
-    _wait(lambda: server._in_use == 0)
+    wait_until(lambda: server._in_use == 0)
     assert client.call_one(Context.background().with_timeout(10), name, "Echo", "y") == "y"
 
 
@@ -409,7 +403,7 @@ def test_a_caller_given_a_flow_keeps_none_waiting_on_another_vc(
     client = _no_retry_client(make_client)
     for gate, name in zip(gates, names, strict=True):
         _holding(client, name, gate, 1)
-        _wait(lambda g=gate: g.running == 1)
+        wait_until(lambda g=gate: g.running == 1)
     targets = []
     for name in names:
         address, suffix = _plan.split_server(name)
@@ -420,7 +414,7 @@ def test_a_caller_given_a_flow_keeps_none_waiting_on_another_vc(
     first: list[Any] = []
     thread = threading.Thread(target=lambda: first.append(next(racing)), daemon=True)
     thread.start()
-    _wait(lambda: bool(a._flow_waiters) and bool(b._flow_waiters))  # (after the stagger)
+    wait_until(lambda: bool(a._flow_waiters) and bool(b._flow_waiters))  # (after the stagger)
     gates[0].open.set()  # A's call ends: the caller's turn there
     thread.join(10)
     (target, flow), *_ = first
@@ -429,7 +423,7 @@ def test_a_caller_given_a_flow_keeps_none_waiting_on_another_vc(
     waiter = threading.Event()
     assert b.connect(waiter) is None
     gates[1].open.set()  # B's call ends: its flow goes to B's own waiter at once
-    _wait(waiter.is_set)
+    wait_until(waiter.is_set)
     assert b._flow_promised == [waiter]
     b.stop_waiting(waiter)
     racing.close()
