@@ -278,6 +278,10 @@ class Listener:
         # sockets), and how many per address; a shed socket leaves the dict at once.
         self._pending: collections.OrderedDict[socket.socket, str] = collections.OrderedDict()
         self._per_address: dict[str, int] = {}
+        # Handshakes that succeeded whose VC is not yet in _connections: they count toward
+        # max_connections in between, or a burst of handshakes ending together would let
+        # the accept loop take that many sockets over the cap.
+        self._establishing = 0
         # Accepted VCs from each remote address (TCP only), and each VC's address.
         self._vcs_per_address: dict[str, int] = {}
         self._vc_address: dict[Connection, str] = {}
@@ -374,6 +378,7 @@ class Listener:
         pending = list(self._pending)
         self._pending = collections.OrderedDict()
         self._per_address = {}
+        self._establishing = 0
         self._vcs_per_address = {}
         self._vc_address = {}
         for sock in (self._sock, *pending):
@@ -402,7 +407,10 @@ class Listener:
                 per = self._per_address.get(address, 0)
                 if self._closed:  # (close() ran since the accept: it shut the pending ones)
                     closed = True
-                elif len(self._connections) + len(self._pending) >= opts.max_connections:
+                elif (
+                    len(self._connections) + len(self._pending) + self._establishing
+                    >= opts.max_connections
+                ):
                     refused = self._refused
                 elif address and per >= opts.max_handshakes_per_address:
                     refused = self._refused_address
@@ -449,9 +457,13 @@ class Listener:
     def _end_pending(self, sock: socket.socket, *, established: bool = False) -> str | None:
         """The handshake on ``sock`` ended: it is no longer pending. With ``established``
         its count moves to the address's accepted VCs in the same step (so the accept loop
-        never sees the address one short); :meth:`_uncount_vc` gives it back. Returns its
-        remote address (None when it was shed meanwhile; "" on Unix sockets)."""
+        never sees the address one short); :meth:`_uncount_vc_locked` gives it back. Its count
+        toward ``max_connections`` moves to ``_establishing`` until :meth:`_handshake` has
+        added its VC or given up on it. Returns its remote address (None when it was shed
+        meanwhile; "" on Unix sockets)."""
         with self._lock:
+            if established:
+                self._establishing += 1
             address = self._pending.pop(sock, None)
             if address is not None:
                 self._drop_address_locked(address)
@@ -515,12 +527,14 @@ class Listener:
             )
         except Exception as exc:  # out of descriptors for the wake pipe, say
             sock.close()
-            if counted:
-                with self._lock:
+            with self._lock:
+                self._establishing -= 1
+                if counted:
                     self._uncount_vc_locked(counted)
             self._failed.event(f"no VC for a connection on {self.address}: {exc}")
             return
         with self._lock:
+            self._establishing -= 1
             if self._closed:
                 refuse = True
                 if counted:

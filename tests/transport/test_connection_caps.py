@@ -115,3 +115,39 @@ def test_a_vc_that_cannot_be_made_after_its_handshake_leaves_nothing_behind(
         assert time.monotonic() < deadline, listener._vcs_per_address
         time.sleep(0.01)
     assert _vcs(server) == 0
+
+
+def test_handshakes_ending_together_cannot_take_the_listener_over_its_cap(
+    family: Family,
+    make_server: MakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    peers: list[HostilePeer],
+) -> None:
+    """A handshake that succeeded left the pending count before its VC joined the
+    listener's set, and the accept loop counted neither in between: a burst of handshakes
+    ending together took the listener over ``max_connections`` for good (the extra VCs are
+    idle and authenticated, nothing closes them). Widened here by a slow VC setup; before,
+    every peer got in."""
+    from ipcclient.transport import manager
+
+    real_connection = manager.Connection
+
+    def slow_connection(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return real_connection(*args, **kwargs)  # type: ignore[arg-type]
+
+    transport = TransportOptions(max_connections=3, max_connections_per_address=3)
+    server, _ = make_server(Echo(), AllowEveryone(), options=ServerOptions(transport=transport))
+    monkeypatch.setattr(manager, "Connection", slow_connection)
+    attacker = family.member("attacker")
+    for i in range(8):
+        try:
+            peers.append(HostilePeer(attacker, server_address(server), source=f"127.0.17.{i + 2}"))
+        except (errors.IPCError, OSError):
+            pass  # refused at the cap
+    listener = server._listeners[0]
+    deadline = time.monotonic() + 10  # (the admitted handshakes and slow setups all end)
+    while listener._pending or listener._establishing:
+        assert time.monotonic() < deadline, (len(listener._pending), listener._establishing)
+        time.sleep(0.01)
+    assert _vcs(server) == 3
