@@ -428,7 +428,8 @@ class Listener:
                         with contextlib.suppress(OSError):
                             shed.shutdown(socket.SHUT_RDWR)
                     self._pending[sock] = address
-                    self._per_address[address] = per + 1
+                    # (Counted again after the shed: it may have been from this address.)
+                    self._per_address[address] = self._per_address.get(address, 0) + 1
             if closed:
                 sock.close()
                 return

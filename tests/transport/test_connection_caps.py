@@ -20,7 +20,7 @@ from ipcclient.server.exposure import expose
 from ipcclient.server.server import Server, ServerCall, ServerOptions
 from ipcclient.transport.manager import MAX_CONNECTIONS_PER_ADDRESS, TransportOptions
 from tests.conftest import Family
-from tests.hostile import HostilePeer, server_address
+from tests.hostile import HostilePeer, raw_socket, server_address
 
 MakeServer = Callable[..., tuple[Server, str]]
 MakeClient = Callable[..., Client]
@@ -151,3 +151,45 @@ def test_handshakes_ending_together_cannot_take_the_listener_over_its_cap(
         assert time.monotonic() < deadline, (len(listener._pending), listener._establishing)
         time.sleep(0.01)
     assert _vcs(server) == 3
+
+
+def test_shedding_a_handshake_from_the_same_address_gives_its_count_back(
+    family: Family, make_server: MakeServer, peers: list[HostilePeer]
+) -> None:
+    """The accept loop read the address's count of pending handshakes, shed the oldest
+    handshake (from the same address: its count dropped by one), then stored the count it
+    had read plus one: each such shed left the address one handshake too many, for good,
+    until it was refused VCs it was entitled to (found by an independent review)."""
+    transport = TransportOptions(
+        max_pending_handshakes=2,
+        max_handshakes_per_address=8,
+        max_connections_per_address=4,
+        first_byte_timeout=30,
+    )
+    server, _ = make_server(Echo(), AllowEveryone(), options=ServerOptions(transport=transport))
+    listener = server._listeners[0]
+    address = server_address(server)
+    silent = []
+    try:
+        for _ in range(6):  # from the third on, each sheds the oldest (the same address)
+            silent.append(raw_socket(address, source="127.0.18.2"))
+        deadline = time.monotonic() + 5  # (until the accept loop has seen all six)
+        while listener._shed.total + listener._refused_address_vcs.total < 4:
+            assert time.monotonic() < deadline, listener._shed.total
+            time.sleep(0.01)
+        # (Before: 4, two of them real, and the last two sockets refused for it.)
+        assert listener._per_address == {"127.0.18.2": 2}
+        assert listener._shed.total == 4
+    finally:
+        for sock in silent:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while listener._pending or listener._per_address:
+        assert time.monotonic() < deadline, (len(listener._pending), listener._per_address)
+        time.sleep(0.01)
+    for i in range(4):  # the address may hold its 4 VCs again (before: 2 were refused)
+        peers.append(HostilePeer(family.member(f"c{i}"), address, source="127.0.18.2"))
+    deadline = time.monotonic() + 5  # (the server's side of the handshakes may end later)
+    while _vcs(server) < 4:
+        assert time.monotonic() < deadline, _vcs(server)
+        time.sleep(0.01)
