@@ -213,9 +213,11 @@ class FlowServing:
         except BaseException:  # a method's SystemExit must not take its thread or VC down
             log.exception("server: unexpected failure serving a flow")
         finally:
-            flow.close()
-            if slot:  # (not given back yet: see _end_slot)
-                self._end_slot(slot)
+            try:
+                if slot:  # (not given back yet: see _end_slot, before the last frame)
+                    self._end_slot(slot)
+            finally:
+                flow.close()
 
     def _end_slot(self, slot: list[Any]) -> None:
         """Give back a call's slot (see ``_serve_flow``) unless it was given back already.

@@ -430,3 +430,28 @@ def test_a_caller_given_a_flow_keeps_none_waiting_on_another_vc(
     flow.cancel()
     _join(gates[0])
     _join(gates[1])
+
+
+def test_waiters_on_a_vc_whose_flow_ids_ran_out_go_on_to_a_new_vc(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """The flow kept for a waiter cannot be opened (the VC's flow ids ran out): its caller
+    dials again, and the waiter after it goes on at once too (the VC left the cache, which
+    sends its waiters on), not at its next look, up to a second later."""
+    from ipcclient.wire.frames import MAX_FLOW_ID
+
+    gate, name, client, out = _full_vc(make_server, make_client, 1)
+    (conn,) = client._vcs.values()
+    first, first_result = _queued_echo(client, name, "a")
+    second, second_result = _queued_echo(client, name, "b")
+    wait_until(lambda: len(conn._flow_waiters) == 2)
+    conn._mux._next_id = MAX_FLOW_ID + 1  # (the next flow this VC opens fails)
+    started = time.monotonic()
+    gate.open.set()
+    for t in (first, second):
+        t.join(10)
+        assert not t.is_alive()
+    assert first_result == ["a"] and second_result == ["b"]
+    assert time.monotonic() - started < 0.8
+    _join(gate)
+    assert out == [0]
