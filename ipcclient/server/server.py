@@ -413,13 +413,17 @@ class Server(FlowServing):
 
     def _await_idle(self, grace: float, listeners: list[Listener]) -> None:
         """Wait up to ``grace`` seconds for the calls running or queued to end, and for
-        what they answered to be out: a method's worker returns once its answer is queued
-        or handed to a drainer (a slow peer), and closing the VC then would lose it."""
+        what they answered to be out: a call's slot is given back before its answer is
+        written (which may wait for the client's credit), and a method's worker returns
+        once its answer is queued or handed to a drainer (a slow peer); closing the VC
+        then would lose it."""
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._slots_lock:
                 idle = self._in_use <= 0
-            if idle and not any(c.sending() for lst in listeners for c in lst.connections):
+            if idle and not any(
+                c.answering() or c.sending() for lst in listeners for c in lst.connections
+            ):
                 return
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 

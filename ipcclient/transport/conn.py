@@ -405,6 +405,14 @@ class Connection(Reader):
             return True
         return _unacknowledged(self._sock) > 0
 
+    def answering(self) -> bool:
+        """Whether a flow of this VC that has not failed still has its send side open: on a
+        server, a call whose answer is not all handed over yet (its writer may be waiting
+        for the peer's credit, with nothing queued or unacknowledged meanwhile). For a
+        server's stop to poll, beside :meth:`sending`."""
+        with self._lock:
+            return any(f._error is None and not f._local_closed for f in self._flows.values())
+
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the VC is closed or broken; True if it is."""
         return self._closed_event.wait(timeout)

@@ -409,3 +409,60 @@ def test_stop_with_grace_lets_an_answer_being_sent_reach_its_client(
         thread.join(20)
     assert got and not isinstance(got[0], errors.IPCError), got
     assert len(got[0][0]) == 3 << 20
+
+
+@expose
+class _GatedDownload:
+    def __init__(self) -> None:
+        self.called = threading.Event()
+        self.go = threading.Event()
+
+    def Big(self, call: ServerCall) -> bytes:
+        self.called.set()
+        self.go.wait(10)
+        return b"x" * (3 << 20)
+
+
+def test_stop_with_grace_waits_for_an_answer_waiting_for_the_clients_credit(
+    make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A call's slot is given back before its answer is written; an answer larger than the
+    client's window then waits for the client's credit with nothing queued or
+    unacknowledged. stop(grace) found no call running and nothing being sent, closed the
+    VC, and the client got a broken VC instead of its answer. (The proxy holds back what
+    the client sends, its credit included, until the stop has begun.)"""
+    from tests.faultproxy import Fault, FaultProxy
+
+    svc = _GatedDownload()
+    srv, name = make_server(svc, AllowEveryone())
+    parts = name.split("@")
+    with FaultProxy(parts[3]) as proxy:
+        target = "@".join([*parts[:3], proxy.address, *parts[4:]])
+        client = make_client()
+        got: list[Any] = []
+
+        def download() -> None:
+            try:
+                got.append(client.call(Context.background().with_timeout(30), target, "Big"))
+            except errors.IPCError as exc:
+                got.append(exc)
+
+        thread = threading.Thread(target=download)
+        thread.start()
+        assert svc.called.wait(10)
+        proxy.set(up=Fault.stall())
+        svc.go.set()
+        (conn,) = srv.connections
+        deadline = time.monotonic() + 10  # (the first window out and acknowledged)
+        while srv._in_use or conn.sending():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stopper = threading.Thread(target=srv.stop, kwargs={"grace": 20})
+        stopper.start()
+        stopper.join(0.3)
+        assert stopper.is_alive()  # (before: the VC was closed at once)
+        proxy.heal()
+        thread.join(20)
+        stopper.join(20)
+    assert got and not isinstance(got[0], errors.IPCError), got
+    assert len(got[0][0]) == 3 << 20
