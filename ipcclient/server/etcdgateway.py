@@ -7,10 +7,13 @@ etcd itself would not (a redirect, 429, a body that is not its JSON, or is large
 finely divided than the caller's bounds), the member that answered last tried first),
 the errors it tells its caller apart (:class:`LeaseNotFound` for a request carrying a
 lease, :class:`RevisionCompacted` for one reading at a revision; etcd's other refusals are
-InternalError), and the gateway's key encoding (base64, and the end of a prefix range).
+InternalError), a request's end as soon as the caller's context is done (its connection
+shut from the thread that cancels), and the gateway's key encoding (base64, and the end of
+a prefix range).
 Must not: know the layout of a mount table's keys (:mod:`ipcclient.server.etcdstore` does),
 hold its lock across a request, decode an answer past its deadline or beyond its bounds,
-or import anything from ipcclient but :mod:`ipcclient.errors`.
+or import anything from ipcclient but :mod:`ipcclient.errors` and
+:mod:`ipcclient.context`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
+import functools
 import http.client
 import json
 import math
@@ -30,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ipcclient import errors
-from ipcclient.context import LONGEST_WAIT
+from ipcclient.context import LONGEST_WAIT, Context
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -152,9 +156,11 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
 
 
 class _Connection(http.client.HTTPConnection):
-    """An HTTP connection whose socket keeps to the request's :attr:`deadline`."""
+    """An HTTP connection whose socket keeps to the request's :attr:`deadline`, and is shut
+    once :func:`_abort` was called (at once, or as soon as it is connected)."""
 
     deadline = math.inf
+    aborted = False
 
     def connect(self) -> None:
         self.timeout = max(0.001, self.deadline - time.monotonic())
@@ -162,18 +168,56 @@ class _Connection(http.client.HTTPConnection):
         plain = self.sock
         self.sock = _DeadlineSocket(fileno=plain.detach())
         self.sock.deadline = self.deadline
+        if self.aborted:  # (after self.sock is set: see _abort)
+            _shut(self.sock)
 
 
 class _TLSConnection(http.client.HTTPSConnection):
-    """:class:`_Connection` over TLS (its context makes :class:`_DeadlineSSLSocket`)."""
+    """:class:`_Connection` over TLS (its context makes :class:`_DeadlineSSLSocket`). The
+    TLS handshake runs once ``self.sock`` is the TLS socket, so that an abort during it (a
+    member that accepts and never answers) shuts that socket too."""
 
     deadline = math.inf
+    aborted = False
+
+    def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls = context
 
     def connect(self) -> None:
         self.timeout = max(0.001, self.deadline - time.monotonic())
-        super().connect()
+        http.client.HTTPConnection.connect(self)  # (TCP only: the handshake follows)
+        self.sock = self._tls.wrap_socket(
+            self.sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
         if isinstance(self.sock, _DeadlineSSLSocket):
             self.sock.deadline = self.deadline
+        if self.aborted:  # (after self.sock is set: see _abort)
+            _shut(self.sock)
+        self.sock.do_handshake()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut ``sock`` both ways, waking a read or write blocked on it in another thread (a
+    TLS socket is shut underneath its TLS layer, which then fails as at a lost peer)."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """End the request under way on ``conn`` (from any thread; never blocks): its socket is
+    shut now, or by ``connect`` once it has one. The flag is set before the socket is read
+    and ``connect`` sets the socket before it reads the flag, so one of them shuts it."""
+    if isinstance(conn, _Connection | _TLSConnection):
+        conn.aborted = True
+    sock = conn.sock
+    if sock is not None:
+        _shut(sock)
+
+
+def _abort_on_done(conn: http.client.HTTPConnection, _err: errors.IPCError) -> None:
+    """:func:`_abort`, as a context's done callback."""
+    _abort(conn)
 
 
 def _set_deadline(conn: http.client.HTTPConnection, deadline: float) -> None:
@@ -275,11 +319,21 @@ class EtcdGateway:
         finally:
             _BOUNDS.reset(token)
 
-    def request(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+    def request(
+        self,
+        path: str,
+        body: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        ctx: Context | None = None,
+    ) -> Any:
         """POST ``body`` to ``path`` (``/v3/kv/range``...) and return the decoded answer,
-        within the bounds of :meth:`bounded` (by default, the gateway's).
+        within the bounds of :meth:`bounded` (by default, the gateway's). With ``ctx``, the
+        request ends as soon as that context is done (its connection is shut, never reused),
+        with the context's error.
 
         Raises:
+            CanceledError, TimeoutError: ``ctx`` is done (cancelled, or past its deadline).
             TimeoutError: the time ran out.
             OverloadedError: no member answered (back off and retry).
             InternalError: etcd refused the request.
@@ -302,6 +356,10 @@ class EtcdGateway:
         order = [(first + i) % len(self._members) for i in range(len(self._members))]
         failures: list[str] = []
         for n, member in enumerate(order):
+            if ctx is not None:
+                done = ctx.err()
+                if done is not None:
+                    raise done
             left = deadline - time.monotonic()
             if left <= 0:
                 raise errors.TimeoutError(
@@ -312,7 +370,7 @@ class EtcdGateway:
                 left if others == 0 else max(left / (others + 1), min(left, MIN_ATTEMPT_TIMEOUT))
             )
             try:
-                answer = self._try(member, path, payload, attempt, limit)
+                answer = self._try(member, path, payload, attempt, limit, ctx)
             except MemberFailed as exc:
                 failures.append(f"{self.endpoints[member]}: {exc}")
                 continue
@@ -330,14 +388,26 @@ class EtcdGateway:
             tried=failures,
         )
 
-    def _try(self, member: int, path: str, payload: bytes, timeout: float, limit: _Limits) -> Any:
-        """One member: an idle connection first, a fresh one when that one is stale."""
+    def _try(
+        self,
+        member: int,
+        path: str,
+        payload: bytes,
+        timeout: float,
+        limit: _Limits,
+        ctx: Context | None,
+    ) -> Any:
+        """One member: an idle connection first, a fresh one when that one is stale. A done
+        ``ctx`` shuts the connection in use (see :func:`_abort`)."""
         deadline = time.monotonic() + timeout
         for fresh in (False, True):
             conn = None if fresh else self._take(member)
             reused = conn is not None
             if conn is None:
                 conn = self._connect(member, max(0.001, deadline - time.monotonic()))
+            handle = None
+            if ctx is not None:
+                handle = ctx.add_done_callback(functools.partial(_abort_on_done, conn))
             try:
                 _set_deadline(conn, deadline)  # every read and write ends by it, the dial too
                 conn.request(
@@ -349,9 +419,18 @@ class EtcdGateway:
                 keep = not resp.will_close
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                if ctx is not None:
+                    done = ctx.err()
+                    if done is not None:
+                        raise done from None
                 if reused and time.monotonic() < deadline:
                     continue  # a keep-alive connection the member closed: dial again
                 raise MemberFailed(f"{type(exc).__name__}: {exc}") from None
+            finally:
+                if ctx is not None and handle is not None:
+                    ctx.remove_done_callback(handle)
+            if getattr(conn, "aborted", False):  # (answered, then shut: not for reuse)
+                keep = False
             if keep and len(data) <= limit.max_bytes:
                 self._give(member, conn)
             else:

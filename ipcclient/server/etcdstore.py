@@ -49,6 +49,9 @@ naming what was malformed, never a bare Python error; a stored value that is not
 nested too deeply to decode) is a malformed mount (ignored, logged) or malformed access
 lists (:class:`~ipcclient.errors.BadStateError`).
 
+A request ends as soon as the call the store serves is done (the mount store's
+``CALL_CONTEXT``: the client cancelled, or its deadline passed), with that call's error.
+
 Must not: hold a lock across a request, block past a deadline, or import anything from
 ipcclient but :mod:`ipcclient.errors`, the mount store and the etcd gateway.
 """
@@ -78,6 +81,7 @@ from ipcclient.server.etcdgateway import (
     unb64,
 )
 from ipcclient.server.mountstore import (
+    CALL_CONTEXT,
     MAX_GLOB_BYTES,
     MAX_GLOB_RESULTS,
     MAX_NODES,
@@ -343,7 +347,7 @@ class EtcdStore:
         if left <= 0:
             raise errors.TimeoutError(f"mount table: no time left for etcd {path}")
         with self._gw.bounded(lease=lease, **(bounds or self._budget(0))):
-            return self._gw.request(path, body, left)
+            return self._gw.request(path, body, left, ctx=CALL_CONTEXT.get())
 
     def _txn(
         self,

@@ -16,11 +16,15 @@ be atomic: the MT / LEAF flags of a name agree across its live servers unless RE
 bounds on servers per name and on the table's size (the in-memory store also bounds the
 bytes of the names and servers it holds: :data:`MAX_TABLE_BYTES`).
 
+A store that blocks on I/O ends the wait as soon as the call it serves is done: the table
+sets :data:`CALL_CONTEXT` around each method it serves.
+
 Must not: make RPCs, know about the wire or the server, or hold a lock across I/O.
 """
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import logging
 import math
@@ -31,9 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ipcclient import errors
+from ipcclient.context import Context
 from ipcclient.naming.mountentry import MountedServer
 
 __all__ = [
+    "CALL_CONTEXT",
     "MAX_GLOB_BYTES",
     "MAX_GLOB_RESULTS",
     "MAX_GLOB_STEPS",
@@ -56,6 +62,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("ipcclient.mounttable")
+
+CALL_CONTEXT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "ipcclient_mount_store_call", default=None
+)
+"""The context of the call a store method serves now, in this thread (None outside one):
+set by the mount table around each method it serves. A store that blocks on I/O ends the
+wait with the context's error (CanceledError, TimeoutError) as soon as it is done: the
+client cancelled, or the call's deadline passed. A store that never blocks ignores it."""
 
 MAX_SERVERS_PER_NAME = 256
 """Replicas under one name; more is a bug or an attack, and every answer carries them all."""
@@ -151,7 +165,7 @@ class MountStore(Protocol):
     ``timeout`` is the most seconds a method may block (``None``: the store's own default);
     a store that does I/O raises :class:`~ipcclient.errors.TimeoutError` past it, and
     :class:`~ipcclient.errors.OverloadedError` (back off and retry) when its backend cannot
-    be reached.
+    be reached. It also ends a wait as soon as the context in :data:`CALL_CONTEXT` is done.
     """
 
     access_refresh: float

@@ -41,6 +41,7 @@ grant access by access lists it could not read.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
@@ -49,6 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ipcclient import errors
+from ipcclient.context import Context
 from ipcclient.naming import names
 from ipcclient.naming.endpoint import canonical_server
 from ipcclient.naming.mountentry import MountedServer, MountEntry
@@ -57,6 +59,7 @@ from ipcclient.server.authorizer import Authorizer, CallSecurity
 from ipcclient.server.call import ServerCall
 from ipcclient.server.exposure import expose
 from ipcclient.server.mountstore import (
+    CALL_CONTEXT,
     MAX_GLOB_BYTES,
     MAX_GLOB_RESULTS,
     MAX_NODES,
@@ -232,23 +235,42 @@ class _Invoker:
 
     # Each method checks access first, within the call's deadline (see _MethodAuthorizer),
     # then gets the time still left: call.remaining() counts down to the call's deadline.
+    # A store that may block on I/O is given the call's context too (CALL_CONTEXT), so
+    # that it stops waiting when the client cancels.
 
     def Mount(self, call: ServerCall, server: str, ttl: float, flags: int) -> None:
-        self._table._authorize(call.security, call.remaining())
-        self._table._mount(call.suffix, server, ttl, flags, call.remaining())
+        token = self._table._enter(call)
+        try:
+            self._table._authorize(call.security, call.remaining())
+            self._table._mount(call.suffix, server, ttl, flags, call.remaining())
+        finally:
+            self._table._leave(token)
 
     def Unmount(self, call: ServerCall, server: str) -> None:
-        self._table._authorize(call.security, call.remaining())
-        self._table._unmount(call.suffix, server, call.remaining())
+        token = self._table._enter(call)
+        try:
+            self._table._authorize(call.security, call.remaining())
+            self._table._unmount(call.suffix, server, call.remaining())
+        finally:
+            self._table._leave(token)
 
     def ResolveStep(self, call: ServerCall) -> dict[str, Any]:
-        self._table._authorize(call.security, call.remaining())
-        return self._table._resolve_step(call.suffix, call.remaining())
+        token = self._table._enter(call)
+        try:
+            self._table._authorize(call.security, call.remaining())
+            return self._table._resolve_step(call.suffix, call.remaining())
+        finally:
+            self._table._leave(token)
 
     def Glob(self, call: ServerCall, pattern: str) -> int:
-        self._table._authorize(call.security, call.remaining())
+        token = self._table._enter(call)
+        try:
+            self._table._authorize(call.security, call.remaining())
+            items = self._table._glob(call.suffix, pattern, call.remaining())
+        finally:
+            self._table._leave(token)
         count = 0
-        for item in self._table._glob(call.suffix, pattern, call.remaining()):
+        for item in items:
             call.send(item)
             count += 1
         return count
@@ -315,6 +337,9 @@ class MountTable:
                 "belong to the store"
             )
         self._store = store
+        # (A MemoryStore never blocks: its calls need no context, which costs a call
+        # something to make.)
+        self._store_blocks = not isinstance(store, MemoryStore)
         self._own = _access_lists(mount_patterns, resolve_patterns)
         self._max_ttl = min(max_ttl, MAX_TTL)
         self._lock = threading.Lock()  # guards the cached patterns and the failure below
@@ -424,8 +449,10 @@ class MountTable:
                 )
             compiled = _compile(stored)
         except errors.IPCError as exc:
-            if cut_short and isinstance(exc, errors.TimeoutError):
-                raise  # the call's own deadline: says nothing about the store
+            if isinstance(exc, errors.CanceledError) or (
+                cut_short and isinstance(exc, errors.TimeoutError)
+            ):
+                raise  # the call's own cancel or deadline: says nothing about the store
             failure = exc
             if isinstance(exc, errors.TimeoutError | errors.OverloadedError):
                 failure = errors.OverloadedError(
@@ -440,6 +467,15 @@ class MountTable:
             self._cached, self._cached_at = compiled, started
             self._failed, self._failed_at = None, -math.inf
             return compiled
+
+    def _enter(self, call: ServerCall) -> contextvars.Token[Context | None] | None:
+        """Give the store the context of ``call`` (see ``CALL_CONTEXT``) until
+        :meth:`_leave`, if the store may block."""
+        return CALL_CONTEXT.set(call.context) if self._store_blocks else None
+
+    def _leave(self, token: contextvars.Token[Context | None] | None) -> None:
+        if token is not None:
+            CALL_CONTEXT.reset(token)
 
     def _authorize(self, call: CallSecurity, timeout: float | None) -> None:
         """Check ``call`` against the current patterns, read within ``timeout`` seconds if

@@ -332,9 +332,11 @@ def test_a_glob_larger_than_one_etcd_answer_is_read_in_pages(
     requests: list[str] = []
     real = store.gateway.request
 
-    def counted(path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+    def counted(
+        path: str, body: dict[str, Any], timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         requests.append(path)
-        return real(path, body, timeout)
+        return real(path, body, timeout, **kwargs)
 
     monkeypatch.setattr(store.gateway, "request", counted)
     (item,) = store.glob((), ("...",), limit=1)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from ipcclient.naming.namespace import Namespace
 from ipcclient.options import NoRetry
 from ipcclient.server.etcdgateway import EtcdGateway
 from ipcclient.server.etcdstore import EtcdStore
+from ipcclient.server.mountstore import CALL_CONTEXT
 from ipcclient.server.mounttable import MT, REPLACE, MountTable
 from ipcclient.server.mounttabled import serve_mount_table
 from ipcclient.server.server import Server
@@ -547,12 +549,19 @@ def test_a_member_trickling_its_answer_keeps_to_the_deadline() -> None:
                 store.close()
 
 
-def test_a_silent_tls_member_keeps_to_the_deadline(stack: contextlib.ExitStack) -> None:
+def silent_member(stack: contextlib.ExitStack) -> int:
+    """The port of a listener that accepts connections and never says a word (a hung host:
+    a real etcd always answers); closed by ``stack``."""
     silent = socket.socket()
     stack.callback(silent.close)
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    store = EtcdStore(f"https://127.0.0.1:{silent.getsockname()[1]}", prefix())
+    return int(silent.getsockname()[1])
+
+
+def test_a_silent_tls_member_keeps_to_the_deadline(stack: contextlib.ExitStack) -> None:
+    port = silent_member(stack)
+    store = EtcdStore(f"https://127.0.0.1:{port}", prefix())
     stack.callback(store.close)
     started = time.monotonic()
     with pytest.raises(errors.TimeoutError):
@@ -950,3 +959,83 @@ def test_refreshes_with_ever_different_ttls_share_leases(etcd: Member) -> None:
         store.unmount(("svc",), "")
     finally:
         store.close()
+
+
+# -- a call's cancel ends the store's wait on etcd ------------------------------------------
+
+
+def _cancel_after(seconds: float) -> Context:
+    """A context with a long deadline, cancelled ``seconds`` from now."""
+    c = Context.background().with_timeout(30)
+    timer = threading.Timer(seconds, c.cancel)
+    timer.daemon = True
+    timer.start()
+    return c
+
+
+def test_a_request_to_a_silent_member_ends_when_its_context_is_cancelled(
+    stack: contextlib.ExitStack,
+) -> None:
+    """Before, a request waited for its deadline (30 s here) whatever its caller's context
+    said; now a cancel shuts the connection in use, plain or TLS, and the request ends with
+    CanceledError at once (a context done before the request: nothing is sent)."""
+    port = silent_member(stack)
+    for scheme in ("http", "https"):
+        gateway = EtcdGateway(f"{scheme}://127.0.0.1:{port}")
+        stack.callback(gateway.close)
+        started = time.monotonic()
+        with pytest.raises(errors.CanceledError):
+            gateway.request("/v3/kv/range", {"key": "YQ=="}, 30.0, ctx=_cancel_after(0.3))
+        assert time.monotonic() - started < 2.0, scheme
+    done = Context.background().with_cancel()
+    done.cancel()
+    started = time.monotonic()
+    with pytest.raises(errors.CanceledError):
+        EtcdGateway(f"http://127.0.0.1:{port}").request("/v3/kv/range", {}, 30.0, ctx=done)
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_store_ends_its_wait_when_the_call_it_serves_is_cancelled(
+    stack: contextlib.ExitStack,
+) -> None:
+    port = silent_member(stack)
+    store = EtcdStore(f"http://127.0.0.1:{port}", prefix())
+    stack.callback(store.close)
+    token = CALL_CONTEXT.set(_cancel_after(0.3))
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.CanceledError):
+            store.resolve(("a",), timeout=30.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        CALL_CONTEXT.reset(token)
+
+
+@pytest.mark.parametrize("access_due", [False, True])
+def test_a_cancelled_mount_stops_waiting_on_a_stopped_etcd(
+    stack: contextlib.ExitStack, family: Family, etcd: Member, access_due: bool
+) -> None:
+    """etcd stops answering (its process stopped: a hung host); a client's Mount is
+    cancelled: the replica's method ends then, not at the call's deadline, whether it waits
+    for the mount or (``access_due``) for the access lists first, and the cancel is not
+    taken for a failure of the store (which would refuse every call for a second)."""
+    server, mt, table = replica(stack, family, etcd.url, prefix())
+    client = client_for(stack, family.member("admin"), mt)
+    client.call(ctx(), at(mt, "a"), "Mount", "/127.0.0.1:8001", 60.0, 0)
+    if access_due:
+        table._cached_at = -math.inf  # (as once ACCESS_REFRESH has passed)
+    assert etcd.proc is not None
+    etcd.proc.send_signal(signal.SIGSTOP)
+    try:
+        c = _cancel_after(0.5)
+        with pytest.raises(errors.CanceledError):
+            client.call(c, at(mt, "b"), "Mount", "/127.0.0.1:8002", 60.0, 0)
+        cancelled = time.monotonic()
+        while server._in_use:  # (before: the method went on until the call's 30 s)
+            assert time.monotonic() - cancelled < 2.0, "the method still waits on etcd"
+            time.sleep(0.01)
+        assert table._failed is None
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    client.call(ctx(10), at(mt, "b"), "Mount", "/127.0.0.1:8002", 60.0, 0)
+    assert servers_of(client, "b") == ["/127.0.0.1:8002"]
