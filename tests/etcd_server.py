@@ -64,19 +64,28 @@ def free_port() -> int:
 
 
 class Member:
-    """One etcd member process; ``stop`` then ``start`` restarts it on the same data dir."""
+    """One etcd member process; ``stop`` then ``start`` restarts it on the same data dir.
+    With ``tls`` (a certificate file and its key file) it serves its clients over HTTPS
+    (whoever talks to it must trust the certificate's issuer: ``SSL_CERT_FILE``)."""
 
     def __init__(
-        self, binary: str, name: str, data_dir: str, client_port: int, peer_port: int
+        self,
+        binary: str,
+        name: str,
+        data_dir: str,
+        client_port: int,
+        peer_port: int,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.binary, self.name, self.data_dir = binary, name, data_dir
         self.client_port, self.peer_port = client_port, peer_port
+        self.tls = tls
         self.initial_cluster = ""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -110,6 +119,8 @@ class Member:
             "--log-level",
             "error",
         ]
+        if self.tls is not None:
+            args += ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
         log_path = os.path.join(os.path.dirname(self.data_dir), f"{self.name}.log")
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -172,12 +183,13 @@ def etcd_post(member: Member, path: str, body: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def cluster(size: int = 1) -> Iterator[list[Member]]:
-    """``size`` members forming one cluster, stopped and their data removed afterwards."""
+def cluster(size: int = 1, tls: tuple[str, str] | None = None) -> Iterator[list[Member]]:
+    """``size`` members forming one cluster, stopped and their data removed afterwards
+    (``tls``: see :class:`Member`)."""
     binary = require_etcd()
     top = tempfile.mkdtemp(prefix="ipcclient-etcd-")
     members = [
-        Member(binary, f"m{i}", os.path.join(top, f"m{i}"), free_port(), free_port())
+        Member(binary, f"m{i}", os.path.join(top, f"m{i}"), free_port(), free_port(), tls)
         for i in range(size)
     ]
     initial = ",".join(f"{m.name}={m.peer_url}" for m in members)

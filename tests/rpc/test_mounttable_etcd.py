@@ -1039,3 +1039,91 @@ def test_a_cancelled_mount_stops_waiting_on_a_stopped_etcd(
         etcd.proc.send_signal(signal.SIGCONT)
     client.call(ctx(10), at(mt, "b"), "Mount", "/127.0.0.1:8002", 60.0, 0)
     assert servers_of(client, "b") == ["/127.0.0.1:8002"]
+
+
+def _tls_files(directory: str) -> tuple[str, str, str]:
+    """A test CA's certificate, and a certificate it issued for 127.0.0.1 with its key:
+    files in ``directory`` (a temp folder)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ipcclient test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = tuple(os.path.join(directory, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    with open(paths[0], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths[1], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths[2], "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return paths[0], paths[1], paths[2]
+
+
+def test_a_member_over_tls_is_served_and_a_cancel_ends_a_request_to_it(
+    stack: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A real etcd serving its clients over HTTPS: the store mounts and resolves through
+    it (the gateway makes the TLS handshake itself, so that a cancel can end it); with the
+    member stopped, a cancelled request ends at once."""
+    ca, cert, key = _tls_files(str(tmp_path))
+    monkeypatch.setenv("SSL_CERT_FILE", ca)  # (trusted by the default context, here only)
+    with cluster(1, tls=(cert, key)) as (member,):
+        assert member.url.startswith("https://")
+        store = EtcdStore(member.url, prefix())
+        stack.callback(store.close)
+        store.mount(("tls",), "/127.0.0.1:8001", 30.0, mt=False, leaf=False, replace=False)
+        found = store.resolve(("tls", "x"))
+        assert found is not None and [s for s, _ in found.servers] == ["/127.0.0.1:8001"]
+        assert member.proc is not None
+        member.proc.send_signal(signal.SIGSTOP)
+        try:
+            token = CALL_CONTEXT.set(_cancel_after(0.3))
+            try:
+                started = time.monotonic()
+                with pytest.raises(errors.CanceledError):
+                    store.resolve(("tls",), timeout=30.0)
+                assert time.monotonic() - started < 2.0
+            finally:
+                CALL_CONTEXT.reset(token)
+        finally:
+            member.proc.send_signal(signal.SIGCONT)
+        found = store.resolve(("tls",))  # (a fresh connection after the one shut)
+        assert found is not None
