@@ -21,12 +21,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
-import functools
 import http.client
 import json
 import math
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -155,21 +155,48 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
         super().sendall(data, flags)
 
 
+def _dial(conn: _Connection | _TLSConnection, sock_class: type[socket.socket]) -> socket.socket:
+    """``conn``'s TCP connection, each address of its host in turn (as
+    ``socket.create_connection``), within ``conn.timeout``. Each socket is published in
+    ``conn.sock`` before it connects, so that an abort (:func:`_abort`) ends a connect in
+    progress too; the lookup of the host's addresses cannot be cut short."""
+    failure: OSError | None = None
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+        conn.host, conn.port, 0, socket.SOCK_STREAM
+    ):
+        sock = sock_class(family, kind, proto)
+        conn.sock = sock
+        if conn.aborted:  # (after conn.sock is set: see _abort)
+            _shut(sock)
+        try:
+            sock.settimeout(conn.timeout)
+            sock.connect(address)
+        except OSError as exc:
+            failure = exc
+            conn.sock = None
+            sock.close()
+            if conn.aborted:
+                break
+            continue
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise failure if failure is not None else OSError(f"no address for {conn.host}")
+
+
 class _Connection(http.client.HTTPConnection):
     """An HTTP connection whose socket keeps to the request's :attr:`deadline`, and is shut
-    once :func:`_abort` was called (at once, or as soon as it is connected)."""
+    once :func:`_abort` was called (at once, or as soon as it has one)."""
 
     deadline = math.inf
     aborted = False
 
     def connect(self) -> None:
+        sys.audit("http.client.connect", self, self.host, self.port)
         self.timeout = max(0.001, self.deadline - time.monotonic())
-        super().connect()
-        plain = self.sock
-        self.sock = _DeadlineSocket(fileno=plain.detach())
-        self.sock.deadline = self.deadline
-        if self.aborted:  # (after self.sock is set: see _abort)
-            _shut(self.sock)
+        sock = _dial(self, _DeadlineSocket)
+        assert isinstance(sock, _DeadlineSocket)
+        sock.deadline = self.deadline
 
 
 class _TLSConnection(http.client.HTTPSConnection):
@@ -185,29 +212,33 @@ class _TLSConnection(http.client.HTTPSConnection):
         self._tls = context
 
     def connect(self) -> None:
+        sys.audit("http.client.connect", self, self.host, self.port)
         self.timeout = max(0.001, self.deadline - time.monotonic())
-        http.client.HTTPConnection.connect(self)  # (TCP only: the handshake follows)
+        plain = _dial(self, socket.socket)
         self.sock = self._tls.wrap_socket(
-            self.sock, server_hostname=self.host, do_handshake_on_connect=False
+            plain, server_hostname=self.host, do_handshake_on_connect=False
         )
         if isinstance(self.sock, _DeadlineSSLSocket):
             self.sock.deadline = self.deadline
         if self.aborted:  # (after self.sock is set: see _abort)
             _shut(self.sock)
+        _arm(self.sock, self.deadline)  # (the handshake too ends by the deadline)
         self.sock.do_handshake()
 
 
 def _shut(sock: socket.socket) -> None:
-    """Shut ``sock`` both ways, waking a read or write blocked on it in another thread (a
-    TLS socket is shut underneath its TLS layer, which then fails as at a lost peer)."""
+    """Shut ``sock`` both ways, waking a connect, read or write blocked on it in another
+    thread (a TLS socket is shut underneath its TLS layer, which then fails as at a lost
+    peer)."""
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _abort(conn: http.client.HTTPConnection) -> None:
     """End the request under way on ``conn`` (from any thread; never blocks): its socket is
-    shut now, or by ``connect`` once it has one. The flag is set before the socket is read
-    and ``connect`` sets the socket before it reads the flag, so one of them shuts it."""
+    shut now, or as soon as ``connect`` makes one. The flag is set before the socket is
+    read, and ``connect`` sets the socket before it reads the flag, so one of them shuts
+    it."""
     if isinstance(conn, _Connection | _TLSConnection):
         conn.aborted = True
     sock = conn.sock
@@ -215,9 +246,28 @@ def _abort(conn: http.client.HTTPConnection) -> None:
         _shut(sock)
 
 
-def _abort_on_done(conn: http.client.HTTPConnection, _err: errors.IPCError) -> None:
-    """:func:`_abort`, as a context's done callback."""
-    _abort(conn)
+class _AbortLink:
+    """A context's done callback for one attempt on one connection: it aborts the
+    connection (:func:`_abort`) only until the attempt is over (:meth:`cut`), so that a
+    callback running late never shuts a connection given back to the idle pool."""
+
+    __slots__ = ("_conn", "_live", "_lock")
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()  # (its own: held only around the non-blocking shut)
+        self._live = True
+
+    def __call__(self, _err: errors.IPCError) -> None:
+        with self._lock:
+            if self._live:
+                _abort(self._conn)
+
+    def cut(self) -> bool:
+        """End the link; True when the connection was aborted (it must not be reused)."""
+        with self._lock:
+            self._live = False
+        return bool(getattr(self._conn, "aborted", False))
 
 
 def _set_deadline(conn: http.client.HTTPConnection, deadline: float) -> None:
@@ -398,16 +448,22 @@ class EtcdGateway:
         ctx: Context | None,
     ) -> Any:
         """One member: an idle connection first, a fresh one when that one is stale. A done
-        ``ctx`` shuts the connection in use (see :func:`_abort`)."""
+        ``ctx`` shuts the connection in use (see :class:`_AbortLink`)."""
         deadline = time.monotonic() + timeout
         for fresh in (False, True):
+            if ctx is not None:
+                done = ctx.err()
+                if done is not None:  # (before taking a connection it would shut)
+                    raise done
             conn = None if fresh else self._take(member)
             reused = conn is not None
             if conn is None:
                 conn = self._connect(member, max(0.001, deadline - time.monotonic()))
-            handle = None
+            link = handle = None
             if ctx is not None:
-                handle = ctx.add_done_callback(functools.partial(_abort_on_done, conn))
+                link = _AbortLink(conn)
+                handle = ctx.add_done_callback(link)
+            aborted = False
             try:
                 _set_deadline(conn, deadline)  # every read and write ends by it, the dial too
                 conn.request(
@@ -427,11 +483,10 @@ class EtcdGateway:
                     continue  # a keep-alive connection the member closed: dial again
                 raise MemberFailed(f"{type(exc).__name__}: {exc}") from None
             finally:
-                if ctx is not None and handle is not None:
+                if ctx is not None and handle is not None and link is not None:
                     ctx.remove_done_callback(handle)
-            if getattr(conn, "aborted", False):  # (answered, then shut: not for reuse)
-                keep = False
-            if keep and len(data) <= limit.max_bytes:
+                    aborted = link.cut()  # (a callback running late does nothing now)
+            if keep and not aborted and len(data) <= limit.max_bytes:
                 self._give(member, conn)
             else:
                 conn.close()

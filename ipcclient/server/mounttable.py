@@ -338,8 +338,8 @@ class MountTable:
             )
         self._store = store
         # (A MemoryStore never blocks: its calls need no context, which costs a call
-        # something to make.)
-        self._store_blocks = not isinstance(store, MemoryStore)
+        # something to make. A class derived from it may block.)
+        self._store_blocks = type(store) is not MemoryStore
         self._own = _access_lists(mount_patterns, resolve_patterns)
         self._max_ttl = min(max_ttl, MAX_TTL)
         self._lock = threading.Lock()  # guards the cached patterns and the failure below

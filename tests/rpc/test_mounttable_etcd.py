@@ -8,6 +8,7 @@ over loopback TCP. The suite shared with the in-memory store is in tests/rpc/tes
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import json
 import math
@@ -1127,3 +1128,96 @@ def test_a_member_over_tls_is_served_and_a_cancel_ends_a_request_to_it(
             member.proc.send_signal(signal.SIGCONT)
         found = store.resolve(("tls",))  # (a fresh connection after the one shut)
         assert found is not None
+
+
+@contextlib.contextmanager
+def unreachable_member() -> Iterator[tuple[int, Callable[[], None]]]:
+    """The port of a listener whose queue of connections is full: the kernel drops the next
+    SYNs, so a connect to it hangs, as to a host cut off by a network partition; and a
+    function that makes room in the queue (the next SYN sent again gets in, and its
+    connection waits there, never accepted: a member that never speaks)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued: list[socket.socket] = []
+
+    def make_room() -> None:
+        listener.setblocking(False)
+        with contextlib.suppress(OSError):
+            while True:
+                queued.append(listener.accept()[0])
+
+    try:
+        for _ in range(8):  # (until a connect no longer completes at once)
+            s = socket.socket()
+            s.setblocking(False)
+            queued.append(s)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        yield port, make_room
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+
+
+def test_a_cancel_ends_a_connect_in_progress() -> None:
+    """Before, a cancel during the TCP connect to a member that drops SYNs was seen only
+    when the attempt's time ran out (10 s here): the socket did not exist yet for the
+    cancel to shut. Now each socket is there before it connects."""
+    with unreachable_member() as (port, _):
+        gateway = EtcdGateway(f"http://127.0.0.1:{port}", timeout=10.0)
+        try:
+            started = time.monotonic()
+            with pytest.raises(errors.CanceledError):
+                gateway.request("/v3/kv/range", {"key": "YQ=="}, ctx=_cancel_after(0.3))
+            assert time.monotonic() - started < 2.0
+        finally:
+            gateway.close()
+
+
+def test_a_tls_handshake_keeps_to_the_request_deadline() -> None:
+    """A connect that takes half the time (the member's queue full until its SYN is sent
+    again, 1 s in), then a member that never answers the TLS handshake: the handshake was
+    given the attempt's whole timeout again, and the request ended a second past its
+    deadline."""
+    with unreachable_member() as (port, make_room):
+        gateway = EtcdGateway(f"https://127.0.0.1:{port}", timeout=2.0)
+        timer = threading.Timer(0.5, make_room)
+        timer.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(errors.TimeoutError):
+                gateway.request("/v3/kv/range", {"key": "YQ=="})
+            assert time.monotonic() - started < 2.6
+        finally:
+            timer.join()
+            gateway.close()
+
+
+def test_a_cancel_running_late_never_shuts_a_connection_in_use_by_another_request() -> None:
+    """A context's callbacks run after the cancel let its lock go, one after the other: a
+    request that got its answer meanwhile gave its connection back to the idle pool, and
+    the late abort shut it under the next request, which was then sent a second time on a
+    fresh connection (found by an independent review; widened here by a slow callback of
+    the same context that runs first)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    def answer(conn: socket.socket, path: str, body: bytes) -> None:
+        seen[path] += 1
+        time.sleep(0.2 if path == "/a" else 0.6)
+        json_answer({})(conn, body)
+
+    with fake_member(answer) as url:
+        gateway = EtcdGateway(url)
+        try:
+            c = Context.background().with_cancel()
+            c.add_done_callback(lambda _err: time.sleep(0.5))  # (runs before the abort's)
+            threading.Timer(0.1, c.cancel).start()
+            assert gateway.request("/a", {}, 5.0, ctx=c) == {}  # (answered before the abort)
+            assert len(gateway._idle[0]) == 1
+            assert gateway.request("/b", {}, 5.0) == {}  # (the late abort comes meanwhile)
+            assert seen == {"/a": 1, "/b": 1}
+        finally:
+            gateway.close()
