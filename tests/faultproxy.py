@@ -90,6 +90,11 @@ class _Pipe:
         self.since: dict[str, tuple[Fault, int]] = {}
         self.own: dict[str, Fault] = {}  # faults of this connection only (see set)
         self.count = {"up": 0, "down": 0}
+
+    def start(self) -> None:
+        """Start relaying (once the pipe is in ``proxy.pipes``: a test may look for it as
+        soon as anything went through it)."""
+        client, server = self.client, self.server
         for direction, src, dst in (("up", client, server), ("down", server, client)):
             threading.Thread(
                 target=self._pump,
@@ -263,4 +268,6 @@ class FaultProxy:
             client.settimeout(None)
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pipes.append(_Pipe(self, client, server))
+            pipe = _Pipe(self, client, server)
+            self.pipes.append(pipe)  # (before it relays a byte: see _Pipe.start)
+            pipe.start()
