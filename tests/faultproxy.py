@@ -86,6 +86,10 @@ class _Pipe:
         self.server = server
         self.closed = False
         self.lock = threading.Lock()
+        # Held across "is a stall in force? then read": set() takes it once, so that once it
+        # returns no read starts that missed the fault (a pump descheduled between its select
+        # and its recv read 64 KiB after a stall was set, freeing the sender's buffers).
+        self.reading = threading.Lock()
         # Per direction: the fault in force and where its offset counts from.
         self.since: dict[str, tuple[Fault, int]] = {}
         self.own: dict[str, Fault] = {}  # faults of this connection only (see set)
@@ -119,6 +123,8 @@ class _Pipe:
             self.own["up"] = up
         if down is not None:
             self.own["down"] = down
+        with self.reading:  # (see __init__)
+            pass
 
     def close(self, *, reset: bool = False) -> None:
         with self.lock:
@@ -152,7 +158,10 @@ class _Pipe:
                     ready, _, _ = select.select([src], [], [], _POLL)
                     if not ready:
                         continue
-                    data = src.recv(65536)
+                    with self.reading:  # (see __init__)
+                        if self._fault(direction)[0].kind == "stall":
+                            continue
+                        data = src.recv(65536)
                 except (OSError, ValueError):
                     break
                 if not data:
@@ -222,6 +231,9 @@ class FaultProxy:
             self.faults["up"] = up
         if down is not None:
             self.faults["down"] = down
+        for pipe in list(self.pipes):
+            with pipe.reading:  # (see _Pipe.__init__)
+                pass
 
     def heal(self) -> None:
         self.faults = {"up": Fault.none(), "down": Fault.none()}

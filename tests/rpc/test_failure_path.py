@@ -806,6 +806,7 @@ def test_no_item_is_handed_out_after_the_deadline_even_when_the_timer_is_late(
     the deadline: it is the answer then, whether the timer is late or not."""
     name = serve(stack, family, Svc())
     c = client(stack, family)
+    assert c.call(ctx(), name, "Echo", 0) == (0,)  # (the VC is dialed outside the 0.5 s)
     deadline_ctx = ctx(0.5)
     if complete:
         call = c.start_call(deadline_ctx, name, "Stream", [3])

@@ -185,14 +185,16 @@ def test_slow_reader_bounds_what_is_buffered(server: Callable[..., Listener]) ->
     try:
         flow = conn.connect()
         flow.write(b"go")
-        time.sleep(0.3)
-        buffered = sum(len(c) for c in flow._inbox)
-        assert 0 < buffered <= window
+        until = time.monotonic() + 10  # (the sender uses all its credit, then waits)
+        while _inbox_bytes(flow) < window and time.monotonic() < until:
+            time.sleep(0.01)
+        time.sleep(0.1)  # (were credit not bounding it, more would come meanwhile)
+        assert _inbox_bytes(flow) == window
         assert not sent.is_set()  # the writer is held back by credit
         total = 0
         while chunk := flow.read(time.monotonic() + 10):
             total += len(chunk)
-            assert sum(len(c) for c in flow._inbox) <= window
+            assert _inbox_bytes(flow) <= window
         assert total == 2 * 1024 * 1024
         assert sent.wait(5)
     finally:
