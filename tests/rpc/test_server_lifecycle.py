@@ -375,6 +375,21 @@ class _Download:
         return b"x" * (3 << 20)
 
 
+def _download(client: Client, target: str) -> tuple[threading.Thread, list[Any]]:
+    """A thread calling ``Big`` on ``target``; the list gets its result or its error."""
+    got: list[Any] = []
+
+    def download() -> None:
+        try:
+            got.append(client.call(Context.background().with_timeout(30), target, "Big"))
+        except errors.IPCError as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    return thread, got
+
+
 def test_stop_with_grace_lets_an_answer_being_sent_reach_its_client(
     make_server: MakeServer, make_client: MakeClient
 ) -> None:
@@ -389,17 +404,7 @@ def test_stop_with_grace_lets_an_answer_being_sent_reach_its_client(
     with FaultProxy(parts[3]) as proxy:
         proxy.set(down=Fault.latency(0.04))  # (at most 64 KiB per 40 ms toward the client)
         target = "@".join([*parts[:3], proxy.address, *parts[4:]])
-        client = make_client()
-        got: list[Any] = []
-
-        def download() -> None:
-            try:
-                got.append(client.call(Context.background().with_timeout(30), target, "Big"))
-            except errors.IPCError as exc:
-                got.append(exc)
-
-        thread = threading.Thread(target=download)
-        thread.start()
+        thread, got = _download(make_client(), target)
         assert svc.answered.wait(10)
         deadline = time.monotonic() + 5  # (the worker returns, its answer still going out)
         while srv._in_use and time.monotonic() < deadline:
@@ -438,17 +443,7 @@ def test_stop_with_grace_waits_for_an_answer_waiting_for_the_clients_credit(
     parts = name.split("@")
     with FaultProxy(parts[3]) as proxy:
         target = "@".join([*parts[:3], proxy.address, *parts[4:]])
-        client = make_client()
-        got: list[Any] = []
-
-        def download() -> None:
-            try:
-                got.append(client.call(Context.background().with_timeout(30), target, "Big"))
-            except errors.IPCError as exc:
-                got.append(exc)
-
-        thread = threading.Thread(target=download)
-        thread.start()
+        thread, got = _download(make_client(), target)
         assert svc.called.wait(10)
         proxy.set(up=Fault.stall())
         svc.go.set()
